@@ -1,0 +1,56 @@
+# cryptostack — `make run` and `make test` set everything up on a fresh Debian 12 machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORE_VENV := .venv-core
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+DEB_PACKAGES := softhsm2 swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config
+STAMP := $(VENV)/.setup-done
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup run demo test test-core-only bench lint clean deb-packages
+
+setup: $(STAMP)
+
+# Debian packages the real backends need (SoftHSM2, swtpm, the TSS for tpm2-pytss).
+deb-packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS)) | deb-packages
+	@$(MAKE) --no-print-directory deb-packages
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+# The daemon with the default config, then the demo of every flow of the design.
+run: setup
+	$(BIN)/python examples/demo.py --config examples/daemon.toml
+
+test: setup test-core-only
+	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --import-mode=importlib \
+	  tests $(addsuffix tests,$(PLUGINS))
+
+# The core alone in a fresh venv (no plugin installed): its suite must pass on the mock provider.
+test-core-only: | deb-packages
+	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/pip install -q -e '.[test]'
+	$(CORE_VENV)/bin/python -m pytest -p no:cacheprovider -q -n $(PYTEST_WORKERS) tests -m "not needs_plugins"
+
+bench: setup
+	$(BIN)/python bench/bench.py
+
+lint: setup
+	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
+	$(BIN)/mypy cryptostack_core
+
+clean:
+	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""The ``cryptostack`` command line: ``daemon``, ``status``, ``explain``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from .daemon_config import ConfigError, DaemonConfig
+from .errors import CryptoError
+
+DEFAULT_ENDPOINT = os.environ.get("CRYPTOSTACK_ENDPOINT", "unix:///run/cryptostack/daemon.sock")
+
+
+def _stack(endpoint: str) -> Any:
+    from .stack import CryptoStackConfig, create_crypto_stack
+
+    return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(endpoint)
+                               .set_default_operation_timeout(10))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = DaemonConfig.load(args.config)
+        run_daemon(config)
+    except ConfigError as exc:
+        print(f"cryptostack: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except CryptoError as exc:
+        print(f"cryptostack: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"cryptostack daemon {status['version']} (pid {status['pid']}, "
+          f"up {status['uptime']:.0f} s)")
+    print("providers:")
+    for p in status["providers"]:
+        reason = f" — {p['reason']}" if p.get("reason") else ""
+        print(f"  {p['id']:>3}  {p['name']:<10} {p['state']}{reason}")
+    print("key slots:")
+    for s in status["key_slots"]:
+        print(f"  {s['name']:<24} {s['status']:<9} {s['algorithm'] or '-':<12} "
+              f"provider {s['provider']}  v{s['version']}")
+    if status.get("cert_slots"):
+        print("certificate slots:")
+        for c in status["cert_slots"]:
+            print(f"  {c['name']:<24} {'OCCUPIED' if c['occupied'] else 'EMPTY':<9} {c['subject']}")
+    if status.get("trust_stores"):
+        print("trust stores: " + ", ".join(status["trust_stores"]))
+    print(f"clients ({len(status['clients'])}):")
+    for c in status["clients"]:
+        print(f"  pid {c['pid']:>7}  uid {c['uid']:>5}  contexts {c['contexts']:>4}  "
+              f"resources {c['resources']:>4}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _stack(args.endpoint) as stack:
+        status = stack.status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_status(status)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .resources import ResourceType
+
+    with _stack(args.endpoint) as stack:
+        key = None
+        if args.key_slot:
+            key = stack.create_crypto_context().resolve_resource(args.key_slot,
+                                                                 ResourceType.KEY_SLOT)
+        candidates = stack.explain(args.algorithm, args.operation, key=key, provider=args.provider)
+    if args.json:
+        print(json.dumps(candidates, indent=2))
+        return 0
+    print(f"{args.algorithm} / {args.operation}" + (f" with slot {args.key_slot}" if key else ""))
+    for c in candidates:
+        mark = "->" if c["taken"] else "  "
+        print(f" {mark} {c['provider']:>3} {c['name']:<10} {c['reason']}")
+    if not any(c["taken"] for c in candidates):
+        print(" no compatible provider")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the command line."""
+    parser = argparse.ArgumentParser(prog="cryptostack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("daemon", help="run the daemon in the foreground")
+    d.add_argument("--config", required=True, help="TOML configuration file")
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.set_defaults(func=cmd_daemon)
+    s = sub.add_parser("status", help="providers, slots and clients of a running daemon")
+    s.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    e = sub.add_parser("explain", help="which provider would run an operation, and why")
+    e.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    e.add_argument("--algorithm", required=True)
+    e.add_argument("--operation", required=True,
+                   help="hash, encrypt, decrypt, sign, verify, encapsulate, agree, derive, ...")
+    e.add_argument("--key-slot", help="explain for the key in this slot")
+    e.add_argument("--provider", type=int, help="pin a provider id")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``cryptostack`` and ``python -m cryptostack_core``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CryptoError as exc:
+        print(f"cryptostack: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

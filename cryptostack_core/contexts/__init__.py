@@ -1,0 +1,1 @@
+"""Client-side operation contexts, one module per kind."""

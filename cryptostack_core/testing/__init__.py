@@ -1,0 +1,5 @@
+"""Test support shipped with the core: the mock provider and a daemon-process fixture."""
+
+from .mock import MockProvider
+
+__all__ = ["MockProvider"]

@@ -1,0 +1,297 @@
+"""Client transports: one request/response interface over a unix socket or in-process.
+
+``unix://PATH`` speaks the wire protocol to a daemon. ``inproc://`` runs a
+:class:`~cryptostack_core.service.Service` inside the calling process with the same
+semantics (sessions, deadlines, error states). Both bound every call by its deadline: the
+caller gets ``OPERATION_TIMED_OUT`` at the deadline even if the work never finishes.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from . import __version__
+from .errors import CryptoError, ErrorCode
+from .protocol import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    raise_for_error,
+)
+
+CLIENT_NAME = f"cryptostack-python/{__version__}"
+
+
+class Transport(abc.ABC):
+    """Sends one request and returns its result (or raises :class:`CryptoError`)."""
+
+    @abc.abstractmethod
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        """Run ``op``; ``timeout`` seconds (None: no deadline)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Disconnect; the daemon frees everything this client held."""
+
+
+def _timed_out(timeout: float | None) -> CryptoError:
+    return CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                       f"no answer within {timeout * 1000:.0f} ms" if timeout else "timed out")
+
+
+class UnixTransport(Transport):
+    """A connection to a daemon's unix socket. Thread-safe (calls are serialised)."""
+
+    def __init__(self, path: str, connect_timeout: float | None = 5.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._buf = bytearray()
+        self._broken: str | None = None
+        self.max_frame = DEFAULT_MAX_FRAME
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(connect_timeout)
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"no cryptostack daemon at {path}: {exc.strerror}") from None
+        except PermissionError:
+            sock.close()
+            raise CryptoError(ErrorCode.ACCESS_DENIED,
+                              f"not allowed to connect to {path} (socket permissions)") from None
+        except OSError as exc:
+            sock.close()
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
+        self._sock = sock
+        deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+        try:
+            self._send({"hello": {"versions": list(SUPPORTED_VERSIONS), "client": CLIENT_NAME}},
+                       deadline)
+            reply = self._receive(deadline)
+        except CryptoError:
+            self.close()
+            raise
+        hello = reply.get("hello")
+        if not isinstance(hello, Mapping):
+            self.close()
+            if reply.get("ok") is False:
+                raise_for_error(reply.get("error"))
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "the daemon did not answer the hello")
+        if hello.get("version") != PROTOCOL_VERSION:
+            self.close()
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                              f"daemon speaks protocol {hello.get('version')}, we speak "
+                              f"{PROTOCOL_VERSION}")
+        self.server = hello
+        self.max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
+
+    # --- framing -------------------------------------------------------------------------
+    def _settimeout(self, deadline: float | None) -> None:
+        if deadline is None:
+            self._sock.settimeout(None)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout
+        self._sock.settimeout(remaining)
+
+    def _send(self, message: Mapping[str, Any], deadline: float | None) -> None:
+        body = cbor2.dumps(message)
+        if len(body) > self.max_frame:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"request of {len(body)} bytes exceeds the daemon's frame limit "
+                              f"of {self.max_frame} bytes; send the data in smaller updates")
+        header = HEADER.pack(len(body))
+        try:
+            self._settimeout(deadline)
+            if len(body) < 65536:
+                self._sock.sendall(header + body)
+            else:
+                self._sock.sendall(header)
+                self._sock.sendall(body)
+        except socket.timeout:
+            # Part of a frame may be on the wire: the stream can no longer be trusted.
+            self._break("a request could not be sent before its deadline")
+            raise _timed_out(None) from None
+        except OSError as exc:
+            self._break(f"connection lost: {exc}")
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}") from None
+
+    def _receive(self, deadline: float | None) -> dict[str, Any]:
+        buf = self._buf
+        try:
+            while True:
+                if len(buf) >= HEADER_SIZE:
+                    (size,) = HEADER.unpack_from(buf, 0)
+                    if size > self.max_frame:
+                        self._break("the daemon sent an oversized frame")
+                        raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                          f"daemon sent a frame of {size} bytes")
+                    end = HEADER_SIZE + size
+                    if len(buf) >= end:
+                        body = bytes(memoryview(buf)[HEADER_SIZE:end])
+                        del buf[:end]
+                        try:
+                            message = cbor2.loads(body)
+                        except Exception as exc:
+                            self._break("the daemon sent malformed CBOR")
+                            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                              f"malformed response: {exc}") from None
+                        if not isinstance(message, dict):
+                            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "response is not a map")
+                        return message
+                    want = end - len(buf)
+                else:
+                    want = HEADER_SIZE - len(buf)
+                self._settimeout(deadline)
+                chunk = self._sock.recv(max(want, 262144))
+                if not chunk:
+                    self._break("the daemon closed the connection")
+                    raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                                      "the daemon closed the connection")
+                buf += chunk
+        except socket.timeout:
+            raise _timed_out(None) from None
+        except OSError as exc:
+            self._break(f"connection lost: {exc}")
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}") from None
+
+    def _break(self, why: str) -> None:
+        self._broken = why
+
+    # --- calls ---------------------------------------------------------------------------
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        with self._lock:
+            if self._broken:
+                raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
+            request_id = next(self._ids)
+            message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
+            deadline = None
+            if timeout is not None:
+                message["timeout_ms"] = max(1, int(timeout * 1000))
+                deadline = time.monotonic() + timeout
+            self._send(message, deadline)
+            while True:
+                try:
+                    reply = self._receive(deadline)
+                except CryptoError as exc:
+                    if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                        raise _timed_out(timeout) from None
+                    raise
+                if reply.get("id") != request_id:
+                    if reply.get("id") is None and reply.get("ok") is False:
+                        raise_for_error(reply.get("error"))
+                    continue  # a late answer to a call we gave up on
+                if reply.get("ok"):
+                    return reply.get("result")
+                raise_for_error(reply.get("error"))
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._broken = self._broken or "closed"
+
+
+class InprocTransport(Transport):
+    """The service in this process; each stack is one session."""
+
+    def __init__(self, service: Any, owns_service: bool) -> None:
+        from .hooks import PeerIdentity
+        from .service import Call
+
+        self._Call = Call
+        self.service = service
+        self._owns = owns_service
+        self.session = service.open_session(PeerIdentity(os.getpid(), os.getuid(), os.getgid()))
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="cryptostack-inproc")
+        self._closed = False
+
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        if self._closed:
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, "stack is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = self._Call(self.session, deadline)
+        if self.service.is_inline(self.session, op, args):
+            return _copy_out(self.service.handle(call, op, args))
+        future = self._pool.submit(self.service.handle, call, op, args)
+        try:
+            return _copy_out(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            self.service.abandon(call, op, args, f"{op} timed out after {timeout * 1000:.0f} ms"
+                                 if timeout else op)
+            raise _timed_out(timeout) from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.service.close_session(self.session)
+        if self._owns:
+            self.service.close()
+
+
+def _copy_out(value: Any) -> Any:
+    # In-process results must not alias daemon-side buffers.
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
+
+
+def connect(endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0,
+            ) -> Transport:
+    """Open a transport for ``unix://PATH`` or ``inproc://``."""
+    if endpoint.startswith("unix://"):
+        path = endpoint[len("unix://"):]
+        if not path:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "unix:// endpoint needs a path")
+        return UnixTransport(path, connect_timeout)
+    if endpoint.startswith("inproc://"):
+        return InprocTransport(*_inproc_service(endpoint[len("inproc://"):], daemon_config))
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                      f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://")
+
+
+_shared_services: dict[str, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def _inproc_service(name: str, daemon_config: Any) -> tuple[Any, bool]:
+    """A service for ``inproc://[NAME]``: private per stack, or shared by NAME."""
+    from .daemon_config import DaemonConfig
+    from .defaults import default_config
+    from .service import Service
+
+    if daemon_config is None:
+        config = default_config()
+    elif isinstance(daemon_config, DaemonConfig):
+        config = daemon_config
+    elif isinstance(daemon_config, Mapping):
+        config = DaemonConfig.from_mapping(daemon_config)
+    else:
+        config = DaemonConfig.load(Path(daemon_config))
+    if not name:
+        return Service(config), True
+    with _shared_lock:
+        service = _shared_services.get(name)
+        if service is None:
+            service = _shared_services[name] = Service(config)
+        return service, False

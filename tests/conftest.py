@@ -1,0 +1,80 @@
+"""Fixtures for the core suite: the mock provider in-process and in a real daemon."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cryptostack_core as cs
+from cryptostack_core.testing.daemon import DaemonProcess
+
+BASE_CONFIG: dict[str, Any] = {
+    "providers": [{"name": "mock", "id": 1}],
+    "key_slots": [
+        {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1,
+         "compatible_providers": [1], "permissions": ["encrypt", "decrypt"],
+         "provision": "generate"},
+        {"name": "MyNewSlot", "algorithm": "AES-256", "provider": 1,
+         "permissions": ["encrypt", "decrypt"]},
+        {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1,
+         "permissions": ["sign", "verify", "mac"], "provision": "generate"},
+        {"name": "EmptySlot", "algorithm": "Ed25519", "provider": 1},
+    ],
+}
+
+
+def mock_config(**daemon: Any) -> dict[str, Any]:
+    """A fresh copy of the base config, with extra ``[daemon]`` settings."""
+    config = copy.deepcopy(BASE_CONFIG)
+    if daemon:
+        config["daemon"] = daemon
+    return config
+
+
+@pytest.fixture
+def inproc_stack() -> Iterator[cs.CryptoStack]:
+    """An in-process stack on the mock provider."""
+    stack = cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                                   .set_daemon_config(mock_config()))
+    yield stack
+    stack.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start real daemon subprocesses; all are stopped at the end of the test."""
+    started: list[DaemonProcess] = []
+
+    def start(config: dict[str, Any] | None = None, name: str = "d") -> DaemonProcess:
+        proc = DaemonProcess(tmp_path / name, config or mock_config())
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
+    """One daemon on the base config."""
+    return daemon_factory()
+
+
+@pytest.fixture(params=["inproc", "unix"])
+def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.CryptoStack]:
+    """The same tests over ``inproc://`` and over a real daemon socket."""
+    if request.param == "inproc":
+        stack = cs.create_crypto_stack(
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+            .set_daemon_config(mock_config()))
+        yield stack
+        stack.close()
+        return
+    with DaemonProcess(tmp_path / "d", mock_config()) as proc, proc.stack() as stack:
+        yield stack
