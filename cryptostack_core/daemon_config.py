@@ -196,7 +196,6 @@ class _Parser:
 
         providers = []
         ids: set[int] = set()
-        names: set[str] = set()
         for i, entry in enumerate(self.table_list(data, "providers"), 1):
             where = f"[[providers]] #{i}"
             self.check_keys(where, entry, {"name", "id", "options"})
@@ -207,10 +206,7 @@ class _Parser:
             pid = self.int_(f"{where} id", entry.get("id"), 1, 2**31 - 1)
             if pid in ids:
                 raise self.fail(where, f"duplicate provider id {pid}")
-            if name in names:
-                raise self.fail(where, f"provider {name!r} listed twice")
-            ids.add(pid)
-            names.add(name)
+            ids.add(pid)  # the same plugin may appear twice (two tokens), ids differ
             options = entry.get("options", {})
             if not isinstance(options, Mapping):
                 raise self.fail(where, "'options' must be a table")

@@ -35,6 +35,12 @@ def mock_config(**daemon: Any) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(name="mock_config")
+def mock_config_fixture() -> Callable[..., dict[str, Any]]:
+    """The :func:`mock_config` factory, for tests (conftest is not importable as a module)."""
+    return mock_config
+
+
 @pytest.fixture
 def inproc_stack() -> Iterator[cs.CryptoStack]:
     """An in-process stack on the mock provider."""
