@@ -18,7 +18,12 @@ from .contexts.certificates import (
 )
 from .contexts.cipher import CipherContext, CipherContextConfig
 from .contexts.hash import HashContext, HashContextConfig
-from .contexts.kem import KemContext, KemContextConfig, KeyAgreementContext, KeyAgreementContextConfig
+from .contexts.kem import (
+    KemContext,
+    KemContextConfig,
+    KeyAgreementContext,
+    KeyAgreementContextConfig,
+)
 from .contexts.keys import (
     DeriveKeyParams,
     GenerateKeyParams,

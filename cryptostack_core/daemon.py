@@ -22,13 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from . import __version__
 from .daemon_config import DaemonConfig
 from .errors import CryptoError, ErrorCode
 from .hooks import PeerIdentity
 from .protocol import (
-    PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     FrameTooLarge,
@@ -204,7 +202,7 @@ class Connection(asyncio.Protocol):
                 reply = await future
             else:
                 reply = await asyncio.wait_for(asyncio.shield(future), timeout_ms / 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = f"{op} timed out after {timeout_ms} ms"
             await loop.run_in_executor(self.server.control_pool, self.service.abandon, call, op,
                                        args, reason)
@@ -327,15 +325,13 @@ def _socket_alive(path: Path) -> bool:
 
 def run_daemon(config: DaemonConfig) -> None:
     """Run in the foreground until SIGTERM/SIGINT (uses uvloop when installed)."""
+    server = DaemonServer(config)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None
-    server = DaemonServer(config)
-    if uvloop is not None:
-        uvloop.run(server.serve())
-    else:
         asyncio.run(server.serve())
+        return
+    uvloop.run(server.serve())
 
 
 __all__ = ["Connection", "DaemonServer", "peer_identity", "run_daemon"]

@@ -16,7 +16,7 @@ def default_config() -> DaemonConfig:
     the mock provider is used so the core still works (and says so in ``status``).
     """
     installed = set(available_provider_names())
-    names = [n for n in ("openssl", "oqs") if n in installed] or ["mock"]
+    names: list[str] = [n for n in ("openssl", "oqs") if n in installed] or ["mock"]
     return DaemonConfig.from_mapping(
         {"providers": [{"name": n, "id": WELL_KNOWN_IDS[n]} for n in names]},
         source="<built-in inproc config>")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from importlib.metadata import entry_points
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path) ->
                               logger=logging.getLogger(f"cryptostack.provider.{config.name}"))
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mgr = DriverManager(NAMESPACE, config.name, invoke_on_load=True,
+        mgr: DriverManager[Provider] = DriverManager(NAMESPACE, config.name, invoke_on_load=True,
                             invoke_args=(config.id, config.options, env),
                             on_load_failure_callback=_reraise)
         instance = mgr.driver

@@ -19,7 +19,15 @@ from .algorithms import AlgorithmKind, AlgorithmSpec, Operation
 from .discovery import LoadedProvider
 from .errors import CryptoError, ErrorCode
 from .permissions import KeyOperationPermission
-from .provider import Buffer, CipherOperation, HashOperation, Provider, ProviderKey, SignOperation
+from .provider import (
+    Buffer,
+    CipherOperation,
+    HashOperation,
+    Provider,
+    ProviderKey,
+    SignOperation,
+    VerifyOperation,
+)
 from .resources import CipherDirection
 from .session import KeyEntry
 
@@ -335,7 +343,8 @@ class VerifyContext(SignContext):
             self.op, self.state = None, StreamState.DONE
             wanted = len(full) if self.tag_length is None else self.tag_length
             return len(signature) == wanted and hmac.compare_digest(full[:wanted], signature)
-        ok = bool(self._guard(lambda: op.finalize(signature)))
+        verifier: VerifyOperation = op  # type: ignore[assignment]
+        ok = bool(self._guard(lambda: verifier.finalize(signature)))
         self.op, self.state = None, StreamState.DONE
         return ok
 

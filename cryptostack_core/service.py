@@ -41,7 +41,7 @@ from .operations import (
 from .permissions import KeyOperationPermission as P
 from .permissions import has_permission
 from .protocol import rid_from_wire, rid_to_wire
-from .provider import Provider, ProviderKey, _DEADLINE
+from .provider import _DEADLINE, Provider, ProviderKey
 from .resources import (
     CipherDirection,
     CryptoResourceId,
@@ -51,7 +51,7 @@ from .resources import (
     ResourceType,
 )
 from .selection import ProviderSet
-from .session import Handle, KeyEntry, Session, SlotRef
+from .session import Handle, KeyEntry, Session
 
 log = logging.getLogger("cryptostack.service")
 
@@ -547,8 +547,10 @@ class Service:
     def _op_resolve(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = _arg(args, "name", str)
         rtype = _enum(args, "type", ResourceType)
-        known = {ResourceType.KEY_SLOT: self.slots, ResourceType.CERT_SLOT: self.cert_slots,
-                 ResourceType.VERIFICATION_TRUST_STORE: self.trust_stores}.get(rtype)
+        named: dict[ResourceType, Mapping[str, object]] = {
+            ResourceType.KEY_SLOT: self.slots, ResourceType.CERT_SLOT: self.cert_slots,
+            ResourceType.VERIFICATION_TRUST_STORE: self.trust_stores}
+        known = named.get(rtype)
         if known is None:
             raise _bad(f"only slots and trust stores have names; {rtype.value} resources are "
                        "created by import or generate")

@@ -107,7 +107,7 @@ class UnixTransport(Transport):
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise socket.timeout
+            raise TimeoutError
         self._sock.settimeout(remaining)
 
     def _send(self, message: Mapping[str, Any], deadline: float | None) -> None:
@@ -124,7 +124,7 @@ class UnixTransport(Transport):
             else:
                 self._sock.sendall(header)
                 self._sock.sendall(body)
-        except socket.timeout:
+        except TimeoutError:
             # Part of a frame may be on the wire: the stream can no longer be trusted.
             self._break("a request could not be sent before its deadline")
             raise _timed_out(None) from None
@@ -165,7 +165,7 @@ class UnixTransport(Transport):
                     raise CryptoError(ErrorCode.CONNECTION_FAILED,
                                       "the daemon closed the connection")
                 buf += chunk
-        except socket.timeout:
+        except TimeoutError:
             raise _timed_out(None) from None
         except OSError as exc:
             self._break(f"connection lost: {exc}")

@@ -15,13 +15,27 @@ from cryptostack_core.testing.daemon import DaemonProcess
 BASE_CONFIG: dict[str, Any] = {
     "providers": [{"name": "mock", "id": 1}],
     "key_slots": [
-        {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1,
-         "compatible_providers": [1], "permissions": ["encrypt", "decrypt"],
-         "provision": "generate"},
-        {"name": "MyNewSlot", "algorithm": "AES-256", "provider": 1,
-         "permissions": ["encrypt", "decrypt"]},
-        {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1,
-         "permissions": ["sign", "verify", "mac"], "provision": "generate"},
+        {
+            "name": "PreDeployedSlot",
+            "algorithm": "AES-256",
+            "provider": 1,
+            "compatible_providers": [1],
+            "permissions": ["encrypt", "decrypt"],
+            "provision": "generate",
+        },
+        {
+            "name": "MyNewSlot",
+            "algorithm": "AES-256",
+            "provider": 1,
+            "permissions": ["encrypt", "decrypt"],
+        },
+        {
+            "name": "SigningKey",
+            "algorithm": "HMAC-SHA-256",
+            "provider": 1,
+            "permissions": ["sign", "verify", "mac"],
+            "provision": "generate",
+        },
         {"name": "EmptySlot", "algorithm": "Ed25519", "provider": 1},
     ],
 }
@@ -44,8 +58,9 @@ def mock_config_fixture() -> Callable[..., dict[str, Any]]:
 @pytest.fixture
 def inproc_stack() -> Iterator[cs.CryptoStack]:
     """An in-process stack on the mock provider."""
-    stack = cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                   .set_daemon_config(mock_config()))
+    stack = cs.create_crypto_stack(
+        cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(mock_config())
+    )
     yield stack
     stack.close()
 
@@ -77,8 +92,10 @@ def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.Cry
     """The same tests over ``inproc://`` and over a real daemon socket."""
     if request.param == "inproc":
         stack = cs.create_crypto_stack(
-            cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-            .set_daemon_config(mock_config()))
+            cs.CryptoStackConfig()
+            .set_connection_endpoint("inproc://")
+            .set_daemon_config(mock_config())
+        )
         yield stack
         stack.close()
         return

@@ -54,7 +54,7 @@ class RawClient:
             if len(self.buf) >= 4:
                 (size,) = struct.unpack(">I", self.buf[:4])
                 if len(self.buf) >= 4 + size:
-                    body, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
+                    body, self.buf = self.buf[4 : 4 + size], self.buf[4 + size :]
                     result: dict[str, Any] = cbor2.loads(body)
                     return result
             chunk = self.sock.recv(65536)
@@ -87,13 +87,29 @@ def test_socket_mode_status_and_clean_shutdown(daemon: DaemonProcess) -> None:
     mode = stat.S_IMODE(os.stat(daemon.socket_path).st_mode)
     assert mode == 0o660
     assert stat.S_ISSOCK(os.stat(daemon.socket_path).st_mode)
-    out = subprocess.run([sys.executable, "-m", "cryptostack_core", "status", "--endpoint",
-                          daemon.endpoint, "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryptostack_core",
+            "status",
+            "--endpoint",
+            daemon.endpoint,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     status = json.loads(out.stdout)
     assert [p["name"] for p in status["providers"]] == ["mock"]
     assert {s["name"]: s["status"] for s in status["key_slots"]}["PreDeployedSlot"] == "OCCUPIED"
-    text = subprocess.run([sys.executable, "-m", "cryptostack_core", "status", "--endpoint",
-                           daemon.endpoint], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "cryptostack_core", "status", "--endpoint", daemon.endpoint],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "PreDeployedSlot" in text and "mock" in text
     assert daemon.stop() == 0
     assert not daemon.socket_path.exists()
@@ -108,7 +124,8 @@ def test_sigint_also_shuts_down_cleanly(daemon: DaemonProcess) -> None:
 
 def test_bad_config_is_refused_with_file_entry_and_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text(textwrap.dedent("""
+    bad.write_text(
+        textwrap.dedent("""
         [daemon]
         socket = "d.sock"
         [[providers]]
@@ -119,21 +136,26 @@ def test_bad_config_is_refused_with_file_entry_and_problem(tmp_path: Path) -> No
         algorithm = "AES-256"
         provider = 1
         permissions = ["encrypt", "teleport"]
-    """))
-    proc = subprocess.run([sys.executable, "-m", "cryptostack_core", "daemon", "--config",
-                           str(bad)], capture_output=True, text=True, timeout=30)
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "cryptostack_core", "daemon", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "Broken" in proc.stderr and "teleport" in proc.stderr
     assert not (tmp_path / "d.sock").exists()
 
 
-def test_provider_that_fails_to_load_is_reported(mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
-                                                 ) -> None:
+def test_provider_that_fails_to_load_is_reported(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     config = mock_config()
     config["providers"] += [{"name": "mock", "id": 9, "options": {"unavailable": "no token"}}]
     config["providers"][1]["name"] = "mock"
-    config["providers"] = [config["providers"][0],
-                           {"name": "nosuchprovider", "id": 8}]
+    config["providers"] = [config["providers"][0], {"name": "nosuchprovider", "id": 8}]
     d = daemon_factory(config)
     with d.stack() as stack:
         providers = {p["id"]: p for p in stack.status()["providers"]}
@@ -141,7 +163,8 @@ def test_provider_that_fails_to_load_is_reported(mock_config: MockConfig, daemon
         assert providers[8]["state"] == "unavailable"
         assert "nosuchprovider" in providers[8]["reason"]
         h = stack.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256"))
+            cs.HashContextConfig().set_algorithm("SHA-256")
+        )
         assert len(h.single_shot(b"still serving")) == 32
 
 
@@ -166,23 +189,34 @@ def test_hostile_input_gets_errors_and_never_harms_others(daemon: DaemonProcess)
         # Unknown operation, wrong argument types, unknown ids, wrong call order.
         assert error_code(raw.request("launch.missiles", {}, 3)) == "PROTOCOL_ERROR"
         assert error_code(raw.request("hash.create", {"algorithm": 256}, 4)) == "INVALID_ARGUMENT"
-        assert error_code(raw.request("hash.create", {"algorithm": "SHA-256",
-                                                      "provider": "one"}, 5)) == "INVALID_ARGUMENT"
-        assert error_code(raw.request("hash.update", {"ctx": 999, "data": b"x"}, 6)) == \
-            "RESOURCE_NOT_FOUND"
-        assert error_code(raw.request("key.load", {"slot": {"type": "KEY_SLOT",
-                                                            "handle": 4242}}, 7)) == \
-            "RESOURCE_NOT_FOUND"
-        assert error_code(raw.request("key.load", {"slot": "PreDeployedSlot"}, 8)) == \
-            "INVALID_ARGUMENT"
+        assert (
+            error_code(raw.request("hash.create", {"algorithm": "SHA-256", "provider": "one"}, 5))
+            == "INVALID_ARGUMENT"
+        )
+        assert (
+            error_code(raw.request("hash.update", {"ctx": 999, "data": b"x"}, 6))
+            == "RESOURCE_NOT_FOUND"
+        )
+        assert (
+            error_code(raw.request("key.load", {"slot": {"type": "KEY_SLOT", "handle": 4242}}, 7))
+            == "RESOURCE_NOT_FOUND"
+        )
+        assert (
+            error_code(raw.request("key.load", {"slot": "PreDeployedSlot"}, 8))
+            == "INVALID_ARGUMENT"
+        )
         created = raw.request("hash.create", {"algorithm": "SHA-256"}, 9)
         ctx_id = created["result"]["ctx"]
         assert error_code(raw.request("hash.finalize", {"ctx": ctx_id}, 10)) == "INVALID_STATE"
-        assert error_code(raw.request("hash.update", {"ctx": ctx_id, "data": b"x"}, 11)) == \
-            "INVALID_STATE"
+        assert (
+            error_code(raw.request("hash.update", {"ctx": ctx_id, "data": b"x"}, 11))
+            == "INVALID_STATE"
+        )
         assert raw.request("hash.init", {"ctx": ctx_id}, 12)["ok"]
-        assert error_code(raw.request("hash.update", {"ctx": ctx_id, "data": "text"}, 13)) == \
-            "INVALID_ARGUMENT"
+        assert (
+            error_code(raw.request("hash.update", {"ctx": ctx_id, "data": "text"}, 13))
+            == "INVALID_ARGUMENT"
+        )
         assert error_code(raw.request("hash.update", {"ctx": ctx_id}, 14)) == "INVALID_ARGUMENT"
         raw.send({"op": "ping"})  # no id
         assert error_code(raw.recv()) == "PROTOCOL_ERROR"
@@ -204,6 +238,7 @@ def test_hostile_input_gets_errors_and_never_harms_others(daemon: DaemonProcess)
         # The bystander's stream is intact throughout.
         h.update(b"after")
         import hashlib
+
         assert h.finalize() == hashlib.sha256(b"before after").digest()
         deadline = time.monotonic() + 2
         while len(bystander.status()["clients"]) != 1:  # the hostile connections go away
@@ -249,6 +284,7 @@ def test_killed_client_resources_freed_and_other_stream_completes(daemon: Daemon
                 time.sleep(0.01)
             h.update(b"b" * 100000)
             import hashlib
+
             assert h.finalize() == hashlib.sha256(b"a" * 100000 + b"b" * 100000).digest()
             me = {c["pid"]: c for c in other.status()["clients"]}[os.getpid()]
             assert me["contexts"] == 1
@@ -263,8 +299,12 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
         eph = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                        .set_key(eph).set_direction(D.ENCRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-CBC")
+            .set_key(eph)
+            .set_direction(D.ENCRYPT)
+        )
         enc.init(IV)
         ct = enc.update(plaintext) + enc.finalize()
         km.persist_key(ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT), eph)
@@ -273,8 +313,12 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
     with daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT)
-        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                        .set_key(slot).set_direction(D.DECRYPT))
+        dec = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-CBC")
+            .set_key(slot)
+            .set_direction(D.DECRYPT)
+        )
         dec.init(IV)
         assert dec.update(ct) + dec.finalize() == plaintext
     # The key store holds no plaintext key material.
@@ -284,11 +328,13 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
     assert b"AES-256\0" not in raw  # the mock's serialisation is wrapped
 
 
-def test_slow_provider_call_does_not_stall_other_clients(mock_config: MockConfig, 
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+def test_slow_provider_call_does_not_stall_other_clients(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     config = mock_config()
-    config["providers"].append({"name": "mock", "id": 9, "options": {"delays": {
-        "generate_key": 1.5}}})
+    config["providers"].append(
+        {"name": "mock", "id": 9, "options": {"delays": {"generate_key": 1.5}}}
+    )
     config["providers"][1]["name"] = "mock"
     d = daemon_factory(config)
     done = threading.Event()
@@ -304,7 +350,8 @@ def test_slow_provider_call_does_not_stall_other_clients(mock_config: MockConfig
     time.sleep(0.2)
     with d.stack() as fast:
         h = fast.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256"))
+            cs.HashContextConfig().set_algorithm("SHA-256")
+        )
         for _ in range(20):
             h.single_shot(b"quick")
         assert not done.is_set(), "the fast client waited for the slow one"
@@ -312,16 +359,18 @@ def test_slow_provider_call_does_not_stall_other_clients(mock_config: MockConfig
     assert done.is_set()
 
 
-def test_timeout_over_socket_puts_context_in_error_state_only(mock_config: MockConfig, 
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+def test_timeout_over_socket_puts_context_in_error_state_only(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     config = mock_config()
     config["providers"][0]["options"] = {"delays": {"hash.finalize": 1.0}}
     d = daemon_factory(config)
     with d.stack(timeout=0.2) as stack:
         ctx = stack.create_crypto_context()
         slow = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
-        other = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                        .disable_timeout())
+        other = ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256").disable_timeout()
+        )
         slow.init()
         slow.update(b"x")
         started = time.monotonic()
@@ -349,13 +398,21 @@ def test_eight_concurrent_clients(daemon: DaemonProcess) -> None:
                 slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
                 for i in range(30):
                     msg = f"client {n} message {i}".encode()
-                    enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(
-                        "AES-256-CBC").set_key(slot).set_direction(D.ENCRYPT))
+                    enc = ctx.create_cipher_context(
+                        cs.CipherContextConfig()
+                        .set_algorithm("AES-256-CBC")
+                        .set_key(slot)
+                        .set_direction(D.ENCRYPT)
+                    )
                     enc.init(IV)
                     ct = enc.update(msg) + enc.finalize()
                     enc.close()
-                    dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(
-                        "AES-256-CBC").set_key(slot).set_direction(D.DECRYPT))
+                    dec = ctx.create_cipher_context(
+                        cs.CipherContextConfig()
+                        .set_algorithm("AES-256-CBC")
+                        .set_key(slot)
+                        .set_direction(D.DECRYPT)
+                    )
                     dec.init(IV)
                     assert dec.update(ct) + dec.finalize() == msg
                     dec.close()
@@ -370,7 +427,9 @@ def test_eight_concurrent_clients(daemon: DaemonProcess) -> None:
     assert not errors, errors
 
 
-def test_per_client_context_limit(mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+def test_per_client_context_limit(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     d = daemon_factory(mock_config(max_contexts_per_client=3))
     with d.stack() as stack:
         ctx = stack.create_crypto_context()
@@ -383,28 +442,38 @@ def test_per_client_context_limit(mock_config: MockConfig, daemon_factory: Calla
         ctx.create_hash_context(cfg)
 
 
-def test_audit_log_records_identity_and_never_secrets(mock_config: MockConfig, 
-        daemon_factory: Callable[..., DaemonProcess], tmp_path: Path) -> None:
+def test_audit_log_records_identity_and_never_secrets(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
     audit = tmp_path / "audit.jsonl"
     d = daemon_factory(mock_config(audit_log=str(audit)))
     with d.stack() as stack:
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
-        key = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256").set_permissions(
-            cs.KeyOperationPermission.MAC | cs.KeyOperationPermission.EXPORT))
+        key = km.generate_key(
+            cs.GenerateKeyParams()
+            .set_algorithm("HMAC-SHA-256")
+            .set_permissions(cs.KeyOperationPermission.MAC | cs.KeyOperationPermission.EXPORT)
+        )
         secret = km.export_key(key)
-        ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                .set_key(key)).sign(b"m")
+        ctx.create_sign_context(
+            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(key)
+        ).sign(b"m")
         with pytest.raises(cs.CryptoError):
-            ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                      .set_key(key).set_direction(D.ENCRYPT))
+            ctx.create_cipher_context(
+                cs.CipherContextConfig()
+                .set_algorithm("AES-256-CBC")
+                .set_key(key)
+                .set_direction(D.ENCRYPT)
+            )
     d.stop()
     events = [json.loads(line) for line in audit.read_text().splitlines()]
     actions = [(e["action"], e["result"]) for e in events]
     assert ("key.generate", "ok") in actions and ("key.export", "ok") in actions
     assert ("key.use", "ok") in actions
     assert ("key.use", "KEY_OPERATION_NOT_PERMITTED") in actions
-    assert all(e["client"]["pid"] == os.getpid() and e["client"]["uid"] == os.getuid()
-               for e in events)
+    assert all(
+        e["client"]["pid"] == os.getpid() and e["client"]["uid"] == os.getuid() for e in events
+    )
     text = audit.read_text()
     assert secret.hex() not in text and secret.hex().upper() not in text

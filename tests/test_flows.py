@@ -17,8 +17,9 @@ IV = bytes(range(16))
 
 
 def cipher(ctx: cs.CryptoContext, alg: str, key: object, direction: D) -> cs.CipherContext:
-    return ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(alg).set_key(key)
-                                     .set_direction(direction))
+    return ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction)
+    )
 
 
 def run(c: cs.CipherContext, data: bytes, iv: bytes = IV) -> bytes:
@@ -46,7 +47,11 @@ def test_guard_path_two_contexts_share_one_guard(any_stack: cs.CryptoStack) -> N
         assert guard.permitted_operations == P.ENCRYPT | P.DECRYPT
         info = km.get_key_slot_info(slot)
         assert (info.status, info.algorithm, info.provider, info.compatible_providers) == (
-            cs.KeySlotStatus.OCCUPIED, "AES-256", 1, [1])
+            cs.KeySlotStatus.OCCUPIED,
+            "AES-256",
+            1,
+            [1],
+        )
         enc = cipher(ctx, "AES-256-CBC", guard, D.ENCRYPT)
         dec = cipher(ctx, "AES-256-CBC", guard, D.DECRYPT)
         ct = run(enc, b"shared guard")
@@ -62,8 +67,9 @@ def test_guard_path_two_contexts_share_one_guard(any_stack: cs.CryptoStack) -> N
 def test_ephemeral_generate_use_persist(any_stack: cs.CryptoStack) -> None:
     ctx = any_stack.create_crypto_context()
     km = ctx.create_key_management_context()
-    eph = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                          .set_permissions(P.ENCRYPT | P.DECRYPT))
+    eph = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+    )
     assert eph.type is cs.ResourceType.KEY
     assert eph.persistence is cs.ResourcePersistence.EPHEMERAL
     assert eph.permitted_operations == P.ENCRYPT | P.DECRYPT
@@ -141,15 +147,18 @@ def test_wrong_call_order_is_invalid_state(any_stack: cs.CryptoStack) -> None:
 def test_permissions(any_stack: cs.CryptoStack) -> None:
     ctx = any_stack.create_crypto_context()
     km = ctx.create_key_management_context()
-    enc_key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                              .set_permissions(P.ENCRYPT | P.DECRYPT))
+    enc_key = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+    )
     cipher(ctx, "AES-256-CBC", enc_key, D.ENCRYPT).close()
     with pytest.raises(cs.CryptoError) as err:
-        ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                .set_key(enc_key))
+        ctx.create_sign_context(
+            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(enc_key)
+        )
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
-    enc_only = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                               .set_permissions(P.ENCRYPT))
+    enc_only = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT)
+    )
     with pytest.raises(cs.CryptoError) as err:
         cipher(ctx, "AES-256-CBC", enc_only, D.DECRYPT)
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
@@ -158,14 +167,17 @@ def test_permissions(any_stack: cs.CryptoStack) -> None:
     perms = ctx.get_key_slot_object(slot).get_permitted_operations()
     assert cs.has_permission(perms, P.SIGN) and not cs.has_permission(perms, P.ENCRYPT)
 
-    auth = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
-                           .set_permissions(P.AUTHENTICATION))
+    auth = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.AUTHENTICATION)
+    )
     assert auth.permitted_operations == P.SIGN | P.VERIFY | P.MAC | P.AGREE
-    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                     .set_key(auth))
+    signer = ctx.create_sign_context(
+        cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
+    )
     sig = signer.sign(b"authenticated")
-    verifier = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(auth))
+    verifier = ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
+    )
     assert verifier.verify(b"authenticated", sig)
     assert not verifier.verify(b"tampered", sig)
     with pytest.raises(cs.CryptoError) as err:
@@ -175,34 +187,50 @@ def test_permissions(any_stack: cs.CryptoStack) -> None:
     with pytest.raises(cs.CryptoError) as err:
         km.export_key(enc_key)
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
-    exportable = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256")
-                                 .set_permissions(P.MAC | P.EXPORT))
+    exportable = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256").set_permissions(P.MAC | P.EXPORT)
+    )
     secret = km.export_key(exportable)
-    mac = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                  .set_key(exportable)).sign(b"m")
+    mac = ctx.create_sign_context(
+        cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(exportable)
+    ).sign(b"m")
     assert mac == hmac.new(secret, b"m", "sha256").digest()
 
 
 def test_mac_slot_and_truncated_tags(any_stack: cs.CryptoStack) -> None:
     ctx = any_stack.create_crypto_context()
     slot = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
-    tag = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA256")
-                                  .set_key(slot)).sign(b"data")
-    full = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256")
-                                     .set_key(slot))
+    tag = ctx.create_sign_context(
+        cs.SignContextConfig().set_algorithm("HMAC-SHA256").set_key(slot)
+    ).sign(b"data")
+    full = ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot)
+    )
     assert full.verify(b"data", tag)
     assert not full.verify(b"data", tag[:16])  # truncation is opt-in
-    short = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256")
-                                      .set_key(slot).set_tag_length(16))
+    short = ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot).set_tag_length(16)
+    )
     assert short.verify(b"data", tag[:16])
     assert not short.verify(b"data", bytes(16))
 
 
 def test_timeouts_default_override_disable(tmp_path: object) -> None:
-    config = {"providers": [{"name": "mock", "id": 1,
-                             "options": {"delays": {"hash.update": 0.4, "generate_key": 0.4}}}]}
-    cfg = (cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(config)
-           .set_default_operation_timeout(timedelta(milliseconds=100)))
+    config = {
+        "providers": [
+            {
+                "name": "mock",
+                "id": 1,
+                "options": {"delays": {"hash.update": 0.4, "generate_key": 0.4}},
+            }
+        ]
+    }
+    cfg = (
+        cs.CryptoStackConfig()
+        .set_connection_endpoint("inproc://")
+        .set_daemon_config(config)
+        .set_default_operation_timeout(timedelta(milliseconds=100))
+    )
     with cs.create_crypto_stack(cfg) as stack:
         ctx = stack.create_crypto_context()
         # Stack default (100 ms) applies.
@@ -217,15 +245,21 @@ def test_timeouts_default_override_disable(tmp_path: object) -> None:
         assert err.value.code is E.CONTEXT_IN_ERROR_STATE
         h.close()
         # Per-context override: generous deadline succeeds.
-        slow_ok = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                          .set_operation_timeout(timedelta(seconds=5)))
+        slow_ok = ctx.create_hash_context(
+            cs.HashContextConfig()
+            .set_algorithm("SHA-256")
+            .set_operation_timeout(timedelta(seconds=5))
+        )
         assert slow_ok.single_shot(b"x") == hashlib.sha256(b"x").digest()
         # disable_timeout for slow key generation.
         km = ctx.create_key_management_context(cs.KeyManagementContextConfig().disable_timeout())
-        assert km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type is \
-            cs.ResourceType.KEY
+        assert (
+            km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type
+            is cs.ResourceType.KEY
+        )
         km_tight = ctx.create_key_management_context(
-            cs.KeyManagementContextConfig().set_operation_timeout(0.05))
+            cs.KeyManagementContextConfig().set_operation_timeout(0.05)
+        )
         with pytest.raises(cs.CryptoError) as err:
             km_tight.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
         assert err.value.code is E.OPERATION_TIMED_OUT

@@ -232,10 +232,12 @@ class _Runner:
         entry = self._keys.get(ident)
         if entry is None:
             guard: cs.CryptoResourceGuard | cs.CryptoError
+            params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
+            # (separate statements: the inherited setters are typed as returning the base class)
+            params.set_permissions(permissions)
+            params.set_provider(self.provider_id)
             try:
-                guard = self.km.import_key(
-                    cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
-                    .set_permissions(permissions).set_provider(self.provider_id))
+                guard = self.km.import_key(params)
             except cs.CryptoError as exc:
                 guard = exc
             if not cache:
@@ -283,7 +285,9 @@ class _Runner:
             if tag_length is not None:
                 config.set_tag_length(tag_length)
             return self.ctx.create_cipher_context(config)
-        return self.context(key, ("cipher", algorithm, direction, tag_length), make)
+        context: cs.CipherContext = self.context(key, ("cipher", algorithm, direction,
+                                                      tag_length), make)
+        return context
 
     def signer(self, algorithm: str, key: cs.CryptoResourceGuard,
                context: bytes = b"") -> cs.SignContext:
@@ -293,19 +297,24 @@ class _Runner:
             if context:
                 config.set_context(context)
             return self.ctx.create_sign_context(config)
-        return self.context(key, ("sign", algorithm, context), make)
+        signer: cs.SignContext = self.context(key, ("sign", algorithm, context), make)
+        return signer
 
     def verifier(self, algorithm: str, key: cs.CryptoResourceGuard, context: bytes = b"",
                  tag_length: int | None = None) -> cs.VerifyContext:
         def make() -> cs.VerifyContext:
-            config = (cs.VerifyContextConfig().set_algorithm(algorithm).set_key(key)
-                      .set_provider(self.provider_id))
+            config = cs.VerifyContextConfig()
+            config.set_algorithm(algorithm)
+            config.set_key(key)
+            config.set_provider(self.provider_id)
             if context:
                 config.set_context(context)
             if tag_length is not None:
                 config.set_tag_length(tag_length)
             return self.ctx.create_verify_context(config)
-        return self.context(key, ("verify", algorithm, context, tag_length), make)
+        verifier: cs.VerifyContext = self.context(key, ("verify", algorithm, context,
+                                                        tag_length), make)
+        return verifier
 
     def secret(self, guard: cs.CryptoResourceGuard) -> bytes:
         """Export a shared-secret key and release it."""
@@ -429,9 +438,11 @@ def _ecdh(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Out
 def _agree(r: _Runner, algorithm: str, key: cs.CryptoResourceGuard, peer: bytes,
            shared: bytes) -> _Outcome:
     def make() -> cs.KeyAgreementContext:
-        return r.ctx.create_key_agreement_context(
-            cs.KeyAgreementContextConfig().set_algorithm(algorithm).set_key(key)
-            .set_derived_key_permissions(P.DERIVE | P.EXPORT).set_provider(r.provider_id))
+        config = cs.KeyAgreementContextConfig().set_algorithm(algorithm)
+        config.set_key(key)
+        config.set_derived_key_permissions(P.DERIVE | P.EXPORT)
+        config.set_provider(r.provider_id)
+        return r.ctx.create_key_agreement_context(config)
     agreement = r.context(key, ("agree", algorithm), make)
     secret = r.secret(agreement.agree(peer))
     return _ok() if secret == shared else _mismatch("shared secret differs")
@@ -595,7 +606,7 @@ def _attempt(handler: Handler, runner: _Runner, group: Mapping[str, Any],
         return handler(runner, group, case)
     except cs.CryptoError as exc:
         return _error(exc)
-    except Exception as exc:  # noqa: BLE001 - a harness or client bug: report, keep going
+    except Exception as exc:  # a harness or client bug: report it and keep going
         return _Outcome(False, f"raised {type(exc).__name__}: {exc}",
                         code=cs.ErrorCode.INTERNAL_ERROR)
 
