@@ -12,11 +12,11 @@ WELL_KNOWN_IDS = {"mock": 1, "openssl": 2, "oqs": 3, "tpm2": 4, "pkcs11": 5}
 def default_config() -> DaemonConfig:
     """In-memory key store; the software providers that are installed.
 
-    Only providers that need no options are loaded (openssl, oqs); with neither installed
-    the mock provider is used so the core still works (and says so in ``status``).
+    The software provider when installed; otherwise the mock provider, so the core still
+    works (``status`` says it is a test provider). Other providers need a config file.
     """
     installed = set(available_provider_names())
-    names: list[str] = [n for n in ("openssl", "oqs") if n in installed] or ["mock"]
+    names: list[str] = ["openssl"] if "openssl" in installed else ["mock"]
     return DaemonConfig.from_mapping(
         {"providers": [{"name": n, "id": WELL_KNOWN_IDS[n]} for n in names]},
         source="<built-in inproc config>")

@@ -249,11 +249,12 @@ class Provider(abc.ABC):
             self._capabilities = frozenset(self.capabilities())
         return Capability(algorithm, operation) in self._capabilities
 
-    def run_inline(self, operation: Operation, size: int) -> bool:
+    def run_inline(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
         """True when a call is cheap enough for the daemon's event loop (no worker hop).
 
-        Only return True for calls that never block and finish within tens of
-        microseconds for ``size`` bytes of input.
+        ``size`` is the input length (0 for calls without data, such as a finalisation);
+        ``algorithm`` is the context's canonical algorithm when known. Only return True for
+        calls that never block and finish within tens of microseconds.
         """
         return False
 

@@ -57,6 +57,7 @@ log = logging.getLogger("cryptostack.service")
 
 PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
 MAX_RANDOM = 1024 * 1024
+MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (80 bits)
 
 
 @dataclass
@@ -280,7 +281,8 @@ class Service:
                 return True
             data = args.get("data")
             size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
-            return bool(instance.run_inline(_STREAM_OPERATION[family], size))
+            return bool(instance.run_inline(_STREAM_OPERATION[family], size,
+                                            algorithm=ctx.algorithm))
         if family == "hash" and verb == "create":
             return True
         return False
@@ -636,6 +638,10 @@ class Service:
         loaded = self.providers.select(spec.name, Operation.IMPORT_KEY,
                                        pinned=_int(args, "provider", default=None))
         requested = perms if perms is not None else spec.default_permissions
+        if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
+            # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
+            # public key unless the caller asks for a private-key operation explicitly.
+            requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
         pkey = self._provider(loaded).import_key(spec.name, material, fmt, requested)
         if not getattr(pkey, "has_private", True):
             requested &= PUBLIC_KEY_PERMISSIONS
@@ -891,7 +897,8 @@ class Service:
         if spec.kind not in (AlgorithmKind.SIGNATURE, AlgorithmKind.MAC):
             raise _bad(f"{spec.name} is not a signature or MAC algorithm")
         context = self._context_string(spec, args)
-        tag_length = _int(args, "tag_length", default=None, lo=1, hi=spec.digest_size or 64)
+        tag_length = _int(args, "tag_length", default=None, lo=MIN_MAC_TAG,
+                          hi=spec.digest_size or 64)
         if tag_length is not None and spec.kind is not AlgorithmKind.MAC:
             raise _bad("tag_length applies to MAC algorithms only")
         is_mac = spec.kind is AlgorithmKind.MAC

@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .contexts.base import Duration, OperationContext, ResourceLike, rid_of, to_seconds, wire_rid
 from .contexts.certificates import (
@@ -45,24 +45,24 @@ class CryptoStackConfig:
         self.daemon_config: Any = None
         self.connect_timeout: float | None = 5.0
 
-    def set_connection_endpoint(self, endpoint: str) -> CryptoStackConfig:
+    def set_connection_endpoint(self, endpoint: str) -> Self:
         """``unix:///path/to/daemon.sock`` or ``inproc://`` (the default)."""
         if not isinstance(endpoint, str):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "endpoint must be a string")
         self.endpoint = endpoint
         return self
 
-    def set_default_operation_timeout(self, timeout: Duration | None) -> CryptoStackConfig:
+    def set_default_operation_timeout(self, timeout: Duration | None) -> Self:
         """Deadline of each call unless a context overrides it (None: unbounded)."""
         self.default_timeout = to_seconds(timeout)
         return self
 
-    def set_daemon_config(self, config: str | Path | Mapping[str, Any]) -> CryptoStackConfig:
+    def set_daemon_config(self, config: str | Path | Mapping[str, Any]) -> Self:
         """Config (TOML path or mapping) for the ``inproc://`` service."""
         self.daemon_config = config
         return self
 
-    def set_connect_timeout(self, timeout: Duration | None) -> CryptoStackConfig:
+    def set_connect_timeout(self, timeout: Duration | None) -> Self:
         """How long to wait for the daemon to accept the connection."""
         self.connect_timeout = to_seconds(timeout)
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
@@ -23,22 +23,22 @@ class CipherContextConfig(ContextConfig):
         self.direction: CipherDirection | None = None
         self.tag_length: int | None = None
 
-    def set_algorithm(self, algorithm: str) -> CipherContextConfig:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Cipher, e.g. ``"AES-256-GCM"``."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_key(self, key: ResourceLike) -> CipherContextConfig:
+    def set_key(self, key: ResourceLike) -> Self:
         """A key slot, key id or guard."""
         self.key = key
         return self
 
-    def set_direction(self, direction: CipherDirection) -> CipherContextConfig:
+    def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""
         self.direction = CipherDirection(direction)
         return self
 
-    def set_tag_length(self, length: int) -> CipherContextConfig:
+    def set_tag_length(self, length: int) -> Self:
         """AEAD tag length in bytes (default 16)."""
         self.tag_length = int(length)
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
@@ -19,7 +19,7 @@ class HashContextConfig(ContextConfig):
         super().__init__()
         self.algorithm: str | None = None
 
-    def set_algorithm(self, algorithm: str) -> HashContextConfig:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Hash algorithm, e.g. ``"SHA-256"`` (aliases accepted)."""
         self.algorithm = canonical_name(algorithm)
         return self

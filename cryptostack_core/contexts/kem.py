@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
@@ -22,17 +22,17 @@ class KemContextConfig(ContextConfig):
         self.key: ResourceLike | None = None
         self.derived_permissions = KeyOperationPermission.DERIVE
 
-    def set_algorithm(self, algorithm: str) -> KemContextConfig:
+    def set_algorithm(self, algorithm: str) -> Self:
         """KEM, e.g. ``"ML-KEM-768"``."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_key(self, key: ResourceLike) -> KemContextConfig:
+    def set_key(self, key: ResourceLike) -> Self:
         """Public key (encapsulate) or key pair (both)."""
         self.key = key
         return self
 
-    def set_derived_key_permissions(self, perms: KeyOperationPermission) -> KemContextConfig:
+    def set_derived_key_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the shared-secret keys (default DERIVE; add EXPORT to read them)."""
         self.derived_permissions = KeyOperationPermission(perms)
         return self
@@ -41,7 +41,7 @@ class KemContextConfig(ContextConfig):
 class KeyAgreementContextConfig(KemContextConfig):
     """Settings for :meth:`CryptoContext.create_key_agreement_context`."""
 
-    def set_algorithm(self, algorithm: str) -> KeyAgreementContextConfig:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Agreement, e.g. ``"X25519"``, ``"ECDH-P256"``."""
         self.algorithm = canonical_name(algorithm)
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
@@ -26,17 +26,17 @@ class GenerateKeyParams:
         self.permissions: KeyOperationPermission | None = None
         self.provider: int | None = None
 
-    def set_algorithm(self, algorithm: str) -> GenerateKeyParams:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Key type, e.g. ``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"``."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_permissions(self, perms: KeyOperationPermission) -> GenerateKeyParams:
+    def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
         self.permissions = KeyOperationPermission(perms)
         return self
 
-    def set_provider(self, provider_id: int) -> GenerateKeyParams:
+    def set_provider(self, provider_id: int) -> Self:
         """Provider that holds the key (e.g. generate inside the HSM)."""
         self.provider = int(provider_id)
         return self
@@ -50,12 +50,12 @@ class ImportKeyParams(GenerateKeyParams):
         self.material: bytes | None = None
         self.format: KeyFormat | None = None
 
-    def set_algorithm(self, algorithm: str) -> ImportKeyParams:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Key type of the material."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_material(self, material: bytes, fmt: KeyFormat) -> ImportKeyParams:
+    def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
         """The encoded key and its format."""
         self.material = bytes(material)
         self.format = KeyFormat(fmt)
@@ -74,33 +74,33 @@ class DeriveKeyParams:
         self.output_algorithm = "GENERIC-SECRET"
         self.permissions: KeyOperationPermission | None = None
 
-    def set_algorithm(self, algorithm: str) -> DeriveKeyParams:
+    def set_algorithm(self, algorithm: str) -> Self:
         """KDF, e.g. ``"HKDF-SHA-256"``."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_key(self, key: ResourceLike) -> DeriveKeyParams:
+    def set_key(self, key: ResourceLike) -> Self:
         """Input key material (a key with DERIVE)."""
         self.key = key
         return self
 
-    def set_salt(self, salt: bytes) -> DeriveKeyParams:
+    def set_salt(self, salt: bytes) -> Self:
         """HKDF salt."""
         self.salt = bytes(salt)
         return self
 
-    def set_info(self, info: bytes) -> DeriveKeyParams:
+    def set_info(self, info: bytes) -> Self:
         """HKDF info."""
         self.info = bytes(info)
         return self
 
-    def set_output(self, algorithm: str, length: int | None = None) -> DeriveKeyParams:
+    def set_output(self, algorithm: str, length: int | None = None) -> Self:
         """Type (and length) of the derived key, e.g. ``"AES-256"``."""
         self.output_algorithm = canonical_name(algorithm)
         self.length = length
         return self
 
-    def set_permissions(self, perms: KeyOperationPermission) -> DeriveKeyParams:
+    def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the derived key."""
         self.permissions = KeyOperationPermission(perms)
         return self

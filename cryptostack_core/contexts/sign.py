@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
@@ -21,17 +21,17 @@ class SignContextConfig(ContextConfig):
         self.key: ResourceLike | None = None
         self.context: bytes = b""
 
-    def set_algorithm(self, algorithm: str) -> SignContextConfig:
+    def set_algorithm(self, algorithm: str) -> Self:
         """Signature or MAC algorithm, e.g. ``"ML-DSA-65"``, ``"HMAC-SHA-256"``."""
         self.algorithm = canonical_name(algorithm)
         return self
 
-    def set_key(self, key: ResourceLike) -> SignContextConfig:
+    def set_key(self, key: ResourceLike) -> Self:
         """A key slot, key id or guard."""
         self.key = key
         return self
 
-    def set_context(self, context: bytes) -> SignContextConfig:
+    def set_context(self, context: bytes) -> Self:
         """ML-DSA / SLH-DSA context string (default empty)."""
         self.context = bytes(context)
         return self
@@ -44,7 +44,7 @@ class VerifyContextConfig(SignContextConfig):
         super().__init__()
         self.tag_length: int | None = None
 
-    def set_tag_length(self, length: int) -> VerifyContextConfig:
+    def set_tag_length(self, length: int) -> Self:
         """Accept MAC tags truncated to ``length`` bytes (MACs only; default: full length)."""
         self.tag_length = int(length)
         return self

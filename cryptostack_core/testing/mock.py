@@ -142,7 +142,7 @@ class MockProvider(Provider):
             caps = [c for c in caps if c.algorithm in allowed or c.algorithm == "RANDOM"]
         return caps
 
-    def run_inline(self, operation: Operation, size: int) -> bool:
+    def run_inline(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
         return not (self.delay or self.delays or self.failures) and size <= 65536
 
     # --- keys ------------------------------------------------------------------------
