@@ -7,7 +7,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ def test_flow6_certificate_verification_and_public_key(ctx: cs.CryptoContext) ->
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
     pub_key.release()
     # A validation time past the device certificate's notAfter.
-    verifier.set_validation_time(datetime(2046, 1, 1, tzinfo=timezone.utc))
+    verifier.set_validation_time(datetime(2046, 1, 1, tzinfo=UTC))
     assert verifier.verify() is cs.CertVerifyResult.EXPIRED
 
 
