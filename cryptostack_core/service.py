@@ -52,6 +52,7 @@ from .resources import (
 )
 from .selection import ProviderSet
 from .session import Handle, KeyEntry, Session
+from .shm import SHM_ARGUMENTS, DaemonRegion, is_reference, reference_length
 
 log = logging.getLogger("cryptostack.service")
 
@@ -249,6 +250,10 @@ class Service:
             raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {op!r}")
         if not isinstance(args, Mapping):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "'args' must be a map")
+        region = call.session.shm
+        if region is not None:
+            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                    for k, v in args.items()}
         token = _DEADLINE.set(call.deadline)
         try:
             if call.deadline is not None and time.monotonic() > call.deadline:
@@ -280,7 +285,8 @@ class Service:
             if instance is None:
                 return True
             data = args.get("data")
-            size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+            size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else \
+                reference_length(data)
             return bool(instance.run_inline(_STREAM_OPERATION[family], size,
                                             algorithm=ctx.algorithm))
         if family == "hash" and verb == "create":
@@ -456,6 +462,7 @@ class Service:
     def _build_ops(self) -> dict[str, Callable[[Call, Mapping[str, Any]], Any]]:
         ops: dict[str, Callable[[Call, Mapping[str, Any]], Any]] = {
             "ping": lambda call, args: "pong",
+            "shm.attach": self._op_shm_attach,
             "status": lambda call, args: self.status(),
             "explain": self._op_explain,
             "batch": self._op_batch,
@@ -561,6 +568,16 @@ class Service:
                               f"no {rtype.value} named {name!r} in {self.config.source}")
         number = call.session.resolve_name(rtype, name)
         return {"type": rtype.value, "handle": number, "name": name}
+
+    def _op_shm_attach(self, call: Call, args: Mapping[str, Any]) -> dict[str, int]:
+        fd = _int(args, "fd")
+        size = _int(args, "size", lo=4096, hi=self.config.max_frame_size)
+        region = DaemonRegion(call.session.peer.pid, fd, size)
+        with call.session.lock:
+            old, call.session.shm = call.session.shm, region
+        if old is not None:
+            old.close()
+        return {"size": size}
 
     def _op_release(self, call: Call, args: Mapping[str, Any]) -> None:
         rid = _rid(args, "id")

@@ -123,6 +123,7 @@ class Session:
     handles: dict[int, Handle] = field(default_factory=dict)
     names: dict[tuple[ResourceType, str], int] = field(default_factory=dict)
     closed: bool = False
+    shm: Any = None  # shm.DaemonRegion once the client attached one
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -198,5 +199,8 @@ class Session:
             handles = list(self.handles.values())
             self.handles.clear()
             self.names.clear()
+            region, self.shm = self.shm, None
         for handle in handles:
             release(handle)
+        if region is not None:
+            region.close()

@@ -31,6 +31,8 @@ from .protocol import (
     SUPPORTED_VERSIONS,
     raise_for_error,
 )
+from .shm import SHM_ARGUMENTS, ClientRegion
+from .shm import THRESHOLD as SHM_THRESHOLD
 
 CLIENT_NAME = f"cryptostack-python/{__version__}"
 
@@ -62,6 +64,8 @@ class UnixTransport(Transport):
         self._buf = bytearray()
         self._broken: str | None = None
         self.max_frame = DEFAULT_MAX_FRAME
+        self._region: ClientRegion | None = None
+        self._shm_usable = hasattr(os, "memfd_create") and not os.environ.get("CRYPTOSTACK_NO_SHM")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
@@ -179,27 +183,86 @@ class UnixTransport(Transport):
         with self._lock:
             if self._broken:
                 raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
-            request_id = next(self._ids)
-            message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
-            deadline = None
-            if timeout is not None:
-                message["timeout_ms"] = max(1, int(timeout * 1000))
-                deadline = time.monotonic() + timeout
-            self._send(message, deadline)
-            while True:
-                try:
-                    reply = self._receive(deadline)
-                except CryptoError as exc:
-                    if exc.code is ErrorCode.OPERATION_TIMED_OUT:
-                        raise _timed_out(timeout) from None
-                    raise
-                if reply.get("id") != request_id:
-                    if reply.get("id") is None and reply.get("ok") is False:
-                        raise_for_error(reply.get("error"))
-                    continue  # a late answer to a call we gave up on
-                if reply.get("ok"):
-                    return reply.get("result")
-                raise_for_error(reply.get("error"))
+            if self._shm_usable:
+                args = self._offload(op, args, timeout)
+            return self._roundtrip(op, args, timeout)
+
+    # --- shared memory for large buffers (see shm.py) ---------------------------------------
+    def _offload(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Mapping[str, Any]:
+        targets: list[dict[str, Any]] = []
+        if op == "batch":
+            calls = [dict(c) for c in args.get("calls", [])]
+            for c in calls:
+                c["args"] = dict(c.get("args", {}))
+                targets.append(c["args"])
+            new_args: dict[str, Any] = {**args, "calls": calls}
+        else:
+            new_args = dict(args)
+            targets.append(new_args)
+        big = [(t, k) for t in targets for k in SHM_ARGUMENTS
+               if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= SHM_THRESHOLD]
+        if not big:
+            return args
+        total = sum(len(t[k]) for t, k in big)
+        if not self._ensure_region(total, timeout):
+            return args
+        region = self._region
+        assert region is not None
+        offset = 0
+        for t, k in big:
+            data = t[k]
+            region.map[offset:offset + len(data)] = data
+            t[k] = {"shm": [offset, len(data)]}
+            offset += len(data)
+        return new_args
+
+    def _ensure_region(self, size: int, timeout: float | None) -> bool:
+        if self._region is not None and self._region.size >= size:
+            return True
+        wanted = max(size, 4 << 20)
+        wanted = 1 << (wanted - 1).bit_length()
+        if wanted > self.max_frame:
+            return False
+        try:
+            region = ClientRegion(wanted)
+        except OSError:
+            self._shm_usable = False
+            return False
+        try:
+            self._roundtrip("shm.attach", {"fd": region.fd, "size": wanted}, timeout)
+        except CryptoError as exc:
+            region.close()
+            if exc.code in (ErrorCode.OPERATION_TIMED_OUT, ErrorCode.CONNECTION_FAILED):
+                raise
+            self._shm_usable = False  # e.g. a daemon under another uid: stay inline
+            return False
+        if self._region is not None:
+            self._region.close()
+        self._region = region
+        return True
+
+    def _roundtrip(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        request_id = next(self._ids)
+        message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
+        deadline = None
+        if timeout is not None:
+            message["timeout_ms"] = max(1, int(timeout * 1000))
+            deadline = time.monotonic() + timeout
+        self._send(message, deadline)
+        while True:
+            try:
+                reply = self._receive(deadline)
+            except CryptoError as exc:
+                if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                    raise _timed_out(timeout) from None
+                raise
+            if reply.get("id") != request_id:
+                if reply.get("id") is None and reply.get("ok") is False:
+                    raise_for_error(reply.get("error"))
+                continue  # a late answer to a call we gave up on
+            if reply.get("ok"):
+                return reply.get("result")
+            raise_for_error(reply.get("error"))
 
     def close(self) -> None:
         try:
@@ -207,6 +270,9 @@ class UnixTransport(Transport):
         except OSError:
             pass
         self._broken = self._broken or "closed"
+        if self._region is not None:
+            self._region.close()
+            self._region = None
 
 
 class InprocTransport(Transport):

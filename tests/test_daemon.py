@@ -477,3 +477,34 @@ def test_audit_log_records_identity_and_never_secrets(
     )
     text = audit.read_text()
     assert secret.hex() not in text and secret.hex().upper() not in text
+
+
+def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
+    import hashlib
+
+    big = os.urandom(3 << 20)
+    with daemon.stack() as stack:
+        h = stack.create_crypto_context().create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256"))
+        h.init()
+        h.update(big)
+        h.update(big[:1000])
+        assert h.finalize() == hashlib.sha256(big + big[:1000]).digest()
+        assert stack._transport._region is not None  # type: ignore[attr-defined]
+    # Hostile use of the shared-memory operations.
+    raw = RawClient(daemon.socket_path)
+    with open(daemon.config_path, "rb") as not_a_memfd:
+        reply = raw.request("shm.attach", {"fd": not_a_memfd.fileno(), "size": 4096})
+    assert error_code(reply) == "INVALID_ARGUMENT"
+    fd = os.memfd_create("cryptostack-shm")
+    os.ftruncate(fd, 8192)
+    assert raw.request("shm.attach", {"fd": fd, "size": 8192}, 2)["ok"]
+    ctx_id = raw.request("hash.create", {"algorithm": "SHA-256"}, 3)["result"]["ctx"]
+    raw.request("hash.init", {"ctx": ctx_id}, 4)
+    reply = raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [4096, 8192]}}, 5)
+    assert error_code(reply) == "INVALID_ARGUMENT"
+    assert raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [0, 8192]}}, 6)["ok"]
+    assert raw.request("hash.finalize", {"ctx": ctx_id}, 7)["result"] == \
+        hashlib.sha256(bytes(8192)).digest()
+    os.close(fd)
+    raw.close()
