@@ -12,6 +12,7 @@ import abc
 import concurrent.futures
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -82,6 +83,9 @@ class UnixTransport(Transport):
             sock.close()
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
         self._sock = sock
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
         try:
             self._send({"hello": {"versions": list(SUPPORTED_VERSIONS), "client": CLIENT_NAME}},
@@ -105,14 +109,18 @@ class UnixTransport(Transport):
         self.max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
 
     # --- framing -------------------------------------------------------------------------
-    def _settimeout(self, deadline: float | None) -> None:
+    # The socket stays non-blocking; waiting is one poll() bounded by the deadline, so a
+    # call costs no extra syscalls to switch timeouts.
+    def _wait(self, events: int, deadline: float | None) -> None:
         if deadline is None:
-            self._sock.settimeout(None)
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+            timeout_ms = -1
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            timeout_ms = max(1, int(remaining * 1000 + 0.999))
+        if not self._poll.poll(timeout_ms):
             raise TimeoutError
-        self._sock.settimeout(remaining)
 
     def _send(self, message: Mapping[str, Any], deadline: float | None) -> None:
         body = cbor2.dumps(message)
@@ -121,20 +129,29 @@ class UnixTransport(Transport):
                               f"request of {len(body)} bytes exceeds the daemon's frame limit "
                               f"of {self.max_frame} bytes; send the data in smaller updates")
         header = HEADER.pack(len(body))
+        pieces = [memoryview(header + body)] if len(body) < 65536 else [
+            memoryview(header), memoryview(body)]
         try:
-            self._settimeout(deadline)
-            if len(body) < 65536:
-                self._sock.sendall(header + body)
-            else:
-                self._sock.sendall(header)
-                self._sock.sendall(body)
+            for view in pieces:
+                while view:
+                    try:
+                        sent = self._sock.send(view)
+                    except BlockingIOError:
+                        self._poll.modify(self._sock, select.POLLOUT)
+                        try:
+                            self._wait(select.POLLOUT, deadline)
+                        finally:
+                            self._poll.modify(self._sock, select.POLLIN)
+                        continue
+                    view = view[sent:]
         except TimeoutError:
             # Part of a frame may be on the wire: the stream can no longer be trusted.
             self._break("a request could not be sent before its deadline")
             raise _timed_out(None) from None
         except OSError as exc:
             self._break(f"connection lost: {exc}")
-            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}") from None
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"connection to the daemon lost: {exc}") from None
 
     def _receive(self, deadline: float | None) -> dict[str, Any]:
         buf = self._buf
@@ -162,8 +179,11 @@ class UnixTransport(Transport):
                     want = end - len(buf)
                 else:
                     want = HEADER_SIZE - len(buf)
-                self._settimeout(deadline)
-                chunk = self._sock.recv(max(want, 262144))
+                try:
+                    chunk = self._sock.recv(min(max(want, 65536), 1 << 20))
+                except BlockingIOError:
+                    self._wait(select.POLLIN, deadline)
+                    continue
                 if not chunk:
                     self._break("the daemon closed the connection")
                     raise CryptoError(ErrorCode.CONNECTION_FAILED,
@@ -173,7 +193,8 @@ class UnixTransport(Transport):
             raise _timed_out(None) from None
         except OSError as exc:
             self._break(f"connection lost: {exc}")
-            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}") from None
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"connection to the daemon lost: {exc}") from None
 
     def _break(self, why: str) -> None:
         self._broken = why
