@@ -255,13 +255,26 @@ class Service:
             args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
                     for k, v in args.items()}
         token = _DEADLINE.set(call.deadline)
+        observed = op != "batch" and bool(self.pm.hook.cryptostack_metric.get_hookimpls())
+        started = time.perf_counter() if observed else 0.0
+        result = "ok"
         try:
             if call.deadline is not None and time.monotonic() > call.deadline:
                 raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                   "the deadline passed before the daemon could start the call")
             return fn(call, args)
+        except CryptoError as exc:
+            result = exc.code.value
+            raise
+        except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+            result = ErrorCode.PROVIDER_ERROR.value
+            log.exception("%s failed inside a provider", op)
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
         finally:
             _DEADLINE.reset(token)
+            if observed:
+                self._metric("request.seconds", time.perf_counter() - started,
+                             {"op": op, "result": result})
 
     def is_inline(self, session: Session, op: str, args: Mapping[str, Any]) -> bool:
         """Whether a request is cheap enough to run on the frontend's own thread/loop."""
@@ -327,6 +340,12 @@ class Service:
                 provider=provider, algorithm=algorithm, operation=operation, detail=detail))
         except Exception:
             log.exception("an audit hook failed")
+
+    def _metric(self, name: str, value: float, labels: dict[str, str]) -> None:
+        try:
+            self.pm.hook.cryptostack_metric(name=name, value=value, labels=labels)
+        except Exception:
+            log.exception("a metrics hook failed")
 
     def check_access(self, session: Session, action: str, rtype: ResourceType, name: str,
                      allowed: tuple[int, ...] | None) -> None:
