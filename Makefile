@@ -7,6 +7,13 @@ CORE_VENV := .venv-core
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 DEB_PACKAGES := softhsm2 swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config
 STAMP := $(VENV)/.setup-done
+# liboqs is not packaged for Debian 12: developers build it outside the repository and set
+# OQS_INSTALL_PATH; a build at the conventional /opt/liboqs is picked up when present.
+ifeq ($(origin OQS_INSTALL_PATH), undefined)
+ifneq ($(wildcard /opt/liboqs/lib/liboqs.so),)
+export OQS_INSTALL_PATH := /opt/liboqs
+endif
+endif
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup run demo test test-core-only bench lint clean deb-packages

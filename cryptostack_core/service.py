@@ -836,7 +836,8 @@ class Service:
             entry.release()
         return self._add_key(call, KeyEntry(algorithm=out_spec.name, permissions=perms,
                                             home=loaded, pkey=new,
-                                            persistence=ResourcePersistence.EPHEMERAL))
+                                            persistence=ResourcePersistence.EPHEMERAL,
+                                            compatible=self.providers.preference))
 
     # --- contexts ----------------------------------------------------------------------
     def _require(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
@@ -979,9 +980,12 @@ class Service:
 
     def _secret_key(self, call: Call, ctx: KemContext, pkey: ProviderKey,
                     operation: str) -> dict[str, Any]:
+        # A derived secret is not bound to a slot's compatible list: if its provider lets it
+        # out, any provider may use it (e.g. HKDF on openssl from an ML-KEM-512 secret on oqs).
         entry = KeyEntry(algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
                          permissions=ctx.derived_permissions, home=ctx.loaded, pkey=pkey,
-                         persistence=ResourcePersistence.EPHEMERAL)
+                         persistence=ResourcePersistence.EPHEMERAL,
+                         compatible=self.providers.preference)
         self.audit(call.session, f"key.{operation}", "ephemeral key", provider=ctx.loaded.id,
                    algorithm=ctx.algorithm)
         return self._add_key(call, entry)

@@ -1,0 +1,1 @@
+"""cryptostack provider for post-quantum algorithms on liboqs (see :mod:`.provider`)."""
