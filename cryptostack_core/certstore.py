@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -53,27 +54,38 @@ class CertificateService:
         self._seed()
 
     def _seed(self) -> None:
-        """Copy configured certificate slots and trust stores into the key store at first start."""
+        """Copy configured certificate slots and trust stores into the key store at first start.
+
+        The files are read only while the key store has no entry yet: afterwards the key
+        store (which ``persist_certificate``/``persist_trust_store`` replace atomically) is
+        authoritative. A file that cannot be read or parsed refuses the start, naming the
+        config file, the entry and the file.
+        """
         ks = self.service.keystore
         source = self.service.config.source
+
+        def load(section: str, name: str, path: Path, parse: Callable[[bytes], Any]) -> Any:
+            try:
+                return parse(path.read_bytes())
+            except OSError as exc:
+                problem = f"cannot read {path}: {exc.strerror or exc}"
+            except CryptoError as exc:
+                problem = f"{path}: {exc.message or exc}"
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{source}: [[{section}]] {name!r}: {problem}")
+
         for slot in self.service.config.cert_slots:
             if slot.file is None or ks.certificate(slot.name) is not None:
                 continue
-            try:
-                cert = self.engine.parse_certificate(slot.file.read_bytes())
-            except (OSError, CryptoError) as exc:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{source}: [[cert_slots]] {slot.name!r}: {exc}") from None
+            cert = load("cert_slots", slot.name, slot.file, self.engine.parse_certificate)
             ks.store_certificate(slot.name, cert.public_bytes(Encoding.DER))
         for store in self.service.config.trust_stores:
             if ks.trust_store(store.name) is not None:
                 continue
-            try:
-                anchors = [self.engine.parse_certificate(p.read_bytes()) for p in store.anchors]
-                crls = [self.engine.parse_crl(p.read_bytes()) for p in store.crls]
-            except (OSError, CryptoError) as exc:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{source}: [[trust_stores]] {store.name!r}: {exc}") from None
+            anchors = [load("trust_stores", store.name, p, self.engine.parse_certificate)
+                       for p in store.anchors]
+            crls = [load("trust_stores", store.name, p, self.engine.parse_crl)
+                    for p in store.crls]
             ks.store_trust_store(store.name, [a.public_bytes(Encoding.DER) for a in anchors],
                                  [c.public_bytes(Encoding.DER) for c in crls])
 
@@ -189,9 +201,11 @@ class CertificateService:
         cert = self.certificate(call, args.get("cert"))
         algorithm = self.engine.public_key_algorithm(cert)
         spki = self.engine.spki_der(cert)
+        pinned = args.get("provider")
+        if pinned is not None and (not isinstance(pinned, int) or isinstance(pinned, bool)):
+            raise _bad(f"argument 'provider' must be a provider id, got {pinned!r}")
         service = self.service
-        loaded = service.providers.select(algorithm, Operation.IMPORT_KEY,
-                                          pinned=args.get("provider"))
+        loaded = service.providers.select(algorithm, Operation.IMPORT_KEY, pinned=pinned)
         pkey = service._provider(loaded).import_key(algorithm, spki, KeyFormat.SPKI_DER, P.VERIFY)
         entry = KeyEntry(algorithm=algorithm, permissions=P.VERIFY, home=loaded, pkey=pkey,
                          persistence=ResourcePersistence.EPHEMERAL)
@@ -219,8 +233,11 @@ class CertificateService:
     def _op_persist_certificate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = self._named(call, args.get("slot"), ResourceType.CERT_SLOT)
         slot = self.service.cert_slots[name]
+        # Configured certificates are default-deny for mutation, root included: only the
+        # uids listed in write_uids may replace them (an explicit, possibly empty, allow-list
+        # keeps the policy's "daemon uid and root" fallback out of it).
         self.service.check_access(call.session, "mutate", ResourceType.CERT_SLOT, name,
-                                  slot.write_uids)
+                                  tuple(slot.write_uids or ()))
         cert = self.certificate(call, args.get("cert"))
         version = self.service.keystore.store_certificate(name, cert.public_bytes(Encoding.DER))
         self.service.audit(call.session, "cert.persist", name,
@@ -231,7 +248,7 @@ class CertificateService:
         name = self._named(call, args.get("store"), ResourceType.VERIFICATION_TRUST_STORE)
         store = self.service.trust_stores[name]
         self.service.check_access(call.session, "mutate", ResourceType.VERIFICATION_TRUST_STORE,
-                                  name, store.write_uids)
+                                  name, tuple(store.write_uids or ()))
         anchors, crls = self._lists(call, args)
         if not anchors:
             raise _bad("a trust store needs at least one anchor")
@@ -258,7 +275,10 @@ class CertificateService:
         if when is None:
             moment = dt.datetime.now(dt.timezone.utc)
         elif isinstance(when, (int, float)) and not isinstance(when, bool):
-            moment = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+            try:
+                moment = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+            except (OverflowError, OSError, ValueError):
+                raise _bad(f"'time' {when!r} is not a representable instant") from None
         else:
             raise _bad("'time' must be seconds since the epoch")
         try:

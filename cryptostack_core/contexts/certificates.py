@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CryptoError, ErrorCode
-from ..resources import CertVerifyResult, RevocationCheckPolicy
+from ..resources import CertVerifyResult, KeyFormat, RevocationCheckPolicy
 from .base import ContextConfig, OperationContext, ResourceLike, wire_rid
 
 if TYPE_CHECKING:
@@ -32,10 +32,44 @@ class VerificationReport:
     chain: list[bytes] = field(default_factory=list)
 
     def explain(self) -> str:
-        """One human-readable line."""
+        """One human-readable line: the verdict and the path (VALID) or the reason."""
         if self.result is CertVerifyResult.VALID:
-            return f"VALID: chain of {len(self.chain)} certificates"
+            return (f"VALID: chain of {len(self.chain)} certificates: "
+                    + " -> ".join(_subject(der) for der in self.chain))
         return f"{self.result.value}: {self.reason}"
+
+
+def _subject(der: bytes) -> str:
+    from cryptography import x509
+
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
+    except ValueError:
+        return "<unreadable certificate>"
+
+
+def _encoded(data: object, what: str) -> bytes:
+    """PEM (bytes or str) or DER input as bytes; anything else is INVALID_ARGUMENT."""
+    if isinstance(data, str):
+        try:
+            return data.encode("ascii")
+        except UnicodeEncodeError:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"a PEM {what} is ASCII text; this string is not") from None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                      f"a {what} must be PEM or DER bytes, got {type(data).__name__}")
+
+
+def _rid_list(items: object, what: str) -> list[dict[str, Any]]:
+    """Wire ids of one resource or an iterable of them."""
+    if getattr(items, "resource_id", None) is not None:
+        return [wire_rid(items, what)]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"expected a list of {what} ids or guards, got {type(items).__name__}")
+    return [wire_rid(item, what) for item in items]
 
 
 class CertificateVerificationContext(OperationContext):
@@ -50,26 +84,36 @@ class CertificateVerificationContext(OperationContext):
         self._time: dt.datetime | None = None
         self._policy = RevocationCheckPolicy.NONE
         self.last_report: VerificationReport | None = None
+        # The guards handed to the setters, kept alive while this context refers to them:
+        # ``add_crl(cm.import_crl(data))`` must not release the CRL before ``verify()``.
+        self._held: dict[str, Any] = {}
+        self._held_lists: list[Any] = []
 
     def close(self) -> None:
-        """Nothing is held in the daemon."""
+        """Nothing is held in the daemon; drop the references to the guards given."""
         self._closed = True
+        self._held.clear()
+        self._held_lists.clear()
 
     def set_certificate(self, cert: ResourceLike) -> None:
         """The certificate to validate (certificate slot or imported certificate)."""
         self._certificate = wire_rid(cert, "certificate")
+        self._held["certificate"] = cert
 
     def set_verification_trust_store(self, store: ResourceLike) -> None:
         """The anchors (and CRLs) to validate against."""
         self._trust_store = wire_rid(store, "trust store")
+        self._held["trust_store"] = store
 
     def add_untrusted_intermediate(self, cert: ResourceLike) -> None:
         """A certificate that may be used to build the path (not trusted by itself)."""
         self._intermediates.append(wire_rid(cert, "certificate"))
+        self._held_lists.append(cert)
 
     def add_crl(self, crl: ResourceLike) -> None:
         """An extra CRL for revocation checking."""
         self._crls.append(wire_rid(crl, "CRL"))
+        self._held_lists.append(crl)
 
     def set_validation_time(self, when: dt.datetime) -> None:
         """Validate as of ``when`` (default: now). Naive datetimes are taken as UTC."""
@@ -79,7 +123,12 @@ class CertificateVerificationContext(OperationContext):
 
     def set_revocation_check_policy(self, policy: RevocationCheckPolicy) -> None:
         """NONE or CRL_ONLY."""
-        self._policy = RevocationCheckPolicy(policy)
+        try:
+            self._policy = RevocationCheckPolicy(policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in RevocationCheckPolicy)
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"unknown revocation check policy {policy!r} ({choices})") from None
 
     def verify(self) -> CertVerifyResult:
         """Validate; details in :attr:`last_report` / :meth:`explain`."""
@@ -107,6 +156,12 @@ class CertificateVerificationContext(OperationContext):
 class CertificateManagementContext(OperationContext):
     """Import certificates and CRLs, build and persist trust stores, extract public keys."""
 
+    def __init__(self, parent: CryptoContext, config: CertificateManagementContextConfig,
+                 ) -> None:
+        super().__init__(parent, config)
+        # set_provider() on the config pins where load_certificate_public_key imports keys.
+        self._provider = config.provider
+
     def close(self) -> None:
         """Nothing is held in the daemon."""
         self._closed = True
@@ -116,30 +171,46 @@ class CertificateManagementContext(OperationContext):
 
         return CryptoResourceGuard._from_wire(self._stack, info)
 
-    def import_certificate(self, data: bytes) -> CryptoResourceGuard:
-        """An ephemeral certificate from PEM or DER."""
-        return self._guard(self._call("cert.import", {"data": bytes(data)}))
+    def import_certificate(self, data: bytes | str) -> CryptoResourceGuard:
+        """An ephemeral certificate from PEM (bytes or str) or DER."""
+        return self._guard(self._call("cert.import",
+                                      {"data": _encoded(data, "certificate")}))
 
-    def import_crl(self, data: bytes) -> CryptoResourceGuard:
-        """An ephemeral CRL from PEM or DER."""
-        return self._guard(self._call("crl.import", {"data": bytes(data)}))
+    def import_crl(self, data: bytes | str) -> CryptoResourceGuard:
+        """An ephemeral CRL from PEM (bytes or str) or DER."""
+        return self._guard(self._call("crl.import", {"data": _encoded(data, "CRL")}))
 
-    def create_trust_store(self, anchors: Iterable[ResourceLike],
-                           crls: Iterable[ResourceLike] = ()) -> CryptoResourceGuard:
-        """An ephemeral trust store of anchors (and CRLs)."""
+    def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                           crls: Iterable[ResourceLike] | ResourceLike = (),
+                           ) -> CryptoResourceGuard:
+        """An ephemeral trust store of anchors (and CRLs): ids or guards, one or a list.
+
+        The daemon copies their content: releasing them afterwards leaves the store intact.
+        """
         return self._guard(self._call("truststore.create", {
-            "anchors": [wire_rid(a, "anchor") for a in anchors],
-            "crls": [wire_rid(c, "CRL") for c in crls]}))
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")}))
 
-    def load_certificate_public_key(self, cert: ResourceLike) -> tuple[CryptoResourceGuard, str]:
-        """(VERIFY-only public key guard, canonical algorithm name)."""
-        result = self._call("cert.public_key", {"cert": wire_rid(cert, "certificate")})
+    def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
+                                    ) -> tuple[CryptoResourceGuard, str]:
+        """(VERIFY-only public key guard, canonical algorithm name).
+
+        The key is imported into ``provider`` if given, else the config's ``set_provider``
+        choice, else the first provider in the daemon's preference order that can import it.
+        """
+        pinned = provider if provider is not None else self._provider
+        result = self._call("cert.public_key", {"cert": wire_rid(cert, "certificate"),
+                                                "provider": pinned})
         return self._guard(result["key"]), str(result["algorithm"])
 
-    def export_certificate(self, cert: ResourceLike, fmt: str = "PEM") -> bytes:
-        """The certificate as PEM or DER."""
+    def export_certificate(self, cert: ResourceLike, fmt: str | KeyFormat = "PEM") -> bytes:
+        """The certificate as PEM or DER (``"PEM"``/``"DER"``, any case, or ``KeyFormat.PEM``)."""
+        if isinstance(fmt, KeyFormat):
+            fmt = fmt.value
+        if not isinstance(fmt, str):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"format must be \"PEM\" or \"DER\", got {fmt!r}")
         data: bytes = self._call("cert.export", {"cert": wire_rid(cert, "certificate"),
-                                                 "format": fmt})
+                                                 "format": fmt.upper()})
         return data
 
     def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
@@ -148,11 +219,11 @@ class CertificateManagementContext(OperationContext):
                                              "cert": wire_rid(cert, "certificate")})
         return int(result["version"])
 
-    def persist_trust_store(self, store: ResourceLike, anchors: Iterable[ResourceLike],
-                            crls: Iterable[ResourceLike] = ()) -> int:
+    def persist_trust_store(self, store: ResourceLike,
+                            anchors: Iterable[ResourceLike] | ResourceLike,
+                            crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
         """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
         result = self._call("truststore.persist", {
             "store": wire_rid(store, "trust store"),
-            "anchors": [wire_rid(a, "anchor") for a in anchors],
-            "crls": [wire_rid(c, "CRL") for c in crls]})
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
         return int(result["version"])
