@@ -1,0 +1,281 @@
+"""The PKCS#11 provider behind a real daemon, through the public API: key slots living in the
+token, provider selection with compatibility lists, persistence across daemon restarts,
+deadlines over the socket while the token hangs, and every applicable Wycheproof vector with
+the shared runner."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization as ser
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import cryptostack_core as cs
+from cryptostack_core.testing import wycheproof as wp
+from cryptostack_core.testing.daemon import DaemonProcess
+
+P = cs.KeyOperationPermission
+HSM, SOFT = 5, 2
+ENC, DEC = cs.CipherDirection.ENCRYPT, cs.CipherDirection.DECRYPT
+PKCS11_POLICY = wp.Policy(gcm_iv_lengths=(8, 128))  # the same policy as the software provider
+
+
+def daemon_config(token: Any, **options: Any) -> dict[str, Any]:
+    def slot(name: str, algorithm: str, permissions: list[str], **extra: Any) -> dict[str, Any]:
+        return {"name": name, "algorithm": algorithm, "provider": HSM,
+                "compatible_providers": [HSM, SOFT], "permissions": permissions, **extra}
+
+    return {
+        "providers": [{"name": "openssl", "id": SOFT, "options": {}},
+                      {"name": "pkcs11", "id": HSM, "options": token.options(**options)}],
+        "key_slots": [
+            slot("HsmAes", "AES-256", ["encrypt", "decrypt"], provision="generate"),
+            slot("HsmEc", "ECDSA-P256", ["sign", "verify", "agree"], provision="generate"),
+            slot("HsmEcExportable", "ECDSA-P256", ["sign", "verify", "agree", "export"],
+                 provision="generate"),
+            {"name": "HsmMac", "algorithm": "HMAC-SHA-256", "provider": HSM,
+             "compatible_providers": [HSM], "permissions": ["mac"]},
+        ],
+    }
+
+
+def test_slots_live_in_the_token(tmp_path: Path, softhsm_token: Any,
+                                 list_token_objects: Callable[[Any], list[dict[str, Any]]]
+                                 ) -> None:
+    iv, message = os.urandom(12), b"kept in the HSM"
+    with DaemonProcess(tmp_path / "d", daemon_config(softhsm_token)) as daemon:
+        labels = sorted(o["label"] for o in list_token_objects(softhsm_token))
+        assert labels == ["cryptostack:HsmAes", "cryptostack:HsmEc", "cryptostack:HsmEc",
+                          "cryptostack:HsmEcExportable", "cryptostack:HsmEcExportable"]
+        with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+            status = {p["id"]: p for p in stack.status()["providers"]}
+            assert status[HSM]["state"] == "ready"
+            assert status[HSM]["token_label"] == softhsm_token.label
+            aes = ctx.resolve_resource("HsmAes", cs.ResourceType.KEY_SLOT)
+            km = ctx.create_key_management_context()
+            info = km.get_key_slot_info(aes)
+            assert info.provider == HSM and info.compatible_providers == [HSM, SOFT]
+            enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                            .set_key(aes).set_direction(ENC))
+            enc.init(iv)
+            sealed = enc.update(message) + enc.finalize()
+            assert enc.provider == HSM  # the slot's home provider runs it: in the token
+            with pytest.raises(cs.CryptoError) as err:  # no EXPORT: the material stays
+                km.export_key(km.load_key(aes))
+            assert err.value.code is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+
+            # ECDSA in the token; the signature verifies in pyca
+            ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
+            signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                             .set_key(ec_slot))
+            signature = signer.sign(b"signed in the token")
+            assert signer.provider == HSM
+            public = ser.load_der_public_key(km.export_public_key(ec_slot))
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            public.verify(signature, b"signed in the token", ec.ECDSA(hashes.SHA256()))
+
+            # ECDH is not offered by the token; the key cannot leave it -> nobody can run it
+            peer = ec.generate_private_key(ec.SECP256R1())
+            peer_spki = peer.public_key().public_bytes(ser.Encoding.DER,
+                                                       ser.PublicFormat.SubjectPublicKeyInfo)
+            with pytest.raises(cs.CryptoError) as err:
+                ctx.create_key_agreement_context(cs.KeyAgreementContextConfig()
+                                                 .set_algorithm("ECDH-P256").set_key(ec_slot))
+            assert err.value.code is cs.ErrorCode.NO_COMPATIBLE_PROVIDER
+            # ...while an extractable key moves to the software provider (wrapped out of the
+            # token), and the result matches pyca with the slot's public key
+            movable = ctx.resolve_resource("HsmEcExportable", cs.ResourceType.KEY_SLOT)
+            agreement = ctx.create_key_agreement_context(
+                cs.KeyAgreementContextConfig().set_algorithm("ECDH-P256").set_key(movable)
+                .set_derived_key_permissions(P.DERIVE | P.EXPORT))
+            assert agreement.provider == SOFT
+            shared = km.export_key(agreement.agree(peer_spki))
+            slot_public = ser.load_der_public_key(km.export_public_key(movable))
+            assert isinstance(slot_public, ec.EllipticCurvePublicKey)
+            assert shared == peer.exchange(ec.ECDH(), slot_public)
+            signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                             .set_key(movable))
+            signer.sign(b"x")
+            assert signer.provider == HSM  # signing stays on the home provider
+
+            # an ephemeral key generated in the token, persisted into an empty slot
+            mac_slot = ctx.resolve_resource("HsmMac", cs.ResourceType.KEY_SLOT)
+            eph = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256")
+                                  .set_permissions(P.MAC).set_provider(HSM))
+            km.persist_key(mac_slot, eph)
+            tag = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
+                                          .set_key(eph)).sign(b"mac me")
+        daemon.stop()
+        daemon.start()  # new daemon, new token worker: slots are found again by reference
+        with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+            aes = ctx.resolve_resource("HsmAes", cs.ResourceType.KEY_SLOT)
+            dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                            .set_key(aes).set_direction(DEC))
+            dec.init(iv)
+            assert dec.update(sealed) == b"" and dec.finalize() == message
+            assert dec.provider == HSM
+            mac_slot = ctx.resolve_resource("HsmMac", cs.ResourceType.KEY_SLOT)
+            verifier = ctx.create_verify_context(
+                cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_slot))
+            assert verifier.verify(b"mac me", tag)
+            assert not verifier.verify(b"mac me!", tag)
+            # digests on the token equal the software provider's
+            for algorithm in ("SHA-224", "SHA-256", "SHA-384", "SHA-512"):
+                for data in (b"", b"abc", os.urandom(5000)):
+                    digests = set()
+                    for provider in (HSM, SOFT):
+                        h = ctx.create_hash_context(cs.HashContextConfig()
+                                                    .set_algorithm(algorithm)
+                                                    .set_provider(provider))
+                        digests.add(h.single_shot(data))
+                        assert h.provider == provider
+                    name = algorithm.replace("-", "").lower()
+                    assert digests == {hashlib.new(name, data).digest()}
+
+
+def test_many_clients_at_once(tmp_path: Path, softhsm_token: Any) -> None:
+    """Eight client connections, each with its own contexts, on the same token slots."""
+    errors: list[BaseException] = []
+
+    def client(daemon: DaemonProcess, n: int) -> None:
+        try:
+            with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+                aes = ctx.resolve_resource("HsmAes", cs.ResourceType.KEY_SLOT)
+                ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
+                km = ctx.create_key_management_context()
+                public = ser.load_der_public_key(km.export_public_key(ec_slot))
+                assert isinstance(public, ec.EllipticCurvePublicKey)
+                enc = ctx.create_cipher_context(cs.CipherContextConfig()
+                                                .set_algorithm("AES-256-GCM").set_key(aes)
+                                                .set_direction(ENC))
+                dec = ctx.create_cipher_context(cs.CipherContextConfig()
+                                                .set_algorithm("AES-256-GCM").set_key(aes)
+                                                .set_direction(DEC))
+                signer = ctx.create_sign_context(cs.SignContextConfig()
+                                                 .set_algorithm("ECDSA-P256").set_key(ec_slot))
+                hasher = ctx.create_hash_context(cs.HashContextConfig()
+                                                 .set_algorithm("SHA-256").set_provider(HSM))
+                for i in range(15):
+                    msg = os.urandom(40 + i)
+                    iv = os.urandom(12)
+                    enc.init(iv)
+                    sealed = enc.update(msg) + enc.finalize()
+                    dec.init(iv)
+                    assert dec.update(sealed) + dec.finalize() == msg
+                    public.verify(signer.sign(msg), msg, ec.ECDSA(hashes.SHA256()))
+                    assert hasher.single_shot(msg) == hashlib.sha256(msg).digest()
+                assert {enc.provider, dec.provider, signer.provider, hasher.provider} == {HSM}
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    with DaemonProcess(tmp_path / "d", daemon_config(softhsm_token, sessions=4)) as daemon:
+        threads = [threading.Thread(target=client, args=(daemon, n)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        with daemon.stack() as stack:
+            hsm = next(p for p in stack.status()["providers"] if p["id"] == HSM)
+    assert errors == []
+    assert hsm["state"] == "ready" and hsm["worker_restarts"] == 0
+
+
+def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
+                                                        softhsm_token: Any) -> None:
+    config = daemon_config(softhsm_token, call_timeout=2.0,
+                           test_hang={"op": "sign", "seconds": 60, "times": 1})
+    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=0.4) as stack:
+        ctx = stack.create_crypto_context()
+        ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
+        first_pid = next(p for p in stack.status()["providers"] if p["id"] == HSM)["worker_pid"]
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                         .set_key(ec_slot))
+        started = time.monotonic()
+        with pytest.raises(cs.CryptoError) as err:
+            signer.sign(b"blocks in the token")
+        assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(cs.CryptoError) as err:
+            signer.sign(b"again")
+        assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
+        # the daemon and other contexts -- on the same token -- keep answering
+        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                         .set_provider(HSM))
+        for i in range(10):
+            t0 = time.monotonic()
+            assert hasher.single_shot(b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
+            assert time.monotonic() - t0 < 0.3
+        # after call_timeout the worker is replaced; the persisted key works again
+        deadline = time.monotonic() + 6
+        while True:
+            hsm = next(p for p in stack.status()["providers"] if p["id"] == HSM)
+            if hsm["worker_restarts"] == 1 and hsm["worker_pid"] not in (None, first_pid):
+                break
+            assert time.monotonic() < deadline, hsm
+            time.sleep(0.05)
+        assert hsm["state"] == "degraded" and "sign" in hsm["reason"]
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                         .set_key(ec_slot))
+        signature = signer.sign(b"after the restart")
+        verifier = ctx.create_verify_context(cs.VerifyContextConfig()
+                                             .set_algorithm("ECDSA-P256").set_key(ec_slot))
+        assert verifier.verify(b"after the restart", signature)
+
+
+def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:
+    config = {"providers": [{"name": "pkcs11", "id": HSM,
+                             "options": softhsm_token.options()}]}
+    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=30) as stack:
+        [hsm] = stack.status()["providers"]
+        assert hsm["state"] == "ready"
+        claimed = {"AES-128-GCM", "AES-192-GCM", "AES-256-GCM", "AES-128-CBC", "AES-192-CBC",
+                   "AES-256-CBC", "HMAC-SHA-256", "HMAC-SHA-512", "ECDSA-P256", "ECDSA-P384",
+                   "Ed25519", "RSA-PSS-SHA256"}
+        started = time.perf_counter()
+        results = wp.run_vectors(stack, HSM, claimed, PKCS11_POLICY, start=Path(__file__))
+        elapsed = time.perf_counter() - started
+        print("\n" + wp.format_table(results))
+    assert [r.file for r in results] == [
+        "aes_gcm_test.json", "aes_cbc_pkcs5_test.json", "hmac_sha256_test.json",
+        "hmac_sha512_test.json", "ecdsa_secp256r1_sha256_test.json",
+        "ecdsa_secp384r1_sha384_test.json", "ed25519_test.json",
+        "rsa_pss_2048_sha256_mgf1_32_test.json"]
+    assert [(r.file, u) for r in results for u in r.unexpected] == []
+    assert all(r.cases == r.as_expected and r.skipped == 0 for r in results)
+    by_file = {r.file: r for r in results}
+    assert by_file["aes_gcm_test.json"].policy_rejected == 27  # 1-6 and 257-byte IVs
+    assert sum(r.cases for r in results) == 2127
+    assert elapsed < 90, elapsed
+
+
+def test_worker_ends_with_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:
+    """A daemon killed with SIGKILL leaves no token worker behind, even one stuck in a call."""
+    config = daemon_config(softhsm_token, test_hang={"op": "digest", "seconds": 600,
+                                                     "times": 1})
+    daemon = DaemonProcess(tmp_path / "d", config).start()
+    try:
+        with daemon.stack(timeout=0.3) as stack:
+            pid = next(p for p in stack.status()["providers"] if p["id"] == HSM)["worker_pid"]
+            hasher = stack.create_crypto_context().create_hash_context(
+                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM))
+            with pytest.raises(cs.CryptoError) as err:
+                hasher.single_shot(b"stuck")  # the worker now sleeps inside this call
+            assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
+    finally:
+        daemon.kill()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the token worker outlived the daemon"
+        time.sleep(0.05)
