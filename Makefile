@@ -43,14 +43,15 @@ run: setup
 	$(BIN)/python examples/demo.py --config examples/daemon.toml
 
 test: setup test-core-only
-	$(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --import-mode=importlib \
+	CRYPTOSTACK_FORBID_SKIPS=1 $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --import-mode=importlib \
 	  tests $(addsuffix tests,$(PLUGINS))
 
 # The core alone in a fresh venv (no plugin installed): its suite must pass on the mock provider.
 test-core-only: | deb-packages
 	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/pip install -q -e '.[test]'
-	$(CORE_VENV)/bin/python -m pytest -p no:cacheprovider -q -n $(PYTEST_WORKERS) tests -m "not needs_plugins"
+	CRYPTOSTACK_FORBID_SKIPS=1 $(CORE_VENV)/bin/python -m pytest -p no:cacheprovider -q \
+	  -n $(PYTEST_WORKERS) tests -m "not needs_plugins"
 
 bench: setup
 	$(BIN)/python bench/bench.py
