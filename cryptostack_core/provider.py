@@ -23,11 +23,12 @@ Errors: raise :class:`~cryptostack_core.errors.CryptoError` with the matching co
 from __future__ import annotations
 
 import abc
+import contextlib
 import contextvars
 import enum
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -55,6 +56,7 @@ __all__ = [
     "VerifyOperation",
     "Operation",
     "call_deadline",
+    "deadline_scope",
     "remaining_time",
 ]
 
@@ -198,6 +200,19 @@ def remaining_time() -> float | None:
     """Seconds left before :func:`call_deadline` (may be <= 0), or None for no limit."""
     deadline = _DEADLINE.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+@contextlib.contextmanager
+def deadline_scope(seconds: float | None) -> Iterator[None]:
+    """Run provider calls under a deadline, as the daemon does around each call.
+
+    For provider tests and embedders that call a provider directly.
+    """
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _unsupported(what: str) -> CryptoError:

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,20 +20,12 @@ from cryptostack_pkcs11.provider import PKCS11Provider
 
 from cryptostack_core.errors import CryptoError, ErrorCode
 from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import _DEADLINE, ProviderState
+from cryptostack_core.provider import ProviderState
+from cryptostack_core.provider import deadline_scope as deadline
 from cryptostack_core.resources import CipherDirection
 
 ProviderFactory = Callable[..., PKCS11Provider]
 
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """What the daemon does around a provider call: set the call's deadline."""
-    token = _DEADLINE.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
 
 
 def sha256(provider: PKCS11Provider, data: bytes) -> bytes:

@@ -8,8 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,12 @@ from cryptostack_tpm2.testing import Swtpm
 
 from cryptostack_core.errors import CryptoError, ErrorCode
 from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import _DEADLINE, ProviderKey, ProviderState
+from cryptostack_core.provider import ProviderKey, ProviderState
+from cryptostack_core.provider import deadline_scope as deadline
 from cryptostack_core.resources import CipherDirection, KeyFormat
 
 BLOCKING_LENGTH = 13  # random_bytes(13) blocks inside the worker (test-only option)
 
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """What the daemon does around every provider call: set the call's deadline."""
-    token = _DEADLINE.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
 
 
 def _sign(tpm: TPM2Provider, key: ProviderKey, message: bytes) -> bytes:
