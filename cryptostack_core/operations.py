@@ -162,6 +162,25 @@ class StreamContext(ServerContext):
                               f"for {self.algorithm} (the whole message is held in memory); "
                               "the message was discarded")
 
+    def update(self, data: Buffer) -> Any:
+        """Feed the message in progress; returns the provider's output (ciphers) or None."""
+        self._require_active("update")
+        if self._buffers_message():
+            self._count(data)
+        self.data_seen = True
+        op = self.op
+        assert op is not None
+        return self._guard(lambda: op.update(data))
+
+    def finalize(self) -> Any:
+        """Finish the message: digest, signature, or the cipher's last output."""
+        self._require_active("finalize")
+        op = self.op
+        assert op is not None
+        result = self._guard(op.finalize)
+        self.op, self.state = None, StreamState.DONE
+        return result
+
     def reset(self) -> None:
         """Discard any partial message; the context can be reused."""
         self.op = None
@@ -179,22 +198,6 @@ class HashContext(StreamContext):
     def _start(self, **params: Any) -> HashOperation:
         return self.provider.create_hash(self.algorithm)
 
-    def update(self, data: Buffer) -> None:
-        """Absorb data."""
-        self._require_active("update")
-        op = self.op
-        assert op is not None
-        self._guard(lambda: op.update(data))
-
-    def finalize(self) -> bytes:
-        """Return the digest."""
-        self._require_active("finalize")
-        op = self.op
-        assert op is not None
-        digest: bytes = self._guard(op.finalize)
-        self.op, self.state = None, StreamState.DONE
-        return digest
-
     def single_shot(self, data: Buffer) -> bytes:
         """Digest of ``data`` in one call."""
         if self.state is StreamState.ACTIVE:
@@ -202,7 +205,8 @@ class HashContext(StreamContext):
                               "single_shot() while a message is in progress; reset() first")
         self.init()
         self.update(data)
-        return self.finalize()
+        digest: bytes = self.finalize()
+        return digest
 
 
 class CipherContext(StreamContext):
@@ -218,6 +222,10 @@ class CipherContext(StreamContext):
         self.direction = direction
         self.tag_length = tag_length
         self.aead = spec.kind is AlgorithmKind.AEAD
+
+    def _buffers_message(self) -> bool:
+        # AEAD decryption releases nothing before the tag: the provider holds the message.
+        return self.aead and self.direction is CipherDirection.DECRYPT
 
     def _start(self, **params: Any) -> CipherOperation:
         iv = params.get("iv", b"")
@@ -237,26 +245,6 @@ class CipherContext(StreamContext):
         op = self.op
         assert op is not None
         self._guard(lambda: op.update_aad(data))
-
-    def update(self, data: Buffer) -> bytes:
-        """Process data."""
-        self._require_active("update")
-        if self.aead and self.direction is CipherDirection.DECRYPT:
-            self._count(data)
-        self.data_seen = True
-        op = self.op
-        assert op is not None
-        out: bytes = self._guard(lambda: op.update(data))
-        return out
-
-    def finalize(self) -> bytes:
-        """Finish the message."""
-        self._require_active("finalize")
-        op = self.op
-        assert op is not None
-        out: bytes = self._guard(op.finalize)
-        self.op, self.state = None, StreamState.DONE
-        return out
 
 
 class SignContext(StreamContext):
@@ -287,24 +275,6 @@ class SignContext(StreamContext):
         info = super().describe()
         info["signature_size"] = self.signature_size()
         return info
-
-    def update(self, data: Buffer) -> None:
-        """Absorb message data."""
-        self._require_active("update")
-        if self._buffers_message():
-            self._count(data)
-        op = self.op
-        assert op is not None
-        self._guard(lambda: op.update(data))
-
-    def finalize(self) -> bytes:
-        """Return the signature or tag."""
-        self._require_active("finalize")
-        op = self.op
-        assert op is not None
-        sig: bytes = self._guard(op.finalize)
-        self.op, self.state = None, StreamState.DONE
-        return sig
 
 
 class VerifyContext(SignContext):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Union
 
+from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
 from ..protocol import rid_to_wire
 from ..resources import CryptoResourceId
@@ -48,6 +49,29 @@ def rid_of(value: object, what: str = "resource") -> CryptoResourceId:
 def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
     """Wire form of an id or guard."""
     return rid_to_wire(rid_of(value, what))
+
+
+class AlgorithmSetting:
+    """Builder mixin: ``set_algorithm`` (aliases resolve to the canonical name at once, so a
+    misspelt name fails here with UNSUPPORTED_ALGORITHM)."""
+
+    algorithm: str | None = None
+
+    def set_algorithm(self, algorithm: str) -> Self:
+        """Algorithm by canonical name or alias (``"sha256"`` -> ``"SHA-256"``)."""
+        self.algorithm = canonical_name(algorithm)
+        return self
+
+
+class KeySetting:
+    """Builder mixin: ``set_key`` taking a key slot id, a key id or a guard."""
+
+    key: ResourceLike | None = None
+
+    def set_key(self, key: ResourceLike) -> Self:
+        """The key: a key slot id, a key id or a guard."""
+        self.key = key
+        return self
 
 
 class ContextConfig:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
-from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
 from ..resources import CipherDirection
-from .base import ContextConfig, ResourceLike, StreamContext, wire_rid
+from .base import AlgorithmSetting, ContextConfig, KeySetting, ResourceLike, StreamContext, wire_rid
 
 if TYPE_CHECKING:
     from ..stack import CryptoContext
 
 
-class CipherContextConfig(ContextConfig):
-    """Settings for :meth:`CryptoContext.create_cipher_context`."""
+class CipherContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
+    """Settings for :meth:`CryptoContext.create_cipher_context`: algorithm (``"AES-256-GCM"``
+    ...), key, direction, AEAD tag length."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -22,16 +22,6 @@ class CipherContextConfig(ContextConfig):
         self.key: ResourceLike | None = None
         self.direction: CipherDirection | None = None
         self.tag_length: int | None = None
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Cipher, e.g. ``"AES-256-GCM"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
-
-    def set_key(self, key: ResourceLike) -> Self:
-        """A key slot, key id or guard."""
-        self.key = key
-        return self
 
     def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""

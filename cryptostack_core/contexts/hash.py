@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
-from .base import ContextConfig, StreamContext
+from .base import AlgorithmSetting, ContextConfig, StreamContext
 
 if TYPE_CHECKING:
     from ..stack import CryptoContext
 
 
-class HashContextConfig(ContextConfig):
-    """Settings for :meth:`CryptoContext.create_hash_context`."""
+class HashContextConfig(AlgorithmSetting, ContextConfig):
+    """Settings for :meth:`CryptoContext.create_hash_context`: the algorithm (``"SHA-256"`` ...)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.algorithm: str | None = None
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Hash algorithm, e.g. ``"SHA-256"`` (aliases accepted)."""
-        self.algorithm = canonical_name(algorithm)
-        return self
 
 
 class HashContext(StreamContext):

@@ -4,33 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
-from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
 from ..permissions import KeyOperationPermission
-from .base import ContextConfig, OperationContext, ResourceLike, wire_rid
+from .base import AlgorithmSetting, ContextConfig, KeySetting, OperationContext, ResourceLike, wire_rid
 
 if TYPE_CHECKING:
     from ..stack import CryptoContext, CryptoResourceGuard
 
 
-class KemContextConfig(ContextConfig):
-    """Settings for :meth:`CryptoContext.create_kem_context`."""
+class KemContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
+    """Settings for :meth:`CryptoContext.create_kem_context`: algorithm (``"ML-KEM-768"``),
+    key (public key to encapsulate to, or the key pair), derived-key permissions."""
 
     def __init__(self) -> None:
         super().__init__()
         self.algorithm: str | None = None
         self.key: ResourceLike | None = None
         self.derived_permissions = KeyOperationPermission.DERIVE
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """KEM, e.g. ``"ML-KEM-768"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
-
-    def set_key(self, key: ResourceLike) -> Self:
-        """Public key (encapsulate) or key pair (both)."""
-        self.key = key
-        return self
 
     def set_derived_key_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the shared-secret keys (default DERIVE; add EXPORT to read them)."""
@@ -39,12 +29,8 @@ class KemContextConfig(ContextConfig):
 
 
 class KeyAgreementContextConfig(KemContextConfig):
-    """Settings for :meth:`CryptoContext.create_key_agreement_context`."""
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Agreement, e.g. ``"X25519"``, ``"ECDH-P256"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
+    """Settings for :meth:`CryptoContext.create_key_agreement_context`: algorithm
+    (``"X25519"``, ``"ECDH-P256"``), private key, derived-key permissions."""
 
 
 class _SecretProducingContext(OperationContext):

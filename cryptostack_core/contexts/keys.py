@@ -8,7 +8,7 @@ from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
 from ..permissions import KeyOperationPermission
 from ..resources import KeyFormat, KeySlotInfo, KeySlotStatus
-from .base import ContextConfig, OperationContext, ResourceLike, wire_rid
+from .base import AlgorithmSetting, ContextConfig, KeySetting, OperationContext, ResourceLike, wire_rid
 
 if TYPE_CHECKING:
     from ..stack import CryptoContext, CryptoResourceGuard
@@ -18,18 +18,14 @@ class KeyManagementContextConfig(ContextConfig):
     """Settings for :meth:`CryptoContext.create_key_management_context` (timeouts)."""
 
 
-class GenerateKeyParams:
-    """What key to generate."""
+class GenerateKeyParams(AlgorithmSetting):
+    """What key to generate: key type (``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"`` ...),
+    permissions, provider."""
 
     def __init__(self) -> None:
         self.algorithm: str | None = None
         self.permissions: KeyOperationPermission | None = None
         self.provider: int | None = None
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Key type, e.g. ``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
@@ -50,11 +46,6 @@ class ImportKeyParams(GenerateKeyParams):
         self.material: bytes | None = None
         self.format: KeyFormat | None = None
 
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Key type of the material."""
-        self.algorithm = canonical_name(algorithm)
-        return self
-
     def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
         """The encoded key and its format."""
         self.material = bytes(material)
@@ -62,8 +53,9 @@ class ImportKeyParams(GenerateKeyParams):
         return self
 
 
-class DeriveKeyParams:
-    """Key derivation (HKDF) from a secret key."""
+class DeriveKeyParams(AlgorithmSetting, KeySetting):
+    """Key derivation from a key with DERIVE: KDF (``"HKDF-SHA-256"``), input key, salt, info,
+    output key type and length, permissions."""
 
     def __init__(self) -> None:
         self.algorithm = "HKDF-SHA-256"
@@ -73,16 +65,6 @@ class DeriveKeyParams:
         self.length: int | None = None
         self.output_algorithm = "GENERIC-SECRET"
         self.permissions: KeyOperationPermission | None = None
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """KDF, e.g. ``"HKDF-SHA-256"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
-
-    def set_key(self, key: ResourceLike) -> Self:
-        """Input key material (a key with DERIVE)."""
-        self.key = key
-        return self
 
     def set_salt(self, salt: bytes) -> Self:
         """HKDF salt."""

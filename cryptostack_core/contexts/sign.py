@@ -4,32 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Self
 
-from ..algorithms import canonical_name
 from ..errors import CryptoError, ErrorCode
-from .base import ContextConfig, ResourceLike, StreamContext, wire_rid
+from .base import AlgorithmSetting, ContextConfig, KeySetting, ResourceLike, StreamContext, wire_rid
 
 if TYPE_CHECKING:
     from ..stack import CryptoContext
 
 
-class SignContextConfig(ContextConfig):
-    """Settings for :meth:`CryptoContext.create_sign_context`."""
+class SignContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
+    """Settings for :meth:`CryptoContext.create_sign_context`: algorithm (``"ML-DSA-65"``,
+    ``"HMAC-SHA-256"`` ...), key, context string."""
 
     def __init__(self) -> None:
         super().__init__()
         self.algorithm: str | None = None
         self.key: ResourceLike | None = None
         self.context: bytes = b""
-
-    def set_algorithm(self, algorithm: str) -> Self:
-        """Signature or MAC algorithm, e.g. ``"ML-DSA-65"``, ``"HMAC-SHA-256"``."""
-        self.algorithm = canonical_name(algorithm)
-        return self
-
-    def set_key(self, key: ResourceLike) -> Self:
-        """A key slot, key id or guard."""
-        self.key = key
-        return self
 
     def set_context(self, context: bytes) -> Self:
         """ML-DSA / SLH-DSA context string (default empty)."""
