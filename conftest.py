@@ -1,4 +1,7 @@
-"""Repository-wide test policy.
+"""Repository-wide test policy and reporting.
+
+Wycheproof runs attach their per-file table with ``record_property("wycheproof", text)``;
+the tables are printed at the end of the run (they travel back from xdist workers).
 
 With ``CRYPTOSTACK_FORBID_SKIPS=1`` (set by ``make test``) a skipped test fails the run: the
 tests that need SoftHSM2 or swtpm must run, not be skipped. The only allowed skips are the
@@ -25,3 +28,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter.write_line(f"FAILED: {len(skipped)} test(s) were skipped in a run that "
                             f"forbids skips: {names}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    tables = [value for report in terminalreporter.stats.get("passed", [])
+              + terminalreporter.stats.get("failed", [])
+              for name, value in getattr(report, "user_properties", []) if name == "wycheproof"]
+    if tables:
+        terminalreporter.section("Wycheproof vectors through the public API")
+        for table in tables:
+            terminalreporter.write_line(str(table))
+            terminalreporter.write_line("")

@@ -9,7 +9,7 @@ case that does not go the declared way as unexpected.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,12 +55,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.CryptoStack]:
             yield connected
 
 
-def test_every_vector_over_the_daemon(stack: cs.CryptoStack, claimed: set[str]) -> None:
+def test_every_vector_over_the_daemon(stack: cs.CryptoStack, claimed: set[str],
+        record_property: Callable[[str, object], None]) -> None:
     assert wp.applicable_files(claimed) == list(wp.FILES)  # the provider claims them all
     started = time.perf_counter()
     results = wp.run_vectors(stack, PROVIDER_ID, claimed, OPENSSL_POLICY, start=Path(__file__))
     elapsed = time.perf_counter() - started
-    print("\n" + wp.format_table(results))
+    table = wp.format_table(results)
+    print("\n" + table)
+    record_property("wycheproof", "openssl provider, over the daemon\n" + table)
     for result in results:
         print(result.summary())
     assert [r for r in results if r.unexpected] == []

@@ -11,7 +11,7 @@ No Wycheproof case here is ``acceptable``, so the policy is empty.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cs.CryptoStack]:
             yield connected
 
 
-def test_vectors_over_the_daemon(stack: cs.CryptoStack, provider: OQSProvider) -> None:
+def test_vectors_over_the_daemon(stack: cs.CryptoStack, provider: OQSProvider,
+        record_property: Callable[[str, object], None]) -> None:
     files = applicable(provider)
     assert files == ["mlkem_768_test.json", "mlkem_768_encaps_test.json",
                      "mldsa_65_verify_test.json"]
@@ -60,7 +61,9 @@ def test_vectors_over_the_daemon(stack: cs.CryptoStack, provider: OQSProvider) -
     results = [wp.run_file(stack, PROVIDER_ID, directory / name, wp.Policy(), claimed)
                for name in files]
     elapsed = time.perf_counter() - started
-    print("\n" + wp.format_table(results))
+    table = wp.format_table(results)
+    print("\n" + table)
+    record_property("wycheproof", "oqs provider, over the daemon\n" + table)
     print("not applicable to oqs: mldsa_65_sign_seed_test.json (ML-DSA SEED import "
           f"unsupported); {elapsed:.2f} s")
     assert [r for r in results if r.unexpected] == []

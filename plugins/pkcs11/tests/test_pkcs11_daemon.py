@@ -230,7 +230,8 @@ def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
         assert verifier.verify(b"after the restart", signature)
 
 
-def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:
+def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any,
+        record_property: Callable[[str, object], None]) -> None:
     config = {"providers": [{"name": "pkcs11", "id": HSM,
                              "options": softhsm_token.options()}]}
     with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=30) as stack:
@@ -242,7 +243,9 @@ def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:
         started = time.perf_counter()
         results = wp.run_vectors(stack, HSM, claimed, PKCS11_POLICY, start=Path(__file__))
         elapsed = time.perf_counter() - started
-        print("\n" + wp.format_table(results))
+        table = wp.format_table(results)
+        print("\n" + table)
+        record_property("wycheproof", "pkcs11 provider (SoftHSM2), over the daemon\n" + table)
     assert [r.file for r in results] == [
         "aes_gcm_test.json", "aes_cbc_pkcs5_test.json", "hmac_sha256_test.json",
         "hmac_sha512_test.json", "ecdsa_secp256r1_sha256_test.json",

@@ -261,14 +261,17 @@ def wycheproof_daemon(tmp_path_factory: pytest.TempPathFactory
 
 
 def test_wycheproof_vectors_over_the_daemon(
-        wycheproof_daemon: tuple[cs.CryptoStack, set[str]]) -> None:
+        wycheproof_daemon: tuple[cs.CryptoStack, set[str]],
+        record_property: Callable[[str, object], None]) -> None:
     stack, claimed = wycheproof_daemon
     files = wp.applicable_files(claimed)
     assert files == ["aes_cbc_pkcs5_test.json", "hmac_sha256_test.json",
                      "hmac_sha512_test.json", "ecdsa_secp256r1_sha256_test.json",
                      "ecdsa_secp384r1_sha384_test.json", "rsa_pss_2048_sha256_mgf1_32_test.json"]
     results = wp.run_vectors(stack, PROVIDER_ID, claimed, wp.Policy(), start=Path(__file__))
-    print("\n" + wp.format_table(results))
+    table = wp.format_table(results)
+    print("\n" + table)
+    record_property("wycheproof", "tpm2 provider (swtpm), over the daemon\n" + table)
     assert [r for r in results if r.unexpected] == []
     by_file = {r.file: r for r in results}
     # AES-192 is absent from swtpm (found by TPM2_TestParms), so its groups are not claimed.
