@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from typing import Any
 
@@ -34,6 +35,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         print(f"cryptostack: bad configuration: {exc}", file=sys.stderr)
         return 2
     except CryptoError as exc:
+        print(f"cryptostack: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error) as exc:  # unwritable key store or socket directory ...
         print(f"cryptostack: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
