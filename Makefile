@@ -53,8 +53,13 @@ test-core-only: | deb-packages
 	CRYPTOSTACK_FORBID_SKIPS=1 $(CORE_VENV)/bin/python -m pytest -p no:cacheprovider -q \
 	  -n $(PYTEST_WORKERS) tests -m "not needs_plugins"
 
+# Measurements, never assertions: the core against the IPC floor and in-process cryptography,
+# then each real backend against its own library (SoftHSM2, swtpm, liboqs when present).
 bench: setup
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/pkcs11_latency.py
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider --import-mode=importlib \
+	  plugins/tpm2/tests/bench_tpm2_latency.py plugins/oqs/tests/bench_oqs_latency.py
 
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples

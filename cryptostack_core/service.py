@@ -304,6 +304,16 @@ class Service:
                                             algorithm=ctx.algorithm))
         if family == "hash" and verb == "create":
             return True
+        if op in _SECRET_OPERATION:
+            try:
+                ctx = session.context(args.get("ctx"))
+            except CryptoError:
+                return True
+            instance = ctx.loaded.instance
+            peer = args.get("peer", args.get("ciphertext"))
+            size = len(peer) if isinstance(peer, (bytes, bytearray, memoryview)) else 0
+            return instance is not None and bool(
+                instance.run_inline(_SECRET_OPERATION[op], size, algorithm=ctx.algorithm))
         return False
 
     def abandon(self, call: Call, op: str, args: Mapping[str, Any], reason: str) -> None:
@@ -1054,5 +1064,7 @@ class Service:
 
 _CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resource.release",
                           "resource.describe"})
+_SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
+                     "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
 _STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
                      "sign": Operation.SIGN, "verify": Operation.VERIFY}

@@ -77,10 +77,15 @@ def test_liboqs_spellings_are_aliases() -> None:
     assert REGISTRY.canonical("mlkem768") == "ML-KEM-768"
 
 
-def test_run_inline_is_never_true(provider: OQSProvider) -> None:
-    for op in (Operation.SIGN, Operation.VERIFY, Operation.ENCAPSULATE):
-        assert provider.run_inline(op, 0) is False
-        assert provider.run_inline(op, 64, algorithm="ML-DSA-65") is False
+def test_run_inline_only_for_cheap_calls(provider: OQSProvider) -> None:
+    cheap = [(Operation.ENCAPSULATE, 0, "ML-KEM-768"), (Operation.DECAPSULATE, 1088, "ML-KEM-768"),
+             (Operation.VERIFY, 0, "ML-DSA-65"), (Operation.VERIFY, 0, "Falcon-512"),
+             (Operation.SIGN, 64, "SLH-DSA-SHA2-128s")]  # an update only buffers
+    slow = [(Operation.SIGN, 0, "ML-DSA-65"), (Operation.SIGN, 0, "SLH-DSA-SHA2-128s"),
+            (Operation.VERIFY, 0, "SLH-DSA-SHA2-128f"), (Operation.GENERATE_KEY, 0, "ML-KEM-768"),
+            (Operation.VERIFY, 0, None), (Operation.SIGN, 1 << 20, "ML-DSA-65")]
+    assert all(provider.run_inline(op, size, algorithm=alg) for op, size, alg in cheap)
+    assert not any(provider.run_inline(op, size, algorithm=alg) for op, size, alg in slow)
 
 
 @pytest.mark.parametrize("algorithm", ALL)

@@ -1,8 +1,8 @@
 """Latency of the oqs provider, measured in one run: direct liboqs-python, the provider
 through the SDK (same process), and the public API over a real daemon (unix socket).
 
-Prints a table (run with ``-s`` to see it); asserts only that the provider adds little to
-liboqs (the SDK path builds a liboqs object per call and buffers the message).
+A benchmark, not a test: ``make bench`` runs it (``pytest -s`` on this file) and prints the
+table; nothing about speed is asserted.
 """
 
 from __future__ import annotations
@@ -111,11 +111,6 @@ def test_latency_direct_vs_sdk_vs_daemon(provider: OQSProvider, tmp_path: Path) 
     for algorithm, operation, direct_us, sdk_us, daemon_us in rows:
         through = f"{daemon_us:12.0f}" if daemon_us is not None else f"{'-':>12}"
         print(f"  {algorithm:18} {operation:11} {direct_us:10.1f} {sdk_us:14.1f} {through}")
-    by = {(a, o): (d, s) for a, o, d, s, _ in rows}
-    direct_us, sdk_us = by[("ML-DSA-65", "sign")]
-    assert sdk_us - direct_us < 200  # the provider adds well under 0.2 ms to a signature
-    direct_us, sdk_us = by[("ML-KEM-768", "encapsulate")]
-    assert sdk_us - direct_us < 200
 
 
 def _through_daemon(tmp_path: Path) -> dict[tuple[str, str], float]:

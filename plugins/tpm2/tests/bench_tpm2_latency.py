@@ -1,8 +1,9 @@
 """Latency of the provider (direct SDK calls) against tpm2-pytss used directly, one run.
 
 Both talk to the same swtpm one after the other (it serves one client at a time). The
-provider adds a pipe round trip to its worker process per call; the figures are printed
-(``pytest -s``); the bounds asserted are loose so the test cannot flake on a busy machine.
+provider adds a pipe round trip to its worker process per call. A benchmark, not a test:
+``make bench`` runs it (``pytest -s`` on this file) and prints the figures; nothing about
+speed is asserted.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _median_us(fn: Callable[[], object]) -> float:
     return statistics.median(samples) * 1e6
 
 
-def test_provider_latency_against_direct_tpm2_pytss(
+def test_bench_provider_latency_against_direct_tpm2_pytss(
         fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider], tmp_path: Path) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_ST
     from tpm2_pytss.types import TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK
@@ -70,10 +71,9 @@ def test_provider_latency_against_direct_tpm2_pytss(
 
     figures["provider SHA-256 64 B"] = _median_us(provider_hash)
     figures["provider ECDSA-P256 sign"] = _median_us(provider_sign)
-    print()
+    print("\ntpm2 (swtpm) latency, medians")
     for name, value in figures.items():
-        print(f"{name:28} median {value:7.0f} us")
-    # Loose bounds (the suite may share two cores with other tests): the worker hop costs
-    # tens to a few hundred microseconds, never a multiple of the TPM command itself.
+        print(f"  {name:28} {value:7.0f} us")
     for operation in ("SHA-256 64 B", "ECDSA-P256 sign"):
-        assert figures[f"provider {operation}"] < 3 * figures[f"direct {operation}"] + 1000
+        ratio = figures[f"provider {operation}"] / figures[f"direct {operation}"]
+        print(f"  {operation:28} provider/direct {ratio:5.2f}x")

@@ -2,7 +2,7 @@
 token: python-pkcs11 in-process, the provider SDK (token worker process), and the public API
 (``inproc://`` and a daemon over its socket), with the software provider for reference.
 
-Run from the project root: ``.venv/bin/python plugins/pkcs11/tools/latency.py [-n 3000]``.
+Run by ``make bench`` (or ``.venv/bin/python bench/pkcs11_latency.py [-n 3000]``).
 Prints the median and the 99th percentile per operation, in microseconds.
 """
 
