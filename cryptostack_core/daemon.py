@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
         self.session: Session | None = None
         self.greeted = False
         self.in_flight: set[asyncio.Task[None]] = set()
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,7 +78,25 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
+        # A connection that never says hello must not hold a client slot forever.
+        self._hello_timer = self.server.loop.call_later(
+            self.server.config.hello_timeout, self._hello_overdue)
         log.debug("client connected: pid=%d uid=%d", peer.pid, peer.uid)
+
+    def _hello_overdue(self) -> None:
+        if not self.greeted:
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    f"no hello within {self.server.config.hello_timeout} s"))
+
+    # Backpressure: a client that sends requests but does not read the answers stops being
+    # read once its unsent answers pass the transport's high-water mark.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -92,6 +111,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         for task in self.in_flight:
             task.cancel()
         session, self.session = self.session, None

@@ -85,6 +85,7 @@ class DaemonConfig:
     max_clients: int = 512
     max_buffered_message: int = 64 * 1024 * 1024
     worker_threads: int = 16
+    hello_timeout: float = 10.0
     provider_preference: tuple[int, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     key_slots: tuple[KeySlotConfig, ...] = ()
@@ -121,7 +122,7 @@ _TOP_LEVEL = {"daemon", "providers", "key_slots", "cert_slots", "trust_stores"}
 _DAEMON_KEYS = {
     "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
     "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
-    "max_buffered_message", "worker_threads", "provider_preference",
+    "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
 }
 
 
@@ -213,6 +214,11 @@ class _Parser:
             providers.append(ProviderConfig(name, pid, dict(options)))
         kw["providers"] = tuple(providers)
 
+        if "hello_timeout" in daemon:
+            value = daemon["hello_timeout"]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise self.fail("[daemon] hello_timeout", f"expected seconds > 0, got {value!r}")
+            kw["hello_timeout"] = float(value)
         if "provider_preference" in daemon:
             pref = daemon["provider_preference"]
             if not isinstance(pref, list):

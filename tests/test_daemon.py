@@ -508,3 +508,29 @@ def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
         hashlib.sha256(bytes(8192)).digest()
     os.close(fd)
     raw.close()
+
+
+def test_silent_and_non_reading_clients_are_contained(
+        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    d = daemon_factory(mock_config(hello_timeout=0.3))
+    silent = RawClient(d.socket_path, hello=False)
+    reply = silent.recv()  # nothing sent: the daemon gives up on us
+    assert error_code(reply) == "PROTOCOL_ERROR" and "hello" in reply["error"]["message"]
+    assert silent.closed()
+    # A client that floods requests and never reads: the daemon stops reading it instead
+    # of buffering answers without bound, and keeps serving others.
+    flood = RawClient(d.socket_path)
+    flood.sock.setblocking(False)
+    body = cbor2.dumps({"id": 1, "op": "status", "args": {}})
+    frame = struct.pack(">I", len(body)) + body
+    sent = 0
+    try:
+        for _ in range(200000):
+            flood.sock.send(frame * 64)
+            sent += 64
+    except BlockingIOError:
+        pass
+    assert sent < 200000 * 64  # the socket filled up: the daemon stopped reading
+    with d.stack() as other:
+        assert other.status()["providers"][0]["state"] == "ready"
+    flood.close()
