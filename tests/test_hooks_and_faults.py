@@ -132,3 +132,26 @@ def test_cli_explain(daemon: DaemonProcess) -> None:
                               daemon.endpoint, "--algorithm", "SHA-224", "--operation", "hash"],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no compatible provider" in missing.stdout
+
+
+def test_aead_decryption_is_bounded_by_the_buffered_message_limit(mock_config: Any) -> None:
+    config = mock_config(max_buffered_message=4096)
+    with cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(config)) as stack:
+        ctx = stack.create_crypto_context()
+        km = ctx.create_key_management_context()
+        key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
+        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(key).set_direction(cs.CipherDirection.DECRYPT))
+        dec.init(bytes(12))
+        assert dec.update(bytes(3000)) == b""
+        with pytest.raises(cs.CryptoError) as err:
+            dec.update(bytes(2000))
+        assert err.value.code is E.RESOURCE_EXHAUSTED and "4096" in err.value.message
+        with pytest.raises(cs.CryptoError) as err:
+            dec.finalize()  # the message was discarded
+        assert err.value.code is E.INVALID_STATE
+        # Encryption streams and is not limited.
+        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(key).set_direction(cs.CipherDirection.ENCRYPT))
+        enc.init(bytes(12))
+        assert len(enc.update(bytes(10000)) + enc.finalize()) == 10016
