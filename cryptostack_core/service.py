@@ -23,6 +23,16 @@ import pluggy
 
 from . import __version__
 from .algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, KeyClass, Operation
+from .arguments import (
+    algorithm_arg,
+    arg,
+    data_arg,
+    enum_arg,
+    int_arg,
+    invalid,
+    permissions_arg,
+    rid_arg,
+)
 from .daemon_config import DaemonConfig, KeySlotConfig
 from .discovery import LoadedProvider, load_provider
 from .errors import CryptoError, ErrorCode
@@ -40,7 +50,7 @@ from .operations import (
 )
 from .permissions import KeyOperationPermission as P
 from .permissions import has_permission
-from .protocol import rid_from_wire, rid_to_wire
+from .protocol import rid_to_wire
 from .provider import _DEADLINE, Provider, ProviderKey
 from .resources import (
     CipherDirection,
@@ -72,78 +82,6 @@ class Call:
 
 
 # --- argument parsing ----------------------------------------------------------------
-def _bad(message: str) -> CryptoError:
-    return CryptoError(ErrorCode.INVALID_ARGUMENT, message)
-
-
-def _arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *,
-         default: Any = ..., allow_none: bool = False) -> Any:
-    if name not in args or (args[name] is None and default is not ...):
-        if default is ...:
-            raise _bad(f"missing argument {name!r}")
-        return default
-    value = args[name]
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) and kind in (int, (int,)):
-        raise _bad(f"argument {name!r} must be an integer, got a boolean")
-    if not isinstance(value, kind):
-        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise _bad(f"argument {name!r} must be {want}, got {type(value).__name__}")
-    return value
-
-
-def _data(args: Mapping[str, Any], name: str = "data") -> bytes | memoryview:
-    value = args.get(name)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return value if not isinstance(value, bytearray) else bytes(value)
-    if value is None and name not in args:
-        raise _bad(f"missing argument {name!r}")
-    raise _bad(f"argument {name!r} must be bytes, got {type(value).__name__}")
-
-
-def _int(args: Mapping[str, Any], name: str, default: Any = ..., lo: int = 0,
-         hi: int | None = None) -> Any:
-    value = _arg(args, name, int, default=default)
-    if value is None:
-        return None
-    if value < lo or (hi is not None and value > hi):
-        raise _bad(f"argument {name!r} out of range: {value}")
-    return value
-
-
-def _algorithm(args: Mapping[str, Any], name: str = "algorithm") -> AlgorithmSpec:
-    value = _arg(args, name, str)
-    return REGISTRY.get(value)
-
-
-def _permissions(args: Mapping[str, Any], name: str = "permissions") -> P | None:
-    value = _arg(args, name, int, default=None)
-    if value is None:
-        return None
-    if value < 0 or value & ~int(P.AUTHENTICATION | P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP
-                                 | P.DERIVE | P.ENCAPSULATE | P.DECAPSULATE | P.EXPORT):
-        raise _bad(f"unknown permission bits in {value:#x}")
-    return P(value)
-
-
-def _enum(args: Mapping[str, Any], name: str, enum_type: Any, default: Any = ...) -> Any:
-    value = _arg(args, name, str, default=default)
-    if not isinstance(value, str):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_type)
-        raise _bad(f"argument {name!r}: {value!r} is not one of {choices}") from None
-
-
-def _rid(args: Mapping[str, Any], name: str) -> CryptoResourceId:
-    if name not in args:
-        raise _bad(f"missing argument {name!r}")
-    return rid_from_wire(args[name])
-
-
 class Service:
     """One crypto service instance: providers, key store, sessions."""
 
@@ -478,14 +416,14 @@ class Service:
 
     def _key_argument(self, call: Call, args: Mapping[str, Any], name: str = "key") -> KeyEntry:
         """A key given as slot or key id; the caller owns one reference to the result."""
-        rid = _rid(args, name)
+        rid = rid_arg(args, name)
         if rid.type is ResourceType.KEY_SLOT:
             handle = call.session.get(rid)
             return self.load_slot(call.session, handle.obj.name)
         if rid.type is ResourceType.KEY:
             entry: KeyEntry = call.session.get(rid).obj
             return entry.retain()
-        raise _bad(f"{name!r} must be a key slot or a key, got a {rid.type.value}")
+        raise invalid(f"{name!r} must be a key slot or a key, got a {rid.type.value}")
 
     # --- operation table ---------------------------------------------------------------
     def _build_ops(self) -> dict[str, Callable[[Call, Mapping[str, Any]], Any]]:
@@ -553,14 +491,14 @@ class Service:
         }
 
     def _op_explain(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, object]]:
-        spec = _algorithm(args)
-        op_name = _arg(args, "operation", str)
+        spec = algorithm_arg(args)
+        op_name = arg(args, "operation", str)
         try:
             operation = Operation(op_name)
         except ValueError:
-            raise _bad(f"unknown operation {op_name!r}; one of "
+            raise invalid(f"unknown operation {op_name!r}; one of "
                        f"{', '.join(o.value for o in Operation)}") from None
-        pinned = _int(args, "provider", default=None)
+        pinned = int_arg(args, "provider", default=None)
         placement = None
         if args.get("key") is not None:
             entry = self._key_argument(call, args)
@@ -572,25 +510,25 @@ class Service:
             spec.name, operation, key=placement, pinned=pinned)]
 
     def _op_batch(self, call: Call, args: Mapping[str, Any]) -> list[Any]:
-        calls = _arg(args, "calls", list)
+        calls = arg(args, "calls", list)
         results = []
         for item in calls:
             if not isinstance(item, Mapping) or not isinstance(item.get("op"), str):
-                raise _bad("each batch entry must be a map with 'op' and 'args'")
+                raise invalid("each batch entry must be a map with 'op' and 'args'")
             if item["op"] == "batch":
-                raise _bad("batches do not nest")
+                raise invalid("batches do not nest")
             results.append(self.handle(call, item["op"], item.get("args", {})))
         return results
 
     def _op_resolve(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str)
-        rtype = _enum(args, "type", ResourceType)
+        name = arg(args, "name", str)
+        rtype = enum_arg(args, "type", ResourceType)
         named: dict[ResourceType, Mapping[str, object]] = {
             ResourceType.KEY_SLOT: self.slots, ResourceType.CERT_SLOT: self.cert_slots,
             ResourceType.VERIFICATION_TRUST_STORE: self.trust_stores}
         known = named.get(rtype)
         if known is None:
-            raise _bad(f"only slots and trust stores have names; {rtype.value} resources are "
+            raise invalid(f"only slots and trust stores have names; {rtype.value} resources are "
                        "created by import or generate")
         if name not in known:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
@@ -599,8 +537,8 @@ class Service:
         return {"type": rtype.value, "handle": number, "name": name}
 
     def _op_shm_attach(self, call: Call, args: Mapping[str, Any]) -> dict[str, int]:
-        fd = _int(args, "fd")
-        size = _int(args, "size", lo=4096, hi=self.config.max_frame_size)
+        fd = int_arg(args, "fd")
+        size = int_arg(args, "size", lo=4096, hi=self.config.max_frame_size)
         region = DaemonRegion(call.session.peer.pid, fd, size)
         with call.session.lock:
             old, call.session.shm = call.session.shm, region
@@ -609,7 +547,7 @@ class Service:
         return {"size": size}
 
     def _op_release(self, call: Call, args: Mapping[str, Any]) -> None:
-        rid = _rid(args, "id")
+        rid = rid_arg(args, "id")
         if args.get("quiet"):
             # Releases queued by garbage-collected guards: the resource may be gone already.
             try:
@@ -622,7 +560,7 @@ class Service:
             self._release_handle(handle)
 
     def _op_describe(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        rid = _rid(args, "id")
+        rid = rid_arg(args, "id")
         handle = call.session.get(rid)
         if handle.kind == "key":
             return self._guard_info(rid.handle, handle.obj)
@@ -642,9 +580,9 @@ class Service:
             self._release_handle(handle)
 
     def _op_random(self, call: Call, args: Mapping[str, Any]) -> bytes:
-        length = _int(args, "length", lo=1, hi=MAX_RANDOM)
+        length = int_arg(args, "length", lo=1, hi=MAX_RANDOM)
         loaded = self.providers.select("RANDOM", Operation.RANDOM,
-                                       pinned=_int(args, "provider", default=None))
+                                       pinned=int_arg(args, "provider", default=None))
         data = self._provider(loaded).random_bytes(length)
         if len(data) != length:
             raise CryptoError(ErrorCode.PROVIDER_ERROR, "provider returned the wrong length")
@@ -652,19 +590,19 @@ class Service:
 
     # --- key management --------------------------------------------------------------
     def _key_spec(self, args: Mapping[str, Any]) -> AlgorithmSpec:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if not spec.is_key_algorithm:
-            raise _bad(f"{spec.name} is not a key type (use e.g. AES-256, ECDSA-P256, "
+            raise invalid(f"{spec.name} is not a key type (use e.g. AES-256, ECDSA-P256, "
                        "ML-DSA-65)")
         return spec
 
     def _op_generate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         spec = self._key_spec(args)
-        perms = _permissions(args)
+        perms = permissions_arg(args)
         if perms is None:
             perms = spec.default_permissions
         loaded = self.providers.select(spec.name, Operation.GENERATE_KEY,
-                                       pinned=_int(args, "provider", default=None))
+                                       pinned=int_arg(args, "provider", default=None))
         try:
             pkey = self._provider(loaded).generate_key(spec.name, perms)
         except CryptoError as exc:
@@ -678,11 +616,11 @@ class Service:
 
     def _op_import(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         spec = self._key_spec(args)
-        material = bytes(_data(args, "material"))
-        fmt = _enum(args, "format", KeyFormat)
-        perms = _permissions(args)
+        material = bytes(data_arg(args, "material"))
+        fmt = enum_arg(args, "format", KeyFormat)
+        perms = permissions_arg(args)
         loaded = self.providers.select(spec.name, Operation.IMPORT_KEY,
-                                       pinned=_int(args, "provider", default=None))
+                                       pinned=int_arg(args, "provider", default=None))
         requested = perms if perms is not None else spec.default_permissions
         if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
             # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
@@ -700,9 +638,9 @@ class Service:
                                             persistence=ResourcePersistence.EPHEMERAL))
 
     def _op_load(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        rid = _rid(args, "slot")
+        rid = rid_arg(args, "slot")
         if rid.type is not ResourceType.KEY_SLOT:
-            raise _bad(f"load_key needs a key slot, got a {rid.type.value}")
+            raise invalid(f"load_key needs a key slot, got a {rid.type.value}")
         name = call.session.get(rid).obj.name
         entry = self.load_slot(call.session, name)
         self.audit(call.session, "key.load", name, provider=entry.home.id,
@@ -725,9 +663,9 @@ class Service:
                 "created": record.created, "updated": record.updated}
 
     def _slot_name(self, call: Call, args: Mapping[str, Any], name: str = "slot") -> str:
-        rid = _rid(args, name)
+        rid = rid_arg(args, name)
         if rid.type is not ResourceType.KEY_SLOT:
-            raise _bad(f"{name!r} must be a key slot, got a {rid.type.value}")
+            raise invalid(f"{name!r} must be a key slot, got a {rid.type.value}")
         slot_name: str = call.session.get(rid).obj.name
         return slot_name
 
@@ -741,15 +679,15 @@ class Service:
         name = self._slot_name(call, args)
         slot = self.slots[name]
         self.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
-        rid = _rid(args, "key")
+        rid = rid_arg(args, "key")
         if rid.type is not ResourceType.KEY:
-            raise _bad("persist_key takes a key (guard), not a slot")
+            raise invalid("persist_key takes a key (guard), not a slot")
         entry: KeyEntry = call.session.get(rid).obj
         if slot.algorithm is not None and slot.algorithm != entry.algorithm:
-            raise _bad(f"slot {name!r} holds {slot.algorithm} keys; this key is "
+            raise invalid(f"slot {name!r} holds {slot.algorithm} keys; this key is "
                        f"{entry.algorithm}")
         if not entry.has_private and REGISTRY.get(entry.algorithm).key_class is KeyClass.ASYMMETRIC:
-            raise _bad("only key pairs and secret keys can be persisted in a key slot")
+            raise invalid("only key pairs and secret keys can be persisted in a key slot")
         target = self.providers.get(slot.provider) if slot.provider is not None else entry.home
         if target.id != entry.home.id and not entry.placement.extractable:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
@@ -798,9 +736,9 @@ class Service:
                                   self.slots[entry.slot].write_uids)
             spec = REGISTRY.get(entry.algorithm)
             default = KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC else KeyFormat.PKCS8_DER
-            fmt = _enum(args, "format", KeyFormat, default=default)
+            fmt = enum_arg(args, "format", KeyFormat, default=default)
             if not entry.has_private:
-                raise _bad("this is a public key; use export_public_key")
+                raise invalid("this is a public key; use export_public_key")
             data = self._provider(entry.home).export_key(entry.pkey, fmt)
             self.audit(call.session, "key.export", resource, provider=entry.home.id,
                        algorithm=entry.algorithm, detail=f"format={fmt.value}")
@@ -812,26 +750,26 @@ class Service:
         entry = self._key_argument(call, args)
         try:
             if REGISTRY.get(entry.algorithm).key_class is not KeyClass.ASYMMETRIC:
-                raise _bad(f"{entry.algorithm} is a secret key; it has no public part")
-            fmt = _enum(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
+                raise invalid(f"{entry.algorithm} is a secret key; it has no public part")
+            fmt = enum_arg(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
             return self._provider(entry.home).export_public_key(entry.pkey, fmt)
         finally:
             entry.release()
 
     def _op_derive(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind is not AlgorithmKind.KDF:
-            raise _bad(f"{spec.name} is not a key-derivation algorithm")
-        out_spec = REGISTRY.get(_arg(args, "output_algorithm", str, default="GENERIC-SECRET"))
+            raise invalid(f"{spec.name} is not a key-derivation algorithm")
+        out_spec = REGISTRY.get(arg(args, "output_algorithm", str, default="GENERIC-SECRET"))
         if not out_spec.is_key_algorithm or out_spec.key_class is not KeyClass.SYMMETRIC:
-            raise _bad(f"cannot derive {out_spec.name} keys (secret key types only)")
-        length = _int(args, "length", default=out_spec.key_size or 32, lo=1, hi=255 * 64)
+            raise invalid(f"cannot derive {out_spec.name} keys (secret key types only)")
+        length = int_arg(args, "length", default=out_spec.key_size or 32, lo=1, hi=255 * 64)
         if out_spec.key_size and length != out_spec.key_size:
-            raise _bad(f"{out_spec.name} keys are {out_spec.key_size} bytes, not {length}")
-        perms = _permissions(args)
+            raise invalid(f"{out_spec.name} keys are {out_spec.key_size} bytes, not {length}")
+        perms = permissions_arg(args)
         perms = perms if perms is not None else out_spec.default_permissions
-        salt = bytes(_data(args, "salt")) if args.get("salt") is not None else b""
-        info = bytes(_data(args, "info")) if args.get("info") is not None else b""
+        salt = bytes(data_arg(args, "salt")) if args.get("salt") is not None else b""
+        info = bytes(data_arg(args, "info")) if args.get("info") is not None else b""
         entry = self._key_argument(call, args)
         try:
             self._require(call.session, entry, P.DERIVE, spec.name)
@@ -866,7 +804,7 @@ class Service:
 
     def _check_key_algorithm(self, spec: AlgorithmSpec, entry: KeyEntry) -> None:
         if entry.algorithm not in spec.key_algorithms:
-            raise _bad(f"a {entry.algorithm} key cannot be used with {spec.name} (it takes "
+            raise invalid(f"a {entry.algorithm} key cannot be used with {spec.name} (it takes "
                        f"{', '.join(spec.key_algorithms)} keys)")
 
     def _keyed_context(self, call: Call, args: Mapping[str, Any], spec: AlgorithmSpec,
@@ -878,7 +816,7 @@ class Service:
             self._require(call.session, entry, wanted, spec.name, alternatives)
             self._check_key_algorithm(spec, entry)
             loaded = self.providers.select(spec.name, operation, key=entry.placement,
-                                           pinned=_int(args, "provider", default=None))
+                                           pinned=int_arg(args, "provider", default=None))
             pkey = self.key_on(call.session, entry, loaded)
             ctx = build(loaded, entry, pkey)
         except BaseException:
@@ -895,23 +833,23 @@ class Service:
         return {"ctx": number, **info}
 
     def _op_hash_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind is not AlgorithmKind.HASH:
-            raise _bad(f"{spec.name} is not a hash algorithm")
+            raise invalid(f"{spec.name} is not a hash algorithm")
         loaded = self.providers.select(spec.name, Operation.HASH,
-                                       pinned=_int(args, "provider", default=None))
+                                       pinned=int_arg(args, "provider", default=None))
         ctx = HashContext(spec, loaded, None, None, self.config.max_buffered_message)
         number = self._register(call, Handle("context", ctx))
         return {"ctx": number, **ctx.describe()}
 
     def _op_cipher_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind not in (AlgorithmKind.CIPHER, AlgorithmKind.AEAD):
-            raise _bad(f"{spec.name} is not a cipher")
-        direction = _enum(args, "direction", CipherDirection)
-        tag_length = _int(args, "tag_length", default=spec.tag_size or 0, lo=0, hi=64)
+            raise invalid(f"{spec.name} is not a cipher")
+        direction = enum_arg(args, "direction", CipherDirection)
+        tag_length = int_arg(args, "tag_length", default=spec.tag_size or 0, lo=0, hi=64)
         if spec.kind is AlgorithmKind.AEAD and not 4 <= tag_length <= spec.tag_size:
-            raise _bad(f"tag length {tag_length} is out of range for {spec.name} "
+            raise invalid(f"tag length {tag_length} is out of range for {spec.name} "
                        f"(4..{spec.tag_size})")
         operation = Operation.ENCRYPT if direction is CipherDirection.ENCRYPT else Operation.DECRYPT
         wanted = P.ENCRYPT if direction is CipherDirection.ENCRYPT else P.DECRYPT
@@ -921,17 +859,17 @@ class Service:
                                                  tag_length))
 
     def _context_string(self, spec: AlgorithmSpec, args: Mapping[str, Any]) -> bytes:
-        context = bytes(_data(args, "context")) if args.get("context") is not None else b""
+        context = bytes(data_arg(args, "context")) if args.get("context") is not None else b""
         if context and not spec.supports_context_string:
-            raise _bad(f"{spec.name} takes no context string")
+            raise invalid(f"{spec.name} takes no context string")
         if len(context) > 255:
-            raise _bad("context strings are at most 255 bytes")
+            raise invalid("context strings are at most 255 bytes")
         return context
 
     def _op_sign_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind not in (AlgorithmKind.SIGNATURE, AlgorithmKind.MAC):
-            raise _bad(f"{spec.name} is not a signature or MAC algorithm")
+            raise invalid(f"{spec.name} is not a signature or MAC algorithm")
         context = self._context_string(spec, args)
         alternatives = P.MAC if spec.kind is AlgorithmKind.MAC else P.NONE
         return self._keyed_context(call, args, spec, Operation.SIGN, P.SIGN, lambda loaded, entry,
@@ -940,14 +878,14 @@ class Service:
                                    alternatives)
 
     def _op_verify_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind not in (AlgorithmKind.SIGNATURE, AlgorithmKind.MAC):
-            raise _bad(f"{spec.name} is not a signature or MAC algorithm")
+            raise invalid(f"{spec.name} is not a signature or MAC algorithm")
         context = self._context_string(spec, args)
-        tag_length = _int(args, "tag_length", default=None, lo=MIN_MAC_TAG,
+        tag_length = int_arg(args, "tag_length", default=None, lo=MIN_MAC_TAG,
                           hi=spec.digest_size or 64)
         if tag_length is not None and spec.kind is not AlgorithmKind.MAC:
-            raise _bad("tag_length applies to MAC algorithms only")
+            raise invalid("tag_length applies to MAC algorithms only")
         is_mac = spec.kind is AlgorithmKind.MAC
         # A MAC is checked by recomputing it, so the provider is asked for SIGN/MAC.
         operation = Operation.SIGN if is_mac else Operation.VERIFY
@@ -958,13 +896,13 @@ class Service:
                                                        tag_length), alternatives)
 
     def _derived_permissions(self, args: Mapping[str, Any]) -> P:
-        perms = _permissions(args, "derived_permissions")
+        perms = permissions_arg(args, "derived_permissions")
         return perms if perms is not None else P.DERIVE
 
     def _op_kem_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind is not AlgorithmKind.KEM:
-            raise _bad(f"{spec.name} is not a KEM")
+            raise invalid(f"{spec.name} is not a KEM")
         derived = self._derived_permissions(args)
         entry_perms = P.ENCAPSULATE | P.DECAPSULATE
         return self._keyed_context(call, args, spec, Operation.ENCAPSULATE, P.NONE,
@@ -973,9 +911,9 @@ class Service:
                                    entry_perms)
 
     def _op_agree_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = _algorithm(args)
+        spec = algorithm_arg(args)
         if spec.kind is not AlgorithmKind.KEY_AGREEMENT:
-            raise _bad(f"{spec.name} is not a key-agreement algorithm")
+            raise invalid(f"{spec.name} is not a key-agreement algorithm")
         derived = self._derived_permissions(args)
         return self._keyed_context(call, args, spec, Operation.AGREE, P.AGREE,
                                    lambda loaded, entry, pkey: AgreementContext(
@@ -984,7 +922,7 @@ class Service:
     def _context(self, call: Call, args: Mapping[str, Any], kind: type[ServerContext]) -> Any:
         ctx = call.session.context(args.get("ctx"))
         if not isinstance(ctx, kind) or (kind is SignContext and isinstance(ctx, VerifyContext)):
-            raise _bad(f"context #{args.get('ctx')} is a {ctx.kind} context, not {kind.kind}")
+            raise invalid(f"context #{args.get('ctx')} is a {ctx.kind} context, not {kind.kind}")
         ctx.check_usable()
         return ctx
 
@@ -1016,7 +954,7 @@ class Service:
         if not ctx.key.has_private:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               "decapsulation needs the private key; this is a public key")
-        ciphertext = bytes(_data(args, "ciphertext"))
+        ciphertext = bytes(data_arg(args, "ciphertext"))
         with ctx.lock:
             secret = ctx.provider.decapsulate(ctx.algorithm, ctx.pkey, ciphertext,
                                               ctx.derived_permissions)
@@ -1025,7 +963,7 @@ class Service:
     def _op_agree(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         ctx: AgreementContext = self._context(call, args, AgreementContext)
         assert ctx.pkey is not None
-        peer = bytes(_data(args, "peer"))
+        peer = bytes(data_arg(args, "peer"))
         with ctx.lock:
             secret = ctx.provider.agree(ctx.algorithm, ctx.pkey, peer, ctx.derived_permissions)
         return self._secret_key(call, ctx, secret, "agree")
@@ -1038,27 +976,27 @@ class Service:
                 ctx.check_usable()
                 if verb == "init":
                     if family == "cipher":
-                        iv = bytes(_data(args, "iv")) if args.get("iv") is not None else b""
+                        iv = bytes(data_arg(args, "iv")) if args.get("iv") is not None else b""
                         return ctx.init(iv=iv)
                     return ctx.init()
                 if verb == "reset":
                     return ctx.reset()
                 if verb == "update":
-                    return ctx.update(_data(args))  # type: ignore[attr-defined]
+                    return ctx.update(data_arg(args))  # type: ignore[attr-defined]
                 if verb == "update_aad":
                     if family != "cipher":
-                        raise _bad("update_aad is for cipher contexts")
-                    return ctx.update_aad(_data(args))  # type: ignore[attr-defined]
+                        raise invalid("update_aad is for cipher contexts")
+                    return ctx.update_aad(data_arg(args))  # type: ignore[attr-defined]
                 if verb == "finalize":
                     if family == "verify":
                         return ctx.finalize_verify(  # type: ignore[attr-defined]
-                            bytes(_data(args, "signature")))
+                            bytes(data_arg(args, "signature")))
                     return ctx.finalize()  # type: ignore[attr-defined]
                 if verb == "single_shot":
                     if family == "hash":
-                        return ctx.single_shot(_data(args))  # type: ignore[attr-defined]
-                    raise _bad(f"single_shot is not available on {family} contexts")
-            raise _bad(f"unknown call {family}.{verb}")
+                        return ctx.single_shot(data_arg(args))  # type: ignore[attr-defined]
+                    raise invalid(f"single_shot is not available on {family} contexts")
+            raise invalid(f"unknown call {family}.{verb}")
         return run
 
 
