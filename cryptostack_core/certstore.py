@@ -160,7 +160,7 @@ class CertificateService:
                                  [x509.load_der_x509_crl(c) for c in crls])
 
     def _add(self, call: Call, rtype: ResourceType, payload: Any, label: str) -> dict[str, Any]:
-        number = self.service._register(call, Handle("blob", BlobResource(rtype, payload, label),
+        number = self.service.register(call, Handle("blob", BlobResource(rtype, payload, label),
                                                      rtype, ResourcePersistence.EPHEMERAL))
         return {"id": rid_to_wire(CryptoResourceId(rtype, number)),
                 "persistence": ResourcePersistence.EPHEMERAL.value, "permissions": 0,
@@ -206,12 +206,12 @@ class CertificateService:
             raise _bad(f"argument 'provider' must be a provider id, got {pinned!r}")
         service = self.service
         loaded = service.providers.select(algorithm, Operation.IMPORT_KEY, pinned=pinned)
-        pkey = service._provider(loaded).import_key(algorithm, spki, KeyFormat.SPKI_DER, P.VERIFY)
+        pkey = service.provider_instance(loaded).import_key(algorithm, spki, KeyFormat.SPKI_DER, P.VERIFY)
         entry = KeyEntry(algorithm=algorithm, permissions=P.VERIFY, home=loaded, pkey=pkey,
                          persistence=ResourcePersistence.EPHEMERAL)
         service.audit(call.session, "key.import", cert.subject.rfc4514_string(),
                       provider=loaded.id, algorithm=algorithm, detail="certificate public key")
-        return {"key": service._add_key(call, entry), "algorithm": algorithm}
+        return {"key": service.add_key(call, entry), "algorithm": algorithm}
 
     def _op_export(self, call: Call, args: Mapping[str, Any]) -> bytes:
         cert = self.certificate(call, args.get("cert"))

@@ -66,8 +66,6 @@ from .shm import SHM_ARGUMENTS, DaemonRegion, is_reference, reference_length
 
 log = logging.getLogger("cryptostack.service")
 
-PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
-MAX_RANDOM = 1024 * 1024
 MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (80 bits)
 
 
@@ -121,9 +119,12 @@ class Service:
         self._extra_init()
 
     def _extra_init(self) -> None:
-        """Hook for feature modules (certificates) to seed their state."""
+        """The feature services: key management and certificates add their operations."""
         from .certstore import CertificateService
+        from .keymanagement import KeyManagementService
 
+        self.keys = KeyManagementService(self)
+        self._ops.update(self.keys.operations())
         self.certs = CertificateService(self)
         self._ops.update(self.certs.operations())
 
@@ -306,7 +307,7 @@ class Service:
             raise CryptoError(ErrorCode.ACCESS_DENIED,
                               f"uid {session.peer.uid} may not {action} {rtype.value} {name!r}")
 
-    def _register(self, call: Call, handle: Handle) -> int:
+    def register(self, call: Call, handle: Handle) -> int:
         number = call.session.add(handle)
         with call.session.lock:
             call.created.append(number)
@@ -317,25 +318,25 @@ class Service:
             raise CryptoError(ErrorCode.OPERATION_TIMED_OUT, "the call was abandoned")
         return number
 
-    def _provider(self, loaded: LoadedProvider) -> Provider:
+    def provider_instance(self, loaded: LoadedProvider) -> Provider:
         if loaded.instance is None:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
                               f"provider {loaded.name} ({loaded.id}) is unavailable: "
                               f"{loaded.load_error}")
         return loaded.instance
 
-    def _guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
+    def guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
         return {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
                 "persistence": entry.persistence.value, "permissions": int(entry.permissions),
                 "algorithm": entry.algorithm, "provider": entry.home.id}
 
-    def _add_key(self, call: Call, entry: KeyEntry) -> dict[str, Any]:
+    def add_key(self, call: Call, entry: KeyEntry) -> dict[str, Any]:
         try:
-            number = self._register(call, Handle("key", entry, ResourceType.KEY, entry.persistence))
+            number = self.register(call, Handle("key", entry, ResourceType.KEY, entry.persistence))
         except BaseException:
             entry.release()
             raise
-        return self._guard_info(number, entry)
+        return self.guard_info(number, entry)
 
     def key_on(self, session: Session, entry: KeyEntry, target: LoadedProvider) -> ProviderKey:
         """The key as ``target`` holds it, copying it there (audited) if it lives elsewhere."""
@@ -344,8 +345,8 @@ class Service:
         existing = entry.copies.get(target.id)
         if existing is not None:
             return existing
-        home = self._provider(entry.home)
-        dest = self._provider(target)
+        home = self.provider_instance(entry.home)
+        dest = self.provider_instance(target)
         if entry.has_private:
             spec = REGISTRY.get(entry.algorithm)
             fmt = KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC else KeyFormat.PKCS8_DER
@@ -362,7 +363,7 @@ class Service:
         return copy
 
     # --- slots -------------------------------------------------------------------------
-    def _slot_config(self, name: str) -> KeySlotConfig:
+    def slot_config(self, name: str) -> KeySlotConfig:
         slot = self.slots.get(name)
         if slot is None:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND, f"no key slot named {name!r}")
@@ -404,17 +405,17 @@ class Service:
 
     def load_slot(self, session: Session, name: str) -> KeyEntry:
         """Load a key slot's key into a fresh :class:`KeyEntry` (access-checked)."""
-        slot = self._slot_config(name)
+        slot = self.slot_config(name)
         self.check_access(session, "use", ResourceType.KEY_SLOT, name, slot.use_uids)
         record, stored = self.keystore.load_key(name)
         loaded = self.providers.get(record.provider)
-        instance = self._provider(loaded)
+        instance = self.provider_instance(loaded)
         pkey = instance.load_stored_key(stored, record.algorithm, record.permissions)
         return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
                         compatible=record.compatible, slot=name)
 
-    def _key_argument(self, call: Call, args: Mapping[str, Any], name: str = "key") -> KeyEntry:
+    def key_argument(self, call: Call, args: Mapping[str, Any], name: str = "key") -> KeyEntry:
         """A key given as slot or key id; the caller owns one reference to the result."""
         rid = rid_arg(args, name)
         if rid.type is ResourceType.KEY_SLOT:
@@ -437,16 +438,6 @@ class Service:
             "resource.release": self._op_release,
             "resource.describe": self._op_describe,
             "context.close": self._op_close_context,
-            "random.generate": self._op_random,
-            "key.generate": self._op_generate,
-            "key.import": self._op_import,
-            "key.load": self._op_load,
-            "key.slot_info": self._op_slot_info,
-            "key.persist": self._op_persist,
-            "key.clear_slot": self._op_clear_slot,
-            "key.export": self._op_export,
-            "key.export_public": self._op_export_public,
-            "key.derive": self._op_derive,
             "hash.create": self._op_hash_create,
             "cipher.create": self._op_cipher_create,
             "sign.create": self._op_sign_create,
@@ -501,7 +492,7 @@ class Service:
         pinned = int_arg(args, "provider", default=None)
         placement = None
         if args.get("key") is not None:
-            entry = self._key_argument(call, args)
+            entry = self.key_argument(call, args)
             try:
                 placement = entry.placement
             finally:
@@ -563,9 +554,9 @@ class Service:
         rid = rid_arg(args, "id")
         handle = call.session.get(rid)
         if handle.kind == "key":
-            return self._guard_info(rid.handle, handle.obj)
+            return self.guard_info(rid.handle, handle.obj)
         if handle.kind == "slot" and rid.type is ResourceType.KEY_SLOT:
-            info = self._slot_info(handle.obj.name)
+            info = self.keys.slot_info(handle.obj.name)
             return {"id": rid_to_wire(rid), "persistence": "PERSISTENT",
                     "permissions": info["permissions"], "algorithm": info["algorithm"],
                     "provider": info["provider"]}
@@ -579,216 +570,8 @@ class Service:
         if handle is not None:
             self._release_handle(handle)
 
-    def _op_random(self, call: Call, args: Mapping[str, Any]) -> bytes:
-        length = int_arg(args, "length", lo=1, hi=MAX_RANDOM)
-        loaded = self.providers.select("RANDOM", Operation.RANDOM,
-                                       pinned=int_arg(args, "provider", default=None))
-        data = self._provider(loaded).random_bytes(length)
-        if len(data) != length:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR, "provider returned the wrong length")
-        return data
-
-    # --- key management --------------------------------------------------------------
-    def _key_spec(self, args: Mapping[str, Any]) -> AlgorithmSpec:
-        spec = algorithm_arg(args)
-        if not spec.is_key_algorithm:
-            raise invalid(f"{spec.name} is not a key type (use e.g. AES-256, ECDSA-P256, "
-                       "ML-DSA-65)")
-        return spec
-
-    def _op_generate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = self._key_spec(args)
-        perms = permissions_arg(args)
-        if perms is None:
-            perms = spec.default_permissions
-        loaded = self.providers.select(spec.name, Operation.GENERATE_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
-        try:
-            pkey = self._provider(loaded).generate_key(spec.name, perms)
-        except CryptoError as exc:
-            self.audit(call.session, "key.generate", "ephemeral key", exc.code.value,
-                       provider=loaded.id, algorithm=spec.name)
-            raise
-        self.audit(call.session, "key.generate", "ephemeral key", provider=loaded.id,
-                   algorithm=spec.name, detail=f"permissions={int(perms):#x}")
-        return self._add_key(call, KeyEntry(algorithm=spec.name, permissions=perms, home=loaded,
-                                            pkey=pkey, persistence=ResourcePersistence.EPHEMERAL))
-
-    def _op_import(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = self._key_spec(args)
-        material = bytes(data_arg(args, "material"))
-        fmt = enum_arg(args, "format", KeyFormat)
-        perms = permissions_arg(args)
-        loaded = self.providers.select(spec.name, Operation.IMPORT_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
-        requested = perms if perms is not None else spec.default_permissions
-        if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
-            # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
-            # public key unless the caller asks for a private-key operation explicitly.
-            requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
-        pkey = self._provider(loaded).import_key(spec.name, material, fmt, requested)
-        if not getattr(pkey, "has_private", True):
-            requested &= PUBLIC_KEY_PERMISSIONS
-            if perms is None:
-                requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
-        self.audit(call.session, "key.import", "ephemeral key", provider=loaded.id,
-                   algorithm=spec.name, detail=f"format={fmt.value}")
-        return self._add_key(call, KeyEntry(algorithm=spec.name, permissions=P(requested),
-                                            home=loaded, pkey=pkey,
-                                            persistence=ResourcePersistence.EPHEMERAL))
-
-    def _op_load(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        rid = rid_arg(args, "slot")
-        if rid.type is not ResourceType.KEY_SLOT:
-            raise invalid(f"load_key needs a key slot, got a {rid.type.value}")
-        name = call.session.get(rid).obj.name
-        entry = self.load_slot(call.session, name)
-        self.audit(call.session, "key.load", name, provider=entry.home.id,
-                   algorithm=entry.algorithm)
-        return self._add_key(call, entry)
-
-    def _slot_info(self, name: str) -> dict[str, Any]:
-        slot = self._slot_config(name)
-        record = self.keystore.slot(name)
-        if record is None:
-            return {"name": name, "status": KeySlotStatus.EMPTY.value,
-                    "algorithm": slot.algorithm, "provider": slot.provider,
-                    "compatible_providers": list(slot.compatible_providers),
-                    "permissions": int(slot.permissions or 0), "version": 0,
-                    "created": None, "updated": None}
-        return {"name": name, "status": KeySlotStatus.OCCUPIED.value,
-                "algorithm": record.algorithm, "provider": record.provider,
-                "compatible_providers": list(record.compatible),
-                "permissions": int(record.permissions), "version": record.version,
-                "created": record.created, "updated": record.updated}
-
-    def _slot_name(self, call: Call, args: Mapping[str, Any], name: str = "slot") -> str:
-        rid = rid_arg(args, name)
-        if rid.type is not ResourceType.KEY_SLOT:
-            raise invalid(f"{name!r} must be a key slot, got a {rid.type.value}")
-        slot_name: str = call.session.get(rid).obj.name
-        return slot_name
-
-    def _op_slot_info(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        name = self._slot_name(call, args)
-        self.check_access(call.session, "use", ResourceType.KEY_SLOT, name,
-                          self.slots[name].use_uids)
-        return self._slot_info(name)
-
-    def _op_persist(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        name = self._slot_name(call, args)
-        slot = self.slots[name]
-        self.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
-        rid = rid_arg(args, "key")
-        if rid.type is not ResourceType.KEY:
-            raise invalid("persist_key takes a key (guard), not a slot")
-        entry: KeyEntry = call.session.get(rid).obj
-        if slot.algorithm is not None and slot.algorithm != entry.algorithm:
-            raise invalid(f"slot {name!r} holds {slot.algorithm} keys; this key is "
-                       f"{entry.algorithm}")
-        if not entry.has_private and REGISTRY.get(entry.algorithm).key_class is KeyClass.ASYMMETRIC:
-            raise invalid("only key pairs and secret keys can be persisted in a key slot")
-        target = self.providers.get(slot.provider) if slot.provider is not None else entry.home
-        if target.id != entry.home.id and not entry.placement.extractable:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"slot {name!r} lives on provider {target.id}; this key cannot "
-                              f"leave provider {entry.home.id}")
-        pkey = self.key_on(call.session, entry, target)
-        perms = entry.permissions & slot.permissions if slot.permissions is not None \
-            else entry.permissions
-        stored = self._provider(target).persist_key(pkey, name)
-        version, previous = self.keystore.store_key(name, entry.algorithm, target.id,
-                                                    slot.compatible_providers, perms, stored)
-        if previous is not None:
-            try:
-                self._provider(target).delete_stored_key(previous)
-            except Exception:
-                log.exception("could not delete the previous copy of slot %s", name)
-        self.audit(call.session, "key.persist", name, provider=target.id,
-                   algorithm=entry.algorithm, detail=f"version={version}")
-        return self._slot_info(name)
-
-    def _op_clear_slot(self, call: Call, args: Mapping[str, Any]) -> None:
-        name = self._slot_name(call, args)
-        slot = self.slots[name]
-        self.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
-        record = self.keystore.slot(name)
-        previous = self.keystore.clear_slot(name)
-        if previous is not None and record is not None:
-            try:
-                self._provider(self.providers.get(record.provider)).delete_stored_key(previous)
-            except Exception:
-                log.exception("could not delete the stored copy of slot %s", name)
-        self.audit(call.session, "key.clear", name)
-
-    def _op_export(self, call: Call, args: Mapping[str, Any]) -> bytes:
-        entry = self._key_argument(call, args)
-        try:
-            resource = entry.slot or "ephemeral key"
-            if not has_permission(entry.permissions, P.EXPORT):
-                self.audit(call.session, "key.export", resource,
-                           ErrorCode.KEY_OPERATION_NOT_PERMITTED.value, provider=entry.home.id,
-                           algorithm=entry.algorithm)
-                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                                  "the key does not carry EXPORT; its material stays in the daemon")
-            if entry.slot is not None:
-                self.check_access(call.session, "export", ResourceType.KEY_SLOT, entry.slot,
-                                  self.slots[entry.slot].write_uids)
-            spec = REGISTRY.get(entry.algorithm)
-            default = KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC else KeyFormat.PKCS8_DER
-            fmt = enum_arg(args, "format", KeyFormat, default=default)
-            if not entry.has_private:
-                raise invalid("this is a public key; use export_public_key")
-            data = self._provider(entry.home).export_key(entry.pkey, fmt)
-            self.audit(call.session, "key.export", resource, provider=entry.home.id,
-                       algorithm=entry.algorithm, detail=f"format={fmt.value}")
-            return data
-        finally:
-            entry.release()
-
-    def _op_export_public(self, call: Call, args: Mapping[str, Any]) -> bytes:
-        entry = self._key_argument(call, args)
-        try:
-            if REGISTRY.get(entry.algorithm).key_class is not KeyClass.ASYMMETRIC:
-                raise invalid(f"{entry.algorithm} is a secret key; it has no public part")
-            fmt = enum_arg(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
-            return self._provider(entry.home).export_public_key(entry.pkey, fmt)
-        finally:
-            entry.release()
-
-    def _op_derive(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        spec = algorithm_arg(args)
-        if spec.kind is not AlgorithmKind.KDF:
-            raise invalid(f"{spec.name} is not a key-derivation algorithm")
-        out_spec = REGISTRY.get(arg(args, "output_algorithm", str, default="GENERIC-SECRET"))
-        if not out_spec.is_key_algorithm or out_spec.key_class is not KeyClass.SYMMETRIC:
-            raise invalid(f"cannot derive {out_spec.name} keys (secret key types only)")
-        length = int_arg(args, "length", default=out_spec.key_size or 32, lo=1, hi=255 * 64)
-        if out_spec.key_size and length != out_spec.key_size:
-            raise invalid(f"{out_spec.name} keys are {out_spec.key_size} bytes, not {length}")
-        perms = permissions_arg(args)
-        perms = perms if perms is not None else out_spec.default_permissions
-        salt = bytes(data_arg(args, "salt")) if args.get("salt") is not None else b""
-        info = bytes(data_arg(args, "info")) if args.get("info") is not None else b""
-        entry = self._key_argument(call, args)
-        try:
-            self._require(call.session, entry, P.DERIVE, spec.name)
-            loaded = self.providers.select(spec.name, Operation.DERIVE, key=entry.placement)
-            pkey = self.key_on(call.session, entry, loaded)
-            new = self._provider(loaded).derive(
-                spec.name, pkey, length=length, salt=salt, info=info,
-                output_algorithm=out_spec.name, permissions=perms)
-            self.audit(call.session, "key.derive", entry.slot or "ephemeral key",
-                       provider=loaded.id, algorithm=spec.name)
-        finally:
-            entry.release()
-        return self._add_key(call, KeyEntry(algorithm=out_spec.name, permissions=perms,
-                                            home=loaded, pkey=new,
-                                            persistence=ResourcePersistence.EPHEMERAL,
-                                            compatible=self.providers.preference))
-
     # --- contexts ----------------------------------------------------------------------
-    def _require(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
+    def require_permission(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
                  alternatives: P = P.NONE) -> None:
         ok = has_permission(entry.permissions, wanted) or (
             alternatives and bool(int(entry.permissions) & int(alternatives)))
@@ -811,9 +594,9 @@ class Service:
                        operation: Operation, wanted: P,
                        build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ServerContext],
                        alternatives: P = P.NONE) -> dict[str, Any]:
-        entry = self._key_argument(call, args)
+        entry = self.key_argument(call, args)
         try:
-            self._require(call.session, entry, wanted, spec.name, alternatives)
+            self.require_permission(call.session, entry, wanted, spec.name, alternatives)
             self._check_key_algorithm(spec, entry)
             loaded = self.providers.select(spec.name, operation, key=entry.placement,
                                            pinned=int_arg(args, "provider", default=None))
@@ -824,7 +607,7 @@ class Service:
             raise
         try:
             info = ctx.describe()
-            number = self._register(call, Handle("context", ctx))
+            number = self.register(call, Handle("context", ctx))
         except BaseException:
             ctx.close()
             raise
@@ -839,7 +622,7 @@ class Service:
         loaded = self.providers.select(spec.name, Operation.HASH,
                                        pinned=int_arg(args, "provider", default=None))
         ctx = HashContext(spec, loaded, None, None, self.config.max_buffered_message)
-        number = self._register(call, Handle("context", ctx))
+        number = self.register(call, Handle("context", ctx))
         return {"ctx": number, **ctx.describe()}
 
     def _op_cipher_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -936,12 +719,12 @@ class Service:
                          compatible=self.providers.preference)
         self.audit(call.session, f"key.{operation}", "ephemeral key", provider=ctx.loaded.id,
                    algorithm=ctx.algorithm)
-        return self._add_key(call, entry)
+        return self.add_key(call, entry)
 
     def _op_encapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         ctx: KemContext = self._context(call, args, KemContext)
         assert ctx.key is not None and ctx.pkey is not None
-        self._require(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm)
+        self.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm)
         with ctx.lock:
             ct, secret = ctx.provider.encapsulate(ctx.algorithm, ctx.pkey,
                                                   ctx.derived_permissions)
@@ -950,7 +733,7 @@ class Service:
     def _op_decapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         ctx: KemContext = self._context(call, args, KemContext)
         assert ctx.key is not None and ctx.pkey is not None
-        self._require(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm)
+        self.require_permission(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm)
         if not ctx.key.has_private:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               "decapsulation needs the private key; this is a public key")
