@@ -765,19 +765,19 @@ class Service:
                 if verb == "reset":
                     return ctx.reset()
                 if verb == "update":
-                    return ctx.update(data_arg(args))  # type: ignore[attr-defined]
+                    return ctx.update(data_arg(args))
                 if verb == "update_aad":
                     if family != "cipher":
                         raise invalid("update_aad is for cipher contexts")
-                    return ctx.update_aad(data_arg(args))  # type: ignore[attr-defined]
+                    return ctx.update_aad(data_arg(args))
                 if verb == "finalize":
                     if family == "verify":
-                        return ctx.finalize_verify(  # type: ignore[attr-defined]
+                        return ctx.finalize_verify(
                             bytes(data_arg(args, "signature")))
-                    return ctx.finalize()  # type: ignore[attr-defined]
+                    return ctx.finalize()
                 if verb == "single_shot":
                     if family == "hash":
-                        return ctx.single_shot(data_arg(args))  # type: ignore[attr-defined]
+                        return ctx.single_shot(data_arg(args))
                     raise invalid(f"single_shot is not available on {family} contexts")
             raise invalid(f"unknown call {family}.{verb}")
         return run

@@ -98,7 +98,8 @@ class ContextConfig:
 
     def resolve_timeout(self, default: float | None) -> float | None:
         """The effective timeout given the stack default."""
-        return default if self._timeout is _UNSET else self._timeout  # type: ignore[no-any-return]
+        timeout: float | None = default if self._timeout is _UNSET else self._timeout
+        return timeout
 
 
 class OperationContext:

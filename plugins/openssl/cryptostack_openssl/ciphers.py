@@ -173,13 +173,11 @@ class _GcmEncrypt(CipherOperation):
         return tail + self._ctx.tag[:self._tag_length]
 
 
-class _GcmDecrypt(CipherOperation):
-    """AES-GCM decryption: everything is held until the tag verifies in :meth:`finalize`."""
+class _HeldAeadDecrypt(CipherOperation):
+    """AEAD decryption that holds ciphertext and associated data until :meth:`finalize`,
+    where subclasses open the whole message: no plaintext before the tag has verified."""
 
-    def __init__(self, key: SecretKey, iv: bytes, tag_length: int) -> None:
-        self._key = key
-        self._iv = iv
-        self._tag_length = tag_length
+    def __init__(self) -> None:
         self._aad: list[bytes] = []
         self._data = bytearray()
         self._started = False
@@ -195,6 +193,16 @@ class _GcmDecrypt(CipherOperation):
         self._started = True
         self._data += data
         return b""
+
+
+class _GcmDecrypt(_HeldAeadDecrypt):
+    """AES-GCM decryption."""
+
+    def __init__(self, key: SecretKey, iv: bytes, tag_length: int) -> None:
+        super().__init__()
+        self._key = key
+        self._iv = iv
+        self._tag_length = tag_length
 
     def finalize(self) -> bytes:
         """Verify the tag (constant time, in OpenSSL) and return the whole plaintext."""
@@ -263,27 +271,13 @@ class _ChaChaEncrypt(CipherOperation):
         return self._mac.finalize()
 
 
-class _ChaChaDecrypt(CipherOperation):
-    """ChaCha20-Poly1305 decryption: everything is held until the tag verifies."""
+class _ChaChaDecrypt(_HeldAeadDecrypt):
+    """ChaCha20-Poly1305 decryption."""
 
     def __init__(self, key: SecretKey, nonce: bytes) -> None:
+        super().__init__()
         self._key = key
         self._nonce = nonce
-        self._aad: list[bytes] = []
-        self._data = bytearray()
-        self._started = False
-
-    def update_aad(self, data: Buffer) -> None:
-        """Collect associated data."""
-        if self._started:
-            raise _aad_after_data()
-        self._aad.append(bytes(data))
-
-    def update(self, data: Buffer) -> bytes:
-        """Collect ciphertext; no plaintext is released before the tag has verified."""
-        self._started = True
-        self._data += data
-        return b""
 
     def finalize(self) -> bytes:
         """Verify the tag and return the whole plaintext."""
