@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import json
 import os
 import subprocess
@@ -170,7 +171,12 @@ def fails(code: E, fn: Any, *args: Any, **kw: Any) -> str:
 
 
 def my_guards(stack: cs.CryptoStack) -> int:
-    """Guards this connection holds in the daemon (the newest session is this test's)."""
+    """Guards this connection holds in the daemon (the newest session is this test's).
+
+    Unreferenced guards (e.g. kept alive only by a failed call's traceback) are collected
+    first: their releases ride along with the status request, so counts do not depend on
+    when the garbage collector happens to run."""
+    gc.collect()
     clients = stack.status()["clients"]
     return int(max(clients, key=lambda c: c["session"])["guards"])
 
@@ -412,8 +418,10 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
               .set_revocation_check_policy, "OCSP")
         # Persisting needs a named slot/store, not an imported object.
         fails(E.INVALID_ARGUMENT, cm.persist_certificate, cert, cert)
-        fails(E.INVALID_ARGUMENT, cm.persist_trust_store,
-              cm.create_trust_store([cert]), [cert])
+        # (Kept in a variable: a temporary guard would be released whenever the garbage
+        # collector frees the failed call's traceback, which makes counts racy.)
+        ephemeral_store = cm.create_trust_store([cert])
+        fails(E.INVALID_ARGUMENT, cm.persist_trust_store, ephemeral_store, [cert])
         held += 1  # that trust store
         assert my_guards(stack) == held
 
@@ -436,6 +444,7 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
         fails(E.RESOURCE_NOT_FOUND, cm.create_trust_store,
               [ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT)], crls=[crl])
         assert my_guards(stack) == held - 2
+        ephemeral_store.release()
 
         # An unknown name, an empty slot, and a slot this uid may not use.
         fails(E.RESOURCE_NOT_FOUND, ctx.resolve_resource, "NoSuchCert",
