@@ -58,8 +58,8 @@ test-core-only: | deb-packages
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/pkcs11_latency.py
-	$(BIN)/python -m pytest -q -s -p no:cacheprovider --import-mode=importlib \
-	  plugins/tpm2/tests/bench_tpm2_latency.py plugins/oqs/tests/bench_oqs_latency.py
+	$(BIN)/python bench/tpm2_latency.py
+	$(BIN)/python bench/oqs_latency.py
 
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples

@@ -1,22 +1,23 @@
-"""Latency of a 64-byte AES-256-GCM encryption and a 64-byte SHA-256 on a private SoftHSM2
-token: python-pkcs11 in-process, the provider SDK (token worker process), and the public API
-(``inproc://`` and a daemon over its socket), with the software provider for reference.
+"""pkcs11 provider latency on a private SoftHSM2 token, one run: a 64-byte AES-256-GCM
+encryption and a 64-byte SHA-256 through python-pkcs11 in this process (the direct library),
+the provider SDK (calls go to the token worker process), and the public API (``inproc://``
+and a daemon over its unix socket), with the software provider through the API as reference.
 
-Run by ``make bench`` (or ``.venv/bin/python bench/pkcs11_latency.py [-n 3000]``).
-Prints the median and the 99th percentile per operation, in microseconds.
+Run by ``make bench`` (or ``.venv/bin/python bench/pkcs11_latency.py [-n 3000]``). Prints
+medians and p99 in µs with ratios to the direct library and to the IPC floor. The token is
+made here (``cryptostack_pkcs11.testing.create_token``) under a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from cryptostack_pkcs11.provider import PKCS11Provider
+from cryptostack_pkcs11.testing import create_token
+from latency import LatencyTable, ipc_floor, measure
 
 import cryptostack_core as cs
 from cryptostack_core.permissions import KeyOperationPermission as P
@@ -24,119 +25,105 @@ from cryptostack_core.provider import ProviderEnvironment
 from cryptostack_core.resources import CipherDirection
 from cryptostack_core.testing.daemon import DaemonProcess
 
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 DATA = bytes(range(64))
 IV = bytes(12)
+GCM = "AES-256-GCM 64 B"
+SHA = "SHA-256 64 B"
+DIRECT = "python-pkcs11 in-process (direct)"
+PKCS11_ID = 5
+OPENSSL_ID = 2
 
 
-def measure(fn: Callable[[], object], n: int) -> tuple[float, float]:
-    """(median, p99) of ``n`` calls in microseconds, after a warm-up."""
-    for _ in range(min(200, n)):
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+def direct_rows(table: LatencyTable, module: str, label: str, pin: str, n: int) -> None:
+    """python-pkcs11 on the token in this process."""
+    import pkcs11
+    from pkcs11 import GCMParams, KeyType, Mechanism, MechanismFlag
 
-
-def make_token(base: Path) -> tuple[str, str]:
-    tokendir = base / "tokens"
-    tokendir.mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\n")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    os.environ["BENCH_PIN"] = "1234"
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin",
-                    "1234", "--so-pin", "5678"], check=True, capture_output=True)
-    return "bench", "1234"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-n", type=int, default=3000, help="iterations per measurement")
-    args = parser.parse_args()
-    n = args.n
-    rows: list[tuple[str, str, tuple[float, float]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        label, pin = make_token(base)
-        options = {"module": MODULE, "token_label": label, "pin_env": "BENCH_PIN"}
-
-        # python-pkcs11, in this process
-        import pkcs11
-        from pkcs11 import GCMParams, KeyType, Mechanism, MechanismFlag
-
-        session = pkcs11.lib(MODULE).get_token(token_label=label).open(user_pin=pin)
+    session = pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin)
+    try:
         key = session.generate_key(KeyType.AES, 256,
                                    capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)
-        rows.append(("python-pkcs11 in-process", "AES-256-GCM 64 B", measure(
+        table.add(GCM, DIRECT, measure(
             lambda: key.encrypt(DATA, mechanism=Mechanism.AES_GCM,
-                                mechanism_param=GCMParams(IV)), n)))
-        rows.append(("python-pkcs11 in-process", "SHA-256 64 B", measure(
-            lambda: session.digest(DATA, mechanism=Mechanism.SHA256), n)))
+                                mechanism_param=GCMParams(IV)), n))
+        table.add(SHA, DIRECT, measure(
+            lambda: session.digest(DATA, mechanism=Mechanism.SHA256), n))
+    finally:
+        session.close()
 
-        # the provider SDK: calls go to the token worker process
-        from cryptostack_pkcs11.provider import PKCS11Provider
 
-        provider = PKCS11Provider(5, options, ProviderEnvironment(base, base))
-        provider.start()
-        pkey = provider.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
+def sdk_rows(table: LatencyTable, options: dict[str, object], state: Path, n: int) -> None:
+    """The provider SDK: every call is a round trip to the token worker process."""
+    state.mkdir()
+    provider = PKCS11Provider(PKCS11_ID, options, ProviderEnvironment(state, state))
+    provider.start()
+    try:
+        key = provider.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
 
-        def sdk_gcm() -> bytes:
-            op = provider.create_cipher("AES-256-GCM", pkey, CipherDirection.ENCRYPT, IV, 16)
+        def gcm() -> bytes:
+            op = provider.create_cipher("AES-256-GCM", key, CipherDirection.ENCRYPT, IV, 16)
             return op.update(DATA) + op.finalize()
 
-        def sdk_sha() -> bytes:
+        def sha() -> bytes:
             op = provider.create_hash("SHA-256")
             op.update(DATA)
             return op.finalize()
 
-        rows.append(("provider SDK (worker)", "AES-256-GCM 64 B", measure(sdk_gcm, n)))
-        rows.append(("provider SDK (worker)", "SHA-256 64 B", measure(sdk_sha, n)))
+        table.add(GCM, "provider SDK (token worker)", measure(gcm, n))
+        table.add(SHA, "provider SDK (token worker)", measure(sha, n))
+    finally:
         provider.close()
 
-        config = {"providers": [{"name": "pkcs11", "id": 5, "options": options},
-                                {"name": "openssl", "id": 2, "options": {}}]}
 
-        def api_rows(where: str, stack: cs.CryptoStack) -> None:
-            ctx = stack.create_crypto_context()
-            km = ctx.create_key_management_context()
-            for provider_id, name in ((5, "pkcs11"), (2, "openssl")):
-                key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                      .set_permissions(P.ENCRYPT | P.DECRYPT)
-                                      .set_provider(provider_id))
-                enc = ctx.create_cipher_context(
-                    cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(key)
-                    .set_direction(cs.CipherDirection.ENCRYPT))
-                hasher = ctx.create_hash_context(
-                    cs.HashContextConfig().set_algorithm("SHA-256").set_provider(provider_id))
+def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, n: int) -> None:
+    """The public API on the pkcs11 provider, then on the software provider (reference)."""
+    with stack.create_crypto_context() as ctx:
+        km = ctx.create_key_management_context()
+        for provider_id, suffix in ((PKCS11_ID, ""), (OPENSSL_ID, ", openssl (reference)")):
+            key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
+                                  .set_permissions(P.ENCRYPT | P.DECRYPT)
+                                  .set_provider(provider_id))
+            enc = ctx.create_cipher_context(
+                cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(key)
+                .set_direction(cs.CipherDirection.ENCRYPT))
+            hasher = ctx.create_hash_context(
+                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(provider_id))
 
-                def gcm(enc: cs.CipherContext = enc) -> bytes:
-                    enc.init(IV)
-                    return enc.update(DATA) + enc.finalize()
+            def gcm(enc: cs.CipherContext = enc) -> bytes:
+                enc.init(IV)
+                return enc.update(DATA) + enc.finalize()
 
-                rows.append((f"{where}, {name}", "AES-256-GCM 64 B", measure(gcm, n)))
-                rows.append((f"{where}, {name}", "SHA-256 64 B",
-                             measure(lambda h=hasher: h.single_shot(DATA), n)))
-            ctx.close()
+            table.add(GCM, where + suffix, measure(gcm, n))
+            table.add(SHA, where + suffix, measure(lambda h=hasher: h.single_shot(DATA), n))
 
-        inproc = cs.create_crypto_stack(cs.CryptoStackConfig()
-                                        .set_connection_endpoint("inproc://")
-                                        .set_daemon_config({**config, "daemon": {
-                                            "keystore": str(base / "inproc.sqlite3")}}))
-        with inproc:
-            api_rows("API inproc://", inproc)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=3000, help="timed calls per measurement")
+    args = parser.parse_args()
+    n = args.n
+    table = LatencyTable("pkcs11 provider on SoftHSM2 (private token), µs", DIRECT,
+                         ipc_floor())
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        token = create_token(base / "token")
+        # SoftHSM2 (here, in the token worker and in the daemon) reads the private
+        # configuration; the provider reads the PIN from its variable.
+        os.environ.update(token.environment())
+        options = token.options()
+        direct_rows(table, token.module, token.label, token.pin, n)
+        sdk_rows(table, options, base / "sdk", n)
+        config = {"providers": [{"name": "pkcs11", "id": PKCS11_ID, "options": options},
+                                {"name": "openssl", "id": OPENSSL_ID, "options": {}}]}
+        inproc_config = {**config, "daemon": {"keystore": str(base / "inproc.sqlite3"),
+                                              "state_dir": str(base / "inproc-state")}}
+        with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                                    .set_daemon_config(inproc_config)) as stack:
+            api_rows(table, "API inproc://", stack, n)
         with DaemonProcess(base / "daemon", config) as daemon, daemon.stack() as stack:
-            api_rows("API unix socket", stack)
-
-    width = max(len(r[0]) for r in rows)
-    print(f"{'path':{width}}  {'operation':18} {'median us':>10} {'p99 us':>9}")
-    for where, what, (median, p99) in rows:
-        print(f"{where:{width}}  {what:18} {median:10.1f} {p99:9.1f}")
-    print(f"({n} iterations each; {os.cpu_count()} CPUs; Python {sys.version.split()[0]})")
+            api_rows(table, "API daemon (unix socket)", stack, n)
+    print(table.render())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import timeit
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +12,6 @@ from cryptostack_core.algorithms import REGISTRY, Operation
 from cryptostack_core.errors import CryptoError, ErrorCode
 from cryptostack_core.permissions import KeyOperationPermission as P
 from cryptostack_core.provider import Capability
-from cryptostack_core.resources import CipherDirection
 from cryptostack_openssl import OpenSSLProvider
 
 Op = Operation
@@ -106,28 +104,3 @@ def test_unknown_algorithms_are_unsupported(provider: OpenSSLProvider) -> None:
     with pytest.raises(CryptoError) as exc:
         provider.generate_key("SLH-DSA-SHA2-128s", P.SIGN)
     assert exc.value.code is ErrorCode.UNSUPPORTED_ALGORITHM
-
-
-def test_direct_latency(provider: OpenSSLProvider) -> None:
-    """Reference figures (printed with -s): a 64-byte SHA-256 and AES-256-GCM encryption,
-    called directly on the provider. Loose bounds only catch gross regressions."""
-    data, iv = os.urandom(64), os.urandom(12)
-    key = provider.generate_key("AES-256", P.ENCRYPT)
-
-    def sha256() -> None:
-        op = provider.create_hash("SHA-256")
-        op.update(data)
-        op.finalize()
-
-    def gcm() -> None:
-        op = provider.create_cipher("AES-256-GCM", key, CipherDirection.ENCRYPT, iv, 16)
-        op.update(data)
-        op.finalize()
-
-    figures = {}
-    for name, fn in [("SHA-256 64 B", sha256), ("AES-256-GCM encrypt 64 B", gcm)]:
-        runs = timeit.repeat(fn, number=2000, repeat=5)
-        figures[name] = min(runs) / 2000 * 1e6
-    print("\ndirect provider latency: " +
-          ", ".join(f"{name} {us:.2f} us" for name, us in figures.items()))
-    assert all(us < 100 for us in figures.values()), figures

@@ -2,7 +2,8 @@
 
 Every token lives in its own directory under the test's temporary directory, reached through
 a private ``SOFTHSM2_CONF``; nothing touches a system-wide token. The token is initialised
-with ``softhsm2-util --init-token --free`` and its directory removed afterwards.
+by :func:`cryptostack_pkcs11.testing.create_token` (``softhsm2-util --init-token --free``;
+``bench/pkcs11_latency.py`` uses it too) and its directory removed afterwards.
 """
 
 from __future__ import annotations
@@ -12,54 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptostack_pkcs11.provider import PKCS11Provider
+from cryptostack_pkcs11.testing import SoftHSMToken, create_token
 
 from cryptostack_core.provider import ProviderEnvironment
-
-MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so",
-                     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                     "/usr/local/lib/softhsm/libsofthsm2.so")
-
-
-def softhsm_module() -> str:
-    """Path of the SoftHSM2 module; the tests fail (not skip) without it."""
-    for path in MODULE_CANDIDATES:
-        if os.path.exists(path):
-            return path
-    raise RuntimeError("SoftHSM2 is not installed (apt-get install softhsm2)")
-
-
-@dataclass(frozen=True)
-class SoftHSMToken:
-    """One initialised private token."""
-
-    module: str
-    label: str
-    pin: str
-    so_pin: str
-    pin_env: str
-    conf: Path
-    tokendir: Path
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        """Provider options for this token (PIN from the environment variable)."""
-        return {"module": self.module, "token_label": self.label, "pin_env": self.pin_env,
-                **extra}
-
-    def init_token(self, label: str, pin: str) -> None:
-        """Initialise one more token in the same directory (next free slot)."""
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label,
-                        "--pin", pin, "--so-pin", self.so_pin],
-                       env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)), check=True,
-                       capture_output=True)
-
 
 _LIST_OBJECTS = r"""
 import json, sys, pkcs11
@@ -89,23 +51,6 @@ def token_objects(token: SoftHSMToken) -> list[dict[str, Any]]:
     return list(json.loads(done.stdout))
 
 
-def _make_token(base: Path, mp: pytest.MonkeyPatch) -> SoftHSMToken:
-    tag = uuid.uuid4().hex[:8]
-    tokendir = base / "softhsm-tokens"
-    tokendir.mkdir(parents=True)
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
-    token = SoftHSMToken(module=softhsm_module(), label=f"cs-test-{tag}", pin=f"pin-{tag}",
-                         so_pin=f"so-{tag}", pin_env=f"CS_TEST_PIN_{tag.upper()}", conf=conf,
-                         tokendir=tokendir)
-    token.init_token(token.label, token.pin)
-    # The worker processes inherit the environment: the private configuration and the PIN.
-    mp.setenv("SOFTHSM2_CONF", str(conf))
-    mp.setenv(token.pin_env, token.pin)
-    return token
-
-
 @pytest.fixture
 def list_token_objects() -> Callable[[SoftHSMToken], list[dict[str, Any]]]:
     """:func:`token_objects` as a fixture (test modules do not import the conftest)."""
@@ -116,7 +61,10 @@ def list_token_objects() -> Callable[[SoftHSMToken], list[dict[str, Any]]]:
 def softhsm_token(tmp_path: Path) -> Iterator[SoftHSMToken]:
     """A fresh private token for one test."""
     with pytest.MonkeyPatch.context() as mp:
-        token = _make_token(tmp_path, mp)
+        token = create_token(tmp_path)
+        # The worker processes inherit the environment: the private configuration and the PIN.
+        for name, value in token.environment().items():
+            mp.setenv(name, value)
         yield token
     shutil.rmtree(token.tokendir, ignore_errors=True)
 

@@ -144,36 +144,6 @@ def test_timeouts_over_the_daemon(sim: Swtpm, tmp_path: Path) -> None:
         assert any(p.get("id") == PROVIDER_ID for p in providers)
 
 
-def test_latency_through_the_daemon(sim: Swtpm, tmp_path: Path) -> None:
-    with DaemonProcess(tmp_path / "daemon", _config(sim)) as daemon, \
-            daemon.stack() as stack, stack.create_crypto_context() as ctx:
-        hashing = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                          .set_provider(PROVIDER_ID))
-        slot = ctx.resolve_resource("DeviceKey", cs.ResourceType.KEY_SLOT)
-        km = ctx.create_key_management_context(cs.KeyManagementContextConfig())
-        key = km.load_key(slot)
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(key))
-        message = b"m" * 64
-        timings: dict[str, list[float]] = {"SHA-256 64 B": [], "ECDSA-P256 sign": []}
-        for _ in range(150):
-            t0 = time.perf_counter()
-            hashing.single_shot(message)
-            t1 = time.perf_counter()
-            signer.init()
-            signer.update(message)
-            signer.sign_finalize()
-            t2 = time.perf_counter()
-            timings["SHA-256 64 B"].append(t1 - t0)
-            timings["ECDSA-P256 sign"].append(t2 - t1)
-        print()
-        for name, values in timings.items():
-            values.sort()
-            print(f"daemon (unix socket) {name}: median {values[len(values) // 2] * 1e6:.0f} us,"
-                  f" p90 {values[int(len(values) * 0.9)] * 1e6:.0f} us")
-        assert sorted(timings["SHA-256 64 B"])[75] < 0.05
-
-
 def test_many_slots_many_clients_cross_checked_by_openssl(sim: Swtpm, tmp_path: Path) -> None:
     """12 TPM key slots used by 4 client connections at once (the TPM has 3 object slots);
     each signature is verified through the daemon by the OpenSSL provider and by pyca."""
