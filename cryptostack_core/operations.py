@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .algorithms import AlgorithmKind, AlgorithmSpec, Operation
+from .algorithms import AlgorithmKind, AlgorithmSpec
 from .discovery import LoadedProvider
 from .errors import CryptoError, ErrorCode
 from .permissions import KeyOperationPermission
@@ -334,9 +334,3 @@ class AgreementContext(KemContext):
     """Key agreement with a private key."""
 
     kind = "agree"
-
-
-OPERATION_FOR = {
-    ("cipher", CipherDirection.ENCRYPT): Operation.ENCRYPT,
-    ("cipher", CipherDirection.DECRYPT): Operation.DECRYPT,
-}

@@ -26,21 +26,6 @@ class KeyOperationPermission(enum.IntFlag):
     AUTHENTICATION = SIGN | VERIFY | MAC | AGREE
 
 
-ALL_OPERATIONS = (
-    KeyOperationPermission.ENCRYPT
-    | KeyOperationPermission.DECRYPT
-    | KeyOperationPermission.SIGN
-    | KeyOperationPermission.VERIFY
-    | KeyOperationPermission.MAC
-    | KeyOperationPermission.AGREE
-    | KeyOperationPermission.WRAP
-    | KeyOperationPermission.UNWRAP
-    | KeyOperationPermission.DERIVE
-    | KeyOperationPermission.ENCAPSULATE
-    | KeyOperationPermission.DECAPSULATE
-)
-"""Every permission but EXPORT."""
-
 
 def has_permission(perms: KeyOperationPermission | int, wanted: KeyOperationPermission) -> bool:
     """True when ``perms`` includes every bit of ``wanted``."""
