@@ -23,7 +23,7 @@ from multiprocessing import Process
 from pathlib import Path
 
 import cryptostack_core as cs
-from cryptostack_core.discovery import available_provider_names
+from cryptostack_core.server.discovery import available_provider_names
 from cryptostack_core.testing.daemon import DaemonProcess
 
 SMALL = b"m" * 64

@@ -24,9 +24,8 @@ from cryptostack_oqs.provider import OQSProvider
 from latency import LatencyTable, ipc_floor, measure
 
 import cryptostack_core as cs
-from cryptostack_core.errors import CryptoError
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderEnvironment, ProviderKey
+from cryptostack_core.sdk import CryptoError, ProviderEnvironment, ProviderKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_core.testing.daemon import DaemonProcess
 
 MESSAGE = b"m" * 64

@@ -20,9 +20,8 @@ from cryptostack_pkcs11.testing import create_token
 from latency import LatencyTable, ipc_floor, measure
 
 import cryptostack_core as cs
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderEnvironment
-from cryptostack_core.resources import CipherDirection
+from cryptostack_core.sdk import CipherDirection, ProviderEnvironment
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_core.testing.daemon import DaemonProcess
 
 DATA = bytes(range(64))

@@ -23,8 +23,8 @@ from cryptostack_tpm2.testing import Swtpm, direct_esapi
 from latency import LatencyTable, ipc_floor, measure
 
 import cryptostack_core as cs
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk import ProviderEnvironment
 from cryptostack_core.testing.daemon import DaemonProcess
 
 MESSAGE = b"m" * 64

@@ -6,35 +6,45 @@ operations through provider plugins. ``inproc://`` runs the same service in-proc
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, Operation, canonical_name
-from .contexts.certificates import (
+from cryptostack_core.client.contexts.certificates import (
     CertificateManagementContext,
     CertificateManagementContextConfig,
     CertificateVerificationContext,
     CertificateVerificationContextConfig,
     VerificationReport,
 )
-from .contexts.cipher import CipherContext, CipherContextConfig
-from .contexts.hash import HashContext, HashContextConfig
-from .contexts.kem import (
+from cryptostack_core.client.contexts.cipher import CipherContext, CipherContextConfig
+from cryptostack_core.client.contexts.hash import HashContext, HashContextConfig
+from cryptostack_core.client.contexts.kem import (
     KemContext,
     KemContextConfig,
     KeyAgreementContext,
     KeyAgreementContextConfig,
 )
-from .contexts.keys import (
+from cryptostack_core.client.contexts.keys import (
     DeriveKeyParams,
     GenerateKeyParams,
     ImportKeyParams,
     KeyManagementContext,
     KeyManagementContextConfig,
 )
-from .contexts.sign import SignContext, SignContextConfig, VerifyContext, VerifyContextConfig
-from .errors import CryptoError, ErrorCode
-from .permissions import KeyOperationPermission, has_permission
-from .resources import (
+from cryptostack_core.client.contexts.sign import (
+    SignContext,
+    SignContextConfig,
+    VerifyContext,
+    VerifyContextConfig,
+)
+from cryptostack_core.client.guards import CryptoResourceGuard, KeySlotObject
+from cryptostack_core.client.stack import (
+    CryptoContext,
+    CryptoStack,
+    CryptoStackConfig,
+    create_crypto_stack,
+)
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, Operation, canonical_name
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission, has_permission
+from cryptostack_core.wire.resources import (
     CertVerifyResult,
     CipherDirection,
     CryptoResourceId,
@@ -45,16 +55,10 @@ from .resources import (
     ResourceType,
     RevocationCheckPolicy,
 )
-from .stack import (
-    CryptoContext,
-    CryptoResourceGuard,
-    CryptoStack,
-    CryptoStackConfig,
-    KeySlotObject,
-    create_crypto_stack,
-)
+from cryptostack_core.wire.version import __version__
 
 __all__ = [
+    "__version__",
     "REGISTRY",
     "AlgorithmKind",
     "AlgorithmSpec",

@@ -10,21 +10,21 @@ import sqlite3
 import sys
 from typing import Any
 
-from .daemon_config import ConfigError, DaemonConfig
-from .errors import CryptoError
+from cryptostack_core.server.config import ConfigError, DaemonConfig
+from cryptostack_core.wire.errors import CryptoError
 
 DEFAULT_ENDPOINT = os.environ.get("CRYPTOSTACK_ENDPOINT", "unix:///run/cryptostack/daemon.sock")
 
 
 def _stack(endpoint: str) -> Any:
-    from .stack import CryptoStackConfig, create_crypto_stack
+    from cryptostack_core.client.stack import CryptoStackConfig, create_crypto_stack
 
     return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(endpoint)
                                .set_default_operation_timeout(10))
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from .daemon import run_daemon
+    from cryptostack_core.server.daemon import run_daemon
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,7 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .resources import ResourceType
+    from cryptostack_core.wire.resources import ResourceType
 
     with _stack(args.endpoint) as stack:
         key = None

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 import cryptostack_core as cs
 from cryptostack_core import CipherDirection as D
 from cryptostack_core import KeyOperationPermission as P
-from cryptostack_core.daemon_config import DaemonConfig
+from cryptostack_core.server.config import DaemonConfig
 
 FLOWS: list[tuple[str, Callable[[cs.CryptoStack], None]]] = []
 

@@ -464,7 +464,7 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
 
 def test_malformed_wire_arguments_are_invalid_argument(cert_daemon: DaemonProcess) -> None:
     """What a hand-written client could send: the daemon answers each with an error."""
-    from cryptostack_core.protocol import rid_to_wire
+    from cryptostack_core.wire.protocol import rid_to_wire
 
     with cert_daemon.stack() as stack:
         ctx = stack.create_crypto_context()
@@ -487,9 +487,9 @@ def test_malformed_wire_arguments_are_invalid_argument(cert_daemon: DaemonProces
         ]
         for op, args in requests:
             with pytest.raises(cs.CryptoError) as err:
-                stack._call(op, args, 5)
+                stack._channel.call(op, args, 5)
             assert err.value.code is E.INVALID_ARGUMENT, (op, args, err.value)
-        assert stack._call("cert.verify", {**verify, "time": NOW.timestamp(),
+        assert stack._channel.call("cert.verify", {**verify, "time": NOW.timestamp(),
                                            "policy": "CRL_ONLY"}, 5)["result"] == "VALID"
 
 

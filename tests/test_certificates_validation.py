@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cryptostack_core.certificates import (
+from cryptostack_core.sdk import CryptoError, ErrorCode
+from cryptostack_core.wire.resources import CertVerifyResult, RevocationCheckPolicy
+from cryptostack_core.x509.validation import (
     ValidationOutcome,
     ValidationRequest,
     parse_certificate,
@@ -27,8 +29,6 @@ from cryptostack_core.certificates import (
     spki_der,
     validate_path,
 )
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.resources import CertVerifyResult, RevocationCheckPolicy
 
 # tests/ is not a package; make the PKI helper beside this file importable in any import mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -490,7 +490,7 @@ def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
         h.update(big)
         h.update(big[:1000])
         assert h.finalize() == hashlib.sha256(big + big[:1000]).digest()
-        assert stack._transport._region is not None  # type: ignore[attr-defined]
+        assert stack._channel.transport._region is not None  # type: ignore[attr-defined]
     # Hostile use of the shared-memory operations.
     raw = RawClient(daemon.socket_path)
     with open(daemon.config_path, "rb") as not_a_memfd:

@@ -17,7 +17,7 @@ import pytest
 
 import cryptostack_core as cs
 from cryptostack_core import ErrorCode as E
-from cryptostack_core.hooks import AccessRequest, AuditEvent, hookimpl
+from cryptostack_core.server.hooks import AccessRequest, AuditEvent, hookimpl
 from cryptostack_core.testing.daemon import DaemonProcess
 
 
@@ -47,7 +47,7 @@ class Recorder:
 def test_hook_plugins_see_audit_metrics_and_decide_access(mock_config: Any) -> None:
     with cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(mock_config())) as stack:
         recorder = Recorder(deny_slot="SigningKey")
-        stack._transport.service.pm.register(recorder)  # type: ignore[attr-defined]
+        stack._channel.transport.service.pm.register(recorder)  # type: ignore[attr-defined]
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
         ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")

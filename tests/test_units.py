@@ -15,10 +15,10 @@ import pytest
 import cryptostack_core as cs
 from cryptostack_core import ErrorCode as E
 from cryptostack_core import KeyOperationPermission as P
-from cryptostack_core.daemon_config import ConfigError, DaemonConfig
-from cryptostack_core.keystore import FileKekSource, KeyStore
-from cryptostack_core.protocol import FrameDecoder, FrameTooLarge, encode
-from cryptostack_core.provider import StoredKey
+from cryptostack_core.sdk import StoredKey
+from cryptostack_core.server.config import ConfigError, DaemonConfig
+from cryptostack_core.server.keystore import FileKekSource, KeyStore
+from cryptostack_core.wire.protocol import FrameDecoder, FrameTooLarge, encode
 
 
 @pytest.mark.parametrize("alias,canonical", [

@@ -1,5 +1,5 @@
 """Test support shipped with the core: the mock provider and a daemon-process fixture."""
 
-from .mock import MockProvider
+from cryptostack_core.testing.mock import MockProvider
 
 __all__ = ["MockProvider"]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import CryptoError
+from cryptostack_core.sdk import CryptoError
 
 
 def _toml_value(value: Any) -> str:
@@ -101,7 +101,7 @@ class DaemonProcess:
 
     def stack(self, timeout: float | None = 10.0) -> Any:
         """A connected :class:`~cryptostack_core.CryptoStack`."""
-        from ..stack import CryptoStackConfig, create_crypto_stack
+        from cryptostack_core.client.stack import CryptoStackConfig, create_crypto_stack
 
         return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(self.endpoint)
                                    .set_default_operation_timeout(timeout))

@@ -38,14 +38,17 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
 )
 
-from ..algorithms import Operation
-from ..errors import CryptoError, ErrorCode
-from ..permissions import KeyOperationPermission
-from ..provider import (
+from cryptostack_core.sdk import (
     Buffer,
     Capability,
+    CipherDirection,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
+    KeyFormat,
+    KeyOperationPermission,
+    Operation,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -53,7 +56,6 @@ from ..provider import (
     StoredKey,
     VerifyOperation,
 )
-from ..resources import CipherDirection, KeyFormat
 
 HASHES = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512", "SHA3-256": "sha3_256"}
 SYMMETRIC = {"AES-128": 16, "AES-256": 32, "HMAC-SHA-256": 32, "HMAC-SHA-512": 64,

@@ -16,8 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import ProviderKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, invalid_argument
 
 from .keys import AsymmetricKey, SecretKey
 

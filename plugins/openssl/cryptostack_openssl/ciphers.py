@@ -18,9 +18,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import padding, poly1305
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import Buffer, CipherOperation, ProviderKey
-from cryptostack_core.resources import CipherDirection
+from cryptostack_core.sdk import (
+    Buffer,
+    CipherDirection,
+    CipherOperation,
+    CryptoError,
+    ErrorCode,
+    ProviderKey,
+    invalid_argument,
+)
 
 from . import policy
 from .keys import SecretKey

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import hashes
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import Buffer, HashOperation
+from cryptostack_core.sdk import Buffer, CryptoError, ErrorCode, HashOperation
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "SHA-224": hashes.SHA224,

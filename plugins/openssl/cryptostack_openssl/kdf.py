@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import ProviderKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, invalid_argument
 
 from .hashing import hash_algorithm
 from .keys import GENERATED_SECRET_LENGTHS, SECRET_LENGTHS, SecretKey, secret_key

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import ProviderKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, invalid_argument
 
 from .keys import AsymmetricKey, SecretKey
 

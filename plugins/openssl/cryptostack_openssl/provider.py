@@ -70,12 +70,15 @@ from typing import Any
 import cryptography
 from cryptography.hazmat.backends.openssl.backend import backend
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.permissions import KeyOperationPermission
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
     Capability,
+    CipherDirection,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
+    KeyFormat,
+    KeyOperationPermission,
     Operation,
     Provider,
     ProviderEnvironment,
@@ -83,8 +86,8 @@ from cryptostack_core.provider import (
     SignOperation,
     StoredKey,
     VerifyOperation,
+    invalid_argument,
 )
-from cryptostack_core.resources import CipherDirection, KeyFormat
 
 from . import agreement, ciphers, hashing, kdf, kem, keys, policy, randomness, signatures
 

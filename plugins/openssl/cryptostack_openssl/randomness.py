@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from cryptostack_core.errors import invalid_argument
+from cryptostack_core.sdk import invalid_argument
 
 from . import policy
 

@@ -23,8 +23,15 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa, utils
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import Buffer, ProviderKey, SignOperation, VerifyOperation
+from cryptostack_core.sdk import (
+    Buffer,
+    CryptoError,
+    ErrorCode,
+    ProviderKey,
+    SignOperation,
+    VerifyOperation,
+    invalid_argument,
+)
 
 from . import policy
 from .hashing import hash_algorithm

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import ProviderEnvironment
 from cryptostack_openssl import OpenSSLProvider
 
 

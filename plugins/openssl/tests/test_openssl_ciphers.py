@@ -10,11 +10,10 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import CipherOperation, ProviderKey
-from cryptostack_core.resources import CipherDirection as D
-from cryptostack_core.resources import KeyFormat as F
+from cryptostack_core.sdk import CipherDirection as D
+from cryptostack_core.sdk import CipherOperation, CryptoError, ErrorCode, ProviderKey
+from cryptostack_core.sdk import KeyFormat as F
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider, policy
 
 ENC, DEC = D.ENCRYPT, D.DECRYPT

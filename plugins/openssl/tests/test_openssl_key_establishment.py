@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import KeyFormat as F
+from cryptostack_core.sdk import CryptoError, ErrorCode
+from cryptostack_core.sdk import KeyFormat as F
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider
 from cryptostack_openssl.keys import SecretKey
 

@@ -8,10 +8,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa, x25519
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import StoredKey
-from cryptostack_core.resources import KeyFormat as F
+from cryptostack_core.sdk import CryptoError, ErrorCode, StoredKey
+from cryptostack_core.sdk import KeyFormat as F
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider
 from cryptostack_openssl.keys import AsymmetricKey, SecretKey
 

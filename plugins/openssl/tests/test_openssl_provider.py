@@ -8,10 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from cryptostack_core.algorithms import REGISTRY, Operation
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import Capability
+from cryptostack_core.sdk import REGISTRY, Capability, CryptoError, ErrorCode, Operation
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider
 
 Op = Operation

@@ -15,10 +15,9 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as apad
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderKey
-from cryptostack_core.resources import KeyFormat as F
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey
+from cryptostack_core.sdk import KeyFormat as F
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider
 
 MESSAGE = os.urandom(3000)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import cryptostack_core as cs
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import ProviderEnvironment
 from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
 from cryptostack_openssl import OpenSSLProvider, policy

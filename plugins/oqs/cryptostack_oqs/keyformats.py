@@ -26,8 +26,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, invalid_argument
 
 from . import der, keys
 from .mechanisms import BY_OID, Family, Mechanism

@@ -22,8 +22,7 @@ from typing import Any
 
 import cbor2
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import ProviderKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, invalid_argument
 
 from . import falcon_public, mldsa_public, mlkem_checks
 from .mechanisms import Family, Mechanism

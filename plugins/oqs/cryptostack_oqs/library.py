@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 REQUIRED_SERIES = (0, 16)
 """liboqs major.minor that liboqs-python 0.16 reads by structure layout."""

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 
-from cryptostack_core.algorithms import REGISTRY
+from cryptostack_core.sdk import REGISTRY
 
 
 class Family(enum.Enum):

@@ -17,8 +17,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import Buffer, SignOperation, VerifyOperation
+from cryptostack_core.sdk import (
+    Buffer,
+    CryptoError,
+    ErrorCode,
+    SignOperation,
+    VerifyOperation,
+    invalid_argument,
+)
 
 from .keys import OQSKey, SharedSecret
 from .mechanisms import Mechanism

@@ -42,10 +42,12 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.permissions import KeyOperationPermission
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
     Capability,
+    CryptoError,
+    ErrorCode,
+    KeyFormat,
+    KeyOperationPermission,
     Operation,
     Provider,
     ProviderEnvironment,
@@ -54,8 +56,8 @@ from cryptostack_core.provider import (
     SignOperation,
     StoredKey,
     VerifyOperation,
+    invalid_argument,
 )
-from cryptostack_core.resources import KeyFormat
 
 from . import keyformats, keys, library, operations
 from .mechanisms import Family, Mechanism, discover

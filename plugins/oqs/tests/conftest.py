@@ -20,7 +20,7 @@ import pytest
 from cryptostack_oqs import library
 from cryptostack_oqs.provider import OQSProvider
 
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import ProviderEnvironment
 
 PROVIDER_ID = 3
 LIBOQS = library.locate()

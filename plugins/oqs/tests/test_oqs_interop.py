@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 from cryptostack_oqs.provider import OQSProvider
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import Provider, ProviderEnvironment, ProviderKey
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, Provider, ProviderEnvironment, ProviderKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 pytestmark = pytest.mark.liboqs
 

@@ -11,9 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptostack_oqs.keys import SharedSecret
 from cryptostack_oqs.provider import OQSProvider
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 pytestmark = pytest.mark.liboqs
 

@@ -13,11 +13,8 @@ from cryptostack_oqs.keys import OQSKey, SharedSecret
 from cryptostack_oqs.provider import OQSProvider
 from pqcrypto.sign import ml_dsa_44, ml_dsa_65, ml_dsa_87
 
-from cryptostack_core.algorithms import REGISTRY, Operation
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import Capability, StoredKey
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import REGISTRY, Capability, CryptoError, ErrorCode, KeyFormat, Operation, StoredKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 pytestmark = pytest.mark.liboqs
 

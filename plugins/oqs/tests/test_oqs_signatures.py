@@ -24,10 +24,8 @@ from pqcrypto.sign import (
     slh_dsa_shake_256s,
 )
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderKey
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, ProviderKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 pytestmark = pytest.mark.liboqs
 

@@ -22,8 +22,8 @@ PROBE = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     started = time.perf_counter()
-    from cryptostack_core.errors import CryptoError
-    from cryptostack_core.provider import ProviderEnvironment
+    from cryptostack_core.wire.errors import CryptoError
+    from cryptostack_core.sdk import ProviderEnvironment
     from cryptostack_oqs import library
     from cryptostack_oqs.provider import OQSProvider
     tmp = Path(sys.argv[1])

@@ -18,7 +18,7 @@ import pytest
 from cryptostack_oqs.provider import OQSProvider
 
 import cryptostack_core as cs
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import KeyFormat
 from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
 

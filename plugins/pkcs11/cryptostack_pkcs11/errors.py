@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 from .cryptoki import CKR_NAMES, CKRError
 

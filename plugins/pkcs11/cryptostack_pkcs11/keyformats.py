@@ -22,9 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from pkcs11.constants import Attribute
 from pkcs11.mechanisms import KeyType
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import KeyFormat
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, invalid_argument
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 from . import policy
 from .mechanisms import EC_CURVES, ED25519_PARAMS, RSA_SIZES

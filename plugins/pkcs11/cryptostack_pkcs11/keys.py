@@ -25,9 +25,8 @@ from typing import Any
 
 from pkcs11.constants import Attribute
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderKey, StoredKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, StoredKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 A = Attribute
 

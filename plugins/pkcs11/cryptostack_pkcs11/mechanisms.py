@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 from pkcs11.mechanisms import KeyType, Mechanism
 
-from cryptostack_core.algorithms import Operation
-from cryptostack_core.provider import Capability
+from cryptostack_core.sdk import Capability, Operation
 
 M = Mechanism
 

@@ -25,13 +25,15 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
     Buffer,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
     SignOperation,
     VerifyOperation,
+    invalid_argument,
 )
 
 from .cryptoki import MechanismSpec

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 from . import policy
 from .mechanisms import parse_mechanism

@@ -49,13 +49,16 @@ from typing import Any
 from pkcs11.constants import Attribute, ObjectClass
 from pkcs11.mechanisms import KeyType, Mechanism
 
-from cryptostack_core.algorithms import REGISTRY, Operation
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
+    REGISTRY,
     Capability,
+    CipherDirection,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
+    KeyFormat,
+    Operation,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -63,9 +66,10 @@ from cryptostack_core.provider import (
     SignOperation,
     StoredKey,
     VerifyOperation,
+    invalid_argument,
     remaining_time,
 )
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 from . import keyformats, policy
 from .keys import (

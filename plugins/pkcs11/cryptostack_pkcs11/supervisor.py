@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import ProviderState, remaining_time
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderState, remaining_time
 
 from .errors import WORKER_FATAL, to_crypto_error
 from .protocol import InitRequest, late_cleanup

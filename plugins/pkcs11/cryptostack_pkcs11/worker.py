@@ -45,7 +45,7 @@ from pkcs11.attributes import ALL_CAPABILITIES
 from pkcs11.constants import DEFAULT, Attribute, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import KeyType, Mechanism
 
-from cryptostack_core.errors import ErrorCode
+from cryptostack_core.sdk import ErrorCode
 
 from .cryptoki import CKR_OK, CKRError, Cryptoki, MechanismSpec
 from .errors import WorkerError, describe_failure

@@ -21,7 +21,7 @@ import pytest
 from cryptostack_pkcs11.provider import PKCS11Provider
 from cryptostack_pkcs11.testing import SoftHSMToken, create_token
 
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import ProviderEnvironment
 
 _LIST_OBJECTS = r"""
 import json, sys, pkcs11

@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptostack_pkcs11.provider import PKCS11Provider
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import CipherDirection, CryptoError, ErrorCode, KeyFormat
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 ProviderFactory = Callable[..., PKCS11Provider]
 

@@ -18,11 +18,9 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptostack_pkcs11.provider import PKCS11Provider
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderState
-from cryptostack_core.provider import deadline_scope as deadline
-from cryptostack_core.resources import CipherDirection
+from cryptostack_core.sdk import CipherDirection, CryptoError, ErrorCode, ProviderState
+from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk import deadline_scope as deadline
 
 ProviderFactory = Callable[..., PKCS11Provider]
 

@@ -16,8 +16,7 @@ from typing import Any
 
 from tpm2_pytss.constants import TPM2_ALG, TPM2_CAP, TPM2_CC, TPM2_ECC, TPM2_PT, TPM2_PT_HR
 
-from cryptostack_core.algorithms import Operation
-from cryptostack_core.provider import Capability
+from cryptostack_core.sdk import Capability, Operation
 
 HASHES: dict[str, int] = {
     "SHA-256": TPM2_ALG.SHA256,

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import cbor2
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import KekSource
+from cryptostack_core.sdk import CryptoError, ErrorCode, KekSource
 
 from .proxy import WorkerProxy
 

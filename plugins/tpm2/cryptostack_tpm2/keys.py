@@ -21,8 +21,7 @@ from typing import NamedTuple
 
 import cbor2
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import ProviderKey, StoredKey
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderKey, StoredKey
 
 BLOB, EXTERNAL, PERSISTENT = "blob", "external", "persistent"
 

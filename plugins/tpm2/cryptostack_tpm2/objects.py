@@ -33,7 +33,7 @@ from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_RC
 from tpm2_pytss.types import TPM2B_PRIVATE, TPM2B_PUBLIC
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 from .keys import BLOB, EXTERNAL, PERSISTENT, KeyRef
 

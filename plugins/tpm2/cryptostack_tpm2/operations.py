@@ -25,10 +25,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives import padding
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
     Buffer,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
     SignOperation,
     VerifyOperation,

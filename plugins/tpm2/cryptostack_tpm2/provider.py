@@ -56,14 +56,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tpm2_pytss.constants import TPM2_ALG
 from tpm2_pytss.types import TPM2B_PUBLIC
 
-from cryptostack_core.algorithms import AlgorithmKind, Operation
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import (
+from cryptostack_core.sdk import (
+    AlgorithmKind,
     Capability,
+    CipherDirection,
     CipherOperation,
+    CryptoError,
+    ErrorCode,
     HashOperation,
     KekSource,
+    KeyFormat,
+    Operation,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -72,7 +75,7 @@ from cryptostack_core.provider import (
     StoredKey,
     VerifyOperation,
 )
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 from .capabilities import AES_MODES, CURVES, HASHES, HMACS, RSA_KEYS, RSA_PSS, derive_capabilities
 from .kek import TpmSealedKek

@@ -31,8 +31,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.provider import ProviderState, remaining_time
+from cryptostack_core.sdk import CryptoError, ErrorCode, ProviderState, remaining_time
 
 from .worker import WorkerConfig, WorkerInfo
 

@@ -31,8 +31,8 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
+from cryptostack_core.sdk import CryptoError, ErrorCode
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 from .capabilities import CURVES, HASHES, HMACS, RSA_KEYS
 

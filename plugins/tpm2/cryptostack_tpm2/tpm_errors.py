@@ -11,7 +11,7 @@ from __future__ import annotations
 from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TPM2_RC
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 _LAYER_MASK = 0xFF << 16
 _BASE_MASK = 0xFFFF

@@ -54,7 +54,7 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import wrap
 
-from cryptostack_core.errors import CryptoError, ErrorCode
+from cryptostack_core.sdk import CryptoError, ErrorCode
 
 from .capabilities import TpmFacts, discover
 from .objects import ObjectTable, StaleHandles, is_stale_error

@@ -19,7 +19,7 @@ import pytest
 from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.testing import Swtpm
 
-from cryptostack_core.provider import ProviderEnvironment
+from cryptostack_core.sdk import ProviderEnvironment
 
 
 @pytest.fixture(scope="session")

@@ -211,7 +211,7 @@ def wycheproof_daemon(tmp_path_factory: pytest.TempPathFactory
                       ) -> Iterator[tuple[cs.CryptoStack, set[str]]]:
     from cryptostack_tpm2.provider import TPM2Provider
 
-    from cryptostack_core.provider import ProviderEnvironment
+    from cryptostack_core.sdk import ProviderEnvironment
 
     base = tmp_path_factory.mktemp("wycheproof")
     simulator = Swtpm(base / "swtpm").start()

@@ -15,10 +15,8 @@ from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.templates import primary_template
 from cryptostack_tpm2.testing import Swtpm, direct_esapi
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderKey, StoredKey
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import CipherDirection, CryptoError, ErrorCode, KeyFormat, ProviderKey, StoredKey
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 PERSISTENT_KEY = 0x81000100
 PERSISTENT_SRK = 0x81000001

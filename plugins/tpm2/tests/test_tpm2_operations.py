@@ -20,10 +20,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.signatures import pss_salt_length
 
-from cryptostack_core.algorithms import Operation
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import CipherDirection, CryptoError, ErrorCode, KeyFormat, Operation
+from cryptostack_core.sdk import KeyOperationPermission as P
 
 
 def _sign(tpm: TPM2Provider, algorithm: str, key: object, message: bytes) -> bytes:

@@ -17,11 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.testing import Swtpm
 
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.provider import ProviderKey, ProviderState
-from cryptostack_core.provider import deadline_scope as deadline
-from cryptostack_core.resources import CipherDirection, KeyFormat
+from cryptostack_core.sdk import (
+    CipherDirection,
+    CryptoError,
+    ErrorCode,
+    KeyFormat,
+    ProviderKey,
+    ProviderState,
+)
+from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk import deadline_scope as deadline
 
 BLOCKING_LENGTH = 13  # random_bytes(13) blocks inside the worker (test-only option)
 
@@ -257,7 +262,7 @@ def test_sealed_kek_is_useless_with_another_tpm(
 def test_start_failures_are_clear(tmp_path: Path) -> None:
     from cryptostack_tpm2.testing import free_port_pair
 
-    from cryptostack_core.provider import ProviderEnvironment
+    from cryptostack_core.sdk import ProviderEnvironment
 
     env = ProviderEnvironment(tmp_path, tmp_path)
     with pytest.raises(CryptoError) as err:

@@ -1,0 +1,262 @@
+"""What every operation context shares: its timeout, its connection, its error state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, Protocol, Self, TypeVar, Union
+
+from cryptostack_core.client.channel import Channel
+from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import rid_to_wire
+from cryptostack_core.wire.resources import CryptoResourceId
+
+Duration = Union[dt.timedelta, float, int]
+ResourceLike = Union[CryptoResourceId, CryptoResourceGuard]
+_C = TypeVar("_C", bound="ContextConfig")
+_UNSET: Any = object()
+
+
+def to_seconds(value: Duration | None) -> float | None:
+    """A timedelta or number of seconds as float seconds (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"a timeout must be a timedelta or seconds, got {value!r}")
+    if seconds <= 0:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, "a timeout must be positive")
+    return seconds
+
+
+def rid_of(value: object, what: str = "resource") -> CryptoResourceId:
+    """A resource id from an id or a guard (the design's implicit conversion)."""
+    rid = getattr(value, "resource_id", None)
+    if isinstance(rid, CryptoResourceId):
+        return rid
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                      f"{what} must be a CryptoResourceId or CryptoResourceGuard, got "
+                      f"{type(value).__name__}")
+
+
+def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
+    """Wire form of an id or guard."""
+    return rid_to_wire(rid_of(value, what))
+
+
+class AlgorithmSetting:
+    """Builder mixin: ``set_algorithm`` (aliases resolve to the canonical name at once, so a
+    misspelt name fails here with UNSUPPORTED_ALGORITHM)."""
+
+    algorithm: str | None = None
+
+    def set_algorithm(self, algorithm: str) -> Self:
+        """Algorithm by canonical name or alias (``"sha256"`` -> ``"SHA-256"``)."""
+        self.algorithm = canonical_name(algorithm)
+        return self
+
+
+class KeySetting:
+    """Builder mixin: ``set_key`` taking a key slot id, a key id or a guard."""
+
+    key: ResourceLike | None = None
+
+    def set_key(self, key: ResourceLike) -> Self:
+        """The key: a key slot id, a key id or a guard."""
+        self.key = key
+        return self
+
+
+class ContextConfig:
+    """Builder-style settings every context config has: timeout and provider pinning."""
+
+    def __init__(self) -> None:
+        self._timeout: Any = _UNSET
+        self.provider: int | None = None
+
+    def set_operation_timeout(self: _C, timeout: Duration) -> _C:
+        """Per-call deadline for this context, overriding the stack default."""
+        self._timeout = to_seconds(timeout)
+        return self
+
+    def disable_timeout(self: _C) -> _C:
+        """No deadline for this context's calls (slow key generation, SLH-DSA signing)."""
+        self._timeout = None
+        return self
+
+    def set_provider(self: _C, provider_id: int) -> _C:
+        """Run on this provider (when it is eligible) instead of the preference order."""
+        self.provider = int(provider_id)
+        return self
+
+    def resolve_timeout(self, default: float | None) -> float | None:
+        """The effective timeout given the stack default."""
+        timeout: float | None = default if self._timeout is _UNSET else self._timeout
+        return timeout
+
+
+class ContextParent(Protocol):
+    """What an operation context needs from the :class:`~cryptostack_core.CryptoContext`
+    that creates it: the channel, and to be told of the new child (closed with it)."""
+
+    _channel: Channel
+
+    def _register_child(self, child: OperationContext) -> None: ...
+
+
+class OperationContext:
+    """Base of cipher, hash, sign, verify, KEM, agreement, key-management and certificate
+    contexts: a handle in the daemon, a timeout, and the error state after a timeout."""
+
+    _close_op = "context.close"
+
+    def __init__(self, parent: ContextParent, config: ContextConfig) -> None:
+        self._parent = parent
+        self._channel = parent._channel
+        self._timeout = config.resolve_timeout(self._channel.default_timeout)
+        self._handle: int | None = None
+        self._error: str | None = None
+        self._closed = False
+        self._pending: list[dict[str, Any]] = []
+        parent._register_child(self)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each call may take (None: unbounded)."""
+        return self._timeout
+
+    @property
+    def in_error_state(self) -> bool:
+        """True after a call timed out: only close() is allowed."""
+        return self._error is not None
+
+    def _check(self) -> None:
+        if self._closed:
+            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND, "context is closed")
+        if self._error is not None:
+            raise CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
+                              f"context is in error state after {self._error}; close it and "
+                              "create a new one")
+
+    def _defer(self, op: str, args: Mapping[str, Any]) -> None:
+        """Queue a call that returns nothing; it travels with the next real call."""
+        self._check()
+        self._pending.append({"op": op, "args": args})
+
+    def _call(self, op: str, args: Mapping[str, Any]) -> Any:
+        self._check()
+        try:
+            if self._pending:
+                calls = [*self._pending, {"op": op, "args": args}]
+                self._pending = []
+                return self._channel.call("batch", {"calls": calls}, self._timeout)[-1]
+            return self._channel.call(op, args, self._timeout)
+        except CryptoError as exc:
+            if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                self._error = f"{op} timed out"
+            elif exc.code is ErrorCode.CONTEXT_IN_ERROR_STATE:
+                self._error = self._error or "a timeout"
+            self._on_error(exc)
+            raise
+
+    def _on_error(self, exc: CryptoError) -> None:
+        """Subclasses resynchronise their view of the stream state."""
+
+    def close(self) -> None:
+        """Release the context in the daemon (always allowed, idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = []
+        if self._handle is not None and not self._channel.closed:
+            try:
+                self._channel.call(self._close_op, {"ctx": self._handle},
+                                   self._channel.close_timeout)
+            except CryptoError:
+                pass  # the daemon frees it at disconnect anyway
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamContext(OperationContext):
+    """init/update/finalize/reset with the order rules mirrored locally, so misuse is
+    reported at once even though init/reset/small updates are sent with the next call."""
+
+    _family = ""
+    _buffer_limit = 64 * 1024  # updates smaller than this are coalesced client-side
+
+    def __init__(self, parent: ContextParent, config: ContextConfig) -> None:
+        super().__init__(parent, config)
+        self._state = "idle"
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+
+    def _on_error(self, exc: CryptoError) -> None:
+        # The daemon aborts the message on any failure; mirror that.
+        self._buffer, self._buffered = [], 0
+        if self._state == "active":
+            self._state = "idle"
+
+    def _need_active(self, what: str) -> None:
+        self._check()
+        if self._state != "active":
+            hint = "after finalize(), call init() to start a new message" \
+                if self._state == "done" else "call init() first"
+            raise CryptoError(ErrorCode.INVALID_STATE, f"{what}() needs an active message; {hint}")
+
+    def _start(self, args: dict[str, Any]) -> None:
+        self._check()
+        if self._state == "active":
+            raise CryptoError(ErrorCode.INVALID_STATE,
+                              "init() called while a message is in progress; call reset() "
+                              "to discard it or finalize it first")
+        self._defer(f"{self._family}.init", {"ctx": self._handle, **args})
+        self._state = "active"
+
+    def reset(self) -> None:
+        """Discard any partial message; the context can be reused (no round trip now)."""
+        self._check()
+        self._buffer, self._buffered = [], 0
+        self._pending = [c for c in self._pending if not c["op"].endswith(".update")]
+        self._defer(f"{self._family}.reset", {"ctx": self._handle})
+        self._state = "idle"
+
+    def _flush_buffer(self) -> None:
+        if self._buffer:
+            data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+            self._buffer, self._buffered = [], 0
+            self._defer(f"{self._family}.update", {"ctx": self._handle, "data": data})
+
+    def _absorb(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash/sign/verify update: small chunks are coalesced and sent later."""
+        self._need_active("update")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"data must be bytes-like, got {type(data).__name__}")
+        size = len(data)
+        if size >= self._buffer_limit:
+            self._flush_buffer()
+            self._call(f"{self._family}.update", {"ctx": self._handle, "data": bytes(data)})
+            return
+        self._buffer.append(bytes(data))
+        self._buffered += size
+        if self._buffered >= self._buffer_limit:
+            self._flush_buffer()
+            self._call("ping", {})  # send the queued work now; keeps memory bounded
+
+    def _finish(self, args: dict[str, Any]) -> Any:
+        self._need_active("finalize")
+        self._flush_buffer()
+        result = self._call(f"{self._family}.finalize", {"ctx": self._handle, **args})
+        self._state = "done"
+        return result

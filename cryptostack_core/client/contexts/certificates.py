@@ -1,0 +1,231 @@
+"""Certificate management and verification contexts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptostack_core.client.contexts.base import (
+    ContextConfig,
+    ContextParent,
+    OperationContext,
+    ResourceLike,
+    wire_rid,
+)
+from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.resources import CertVerifyResult, KeyFormat, RevocationCheckPolicy
+
+
+class CertificateVerificationContextConfig(ContextConfig):
+    """Settings for :meth:`CryptoContext.create_certificate_verification_context`."""
+
+
+class CertificateManagementContextConfig(ContextConfig):
+    """Settings for :meth:`CryptoContext.create_certificate_management_context`."""
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """Details of the last ``verify()``: result, reason, validated chain (DER, leaf first)."""
+
+    result: CertVerifyResult
+    reason: str
+    chain: list[bytes] = field(default_factory=list)
+
+    def explain(self) -> str:
+        """One human-readable line: the verdict and the path (VALID) or the reason."""
+        if self.result is CertVerifyResult.VALID:
+            return (f"VALID: chain of {len(self.chain)} certificates: "
+                    + " -> ".join(_subject(der) for der in self.chain))
+        return f"{self.result.value}: {self.reason}"
+
+
+def _subject(der: bytes) -> str:
+    from cryptography import x509
+
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
+    except ValueError:
+        return "<unreadable certificate>"
+
+
+def _encoded(data: object, what: str) -> bytes:
+    """PEM (bytes or str) or DER input as bytes; anything else is INVALID_ARGUMENT."""
+    if isinstance(data, str):
+        try:
+            return data.encode("ascii")
+        except UnicodeEncodeError:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"a PEM {what} is ASCII text; this string is not") from None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                      f"a {what} must be PEM or DER bytes, got {type(data).__name__}")
+
+
+def _rid_list(items: object, what: str) -> list[dict[str, Any]]:
+    """Wire ids of one resource or an iterable of them."""
+    if getattr(items, "resource_id", None) is not None:
+        return [wire_rid(items, what)]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"expected a list of {what} ids or guards, got {type(items).__name__}")
+    return [wire_rid(item, what) for item in items]
+
+
+class CertificateVerificationContext(OperationContext):
+    """Builder-style path validation; ``verify()`` sends one request."""
+
+    def __init__(self, parent: ContextParent, config: CertificateVerificationContextConfig) -> None:
+        super().__init__(parent, config)
+        self._certificate: dict[str, Any] | None = None
+        self._trust_store: dict[str, Any] | None = None
+        self._intermediates: list[dict[str, Any]] = []
+        self._crls: list[dict[str, Any]] = []
+        self._time: dt.datetime | None = None
+        self._policy = RevocationCheckPolicy.NONE
+        self.last_report: VerificationReport | None = None
+        # The guards handed to the setters, kept alive while this context refers to them:
+        # ``add_crl(cm.import_crl(data))`` must not release the CRL before ``verify()``.
+        self._held: dict[str, Any] = {}
+        self._held_lists: list[Any] = []
+
+    def close(self) -> None:
+        """Nothing is held in the daemon; drop the references to the guards given."""
+        self._closed = True
+        self._held.clear()
+        self._held_lists.clear()
+
+    def set_certificate(self, cert: ResourceLike) -> None:
+        """The certificate to validate (certificate slot or imported certificate)."""
+        self._certificate = wire_rid(cert, "certificate")
+        self._held["certificate"] = cert
+
+    def set_verification_trust_store(self, store: ResourceLike) -> None:
+        """The anchors (and CRLs) to validate against."""
+        self._trust_store = wire_rid(store, "trust store")
+        self._held["trust_store"] = store
+
+    def add_untrusted_intermediate(self, cert: ResourceLike) -> None:
+        """A certificate that may be used to build the path (not trusted by itself)."""
+        self._intermediates.append(wire_rid(cert, "certificate"))
+        self._held_lists.append(cert)
+
+    def add_crl(self, crl: ResourceLike) -> None:
+        """An extra CRL for revocation checking."""
+        self._crls.append(wire_rid(crl, "CRL"))
+        self._held_lists.append(crl)
+
+    def set_validation_time(self, when: dt.datetime) -> None:
+        """Validate as of ``when`` (default: now). Naive datetimes are taken as UTC."""
+        if not isinstance(when, dt.datetime):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "validation time must be a datetime")
+        self._time = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+    def set_revocation_check_policy(self, policy: RevocationCheckPolicy) -> None:
+        """NONE or CRL_ONLY."""
+        try:
+            self._policy = RevocationCheckPolicy(policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in RevocationCheckPolicy)
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"unknown revocation check policy {policy!r} ({choices})") from None
+
+    def verify(self) -> CertVerifyResult:
+        """Validate; details in :attr:`last_report` / :meth:`explain`."""
+        result = self._call("cert.verify", {
+            "certificate": self._certificate, "trust_store": self._trust_store,
+            "intermediates": self._intermediates, "crls": self._crls,
+            "time": None if self._time is None else self._time.timestamp(),
+            "policy": self._policy.value})
+        report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
+                                    [bytes(c) for c in result.get("chain", [])])
+        self.last_report = report
+        return report.result
+
+    def validated_chain(self) -> list[bytes]:
+        """DER certificates of the last validated path (leaf first); empty if none."""
+        return list(self.last_report.chain) if self.last_report else []
+
+    def explain(self) -> str:
+        """Why the last ``verify()`` gave its result."""
+        if self.last_report is None:
+            raise CryptoError(ErrorCode.INVALID_STATE, "verify() has not been called")
+        return self.last_report.explain()
+
+
+class CertificateManagementContext(OperationContext):
+    """Import certificates and CRLs, build and persist trust stores, extract public keys."""
+
+    def __init__(self, parent: ContextParent, config: CertificateManagementContextConfig,
+                 ) -> None:
+        super().__init__(parent, config)
+        # set_provider() on the config pins where load_certificate_public_key imports keys.
+        self._provider = config.provider
+
+    def close(self) -> None:
+        """Nothing is held in the daemon."""
+        self._closed = True
+
+    def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
+        return CryptoResourceGuard._from_wire(self._channel, info)
+
+    def import_certificate(self, data: bytes | str) -> CryptoResourceGuard:
+        """An ephemeral certificate from PEM (bytes or str) or DER."""
+        return self._guard(self._call("cert.import",
+                                      {"data": _encoded(data, "certificate")}))
+
+    def import_crl(self, data: bytes | str) -> CryptoResourceGuard:
+        """An ephemeral CRL from PEM (bytes or str) or DER."""
+        return self._guard(self._call("crl.import", {"data": _encoded(data, "CRL")}))
+
+    def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                           crls: Iterable[ResourceLike] | ResourceLike = (),
+                           ) -> CryptoResourceGuard:
+        """An ephemeral trust store of anchors (and CRLs): ids or guards, one or a list.
+
+        The daemon copies their content: releasing them afterwards leaves the store intact.
+        """
+        return self._guard(self._call("truststore.create", {
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")}))
+
+    def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
+                                    ) -> tuple[CryptoResourceGuard, str]:
+        """(VERIFY-only public key guard, canonical algorithm name).
+
+        The key is imported into ``provider`` if given, else the config's ``set_provider``
+        choice, else the first provider in the daemon's preference order that can import it.
+        """
+        pinned = provider if provider is not None else self._provider
+        result = self._call("cert.public_key", {"cert": wire_rid(cert, "certificate"),
+                                                "provider": pinned})
+        return self._guard(result["key"]), str(result["algorithm"])
+
+    def export_certificate(self, cert: ResourceLike, fmt: str | KeyFormat = "PEM") -> bytes:
+        """The certificate as PEM or DER (``"PEM"``/``"DER"``, any case, or ``KeyFormat.PEM``)."""
+        if isinstance(fmt, KeyFormat):
+            fmt = fmt.value
+        if not isinstance(fmt, str):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"format must be \"PEM\" or \"DER\", got {fmt!r}")
+        data: bytes = self._call("cert.export", {"cert": wire_rid(cert, "certificate"),
+                                                 "format": fmt.upper()})
+        return data
+
+    def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
+        """Replace a configured certificate slot (atomic); returns its new version."""
+        result = self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
+                                             "cert": wire_rid(cert, "certificate")})
+        return int(result["version"])
+
+    def persist_trust_store(self, store: ResourceLike,
+                            anchors: Iterable[ResourceLike] | ResourceLike,
+                            crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
+        """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
+        result = self._call("truststore.persist", {
+            "store": wire_rid(store, "trust store"),
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
+        return int(result["version"])

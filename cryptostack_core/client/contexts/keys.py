@@ -1,0 +1,180 @@
+"""Key management: generate, import, load, persist, export, derive."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from cryptostack_core.client.contexts.base import (
+    AlgorithmSetting,
+    ContextConfig,
+    ContextParent,
+    KeySetting,
+    OperationContext,
+    ResourceLike,
+    wire_rid,
+)
+from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission
+from cryptostack_core.wire.resources import KeyFormat, KeySlotInfo, KeySlotStatus
+
+
+class KeyManagementContextConfig(ContextConfig):
+    """Settings for :meth:`CryptoContext.create_key_management_context` (timeouts)."""
+
+
+class GenerateKeyParams(AlgorithmSetting):
+    """What key to generate: key type (``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"`` ...),
+    permissions, provider."""
+
+    def __init__(self) -> None:
+        self.algorithm: str | None = None
+        self.permissions: KeyOperationPermission | None = None
+        self.provider: int | None = None
+
+    def set_permissions(self, perms: KeyOperationPermission) -> Self:
+        """Allowed operations (default: all the algorithm supports, never EXPORT)."""
+        self.permissions = KeyOperationPermission(perms)
+        return self
+
+    def set_provider(self, provider_id: int) -> Self:
+        """Provider that holds the key (e.g. generate inside the HSM)."""
+        self.provider = int(provider_id)
+        return self
+
+
+class ImportKeyParams(GenerateKeyParams):
+    """Key material to import."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.material: bytes | None = None
+        self.format: KeyFormat | None = None
+
+    def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
+        """The encoded key and its format."""
+        self.material = bytes(material)
+        self.format = KeyFormat(fmt)
+        return self
+
+
+class DeriveKeyParams(AlgorithmSetting, KeySetting):
+    """Key derivation from a key with DERIVE: KDF (``"HKDF-SHA-256"``), input key, salt, info,
+    output key type and length, permissions."""
+
+    def __init__(self) -> None:
+        self.algorithm = "HKDF-SHA-256"
+        self.key: ResourceLike | None = None
+        self.salt = b""
+        self.info = b""
+        self.length: int | None = None
+        self.output_algorithm = "GENERIC-SECRET"
+        self.permissions: KeyOperationPermission | None = None
+
+    def set_salt(self, salt: bytes) -> Self:
+        """HKDF salt."""
+        self.salt = bytes(salt)
+        return self
+
+    def set_info(self, info: bytes) -> Self:
+        """HKDF info."""
+        self.info = bytes(info)
+        return self
+
+    def set_output(self, algorithm: str, length: int | None = None) -> Self:
+        """Type (and length) of the derived key, e.g. ``"AES-256"``."""
+        self.output_algorithm = canonical_name(algorithm)
+        self.length = length
+        return self
+
+    def set_permissions(self, perms: KeyOperationPermission) -> Self:
+        """Permissions of the derived key."""
+        self.permissions = KeyOperationPermission(perms)
+        return self
+
+
+def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
+    """Build a :class:`KeySlotInfo` from its wire form."""
+    return KeySlotInfo(status=KeySlotStatus(info["status"]), algorithm=info.get("algorithm"),
+                       provider=info.get("provider"),
+                       compatible_providers=list(info.get("compatible_providers") or []),
+                       permissions=KeyOperationPermission(info.get("permissions") or 0),
+                       version=int(info.get("version") or 0), name=info.get("name", ""),
+                       created=info.get("created"), updated=info.get("updated"))
+
+
+class KeyManagementContext(OperationContext):
+    """Key lifecycle operations (each one round trip, bounded by this context's timeout)."""
+
+    def __init__(self, parent: ContextParent, config: KeyManagementContextConfig) -> None:
+        super().__init__(parent, config)
+
+    def close(self) -> None:
+        """Nothing to free in the daemon; later calls fail."""
+        self._closed = True
+
+    def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
+        return CryptoResourceGuard._from_wire(self._channel, info)
+
+    def load_key(self, slot: ResourceLike) -> CryptoResourceGuard:
+        """Load a slot's key for use in several contexts."""
+        return self._guard(self._call("key.load", {"slot": wire_rid(slot, "slot")}))
+
+    def get_key_slot_info(self, slot: ResourceLike) -> KeySlotInfo:
+        """Status, algorithm, provider and compatible providers of a key slot."""
+        return slot_info_from_wire(self._call("key.slot_info", {"slot": wire_rid(slot, "slot")}))
+
+    def generate_key(self, params: GenerateKeyParams) -> CryptoResourceGuard:
+        """A new ephemeral key."""
+        if params.algorithm is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
+        return self._guard(self._call("key.generate", {
+            "algorithm": params.algorithm, "provider": params.provider,
+            "permissions": None if params.permissions is None else int(params.permissions)}))
+
+    def import_key(self, params: ImportKeyParams) -> CryptoResourceGuard:
+        """An ephemeral key from material."""
+        if params.algorithm is None or params.material is None or params.format is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "ImportKeyParams needs set_algorithm() and set_material()")
+        return self._guard(self._call("key.import", {
+            "algorithm": params.algorithm, "material": params.material,
+            "format": params.format.value, "provider": params.provider,
+            "permissions": None if params.permissions is None else int(params.permissions)}))
+
+    def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
+        """Copy ``key`` into ``slot`` durably (the key stays usable)."""
+        return slot_info_from_wire(self._call("key.persist", {
+            "slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}))
+
+    def clear_key_slot(self, slot: ResourceLike) -> None:
+        """Empty a key slot (destroying a token/TPM copy)."""
+        self._call("key.clear_slot", {"slot": wire_rid(slot, "slot")})
+
+    def export_public_key(self, key: ResourceLike, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
+        """Public key of an asymmetric key or slot (SubjectPublicKeyInfo DER by default)."""
+        data: bytes = self._call("key.export_public", {"key": wire_rid(key, "key"),
+                                                       "format": KeyFormat(fmt).value})
+        return data
+
+    def export_key(self, key: ResourceLike, fmt: KeyFormat | None = None) -> bytes:
+        """Secret or private material; only for keys that carry EXPORT."""
+        data: bytes = self._call("key.export", {"key": wire_rid(key, "key"),
+                                                "format": None if fmt is None else KeyFormat(fmt).value})
+        return data
+
+    def derive_key(self, params: DeriveKeyParams) -> CryptoResourceGuard:
+        """A new key derived from ``params.key``."""
+        if params.key is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "DeriveKeyParams needs set_key()")
+        return self._guard(self._call("key.derive", {
+            "algorithm": params.algorithm, "key": wire_rid(params.key, "key"),
+            "salt": params.salt, "info": params.info, "length": params.length,
+            "output_algorithm": params.output_algorithm,
+            "permissions": None if params.permissions is None else int(params.permissions)}))
+
+    def generate_random(self, length: int) -> bytes:
+        """Random bytes from the preferred provider."""
+        data: bytes = self._call("random.generate", {"length": int(length)})
+        return data

@@ -1,0 +1,104 @@
+"""Resource guards: the client's handle on a key, certificate, CRL or trust store that lives
+in the daemon, and the key slot's metadata object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cryptostack_core.client.channel import Channel
+from cryptostack_core.wire.permissions import KeyOperationPermission
+from cryptostack_core.wire.protocol import rid_from_wire
+from cryptostack_core.wire.resources import CryptoResourceId, ResourcePersistence, ResourceType
+
+
+class CryptoResourceGuard:
+    """Owns a daemon-side resource (key, certificate, CRL, trust store) until released.
+
+    Accepted everywhere a :class:`CryptoResourceId` is. ``release()`` is idempotent; a guard
+    that is garbage-collected unreleased is released with the stack's next request.
+    """
+
+    def __init__(self, channel: Channel, rid: CryptoResourceId,
+                 persistence: ResourcePersistence, permitted: KeyOperationPermission,
+                 algorithm: str | None = None, provider: int | None = None) -> None:
+        self._channel = channel
+        self._rid = rid
+        self._persistence = persistence
+        self._permitted = permitted
+        self.algorithm = algorithm
+        self.provider = provider
+        self._released = False
+
+    @classmethod
+    def _from_wire(cls, channel: Channel, info: Mapping[str, Any]) -> CryptoResourceGuard:
+        return cls(channel, rid_from_wire(info["id"], info.get("label")),
+                   ResourcePersistence(info.get("persistence", "EPHEMERAL")),
+                   KeyOperationPermission(info.get("permissions") or 0),
+                   info.get("algorithm"), info.get("provider"))
+
+    @property
+    def resource_id(self) -> CryptoResourceId:
+        """The id this guard owns."""
+        return self._rid
+
+    @property
+    def type(self) -> ResourceType:
+        """Resource type (KEY, CERTIFICATE, CRL, VERIFICATION_TRUST_STORE)."""
+        return self._rid.type
+
+    @property
+    def persistence(self) -> ResourcePersistence:
+        """EPHEMERAL or PERSISTENT (loaded from a slot)."""
+        return self._persistence
+
+    @property
+    def permitted_operations(self) -> KeyOperationPermission:
+        """What the key may be used for."""
+        return self._permitted
+
+    @property
+    def released(self) -> bool:
+        """True once released."""
+        return self._released
+
+    def release(self) -> None:
+        """Free the resource in the daemon; harmless if already released."""
+        if self._released:
+            return
+        self._released = True
+        self._channel.release(self._rid)
+
+    def __enter__(self) -> CryptoResourceGuard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_released", True):
+            self._released = True
+            try:
+                self._channel.queue_release(self._rid)
+            except Exception:  # noqa: BLE001 - never raise from a finalizer
+                pass
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else self._persistence.value.lower()
+        return f"<CryptoResourceGuard {self._rid!r} {self.algorithm or ''} {state}>"
+
+
+class KeySlotObject:
+    """A key slot's stored metadata, as the design's ``GetKeySlotObject``."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    def get_permitted_operations(self) -> KeyOperationPermission:
+        """Permissions of the key in the slot (or declared for an empty slot)."""
+        return KeyOperationPermission(self.info.permissions)
+
+    @property
+    def algorithm(self) -> str | None:
+        """Key algorithm."""
+        return self.info.algorithm  # type: ignore[no-any-return]

@@ -1,0 +1,230 @@
+"""The entry point of the client API: stack, context, resource guards."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from cryptostack_core.client.channel import Channel
+from cryptostack_core.client.contexts.base import (
+    Duration,
+    OperationContext,
+    ResourceLike,
+    rid_of,
+    to_seconds,
+    wire_rid,
+)
+from cryptostack_core.client.contexts.certificates import (
+    CertificateManagementContext,
+    CertificateManagementContextConfig,
+    CertificateVerificationContext,
+    CertificateVerificationContextConfig,
+)
+from cryptostack_core.client.contexts.cipher import CipherContext, CipherContextConfig
+from cryptostack_core.client.contexts.hash import HashContext, HashContextConfig
+from cryptostack_core.client.contexts.kem import (
+    KemContext,
+    KemContextConfig,
+    KeyAgreementContext,
+    KeyAgreementContextConfig,
+)
+from cryptostack_core.client.contexts.keys import (
+    KeyManagementContext,
+    KeyManagementContextConfig,
+    slot_info_from_wire,
+)
+from cryptostack_core.client.contexts.sign import (
+    SignContext,
+    SignContextConfig,
+    VerifyContext,
+    VerifyContextConfig,
+)
+from cryptostack_core.client.guards import KeySlotObject
+from cryptostack_core.client.transport import connect
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import rid_from_wire
+from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
+from cryptostack_core.wire.transport import Transport
+
+DEFAULT_TIMEOUT = 30.0
+ENDPOINT_ENV = "CRYPTOSTACK_ENDPOINT"
+
+
+class CryptoStackConfig:
+    """How to reach the service, and the default per-call timeout."""
+
+    def __init__(self) -> None:
+        self.endpoint: str = os.environ.get(ENDPOINT_ENV, "inproc://")
+        self.default_timeout: float | None = DEFAULT_TIMEOUT
+        self.daemon_config: Any = None
+        self.connect_timeout: float | None = 5.0
+
+    def set_connection_endpoint(self, endpoint: str) -> Self:
+        """``unix:///path/to/daemon.sock`` or ``inproc://`` (the default)."""
+        if not isinstance(endpoint, str):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "endpoint must be a string")
+        self.endpoint = endpoint
+        return self
+
+    def set_default_operation_timeout(self, timeout: Duration | None) -> Self:
+        """Deadline of each call unless a context overrides it (None: unbounded)."""
+        self.default_timeout = to_seconds(timeout)
+        return self
+
+    def set_daemon_config(self, config: str | Path | Mapping[str, Any]) -> Self:
+        """Config (TOML path or mapping) for the ``inproc://`` service."""
+        self.daemon_config = config
+        return self
+
+    def set_connect_timeout(self, timeout: Duration | None) -> Self:
+        """How long to wait for the daemon to accept the connection."""
+        self.connect_timeout = to_seconds(timeout)
+        return self
+
+
+class CryptoStack:
+    """A connection to the crypto service. Thread-safe; context manager."""
+
+    def __init__(self, transport: Transport, config: CryptoStackConfig) -> None:
+        self._channel = Channel(transport, config.default_timeout)
+        self.endpoint = config.endpoint
+        self._contexts: weakref.WeakSet[CryptoContext] = weakref.WeakSet()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._channel.closed
+
+    def create_crypto_context(self) -> CryptoContext:
+        """A context: the factory of operation contexts and the resolver of named resources."""
+        ctx = CryptoContext(self)
+        self._contexts.add(ctx)
+        return ctx
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's providers, slots and clients."""
+        result: dict[str, Any] = self._channel.call("status", {}, self._channel.default_timeout)
+        return result
+
+    def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
+                provider: int | None = None) -> list[dict[str, Any]]:
+        """Provider selection for (algorithm, operation[, key]): each candidate and why."""
+        args: dict[str, Any] = {"algorithm": algorithm, "operation": operation,
+                                "provider": provider}
+        if key is not None:
+            args["key"] = wire_rid(key, "key")
+        result: list[dict[str, Any]] = self._channel.call("explain", args,
+                                                          self._channel.default_timeout)
+        return result
+
+    def ping(self) -> None:
+        """One round trip."""
+        self._channel.call("ping", {}, self._channel.default_timeout)
+
+    def close(self) -> None:
+        """Disconnect; the daemon frees every context and guard of this stack."""
+        if self.closed:
+            return
+        for ctx in list(self._contexts):
+            ctx.close()
+        self._channel.close()
+
+    def __enter__(self) -> CryptoStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CryptoContext:
+    """Creates operation contexts and resolves named resources. Context manager."""
+
+    def __init__(self, stack: CryptoStack) -> None:
+        self._channel = stack._channel
+        self._children: weakref.WeakSet[OperationContext] = weakref.WeakSet()
+        self._closed = False
+
+    def _register_child(self, child: OperationContext) -> None:
+        if self._closed:
+            raise CryptoError(ErrorCode.INVALID_STATE, "the crypto context is closed")
+        self._children.add(child)
+
+    def resolve_resource(self, name: str, resource_type: ResourceType) -> CryptoResourceId:
+        """Id of a named key slot, certificate slot or trust store."""
+        result = self._channel.call("resource.resolve",
+                                    {"name": name, "type": ResourceType(resource_type).value},
+                                    self._channel.default_timeout)
+        return rid_from_wire(result, name)
+
+    def get_key_slot_object(self, slot: ResourceLike) -> KeySlotObject:
+        """The slot's metadata object (permitted operations...)."""
+        rid_of(slot, "slot")
+        info = self._channel.call("key.slot_info", {"slot": wire_rid(slot, "slot")},
+                                  self._channel.default_timeout)
+        return KeySlotObject(slot_info_from_wire(info))
+
+    def create_cipher_context(self, config: CipherContextConfig) -> CipherContext:
+        """Symmetric encryption/decryption."""
+        return CipherContext(self, config)
+
+    def create_hash_context(self, config: HashContextConfig) -> HashContext:
+        """Message digests."""
+        return HashContext(self, config)
+
+    def create_sign_context(self, config: SignContextConfig) -> SignContext:
+        """Signatures and MACs."""
+        return SignContext(self, config)
+
+    def create_verify_context(self, config: VerifyContextConfig) -> VerifyContext:
+        """Signature and MAC verification."""
+        return VerifyContext(self, config)
+
+    def create_kem_context(self, config: KemContextConfig) -> KemContext:
+        """Key encapsulation."""
+        return KemContext(self, config)
+
+    def create_key_agreement_context(self, config: KeyAgreementContextConfig,
+                                     ) -> KeyAgreementContext:
+        """Key agreement."""
+        return KeyAgreementContext(self, config)
+
+    def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
+                                      ) -> KeyManagementContext:
+        """Key lifecycle."""
+        return KeyManagementContext(self, config or KeyManagementContextConfig())
+
+    def create_certificate_verification_context(
+            self, config: CertificateVerificationContextConfig | None = None,
+    ) -> CertificateVerificationContext:
+        """Certificate path validation."""
+        return CertificateVerificationContext(self, config or CertificateVerificationContextConfig())
+
+    def create_certificate_management_context(
+            self, config: CertificateManagementContextConfig | None = None,
+    ) -> CertificateManagementContext:
+        """Certificate, CRL and trust-store management."""
+        return CertificateManagementContext(self, config or CertificateManagementContextConfig())
+
+    def close(self) -> None:
+        """Close every operation context created here."""
+        if self._closed:
+            return
+        self._closed = True
+        for child in list(self._children):
+            child.close()
+
+    def __enter__(self) -> CryptoContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def create_crypto_stack(config: CryptoStackConfig | None = None) -> CryptoStack:
+    """Connect to the service named by ``config`` (default: ``inproc://``)."""
+    config = config or CryptoStackConfig()
+    transport = connect(config.endpoint, config.daemon_config, config.connect_timeout)
+    return CryptoStack(transport, config)

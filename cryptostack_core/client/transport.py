@@ -1,0 +1,332 @@
+"""The unix-socket transport, and endpoint resolution.
+
+``unix://PATH`` speaks the wire protocol (docs/protocol.md) to a daemon. Other schemes come
+from the ``cryptostack.transports`` entry points; the core registers ``inproc://``, which runs
+the service inside the calling process (:mod:`cryptostack_core.server.inproc`). Every
+transport bounds each call by its deadline: the caller gets ``OPERATION_TIMED_OUT`` at the
+deadline even if the work never finishes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+import cbor2
+
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    raise_for_error,
+)
+from cryptostack_core.wire.shm import SHM_ARGUMENTS, ClientRegion
+from cryptostack_core.wire.shm import THRESHOLD as SHM_THRESHOLD
+from cryptostack_core.wire.transport import Transport, timed_out
+from cryptostack_core.wire.version import __version__
+
+CLIENT_NAME = f"cryptostack-python/{__version__}"
+DEFAULT_SPIN = float(os.environ.get("CRYPTOSTACK_SPIN_US", "100")) / 1e6
+# Calls of this process currently waiting for the daemon (spinning is for the lone caller).
+_waiting = [0]
+_waiting_lock = threading.Lock()
+
+
+class UnixTransport(Transport):
+    """A connection to a daemon's unix socket. Thread-safe (calls are serialised)."""
+
+    def __init__(self, path: str, connect_timeout: float | None = 5.0,
+                 spin: float = DEFAULT_SPIN) -> None:
+        self.path = path
+        self.spin = spin
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._buf = bytearray()
+        self._broken: str | None = None
+        self.max_frame = DEFAULT_MAX_FRAME
+        self._region: ClientRegion | None = None
+        self._shm_usable = hasattr(os, "memfd_create") and not os.environ.get("CRYPTOSTACK_NO_SHM")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(connect_timeout)
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"no cryptostack daemon at {path}: {exc.strerror}") from None
+        except PermissionError:
+            sock.close()
+            raise CryptoError(ErrorCode.ACCESS_DENIED,
+                              f"not allowed to connect to {path} (socket permissions)") from None
+        except OSError as exc:
+            sock.close()
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
+        self._sock = sock
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+        try:
+            self._send({"hello": {"versions": list(SUPPORTED_VERSIONS), "client": CLIENT_NAME}},
+                       deadline)
+            reply = self._receive(deadline)
+        except CryptoError:
+            self.close()
+            raise
+        hello = reply.get("hello")
+        if not isinstance(hello, Mapping):
+            self.close()
+            if reply.get("ok") is False:
+                raise_for_error(reply.get("error"))
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "the daemon did not answer the hello")
+        if hello.get("version") != PROTOCOL_VERSION:
+            self.close()
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                              f"daemon speaks protocol {hello.get('version')}, we speak "
+                              f"{PROTOCOL_VERSION}")
+        self.server = hello
+        self.max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
+
+    # --- framing -------------------------------------------------------------------------
+    # The socket stays non-blocking; waiting is one poll() bounded by the deadline, so a
+    # call costs no extra syscalls to switch timeouts.
+    def _wait(self, events: int, deadline: float | None) -> None:
+        if self.spin > 0 and _waiting[0] <= 1:
+            # A small answer usually comes back within tens of microseconds; polling for it
+            # briefly avoids the scheduler's wake-up latency, which on a small VM costs more
+            # than the daemon's whole work. Past the spin window we sleep in poll(). When
+            # other threads of this process are waiting too, spinning would only steal
+            # their CPU (and the GIL), so we sleep at once.
+            end = time.perf_counter() + self.spin
+            while time.perf_counter() < end:
+                if self._poll.poll(0):
+                    return
+        if deadline is None:
+            timeout_ms = -1
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            timeout_ms = max(1, int(remaining * 1000 + 0.999))
+        if not self._poll.poll(timeout_ms):
+            raise TimeoutError
+
+    def _send(self, message: Mapping[str, Any], deadline: float | None) -> None:
+        body = cbor2.dumps(message)
+        if len(body) > self.max_frame:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"request of {len(body)} bytes exceeds the daemon's frame limit "
+                              f"of {self.max_frame} bytes; send the data in smaller updates")
+        header = HEADER.pack(len(body))
+        pieces = [memoryview(header + body)] if len(body) < 65536 else [
+            memoryview(header), memoryview(body)]
+        try:
+            for view in pieces:
+                while view:
+                    try:
+                        sent = self._sock.send(view)
+                    except BlockingIOError:
+                        self._poll.modify(self._sock, select.POLLOUT)
+                        try:
+                            self._wait(select.POLLOUT, deadline)
+                        finally:
+                            self._poll.modify(self._sock, select.POLLIN)
+                        continue
+                    view = view[sent:]
+        except TimeoutError:
+            # Part of a frame may be on the wire: the stream can no longer be trusted.
+            self._break("a request could not be sent before its deadline")
+            raise timed_out(None) from None
+        except OSError as exc:
+            self._break(f"connection lost: {exc}")
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"connection to the daemon lost: {exc}") from None
+
+    def _receive(self, deadline: float | None) -> dict[str, Any]:
+        buf = self._buf
+        try:
+            while True:
+                if len(buf) >= HEADER_SIZE:
+                    (size,) = HEADER.unpack_from(buf, 0)
+                    if size > self.max_frame:
+                        self._break("the daemon sent an oversized frame")
+                        raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                          f"daemon sent a frame of {size} bytes")
+                    end = HEADER_SIZE + size
+                    if len(buf) >= end:
+                        body = bytes(memoryview(buf)[HEADER_SIZE:end])
+                        del buf[:end]
+                        try:
+                            message = cbor2.loads(body)
+                        except Exception as exc:
+                            self._break("the daemon sent malformed CBOR")
+                            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                              f"malformed response: {exc}") from None
+                        if not isinstance(message, dict):
+                            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "response is not a map")
+                        return message
+                    want = end - len(buf)
+                else:
+                    want = HEADER_SIZE - len(buf)
+                try:
+                    chunk = self._sock.recv(min(max(want, 65536), 1 << 20))
+                except BlockingIOError:
+                    self._wait(select.POLLIN, deadline)
+                    continue
+                if not chunk:
+                    self._break("the daemon closed the connection")
+                    raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                                      "the daemon closed the connection")
+                buf += chunk
+        except TimeoutError:
+            raise timed_out(None) from None
+        except OSError as exc:
+            self._break(f"connection lost: {exc}")
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"connection to the daemon lost: {exc}") from None
+
+    def _break(self, why: str) -> None:
+        self._broken = why
+
+    # --- calls ---------------------------------------------------------------------------
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        with self._lock:
+            if self._broken:
+                raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
+            if self._shm_usable:
+                args = self._offload(op, args, timeout)
+            return self._roundtrip(op, args, timeout)
+
+    # --- shared memory for large buffers (see shm.py) ---------------------------------------
+    def _offload(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Mapping[str, Any]:
+        targets: list[dict[str, Any]] = []
+        if op == "batch":
+            calls = [dict(c) for c in args.get("calls", [])]
+            for c in calls:
+                c["args"] = dict(c.get("args", {}))
+                targets.append(c["args"])
+            new_args: dict[str, Any] = {**args, "calls": calls}
+        else:
+            new_args = dict(args)
+            targets.append(new_args)
+        big = [(t, k) for t in targets for k in SHM_ARGUMENTS
+               if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= SHM_THRESHOLD]
+        if not big:
+            return args
+        total = sum(len(t[k]) for t, k in big)
+        if not self._ensure_region(total, timeout):
+            return args
+        region = self._region
+        assert region is not None
+        offset = 0
+        for t, k in big:
+            data = t[k]
+            region.map[offset:offset + len(data)] = data
+            t[k] = {"shm": [offset, len(data)]}
+            offset += len(data)
+        return new_args
+
+    def _ensure_region(self, size: int, timeout: float | None) -> bool:
+        if self._region is not None and self._region.size >= size:
+            return True
+        wanted = max(size, 4 << 20)
+        wanted = 1 << (wanted - 1).bit_length()
+        if wanted > self.max_frame:
+            return False
+        try:
+            region = ClientRegion(wanted)
+        except OSError:
+            self._shm_usable = False
+            return False
+        try:
+            self._roundtrip("shm.attach", {"fd": region.fd, "size": wanted}, timeout)
+        except CryptoError as exc:
+            region.close()
+            if exc.code in (ErrorCode.OPERATION_TIMED_OUT, ErrorCode.CONNECTION_FAILED):
+                raise
+            self._shm_usable = False  # e.g. a daemon under another uid: stay inline
+            return False
+        if self._region is not None:
+            self._region.close()
+        self._region = region
+        return True
+
+    def _roundtrip(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        with _waiting_lock:
+            _waiting[0] += 1
+        try:
+            return self._exchange(op, args, timeout)
+        finally:
+            with _waiting_lock:
+                _waiting[0] -= 1
+
+    def _exchange(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        request_id = next(self._ids)
+        message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
+        deadline = None
+        if timeout is not None:
+            message["timeout_ms"] = max(1, int(timeout * 1000))
+            deadline = time.monotonic() + timeout
+        self._send(message, deadline)
+        while True:
+            try:
+                reply = self._receive(deadline)
+            except CryptoError as exc:
+                if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                    raise timed_out(timeout) from None
+                raise
+            if reply.get("id") != request_id:
+                if reply.get("id") is None and reply.get("ok") is False:
+                    raise_for_error(reply.get("error"))
+                continue  # a late answer to a call we gave up on
+            if reply.get("ok"):
+                return reply.get("result")
+            raise_for_error(reply.get("error"))
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._broken = self._broken or "closed"
+        if self._region is not None:
+            self._region.close()
+            self._region = None
+
+
+TRANSPORT_ENTRY_POINTS = "cryptostack.transports"
+"""Entry-point group of the other endpoint schemes (the core registers ``inproc``)."""
+
+
+def connect(endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0,
+            spin: float = DEFAULT_SPIN) -> Transport:
+    """Open a transport for ``unix://PATH``, or for another scheme registered in the
+    ``cryptostack.transports`` entry points (``inproc://`` runs the service in-process).
+
+    An entry point names a callable ``(rest_of_endpoint, daemon_config) -> Transport``.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"endpoint {endpoint!r} has no scheme: use unix://PATH or inproc://")
+    if scheme == "unix":
+        if not rest:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "unix:// endpoint needs a path")
+        return UnixTransport(rest, connect_timeout, spin)
+    found = entry_points(group=TRANSPORT_ENTRY_POINTS, name=scheme)
+    if not found:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://")
+    factory = next(iter(found)).load()
+    transport: Transport = factory(rest, daemon_config)
+    return transport

@@ -1,0 +1,309 @@
+"""The daemon's TOML configuration: parsing and validation.
+
+Every problem is reported as :class:`ConfigError` naming the file, the entry and what is
+wrong, so a bad config is refused at start with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptostack_core.wire.algorithms import REGISTRY
+from cryptostack_core.wire.permissions import KeyOperationPermission, parse_permissions
+from cryptostack_core.wire.protocol import DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping that cannot be used."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One ``[[providers]]`` entry."""
+
+    name: str
+    id: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeySlotConfig:
+    """One ``[[key_slots]]`` entry."""
+
+    name: str
+    algorithm: str | None
+    provider: int | None
+    compatible_providers: tuple[int, ...] = ()
+    permissions: KeyOperationPermission | None = None
+    provision: str | None = None  # "generate"
+    import_file: Path | None = None
+    import_format: str | None = None
+    use_uids: tuple[int, ...] | None = None
+    write_uids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CertSlotConfig:
+    """One ``[[cert_slots]]`` entry."""
+
+    name: str
+    file: Path | None
+    use_uids: tuple[int, ...] | None = None
+    write_uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrustStoreConfig:
+    """One ``[[trust_stores]]`` entry."""
+
+    name: str
+    anchors: tuple[Path, ...] = ()
+    crls: tuple[Path, ...] = ()
+    use_uids: tuple[int, ...] | None = None
+    write_uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """The whole daemon configuration with defaults applied."""
+
+    source: str = "<built-in>"
+    socket: Path | None = None
+    keystore: Path | None = None  # None: in memory (in-process stacks only)
+    kek_file: Path | None = None
+    kek_provider: int | None = None
+    audit_log: Path | None = None
+    state_dir: Path | None = None
+    socket_mode: int = 0o660
+    max_frame_size: int = DEFAULT_MAX_FRAME
+    max_contexts_per_client: int = 256
+    max_resources_per_client: int = 4096
+    max_clients: int = 512
+    max_buffered_message: int = 64 * 1024 * 1024
+    worker_threads: int = 16
+    hello_timeout: float = 10.0
+    provider_preference: tuple[int, ...] = ()
+    providers: tuple[ProviderConfig, ...] = ()
+    key_slots: tuple[KeySlotConfig, ...] = ()
+    cert_slots: tuple[CertSlotConfig, ...] = ()
+    trust_stores: tuple[TrustStoreConfig, ...] = ()
+
+    @property
+    def preference(self) -> tuple[int, ...]:
+        """Provider ids in preference order (explicit, else the order of ``[[providers]]``)."""
+        if self.provider_preference:
+            return self.provider_preference
+        return tuple(p.id for p in self.providers)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DaemonConfig:
+        """Read and validate a TOML file."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_mapping(data, base_dir=path.resolve().parent, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None,
+                     source: str = "<mapping>") -> DaemonConfig:
+        """Validate an already-parsed mapping (same shape as the TOML file)."""
+        return _Parser(source, base_dir or Path.cwd()).parse(data)
+
+
+_TOP_LEVEL = {"daemon", "providers", "key_slots", "cert_slots", "trust_stores"}
+_DAEMON_KEYS = {
+    "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
+    "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
+    "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
+}
+
+
+class _Parser:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base = base_dir
+
+    def fail(self, where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {problem}")
+
+    def path(self, where: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def int_(self, where: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
+                maximum is not None and value > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise self.fail(where, f"expected an integer {bound}, got {value!r}")
+        return value
+
+    def uids(self, where: str, value: Any) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list of uids, got {value!r}")
+        return tuple(self.int_(where, v) for v in value)
+
+    def table_list(self, data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise self.fail(f"[[{key}]]", "expected an array of tables")
+        return value
+
+    def check_keys(self, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.fail(where, f"unknown setting(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(allowed))}")
+
+    def name(self, where: str, table: Mapping[str, Any], seen: set[str]) -> str:
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise self.fail(where, "needs a non-empty 'name'")
+        if name in seen:
+            raise self.fail(where, f"duplicate name {name!r}")
+        seen.add(name)
+        return name
+
+    def parse(self, data: Mapping[str, Any]) -> DaemonConfig:
+        self.check_keys("top level", data, _TOP_LEVEL)
+        daemon = data.get("daemon", {})
+        if not isinstance(daemon, Mapping):
+            raise self.fail("[daemon]", "expected a table")
+        self.check_keys("[daemon]", daemon, _DAEMON_KEYS)
+        kw: dict[str, Any] = {"source": self.source}
+        for key in ("socket", "keystore", "kek_file", "audit_log", "state_dir"):
+            if key in daemon:
+                kw[key] = self.path(f"[daemon] {key}", daemon[key])
+        if "socket_mode" in daemon:
+            kw["socket_mode"] = self.int_("[daemon] socket_mode", daemon["socket_mode"], 0, 0o777)
+        if "max_frame_size" in daemon:
+            kw["max_frame_size"] = self.int_("[daemon] max_frame_size", daemon["max_frame_size"],
+                                             1024, MAX_FRAME_LIMIT)
+        for key in ("max_contexts_per_client", "max_resources_per_client", "max_clients",
+                    "max_buffered_message", "worker_threads"):
+            if key in daemon:
+                kw[key] = self.int_(f"[daemon] {key}", daemon[key], 1)
+
+        providers = []
+        ids: set[int] = set()
+        for i, entry in enumerate(self.table_list(data, "providers"), 1):
+            where = f"[[providers]] #{i}"
+            self.check_keys(where, entry, {"name", "id", "options"})
+            name = entry.get("name")
+            if not isinstance(name, str) or not name:
+                raise self.fail(where, "needs 'name' (an entry-point name in cryptostack.providers)")
+            where = f"[[providers]] #{i} ({name})"
+            pid = self.int_(f"{where} id", entry.get("id"), 1, 2**31 - 1)
+            if pid in ids:
+                raise self.fail(where, f"duplicate provider id {pid}")
+            ids.add(pid)  # the same plugin may appear twice (two tokens), ids differ
+            options = entry.get("options", {})
+            if not isinstance(options, Mapping):
+                raise self.fail(where, "'options' must be a table")
+            providers.append(ProviderConfig(name, pid, dict(options)))
+        kw["providers"] = tuple(providers)
+
+        if "hello_timeout" in daemon:
+            value = daemon["hello_timeout"]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise self.fail("[daemon] hello_timeout", f"expected seconds > 0, got {value!r}")
+            kw["hello_timeout"] = float(value)
+        if "provider_preference" in daemon:
+            pref = daemon["provider_preference"]
+            if not isinstance(pref, list):
+                raise self.fail("[daemon] provider_preference", "expected a list of provider ids")
+            for pid in pref:
+                if pid not in ids:
+                    raise self.fail("[daemon] provider_preference", f"unknown provider id {pid!r}")
+            kw["provider_preference"] = tuple(pref)
+        if "kek_provider" in daemon:
+            kp = daemon["kek_provider"]
+            if kp not in ids:
+                raise self.fail("[daemon] kek_provider", f"unknown provider id {kp!r}")
+            kw["kek_provider"] = kp
+
+        slot_names: set[str] = set()
+        slots = []
+        for i, entry in enumerate(self.table_list(data, "key_slots"), 1):
+            where = f"[[key_slots]] #{i}"
+            self.check_keys(where, entry, {
+                "name", "algorithm", "provider", "compatible_providers", "permissions",
+                "provision", "import", "import_format", "use_uids", "write_uids"})
+            name = self.name(where, entry, slot_names)
+            where = f"[[key_slots]] {name!r}"
+            algorithm = entry.get("algorithm")
+            if algorithm is not None:
+                spec = REGISTRY.find(algorithm) if isinstance(algorithm, str) else None
+                if spec is None or not spec.is_key_algorithm:
+                    raise self.fail(where, f"unknown key algorithm {algorithm!r}")
+                algorithm = spec.name
+            provider = entry.get("provider")
+            if provider is not None and provider not in ids:
+                raise self.fail(where, f"provider {provider!r} is not a configured provider id")
+            compatible = entry.get("compatible_providers", [])
+            if not isinstance(compatible, list) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) for c in compatible):
+                raise self.fail(where, "'compatible_providers' must be a list of provider ids")
+            perms = None
+            if "permissions" in entry:
+                if not isinstance(entry["permissions"], list):
+                    raise self.fail(where, "'permissions' must be a list of names")
+                try:
+                    perms = parse_permissions(entry["permissions"])
+                except ValueError as exc:
+                    raise self.fail(where, str(exc)) from None
+            provision = entry.get("provision")
+            if provision not in (None, "generate"):
+                raise self.fail(where, f"'provision' must be \"generate\", got {provision!r}")
+            import_file = self.path(f"{where} import", entry["import"]) if "import" in entry else None
+            if (provision or import_file) and (algorithm is None or provider is None):
+                raise self.fail(where, "a provisioned slot needs 'algorithm' and 'provider'")
+            if provision and import_file:
+                raise self.fail(where, "use either 'provision' or 'import', not both")
+            slots.append(KeySlotConfig(
+                name, algorithm, provider, tuple(compatible), perms, provision, import_file,
+                entry.get("import_format"), self.uids(f"{where} use_uids", entry.get("use_uids")),
+                self.uids(f"{where} write_uids", entry.get("write_uids"))))
+        kw["key_slots"] = tuple(slots)
+
+        cert_names: set[str] = set()
+        certs = []
+        for i, entry in enumerate(self.table_list(data, "cert_slots"), 1):
+            where = f"[[cert_slots]] #{i}"
+            self.check_keys(where, entry, {"name", "file", "use_uids", "write_uids"})
+            name = self.name(where, entry, cert_names)
+            where = f"[[cert_slots]] {name!r}"
+            file = self.path(f"{where} file", entry["file"]) if "file" in entry else None
+            certs.append(CertSlotConfig(name, file, self.uids(where, entry.get("use_uids")),
+                                        self.uids(where, entry.get("write_uids")) or ()))
+        kw["cert_slots"] = tuple(certs)
+
+        store_names: set[str] = set()
+        stores = []
+        for i, entry in enumerate(self.table_list(data, "trust_stores"), 1):
+            where = f"[[trust_stores]] #{i}"
+            self.check_keys(where, entry, {"name", "anchors", "crls", "use_uids", "write_uids"})
+            name = self.name(where, entry, store_names)
+            where = f"[[trust_stores]] {name!r}"
+            anchors = entry.get("anchors", [])
+            crls = entry.get("crls", [])
+            if not isinstance(anchors, list) or not isinstance(crls, list):
+                raise self.fail(where, "'anchors' and 'crls' must be lists of files")
+            stores.append(TrustStoreConfig(
+                name, tuple(self.path(f"{where} anchors", a) for a in anchors),
+                tuple(self.path(f"{where} crls", c) for c in crls),
+                self.uids(where, entry.get("use_uids")),
+                self.uids(where, entry.get("write_uids")) or ()))
+        kw["trust_stores"] = tuple(stores)
+        return DaemonConfig(**kw)

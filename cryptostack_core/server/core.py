@@ -1,0 +1,360 @@
+"""The service core: what every family of operations shares.
+
+Providers and the key store, the sessions of connected clients, audit, access decisions,
+registering new handles for a call, and finding keys (slots, guards, copies on another
+provider). The operation families in :mod:`cryptostack_core.server.ops` are built over a
+:class:`ServiceCore`; the core knows none of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from cryptostack_core.sdk.provider import Provider, ProviderKey
+from cryptostack_core.server.arguments import invalid, rid_arg
+from cryptostack_core.server.config import DaemonConfig, KeySlotConfig
+from cryptostack_core.server.discovery import LoadedProvider, load_provider
+from cryptostack_core.server.hooks import (
+    AccessRequest,
+    AuditEvent,
+    AuditLogger,
+    PeerIdentity,
+    make_plugin_manager,
+)
+from cryptostack_core.server.keystore import KeyStore
+from cryptostack_core.server.selection import ProviderSet
+from cryptostack_core.server.session import Handle, KeyEntry, Session
+from cryptostack_core.server.states import ContextState
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec, KeyClass
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission as P
+from cryptostack_core.wire.permissions import has_permission
+from cryptostack_core.wire.protocol import rid_to_wire
+from cryptostack_core.wire.resources import (
+    CryptoResourceId,
+    KeyFormat,
+    KeySlotStatus,
+    ResourcePersistence,
+    ResourceType,
+)
+
+log = logging.getLogger("cryptostack.service")
+
+
+@dataclass
+class Call:
+    """One request in flight: its client, its deadline, and whether the front end gave up
+    on it (then anything it creates later is released at once)."""
+
+    session: Session
+    deadline: float | None = None
+    abandoned: bool = False
+    created: list[int] = field(default_factory=list)
+
+
+class ServiceCore:
+    """Providers, key store, sessions, audit and access: the state every family shares."""
+
+    def __init__(self, config: DaemonConfig, *, plugin_manager: pluggy.PluginManager | None = None,
+                 state_dir: Path | None = None) -> None:
+        self.config = config
+        self.pm = plugin_manager or make_plugin_manager()
+        self._audit_logger = AuditLogger(config.audit_log)
+        self.pm.register(self._audit_logger, name="audit-log")
+        self.daemon_uid = os.getuid()
+        self.started = time.time()
+        base = config.state_dir or (config.keystore.parent if config.keystore else None)
+        self.state_root = state_dir or base or Path(
+            os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"cryptostack-{os.getpid()}"
+        config_dir = Path(config.source).resolve().parent if not config.source.startswith(
+            "<") else Path.cwd()
+        loaded = [load_provider(p, self.state_root, config_dir) for p in config.providers]
+        self.providers = ProviderSet(loaded, config.preference)
+        kek_source = None
+        if config.kek_provider is not None:
+            kp = self.providers.get(config.kek_provider)
+            if kp.instance is None or kp.instance.kek_source() is None:
+                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
+                                  f"kek_provider {kp.name} ({kp.id}) cannot protect the key "
+                                  f"store: {kp.load_error or 'it offers no KEK source'}")
+            kek_source = kp.instance.kek_source()
+        self.keystore = KeyStore.open(config.keystore, kek_source, config.kek_file)
+        self.slots = {s.name: s for s in config.key_slots}
+        self.cert_slots = {s.name: s for s in config.cert_slots}
+        self.trust_stores = {s.name: s for s in config.trust_stores}
+        self.sessions: dict[int, Session] = {}
+        self._session_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._provision_slots()
+
+    # --- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every session, provider and the key store."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sessions = list(self.sessions.values())
+        for session in sessions:
+            self.close_session(session)
+        for loaded in self.providers.by_id.values():
+            if loaded.instance is not None:
+                try:
+                    loaded.instance.close()
+                except Exception:
+                    log.exception("provider %s failed to close", loaded.name)
+        self.keystore.close()
+        self._audit_logger.close()
+
+    def open_session(self, peer: PeerIdentity) -> Session:
+        """Register a client."""
+        with self._lock:
+            if len(self.sessions) >= self.config.max_clients:
+                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                  f"too many clients (limit {self.config.max_clients})")
+            session = Session(next(self._session_ids), peer, self.config.max_contexts_per_client,
+                              self.config.max_resources_per_client)
+            self.sessions[session.id] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Free everything a client held (it disconnected or died)."""
+        with self._lock:
+            self.sessions.pop(session.id, None)
+        session.close(self.release_handle)
+
+    def session_list(self) -> list[Session]:
+        """The connected clients, for ``status``."""
+        with self._lock:
+            return list(self.sessions.values())
+
+    def release_handle(self, handle: Handle) -> None:
+        """Free what one handle holds (a context, a key reference); never raises."""
+        try:
+            if handle.kind == "context":
+                ctx: ContextState = handle.obj
+                # A call still running on this context (abandoned after a timeout) keeps
+                # its lock; do not wait long for it: closing marks the context dead anyway.
+                acquired = ctx.lock.acquire(timeout=0 if ctx.error else 5)
+                try:
+                    ctx.close()
+                finally:
+                    if acquired:
+                        ctx.lock.release()
+            elif handle.kind == "key":
+                handle.obj.release()
+        except Exception:
+            log.exception("releasing a %s failed", handle.kind)
+
+    # --- audit and access --------------------------------------------------------------
+    def audit(self, session: Session, action: str, resource: str, result: str = "ok", *,
+              provider: int | None = None, algorithm: str | None = None,
+              operation: str | None = None, detail: str = "") -> None:
+        """Emit an audit event to every hook implementation."""
+        try:
+            self.pm.hook.cryptostack_audit(event=AuditEvent(
+                action=action, client=session.peer, resource=resource, result=result,
+                provider=provider, algorithm=algorithm, operation=operation, detail=detail))
+        except Exception:
+            log.exception("an audit hook failed")
+
+    def metric(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Emit a measurement to every metrics hook."""
+        try:
+            self.pm.hook.cryptostack_metric(name=name, value=value, labels=labels)
+        except Exception:
+            log.exception("a metrics hook failed")
+
+    def check_access(self, session: Session, action: str, rtype: ResourceType, name: str,
+                     allowed: tuple[int, ...] | None) -> None:
+        """Ask the access hooks; ACCESS_DENIED (audited) if refused."""
+        decision = self.pm.hook.cryptostack_access_decision(request=AccessRequest(
+            client=session.peer, action=action, resource_type=rtype.value, resource_name=name,
+            daemon_uid=self.daemon_uid, allowed_uids=allowed))
+        if not decision:
+            self.audit(session, f"access.{action}", name, ErrorCode.ACCESS_DENIED.value)
+            raise CryptoError(ErrorCode.ACCESS_DENIED,
+                              f"uid {session.peer.uid} may not {action} {rtype.value} {name!r}")
+
+    def require_permission(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
+                           alternatives: P = P.NONE) -> None:
+        """KEY_OPERATION_NOT_PERMITTED (audited) unless the key allows ``wanted`` (or one of
+        ``alternatives``)."""
+        ok = has_permission(entry.permissions, wanted) or (
+            alternatives and bool(int(entry.permissions) & int(alternatives)))
+        if not ok:
+            names = (wanted | alternatives).name or str(wanted)
+            self.audit(session, "key.use", entry.slot or "ephemeral key",
+                       ErrorCode.KEY_OPERATION_NOT_PERMITTED.value, provider=entry.home.id,
+                       algorithm=algorithm, operation=str(names))
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"the key ({entry.algorithm}) does not permit "
+                              f"{str(names).replace('|', ' or ')} (it allows "
+                              f"{entry.permissions.name or 'nothing'})")
+
+    @staticmethod
+    def check_key_algorithm(spec: AlgorithmSpec, entry: KeyEntry) -> None:
+        """INVALID_ARGUMENT unless ``spec`` takes keys of the entry's algorithm."""
+        if entry.algorithm not in spec.key_algorithms:
+            raise invalid(f"a {entry.algorithm} key cannot be used with {spec.name} (it takes "
+                          f"{', '.join(spec.key_algorithms)} keys)")
+
+    # --- handles -----------------------------------------------------------------------
+    def register(self, call: Call, handle: Handle) -> int:
+        """Add a handle to the call's session; released at once if the call was abandoned."""
+        number = call.session.add(handle)
+        with call.session.lock:
+            call.created.append(number)
+        if call.abandoned:
+            popped = call.session.pop(number)
+            if popped is not None:
+                self.release_handle(popped)
+            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT, "the call was abandoned")
+        return number
+
+    def context(self, call: Call, number: object, kind: type[ContextState]) -> Any:
+        """The caller's context ``number``, which must be a usable ``kind``."""
+        ctx = call.session.context(number)
+        if not isinstance(ctx, kind) or type(ctx).kind != kind.kind:
+            raise invalid(f"context #{number} is a {ctx.kind} context, not {kind.kind}")
+        ctx.check_usable()
+        return ctx
+
+    def guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
+        """The wire description of a key guard."""
+        return {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
+                "persistence": entry.persistence.value, "permissions": int(entry.permissions),
+                "algorithm": entry.algorithm, "provider": entry.home.id}
+
+    def add_key(self, call: Call, entry: KeyEntry) -> dict[str, Any]:
+        """Hand a new key to the client (the entry's reference moves to the handle)."""
+        try:
+            number = self.register(call, Handle("key", entry, ResourceType.KEY, entry.persistence))
+        except BaseException:
+            entry.release()
+            raise
+        return self.guard_info(number, entry)
+
+    # --- providers and keys -------------------------------------------------------------
+    def provider_instance(self, loaded: LoadedProvider) -> Provider:
+        """The provider's instance, or PROVIDER_UNAVAILABLE with its load error."""
+        if loaded.instance is None:
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
+                              f"provider {loaded.name} ({loaded.id}) is unavailable: "
+                              f"{loaded.load_error}")
+        return loaded.instance
+
+    def key_on(self, session: Session, entry: KeyEntry, target: LoadedProvider) -> ProviderKey:
+        """The key as ``target`` holds it, copying it there (audited) if it lives elsewhere."""
+        if target.id == entry.home.id:
+            return entry.pkey
+        existing = entry.copies.get(target.id)
+        if existing is not None:
+            return existing
+        home = self.provider_instance(entry.home)
+        dest = self.provider_instance(target)
+        if entry.has_private:
+            spec = REGISTRY.get(entry.algorithm)
+            fmt = KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC else KeyFormat.PKCS8_DER
+            material = home.export_key(entry.pkey, fmt)
+        else:
+            fmt = KeyFormat.SPKI_DER
+            material = home.export_public_key(entry.pkey, fmt)
+        copy = dest.import_key(entry.algorithm, material, fmt, entry.permissions)
+        copy._cryptostack_owner = dest  # type: ignore[attr-defined]
+        entry.copies[target.id] = copy
+        self.audit(session, "key.transfer", entry.slot or "ephemeral key", provider=target.id,
+                   algorithm=entry.algorithm,
+                   detail=f"copied from provider {entry.home.id} to {target.id}")
+        return copy
+
+    def key_argument(self, call: Call, args: Any, name: str = "key") -> KeyEntry:
+        """A key given as slot or key id; the caller owns one reference to the result."""
+        rid = rid_arg(args, name)
+        if rid.type is ResourceType.KEY_SLOT:
+            handle = call.session.get(rid)
+            return self.load_slot(call.session, handle.obj.name)
+        if rid.type is ResourceType.KEY:
+            entry: KeyEntry = call.session.get(rid).obj
+            return entry.retain()
+        raise invalid(f"{name!r} must be a key slot or a key, got a {rid.type.value}")
+
+    # --- key slots ---------------------------------------------------------------------
+    def slot_config(self, name: str) -> KeySlotConfig:
+        """The configured slot, or RESOURCE_NOT_FOUND."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND, f"no key slot named {name!r}")
+        return slot
+
+    def slot_info(self, name: str) -> dict[str, Any]:
+        """A slot's metadata as the client's ``KeySlotInfo`` (not access-checked)."""
+        slot = self.slot_config(name)
+        record = self.keystore.slot(name)
+        if record is None:
+            return {"name": name, "status": KeySlotStatus.EMPTY.value,
+                    "algorithm": slot.algorithm, "provider": slot.provider,
+                    "compatible_providers": list(slot.compatible_providers),
+                    "permissions": int(slot.permissions or 0), "version": 0,
+                    "created": None, "updated": None}
+        return {"name": name, "status": KeySlotStatus.OCCUPIED.value,
+                "algorithm": record.algorithm, "provider": record.provider,
+                "compatible_providers": list(record.compatible),
+                "permissions": int(record.permissions), "version": record.version,
+                "created": record.created, "updated": record.updated}
+
+    def load_slot(self, session: Session, name: str) -> KeyEntry:
+        """Load a key slot's key into a fresh :class:`KeyEntry` (access-checked)."""
+        slot = self.slot_config(name)
+        self.check_access(session, "use", ResourceType.KEY_SLOT, name, slot.use_uids)
+        record, stored = self.keystore.load_key(name)
+        loaded = self.providers.get(record.provider)
+        instance = self.provider_instance(loaded)
+        pkey = instance.load_stored_key(stored, record.algorithm, record.permissions)
+        return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
+                        pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
+                        compatible=record.compatible, slot=name)
+
+    def _provision_slots(self) -> None:
+        for slot in self.config.key_slots:
+            if not (slot.provision or slot.import_file) or self.keystore.slot(slot.name):
+                continue
+            assert slot.algorithm is not None and slot.provider is not None
+            loaded = self.providers.get(slot.provider)
+            if loaded.instance is None:
+                log.error("cannot provision slot %s: provider %s unavailable", slot.name,
+                          loaded.name)
+                continue
+            spec = REGISTRY.get(slot.algorithm)
+            perms = slot.permissions if slot.permissions is not None else spec.default_permissions
+            try:
+                if slot.import_file is not None:
+                    material = slot.import_file.read_bytes()
+                    fmt = KeyFormat(slot.import_format) if slot.import_format else (
+                        KeyFormat.PEM if material.lstrip().startswith(b"-----") else
+                        KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC
+                        else KeyFormat.PKCS8_DER)
+                    pkey = loaded.instance.import_key(spec.name, material, fmt, perms)
+                else:
+                    pkey = loaded.instance.generate_key(spec.name, perms)
+                try:
+                    stored = loaded.instance.persist_key(pkey, slot.name)
+                finally:
+                    loaded.instance.release_key(pkey)
+                self.keystore.store_key(slot.name, spec.name, loaded.id,
+                                        slot.compatible_providers, perms, stored)
+                log.info("provisioned key slot %s (%s on %s)", slot.name, spec.name, loaded.name)
+            except (CryptoError, OSError) as exc:
+                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                                  f"{self.config.source}: [[key_slots]] {slot.name!r}: "
+                                  f"provisioning failed: {exc}") from None

@@ -1,0 +1,348 @@
+"""The daemon: the service behind a unix socket (asyncio, uvloop when available).
+
+Each connection is a session identified by SO_PEERCRED. Cheap requests run on the event
+loop; everything else runs in a worker pool per provider (a stuck backend cannot starve
+the others) and is bounded by the request's deadline: at the deadline the client gets
+OPERATION_TIMED_OUT, the context enters its error state and the result, if it ever comes,
+is dropped. The socket appears (mode 0660 by default) only once the daemon is ready, and
+is removed on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptostack_core.server.config import DaemonConfig
+from cryptostack_core.server.hooks import PeerIdentity
+from cryptostack_core.server.request import Request
+from cryptostack_core.server.service import Call, Service
+from cryptostack_core.server.session import Session
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import (
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+    FrameTooLarge,
+    decode_body,
+    encode,
+    error_response,
+)
+from cryptostack_core.wire.version import __version__
+
+log = logging.getLogger("cryptostack.daemon")
+MAX_IN_FLIGHT = 64  # requests one client may have outstanding
+
+
+def peer_identity(sock: socket.socket | None) -> PeerIdentity:
+    """uid/gid/pid of the process at the other end (SO_PEERCRED)."""
+    if sock is None:
+        return PeerIdentity(-1, -1, -1)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return PeerIdentity(pid, uid, gid)
+    except OSError:
+        return PeerIdentity(-1, -1, -1)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: DaemonServer) -> None:
+        self.server = server
+        self.service = server.service
+        self.decoder = FrameDecoder(server.config.max_frame_size)
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.greeted = False
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but implement it.
+        self.transport = transport  # type: ignore[assignment]
+        peer = peer_identity(transport.get_extra_info("socket"))
+        try:
+            self.session = self.service.open_session(peer)
+        except CryptoError as exc:
+            self._send(error_response(None, exc))
+            transport.close()
+            return
+        self.server.connections.add(self)
+        # A connection that never says hello must not hold a client slot forever.
+        self._hello_timer = self.server.loop.call_later(
+            self.server.config.hello_timeout, self._hello_overdue)
+        log.debug("client connected: pid=%d uid=%d", peer.pid, peer.uid)
+
+    def _hello_overdue(self) -> None:
+        if not self.greeted:
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    f"no hello within {self.server.config.hello_timeout} s"))
+
+    # Backpressure: a client that sends requests but does not read the answers stops being
+    # read once its unsent answers pass the transport's high-water mark.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            bodies = self.decoder.feed(data)
+        except FrameTooLarge as exc:
+            self._fatal(exc)
+            return
+        for body in bodies:
+            if self.transport is None or self.transport.is_closing():
+                return
+            self._on_frame(body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        for task in self.in_flight:
+            task.cancel()
+        session, self.session = self.session, None
+        if session is not None:
+            # Releasing may call providers (flush a TPM object): not on the loop.
+            self.server.loop.run_in_executor(self.server.control_pool,
+                                             self.service.close_session, session)
+
+    # --- frames ------------------------------------------------------------------------
+    def _send(self, message: Mapping[str, Any]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            frame = encode(message)
+        except Exception as exc:  # a provider returned something CBOR cannot carry
+            log.error("cannot encode a response: %s", exc)
+            frame = encode(error_response(message.get("id"), CryptoError(
+                ErrorCode.INTERNAL_ERROR, "the daemon could not encode its answer")))
+        self.transport.write(frame)
+
+    def _fatal(self, exc: CryptoError) -> None:
+        """A broken stream: say why, then close."""
+        self._send(error_response(None, exc))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_frame(self, body: bytes) -> None:
+        try:
+            message = decode_body(body)
+        except CryptoError as exc:
+            if not self.greeted:
+                self._fatal(exc)
+            else:
+                self._send(error_response(None, exc))
+            return
+        if not self.greeted:
+            self._hello(message)
+            return
+        request_id = message.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            self._send(error_response(None, CryptoError(
+                ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'")))
+            return
+        timeout_ms = message.get("timeout_ms")
+        if not (timeout_ms is None or (isinstance(timeout_ms, int) and timeout_ms > 0
+                                       and not isinstance(timeout_ms, bool))):
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.PROTOCOL_ERROR, "'timeout_ms' must be a positive integer when given")))
+            return
+        try:
+            request = Request.parse(message.get("op"), message.get("args", {}))
+        except CryptoError as exc:
+            self._send(error_response(request_id, exc))
+            return
+        session = self.session
+        if session is None:
+            return
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        call = Call(session, deadline)
+        if self.service.runs_inline(session, request):
+            self._send(self._run(call, request_id, request))
+            return
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
+            return
+        task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    def _hello(self, message: Mapping[str, Any]) -> None:
+        hello = message.get("hello")
+        versions = hello.get("versions") if isinstance(hello, Mapping) else None
+        if not isinstance(versions, list):
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    "the first frame must be a hello: {\"hello\": {\"versions\": [1]}}"))
+            return
+        common = [v for v in versions if v in SUPPORTED_VERSIONS]
+        if not common:
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    f"no common protocol version (daemon speaks {SUPPORTED_VERSIONS})"))
+            return
+        self.greeted = True
+        config = self.server.config
+        self._send({"hello": {
+            "version": max(common), "server": f"cryptostack/{__version__}",
+            "max_frame": config.max_frame_size,
+            "limits": {"max_contexts": config.max_contexts_per_client,
+                       "max_resources": config.max_resources_per_client,
+                       "max_in_flight": MAX_IN_FLIGHT,
+                       "max_buffered_message": config.max_buffered_message}}})
+
+    def _run(self, call: Call, request_id: int, request: Request) -> dict[str, Any]:
+        try:
+            return {"id": request_id, "ok": True, "result": self.service.handle(call, request)}
+        except CryptoError as exc:
+            return error_response(request_id, exc)
+        except Exception as exc:  # provider bugs become PROVIDER_ERROR, never a crash
+            log.exception("request %s failed", request.op)
+            return error_response(request_id, CryptoError(
+                ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"))
+
+    async def _run_async(self, call: Call, request_id: int, request: Request,
+                         timeout_ms: int | None) -> None:
+        loop = self.server.loop
+        pool = self.server.pool_for(call.session, request)
+        future = loop.run_in_executor(pool, self._run, call, request_id, request)
+        try:
+            if timeout_ms is None:
+                reply = await future
+            else:
+                reply = await asyncio.wait_for(asyncio.shield(future), timeout_ms / 1000)
+        except TimeoutError:
+            reason = f"{request.op} timed out after {timeout_ms} ms"
+            await loop.run_in_executor(self.server.control_pool, self.service.abandon, call,
+                                       request, reason)
+            reply = error_response(request_id, CryptoError(ErrorCode.OPERATION_TIMED_OUT, reason))
+        except asyncio.CancelledError:
+            call.abandoned = True
+            return
+        self._send(reply)
+
+
+class DaemonServer:
+    """Owns the listening socket, the worker pools and the service."""
+
+    def __init__(self, config: DaemonConfig, service: Service | None = None) -> None:
+        if config.socket is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{config.source}: [daemon] socket is not set")
+        self.config = config
+        self.service = service or Service(config)
+        self.connections: set[Connection] = set()
+        self.control_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="cryptostack-control")
+        self.provider_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {
+            pid: concurrent.futures.ThreadPoolExecutor(
+                max_workers=config.worker_threads, thread_name_prefix=f"cryptostack-p{pid}")
+            for pid in self.service.core.providers.by_id}
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._stopping: asyncio.Event | None = None
+
+    def pool_for(self, session: Session, request: Request) -> concurrent.futures.ThreadPoolExecutor:
+        """The worker pool of the provider a request will use (bulkheads per provider)."""
+        provider = self.service.provider_for(session, request)
+        if provider is not None:
+            return self.provider_pools.get(provider, self.control_pool)
+        if request.op in ("status", "resource.release"):
+            return self.control_pool
+        preference = self.service.core.providers.preference
+        return self.provider_pools.get(preference[0], self.control_pool) if preference \
+            else self.control_pool
+
+    async def serve(self) -> None:
+        """Listen until SIGTERM/SIGINT."""
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        path = Path(self.config.socket)  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _socket_alive(path):
+                raise CryptoError(ErrorCode.INVALID_STATE,
+                                  f"another daemon is serving {path}; refusing to replace it")
+            path.unlink()
+        # Bind under a temporary name, fix the mode, then rename: clients never see a
+        # socket that is not ready or has the wrong permissions.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if tmp.exists():
+            tmp.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp))
+        os.chmod(tmp, self.config.socket_mode)
+        sock.listen(128)
+        self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
+        os.rename(tmp, path)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        log.info("cryptostack daemon %s ready on %s (pid %d)", __version__, path, os.getpid())
+        print(f"cryptostack daemon ready on unix://{path}", flush=True)
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(path)
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to return."""
+        if self._stopping is not None:
+            self.loop.call_soon_threadsafe(self._stopping.set)
+
+    async def _shutdown(self, path: Path) -> None:
+        log.info("shutting down")
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)
+        for pool in (*self.provider_pools.values(), self.control_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+        await self.loop.run_in_executor(None, self.service.close)
+
+
+def _socket_alive(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def run_daemon(config: DaemonConfig) -> None:
+    """Run in the foreground until SIGTERM/SIGINT (uses uvloop when installed)."""
+    server = DaemonServer(config)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(server.serve())
+        return
+    uvloop.run(server.serve())
+
+
+__all__ = ["Connection", "DaemonServer", "peer_identity", "run_daemon"]

@@ -1,0 +1,145 @@
+"""Cross-cutting hooks (pluggy): audit, access decisions, metrics.
+
+This is the one documented extension seam besides providers. A hook plugin is a plain
+module or object with functions marked ``@cryptostack_core.hooks.hookimpl``, registered
+through the entry-point group ``cryptostack.hooks`` (or ``Service.plugin_manager.register``)::
+
+    from cryptostack_core.server.hooks import hookimpl
+
+    @hookimpl
+    def cryptostack_audit(event):
+        print(event.action, event.client.uid, event.result)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+PROJECT = "cryptostack"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """Who is on the other end of a connection (from SO_PEERCRED; the process itself in-process)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One key use or key-management change. Never carries secret bytes."""
+
+    action: str  # "key.generate", "key.use", "key.transfer", "key.persist", "key.export" ...
+    client: PeerIdentity
+    resource: str  # slot name, "key#<handle>", certificate subject ...
+    result: str  # "ok" or an ErrorCode name
+    provider: int | None = None
+    algorithm: str | None = None
+    operation: str | None = None
+    detail: str = ""
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        """One JSON line."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A question to the access policy: may ``client`` do ``action`` on ``resource``?
+
+    ``action`` is ``"use"`` (create a context / load), ``"mutate"`` (persist, replace, clear)
+    or ``"export"``.
+    """
+
+    client: PeerIdentity
+    action: str
+    resource_type: str
+    resource_name: str
+    daemon_uid: int
+    allowed_uids: tuple[int, ...] | None = None
+    """The config's allow-list for this resource and action (None: not configured)."""
+
+
+class HookSpecs:
+    """The hook specifications."""
+
+    @hookspec
+    def cryptostack_audit(self, event: AuditEvent) -> None:
+        """Record an audit event (every key use and key-management change)."""
+
+    @hookspec(firstresult=True)
+    def cryptostack_access_decision(self, request: AccessRequest) -> bool | None:
+        """Allow (True) or deny (False); None defers to the next implementation."""
+
+    @hookspec
+    def cryptostack_metric(self, name: str, value: float, labels: dict[str, str]) -> None:
+        """Observe a measurement (request latency, provider restarts...)."""
+
+
+class DefaultAccessPolicy:
+    """The built-in policy, consulted last.
+
+    ``use``: allowed unless the resource has an allow-list that excludes the uid.
+    ``mutate``/``export`` of a configured resource: the allow-list if configured, else only
+    the daemon's own uid (and root) may do it.
+    """
+
+    @hookimpl(trylast=True)
+    def cryptostack_access_decision(self, request: AccessRequest) -> bool:
+        uid = request.client.uid
+        if request.allowed_uids is not None:
+            return uid in request.allowed_uids
+        if request.action == "use":
+            return True
+        return uid in (0, request.daemon_uid)
+
+
+class AuditLogger:
+    """Writes audit events to the ``cryptostack.audit`` logger and optionally a JSON-lines file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._log = logging.getLogger("cryptostack.audit")
+        self._path = path
+        self._lock = threading.Lock()
+        self._file: Any = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    @hookimpl
+    def cryptostack_audit(self, event: AuditEvent) -> None:
+        self._log.info("%s %s uid=%d pid=%d provider=%s result=%s", event.action,
+                       event.resource, event.client.uid, event.client.pid, event.provider,
+                       event.result)
+        if self._file is not None:
+            with self._lock:
+                self._file.write(event.to_json() + "\n")
+
+    def close(self) -> None:
+        """Close the audit file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with the specs, the default policy and installed hook plugins."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(HookSpecs)
+    pm.register(DefaultAccessPolicy(), name="default-access-policy")
+    if load_entry_points:
+        pm.load_setuptools_entrypoints("cryptostack.hooks")
+    return pm

@@ -1,0 +1,93 @@
+"""``inproc://``: the service inside the calling process, behind the same interface as a
+daemon connection (sessions, deadlines, error states).
+
+Registered as the ``inproc`` entry point of ``cryptostack.transports``, so the client finds it
+without importing the server. ``inproc://`` gives each stack a private service;
+``inproc://NAME`` shares one service between the stacks that name it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptostack_core.server.config import DaemonConfig
+from cryptostack_core.server.defaults import default_config
+from cryptostack_core.server.hooks import PeerIdentity
+from cryptostack_core.server.request import Request
+from cryptostack_core.server.service import Call, Service
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.transport import Transport, timed_out
+
+
+class InprocTransport(Transport):
+    """The service in this process; each stack is one session."""
+
+    def __init__(self, service: Service, owns_service: bool) -> None:
+        self.service = service
+        self._owns = owns_service
+        self.session = service.open_session(PeerIdentity(os.getpid(), os.getuid(), os.getgid()))
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="cryptostack-inproc")
+        self._closed = False
+
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        if self._closed:
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, "stack is closed")
+        request = Request.parse(op, args)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = Call(self.session, deadline)
+        if self.service.runs_inline(self.session, request):
+            return _copy_out(self.service.handle(call, request))
+        future = self._pool.submit(self.service.handle, call, request)
+        try:
+            return _copy_out(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            self.service.abandon(call, request, f"{op} timed out after {timeout * 1000:.0f} ms"
+                                 if timeout else op)
+            raise timed_out(timeout) from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.service.close_session(self.session)
+        if self._owns:
+            self.service.close()
+
+
+def _copy_out(value: Any) -> Any:
+    # In-process results must not alias daemon-side buffers.
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
+
+
+_shared_services: dict[str, Service] = {}
+_shared_lock = threading.Lock()
+
+
+def connect(name: str, daemon_config: DaemonConfig | Mapping[str, Any] | str | Path | None
+            ) -> InprocTransport:
+    """The ``cryptostack.transports`` entry point: a transport for ``inproc://[NAME]``."""
+    if daemon_config is None:
+        config = default_config()
+    elif isinstance(daemon_config, DaemonConfig):
+        config = daemon_config
+    elif isinstance(daemon_config, Mapping):
+        config = DaemonConfig.from_mapping(daemon_config)
+    else:
+        config = DaemonConfig.load(Path(daemon_config))
+    if not name:
+        return InprocTransport(Service(config), True)
+    with _shared_lock:
+        service = _shared_services.get(name)
+        if service is None:
+            service = _shared_services[name] = Service(config)
+    return InprocTransport(service, False)

@@ -1,0 +1,302 @@
+"""Context operations: creating hash, cipher, sign, verify, KEM and agreement contexts, and
+driving their state machines (:mod:`cryptostack_core.server.states`) call by call.
+
+Each context family serves exactly the calls it has; the op table below lists every valid
+``family.verb`` pair and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from cryptostack_core.sdk.provider import ProviderKey
+from cryptostack_core.server.arguments import (
+    algorithm_arg,
+    data_arg,
+    enum_arg,
+    int_arg,
+    invalid,
+    permissions_arg,
+)
+from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.discovery import LoadedProvider
+from cryptostack_core.server.session import Handle, KeyEntry
+from cryptostack_core.server.states import (
+    AgreementState,
+    CipherState,
+    ContextState,
+    HashState,
+    KemState,
+    SignState,
+    StreamContextState,
+    VerifyState,
+)
+from cryptostack_core.wire.algorithms import AlgorithmKind, AlgorithmSpec, Operation
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission as P
+from cryptostack_core.wire.resources import CipherDirection, ResourcePersistence
+
+Op = Callable[[Call, Mapping[str, Any]], Any]
+_S = TypeVar("_S", bound=StreamContextState)
+MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (80 bits)
+MAX_CONTEXT_STRING = 255  # bytes (FIPS 204/205 context strings)
+
+STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
+                    "sign": Operation.SIGN, "verify": Operation.VERIFY}
+"""The provider operation behind each stream family (for inline decisions)."""
+SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
+                    "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
+"""Calls that produce a secret key, and their provider operation."""
+
+
+class ContextOps:
+    """Creation of contexts and every call on them."""
+
+    def __init__(self, core: ServiceCore) -> None:
+        self.core = core
+        self.max_buffered = core.config.max_buffered_message
+
+    def operations(self) -> dict[str, Op]:
+        """Wire operations served here: only the valid (family, verb) pairs."""
+        init, update, reset, finalize = _init, _update, _reset, _finalize
+        stream = self._stream_call
+        return {
+            "hash.create": self.hash_create,
+            "hash.init": stream(HashState, init),
+            "hash.update": stream(HashState, update),
+            "hash.finalize": stream(HashState, finalize),
+            "hash.reset": stream(HashState, reset),
+            "hash.single_shot": stream(HashState, _single_shot),
+            "cipher.create": self.cipher_create,
+            "cipher.init": stream(CipherState, _cipher_init),
+            "cipher.update_aad": stream(CipherState, _update_aad),
+            "cipher.update": stream(CipherState, update),
+            "cipher.finalize": stream(CipherState, finalize),
+            "cipher.reset": stream(CipherState, reset),
+            "sign.create": self.sign_create,
+            "sign.init": stream(SignState, init),
+            "sign.update": stream(SignState, update),
+            "sign.finalize": stream(SignState, finalize),
+            "sign.reset": stream(SignState, reset),
+            "verify.create": self.verify_create,
+            "verify.init": stream(VerifyState, init),
+            "verify.update": stream(VerifyState, update),
+            "verify.finalize": stream(VerifyState, _verify_finalize),
+            "verify.reset": stream(VerifyState, reset),
+            "kem.create": self.kem_create,
+            "kem.encapsulate": self.encapsulate,
+            "kem.decapsulate": self.decapsulate,
+            "agree.create": self.agree_create,
+            "agree.agree": self.agree,
+        }
+
+    # --- creation ------------------------------------------------------------------------
+    def _keyed_context(self, call: Call, args: Mapping[str, Any], spec: AlgorithmSpec,
+                       operation: Operation, wanted: P,
+                       build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ContextState],
+                       alternatives: P = P.NONE) -> dict[str, Any]:
+        core = self.core
+        entry = core.key_argument(call, args)
+        try:
+            core.require_permission(call.session, entry, wanted, spec.name, alternatives)
+            core.check_key_algorithm(spec, entry)
+            loaded = core.providers.select(spec.name, operation, key=entry.placement,
+                                           pinned=int_arg(args, "provider", default=None))
+            pkey = core.key_on(call.session, entry, loaded)
+            ctx = build(loaded, entry, pkey)
+        except BaseException:
+            entry.release()
+            raise
+        try:
+            info = ctx.describe()
+            number = core.register(call, Handle("context", ctx))
+        except BaseException:
+            ctx.close()
+            raise
+        core.audit(call.session, "key.use", entry.slot or "ephemeral key", provider=loaded.id,
+                   algorithm=spec.name, operation=operation.value)
+        return {"ctx": number, **info}
+
+    def hash_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A hash context (no key)."""
+        spec = algorithm_arg(args)
+        if spec.kind is not AlgorithmKind.HASH:
+            raise invalid(f"{spec.name} is not a hash algorithm")
+        loaded = self.core.providers.select(spec.name, Operation.HASH,
+                                            pinned=int_arg(args, "provider", default=None))
+        ctx = HashState(spec, loaded, None, None, self.max_buffered)
+        number = self.core.register(call, Handle("context", ctx))
+        return {"ctx": number, **ctx.describe()}
+
+    def cipher_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """An encryption or decryption context."""
+        spec = algorithm_arg(args)
+        if spec.kind not in (AlgorithmKind.CIPHER, AlgorithmKind.AEAD):
+            raise invalid(f"{spec.name} is not a cipher")
+        direction = enum_arg(args, "direction", CipherDirection)
+        tag_length = int_arg(args, "tag_length", default=spec.tag_size or 0, lo=0, hi=64)
+        if spec.kind is AlgorithmKind.AEAD and not 4 <= tag_length <= spec.tag_size:
+            raise invalid(f"tag length {tag_length} is out of range for {spec.name} "
+                          f"(4..{spec.tag_size})")
+        encrypt = direction is CipherDirection.ENCRYPT
+        operation = Operation.ENCRYPT if encrypt else Operation.DECRYPT
+        wanted = P.ENCRYPT if encrypt else P.DECRYPT
+        return self._keyed_context(call, args, spec, operation, wanted, lambda loaded, entry, pkey:
+                                   CipherState(spec, loaded, entry, pkey, self.max_buffered,
+                                               direction, tag_length))
+
+    @staticmethod
+    def _context_string(spec: AlgorithmSpec, args: Mapping[str, Any]) -> bytes:
+        context = bytes(data_arg(args, "context")) if args.get("context") is not None else b""
+        if context and not spec.supports_context_string:
+            raise invalid(f"{spec.name} takes no context string")
+        if len(context) > MAX_CONTEXT_STRING:
+            raise invalid(f"context strings are at most {MAX_CONTEXT_STRING} bytes")
+        return context
+
+    @staticmethod
+    def _signature_spec(args: Mapping[str, Any]) -> AlgorithmSpec:
+        spec = algorithm_arg(args)
+        if spec.kind not in (AlgorithmKind.SIGNATURE, AlgorithmKind.MAC):
+            raise invalid(f"{spec.name} is not a signature or MAC algorithm")
+        return spec
+
+    def sign_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A signing (or MAC) context."""
+        spec = self._signature_spec(args)
+        context = self._context_string(spec, args)
+        alternatives = P.MAC if spec.kind is AlgorithmKind.MAC else P.NONE
+        return self._keyed_context(call, args, spec, Operation.SIGN, P.SIGN, lambda loaded, entry,
+                                   pkey: SignState(spec, loaded, entry, pkey, self.max_buffered,
+                                                   context), alternatives)
+
+    def verify_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A verification context (MACs are verified by recomputing them)."""
+        spec = self._signature_spec(args)
+        context = self._context_string(spec, args)
+        tag_length = int_arg(args, "tag_length", default=None, lo=MIN_MAC_TAG,
+                             hi=spec.digest_size or 64)
+        is_mac = spec.kind is AlgorithmKind.MAC
+        if tag_length is not None and not is_mac:
+            raise invalid("tag_length applies to MAC algorithms only")
+        # A MAC is checked by recomputing it, so the provider is asked for SIGN/MAC.
+        operation = Operation.SIGN if is_mac else Operation.VERIFY
+        alternatives = P.MAC if is_mac else P.NONE
+        return self._keyed_context(call, args, spec, operation, P.VERIFY, lambda loaded, entry,
+                                   pkey: VerifyState(spec, loaded, entry, pkey, self.max_buffered,
+                                                     context, tag_length), alternatives)
+
+    @staticmethod
+    def _derived_permissions(args: Mapping[str, Any]) -> P:
+        perms = permissions_arg(args, "derived_permissions")
+        return perms if perms is not None else P.DERIVE
+
+    def kem_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A KEM context (encapsulate with a public key, decapsulate with the pair)."""
+        spec = algorithm_arg(args)
+        if spec.kind is not AlgorithmKind.KEM:
+            raise invalid(f"{spec.name} is not a KEM")
+        derived = self._derived_permissions(args)
+        return self._keyed_context(call, args, spec, Operation.ENCAPSULATE, P.NONE,
+                                   lambda loaded, entry, pkey: KemState(spec, loaded, entry,
+                                                                        pkey, derived),
+                                   P.ENCAPSULATE | P.DECAPSULATE)
+
+    def agree_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A key-agreement context over the caller's private key."""
+        spec = algorithm_arg(args)
+        if spec.kind is not AlgorithmKind.KEY_AGREEMENT:
+            raise invalid(f"{spec.name} is not a key-agreement algorithm")
+        derived = self._derived_permissions(args)
+        return self._keyed_context(call, args, spec, Operation.AGREE, P.AGREE,
+                                   lambda loaded, entry, pkey: AgreementState(
+                                       spec, loaded, entry, pkey, derived))
+
+    # --- secrets -------------------------------------------------------------------------
+    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey,
+                    operation: str) -> dict[str, Any]:
+        # A derived secret is not bound to a slot's compatible list: if its provider lets it
+        # out, any provider may use it (e.g. HKDF on openssl from an ML-KEM-512 secret on oqs).
+        entry = KeyEntry(algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
+                         permissions=ctx.derived_permissions, home=ctx.loaded, pkey=pkey,
+                         persistence=ResourcePersistence.EPHEMERAL,
+                         compatible=self.core.providers.preference)
+        self.core.audit(call.session, f"key.{operation}", "ephemeral key", provider=ctx.loaded.id,
+                        algorithm=ctx.algorithm)
+        return self.core.add_key(call, entry)
+
+    def encapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A ciphertext and the secret it carries (the secret stays in the daemon)."""
+        ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
+        assert ctx.key is not None and ctx.pkey is not None
+        self.core.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm)
+        with ctx.lock:
+            ct, secret = ctx.provider.encapsulate(ctx.algorithm, ctx.pkey,
+                                                  ctx.derived_permissions)
+        return {"ciphertext": ct, "key": self._secret_key(call, ctx, secret, "encapsulate")}
+
+    def decapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The secret a ciphertext carries (needs the private key)."""
+        ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
+        assert ctx.key is not None and ctx.pkey is not None
+        self.core.require_permission(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm)
+        if not ctx.key.has_private:
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              "decapsulation needs the private key; this is a public key")
+        ciphertext = bytes(data_arg(args, "ciphertext"))
+        with ctx.lock:
+            secret = ctx.provider.decapsulate(ctx.algorithm, ctx.pkey, ciphertext,
+                                              ctx.derived_permissions)
+        return self._secret_key(call, ctx, secret, "decapsulate")
+
+    def agree(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The shared secret with a peer's public key."""
+        ctx: AgreementState = self.core.context(call, args.get("ctx"), AgreementState)
+        assert ctx.pkey is not None
+        peer = bytes(data_arg(args, "peer"))
+        with ctx.lock:
+            secret = ctx.provider.agree(ctx.algorithm, ctx.pkey, peer, ctx.derived_permissions)
+        return self._secret_key(call, ctx, secret, "agree")
+
+    # --- streams -------------------------------------------------------------------------
+    def _stream_call(self, kind: type[_S], run: Callable[[_S, Mapping[str, Any]], Any]) -> Op:
+        def serve(call: Call, args: Mapping[str, Any]) -> Any:
+            ctx = self.core.context(call, args.get("ctx"), kind)
+            with ctx.lock:
+                ctx.check_usable()
+                return run(ctx, args)
+        return serve
+
+
+# --- one call on a stream context's state machine (run under the context's lock) ----------
+def _init(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
+    ctx.init()
+
+
+def _cipher_init(ctx: CipherState, args: Mapping[str, Any]) -> None:
+    ctx.init(iv=bytes(data_arg(args, "iv")) if args.get("iv") is not None else b"")
+
+
+def _update(ctx: StreamContextState, args: Mapping[str, Any]) -> Any:
+    return ctx.update(data_arg(args))
+
+
+def _update_aad(ctx: CipherState, args: Mapping[str, Any]) -> None:
+    ctx.update_aad(data_arg(args))
+
+
+def _finalize(ctx: StreamContextState, args: Mapping[str, Any]) -> Any:
+    return ctx.finalize()
+
+
+def _verify_finalize(ctx: VerifyState, args: Mapping[str, Any]) -> bool:
+    return ctx.finalize_verify(bytes(data_arg(args, "signature")))
+
+
+def _reset(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
+    ctx.reset()
+
+
+def _single_shot(ctx: HashState, args: Mapping[str, Any]) -> bytes:
+    return ctx.single_shot(data_arg(args))

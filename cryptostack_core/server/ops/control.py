@@ -1,0 +1,157 @@
+"""Control operations: ping, status, explain, named resources, release, describe, closing a
+context and attaching a shared-memory region."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptostack_core.server.arguments import algorithm_arg, arg, enum_arg, int_arg, invalid, rid_arg
+from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.wire.algorithms import Operation
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import rid_to_wire
+from cryptostack_core.wire.resources import KeySlotStatus, ResourceType
+from cryptostack_core.wire.shm import DaemonRegion
+from cryptostack_core.wire.version import __version__
+
+Op = Callable[[Call, Mapping[str, Any]], Any]
+
+
+class ControlOps:
+    """Requests about the service and the caller's handles, not about cryptography."""
+
+    def __init__(self, core: ServiceCore, cert_slot_status: Callable[[], list[dict[str, Any]]]
+                 ) -> None:
+        self.core = core
+        self._cert_slot_status = cert_slot_status
+
+    def operations(self) -> dict[str, Op]:
+        """Wire operations served here."""
+        return {
+            "ping": self.ping,
+            "status": self.status,
+            "explain": self.explain,
+            "resource.resolve": self.resolve,
+            "resource.release": self.release,
+            "resource.describe": self.describe,
+            "context.close": self.close_context,
+            "shm.attach": self.shm_attach,
+        }
+
+    def ping(self, call: Call, args: Mapping[str, Any]) -> str:
+        """One round trip."""
+        return "pong"
+
+    def status(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Providers, slots, clients and their resource counts."""
+        core = self.core
+        slots = []
+        for slot in core.config.key_slots:
+            record = core.keystore.slot(slot.name)
+            slots.append({
+                "name": slot.name,
+                "status": (KeySlotStatus.OCCUPIED if record else KeySlotStatus.EMPTY).value,
+                "algorithm": record.algorithm if record else slot.algorithm,
+                "provider": record.provider if record else slot.provider,
+                "version": record.version if record else 0})
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - core.started, 3),
+            "providers": [p.describe() for p in core.providers.by_id.values()],
+            "preference": list(core.providers.preference),
+            "key_slots": slots,
+            "cert_slots": self._cert_slot_status(),
+            "trust_stores": sorted(core.trust_stores),
+            "clients": [{"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid,
+                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()],
+        }
+
+    def explain(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, object]]:
+        """Which provider would run (algorithm, operation[, key]) and why each candidate was
+        taken or skipped."""
+        spec = algorithm_arg(args)
+        op_name = arg(args, "operation", str)
+        try:
+            operation = Operation(op_name)
+        except ValueError:
+            raise invalid(f"unknown operation {op_name!r}; one of "
+                          f"{', '.join(o.value for o in Operation)}") from None
+        pinned = int_arg(args, "provider", default=None)
+        placement = None
+        if args.get("key") is not None:
+            entry = self.core.key_argument(call, args)
+            try:
+                placement = entry.placement
+            finally:
+                entry.release()
+        return [c.to_wire() for c in self.core.providers.candidates(
+            spec.name, operation, key=placement, pinned=pinned)]
+
+    def resolve(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A handle for a named key slot, certificate slot or trust store."""
+        core = self.core
+        name = arg(args, "name", str)
+        rtype = enum_arg(args, "type", ResourceType)
+        named: dict[ResourceType, Mapping[str, object]] = {
+            ResourceType.KEY_SLOT: core.slots, ResourceType.CERT_SLOT: core.cert_slots,
+            ResourceType.VERIFICATION_TRUST_STORE: core.trust_stores}
+        known = named.get(rtype)
+        if known is None:
+            raise invalid(f"only slots and trust stores have names; {rtype.value} resources are "
+                          "created by import or generate")
+        if name not in known:
+            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
+                              f"no {rtype.value} named {name!r} in {core.config.source}")
+        number = call.session.resolve_name(rtype, name)
+        return {"type": rtype.value, "handle": number, "name": name}
+
+    def release(self, call: Call, args: Mapping[str, Any]) -> None:
+        """Free a resource handle (``quiet``: it may be gone already)."""
+        rid = rid_arg(args, "id")
+        if args.get("quiet"):
+            # Releases queued by garbage-collected guards: the resource may be gone already.
+            try:
+                call.session.get(rid)
+            except CryptoError:
+                return
+        call.session.get(rid)
+        handle = call.session.pop(rid.handle)
+        if handle is not None:
+            self.core.release_handle(handle)
+
+    def describe(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """What a handle is: persistence, permissions, algorithm, provider."""
+        rid = rid_arg(args, "id")
+        handle = call.session.get(rid)
+        if handle.kind == "key":
+            return self.core.guard_info(rid.handle, handle.obj)
+        if handle.kind == "slot" and rid.type is ResourceType.KEY_SLOT:
+            info = self.core.slot_info(handle.obj.name)
+            return {"id": rid_to_wire(rid), "persistence": "PERSISTENT",
+                    "permissions": info["permissions"], "algorithm": info["algorithm"],
+                    "provider": info["provider"]}
+        return {"id": rid_to_wire(rid), "persistence": handle.persistence.value,
+                "permissions": 0, "algorithm": None, "provider": None}
+
+    def close_context(self, call: Call, args: Mapping[str, Any]) -> None:
+        """Close one of the caller's contexts."""
+        number = args.get("ctx")
+        call.session.context(number)
+        handle = call.session.pop(number)  # type: ignore[arg-type]
+        if handle is not None:
+            self.core.release_handle(handle)
+
+    def shm_attach(self, call: Call, args: Mapping[str, Any]) -> dict[str, int]:
+        """Map the client's shared-memory region (replacing an earlier one)."""
+        fd = int_arg(args, "fd")
+        size = int_arg(args, "size", lo=4096, hi=self.core.config.max_frame_size)
+        region = DaemonRegion(call.session.peer.pid, fd, size)
+        with call.session.lock:
+            old, call.session.shm = call.session.shm, region
+        if old is not None:
+            old.close()
+        return {"size": size}

@@ -1,0 +1,245 @@
+"""Key management operations: generate, import, load, slot info, persist, clear, export,
+derive, random. Every change is access-checked and audited; material leaves only with EXPORT."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptostack_core.server.arguments import (
+    algorithm_arg,
+    arg,
+    data_arg,
+    enum_arg,
+    int_arg,
+    invalid,
+    permissions_arg,
+    rid_arg,
+)
+from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.session import KeyEntry
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, KeyClass, Operation
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission as P
+from cryptostack_core.wire.permissions import has_permission
+from cryptostack_core.wire.resources import KeyFormat, ResourcePersistence, ResourceType
+
+log = logging.getLogger("cryptostack.keys")
+MAX_RANDOM = 1024 * 1024
+PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
+
+
+class KeyOps:
+    """The ``key.*`` and ``random.generate`` operations."""
+
+    def __init__(self, core: ServiceCore) -> None:
+        self.core = core
+
+    def operations(self) -> dict[str, Callable[[Call, Mapping[str, Any]], Any]]:
+        """Wire operations served here."""
+        return {
+            "random.generate": self._op_random,
+            "key.generate": self._op_generate,
+            "key.import": self._op_import,
+            "key.load": self._op_load,
+            "key.slot_info": self._op_slot_info,
+            "key.persist": self._op_persist,
+            "key.clear_slot": self._op_clear_slot,
+            "key.export": self._op_export,
+            "key.export_public": self._op_export_public,
+            "key.derive": self._op_derive,
+        }
+
+    def _op_random(self, call: Call, args: Mapping[str, Any]) -> bytes:
+        length = int_arg(args, "length", lo=1, hi=MAX_RANDOM)
+        loaded = self.core.providers.select("RANDOM", Operation.RANDOM,
+                                       pinned=int_arg(args, "provider", default=None))
+        data = self.core.provider_instance(loaded).random_bytes(length)
+        if len(data) != length:
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, "provider returned the wrong length")
+        return data
+
+    # --- key management --------------------------------------------------------------
+    def _key_spec(self, args: Mapping[str, Any]) -> AlgorithmSpec:
+        spec = algorithm_arg(args)
+        if not spec.is_key_algorithm:
+            raise invalid(f"{spec.name} is not a key type (use e.g. AES-256, ECDSA-P256, "
+                       "ML-DSA-65)")
+        return spec
+
+    def _op_generate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self._key_spec(args)
+        perms = permissions_arg(args)
+        if perms is None:
+            perms = spec.default_permissions
+        loaded = self.core.providers.select(spec.name, Operation.GENERATE_KEY,
+                                       pinned=int_arg(args, "provider", default=None))
+        try:
+            pkey = self.core.provider_instance(loaded).generate_key(spec.name, perms)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.generate", "ephemeral key", exc.code.value,
+                       provider=loaded.id, algorithm=spec.name)
+            raise
+        self.core.audit(call.session, "key.generate", "ephemeral key", provider=loaded.id,
+                   algorithm=spec.name, detail=f"permissions={int(perms):#x}")
+        return self.core.add_key(call, KeyEntry(algorithm=spec.name, permissions=perms, home=loaded,
+                                            pkey=pkey, persistence=ResourcePersistence.EPHEMERAL))
+
+    def _op_import(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        spec = self._key_spec(args)
+        material = bytes(data_arg(args, "material"))
+        fmt = enum_arg(args, "format", KeyFormat)
+        perms = permissions_arg(args)
+        loaded = self.core.providers.select(spec.name, Operation.IMPORT_KEY,
+                                       pinned=int_arg(args, "provider", default=None))
+        requested = perms if perms is not None else spec.default_permissions
+        if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
+            # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
+            # public key unless the caller asks for a private-key operation explicitly.
+            requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+        pkey = self.core.provider_instance(loaded).import_key(spec.name, material, fmt, requested)
+        if not getattr(pkey, "has_private", True):
+            requested &= PUBLIC_KEY_PERMISSIONS
+            if perms is None:
+                requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+        self.core.audit(call.session, "key.import", "ephemeral key", provider=loaded.id,
+                   algorithm=spec.name, detail=f"format={fmt.value}")
+        return self.core.add_key(call, KeyEntry(algorithm=spec.name, permissions=P(requested),
+                                            home=loaded, pkey=pkey,
+                                            persistence=ResourcePersistence.EPHEMERAL))
+
+    def _op_load(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        rid = rid_arg(args, "slot")
+        if rid.type is not ResourceType.KEY_SLOT:
+            raise invalid(f"load_key needs a key slot, got a {rid.type.value}")
+        name = call.session.get(rid).obj.name
+        entry = self.core.load_slot(call.session, name)
+        self.core.audit(call.session, "key.load", name, provider=entry.home.id,
+                   algorithm=entry.algorithm)
+        return self.core.add_key(call, entry)
+
+    def _slot_name(self, call: Call, args: Mapping[str, Any], name: str = "slot") -> str:
+        rid = rid_arg(args, name)
+        if rid.type is not ResourceType.KEY_SLOT:
+            raise invalid(f"{name!r} must be a key slot, got a {rid.type.value}")
+        slot_name: str = call.session.get(rid).obj.name
+        return slot_name
+
+    def _op_slot_info(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = self._slot_name(call, args)
+        self.core.check_access(call.session, "use", ResourceType.KEY_SLOT, name,
+                          self.core.slots[name].use_uids)
+        return self.core.slot_info(name)
+
+    def _op_persist(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = self._slot_name(call, args)
+        slot = self.core.slots[name]
+        self.core.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
+        rid = rid_arg(args, "key")
+        if rid.type is not ResourceType.KEY:
+            raise invalid("persist_key takes a key (guard), not a slot")
+        entry: KeyEntry = call.session.get(rid).obj
+        if slot.algorithm is not None and slot.algorithm != entry.algorithm:
+            raise invalid(f"slot {name!r} holds {slot.algorithm} keys; this key is "
+                       f"{entry.algorithm}")
+        if not entry.has_private and REGISTRY.get(entry.algorithm).key_class is KeyClass.ASYMMETRIC:
+            raise invalid("only key pairs and secret keys can be persisted in a key slot")
+        target = self.core.providers.get(slot.provider) if slot.provider is not None else entry.home
+        if target.id != entry.home.id and not entry.placement.extractable:
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"slot {name!r} lives on provider {target.id}; this key cannot "
+                              f"leave provider {entry.home.id}")
+        pkey = self.core.key_on(call.session, entry, target)
+        perms = entry.permissions & slot.permissions if slot.permissions is not None \
+            else entry.permissions
+        stored = self.core.provider_instance(target).persist_key(pkey, name)
+        version, previous = self.core.keystore.store_key(name, entry.algorithm, target.id,
+                                                    slot.compatible_providers, perms, stored)
+        if previous is not None:
+            try:
+                self.core.provider_instance(target).delete_stored_key(previous)
+            except Exception:
+                log.exception("could not delete the previous copy of slot %s", name)
+        self.core.audit(call.session, "key.persist", name, provider=target.id,
+                   algorithm=entry.algorithm, detail=f"version={version}")
+        return self.core.slot_info(name)
+
+    def _op_clear_slot(self, call: Call, args: Mapping[str, Any]) -> None:
+        name = self._slot_name(call, args)
+        slot = self.core.slots[name]
+        self.core.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
+        record = self.core.keystore.slot(name)
+        previous = self.core.keystore.clear_slot(name)
+        if previous is not None and record is not None:
+            try:
+                self.core.provider_instance(self.core.providers.get(record.provider)).delete_stored_key(previous)
+            except Exception:
+                log.exception("could not delete the stored copy of slot %s", name)
+        self.core.audit(call.session, "key.clear", name)
+
+    def _op_export(self, call: Call, args: Mapping[str, Any]) -> bytes:
+        entry = self.core.key_argument(call, args)
+        try:
+            resource = entry.slot or "ephemeral key"
+            if not has_permission(entry.permissions, P.EXPORT):
+                self.core.audit(call.session, "key.export", resource,
+                           ErrorCode.KEY_OPERATION_NOT_PERMITTED.value, provider=entry.home.id,
+                           algorithm=entry.algorithm)
+                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                                  "the key does not carry EXPORT; its material stays in the daemon")
+            if entry.slot is not None:
+                self.core.check_access(call.session, "export", ResourceType.KEY_SLOT, entry.slot,
+                                  self.core.slots[entry.slot].write_uids)
+            spec = REGISTRY.get(entry.algorithm)
+            default = KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC else KeyFormat.PKCS8_DER
+            fmt = enum_arg(args, "format", KeyFormat, default=default)
+            if not entry.has_private:
+                raise invalid("this is a public key; use export_public_key")
+            data = self.core.provider_instance(entry.home).export_key(entry.pkey, fmt)
+            self.core.audit(call.session, "key.export", resource, provider=entry.home.id,
+                       algorithm=entry.algorithm, detail=f"format={fmt.value}")
+            return data
+        finally:
+            entry.release()
+
+    def _op_export_public(self, call: Call, args: Mapping[str, Any]) -> bytes:
+        entry = self.core.key_argument(call, args)
+        try:
+            if REGISTRY.get(entry.algorithm).key_class is not KeyClass.ASYMMETRIC:
+                raise invalid(f"{entry.algorithm} is a secret key; it has no public part")
+            fmt = enum_arg(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
+            return self.core.provider_instance(entry.home).export_public_key(entry.pkey, fmt)
+        finally:
+            entry.release()
+
+    def _op_derive(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        spec = algorithm_arg(args)
+        if spec.kind is not AlgorithmKind.KDF:
+            raise invalid(f"{spec.name} is not a key-derivation algorithm")
+        out_spec = REGISTRY.get(arg(args, "output_algorithm", str, default="GENERIC-SECRET"))
+        if not out_spec.is_key_algorithm or out_spec.key_class is not KeyClass.SYMMETRIC:
+            raise invalid(f"cannot derive {out_spec.name} keys (secret key types only)")
+        length = int_arg(args, "length", default=out_spec.key_size or 32, lo=1, hi=255 * 64)
+        if out_spec.key_size and length != out_spec.key_size:
+            raise invalid(f"{out_spec.name} keys are {out_spec.key_size} bytes, not {length}")
+        perms = permissions_arg(args)
+        perms = perms if perms is not None else out_spec.default_permissions
+        salt = bytes(data_arg(args, "salt")) if args.get("salt") is not None else b""
+        info = bytes(data_arg(args, "info")) if args.get("info") is not None else b""
+        entry = self.core.key_argument(call, args)
+        try:
+            self.core.require_permission(call.session, entry, P.DERIVE, spec.name)
+            loaded = self.core.providers.select(spec.name, Operation.DERIVE, key=entry.placement)
+            pkey = self.core.key_on(call.session, entry, loaded)
+            new = self.core.provider_instance(loaded).derive(
+                spec.name, pkey, length=length, salt=salt, info=info,
+                output_algorithm=out_spec.name, permissions=perms)
+            self.core.audit(call.session, "key.derive", entry.slot or "ephemeral key",
+                       provider=loaded.id, algorithm=spec.name)
+        finally:
+            entry.release()
+        return self.core.add_key(call, KeyEntry(algorithm=out_spec.name, permissions=perms,
+                                            home=loaded, pkey=new,
+                                            persistence=ResourcePersistence.EPHEMERAL,
+                                            compatible=self.core.providers.preference))

@@ -1,0 +1,90 @@
+"""A request parsed once, at the front end, into what every later stage needs.
+
+The daemon and the in-process transport turn each ``(op, args)`` into a :class:`Request`
+before anything else looks at it. Scheduling (inline or on which provider's pool), the
+shared-memory path, abandoning a call at its deadline and batches all read the parsed
+fields instead of taking the raw arguments apart again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.shm import is_reference, reference_length
+
+DATA_ARGUMENTS = ("data", "peer", "ciphertext")
+"""Arguments whose size decides whether a call is cheap enough to run inline."""
+
+
+def _protocol_error(message: str) -> CryptoError:
+    return CryptoError(ErrorCode.PROTOCOL_ERROR, message)
+
+
+def _plain_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One operation with its arguments, and for ``batch`` its members (each a Request)."""
+
+    op: str
+    args: Mapping[str, Any]
+    context: int | None = None
+    """The context number the request targets (``args["ctx"]``), if it is an integer."""
+    provider: int | None = None
+    """A provider the caller pinned (``args["provider"]``), if any."""
+    data_size: int = 0
+    """Bytes of the request's data argument (inline or a shared-memory reference)."""
+    members: tuple[Request, ...] = ()
+
+    @classmethod
+    def parse(cls, op: object, args: object) -> Request:
+        """Check the request's shape (PROTOCOL_ERROR otherwise) and extract its facts."""
+        if not isinstance(op, str):
+            raise _protocol_error(f"'op' must be a string, got {type(op).__name__}")
+        if not isinstance(args, Mapping):
+            raise _protocol_error(f"'args' of {op} must be a map, got {type(args).__name__}")
+        if op == "batch":
+            calls = args.get("calls")
+            if not isinstance(calls, list):
+                raise _protocol_error("a batch needs 'calls': a list of {op, args} maps")
+            members = []
+            for item in calls:
+                if not isinstance(item, Mapping):
+                    raise _protocol_error("each batch entry must be a map with 'op' and 'args'")
+                member_op, member_args = item.get("op"), item.get("args", {})
+                if member_op == "batch":
+                    raise _protocol_error("batches do not nest")
+                members.append(cls.parse(member_op, member_args))
+            return cls(op, args, members=tuple(members))
+        size = 0
+        for name in DATA_ARGUMENTS:
+            value = args.get(name)
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                size = len(value)
+                break
+            if is_reference(value):
+                size = reference_length(value)
+                break
+        return cls(op, args, _plain_int(args.get("ctx")), _plain_int(args.get("provider")), size)
+
+    @property
+    def family(self) -> str:
+        """The part of ``op`` before the dot (``hash`` for ``hash.update``)."""
+        return self.op.partition(".")[0]
+
+    @property
+    def verb(self) -> str:
+        """The part of ``op`` after the dot (``update`` for ``hash.update``)."""
+        return self.op.partition(".")[2]
+
+    def leaves(self) -> Iterator[Request]:
+        """The request itself, or a batch's members."""
+        if self.op == "batch":
+            yield from self.members
+        else:
+            yield self

@@ -1,0 +1,181 @@
+"""The crypto service: every request the daemon (or an in-process stack) serves.
+
+The service is transport-agnostic. Front ends (:mod:`.daemon` over a unix socket,
+:mod:`.inproc` in the caller's process) open a session per client, parse each request once
+into a :class:`~.request.Request`, ask :meth:`Service.runs_inline` whether it is cheap enough
+for their own thread or loop (otherwise :meth:`Service.provider_for` names the provider whose
+worker pool should run it), hand it to :meth:`Service.handle`, and, when a request outlives
+its deadline, call :meth:`Service.abandon` so the contexts involved enter their error state.
+
+The operations themselves live in :mod:`.ops`, one module per family, over the shared
+:class:`~.core.ServiceCore`; this module only routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from cryptostack_core.sdk.deadline import deadline_scope_until
+from cryptostack_core.server.config import DaemonConfig
+from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.hooks import PeerIdentity
+from cryptostack_core.server.ops.certificates import CertificateOps
+from cryptostack_core.server.ops.contexts import SECRET_OPERATION, STREAM_OPERATION, ContextOps
+from cryptostack_core.server.ops.control import ControlOps
+from cryptostack_core.server.ops.keys import KeyOps
+from cryptostack_core.server.request import Request
+from cryptostack_core.server.session import Session
+from cryptostack_core.server.states import ContextState
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
+
+log = logging.getLogger("cryptostack.service")
+
+Op = Callable[[Call, Mapping[str, Any]], Any]
+CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resource.release",
+                         "resource.describe"})
+"""Requests that never touch a provider: always served inline."""
+
+__all__ = ["Call", "Request", "Service"]
+
+
+class Service:
+    """One crypto service instance: the core, the operation families and their op table."""
+
+    def __init__(self, config: DaemonConfig, *, plugin_manager: pluggy.PluginManager | None = None,
+                 state_dir: Path | None = None) -> None:
+        self.core = ServiceCore(config, plugin_manager=plugin_manager, state_dir=state_dir)
+        self.config = config
+        certificates = CertificateOps(self.core)
+        families: list[Mapping[str, Op]] = [
+            ControlOps(self.core, certificates.slot_status).operations(),
+            ContextOps(self.core).operations(),
+            KeyOps(self.core).operations(),
+            certificates.operations(),
+        ]
+        self._ops: dict[str, Op] = {}
+        for table in families:
+            clash = self._ops.keys() & table.keys()
+            assert not clash, f"operations defined twice: {sorted(clash)}"
+            self._ops.update(table)
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The hook manager (audit, access, metrics)."""
+        return self.core.pm
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """Every operation name this service answers (``batch`` included)."""
+        return frozenset(self._ops) | {"batch"}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def open_session(self, peer: PeerIdentity) -> Session:
+        """Register a client."""
+        return self.core.open_session(peer)
+
+    def close_session(self, session: Session) -> None:
+        """Free everything a client held (it disconnected or died)."""
+        self.core.close_session(session)
+
+    def close(self) -> None:
+        """Close every session, provider and the key store."""
+        self.core.close()
+
+    # --- serving -------------------------------------------------------------------------
+    def handle(self, call: Call, request: Request) -> Any:
+        """Serve one request (synchronously) under its deadline."""
+        if request.op == "batch":
+            # Members run one after the other; the first failure ends the batch.
+            return [self.handle(call, member) for member in request.members]
+        fn = self._ops.get(request.op)
+        if fn is None:
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {request.op!r}")
+        args = request.args
+        region = call.session.shm
+        if region is not None:
+            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                    for k, v in args.items()}
+        observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
+        started = time.perf_counter() if observed else 0.0
+        result = "ok"
+        try:
+            with deadline_scope_until(call.deadline):
+                if call.deadline is not None and time.monotonic() > call.deadline:
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      "the deadline passed before the daemon could start the call")
+                return fn(call, args)
+        except CryptoError as exc:
+            result = exc.code.value
+            raise
+        except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+            result = ErrorCode.PROVIDER_ERROR.value
+            log.exception("%s failed inside a provider", request.op)
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if observed:
+                self.core.metric("request.seconds", time.perf_counter() - started,
+                                 {"op": request.op, "result": result})
+
+    def runs_inline(self, session: Session, request: Request) -> bool:
+        """Whether a request is cheap enough to run on the front end's own thread or loop."""
+        if request.op == "batch":
+            return all(self.runs_inline(session, member) for member in request.members)
+        if request.op in CONTROL_OPS or request.op not in self._ops:
+            return True  # no provider involved, or fails fast with an error
+        family, verb = request.family, request.verb
+        if family == "hash" and verb == "create":
+            return True
+        operation = SECRET_OPERATION.get(request.op) or (
+            STREAM_OPERATION.get(family) if verb != "create" else None)
+        if operation is None:
+            return False
+        ctx = self._context_of(session, request)
+        if ctx is None:
+            return True  # fails fast: no such context
+        instance = ctx.loaded.instance
+        return instance is None or bool(
+            instance.run_inline(operation, request.data_size, algorithm=ctx.algorithm))
+
+    def provider_for(self, session: Session, request: Request) -> int | None:
+        """The provider a (non-inline) request will run on, when it is known up front: the
+        provider of the context it targets, or the one the caller pinned."""
+        for leaf in request.leaves():
+            ctx = self._context_of(session, leaf)
+            if ctx is not None:
+                return ctx.loaded.id
+        for leaf in request.leaves():
+            if leaf.provider is not None:
+                return leaf.provider
+        return None
+
+    def abandon(self, call: Call, request: Request, reason: str) -> None:
+        """The front end stopped waiting for ``call``: the contexts involved enter their error
+        state and anything the call creates later is released."""
+        call.abandoned = True
+        for leaf in request.leaves():
+            ctx = self._context_of(call.session, leaf)
+            if ctx is not None:
+                ctx.mark_error(reason)
+        with call.session.lock:
+            created = list(call.created)
+        for number in created:
+            handle = call.session.pop(number)
+            if handle is not None:
+                self.core.release_handle(handle)
+
+    @staticmethod
+    def _context_of(session: Session, request: Request) -> ContextState | None:
+        if request.context is None:
+            return None
+        try:
+            ctx: ContextState = session.context(request.context)
+        except CryptoError:
+            return None
+        return ctx

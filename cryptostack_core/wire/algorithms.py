@@ -1,0 +1,287 @@
+"""The one registry of algorithm names.
+
+Every name that crosses the API is resolved here to its canonical spelling (as written in
+API.md: ``SHA-256``, ``AES-256-GCM``, ``ML-DSA-65`` ...). Aliases are matched
+case-insensitively and with ``-``, ``_``, ``/`` and spaces ignored, so ``sha256``,
+``HMAC_SHA256`` and ``MLDSA65`` all resolve. Providers may register further algorithms.
+
+Two roles share the registry:
+
+* a *key algorithm* names what a key is (``AES-256``, ``ECDSA-P256``, ``GENERIC-SECRET``);
+* an *operation algorithm* names what a context does (``AES-256-GCM``, ``ECDSA-P256``).
+
+Some names are both (signature and MAC algorithms are also their key's type). An operation
+algorithm lists the key algorithms it accepts in ``key_algorithms``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import threading
+from dataclasses import dataclass, field
+
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.permissions import KeyOperationPermission as P
+
+
+class Operation(enum.Enum):
+    """What a provider is asked to do with an algorithm (the capability axis)."""
+
+    HASH = "hash"
+    ENCRYPT = "encrypt"
+    DECRYPT = "decrypt"
+    SIGN = "sign"
+    VERIFY = "verify"
+    ENCAPSULATE = "encapsulate"
+    DECAPSULATE = "decapsulate"
+    AGREE = "agree"
+    DERIVE = "derive"
+    RANDOM = "random"
+    GENERATE_KEY = "generate_key"
+    IMPORT_KEY = "import_key"
+
+
+class AlgorithmKind(enum.Enum):
+    """Family of an algorithm; decides which context type may use it."""
+
+    HASH = "hash"
+    CIPHER = "cipher"
+    AEAD = "aead"
+    SIGNATURE = "signature"
+    MAC = "mac"
+    KEM = "kem"
+    KEY_AGREEMENT = "key_agreement"
+    KDF = "kdf"
+    KEY = "key"  # a key type only (AES-256, GENERIC-SECRET, RSA-2048)
+    RANDOM = "random"
+
+
+class KeyClass(enum.Enum):
+    """Whether a key algorithm is a secret key or a key pair."""
+
+    SYMMETRIC = "symmetric"
+    ASYMMETRIC = "asymmetric"
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """Static facts about one algorithm.
+
+    ``key_class``/``default_permissions`` are set when the name is also a key type.
+    ``key_algorithms`` lists the key types an operation algorithm accepts.
+    Sizes are in bytes; 0 means "not applicable" or "depends on the key".
+    """
+
+    name: str
+    kind: AlgorithmKind
+    aliases: tuple[str, ...] = ()
+    key_class: KeyClass | None = None
+    default_permissions: P = P.NONE
+    key_algorithms: tuple[str, ...] = ()
+    key_size: int = 0
+    digest_size: int = 0
+    block_size: int = 0
+    iv_size: int = 0
+    tag_size: int = 0
+    signature_size: int = 0
+    public_key_size: int = 0
+    ciphertext_size: int = 0
+    shared_secret_size: int = 0
+    hash_algorithm: str = ""
+    supports_context_string: bool = False
+    extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_key_algorithm(self) -> bool:
+        """True when keys of this name exist."""
+        return self.key_class is not None
+
+    @property
+    def needs_key(self) -> bool:
+        """True for operation algorithms that take a key."""
+        return bool(self.key_algorithms)
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_/\s]", "", name).upper()
+
+
+class AlgorithmRegistry:
+    """Canonical names and aliases; thread-safe for registration at provider load."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, AlgorithmSpec] = {}
+        self._index: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def register(self, spec: AlgorithmSpec) -> None:
+        """Add an algorithm; re-registering an identical name is a no-op."""
+        with self._lock:
+            existing = self._specs.get(spec.name)
+            if existing is None:
+                self._specs[spec.name] = spec
+            for alias in (spec.name, *spec.aliases):
+                key = _normalise(alias)
+                owner = self._index.get(key)
+                if owner is not None and owner != spec.name:
+                    raise ValueError(f"alias {alias!r} already names {owner!r}")
+                self._index[key] = spec.name
+
+    def add_alias(self, canonical: str, alias: str) -> None:
+        """Add one more spelling for a registered algorithm."""
+        with self._lock:
+            if canonical not in self._specs:
+                raise KeyError(canonical)
+            key = _normalise(alias)
+            owner = self._index.get(key)
+            if owner is not None and owner != canonical:
+                raise ValueError(f"alias {alias!r} already names {owner!r}")
+            self._index[key] = canonical
+
+    def find(self, name: str) -> AlgorithmSpec | None:
+        """The spec for ``name`` or an alias of it, else None."""
+        if not isinstance(name, str):
+            return None
+        canonical = self._index.get(_normalise(name))
+        return self._specs.get(canonical) if canonical else None
+
+    def get(self, name: str) -> AlgorithmSpec:
+        """The spec for ``name``; raises ``UNSUPPORTED_ALGORITHM`` for unknown names."""
+        spec = self.find(name)
+        if spec is None:
+            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"unknown algorithm {name!r}")
+        return spec
+
+    def canonical(self, name: str) -> str:
+        """Canonical spelling of ``name``."""
+        return self.get(name).name
+
+    def names(self) -> list[str]:
+        """All canonical names, sorted."""
+        return sorted(self._specs)
+
+    def key_algorithm_accepted(self, operation_algorithm: str, key_algorithm: str) -> bool:
+        """Whether a key of ``key_algorithm`` may be used by ``operation_algorithm``."""
+        spec = self.get(operation_algorithm)
+        return key_algorithm in spec.key_algorithms
+
+
+REGISTRY = AlgorithmRegistry()
+"""The process-wide registry used by client and daemon."""
+
+
+def canonical_name(name: str) -> str:
+    """Resolve an algorithm name or alias to its canonical spelling."""
+    return REGISTRY.canonical(name)
+
+
+def _register_builtins(reg: AlgorithmRegistry) -> None:
+    K = AlgorithmKind
+    sym, asym = KeyClass.SYMMETRIC, KeyClass.ASYMMETRIC
+    # --- hashes
+    for name, size, block in [
+        ("SHA-224", 28, 64), ("SHA-256", 32, 64), ("SHA-384", 48, 128), ("SHA-512", 64, 128),
+        ("SHA3-224", 28, 144), ("SHA3-256", 32, 136), ("SHA3-384", 48, 104), ("SHA3-512", 64, 72),
+    ]:
+        reg.register(AlgorithmSpec(name, K.HASH, digest_size=size, block_size=block))
+    # --- symmetric key types
+    for bits in (128, 192, 256):
+        reg.register(AlgorithmSpec(
+            f"AES-{bits}", K.KEY, key_class=sym, key_size=bits // 8,
+            default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP))
+    reg.register(AlgorithmSpec(
+        "GENERIC-SECRET", K.KEY, aliases=("SECRET", "SHARED-SECRET"), key_class=sym,
+        default_permissions=P.DERIVE | P.MAC | P.SIGN | P.VERIFY))
+    # --- ciphers
+    for bits in (128, 192, 256):
+        reg.register(AlgorithmSpec(f"AES-{bits}-CBC", K.CIPHER, key_algorithms=(f"AES-{bits}",),
+                                   key_size=bits // 8, block_size=16, iv_size=16))
+        reg.register(AlgorithmSpec(f"AES-{bits}-GCM", K.AEAD, key_algorithms=(f"AES-{bits}",),
+                                   key_size=bits // 8, block_size=16, iv_size=12, tag_size=16))
+        reg.register(AlgorithmSpec(f"AES-{bits}-CTR", K.CIPHER, key_algorithms=(f"AES-{bits}",),
+                                   key_size=bits // 8, block_size=1, iv_size=16))
+        reg.register(AlgorithmSpec(f"AES-{bits}-CFB", K.CIPHER, key_algorithms=(f"AES-{bits}",),
+                                   key_size=bits // 8, block_size=1, iv_size=16))
+    reg.register(AlgorithmSpec(
+        "ChaCha20-Poly1305", K.AEAD, aliases=("CHACHA20-POLY1305",),
+        key_class=sym, default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP,
+        key_algorithms=("ChaCha20-Poly1305",), key_size=32, block_size=1, iv_size=12, tag_size=16))
+    # --- MACs (also key types)
+    for h, size, block in [("SHA-256", 32, 64), ("SHA-384", 48, 128), ("SHA-512", 64, 128)]:
+        name = f"HMAC-{h}"
+        reg.register(AlgorithmSpec(
+            name, K.MAC, key_class=sym, key_size=size, digest_size=size, block_size=block,
+            signature_size=size, hash_algorithm=h,
+            default_permissions=P.MAC | P.SIGN | P.VERIFY,
+            key_algorithms=(name, "GENERIC-SECRET")))
+    # --- KDF
+    for h, size in [("SHA-256", 32), ("SHA-384", 48), ("SHA-512", 64)]:
+        reg.register(AlgorithmSpec(
+            f"HKDF-{h}", K.KDF, digest_size=size, hash_algorithm=h,
+            key_algorithms=("GENERIC-SECRET", f"HMAC-{h}", "AES-128", "AES-192", "AES-256")))
+    # --- elliptic curves and EdDSA
+    reg.register(AlgorithmSpec(
+        "ECDSA-P256", K.SIGNATURE, aliases=("ECDSA-SHA256", "P-256", "SECP256R1", "ECDSA-P-256"),
+        key_class=asym, default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
+        key_algorithms=("ECDSA-P256", "ECDH-P256"), signature_size=72, public_key_size=65,
+        hash_algorithm="SHA-256"))
+    reg.register(AlgorithmSpec(
+        "ECDSA-P384", K.SIGNATURE, aliases=("ECDSA-SHA384", "P-384", "SECP384R1", "ECDSA-P-384"),
+        key_class=asym, default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
+        key_algorithms=("ECDSA-P384",), signature_size=104, public_key_size=97,
+        hash_algorithm="SHA-384"))
+    reg.register(AlgorithmSpec(
+        "ECDH-P256", K.KEY_AGREEMENT, aliases=("ECDH-P-256",), key_class=asym,
+        default_permissions=P.AGREE | P.DERIVE, key_algorithms=("ECDH-P256", "ECDSA-P256"),
+        public_key_size=65, shared_secret_size=32))
+    reg.register(AlgorithmSpec(
+        "Ed25519", K.SIGNATURE, aliases=("EDDSA-ED25519",), key_class=asym,
+        default_permissions=P.SIGN | P.VERIFY, key_algorithms=("Ed25519",),
+        signature_size=64, public_key_size=32))
+    reg.register(AlgorithmSpec(
+        "X25519", K.KEY_AGREEMENT, key_class=asym, default_permissions=P.AGREE | P.DERIVE,
+        key_algorithms=("X25519",), public_key_size=32, shared_secret_size=32))
+    # --- RSA: key types by modulus size, one PSS signature algorithm
+    rsa_keys = tuple(f"RSA-{bits}" for bits in (2048, 3072, 4096))
+    for bits in (2048, 3072, 4096):
+        reg.register(AlgorithmSpec(f"RSA-{bits}", K.KEY, key_class=asym, key_size=bits // 8,
+                                   signature_size=bits // 8,
+                                   default_permissions=P.SIGN | P.VERIFY))
+    reg.register(AlgorithmSpec(
+        "RSA-PSS-SHA256", K.SIGNATURE, aliases=("RSASSA-PSS-SHA256", "PS256"),
+        key_algorithms=rsa_keys, hash_algorithm="SHA-256"))
+    # --- ML-DSA (FIPS 204) and ML-KEM (FIPS 203)
+    for level, pk, sig in [(44, 1312, 2420), (65, 1952, 3309), (87, 2592, 4627)]:
+        name = f"ML-DSA-{level}"
+        reg.register(AlgorithmSpec(
+            name, K.SIGNATURE, aliases=(f"MLDSA{level}", f"Dilithium-ML-DSA-{level}"),
+            key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
+            signature_size=sig, public_key_size=pk, supports_context_string=True))
+    for level, pk, ct in [(512, 800, 768), (768, 1184, 1088), (1024, 1568, 1568)]:
+        name = f"ML-KEM-{level}"
+        reg.register(AlgorithmSpec(
+            name, K.KEM, aliases=(f"MLKEM{level}",), key_class=asym,
+            default_permissions=P.ENCAPSULATE | P.DECAPSULATE, key_algorithms=(name,),
+            public_key_size=pk, ciphertext_size=ct, shared_secret_size=32))
+    # --- SLH-DSA (FIPS 205), the twelve pure parameter sets
+    slh_sizes = {"128s": (32, 7856), "128f": (32, 17088), "192s": (48, 16224),
+                 "192f": (48, 35664), "256s": (64, 29792), "256f": (64, 49856)}
+    for hash_family in ("SHA2", "SHAKE"):
+        for variant, (pk, sig) in slh_sizes.items():
+            name = f"SLH-DSA-{hash_family}-{variant}"
+            reg.register(AlgorithmSpec(
+                name, K.SIGNATURE,
+                aliases=(f"SLH_DSA_PURE_{hash_family}_{variant.upper()}",
+                         f"SPHINCS+-{hash_family}-{variant}-simple"),
+                key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
+                signature_size=sig, public_key_size=pk, supports_context_string=True))
+    for level, pk, sig in [(512, 897, 752), (1024, 1793, 1462)]:
+        name = f"Falcon-{level}"
+        reg.register(AlgorithmSpec(
+            name, K.SIGNATURE, key_class=asym, default_permissions=P.SIGN | P.VERIFY,
+            key_algorithms=(name,), signature_size=sig, public_key_size=pk))
+    reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG")))
+
+
+_register_builtins(REGISTRY)

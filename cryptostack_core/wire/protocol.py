@@ -1,0 +1,117 @@
+"""The wire protocol: length-prefixed CBOR frames (see docs/protocol.md).
+
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of one CBOR
+data item (a map). The first frame each way is a hello; then the client sends requests
+``{"id", "op", "args", "timeout_ms"}`` and the daemon answers each with
+``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_FRAME_LIMIT = 0xFFFFFFFF
+
+
+class FrameTooLarge(CryptoError):
+    """A peer announced a frame above the negotiated maximum."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(ErrorCode.PROTOCOL_ERROR,
+                         f"frame of {size} bytes exceeds the maximum of {limit} bytes")
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One complete frame (header and CBOR body) for ``message``."""
+    body = cbor2.dumps(message)
+    return HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes | memoryview) -> dict[str, Any]:
+    """Decode one frame body; anything but a CBOR map is a PROTOCOL_ERROR."""
+    try:
+        message = cbor2.loads(body)
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"malformed CBOR: {exc}") from None
+    if not isinstance(message, dict):
+        raise CryptoError(ErrorCode.PROTOCOL_ERROR, "a frame must hold a CBOR map")
+    return message
+
+
+class FrameDecoder:
+    """Incremental splitter of a byte stream into frame bodies."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete body. Raises :class:`FrameTooLarge`."""
+        buf = self._buffer
+        buf += data
+        bodies: list[bytes] = []
+        offset = 0
+        while len(buf) - offset >= HEADER_SIZE:
+            (size,) = HEADER.unpack_from(buf, offset)
+            if size > self.max_frame:
+                raise FrameTooLarge(size, self.max_frame)
+            end = offset + HEADER_SIZE + size
+            if len(buf) < end:
+                break
+            bodies.append(bytes(buf[offset + HEADER_SIZE:end]))
+            offset = end
+        if offset:
+            del buf[:offset]
+        return bodies
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+
+def error_body(code: ErrorCode, message: str) -> dict[str, str]:
+    """The ``error`` member of a failed response."""
+    return {"code": code.value, "message": message}
+
+
+def error_response(request_id: object, exc: CryptoError) -> dict[str, Any]:
+    """A failed response for ``request_id`` (None when the request could not be read)."""
+    return {"id": request_id, "ok": False, "error": error_body(exc.code, exc.message)}
+
+
+def raise_for_error(error: object) -> None:
+    """Turn a response's ``error`` member into the matching :class:`CryptoError`."""
+    if isinstance(error, Mapping):
+        raise CryptoError(ErrorCode.from_wire(error.get("code")), str(error.get("message", "")))
+    raise CryptoError(ErrorCode.PROTOCOL_ERROR, "malformed error response")
+
+
+def rid_to_wire(rid: CryptoResourceId) -> dict[str, Any]:
+    """Wire form of a resource id: ``{"type": "KEY", "handle": 7}``."""
+    return {"type": rid.type.value, "handle": rid.handle}
+
+
+def rid_from_wire(value: object, name: str | None = None) -> CryptoResourceId:
+    """Parse a wire resource id; malformed ids are INVALID_ARGUMENT."""
+    if isinstance(value, Mapping):
+        type_name, handle = value.get("type"), value.get("handle")
+        if isinstance(handle, int) and not isinstance(handle, bool):
+            try:
+                return CryptoResourceId(ResourceType(type_name), handle,
+                                        name if name is not None else value.get("name"))
+            except ValueError:
+                pass
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed resource id {value!r}")
