@@ -61,9 +61,13 @@ bench: setup
 	$(BIN)/python bench/tpm2_latency.py
 	$(BIN)/python bench/oqs_latency.py
 
+# ruff, the import-linter contracts (the layers of docs/architecture.md), mypy on the core and
+# on every plugin.
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
+	$(BIN)/lint-imports
 	$(BIN)/mypy cryptostack_core
+	for p in $(PLUGINS); do (cd $$p && $(abspath $(BIN))/mypy --config-file $(abspath pyproject.toml) cryptostack_*) || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache

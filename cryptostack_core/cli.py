@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptostack_core.server.config import ConfigError, DaemonConfig
 from cryptostack_core.wire.errors import CryptoError
+from cryptostack_core.wire.resources import ResourceType
 
 DEFAULT_ENDPOINT = os.environ.get("CRYPTOSTACK_ENDPOINT", "unix:///run/cryptostack/daemon.sock")
 
@@ -77,7 +78,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from cryptostack_core.wire.resources import ResourceType
 
     with _stack(args.endpoint) as stack:
         key = None

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptostack_core.client.stack import CryptoStack, CryptoStackConfig, create_crypto_stack
 from cryptostack_core.sdk import CryptoError
 
 
@@ -99,10 +100,8 @@ class DaemonProcess:
         self.kill()
         raise RuntimeError(f"daemon did not become ready:\n{self.log_text()}")
 
-    def stack(self, timeout: float | None = 10.0) -> Any:
+    def stack(self, timeout: float | None = 10.0) -> CryptoStack:
         """A connected :class:`~cryptostack_core.CryptoStack`."""
-        from cryptostack_core.client.stack import CryptoStackConfig, create_crypto_stack
-
         return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(self.endpoint)
                                    .set_default_operation_timeout(timeout))
 

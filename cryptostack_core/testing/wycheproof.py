@@ -7,11 +7,11 @@ A provider's test connects a stack (usually to a real daemon), then::
     policy = wp.Policy(acceptable={"Twist": True, "ZeroSharedSecret": False},
                        gcm_iv_lengths=(8, 128))
     results = wp.run_vectors(stack, provider_id=2, claimed=claimed_algorithms,
-                             policy=policy, start=Path(__file__))
+                             policy=policy)
     print(wp.format_table(results))
     assert all(not r.unexpected for r in results)
 
-Each case is run exactly as ``shared/vectors/README.md`` maps it: the key is imported with
+Each case is run exactly as ``testing/vectors/README.md`` maps it: the key is imported with
 ``ImportKeyParams.set_provider(provider_id)`` (once per distinct key, so per-group keys are
 imported once per group), the matching context is created pinned to the same provider and
 reused across cases, and the operation runs with the client's batched calls (init, update
@@ -59,15 +59,15 @@ __all__ = [
 
 P = cs.KeyOperationPermission
 ENV_VARIABLE = "CRYPTOSTACK_VECTORS"
+PACKAGED_VECTORS = Path(__file__).resolve().parent / "vectors" / "wycheproof"
 _REJECTION_CODES = frozenset({cs.ErrorCode.INVALID_ARGUMENT, cs.ErrorCode.AUTHENTICATION_FAILED})
 
 
 # --- where the vectors are -----------------------------------------------------------------
 
-def vectors_directory(start: Path | None = None) -> Path:
+def vectors_directory() -> Path:
     """The ``wycheproof`` directory: ``$CRYPTOSTACK_VECTORS`` (the directory itself or its
-    parent), else the first ``<ancestor>/shared/vectors/wycheproof`` walking up from ``start``
-    (default: this file) -- i.e. ``<repo>/../shared/vectors/wycheproof``."""
+    parent) when set, else the copy shipped in this package (``testing/vectors/wycheproof``)."""
     env = os.environ.get(ENV_VARIABLE)
     if env:
         base = Path(env)
@@ -75,12 +75,7 @@ def vectors_directory(start: Path | None = None) -> Path:
             if any(candidate.glob("*_test.json")):
                 return candidate
         raise FileNotFoundError(f"{ENV_VARIABLE}={env} holds no Wycheproof *_test.json files")
-    here = Path(start or __file__).resolve()
-    for ancestor in (here, *here.parents):
-        candidate = ancestor / "shared" / "vectors" / "wycheproof"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"no shared/vectors/wycheproof above {here}; set {ENV_VARIABLE}")
+    return PACKAGED_VECTORS
 
 
 # --- policy and results --------------------------------------------------------------------
@@ -684,10 +679,10 @@ def run_file(stack: cs.CryptoStack, provider_id: int, path: Path, policy: Policy
 
 def run_vectors(stack: cs.CryptoStack, provider_id: int, claimed: Iterable[str],
                 policy: Policy | None = None, directory: Path | None = None,
-                start: Path | None = None) -> list[FileResult]:
+                ) -> list[FileResult]:
     """Run every file applicable to ``claimed`` (see :func:`applicable_files`)."""
     claimed = set(claimed)
-    base = directory or vectors_directory(start)
+    base = directory or vectors_directory()
     return [run_file(stack, provider_id, base / name, policy, claimed)
             for name in applicable_files(claimed)]
 

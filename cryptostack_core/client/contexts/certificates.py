@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from cryptostack_core.client.contexts.base import (
     ContextConfig,
     ContextParent,
@@ -44,8 +46,6 @@ class VerificationReport:
 
 
 def _subject(der: bytes) -> str:
-    from cryptography import x509
-
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
     except ValueError:

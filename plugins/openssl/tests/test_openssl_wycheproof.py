@@ -59,7 +59,7 @@ def test_every_vector_over_the_daemon(stack: cs.CryptoStack, claimed: set[str],
         record_property: Callable[[str, object], None]) -> None:
     assert wp.applicable_files(claimed) == list(wp.FILES)  # the provider claims them all
     started = time.perf_counter()
-    results = wp.run_vectors(stack, PROVIDER_ID, claimed, OPENSSL_POLICY, start=Path(__file__))
+    results = wp.run_vectors(stack, PROVIDER_ID, claimed, OPENSSL_POLICY)
     elapsed = time.perf_counter() - started
     table = wp.format_table(results)
     print("\n" + table)
@@ -86,7 +86,7 @@ def test_every_vector_over_the_daemon(stack: cs.CryptoStack, claimed: set[str],
 
 def test_policy_declarations_are_load_bearing(stack: cs.CryptoStack, claimed: set[str]) -> None:
     """Without the declarations the same provider fails exactly the policy cases."""
-    directory = wp.vectors_directory(Path(__file__))
+    directory = wp.vectors_directory()
     gcm = wp.run_file(stack, PROVIDER_ID, directory / "aes_gcm_test.json", wp.Policy(), claimed)
     assert len(gcm.unexpected) == 27
     assert all("INVALID_ARGUMENT" in u.reason and "IV" in u.reason for u in gcm.unexpected)
@@ -103,7 +103,7 @@ def test_unclaimed_groups_are_skipped(stack: cs.CryptoStack) -> None:
     assert wp.applicable_files({"AES-128-GCM", "Ed25519"}) == ["aes_gcm_test.json",
                                                                "ed25519_test.json"]
     assert wp.applicable_files({"SHA-256"}) == []
-    directory = wp.vectors_directory(Path(__file__))
+    directory = wp.vectors_directory()
     result = wp.run_file(stack, PROVIDER_ID, directory / "aes_gcm_test.json", OPENSSL_POLICY,
                          {"AES-128-GCM"})
     assert not result.unexpected and result.skipped > 0
@@ -112,12 +112,12 @@ def test_unclaimed_groups_are_skipped(stack: cs.CryptoStack) -> None:
 
 
 def test_vectors_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    found = wp.vectors_directory(Path(__file__))
+    found = wp.vectors_directory()
     assert found.name == "wycheproof" and (found / "aes_gcm_test.json").is_file()
-    # <repo>/../shared/vectors/wycheproof
-    assert found.parent.parent.parent == Path(__file__).resolve().parents[4]
+    # the copy shipped with cryptostack_core.testing, with its licence
+    assert found == wp.PACKAGED_VECTORS and (found / "LICENSE").is_file()
     monkeypatch.setenv(wp.ENV_VARIABLE, str(found.parent))
-    assert wp.vectors_directory(tmp_path) == found
+    assert wp.vectors_directory() == found
     monkeypatch.setenv(wp.ENV_VARIABLE, str(tmp_path))
     with pytest.raises(FileNotFoundError):
         wp.vectors_directory()

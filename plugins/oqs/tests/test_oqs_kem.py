@@ -4,7 +4,6 @@ interoperation with pyca/cryptography (OpenSSL) in both directions."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mlkem
@@ -100,7 +99,7 @@ def test_encaps_vectors_with_fixed_randomness(provider: OQSProvider) -> None:
 
     oqs = library.import_oqs()  # never a bare `import oqs` (see cryptostack_oqs.library)
 
-    data = json.loads((wp.vectors_directory(Path(__file__)) / "mlkem_768_encaps_test.json")
+    data = json.loads((wp.vectors_directory() / "mlkem_768_encaps_test.json")
                       .read_text())
     checked = refused = 0
     kem = oqs.KeyEncapsulation("ML-KEM-768")

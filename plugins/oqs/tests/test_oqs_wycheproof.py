@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from cryptostack_oqs.provider import OQSProvider
@@ -25,7 +24,7 @@ from cryptostack_core.testing.daemon import DaemonProcess
 pytestmark = pytest.mark.liboqs
 
 PROVIDER_ID = 3
-# The key format each file's cases import keys in (see shared/vectors/README.md).
+# The key format each file's cases import keys in (see cryptostack_core/testing/vectors/README.md).
 KEY_FORMAT = {
     "mlkem_768_test.json": ("ML-KEM-768", KeyFormat.SEED),
     "mlkem_768_encaps_test.json": ("ML-KEM-768", KeyFormat.RAW),
@@ -56,7 +55,7 @@ def test_vectors_over_the_daemon(stack: cs.CryptoStack, provider: OQSProvider,
     assert files == ["mlkem_768_test.json", "mlkem_768_encaps_test.json",
                      "mldsa_65_verify_test.json"]
     claimed = {c.algorithm for c in provider.capabilities()}
-    directory = wp.vectors_directory(Path(__file__))
+    directory = wp.vectors_directory()
     started = time.perf_counter()
     results = [wp.run_file(stack, PROVIDER_ID, directory / name, wp.Policy(), claimed)
                for name in files]
