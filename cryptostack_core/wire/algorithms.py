@@ -281,6 +281,33 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
         reg.register(AlgorithmSpec(
             name, K.SIGNATURE, key_class=asym, default_permissions=P.SIGN | P.VERIFY,
             key_algorithms=(name,), signature_size=sig, public_key_size=pk))
+    # --- hybrid post-quantum: the constructions live in cryptostack_core.hybrid
+    for name, aliases, shared in [("X-Wing", ("XWING-KEM",), 32),
+                                  ("X25519MLKEM768", ("X25519-ML-KEM-768",), 64)]:
+        reg.register(AlgorithmSpec(
+            name, K.KEM, aliases=aliases, key_class=asym,
+            default_permissions=P.ENCAPSULATE | P.DECAPSULATE, key_algorithms=(name,),
+            public_key_size=1216, ciphertext_size=1120, shared_secret_size=shared))
+    # Composite ML-DSA (draft-ietf-lamps-pq-composite-sigs): level, traditional half,
+    # pre-hash, public key size (0: varies with the RSA encoding), longest signature.
+    for level, pairing, prehash, pk, sig in [
+        (44, "RSA2048-PSS", "SHA256", 0, 2676), (44, "RSA2048-PKCS15", "SHA256", 0, 2676),
+        (44, "Ed25519", "SHA512", 1344, 2484), (44, "ECDSA-P256", "SHA256", 1377, 2492),
+        (65, "RSA3072-PSS", "SHA512", 0, 3693), (65, "RSA3072-PKCS15", "SHA512", 0, 3693),
+        (65, "RSA4096-PSS", "SHA512", 0, 3821), (65, "RSA4096-PKCS15", "SHA512", 0, 3821),
+        (65, "ECDSA-P256", "SHA512", 2017, 3381), (65, "ECDSA-P384", "SHA512", 2049, 3413),
+        (65, "ECDSA-brainpoolP256r1", "SHA512", 2017, 3381),
+        (65, "Ed25519", "SHA512", 1984, 3373), (87, "ECDSA-P384", "SHA512", 2689, 4731),
+        (87, "ECDSA-brainpoolP384r1", "SHA512", 2689, 4731),
+        (87, "Ed448", "SHAKE256", 2649, 4741), (87, "RSA3072-PSS", "SHA512", 0, 5011),
+        (87, "RSA4096-PSS", "SHA512", 0, 5139), (87, "ECDSA-P521", "SHA512", 2725, 4766),
+    ]:
+        name = f"ML-DSA-{level}-{pairing}-{prehash}"
+        reg.register(AlgorithmSpec(
+            name, K.SIGNATURE, aliases=(f"id-MLDSA{level}-{pairing}-{prehash}",
+                                        f"ML-DSA-{level}-{pairing}"),
+            key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
+            signature_size=sig, public_key_size=pk, supports_context_string=True))
     reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG")))
 
 
