@@ -390,14 +390,19 @@ def serialize(key: ProviderKey) -> bytes:
         else:
             fmt = KeyFormat.SEED if pair.algorithm.startswith("ML-") else KeyFormat.PKCS8_DER
             material = export_key(pair, fmt)
-    algorithm = key.algorithm.encode()
+    return pack(key.algorithm, fmt, material)
+
+
+def pack(algorithm: str, fmt: KeyFormat, material: bytes) -> bytes:
+    """The stored-key blob for ``material`` in ``fmt`` (see ``_MAGIC``)."""
+    name = algorithm.encode()
     fmt_name = fmt.value.encode()
-    return b"".join([_MAGIC, struct.pack("B", len(algorithm)), algorithm,
+    return b"".join([_MAGIC, struct.pack("B", len(name)), name,
                      struct.pack("B", len(fmt_name)), fmt_name, material])
 
 
-def deserialize(blob: bytes, algorithm: str) -> ProviderKey:
-    """Rebuild a key from :func:`serialize` output; it must be a key of ``algorithm``."""
+def unpack(blob: bytes, algorithm: str) -> tuple[KeyFormat, bytes]:
+    """(format, material) of a :func:`pack` blob, which must hold a key of ``algorithm``."""
     try:
         if not blob.startswith(_MAGIC):
             raise ValueError("not an openssl-provider key blob")
@@ -414,5 +419,11 @@ def deserialize(blob: bytes, algorithm: str) -> ProviderKey:
         raise invalid_argument(f"corrupt stored key: {exc}") from None
     if stored_algorithm != algorithm:
         raise invalid_argument(f"the stored key is {stored_algorithm}, not {algorithm}")
+    return fmt, material
+
+
+def deserialize(blob: bytes, algorithm: str) -> ProviderKey:
+    """Rebuild a key from :func:`serialize` output; it must be a key of ``algorithm``."""
+    fmt, material = unpack(blob, algorithm)
     # SPKI_DER yields a public key; every other stored format is unambiguous too.
     return import_key(algorithm, material, fmt)

@@ -3,10 +3,12 @@
 Algorithms (canonical names): SHA-224/256/384/512, SHA3-224/256/384/512; AES-128/192/256 in
 CBC (PKCS#7), CTR and GCM; ChaCha20-Poly1305; HMAC-SHA-256/384/512; ECDSA-P256 (SHA-256),
 ECDSA-P384 (SHA-384), Ed25519, RSA-PSS-SHA256, ML-DSA-44/65/87; ML-KEM-768/1024; X25519 and
-ECDH-P256; HKDF-SHA-256/384/512; RANDOM. Keys: AES-*, ChaCha20-Poly1305, HMAC-*,
-GENERIC-SECRET, ECDSA-P256/P384, ECDH-P256, Ed25519, X25519, RSA-2048/3072/4096, ML-DSA-*,
-ML-KEM-768/1024 -- all extractable (software keys), persisted as key material that the key
-store encrypts at rest.
+ECDH-P256; HKDF-SHA-256/384/512; RANDOM; and the hybrids (:mod:`cryptostack_openssl.hybrid`,
+docs/hybrid.md): the KEMs X-Wing and X25519MLKEM768 and the 18 composite ML-DSA signatures
+(ML-DSA-44/65/87 with ECDSA, EdDSA or RSA, e.g. ML-DSA-65-ECDSA-P256-SHA512). Keys: AES-*,
+ChaCha20-Poly1305, HMAC-*, GENERIC-SECRET, ECDSA-P256/P384, ECDH-P256, Ed25519, X25519,
+RSA-2048/3072/4096, ML-DSA-*, ML-KEM-768/1024 and the hybrid algorithms -- all extractable
+(software keys), persisted as key material that the key store encrypts at rest.
 
 Option: ``min_mac_length`` (int, default 16, at least 10): the shortest truncated HMAC tag
 that verification accepts.
@@ -51,12 +53,15 @@ each one):
 * **ML-DSA** signing is hedged (randomised); context strings are at most 255 bytes and other
   algorithms refuse a non-empty context with INVALID_ARGUMENT.
 * **Streaming**: ECDSA and RSA-PSS hash incrementally; ML-DSA absorbs the message into mu
-  incrementally; only Ed25519 buffers the message.
+  incrementally; composites hash it with their pre-hash PH; only Ed25519 buffers the message.
+* **Hybrids**: low-order X25519 halves, X-Wing versus X25519MLKEM768 decapsulation and the
+  key formats are decided in the docstring of :mod:`cryptostack_openssl.hybrid`.
 * **run_inline** (the event loop must not stall for more than tens of microseconds):
   hash and cipher calls with at most 8 KiB of input (SHA3-512, the slowest, does 8 KiB in
   ~30 us; 1 MiB would take 0.6-4 ms), sign/verify *updates* of 1 byte to 8 KiB (hashing,
   absorbing into mu, or buffering), HKDF, random (at most 8 KiB), ML-KEM encapsulation and
-  decapsulation (~25-40 us measured). Sign/verify calls without input (finalisation: RSA,
+  decapsulation (~25-40 us measured) -- but not the hybrid KEMs, whose two extra X25519
+  operations bring a call to ~100 us. Sign/verify calls without input (finalisation: RSA,
   ECDSA-P384 and ML-DSA take 0.3-1.5 ms) go to a worker thread unless the caller names an
   HMAC algorithm; so do agreement (ECDH-P256 ~70 us) and asymmetric key generation and
   import (RSA-2048 generation ~40 ms, ML-DSA seed expansion ~150-300 us).
@@ -70,6 +75,7 @@ from typing import Any
 import cryptography
 from cryptography.hazmat.backends.openssl.backend import backend
 
+from cryptostack_core.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS
 from cryptostack_core.sdk import (
     Capability,
     CipherDirection,
@@ -89,7 +95,7 @@ from cryptostack_core.sdk import (
     invalid_argument,
 )
 
-from . import agreement, ciphers, hashing, kdf, kem, keys, policy, randomness, signatures
+from . import agreement, ciphers, hashing, hybrid, kdf, kem, keys, policy, randomness, signatures
 
 _PQ_PREFIXES = ("ML-DSA-", "ML-KEM-")
 
@@ -140,10 +146,20 @@ class OpenSSLProvider(Provider):
         pairs += [(name, Operation.AGREE) for name in agreement.AGREEMENTS]
         pairs += [(name, Operation.DERIVE) for name in kdf.KDFS]
         pairs.append(("RANDOM", Operation.RANDOM))
-        for name in keys.KEY_ALGORITHMS:
+        for name in keys.KEY_ALGORITHMS | hybrid.KEY_ALGORITHMS:
             pairs += [(name, Operation.GENERATE_KEY), (name, Operation.IMPORT_KEY)]
+        for name in sorted(hybrid.KEY_ALGORITHMS):
+            if name in HYBRID_KEMS:
+                pairs += [(name, Operation.ENCAPSULATE), (name, Operation.DECAPSULATE)]
+            else:
+                pairs += [(name, Operation.SIGN), (name, Operation.VERIFY)]
         return [Capability(algorithm, operation) for algorithm, operation in pairs
-                if self._post_quantum or not algorithm.startswith(_PQ_PREFIXES)]
+                if self._offers(algorithm)]
+
+    def _offers(self, algorithm: str) -> bool:
+        if algorithm in hybrid.KEY_ALGORITHMS:
+            return self._post_quantum and hybrid.supported(algorithm)
+        return self._post_quantum or not algorithm.startswith(_PQ_PREFIXES)
 
     def run_inline(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
         """Whether a call is cheap enough for the event loop (see the module docstring).
@@ -154,7 +170,8 @@ class OpenSSLProvider(Provider):
         if operation in _INLINE_SIZED or operation is Operation.RANDOM:
             return size <= policy.INLINE_BYTES
         if operation in _INLINE_ALWAYS:
-            return True
+            # The hybrid KEMs add X25519 (~35 us per exchange) to ML-KEM: ~100 us in all.
+            return algorithm not in HYBRID_KEMS
         if operation in (Operation.SIGN, Operation.VERIFY):
             # Input bytes mean an update: hashing, absorbing into mu or buffering, all cheap.
             # Without input it may be a finalisation, which for RSA or ML-DSA takes
@@ -170,29 +187,42 @@ class OpenSSLProvider(Provider):
     def generate_key(self, algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
         """A fresh key (secret bytes from the OS, key pairs from OpenSSL)."""
         self._require(algorithm, Operation.GENERATE_KEY)
+        if algorithm in hybrid.KEY_ALGORITHMS:
+            return hybrid.generate_key(algorithm)
         return keys.generate_key(algorithm)
 
     def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
                    permissions: KeyOperationPermission) -> ProviderKey:
         """A key from caller material; malformed or mismatched material -> INVALID_ARGUMENT."""
         self._require(algorithm, Operation.IMPORT_KEY)
+        if algorithm in hybrid.KEY_ALGORITHMS:
+            return hybrid.import_key(algorithm, material, fmt)
         return keys.import_key(algorithm, material, fmt, permissions)
 
     def export_key(self, key: ProviderKey, fmt: KeyFormat) -> bytes:
         """Secret (RAW) or private (PKCS8_DER, PEM, RAW, SEED) material."""
+        if hybrid.is_hybrid_key(key):
+            return hybrid.export_key(key, fmt)
         return keys.export_key(key, fmt)
 
     def export_public_key(self, key: ProviderKey, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """SPKI DER (default), PEM, or RAW public key."""
+        if hybrid.is_hybrid_key(key):
+            return hybrid.export_public_key(key, fmt)
         return keys.export_public_key(key, fmt)
 
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         """The key's material in a self-describing form, for the key store to encrypt."""
+        if hybrid.is_hybrid_key(key):
+            return StoredKey(blob=keys.pack(key.algorithm, *hybrid.stored_form(key)), secret=True)
         return StoredKey(blob=keys.serialize(key), secret=True)
 
     def load_stored_key(self, stored: StoredKey, algorithm: str,
                         permissions: KeyOperationPermission) -> ProviderKey:
         """The key :meth:`persist_key` stored; it must be of ``algorithm``."""
+        if algorithm in hybrid.KEY_ALGORITHMS:
+            fmt, material = keys.unpack(stored.blob, algorithm)
+            return hybrid.import_key(algorithm, material, fmt)
         return keys.deserialize(stored.blob, algorithm)
 
     # --- operations --------------------------------------------------------------------------
@@ -208,23 +238,31 @@ class OpenSSLProvider(Provider):
     def create_signer(self, algorithm: str, key: ProviderKey, context: bytes) -> SignOperation:
         """Sign or MAC one message."""
         self._require(algorithm, Operation.SIGN)
+        if algorithm in COMPOSITE_SIGNATURES:
+            return hybrid.create_signer(algorithm, key, context)
         return signatures.create_signer(algorithm, key, context)
 
     def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
         """Verify one message; HMAC accepts tags truncated to ``min_mac_length``."""
         self._require(algorithm, Operation.VERIFY)
+        if algorithm in COMPOSITE_SIGNATURES:
+            return hybrid.create_verifier(algorithm, key, context)
         return signatures.create_verifier(algorithm, key, context, self.min_mac_length)
 
     def encapsulate(self, algorithm: str, key: ProviderKey,
                     secret_permissions: KeyOperationPermission) -> tuple[bytes, ProviderKey]:
-        """ML-KEM encapsulation: (ciphertext, GENERIC-SECRET key)."""
+        """ML-KEM, X-Wing or X25519MLKEM768 encapsulation: (ciphertext, GENERIC-SECRET key)."""
         self._require(algorithm, Operation.ENCAPSULATE)
+        if algorithm in HYBRID_KEMS:
+            return hybrid.encapsulate(algorithm, key)
         return kem.encapsulate(algorithm, key)
 
     def decapsulate(self, algorithm: str, key: ProviderKey, ciphertext: bytes,
                     secret_permissions: KeyOperationPermission) -> ProviderKey:
-        """ML-KEM decapsulation into a GENERIC-SECRET key."""
+        """ML-KEM, X-Wing or X25519MLKEM768 decapsulation into a GENERIC-SECRET key."""
         self._require(algorithm, Operation.DECAPSULATE)
+        if algorithm in HYBRID_KEMS:
+            return hybrid.decapsulate(algorithm, key, ciphertext)
         return kem.decapsulate(algorithm, key, ciphertext)
 
     def agree(self, algorithm: str, key: ProviderKey, peer_public: bytes,

@@ -25,17 +25,26 @@ KEY_ALGORITHMS = ["AES-128", "AES-192", "AES-256", "ChaCha20-Poly1305", "HMAC-SH
                   "HMAC-SHA-384", "HMAC-SHA-512", "GENERIC-SECRET", "ECDSA-P256", "ECDSA-P384",
                   "ECDH-P256", "Ed25519", "X25519", "RSA-2048", "RSA-3072", "RSA-4096",
                   "ML-DSA-44", "ML-DSA-65", "ML-DSA-87", "ML-KEM-768", "ML-KEM-1024"]
+HYBRID_KEMS = ["X-Wing", "X25519MLKEM768"]
+COMPOSITES = [f"ML-DSA-{pairing}" for pairing in (
+    "44-RSA2048-PSS-SHA256", "44-RSA2048-PKCS15-SHA256", "44-Ed25519-SHA512",
+    "44-ECDSA-P256-SHA256", "65-RSA3072-PSS-SHA512", "65-RSA3072-PKCS15-SHA512",
+    "65-RSA4096-PSS-SHA512", "65-RSA4096-PKCS15-SHA512", "65-ECDSA-P256-SHA512",
+    "65-ECDSA-P384-SHA512", "65-ECDSA-brainpoolP256r1-SHA512", "65-Ed25519-SHA512",
+    "87-ECDSA-P384-SHA512", "87-ECDSA-brainpoolP384r1-SHA512", "87-Ed448-SHAKE256",
+    "87-RSA3072-PSS-SHA512", "87-RSA4096-PSS-SHA512", "87-ECDSA-P521-SHA512")]
 
 
 def expected_capabilities() -> set[Capability]:
     pairs = {(h, Op.HASH) for h in HASHES}
     pairs |= {(c, op) for c in CIPHERS for op in (Op.ENCRYPT, Op.DECRYPT)}
-    pairs |= {(s, op) for s in SIGNATURES for op in (Op.SIGN, Op.VERIFY)}
-    pairs |= {(k, op) for k in ("ML-KEM-768", "ML-KEM-1024")
+    pairs |= {(s, op) for s in SIGNATURES + COMPOSITES for op in (Op.SIGN, Op.VERIFY)}
+    pairs |= {(k, op) for k in ["ML-KEM-768", "ML-KEM-1024", *HYBRID_KEMS]
               for op in (Op.ENCAPSULATE, Op.DECAPSULATE)}
     pairs |= {("X25519", Op.AGREE), ("ECDH-P256", Op.AGREE), ("RANDOM", Op.RANDOM)}
     pairs |= {(f"HKDF-SHA-{n}", Op.DERIVE) for n in (256, 384, 512)}
-    pairs |= {(k, op) for k in KEY_ALGORITHMS for op in (Op.GENERATE_KEY, Op.IMPORT_KEY)}
+    pairs |= {(k, op) for k in KEY_ALGORITHMS + HYBRID_KEMS + COMPOSITES
+              for op in (Op.GENERATE_KEY, Op.IMPORT_KEY)}
     return {Capability(a, op) for a, op in pairs}
 
 
