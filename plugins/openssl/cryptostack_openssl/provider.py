@@ -60,11 +60,11 @@ each one):
   hash and cipher calls with at most 8 KiB of input (SHA3-512, the slowest, does 8 KiB in
   ~30 us; 1 MiB would take 0.6-4 ms), sign/verify *updates* of 1 byte to 8 KiB (hashing,
   absorbing into mu, or buffering), HKDF, random (at most 8 KiB), ML-KEM encapsulation and
-  decapsulation (~25-40 us measured) -- but not the hybrid KEMs, whose two extra X25519
-  operations bring a call to ~100 us. Sign/verify calls without input (finalisation: RSA,
-  ECDSA-P384 and ML-DSA take 0.3-1.5 ms) go to a worker thread unless the caller names an
-  HMAC algorithm; so do agreement (ECDH-P256 ~70 us) and asymmetric key generation and
-  import (RSA-2048 generation ~40 ms, ML-DSA seed expansion ~150-300 us).
+  decapsulation (~25-40 us measured) -- but not the hybrid KEMs, whose added X25519 work
+  makes a call 50-70 us, as long as ECDH-P256. Sign/verify calls without input
+  (finalisation: RSA, ECDSA-P384 and ML-DSA take 0.3-1.5 ms) go to a worker thread unless
+  the caller names an HMAC algorithm; so do agreement (ECDH-P256 ~70 us) and asymmetric key
+  generation and import (RSA-2048 generation ~40 ms, ML-DSA seed expansion ~150-300 us).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class OpenSSLProvider(Provider):
         if operation in _INLINE_SIZED or operation is Operation.RANDOM:
             return size <= policy.INLINE_BYTES
         if operation in _INLINE_ALWAYS:
-            # The hybrid KEMs add X25519 (~35 us per exchange) to ML-KEM: ~100 us in all.
+            # The hybrid KEMs add X25519 work to ML-KEM: 50-70 us a call, as long as ECDH-P256.
             return algorithm not in HYBRID_KEMS
         if operation in (Operation.SIGN, Operation.VERIFY):
             # Input bytes mean an update: hashing, absorbing into mu or buffering, all cheap.
