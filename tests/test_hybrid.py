@@ -11,10 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
-from cryptostack_core import hybrid
-from cryptostack_core.algorithms import REGISTRY, AlgorithmKind, KeyClass
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.permissions import KeyOperationPermission as P
+from cryptostack_core.sdk import REGISTRY, AlgorithmKind, CryptoError, ErrorCode, KeyClass, hybrid
+from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_core.testing import hybrid_vectors as hv
 
 

@@ -45,7 +45,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 import cryptostack_core as cs
-from cryptostack_core.hybrid import COMPOSITE_SIGNATURES
+from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES
 
 __all__ = [
     "VECTORS",

@@ -42,9 +42,18 @@ from cryptography.hazmat.backends.openssl.backend import backend
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, mldsa, mlkem, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
-from cryptostack_core import hybrid as spec_hybrid
-from cryptostack_core.errors import CryptoError, ErrorCode, invalid_argument
-from cryptostack_core.hybrid import (
+from cryptostack_core.sdk import (
+    Buffer,
+    CryptoError,
+    ErrorCode,
+    KeyFormat,
+    ProviderKey,
+    SignOperation,
+    VerifyOperation,
+    invalid_argument,
+)
+from cryptostack_core.sdk import hybrid as spec_hybrid
+from cryptostack_core.sdk.hybrid import (
     COMPOSITE_SIGNATURES,
     HYBRID_KEMS,
     CompositeSignatureSpec,
@@ -53,8 +62,6 @@ from cryptostack_core.hybrid import (
     TraditionalPublicKey,
     TraditionalSpec,
 )
-from cryptostack_core.provider import Buffer, ProviderKey, SignOperation, VerifyOperation
-from cryptostack_core.resources import KeyFormat
 
 from .keys import SecretKey
 from .randomness import random_bytes

@@ -75,7 +75,6 @@ from typing import Any
 import cryptography
 from cryptography.hazmat.backends.openssl.backend import backend
 
-from cryptostack_core.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS
 from cryptostack_core.sdk import (
     Capability,
     CipherDirection,
@@ -94,6 +93,7 @@ from cryptostack_core.sdk import (
     VerifyOperation,
     invalid_argument,
 )
+from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS
 
 from . import agreement, ciphers, hashing, hybrid, kdf, kem, keys, policy, randomness, signatures
 

@@ -26,11 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, mldsa,
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
 import cryptostack_core as cs
-from cryptostack_core.algorithms import REGISTRY, Operation
-from cryptostack_core.errors import CryptoError, ErrorCode
-from cryptostack_core.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS, encode_pkcs8, encode_spki
-from cryptostack_core.permissions import KeyOperationPermission as P
-from cryptostack_core.resources import KeyFormat as F
+from cryptostack_core.sdk import REGISTRY, CryptoError, ErrorCode, Operation
+from cryptostack_core.sdk import KeyFormat as F
+from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS, encode_pkcs8, encode_spki
 from cryptostack_core.testing import hybrid_vectors as hv
 from cryptostack_core.testing.daemon import DaemonProcess
 from cryptostack_openssl import OpenSSLProvider

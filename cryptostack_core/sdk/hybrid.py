@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .algorithms import REGISTRY
-from .errors import CryptoError, invalid_argument
+from cryptostack_core.wire.algorithms import REGISTRY
+from cryptostack_core.wire.errors import CryptoError, invalid_argument
 
 __all__ = [
     "COMPOSITE_PREFIX",
