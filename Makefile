@@ -66,8 +66,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy cryptostack_core
-	for p in $(PLUGINS); do (cd $$p && $(abspath $(BIN))/mypy --config-file $(abspath pyproject.toml) cryptostack_*) || exit 1; done
+	$(BIN)/mypy cryptostack_core $(wildcard plugins/*/cryptostack_*)
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache
