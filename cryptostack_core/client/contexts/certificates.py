@@ -36,6 +36,8 @@ class VerificationReport:
     result: CertVerifyResult
     reason: str
     chain: list[bytes] = field(default_factory=list)
+    #: User-constrained policy set of a VALID path (dotted OIDs; anyPolicy if unconstrained).
+    policies: frozenset[str] = frozenset()
 
     def explain(self) -> str:
         """One human-readable line: the verdict and the path (VALID) or the reason."""
@@ -87,6 +89,8 @@ class CertificateVerificationContext(OperationContext):
         self._crls: list[dict[str, Any]] = []
         self._time: dt.datetime | None = None
         self._policy = RevocationCheckPolicy.NONE
+        # RFC 5280 verifier settings; only those set travel (the daemon keeps its defaults).
+        self._settings: dict[str, Any] = {}
         self.last_report: VerificationReport | None = None
         # The guards handed to the setters, kept alive while this context refers to them:
         # ``add_crl(cm.import_crl(data))`` must not release the CRL before ``verify()``.
@@ -134,15 +138,47 @@ class CertificateVerificationContext(OperationContext):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"unknown revocation check policy {policy!r} ({choices})") from None
 
+    def set_max_chain_depth(self, n: int) -> None:
+        """At most ``n`` intermediates between the certificate and the anchor (default 8)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"max chain depth must be a non-negative integer, got {n!r}")
+        self._settings["max_chain_depth"] = n
+
+    def set_initial_policy_set(self, policies: Iterable[str]) -> None:
+        """RFC 5280 user-initial-policy-set: dotted policy OIDs (default: anyPolicy)."""
+        oids = [getattr(p, "dotted_string", p) for p in policies]
+        if not oids or not all(isinstance(p, str) for p in oids):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "the initial policy set is a non-empty list of dotted OIDs")
+        self._settings["initial_policy_set"] = oids
+
+    def set_initial_explicit_policy(self, required: bool = True) -> None:
+        """RFC 5280 initial-explicit-policy: the path must be valid for a policy."""
+        self._settings["initial_explicit_policy"] = bool(required)
+
+    def set_initial_policy_mapping_inhibit(self, inhibit: bool = True) -> None:
+        """RFC 5280 initial-policy-mapping-inhibit: policy mappings are not allowed."""
+        self._settings["initial_policy_mapping_inhibit"] = bool(inhibit)
+
+    def set_initial_any_policy_inhibit(self, inhibit: bool = True) -> None:
+        """RFC 5280 initial-any-policy-inhibit: anyPolicy in a certificate matches nothing."""
+        self._settings["initial_any_policy_inhibit"] = bool(inhibit)
+
+    def set_profile(self, profile: str) -> None:
+        """``"rfc5280"`` (default: RFC 5280 profile rules enforced) or ``"lenient"``."""
+        self._settings["profile"] = profile
+
     def verify(self) -> CertVerifyResult:
         """Validate; details in :attr:`last_report` / :meth:`explain`."""
         result = self._call("cert.verify", {
             "certificate": self._certificate, "trust_store": self._trust_store,
             "intermediates": self._intermediates, "crls": self._crls,
             "time": None if self._time is None else self._time.timestamp(),
-            "policy": self._policy.value})
+            "policy": self._policy.value, **self._settings})
         report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
-                                    [bytes(c) for c in result.get("chain", [])])
+                                    [bytes(c) for c in result.get("chain", [])],
+                                    frozenset(result.get("policies", ())))
         self.last_report = report
         return report.result
 

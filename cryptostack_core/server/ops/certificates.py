@@ -1,5 +1,5 @@
 """Certificate resources in the daemon: cert slots, trust stores, imported certificates and
-CRLs, and the verification request. Path validation itself is in :mod:`.certificates`."""
+CRLs, and the verification request. Path validation itself is in :mod:`.x509`."""
 
 from __future__ import annotations
 
@@ -285,8 +285,40 @@ class CertificateOps:
             leaf=leaf, anchors=store.anchors,
             intermediates=[self.certificate(call, i) for i in intermediates],
             crls=[*store.crls, *(self.crl(call, c) for c in extra_crls)],
-            validation_time=moment, revocation_policy=policy))
+            validation_time=moment, revocation_policy=policy, **_verifier_settings(args)))
         self.core.audit(call.session, "cert.verify", leaf.subject.rfc4514_string(),
                            outcome.result.value, detail=outcome.reason[:200])
         return {"result": outcome.result.value, "reason": outcome.reason,
-                "chain": [c.public_bytes(Encoding.DER) for c in outcome.chain]}
+                "chain": [c.public_bytes(Encoding.DER) for c in outcome.chain],
+                "policies": sorted(outcome.policies)}
+
+
+def _verifier_settings(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional RFC 5280 verifier settings of a ``cert.verify`` request (docs/protocol.md).
+
+    Absent keys keep the engine's defaults; the engine checks ranges and profile names.
+    """
+    settings: dict[str, Any] = {}
+    policies = args.get("initial_policy_set")
+    if policies is not None:
+        if (not isinstance(policies, list) or not policies
+                or not all(isinstance(p, str) for p in policies) or len(policies) > 64):
+            raise _bad("'initial_policy_set' must be a list of 1 to 64 dotted OID strings")
+        try:
+            settings["initial_policy_set"] = frozenset(x509.ObjectIdentifier(p) for p in policies)
+        except ValueError:
+            raise _bad(f"'initial_policy_set' holds an invalid OID: {policies!r}"[:200]) from None
+    for flag in ("initial_explicit_policy", "initial_policy_mapping_inhibit",
+                 "initial_any_policy_inhibit"):
+        value = args.get(flag)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise _bad(f"{flag!r} must be true or false")
+            settings[flag] = value
+    depth = args.get("max_chain_depth")
+    if depth is not None:
+        settings["max_chain_depth"] = depth
+    profile = args.get("profile")
+    if profile is not None:
+        settings["profile"] = profile
+    return settings
