@@ -10,6 +10,7 @@ liboqs tests on a machine without liboqs, which the oqs plugin counts in a closi
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -39,3 +40,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for table in tables:
             terminalreporter.write_line(str(table))
             terminalreporter.write_line("")
+    _pkits_summary(terminalreporter)
+
+
+def _pkits_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line for the NIST PKITS cases (tests/test_certificates_pkits.py), if any ran."""
+    cases = {}
+    for report in (terminalreporter.stats.get("passed", [])
+                   + terminalreporter.stats.get("failed", [])):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "pkits":
+                case = json.loads(value)
+                cases[case["id"]] = case
+    if not cases:
+        return
+    passed = sum(1 for c in cases.values() if c["ok"])
+    agree = sum(1 for c in cases.values() if c["agrees"])
+    terminalreporter.section("NIST PKITS through the public API")
+    terminalreporter.write_line(
+        f"{passed}/{len(cases)} PKITS cases as expected; {agree}/{len(cases)} agree with "
+        "PKITS.pdf (the others are documented deviations: DSA is UNSUPPORTED)")

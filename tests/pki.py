@@ -127,20 +127,26 @@ def issue(
     signing_key: Key | None = None,
     rsa_pss: bool | padding.PSS = False,
     key_ids: bool = True,
+    subject_name: x509.Name | None = None,
+    issuer_name: x509.Name | None = None,
+    bc_critical: bool = True,
 ) -> Entity:
     """Issue a certificate (self-signed when ``issuer`` is None).
 
     ``ca=None`` omits basicConstraints; ``usage=None`` omits keyUsage (the default is
     keyCertSign+cRLSign for a CA, digitalSignature for a leaf); ``signing_key`` signs with
     another key than the issuer's (a forged signature under the issuer's name);
-    ``key_ids=False`` omits subject/authority key identifiers.
+    ``key_ids=False`` omits subject/authority key identifiers; ``subject_name`` and
+    ``issuer_name`` replace the ``CN=`` names (e.g. other string types or spacing).
     """
     key = key if key is not None else new_key()
-    issuer_name = issuer.cert.subject if issuer is not None else name(subject)
+    subject_name = subject_name if subject_name is not None else name(subject)
+    if issuer_name is None:
+        issuer_name = issuer.cert.subject if issuer is not None else subject_name
     issuer_key = issuer.key if issuer is not None else key
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name(subject))
+        .subject_name(subject_name)
         .issuer_name(issuer_name)
         .public_key(key.public_key())  # type: ignore[arg-type]
         .serial_number(x509.random_serial_number())
@@ -154,7 +160,7 @@ def issue(
         )
         builder = builder.add_extension(subject_key, False).add_extension(authority_key, False)
     if ca is not None:
-        builder = builder.add_extension(x509.BasicConstraints(ca, path_length), True)
+        builder = builder.add_extension(x509.BasicConstraints(ca, path_length), bc_critical)
     if usage is _DEFAULT:
         usage = CA_KEY_USAGE if ca else LEAF_KEY_USAGE
     if usage is not None:
@@ -174,28 +180,36 @@ def issue(
 def make_crl(
     issuer: Entity,
     *,
-    revoked: Iterable[tuple[Entity | int, x509.ReasonFlags | None]] = (),
+    revoked: Iterable[
+        tuple[Entity | int, x509.ReasonFlags | None]
+        | tuple[Entity | int, x509.ReasonFlags | None, Sequence[tuple[x509.ExtensionType, bool]]]
+    ] = (),
     this_update: datetime.datetime = T - DAY,
     next_update: datetime.datetime = T + 7 * DAY,
-    number: int = 1,
+    number: int | None = 1,
+    number_critical: bool = False,
     extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
     entry_extensions: Iterable[tuple[x509.ExtensionType, bool]] = (),
     signing_key: Key | None = None,
     rsa_pss: bool | padding.PSS = False,
 ) -> x509.CertificateRevocationList:
-    """A CRL from ``issuer`` listing ``revoked`` (entity or serial, optional reason code).
+    """A CRL from ``issuer`` listing ``revoked`` (entity or serial, optional reason code,
+    optional extensions of that entry).
 
-    ``entry_extensions`` are added to every entry.
+    ``entry_extensions`` are added to every entry; ``number=None`` omits cRLNumber.
     """
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(issuer.cert.subject)
         .last_update(this_update)
         .next_update(next_update)
-        .add_extension(x509.CRLNumber(number), False)
     )
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), number_critical)
     entry_extensions = list(entry_extensions)
-    for target, reason in revoked:
+    for item in revoked:
+        target, reason = item[0], item[1]
+        own_extensions = list(item[2]) if len(item) > 2 else []  # type: ignore[misc]
         serial = target.serial if isinstance(target, Entity) else target
         entry = (
             x509.RevokedCertificateBuilder()
@@ -204,7 +218,7 @@ def make_crl(
         )
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(reason), False)
-        for value, critical in entry_extensions:
+        for value, critical in [*own_extensions, *entry_extensions]:
             entry = entry.add_extension(value, critical)
         builder = builder.add_revoked_certificate(entry.build())
     for value, critical in extensions:
@@ -258,3 +272,46 @@ def crl_without_next_update(issuer: Entity) -> x509.CertificateRevocationList:
     outer_algorithm = _der_elements(original.public_bytes(Encoding.DER))[1]
     content = tbs + outer_algorithm + bit_string
     return x509.load_der_x509_crl(b"\x30" + _der_length(len(content)) + content)
+
+
+def with_extension_oid_replaced(entity: Entity, signer: Key, old: str, new: str) -> x509.Certificate:
+    """``entity``'s certificate with one extension OID rewritten in the DER and re-signed by
+    ``signer`` (ECDSA): builds what pyca's builder refuses, such as duplicate extensions.
+    """
+    assert isinstance(signer, ec.EllipticCurvePrivateKey)
+    old_oid = x509.ObjectIdentifier(old)
+    new_oid = x509.ObjectIdentifier(new)
+    old_der, new_der = _oid_der(old_oid), _oid_der(new_oid)
+    assert len(old_der) == len(new_der)
+    tbs = entity.cert.tbs_certificate_bytes
+    assert tbs.count(old_der) == 1
+    tbs = tbs.replace(old_der, new_der)
+    signature = signer.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    bit_string = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
+    algorithm = _der_elements(entity.cert.public_bytes(Encoding.DER))[1]
+    content = tbs + algorithm + bit_string
+    return x509.load_der_x509_certificate(b"\x30" + _der_length(len(content)) + content)
+
+
+def _oid_der(oid: x509.ObjectIdentifier) -> bytes:
+    arcs = [int(a) for a in oid.dotted_string.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body.extend(reversed(chunk))
+    return b"\x06" + _der_length(len(body)) + bytes(body)
+
+
+def policy_mappings(pairs: Sequence[tuple[str, str]]) -> x509.UnrecognizedExtension:
+    """A policyMappings extension (pyca has no type for it) from (issuer, subject) OIDs."""
+    mappings = b""
+    for issuer_policy, subject_policy in pairs:
+        body = _oid_der(x509.ObjectIdentifier(issuer_policy)) + _oid_der(
+            x509.ObjectIdentifier(subject_policy))
+        mappings += b"\x30" + _der_length(len(body)) + body
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.33"),
+                                      b"\x30" + _der_length(len(mappings)) + mappings)

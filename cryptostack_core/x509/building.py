@@ -34,9 +34,9 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
-def _key_id(cert: x509.Certificate, kind: type) -> bytes | None:
+def _key_id(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bytes | None:
     try:
-        value = cert.extensions.get_extension_for_class(kind).value
+        value: x509.ExtensionType = cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
     if isinstance(value, x509.SubjectKeyIdentifier):
@@ -77,16 +77,19 @@ class PathBuilder:
         """Certificates whose subject is ``cert``'s issuer, best candidates first."""
         named = self._by_subject.get(name_key(cert.issuer), [])
         wanted = _key_id(cert, x509.AuthorityKeyIdentifier)
-        return sorted(named, key=lambda c: (not self.is_anchor(c),
-                                            wanted is not None
-                                            and _key_id(c, x509.SubjectKeyIdentifier) != wanted))
+        return sorted(
+            named,
+            key=lambda c: (
+                not self.is_anchor(c),
+                wanted is not None and _key_id(c, x509.SubjectKeyIdentifier) != wanted,
+            ),
+        )
 
     def paths(self, leaf: x509.Certificate) -> Iterator[list[x509.Certificate]]:
         """Complete paths from ``leaf`` to an anchor, lazily, within the bounds."""
         yield from self._walk([leaf], [_der(leaf)])
 
-    def _walk(self, path: list[x509.Certificate],
-              ders: list[bytes]) -> Iterator[list[x509.Certificate]]:
+    def _walk(self, path: list[x509.Certificate], ders: list[bytes]) -> Iterator[list[x509.Certificate]]:
         if self._found >= MAX_CANDIDATE_PATHS or self._steps <= 0:
             self.truncated = True
             return
@@ -97,8 +100,7 @@ class PathBuilder:
             yield list(path)
             return
         if len(path) >= self.max_length:
-            self.dead_ends.append(
-                f"a path through {describe(cert)} exceeds {self.max_length} certificates")
+            self.dead_ends.append(f"a path through {describe(cert)} exceeds {self.max_length} certificates")
             return
         named = self.issuers(cert)
         candidates = [c for c in named if _der(c) not in ders]
@@ -108,11 +110,13 @@ class PathBuilder:
             elif named:
                 self.dead_ends.append(
                     f"the issuers named '{cert.issuer.rfc4514_string()}' of {describe(cert)} "
-                    "lead back into the path (a loop)")
+                    "lead back into the path (a loop)"
+                )
             else:
                 self.dead_ends.append(
                     f"issuer '{cert.issuer.rfc4514_string()}' of {describe(cert)} is neither "
-                    "a trust anchor nor a supplied intermediate")
+                    "a trust anchor nor a supplied intermediate"
+                )
             return
         for issuer in candidates:
             yield from self._walk([*path, issuer], [*ders, _der(issuer)])

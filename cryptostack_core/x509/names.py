@@ -51,8 +51,7 @@ def _normalise(value: str | bytes) -> object:
 def name_key(name: x509.Name) -> NameKey:
     """A hashable form of ``name`` under which RFC 5280 7.1-equal names are equal."""
     return tuple(
-        frozenset((attr.oid.dotted_string, _normalise(attr.value)) for attr in rdn)
-        for rdn in name.rdns
+        frozenset((attr.oid.dotted_string, _normalise(attr.value)) for attr in rdn) for rdn in name.rdns
     )
 
 
@@ -139,9 +138,7 @@ def _matches(name: x509.GeneralName, base: x509.GeneralName) -> bool | None:
         return _dns_matches(name.value, base.value)
     if isinstance(name, x509.RFC822Name) and isinstance(base, x509.RFC822Name):
         return _email_matches(name.value, base.value)
-    if isinstance(name, x509.UniformResourceIdentifier) and isinstance(
-        base, x509.UniformResourceIdentifier
-    ):
+    if isinstance(name, x509.UniformResourceIdentifier) and isinstance(base, x509.UniformResourceIdentifier):
         return _uri_matches(name.value, base.value)
     if isinstance(name, x509.IPAddress) and isinstance(base, x509.IPAddress):
         return _ip_matches(name.value, base.value)

@@ -155,9 +155,7 @@ def parse_certificate(pem_or_der: bytes | bytearray | memoryview) -> x509.Certif
                 "issuer; DSA is not supported",
             ) from None
         if labels is None and _parses_as(raw, x509.load_der_x509_crl):
-            raise CryptoError(
-                ErrorCode.INVALID_ARGUMENT, "input is a CRL, not a certificate"
-            ) from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "input is a CRL, not a certificate") from None
         raise CryptoError(
             ErrorCode.INVALID_ARGUMENT,
             f"not a valid X.509 certificate (truncated or malformed): {library_detail(exc)}",
@@ -186,9 +184,7 @@ def parse_crl(pem_or_der: bytes | bytearray | memoryview) -> x509.CertificateRev
             crl = x509.load_der_x509_crl(raw)
     except ValueError as exc:
         if labels is None and _parses_as(raw, x509.load_der_x509_certificate):
-            raise CryptoError(
-                ErrorCode.INVALID_ARGUMENT, "input is a certificate, not a CRL"
-            ) from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "input is a certificate, not a CRL") from None
         raise CryptoError(
             ErrorCode.INVALID_ARGUMENT,
             f"not a valid X.509 CRL (truncated or malformed): {library_detail(exc)}",
@@ -232,9 +228,7 @@ def public_key_algorithm(cert: x509.Certificate) -> str:
     else:
         detail = type(key).__name__
     if name is None:
-        raise CryptoError(
-            ErrorCode.UNSUPPORTED_ALGORITHM, f"certificate public key not supported: {detail}"
-        )
+        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"certificate public key not supported: {detail}")
     return name
 
 

@@ -78,11 +78,10 @@ def _oid(element: bytes) -> x509.ObjectIdentifier:
     return x509.ObjectIdentifier(".".join(str(a) for a in dotted))
 
 
-def _policy_mappings(value: x509.ExtensionType,
-                     who: str) -> list[tuple[x509.ObjectIdentifier, x509.ObjectIdentifier]]:
+def _policy_mappings(
+    value: x509.ExtensionType, who: str
+) -> list[tuple[x509.ObjectIdentifier, x509.ObjectIdentifier]]:
     """(issuerDomainPolicy, subjectDomainPolicy) pairs; pyca leaves the extension raw."""
-    if isinstance(value, x509.PolicyMappings) if hasattr(x509, "PolicyMappings") else False:
-        raise PolicyError("unexpected decoded policyMappings")  # pragma: no cover
     raw = value.value if isinstance(value, x509.UnrecognizedExtension) else value.public_bytes()
     try:
         pairs = []
@@ -130,14 +129,13 @@ class PolicyState:
 
     # ------------------------------------------------------------------ tree helpers
 
-    def _add(self, parent: _Node, policy: x509.ObjectIdentifier,
-             expected: set[x509.ObjectIdentifier], depth: int) -> None:
+    def _add(
+        self, parent: _Node, policy: x509.ObjectIdentifier, expected: set[x509.ObjectIdentifier], depth: int
+    ) -> None:
         assert self.levels is not None
         self.nodes += 1
         if self.nodes > MAX_POLICY_NODES:
-            raise PolicyError(
-                f"the policy tree exceeds {MAX_POLICY_NODES} nodes (policy processing limit)"
-            )
+            raise PolicyError(f"the policy tree exceeds {MAX_POLICY_NODES} nodes (policy processing limit)")
         node = _Node(policy, expected, parent, depth)
         parent.children.append(node)
         while len(self.levels) <= depth:
@@ -167,15 +165,13 @@ class PolicyState:
 
     # ------------------------------------------------------------------ 6.1.3 (d)-(f)
 
-    def process_certificate(self, cert: x509.Certificate, i: int, self_issued: bool,
-                            who: str) -> None:
+    def process_certificate(self, cert: x509.Certificate, i: int, self_issued: bool, who: str) -> None:
         """Certificate i (1..n) of the path."""
         policies = _ext(cert, ExtensionOID.CERTIFICATE_POLICIES)
         if isinstance(policies, x509.CertificatePolicies) and self.levels is not None:
             ids = [p.policy_identifier for p in policies]
             if len(set(ids)) != len(ids):
-                raise PolicyError(f"certificatePolicies of {who} lists a policy twice "
-                                  "(RFC 5280 4.2.1.4)")
+                raise PolicyError(f"certificatePolicies of {who} lists a policy twice (RFC 5280 4.2.1.4)")
             previous = self.levels[i - 1]
             for policy in ids:
                 if policy == ANY_POLICY:
@@ -197,8 +193,7 @@ class PolicyState:
             self.levels = None  # (e)
         if self.explicit_policy <= 0 and self.levels is None:  # (f)
             raise PolicyError(
-                f"no valid policy remains at {who} and an explicit policy is required "
-                "(RFC 5280 6.1.3 (f))"
+                f"no valid policy remains at {who} and an explicit policy is required (RFC 5280 6.1.3 (f))"
             )
 
     # ------------------------------------------------------------------ 6.1.4 (a)-(b), (h)-(j)
@@ -209,8 +204,7 @@ class PolicyState:
         if mappings is not None:
             pairs = _policy_mappings(mappings, who)
             if any(ANY_POLICY in pair for pair in pairs):
-                raise PolicyError(f"policyMappings of {who} maps to or from anyPolicy "
-                                  "(RFC 5280 6.1.4 (a))")
+                raise PolicyError(f"policyMappings of {who} maps to or from anyPolicy (RFC 5280 6.1.4 (a))")
             self._map(pairs, i)
         if not self_issued:  # (h)
             self.explicit_policy = max(self.explicit_policy - 1, 0)
@@ -219,16 +213,14 @@ class PolicyState:
         constraints = _ext(cert, ExtensionOID.POLICY_CONSTRAINTS)
         if isinstance(constraints, x509.PolicyConstraints):  # (i)
             if constraints.require_explicit_policy is not None:
-                self.explicit_policy = min(self.explicit_policy,
-                                           constraints.require_explicit_policy)
+                self.explicit_policy = min(self.explicit_policy, constraints.require_explicit_policy)
             if constraints.inhibit_policy_mapping is not None:
                 self.policy_mapping = min(self.policy_mapping, constraints.inhibit_policy_mapping)
         inhibit = _ext(cert, ExtensionOID.INHIBIT_ANY_POLICY)
         if isinstance(inhibit, x509.InhibitAnyPolicy):  # (j)
             self.inhibit_any_policy = min(self.inhibit_any_policy, inhibit.skip_certs)
 
-    def _map(self, pairs: list[tuple[x509.ObjectIdentifier, x509.ObjectIdentifier]],
-             i: int) -> None:
+    def _map(self, pairs: list[tuple[x509.ObjectIdentifier, x509.ObjectIdentifier]], i: int) -> None:
         if self.levels is None or len(self.levels) <= i:
             return
         mapped: dict[x509.ObjectIdentifier, list[x509.ObjectIdentifier]] = {}
@@ -262,8 +254,9 @@ class PolicyState:
         if self.explicit_policy > 0:  # (a)
             self.explicit_policy -= 1
         constraints = _ext(cert, ExtensionOID.POLICY_CONSTRAINTS)
-        if (isinstance(constraints, x509.PolicyConstraints)
-                and constraints.require_explicit_policy == 0):  # (b)
+        if (
+            isinstance(constraints, x509.PolicyConstraints) and constraints.require_explicit_policy == 0
+        ):  # (b)
             self.explicit_policy = 0
         result = self._intersect()
         if self.explicit_policy <= 0 and not result:
@@ -281,8 +274,12 @@ class PolicyState:
         initial = self.settings.initial_policy_set
         if ANY_POLICY not in initial:
             # (g)(iii): nodes whose parent is anyPolicy, outside the initial set, go.
-            node_set = [node for level in self.levels[1:] for node in level
-                        if node.parent is not None and node.parent.valid_policy == ANY_POLICY]
+            node_set = [
+                node
+                for level in self.levels[1:]
+                for node in level
+                if node.parent is not None and node.parent.valid_policy == ANY_POLICY
+            ]
             for node in node_set:
                 if node.valid_policy not in initial and node.valid_policy != ANY_POLICY:
                     if node.alive:

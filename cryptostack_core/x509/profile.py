@@ -31,24 +31,26 @@ PROFILES = ("rfc5280", "lenient")
 #: Certificate extensions whose meaning validation implements (or that carry no constraint
 #: a relying party must enforce); a critical extension outside this set fails the path
 #: (RFC 5280 6.1.4 (o), 6.1.5 (f)).
-UNDERSTOOD_EXTENSIONS = frozenset({
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.EXTENDED_KEY_USAGE,
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-    ExtensionOID.ISSUER_ALTERNATIVE_NAME,
-    ExtensionOID.NAME_CONSTRAINTS,
-    ExtensionOID.CERTIFICATE_POLICIES,
-    ExtensionOID.POLICY_MAPPINGS,
-    ExtensionOID.POLICY_CONSTRAINTS,
-    ExtensionOID.INHIBIT_ANY_POLICY,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    ExtensionOID.CRL_DISTRIBUTION_POINTS,
-    ExtensionOID.FRESHEST_CRL,
-    ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
-    ExtensionOID.SUBJECT_INFORMATION_ACCESS,
-})
+UNDERSTOOD_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.CERTIFICATE_POLICIES,
+        ExtensionOID.POLICY_MAPPINGS,
+        ExtensionOID.POLICY_CONSTRAINTS,
+        ExtensionOID.INHIBIT_ANY_POLICY,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.FRESHEST_CRL,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+        ExtensionOID.SUBJECT_INFORMATION_ACCESS,
+    }
+)
 
 _MUST_BE_NON_CRITICAL = {
     ExtensionOID.AUTHORITY_KEY_IDENTIFIER: "authorityKeyIdentifier (RFC 5280 4.2.1.1)",
@@ -68,12 +70,10 @@ def is_ca(cert: x509.Certificate) -> bool:
 
 def unknown_critical(cert: x509.Certificate) -> list[str]:
     """Dotted OIDs of the critical extensions validation does not understand."""
-    return [e.oid.dotted_string for e in cert.extensions
-            if e.critical and e.oid not in UNDERSTOOD_EXTENSIONS]
+    return [e.oid.dotted_string for e in cert.extensions if e.critical and e.oid not in UNDERSTOOD_EXTENSIONS]
 
 
-def profile_problem(cert: x509.Certificate, *, as_issuer: bool, profile: str,
-                    who: str) -> str | None:
+def profile_problem(cert: x509.Certificate, *, as_issuer: bool, profile: str, who: str) -> str | None:
     """The first profile rule ``cert`` breaks in its role, or None.
 
     ``as_issuer``: the certificate issues the next one in the path (an intermediate CA).
@@ -87,13 +87,13 @@ def profile_problem(cert: x509.Certificate, *, as_issuer: bool, profile: str,
     if not as_issuer:
         return None
     if ExtensionOID.SUBJECT_KEY_IDENTIFIER not in present:
-        return (f"CA certificate {who} has no subjectKeyIdentifier (RFC 5280 4.2.1.2, "
-                "profile rfc5280)")
+        return f"CA certificate {who} has no subjectKeyIdentifier (RFC 5280 4.2.1.2, profile rfc5280)"
     if ExtensionOID.AUTHORITY_KEY_IDENTIFIER not in present and cert.issuer != cert.subject:
-        return (f"CA certificate {who} has no authorityKeyIdentifier (RFC 5280 4.2.1.1, "
-                "profile rfc5280)")
+        return f"CA certificate {who} has no authorityKeyIdentifier (RFC 5280 4.2.1.1, profile rfc5280)"
     bc = present.get(ExtensionOID.BASIC_CONSTRAINTS)
     if bc is not None and not bc.critical:
-        return (f"CA certificate {who} has a non-critical basicConstraints extension; it "
-                "MUST be critical (RFC 5280 4.2.1.9, profile rfc5280)")
+        return (
+            f"CA certificate {who} has a non-critical basicConstraints extension; it "
+            "MUST be critical (RFC 5280 4.2.1.9, profile rfc5280)"
+        )
     return None

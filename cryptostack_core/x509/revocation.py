@@ -48,24 +48,36 @@ from .signatures import SignatureCheck, check_signature
 __all__ = ["CrlStatus", "RevocationContext", "certificate_status"]
 
 R = x509.ReasonFlags
-ALL_REASONS = frozenset({
-    R.key_compromise, R.ca_compromise, R.affiliation_changed, R.superseded,
-    R.cessation_of_operation, R.certificate_hold, R.privilege_withdrawn, R.aa_compromise,
-})
-_UNDERSTOOD_CRL_EXTENSIONS = frozenset({
-    ExtensionOID.CRL_NUMBER,
-    ExtensionOID.DELTA_CRL_INDICATOR,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    ExtensionOID.ISSUER_ALTERNATIVE_NAME,
-    ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
-    ExtensionOID.ISSUING_DISTRIBUTION_POINT,
-    ExtensionOID.FRESHEST_CRL,
-})
-_UNDERSTOOD_ENTRY_EXTENSIONS = frozenset({
-    CRLEntryExtensionOID.CRL_REASON,
-    CRLEntryExtensionOID.INVALIDITY_DATE,
-    CRLEntryExtensionOID.CERTIFICATE_ISSUER,
-})
+ALL_REASONS = frozenset(
+    {
+        R.key_compromise,
+        R.ca_compromise,
+        R.affiliation_changed,
+        R.superseded,
+        R.cessation_of_operation,
+        R.certificate_hold,
+        R.privilege_withdrawn,
+        R.aa_compromise,
+    }
+)
+_UNDERSTOOD_CRL_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.CRL_NUMBER,
+        ExtensionOID.DELTA_CRL_INDICATOR,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+        ExtensionOID.ISSUING_DISTRIBUTION_POINT,
+        ExtensionOID.FRESHEST_CRL,
+    }
+)
+_UNDERSTOOD_ENTRY_EXTENSIONS = frozenset(
+    {
+        CRLEntryExtensionOID.CRL_REASON,
+        CRLEntryExtensionOID.INVALIDITY_DATE,
+        CRLEntryExtensionOID.CERTIFICATE_ISSUER,
+    }
+)
 
 
 class CrlStatus(enum.Enum):
@@ -101,8 +113,9 @@ class _DistributionPoint:
     label: str
 
 
-def _ext(obj: x509.Certificate | x509.CertificateRevocationList,
-         oid: x509.ObjectIdentifier) -> x509.Extension[x509.ExtensionType] | None:
+def _ext(
+    obj: x509.Certificate | x509.CertificateRevocationList, oid: x509.ObjectIdentifier
+) -> x509.Extension[x509.ExtensionType] | None:
     try:
         return obj.extensions.get_extension_for_oid(oid)
     except x509.ExtensionNotFound:
@@ -128,8 +141,9 @@ def _distribution_points(cert: x509.Certificate) -> list[_DistributionPoint]:
                     directories = [n.value for n in crl_issuer if isinstance(n, x509.DirectoryName)]
                     base = directories[0] if directories else base
                 names = (x509.DirectoryName(_with_rdn(base, dp.relative_name)),)
-            points.append(_DistributionPoint(names, dp.reasons, crl_issuer,
-                                             f"distribution point #{index + 1}"))
+            points.append(
+                _DistributionPoint(names, dp.reasons, crl_issuer, f"distribution point #{index + 1}")
+            )
     # 6.3.3: CRLs not named by a distribution point but issued by the certificate issuer.
     implicit: list[x509.GeneralName] = [x509.DirectoryName(cert.issuer)]
     ian = _ext(cert, ExtensionOID.ISSUER_ALTERNATIVE_NAME)
@@ -147,53 +161,58 @@ def _general_names_equal(a: x509.GeneralName, b: x509.GeneralName) -> bool:
 
 def _idp(crl: x509.CertificateRevocationList) -> x509.IssuingDistributionPoint | None:
     ext = _ext(crl, ExtensionOID.ISSUING_DISTRIBUTION_POINT)
-    return ext.value if ext is not None and isinstance(ext.value,
-                                                       x509.IssuingDistributionPoint) else None
+    return ext.value if ext is not None and isinstance(ext.value, x509.IssuingDistributionPoint) else None
 
 
 def _number(crl: x509.CertificateRevocationList) -> int | None:
     ext = _ext(crl, ExtensionOID.CRL_NUMBER)
-    return ext.value.crl_number if ext is not None and isinstance(ext.value,
-                                                                  x509.CRLNumber) else None
+    return ext.value.crl_number if ext is not None and isinstance(ext.value, x509.CRLNumber) else None
 
 
 def _delta_base(crl: x509.CertificateRevocationList) -> int | None:
     ext = _ext(crl, ExtensionOID.DELTA_CRL_INDICATOR)
-    return ext.value.crl_number if ext is not None and isinstance(
-        ext.value, x509.DeltaCRLIndicator) else None
+    return ext.value.crl_number if ext is not None and isinstance(ext.value, x509.DeltaCRLIndicator) else None
 
 
-def _issuer_problem(crl: x509.CertificateRevocationList, dp: _DistributionPoint,
-                    cert: x509.Certificate) -> str | None:
-    """6.3.3 (b)(1)."""
+def _issuer_problem(
+    crl: x509.CertificateRevocationList, dp: _DistributionPoint, cert: x509.Certificate
+) -> str | None:
+    """6.3.3 (b)(1): None when ``crl`` is from another issuer, "" when it may apply."""
     idp = _idp(crl)
     if dp.crl_issuer:
         directories = [n.value for n in dp.crl_issuer if isinstance(n, x509.DirectoryName)]
         if not any(names_equal(crl.issuer, d) for d in directories):
-            return f"is not issued by the cRLIssuer of {dp.label}"
+            return None
         if idp is None or not idp.indirect_crl:
-            return (f"is named as cRLIssuer by {dp.label} but is not an indirect CRL "
-                    "(issuingDistributionPoint indirectCRL)")
-        return None
-    if not names_equal(crl.issuer, cert.issuer):
-        return f"is not issued by the certificate issuer '{cert.issuer.rfc4514_string()}'"
-    return None
+            return (
+                f"is issued by the cRLIssuer {dp.label} names but is not an indirect CRL "
+                "(issuingDistributionPoint indirectCRL)"
+            )
+        return ""
+    return "" if names_equal(crl.issuer, cert.issuer) else None
 
 
-def _scope_problem(crl: x509.CertificateRevocationList, dp: _DistributionPoint,
-                   cert: x509.Certificate) -> str | None:
+def _scope_problem(
+    crl: x509.CertificateRevocationList, dp: _DistributionPoint, cert: x509.Certificate
+) -> str | None:
     """6.3.3 (b)(2)."""
     idp = _idp(crl)
     if idp is None:
         return None
     if idp.full_name or idp.relative_name is not None:
-        idp_names = (list(idp.full_name) if idp.full_name else
-                     [x509.DirectoryName(_with_rdn(crl.issuer, idp.relative_name))]
-                     if idp.relative_name is not None else [])
+        idp_names = (
+            list(idp.full_name)
+            if idp.full_name
+            else [x509.DirectoryName(_with_rdn(crl.issuer, idp.relative_name))]
+            if idp.relative_name is not None
+            else []
+        )
         dp_names = list(dp.names) if dp.names is not None else list(dp.crl_issuer or ())
         if not any(_general_names_equal(a, b) for a in idp_names for b in dp_names):
-            return (f"is scoped (issuingDistributionPoint) to a distribution point that "
-                    f"{dp.label} of {describe(cert)} does not name")
+            return (
+                f"is scoped (issuingDistributionPoint) to a distribution point that "
+                f"{dp.label} of {describe(cert)} does not name"
+            )
     if idp.only_contains_user_certs and is_ca(cert):
         return f"covers only end-entity certificates and {describe(cert)} is a CA"
     if idp.only_contains_ca_certs and not is_ca(cert):
@@ -203,8 +222,9 @@ def _scope_problem(crl: x509.CertificateRevocationList, dp: _DistributionPoint,
     return None
 
 
-def _interim_reasons(crl: x509.CertificateRevocationList,
-                     dp: _DistributionPoint) -> frozenset[x509.ReasonFlags]:
+def _interim_reasons(
+    crl: x509.CertificateRevocationList, dp: _DistributionPoint
+) -> frozenset[x509.ReasonFlags]:
     """6.3.3 (c)."""
     idp = _idp(crl)
     idp_reasons = idp.only_some_reasons if idp is not None else None
@@ -240,15 +260,13 @@ def _content_problem(crl: x509.CertificateRevocationList, ctx: RevocationContext
     for entry in crl:
         for ext in entry.extensions:
             if ext.oid == CRLEntryExtensionOID.CERTIFICATE_ISSUER and not indirect:
-                return ("has a certificateIssuer entry extension but is not an indirect CRL "
-                        "(RFC 5280 5.3.3)")
+                return "has a certificateIssuer entry extension but is not an indirect CRL (RFC 5280 5.3.3)"
             if ext.critical and ext.oid not in _UNDERSTOOD_ENTRY_EXTENSIONS:
                 return f"has an entry with an unsupported critical extension {ext.oid.dotted_string}"
     return None
 
 
-def _entry_for(crl: x509.CertificateRevocationList,
-               cert: x509.Certificate) -> x509.RevokedCertificate | None:
+def _entry_for(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> x509.RevokedCertificate | None:
     idp = _idp(crl)
     if (idp is None or not idp.indirect_crl) and cert.serial_number >= 0:
         return crl.get_revoked_certificate_by_serial_number(cert.serial_number)
@@ -283,8 +301,7 @@ def _recency(crl: x509.CertificateRevocationList) -> tuple[datetime.datetime, in
 
 
 class _Checker:
-    def __init__(self, cert: x509.Certificate, issuer: x509.Certificate,
-                 ctx: RevocationContext) -> None:
+    def __init__(self, cert: x509.Certificate, issuer: x509.Certificate, ctx: RevocationContext) -> None:
         self.cert = cert
         self.issuer = issuer
         self.ctx = ctx
@@ -293,8 +310,10 @@ class _Checker:
         self.signers: dict[int, x509.Certificate | None] = {}
 
     def label(self, crl: x509.CertificateRevocationList) -> str:
-        return (f"{self.labels[id(crl)]} (issuer '{crl.issuer.rfc4514_string()}', "
-                f"thisUpdate {crl.last_update_utc.isoformat()})")
+        return (
+            f"{self.labels[id(crl)]} (issuer '{crl.issuer.rfc4514_string()}', "
+            f"thisUpdate {crl.last_update_utc.isoformat()})"
+        )
 
     def note(self, crl: x509.CertificateRevocationList, problem: str) -> None:
         self.problems.setdefault(self.label(crl), problem)
@@ -315,17 +334,18 @@ class _Checker:
             verdict, why = check_signature(crl, candidate)
             if verdict is not SignatureCheck.GOOD:
                 if candidate is self.issuer or len(candidates) == 1:
-                    problems.append(why if verdict is not SignatureCheck.BAD else
-                                    f"its signature does not verify under the key of "
-                                    f"{describe(candidate)}")
+                    problems.append(
+                        why
+                        if verdict is not SignatureCheck.BAD
+                        else f"its signature does not verify under the key of {describe(candidate)}"
+                    )
                 continue
             try:
                 usage = candidate.extensions.get_extension_for_class(x509.KeyUsage).value
             except x509.ExtensionNotFound:
                 usage = None
             if usage is not None and not usage.crl_sign:
-                problems.append(f"keyUsage of its signer {describe(candidate)} does not "
-                                "assert cRLSign")
+                problems.append(f"keyUsage of its signer {describe(candidate)} does not assert cRLSign")
                 continue
             if candidate in (self.issuer, self.ctx.anchor, self.cert):
                 # The path issuer and the anchor are validated by the path itself; a CRL
@@ -335,21 +355,26 @@ class _Checker:
                 break
             why_not = self.ctx.validate_signer(candidate, self.ctx.depth + 1)
             if why_not:
-                problems.append(f"its signer {describe(candidate)} has no valid certification "
-                                f"path to the same trust anchor: {why_not}")
+                problems.append(
+                    f"its signer {describe(candidate)} has no valid certification "
+                    f"path to the same trust anchor: {why_not}"
+                )
                 continue
             found = candidate
             break
         if found is None:
             if not candidates:
-                problems.append("no certificate of its issuer (neither the path issuer nor a "
-                                "supplied one) was found to check its signature")
+                problems.append(
+                    "no certificate of its issuer (neither the path issuer nor a "
+                    "supplied one) was found to check its signature"
+                )
             self.note(crl, "is unusable: " + "; ".join(dict.fromkeys(problems)))
         self.signers[id(crl)] = found
         return found
 
-    def delta_for(self, base: x509.CertificateRevocationList,
-                  signer: x509.Certificate) -> x509.CertificateRevocationList | None:
+    def delta_for(
+        self, base: x509.CertificateRevocationList, signer: x509.Certificate
+    ) -> x509.CertificateRevocationList | None:
         """The newest usable delta CRL for the complete CRL ``base`` (6.3.3 (a)(2), (c))."""
         base_number = _number(base)
         best: x509.CertificateRevocationList | None = None
@@ -359,13 +384,17 @@ class _Checker:
                 continue
             problem = None
             if base_number is None or delta_base > base_number:
-                problem = (f"is a delta CRL for base CRL number {delta_base}, newer than "
-                           f"complete CRL number {base_number}")
+                problem = (
+                    f"is a delta CRL for base CRL number {delta_base}, newer than "
+                    f"complete CRL number {base_number}"
+                )
             elif _idp(delta) != _idp(base):
                 problem = "is a delta CRL whose scope differs from its complete CRL"
             elif check_signature(delta, signer)[0] is not SignatureCheck.GOOD:
-                problem = (f"is a delta CRL not signed by the key of {describe(signer)}, "
-                           "which signed the complete CRL")
+                problem = (
+                    f"is a delta CRL not signed by the key of {describe(signer)}, "
+                    "which signed the complete CRL"
+                )
             else:
                 problem = _content_problem(delta, self.ctx)
             if problem:
@@ -382,7 +411,11 @@ class _Checker:
         first_use: dict[int, bool] = {}
         for dp in _distribution_points(self.cert):
             for crl in complete:
-                if _issuer_problem(crl, dp, self.cert):
+                problem = _issuer_problem(crl, dp, self.cert)
+                if problem is None:
+                    continue
+                if problem:
+                    self.note(crl, problem)
                     continue
                 problem = _scope_problem(crl, dp, self.cert)
                 if problem:
@@ -412,18 +445,22 @@ class _Checker:
         details = "; ".join(f"{label} {problem}" for label, problem in self.problems.items())
         if reasons:
             missing = ", ".join(sorted(r.value for r in ALL_REASONS - reasons))
-            lead = (f"the usable CRLs for {subject} cover only some revocation reasons "
-                    f"(not {missing})")
+            lead = f"the usable CRLs for {subject} cover only some revocation reasons (not {missing})"
             return CrlStatus.UNKNOWN, f"{lead}: {details}" if details else lead
         if not details:
             return CrlStatus.UNKNOWN, (
-                f"no CRL issued by '{self.cert.issuer.rfc4514_string()}' was supplied for "
-                f"{subject}")
+                f"no CRL issued by '{self.cert.issuer.rfc4514_string()}' was supplied for {subject}"
+            )
         lead = f"no usable CRL for {subject}"
         return CrlStatus.UNKNOWN, f"{lead}: {details}"
 
-    def lookup(self, crl: x509.CertificateRevocationList,
-               delta: x509.CertificateRevocationList | None, *, permanent_only: bool) -> str:
+    def lookup(
+        self,
+        crl: x509.CertificateRevocationList,
+        delta: x509.CertificateRevocationList | None,
+        *,
+        permanent_only: bool,
+    ) -> str:
         """6.3.3 (h)-(j): the revocation text, or "" when the certificate is not revoked."""
         for source in ([delta] if delta is not None else []) + [crl]:
             entry = _entry_for(source, self.cert)
@@ -436,14 +473,17 @@ class _Checker:
                 return ""
             kind = "delta CRL " if source is delta else ""
             reason_text = "" if reason is x509.ReasonFlags.unspecified else f", reason {reason.value}"
-            return (f"{describe(self.cert)} (serial {self.cert.serial_number:#x}) is revoked by "
-                    f"{kind}{self.labels[id(source)]} of '{source.issuer.rfc4514_string()}' "
-                    f"(thisUpdate {source.last_update_utc.isoformat()}): revoked at "
-                    f"{entry.revocation_date_utc.isoformat()}{reason_text}")
+            return (
+                f"{describe(self.cert)} (serial {self.cert.serial_number:#x}) is revoked by "
+                f"{kind}{self.labels[id(source)]} of '{source.issuer.rfc4514_string()}' "
+                f"(thisUpdate {source.last_update_utc.isoformat()}): revoked at "
+                f"{entry.revocation_date_utc.isoformat()}{reason_text}"
+            )
         return ""
 
 
-def certificate_status(cert: x509.Certificate, issuer: x509.Certificate,
-                       ctx: RevocationContext) -> tuple[CrlStatus, str]:
+def certificate_status(
+    cert: x509.Certificate, issuer: x509.Certificate, ctx: RevocationContext
+) -> tuple[CrlStatus, str]:
     """Revocation status of ``cert`` (issued by ``issuer`` in the path) and why."""
     return _Checker(cert, issuer, ctx).run()

@@ -16,6 +16,7 @@ Anything else (SHA-1, MD5, weak keys, other PSS parameters) is *disallowed*.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -34,9 +35,14 @@ def _pss_algorithm_identifier(hash_index: int) -> bytes:
     hash_alg = bytes.fromhex("300d06096086480165030402") + bytes([hash_index]) + b"\x05\x00"
     mgf = bytes.fromhex("301a06092a864886f70d010108") + hash_alg
     params = (
-        b"\xa0" + bytes([len(hash_alg)]) + hash_alg
-        + b"\xa1" + bytes([len(mgf)]) + mgf
-        + b"\xa2\x03\x02\x01" + bytes([_PSS_SALT[hash_index]])
+        b"\xa0"
+        + bytes([len(hash_alg)])
+        + hash_alg
+        + b"\xa1"
+        + bytes([len(mgf)])
+        + mgf
+        + b"\xa2\x03\x02\x01"
+        + bytes([_PSS_SALT[hash_index]])
     )
     seq = b"\x30" + bytes([len(params)]) + params
     body = bytes.fromhex("06092a864886f70d01010a") + seq
@@ -61,13 +67,15 @@ _ALLOWED: dict[bytes, str] = {
     bytes.fromhex("300b0609608648016503040312"): "ML-DSA-65",
     bytes.fromhex("300b0609608648016503040313"): "ML-DSA-87",
 }
-_DSA_SIGNATURES = frozenset({
-    SignatureAlgorithmOID.DSA_WITH_SHA1,
-    SignatureAlgorithmOID.DSA_WITH_SHA224,
-    SignatureAlgorithmOID.DSA_WITH_SHA256,
-    SignatureAlgorithmOID.DSA_WITH_SHA384,
-    SignatureAlgorithmOID.DSA_WITH_SHA512,
-})
+_DSA_SIGNATURES = frozenset(
+    {
+        SignatureAlgorithmOID.DSA_WITH_SHA1,
+        SignatureAlgorithmOID.DSA_WITH_SHA224,
+        SignatureAlgorithmOID.DSA_WITH_SHA256,
+        SignatureAlgorithmOID.DSA_WITH_SHA384,
+        SignatureAlgorithmOID.DSA_WITH_SHA512,
+    }
+)
 _ALLOWED_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 _MIN_RSA_BITS = 2048
 
@@ -108,8 +116,7 @@ def check_signature(
         )
     if isinstance(key, dsa.DSAPublicKey):
         return SignatureCheck.UNSUPPORTED, (
-            f"issuer {describe(issuer)} of {what} has a DSA key, a legacy algorithm that is "
-            "not supported"
+            f"issuer {describe(issuer)} of {what} has a DSA key, a legacy algorithm that is not supported"
         )
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         return SignatureCheck.DISALLOWED, (
@@ -119,14 +126,12 @@ def check_signature(
         return SignatureCheck.DISALLOWED, (
             f"EC key of issuer {describe(issuer)} uses disallowed curve {key.curve.name}"
         )
-    data = (signed.tbs_certificate_bytes if isinstance(signed, x509.Certificate)
-            else signed.tbs_certlist_bytes)
+    data = signed.tbs_certificate_bytes if isinstance(signed, x509.Certificate) else signed.tbs_certlist_bytes
     try:
         _verify(key, signed, data, _ALLOWED[signature_algorithm_der(signed)])
     except InvalidSignature:
         return SignatureCheck.BAD, (
-            f"signature of {what} does not verify under the public key of its issuer "
-            f"{describe(issuer)}"
+            f"signature of {what} does not verify under the public key of its issuer {describe(issuer)}"
         )
     except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
         # The issuer's key cannot have made this signature (e.g. an RSA signature under a
@@ -147,14 +152,16 @@ _PURE_KEY_TYPES: dict[str, type] = {
 }
 
 
-def _verify(key: object, signed: x509.Certificate | x509.CertificateRevocationList,
-            data: bytes, algorithm: str) -> None:
+def _verify(
+    key: object, signed: x509.Certificate | x509.CertificateRevocationList, data: bytes, algorithm: str
+) -> None:
     signature = signed.signature
     pure = _PURE_KEY_TYPES.get(algorithm)
     if pure is not None:
         if not isinstance(key, pure):
             raise ValueError(f"{algorithm} signature algorithm does not match issuer key type")
-        key.verify(signature, data)
+        verify: Callable[[bytes, bytes], None] = key.verify  # type: ignore[attr-defined]
+        verify(signature, data)
         return
     digest = signed.signature_hash_algorithm
     params = signed.signature_algorithm_parameters

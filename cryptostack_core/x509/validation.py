@@ -38,6 +38,7 @@ import itertools
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -61,10 +62,19 @@ __all__ = [
 ]
 
 #: Names accepted in :attr:`ValidationRequest.required_key_usage` (``x509.KeyUsage`` fields).
-KEY_USAGE_NAMES = frozenset({
-    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
-})
+KEY_USAGE_NAMES = frozenset(
+    {
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    }
+)
 #: Intermediates allowed between the leaf and the trust anchor unless the request says
 #: otherwise (pyca's default).
 DEFAULT_MAX_CHAIN_DEPTH = 8
@@ -143,16 +153,21 @@ class ValidationRequest:
         if eku is not None and not isinstance(eku, x509.ObjectIdentifier):
             raise bad("required_extended_key_usage must be an ObjectIdentifier or None")
         policies = self.initial_policy_set
-        if (not isinstance(policies, frozenset) or not policies
-                or not all(isinstance(p, x509.ObjectIdentifier) for p in policies)):
+        if (
+            not isinstance(policies, frozenset)
+            or not policies
+            or not all(isinstance(p, x509.ObjectIdentifier) for p in policies)
+        ):
             raise bad("initial_policy_set must be a non-empty frozenset of ObjectIdentifier")
-        for flag in ("initial_explicit_policy", "initial_policy_mapping_inhibit",
-                     "initial_any_policy_inhibit"):
+        for flag in (
+            "initial_explicit_policy",
+            "initial_policy_mapping_inhibit",
+            "initial_any_policy_inhibit",
+        ):
             if not isinstance(getattr(self, flag), bool):
                 raise bad(f"{flag} must be a bool")
         depth = self.max_chain_depth
-        if (not isinstance(depth, int) or isinstance(depth, bool)
-                or not 0 <= depth <= MAX_CHAIN_DEPTH_LIMIT):
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= MAX_CHAIN_DEPTH_LIMIT:
             raise bad(f"max_chain_depth must be an integer from 0 to {MAX_CHAIN_DEPTH_LIMIT}")
         if self.profile not in PROFILES:
             raise bad(f"unknown profile {self.profile!r} (one of {', '.join(PROFILES)})")
@@ -161,8 +176,9 @@ class ValidationRequest:
             try:
                 _ = cert.extensions
             except (ValueError, x509.DuplicateExtension) as exc:
-                raise bad(f"certificate {describe(cert)} has malformed extensions: "
-                          f"{library_detail(exc)}") from None
+                raise bad(
+                    f"certificate {describe(cert)} has malformed extensions: {library_detail(exc)}"
+                ) from None
         for crl in self.crls:
             try:
                 _ = crl.extensions
@@ -174,9 +190,12 @@ class ValidationRequest:
     @property
     def policy_settings(self) -> PolicySettings:
         """The four RFC 5280 policy inputs."""
-        return PolicySettings(self.initial_policy_set, self.initial_explicit_policy,
-                              self.initial_policy_mapping_inhibit,
-                              self.initial_any_policy_inhibit)
+        return PolicySettings(
+            self.initial_policy_set,
+            self.initial_explicit_policy,
+            self.initial_policy_mapping_inhibit,
+            self.initial_any_policy_inhibit,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,18 +255,15 @@ def _within(cert: x509.Certificate, time: datetime.datetime) -> bool:
     return cert.not_valid_before_utc <= time <= cert.not_valid_after_utc
 
 
-def _time_failure(out_of_window: list[x509.Certificate],
-                  time: datetime.datetime) -> _PathVerdict:
+def _time_failure(out_of_window: list[x509.Certificate], time: datetime.datetime) -> _PathVerdict:
     details = []
     for cert in out_of_window:
         if time > cert.not_valid_after_utc:
             details.append(f"{describe(cert)} expired at {cert.not_valid_after_utc.isoformat()}")
         else:
-            details.append(
-                f"{describe(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}")
+            details.append(f"{describe(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}")
     first = out_of_window[0]
-    result = (CertVerifyResult.EXPIRED if time > first.not_valid_after_utc
-              else CertVerifyResult.NOT_YET_VALID)
+    result = CertVerifyResult.EXPIRED if time > first.not_valid_after_utc else CertVerifyResult.NOT_YET_VALID
     return _PathVerdict(result, f"at {time.isoformat()}: " + "; ".join(details))
 
 
@@ -263,8 +279,13 @@ class _Engine:
 
     # ------------------------------------------------------------------ path search
 
-    def search(self, leaf: x509.Certificate, anchors: Sequence[x509.Certificate],
-               settings: PolicySettings, crl_depth: int) -> _PathVerdict:
+    def search(
+        self,
+        leaf: x509.Certificate,
+        anchors: Sequence[x509.Certificate],
+        settings: PolicySettings,
+        crl_depth: int,
+    ) -> _PathVerdict:
         max_length = 2 * self.request.max_chain_depth + 4
         builder = PathBuilder(anchors, self.request.intermediates, max_length)
         best: _PathVerdict | None = None
@@ -276,21 +297,21 @@ class _Engine:
                 return verdict
             if best is None or _RANK[verdict.result] < _RANK[best.result]:
                 best = verdict
-        limit = (" (the search stopped at its limit of candidate paths)"
-                 if builder.truncated else "")
+        limit = " (the search stopped at its limit of candidate paths)" if builder.truncated else ""
         if best is None:
             shown = "; ".join(dict.fromkeys(builder.dead_ends[:5])) or "no candidate path"
-            return _PathVerdict(CertVerifyResult.UNTRUSTED,
-                                f"no path to a trust anchor: {shown}{limit}")
+            return _PathVerdict(CertVerifyResult.UNTRUSTED, f"no path to a trust anchor: {shown}{limit}")
         if count > 1:
             return dataclasses.replace(
-                best, reason=f"best of {count} candidate paths failed: {best.reason}{limit}")
+                best, reason=f"best of {count} candidate paths failed: {best.reason}{limit}"
+            )
         return best
 
     # ------------------------------------------------------------------ one path
 
-    def evaluate(self, path: list[x509.Certificate], settings: PolicySettings,
-                 crl_depth: int) -> _PathVerdict:
+    def evaluate(
+        self, path: list[x509.Certificate], settings: PolicySettings, crl_depth: int
+    ) -> _PathVerdict:
         anchor = path[-1]
         chain = path[-2::-1]  # certificates 1..n of RFC 5280 6.1, anchor excluded
         unsupported = disallowed = ""
@@ -320,16 +341,19 @@ class _Engine:
         shown = frozenset(p.dotted_string for p in policies)
         return _PathVerdict(CertVerifyResult.VALID, "", list(path), shown)
 
-    def structure(self, anchor: x509.Certificate, chain: list[x509.Certificate],
-                  settings: PolicySettings) -> tuple[str | None, frozenset[x509.ObjectIdentifier]]:
+    def structure(
+        self, anchor: x509.Certificate, chain: list[x509.Certificate], settings: PolicySettings
+    ) -> tuple[str | None, frozenset[x509.ObjectIdentifier]]:
         """RFC 5280 6.1.3-6.1.5 and the profile; (first problem, user-constrained policies)."""
         request = self.request
         n = len(chain)
         if n == 0:
             return None, frozenset({ANY_POLICY})
         if n - 1 > request.max_chain_depth:
-            return (f"the path has {n - 1} intermediates, at most {request.max_chain_depth} "
-                    "are allowed (max chain depth)"), frozenset()
+            return (
+                f"the path has {n - 1} intermediates, at most {request.max_chain_depth} "
+                "are allowed (max chain depth)"
+            ), frozenset()
         constraints = NameConstraintsState()
         max_path_length = n
         length_owner, length_value = "", n
@@ -352,8 +376,9 @@ class _Engine:
                 last = i == n
                 self_issued = names_equal(cert.issuer, cert.subject)
                 problem = None if last else self.issuer_problem(cert, "issuing certificate")
-                problem = problem or profile_problem(cert, as_issuer=not last,
-                                                     profile=request.profile, who=who)
+                problem = problem or profile_problem(
+                    cert, as_issuer=not last, profile=request.profile, who=who
+                )
                 if problem:
                     return problem, frozenset()
                 if last or not self_issued:  # 6.1.3 (b)-(c)
@@ -373,21 +398,27 @@ class _Engine:
                         return problem, frozenset()
                 if not self_issued:  # 6.1.4 (l)
                     if max_path_length <= 0:
-                        return (f"path length constraint violated: pathLenConstraint "
-                                f"{length_value} of {length_owner} is exceeded by {who} (self-issued "
-                                "certificates are not counted, RFC 5280 6.1.4 (l))"
-                                ), frozenset()
+                        return (
+                            f"path length constraint violated: pathLenConstraint "
+                            f"{length_value} of {length_owner} is exceeded by {who} (self-issued "
+                            "certificates are not counted, RFC 5280 6.1.4 (l))"
+                        ), frozenset()
                     max_path_length -= 1
                 bc = _ext_value(cert, x509.BasicConstraints)
-                if (isinstance(bc, x509.BasicConstraints) and bc.path_length is not None
-                        and bc.path_length < max_path_length):  # 6.1.4 (m)
+                if (
+                    isinstance(bc, x509.BasicConstraints)
+                    and bc.path_length is not None
+                    and bc.path_length < max_path_length
+                ):  # 6.1.4 (m)
                     max_path_length = length_value = bc.path_length
                     length_owner = who
         except PolicyError as exc:
             return str(exc), frozenset()
         except BudgetExceeded:
-            return ("name constraint checking exceeds its limit of comparisons for one path "
-                    "(name constraint work limit)"), frozenset()
+            return (
+                "name constraint checking exceeds its limit of comparisons for one path "
+                "(name constraint work limit)"
+            ), frozenset()
         raise AssertionError("unreachable: the loop returns at the last certificate")
 
     def issuer_problem(self, cert: x509.Certificate, role: str) -> str | None:
@@ -406,8 +437,9 @@ class _Engine:
         if role != "trust anchor":
             unknown = unknown_critical(cert)
             if unknown:
-                return (f"{who} has unsupported critical extension(s) {', '.join(unknown)} "
-                        "(RFC 5280 6.1.4 (o))")
+                return (
+                    f"{who} has unsupported critical extension(s) {', '.join(unknown)} (RFC 5280 6.1.4 (o))"
+                )
         return self.eku_problem(cert, "CA certificate")
 
     def leaf_problem(self, cert: x509.Certificate) -> str | None:
@@ -415,16 +447,18 @@ class _Engine:
         who = describe(cert)
         unknown = unknown_critical(cert)
         if unknown:
-            return (f"{who} has unsupported critical extension(s) {', '.join(unknown)} "
-                    "(RFC 5280 6.1.5 (f))")
+            return f"{who} has unsupported critical extension(s) {', '.join(unknown)} (RFC 5280 6.1.5 (f))"
         ku = _ext_value(cert, x509.KeyUsage)
         if isinstance(ku, x509.KeyUsage):
             bc = _ext_value(cert, x509.BasicConstraints)
             if ku.key_cert_sign and not (isinstance(bc, x509.BasicConstraints) and bc.ca):
-                return (f"keyUsage of {who} asserts keyCertSign but it is not a CA "
-                        "(basicConstraints cA is not set; RFC 5280 4.2.1.3)")
-            missing = [name for name in sorted(self.request.required_key_usage)
-                       if not _key_usage_bit(ku, name)]
+                return (
+                    f"keyUsage of {who} asserts keyCertSign but it is not a CA "
+                    "(basicConstraints cA is not set; RFC 5280 4.2.1.3)"
+                )
+            missing = [
+                name for name in sorted(self.request.required_key_usage) if not _key_usage_bit(ku, name)
+            ]
             if missing:
                 return f"keyUsage of leaf certificate {who} lacks {', '.join(missing)}"
         return self.eku_problem(cert, "leaf certificate")
@@ -435,8 +469,7 @@ class _Engine:
         if required is None or not isinstance(eku, x509.ExtendedKeyUsage):
             return None
         if required not in eku and _ANY_EKU not in eku:
-            return (f"extendedKeyUsage of {role} {describe(cert)} does not allow "
-                    f"{required.dotted_string}")
+            return f"extendedKeyUsage of {role} {describe(cert)} does not allow {required.dotted_string}"
         return None
 
     # ------------------------------------------------------------------ revocation
@@ -444,10 +477,14 @@ class _Engine:
     def revocation(self, path: list[x509.Certificate], crl_depth: int) -> _PathVerdict | None:
         anchor = path[-1]
         context = RevocationContext(
-            crls=self.request.crls, time=self.time, profile=self.request.profile,
-            pool=self.pool, anchor=anchor,
+            crls=self.request.crls,
+            time=self.time,
+            profile=self.request.profile,
+            pool=self.pool,
+            anchor=anchor,
             validate_signer=lambda cert, depth: self.validate_signer(cert, anchor, depth),
-            depth=crl_depth)
+            depth=crl_depth,
+        )
         unknown: list[str] = []
         for cert, issuer in itertools.pairwise(path):
             status, why = certificate_status(cert, issuer, context)
@@ -459,11 +496,8 @@ class _Engine:
             return _PathVerdict(CertVerifyResult.REVOCATION_STATUS_UNKNOWN, "; ".join(unknown))
         return None
 
-    def validate_signer(self, cert: x509.Certificate, anchor: x509.Certificate,
-                        depth: int) -> str:
+    def validate_signer(self, cert: x509.Certificate, anchor: x509.Certificate, depth: int) -> str:
         """RFC 5280 6.3.3 (f): a CRL signer's own path to ``anchor``; "" when VALID."""
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         key = (cert.public_bytes(Encoding.DER), anchor.public_bytes(Encoding.DER))
         if key in self._signer_cache:
             return self._signer_cache[key]
@@ -498,8 +532,7 @@ def validate_path(request: ValidationRequest) -> ValidationOutcome:
     time = request.validation_time.astimezone(datetime.UTC).replace(microsecond=0)
     if not request.anchors:
         return ValidationOutcome(CertVerifyResult.UNTRUSTED, [], "no trust anchors were supplied")
-    verdict = _Engine(request, time).search(request.leaf, request.anchors,
-                                            request.policy_settings, 0)
+    verdict = _Engine(request, time).search(request.leaf, request.anchors, request.policy_settings, 0)
     if verdict.result is None:
         raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, verdict.reason)
     return ValidationOutcome(verdict.result, verdict.chain, verdict.reason, verdict.policies)
