@@ -207,7 +207,8 @@ class ValidationOutcome:
         chain: the validated path, leaf first and trust anchor last; empty unless VALID.
         reason: precise explanation of a failure (certificate and rule); ``""`` when VALID.
         policies: the user-constrained policy set of a VALID path (RFC 5280 6.1.6), as
-            dotted OIDs; ``{"2.5.29.32.0"}`` (anyPolicy) when no policy was constrained.
+            dotted OIDs in the trust anchor's policy domain: empty when the certificates
+            assert no policy, ``{"2.5.29.32.0"}`` when the path is valid for any policy.
     """
 
     result: CertVerifyResult
