@@ -1,7 +1,7 @@
 """The certificate engine: parsing, RFC 5280 path validation and CRL checking.
 
-Standalone (it imports only ``cryptography`` and the core's error and resource types, never
-daemon code). The daemon's certificate service calls :func:`parse_certificate`,
+Standalone (it imports only ``cryptography`` and the wire vocabulary, never client or
+server code). The daemon's certificate service calls :func:`parse_certificate`,
 :func:`parse_crl`, :func:`validate_path`, :func:`public_key_algorithm` and :func:`spki_der`.
 
 One module per concern:
