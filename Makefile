@@ -66,7 +66,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy cryptostack_core $(wildcard plugins/*/cryptostack_*)
+	$(BIN)/mypy cryptostack_core $(patsubst %/__init__.py,%,$(wildcard plugins/*/cryptostack_*/__init__.py))
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache
