@@ -12,7 +12,11 @@ import pytest
 import cryptostack_core as cs
 from cryptostack_core.testing.daemon import DaemonProcess
 
+TEST_DAEMON: dict[str, Any] = {"allow_test_providers": True}
+"""The core suite runs on the mock provider, which a config must allow explicitly."""
+
 BASE_CONFIG: dict[str, Any] = {
+    "daemon": TEST_DAEMON,
     "providers": [{"name": "mock", "id": 1}],
     "key_slots": [
         {
@@ -44,8 +48,7 @@ BASE_CONFIG: dict[str, Any] = {
 def mock_config(**daemon: Any) -> dict[str, Any]:
     """A fresh copy of the base config, with extra ``[daemon]`` settings."""
     config = copy.deepcopy(BASE_CONFIG)
-    if daemon:
-        config["daemon"] = daemon
+    config["daemon"].update(daemon)
     return config
 
 

@@ -123,6 +123,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def cert_daemon(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     config = {
+        "daemon": {"allow_test_providers": True},
         "providers": [{"name": "mock", "id": 1}],
         "cert_slots": [
             {"name": "DeviceCert", "file": pki.file("device.pem")},
@@ -495,7 +496,8 @@ def test_malformed_wire_arguments_are_invalid_argument(cert_daemon: DaemonProces
 
 @pytest.mark.needs_plugins
 def test_certificate_keys_the_mock_cannot_hold_go_to_openssl(pki: Pki, tmp_path: Path) -> None:
-    config = {"providers": [{"name": "mock", "id": 1}, {"name": "openssl", "id": 2}],
+    config = {"daemon": {"allow_test_providers": True},
+              "providers": [{"name": "mock", "id": 1}, {"name": "openssl", "id": 2}],
               "cert_slots": [{"name": "DeviceCert", "file": pki.file("device.pem")}]}
     with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack() as stack:
         ctx = stack.create_crypto_context()
@@ -525,7 +527,7 @@ def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
         pki: Pki, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     config = {
-        "daemon": {"audit_log": str(audit)},
+        "daemon": {"audit_log": str(audit), "allow_test_providers": True},
         "providers": [{"name": "mock", "id": 1}],
         "cert_slots": [
             {"name": "DeviceCert", "file": pki.file("device.pem")},
@@ -637,7 +639,8 @@ def test_bad_certificate_file_in_config_refuses_start(case: str, pki: Pki,
         bad.write_bytes(content)
     config: dict[str, Any] = {
         "daemon": {"socket": str(tmp_path / "d.sock"),
-                   "keystore": str(tmp_path / "keystore.sqlite3")},
+                   "keystore": str(tmp_path / "keystore.sqlite3"), "allow_test_providers": True,
+                   "allow_root": True},
         "providers": [{"name": "mock", "id": 1}],
         "cert_slots": [{"name": "DeviceCert", "file": pki.file("device.pem")}],
         "trust_stores": [{"name": "RootCA", "anchors": [pki.file("root.pem")],

@@ -155,7 +155,8 @@ def test_provider_that_fails_to_load_is_reported(
     config = mock_config()
     config["providers"] += [{"name": "mock", "id": 9, "options": {"unavailable": "no token"}}]
     config["providers"][1]["name"] = "mock"
-    config["providers"] = [config["providers"][0], {"name": "nosuchprovider", "id": 8}]
+    config["providers"] = [config["providers"][0],
+                           {"name": "nosuchprovider", "id": 8, "optional": True}]
     d = daemon_factory(config)
     with d.stack() as stack:
         providers = {p["id"]: p for p in stack.status()["providers"]}

@@ -217,6 +217,7 @@ def test_mac_slot_and_truncated_tags(any_stack: cs.CryptoStack) -> None:
 
 def test_timeouts_default_override_disable(tmp_path: object) -> None:
     config = {
+        "daemon": {"allow_test_providers": True},
         "providers": [
             {
                 "name": "mock",

@@ -124,6 +124,7 @@ def test_kek_file_with_loose_permissions_is_refused(tmp_path: Path) -> None:
 
 def _two_mock_stack(extractable: bool) -> cs.CryptoStack:
     config = {
+        "daemon": {"allow_test_providers": True},
         "providers": [
             {"name": "mock", "id": 1, "options": {"algorithms": ["AES-256", "AES-256-CBC"],
                                                   "extractable": extractable}},
@@ -181,10 +182,19 @@ def test_garbage_collected_guard_is_released(inproc_stack: cs.CryptoStack) -> No
     assert err.value.code is E.RESOURCE_NOT_FOUND
 
 
-def test_inproc_default_config_uses_an_installed_provider() -> None:
+def test_inproc_default_config_uses_an_installed_provider_never_the_mock() -> None:
+    from cryptostack_core.server.discovery import available_provider_names
+
+    if "openssl" not in available_provider_names():  # the core alone (make test-core-only)
+        with pytest.raises(cs.CryptoError) as err:
+            cs.create_crypto_stack()
+        assert err.value.code is E.PROVIDER_UNAVAILABLE
+        assert "no provider installed: pip install cryptostack-openssl" in err.value.message
+        return
     with cs.create_crypto_stack() as stack:
         providers = stack.status()["providers"]
-        assert providers and all(p["state"] == "ready" for p in providers)
+        assert [p["name"] for p in providers] == ["openssl"]
+        assert all(p["state"] == "ready" for p in providers)
         h = stack.create_crypto_context().create_hash_context(
             cs.HashContextConfig().set_algorithm("SHA-256"))
         assert len(h.single_shot(b"x")) == 32

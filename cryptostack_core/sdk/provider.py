@@ -191,6 +191,9 @@ class Provider(abc.ABC):
 
     name: ClassVar[str] = "provider"
     """Entry-point name; used in logs and status."""
+    test_only: ClassVar[bool] = False
+    """True for providers made for tests (the mock): a daemon serves them only when its
+    config says ``allow_test_providers = true``, and then warns at start and in ``status``."""
 
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:

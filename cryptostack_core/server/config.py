@@ -28,6 +28,8 @@ class ProviderConfig:
     name: str
     id: int
     options: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False
+    """True: the daemon starts (and reports it unavailable) when it cannot start."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,11 @@ class DaemonConfig:
 
     source: str = "<built-in>"
     socket: Path | None = None
-    keystore: Path | None = None  # None: in memory (in-process stacks only)
+    keystore: Path | None = None
+    """None: a daemon uses ``<state dir>/keystore.sqlite3``; an in-process service keeps
+    keys in memory (see :mod:`cryptostack_core.server.paths`)."""
+    keystore_in_memory: bool = False
+    """``keystore = ":memory:"``: keys are lost when the service stops (logged as a warning)."""
     kek_file: Path | None = None
     kek_provider: int | None = None
     audit_log: Path | None = None
@@ -86,6 +92,10 @@ class DaemonConfig:
     max_buffered_message: int = 64 * 1024 * 1024
     worker_threads: int = 16
     hello_timeout: float = 10.0
+    allow_test_providers: bool = False
+    """Serve providers that are for tests only (the mock); logged as a warning."""
+    allow_root: bool = False
+    """Let the daemon run as root (refused by default, as Parsec does)."""
     provider_preference: tuple[int, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     key_slots: tuple[KeySlotConfig, ...] = ()
@@ -123,7 +133,10 @@ _DAEMON_KEYS = {
     "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
     "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
     "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
+    "allow_test_providers", "allow_root",
 }
+MEMORY_KEYSTORE = ":memory:"
+"""The ``[daemon] keystore`` value that keeps keys in memory only."""
 
 
 class _Parser:
@@ -145,6 +158,11 @@ class _Parser:
                 maximum is not None and value > maximum):
             bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
             raise self.fail(where, f"expected an integer {bound}, got {value!r}")
+        return value
+
+    def bool_(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {value!r}")
         return value
 
     def uids(self, where: str, value: Any) -> tuple[int, ...] | None:
@@ -182,6 +200,12 @@ class _Parser:
             raise self.fail("[daemon]", "expected a table")
         self.check_keys("[daemon]", daemon, _DAEMON_KEYS)
         kw: dict[str, Any] = {"source": self.source}
+        if daemon.get("keystore") == MEMORY_KEYSTORE:
+            kw["keystore_in_memory"] = True
+            daemon = {k: v for k, v in daemon.items() if k != "keystore"}
+        for key in ("allow_test_providers", "allow_root"):
+            if key in daemon:
+                kw[key] = self.bool_(f"[daemon] {key}", daemon[key])
         for key in ("socket", "keystore", "kek_file", "audit_log", "state_dir"):
             if key in daemon:
                 kw[key] = self.path(f"[daemon] {key}", daemon[key])
@@ -199,7 +223,7 @@ class _Parser:
         ids: set[int] = set()
         for i, entry in enumerate(self.table_list(data, "providers"), 1):
             where = f"[[providers]] #{i}"
-            self.check_keys(where, entry, {"name", "id", "options"})
+            self.check_keys(where, entry, {"name", "id", "options", "optional"})
             name = entry.get("name")
             if not isinstance(name, str) or not name:
                 raise self.fail(where, "needs 'name' (an entry-point name in cryptostack.providers)")
@@ -211,7 +235,8 @@ class _Parser:
             options = entry.get("options", {})
             if not isinstance(options, Mapping):
                 raise self.fail(where, "'options' must be a table")
-            providers.append(ProviderConfig(name, pid, dict(options)))
+            optional = self.bool_(f"{where} optional", entry.get("optional", False))
+            providers.append(ProviderConfig(name, pid, dict(options), optional))
         kw["providers"] = tuple(providers)
 
         if "hello_timeout" in daemon:

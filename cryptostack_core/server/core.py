@@ -19,10 +19,11 @@ from typing import Any
 
 import pluggy
 
-from cryptostack_core.sdk.provider import Provider, ProviderKey
+from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState
+from cryptostack_core.server import paths
 from cryptostack_core.server.arguments import invalid, rid_arg
 from cryptostack_core.server.config import DaemonConfig, KeySlotConfig
-from cryptostack_core.server.discovery import LoadedProvider, load_provider
+from cryptostack_core.server.discovery import LoadedProvider, ProviderStartError, load_provider
 from cryptostack_core.server.hooks import (
     AccessRequest,
     AuditEvent,
@@ -34,7 +35,7 @@ from cryptostack_core.server.keystore import KeyStore
 from cryptostack_core.server.selection import ProviderSet
 from cryptostack_core.server.session import Handle, KeyEntry, Session
 from cryptostack_core.server.states import ContextState
-from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec, KeyClass
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
 from cryptostack_core.wire.permissions import has_permission
@@ -77,8 +78,53 @@ class ServiceCore:
             os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"cryptostack-{os.getpid()}"
         config_dir = Path(config.source).resolve().parent if not config.source.startswith(
             "<") else Path.cwd()
-        loaded = [load_provider(p, self.state_root, config_dir) for p in config.providers]
+        self.warnings: list[str] = []
+        """What an operator must hear: logged at start and listed by ``status``."""
+        loaded = [load_provider(p, self.state_root, config_dir,
+                                allow_test_providers=config.allow_test_providers)
+                  for p in config.providers]
         self.providers = ProviderSet(loaded, config.preference)
+        try:
+            self._require_providers()
+            self.keystore = self._open_keystore()
+        except BaseException:
+            self._close_providers()
+            self._audit_logger.close()
+            raise
+        for warning in self.warnings:
+            log.warning("%s", warning)
+        self.slots = {s.name: s for s in config.key_slots}
+        self.cert_slots = {s.name: s for s in config.cert_slots}
+        self.trust_stores = {s.name: s for s in config.trust_stores}
+        self.sessions: dict[int, Session] = {}
+        self._session_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.provision_slots()
+
+    def _require_providers(self) -> None:
+        """ProviderStartError unless every provider not marked ``optional`` is up."""
+        down = []
+        for loaded in self.providers.by_id.values():
+            if loaded.instance is not None and loaded.instance.test_only:
+                self.warnings.append(f"provider {loaded.name} ({loaded.id}) is a test provider "
+                                     "(allow_test_providers = true): not for production")
+            state, reason = loaded.state()
+            if state is not ProviderState.UNAVAILABLE:
+                continue
+            if loaded.config.optional:
+                self.warnings.append(f"optional provider {loaded.name} ({loaded.id}) is "
+                                     f"unavailable: {reason}")
+                continue
+            down.append(f"[[providers]] {loaded.name} (id {loaded.id}): {reason}")
+        if down:
+            raise ProviderStartError(
+                f"{self.config.source}: provider(s) cannot start: {'; '.join(down)} (mark a "
+                "provider optional = true to start without it)")
+
+    def _open_keystore(self) -> KeyStore:
+        config = self.config
+        self.warnings += paths.storage_warnings(config)
         kek_source = None
         if config.kek_provider is not None:
             kp = self.providers.get(config.kek_provider)
@@ -87,15 +133,21 @@ class ServiceCore:
                                   f"kek_provider {kp.name} ({kp.id}) cannot protect the key "
                                   f"store: {kp.load_error or 'it offers no KEK source'}")
             kek_source = kp.instance.kek_source()
-        self.keystore = KeyStore.open(config.keystore, kek_source, config.kek_file)
-        self.slots = {s.name: s for s in config.key_slots}
-        self.cert_slots = {s.name: s for s in config.cert_slots}
-        self.trust_stores = {s.name: s for s in config.trust_stores}
-        self.sessions: dict[int, Session] = {}
-        self._session_ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._provision_slots()
+        if paths.in_memory(config):
+            return KeyStore.open(None)
+        assert config.keystore is not None
+        kek, notes = paths.kek_location(config)
+        self.warnings += notes
+        paths.prepare_kek(config.keystore, kek)
+        return KeyStore.open(config.keystore, kek_source, kek)
+
+    def _close_providers(self) -> None:
+        for loaded in self.providers.by_id.values():
+            if loaded.instance is not None:
+                try:
+                    loaded.instance.close()
+                except Exception:
+                    log.exception("provider %s failed to close", loaded.name)
 
     # --- lifecycle -------------------------------------------------------------------
     def close(self) -> None:
@@ -107,14 +159,13 @@ class ServiceCore:
             sessions = list(self.sessions.values())
         for session in sessions:
             self.close_session(session)
-        for loaded in self.providers.by_id.values():
-            if loaded.instance is not None:
-                try:
-                    loaded.instance.close()
-                except Exception:
-                    log.exception("provider %s failed to close", loaded.name)
+        self._close_providers()
         self.keystore.close()
         self._audit_logger.close()
+
+    def reopen_audit(self, path: Path | None) -> None:
+        """Reopen the audit log (after rotation, on SIGHUP), at ``path`` from now on."""
+        self._audit_logger.reopen(path)
 
     def open_session(self, peer: PeerIdentity) -> Session:
         """Register a client."""
@@ -187,16 +238,18 @@ class ServiceCore:
                               f"uid {session.peer.uid} may not {action} {rtype.value} {name!r}")
 
     def require_permission(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
-                           alternatives: P = P.NONE) -> None:
-        """KEY_OPERATION_NOT_PERMITTED (audited) unless the key allows ``wanted`` (or one of
-        ``alternatives``)."""
+                           alternatives: P = P.NONE, operation: Operation | None = None) -> None:
+        """KEY_OPERATION_NOT_PERMITTED (audited as ``operation``) unless the key allows
+        ``wanted`` (or one of ``alternatives``)."""
         ok = has_permission(entry.permissions, wanted) or (
             alternatives and bool(int(entry.permissions) & int(alternatives)))
         if not ok:
             names = (wanted | alternatives).name or str(wanted)
+            # One spelling in the audit log: Operation values ("encrypt"), lower case.
+            spelled = operation.value if operation is not None else names.lower()
             self.audit(session, "key.use", entry.slot or "ephemeral key",
                        ErrorCode.KEY_OPERATION_NOT_PERMITTED.value, provider=entry.home.id,
-                       algorithm=algorithm, operation=str(names))
+                       algorithm=algorithm, operation=spelled)
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               f"the key ({entry.algorithm}) does not permit "
                               f"{str(names).replace('|', ' or ')} (it allows "
@@ -325,7 +378,8 @@ class ServiceCore:
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
                         compatible=record.compatible, slot=name)
 
-    def _provision_slots(self) -> None:
+    def provision_slots(self) -> None:
+        """Fill every empty slot marked ``provision``/``import`` (at start and on reload)."""
         for slot in self.config.key_slots:
             if not (slot.provision or slot.import_file) or self.keystore.slot(slot.name):
                 continue

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.discovery import available_provider_names
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 # Well-known ids, as in the design document (openssl 2, pkcs11 5).
 WELL_KNOWN_IDS = {"mock": 1, "openssl": 2, "oqs": 3, "tpm2": 4, "pkcs11": 5}
+DEFAULT_PROVIDERS = ("openssl",)
+"""Providers the built-in config uses when installed. Never the mock: it is for tests only
+and must be configured explicitly (``allow_test_providers = true``)."""
 
 
 def default_config() -> DaemonConfig:
-    """In-memory key store; the software providers that are installed.
+    """In-memory key store (no slots are declared); the software provider.
 
-    The software provider when installed; otherwise the mock provider, so the core still
-    works (``status`` says it is a test provider). Other providers need a config file.
+    PROVIDER_UNAVAILABLE when no default provider is installed: the core alone cannot do
+    cryptography honestly, and says what to install.
     """
     installed = set(available_provider_names())
-    names: list[str] = ["openssl"] if "openssl" in installed else ["mock"]
+    names = [n for n in DEFAULT_PROVIDERS if n in installed]
+    if not names:
+        raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
+                          "no provider installed: pip install cryptostack-openssl (or configure "
+                          "providers with CryptoStackConfig.set_daemon_config)")
     return DaemonConfig.from_mapping(
         {"providers": [{"name": n, "id": WELL_KNOWN_IDS[n]} for n in names]},
         source="<built-in inproc config>")

@@ -13,10 +13,18 @@ from stevedore.driver import DriverManager
 
 from cryptostack_core.sdk.provider import Provider, ProviderEnvironment, ProviderState
 from cryptostack_core.server.config import ProviderConfig
-from cryptostack_core.wire.errors import CryptoError
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 NAMESPACE = "cryptostack.providers"
 log = logging.getLogger("cryptostack.discovery")
+
+
+class ProviderStartError(CryptoError):
+    """A configured provider that is not ``optional`` could not start: the service does
+    not start either (the daemon exits with status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.PROVIDER_UNAVAILABLE, message)
 
 
 def available_provider_names() -> list[str]:
@@ -56,7 +64,7 @@ class LoadedProvider:
         """Facts for ``status``."""
         state, reason = self.state()
         info: dict[str, Any] = {"id": self.id, "name": self.name, "state": state.value,
-                                "reason": reason}
+                                "reason": reason, "optional": self.config.optional}
         if self.instance is not None:
             try:
                 info.update(self.instance.describe())
@@ -65,17 +73,44 @@ class LoadedProvider:
         return info
 
 
-def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path) -> LoadedProvider:
-    """Instantiate and start one provider; any failure is captured, never raised."""
+def provider_class(name: str) -> type[Provider]:
+    """The class behind entry point ``name`` (imports the plugin, instantiates nothing)."""
+    mgr: DriverManager[Any] = DriverManager(NAMESPACE, name, invoke_on_load=False,
+                                            on_load_failure_callback=_reraise)
+    cls = mgr.driver
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise TypeError(f"entry point {name!r} is not a Provider class")
+    return cls
+
+
+def missing_provider_reason(name: str) -> str:
+    """Why ``name`` cannot be loaded when no such entry point is installed."""
+    return (f"no provider named {name!r} is installed (entry point group {NAMESPACE}); "
+            f"installed: {', '.join(available_provider_names()) or 'none'}")
+
+
+def test_provider_refusal(config: ProviderConfig) -> str:
+    """Why a test provider is refused in a config without ``allow_test_providers``."""
+    return (f"{config.name} is a test provider (not for production: its keys and behaviour "
+            "are for tests); set [daemon] allow_test_providers = true to serve it anyway")
+
+
+def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
+                  allow_test_providers: bool = False) -> LoadedProvider:
+    """Instantiate and start one provider; any failure is captured, never raised.
+
+    A ``test_only`` provider is refused (captured as its load error) unless
+    ``allow_test_providers``.
+    """
     state_dir = state_root / f"{config.name}-{config.id}"
     env = ProviderEnvironment(state_dir=state_dir, config_dir=config_dir,
                               logger=logging.getLogger(f"cryptostack.provider.{config.name}"))
     try:
+        cls = provider_class(config.name)
+        if cls.test_only and not allow_test_providers:
+            return _failed(config, test_provider_refusal(config))
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        mgr: DriverManager[Provider] = DriverManager(NAMESPACE, config.name, invoke_on_load=True,
-                            invoke_args=(config.id, config.options, env),
-                            on_load_failure_callback=_reraise)
-        instance = mgr.driver
+        instance = cls(config.id, config.options, env)
         if not isinstance(instance, Provider):
             raise TypeError(f"entry point {config.name!r} did not produce a Provider")
         instance.start()
@@ -86,9 +121,12 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path) ->
             raise
         reason = str(exc) or type(exc).__name__
         if "No 'cryptostack.providers' driver found" in reason or "No ''" in reason:
-            reason = (f"no provider named {config.name!r} is installed (entry point group "
-                      f"{NAMESPACE}); installed: {', '.join(available_provider_names()) or 'none'}")
+            reason = missing_provider_reason(config.name)
         return _failed(config, reason)
+    if cls.test_only:
+        log.warning("provider %s (id %d) is a TEST provider, served because "
+                    "allow_test_providers = true: never use it in production",
+                    config.name, config.id)
     log.info("provider %s (id %d) ready", config.name, config.id)
     return LoadedProvider(config, instance)
 

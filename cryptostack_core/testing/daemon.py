@@ -52,8 +52,11 @@ class DaemonProcess:
     """``python -m cryptostack_core daemon`` on a private socket and key store.
 
     ``config`` mirrors the TOML file; ``[daemon] socket`` and ``keystore`` default to files
-    in ``directory``. Use as a context manager; ``kill()``/``start()`` restart it on the
-    same state.
+    in ``directory``, and ``allow_root`` to true when the tests run as root (a test
+    daemon runs as whoever runs the tests; set it to false to test the refusal). Test
+    providers are not allowed by default: a config that uses the mock says
+    ``allow_test_providers = true``. Use as a context manager; ``kill()``/``start()``
+    restart it on the same state.
     """
 
     def __init__(self, directory: Path, config: Mapping[str, Any],
@@ -63,6 +66,8 @@ class DaemonProcess:
         daemon = dict(config.get("daemon", {}))
         daemon.setdefault("socket", str(self.directory / "daemon.sock"))
         daemon.setdefault("keystore", str(self.directory / "keystore.sqlite3"))
+        if os.geteuid() == 0:
+            daemon.setdefault("allow_root", True)
         self.config = {**config, "daemon": daemon}
         self.socket_path = Path(daemon["socket"])
         self.config_path = self.directory / "daemon.toml"

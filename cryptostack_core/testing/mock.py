@@ -3,13 +3,19 @@
 It implements a small real algorithm set (so flows can be checked against known answers)
 and adds fault injection:
 
+It is a test provider (``test_only``): a daemon serves it only with ``[daemon]
+allow_test_providers = true``, and the default stack never picks it.
+
 ``options``:
-    ``seed`` (str): keys are derived from it and a counter, so runs are reproducible.
+    ``seed`` (str): keys and random bytes are derived from it and a counter, so runs are
+    reproducible. Without a seed they come from the OS (``os.urandom``).
     ``delay`` (float s): sleep in every call; ``delays`` ({call: seconds}) per call name.
     ``fail`` ({call: ERROR_CODE or "crash"}): raise that error from the call.
     ``algorithms`` (list): restrict the capabilities.
     ``extractable`` (bool, default true): whether keys may move to other providers.
     ``unavailable`` (str): fail ``start()`` with this reason.
+    ``down_file`` (path): while this file exists, ``state()`` reports UNAVAILABLE with its
+    content as the reason (a backend that goes away after start, for health checks).
 
 Call names: ``generate_key import_key export_key persist_key load_stored_key random derive
 hash.init hash.update hash.finalize cipher.init cipher.update cipher.finalize sign.init
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -52,6 +59,7 @@ from cryptostack_core.sdk import (
     Provider,
     ProviderEnvironment,
     ProviderKey,
+    ProviderState,
     SignOperation,
     StoredKey,
     VerifyOperation,
@@ -60,7 +68,8 @@ from cryptostack_core.sdk import (
 HASHES = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512", "SHA3-256": "sha3_256"}
 SYMMETRIC = {"AES-128": 16, "AES-256": 32, "HMAC-SHA-256": 32, "HMAC-SHA-512": 64,
              "GENERIC-SECRET": 32}
-CIPHERS = {"AES-128-CBC": "AES-128", "AES-256-CBC": "AES-256", "AES-256-GCM": "AES-256"}
+CIPHERS = {"AES-128-CBC": "AES-128", "AES-256-CBC": "AES-256", "AES-128-GCM": "AES-128",
+           "AES-256-GCM": "AES-256"}
 MACS = {"HMAC-SHA-256": "sha256", "HMAC-SHA-512": "sha512"}
 SIGNATURES = ("ECDSA-P256", "Ed25519")
 
@@ -81,11 +90,13 @@ class MockProvider(Provider):
     """See the module docstring."""
 
     name = "mock"
+    test_only = True
 
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        self._seed = str(self.options.get("seed", "cryptostack-mock")).encode()
+        seed = self.options.get("seed")
+        self._seed = None if seed is None else str(seed).encode()
         self._counter = 0
         self._lock = threading.Lock()
         self.delay = float(self.options.get("delay", 0))
@@ -100,8 +111,19 @@ class MockProvider(Provider):
         if reason:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, str(reason))
 
+    def state(self) -> tuple[ProviderState, str]:
+        down = self.options.get("down_file")
+        if down:
+            try:
+                with open(down, encoding="utf-8") as reason:
+                    return ProviderState.UNAVAILABLE, reason.read().strip() or "down"
+            except FileNotFoundError:
+                pass
+        return ProviderState.READY, ""
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": "mock (test provider, not for production)"}
+        return {"kind": "mock (test provider, not for production)",
+                "randomness": "seeded (reproducible)" if self._seed is not None else "os.urandom"}
 
     # --- fault injection -------------------------------------------------------------
     def fault(self, call: str) -> None:
@@ -117,6 +139,8 @@ class MockProvider(Provider):
             raise CryptoError(ErrorCode(failure), f"injected failure in {call}")
 
     def _derive(self, label: str, size: int) -> bytes:
+        if self._seed is None:
+            return os.urandom(size)
         with self._lock:
             self._counter += 1
             counter = self._counter

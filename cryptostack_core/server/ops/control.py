@@ -68,6 +68,7 @@ class ControlOps:
             "trust_stores": sorted(core.trust_stores),
             "clients": [{"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid,
                          "gid": s.peer.gid, **s.counts()} for s in core.session_list()],
+            "warnings": list(core.warnings),
         }
 
     def explain(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, object]]:
@@ -138,9 +139,14 @@ class ControlOps:
                 "permissions": 0, "algorithm": None, "provider": None}
 
     def close_context(self, call: Call, args: Mapping[str, Any]) -> None:
-        """Close one of the caller's contexts."""
+        """Close one of the caller's contexts (``quiet``: it may be gone already)."""
         number = args.get("ctx")
-        call.session.context(number)
+        try:
+            call.session.context(number)
+        except CryptoError as exc:
+            if args.get("quiet") and exc.code is ErrorCode.RESOURCE_NOT_FOUND:
+                return  # closes queued by collected contexts: it may be gone already
+            raise
         handle = call.session.pop(number)  # type: ignore[arg-type]
         if handle is not None:
             self.core.release_handle(handle)

@@ -24,7 +24,7 @@ from cryptostack_core.testing.daemon import DaemonProcess
 
 PKI = Path(__file__).resolve().parents[3] / "examples" / "pki"
 DESIGN_CONFIG: dict[str, Any] = {
-    "providers": [{"name": "openssl", "id": 2}, {"name": "pkcs11", "id": 5}],
+    "providers": [{"name": "openssl", "id": 2}, {"name": "pkcs11", "id": 5, "optional": True}],
     "key_slots": [
         {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 2,
          "compatible_providers": [2, 5], "permissions": ["encrypt", "decrypt"],

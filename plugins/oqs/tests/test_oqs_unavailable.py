@@ -106,9 +106,9 @@ def test_unavailable_with_install_path_option_only(tmp_path: Path) -> None:
 
 def test_daemon_reports_oqs_unavailable_and_serves_the_rest(tmp_path: Path) -> None:
     env = _hidden_env(tmp_path)
-    config = {"providers": [
-        {"name": "oqs", "id": 3, "options": {"install_path": env["OQS_INSTALL_PATH"],
-                                              "system_search": False}},
+    config = {"daemon": {"allow_test_providers": True}, "providers": [
+        {"name": "oqs", "id": 3, "optional": True,
+         "options": {"install_path": env["OQS_INSTALL_PATH"], "system_search": False}},
         {"name": "mock", "id": 1, "options": {}}]}
     started = time.monotonic()
     with DaemonProcess(tmp_path / "daemon", config, env=env) as daemon:
