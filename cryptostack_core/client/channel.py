@@ -1,5 +1,5 @@
 """The channel every client object talks through: one transport, the stack's default
-deadline, and the releases that garbage-collected guards left behind.
+deadline, and the releases that garbage-collected guards and contexts left behind.
 
 Contexts and guards hold the channel, not the stack, so the stack can build them without
 an import loop.
@@ -16,6 +16,13 @@ from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import CryptoResourceId
 from cryptostack_core.wire.transport import Transport
 
+DATA_CHUNK = 8 * 1024 * 1024
+"""Largest data argument of one request: bigger buffers are split by the contexts, so
+nothing the caller passes can exceed the daemon's frame limit, and a deadline is checked
+between the pieces."""
+RELEASES_PER_BATCH = 64
+"""Queued releases sent in one batch; a longer queue goes out in several."""
+
 
 class Channel:
     """Sends requests over a transport; queued releases ride along with the next one."""
@@ -27,30 +34,51 @@ class Channel:
         self.transport = transport
         self.default_timeout = default_timeout
         self.closed = False
-        self._releases: list[CryptoResourceId] = []
-        self._release_lock = threading.Lock()
+        self._queued: list[dict[str, Any]] = []
+        self._queue_lock = threading.Lock()
+
+    @property
+    def max_chunk(self) -> int:
+        """The largest data argument to send in one request (well below the frame limit)."""
+        max_frame = getattr(self.transport, "max_frame", None)
+        if isinstance(max_frame, int) and max_frame > 0:
+            return max(512, min(DATA_CHUNK, max_frame // 2))
+        return DATA_CHUNK
+
+    def limit(self, name: str) -> int | None:
+        """A limit the service announced (``max_buffered_message`` ...), if known."""
+        server = getattr(self.transport, "server", None)
+        limits = server.get("limits") if isinstance(server, Mapping) else None
+        value = limits.get(name) if isinstance(limits, Mapping) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def queue_release(self, rid: CryptoResourceId) -> None:
         """Release ``rid`` with the next request (safe from a finalizer: no I/O here)."""
-        with self._release_lock:
-            self._releases.append(rid)
+        self.queue_call("resource.release", {"id": rid_to_wire(rid), "quiet": True})
+
+    def queue_call(self, op: str, args: Mapping[str, Any]) -> None:
+        """Send a request that must not fail (a quiet release or close) with the next one."""
+        with self._queue_lock:
+            self._queued.append({"op": op, "args": args})
 
     def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
         """Run one request (``timeout`` seconds, None: no deadline) and return its result."""
         if self.closed:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, "the stack is closed")
-        if not self._releases:
+        if not self._queued:
             return self.transport.call(op, args, timeout)
-        with self._release_lock:
-            queued, self._releases = self._releases, []
-        # Releases of garbage-collected guards ride along with this request.
-        releases = [{"op": "resource.release", "args": {"id": rid_to_wire(r), "quiet": True}}
-                    for r in queued]
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        # Releases of garbage-collected guards and contexts ride along with this request;
+        # a long queue goes first in batches of its own, so no batch grows without bound.
+        while len(queued) > RELEASES_PER_BATCH:
+            head, queued = queued[:RELEASES_PER_BATCH], queued[RELEASES_PER_BATCH:]
+            self.transport.call("batch", {"calls": head}, timeout)
         if op == "batch":
-            results = self.transport.call("batch", {"calls": [*releases, *args["calls"]]},
+            results = self.transport.call("batch", {"calls": [*queued, *args["calls"]]},
                                           timeout)
-            return results[len(releases):]
-        results = self.transport.call("batch", {"calls": [*releases, {"op": op, "args": args}]},
+            return results[len(queued):]
+        results = self.transport.call("batch", {"calls": [*queued, {"op": op, "args": args}]},
                                       timeout)
         return results[-1]
 

@@ -3,6 +3,8 @@ in the daemon, and the key slot's metadata object."""
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +18,8 @@ class CryptoResourceGuard:
     """Owns a daemon-side resource (key, certificate, CRL, trust store) until released.
 
     Accepted everywhere a :class:`CryptoResourceId` is. ``release()`` is idempotent; a guard
-    that is garbage-collected unreleased is released with the stack's next request.
+    that becomes unreachable unreleased is released with the stack's next request, with a
+    ``ResourceWarning`` (like an unclosed file).
     """
 
     def __init__(self, channel: Channel, rid: CryptoResourceId,
@@ -29,6 +32,8 @@ class CryptoResourceGuard:
         self.algorithm = algorithm
         self.provider = provider
         self._released = False
+        self._finalizer = weakref.finalize(self, _release_dropped, channel, rid, algorithm)
+        self._finalizer.atexit = False
 
     @classmethod
     def _from_wire(cls, channel: Channel, info: Mapping[str, Any]) -> CryptoResourceGuard:
@@ -67,6 +72,7 @@ class CryptoResourceGuard:
         if self._released:
             return
         self._released = True
+        self._finalizer.detach()
         self._channel.release(self._rid)
 
     def __enter__(self) -> CryptoResourceGuard:
@@ -75,17 +81,19 @@ class CryptoResourceGuard:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        if not getattr(self, "_released", True):
-            self._released = True
-            try:
-                self._channel.queue_release(self._rid)
-            except Exception:  # noqa: BLE001 - never raise from a finalizer
-                pass
-
     def __repr__(self) -> str:
         state = "released" if self._released else self._persistence.value.lower()
         return f"<CryptoResourceGuard {self._rid!r} {self.algorithm or ''} {state}>"
+
+
+def _release_dropped(channel: Channel, rid: CryptoResourceId, algorithm: str | None) -> None:
+    """Finalizer of an unreleased guard: queue its release (no I/O here) and warn."""
+    if channel.closed:
+        return  # disconnecting freed it
+    channel.queue_release(rid)
+    warnings.warn(f"cryptostack: {rid.type.value} guard #{rid.handle} ({algorithm or 'no algorithm'})"
+                  " was never released; it is released with the stack's next request (use "
+                  "'with' or release())", ResourceWarning, stacklevel=2)
 
 
 class KeySlotObject:

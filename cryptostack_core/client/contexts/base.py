@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self, TypeVar, Union
 
 from cryptostack_core.client.channel import Channel
@@ -15,6 +18,7 @@ from cryptostack_core.wire.resources import CryptoResourceId
 
 Duration = Union[dt.timedelta, float, int]
 ResourceLike = Union[CryptoResourceId, CryptoResourceGuard]
+BytesLike = Union[bytes, bytearray, memoryview]
 _C = TypeVar("_C", bound="ContextConfig")
 _UNSET: Any = object()
 
@@ -48,6 +52,30 @@ def rid_of(value: object, what: str = "resource") -> CryptoResourceId:
 def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
     """Wire form of an id or guard."""
     return rid_to_wire(rid_of(value, what))
+
+
+def byte_view(data: object, what: str = "data") -> memoryview:
+    """A flat byte view of a bytes-like argument (no copy); INVALID_ARGUMENT otherwise."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"{what} must be bytes-like, got {type(data).__name__}")
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        try:
+            view = view.cast("B")
+        except TypeError:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{what} must be a contiguous buffer") from None
+    return view
+
+
+def _close_dropped(channel: Channel, close_op: str, handle: int, what: str) -> None:
+    """Finalizer of an unclosed context: queue its close (no I/O here) and warn."""
+    if channel.closed:
+        return  # disconnecting freed it
+    channel.queue_call(close_op, {"ctx": handle, "quiet": True})
+    warnings.warn(f"cryptostack: {what} #{handle} was never closed; it is closed with the "
+                  "stack's next request (use 'with' or close())", ResourceWarning, stacklevel=2)
 
 
 class AlgorithmSetting:
@@ -112,19 +140,38 @@ class ContextParent(Protocol):
 
 class OperationContext:
     """Base of cipher, hash, sign, verify, KEM, agreement, key-management and certificate
-    contexts: a handle in the daemon, a timeout, and the error state after a timeout."""
+    contexts: a handle in the daemon, a timeout, and the error state after a timeout.
+
+    A context with a daemon handle that becomes unreachable unclosed is closed with the
+    stack's next request, with a ``ResourceWarning`` (like an unclosed file), so a loop that
+    forgets ``close()`` never exhausts the daemon's per-client context limit.
+    """
 
     _close_op = "context.close"
+    _finalizer: weakref.finalize[Any, Any] | None = None
 
     def __init__(self, parent: ContextParent, config: ContextConfig) -> None:
         self._parent = parent
         self._channel = parent._channel
         self._timeout = config.resolve_timeout(self._channel.default_timeout)
-        self._handle: int | None = None
+        self._handle = None
         self._error: str | None = None
         self._closed = False
         self._pending: list[dict[str, Any]] = []
         parent._register_child(self)
+
+    @property
+    def _handle(self) -> int | None:
+        """The daemon's number for this context (None until created)."""
+        return self.__handle
+
+    @_handle.setter
+    def _handle(self, value: int | None) -> None:
+        self.__handle = value
+        if value is not None and self._finalizer is None:
+            self._finalizer = weakref.finalize(self, _close_dropped, self._channel,
+                                               self._close_op, value, type(self).__name__)
+            self._finalizer.atexit = False
 
     @property
     def timeout(self) -> float | None:
@@ -149,14 +196,16 @@ class OperationContext:
         self._check()
         self._pending.append({"op": op, "args": args})
 
-    def _call(self, op: str, args: Mapping[str, Any]) -> Any:
+    def _call(self, op: str, args: Mapping[str, Any], timeout: Any = ...) -> Any:
         self._check()
+        if timeout is ...:
+            timeout = self._timeout
         try:
             if self._pending:
                 calls = [*self._pending, {"op": op, "args": args}]
                 self._pending = []
-                return self._channel.call("batch", {"calls": calls}, self._timeout)[-1]
-            return self._channel.call(op, args, self._timeout)
+                return self._channel.call("batch", {"calls": calls}, timeout)[-1]
+            return self._channel.call(op, args, timeout)
         except CryptoError as exc:
             if exc.code is ErrorCode.OPERATION_TIMED_OUT:
                 self._error = f"{op} timed out"
@@ -164,6 +213,30 @@ class OperationContext:
                 self._error = self._error or "a timeout"
             self._on_error(exc)
             raise
+
+    def _send_data(self, op: str, data: memoryview,
+                   args: Callable[[memoryview], Mapping[str, Any]]) -> list[Any]:
+        """Send ``data`` as one request or, when larger than the channel's chunk, as several
+        requests in order under one deadline (this call's timeout, checked between pieces);
+        returns each request's result."""
+        chunk = self._channel.max_chunk
+        if len(data) <= chunk:
+            return [self._call(op, args(data))]
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for offset in range(0, len(data), chunk):
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._error = f"{op} timed out"
+                    self._on_error(CryptoError(ErrorCode.OPERATION_TIMED_OUT, ""))
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      f"{op}: the {(timeout or 0) * 1000:.0f} ms deadline "
+                                      f"passed after {offset} of {len(data)} bytes")
+            results.append(self._call(op, args(data[offset:offset + chunk]), remaining))
+        return results
 
     def _on_error(self, exc: CryptoError) -> None:
         """Subclasses resynchronise their view of the stream state."""
@@ -173,6 +246,8 @@ class OperationContext:
         if self._closed:
             return
         self._closed = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
         self._pending = []
         if self._handle is not None and not self._channel.closed:
             try:
@@ -237,18 +312,18 @@ class StreamContext(OperationContext):
             self._buffer, self._buffered = [], 0
             self._defer(f"{self._family}.update", {"ctx": self._handle, "data": data})
 
-    def _absorb(self, data: bytes | bytearray | memoryview) -> None:
-        """Hash/sign/verify update: small chunks are coalesced and sent later."""
+    def _absorb(self, data: BytesLike) -> None:
+        """Hash/sign/verify update: small chunks are coalesced and sent later; large ones
+        are split into pieces the daemon takes (see :meth:`_send_data`)."""
         self._need_active("update")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"data must be bytes-like, got {type(data).__name__}")
-        size = len(data)
+        view = byte_view(data)
+        size = len(view)
         if size >= self._buffer_limit:
             self._flush_buffer()
-            self._call(f"{self._family}.update", {"ctx": self._handle, "data": bytes(data)})
+            self._send_data(f"{self._family}.update", view,
+                            lambda piece: {"ctx": self._handle, "data": piece})
             return
-        self._buffer.append(bytes(data))
+        self._buffer.append(bytes(view))
         self._buffered += size
         if self._buffered >= self._buffer_limit:
             self._flush_buffer()
