@@ -34,6 +34,10 @@ from cryptostack_core.client.contexts.sign import (
     VerifyContext,
     VerifyContextConfig,
 )
+from cryptostack_core.client.contexts.streaming import (
+    StreamingAeadContext,
+    StreamingAeadContextConfig,
+)
 from cryptostack_core.client.guards import CryptoResourceGuard, KeySlotObject
 from cryptostack_core.client.stack import (
     CryptoContext,
@@ -99,6 +103,8 @@ __all__ = [
     "RevocationCheckPolicy",
     "SignContext",
     "SignContextConfig",
+    "StreamingAeadContext",
+    "StreamingAeadContextConfig",
     "VerificationReport",
     "VerifyContext",
     "VerifyContextConfig",

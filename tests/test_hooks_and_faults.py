@@ -50,8 +50,11 @@ def test_hook_plugins_see_audit_metrics_and_decide_access(mock_config: Any) -> N
         stack._channel.transport.service.pm.register(recorder)  # type: ignore[attr-defined]
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
-        ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                  .set_key(slot).set_direction(cs.CipherDirection.ENCRYPT))
+        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
+                                        .set_key(slot).set_direction(cs.CipherDirection.ENCRYPT))
+        enc.init(bytes(16))
+        enc.update(b"audited at its outcome")
+        enc.finalize()
         denied = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
         with pytest.raises(cs.CryptoError) as err:
             ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
@@ -66,8 +69,9 @@ def test_hook_plugins_see_audit_metrics_and_decide_access(mock_config: Any) -> N
 
 
 def test_injected_provider_failures_abort_the_message_only() -> None:
-    config = {"providers": [{"name": "mock", "id": 1, "options": {
-        "fail": {"hash.finalize": "PROVIDER_ERROR", "sign.init": "crash"}}}]}
+    config = {"daemon": {"allow_test_providers": True},
+              "providers": [{"name": "mock", "id": 1, "options": {
+                  "fail": {"hash.finalize": "PROVIDER_ERROR", "sign.init": "crash"}}}]}
     with cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(config)) as stack:
         ctx = stack.create_crypto_context()
         h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
@@ -150,8 +154,27 @@ def test_aead_decryption_is_bounded_by_the_buffered_message_limit(mock_config: A
         with pytest.raises(cs.CryptoError) as err:
             dec.finalize()  # the message was discarded
         assert err.value.code is E.INVALID_STATE
-        # Encryption streams and is not limited.
+        # Encryption refuses up front what decryption could not take (ciphertext + tag).
         enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
                                         .set_key(key).set_direction(cs.CipherDirection.ENCRYPT))
         enc.init(bytes(12))
-        assert len(enc.update(bytes(10000)) + enc.finalize()) == 10016
+        assert len(enc.update(bytes(4080))) == 4080
+        with pytest.raises(cs.CryptoError) as err:
+            enc.update(b"x")  # 4081 + the 16-byte tag > 4096: nothing is sent
+        assert err.value.code is E.RESOURCE_EXHAUSTED and "streaming AEAD" in err.value.message
+        with pytest.raises(cs.CryptoError) as err:
+            enc.finalize()  # the message was discarded
+        assert err.value.code is E.INVALID_STATE
+        enc.init(bytes(12))
+        sealed = enc.update(b"m" * 4080) + enc.finalize()
+        assert len(sealed) == 4096  # exactly the limit: decryption takes it
+        dec.init(bytes(12))
+        dec.update(sealed)
+        assert dec.finalize() == b"m" * 4080
+        # The daemon enforces the same bound for a client that does not check first.
+        enc.init(bytes(12))
+        enc.update(bytes(4000))
+        handle = enc._handle
+        with pytest.raises(cs.CryptoError) as err:
+            stack._channel.call("cipher.update", {"ctx": handle, "data": bytes(81)}, 5)
+        assert err.value.code is E.RESOURCE_EXHAUSTED and "4096" in err.value.message

@@ -42,6 +42,10 @@ from cryptostack_core.client.contexts.sign import (
     VerifyContext,
     VerifyContextConfig,
 )
+from cryptostack_core.client.contexts.streaming import (
+    StreamingAeadContext,
+    StreamingAeadContextConfig,
+)
 from cryptostack_core.client.guards import KeySlotObject
 from cryptostack_core.client.transport import connect
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -181,6 +185,11 @@ class CryptoContext:
     def create_verify_context(self, config: VerifyContextConfig) -> VerifyContext:
         """Signature and MAC verification."""
         return VerifyContext(self, config)
+
+    def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
+                                      ) -> StreamingAeadContext:
+        """Authenticated encryption of data of any size, segment by segment."""
+        return StreamingAeadContext(self, config)
 
     def create_kem_context(self, config: KemContextConfig) -> KemContext:
         """Key encapsulation."""

@@ -205,7 +205,7 @@ class UnixTransport(Transport):
                 raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
             if self._shm_usable:
                 args = self._offload(op, args, timeout)
-            return self._roundtrip(op, args, timeout)
+            return self._roundtrip(op, _inline_views(op, args), timeout)
 
     # --- shared memory for large buffers (see shm.py) ---------------------------------------
     def _offload(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Mapping[str, Any]:
@@ -302,6 +302,22 @@ class UnixTransport(Transport):
         if self._region is not None:
             self._region.close()
             self._region = None
+
+
+def _inline_views(op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``args`` with memoryview data arguments turned into bytes (CBOR would encode a
+    memoryview as a list of integers); the common case, no view, is returned as is."""
+    targets = [c.get("args", {}) for c in args.get("calls", [])] if op == "batch" else [args]
+    if not any(isinstance(t.get(k), memoryview) for t in targets for k in SHM_ARGUMENTS):
+        return args
+
+    def fixed(a: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in a.items()}
+
+    if op == "batch":
+        return {**args, "calls": [{**c, "args": fixed(c.get("args", {}))}
+                                  for c in args.get("calls", [])]}
+    return fixed(args)
 
 
 TRANSPORT_ENTRY_POINTS = "cryptostack.transports"

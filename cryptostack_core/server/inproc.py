@@ -32,6 +32,11 @@ class InprocTransport(Transport):
         self.service = service
         self._owns = owns_service
         self.session = service.open_session(PeerIdentity(os.getpid(), os.getuid(), os.getgid()))
+        config = service.core.config
+        # The limits a daemon announces in its hello, so clients size their data the same way.
+        self.server = {"limits": {"max_contexts": config.max_contexts_per_client,
+                                  "max_resources": config.max_resources_per_client,
+                                  "max_buffered_message": config.max_buffered_message}}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="cryptostack-inproc")
         self._closed = False

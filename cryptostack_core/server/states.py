@@ -226,7 +226,21 @@ class CipherState(StreamContextState):
 
     def _buffers_message(self) -> bool:
         # AEAD decryption releases nothing before the tag: the provider holds the message.
-        return self.aead and self.direction is CipherDirection.DECRYPT
+        # Encryption is bounded the same way, so nothing is sealed that could not be opened.
+        return self.aead
+
+    def _count(self, data: Buffer) -> None:
+        if self.direction is CipherDirection.DECRYPT:
+            super()._count(data)
+            return
+        self.buffered += len(data)
+        if self.buffered + self.tag_length > self.max_buffered:
+            self.abort()
+            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                              f"an {self.algorithm} message above {self.max_buffered} bytes with "
+                              "its tag could not be decrypted by this daemon (it holds an AEAD "
+                              "message whole; max_buffered_message): use a streaming AEAD such "
+                              "as AES-256-GCM-HKDF-1MB; the message was discarded")
 
     def _start(self, **params: Any) -> CipherOperation:
         iv = params.get("iv", b"")

@@ -48,6 +48,7 @@ class AlgorithmKind(enum.Enum):
     HASH = "hash"
     CIPHER = "cipher"
     AEAD = "aead"
+    STREAMING_AEAD = "streaming_aead"  # segmented AEAD for data of any size
     SIGNATURE = "signature"
     MAC = "mac"
     KEM = "kem"
@@ -207,6 +208,14 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
         "ChaCha20-Poly1305", K.AEAD, aliases=("CHACHA20-POLY1305",),
         key_class=sym, default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP,
         key_algorithms=("ChaCha20-Poly1305",), key_size=32, block_size=1, iv_size=12, tag_size=16))
+    # --- streaming AEAD (Tink's AES-GCM-HKDF streaming; docs/streaming-aead.md)
+    for bits in (128, 256):
+        for segment, label in ((4096, "4KB"), (1 << 20, "1MB")):
+            reg.register(AlgorithmSpec(
+                f"AES-{bits}-GCM-HKDF-{label}", K.STREAMING_AEAD, key_algorithms=(f"AES-{bits}",),
+                key_size=bits // 8, tag_size=16,
+                extra={"segment_size": segment, "aead": f"AES-{bits}-GCM",
+                       "kdf": "HKDF-SHA-256"}))
     # --- MACs (also key types)
     for h, size, block in [("SHA-256", 32, 64), ("SHA-384", 48, 128), ("SHA-512", 64, 128)]:
         name = f"HMAC-{h}"

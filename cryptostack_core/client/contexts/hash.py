@@ -7,6 +7,7 @@ from cryptostack_core.client.contexts.base import (
     ContextConfig,
     ContextParent,
     StreamContext,
+    byte_view,
 )
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
@@ -62,11 +63,16 @@ class HashContext(StreamContext):
         return len(digest)
 
     def single_shot(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Digest of ``data`` in one call (no init needed)."""
+        """Digest of ``data`` in one call (no init needed; large data goes in pieces)."""
         self._check()
         if self._state == "active":
             raise CryptoError(ErrorCode.INVALID_STATE,
                               "single_shot() while a message is in progress; reset() first")
-        digest: bytes = self._call("hash.single_shot", {"ctx": self._handle, "data": bytes(data)})
+        view = byte_view(data)
+        if len(view) > self._channel.max_chunk:
+            self.init()
+            self.update(view)
+            return self.finalize()
+        digest: bytes = self._call("hash.single_shot", {"ctx": self._handle, "data": bytes(view)})
         self._state = "done"
         return digest

@@ -3,6 +3,13 @@ driving their state machines (:mod:`cryptostack_core.server.states`) call by cal
 
 Each context family serves exactly the calls it has; the op table below lists every valid
 ``family.verb`` pair and nothing else.
+
+Audit: a keyed context yields one ``key.use`` record per operation *outcome* (a message
+finalised, verified, encapsulated ...), with ``result`` ``ok`` or the error code, and
+``operation`` spelt as :class:`~cryptostack_core.wire.algorithms.Operation` values. A
+decryption whose tag check fails, or a signature that does not verify, is recorded as
+``AUTHENTICATION_FAILED``; a message aborted by a provider failure records that failure.
+Creating a context is not an outcome (refusals at creation are audited by the checks).
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ from cryptostack_core.server.states import (
     ContextState,
     HashState,
     KemState,
+    MessagePhase,
     SignState,
     StreamContextState,
     VerifyState,
 )
+from cryptostack_core.server.streaming import StreamFormat, StreamingAeadState
 from cryptostack_core.wire.algorithms import AlgorithmKind, AlgorithmSpec, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
@@ -43,11 +52,14 @@ MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (
 MAX_CONTEXT_STRING = 255  # bytes (FIPS 204/205 context strings)
 
 STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
-                    "sign": Operation.SIGN, "verify": Operation.VERIFY}
+                    "sign": Operation.SIGN, "verify": Operation.VERIFY,
+                    "streaming_aead": Operation.ENCRYPT}
 """The provider operation behind each stream family (for inline decisions)."""
 SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
                     "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
 """Calls that produce a secret key, and their provider operation."""
+MESSAGE_ENDS = frozenset({"finalize", "single_shot"})
+"""Stream calls that end a message: each is one audited outcome of a keyed context."""
 
 
 class ContextOps:
@@ -84,6 +96,11 @@ class ContextOps:
             "verify.update": stream(VerifyState, update),
             "verify.finalize": stream(VerifyState, _verify_finalize),
             "verify.reset": stream(VerifyState, reset),
+            "streaming_aead.create": self.streaming_aead_create,
+            "streaming_aead.init": stream(StreamingAeadState, _streaming_init),
+            "streaming_aead.update": stream(StreamingAeadState, update),
+            "streaming_aead.finalize": stream(StreamingAeadState, finalize),
+            "streaming_aead.reset": stream(StreamingAeadState, reset),
             "kem.create": self.kem_create,
             "kem.encapsulate": self.encapsulate,
             "kem.decapsulate": self.decapsulate,
@@ -95,13 +112,15 @@ class ContextOps:
     def _keyed_context(self, call: Call, args: Mapping[str, Any], spec: AlgorithmSpec,
                        operation: Operation, wanted: P,
                        build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ContextState],
-                       alternatives: P = P.NONE) -> dict[str, Any]:
+                       alternatives: P = P.NONE, select_as: str | None = None) -> dict[str, Any]:
         core = self.core
         entry = core.key_argument(call, args)
         try:
-            core.require_permission(call.session, entry, wanted, spec.name, alternatives)
+            core.require_permission(call.session, entry, wanted, spec.name, alternatives,
+                                    operation)
             core.check_key_algorithm(spec, entry)
-            loaded = core.providers.select(spec.name, operation, key=entry.placement,
+            loaded = core.providers.select(select_as or spec.name, operation,
+                                           key=entry.placement,
                                            pinned=int_arg(args, "provider", default=None))
             pkey = core.key_on(call.session, entry, loaded)
             ctx = build(loaded, entry, pkey)
@@ -114,9 +133,15 @@ class ContextOps:
         except BaseException:
             ctx.close()
             raise
-        core.audit(call.session, "key.use", entry.slot or "ephemeral key", provider=loaded.id,
-                   algorithm=spec.name, operation=operation.value)
         return {"ctx": number, **info}
+
+    def _audit_use(self, call: Call, ctx: ContextState, operation: Operation, result: str,
+                   detail: str = "") -> None:
+        """One outcome of a keyed context."""
+        key = ctx.key
+        self.core.audit(call.session, "key.use", (key.slot if key else None) or "ephemeral key",
+                        result, provider=ctx.loaded.id, algorithm=ctx.algorithm,
+                        operation=operation.value, detail=detail)
 
     def hash_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A hash context (no key)."""
@@ -145,6 +170,28 @@ class ContextOps:
         return self._keyed_context(call, args, spec, operation, wanted, lambda loaded, entry, pkey:
                                    CipherState(spec, loaded, entry, pkey, self.max_buffered,
                                                direction, tag_length))
+
+    def streaming_aead_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        """A streaming AEAD context (:mod:`cryptostack_core.server.streaming`)."""
+        spec = algorithm_arg(args)
+        if spec.kind is not AlgorithmKind.STREAMING_AEAD:
+            raise invalid(f"{spec.name} is not a streaming AEAD (AES-256-GCM-HKDF-1MB, ...)")
+        direction = enum_arg(args, "direction", CipherDirection)
+        encrypt = direction is CipherDirection.ENCRYPT
+        fmt = StreamFormat.of(spec)
+
+        def build(loaded: LoadedProvider, entry: KeyEntry, pkey: ProviderKey) -> ContextState:
+            instance = self.core.provider_instance(loaded)
+            if not instance.supports(fmt.kdf, Operation.DERIVE):
+                raise CryptoError(ErrorCode.NO_COMPATIBLE_PROVIDER,
+                                  f"provider {loaded.name} ({loaded.id}) runs {fmt.aead} but not "
+                                  f"{fmt.kdf}, which {spec.name} needs")
+            return StreamingAeadState(spec, loaded, entry, pkey, direction)
+
+        return self._keyed_context(call, args, spec,
+                                   Operation.ENCRYPT if encrypt else Operation.DECRYPT,
+                                   P.ENCRYPT if encrypt else P.DECRYPT, build,
+                                   select_as=fmt.aead)
 
     @staticmethod
     def _context_string(spec: AlgorithmSpec, args: Mapping[str, Any]) -> bytes:
@@ -214,50 +261,81 @@ class ContextOps:
                                        spec, loaded, entry, pkey, derived))
 
     # --- secrets -------------------------------------------------------------------------
-    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey,
-                    operation: str) -> dict[str, Any]:
+    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey) -> dict[str, Any]:
         # A derived secret is not bound to a slot's compatible list: if its provider lets it
         # out, any provider may use it (e.g. HKDF on openssl from an ML-KEM-512 secret on oqs).
         entry = KeyEntry(algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
                          permissions=ctx.derived_permissions, home=ctx.loaded, pkey=pkey,
                          persistence=ResourcePersistence.EPHEMERAL,
                          compatible=self.core.providers.preference)
-        self.core.audit(call.session, f"key.{operation}", "ephemeral key", provider=ctx.loaded.id,
-                        algorithm=ctx.algorithm)
         return self.core.add_key(call, entry)
+
+    def _secret_call(self, call: Call, ctx: KemState, operation: Operation,
+                     run: Callable[[], Any]) -> Any:
+        """Run one secret-producing call and audit its outcome."""
+        try:
+            result = run()
+        except CryptoError as exc:
+            self._audit_use(call, ctx, operation, exc.code.value)
+            raise
+        except Exception:
+            self._audit_use(call, ctx, operation, ErrorCode.PROVIDER_ERROR.value)
+            raise
+        self._audit_use(call, ctx, operation, "ok")
+        return result
 
     def encapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A ciphertext and the secret it carries (the secret stays in the daemon)."""
         ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
         assert ctx.key is not None and ctx.pkey is not None
-        self.core.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm)
-        with ctx.lock:
-            ct, secret = ctx.provider.encapsulate(ctx.algorithm, ctx.pkey,
-                                                  ctx.derived_permissions)
-        return {"ciphertext": ct, "key": self._secret_key(call, ctx, secret, "encapsulate")}
+        self.core.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm,
+                                     operation=Operation.ENCAPSULATE)
+        pkey = ctx.pkey
+
+        def run() -> dict[str, Any]:
+            with ctx.lock:
+                ct, secret = ctx.provider.encapsulate(ctx.algorithm, pkey,
+                                                      ctx.derived_permissions)
+            return {"ciphertext": ct, "key": self._secret_key(call, ctx, secret)}
+
+        result: dict[str, Any] = self._secret_call(call, ctx, Operation.ENCAPSULATE, run)
+        return result
 
     def decapsulate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """The secret a ciphertext carries (needs the private key)."""
         ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
         assert ctx.key is not None and ctx.pkey is not None
-        self.core.require_permission(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm)
+        self.core.require_permission(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm,
+                                     operation=Operation.DECAPSULATE)
         if not ctx.key.has_private:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               "decapsulation needs the private key; this is a public key")
         ciphertext = bytes(data_arg(args, "ciphertext"))
-        with ctx.lock:
-            secret = ctx.provider.decapsulate(ctx.algorithm, ctx.pkey, ciphertext,
-                                              ctx.derived_permissions)
-        return self._secret_key(call, ctx, secret, "decapsulate")
+        pkey = ctx.pkey
+
+        def run() -> dict[str, Any]:
+            with ctx.lock:
+                secret = ctx.provider.decapsulate(ctx.algorithm, pkey, ciphertext,
+                                                  ctx.derived_permissions)
+            return self._secret_key(call, ctx, secret)
+
+        result: dict[str, Any] = self._secret_call(call, ctx, Operation.DECAPSULATE, run)
+        return result
 
     def agree(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """The shared secret with a peer's public key."""
         ctx: AgreementState = self.core.context(call, args.get("ctx"), AgreementState)
         assert ctx.pkey is not None
         peer = bytes(data_arg(args, "peer"))
-        with ctx.lock:
-            secret = ctx.provider.agree(ctx.algorithm, ctx.pkey, peer, ctx.derived_permissions)
-        return self._secret_key(call, ctx, secret, "agree")
+        pkey = ctx.pkey
+
+        def run() -> dict[str, Any]:
+            with ctx.lock:
+                secret = ctx.provider.agree(ctx.algorithm, pkey, peer, ctx.derived_permissions)
+            return self._secret_key(call, ctx, secret)
+
+        result: dict[str, Any] = self._secret_call(call, ctx, Operation.AGREE, run)
+        return result
 
     # --- streams -------------------------------------------------------------------------
     def _stream_call(self, kind: type[_S], run: Callable[[_S, Mapping[str, Any]], Any]) -> Op:
@@ -265,8 +343,41 @@ class ContextOps:
             ctx = self.core.context(call, args.get("ctx"), kind)
             with ctx.lock:
                 ctx.check_usable()
-                return run(ctx, args)
+                if ctx.key is None:  # hashing: no key, nothing to audit
+                    return run(ctx, args)
+                active = ctx.state is MessagePhase.ACTIVE
+                try:
+                    result = run(ctx, args)
+                except Exception as exc:
+                    # A failure that ended the message in progress is its outcome.
+                    if active and ctx.state is not MessagePhase.ACTIVE:
+                        code = exc.code if isinstance(exc, CryptoError) else \
+                            ErrorCode.PROVIDER_ERROR
+                        if ctx.error is not None:
+                            code = ErrorCode.OPERATION_TIMED_OUT
+                        self._audit_use(call, ctx, _outcome_operation(ctx), code.value)
+                    raise
+                if ctx.state is MessagePhase.DONE and active:
+                    if ctx.error is not None:  # finished after the caller gave up on it
+                        self._audit_use(call, ctx, _outcome_operation(ctx),
+                                        ErrorCode.OPERATION_TIMED_OUT.value,
+                                        "completed after the caller's deadline; result dropped")
+                    elif result is False:  # a signature or MAC that did not verify
+                        self._audit_use(call, ctx, _outcome_operation(ctx),
+                                        ErrorCode.AUTHENTICATION_FAILED.value,
+                                        "the signature did not verify")
+                    else:
+                        self._audit_use(call, ctx, _outcome_operation(ctx), "ok")
+                return result
         return serve
+
+
+def _outcome_operation(ctx: ContextState) -> Operation:
+    """The operation a stream context's message performed (the audit spelling)."""
+    direction = getattr(ctx, "direction", None)
+    if direction is not None:
+        return Operation.ENCRYPT if direction is CipherDirection.ENCRYPT else Operation.DECRYPT
+    return Operation.VERIFY if isinstance(ctx, VerifyState) else Operation.SIGN
 
 
 # --- one call on a stream context's state machine (run under the context's lock) ----------
@@ -276,6 +387,10 @@ def _init(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
 
 def _cipher_init(ctx: CipherState, args: Mapping[str, Any]) -> None:
     ctx.init(iv=bytes(data_arg(args, "iv")) if args.get("iv") is not None else b"")
+
+
+def _streaming_init(ctx: StreamingAeadState, args: Mapping[str, Any]) -> None:
+    ctx.init(aad=bytes(data_arg(args, "aad")) if args.get("aad") is not None else b"")
 
 
 def _update(ctx: StreamContextState, args: Mapping[str, Any]) -> Any:

@@ -229,7 +229,8 @@ class KeyOps:
         info = bytes(data_arg(args, "info")) if args.get("info") is not None else b""
         entry = self.core.key_argument(call, args)
         try:
-            self.core.require_permission(call.session, entry, P.DERIVE, spec.name)
+            self.core.require_permission(call.session, entry, P.DERIVE, spec.name,
+                                         operation=Operation.DERIVE)
             loaded = self.core.providers.select(spec.name, Operation.DERIVE, key=entry.placement)
             pkey = self.core.key_on(call.session, entry, loaded)
             new = self.core.provider_instance(loaded).derive(
