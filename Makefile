@@ -20,11 +20,15 @@ PYTEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-# Debian packages the real backends need (SoftHSM2, swtpm, the TSS for tpm2-pytss).
+# Debian packages the real backends need (SoftHSM2, swtpm, the TSS for tpm2-pytss), and
+# systemd's tools for the service tests (systemd-socket-activate, systemd-analyze) when the
+# machine lacks them.
 deb-packages:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v systemd-socket-activate >/dev/null && command -v systemd-analyze >/dev/null \
+	  || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -1,4 +1,9 @@
-"""The ``cryptostack`` command line: ``daemon``, ``status``, ``explain``."""
+"""The ``cryptostack`` command line: ``daemon``, ``status``, ``health``, ``explain``,
+``check``, ``keystore backup``.
+
+Exit status: 0 success; 1 failure (unreachable daemon, unhealthy provider, error);
+2 the daemon cannot start with this configuration (bad config, a required provider that
+cannot start, root without ``allow_root``) or ``check`` found a problem."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 import os
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 from cryptostack_core.server.config import ConfigError, DaemonConfig
@@ -25,7 +31,8 @@ def _stack(endpoint: str) -> Any:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from cryptostack_core.server.daemon import run_daemon
+    from cryptostack_core.server.daemon import DaemonStartError, run_daemon
+    from cryptostack_core.server.discovery import ProviderStartError
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -34,6 +41,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         run_daemon(config)
     except ConfigError as exc:
         print(f"cryptostack: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except (DaemonStartError, ProviderStartError) as exc:
+        print(f"cryptostack: cannot start: {exc}", file=sys.stderr)
         return 2
     except CryptoError as exc:
         print(f"cryptostack: cannot start: {exc}", file=sys.stderr)
@@ -61,6 +71,8 @@ def _print_status(status: dict[str, Any]) -> None:
             print(f"  {c['name']:<24} {'OCCUPIED' if c['occupied'] else 'EMPTY':<9} {c['subject']}")
     if status.get("trust_stores"):
         print("trust stores: " + ", ".join(status["trust_stores"]))
+    for warning in status.get("warnings", []):
+        print(f"WARNING: {warning}")
     print(f"clients ({len(status['clients'])}):")
     for c in status["clients"]:
         print(f"  pid {c['pid']:>7}  uid {c['uid']:>5}  contexts {c['contexts']:>4}  "
@@ -74,6 +86,69 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         _print_status(status)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """0 when every required provider is up; 1 otherwise (or when the daemon is unreachable)."""
+    with _stack(args.endpoint) as stack:
+        status = stack.status()
+    down = [p for p in status["providers"]
+            if p["state"] == "unavailable" and not p.get("optional")]
+    for p in status["providers"]:
+        mark = "DOWN" if p in down else p["state"]
+        note = " (optional)" if p.get("optional") else ""
+        reason = f": {p['reason']}" if p.get("reason") else ""
+        print(f"{p['name']} ({p['id']}){note}: {mark}{reason}")
+    for warning in status.get("warnings", []):
+        print(f"WARNING: {warning}")
+    print("unhealthy: a required provider is down" if down else "healthy")
+    return 1 if down else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from cryptostack_core.server.check import check_config
+
+    report = check_config(Path(args.config))
+    for fact in report.facts:
+        print(fact)
+    for warning in report.warnings:
+        print(f"WARNING: {warning}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    print(f"{args.config}: " + ("OK" if report.ok else
+                                f"{len(report.problems)} problem(s); the daemon would not start"))
+    return 0 if report.ok else 2
+
+
+def cmd_keystore_backup(args: argparse.Namespace) -> int:
+    from cryptostack_core.server import paths
+    from cryptostack_core.server.backup import backup_store
+
+    if args.keystore:
+        store = Path(args.keystore)
+        kek = None
+    else:
+        try:
+            config = paths.daemon_defaults(DaemonConfig.load(args.config))
+        except ConfigError as exc:
+            print(f"cryptostack: bad configuration: {exc}", file=sys.stderr)
+            return 2
+        if paths.in_memory(config) or config.keystore is None:
+            print("cryptostack: this configuration keeps its keys in memory: nothing to back up",
+                  file=sys.stderr)
+            return 1
+        store = config.keystore
+        kek = paths.kek_location(config)[0]
+    try:
+        result = backup_store(store, Path(args.output))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"cryptostack: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {store} to {result.path} ({result.size} bytes: {result.key_slots} key "
+          f"slots, {result.cert_slots} certificate slots, {result.trust_stores} trust stores)")
+    print("the key-encryption key is NOT in this backup: back it up separately"
+          + (f" ({kek})" if kek is not None else "") + "; see docs/operations.md")
     return 0
 
 
@@ -110,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+    h = sub.add_parser("health", help="exit 0 when every required provider is up, else 1")
+    h.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    h.set_defaults(func=cmd_health)
+    c = sub.add_parser("check", help="validate a daemon configuration without starting it")
+    c.add_argument("--config", required=True, help="TOML configuration file")
+    c.set_defaults(func=cmd_check)
+    k = sub.add_parser("keystore", help="key store maintenance")
+    ksub = k.add_subparsers(dest="keystore_command", required=True)
+    b = ksub.add_parser("backup", help="online backup of the key store (not the KEK)")
+    where = b.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the daemon's configuration (finds its key store)")
+    where.add_argument("--keystore", help="the key store file")
+    b.add_argument("output", help="backup file to create (never overwritten)")
+    b.set_defaults(func=cmd_keystore_backup)
     e = sub.add_parser("explain", help="which provider would run an operation, and why")
     e.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     e.add_argument("--algorithm", required=True)

@@ -6,6 +6,11 @@ the others) and is bounded by the request's deadline: at the deadline the client
 OPERATION_TIMED_OUT, the context enters its error state and the result, if it ever comes,
 is dropped. The socket appears (mode 0660 by default) only once the daemon is ready, and
 is removed on SIGTERM/SIGINT.
+
+Lifecycle for operators (docs/operations.md): the daemon refuses to run as root unless
+``allow_root = true``; under systemd it takes a socket-activated listener
+(``LISTEN_FDS``) instead of binding its own, and reports ``READY=1`` / ``RELOADING=1`` /
+``STOPPING=1`` (:mod:`.systemd`); SIGHUP reloads what is safe (:mod:`.reload`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptostack_core.server import paths
 from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.hooks import PeerIdentity
+from cryptostack_core.server.reload import Reloader
 from cryptostack_core.server.request import Request
 from cryptostack_core.server.service import Call, Service
 from cryptostack_core.server.session import Session
+from cryptostack_core.server.systemd import Notifier, listen_sockets, unix_stream_listener
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import (
     SUPPORTED_VERSIONS,
@@ -40,6 +48,11 @@ from cryptostack_core.wire.version import __version__
 
 log = logging.getLogger("cryptostack.daemon")
 MAX_IN_FLIGHT = 64  # requests one client may have outstanding
+
+
+class DaemonStartError(Exception):
+    """The daemon refuses to start (root without ``allow_root``, no usable socket): the
+    command exits with status 2 and this message."""
 
 
 def peer_identity(sock: socket.socket | None) -> PeerIdentity:
@@ -241,12 +254,19 @@ class Connection(asyncio.Protocol):
 class DaemonServer:
     """Owns the listening socket, the worker pools and the service."""
 
-    def __init__(self, config: DaemonConfig, service: Service | None = None) -> None:
-        if config.socket is None:
+    def __init__(self, config: DaemonConfig, service: Service | None = None, *,
+                 listener: socket.socket | None = None, notifier: Notifier | None = None,
+                 reloader: Reloader | None = None) -> None:
+        if config.socket is None and listener is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{config.source}: [daemon] socket is not set")
         self.config = config
+        self.listener = listener
+        self.notifier = notifier or Notifier(None)
         self.service = service or Service(config)
+        self.reloader = reloader or Reloader(self.service.core, None)
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
         self.connections: set[Connection] = set()
         self.control_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="cryptostack-control")
@@ -270,9 +290,38 @@ class DaemonServer:
             else self.control_pool
 
     async def serve(self) -> None:
-        """Listen until SIGTERM/SIGINT."""
+        """Listen until SIGTERM/SIGINT; SIGHUP reloads."""
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if self.listener is not None:
+            # Socket activation: systemd bound the socket and owns its path.
+            path = Path(self.listener.getsockname())
+            self.listener.setblocking(False)
+            self._server = await self.loop.create_unix_server(lambda: Connection(self),
+                                                              sock=self.listener)
+            owned: Path | None = None
+            log.info("serving the socket passed by socket activation (%s)", path)
+        else:
+            try:
+                path = await self._bind()
+            except BaseException:
+                await self.loop.run_in_executor(None, self.service.close)
+                raise
+            owned = path
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        log.info("cryptostack daemon %s ready on %s (pid %d)", __version__, path, os.getpid())
+        print(f"cryptostack daemon ready on unix://{path}", flush=True)
+        self.notifier.notify("READY=1", f"STATUS=serving on {path}", f"MAINPID={os.getpid()}")
+        try:
+            await self._stopping.wait()
+        finally:
+            self.notifier.notify("STOPPING=1", "STATUS=shutting down")
+            await self._shutdown(owned)
+
+    async def _bind(self) -> Path:
+        """Create the configured socket; it appears only when ready, with its final mode."""
         path = Path(self.config.socket)  # type: ignore[arg-type]
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
@@ -291,26 +340,43 @@ class DaemonServer:
         sock.listen(128)
         self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
         os.rename(tmp, path)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self._stopping.set)
-        log.info("cryptostack daemon %s ready on %s (pid %d)", __version__, path, os.getpid())
-        print(f"cryptostack daemon ready on unix://{path}", flush=True)
-        try:
-            await self._stopping.wait()
-        finally:
-            await self._shutdown(path)
+        return path
+
+    def _on_sighup(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True  # one more pass once the running reload ends
+            return
+        self._reload_task = self.loop.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        """Reload on the control pool (file reads, provisioning); serving goes on."""
+        while True:
+            self._reload_again = False
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
+            log.info("SIGHUP: reloading %s", self.config.source)
+            try:
+                changes = await self.loop.run_in_executor(self.control_pool,
+                                                          self.reloader.reload)
+                log.info("reload complete: %d change(s)", len(changes))
+            except Exception:
+                log.exception("reload failed; the running configuration stays")
+            self.notifier.notify("READY=1", "STATUS=serving")
+            if not self._reload_again:
+                return
 
     def stop(self) -> None:
         """Ask :meth:`serve` to return."""
         if self._stopping is not None:
             self.loop.call_soon_threadsafe(self._stopping.set)
 
-    async def _shutdown(self, path: Path) -> None:
+    async def _shutdown(self, path: Path | None) -> None:
         log.info("shutting down")
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        if path is not None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -334,9 +400,37 @@ def _socket_alive(path: Path) -> bool:
         probe.close()
 
 
+ROOT_REFUSAL = ("refusing to run as root: a flaw in the daemon or a provider would then own "
+                "the machine; run it as a dedicated user (contrib/systemd has the units) or set "
+                "[daemon] allow_root = true")
+
+
 def run_daemon(config: DaemonConfig) -> None:
-    """Run in the foreground until SIGTERM/SIGINT (uses uvloop when installed)."""
-    server = DaemonServer(config)
+    """Run in the foreground until SIGTERM/SIGINT (uses uvloop when installed).
+
+    Refuses root unless ``allow_root``; takes a socket-activated listener when systemd
+    passes one; fills in the default state directory and key store (:mod:`.paths`).
+    """
+    if os.geteuid() == 0 and not config.allow_root:
+        raise DaemonStartError(ROOT_REFUSAL)
+    activated = listen_sockets()
+    listener = unix_stream_listener(activated)
+    for sock in activated:
+        if sock is not listener:
+            sock.close()
+    if activated and listener is None:
+        raise DaemonStartError("socket activation passed no listening unix stream socket")
+    socket_path = Path(listener.getsockname()) if listener is not None else None
+    notifier = Notifier.from_environment()
+
+    def normalise(c: DaemonConfig) -> DaemonConfig:
+        return paths.daemon_defaults(c, socket_path=socket_path)
+
+    config = normalise(config)
+    service = Service(config)
+    source = None if config.source.startswith("<") else Path(config.source)
+    server = DaemonServer(config, service, listener=listener, notifier=notifier,
+                          reloader=Reloader(service.core, source, normalise))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -345,4 +439,4 @@ def run_daemon(config: DaemonConfig) -> None:
     uvloop.run(server.serve())
 
 
-__all__ = ["Connection", "DaemonServer", "peer_identity", "run_daemon"]
+__all__ = ["Connection", "DaemonServer", "DaemonStartError", "peer_identity", "run_daemon"]

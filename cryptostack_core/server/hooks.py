@@ -134,6 +134,19 @@ class AuditLogger:
             self._file.close()
             self._file = None
 
+    def reopen(self, path: Path | None) -> None:
+        """Switch to a freshly opened file at ``path`` (the same path after log rotation).
+
+        The new file is opened exactly as at start (a fresh logger's ``__init__``); events
+        written meanwhile go to the old file until the switch.
+        """
+        fresh = type(self)(path)
+        with self._lock:
+            old, self._file, self._path = self._file, fresh._file, path
+            fresh._file = None
+        if old is not None:
+            old.close()
+
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     """A plugin manager with the specs, the default policy and installed hook plugins."""

@@ -1,0 +1,111 @@
+"""``cryptostack check``: validate a daemon configuration without starting anything.
+
+Beyond parsing (every :class:`~.config.ConfigError`), it checks what would otherwise fail at
+start: providers that are not installed or cannot be imported, test providers without
+``allow_test_providers``, root without ``allow_root``, files that slots and trust stores
+name, and a key store whose KEK is missing. Nothing is created, no provider is started.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptostack_core.server import paths
+from cryptostack_core.server.config import ConfigError, DaemonConfig
+from cryptostack_core.server.discovery import (
+    available_provider_names,
+    missing_provider_reason,
+    provider_class,
+    test_provider_refusal,
+)
+
+
+@dataclass
+class CheckReport:
+    """Problems (the daemon would not start), warnings, and facts about the config."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the daemon would start."""
+        return not self.problems
+
+
+def check_config(path: Path, *, euid: int | None = None) -> CheckReport:
+    """Everything :func:`check` finds in the file at ``path``."""
+    report = CheckReport()
+    try:
+        config = paths.daemon_defaults(DaemonConfig.load(path))
+    except ConfigError as exc:
+        report.problems.append(str(exc))
+        return report
+    if (os.geteuid() if euid is None else euid) == 0 and not config.allow_root:
+        report.problems.append("the daemon would refuse to run as root: run it as a dedicated "
+                               "user or set [daemon] allow_root = true")
+    _providers(config, report)
+    _files(config, report)
+    _store(config, report)
+    return report
+
+
+def _providers(config: DaemonConfig, report: CheckReport) -> None:
+    installed = set(available_provider_names())
+    for provider in config.providers:
+        label = f"[[providers]] {provider.name} (id {provider.id})"
+        problem = None
+        if provider.name not in installed:
+            problem = missing_provider_reason(provider.name)
+        else:
+            try:
+                cls = provider_class(provider.name)
+            except Exception as exc:  # an import error inside the plugin
+                problem = f"cannot be loaded: {type(exc).__name__}: {exc}"
+            else:
+                if cls.test_only and not config.allow_test_providers:
+                    problem = test_provider_refusal(provider)
+                elif cls.test_only:
+                    report.warnings.append(f"{label} is a test provider: not for production")
+        if problem is None:
+            report.facts.append(f"{label}: installed")
+        elif provider.optional:
+            report.warnings.append(f"{label} (optional) would be unavailable: {problem}")
+        else:
+            report.problems.append(f"{label}: {problem}")
+
+
+def _files(config: DaemonConfig, report: CheckReport) -> None:
+    wanted: list[tuple[str, Path]] = []
+    wanted += [(f"[[key_slots]] {s.name!r} import", s.import_file)
+               for s in config.key_slots if s.import_file is not None]
+    wanted += [(f"[[cert_slots]] {s.name!r} file", s.file)
+               for s in config.cert_slots if s.file is not None]
+    for store in config.trust_stores:
+        wanted += [(f"[[trust_stores]] {store.name!r}", p) for p in (*store.anchors, *store.crls)]
+    for where, file in wanted:
+        if not os.access(file, os.R_OK):
+            report.problems.append(f"{config.source}: {where}: cannot read {file}")
+
+
+def _store(config: DaemonConfig, report: CheckReport) -> None:
+    report.warnings += paths.storage_warnings(config)
+    if paths.in_memory(config):
+        report.facts.append("key store: in memory")
+        return
+    assert config.keystore is not None
+    report.facts.append(f"key store: {config.keystore}")
+    kek, notes = paths.kek_location(config)
+    report.warnings += notes
+    report.facts.append(f"key-encryption key: {kek}" + (
+        f" (sealed by provider {config.kek_provider})" if config.kek_provider else ""))
+    if not kek.exists():
+        try:
+            if paths.holds_wrapped_keys(config.keystore):
+                report.problems.append(f"the key store {config.keystore} holds wrapped keys but "
+                                       f"its key-encryption key {kek} is missing")
+        except Exception as exc:  # an unreadable store
+            report.problems.append(f"cannot read the key store {config.keystore}: {exc}")
