@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from multiprocessing import Process
 from pathlib import Path
+from typing import Any
 
 import cryptostack_core as cs
 from cryptostack_core.server.discovery import available_provider_names
@@ -163,7 +164,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     provider = "openssl" if "openssl" in available_provider_names() else "mock"
-    config = {"providers": [{"name": provider, "id": 2 if provider == "openssl" else 1}]}
+    config: dict[str, Any] = {
+        "providers": [{"name": provider, "id": 2 if provider == "openssl" else 1}]}
+    if provider == "mock":  # the core alone: the test provider, explicitly allowed
+        config["daemon"] = {"allow_test_providers": True}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         floor = ipc_floor(tmp)

@@ -124,7 +124,8 @@ def runner() -> Iterator[PkitsRunner]:
     stack = cs.create_crypto_stack(
         cs.CryptoStackConfig()
         .set_connection_endpoint("inproc://")
-        .set_daemon_config({"providers": [{"name": "mock", "id": 1}]})
+        .set_daemon_config({"daemon": {"allow_test_providers": True},
+                           "providers": [{"name": "mock", "id": 1}]})
     )
     yield PkitsRunner(stack)
     stack.close()
@@ -138,7 +139,7 @@ def test_pkits(case: dict[str, Any], runner: PkitsRunner, record_property: pytes
 
 
 def test_pkits_over_a_real_daemon(tmp_path: Path) -> None:
-    config = {"providers": [{"name": "mock", "id": 1}]}
+    config = {"daemon": {"allow_test_providers": True}, "providers": [{"name": "mock", "id": 1}]}
     by_id = {c["id"]: c for c in CASES}
     with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack() as stack:
         runner = PkitsRunner(stack)

@@ -18,7 +18,7 @@ from cryptostack_core.server.discovery import (
     available_provider_names,
     missing_provider_reason,
     provider_class,
-    test_provider_refusal,
+    refusal_of_test_provider,
 )
 
 
@@ -67,7 +67,7 @@ def _providers(config: DaemonConfig, report: CheckReport) -> None:
                 problem = f"cannot be loaded: {type(exc).__name__}: {exc}"
             else:
                 if cls.test_only and not config.allow_test_providers:
-                    problem = test_provider_refusal(provider)
+                    problem = refusal_of_test_provider(provider)
                 elif cls.test_only:
                     report.warnings.append(f"{label} is a test provider: not for production")
         if problem is None:
@@ -102,6 +102,9 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
     report.warnings += notes
     report.facts.append(f"key-encryption key: {kek}" + (
         f" (sealed by provider {config.kek_provider})" if config.kek_provider else ""))
+    for directory in (config.keystore.parent, kek.parent):
+        if not paths.creatable(directory):
+            report.problems.append(f"cannot create {directory} (not writable by this user)")
     if not kek.exists():
         try:
             if paths.holds_wrapped_keys(config.keystore):

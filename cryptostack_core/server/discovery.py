@@ -89,7 +89,7 @@ def missing_provider_reason(name: str) -> str:
             f"installed: {', '.join(available_provider_names()) or 'none'}")
 
 
-def test_provider_refusal(config: ProviderConfig) -> str:
+def refusal_of_test_provider(config: ProviderConfig) -> str:
     """Why a test provider is refused in a config without ``allow_test_providers``."""
     return (f"{config.name} is a test provider (not for production: its keys and behaviour "
             "are for tests); set [daemon] allow_test_providers = true to serve it anyway")
@@ -108,7 +108,7 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
     try:
         cls = provider_class(config.name)
         if cls.test_only and not allow_test_providers:
-            return _failed(config, test_provider_refusal(config))
+            return _failed(config, refusal_of_test_provider(config))
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         instance = cls(config.id, config.options, env)
         if not isinstance(instance, Provider):

@@ -114,7 +114,23 @@ def prepare_kek(store: Path, kek: Path) -> None:
                           f"the key store {store} holds wrapped keys but its key-encryption key "
                           f"{kek} is missing: restore the KEK from its backup "
                           f"(docs/operations.md){hint}")
-    kek.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        kek.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise CryptoError(ErrorCode.ACCESS_DENIED,
+                          f"cannot create the key-encryption key's directory {kek.parent}: "
+                          f"{exc.strerror or exc}; create it (mode 0700, owned by the daemon's "
+                          "user) or set [daemon] kek_file") from None
+
+
+def creatable(path: Path) -> bool:
+    """Whether ``path`` exists or its nearest existing ancestor is writable."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe == path or os.access(probe, os.W_OK)
 
 
 def holds_wrapped_keys(store: Path) -> bool:

@@ -52,9 +52,10 @@ MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (
 MAX_CONTEXT_STRING = 255  # bytes (FIPS 204/205 context strings)
 
 STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
-                    "sign": Operation.SIGN, "verify": Operation.VERIFY,
-                    "streaming_aead": Operation.ENCRYPT}
-"""The provider operation behind each stream family (for inline decisions)."""
+                    "sign": Operation.SIGN, "verify": Operation.VERIFY}
+"""The provider operation behind each stream family (for inline decisions). Streaming AEAD
+is absent on purpose: a call of any size may seal or open a whole held segment (up to
+1 MiB), so it always runs on the provider's pool, never on the event loop."""
 SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
                     "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
 """Calls that produce a secret key, and their provider operation."""
