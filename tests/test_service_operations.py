@@ -366,3 +366,37 @@ def test_systemd_units_are_valid(tmp_path: Path) -> None:
     DaemonConfig.load(config)  # the example configuration parses
     assert "u     cryptostack" in (CONTRIB / "cryptostack.sysusers").read_text()
     assert "/var/lib/cryptostack-kek" in (CONTRIB / "cryptostack.tmpfiles").read_text()
+
+
+def test_sighup_replaces_a_trust_store_only_when_its_files_changed(
+        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
+        tmp_path: Path) -> None:
+    pki = Path(__file__).resolve().parent.parent / "examples" / "pki"
+    anchor, crl = tmp_path / "anchor.pem", tmp_path / "root.crl.pem"
+    shutil.copy(pki / "root.pem", anchor)
+    shutil.copy(pki / "root.crl.pem", crl)
+    config = mock_config()
+    config["trust_stores"] = [{"name": "RootCA", "anchors": [str(anchor)], "crls": [str(crl)]}]
+    d = daemon_factory(config)
+    assert d.process is not None
+
+    def reload() -> str:
+        before = d.log_text().count("reload complete")
+        d.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for(lambda: d.log_text().count("reload complete") > before, "the reload")
+        return d.log_text().split("SIGHUP: reloading")[-1]
+
+    assert "trust store 'RootCA'" not in reload()  # files unchanged: the store stays
+    shutil.copy(pki / "device.pem", anchor)  # the operator drops in other files
+    config["cert_slots"] = [{"name": "Device", "file": str(pki / "device.pem")}]
+    config["daemon"].update(socket=str(d.socket_path), keystore=d.config["daemon"]["keystore"],
+                            allow_root=True)
+    d.config_path.write_text(to_toml(config))
+    text = reload()
+    assert "trust store 'RootCA' reloaded from its files (1 anchors, 1 CRLs)" in text
+    assert "certificate slot 'Device' seeded from" in text
+    assert "trust store 'RootCA'" not in reload()
+    with d.stack() as stack:
+        status = stack.status()
+        assert status["trust_stores"] == ["RootCA"]
+        assert [c["name"] for c in status["cert_slots"] if c["occupied"]] == ["Device"]
