@@ -59,8 +59,6 @@ is absent on purpose: a call of any size may seal or open a whole held segment (
 SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
                     "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
 """Calls that produce a secret key, and their provider operation."""
-MESSAGE_ENDS = frozenset({"finalize", "single_shot"})
-"""Stream calls that end a message: each is one audited outcome of a keyed context."""
 
 
 class ContextOps:
