@@ -2,7 +2,7 @@
 
 The worker reports every failure as ``(kind, name, message)`` (see
 :mod:`cryptostack_pkcs11.protocol`); the provider maps ``CKR_*`` names to
-:class:`~cryptostack_core.errors.ErrorCode` here, with the context of the call where the same
+:class:`~cryptostack_core.wire.errors.ErrorCode` here, with the context of the call where the same
 return value means different things (a failed AES-GCM decryption is a bad tag; SoftHSM
 reports it as ``CKR_GENERAL_ERROR``).
 """

@@ -35,12 +35,12 @@ from cryptostack_core.sdk import (
     VerifyOperation,
     invalid_argument,
 )
+from cryptostack_core.sdk.workers import StaleGeneration
 
 from .cryptoki import MechanismSpec
 from .keyformats import ecdsa_der_to_raw, ecdsa_raw_to_der
 from .keys import TokenKey
 from .mechanisms import SignPlan
-from .supervisor import StaleGeneration
 
 if TYPE_CHECKING:
     from .provider import PKCS11Provider
@@ -115,7 +115,7 @@ class _Stream:
                 return (self.kind, self.spec, self.handle(primary, public), chunk, out_size)
 
             if self.key is None:
-                result, generation = self.provider.sup.call_in(
+                result, generation = self.provider.call_in(
                     "begin", *args(None, None), what=self.what, overrides=self.overrides)
             else:
                 result, generation = self.provider.key_call_in(
@@ -125,7 +125,7 @@ class _Stream:
                                                self.op_id)
             return bytes(result[1])
         try:
-            return bytes(self.provider.sup.call(
+            return bytes(self.provider.call(
                 "update", self.op_id, chunk, out_size, generation=self.generation,
                 what=self.what, overrides=self.overrides))
         except StaleGeneration:
@@ -139,7 +139,7 @@ class _Stream:
         chunk = self.take()
         self._ended()
         try:
-            return self.provider.sup.call(
+            return self.provider.call(
                 "finish", self.op_id, chunk, out_size + len(chunk), signature,
                 generation=self.generation, what=self.what, overrides=self.overrides)
         except StaleGeneration:
@@ -170,7 +170,7 @@ class TokenHash(HashOperation):
         """The digest."""
         if self._stream.started:
             return bytes(self._stream.finish(64))
-        return bytes(self._provider.sup.call("digest", self._spec, self._stream.take(),
+        return bytes(self._provider.call("digest", self._spec, self._stream.take(),
                                              what=self._stream.what))
 
 

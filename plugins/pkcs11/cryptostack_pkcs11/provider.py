@@ -70,8 +70,10 @@ from cryptostack_core.sdk import (
     remaining_time,
 )
 from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk.workers import StaleGeneration, WorkerHost
 
 from . import keyformats, policy
+from .hosting import worker_spec
 from .keys import (
     TokenKey,
     parse_reference,
@@ -93,8 +95,7 @@ from .operations import (
     WholeMessageSigner,
     WholeMessageVerifier,
 )
-from .options import Options, parse_options
-from .supervisor import StaleGeneration, Supervisor, WorkerSettings
+from .options import Options, parse
 
 KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
 
@@ -111,23 +112,16 @@ class PKCS11Provider(Provider):
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        self.opts: Options = parse_options(options, environment.config_dir)
-        self.sup = Supervisor(WorkerSettings(
-            module=self.opts.module, token_label=self.opts.token_label,
-            pin=self.opts.read_pin, channels=self.opts.sessions,
-            max_sessions=self.opts.max_sessions, call_timeout=self.opts.call_timeout,
-            start_timeout=self.opts.start_timeout,
-            degraded_seconds=self.opts.degraded_seconds, hang=self.opts.test_hang,
-            spin_microseconds=self.opts.spin_microseconds),
-            self.log)
+        self.opts: Options = parse(options, environment.config_dir)
+        self.host = WorkerHost(worker_spec(self.opts), self.opts.host_settings(), self.log)
         self.profile: TokenProfile | None = None
         self._hmac_pad = 0
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker: load the module, find the token, log in, read mechanisms."""
-        self.sup.start()
-        info = self.sup.info
+        self.host.start()
+        info = self.host.info
         self.profile = TokenProfile(
             {int(m): tuple(v) for m, v in info["mechanisms"].items()},  # type: ignore[misc]
             token_flags=int(info["token_flags"]), wrappable=info["wrappable"],
@@ -141,25 +135,23 @@ class PKCS11Provider(Provider):
 
     def close(self) -> None:
         """Stop the worker (session keys die with it; token objects stay)."""
-        self.sup.close()
+        self.host.close()
 
     def state(self) -> tuple[ProviderState, str]:
         """READY; DEGRADED while and shortly after the worker restarts; UNAVAILABLE when it
         cannot start."""
-        return self.sup.state()
+        return self.host.state()
 
     def describe(self) -> dict[str, Any]:
         """Token, module and worker facts for ``status``."""
-        info = dict(self.sup.info)
+        info = dict(self.host.info or {})
         mechanisms = info.pop("mechanisms", {})
+        info.pop("wrappable", None)
         info.update({
-            "module": self.opts.module,
+            "module": str(self.opts.module),
             "mechanisms": _mechanism_names(int(m) for m in mechanisms),
-            "worker_pid": self.sup.worker_pid,
-            "worker_generation": self.sup.generation,
-            "worker_restarts": self.sup.restarts,
-            "last_restart_reason": self.sup.last_restart_reason,
             "sessions": self.opts.sessions,
+            **self.host.describe(),
         })
         return info
 
@@ -179,6 +171,19 @@ class PKCS11Provider(Provider):
                               f"token {self.opts.token_label!r} cannot {operation.value} "
                               f"{algorithm}")
 
+    # --- calls to the token worker ----------------------------------------------------
+    def call_in(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+                overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
+        """Run ``op`` in the token worker: (result, generation). ``what`` names the call in
+        error messages; ``overrides`` give CKR values a meaning specific to this call."""
+        return self.host.call_in(op, *args, generation=generation, context=(what, overrides))
+
+    def call(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+             overrides: dict[str, ErrorCode] | None = None) -> Any:
+        """:meth:`call_in` without the generation."""
+        return self.call_in(op, *args, generation=generation, what=what,
+                            overrides=overrides)[0]
+
     # --- calls naming keys -----------------------------------------------------------
     def key_call_in(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
                     overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
@@ -187,7 +192,7 @@ class PKCS11Provider(Provider):
         for _attempt in range(3):
             generation, primary, public = self._resolve(key)
             try:
-                return self.sup.call_in(op, *args(primary, public), generation=generation,
+                return self.call_in(op, *args(primary, public), generation=generation,
                                         what=what, overrides=overrides)
             except StaleGeneration:
                 continue  # the worker restarted in between: resolve again
@@ -201,7 +206,7 @@ class PKCS11Provider(Provider):
     def _resolve(self, key: TokenKey) -> tuple[int, int | None, int | None]:
         """(generation, primary, public) of ``key`` in the live worker, finding token objects
         or re-creating public keys after a restart."""
-        live = self.sup.generation
+        live = self.host.generation
         if live is not None and key.generation == live and not key.released:
             return key.generation, key.primary, key.public  # the common case: no lock
         # Another caller may be finding the key in a new worker; wait for it no longer than
@@ -219,29 +224,29 @@ class PKCS11Provider(Provider):
     def _resolve_locked(self, key: TokenKey) -> tuple[int, int | None, int | None]:
         if key.released:
             raise CryptoError(ErrorCode.INVALID_STATE, "the key has been released")
-        live = self.sup.generation
+        live = self.host.generation
         if live is not None and key.generation == live:
             return key.generation, key.primary, key.public
         if key.token_id is not None:
-            found, generation = self.sup.call_in("find", key.token_id,
+            found, generation = self.call_in("find", key.token_id,
                                                  what="finding a token key")
             fresh = self._key_from_found(key.algorithm, found, generation, key.token_id,
                                          key.size)
             key.primary, key.public, key.generation = fresh.primary, fresh.public, generation
             return generation, key.primary, key.public
         if key.kind == "public" and key.public_attrs is not None:
-            handle, generation = self.sup.call_in("create_public", key.public_attrs,
+            handle, generation = self.call_in("create_public", key.public_attrs,
                                                   what="re-creating a public key")
             key.public, key.generation = int(handle), generation
             return generation, None, key.public
         raise CryptoError(ErrorCode.PROVIDER_ERROR,
                           f"this {key.algorithm} key was a session object of token worker "
                           f"generation {key.generation}, which was restarted "
-                          f"({self.sup.last_restart_reason}); the key no longer exists")
+                          f"({self.host.last_restart_reason}); the key no longer exists")
 
     def abort_later(self, generation: int, op_id: int) -> None:
         """End a multi-part token operation nobody will finish (with the next request)."""
-        self.sup.queue_cleanup(generation, (("abort", op_id),))
+        self.host.queue_cleanup(generation, (("abort", op_id),))
 
     # --- keys ------------------------------------------------------------------------
     def _export_mode(self, permissions: P, key_type: int) -> tuple[bool, bool]:
@@ -269,7 +274,7 @@ class PKCS11Provider(Provider):
             template = secret_template(permissions, extractable=extractable,
                                        sensitive=sensitive,
                                        mac=not algorithm.startswith("AES-"))
-            handle, generation = self.sup.call_in(
+            handle, generation = self.call_in(
                 "generate_secret", key_type, length, int(mech), template,
                 what=f"generating an {algorithm} key")
             return TokenKey(algorithm=algorithm, kind="secret", size=length,
@@ -291,7 +296,7 @@ class PKCS11Provider(Provider):
                 ED25519_PARAMS
         else:
             mech, bits = Mechanism.RSA_PKCS_KEY_PAIR_GEN, RSA_SIZES[algorithm]
-        result, generation = self.sup.call_in(
+        result, generation = self.call_in(
             "generate_pair", key_type, int(mech), bits, pub_t, priv_t,
             what=f"generating an {algorithm} key pair")
         private, public, attrs = result
@@ -316,7 +321,7 @@ class PKCS11Provider(Provider):
             template = secret_template(permissions, extractable=extractable,
                                        sensitive=sensitive,
                                        mac=not algorithm.startswith("AES-"))
-            handle, generation = self.sup.call_in(
+            handle, generation = self.call_in(
                 "import_secret", key_type, stored, template,
                 what=f"importing an {algorithm} key")
             return TokenKey(algorithm=algorithm, kind="secret", size=len(value),
@@ -329,7 +334,7 @@ class PKCS11Provider(Provider):
         pub_attrs = keyformats.public_attributes(algorithm, parsed.public)
         pub_attrs.update(public_template(permissions, rsa=is_rsa))
         if not parsed.is_private:
-            handle, generation = self.sup.call_in("create_public", pub_attrs,
+            handle, generation = self.call_in("create_public", pub_attrs,
                                                   what=f"importing an {algorithm} public key")
             return TokenKey(algorithm=algorithm, kind="public", size=_size(algorithm),
                             extractable=True, generation=generation, primary=None,
@@ -339,7 +344,7 @@ class PKCS11Provider(Provider):
         priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa,
                                   sensitive=sensitive)
         components = keyformats.private_components(algorithm, parsed.private)
-        result, generation = self.sup.call_in(
+        result, generation = self.call_in(
             "import_pair", key_type, parsed.pkcs8, components, priv_t, pub_attrs,
             what=f"importing an {algorithm} key pair")
         return TokenKey(algorithm=algorithm, kind="pair", size=_size(algorithm),
@@ -393,7 +398,7 @@ class PKCS11Provider(Provider):
         if token_key.token_id is not None:
             return
         handles = tuple(h for h in (token_key.primary, token_key.public) if h is not None)
-        self.sup.queue_cleanup(token_key.generation, (("destroy", handles),))
+        self.host.queue_cleanup(token_key.generation, (("destroy", handles),))
 
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         """Copy the key to token objects (``C_CopyObject``, ``CKA_TOKEN``); returns their
@@ -416,7 +421,7 @@ class PKCS11Provider(Provider):
         ref = parse_reference(stored)
         if ref["algorithm"] != algorithm:
             raise invalid_argument(f"the stored key is {ref['algorithm']}, not {algorithm}")
-        found, generation = self.sup.call_in("find", ref["id"], what="loading a token key")
+        found, generation = self.call_in("find", ref["id"], what="loading a token key")
         return self._key_from_found(algorithm, found, generation, ref["id"],
                                     int(ref.get("size", 0)))
 
@@ -454,7 +459,7 @@ class PKCS11Provider(Provider):
     def delete_stored_key(self, stored: StoredKey) -> None:
         """Destroy the token objects of a reference (nothing to do if already gone)."""
         ref = parse_reference(stored)
-        self.sup.call("delete_token", ref["id"], what="deleting a token key")
+        self.call("delete_token", ref["id"], what="deleting a token key")
 
     # --- operations ------------------------------------------------------------------
     def create_hash(self, algorithm: str) -> HashOperation:
@@ -548,7 +553,7 @@ class PKCS11Provider(Provider):
             raise invalid_argument(f"random length must be 0 to {policy.RANDOM_MAX}")
         if length == 0:
             return b""
-        return bytes(self.sup.call("random", length, what="generating random bytes"))
+        return bytes(self.call("random", length, what="generating random bytes"))
 
 
 def _token_key(key: ProviderKey) -> TokenKey:

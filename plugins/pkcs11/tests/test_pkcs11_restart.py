@@ -59,7 +59,7 @@ def test_blocked_call_is_abandoned_then_the_worker_restarts(
     buffered.update(b"short")  # held in the provider: survives a restart
     streaming = provider.create_hash("SHA-256")
     streaming.update(os.urandom(100))  # past stream_buffer: state lives in a token session
-    first_pid, first_generation = provider.sup.worker_pid, provider.sup.generation
+    first_pid, first_generation = provider.host.worker_pid, provider.host.generation
     assert first_pid is not None
 
     # The call blocks in the module: its caller gets OPERATION_TIMED_OUT at its deadline.
@@ -76,16 +76,16 @@ def test_blocked_call_is_abandoned_then_the_worker_restarts(
         with deadline(0.5):
             assert sha256(provider, b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
         assert time.monotonic() - t0 < 0.3
-    assert provider.sup.worker_pid == first_pid  # not yet: the call may still finish
+    assert provider.host.worker_pid == first_pid  # not yet: the call may still finish
     assert provider.state()[0] is ProviderState.READY
 
     # Stuck for call_timeout: the worker is killed and a new one started.
-    wait_for(lambda: provider.sup.generation not in (None, first_generation), 5.0)
+    wait_for(lambda: provider.host.generation not in (None, first_generation), 5.0)
     assert time.monotonic() - started >= 1.4
-    assert provider.sup.worker_pid != first_pid
+    assert provider.host.worker_pid != first_pid
     with pytest.raises(ProcessLookupError):
         os.kill(first_pid, 0)
-    assert provider.sup.restarts == 1
+    assert provider.host.restarts == 1
     state, reason = provider.state()
     assert state is ProviderState.DEGRADED and "sign" in reason
     assert provider.describe()["worker_restarts"] == 1
@@ -113,14 +113,14 @@ def test_call_without_deadline_is_bounded_by_call_timeout(
         make_provider: ProviderFactory) -> None:
     provider = make_provider(call_timeout=0.8,
                              test_hang={"op": "digest", "seconds": 60, "times": 1})
-    first_pid = provider.sup.worker_pid
+    first_pid = provider.host.worker_pid
     started = time.monotonic()
     with pytest.raises(CryptoError) as err:
         sha256(provider, b"x")
     assert err.value.code is ErrorCode.OPERATION_TIMED_OUT
     assert 0.75 <= time.monotonic() - started < 1.5
     assert sha256(provider, b"x") == hashlib.sha256(b"x").digest()  # on the new worker
-    assert provider.sup.worker_pid != first_pid and provider.sup.restarts == 1
+    assert provider.host.worker_pid != first_pid and provider.host.restarts == 1
 
 
 def test_late_reply_of_an_abandoned_call_is_cleaned_up(make_provider: ProviderFactory) -> None:
@@ -128,20 +128,20 @@ def test_late_reply_of_an_abandoned_call_is_cleaned_up(make_provider: ProviderFa
     merely slow call does not cost a restart."""
     provider = make_provider(call_timeout=5,
                              test_hang={"op": "generate_secret", "seconds": 0.4, "times": 1})
-    pid = provider.sup.worker_pid
-    before = provider.sup.call("stats")["objects"]
+    pid = provider.host.worker_pid
+    before = provider.host.call("stats")["objects"]
     with deadline(0.1), pytest.raises(CryptoError) as err:
         provider.generate_key("AES-128", P.ENCRYPT)
     assert err.value.code is ErrorCode.OPERATION_TIMED_OUT
     time.sleep(0.6)  # the late reply arrives; the reclaimer queues the destroy
-    provider.sup.call("ping")  # carries the cleanup
-    assert provider.sup.call("stats")["objects"] == before
-    assert provider.sup.worker_pid == pid and provider.sup.restarts == 0
+    provider.host.call("ping")  # carries the cleanup
+    assert provider.host.call("stats")["objects"] == before
+    assert provider.host.worker_pid == pid and provider.host.restarts == 0
 
 
 def test_worker_death_is_transparent_for_keyless_calls(make_provider: ProviderFactory) -> None:
     provider = make_provider(test_hang={"op": "digest", "seconds": 60, "times": 1})
-    first_pid = provider.sup.worker_pid
+    first_pid = provider.host.worker_pid
     assert first_pid is not None
     result: dict[str, Any] = {}
 
@@ -157,13 +157,13 @@ def test_worker_death_is_transparent_for_keyless_calls(make_provider: ProviderFa
     os.kill(first_pid, signal.SIGKILL)
     thread.join(10)
     assert result.get("digest") == hashlib.sha256(b"in flight").digest(), result
-    assert provider.sup.worker_pid not in (None, first_pid)
+    assert provider.host.worker_pid not in (None, first_pid)
     # an idle worker that dies is replaced without any call
-    second_pid = provider.sup.worker_pid
+    second_pid = provider.host.worker_pid
     assert second_pid is not None
     os.kill(second_pid, signal.SIGKILL)
-    wait_for(lambda: provider.sup.worker_pid not in (None, second_pid), 5.0)
-    assert provider.sup.restarts == 2
+    wait_for(lambda: provider.host.worker_pid not in (None, second_pid), 5.0)
+    assert provider.host.restarts == 2
     assert provider.random_bytes(16)
 
 
@@ -197,4 +197,4 @@ def test_concurrent_callers_while_one_call_hangs(make_provider: ProviderFactory)
     for thread in threads:
         thread.join()
     assert errors == []
-    assert provider.sup.restarts == 0  # still within call_timeout
+    assert provider.host.restarts == 0  # still within call_timeout

@@ -34,9 +34,10 @@ from cryptostack_core.sdk import (
     SignOperation,
     VerifyOperation,
 )
+from cryptostack_core.sdk.workers import StaleGeneration, WorkerHost
 
+from .hosting import lost_sequence
 from .keys import TpmKey
-from .proxy import WorkerProxy
 from .signatures import ecdsa_from_der, ecdsa_to_der, pss_salt_length
 
 STREAM_BATCH = 32 * 1024
@@ -48,7 +49,7 @@ _BLOCK = 16
 class _TpmStream:
     """A hash or HMAC computed by the TPM over a streamed message."""
 
-    def __init__(self, proxy: WorkerProxy, kind: str, alg: int, key: TpmKey | None,
+    def __init__(self, proxy: WorkerHost, kind: str, alg: int, key: TpmKey | None,
                  one_shot_limit: int, ticket: bool = False) -> None:
         self._proxy = proxy
         self._kind = kind
@@ -71,13 +72,16 @@ class _TpmStream:
         self._pending.clear()
         if self._seq is None:
             ref = self._key.ref if self._key is not None else None
-            self._seq, self._generation = self._proxy.call_with_generation(
+            self._seq, self._generation = self._proxy.call_in(
                 "seq_start", self._kind, self._alg, ref, data)
             # A context dropped without finalize must not keep a TPM slot or saved context.
-            self._finalizer = weakref.finalize(self, self._proxy.drop_later, self._seq,
-                                               self._generation)
+            self._finalizer = weakref.finalize(self, self._proxy.queue_cleanup,
+                                               self._generation, (self._seq,))
         else:
-            self._proxy.call("seq_update", self._seq, data, generation=self._generation)
+            try:
+                self._proxy.call("seq_update", self._seq, data, generation=self._generation)
+            except StaleGeneration:
+                raise lost_sequence() from None
 
     def complete(self) -> tuple[bytes, bytes | None]:
         """(digest or MAC, hash-check ticket when asked for)."""
@@ -91,15 +95,18 @@ class _TpmStream:
                 "hash", self._alg, data, self._ticket)
             return result
         self._finalizer.detach()
-        result = self._proxy.call("seq_finish", self._seq, data, self._ticket,
-                                  generation=self._generation)
+        try:
+            result = self._proxy.call("seq_finish", self._seq, data, self._ticket,
+                                      generation=self._generation)
+        except StaleGeneration:
+            raise lost_sequence() from None
         return result
 
 
 class TpmHash(HashOperation):
     """SHA-2 digest computed by the TPM."""
 
-    def __init__(self, proxy: WorkerProxy, alg: int, one_shot_limit: int) -> None:
+    def __init__(self, proxy: WorkerHost, alg: int, one_shot_limit: int) -> None:
         self._stream = _TpmStream(proxy, "hash", alg, None, one_shot_limit)
 
     def update(self, data: Buffer) -> None:
@@ -114,7 +121,7 @@ class TpmHash(HashOperation):
 class TpmMacSigner(SignOperation):
     """HMAC computed by the TPM with a TPM-resident key."""
 
-    def __init__(self, proxy: WorkerProxy, key: TpmKey, alg: int, one_shot_limit: int) -> None:
+    def __init__(self, proxy: WorkerHost, key: TpmKey, alg: int, one_shot_limit: int) -> None:
         self._stream = _TpmStream(proxy, "hmac", alg, key, one_shot_limit)
 
     def update(self, data: Buffer) -> None:
@@ -131,7 +138,7 @@ class TpmMacVerifier(VerifyOperation):
 
     A truncated tag (a prefix of the MAC) is accepted down to ``min_length`` bytes."""
 
-    def __init__(self, proxy: WorkerProxy, key: TpmKey, alg: int, one_shot_limit: int,
+    def __init__(self, proxy: WorkerHost, key: TpmKey, alg: int, one_shot_limit: int,
                  min_length: int) -> None:
         self._stream = _TpmStream(proxy, "hmac", alg, key, one_shot_limit)
         self._min_length = min_length
@@ -152,7 +159,7 @@ class TpmMacVerifier(VerifyOperation):
 class TpmSigner(SignOperation):
     """ECDSA or RSA-PSS signature made by TPM2_Sign (DER for ECDSA)."""
 
-    def __init__(self, proxy: WorkerProxy, key: TpmKey, scheme: int, hash_name: str,
+    def __init__(self, proxy: WorkerHost, key: TpmKey, scheme: int, hash_name: str,
                  hash_alg: int, one_shot_limit: int) -> None:
         self._proxy = proxy
         self._key = key
@@ -187,7 +194,7 @@ class TpmSigner(SignOperation):
 class TpmVerifier(VerifyOperation):
     """ECDSA or RSA-PSS verification by TPM2_VerifySignature."""
 
-    def __init__(self, proxy: WorkerProxy, key: TpmKey, algorithm: str, hash_name: str,
+    def __init__(self, proxy: WorkerHost, key: TpmKey, algorithm: str, hash_name: str,
                  hash_alg: int, *, ec_size: int = 0, rsa_public: tuple[int, int] | None = None
                  ) -> None:
         self._proxy = proxy
@@ -227,7 +234,7 @@ class TpmVerifier(VerifyOperation):
 class TpmCipher(CipherOperation):
     """AES in CFB, CTR or CBC mode (PKCS#7 padded) through TPM2_EncryptDecrypt2."""
 
-    def __init__(self, proxy: WorkerProxy, key: TpmKey, mode: str, tpm_mode: int,
+    def __init__(self, proxy: WorkerHost, key: TpmKey, mode: str, tpm_mode: int,
                  decrypt: bool, iv: bytes) -> None:
         self._proxy = proxy
         self._key = key
