@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from cryptostack_core.sdk.workers import (
     WorkerSpec,
 )
 from cryptostack_core.sdk.workers.fake import FakeLauncher
+from cryptostack_core.testing.waiting import wait_for_exit
 
 BACKEND = "cryptostack_core.sdk.workers.fake:FakeBackend"
 WAIT = 30.0  # generous bound for anything that should happen at once
@@ -364,18 +364,6 @@ def _real_host(**settings: Any) -> WorkerHost:
     return host
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """True once process ``pid`` has ended (pidfd: an event, no polling loop)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
 def test_real_worker_is_a_fresh_interpreter_and_is_replaced_after_sigkill() -> None:
     host = _real_host()
     try:
@@ -385,7 +373,7 @@ def test_real_worker_is_a_fresh_interpreter_and_is_replaced_after_sigkill() -> N
         os.kill(pid, signal.SIGKILL)
         assert host.call("echo", "again") == "again"  # keyless: waits for the new worker
         assert host.worker_pid not in (None, pid) and host.restarts == 1
-        assert _wait_exit(pid, WAIT)
+        assert wait_for_exit(pid, WAIT)
     finally:
         host.close()
 
@@ -410,4 +398,4 @@ def test_real_worker_stuck_in_a_call_exits_when_the_daemon_dies(tmp_path: Any) -
     finally:
         daemon.kill()
         daemon.wait()
-    assert _wait_exit(worker, WAIT), "the worker outlived its daemon"
+    assert wait_for_exit(worker, WAIT), "the worker outlived its daemon"

@@ -247,6 +247,9 @@ class WorkerHost:
         self.abandoned = 0
         """Requests whose caller stopped waiting while the worker ran them."""
         self.late_replies = 0
+        """Answers that came after their caller had stopped waiting."""
+        self.cleanups_in_flight = 0
+        """Cleanup requests sent for late answers and not yet answered."""
         self.last_restart_reason = ""
         self.last_restart_at: float | None = None
         self.info: Any = None
@@ -361,7 +364,8 @@ class WorkerHost:
 
     def wait_until(self, condition: Callable[[WorkerHost], bool], timeout: float) -> bool:
         """Block until ``condition(host)`` holds; re-checked whenever a worker starts or is
-        lost and whenever the hang hook holds a request (tests synchronise on this)."""
+        lost, the hang hook holds a request, or a late answer is cleaned up (tests
+        synchronise on this)."""
         with self._changed:
             return self._changed.wait_for(lambda: condition(self), timeout)
 
@@ -499,7 +503,10 @@ class WorkerHost:
             if request.stuck_timer is not None:
                 request.stuck_timer.cancel()
                 request.stuck_timer = None
-            if request.future.done() or request.internal:
+            if request.internal:
+                self._internal_done(request)
+                continue
+            if request.future.done():
                 continue
             if request.generation is None and request.attempts < 2 and not request.stuck:
                 retry.append(request)  # keyless: once more on the next worker
@@ -758,6 +765,7 @@ class WorkerHost:
             else:
                 self.log.warning("%s: %s failed: %s", self.spec.name, request.op, payload)
                 request.future.set_exception(CryptoError(ErrorCode.PROVIDER_ERROR, str(payload)))
+            self._internal_done(request)
         elif status == OK:
             if request.future.done():
                 self._late(incarnation, request, payload)
@@ -784,7 +792,14 @@ class WorkerHost:
         items = late(request.op, result) if late is not None else ()
         if items:
             incarnation.cleanup.extend(items)
-            self._internal(incarnation, "_cleanup")
+            if self._internal(incarnation, "_cleanup") is not None:
+                self.cleanups_in_flight += 1
+        self._notify()
+
+    def _internal_done(self, request: _Request) -> None:
+        if request.op == "_cleanup":
+            self.cleanups_in_flight -= 1
+            self._notify()
 
     def _translate(self, request: _Request, payload: Any) -> BaseException:
         try:
