@@ -44,6 +44,7 @@ __all__ = [
     "CipherOperation",
     "HashOperation",
     "KekSource",
+    "OrphanDestroyed",
     "Provider",
     "ProviderEnvironment",
     "ProviderKey",
@@ -108,6 +109,16 @@ class StoredKey:
 
     blob: bytes
     secret: bool
+
+
+@dataclass(frozen=True)
+class OrphanDestroyed:
+    """A backend object :meth:`Provider.reconcile_stored` destroyed (one audit event)."""
+
+    resource: str
+    """What it was (a token object's label)."""
+    detail: str
+    """Why and what exactly (ids), for the audit log."""
 
 
 class HashOperation(abc.ABC):
@@ -289,6 +300,18 @@ class Provider(abc.ABC):
     def delete_stored_key(self, stored: StoredKey) -> None:
         """Destroy the durable copy (token object, TPM persistent handle) when a slot is
         overwritten or cleared. Nothing to do for material kept in the key store."""
+
+    def reconcile_stored(self, references: list[StoredKey]) -> list[OrphanDestroyed]:
+        """Crash consistency of durable backend objects, called once at daemon start with
+        every reference (``secret=False``) the key store holds for this provider.
+
+        The daemon records a slot after :meth:`persist_key` returned and destroys the old
+        copy after the slot changed: a crash in between leaves a backend object no slot
+        names. A provider that creates such objects keeps a durable record of them (before
+        creating one, until it is destroyed) and destroys here every recorded object that no
+        reference names; each one is audited. The default has nothing to reconcile.
+        """
+        return []
 
     # --- operations ------------------------------------------------------------------
     def create_hash(self, algorithm: str) -> HashOperation:

@@ -100,6 +100,7 @@ class ServiceCore:
         self._session_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._reconcile_stored()
         self.provision_slots()
 
     def _require_providers(self) -> None:
@@ -377,6 +378,28 @@ class ServiceCore:
         return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
                         compatible=record.compatible, slot=name)
+
+    def _reconcile_stored(self) -> None:
+        """Let each provider destroy durable objects a crash left without a slot (audited)."""
+        daemon = PeerIdentity(os.getpid(), os.getuid(), os.getgid())
+        for loaded in self.providers.by_id.values():
+            if loaded.instance is None:
+                continue
+            try:
+                destroyed = loaded.instance.reconcile_stored(self.keystore.references(loaded.id))
+            except Exception as exc:  # noqa: BLE001 - retried at the next start
+                log.error("provider %s (%d) could not reconcile its stored objects: %s",
+                          loaded.name, loaded.id, exc)
+                continue
+            for orphan in destroyed:
+                log.warning("provider %s (%d): %s: %s", loaded.name, loaded.id,
+                            orphan.resource, orphan.detail)
+                try:
+                    self.pm.hook.cryptostack_audit(event=AuditEvent(
+                        action="key.reconcile", client=daemon, resource=orphan.resource,
+                        result="ok", provider=loaded.id, detail=orphan.detail))
+                except Exception:
+                    log.exception("an audit hook failed")
 
     def provision_slots(self) -> None:
         """Fill every empty slot marked ``provision``/``import`` (at start and on reload)."""

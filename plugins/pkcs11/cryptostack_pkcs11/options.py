@@ -15,6 +15,9 @@ option                 meaning                                                  
 ``stream_buffer``      bytes an operation buffers before streaming into the token  65536
 ``min_mac_length``     shortest truncated HMAC tag verification accepts            16
 ``exclude_mechanisms`` mechanisms to ignore (names like ``CKM_AES_GCM``)           []
+``test_crash_at``      tests only: ``persist`` or ``delete``: the daemon kills     unset
+                       itself (SIGKILL) right after copying a key to token
+                       objects, or right before destroying them
 =====================  ==========================================================  =========
 
 plus the worker host's options (:class:`~cryptostack_core.sdk.workers.WorkerOptions`:
@@ -68,6 +71,9 @@ class Options(WorkerOptions):
                                  doc="shortest truncated HMAC tag verified")
     exclude_mechanisms: frozenset[int] = option(frozenset(), parse=_mechanisms,
                                                 doc="mechanisms to ignore")
+    test_crash_at: str | None = option(None, choices=("persist", "delete"),
+                                       doc="tests only: the daemon dies (SIGKILL) right after "
+                                           "persisting token objects or before deleting them")
 
     def __post_init__(self) -> None:
         if (self.pin_file is None) == (self.pin_env is None):

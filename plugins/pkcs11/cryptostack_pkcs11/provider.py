@@ -43,6 +43,7 @@ forbids counter reuse; pyca would wrap around).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -59,6 +60,7 @@ from cryptostack_core.sdk import (
     HashOperation,
     KeyFormat,
     Operation,
+    OrphanDestroyed,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -96,6 +98,7 @@ from .operations import (
     WholeMessageVerifier,
 )
 from .options import Options, parse
+from .registry import TokenObjectRegistry
 
 KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
 
@@ -114,12 +117,16 @@ class PKCS11Provider(Provider):
         super().__init__(provider_id, options, environment)
         self.opts: Options = parse(options, environment.config_dir)
         self.host = WorkerHost(worker_spec(self.opts), self.opts.host_settings(), self.log)
+        self.registry: TokenObjectRegistry | None = None
         self.profile: TokenProfile | None = None
         self._hmac_pad = 0
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker: load the module, find the token, log in, read mechanisms."""
+        self.registry = TokenObjectRegistry(
+            self.environment.state_dir / "token-objects.sqlite3", self.provider_id,
+            self.opts.token_label)
         self.host.start()
         info = self.host.info
         self.profile = TokenProfile(
@@ -136,6 +143,8 @@ class PKCS11Provider(Provider):
     def close(self) -> None:
         """Stop the worker (session keys die with it; token objects stay)."""
         self.host.close()
+        if self.registry is not None:
+            self.registry.close()
 
     def state(self) -> tuple[ProviderState, str]:
         """READY; DEGRADED while and shortly after the worker restarts; UNAVAILABLE when it
@@ -400,9 +409,19 @@ class PKCS11Provider(Provider):
         handles = tuple(h for h in (token_key.primary, token_key.public) if h is not None)
         self.host.queue_cleanup(token_key.generation, (("destroy", handles),))
 
+    def _registry(self) -> TokenObjectRegistry:
+        if self.registry is None:
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, "the pkcs11 provider is not started")
+        return self.registry
+
+    def _test_crash(self, point: str) -> None:
+        if self.opts.test_crash_at == point:  # tests only: the daemon dies right here
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         """Copy the key to token objects (``C_CopyObject``, ``CKA_TOKEN``); returns their
-        reference (label, ``CKA_ID``, kind, algorithm)."""
+        reference (label, ``CKA_ID``, kind, algorithm). The objects are recorded in the
+        token-object registry first (see :mod:`.registry`)."""
         token_key = _token_key(key)
         key_id = os.urandom(16)
         label = f"cryptostack:{slot_name}"
@@ -411,7 +430,9 @@ class PKCS11Provider(Provider):
             handles = tuple(h for h in (primary, public) if h is not None)
             return (handles, label, key_id)
 
+        self._registry().add(key_id, label)
         self.key_call("persist", token_key, args, what=f"persisting a key for slot {slot_name}")
+        self._test_crash("persist")
         return stored_reference(token_key, token_label=self.opts.token_label, label=label,
                                 key_id=key_id)
 
@@ -457,9 +478,36 @@ class PKCS11Provider(Provider):
                         public_key=public_key, token_id=token_id)
 
     def delete_stored_key(self, stored: StoredKey) -> None:
-        """Destroy the token objects of a reference (nothing to do if already gone)."""
+        """Destroy the token objects of a reference (nothing to do if already gone); their
+        record goes once they are gone."""
         ref = parse_reference(stored)
+        self._test_crash("delete")
         self.call("delete_token", ref["id"], what="deleting a token key")
+        self._registry().remove(ref["id"])
+
+    def reconcile_stored(self, references: list[StoredKey]) -> list[OrphanDestroyed]:
+        """Destroy the recorded token objects no key-store reference names (a crash between
+        making them and recording the slot, or between clearing a slot and destroying them;
+        see :mod:`.registry`)."""
+        live = set()
+        for stored in references:
+            try:
+                live.add(parse_reference(stored)["id"])
+            except CryptoError:
+                continue  # not ours to judge
+        destroyed = []
+        registry = self._registry()
+        for key_id, label in registry.entries():
+            if key_id in live:
+                continue
+            count = int(self.call("delete_token", key_id,
+                                  what="destroying an orphaned token object"))
+            registry.remove(key_id)
+            if count:
+                destroyed.append(OrphanDestroyed(label, (
+                    f"destroyed {count} token object(s) with CKA_ID {key_id.hex()} on token "
+                    f"{self.opts.token_label!r}: no key slot names them (left by a crash)")))
+        return destroyed
 
     # --- operations ------------------------------------------------------------------
     def create_hash(self, algorithm: str) -> HashOperation:
