@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptostack_core.sdk import (
     Buffer,
@@ -41,9 +41,30 @@ from .cryptoki import MechanismSpec
 from .keyformats import ecdsa_der_to_raw, ecdsa_raw_to_der
 from .keys import TokenKey
 from .mechanisms import SignPlan
+from .options import Options
 
-if TYPE_CHECKING:
-    from .provider import PKCS11Provider
+KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
+"""Builds a request's arguments from a key's (primary, public) handles in the live worker."""
+
+
+class TokenAccess(Protocol):
+    """What operation objects need from the provider (:class:`~.provider.TokenAccess`)."""
+
+    opts: Options
+
+    def call_in(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+                overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]: ...
+
+    def call(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+             overrides: dict[str, ErrorCode] | None = None) -> Any: ...
+
+    def key_call_in(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
+                    overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]: ...
+
+    def key_call(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
+                 overrides: dict[str, ErrorCode] | None = None) -> Any: ...
+
+    def abort_later(self, generation: int, op_id: int) -> None: ...
 
 _GCM_DECRYPT_ERRORS = {
     # SoftHSM2 reports a tag mismatch as CKR_GENERAL_ERROR; PKCS#11 says ENCRYPTED_DATA_INVALID
@@ -69,7 +90,7 @@ class _Stream:
     """Bytes of one multi-part operation: held here up to the ``stream_buffer`` limit,
     then streamed into a token session (``begin``/``update``/``finish`` requests)."""
 
-    def __init__(self, provider: PKCS11Provider, kind: str, spec: MechanismSpec,
+    def __init__(self, provider: TokenAccess, kind: str, spec: MechanismSpec,
                  key: TokenKey | None, handle: Callable[[int | None, int | None], int],
                  what: str, overrides: dict[str, ErrorCode] | None = None) -> None:
         self.provider = provider
@@ -156,7 +177,7 @@ class _Stream:
 class TokenHash(HashOperation):
     """A digest computed by the token (``C_Digest``)."""
 
-    def __init__(self, provider: PKCS11Provider, algorithm: str, mechanism: int) -> None:
+    def __init__(self, provider: TokenAccess, algorithm: str, mechanism: int) -> None:
         self._provider = provider
         self._spec = MechanismSpec(mechanism)
         self._stream = _Stream(provider, "Digest", self._spec, None, lambda p, q: 0,
@@ -179,7 +200,7 @@ class TokenHash(HashOperation):
 class TokenCipher(CipherOperation):
     """AES-CBC (PKCS#7 padding), AES-CTR or AES-GCM in the token."""
 
-    def __init__(self, provider: PKCS11Provider, algorithm: str, mode: str, mechanism: int,
+    def __init__(self, provider: TokenAccess, algorithm: str, mode: str, mechanism: int,
                  key: TokenKey, encrypt: bool, iv: bytes, tag_length: int) -> None:
         self._provider = provider
         self._algorithm = algorithm
@@ -274,7 +295,7 @@ def _public(primary: int | None, public: int | None) -> int:
 class HostHashSigner(SignOperation):
     """ECDSA / RSA-PSS: the provider hashes, the token signs the digest."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._plan = plan
@@ -300,7 +321,7 @@ class HostHashSigner(SignOperation):
 class HostHashVerifier(VerifyOperation):
     """ECDSA / RSA-PSS verification of a provider-computed digest by the token."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -331,7 +352,7 @@ class HostHashVerifier(VerifyOperation):
 class WholeMessageSigner(SignOperation):
     """Pure EdDSA: the token signs the whole message in one call."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._plan = plan
@@ -356,7 +377,7 @@ class WholeMessageSigner(SignOperation):
 class WholeMessageVerifier(VerifyOperation):
     """Pure EdDSA verification in one call."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -382,7 +403,7 @@ class WholeMessageVerifier(VerifyOperation):
 class StreamSigner(SignOperation):
     """HMAC (and hash-and-sign RSA-PSS): the token hashes and signs."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._key = key
@@ -412,7 +433,7 @@ class MacVerifier(VerifyOperation):
     time; a tag truncated to ``min_mac_length`` bytes or more is checked against the prefix.
     (The daemon verifies MACs the same way, through a signer.)"""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  mac_size: int) -> None:
         self._min_length = provider.opts.min_mac_length
         self._signer = StreamSigner(provider, plan, key, mac_size)
@@ -435,7 +456,7 @@ class MacVerifier(VerifyOperation):
 class _StreamVerify(VerifyOperation):
     """``C_VerifyInit``/``Update``/``Final`` (or one ``C_Verify``) in the token."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  handle: Callable[[int | None, int | None], int], what: str) -> None:
         self._provider = provider
         self._key = key
@@ -468,5 +489,5 @@ class _StreamVerify(VerifyOperation):
 class StreamVerifier(_StreamVerify):
     """Hash-and-sign RSA-PSS verification in the token (with the public object)."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         super().__init__(provider, plan, key, _public, f"{plan.algorithm} verification")

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pkcs11.constants import Attribute, ObjectClass
@@ -89,6 +89,7 @@ from .mechanisms import mechanism_names as _mechanism_names
 from .operations import (
     HostHashSigner,
     HostHashVerifier,
+    KeyArgs,
     MacVerifier,
     StreamSigner,
     StreamVerifier,
@@ -99,8 +100,6 @@ from .operations import (
 )
 from .options import Options, parse
 from .registry import TokenObjectRegistry
-
-KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
 
 _CLASS_SECRET = int(ObjectClass.SECRET_KEY)
 _CLASS_PRIVATE = int(ObjectClass.PRIVATE_KEY)
