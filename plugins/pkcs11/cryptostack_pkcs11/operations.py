@@ -33,12 +33,12 @@ from cryptostack_core.sdk import (
     HashOperation,
     SignOperation,
     VerifyOperation,
+    ecdsa,
     invalid_argument,
 )
 from cryptostack_core.sdk.workers import StaleGeneration
 
 from .cryptoki import MechanismSpec
-from .keyformats import ecdsa_der_to_raw, ecdsa_raw_to_der
 from .keys import TokenKey
 from .mechanisms import SignPlan
 from .options import Options
@@ -315,7 +315,7 @@ class HostHashSigner(SignOperation):
             "sign", self._key,
             lambda primary, public: (spec, _private(primary, public), digest, self._out_size),
             what=f"{self._plan.algorithm} signing"))
-        return ecdsa_raw_to_der(raw) if self._plan.der_ecdsa else raw
+        return ecdsa.raw_to_der(raw) if self._plan.der_ecdsa else raw
 
 
 class HostHashVerifier(VerifyOperation):
@@ -335,7 +335,7 @@ class HostHashVerifier(VerifyOperation):
         """True if ``signature`` is valid."""
         signature = bytes(signature)
         if self._plan.der_ecdsa:
-            raw = ecdsa_der_to_raw(signature, self._key.size)
+            raw = ecdsa.der_to_raw(signature, self._key.algorithm)
             if raw is None:
                 return False
             signature = raw

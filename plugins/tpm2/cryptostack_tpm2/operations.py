@@ -195,7 +195,7 @@ class TpmVerifier(VerifyOperation):
     """ECDSA or RSA-PSS verification by TPM2_VerifySignature."""
 
     def __init__(self, proxy: WorkerHost, key: TpmKey, algorithm: str, hash_name: str,
-                 hash_alg: int, *, ec_size: int = 0, rsa_public: tuple[int, int] | None = None
+                 hash_alg: int, *, rsa_public: tuple[int, int] | None = None
                  ) -> None:
         self._proxy = proxy
         self._key = key
@@ -203,7 +203,6 @@ class TpmVerifier(VerifyOperation):
         self._hash_name = hash_name.replace("-", "").lower()
         self._hash_alg = hash_alg
         self._software = hashlib.new(self._hash_name)
-        self._ec_size = ec_size
         self._rsa_public = rsa_public
 
     def update(self, data: Buffer) -> None:
@@ -215,7 +214,7 @@ class TpmVerifier(VerifyOperation):
         digest = self._software.digest()
         sig: tuple[Any, ...]
         if self._rsa_public is None:
-            parsed = ecdsa_from_der(signature, self._algorithm, self._ec_size)
+            parsed = ecdsa_from_der(signature, self._algorithm)
             if parsed is None:
                 return False
             sig = ("ecdsa", *parsed)

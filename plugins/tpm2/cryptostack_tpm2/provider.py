@@ -398,8 +398,7 @@ class TPM2Provider(Provider):
                                   self.info.facts.input_buffer, self._min_mac)
         _scheme, hash_name = self._scheme(algorithm)
         if algorithm in CURVES:
-            return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name],
-                               ec_size=CURVES[algorithm][2])
+            return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name])
         area = TPM2B_PUBLIC.unmarshal(tkey.public)[0].publicArea
         n = int.from_bytes(bytes(area.unique.rsa), "big")
         e = int(area.parameters.rsaDetail.exponent) or 65537
