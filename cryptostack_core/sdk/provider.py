@@ -132,6 +132,14 @@ class HashOperation(abc.ABC):
     def finalize(self) -> bytes:
         """Return the digest; the object is not used afterwards."""
 
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
+
 
 class CipherOperation(abc.ABC):
     """One message being encrypted or decrypted (IV, key and direction fixed at creation).
@@ -154,6 +162,18 @@ class CipherOperation(abc.ABC):
     def finalize(self) -> bytes:
         """Finish the message (padding, tag) and return the remaining output."""
 
+    async def update_aad_async(self, data: Buffer) -> None:
+        """:meth:`update_aad` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update_aad(data)
+
+    async def update_async(self, data: Buffer) -> bytes:
+        """:meth:`update` on the daemon's event loop."""
+        return self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
+
 
 class SignOperation(abc.ABC):
     """One message being signed or MACed."""
@@ -165,6 +185,14 @@ class SignOperation(abc.ABC):
     @abc.abstractmethod
     def finalize(self) -> bytes:
         """Return the signature (DER for ECDSA) or the MAC tag."""
+
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
 
 
 class VerifyOperation(abc.ABC):
@@ -178,6 +206,14 @@ class VerifyOperation(abc.ABC):
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` is valid for the message; False otherwise (never raises for a
         merely wrong or malformed signature)."""
+
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize(signature)
 
 
 class KekSource(abc.ABC):
@@ -246,6 +282,19 @@ class Provider(abc.ABC):
         ``size`` is the input length (0 for calls without data, such as a finalisation);
         ``algorithm`` is the context's canonical algorithm when known. Only return True for
         calls that never block and finish within tens of microseconds.
+        """
+        return False
+
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """True when the daemon may run a stream call (``update``, ``finalize``... of a hash,
+        cipher, sign or verify context) by awaiting the operation object's ``*_async``
+        methods on its event loop instead of sending it to a thread.
+
+        For providers whose backend is a worker process on the SDK's worker host (which
+        runs on the daemon's loop): a call then costs one round trip to the worker and no
+        thread. The provider promises that its ``*_async`` methods never block, that
+        ``create_hash``/``create_cipher``/``create_signer``/``create_verifier`` are cheap
+        (they run on the loop too), and that local work on ``size`` bytes stays small.
         """
         return False
 

@@ -37,15 +37,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import itertools
 import logging
 import os
 import pickle
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptostack_core.sdk.deadline import call_deadline
 from cryptostack_core.sdk.provider import ProviderState
@@ -69,6 +70,7 @@ from cryptostack_core.sdk.workers.wire import (
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 _UNSET: Any = object()
+T = TypeVar("T")
 
 
 class StaleGeneration(Exception):
@@ -355,6 +357,28 @@ class WorkerHost:
             deadline = call_deadline()
         request = self._begin(op, args, generation, deadline, context)
         return await request.future
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the provider's (one that awaits :meth:`call_async`) on the
+        host's loop from another thread, and return its result. The caller's context
+        variables, its deadline among them, travel with it."""
+        if on_loop_thread(self._loop):
+            coro.close()
+            raise RuntimeError("WorkerHost.run on the host's own event loop; await instead")
+        context = contextvars.copy_context()
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = self._loop.create_task(coro, context=context)
+            task.add_done_callback(lambda done: _copy_outcome(done, outcome))
+
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            coro.close()
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
+                              f"the {self.spec.name}'s event loop has stopped") from None
+        return outcome.result()
 
     def queue_cleanup(self, generation: int, items: tuple[Any, ...]) -> None:
         """Cleanup for incarnation ``generation``, sent with its next request (dropped if it
@@ -817,8 +841,7 @@ def _message(payload: Any) -> str:
         return repr(payload)
 
 
-def _copy_outcome(source: asyncio.Future[tuple[Any, int]],
-                  target: concurrent.futures.Future[tuple[Any, int]]) -> None:
+def _copy_outcome(source: asyncio.Future[T], target: concurrent.futures.Future[T]) -> None:
     if source.cancelled():
         target.set_exception(CryptoError(ErrorCode.OPERATION_TIMED_OUT, "cancelled"))
         return

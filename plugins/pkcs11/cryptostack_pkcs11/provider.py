@@ -42,10 +42,11 @@ forbids counter reuse; pyca would wrap around).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pkcs11.constants import Attribute, ObjectClass
 from pkcs11.mechanisms import KeyType, Mechanism
@@ -104,6 +105,12 @@ from .registry import TokenObjectRegistry
 _CLASS_SECRET = int(ObjectClass.SECRET_KEY)
 _CLASS_PRIVATE = int(ObjectClass.PRIVATE_KEY)
 _CLASS_PUBLIC = int(ObjectClass.PUBLIC_KEY)
+
+
+T = TypeVar("T")
+_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
+                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_MAX_INPUT = 64 * 1024
 
 
 class PKCS11Provider(Provider):
@@ -182,8 +189,9 @@ class PKCS11Provider(Provider):
     # --- calls to the token worker ----------------------------------------------------
     def call_in(self, op: str, *args: Any, generation: int | None = None, what: str = "",
                 overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
-        """Run ``op`` in the token worker: (result, generation). ``what`` names the call in
-        error messages; ``overrides`` give CKR values a meaning specific to this call."""
+        """Run ``op`` in the token worker from a thread: (result, generation). ``what`` names
+        the call in error messages; ``overrides`` give CKR values a meaning specific to
+        this call."""
         return self.host.call_in(op, *args, generation=generation, context=(what, overrides))
 
     def call(self, op: str, *args: Any, generation: int | None = None, what: str = "",
@@ -192,65 +200,98 @@ class PKCS11Provider(Provider):
         return self.call_in(op, *args, generation=generation, what=what,
                             overrides=overrides)[0]
 
+    async def call_in_async(self, op: str, *args: Any, generation: int | None = None,
+                            what: str = "", overrides: dict[str, ErrorCode] | None = None
+                            ) -> tuple[Any, int]:
+        """:meth:`call_in` on the host's event loop."""
+        return await self.host.call_async(op, *args, generation=generation,
+                                          context=(what, overrides))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of this provider's on the host's loop (from a thread)."""
+        return self.host.run(coro)
+
     # --- calls naming keys -----------------------------------------------------------
     def key_call_in(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
                     overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
-        """Run ``op`` with the key's handles of the live worker generation; returns
-        (result, generation)."""
-        for _attempt in range(3):
-            generation, primary, public = self._resolve(key)
-            try:
-                return self.call_in(op, *args(primary, public), generation=generation,
-                                        what=what, overrides=overrides)
+        """Run ``op`` with the key's handles of the live worker generation (from a thread);
+        returns (result, generation)."""
+        live = self.host.generation
+        if live is not None and key.generation == live and not key.released:
+            try:  # the common case, without a coroutine
+                return self.call_in(op, *args(key.primary, key.public), generation=live,
+                                    what=what, overrides=overrides)
             except StaleGeneration:
-                continue  # the worker restarted in between: resolve again
-        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token worker keeps restarting")
+                pass  # the worker restarted in between: reload the key, on the loop
+        return self.host.run(self.key_call_in_async(op, key, args, what=what,
+                                                    overrides=overrides))
 
     def key_call(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
                  overrides: dict[str, ErrorCode] | None = None) -> Any:
         """:meth:`key_call_in` without the generation."""
         return self.key_call_in(op, key, args, what=what, overrides=overrides)[0]
 
-    def _resolve(self, key: TokenKey) -> tuple[int, int | None, int | None]:
-        """(generation, primary, public) of ``key`` in the live worker, finding token objects
-        or re-creating public keys after a restart."""
+    async def key_call_in_async(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
+                                overrides: dict[str, ErrorCode] | None = None
+                                ) -> tuple[Any, int]:
+        """:meth:`key_call_in` on the host's loop: the key is found again (token objects)
+        or re-created (public keys) in a worker that replaced the one it was made in."""
+        for _attempt in range(3):
+            generation, primary, public = await self._resolve(key)
+            try:
+                return await self.call_in_async(op, *args(primary, public),
+                                                generation=generation, what=what,
+                                                overrides=overrides)
+            except StaleGeneration:
+                continue  # the worker restarted in between: resolve again
+        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token worker keeps restarting")
+
+    async def _resolve(self, key: TokenKey) -> tuple[int, int | None, int | None]:
+        """(generation, primary, public) of ``key`` in the live worker."""
         live = self.host.generation
         if live is not None and key.generation == live and not key.released:
             return key.generation, key.primary, key.public  # the common case: no lock
-        # Another caller may be finding the key in a new worker; wait for it no longer than
-        # this call's own deadline.
+        # Another call may be finding the key in the new worker: wait for it, within this
+        # call's deadline (or call_timeout).
         remaining = remaining_time()
         wait = self.opts.call_timeout if remaining is None else max(0.0, remaining)
-        if not key.lock.acquire(timeout=wait):
-            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                              "the key is being reloaded into the token worker")
         try:
-            return self._resolve_locked(key)
+            await asyncio.wait_for(key.reload_lock.acquire(), wait)
+        except TimeoutError:
+            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                              "the key is being reloaded into the token worker") from None
+        try:
+            return await self._resolve_locked(key)
         finally:
-            key.lock.release()
+            key.reload_lock.release()
 
-    def _resolve_locked(self, key: TokenKey) -> tuple[int, int | None, int | None]:
+    async def _resolve_locked(self, key: TokenKey) -> tuple[int, int | None, int | None]:
         if key.released:
             raise CryptoError(ErrorCode.INVALID_STATE, "the key has been released")
         live = self.host.generation
         if live is not None and key.generation == live:
             return key.generation, key.primary, key.public
         if key.token_id is not None:
-            found, generation = self.call_in("find", key.token_id,
-                                                 what="finding a token key")
+            found, generation = await self.call_in_async("find", key.token_id,
+                                                         what="finding a token key")
             fresh = self._key_from_found(key.algorithm, found, generation, key.token_id,
                                          key.size)
             key.primary, key.public, key.generation = fresh.primary, fresh.public, generation
             return generation, key.primary, key.public
         if key.kind == "public" and key.public_attrs is not None:
-            handle, generation = self.call_in("create_public", key.public_attrs,
-                                                  what="re-creating a public key")
+            handle, generation = await self.call_in_async("create_public", key.public_attrs,
+                                                          what="re-creating a public key")
             key.public, key.generation = int(handle), generation
             return generation, None, key.public
         raise CryptoError(ErrorCode.PROVIDER_ERROR,
                           f"this {key.algorithm} key was a session object of token worker "
                           f"generation {key.generation}, which was restarted "
                           f"({self.host.last_restart_reason}); the key no longer exists")
+
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """Stream calls are awaited on the daemon's loop, where the token worker's host
+        runs, up to 64 KiB of input (local work: buffering, or hashing for ECDSA/RSA-PSS)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
 
     def abort_later(self, generation: int, op_id: int) -> None:
         """End a multi-part token operation nobody will finish (with the next request)."""

@@ -192,30 +192,33 @@ def test_many_clients_at_once(tmp_path: Path, softhsm_token: Any) -> None:
 def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
                                                         softhsm_token: Any) -> None:
     config = daemon_config(softhsm_token, call_timeout=2.0, test_hang={"op": "sign"})
-    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=0.4) as stack:
-        ctx = stack.create_crypto_context()
+    with DaemonProcess(tmp_path / "d", config) as daemon, \
+            daemon.stack(timeout=0.4) as impatient, daemon.stack(timeout=30) as patient:
+        ctx = impatient.create_crypto_context()
         ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
 
         def hsm() -> dict[str, Any]:
-            return next(p for p in stack.status()["providers"] if p["id"] == HSM)
+            return next(p for p in patient.status()["providers"] if p["id"] == HSM)
 
         first_pid = hsm()["worker_pid"]
         signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
                                          .set_key(ec_slot))
         started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
-            signer.sign(b"blocks in the token")
+            signer.sign(b"blocks in the token")  # held in the worker: only the deadline ends it
         assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
         assert time.monotonic() - started < 20  # the client's deadline, not call_timeout's
         with pytest.raises(cs.CryptoError) as err:
             signer.sign(b"again")
         assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
         # the daemon and other contexts -- on the same token -- keep answering
-        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                         .set_provider(HSM))
+        other = patient.create_crypto_context()
+        hasher = other.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                           .set_provider(HSM))
         for i in range(10):
             assert hasher.single_shot(b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
         # after call_timeout the worker is replaced; the persisted key works again
+
         def replaced() -> dict[str, Any] | None:
             now = hsm()
             return now if now["worker_restarts"] == 1 and \
@@ -223,11 +226,12 @@ def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
 
         restarted = eventually(replaced, 30, "the worker restart")
         assert restarted["state"] == "degraded" and "sign" in restarted["reason"]
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(ec_slot))
+        slot = other.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
+        signer = other.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                           .set_key(slot))
         signature = signer.sign(b"after the restart")
-        verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                             .set_algorithm("ECDSA-P256").set_key(ec_slot))
+        verifier = other.create_verify_context(cs.VerifyContextConfig()
+                                               .set_algorithm("ECDSA-P256").set_key(slot))
         assert verifier.verify(b"after the restart", signature)
 
 
