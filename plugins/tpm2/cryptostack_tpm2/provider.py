@@ -85,6 +85,11 @@ _TSS2_PEM = b"-----BEGIN TSS2 PRIVATE KEY-----"
 _OWNER = 0x40000001
 
 
+_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
+                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_MAX_INPUT = 64 * 1024
+
+
 class TPM2Provider(Provider):
     """cryptostack provider backed by a TPM 2.0 (see the module docstring for options)."""
 
@@ -139,6 +144,11 @@ class TPM2Provider(Provider):
         if self._info is None:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, "tpm2 provider not started")
         return self._info
+
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """Stream calls are awaited on the daemon's loop, where the TPM worker's host runs,
+        up to 64 KiB of input (local work: buffering, or hashing for signatures)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
 
     def capabilities(self) -> Iterable[Capability]:
         """Discovered at start from the TPM (see :mod:`.capabilities`)."""

@@ -248,7 +248,7 @@ def test_sealed_kek_is_useless_with_another_tpm(
 # --- start-up ---------------------------------------------------------------------------
 
 def test_start_failures_are_clear(tmp_path: Path) -> None:
-    from cryptostack_tpm2.testing import free_port_pair
+    import socket
 
     from cryptostack_core.sdk import ProviderEnvironment
 
@@ -259,8 +259,10 @@ def test_start_failures_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CryptoError) as err:
         TPM2Provider(1, {"call_timeout": -1}, env).start()
     assert err.value.code is ErrorCode.INVALID_ARGUMENT and "call_timeout" in err.value.message
-    nobody = f"swtpm:host=127.0.0.1,port={free_port_pair()}"  # nothing listens there
-    with pytest.raises(CryptoError) as err:
-        TPM2Provider(1, {"tcti": nobody}, env).start()
+    with socket.socket() as taken:  # bound, never listening: no simulator can take the port
+        taken.bind(("127.0.0.1", 0))
+        nobody = f"swtpm:host=127.0.0.1,port={taken.getsockname()[1]}"
+        with pytest.raises(CryptoError) as err:
+            TPM2Provider(1, {"tcti": nobody}, env).start()
     assert err.value.code is ErrorCode.PROVIDER_UNAVAILABLE
     assert nobody in err.value.message
