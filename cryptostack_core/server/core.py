@@ -8,6 +8,7 @@ provider). The operation families in :mod:`cryptostack_core.server.ops` are buil
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -49,6 +50,14 @@ from cryptostack_core.wire.resources import (
 )
 
 log = logging.getLogger("cryptostack.service")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
@@ -197,7 +206,8 @@ class ServiceCore:
                 ctx: ContextState = handle.obj
                 # A call still running on this context (abandoned after a timeout) keeps
                 # its lock; do not wait long for it: closing marks the context dead anyway.
-                acquired = ctx.lock.acquire(timeout=0 if ctx.error else 5)
+                # On an event loop never wait: the call holding it may need that loop.
+                acquired = ctx.lock.acquire(timeout=0 if ctx.error or _on_event_loop() else 5)
                 try:
                     ctx.close()
                 finally:

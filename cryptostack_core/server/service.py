@@ -26,7 +26,13 @@ from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.core import Call, ServiceCore
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.ops.certificates import CertificateOps
-from cryptostack_core.server.ops.contexts import SECRET_OPERATION, STREAM_OPERATION, ContextOps
+from cryptostack_core.server.ops.contexts import (
+    SECRET_OPERATION,
+    STREAM_OPERATION,
+    AsyncOp,
+    ContextBusy,
+    ContextOps,
+)
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
 from cryptostack_core.server.request import Request
@@ -42,7 +48,7 @@ CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resou
                          "resource.describe"})
 """Requests that never touch a provider: always served inline."""
 
-__all__ = ["Call", "Request", "Service"]
+__all__ = ["Call", "ContextBusy", "Request", "Service"]
 
 
 class Service:
@@ -53,9 +59,11 @@ class Service:
         self.core = ServiceCore(config, plugin_manager=plugin_manager, state_dir=state_dir)
         self.config = config
         certificates = CertificateOps(self.core)
+        contexts = ContextOps(self.core)
+        self._async_ops: dict[str, AsyncOp] = contexts.async_operations()
         families: list[Mapping[str, Op]] = [
             ControlOps(self.core, certificates.slot_status).operations(),
-            ContextOps(self.core).operations(),
+            contexts.operations(),
             KeyOps(self.core).operations(),
             certificates.operations(),
         ]
@@ -111,6 +119,53 @@ class Service:
                     raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                       "the deadline passed before the daemon could start the call")
                 return fn(call, args)
+        except CryptoError as exc:
+            result = exc.code.value
+            raise
+        except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+            result = ErrorCode.PROVIDER_ERROR.value
+            log.exception("%s failed inside a provider", request.op)
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if observed:
+                self.core.metric("request.seconds", time.perf_counter() - started,
+                                 {"op": request.op, "result": result})
+
+    def runs_async(self, session: Session, request: Request) -> bool:
+        """Whether a front end on an event loop may await :meth:`handle_async` for this
+        request instead of sending :meth:`handle` to a thread: a stream call on a context
+        whose provider runs it awaited (its backend is a worker on the loop)."""
+        if request.op not in self._async_ops:
+            return False
+        ctx = self._context_of(session, request)
+        if ctx is None:
+            return False
+        instance = ctx.loaded.instance
+        return instance is not None and bool(instance.runs_async(
+            STREAM_OPERATION[request.family], request.data_size, algorithm=ctx.algorithm))
+
+    async def handle_async(self, call: Call, request: Request) -> Any:
+        """:meth:`handle` for a request :meth:`runs_async` accepted, on the front end's loop.
+        Raises :class:`ContextBusy` (nothing done) when another call holds the context: run
+        the request on the thread path then."""
+        fn = self._async_ops[request.op]
+        args = request.args
+        region = call.session.shm
+        if region is not None:
+            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                    for k, v in args.items()}
+        observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
+        started = time.perf_counter() if observed else 0.0
+        result = "ok"
+        try:
+            with deadline_scope_until(call.deadline):
+                if call.deadline is not None and time.monotonic() > call.deadline:
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      "the deadline passed before the daemon could start the call")
+                return await fn(call, args)
+        except ContextBusy:
+            observed = False
+            raise
         except CryptoError as exc:
             result = exc.code.value
             raise

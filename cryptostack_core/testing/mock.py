@@ -403,6 +403,9 @@ class _MockSigner(SignOperation):
 class _MockVerifier(_MockSigner, VerifyOperation):
     _kind = "verify"
 
+    async def finalize_async(self, signature: bytes) -> bool:  # type: ignore[override]
+        return self.finalize(signature)
+
     def finalize(self, signature: bytes) -> bool:  # type: ignore[override]
         self.p.fault("verify.finalize")
         if self.algorithm in MACS:

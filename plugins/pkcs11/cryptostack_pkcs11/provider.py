@@ -75,7 +75,7 @@ from cryptostack_core.sdk import (
 from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_core.sdk.workers import StaleGeneration, WorkerHost
 
-from . import keyformats, policy
+from . import keyformats
 from .hosting import worker_spec
 from .keys import (
     TokenKey,
@@ -571,19 +571,10 @@ class PKCS11Provider(Provider):
         if token_key.kind != "secret" or token_key.algorithm != wanted:
             raise invalid_argument(f"{algorithm} needs a {wanted} key, not {key.algorithm}")
         iv = bytes(iv)
-        if mode in ("CBC", "CTR"):
-            if len(iv) != policy.BLOCK_IV:
-                raise invalid_argument(f"{algorithm} needs a {policy.BLOCK_IV}-byte IV, "
-                                       f"got {len(iv)}")
-        else:
-            if not policy.GCM_IV_MIN <= len(iv) <= policy.GCM_IV_MAX:
-                raise invalid_argument(f"{algorithm} IVs are {policy.GCM_IV_MIN} to "
-                                       f"{policy.GCM_IV_MAX} bytes (12 recommended), "
-                                       f"got {len(iv)}")
-            if tag_length not in policy.GCM_TAG_LENGTHS:
-                raise invalid_argument(f"{algorithm} tag length must be one of "
-                                       f"{sorted(policy.GCM_TAG_LENGTHS)} bytes, "
-                                       f"got {tag_length}")
+        limits = self.spec(algorithm)  # IV and tag limits are declared on the algorithm
+        limits.check_iv(len(iv))
+        if mode == "GCM":
+            limits.check_tag_length(tag_length)
         encrypt = direction is CipherDirection.ENCRYPT
         return TokenCipher(self, algorithm, mode, mechanism, token_key, encrypt, iv, tag_length)
 
@@ -637,8 +628,9 @@ class PKCS11Provider(Provider):
         if not self._profile().has_rng:
             raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
                               f"token {self.opts.token_label!r} has no random generator")
-        if not 0 <= length <= policy.RANDOM_MAX:
-            raise invalid_argument(f"random length must be 0 to {policy.RANDOM_MAX}")
+        most = self.spec("RANDOM").max_output
+        if not 0 <= length <= most:
+            raise invalid_argument(f"random length must be 0 to {most}")
         if length == 0:
             return b""
         return bytes(self.call("random", length, what="generating random bytes"))

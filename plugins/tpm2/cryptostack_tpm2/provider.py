@@ -357,9 +357,7 @@ class TPM2Provider(Provider):
         if tkey.algorithm not in spec.key_algorithms:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{algorithm} needs a {spec.key_algorithms[0]} key")
-        if len(iv) != spec.iv_size:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} needs a {spec.iv_size}-byte IV, got {len(iv)}")
+        spec.check_iv(len(iv))
         mode = algorithm.rsplit("-", 1)[1]
         return TpmCipher(self.host, tkey, mode, AES_MODES[mode],
                          direction is CipherDirection.DECRYPT, bytes(iv))
