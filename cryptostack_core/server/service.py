@@ -134,7 +134,13 @@ class Service:
     def runs_async(self, session: Session, request: Request) -> bool:
         """Whether a front end on an event loop may await :meth:`handle_async` for this
         request instead of sending :meth:`handle` to a thread: a stream call on a context
-        whose provider runs it awaited (its backend is a worker on the loop)."""
+        whose provider runs it awaited (its backend is a worker on the loop), or a batch of
+        such calls on one context (``init``/``update``/``finalize`` in one frame)."""
+        if request.op == "batch":
+            members = request.members
+            return bool(members) and members[0].context is not None and all(
+                member.context == members[0].context and self.runs_async(session, member)
+                for member in members)
         if request.op not in self._async_ops:
             return False
         ctx = self._context_of(session, request)
@@ -148,6 +154,18 @@ class Service:
         """:meth:`handle` for a request :meth:`runs_async` accepted, on the front end's loop.
         Raises :class:`ContextBusy` (nothing done) when another call holds the context: run
         the request on the thread path then."""
+        if request.op != "batch":
+            return await self._handle_awaited(call, request, locked=False)
+        ctx = self._context_of(call.session, request.members[0])
+        if ctx is None or not ctx.lock.acquire(blocking=False):
+            raise ContextBusy()
+        try:  # members run one after the other; the first failure ends the batch
+            return [await self._handle_awaited(call, member, locked=True)
+                    for member in request.members]
+        finally:
+            ctx.lock.release()
+
+    async def _handle_awaited(self, call: Call, request: Request, *, locked: bool) -> Any:
         fn = self._async_ops[request.op]
         args = request.args
         region = call.session.shm
@@ -162,7 +180,7 @@ class Service:
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                       "the deadline passed before the daemon could start the call")
-                return await fn(call, args)
+                return await fn(call, args, locked=locked)
         except ContextBusy:
             observed = False
             raise

@@ -47,7 +47,8 @@ from cryptostack_core.wire.permissions import KeyOperationPermission as P
 from cryptostack_core.wire.resources import CipherDirection, ResourcePersistence
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
-AsyncOp = Callable[[Call, Mapping[str, Any]], Awaitable[Any]]
+AsyncOp = Callable[..., Awaitable[Any]]
+"""``(call, args, *, locked=False)``: ``locked`` when the caller holds the context's lock."""
 _S = TypeVar("_S", bound=StreamContextState)
 
 STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
@@ -394,8 +395,11 @@ class ContextOps:
 
     def _awaited_stream_call(self, kind: type[_S],
                              run: Callable[[_S, Mapping[str, Any]], Awaitable[Any]]) -> AsyncOp:
-        async def serve(call: Call, args: Mapping[str, Any]) -> Any:
+        async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
             ctx = self.core.context(call, args.get("ctx"), kind)
+            if locked:
+                ctx.check_usable()
+                return await run(ctx, args)
             if not ctx.lock.acquire(blocking=False):
                 raise ContextBusy()
             try:

@@ -279,3 +279,75 @@ def test_worker_ends_with_the_daemon(tmp_path: Path, softhsm_token: Any) -> None
     finally:
         daemon.kill()
     assert wait_for_exit(pid, 30), "the token worker outlived the daemon"
+
+
+def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
+                                                             softhsm_token: Any) -> None:
+    """Hash, cipher, sign and verify calls on the token go from the client's socket to the
+    worker's socket on the daemon's event loop: none of them is sent to a thread pool (only
+    context creation and key management are). The daemon runs in this process so the test
+    sees where each request went."""
+    import asyncio
+    import threading
+
+    from cryptostack_core.server.config import DaemonConfig
+    from cryptostack_core.server.daemon import DaemonServer
+
+    config = DaemonConfig.from_mapping({
+        "daemon": {"socket": str(tmp_path / "d.sock"), "keystore": str(tmp_path / "ks.db")},
+        "providers": [{"name": "pkcs11", "id": HSM, "options": softhsm_token.options()}]})
+    server = DaemonServer(config)
+    threaded: list[str] = []
+    pool_for = server.pool_for
+
+    def recording(session: Any, request: Any) -> Any:
+        threaded.extend(leaf.op for leaf in request.leaves())
+        return pool_for(session, request)
+
+    server.pool_for = recording  # type: ignore[method-assign]
+    outcome: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            ready = eventually(lambda: (tmp_path / "d.sock").exists(), 60, "the socket")
+            assert ready
+            endpoint = f"unix://{tmp_path / 'd.sock'}"
+            with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint(
+                    endpoint)) as stack, stack.create_crypto_context() as ctx:
+                km = ctx.create_key_management_context()
+                aes = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
+                                      .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+                ec_key = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
+                                         .set_permissions(P.SIGN | P.VERIFY).set_provider(HSM))
+                hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                                 .set_provider(HSM))
+                outcome["digest"] = hasher.single_shot(b"abc")
+                enc = ctx.create_cipher_context(cs.CipherContextConfig()
+                                                .set_algorithm("AES-256-GCM").set_key(aes)
+                                                .set_direction(ENC))
+                enc.init(bytes(12))
+                enc.update_aad(b"aad")
+                outcome["ciphertext"] = enc.update(b"secret") + enc.finalize()
+                signer = ctx.create_sign_context(cs.SignContextConfig()
+                                                 .set_algorithm("ECDSA-P256").set_key(ec_key))
+                signature = signer.sign(b"message")
+                verifier = ctx.create_verify_context(cs.VerifyContextConfig()
+                                                     .set_algorithm("ECDSA-P256").set_key(ec_key))
+                outcome["verified"] = verifier.verify(b"message", signature)
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+        finally:
+            server.stop()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    asyncio.run(server.serve())  # in the main thread (signal handlers), until the client stops it
+    thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["digest"] == hashlib.sha256(b"abc").digest() and outcome["verified"]
+    assert len(outcome["ciphertext"]) == len(b"secret") + 16
+    stream_calls = {op for op in threaded if op.split(".")[0] in ("hash", "cipher", "sign",
+                                                                  "verify")
+                    and not op.endswith(".create")}
+    assert stream_calls == set(), f"sent to a thread pool: {sorted(stream_calls)}"
+    assert "key.generate" in threaded  # key management still runs in the provider's pool
