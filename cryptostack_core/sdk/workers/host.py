@@ -42,6 +42,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -136,6 +137,11 @@ class HostSettings:
     close_timeout: float = 5.0
     max_queued: int = 4096
     hangs: tuple[HangHook, ...] = ()
+    spin_microseconds: int = 50
+    """How long a lone request polls the worker's socket before the loop sleeps on it: a
+    reply that comes within that time costs no wake-up of the loop's thread (about half a
+    round trip on a busy machine). The loop does nothing else meanwhile, so this applies
+    only when no other request to this worker is in flight. 0 disables it."""
 
 
 class _WorkerExited(Exception):
@@ -173,6 +179,7 @@ class _Incarnation:
     info: Any
     credits: int
     started: float
+    fd: int = -1
     running: dict[int, _Request] = field(default_factory=dict)
     cleanup: list[Any] = field(default_factory=list)
     dead: bool = False
@@ -235,6 +242,7 @@ class WorkerHost:
         self._failures = 0
         self._young_deaths = 0
         self._rids = itertools.count(1)
+        self._spin = settings.spin_microseconds / 1e6
         # cleanup from any thread, even GC finalizers: a deque append takes no lock
         self._deferred: collections.deque[tuple[int, tuple[Any, ...]]] = collections.deque()
         self._hangs: dict[HangHook, int] = {}  # hook -> times left
@@ -332,6 +340,9 @@ class WorkerHost:
                 outcome.set_exception(exc)
                 return
             request.future.add_done_callback(lambda done: _copy_outcome(done, outcome))
+            incarnation = request.incarnation
+            if self._spin and incarnation is not None and len(incarnation.running) == 1:
+                _poll_readable(incarnation.fd, self._spin)
 
         try:
             self._loop.call_soon_threadsafe(begin)
@@ -356,6 +367,9 @@ class WorkerHost:
         if deadline is _UNSET:
             deadline = call_deadline()
         request = self._begin(op, args, generation, deadline, context)
+        incarnation = request.incarnation
+        if self._spin and incarnation is not None and len(incarnation.running) == 1:
+            _poll_readable(incarnation.fd, self._spin)
         return await request.future
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -474,7 +488,8 @@ class WorkerHost:
             loop.run_in_executor(None, process.wait, 5.0)
             raise
         incarnation = _Incarnation(generation, process, transport, payload,
-                                   credits=max(1, self.spec.threads), started=time.monotonic())
+                                   credits=max(1, self.spec.threads), started=time.monotonic(),
+                                   fd=sock.fileno())
         link.incarnation = incarnation
         return incarnation
 
@@ -832,6 +847,17 @@ class WorkerHost:
             return CryptoError(ErrorCode.PROVIDER_ERROR,
                                f"{request.op}: malformed failure from the {self.spec.name}")
         return self.spec.translate_error(info, request.op, request.context)
+
+
+def _poll_readable(fd: int, seconds: float) -> None:
+    """Busy-poll ``fd`` for up to ``seconds`` (until it is readable), without sleeping."""
+    end = time.perf_counter() + seconds
+    try:
+        while not select.select((fd,), (), (), 0)[0]:
+            if time.perf_counter() >= end:
+                return
+    except (OSError, ValueError):
+        return
 
 
 def _message(payload: Any) -> str:

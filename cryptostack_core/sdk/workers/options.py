@@ -12,6 +12,8 @@ option                 meaning                                                  
 ``start_timeout``      seconds a worker may take to start (load the library, log in)    20
 ``degraded_seconds``   how long the provider reports DEGRADED after a restart           10
 ``restart_backoff``    longest wait between restart attempts that keep failing (s)      5
+``spin_microseconds``  how long a lone request polls for the worker's answer before     50
+                       the event loop sleeps on it (0: never)
 ``test_hang``          tests only: ``{op, seconds, times}`` (or a list of them): the    unset
                        next ``times`` requests ``op`` block in the worker for
                        ``seconds`` (omitted: until the worker is killed)
@@ -58,6 +60,8 @@ class WorkerOptions:
                                      doc="how long the provider reports DEGRADED after a restart")
     restart_backoff: float = option(5.0, positive=True,
                                     doc="longest wait between failing restart attempts (s)")
+    spin_microseconds: int = option(50, minimum=0, maximum=10_000,
+                                    doc="how long a lone request polls for the answer")
     test_hang: tuple[HangHook, ...] = option((), parse=parse_hang_hooks,
                                              doc="tests only: make requests block in the worker")
 
@@ -65,4 +69,5 @@ class WorkerOptions:
         """These options as the host's settings."""
         return HostSettings(call_timeout=self.call_timeout, start_timeout=self.start_timeout,
                             degraded_seconds=self.degraded_seconds,
-                            backoff_max=self.restart_backoff, hangs=self.test_hang)
+                            backoff_max=self.restart_backoff, hangs=self.test_hang,
+                            spin_microseconds=self.spin_microseconds)
