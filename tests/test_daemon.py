@@ -367,20 +367,20 @@ def test_timeout_over_socket_puts_context_in_error_state_only(
     config = mock_config()
     config["providers"][0]["options"] = {"gates": {"hash.finalize": gate.path}}
     d = daemon_factory(config)
-    with d.stack(timeout=0.2) as stack:
+    with d.stack(timeout=30) as stack:
         ctx = stack.create_crypto_context()
-        slow = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
+        slow = ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256").set_operation_timeout(0.2)
+        )
         other = ctx.create_hash_context(
             cs.HashContextConfig().set_algorithm("SHA-256").disable_timeout()
         )
-        slow.init()
-        slow.update(b"x")
         with pytest.raises(cs.CryptoError) as err:
-            slow.finalize()  # can only end at the client's deadline
+            slow.single_shot(b"x")  # held at finalize: can only end at the client's deadline
         assert err.value.code is E.OPERATION_TIMED_OUT
         gate.open()
         with pytest.raises(cs.CryptoError) as err:
-            slow.single_shot(b"x")
+            slow.single_shot(b"x")  # again
         assert err.value.code is E.CONTEXT_IN_ERROR_STATE
         # The same connection and the other context keep working.
         assert len(other.single_shot(b"y")) == 32

@@ -192,9 +192,8 @@ def test_many_clients_at_once(tmp_path: Path, softhsm_token: Any) -> None:
 def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
                                                         softhsm_token: Any) -> None:
     config = daemon_config(softhsm_token, call_timeout=2.0, test_hang={"op": "sign"})
-    with DaemonProcess(tmp_path / "d", config) as daemon, \
-            daemon.stack(timeout=0.4) as impatient, daemon.stack(timeout=30) as patient:
-        ctx = impatient.create_crypto_context()
+    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=30) as patient:
+        ctx = patient.create_crypto_context()
         ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
 
         def hsm() -> dict[str, Any]:
@@ -202,7 +201,7 @@ def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
 
         first_pid = hsm()["worker_pid"]
         signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(ec_slot))
+                                         .set_key(ec_slot).set_operation_timeout(0.4))
         started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
             signer.sign(b"blocks in the token")  # held in the worker: only the deadline ends it
@@ -269,10 +268,11 @@ def test_worker_ends_with_the_daemon(tmp_path: Path, softhsm_token: Any) -> None
     config = daemon_config(softhsm_token, test_hang={"op": "digest"})
     daemon = DaemonProcess(tmp_path / "d", config).start()
     try:
-        with daemon.stack(timeout=0.3) as stack:
+        with daemon.stack(timeout=30) as stack:
             pid = next(p for p in stack.status()["providers"] if p["id"] == HSM)["worker_pid"]
             hasher = stack.create_crypto_context().create_hash_context(
-                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM))
+                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM)
+                .set_operation_timeout(0.3))
             with pytest.raises(cs.CryptoError) as err:
                 hasher.single_shot(b"stuck")  # the worker now holds this call
             assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT

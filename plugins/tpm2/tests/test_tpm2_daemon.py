@@ -106,13 +106,9 @@ def test_timeouts_over_the_daemon(sim: Swtpm, tmp_path: Path) -> None:
     # call_timeout (the client's 0.5 s deadline only abandons it)
     config = _config(sim, call_timeout=2.0, test_hang=[{"op": "hash"}, {"op": "random"}])
     with DaemonProcess(tmp_path / "daemon", config) as daemon, \
-            daemon.stack(timeout=0.5) as stack, daemon.stack(timeout=30) as patient, \
-            stack.create_crypto_context() as ctx:
-        def new_hash() -> cs.HashContext:
-            return ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                           .set_provider(PROVIDER_ID))
-
-        hashing = new_hash()
+            daemon.stack(timeout=30) as patient, patient.create_crypto_context() as ctx:
+        hashing = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                          .set_provider(PROVIDER_ID).set_operation_timeout(0.5))
         started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
             hashing.single_shot(b"block me")
@@ -128,7 +124,8 @@ def test_timeouts_over_the_daemon(sim: Swtpm, tmp_path: Path) -> None:
             assert other.create_hash_context(
                 cs.HashContextConfig().set_algorithm("SHA-256").set_provider(PROVIDER_ID)
             ).single_shot(b"abc") == hashlib.sha256(b"abc").digest()
-        km = ctx.create_key_management_context(cs.KeyManagementContextConfig())
+        km = ctx.create_key_management_context(cs.KeyManagementContextConfig()
+                                               .set_operation_timeout(0.5))
         with pytest.raises(cs.CryptoError) as err:
             km.generate_random(13)  # held in the new worker: only the deadline ends it
         assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
