@@ -1,13 +1,14 @@
 """The ``pkcs11`` provider: keys and operations in a PKCS#11 token, via a worker process.
 
-Architecture. The daemon never loads the PKCS#11 module. The provider starts a worker
-process (:mod:`cryptostack_pkcs11.worker`) that loads it, finds the token by label, logs in
-with the user PIN (read from ``pin_file`` or ``pin_env``, passed over the pipe) and serves
-requests on ``sessions`` channels. The provider (:mod:`cryptostack_pkcs11.supervisor`)
-bounds every call by the daemon's deadline and ``call_timeout``; a call stuck in the module
-is abandoned with ``OPERATION_TIMED_OUT`` and, if it stays stuck for ``call_timeout``, the
-worker is killed and restarted. See those modules for details and :mod:`.options` for the
-options.
+Architecture. The daemon never loads the PKCS#11 module. The provider runs a token worker
+(:mod:`cryptostack_pkcs11.worker`) on the SDK's worker host (:mod:`cryptostack_core.sdk.workers`,
+set up in :mod:`.hosting`): a fresh process that loads the module, finds the token by label,
+logs in with the user PIN (read from ``pin_file`` or ``pin_env``, passed over the socket) and
+runs up to ``sessions`` requests at once. Deadlines follow the host's one rule: the caller
+gets ``OPERATION_TIMED_OUT`` at its deadline (the call is abandoned, what it creates later is
+destroyed); a call still running at ``call_timeout`` kills and restarts the worker. Token
+objects are recorded before they are made (:mod:`.registry`) for crash consistency. See
+:mod:`.options` for the options.
 
 Capabilities come from the token's mechanism list (:mod:`cryptostack_pkcs11.mechanisms`):
 on SoftHSM2 that is SHA-224/256/384/512, AES-128/192/256 in CBC (PKCS#7), CTR and GCM,
