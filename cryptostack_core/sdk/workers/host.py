@@ -651,20 +651,9 @@ class WorkerHost:
         request = _Request(op, args, generation, context, self._loop.create_future(), deadline)
         expire = deadline if deadline is not None else now + self.settings.call_timeout
         request.timer = self._loop.call_later(expire - now, self._expire, request)
-        request.future.add_done_callback(lambda _f: self._settled(request))
         self._queue.append(request)
         self._pump()
         return request
-
-    def _settled(self, request: _Request) -> None:
-        if request.timer is not None:
-            request.timer.cancel()
-            request.timer = None
-        if request.incarnation is None:
-            try:
-                self._queue.remove(request)  # settled (expired, cancelled) before it was sent
-            except ValueError:
-                pass
 
     def _internal(self, incarnation: _Incarnation, op: str) -> _Request | None:
         """Send a host request (``_cleanup``, ``_close``) now, past the queue."""
@@ -700,6 +689,8 @@ class WorkerHost:
         self._queue.appendleft(request)
 
     def _take_hang(self, op: str) -> float:
+        if not self._hangs:
+            return 0.0
         for hook, left in self._hangs.items():
             if hook.op == op and left > 0:
                 self._hangs[hook] = left - 1
@@ -740,6 +731,11 @@ class WorkerHost:
     def _expire(self, request: _Request) -> None:
         """The caller's wait is over (its deadline, or ``call_timeout`` in the queue)."""
         request.timer = None
+        if request.incarnation is None:
+            try:
+                self._queue.remove(request)  # also a caller that went away (cancelled)
+            except ValueError:
+                pass
         if request.future.done():
             return
         name = self.spec.name
