@@ -40,7 +40,7 @@ from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.reload import Reloader
 from cryptostack_core.server.request import Request
-from cryptostack_core.server.service import Call, ContextBusy, Service
+from cryptostack_core.server.service import Call, ContextBusy, Route, Service
 from cryptostack_core.server.session import Session
 from cryptostack_core.server.systemd import Notifier, listen_sockets, unix_stream_listener
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -194,7 +194,8 @@ class Connection(asyncio.Protocol):
             return
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
-        if self.service.runs_inline(session, request):
+        route = self.service.route(session, request)
+        if route is Route.INLINE:
             self._send(self._run(call, request_id, request))
             return
         if len(self.in_flight) >= MAX_IN_FLIGHT:
@@ -202,7 +203,7 @@ class Connection(asyncio.Protocol):
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
             return
-        if self.service.runs_async(session, request):
+        if route is Route.AWAITED:
             task = asyncio.ensure_future(self._run_awaited(call, request_id, request,
                                                            timeout_ms))
         else:

@@ -13,6 +13,7 @@ The operations themselves live in :mod:`.ops`, one module per family, over the s
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -48,7 +49,15 @@ CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resou
                          "resource.describe"})
 """Requests that never touch a provider: always served inline."""
 
-__all__ = ["Call", "ContextBusy", "Request", "Service"]
+__all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
+
+
+class Route(enum.Enum):
+    """How a front end runs a request (see :meth:`Service.route`)."""
+
+    INLINE = "inline"
+    AWAITED = "awaited"
+    THREAD = "thread"
 
 
 class Service:
@@ -133,22 +142,44 @@ class Service:
 
     def runs_async(self, session: Session, request: Request) -> bool:
         """Whether a front end on an event loop may await :meth:`handle_async` for this
-        request instead of sending :meth:`handle` to a thread: a stream call on a context
-        whose provider runs it awaited (its backend is a worker on the loop), or a batch of
-        such calls on one context (``init``/``update``/``finalize`` in one frame)."""
+        request instead of sending :meth:`handle` to a thread (see :meth:`route`)."""
+        return self.route(session, request) is Route.AWAITED
+
+    def route(self, session: Session, request: Request) -> Route:
+        """How a front end on an event loop runs a request: inline (cheap: no provider, or
+        the provider's :meth:`~cryptostack_core.sdk.Provider.run_inline`), awaited (a stream
+        call, or a batch of them on one context, whose provider's backend is a worker on the
+        loop: :meth:`~cryptostack_core.sdk.Provider.runs_async`), or on a thread."""
         if request.op == "batch":
+            routes = {self.route(session, member) for member in request.members}
+            if routes <= {Route.INLINE}:
+                return Route.INLINE
             members = request.members
-            return bool(members) and members[0].context is not None and all(
-                member.context == members[0].context and self.runs_async(session, member)
-                for member in members)
-        if request.op not in self._async_ops:
-            return False
+            if routes == {Route.AWAITED} and all(m.context == members[0].context
+                                                 for m in members):
+                return Route.AWAITED
+            return Route.THREAD
+        op = request.op
+        if op in CONTROL_OPS or op not in self._ops:
+            return Route.INLINE  # no provider involved, or fails fast with an error
+        family, verb = request.family, request.verb
+        if family == "hash" and verb == "create":
+            return Route.INLINE
+        operation = SECRET_OPERATION.get(op) or (
+            STREAM_OPERATION.get(family) if verb != "create" else None)
+        if operation is None:
+            return Route.THREAD
         ctx = self._context_of(session, request)
         if ctx is None:
-            return False
+            return Route.INLINE  # fails fast: no such context
         instance = ctx.loaded.instance
-        return instance is not None and bool(instance.runs_async(
-            STREAM_OPERATION[request.family], request.data_size, algorithm=ctx.algorithm))
+        if instance is None or instance.run_inline(operation, request.data_size,
+                                                   algorithm=ctx.algorithm):
+            return Route.INLINE
+        if op in self._async_ops and instance.runs_async(operation, request.data_size,
+                                                         algorithm=ctx.algorithm):
+            return Route.AWAITED
+        return Route.THREAD
 
     async def handle_async(self, call: Call, request: Request) -> Any:
         """:meth:`handle` for a request :meth:`runs_async` accepted, on the front end's loop.
@@ -198,23 +229,7 @@ class Service:
 
     def runs_inline(self, session: Session, request: Request) -> bool:
         """Whether a request is cheap enough to run on the front end's own thread or loop."""
-        if request.op == "batch":
-            return all(self.runs_inline(session, member) for member in request.members)
-        if request.op in CONTROL_OPS or request.op not in self._ops:
-            return True  # no provider involved, or fails fast with an error
-        family, verb = request.family, request.verb
-        if family == "hash" and verb == "create":
-            return True
-        operation = SECRET_OPERATION.get(request.op) or (
-            STREAM_OPERATION.get(family) if verb != "create" else None)
-        if operation is None:
-            return False
-        ctx = self._context_of(session, request)
-        if ctx is None:
-            return True  # fails fast: no such context
-        instance = ctx.loaded.instance
-        return instance is None or bool(
-            instance.run_inline(operation, request.data_size, algorithm=ctx.algorithm))
+        return self.route(session, request) is Route.INLINE
 
     def provider_for(self, session: Session, request: Request) -> int | None:
         """The provider a (non-inline) request will run on, when it is known up front: the
