@@ -331,6 +331,10 @@ class WorkerHost:
         if on_loop_thread(self._loop):
             raise RuntimeError("WorkerHost.call on the host's own event loop; use call_async")
         deadline = call_deadline()
+        if self._idle_loop():
+            return self._loop.run_until_complete(
+                self.call_async(op, *args, generation=generation, deadline=deadline,
+                                context=context))
         outcome: concurrent.futures.Future[tuple[Any, int]] = concurrent.futures.Future()
 
         def begin() -> None:
@@ -379,6 +383,8 @@ class WorkerHost:
         if on_loop_thread(self._loop):
             coro.close()
             raise RuntimeError("WorkerHost.run on the host's own event loop; await instead")
+        if self._idle_loop():
+            return self._loop.run_until_complete(coro)
         context = contextvars.copy_context()
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -424,7 +430,25 @@ class WorkerHost:
         if on_loop_thread(self._loop):
             coro.close()
             raise RuntimeError("WorkerHost.start/close on the host's own event loop")
+        if self._idle_loop():
+            return self._loop.run_until_complete(coro)
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _idle_loop(self) -> bool:
+        """Whether the host's loop is not running yet, in a thread running no loop: the
+        daemon starts its providers before it serves; their calls then run the loop here."""
+        if self._loop.is_running():
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
+    def runs_here(self) -> bool:
+        """Whether the calling code runs on this host's event loop (so it may await
+        :meth:`call_async`; the daemon's loop when it gave its loop to the hosts)."""
+        return on_loop_thread(self._loop)
 
     async def _start(self) -> None:
         incarnation = await self._spawn()

@@ -290,12 +290,15 @@ def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
     import asyncio
     import threading
 
+    from cryptostack_core.sdk.workers import use_event_loop
     from cryptostack_core.server.config import DaemonConfig
     from cryptostack_core.server.daemon import DaemonServer
 
     config = DaemonConfig.from_mapping({
         "daemon": {"socket": str(tmp_path / "d.sock"), "keystore": str(tmp_path / "ks.db")},
         "providers": [{"name": "pkcs11", "id": HSM, "options": softhsm_token.options()}]})
+    runner = asyncio.Runner()  # as run_daemon does: the loop first, given to the worker hosts
+    use_event_loop(runner.get_loop())
     server = DaemonServer(config)
     threaded: list[str] = []
     pool_for = server.pool_for
@@ -341,7 +344,11 @@ def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
 
     thread = threading.Thread(target=client)
     thread.start()
-    asyncio.run(server.serve())  # in the main thread (signal handlers), until the client stops it
+    try:
+        runner.run(server.serve())  # in the main thread (signal handlers) until the client stops it
+    finally:
+        use_event_loop(None)
+        runner.close()
     thread.join(60)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["digest"] == hashlib.sha256(b"abc").digest() and outcome["verified"]

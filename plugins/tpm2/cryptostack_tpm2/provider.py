@@ -146,9 +146,10 @@ class TPM2Provider(Provider):
         return self._info
 
     def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
-        """Stream calls are awaited on the daemon's loop, where the TPM worker's host runs,
-        up to 64 KiB of input (local work: buffering, or hashing for signatures)."""
-        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
+        """Stream calls are awaited on the daemon's loop when the TPM worker's host runs
+        there, up to 64 KiB of input (local work: buffering, or hashing for signatures)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT and \
+            self._host is not None and self._host.runs_here()
 
     def capabilities(self) -> Iterable[Capability]:
         """Discovered at start from the TPM (see :mod:`.capabilities`)."""
