@@ -23,6 +23,7 @@ Errors: raise :class:`~cryptostack_core.wire.errors.CryptoError` with the matchi
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import logging
 from collections.abc import Iterable, Mapping
@@ -297,6 +298,12 @@ class Provider(abc.ABC):
         (they run on the loop too), and that local work on ``size`` bytes stays small.
         """
         return False
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the ``*_async`` methods must be awaited on (a worker host's:
+        the daemon's own loop in the daemon, a background loop elsewhere); None when any
+        loop will do."""
+        return None
 
     @staticmethod
     def spec(algorithm: str) -> AlgorithmSpec:

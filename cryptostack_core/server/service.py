@@ -13,6 +13,7 @@ The operations themselves live in :mod:`.ops`, one module per family, over the s
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -50,6 +51,9 @@ CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resou
 """Requests that never touch a provider: always served inline."""
 
 __all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
+
+
+_RUNNING_LOOP = object()
 
 
 class Route(enum.Enum):
@@ -145,13 +149,21 @@ class Service:
         request instead of sending :meth:`handle` to a thread (see :meth:`route`)."""
         return self.route(session, request) is Route.AWAITED
 
-    def route(self, session: Session, request: Request) -> Route:
-        """How a front end on an event loop runs a request: inline (cheap: no provider, or
-        the provider's :meth:`~cryptostack_core.sdk.Provider.run_inline`), awaited (a stream
-        call, or a batch of them on one context, whose provider's backend is a worker on the
-        loop: :meth:`~cryptostack_core.sdk.Provider.runs_async`), or on a thread."""
+    def route(self, session: Session, request: Request,
+              loop: Any = _RUNNING_LOOP) -> Route:
+        """How a front end runs a request: inline (cheap: no provider, or the provider's
+        :meth:`~cryptostack_core.sdk.Provider.run_inline`), awaited on ``loop`` (a stream
+        call, or a batch of them on one context, whose provider's backend is a worker:
+        :meth:`~cryptostack_core.sdk.Provider.runs_async`, when the provider's
+        :meth:`~cryptostack_core.sdk.Provider.event_loop` is ``loop``; by default the
+        caller's running loop), or on a thread."""
+        if loop is _RUNNING_LOOP:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
         if request.op == "batch":
-            routes = {self.route(session, member) for member in request.members}
+            routes = {self.route(session, member, loop) for member in request.members}
             if routes <= {Route.INLINE}:
                 return Route.INLINE
             members = request.members
@@ -176,10 +188,20 @@ class Service:
         if instance is None or instance.run_inline(operation, request.data_size,
                                                    algorithm=ctx.algorithm):
             return Route.INLINE
-        if op in self._async_ops and instance.runs_async(operation, request.data_size,
-                                                         algorithm=ctx.algorithm):
-            return Route.AWAITED
+        if loop is not None and op in self._async_ops and instance.runs_async(
+                operation, request.data_size, algorithm=ctx.algorithm):
+            own = instance.event_loop()
+            if own is None or own is loop:
+                return Route.AWAITED
         return Route.THREAD
+
+    def provider_loop(self, session: Session, request: Request) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the provider a (stream) request targets, if it has one: a
+        front end without a loop of its own (``inproc://``) may await the request there."""
+        leaf = request.members[0] if request.op == "batch" and request.members else request
+        ctx = self._context_of(session, leaf)
+        instance = ctx.loaded.instance if ctx is not None else None
+        return instance.event_loop() if instance is not None else None
 
     async def handle_async(self, call: Call, request: Request) -> Any:
         """:meth:`handle` for a request :meth:`runs_async` accepted, on the front end's loop.

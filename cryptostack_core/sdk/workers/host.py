@@ -445,11 +445,6 @@ class WorkerHost:
             return True
         return False
 
-    def runs_here(self) -> bool:
-        """Whether the calling code runs on this host's event loop (so it may await
-        :meth:`call_async`; the daemon's loop when it gave its loop to the hosts)."""
-        return on_loop_thread(self._loop)
-
     async def _start(self) -> None:
         incarnation = await self._spawn()
         if self._closed:

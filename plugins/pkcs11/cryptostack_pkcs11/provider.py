@@ -290,10 +290,13 @@ class PKCS11Provider(Provider):
                           f"({self.host.last_restart_reason}); the key no longer exists")
 
     def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
-        """Stream calls are awaited on the daemon's loop when the token worker's host runs
-        there, up to 64 KiB of input (local work: buffering, or hashing for ECDSA/RSA-PSS)."""
-        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT and \
-            self.host.runs_here()
+        """Stream calls are awaited on the token worker's host loop (the daemon's), up to
+        64 KiB of input (local work: buffering, or hashing for ECDSA/RSA-PSS)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
+
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The token worker's host loop: awaited calls run there."""
+        return self.host.loop
 
     def abort_later(self, generation: int, op_id: int) -> None:
         """End a multi-part token operation nobody will finish (with the next request)."""

@@ -358,3 +358,38 @@ def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
                     and not op.endswith(".create")}
     assert stream_calls == set(), f"sent to a thread pool: {sorted(stream_calls)}"
     assert "key.generate" in threaded  # key management still runs in the provider's pool
+
+
+def test_inproc_stack_awaits_the_token_worker(tmp_path: Path, softhsm_token: Any) -> None:
+    """``inproc://`` with a worker-hosted provider: stream calls are awaited on the worker
+    host's loop (no thread of the transport's in between), with the same results and the
+    same deadline handling as over the daemon."""
+    config = {"daemon": {"keystore": str(tmp_path / "ks.db"), "state_dir": str(tmp_path / "s")},
+              "providers": [{"name": "pkcs11", "id": HSM,
+                             "options": softhsm_token.options(test_hang={"op": "digest"})}]}
+    with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                                .set_daemon_config(config)) as stack, \
+            stack.create_crypto_context() as ctx:
+        km = ctx.create_key_management_context()
+        aes = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
+                              .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+        held = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                       .set_provider(HSM).set_operation_timeout(0.3))
+        with pytest.raises(cs.CryptoError) as err:
+            held.single_shot(b"held in the worker")  # only the deadline ends it
+        assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
+        with pytest.raises(cs.CryptoError) as err:
+            held.single_shot(b"again")
+        assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
+        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                         .set_provider(HSM))
+        assert hasher.single_shot(b"abc") == hashlib.sha256(b"abc").digest()
+        iv = os.urandom(12)
+        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(aes).set_direction(ENC))
+        enc.init(iv)
+        sealed = enc.update(b"through inproc") + enc.finalize()
+        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(aes).set_direction(DEC))
+        dec.init(iv)
+        assert dec.update(sealed) + dec.finalize() == b"through inproc"

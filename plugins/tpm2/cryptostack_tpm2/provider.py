@@ -24,6 +24,7 @@ AES-CBC is PKCS#7-padded in the provider (the TPM's CBC has no padding).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -146,10 +147,13 @@ class TPM2Provider(Provider):
         return self._info
 
     def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
-        """Stream calls are awaited on the daemon's loop when the TPM worker's host runs
-        there, up to 64 KiB of input (local work: buffering, or hashing for signatures)."""
-        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT and \
-            self._host is not None and self._host.runs_here()
+        """Stream calls are awaited on the TPM worker's host loop (the daemon's), up to
+        64 KiB of input (local work: buffering, or hashing for signatures)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The TPM worker's host loop: awaited calls run there."""
+        return self._host.loop if self._host is not None else None
 
     def capabilities(self) -> Iterable[Capability]:
         """Discovered at start from the TPM (see :mod:`.capabilities`)."""
