@@ -56,6 +56,13 @@ __all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
 _RUNNING_LOOP = object()
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Route(enum.Enum):
     """How a front end runs a request (see :meth:`Service.route`)."""
 
@@ -157,11 +164,6 @@ class Service:
         :meth:`~cryptostack_core.sdk.Provider.runs_async`, when the provider's
         :meth:`~cryptostack_core.sdk.Provider.event_loop` is ``loop``; by default the
         caller's running loop), or on a thread."""
-        if loop is _RUNNING_LOOP:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
         if request.op == "batch":
             routes = {self.route(session, member, loop) for member in request.members}
             if routes <= {Route.INLINE}:
@@ -188,10 +190,12 @@ class Service:
         if instance is None or instance.run_inline(operation, request.data_size,
                                                    algorithm=ctx.algorithm):
             return Route.INLINE
-        if loop is not None and op in self._async_ops and instance.runs_async(
-                operation, request.data_size, algorithm=ctx.algorithm):
+        if op in self._async_ops and instance.runs_async(operation, request.data_size,
+                                                         algorithm=ctx.algorithm):
+            if loop is _RUNNING_LOOP:
+                loop = _running_loop()
             own = instance.event_loop()
-            if own is None or own is loop:
+            if loop is not None and (own is None or own is loop):
                 return Route.AWAITED
         return Route.THREAD
 
