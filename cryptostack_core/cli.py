@@ -1,5 +1,5 @@
 """The ``cryptostack`` command line: ``daemon``, ``status``, ``health``, ``explain``,
-``check``, ``keystore backup``.
+``algorithms``, ``check``, ``keystore backup``.
 
 Exit status: 0 success; 1 failure (unreachable daemon, unhealthy provider, error);
 2 the daemon cannot start with this configuration (bad config, a required provider that
@@ -173,6 +173,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _algorithm_rows(table: list[dict[str, Any]], names: dict[int, str]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for entry in table:
+        if entry["key_algorithms"]:
+            keys = ", ".join(entry["key_algorithms"])
+        elif entry.get("key_class"):
+            keys = f"(a {entry['key_class']} key type)"
+        else:
+            keys = "-"
+        ops = "; ".join(f"{op}: " + ", ".join(f"{names.get(pid, '?')} ({pid})" for pid in pids)
+                        for op, pids in sorted(entry["providers"].items())) or "no provider"
+        rows.append((entry["name"], entry["kind"], keys, ops))
+    return rows
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    with _stack(args.endpoint) as stack:
+        table = stack.algorithms()
+        names = {p["id"]: p["name"] for p in stack.status()["providers"]}
+    if args.json:
+        print(json.dumps(table, indent=2, sort_keys=True))
+        return 0
+    rows = _algorithm_rows(table, names)
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
+    header = ("algorithm", "kind", "key types", "providers, by operation")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)) + header[3])
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + row[3])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="cryptostack", description=__doc__)
@@ -208,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--provider", type=int, help="pin a provider id")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_explain)
+    a = sub.add_parser("algorithms", help="every algorithm the daemon knows: kind, key types "
+                                          "and the providers that run each operation")
+    a.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_algorithms)
     return parser
 
 

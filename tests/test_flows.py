@@ -290,8 +290,15 @@ def test_unknown_names_and_aliases(any_stack: cs.CryptoStack) -> None:
     with pytest.raises(cs.CryptoError) as err:
         km.load_key(empty)
     assert err.value.code is E.SLOT_EMPTY
+    # A name this client does not know may be a provider's own algorithm: the daemon
+    # decides, when the context is created.
+    unknown = cs.HashContextConfig().set_algorithm("SHA-999")
     with pytest.raises(cs.CryptoError) as err:
-        cs.HashContextConfig().set_algorithm("SHA-999")
+        ctx.create_hash_context(unknown)
+    assert err.value.code is E.UNSUPPORTED_ALGORITHM
+    assert "SHA-999" in str(err.value)
+    with pytest.raises(cs.CryptoError) as err:
+        cs.HashContextConfig().set_algorithm("")
     assert err.value.code is E.UNSUPPORTED_ALGORITHM
     with pytest.raises(cs.CryptoError) as err:
         ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-224"))

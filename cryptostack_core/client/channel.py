@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmRegistry, AlgorithmSpec
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import CryptoResourceId
@@ -36,6 +37,39 @@ class Channel:
         self.closed = False
         self._queued: list[dict[str, Any]] = []
         self._queue_lock = threading.Lock()
+        self._algorithms: list[dict[str, Any]] | None = None
+        self._daemon_names: AlgorithmRegistry | None = None
+        self._algorithms_lock = threading.Lock()
+
+    # --- the daemon's algorithm names, learnt once per connection ----------------------
+    def algorithms(self) -> list[dict[str, Any]]:
+        """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
+        with self._algorithms_lock:
+            if self._algorithms is None:
+                table = self.call("algorithms", {}, self.default_timeout)
+                names = AlgorithmRegistry()
+                for entry in table:
+                    try:
+                        names.register(AlgorithmSpec.from_wire(entry))
+                    except (KeyError, TypeError, ValueError):
+                        continue  # a kind this client does not know yet: unusable here anyway
+                self._algorithms, self._daemon_names = list(table), names
+            return self._algorithms
+
+    def canonical_algorithm(self, name: str) -> str:
+        """Canonical spelling of ``name``: from this process's registry when it knows the
+        name, else from the daemon's table (a provider's own algorithm)."""
+        spec = REGISTRY.find(name)
+        if spec is not None:
+            return spec.name
+        self.algorithms()
+        assert self._daemon_names is not None
+        served = self._daemon_names.find(name)
+        if served is None:
+            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                              f"unknown algorithm {name!r}: neither this client nor the "
+                              "daemon knows it (`cryptostack algorithms` lists the daemon's)")
+        return served.name
 
     @property
     def max_chunk(self) -> int:

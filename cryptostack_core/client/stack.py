@@ -124,6 +124,12 @@ class CryptoStack:
                                                           self._channel.default_timeout)
         return result
 
+    def algorithms(self) -> list[dict[str, Any]]:
+        """Every algorithm the service knows: name, kind, aliases, key types, sizes, the
+        provider ids that registered it (``registered_by``) and, per operation, the
+        providers that can run it (``providers``). Asked once per connection."""
+        return [dict(entry) for entry in self._channel.algorithms()]
+
     def ping(self) -> None:
         """One round trip."""
         self._channel.call("ping", {}, self._channel.default_timeout)

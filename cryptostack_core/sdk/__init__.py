@@ -2,8 +2,11 @@
 
 A provider subclasses :class:`Provider`, registers it as an entry point in the group
 ``cryptostack.providers`` and raises :class:`CryptoError` with the matching
-:class:`ErrorCode`. Providers import only this package, :mod:`cryptostack_core.wire` and
-:mod:`cryptostack_core.testing`; never the client or the server.
+:class:`ErrorCode`. Algorithms of its own are declared with :class:`AlgorithmSpec` from
+:meth:`Provider.algorithms`; provider ids follow :mod:`cryptostack_core.sdk.ids`
+(:data:`WELL_KNOWN_PROVIDER_IDS`, :data:`THIRD_PARTY_PROVIDER_IDS`). Providers import only
+this package, :mod:`cryptostack_core.wire` and :mod:`cryptostack_core.testing`; never the
+client or the server. ``docs/provider-guide.md`` is the walk-through.
 
 Besides the names below: :mod:`.workers` (the worker host, for providers that drive a C
 library in a child process) and :mod:`.options` (typed provider options).
@@ -15,6 +18,8 @@ from cryptostack_core.sdk.deadline import (
     deadline_scope_until,
     remaining_time,
 )
+from cryptostack_core.sdk.ids import THIRD_PARTY as THIRD_PARTY_PROVIDER_IDS
+from cryptostack_core.sdk.ids import WELL_KNOWN as WELL_KNOWN_PROVIDER_IDS
 from cryptostack_core.sdk.provider import (
     Buffer,
     Capability,
@@ -58,7 +63,9 @@ __all__ = [
     "ProviderState",
     "SignOperation",
     "StoredKey",
+    "THIRD_PARTY_PROVIDER_IDS",
     "VerifyOperation",
+    "WELL_KNOWN_PROVIDER_IDS",
     "call_deadline",
     "deadline_scope",
     "deadline_scope_until",

@@ -1,14 +1,26 @@
 """Provider SDK: what a cryptostack provider implements.
 
-A provider is a class registered as an entry point in the group ``cryptostack.providers``::
+A provider is a class registered as an entry point in the group ``cryptostack.providers``
+(the openssl provider's own ``pyproject.toml`` says)::
 
     [project.entry-points."cryptostack.providers"]
-    openssl = "cryptostack_openssl:OpenSSLProvider"
+    openssl = "cryptostack_openssl.provider:OpenSSLProvider"
 
-The daemon instantiates it as ``ProviderClass(provider_id, options, environment)``, calls
+The daemon loads the class, registers the algorithms it brings (:meth:`Provider.algorithms`),
+instantiates it as ``ProviderClass(provider_id, options, environment)``, calls
 :meth:`Provider.start`, then asks it for :meth:`Provider.capabilities`. Everything a provider
 does is synchronous; the daemon runs calls in worker threads (unless
 :meth:`Provider.run_inline` says a call is cheap) and enforces deadlines around them.
+``docs/provider-guide.md`` walks through writing, testing (the conformance kit) and
+publishing one.
+
+Capabilities are (algorithm, :class:`~cryptostack_core.wire.algorithms.Operation`) pairs; the
+daemon asks a provider only for pairs it claims. Keys: claim ``GENERATE_KEY`` and/or
+``IMPORT_KEY`` with the *key* algorithm (``AES-256``, ``ECDSA-P256``, ``GENERIC-SECRET``), and
+the operations with the *operation* algorithm (``AES-256-GCM``/``ENCRYPT``). A slot with
+``provision = "generate"`` needs ``GENERATE_KEY``, ``import = FILE`` needs ``IMPORT_KEY``,
+and a key used on a compatible provider other than its home is copied there with
+``IMPORT_KEY`` (the home provider exports it). A MAC is claimed as ``SIGN`` and ``VERIFY``.
 
 The daemon owns the state machine of every context (init/update/finalize order, reset,
 error state after a timeout, permission checks, size limits on buffered messages). A
@@ -266,10 +278,22 @@ class Provider(abc.ABC):
         """Extra facts for ``status`` (library versions, token label...)."""
         return {}
 
-    # --- capabilities ----------------------------------------------------------------
+    # --- algorithms and capabilities --------------------------------------------------
+    @classmethod
+    def algorithms(cls) -> Iterable[AlgorithmSpec]:
+        """Algorithms this provider brings that the core does not define (default: none).
+
+        Called on the class before it is instantiated, so a name is known even when the
+        backend is missing; the daemon registers each spec (a name that already means
+        something else makes the provider fail to load) and then checks ``[[key_slots]]``.
+        Clients learn the names from the daemon; they need not install the provider.
+        """
+        return ()
+
     @abc.abstractmethod
     def capabilities(self) -> Iterable[Capability]:
-        """Every (algorithm, operation) pair supported; algorithms use canonical names."""
+        """Every (algorithm, operation) pair supported; algorithms use canonical names
+        (built in, or from :meth:`algorithms`)."""
 
     def supports(self, algorithm: str, operation: Operation) -> bool:
         """Whether ``algorithm`` (canonical) is supported for ``operation``."""
@@ -389,13 +413,17 @@ class Provider(abc.ABC):
         raise _unsupported(f"{self.name} cannot size {algorithm} signatures")
 
     def create_signer(self, algorithm: str, key: ProviderKey, context: bytes) -> SignOperation:
-        """Start signing (or MACing) one message; ``context`` is the ML-DSA/SLH-DSA context."""
+        """Start signing (or MACing) one message; ``context`` is the ML-DSA/SLH-DSA context.
+
+        MACs run here in both directions: to verify a tag the daemon computes the full MAC
+        with a signer and compares it (in constant time, honouring the verify context's
+        tag length) itself.
+        """
         raise _unsupported(f"{self.name} does not sign with {algorithm}")
 
     def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
-        """Start verifying one message. For MACs, ``finalize(tag)`` compares in constant
-        time and accepts a truncated tag only if the daemon asked (it passes the full tag
-        otherwise)."""
+        """Start verifying one message with a signature algorithm (never called for MACs:
+        see :meth:`create_signer`)."""
         raise _unsupported(f"{self.name} does not verify with {algorithm}")
 
     def encapsulate(self, algorithm: str, key: ProviderKey,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,29 @@ class DaemonConfig:
         if self.provider_preference:
             return self.provider_preference
         return tuple(p.id for p in self.providers)
+
+    def resolve_key_algorithms(self, hint: str = "") -> DaemonConfig:
+        """This config with every key slot's algorithm checked and canonical.
+
+        Called after the providers loaded (and registered the algorithms they bring); an
+        unknown name or a name that is not a key type is a :class:`ConfigError`, ``hint``
+        (e.g. the providers that failed to load) is appended to its message.
+        """
+        slots = []
+        for slot in self.key_slots:
+            if slot.algorithm is None:
+                slots.append(slot)
+                continue
+            spec = REGISTRY.find(slot.algorithm)
+            where = f"{self.source}: [[key_slots]] {slot.name!r}"
+            if spec is None:
+                raise ConfigError(f"{where}: unknown key algorithm {slot.algorithm!r} (neither "
+                                  f"built in nor registered by a loaded provider){hint}")
+            if not spec.is_key_algorithm:
+                raise ConfigError(f"{where}: {spec.name} is not a key type (use e.g. AES-256, "
+                                  f"ECDSA-P256, or the key type the provider registers)")
+            slots.append(replace(slot, algorithm=spec.name))
+        return replace(self, key_slots=tuple(slots))
 
     @classmethod
     def load(cls, path: str | Path) -> DaemonConfig:
@@ -269,10 +292,13 @@ class _Parser:
             where = f"[[key_slots]] {name!r}"
             algorithm = entry.get("algorithm")
             if algorithm is not None:
-                spec = REGISTRY.find(algorithm) if isinstance(algorithm, str) else None
-                if spec is None or not spec.is_key_algorithm:
-                    raise self.fail(where, f"unknown key algorithm {algorithm!r}")
-                algorithm = spec.name
+                if not isinstance(algorithm, str) or not algorithm:
+                    raise self.fail(where, f"'algorithm' must be a key algorithm name, got "
+                                           f"{algorithm!r}")
+                # Checked (and made canonical) by resolve_key_algorithms() once the
+                # providers have registered their own algorithms.
+                spec = REGISTRY.find(algorithm)
+                algorithm = spec.name if spec is not None else algorithm
             provider = entry.get("provider")
             if provider is not None and provider not in ids:
                 raise self.fail(where, f"provider {provider!r} is not a configured provider id")

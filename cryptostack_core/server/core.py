@@ -95,6 +95,10 @@ class ServiceCore:
         self.providers = ProviderSet(loaded, config.preference)
         try:
             self._require_providers()
+            # Key slots may name algorithms the providers just registered.
+            failed = "".join(f"; provider {p.name} ({p.id}) failed to load: {p.load_error}"
+                             for p in loaded if p.instance is None and not p.algorithms)
+            config = self.config = config.resolve_key_algorithms(failed)
             self.keystore = self._open_keystore()
         except BaseException:
             self._close_providers()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from cryptostack_core.sdk.ids import WELL_KNOWN
 from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.discovery import available_provider_names
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
-# Well-known ids, as in the design document (openssl 2, pkcs11 5).
-WELL_KNOWN_IDS = {"mock": 1, "openssl": 2, "oqs": 3, "tpm2": 4, "pkcs11": 5}
 DEFAULT_PROVIDERS = ("openssl",)
 """Providers the built-in config uses when installed. Never the mock: it is for tests only
 and must be configured explicitly (``allow_test_providers = true``)."""
@@ -26,5 +25,5 @@ def default_config() -> DaemonConfig:
                           "no provider installed: pip install cryptostack-openssl (or configure "
                           "providers with CryptoStackConfig.set_daemon_config)")
     return DaemonConfig.from_mapping(
-        {"providers": [{"name": n, "id": WELL_KNOWN_IDS[n]} for n in names]},
+        {"providers": [{"name": n, "id": WELL_KNOWN[n]} for n in names]},
         source="<built-in inproc config>")

@@ -11,8 +11,10 @@ from typing import Any
 
 from stevedore.driver import DriverManager
 
+from cryptostack_core.sdk.ids import id_advice
 from cryptostack_core.sdk.provider import Provider, ProviderEnvironment, ProviderState
 from cryptostack_core.server.config import ProviderConfig
+from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 NAMESPACE = "cryptostack.providers"
@@ -40,6 +42,8 @@ class LoadedProvider:
     instance: Provider | None
     load_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    algorithms: tuple[str, ...] = ()
+    """Canonical names of the algorithms this provider registered (it brought them)."""
 
     @property
     def id(self) -> int:
@@ -95,9 +99,29 @@ def refusal_of_test_provider(config: ProviderConfig) -> str:
             "are for tests); set [daemon] allow_test_providers = true to serve it anyway")
 
 
+def register_algorithms(provider_class: type[Provider]) -> list[str]:
+    """Register the algorithms a provider class brings; their canonical names.
+
+    Raises ValueError (nothing registered) when a name or alias already means something else.
+    """
+    specs = list(provider_class.algorithms())
+    for spec in specs:
+        if not isinstance(spec, AlgorithmSpec):
+            raise TypeError(f"{provider_class.__name__}.algorithms() must yield AlgorithmSpec, "
+                            f"got {type(spec).__name__}")
+        existing = REGISTRY.find(spec.name)
+        if existing is not None and existing != spec:
+            raise ValueError(f"{provider_class.__name__} registers algorithm {spec.name!r}, "
+                             f"which already means {existing.name} with other facts")
+    for spec in specs:
+        REGISTRY.register(spec)
+    return [spec.name for spec in specs]
+
+
 def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
                   allow_test_providers: bool = False) -> LoadedProvider:
-    """Instantiate and start one provider; any failure is captured, never raised.
+    """Register its algorithms, instantiate and start one provider; any failure is captured,
+    never raised.
 
     A ``test_only`` provider is refused (captured as its load error) unless
     ``allow_test_providers``.
@@ -105,35 +129,42 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
     state_dir = state_root / f"{config.name}-{config.id}"
     env = ProviderEnvironment(state_dir=state_dir, config_dir=config_dir,
                               logger=logging.getLogger(f"cryptostack.provider.{config.name}"))
+    advice = id_advice(config.name, config.id)
+    if advice:
+        log.warning("%s", advice)
+    registered: list[str] = []
     try:
         cls = provider_class(config.name)
         if cls.test_only and not allow_test_providers:
-            return _failed(config, refusal_of_test_provider(config))
+            return _failed(config, refusal_of_test_provider(config), registered)
+        # Algorithms first: even a provider that cannot start makes its names known, so a
+        # key slot naming one is reported as "provider unavailable", not "unknown algorithm".
+        registered = register_algorithms(cls)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         instance = cls(config.id, config.options, env)
         if not isinstance(instance, Provider):
             raise TypeError(f"entry point {config.name!r} did not produce a Provider")
         instance.start()
     except CryptoError as exc:
-        return _failed(config, exc.message or exc.code.value)
+        return _failed(config, exc.message or exc.code.value, registered)
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin import must not kill us
         if isinstance(exc, KeyboardInterrupt):
             raise
         reason = str(exc) or type(exc).__name__
         if "No 'cryptostack.providers' driver found" in reason or "No ''" in reason:
             reason = missing_provider_reason(config.name)
-        return _failed(config, reason)
+        return _failed(config, reason, registered)
     if cls.test_only:
         log.warning("provider %s (id %d) is a TEST provider, served because "
                     "allow_test_providers = true: never use it in production",
                     config.name, config.id)
     log.info("provider %s (id %d) ready", config.name, config.id)
-    return LoadedProvider(config, instance)
+    return LoadedProvider(config, instance, algorithms=tuple(registered))
 
 
-def _failed(config: ProviderConfig, reason: str) -> LoadedProvider:
+def _failed(config: ProviderConfig, reason: str, registered: list[str]) -> LoadedProvider:
     log.error("provider %s (id %d) unavailable: %s", config.name, config.id, reason)
-    return LoadedProvider(config, None, reason)
+    return LoadedProvider(config, None, reason, algorithms=tuple(registered))
 
 
 def _reraise(_manager: object, _entrypoint: object, exc: BaseException) -> None:

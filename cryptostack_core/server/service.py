@@ -46,8 +46,8 @@ from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
 log = logging.getLogger("cryptostack.service")
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
-CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resource.release",
-                         "resource.describe"})
+CONTROL_OPS = frozenset({"ping", "status", "explain", "algorithms", "resource.resolve",
+                         "resource.release", "resource.describe"})
 """Requests that never touch a provider: always served inline."""
 
 __all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
@@ -77,7 +77,7 @@ class Service:
     def __init__(self, config: DaemonConfig, *, plugin_manager: pluggy.PluginManager | None = None,
                  state_dir: Path | None = None) -> None:
         self.core = ServiceCore(config, plugin_manager=plugin_manager, state_dir=state_dir)
-        self.config = config
+        self.config = self.core.config  # key slot algorithms resolved after providers loaded
         certificates = CertificateOps(self.core)
         contexts = ContextOps(self.core)
         self._async_ops: dict[str, AsyncOp] = contexts.async_operations()

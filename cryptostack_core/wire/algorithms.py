@@ -12,6 +12,12 @@ Two roles share the registry:
 
 Some names are both (signature and MAC algorithms are also their key's type). An operation
 algorithm lists the key algorithms it accepts in ``key_algorithms``.
+
+The built-in names below are the project's shared vocabulary. A provider that brings an
+algorithm of its own declares it with :meth:`Provider.algorithms()
+<cryptostack_core.sdk.Provider.algorithms>`; the daemon registers it when the provider loads
+(before it checks ``[[key_slots]]``) and serves every name to clients (the ``algorithms``
+request), so applications need nothing but ``cryptostack-core`` to use it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import enum
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
@@ -81,30 +89,52 @@ MAX_RANDOM = 1 << 20
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """Static facts about one algorithm.
+    """Static facts about one algorithm. Sizes are in bytes; 0 means "not applicable" or
+    "depends on the key".
 
-    ``key_class``/``default_permissions`` are set when the name is also a key type.
-    ``key_algorithms`` lists the key types an operation algorithm accepts.
-    Sizes are in bytes; 0 means "not applicable" or "depends on the key".
+    Examples: ``AlgorithmSpec("BLAKE2b-512", AlgorithmKind.HASH, digest_size=64,
+    block_size=128)`` is a hash; a MAC whose name is also its key type::
+
+        AlgorithmSpec("BLAKE2b-512-MAC", AlgorithmKind.MAC, key_class=KeyClass.SYMMETRIC,
+                      key_size=64, signature_size=64, key_algorithms=("BLAKE2b-512-MAC",),
+                      default_permissions=P.MAC | P.SIGN | P.VERIFY)
     """
 
     name: str
+    """Canonical spelling, reported back to clients (``SHA-256``, ``AES-256-GCM``)."""
     kind: AlgorithmKind
+    """Which context may use the name: HASH -> hash contexts; CIPHER/AEAD -> cipher
+    contexts; SIGNATURE/MAC -> sign and verify contexts (a MAC is computed with
+    ``create_signer`` and compared by the daemon); KEM -> KEM contexts; KEY_AGREEMENT ->
+    agreement contexts; KDF -> ``derive_key``; RANDOM -> ``generate_random``; KEY -> a key
+    type only (``AES-256``, ``RSA-2048``, ``GENERIC-SECRET``), usable by the operation
+    algorithms that list it in their ``key_algorithms``."""
     aliases: tuple[str, ...] = ()
+    """Other spellings; matching ignores case and ``-``, ``_``, ``/``, spaces."""
     key_class: KeyClass | None = None
+    """Set when the name is also a key type: SYMMETRIC (a secret: RAW import/export) or
+    ASYMMETRIC (a pair: public keys as SPKI_DER or RAW, private as PKCS8_DER/RAW/SEED).
+    ``generate_key``/``import_key`` and key slots accept only names that have it."""
     default_permissions: P = P.NONE
+    """What a key of this type may do when the application does not say: the permissions
+    ``generate_key`` gives without ``set_permissions`` and a slot gets without
+    ``permissions``. Never EXPORT (material leaves the daemon only when asked for)."""
     key_algorithms: tuple[str, ...] = ()
+    """For an operation algorithm: the key types it accepts (a context refuses other keys
+    with INVALID_ARGUMENT). Empty for operations without a key (hashes, RANDOM)."""
     key_size: int = 0
     digest_size: int = 0
     block_size: int = 0
     iv_size: int = 0
     tag_size: int = 0
     signature_size: int = 0
+    """Largest signature or MAC (``get_signature_size``; DER ECDSA signatures vary)."""
     public_key_size: int = 0
     ciphertext_size: int = 0
     shared_secret_size: int = 0
     hash_algorithm: str = ""
     supports_context_string: bool = False
+    """True when ``set_context`` applies (ML-DSA, SLH-DSA)."""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
     # Parameter limits: declared here once, enforced by the daemon for every provider (and
     # checked by providers called directly, with the same helpers below).
@@ -145,6 +175,40 @@ class AlgorithmSpec:
                               f"{self.name} context strings are at most "
                               f"{self.max_context_string} bytes, got {len(context)}")
 
+    def to_wire(self) -> dict[str, object]:
+        """The facts as plain data (the ``algorithms`` request, ``cryptostack algorithms``)."""
+        out: dict[str, object] = {"name": self.name, "kind": self.kind.value,
+                                  "aliases": list(self.aliases),
+                                  "key_class": self.key_class.value if self.key_class else None,
+                                  "default_permissions": int(self.default_permissions),
+                                  "key_algorithms": list(self.key_algorithms)}
+        for size in ("key_size", "digest_size", "block_size", "iv_size", "tag_size",
+                     "signature_size", "public_key_size", "ciphertext_size",
+                     "shared_secret_size"):
+            if getattr(self, size):
+                out[size] = getattr(self, size)
+        if self.hash_algorithm:
+            out["hash_algorithm"] = self.hash_algorithm
+        if self.supports_context_string:
+            out["supports_context_string"] = True
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> AlgorithmSpec:
+        """Inverse of :meth:`to_wire` (unknown fields are ignored, for newer daemons)."""
+        sizes: dict[str, Any] = {k: int(data[k]) for k in (
+            "key_size", "digest_size", "block_size", "iv_size", "tag_size", "signature_size",
+            "public_key_size", "ciphertext_size", "shared_secret_size") if data.get(k)}
+        key_class = data.get("key_class")
+        return cls(str(data["name"]), AlgorithmKind(data["kind"]),
+                   aliases=tuple(str(a) for a in data.get("aliases") or ()),
+                   key_class=KeyClass(key_class) if key_class else None,
+                   default_permissions=P(int(data.get("default_permissions") or 0)),
+                   key_algorithms=tuple(str(k) for k in data.get("key_algorithms") or ()),
+                   hash_algorithm=str(data.get("hash_algorithm") or ""),
+                   supports_context_string=bool(data.get("supports_context_string")),
+                   **sizes)
+
     @property
     def is_key_algorithm(self) -> bool:
         """True when keys of this name exist."""
@@ -169,16 +233,24 @@ class AlgorithmRegistry:
         self._lock = threading.Lock()
 
     def register(self, spec: AlgorithmSpec) -> None:
-        """Add an algorithm; re-registering an identical name is a no-op."""
+        """Add an algorithm; re-registering an identical spec is a no-op.
+
+        Raises ValueError when the name is registered with different facts, or when the
+        name or an alias already spells another algorithm (nothing is changed then).
+        """
         with self._lock:
             existing = self._specs.get(spec.name)
-            if existing is None:
-                self._specs[spec.name] = spec
-            for alias in (spec.name, *spec.aliases):
-                key = _normalise(alias)
+            if existing is not None and existing != spec:
+                raise ValueError(f"algorithm {spec.name!r} is already registered with "
+                                 "different facts")
+            keys = [_normalise(alias) for alias in (spec.name, *spec.aliases)]
+            for alias, key in zip((spec.name, *spec.aliases), keys):
                 owner = self._index.get(key)
                 if owner is not None and owner != spec.name:
                     raise ValueError(f"alias {alias!r} already names {owner!r}")
+            if existing is None:
+                self._specs[spec.name] = spec
+            for key in keys:
                 self._index[key] = spec.name
 
     def add_alias(self, canonical: str, alias: str) -> None:
@@ -214,6 +286,11 @@ class AlgorithmRegistry:
         """All canonical names, sorted."""
         return sorted(self._specs)
 
+    def specs(self) -> list[AlgorithmSpec]:
+        """Every registered spec, sorted by name."""
+        with self._lock:
+            return [self._specs[n] for n in sorted(self._specs)]
+
     def key_algorithm_accepted(self, operation_algorithm: str, key_algorithm: str) -> bool:
         """Whether a key of ``key_algorithm`` may be used by ``operation_algorithm``."""
         spec = self.get(operation_algorithm)
@@ -227,6 +304,16 @@ REGISTRY = AlgorithmRegistry()
 def canonical_name(name: str) -> str:
     """Resolve an algorithm name or alias to its canonical spelling."""
     return REGISTRY.canonical(name)
+
+
+def known_or_deferred(name: str) -> str:
+    """The canonical spelling when this process knows ``name``, else ``name`` itself (a
+    provider's own algorithm, resolved with the daemon later). Not a non-empty string:
+    UNSUPPORTED_ALGORITHM."""
+    if not isinstance(name, str) or not name.strip():
+        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"unknown algorithm {name!r}")
+    spec = REGISTRY.find(name)
+    return spec.name if spec is not None else name
 
 
 def _register_builtins(reg: AlgorithmRegistry) -> None:

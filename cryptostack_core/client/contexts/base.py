@@ -11,7 +11,7 @@ from typing import Any, Protocol, Self, TypeVar, Union
 
 from cryptostack_core.client.channel import Channel
 from cryptostack_core.client.guards import CryptoResourceGuard
-from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import CryptoResourceId
@@ -79,14 +79,16 @@ def _close_dropped(channel: Channel, close_op: str, handle: int, what: str) -> N
 
 
 class AlgorithmSetting:
-    """Builder mixin: ``set_algorithm`` (aliases resolve to the canonical name at once, so a
-    misspelt name fails here with UNSUPPORTED_ALGORITHM)."""
+    """Builder mixin: ``set_algorithm``. Names this client knows resolve to their canonical
+    spelling at once; any other name (an algorithm a daemon's provider brings) is kept and
+    resolved with the daemon when the context is created, where a name that neither knows
+    fails with UNSUPPORTED_ALGORITHM."""
 
     algorithm: str | None = None
 
     def set_algorithm(self, algorithm: str) -> Self:
         """Algorithm by canonical name or alias (``"sha256"`` -> ``"SHA-256"``)."""
-        self.algorithm = canonical_name(algorithm)
+        self.algorithm = known_or_deferred(algorithm)
         return self
 
 

@@ -64,7 +64,8 @@ class CipherContext(StreamContext):
                               "CipherContextConfig needs set_algorithm(), set_key() and "
                               "set_direction()")
         info = self._call("cipher.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+            "algorithm": self._channel.canonical_algorithm(config.algorithm),
+            "key": wire_rid(config.key, "key"),
             "direction": config.direction.value, "tag_length": config.tag_length,
             "provider": config.provider})
         self._handle = info["ctx"]

@@ -33,7 +33,8 @@ class HashContext(StreamContext):
         super().__init__(parent, config)
         if config.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "HashContextConfig needs set_algorithm()")
-        info = self._call("hash.create", {"algorithm": config.algorithm,
+        info = self._call("hash.create", {"algorithm":
+                                          self._channel.canonical_algorithm(config.algorithm),
                                           "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm: str = info["algorithm"]

@@ -48,7 +48,8 @@ class _SecretProducingContext(OperationContext):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{type(config).__name__} needs set_algorithm() and set_key()")
         info = self._call(f"{self._family}.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+            "algorithm": self._channel.canonical_algorithm(config.algorithm),
+            "key": wire_rid(config.key, "key"),
             "derived_permissions": int(config.derived_permissions), "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm: str = info["algorithm"]

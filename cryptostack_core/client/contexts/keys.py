@@ -14,7 +14,7 @@ from cryptostack_core.client.contexts.base import (
     wire_rid,
 )
 from cryptostack_core.client.guards import CryptoResourceGuard
-from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.resources import KeyFormat, KeySlotInfo, KeySlotStatus
@@ -84,7 +84,7 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
     def set_output(self, algorithm: str, length: int | None = None) -> Self:
         """Type (and length) of the derived key, e.g. ``"AES-256"``."""
-        self.output_algorithm = canonical_name(algorithm)
+        self.output_algorithm = known_or_deferred(algorithm)
         self.length = length
         return self
 
@@ -130,7 +130,8 @@ class KeyManagementContext(OperationContext):
         if params.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
         return self._guard(self._call("key.generate", {
-            "algorithm": params.algorithm, "provider": params.provider,
+            "algorithm": self._channel.canonical_algorithm(params.algorithm),
+            "provider": params.provider,
             "permissions": None if params.permissions is None else int(params.permissions)}))
 
     def import_key(self, params: ImportKeyParams) -> CryptoResourceGuard:
@@ -139,7 +140,8 @@ class KeyManagementContext(OperationContext):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "ImportKeyParams needs set_algorithm() and set_material()")
         return self._guard(self._call("key.import", {
-            "algorithm": params.algorithm, "material": params.material,
+            "algorithm": self._channel.canonical_algorithm(params.algorithm),
+            "material": params.material,
             "format": params.format.value, "provider": params.provider,
             "permissions": None if params.permissions is None else int(params.permissions)}))
 
@@ -166,12 +168,14 @@ class KeyManagementContext(OperationContext):
 
     def derive_key(self, params: DeriveKeyParams) -> CryptoResourceGuard:
         """A new key derived from ``params.key``."""
-        if params.key is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "DeriveKeyParams needs set_key()")
+        if params.key is None or params.algorithm is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "DeriveKeyParams needs set_key() and set_algorithm()")
         return self._guard(self._call("key.derive", {
-            "algorithm": params.algorithm, "key": wire_rid(params.key, "key"),
+            "algorithm": self._channel.canonical_algorithm(params.algorithm),
+            "key": wire_rid(params.key, "key"),
             "salt": params.salt, "info": params.info, "length": params.length,
-            "output_algorithm": params.output_algorithm,
+            "output_algorithm": self._channel.canonical_algorithm(params.output_algorithm),
             "permissions": None if params.permissions is None else int(params.permissions)}))
 
     def generate_random(self, length: int) -> bytes:

@@ -55,7 +55,8 @@ class SignContext(StreamContext):
         if config.algorithm is None or config.key is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{type(config).__name__} needs set_algorithm() and set_key()")
-        args = {"algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+        args = {"algorithm": self._channel.canonical_algorithm(config.algorithm),
+                "key": wire_rid(config.key, "key"),
                 "context": config.context, "provider": config.provider}
         if isinstance(config, VerifyContextConfig):
             args["tag_length"] = config.tag_length

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cryptostack_core.sdk.provider import Capability, Provider
 from cryptostack_core.server.arguments import algorithm_arg, arg, enum_arg, int_arg, invalid, rid_arg
 from cryptostack_core.server.core import Call, ServiceCore
-from cryptostack_core.wire.algorithms import Operation
+from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import KeySlotStatus, ResourceType
@@ -18,6 +19,13 @@ from cryptostack_core.wire.shm import DaemonRegion
 from cryptostack_core.wire.version import __version__
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
+
+
+def _capabilities(provider: Provider) -> list[Capability]:
+    try:
+        return list(provider.capabilities())
+    except Exception:  # a provider's broken capability list must not break the listing
+        return []
 
 
 class ControlOps:
@@ -34,6 +42,7 @@ class ControlOps:
             "ping": self.ping,
             "status": self.status,
             "explain": self.explain,
+            "algorithms": self.algorithms,
             "resource.resolve": self.resolve,
             "resource.release": self.release,
             "resource.describe": self.describe,
@@ -91,6 +100,32 @@ class ControlOps:
                 entry.release()
         return [c.to_wire() for c in self.core.providers.candidates(
             spec.name, operation, key=placement, pinned=pinned)]
+
+    def algorithms(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every algorithm name the daemon knows (built in, or registered by a provider):
+        its facts, who registered it, and which providers can run each operation with it."""
+        by_id = self.core.providers.by_id
+        owners: dict[str, list[int]] = {}
+        for loaded in by_id.values():
+            for name in loaded.algorithms:
+                owners.setdefault(name, []).append(loaded.id)
+        support: dict[str, dict[str, list[int]]] = {}
+        for pid in self.core.providers.preference:
+            instance = by_id[pid].instance
+            if instance is None:
+                continue
+            for capability in _capabilities(instance):
+                ops = support.setdefault(capability.algorithm, {})
+                ids = ops.setdefault(capability.operation.value, [])
+                if pid not in ids:
+                    ids.append(pid)
+        out = []
+        for spec in REGISTRY.specs():
+            entry: dict[str, Any] = spec.to_wire()
+            entry["registered_by"] = owners.get(spec.name, [])
+            entry["providers"] = support.get(spec.name, {})
+            out.append(entry)
+        return out
 
     def resolve(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A handle for a named key slot, certificate slot or trust store."""
