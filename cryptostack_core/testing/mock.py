@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
     PublicFormat,
+    load_der_private_key,
     load_der_public_key,
 )
 
@@ -214,7 +215,26 @@ class MockProvider(Provider):
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed SPKI: {exc}") from None
             return self._key(algorithm, pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
                              has_private=False)
+        if algorithm in SIGNATURES and fmt is KeyFormat.PKCS8_DER:
+            # What export_key(PKCS8_DER) writes imports back (the daemon moves keys this way).
+            try:
+                private = load_der_private_key(bytes(material), None)
+            except (ValueError, TypeError) as exc:
+                raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed PKCS#8: {exc}") from None
+            if algorithm == "Ed25519" and isinstance(private, ed25519.Ed25519PrivateKey):
+                return self._key(algorithm, private.private_bytes(
+                    Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+            if algorithm == "ECDSA-P256" and isinstance(private, ec.EllipticCurvePrivateKey) \
+                    and isinstance(private.curve, ec.SECP256R1):
+                return self._key(algorithm, private.private_numbers().private_value.to_bytes(
+                    32, "big"))
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"the PKCS#8 key is not {algorithm}")
         if algorithm == "Ed25519" and fmt is KeyFormat.RAW and len(material) == 32:
+            if not permissions & KeyOperationPermission.SIGN:
+                # RAW is a public key unless a private-key operation was asked for (API.md).
+                public = ed25519.Ed25519PublicKey.from_public_bytes(bytes(material))
+                return self._key(algorithm, public.public_bytes(
+                    Encoding.DER, PublicFormat.SubjectPublicKeyInfo), has_private=False)
             return self._key(algorithm, bytes(material))
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"mock cannot import {algorithm} as {fmt.value}")
 
@@ -267,6 +287,9 @@ class MockProvider(Provider):
                output_algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
         self.fault("derive")
         assert isinstance(key, MockKey)
+        if not 1 <= length <= 255 * 32:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"HKDF-SHA-256 output is 1..8160 bytes, got {length}")
         out = HKDF(hashes.SHA256(), length, salt or None, info).derive(key.material)
         return self._key(output_algorithm, out)
 

@@ -121,3 +121,23 @@ def pass_gate(path: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
         sock.recv(1)  # returns at EOF: the test opened the gate
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.02,
+               what: str = "") -> T:
+    """:func:`eventually` that also treats exceptions as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = condition()
+        except Exception as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                                 f"{what or 'the condition'} (last: {last!r})")
+        time.sleep(interval)

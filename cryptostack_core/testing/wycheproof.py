@@ -78,6 +78,28 @@ def vectors_directory() -> Path:
     return PACKAGED_VECTORS
 
 
+def spki_public_bits(spki: bytes) -> bytes:
+    """The subjectPublicKey of a DER SubjectPublicKeyInfo (for any algorithm, OID unread)."""
+    def element(data: bytes, at: int) -> tuple[int, int, int]:  # (tag, start, end)
+        tag, length = data[at], data[at + 1]
+        at += 2
+        if length & 0x80:
+            count = length & 0x7F
+            length = int.from_bytes(data[at:at + count], "big")
+            at += count
+        if at + length > len(data):
+            raise ValueError("truncated DER")
+        return tag, at, at + length
+    tag, start, _end = element(spki, 0)
+    if tag != 0x30:
+        raise ValueError("not a SubjectPublicKeyInfo")
+    _, _, algorithm_end = element(spki, start)
+    tag, bits_start, bits_end = element(spki, algorithm_end)
+    if tag != 0x03 or spki[bits_start] != 0:
+        raise ValueError("no subjectPublicKey BIT STRING")
+    return spki[bits_start + 1:bits_end]
+
+
 # --- policy and results --------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -91,19 +113,51 @@ class Policy:
 
     ``gcm_iv_lengths`` is the inclusive range of AES-GCM IV lengths (bytes) the provider
     accepts; ``valid`` cases outside it must fail with ``INVALID_ARGUMENT``. None accepts
-    every IV length Wycheproof calls valid.
+    every IV length Wycheproof calls valid. ``mac_key_lengths`` (HMAC keys) and
+    ``secret_lengths`` (GENERIC-SECRET keys: HKDF input and output) are the same for key
+    lengths; they apply to the known-answer sets of
+    :mod:`cryptostack_core.testing.known_answers` too.
     """
 
     acceptable: Mapping[str, bool] = field(default_factory=dict)
     gcm_iv_lengths: tuple[int, int] | None = None
+    mac_key_lengths: tuple[int, int] | None = None
+    secret_lengths: tuple[int, int] | None = None
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
+    """Files that do not apply although an algorithm matches, with the reason (a key format
+    the provider does not offer, e.g. ML-DSA seeds): reported, not run, and never counted
+    as the algorithm's coverage."""
+
+    @staticmethod
+    def _outside(what: str, length: int, bounds: tuple[int, int] | None) -> str:
+        if bounds is not None and not bounds[0] <= length <= bounds[1]:
+            return f"{what} of {length} bytes outside the policy's {bounds[0]}..{bounds[1]}"
+        return ""
+
+    def mac_key_refusal(self, length: int) -> str:
+        """Why an HMAC key of ``length`` bytes is refused ("" when it is not)."""
+        return self._outside("HMAC key", length, self.mac_key_lengths)
+
+    def secret_refusal(self, *lengths: int) -> str:
+        """Why GENERIC-SECRET keys of these lengths are refused ("" when they are not)."""
+        for length in lengths:
+            why = self._outside("GENERIC-SECRET key", length, self.secret_lengths)
+            if why:
+                return why
+        return ""
 
     def refusal(self, file: str, group: Mapping[str, Any], case: Mapping[str, Any]) -> str:
         """Why the provider refuses this case's parameters by policy ("" when it does not)."""
         if self.gcm_iv_lengths is not None and file == "aes_gcm_test.json":
-            low, high = self.gcm_iv_lengths
             length = len(case["iv"]) // 2
-            if length and not low <= length <= high:
-                return f"GCM IV of {length} bytes outside the policy's {low}..{high}"
+            if length:
+                why = self._outside("GCM IV", length, self.gcm_iv_lengths)
+                if why:
+                    return why
+        if file.startswith("hmac_"):
+            return self.mac_key_refusal(len(case["key"]) // 2)
+        if file.startswith("hkdf_") and case["result"] == "valid":
+            return self.secret_refusal(len(case["ikm"]) // 2, int(case["size"]))
         return ""
 
 
@@ -319,9 +373,14 @@ class _Runner:
             guard.release()
 
     def raw_public(self, key: cs.CryptoResourceGuard) -> bytes:
-        """Raw public key, read from the SubjectPublicKeyInfo every provider exports."""
-        spki = self.km.export_public_key(key)
-        return _ser.load_der_public_key(spki).public_bytes_raw()  # type: ignore[union-attr]
+        """Raw public key: exported RAW where the provider offers it, else the
+        subjectPublicKey bits of the SubjectPublicKeyInfo every provider exports."""
+        try:
+            return self.km.export_public_key(key, cs.KeyFormat.RAW)
+        except cs.CryptoError as exc:
+            if exc.code not in _REJECTION_CODES | {cs.ErrorCode.UNSUPPORTED_ALGORITHM}:
+                raise
+        return spki_public_bits(self.km.export_public_key(key))
 
 
 Handler = Callable[[_Runner, Mapping[str, Any], Mapping[str, Any]], _Outcome]
@@ -477,6 +536,22 @@ def _mlkem_encaps(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any])
         key.release()
 
 
+def _hkdf(algorithm: str) -> Handler:
+    """HKDF through ``derive_key``: the IKM is imported as a GENERIC-SECRET (DERIVE), the
+    output key (GENERIC-SECRET with EXPORT) is exported and compared with ``okm``. An
+    output longer than 255 hash lengths must be refused with INVALID_ARGUMENT."""
+    def run(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
+        ikm = _hex(case, "ikm")
+        key = r.key("GENERIC-SECRET", ikm, cs.KeyFormat.RAW, P.DERIVE)
+        params = (cs.DeriveKeyParams().set_algorithm(algorithm).set_key(key)
+                  .set_salt(_hex(case, "salt")).set_info(_hex(case, "info"))
+                  .set_output("GENERIC-SECRET", case["size"]).set_permissions(P.EXPORT))
+        guard = r.km.derive_key(params)
+        okm = r.secret(guard)
+        return _ok() if okm == _hex(case, "okm") else _mismatch("derived key differs from okm")
+    return run
+
+
 def _mldsa_sign(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
     key = r.key("ML-DSA-65", _hex(group, "privateSeed"), cs.KeyFormat.SEED, P.SIGN | P.VERIFY)
     public = group.get("publicKey")
@@ -540,8 +615,16 @@ _FILE_LIST = [
                lambda g: f"AES-{g['keySize']}-CBC"),
     VectorFile("hmac_sha256_test.json", ("HMAC-SHA-256",), _mac("HMAC-SHA-256"),
                _const("HMAC-SHA-256")),
+    VectorFile("hmac_sha384_test.json", ("HMAC-SHA-384",), _mac("HMAC-SHA-384"),
+               _const("HMAC-SHA-384")),
     VectorFile("hmac_sha512_test.json", ("HMAC-SHA-512",), _mac("HMAC-SHA-512"),
                _const("HMAC-SHA-512")),
+    VectorFile("hkdf_sha256_test.json", ("HKDF-SHA-256",), _hkdf("HKDF-SHA-256"),
+               _const("HKDF-SHA-256")),
+    VectorFile("hkdf_sha384_test.json", ("HKDF-SHA-384",), _hkdf("HKDF-SHA-384"),
+               _const("HKDF-SHA-384")),
+    VectorFile("hkdf_sha512_test.json", ("HKDF-SHA-512",), _hkdf("HKDF-SHA-512"),
+               _const("HKDF-SHA-512")),
     VectorFile("ecdsa_secp256r1_sha256_test.json", ("ECDSA-P256",),
                _verify_with_group_key("ECDSA-P256", "ECDSA-P256", _spki_key),
                _const("ECDSA-P256")),
@@ -555,12 +638,20 @@ _FILE_LIST = [
                _const("RSA-PSS-SHA256")),
     VectorFile("x25519_test.json", ("X25519",), _xdh, _const("X25519")),
     VectorFile("ecdh_secp256r1_test.json", ("ECDH-P256",), _ecdh, _const("ECDH-P256")),
+    VectorFile("mlkem_512_test.json", ("ML-KEM-512",), _mlkem, _const("ML-KEM-512")),
     VectorFile("mlkem_768_test.json", ("ML-KEM-768",), _mlkem, _const("ML-KEM-768")),
+    VectorFile("mlkem_1024_test.json", ("ML-KEM-1024",), _mlkem, _const("ML-KEM-1024")),
     VectorFile("mlkem_768_encaps_test.json", ("ML-KEM-768",), _mlkem_encaps,
                _const("ML-KEM-768")),
+    VectorFile("mldsa_44_verify_test.json", ("ML-DSA-44",),
+               _verify_with_group_key("ML-DSA-44", "ML-DSA-44", _raw_public_key),
+               _const("ML-DSA-44")),
     VectorFile("mldsa_65_verify_test.json", ("ML-DSA-65",),
                _verify_with_group_key("ML-DSA-65", "ML-DSA-65", _raw_public_key),
                _const("ML-DSA-65")),
+    VectorFile("mldsa_87_verify_test.json", ("ML-DSA-87",),
+               _verify_with_group_key("ML-DSA-87", "ML-DSA-87", _raw_public_key),
+               _const("ML-DSA-87")),
     VectorFile("mldsa_65_sign_seed_test.json", ("ML-DSA-65",), _mldsa_sign,
                _const("ML-DSA-65")),
 ]
@@ -683,24 +774,32 @@ def run_vectors(stack: cs.CryptoStack, provider_id: int, claimed: Iterable[str],
     """Run every file applicable to ``claimed`` (see :func:`applicable_files`)."""
     claimed = set(claimed)
     base = directory or vectors_directory()
-    return [run_file(stack, provider_id, base / name, policy, claimed)
-            for name in applicable_files(claimed)]
+    policy = policy or Policy()
+    results = []
+    for name in applicable_files(claimed):
+        reason = policy.not_applicable.get(name)
+        if reason is None:
+            results.append(run_file(stack, provider_id, base / name, policy, claimed))
+        else:
+            results.append(FileResult(name, notes=[f"not applicable: {reason}"]))
+    return results
 
 
 def format_table(results: Iterable[FileResult]) -> str:
     """A fixed-width table of the results, then any unexpected cases and notes."""
     rows = list(results)
-    header = (f"{'file':38} {'cases':>5} {'as exp.':>7} {'unexp.':>6} {'policy':>6} "
+    width = max([38, *(len(r.file) for r in rows)])
+    header = (f"{'file':{width}} {'cases':>5} {'as exp.':>7} {'unexp.':>6} {'policy':>6} "
               f"{'acc.+/-':>9} {'partly':>6} {'skip':>4} {'secs':>6}")
     lines = [header, "-" * len(header)]
     for r in rows:
         acceptable = f"{r.acceptable_accepted}/{r.acceptable_rejected}" \
             if r.acceptable_accepted or r.acceptable_rejected else "-"
-        lines.append(f"{r.file:38} {r.cases:5} {r.as_expected:7} {len(r.unexpected):6} "
+        lines.append(f"{r.file:{width}} {r.cases:5} {r.as_expected:7} {len(r.unexpected):6} "
                      f"{r.policy_rejected:6} {acceptable:>9} {r.partly_checked:6} "
                      f"{r.skipped:4} {r.seconds:6.2f}")
     total = sum(r.cases for r in rows)
-    lines.append(f"{'total':38} {total:5} {sum(r.as_expected for r in rows):7} "
+    lines.append(f"{'total':{width}} {total:5} {sum(r.as_expected for r in rows):7} "
                  f"{sum(len(r.unexpected) for r in rows):6} "
                  f"{sum(r.policy_rejected for r in rows):6} {'':>9} "
                  f"{sum(r.partly_checked for r in rows):6} {sum(r.skipped for r in rows):4} "

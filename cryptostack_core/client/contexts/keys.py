@@ -178,7 +178,10 @@ class KeyManagementContext(OperationContext):
             "output_algorithm": self._channel.canonical_algorithm(params.output_algorithm),
             "permissions": None if params.permissions is None else int(params.permissions)}))
 
-    def generate_random(self, length: int) -> bytes:
-        """Random bytes from the preferred provider."""
-        data: bytes = self._call("random.generate", {"length": int(length)})
+    def generate_random(self, length: int, provider: int | None = None) -> bytes:
+        """Random bytes from the preferred provider (or from ``provider``)."""
+        args: dict[str, Any] = {"length": int(length)}
+        if provider is not None:
+            args["provider"] = int(provider)
+        data: bytes = self._call("random.generate", args)
         return data

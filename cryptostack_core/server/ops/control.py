@@ -1,5 +1,5 @@
-"""Control operations: ping, status, explain, named resources, release, describe, closing a
-context and attaching a shared-memory region."""
+"""Control operations: ping, status, explain, algorithms, named resources, release, describe,
+closing a context and attaching a shared-memory region."""
 
 from __future__ import annotations
 
