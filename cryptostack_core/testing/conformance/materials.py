@@ -14,6 +14,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as block_padding
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa, x25519
+from cryptography.hazmat.decrepit.ciphers import modes as decrepit_modes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cryptostack_core.wire.algorithms import REGISTRY, KeyClass
@@ -111,7 +112,7 @@ def reference_cipher(algorithm: str, key: bytes, iv: bytes, plaintext: bytes) ->
     elif algorithm.endswith("-CTR"):
         mode = modes.CTR(iv)
     elif algorithm.endswith("-CFB"):
-        mode = modes.CFB(iv)
+        mode = decrepit_modes.CFB(iv)
     else:
         return None
     if not algorithm.startswith("AES-"):
