@@ -67,6 +67,12 @@ class Client:
     def key(self, algorithm: str, permissions: cs.KeyOperationPermission | None = None,
             ) -> cs.CryptoResourceGuard:
         perms = full_permissions(algorithm) if permissions is None else permissions
+        if self.put.is_slow(algorithm) and self.put.claims(algorithm, O.IMPORT_KEY) and \
+                self.put.claims(algorithm, O.GENERATE_KEY):
+            # Import the SDK instance's key instead of generating another slow one.
+            shared = self.put.shared_material(algorithm)
+            if shared is not None:
+                return self.import_key(algorithm, shared[0], shared[1], perms)
         if self.put.claims(algorithm, O.GENERATE_KEY):
             params = cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms)
             params.set_provider(self.pid)
@@ -610,55 +616,55 @@ def _persistable(put: ProviderUnderTest, c: Client) -> list[str]:
     return [a for a in put.key_algorithms() if c.obtainable(a) and not put.is_slow(a)]
 
 
-def check_key_slots(put: ProviderUnderTest) -> None:
-    """Keys persist into slots and load back behaving the same; slots clear; exported
-    material imports back to an equivalent key."""
-    with Faults(f"{put.name}: key slots, export and import over the daemon") as faults, \
-            connected(put) as c:
-        algorithms = _persistable(put, c)
-        faults.check(algorithms, "no key type the kit can put into a slot")
-        for algorithm in algorithms:
-            with faults.step(f"{algorithm} in a slot"):
-                slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
-                key = c.key(algorithm)
-                expected = client_fingerprint(c, key, algorithm)
-                info = c.km.persist_key(slot, key)
-                faults.check(info.status is cs.KeySlotStatus.OCCUPIED and info.provider == c.pid,
-                             f"after persist_key the slot says {info}")
-                loaded = c.km.load_key(slot)
-                faults.check(loaded.persistence is cs.ResourcePersistence.PERSISTENT,
-                             "a loaded key is not PERSISTENT")
-                faults.check(client_fingerprint(c, loaded, algorithm) == expected,
-                             "the key loaded from the slot behaves differently")
-                faults.check(client_fingerprint(c, slot, algorithm) == expected,
-                             "the slot used directly behaves differently")
-                loaded.release()
-                c.km.clear_key_slot(slot)
-                faults.check(c.km.get_key_slot_info(slot).status is cs.KeySlotStatus.EMPTY,
-                             "the slot is not empty after clear_key_slot")
-            spec = REGISTRY.get(algorithm)
-            if put.claims(algorithm, O.IMPORT_KEY) and \
-                    (spec.key_class is KeyClass.SYMMETRIC or put.claims(algorithm, O.GENERATE_KEY)):
-                with faults.step(f"{algorithm}: export, then import"):
-                    key = c.key(algorithm)
-                    expected = client_fingerprint(c, key, algorithm)
-                    formats = (cs.KeyFormat.RAW,) if spec.key_class is KeyClass.SYMMETRIC else \
-                        materials.PRIVATE_FORMATS
-                    exported = None
-                    for fmt in formats:
-                        try:
-                            exported = c.km.export_key(key, fmt), fmt
-                            break
-                        except cs.CryptoError as exc:
-                            if exc.code is E.KEY_OPERATION_NOT_PERMITTED:
-                                break  # the backend keeps its keys (non-extractable): allowed
-                            if exc.code not in (E.INVALID_ARGUMENT, E.UNSUPPORTED_ALGORITHM):
-                                raise
-                    if exported is not None:
-                        again = c.import_key(algorithm, exported[0], exported[1],
-                                             full_permissions(algorithm))
-                        faults.check(client_fingerprint(c, again, algorithm) == expected,
-                                     "the re-imported key behaves differently")
+def check_key_slots(put: ProviderUnderTest, algorithm: str) -> None:
+    """A key of ``algorithm`` persists into a slot and loads back behaving the same (also
+    used through the slot directly); the slot clears; exported material imports back to an
+    equivalent key."""
+    spec = REGISTRY.get(algorithm)
+    with Faults(f"{put.name}: {algorithm} keys in slots, exported and imported, over the "
+                "daemon") as faults, connected(put) as c:
+        if not c.obtainable(algorithm):
+            faults.check(put.claims(algorithm, O.IMPORT_KEY),
+                         f"{algorithm} is neither generated nor importable from kit material")
+            return
+        key = c.key(algorithm)
+        expected = client_fingerprint(c, key, algorithm)
+        with faults.step("persist_key, load_key, clear_key_slot"):
+            slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
+            info = c.km.persist_key(slot, key)
+            faults.check(info.status is cs.KeySlotStatus.OCCUPIED and info.provider == c.pid,
+                         f"after persist_key the slot says {info}")
+            loaded = c.km.load_key(slot)
+            faults.check(loaded.persistence is cs.ResourcePersistence.PERSISTENT,
+                         "a loaded key is not PERSISTENT")
+            faults.check(client_fingerprint(c, loaded, algorithm) == expected,
+                         "the key loaded from the slot behaves differently")
+            faults.check(client_fingerprint(c, slot, algorithm) == expected,
+                         "the slot used directly behaves differently")
+            loaded.release()
+            c.km.clear_key_slot(slot)
+            faults.check(c.km.get_key_slot_info(slot).status is cs.KeySlotStatus.EMPTY,
+                         "the slot is not empty after clear_key_slot")
+        if not put.claims(algorithm, O.IMPORT_KEY):
+            return
+        with faults.step("export, then import"):
+            formats = (cs.KeyFormat.RAW,) if spec.key_class is KeyClass.SYMMETRIC else \
+                materials.PRIVATE_FORMATS
+            exported = None
+            for fmt in formats:
+                try:
+                    exported = c.km.export_key(key, fmt), fmt
+                    break
+                except cs.CryptoError as exc:
+                    if exc.code is E.KEY_OPERATION_NOT_PERMITTED:
+                        break  # the backend keeps its keys (non-extractable): allowed
+                    if exc.code not in (E.INVALID_ARGUMENT, E.UNSUPPORTED_ALGORITHM):
+                        raise
+            if exported is not None:
+                again = c.import_key(algorithm, exported[0], exported[1],
+                                     full_permissions(algorithm))
+                faults.check(client_fingerprint(c, again, algorithm) == expected,
+                             "the re-imported key behaves differently")
 
 
 def check_persistence_across_restart(put: ProviderUnderTest) -> None:

@@ -108,7 +108,11 @@ class KeyTracker:
 
     def make(self, put: ProviderUnderTest, algorithm: str,
              permissions: KeyOperationPermission | None = None) -> ProviderKey:
-        """Generate (or import fresh material for) a key of ``algorithm``."""
+        """Generate (or import fresh material for) a key of ``algorithm``; for slow key
+        types (and no particular permissions) the target's shared key, not released here."""
+        if put.is_slow(algorithm) and permissions is None and \
+                put.claims(algorithm, O.GENERATE_KEY):
+            return put.shared_key(algorithm)
         perms = full_permissions(algorithm) if permissions is None else permissions
         if put.claims(algorithm, O.GENERATE_KEY):
             return self.add(self.provider.generate_key(algorithm, perms))
@@ -446,7 +450,8 @@ def _key_claim(put: ProviderUnderTest, spec: AlgorithmSpec, op: Operation, keys:
         return
     perms = full_permissions(spec.name)
     if op is O.GENERATE_KEY:
-        key = keys.add(p.generate_key(spec.name, perms))
+        key = put.shared_key(spec.name) if put.is_slow(spec.name) else \
+            keys.add(p.generate_key(spec.name, perms))
     else:
         imported = _import_any(put, spec, keys, perms)
         if isinstance(imported, str):
@@ -501,7 +506,7 @@ def _import_any(put: ProviderUnderTest, spec: AlgorithmSpec, keys: KeyTracker,
     public = materials.public_material(spec.name)
     fmt = KeyFormat.SPKI_DER
     if public is None and put.claims(spec.name, O.GENERATE_KEY):
-        public, fmt = _public_for_import(p, spec, keys.add(p.generate_key(spec.name, perms)))
+        public, fmt = _public_for_import(p, spec, keys.make(put, spec.name))
     if public is None:
         return (f"the kit cannot make {spec.name} material and the provider does not "
                 "generate it: import cannot be checked")

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import cryptostack_core as cs
-from cryptostack_core.sdk import Capability, Operation, Provider, ProviderEnvironment
+from cryptostack_core.sdk import (
+    Capability,
+    CryptoError,
+    KeyClass,
+    KeyFormat,
+    KeyOperationPermission,
+    Operation,
+    Provider,
+    ProviderEnvironment,
+    ProviderKey,
+)
 from cryptostack_core.server.discovery import NAMESPACE, register_algorithms
 from cryptostack_core.testing.conformance.profile import Profile
 from cryptostack_core.testing.daemon import DaemonProcess
@@ -66,6 +76,8 @@ class ProviderUnderTest:
         self._daemon: DaemonProcess | None = None
         self._saved_environment: dict[str, str | None] = {}
         self._counter = 0
+        self._shared_keys: dict[str, ProviderKey] = {}
+        self._shared_material: dict[str, tuple[bytes, KeyFormat] | None] = {}
         self.provider_class = load_provider_class(profile.name)
         register_algorithms(self.provider_class)
 
@@ -129,6 +141,40 @@ class ProviderUnderTest:
         stack.callback(instance.close)
         return instance
 
+    def shared_key(self, algorithm: str) -> ProviderKey:
+        """One key of a slow key type, made once (by ``generate_key``) and reused by every
+        check that only needs some key of that type; released by :meth:`close`."""
+        with self._lock:
+            key = self._shared_keys.get(algorithm)
+            if key is None:
+                provider = self.provider
+                permissions = REGISTRY.get(algorithm).default_permissions | \
+                    KeyOperationPermission.EXPORT
+                key = provider.generate_key(algorithm, permissions)
+                self._shared_keys[algorithm] = key
+                self._exit.callback(provider.release_key, key)
+            return key
+
+    def shared_material(self, algorithm: str) -> tuple[bytes, KeyFormat] | None:
+        """The shared key's private material (PKCS8_DER, RAW or SEED, whichever the provider
+        writes), for importing it elsewhere instead of generating again; None when the key
+        does not leave the provider."""
+        with self._lock:
+            if algorithm not in self._shared_material:
+                key = self.shared_key(algorithm)
+                found = None
+                formats = (KeyFormat.RAW,) if REGISTRY.get(algorithm).key_class is \
+                    KeyClass.SYMMETRIC else (KeyFormat.PKCS8_DER, KeyFormat.RAW, KeyFormat.SEED)
+                if key.extractable:
+                    for fmt in formats:
+                        try:
+                            found = (self.provider.export_key(key, fmt), fmt)
+                            break
+                        except CryptoError:
+                            continue
+                self._shared_material[algorithm] = found
+            return self._shared_material[algorithm]
+
     def _apply_environment(self, environment: Mapping[str, str]) -> None:
         for key, value in environment.items():
             self._saved_environment.setdefault(key, os.environ.get(key))
@@ -189,6 +235,8 @@ class ProviderUnderTest:
             finally:
                 self._provider = None
                 self._daemon = None
+                self._shared_keys.clear()
+                self._shared_material.clear()
                 for key, value in self._saved_environment.items():
                     if value is None:
                         os.environ.pop(key, None)

@@ -3,10 +3,13 @@ every claimed algorithm has at least one of them."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import cryptostack_core as cs
 from cryptostack_core.sdk import AlgorithmKind, Operation
-from cryptostack_core.testing import known_answers, wycheproof
+from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES
+from cryptostack_core.testing import hybrid_vectors, known_answers, wycheproof
 from cryptostack_core.testing.conformance.faults import ConformanceError
 from cryptostack_core.testing.conformance.target import ProviderUnderTest
 from cryptostack_core.wire.algorithms import REGISTRY
@@ -23,7 +26,7 @@ class VectorItem:
     """One vector file or known-answer set that applies to the provider."""
 
     name: str
-    source: str  # "wycheproof" | "known-answers"
+    source: str  # "wycheproof" | "known-answers" | "hybrid"
     algorithms: tuple[str, ...]
     not_applicable: str = ""
 
@@ -45,7 +48,28 @@ def vector_items(put: ProviderUnderTest) -> list[VectorItem]:
     for kat in known_answers.sets_for(claimed, put.profile.known_answers):
         items.append(VectorItem(kat.name, "known-answers", kat.algorithms,
                                 put.profile.policy.not_applicable.get(kat.name, "")))
+    for algorithm in sorted(claimed & HYBRID_ALGORITHMS):
+        name = f"hybrid/{algorithm}"
+        items.append(VectorItem(name, "hybrid", (algorithm,),
+                                put.profile.policy.not_applicable.get(name, "")))
     return items
+
+
+HYBRID_ALGORITHMS = frozenset({"X-Wing", "X25519MLKEM768", *COMPOSITE_SIGNATURES})
+"""Algorithms :mod:`cryptostack_core.testing.hybrid_vectors` has published answers for."""
+
+
+def _hybrid(stack: cs.CryptoStack, put: ProviderUnderTest, item: VectorItem,
+            ) -> wycheproof.FileResult:
+    started = time.perf_counter()
+    report = hybrid_vectors.run(stack, put.provider_id, lambda a: a in item.algorithms)
+    result = wycheproof.FileResult(item.name, cases=report.checks,
+                                   as_expected=report.checks - len(report.failures),
+                                   unexpected=[wycheproof.Unexpected(i, failure) for i, failure
+                                               in enumerate(report.failures, 1)])
+    result.seconds = time.perf_counter() - started
+    result.notes.append("source: testing/vectors/hybrid (see its README)")
+    return result
 
 
 def run_vector_item(put: ProviderUnderTest, item: VectorItem) -> wycheproof.FileResult:
@@ -58,6 +82,8 @@ def run_vector_item(put: ProviderUnderTest, item: VectorItem) -> wycheproof.File
             result = wycheproof.run_file(stack, put.provider_id,
                                          wycheproof.vectors_directory() / item.name,
                                          put.profile.policy, claimed)
+        elif item.source == "hybrid":
+            result = _hybrid(stack, put, item)
         else:
             kat = next(s for s in (*known_answers.SETS, *put.profile.known_answers)
                        if s.name == item.name)

@@ -5,6 +5,7 @@ where Wycheproof leaves the choice open, which way it goes."""
 from __future__ import annotations
 
 from cryptostack_core.sdk import WELL_KNOWN_PROVIDER_IDS
+from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES
 from cryptostack_core.testing.conformance import Backend, Profile, static_setup
 from cryptostack_core.testing.wycheproof import Policy
 
@@ -30,8 +31,12 @@ POLICY = Policy(
 )
 
 
+SLOW = frozenset({"RSA-3072", "RSA-4096", *(name for name in COMPOSITE_SIGNATURES
+                                             if "RSA3072" in name or "RSA4096" in name)})
+"""Key types whose generation takes a second or more (large RSA moduli)."""
+
+
 def profile() -> Profile:
-    """No backend to start; RSA-3072/4096 generation is slow."""
+    """No backend to start."""
     return Profile(name="openssl", provider_id=WELL_KNOWN_PROVIDER_IDS["openssl"],
-                   setup=static_setup(Backend()), policy=POLICY,
-                   slow=frozenset({"RSA-3072", "RSA-4096"}))
+                   setup=static_setup(Backend()), policy=POLICY, slow=SLOW)
