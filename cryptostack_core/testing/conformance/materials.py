@@ -11,10 +11,10 @@ import os
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.decrepit.ciphers import modes as decrepit_modes
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import padding as block_padding
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa, x25519
-from cryptography.hazmat.decrepit.ciphers import modes as decrepit_modes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cryptostack_core.wire.algorithms import REGISTRY, KeyClass
