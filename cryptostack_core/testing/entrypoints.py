@@ -28,13 +28,15 @@ from pathlib import Path
 __all__ = ["on_sys_path", "provider_environment", "provider_path"]
 
 GROUP = "cryptostack.providers"
+PROFILES = "cryptostack.conformance"
 
 
 def provider_path(directory: Path, providers: Mapping[str, str],
                   modules: Iterable[Path] = (), distribution: str = "cryptostack-test-providers",
-                  ) -> Path:
+                  profiles: Mapping[str, str] | None = None) -> Path:
     """Write a distribution's metadata registering ``providers`` (``{name: "module:Class"}``)
-    into ``directory``, with copies of ``modules`` (single-file modules) beside it."""
+    and conformance ``profiles`` (``{name: "module:function"}``) into ``directory``, with
+    copies of ``modules`` (single-file modules) beside it."""
     directory.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", distribution)
     info = directory / f"{safe}-0.dist-info"
@@ -42,6 +44,8 @@ def provider_path(directory: Path, providers: Mapping[str, str],
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0\n",
                                    encoding="utf-8")
     lines = [f"[{GROUP}]"] + [f"{name} = {target}" for name, target in providers.items()]
+    if profiles:
+        lines += ["", f"[{PROFILES}]"] + [f"{name} = {target}" for name, target in profiles.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for module in modules:
         shutil.copy(module, directory / module.name)
