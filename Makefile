@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORE_VENV := .venv-core
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+# Example third-party providers, each its own distribution (docs/provider-guide.md).
+EXAMPLE_PROVIDERS := $(sort $(dir $(wildcard examples/*/pyproject.toml)))
 DEB_PACKAGES := softhsm2 swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config
 STAMP := $(VENV)/.setup-done
 # liboqs is not packaged for Debian 12: developers build it outside the repository and set
@@ -35,20 +37,24 @@ deb-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS)) | deb-packages
+$(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS) $(EXAMPLE_PROVIDERS)) | deb-packages
 	@$(MAKE) --no-print-directory deb-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS) $(EXAMPLE_PROVIDERS))
 	touch $(STAMP)
 
 # The daemon with the default config, then the demo of every flow of the design.
 run: setup
 	$(BIN)/python examples/demo.py --config examples/daemon.toml
 
+# Every plugin's and example provider's suite includes the conformance kit against it
+# (a ConformanceSuite subclass); tests/ runs it against the mock provider. The example's
+# core-only client check uses the $(CORE_VENV) that test-core-only makes.
 test: setup test-core-only
-	CRYPTOSTACK_FORBID_SKIPS=1 $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --import-mode=importlib \
-	  tests $(addsuffix tests,$(PLUGINS))
+	CRYPTOSTACK_FORBID_SKIPS=1 CRYPTOSTACK_CORE_PYTHON=$(abspath $(CORE_VENV))/bin/python \
+	  $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --import-mode=importlib \
+	  tests $(addsuffix tests,$(PLUGINS) $(EXAMPLE_PROVIDERS))
 
 # The core alone in a fresh venv (no plugin installed): its suite must pass on the mock provider.
 test-core-only: | deb-packages
@@ -70,7 +76,8 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy cryptostack_core $(patsubst %/__init__.py,%,$(wildcard plugins/*/cryptostack_*/__init__.py))
+	$(BIN)/mypy cryptostack_core $(patsubst %/__init__.py,%,$(wildcard plugins/*/cryptostack_*/__init__.py)) \
+	  $(patsubst %/__init__.py,%,$(wildcard examples/*/src/cryptostack_*/__init__.py))
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache
