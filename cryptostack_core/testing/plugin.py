@@ -23,6 +23,10 @@ reproducible keys and random bytes, ``options={...}`` for its fault injection):
 ``cryptostack_mock_config``
     ``mock_config(seed=None, options=None, key_slots=(), **daemon)``: the config mapping
     the fixtures use, to extend.
+
+For provider tests: ``cryptostack_provider_factory`` -- ``factory(name, provider_id=None,
+**options)`` starts an installed provider by entry-point name, closed after the test
+(:mod:`cryptostack_core.testing.instances`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from cryptostack_core.testing.conformance.suite import REPORT_KEY, ConformanceSu
 from cryptostack_core.testing.conformance.target import ProviderUnderTest
 from cryptostack_core.testing.conformance.vector_checks import vector_items
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.instances import ProviderFactory
 
 __all__ = ["MOCK_PROVIDER_ID", "DaemonFactory", "mock_config"]
 
@@ -300,3 +305,16 @@ def cryptostack_daemon_factory(tmp_path: Path,
 def cryptostack_daemon(cryptostack_daemon_factory: DaemonFactory) -> DaemonProcess:
     """One daemon on the mock provider (``daemon.stack()`` connects to it)."""
     return cryptostack_daemon_factory()
+
+
+# --- fixtures for provider tests ---------------------------------------------------------------
+
+@pytest.fixture
+def cryptostack_provider_factory(tmp_path: Path) -> Iterator[ProviderFactory]:
+    """``factory(name, provider_id=None, **options)``: a started instance of an installed
+    provider (files under the test's directory); all are closed after the test."""
+    factory = ProviderFactory(tmp_path / "providers")
+    try:
+        yield factory
+    finally:
+        factory.close_all()

@@ -1,35 +1,32 @@
-"""Fixtures for the OpenSSL provider tests: a started provider instance."""
+"""Fixtures for the OpenSSL provider tests: started provider instances, made with the
+testing kit's :mod:`cryptostack_core.testing.instances`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cryptostack_core.sdk import ProviderEnvironment
+from cryptostack_core.testing.instances import ProviderFactory, start_provider
 from cryptostack_openssl import OpenSSLProvider
 
 
-def make_provider(tmp: Path, **options: object) -> OpenSSLProvider:
-    """A started provider with ``options``, keeping its files under ``tmp``."""
-    provider = OpenSSLProvider(2, options, ProviderEnvironment(state_dir=tmp, config_dir=tmp))
-    provider.start()
-    return provider
-
-
-ProviderFactory = Callable[..., OpenSSLProvider]
-
-
 @pytest.fixture
-def provider_factory(tmp_path: Path) -> ProviderFactory:
+def provider_factory(cryptostack_provider_factory: ProviderFactory,
+                     ) -> Callable[..., OpenSSLProvider]:
     """Build a started provider with the given options (``factory(min_mac_length=24)``)."""
-    return lambda **options: make_provider(tmp_path, **options)
+    def make(**options: Any) -> OpenSSLProvider:
+        provider = cryptostack_provider_factory("openssl", **options)
+        assert isinstance(provider, OpenSSLProvider)
+        return provider
+    return make
 
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSSLProvider]:
     """One provider with default options, shared by a test module."""
-    instance = make_provider(tmp_path_factory.mktemp("openssl"))
+    instance = start_provider("openssl", tmp_path_factory.mktemp("openssl"))
+    assert isinstance(instance, OpenSSLProvider)
     yield instance
     instance.close()

@@ -14,13 +14,13 @@ checks) always run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptostack_oqs import library
 from cryptostack_oqs.provider import OQSProvider
 
-from cryptostack_core.sdk import ProviderEnvironment
+from cryptostack_core.testing.instances import ProviderFactory, start_provider
 
 PROVIDER_ID = 3
 LIBOQS = library.locate()
@@ -65,25 +65,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
         terminalreporter.write_line(f"liboqs tests: {len(_ran)} ran")
 
 
-def make_provider(tmp: Path, **options: object) -> OQSProvider:
-    """A started oqs provider keeping its files under ``tmp``."""
-    provider = OQSProvider(PROVIDER_ID, options, ProviderEnvironment(state_dir=tmp, config_dir=tmp))
-    provider.start()
-    return provider
-
-
 @pytest.fixture(scope="session")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OQSProvider]:
     """One started provider shared by the whole session (it holds no per-test state)."""
-    instance = make_provider(tmp_path_factory.mktemp("oqs"))
+    instance = start_provider("oqs", tmp_path_factory.mktemp("oqs"))
+    assert isinstance(instance, OQSProvider)
     yield instance
     instance.close()
 
 
-ProviderFactory = Callable[..., OQSProvider]
-
-
 @pytest.fixture
-def provider_factory(tmp_path: Path) -> ProviderFactory:
-    """Build a started provider with options."""
-    return lambda **options: make_provider(tmp_path, **options)
+def provider_factory(cryptostack_provider_factory: ProviderFactory) -> Callable[..., OQSProvider]:
+    """Build a started provider with options (closed after the test)."""
+    def make(**options: Any) -> OQSProvider:
+        provider = cryptostack_provider_factory("oqs", **options)
+        assert isinstance(provider, OQSProvider)
+        return provider
+    return make
