@@ -11,6 +11,7 @@ import pytest
 
 import cryptostack_core as cs
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.plugin import DaemonFactory
 
 TEST_DAEMON: dict[str, Any] = {"allow_test_providers": True}
 """The core suite runs on the mock provider, which a config must allow explicitly."""
@@ -69,25 +70,20 @@ def inproc_stack() -> Iterator[cs.CryptoStack]:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """Start real daemon subprocesses; all are stopped at the end of the test."""
-    started: list[DaemonProcess] = []
-
-    def start(config: dict[str, Any] | None = None, name: str = "d") -> DaemonProcess:
-        proc = DaemonProcess(tmp_path / name, config or mock_config())
-        proc.start()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
+    """Start real daemon subprocesses (default: the base config); all are stopped at the end
+    of the test (the testing plugin's factory)."""
+    factory = DaemonFactory(tmp_path, mock_config())
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
 
 
 @pytest.fixture
-def daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
+def daemon(daemon_factory: DaemonFactory) -> DaemonProcess:
     """One daemon on the base config."""
-    return daemon_factory()
+    return daemon_factory(name="d")
 
 
 @pytest.fixture(params=["inproc", "unix"])

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from stevedore.extension import ExtensionManager
+
 __all__ = ["on_sys_path", "provider_environment", "provider_path"]
 
 GROUP = "cryptostack.providers"
@@ -58,14 +60,20 @@ def provider_environment(path: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(path), existing) if p)}
 
 
+def _forget_entry_points() -> None:
+    # stevedore keeps each namespace's entry points for the life of the process.
+    importlib.invalidate_caches()
+    ExtensionManager.ENTRY_POINT_CACHE.pop(GROUP, None)
+
+
 @contextlib.contextmanager
 def on_sys_path(path: Path) -> Iterator[None]:
     """The providers at ``path`` are loadable in this process while the block runs."""
     sys.path.insert(0, str(path))
-    importlib.invalidate_caches()
+    _forget_entry_points()
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(str(path))
-        importlib.invalidate_caches()
+        _forget_entry_points()
