@@ -38,7 +38,7 @@ def test_the_kit_passes_the_mock_provider(pytester: pytest.Pytester) -> None:
                         result.stdout.str())
     assert summary is not None, result.stdout.str()
     assert int(summary.group(1)) == outcomes["passed"] and int(summary.group(2)) >= 10
-    result.stdout.fnmatch_lines(["*wycheproof*aes_gcm_test.json:*37 refused by policy*"])
+    result.stdout.fnmatch_lines(["*wycheproof*aes_gcm_test.json:*refused by policy*"])
     result.stdout.fnmatch_lines(["*known-answers cryptography-vectors/hashes/SHA2/"
                                  "SHA256ShortMsg.rsp: 65/65 cases*"])
 

@@ -124,7 +124,7 @@ def test_key_slots_are_checked_after_the_providers_registered_their_names(
 
 def test_an_uninstalled_provider_is_named_when_its_slot_algorithm_is_unknown(
         tmp_path: Path) -> None:
-    config = {"providers": [{"name": "no-such-provider", "id": 1001}],
+    config = {"providers": [{"name": "no-such-provider", "id": 1001, "optional": True}],
               "key_slots": [{"name": "Orphan", "algorithm": "NOT-BUILT-IN", "provider": 1001}]}
     daemon = DaemonProcess(tmp_path / "daemon", config)
     with pytest.raises(RuntimeError) as err:
@@ -135,7 +135,9 @@ def test_an_uninstalled_provider_is_named_when_its_slot_algorithm_is_unknown(
 
 
 def test_a_provider_redefining_a_name_is_refused(tmp_path: Path, toy_path: Path) -> None:
-    config = {"providers": [{"name": "clash", "id": 1002}, {"name": "mock", "id": 1}]}
+    config = {"daemon": {"allow_test_providers": True},
+              "providers": [{"name": "clash", "id": 1002, "optional": True},
+                            {"name": "mock", "id": 1}]}
     with on_sys_path(toy_path):
         stack = cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
                                        .set_daemon_config(config))

@@ -344,18 +344,19 @@ class _Runner:
         if isinstance(case, MacCase):
             with self.key(case.algorithm, case.key, cs.KeyFormat.RAW,
                           P.SIGN | P.VERIFY | P.MAC) as key:
-                tag = self.ctx.create_sign_context(
-                    cs.SignContextConfig().set_algorithm(case.algorithm).set_key(key)
-                    .set_provider(self.pid)).sign(case.message)
+                with self.ctx.create_sign_context(
+                        cs.SignContextConfig().set_algorithm(case.algorithm).set_key(key)
+                        .set_provider(self.pid)) as signer:
+                    tag = signer.sign(case.message)
                 if tag[: len(case.tag)] != case.tag:
                     return "MAC differs"
                 config = cs.VerifyContextConfig().set_algorithm(case.algorithm).set_key(key)
                 config.set_provider(self.pid)
                 if len(case.tag) < len(tag):
                     config.set_tag_length(len(case.tag))
-                verifier = self.ctx.create_verify_context(config)
-                if not verifier.verify(case.message, case.tag):
-                    return "the known tag does not verify"
+                with self.ctx.create_verify_context(config) as verifier:
+                    if not verifier.verify(case.message, case.tag):
+                        return "the known tag does not verify"
                 return ""
         if isinstance(case, CipherCase):
             key_algorithm = cs.canonical_name(case.algorithm.rsplit("-", 1)[0])
@@ -389,24 +390,25 @@ class _Runner:
                 config.set_provider(self.pid)
                 if case.context:
                     config.set_context(case.context)
-                ok = self.ctx.create_verify_context(config).verify(case.message, case.signature)
+                with self.ctx.create_verify_context(config) as verifier:
+                    ok = verifier.verify(case.message, case.signature)
             if ok != case.valid:
                 return f"verify returned {ok} for a {'valid' if case.valid else 'invalid'} signature"
             return ""
         assert isinstance(case, KeyPairCase)
         with self.key(case.algorithm, case.private_key, case.key_format, P.SIGN | P.VERIFY) as sk, \
                 self.key(case.algorithm, case.public_key, case.key_format, P.VERIFY) as pk:
-            signer = self.ctx.create_sign_context(
-                cs.SignContextConfig().set_algorithm(case.algorithm).set_key(sk)
-                .set_provider(self.pid))
-            signature = signer.sign(case.message)
+            with self.ctx.create_sign_context(
+                    cs.SignContextConfig().set_algorithm(case.algorithm).set_key(sk)
+                    .set_provider(self.pid)) as signer:
+                signature = signer.sign(case.message)
             verify = cs.VerifyContextConfig().set_algorithm(case.algorithm).set_key(pk)
             verify.set_provider(self.pid)
-            verifier = self.ctx.create_verify_context(verify)
-            if not verifier.verify(case.message, signature):
-                return "the signature does not verify under the known public key"
-            if verifier.verify(case.message + b"\x00", signature):
-                return "a changed message verifies"
+            with self.ctx.create_verify_context(verify) as verifier:
+                if not verifier.verify(case.message, signature):
+                    return "the signature does not verify under the known public key"
+                if verifier.verify(case.message + b"\x00", signature):
+                    return "a changed message verifies"
         return ""
 
 

@@ -57,20 +57,21 @@ _TARGETS = pytest.StashKey["_Targets"]()
 
 def mock_config(seed: str | None = None, options: Mapping[str, Any] | None = None,
                 key_slots: Sequence[Mapping[str, Any]] = (), **daemon: Any) -> dict[str, Any]:
-    """A daemon config mapping with the mock provider (id 1) configured explicitly.
+    """A daemon config mapping with the mock provider (id 1) configured explicitly, and
+    ``allow_test_providers = true`` (the mock is a test provider).
 
-    ``seed`` makes its keys and random bytes reproducible; ``options`` are further mock
-    options (``delay``, ``fail``, ``algorithms`` ...); ``daemon`` goes to ``[daemon]``.
+    ``seed`` makes its keys and random bytes reproducible (otherwise they come from the OS);
+    ``options`` are further mock options (``delay``, ``fail``, ``algorithms`` ...); ``daemon``
+    goes to ``[daemon]``.
     """
     provider_options = dict(options or {})
     if seed is not None:
         provider_options["seed"] = seed
-    config: dict[str, Any] = {"providers": [{"name": "mock", "id": MOCK_PROVIDER_ID,
+    config: dict[str, Any] = {"daemon": {"allow_test_providers": True, **daemon},
+                              "providers": [{"name": "mock", "id": MOCK_PROVIDER_ID,
                                              "options": provider_options}]}
     if key_slots:
         config["key_slots"] = [dict(slot) for slot in key_slots]
-    if daemon:
-        config["daemon"] = dict(daemon)
     return config
 
 

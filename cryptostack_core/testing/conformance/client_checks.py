@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import cryptostack_core as cs
 from cryptostack_core.sdk import AlgorithmKind, Capability, KeyClass, Operation
@@ -36,6 +36,8 @@ E = cs.ErrorCode
 K = AlgorithmKind
 O = Operation  # noqa: E741 - the enum, short for the tables below
 
+_C = TypeVar("_C")
+
 _PERMISSION_FOR = {O.ENCRYPT: P.ENCRYPT, O.DECRYPT: P.DECRYPT, O.SIGN: P.SIGN,
                    O.DECAPSULATE: P.DECAPSULATE, O.AGREE: P.AGREE, O.DERIVE: P.DERIVE}
 
@@ -50,6 +52,7 @@ class Client:
         self.ctx = stack.create_crypto_context()
         self.km = self.ctx.create_key_management_context()
         self.guards: list[cs.CryptoResourceGuard] = []
+        self.contexts: list[Any] = []
 
     # keys
     def obtainable(self, algorithm: str) -> bool:
@@ -76,7 +79,7 @@ class Client:
         if self.put.claims(algorithm, O.GENERATE_KEY):
             params = cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms)
             params.set_provider(self.pid)
-            return self._keep(self.km.generate_key(params))
+            return self.keep(self.km.generate_key(params))
         material = materials.private_material(algorithm)
         if material is None:
             raise ConformanceError(f"cannot get a {algorithm} key through the daemon")
@@ -87,9 +90,9 @@ class Client:
         params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
         params.set_permissions(permissions)
         params.set_provider(self.pid)
-        return self._keep(self.km.import_key(params))
+        return self.keep(self.km.import_key(params))
 
-    def _keep(self, guard: cs.CryptoResourceGuard) -> cs.CryptoResourceGuard:
+    def keep(self, guard: cs.CryptoResourceGuard) -> cs.CryptoResourceGuard:
         self.guards.append(guard)
         return guard
 
@@ -99,15 +102,19 @@ class Client:
         for guard in guards:
             guard.release()
 
-    # contexts
+    # contexts (kept until the client closes, so none is dropped unclosed)
+    def _keep_context(self, context: _C) -> _C:
+        self.contexts.append(context)
+        return context
+
     def hasher(self, algorithm: str) -> cs.HashContext:
-        return self.ctx.create_hash_context(cs.HashContextConfig().set_algorithm(algorithm)
-                                            .set_provider(self.pid))
+        return self._keep_context(self.ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm(algorithm).set_provider(self.pid)))
 
     def cipher(self, algorithm: str, key: Any, direction: cs.CipherDirection) -> cs.CipherContext:
-        return self.ctx.create_cipher_context(
+        return self._keep_context(self.ctx.create_cipher_context(
             cs.CipherContextConfig().set_algorithm(algorithm).set_key(key)
-            .set_direction(direction).set_provider(self.pid))
+            .set_direction(direction).set_provider(self.pid)))
 
     def encrypt(self, spec: AlgorithmSpec, key: Any, iv: bytes, data: bytes, aad: bytes = b"",
                 direction: cs.CipherDirection = cs.CipherDirection.ENCRYPT) -> bytes:
@@ -123,14 +130,14 @@ class Client:
         config = cs.SignContextConfig().set_algorithm(algorithm).set_key(key).set_provider(self.pid)
         if context:
             config.set_context(context)
-        return self.ctx.create_sign_context(config)
+        return self._keep_context(self.ctx.create_sign_context(config))
 
     def verifier(self, algorithm: str, key: Any, context: bytes = b"") -> cs.VerifyContext:
         config = cs.VerifyContextConfig().set_algorithm(algorithm).set_key(key)
         config.set_provider(self.pid)
         if context:
             config.set_context(context)
-        return self.ctx.create_verify_context(config)
+        return self._keep_context(self.ctx.create_verify_context(config))
 
     def secret(self, guard: cs.CryptoResourceGuard) -> bytes:
         with guard:
@@ -151,6 +158,7 @@ class Client:
     def close(self) -> None:
         self.release_keys()
         self.ctx.close()
+        self.contexts.clear()
 
 
 @contextmanager
@@ -360,10 +368,10 @@ def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) ->
     if op is O.GENERATE_KEY:
         params = cs.GenerateKeyParams().set_algorithm(spec.name).set_permissions(perms)
         params.set_provider(c.pid)
-        key = c.km.generate_key(params)
+        key = c.keep(c.km.generate_key(params))
         faults.check(key.algorithm == spec.name, f"a generated key says it is {key.algorithm}")
-        default = c.km.generate_key(cs.GenerateKeyParams().set_algorithm(spec.name)
-                                    .set_provider(c.pid))
+        default = c.keep(c.km.generate_key(cs.GenerateKeyParams().set_algorithm(spec.name)
+                                            .set_provider(c.pid)))
         faults.check(not default.permitted_operations & P.EXPORT,
                      "a key generated without permissions may be exported")
     else:
@@ -688,7 +696,7 @@ def check_persistence_across_restart(put: ProviderUnderTest) -> None:
             for algorithm, fingerprint in expected.items():
                 with faults.step(f"load the {algorithm} key after the restart"):
                     slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
-                    key = c.km.load_key(slot)
+                    key = c.keep(c.km.load_key(slot))
                     faults.check(client_fingerprint(c, key, algorithm) == fingerprint,
                                  f"the {algorithm} key behaves differently after the restart")
                     c.km.clear_key_slot(slot)

@@ -50,6 +50,7 @@ class GateProvider(Provider):
     """See the module docstring."""
 
     name = "kit-gate"
+    test_only = True
 
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:

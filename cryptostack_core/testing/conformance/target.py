@@ -187,6 +187,9 @@ class ProviderUnderTest:
         config: dict[str, Any] = {"providers": [{"name": provider_name or self.name,
                                                  "id": self.provider_id,
                                                  "options": dict(options)}]}
+        if self.provider_class.test_only or provider_name is not None:
+            # The mock (and the kit's own wrappers) are test providers: allowed explicitly.
+            config["daemon"] = {"allow_test_providers": True}
         if slots:
             config["key_slots"] = [{"name": slot_name(a), "algorithm": a,
                                     "provider": self.provider_id} for a in self.key_algorithms()]
