@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import cryptostack_core as cs
+from cryptostack_core.server.check import check_config
 from cryptostack_core.server.config import ConfigError
 from cryptostack_core.testing.daemon import DaemonProcess
 from cryptostack_core.testing.entrypoints import on_sys_path, provider_environment, provider_path
@@ -148,3 +149,17 @@ def test_a_provider_redefining_a_name_is_refused(tmp_path: Path, toy_path: Path)
         digest = stack.create_crypto_context().create_hash_context(
             cs.HashContextConfig().set_algorithm("SHA-256")).single_shot(b"abc")
         assert digest == hashlib.sha256(b"abc").digest()
+
+
+def test_check_knows_the_algorithms_providers_bring(tmp_path: Path, toy_path: Path) -> None:
+    config = tmp_path / "daemon.toml"
+    slot = '[[key_slots]]\nname = "ToyMacKey"\nalgorithm = "{}"\nprovider = 1000\n'
+    base = f'[daemon]\nkeystore = "{tmp_path / "ks.sqlite3"}"\nallow_root = true\n' \
+           '[[providers]]\nname = "toy"\nid = 1000\n'
+    with on_sys_path(toy_path):
+        config.write_text(base + slot.format("TOY-MAC"))
+        report = check_config(config)
+        assert report.ok, report.problems
+        config.write_text(base + slot.format("TOY-MACC"))
+        report = check_config(config)
+        assert any("unknown key algorithm 'TOY-MACC'" in p for p in report.problems), report

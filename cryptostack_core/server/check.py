@@ -2,8 +2,10 @@
 
 Beyond parsing (every :class:`~.config.ConfigError`), it checks what would otherwise fail at
 start: providers that are not installed or cannot be imported, test providers without
-``allow_test_providers``, root without ``allow_root``, files that slots and trust stores
-name, and a key store whose KEK is missing. Nothing is created, no provider is started.
+``allow_test_providers``, key slots naming algorithms no provider brings, root without
+``allow_root``, files that slots and trust stores name, and a key store whose KEK is
+missing. Nothing is created, no provider is started (their classes are imported, to learn
+the algorithms they register).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cryptostack_core.server.discovery import (
     missing_provider_reason,
     provider_class,
     refusal_of_test_provider,
+    register_algorithms,
 )
 
 
@@ -48,6 +51,10 @@ def check_config(path: Path, *, euid: int | None = None) -> CheckReport:
         report.problems.append("the daemon would refuse to run as root: run it as a dedicated "
                                "user or set [daemon] allow_root = true")
     _providers(config, report)
+    try:  # key slots may name algorithms the providers bring (registered by _providers)
+        config = config.resolve_key_algorithms()
+    except ConfigError as exc:
+        report.problems.append(str(exc))
     _files(config, report)
     _store(config, report)
     return report
@@ -66,7 +73,13 @@ def _providers(config: DaemonConfig, report: CheckReport) -> None:
             except Exception as exc:  # an import error inside the plugin
                 problem = f"cannot be loaded: {type(exc).__name__}: {exc}"
             else:
-                if cls.test_only and not config.allow_test_providers:
+                try:
+                    register_algorithms(cls)
+                except (TypeError, ValueError) as exc:
+                    problem = str(exc)
+                if problem is not None:
+                    pass
+                elif cls.test_only and not config.allow_test_providers:
                     problem = refusal_of_test_provider(provider)
                 elif cls.test_only:
                     report.warnings.append(f"{label} is a test provider: not for production")
