@@ -77,11 +77,9 @@ def _providers(config: DaemonConfig, report: CheckReport) -> None:
                     register_algorithms(cls)
                 except (TypeError, ValueError) as exc:
                     problem = str(exc)
-                if problem is not None:
-                    pass
-                elif cls.test_only and not config.allow_test_providers:
+                if problem is None and cls.test_only and not config.allow_test_providers:
                     problem = refusal_of_test_provider(provider)
-                elif cls.test_only:
+                elif problem is None and cls.test_only:
                     report.warnings.append(f"{label} is a test provider: not for production")
         if problem is None:
             report.facts.append(f"{label}: installed")
