@@ -1,7 +1,7 @@
 """The PKCS#11 provider behind a real daemon, through the public API: key slots living in the
 token, provider selection with compatibility lists, persistence across daemon restarts,
-deadlines over the socket while the token hangs, and every applicable Wycheproof vector with
-the shared runner."""
+deadlines over the socket while the token hangs. (Every applicable vector file runs in the
+conformance kit, ``test_pkcs11_conformance.py``.)"""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import cryptostack_core as cs
-from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
 from cryptostack_core.testing.waiting import eventually, wait_for_exit
 
 P = cs.KeyOperationPermission
 HSM, SOFT = 5, 2
 ENC, DEC = cs.CipherDirection.ENCRYPT, cs.CipherDirection.DECRYPT
-PKCS11_POLICY = wp.Policy(gcm_iv_lengths=(8, 128))  # the same policy as the software provider
 
 
 def daemon_config(token: Any, **options: Any) -> dict[str, Any]:
@@ -232,35 +230,6 @@ def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
         verifier = other.create_verify_context(cs.VerifyContextConfig()
                                                .set_algorithm("ECDSA-P256").set_key(slot))
         assert verifier.verify(b"after the restart", signature)
-
-
-def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any,
-        record_property: Callable[[str, object], None]) -> None:
-    config = {"providers": [{"name": "pkcs11", "id": HSM,
-                             "options": softhsm_token.options()}]}
-    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=30) as stack:
-        [hsm] = stack.status()["providers"]
-        assert hsm["state"] == "ready"
-        claimed = {"AES-128-GCM", "AES-192-GCM", "AES-256-GCM", "AES-128-CBC", "AES-192-CBC",
-                   "AES-256-CBC", "HMAC-SHA-256", "HMAC-SHA-512", "ECDSA-P256", "ECDSA-P384",
-                   "Ed25519", "RSA-PSS-SHA256"}
-        started = time.perf_counter()
-        results = wp.run_vectors(stack, HSM, claimed, PKCS11_POLICY)
-        elapsed = time.perf_counter() - started
-        table = wp.format_table(results)
-        print("\n" + table)
-        record_property("wycheproof", "pkcs11 provider (SoftHSM2), over the daemon\n" + table)
-    assert [r.file for r in results] == [
-        "aes_gcm_test.json", "aes_cbc_pkcs5_test.json", "hmac_sha256_test.json",
-        "hmac_sha512_test.json", "ecdsa_secp256r1_sha256_test.json",
-        "ecdsa_secp384r1_sha384_test.json", "ed25519_test.json",
-        "rsa_pss_2048_sha256_mgf1_32_test.json"]
-    assert [(r.file, u) for r in results for u in r.unexpected] == []
-    assert all(r.cases == r.as_expected and r.skipped == 0 for r in results)
-    by_file = {r.file: r for r in results}
-    assert by_file["aes_gcm_test.json"].policy_rejected == 27  # 1-6 and 257-byte IVs
-    assert sum(r.cases for r in results) == 2127
-    assert elapsed < 90, elapsed
 
 
 def test_worker_ends_with_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:

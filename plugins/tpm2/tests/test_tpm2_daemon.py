@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptostack_tpm2.testing import Swtpm
 
 import cryptostack_core as cs
-from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
 
 PROVIDER_ID = 5
@@ -193,50 +192,3 @@ def test_many_slots_many_clients_cross_checked_by_openssl(sim: Swtpm, tmp_path: 
         for t in threads:
             t.join(120)
     assert errors == [] and verified[0] == 48
-
-
-# --- Wycheproof ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def wycheproof_daemon(tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[tuple[cs.CryptoStack, set[str]]]:
-    from cryptostack_tpm2.provider import TPM2Provider
-
-    from cryptostack_core.sdk import ProviderEnvironment
-
-    base = tmp_path_factory.mktemp("wycheproof")
-    simulator = Swtpm(base / "swtpm").start()
-    try:
-        probe = TPM2Provider(PROVIDER_ID, {"tcti": simulator.tcti},
-                             ProviderEnvironment(base, base))
-        probe.start()
-        claimed = {c.algorithm for c in probe.capabilities()}
-        probe.close()  # the daemon's worker must be the simulator's only client
-        config = {"providers": [{"name": "tpm2", "id": PROVIDER_ID,
-                                 "options": {"tcti": simulator.tcti, "reset_lockout": True}}]}
-        with DaemonProcess(base / "daemon", config) as daemon, \
-                daemon.stack(timeout=30) as stack:
-            yield stack, claimed
-    finally:
-        simulator.stop()
-
-
-def test_wycheproof_vectors_over_the_daemon(
-        wycheproof_daemon: tuple[cs.CryptoStack, set[str]],
-        record_property: Callable[[str, object], None]) -> None:
-    stack, claimed = wycheproof_daemon
-    files = wp.applicable_files(claimed)
-    assert files == ["aes_cbc_pkcs5_test.json", "hmac_sha256_test.json",
-                     "hmac_sha512_test.json", "ecdsa_secp256r1_sha256_test.json",
-                     "ecdsa_secp384r1_sha384_test.json", "rsa_pss_2048_sha256_mgf1_32_test.json"]
-    results = wp.run_vectors(stack, PROVIDER_ID, claimed, wp.Policy())
-    table = wp.format_table(results)
-    print("\n" + table)
-    record_property("wycheproof", "tpm2 provider (swtpm), over the daemon\n" + table)
-    assert [r for r in results if r.unexpected] == []
-    by_file = {r.file: r for r in results}
-    # AES-192 is absent from swtpm (found by TPM2_TestParms), so its groups are not claimed.
-    assert by_file["aes_cbc_pkcs5_test.json"].skipped == 72
-    assert all(r.skipped == 0 for name, r in by_file.items()
-               if name != "aes_cbc_pkcs5_test.json")
-    assert all(r.cases == r.as_expected + r.skipped for r in results)
