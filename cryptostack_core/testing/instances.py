@@ -45,10 +45,12 @@ class ProviderFactory:
         self.started: list[Provider] = []
         self._lock = threading.Lock()
 
-    def __call__(self, name: str, provider_id: int | None = None, **options: Any) -> Provider:
-        """``start_provider(name, ...)`` in a fresh subdirectory, remembered for closing."""
+    def __call__(self, name: str, provider_id: int | None = None, *,
+                 state_dir: Path | None = None, **options: Any) -> Provider:
+        """``start_provider(name, ...)`` in a fresh subdirectory (or ``state_dir``, to share
+        a provider's state between instances), remembered for closing."""
         with self._lock:
-            directory = self.directory / f"{name}-{len(self.started)}"
+            directory = state_dir or self.directory / f"{name}-{len(self.started)}"
         provider = start_provider(name, directory, provider_id, **options)
         with self._lock:
             self.started.append(provider)

@@ -32,16 +32,25 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
 
 
 def eventually(check: Callable[[], T | None], timeout: float, what: str = "condition",
-               interval: float = 0.02) -> T:
+               interval: float = 0.02, ignore: tuple[type[BaseException], ...] = ()) -> T:
     """Call ``check()`` until it returns something truthy (returned), at most ``timeout``
-    seconds; AssertionError naming ``what`` otherwise. For state owned by another process."""
+    seconds; AssertionError naming ``what`` otherwise. For state owned by another process.
+
+    Exceptions of the ``ignore`` types count as "not yet" (a provider answering errors while
+    its worker restarts); the last one is named if the time runs out."""
     end = time.monotonic() + timeout
     while True:
-        result = check()
+        last: object
+        try:
+            result = check()
+        except ignore as exc:
+            result, last = None, exc
+        else:
+            last = result
         if result:
             return result
         if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout:g} s (last: {result!r})")
+            raise AssertionError(f"{what} not reached within {timeout:g} s (last: {last!r})")
         time.sleep(interval)
 
 
@@ -121,23 +130,3 @@ def pass_gate(path: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
         sock.recv(1)  # returns at EOF: the test opened the gate
-
-
-def wait_until(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.02,
-               what: str = "") -> T:
-    """:func:`eventually` that also treats exceptions as "not yet"."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = condition()
-        except Exception as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for "
-                                 f"{what or 'the condition'} (last: {last!r})")
-        time.sleep(interval)

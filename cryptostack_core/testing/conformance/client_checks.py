@@ -17,7 +17,7 @@ from cryptostack_core.testing.conformance.faults import ConformanceError, Faults
 from cryptostack_core.testing.conformance.sdk_checks import MESSAGE, full_permissions
 from cryptostack_core.testing.conformance.target import ProviderUnderTest, slot_name
 from cryptostack_core.testing.daemon import DaemonProcess
-from cryptostack_core.testing.waiting import wait_until
+from cryptostack_core.testing.waiting import eventually
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec
 
 __all__ = [
@@ -781,8 +781,8 @@ def check_concurrency(put: ProviderUnderTest) -> None:
                                                 f"{len(clients)} connections")
         stack.close()
         with faults.step("the sessions end when the clients disconnect"):
-            wait_until(lambda: _gone(observer.stack, ours), 30,
-                       what="the disconnected clients' sessions to leave status")
+            eventually(lambda: _gone(observer.stack, ours), 30,
+                       "the disconnected clients' sessions to leave status")
 
 
 def check_accounting(put: ProviderUnderTest) -> None:
@@ -805,5 +805,5 @@ def check_accounting(put: ProviderUnderTest) -> None:
                 faults.check(all(v == 0 for v in counts.values()),
                              f"after closing and releasing everything status shows {counts}")
         with faults.step("the session ends when the client disconnects"):
-            wait_until(lambda: _gone(observer.stack, set(mine)), 30,
-                       what="the disconnected client's session to leave status")
+            eventually(lambda: _gone(observer.stack, set(mine)), 30,
+                       "the disconnected client's session to leave status")

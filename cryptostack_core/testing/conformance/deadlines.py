@@ -26,12 +26,16 @@ from typing import Any
 import cryptostack_core as cs
 from cryptostack_core.sdk import CryptoError, ErrorCode, Operation, deadline_scope
 from cryptostack_core.testing.conformance import materials, sdk_checks
-from cryptostack_core.testing.conformance.client_checks import Client, connected
+from cryptostack_core.testing.conformance.client_checks import (
+    Client,
+    client_fingerprint,
+    connected,
+)
 from cryptostack_core.testing.conformance.faults import Faults, expect_error
 from cryptostack_core.testing.conformance.profile import HangProbe
-from cryptostack_core.testing.conformance.target import ProviderUnderTest
+from cryptostack_core.testing.conformance.target import ProviderUnderTest, slot_name
 from cryptostack_core.testing.entrypoints import provider_environment, provider_path
-from cryptostack_core.testing.waiting import wait_until
+from cryptostack_core.testing.waiting import Gate, eventually
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind
 
 __all__ = ["DEADLINE", "GRACE", "check_gate_deadline", "check_hang_daemon", "check_hang_sdk"]
@@ -116,8 +120,8 @@ def check_hang_sdk(put: ProviderUnderTest) -> None:
                        "CryptoError(OPERATION_TIMED_OUT)")
         with faults.step("the next call after the hang"):
             again = _probe_call_sdk(put, provider, probe)
-            wait_until(lambda: _succeeds(again), RECOVERY,
-                       what=f"a {probe.operation} call to succeed after the hang")
+            eventually(lambda: _succeeds(again), RECOVERY,
+                       f"a {probe.operation} call to succeed after the hang", ignore=(CryptoError,))
 
 
 def _succeeds(call: Callable[[], object]) -> bool:
@@ -155,14 +159,26 @@ def _probe_call_client(c: Client, probe: HangProbe, timeout: float | None) -> Ca
     raise ValueError(f"HangProbe.operation {op!r}: one of hash, random, generate_key, sign")
 
 
+def _slot_key(put: ProviderUnderTest, c: Client) -> tuple[str, bytes | None] | None:
+    """A key persisted in its slot before the hang, and how it behaves (None: no key type)."""
+    for algorithm in put.key_algorithms():
+        if not put.is_slow(algorithm) and c.obtainable(algorithm):
+            slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
+            c.km.persist_key(slot, c.key(algorithm))
+            return algorithm, client_fingerprint(c, slot, algorithm)
+    return None
+
+
 def check_hang_daemon(put: ProviderUnderTest) -> None:
     """Over a daemon with the hang hook armed: the caller gets OPERATION_TIMED_OUT at its
-    deadline, the context is in error state, and other clients are served again."""
+    deadline, the context is in error state, other clients are served again, and a key
+    persisted before the hang works the same afterwards (reloaded by a new worker)."""
     probe = put.profile.hang
     assert probe is not None
     with Faults(f"{put.name}: deadline of a hanging call over the daemon") as faults, \
             put.new_daemon(extra_options=probe.options, label="hang-daemon") as daemon, \
             connected(put, daemon) as held, connected(put, daemon) as other:
+        persisted = _slot_key(put, other)
         call = _probe_call_client(held, probe, DEADLINE)
         started = time.monotonic()
         problem = expect_error(call, ErrorCode.OPERATION_TIMED_OUT, "the held call")
@@ -175,8 +191,16 @@ def check_hang_daemon(put: ProviderUnderTest) -> None:
         faults.check(not problem, problem)
         with faults.step("another client afterwards"):
             fresh = _probe_call_client(other, probe, RECOVERY)
-            wait_until(lambda: fresh() is not None, RECOVERY,
-                       what="another client's call to succeed after the hang")
+            eventually(lambda: fresh() is not None, RECOVERY,
+                       "another client's call to succeed after the hang",
+                       ignore=(cs.CryptoError,))
+        if persisted is not None:
+            algorithm, expected = persisted
+            with faults.step(f"the {algorithm} key in its slot after the hang"):
+                slot = other.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
+                faults.check(client_fingerprint(other, slot, algorithm) == expected,
+                             f"the {algorithm} key persisted before the hang behaves "
+                             "differently after it")
         state = next(p for p in other.stack.status()["providers"] if p["id"] == put.provider_id)
         faults.check(state["state"] != "unavailable",
                      f"after recovering, status says the provider is {state}")
@@ -224,19 +248,24 @@ def check_gate_deadline(put: ProviderUnderTest) -> None:
         if not held_call:
             faults.add("the provider claims no key, hash or random operation the kit can hold")
             return
-        gate = put.subdirectory("gate")
+        gate = Gate()
         entry_points = provider_path(put.subdirectory("gate-entry-point"),
                                      {"kit-gate": "cryptostack_core.testing.conformance.gate:"
                                                   "GateProvider"},
                                      distribution="cryptostack-kit-gate")
 
         def wrap(options: dict[str, Any]) -> dict[str, Any]:
-            return {"inner": put.name, "inner_options": options, "gate": str(gate),
+            return {"inner": put.name, "inner_options": options, "gate": gate.path,
                     "hold": held_call}
 
-        with put.new_daemon(label="gate-daemon", provider_name="kit-gate", wrap=wrap,
-                            slots=False, environment=provider_environment(entry_points)) as daemon, \
-                connected(put, daemon) as caller, connected(put, daemon) as other:
+        with ExitStack() as cleanup:
+            cleanup.callback(gate.close)
+            daemon = cleanup.enter_context(put.new_daemon(
+                label="gate-daemon", provider_name="kit-gate", wrap=wrap, slots=False,
+                environment=provider_environment(entry_points)))
+            cleanup.callback(gate.open)  # before the daemon stops: nothing stays held
+            caller = cleanup.enter_context(connected(put, daemon))
+            other = cleanup.enter_context(connected(put, daemon))
             if held_call in ("generate_key", "import_key"):
                 config = cs.KeyManagementContextConfig().set_operation_timeout(DEADLINE)
                 km = caller.ctx.create_key_management_context(config)
@@ -273,15 +302,14 @@ def check_gate_deadline(put: ProviderUnderTest) -> None:
             faults.check(not problem, problem)
             faults.check(elapsed < DEADLINE + GRACE,
                          f"the caller waited {elapsed:.1f} s for a {DEADLINE:g} s deadline")
-            faults.check((gate / "entered").exists(),
+            faults.check(gate.wait_arrival(GRACE),
                          f"the {held_call} call never reached the provider")
             problem = expect_error(call, ErrorCode.CONTEXT_IN_ERROR_STATE,
                                    "the context after its timeout")
             faults.check(not problem, problem)
             with faults.step("another client while the call is held"):
                 _other_call(put, other, held_call)()
-                faults.check(not (gate / "release").exists(), "the gate opened too early")
-            (gate / "release").touch()
+            gate.open()
 
             def settled() -> bool:
                 status = other.stack.status()
@@ -289,7 +317,7 @@ def check_gate_deadline(put: ProviderUnderTest) -> None:
                 return bool(gated.get("live_keys") == 0)
 
             with faults.step("what the abandoned call made is released"):
-                wait_until(settled, RECOVERY, what="the abandoned call's key to be released")
+                eventually(settled, RECOVERY, "the abandoned call's key to be released")
             with faults.step("the provider after the held call"):
                 if held_call in ("generate_key", "import_key"):
                     caller.key(algorithm).release()

@@ -2,16 +2,16 @@
 
 The kit's deadline checks for providers that run in the daemon's process need a call that
 stays in the provider past its deadline, on demand. :class:`GateProvider` delegates every
-call to the wrapped provider; the first call named by ``hold`` waits until the test opens
-the gate. The gate is two files in a directory: the provider creates ``entered`` when the
-call arrives and waits for ``release`` (checking every 10 ms, at most ``max_hold`` s).
+call to the wrapped provider; the first call named by ``hold`` stops at a
+:class:`~cryptostack_core.testing.waiting.Gate` (a cross-process event: the test learns that
+the call arrived, and opens the gate to let it finish).
 
 It also counts the keys the wrapped provider handed out that are not released yet
 (``describe()["live_keys"]``), so the kit sees whether the daemon released what an
 abandoned call made after its caller had given up.
 
-Options: ``inner`` (entry-point name), ``inner_options``, ``gate`` (directory), ``hold``
-(``generate_key``, ``import_key``, ``hash`` or ``random``), ``max_hold`` (s, default 60).
+Options: ``inner`` (entry-point name), ``inner_options``, ``gate`` (the gate's socket path),
+``hold`` (``generate_key``, ``import_key``, ``hash`` or ``random``).
 Loaded through a private entry point (:mod:`cryptostack_core.testing.entrypoints`); it is
 never installed.
 """
@@ -19,9 +19,7 @@ never installed.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from cryptostack_core.sdk import (
@@ -42,6 +40,7 @@ from cryptostack_core.sdk import (
 )
 from cryptostack_core.server.discovery import register_algorithms
 from cryptostack_core.testing.conformance.target import load_provider_class
+from cryptostack_core.testing.waiting import pass_gate
 
 __all__ = ["GateProvider"]
 
@@ -58,9 +57,8 @@ class GateProvider(Provider):
         inner_class = load_provider_class(str(options["inner"]))
         register_algorithms(inner_class)
         self.inner = inner_class(provider_id, dict(options.get("inner_options", {})), environment)
-        self.gate = Path(str(options["gate"]))
+        self.gate = str(options["gate"])
         self.hold = str(options.get("hold", "generate_key"))
-        self.max_hold = float(options.get("max_hold", 60.0))
         self._held = False
         self._lock = threading.Lock()
         self._live: dict[int, ProviderKey] = {}
@@ -71,10 +69,7 @@ class GateProvider(Provider):
             if call != self.hold or self._held:
                 return
             self._held = True
-        (self.gate / "entered").touch()
-        end = time.monotonic() + self.max_hold
-        while not (self.gate / "release").exists() and time.monotonic() < end:
-            time.sleep(0.01)
+        pass_gate(self.gate)
 
     def _track(self, key: ProviderKey) -> ProviderKey:
         with self._lock:

@@ -21,7 +21,7 @@ import pytest
 from cryptostack_pkcs11.provider import PKCS11Provider
 from cryptostack_pkcs11.testing import SoftHSMToken, create_token
 
-from cryptostack_core.sdk import ProviderEnvironment
+from cryptostack_core.testing.instances import ProviderFactory as KitFactory
 
 _LIST_OBJECTS = r"""
 import json, sys, pkcs11
@@ -72,24 +72,17 @@ def softhsm_token(tmp_path: Path) -> Iterator[SoftHSMToken]:
 ProviderFactory = Callable[..., PKCS11Provider]
 
 
-def _factory(token: SoftHSMToken, state: Path,
-             started: list[PKCS11Provider]) -> ProviderFactory:
+@pytest.fixture
+def make_provider(softhsm_token: SoftHSMToken, tmp_path: Path,
+                  cryptostack_provider_factory: KitFactory) -> ProviderFactory:
+    """Start providers on the test's token (sharing one state directory, as restarts of one
+    provider do); the testing kit's factory closes them afterwards."""
     def make(provider_id: int = 11, **options: Any) -> PKCS11Provider:
-        provider = PKCS11Provider(provider_id, token.options(**options),
-                                  ProviderEnvironment(state_dir=state, config_dir=state))
-        provider.start()
-        started.append(provider)
+        provider = cryptostack_provider_factory("pkcs11", provider_id, state_dir=tmp_path,
+                                                **softhsm_token.options(**options))
+        assert isinstance(provider, PKCS11Provider)
         return provider
     return make
-
-
-@pytest.fixture
-def make_provider(softhsm_token: SoftHSMToken, tmp_path: Path) -> Iterator[ProviderFactory]:
-    """Start providers on the test's token; all are closed afterwards."""
-    started: list[PKCS11Provider] = []
-    yield _factory(softhsm_token, tmp_path, started)
-    for provider in started:
-        provider.close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.testing import Swtpm
 
-from cryptostack_core.sdk import ProviderEnvironment
+from cryptostack_core.testing.instances import ProviderFactory, start_provider
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +45,9 @@ def provider_options(sim: Swtpm, **extra: Any) -> dict[str, Any]:
 
 def new_provider(sim: Swtpm, directory: Path, provider_id: int = 7,
                  **options: Any) -> TPM2Provider:
-    """A started provider on ``sim``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    provider = TPM2Provider(provider_id, provider_options(sim, **options),
-                            ProviderEnvironment(state_dir=directory, config_dir=directory))
-    provider.start()
+    """A started provider on ``sim`` (the testing kit's :func:`start_provider`)."""
+    provider = start_provider("tpm2", directory, provider_id, **provider_options(sim, **options))
+    assert isinstance(provider, TPM2Provider)
     return provider
 
 
@@ -62,15 +60,11 @@ def tpm(swtpm: Swtpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TPM2
 
 
 @pytest.fixture
-def make_provider(tmp_path: Path) -> Iterator[Callable[..., TPM2Provider]]:
-    """``make_provider(sim, **options)``: start a provider; all are closed at teardown."""
-    made: list[TPM2Provider] = []
-
+def make_provider(cryptostack_provider_factory: ProviderFactory) -> Callable[..., TPM2Provider]:
+    """``make_provider(sim, **options)``: start a provider; the testing kit's factory closes
+    them all at teardown."""
     def make(sim: Swtpm, **options: Any) -> TPM2Provider:
-        provider = new_provider(sim, tmp_path / f"provider{len(made)}", **options)
-        made.append(provider)
+        provider = cryptostack_provider_factory("tpm2", 7, **provider_options(sim, **options))
+        assert isinstance(provider, TPM2Provider)
         return provider
-
-    yield make
-    for provider in made:
-        provider.close()
+    return make

@@ -5,9 +5,7 @@ Each test owns its simulator: the daemon's TPM worker is that simulator's only c
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,40 +96,6 @@ def test_key_store_sealed_to_another_tpm_does_not_open(sim: Swtpm, tmp_path: Pat
         copy.stop()
     finally:
         other.stop()
-
-
-def test_timeouts_over_the_daemon(sim: Swtpm, tmp_path: Path) -> None:
-    # the next hash and the next GetRandom block in the worker; a stuck call is killed at
-    # call_timeout (the client's 0.5 s deadline only abandons it)
-    config = _config(sim, call_timeout=2.0, test_hang=[{"op": "hash"}, {"op": "random"}])
-    with DaemonProcess(tmp_path / "daemon", config) as daemon, \
-            daemon.stack(timeout=30) as patient, patient.create_crypto_context() as ctx:
-        hashing = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                          .set_provider(PROVIDER_ID).set_operation_timeout(0.5))
-        started = time.monotonic()
-        with pytest.raises(cs.CryptoError) as err:
-            hashing.single_shot(b"block me")
-        assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
-        assert time.monotonic() - started < 20  # the client's deadline, not call_timeout's
-        with pytest.raises(cs.CryptoError) as err:
-            hashing.single_shot(b"anything")
-        assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
-        # The daemon stays responsive; the TPM is busy with the abandoned call until
-        # call_timeout kills its worker: a patient caller waits for that, then is served.
-        patient.ping()
-        with patient.create_crypto_context() as other:
-            assert other.create_hash_context(
-                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(PROVIDER_ID)
-            ).single_shot(b"abc") == hashlib.sha256(b"abc").digest()
-        km = ctx.create_key_management_context(cs.KeyManagementContextConfig()
-                                               .set_operation_timeout(0.5))
-        with pytest.raises(cs.CryptoError) as err:
-            km.generate_random(13)  # held in the new worker: only the deadline ends it
-        assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
-        spki, signature = _device_key(patient)
-        _check(spki, signature)
-        providers = patient.status()["providers"]
-        assert any(p.get("id") == PROVIDER_ID for p in providers)
 
 
 def test_many_slots_many_clients_cross_checked_by_openssl(sim: Swtpm, tmp_path: Path) -> None:
