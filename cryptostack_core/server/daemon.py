@@ -15,6 +15,7 @@ Lifecycle for operators (docs/operations.md): the daemon refuses to run as root 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import concurrent.futures
 import logging
@@ -37,6 +38,8 @@ from cryptostack_core.server.session import Session
 from cryptostack_core.server.systemd import Notifier, listen_sockets, unix_stream_listener
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import (
+    HEADER,
+    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     FrameTooLarge,
@@ -44,10 +47,12 @@ from cryptostack_core.wire.protocol import (
     encode,
     error_response,
 )
+from cryptostack_core.wire.shm import DaemonRegion
 from cryptostack_core.wire.version import __version__
 
 log = logging.getLogger("cryptostack.daemon")
 MAX_IN_FLIGHT = 64  # requests one client may have outstanding
+MAX_PASSED_FDS = 4  # room for descriptors in one recvmsg; more than one is refused anyway
 
 
 class DaemonStartError(Exception):
@@ -79,6 +84,9 @@ class Connection(asyncio.Protocol):
         self.greeted = False
         self.in_flight: set[asyncio.Task[None]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._fd_reader: _FdFrameReader | None = None  # between shm.attach and its frame
+        self._passed_fds: list[int] = []  # descriptors that came with the current frame
+        self._last_in_chunk = True
 
     # --- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,15 +126,19 @@ class Connection(asyncio.Protocol):
         except FrameTooLarge as exc:
             self._fatal(exc)
             return
-        for body in bodies:
+        for i, body in enumerate(bodies):
             if self.transport is None or self.transport.is_closing():
                 return
+            self._last_in_chunk = i == len(bodies) - 1 and not self.decoder.pending
             self._on_frame(body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._fd_reader is not None:
+            self._fd_reader.stop()
+            self._fd_reader = None
         for task in self.in_flight:
             task.cancel()
         session, self.session = self.session, None
@@ -154,14 +166,23 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _on_frame(self, body: bytes) -> None:
+        fds, self._passed_fds = self._passed_fds, []
         try:
-            message = decode_body(body)
-        except CryptoError as exc:
-            if not self.greeted:
-                self._fatal(exc)
-            else:
-                self._send(error_response(None, exc))
-            return
+            try:
+                message = decode_body(body)
+            except CryptoError as exc:
+                self._fd_frame = False
+                if not self.greeted:
+                    self._fatal(exc)
+                else:
+                    self._send(error_response(None, exc))
+                return
+            self._on_message(message, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _on_message(self, message: dict[str, Any], fds: list[int]) -> None:
         if not self.greeted:
             self._hello(message)
             return
@@ -184,6 +205,25 @@ class Connection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
+        if request.op == "shm.attach":
+            self._shm_attach(request_id)
+            return
+        if self._fd_frame:
+            # The frame after an shm.attach: its descriptor becomes the shared memory the
+            # request's {"shm": [offset, length]} references name. Refused: not run.
+            self._fd_frame = False
+            try:
+                self._install_region(session, fds)
+            except CryptoError as exc:
+                refused = error_response(request_id, exc)
+                refused["error"]["shm_refused"] = True  # not run: the client may send inline
+                self._send(refused)
+                return
+        elif fds:
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
+                                          "after shm.attach")))
+            return
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
         if self.service.runs_inline(session, request):
@@ -197,6 +237,52 @@ class Connection(asyncio.Protocol):
         task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+
+    # --- shared memory: a descriptor passed with SCM_RIGHTS (see shm.py) ------------------
+    _fd_frame = False
+    _fds_truncated = False
+
+    def _shm_attach(self, request_id: int) -> None:
+        """Read the client's next frame with recvmsg, so the descriptor it carries survives.
+
+        asyncio transports read with recv(), which drops ancillary data (the kernel closes
+        passed descriptors); so the transport stops reading here and :class:`_FdFrameReader`
+        takes exactly one frame off the socket before handing it back.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if not self._last_in_chunk or sock is None:
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.PROTOCOL_ERROR,
+                "send nothing after shm.attach until its answer has arrived")))
+            return
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._fd_reader = _FdFrameReader(self, sock.fileno())
+        self._send({"id": request_id, "ok": True, "result": {"ready": True}})
+
+    def _fd_frame_read(self, body: bytes, fds: list[int], truncated: bool) -> None:
+        """The frame after shm.attach, with the descriptors that came with it."""
+        self._fd_reader = None
+        self._fd_frame = True
+        self._fds_truncated = truncated
+        self._passed_fds = fds
+        self._last_in_chunk = True
+        self._on_frame(body)
+        self._fd_frame = False
+        if self._fd_reader is None and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _install_region(self, session: Session, fds: list[int]) -> None:
+        if len(fds) != 1 or self._fds_truncated:
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                              f"the frame after shm.attach must carry exactly one file "
+                              f"descriptor (SCM_RIGHTS), not {len(fds)}")
+        region = DaemonRegion(fds[0], self.server.config.max_frame_size)
+        with session.lock:
+            old, session.shm = session.shm, region
+        if old is not None:
+            old.close()
 
     def _hello(self, message: Mapping[str, Any]) -> None:
         hello = message.get("hello")
@@ -249,6 +335,87 @@ class Connection(asyncio.Protocol):
             call.abandoned = True
             return
         self._send(reply)
+
+
+class _FdFrameReader:
+    """Reads one frame and its SCM_RIGHTS descriptors off a connection's socket.
+
+    It watches a duplicate of the socket's descriptor (the transport's own is registered
+    with the loop) while the transport is paused, and reads no byte beyond the frame.
+    """
+
+    def __init__(self, conn: Connection, fileno: int) -> None:
+        self.conn = conn
+        self.loop = conn.server.loop
+        self.sock = socket.socket(fileno=os.dup(fileno))
+        self.buf = bytearray()
+        self.fds: list[int] = []
+        self.truncated = False
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        timeout = conn.server.config.hello_timeout
+        self.timer = self.loop.call_later(timeout, self._fail, CryptoError(
+            ErrorCode.PROTOCOL_ERROR, f"no frame within {timeout} s after shm.attach"))
+
+    def stop(self) -> None:
+        """Stop watching; close descriptors not handed over."""
+        self.timer.cancel()
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def _fail(self, exc: CryptoError) -> None:
+        self.stop()
+        self.conn._fd_reader = None
+        self.conn._fatal(exc)
+
+    def _wanted(self) -> int:
+        if len(self.buf) < HEADER_SIZE:
+            return HEADER_SIZE - len(self.buf)
+        size: int = HEADER.unpack_from(self.buf)[0]
+        return HEADER_SIZE + size - len(self.buf)
+
+    def _readable(self) -> None:
+        if len(self.buf) >= HEADER_SIZE:
+            (size,) = HEADER.unpack_from(self.buf)
+            if size > self.conn.decoder.max_frame:
+                self._fail(FrameTooLarge(size, self.conn.decoder.max_frame))
+                return
+        wanted = self._wanted()
+        try:
+            data, ancillary, flags, _ = self.sock.recvmsg(
+                min(wanted, 1 << 20), socket.CMSG_SPACE(MAX_PASSED_FDS * 4),
+                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(CryptoError(ErrorCode.CONNECTION_FAILED, f"connection lost: {exc}"))
+            return
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+                self.fds.extend(received)
+        if flags & socket.MSG_CTRUNC:
+            self.truncated = True
+        if not data:
+            self.stop()
+            self.conn._fd_reader = None
+            if self.conn.transport is not None:
+                self.conn.transport.close()
+            return
+        self.buf += data
+        if len(self.buf) >= HEADER_SIZE and self._wanted() == 0:
+            fds = self.fds
+            self.fds = []
+            self.stop()
+            body = bytes(self.buf[HEADER_SIZE:])
+            # Truncated: more descriptors than we take (the kernel closed the rest).
+            self.conn._fd_frame_read(body, fds, self.truncated)
 
 
 class DaemonServer:

@@ -14,6 +14,7 @@ from typing import Any
 
 import cbor2
 
+from cryptostack_core.wire import cbor_subset
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
 
@@ -40,11 +41,12 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:
-    """Decode one frame body; anything but a CBOR map is a PROTOCOL_ERROR."""
+    """Decode one frame body from an untrusted peer; anything outside the CBOR subset of
+    :mod:`.cbor_subset` (checked before decoding) or not a map is a PROTOCOL_ERROR."""
     try:
-        message = cbor2.loads(body)
-    except Exception as exc:  # cbor2 raises several types for malformed input
-        raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"malformed CBOR: {exc}") from None
+        message = cbor_subset.loads(body)
+    except cbor_subset.SubsetError as exc:
+        raise CryptoError(ErrorCode.PROTOCOL_ERROR, str(exc)) from None
     if not isinstance(message, dict):
         raise CryptoError(ErrorCode.PROTOCOL_ERROR, "a frame must hold a CBOR map")
     return message

@@ -1,5 +1,5 @@
-"""Control operations: ping, status, explain, named resources, release, describe, closing a
-context and attaching a shared-memory region."""
+"""Control operations: ping, status, explain, named resources, release, describe and closing
+a context. (``shm.attach`` is a step of the daemon's front end: it needs the socket.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from cryptostack_core.wire.algorithms import Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import KeySlotStatus, ResourceType
-from cryptostack_core.wire.shm import DaemonRegion
 from cryptostack_core.wire.version import __version__
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
@@ -38,7 +37,6 @@ class ControlOps:
             "resource.release": self.release,
             "resource.describe": self.describe,
             "context.close": self.close_context,
-            "shm.attach": self.shm_attach,
         }
 
     def ping(self, call: Call, args: Mapping[str, Any]) -> str:
@@ -150,14 +148,3 @@ class ControlOps:
         handle = call.session.pop(number)  # type: ignore[arg-type]
         if handle is not None:
             self.core.release_handle(handle)
-
-    def shm_attach(self, call: Call, args: Mapping[str, Any]) -> dict[str, int]:
-        """Map the client's shared-memory region (replacing an earlier one)."""
-        fd = int_arg(args, "fd")
-        size = int_arg(args, "size", lo=4096, hi=self.core.config.max_frame_size)
-        region = DaemonRegion(call.session.peer.pid, fd, size)
-        with call.session.lock:
-            old, call.session.shm = call.session.shm, region
-        if old is not None:
-            old.close()
-        return {"size": size}
