@@ -6,6 +6,7 @@ wrong, so a bad config is refused at start with a message an operator can act on
 
 from __future__ import annotations
 
+import grp
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class DaemonConfig:
     kek_file: Path | None = None
     kek_provider: int | None = None
     audit_log: Path | None = None
+    audit_log_group: int | None = None  # gid that may read the audit log (0640); else 0600
     state_dir: Path | None = None
     socket_mode: int = 0o660
     max_frame_size: int = DEFAULT_MAX_FRAME
@@ -133,7 +135,7 @@ _DAEMON_KEYS = {
     "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
     "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
     "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
-    "allow_test_providers", "allow_root",
+    "allow_test_providers", "allow_root", "audit_log_group",
 }
 MEMORY_KEYSTORE = ":memory:"
 """The ``[daemon] keystore`` value that keeps keys in memory only."""
@@ -164,6 +166,14 @@ class _Parser:
         if not isinstance(value, bool):
             raise self.fail(where, f"expected true or false, got {value!r}")
         return value
+
+    def group(self, where: str, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                return grp.getgrnam(value).gr_gid
+            except KeyError:
+                raise self.fail(where, f"no group named {value!r}") from None
+        return self.int_(where, value)
 
     def uids(self, where: str, value: Any) -> tuple[int, ...] | None:
         if value is None:
@@ -209,6 +219,9 @@ class _Parser:
         for key in ("socket", "keystore", "kek_file", "audit_log", "state_dir"):
             if key in daemon:
                 kw[key] = self.path(f"[daemon] {key}", daemon[key])
+        if "audit_log_group" in daemon:
+            kw["audit_log_group"] = self.group("[daemon] audit_log_group",
+                                               daemon["audit_log_group"])
         if "socket_mode" in daemon:
             kw["socket_mode"] = self.int_("[daemon] socket_mode", daemon["socket_mode"], 0, 0o777)
         if "max_frame_size" in daemon:

@@ -69,7 +69,7 @@ class ServiceCore:
                  state_dir: Path | None = None) -> None:
         self.config = config
         self.pm = plugin_manager or make_plugin_manager()
-        self._audit_logger = AuditLogger(config.audit_log)
+        self._audit_logger = AuditLogger(config.audit_log, config.audit_log_group)
         self.pm.register(self._audit_logger, name="audit-log")
         self.daemon_uid = os.getuid()
         self.started = time.time()
