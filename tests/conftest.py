@@ -127,16 +127,26 @@ class OtherUser:
     def run(self, code: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``python -c code args...`` as this user, with this environment's packages and
         ``secutil`` importable; never raises for a non-zero exit status."""
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": str(TESTS_DIR),
-               "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        preamble = f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
-        return subprocess.run([_interpreter_for_others(), "-c", preamble + code, *args],
-                              user=self.uid,
-                              group=self.gid, extra_groups=[], env=env, cwd="/",
+        return subprocess.run(self._command(code, args), user=self.uid,
+                              group=self.gid, extra_groups=[], env=_ENV, cwd="/",
                               capture_output=True, text=True, timeout=timeout, check=False)
+
+    def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
+        """Start ``python -c code args...`` as this user with pipes for stdin and stdout (for
+        scripts that report, then wait for the test before they let go)."""
+        return subprocess.Popen(self._command(code, args), user=self.uid, group=self.gid,
+                                extra_groups=[], env=_ENV, cwd="/", stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def _command(code: str, args: tuple[str, ...]) -> list[str]:
+        preamble = f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+        return [_interpreter_for_others(), "-c", preamble + code, *args]
 
 
 TESTS_DIR = Path(__file__).resolve().parent
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": str(TESTS_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
 
 
 def _interpreter_for_others() -> str:

@@ -98,6 +98,22 @@ class DaemonConfig:
     """Serve providers that are for tests only (the mock); logged as a warning."""
     allow_root: bool = False
     """Let the daemon run as root (refused by default, as Parsec does)."""
+    # Limits of what clients may make the daemon hold (docs/security.md, "Limits"); sized for
+    # a 2-core machine with 24 GiB that serves other programs too.
+    memory_budget: int = 2 * 1024**3
+    """Bytes all clients together may make the daemon hold: request frames being received
+    or served, answers not yet read, buffered messages, batch results."""
+    connection_memory_budget: int = 256 * 1024**2
+    """The same, for one connection."""
+    max_batch_length: int = 1024
+    max_connections_per_uid: int = 64
+    idle_timeout: float = 3600.0
+    """Seconds a connection may stay silent with nothing in progress (0: no limit)."""
+    frame_timeout: float = 30.0
+    """Seconds within which a frame, once begun, must arrive completely."""
+    admin_uids: tuple[int, ...] = ()
+    """uids that see every client and slot in ``status``/``resource.describe`` (root and the
+    daemon's own uid always do)."""
     provider_preference: tuple[int, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     key_slots: tuple[KeySlotConfig, ...] = ()
@@ -135,7 +151,9 @@ _DAEMON_KEYS = {
     "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
     "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
     "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
-    "allow_test_providers", "allow_root", "audit_log_group",
+    "allow_test_providers", "allow_root", "audit_log_group", "memory_budget",
+    "connection_memory_budget", "max_batch_length", "max_connections_per_uid", "idle_timeout",
+    "frame_timeout", "admin_uids",
 }
 MEMORY_KEYSTORE = ":memory:"
 """The ``[daemon] keystore`` value that keeps keys in memory only."""
@@ -228,9 +246,29 @@ class _Parser:
             kw["max_frame_size"] = self.int_("[daemon] max_frame_size", daemon["max_frame_size"],
                                              1024, MAX_FRAME_LIMIT)
         for key in ("max_contexts_per_client", "max_resources_per_client", "max_clients",
-                    "max_buffered_message", "worker_threads"):
+                    "max_buffered_message", "worker_threads", "memory_budget",
+                    "connection_memory_budget", "max_batch_length", "max_connections_per_uid"):
             if key in daemon:
                 kw[key] = self.int_(f"[daemon] {key}", daemon[key], 1)
+        for key, minimum in (("idle_timeout", 0.0), ("frame_timeout", 0.001)):
+            if key in daemon:
+                value = daemon[key]
+                if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                        or value < minimum:
+                    raise self.fail(f"[daemon] {key}", f"expected seconds >= {minimum}, got "
+                                    f"{value!r}")
+                kw[key] = float(value)
+        if "admin_uids" in daemon:
+            kw["admin_uids"] = self.uids("[daemon] admin_uids", daemon["admin_uids"])
+        limits = {k: kw.get(k, getattr(DaemonConfig, k)) for k in (
+            "max_frame_size", "max_buffered_message", "connection_memory_budget",
+            "memory_budget")}
+        for small, large in (("max_frame_size", "connection_memory_budget"),
+                             ("max_buffered_message", "connection_memory_budget"),
+                             ("connection_memory_budget", "memory_budget")):
+            if limits[small] > limits[large]:
+                raise self.fail(f"[daemon] {small}", f"{limits[small]} exceeds {large} "
+                                f"({limits[large]}): it could never be used")
 
         providers = []
         ids: set[int] = set()

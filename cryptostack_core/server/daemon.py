@@ -53,6 +53,7 @@ from cryptostack_core.wire.version import __version__
 log = logging.getLogger("cryptostack.daemon")
 MAX_IN_FLIGHT = 64  # requests one client may have outstanding
 MAX_PASSED_FDS = 4  # room for descriptors in one recvmsg; more than one is refused anyway
+MAX_TIMEOUT_MS = 0xFFFFFFFF  # about 49.7 days; larger deadlines are a protocol error
 
 
 class DaemonStartError(Exception):
@@ -78,7 +79,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: DaemonServer) -> None:
         self.server = server
         self.service = server.service
-        self.decoder = FrameDecoder(server.config.max_frame_size)
+        self.decoder = FrameDecoder(server.config.max_frame_size, self._frame_announced)
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.greeted = False
@@ -87,6 +88,11 @@ class Connection(asyncio.Protocol):
         self._fd_reader: _FdFrameReader | None = None  # between shm.attach and its frame
         self._passed_fds: list[int] = []  # descriptors that came with the current frame
         self._last_in_chunk = True
+        # Bytes of the memory budget each complete frame holds until its request is answered,
+        # in arrival order (frames complete in the order their headers arrive).
+        self._frame_sizes: list[int] = []
+        self.frame_started: float | None = None  # when the frame now arriving began
+        self.last_activity = time.monotonic()
 
     # --- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,16 +127,65 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        now = self.last_activity = time.monotonic()
+        self._sync_unread()
         try:
             bodies = self.decoder.feed(data)
         except FrameTooLarge as exc:
             self._fatal(exc)
             return
+        if not self.decoder.in_frame:
+            self.frame_started = None
+        elif bodies or self.frame_started is None:
+            self.frame_started = now
         for i, body in enumerate(bodies):
+            size = self._frame_sizes.pop(0) if self._frame_sizes else 0
             if self.transport is None or self.transport.is_closing():
+                self._release_frame(size)
                 return
-            self._last_in_chunk = i == len(bodies) - 1 and not self.decoder.pending
-            self._on_frame(body)
+            self._last_in_chunk = i == len(bodies) - 1 and not self.decoder.in_frame
+            self._on_frame(body, size)
+
+    # --- the memory budget (budget.py) and timeouts ----------------------------------------
+    def _frame_announced(self, size: int) -> bool:
+        """A frame header arrived: reserve the frame before any of it is buffered."""
+        session = self.session
+        if session is None:
+            return True
+        try:
+            session.memory.reserve(HEADER_SIZE + size, "request frames")
+        except CryptoError as exc:
+            # Answered now; its body is discarded as it arrives, never buffered.
+            self._send(error_response(None, exc))
+            return False
+        self._frame_sizes.append(HEADER_SIZE + size)
+        return True
+
+    def _release_frame(self, size: int) -> None:
+        if self.session is not None:
+            self.session.memory.release(size, "request frames")
+
+    def _sync_unread(self) -> None:
+        """Charge the connection for the answers the client has not read yet."""
+        if self.session is not None and self.transport is not None:
+            self.session.memory.set(self.transport.get_write_buffer_size(), "unread answers")
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about every second: close half-sent frames and idle connections."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._sync_unread()
+        config = self.server.config
+        if self.frame_started is not None and now - self.frame_started > config.frame_timeout:
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    f"a frame stayed incomplete for more than "
+                                    f"{config.frame_timeout:g} s (frame_timeout)"))
+        elif config.idle_timeout and self.greeted and not self.in_flight \
+                and self._fd_reader is None and not self.decoder.in_frame \
+                and now - self.last_activity > config.idle_timeout:
+            self._fatal(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                    f"the connection was idle for more than "
+                                    f"{config.idle_timeout:g} s (idle_timeout); reconnect"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -143,6 +198,7 @@ class Connection(asyncio.Protocol):
             task.cancel()
         session, self.session = self.session, None
         if session is not None:
+            self.service.core.detach_session(session)
             # Releasing may call providers (flush a TPM object): not on the loop.
             self.server.loop.run_in_executor(self.server.control_pool,
                                              self.service.close_session, session)
@@ -151,12 +207,25 @@ class Connection(asyncio.Protocol):
     def _send(self, message: Mapping[str, Any]) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        self.last_activity = time.monotonic()
         try:
             frame = encode(message)
         except Exception as exc:  # a provider returned something CBOR cannot carry
             log.error("cannot encode a response: %s", exc)
             frame = encode(error_response(message.get("id"), CryptoError(
                 ErrorCode.INTERNAL_ERROR, "the daemon could not encode its answer")))
+        limit = self.server.config.max_frame_size
+        if len(frame) - HEADER_SIZE > limit:
+            frame = encode(error_response(message.get("id"), CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
+                f"max_frame_size ({limit}); ask for less at a time")))
+        if self.session is not None:
+            self._sync_unread()
+            try:
+                self.session.memory.reserve(len(frame), "unread answers")
+            except CryptoError as exc:  # the client is not reading: a short answer instead
+                frame = encode(error_response(message.get("id"), exc))
         self.transport.write(frame)
 
     def _fatal(self, exc: CryptoError) -> None:
@@ -165,7 +234,8 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _on_frame(self, body: bytes) -> None:
+    def _on_frame(self, body: bytes, size: int) -> None:
+        """One complete frame; ``size`` bytes of the budget are held until it is answered."""
         fds, self._passed_fds = self._passed_fds, []
         try:
             try:
@@ -177,37 +247,41 @@ class Connection(asyncio.Protocol):
                 else:
                     self._send(error_response(None, exc))
                 return
-            self._on_message(message, fds)
+            size = self._on_message(message, fds, size)
         finally:
             for fd in fds:
                 os.close(fd)
+            self._release_frame(size)
 
-    def _on_message(self, message: dict[str, Any], fds: list[int]) -> None:
+    def _on_message(self, message: dict[str, Any], fds: list[int], size: int) -> int:
+        """Serve one request; returns the budget its caller should release now (0 when a
+        task running the request releases it later)."""
         if not self.greeted:
             self._hello(message)
-            return
+            return size
         request_id = message.get("id")
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             self._send(error_response(None, CryptoError(
                 ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'")))
-            return
+            return size
         timeout_ms = message.get("timeout_ms")
-        if not (timeout_ms is None or (isinstance(timeout_ms, int) and timeout_ms > 0
-                                       and not isinstance(timeout_ms, bool))):
+        if not (timeout_ms is None or (type(timeout_ms) is int and 0 < timeout_ms <= MAX_TIMEOUT_MS)):
             self._send(error_response(request_id, CryptoError(
-                ErrorCode.PROTOCOL_ERROR, "'timeout_ms' must be a positive integer when given")))
-            return
+                ErrorCode.PROTOCOL_ERROR,
+                f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS} when given")))
+            return size
         try:
-            request = Request.parse(message.get("op"), message.get("args", {}))
+            request = Request.parse(message.get("op"), message.get("args", {}),
+                                    self.server.config.max_batch_length)
         except CryptoError as exc:
             self._send(error_response(request_id, exc))
-            return
+            return size
         session = self.session
         if session is None:
-            return
+            return size
         if request.op == "shm.attach":
             self._shm_attach(request_id)
-            return
+            return size
         if self._fd_frame:
             # The frame after an shm.attach: its descriptor becomes the shared memory the
             # request's {"shm": [offset, length]} references name. Refused: not run.
@@ -218,25 +292,27 @@ class Connection(asyncio.Protocol):
                 refused = error_response(request_id, exc)
                 refused["error"]["shm_refused"] = True  # not run: the client may send inline
                 self._send(refused)
-                return
+                return size
         elif fds:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
                                           "after shm.attach")))
-            return
+            return size
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
         if self.service.runs_inline(session, request):
             self._send(self._run(call, request_id, request))
-            return
+            return size
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
-            return
-        task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms))
+            return size
+        task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms,
+                                                     size))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+        return 0
 
     # --- shared memory: a descriptor passed with SCM_RIGHTS (see shm.py) ------------------
     _fd_frame = False
@@ -267,7 +343,7 @@ class Connection(asyncio.Protocol):
         self._fds_truncated = truncated
         self._passed_fds = fds
         self._last_in_chunk = True
-        self._on_frame(body)
+        self._on_frame(body, self._frame_sizes.pop(0) if self._frame_sizes else 0)
         self._fd_frame = False
         if self._fd_reader is None and self.transport is not None \
                 and not self.transport.is_closing():
@@ -291,7 +367,8 @@ class Connection(asyncio.Protocol):
             self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
                                     "the first frame must be a hello: {\"hello\": {\"versions\": [1]}}"))
             return
-        common = [v for v in versions if v in SUPPORTED_VERSIONS]
+        # Exactly integers: 1.0 and true compare equal to 1 in Python, but are not versions.
+        common = [v for v in versions if type(v) is int and v in SUPPORTED_VERSIONS]
         if not common:
             self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
                                     f"no common protocol version (daemon speaks {SUPPORTED_VERSIONS})"))
@@ -317,10 +394,12 @@ class Connection(asyncio.Protocol):
                 ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"))
 
     async def _run_async(self, call: Call, request_id: int, request: Request,
-                         timeout_ms: int | None) -> None:
+                         timeout_ms: int | None, size: int) -> None:
         loop = self.server.loop
         pool = self.server.pool_for(call.session, request)
         future = loop.run_in_executor(pool, self._run, call, request_id, request)
+        # The request's memory is held until the work ends, even past an abandoned deadline.
+        future.add_done_callback(lambda _: self._release_frame(size))
         try:
             if timeout_ms is None:
                 reply = await future
@@ -351,6 +430,7 @@ class _FdFrameReader:
         self.buf = bytearray()
         self.fds: list[int] = []
         self.truncated = False
+        self.announced = False
         self.loop.add_reader(self.sock.fileno(), self._readable)
         timeout = conn.server.config.hello_timeout
         self.timer = self.loop.call_later(timeout, self._fail, CryptoError(
@@ -380,10 +460,15 @@ class _FdFrameReader:
         return HEADER_SIZE + size - len(self.buf)
 
     def _readable(self) -> None:
-        if len(self.buf) >= HEADER_SIZE:
+        if len(self.buf) >= HEADER_SIZE and not self.announced:
             (size,) = HEADER.unpack_from(self.buf)
             if size > self.conn.decoder.max_frame:
                 self._fail(FrameTooLarge(size, self.conn.decoder.max_frame))
+                return
+            self.announced = True
+            if not self.conn._frame_announced(size):  # refused by the memory budget
+                self._fail(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                       "the frame after shm.attach was refused"))
                 return
         wanted = self._wanted()
         try:
@@ -441,20 +526,18 @@ class DaemonServer:
             pid: concurrent.futures.ThreadPoolExecutor(
                 max_workers=config.worker_threads, thread_name_prefix=f"cryptostack-p{pid}")
             for pid in self.service.core.providers.by_id}
+        self.service.core.provider_executor = self.provider_pools.get
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._stopping: asyncio.Event | None = None
 
     def pool_for(self, session: Session, request: Request) -> concurrent.futures.ThreadPoolExecutor:
-        """The worker pool of the provider a request will use (bulkheads per provider)."""
+        """The worker pool of the provider a request will touch (bulkheads per provider: a
+        hung provider holds up only its own clients); the control pool for the rest."""
         provider = self.service.provider_for(session, request)
         if provider is not None:
             return self.provider_pools.get(provider, self.control_pool)
-        if request.op in ("status", "resource.release"):
-            return self.control_pool
-        preference = self.service.core.providers.preference
-        return self.provider_pools.get(preference[0], self.control_pool) if preference \
-            else self.control_pool
+        return self.control_pool
 
     async def serve(self) -> None:
         """Listen until SIGTERM/SIGINT; SIGHUP reloads."""
@@ -478,12 +561,14 @@ class DaemonServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        sweeper = self.loop.create_task(self._sweep())
         log.info("cryptostack daemon %s ready on %s (pid %d)", __version__, path, os.getpid())
         print(f"cryptostack daemon ready on unix://{path}", flush=True)
         self.notifier.notify("READY=1", f"STATUS=serving on {path}", f"MAINPID={os.getpid()}")
         try:
             await self._stopping.wait()
         finally:
+            sweeper.cancel()
             self.notifier.notify("STOPPING=1", "STATUS=shutting down")
             await self._shutdown(owned)
 
@@ -531,6 +616,20 @@ class DaemonServer:
             self.notifier.notify("READY=1", "STATUS=serving")
             if not self._reload_again:
                 return
+
+    async def _sweep(self) -> None:
+        """Every so often: half-sent frames, idle connections, unread answers (budget)."""
+        config = self.config
+        tick = min(1.0, config.frame_timeout / 4,
+                   config.idle_timeout / 4 if config.idle_timeout else 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                try:
+                    conn.check_timeouts(now)
+                except Exception:  # one connection's trouble must not stop the sweeper
+                    log.exception("checking a connection's timeouts failed")
 
     def stop(self) -> None:
         """Ask :meth:`serve` to return."""

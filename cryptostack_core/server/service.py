@@ -30,17 +30,30 @@ from cryptostack_core.server.ops.contexts import SECRET_OPERATION, STREAM_OPERAT
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
 from cryptostack_core.server.request import Request
+from cryptostack_core.server.selection import KeyPlacement
 from cryptostack_core.server.session import Session
 from cryptostack_core.server.states import ContextState
+from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import rid_from_wire
+from cryptostack_core.wire.resources import ResourceType
 from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
 
 log = logging.getLogger("cryptostack.service")
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
-CONTROL_OPS = frozenset({"ping", "status", "explain", "resource.resolve", "resource.release",
-                         "resource.describe"})
-"""Requests that never touch a provider: always served inline."""
+CONTROL_OPS = frozenset({"ping", "resource.resolve", "resource.describe"})
+"""Requests that never touch a provider and cost next to nothing: always served inline.
+(``status`` probes every provider and ``explain`` may load a slot's key: they are scheduled
+like any other work; ``resource.release`` is inline unless it frees a key.)"""
+INLINE_BATCH_LENGTH = 16
+"""Longer batches never run on the event loop, however cheap each member."""
+_SELECTED: dict[str, Operation] = {
+    "hash.create": Operation.HASH, "sign.create": Operation.SIGN,
+    "verify.create": Operation.VERIFY, "kem.create": Operation.ENCAPSULATE,
+    "agree.create": Operation.AGREE, "key.generate": Operation.GENERATE_KEY,
+    "key.import": Operation.IMPORT_KEY, "key.derive": Operation.DERIVE}
+"""Requests that create something on the provider selection picks for (algorithm, operation)."""
 
 __all__ = ["Call", "Request", "Service"]
 
@@ -92,8 +105,7 @@ class Service:
     def handle(self, call: Call, request: Request) -> Any:
         """Serve one request (synchronously) under its deadline."""
         if request.op == "batch":
-            # Members run one after the other; the first failure ends the batch.
-            return [self.handle(call, member) for member in request.members]
+            return self._batch(call, request)
         fn = self._ops.get(request.op)
         if fn is None:
             raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {request.op!r}")
@@ -123,12 +135,39 @@ class Service:
                 self.core.metric("request.seconds", time.perf_counter() - started,
                                  {"op": request.op, "result": result})
 
+    def _batch(self, call: Call, request: Request) -> list[Any]:
+        """Members run one after the other; the first failure ends the batch. The results
+        are charged to the client's memory budget as they accumulate, and refused once the
+        answer could no longer be sent in one frame."""
+        memory = call.session.memory
+        limit = self.config.max_frame_size
+        held = 0
+        results = []
+        try:
+            for n, member in enumerate(request.members):
+                expected = _announced_size(member)
+                if held + expected > limit:  # refused before the provider allocates it
+                    raise _batch_too_large(n, limit)
+                result = self.handle(call, member)
+                size = _size_of(result)
+                if held + size > limit:
+                    raise _batch_too_large(n, limit)
+                memory.reserve(size, "batch results")
+                held += size
+                results.append(result)
+        finally:
+            memory.release(held, "batch results")
+        return results
+
     def runs_inline(self, session: Session, request: Request) -> bool:
         """Whether a request is cheap enough to run on the front end's own thread or loop."""
         if request.op == "batch":
-            return all(self.runs_inline(session, member) for member in request.members)
+            return len(request.members) <= INLINE_BATCH_LENGTH and all(
+                self.runs_inline(session, member) for member in request.members)
         if request.op in CONTROL_OPS or request.op not in self._ops:
             return True  # no provider involved, or fails fast with an error
+        if request.op == "resource.release":
+            return self._released_key(session, request) is None
         family, verb = request.family, request.verb
         if family == "hash" and verb == "create":
             return True
@@ -144,16 +183,77 @@ class Service:
             instance.run_inline(operation, request.data_size, algorithm=ctx.algorithm))
 
     def provider_for(self, session: Session, request: Request) -> int | None:
-        """The provider a (non-inline) request will run on, when it is known up front: the
-        provider of the context it targets, or the one the caller pinned."""
+        """The provider whose worker pool should run a (non-inline) request: the one the
+        request will touch, worked out up front from the context it targets, the provider the
+        caller pinned, the key it names or the provider selection picks for its algorithm.
+        None when no provider is involved (or it cannot be told before running): the front
+        end's control pool then runs it. A batch goes where its first member goes."""
         for leaf in request.leaves():
-            ctx = self._context_of(session, leaf)
-            if ctx is not None:
-                return ctx.loaded.id
-        for leaf in request.leaves():
-            if leaf.provider is not None:
-                return leaf.provider
+            provider = self._provider_of(session, leaf)
+            if provider is not None:
+                return provider
         return None
+
+    def _provider_of(self, session: Session, request: Request) -> int | None:
+        ctx = self._context_of(session, request)
+        if ctx is not None:
+            return ctx.loaded.id
+        if request.provider is not None:
+            return request.provider
+        op, args, core = request.op, request.args, self.core
+        try:
+            if op == "resource.release":
+                entry = self._released_key(session, request)
+                return entry.home.id if entry is not None else None
+            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist"):
+                name = session.get(rid_from_wire(args.get("slot"))).obj.name
+                slot = core.slot_config(name)
+                if slot.provider is not None or op != "key.persist":
+                    return slot.provider
+                return self._key_home(session, args.get("key"))
+            if op in ("key.export", "key.export_public", "explain") and "key" in args:
+                return self._key_home(session, args.get("key"))
+            if op == "random.generate":
+                return core.providers.select("RANDOM", Operation.RANDOM).id
+            operation = _SELECTED.get(op)
+            if op == "cipher.create":
+                operation = Operation.DECRYPT if args.get("direction") == "DECRYPT" \
+                    else Operation.ENCRYPT
+            if operation is None:
+                return None
+            spec = REGISTRY.get(args["algorithm"])
+            placement = self._placement(session, args.get("key")) if "key" in args else None
+            return core.providers.select(spec.name, operation, key=placement).id
+        except (CryptoError, KeyError, TypeError, AttributeError):
+            return None  # the request fails fast with its own error, wherever it runs
+
+    def _key_home(self, session: Session, value: object) -> int | None:
+        placement = self._placement(session, value)
+        return placement.home if placement is not None else None
+
+    def _placement(self, session: Session, value: object) -> KeyPlacement | None:
+        """Where a key named by a guard or a slot lives, from memory and configuration only
+        (no key store or provider call on the event loop)."""
+        rid = rid_from_wire(value)
+        handle = session.get(rid)
+        if rid.type is ResourceType.KEY:
+            placement: KeyPlacement = handle.obj.placement
+            return placement
+        if rid.type is ResourceType.KEY_SLOT:
+            slot = self.core.slot_config(handle.obj.name)
+            if slot.algorithm is not None and slot.provider is not None:
+                return KeyPlacement(slot.algorithm, slot.provider, slot.compatible_providers,
+                                    False)
+        return None
+
+    @staticmethod
+    def _released_key(session: Session, request: Request) -> Any:
+        """The key a ``resource.release`` would free in its provider, if any."""
+        try:
+            handle = session.get(rid_from_wire(request.args.get("id")))
+        except CryptoError:
+            return None
+        return handle.obj if handle.kind == "key" else None
 
     def abandon(self, call: Call, request: Request, reason: str) -> None:
         """The front end stopped waiting for ``call``: the contexts involved enter their error
@@ -179,3 +279,29 @@ class Service:
         except CryptoError:
             return None
         return ctx
+
+
+def _announced_size(request: Request) -> int:
+    """Bytes a request's result will take, when its arguments say so up front."""
+    if request.op == "random.generate":
+        length = request.args.get("length")
+        if type(length) is int and length > 0:
+            return length
+    return 0
+
+
+def _size_of(value: Any) -> int:
+    """Roughly the bytes ``value`` takes in an answer frame."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return len(value) + 9
+    if isinstance(value, Mapping):
+        return 9 + sum(_size_of(k) + _size_of(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 9 + sum(_size_of(v) for v in value)
+    return 9
+
+
+def _batch_too_large(done: int, limit: int) -> CryptoError:
+    return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                       f"the batch's results would pass max_frame_size ({limit} bytes) at call "
+                       f"{done + 1}: the answer could not be sent; split the batch")

@@ -44,10 +44,16 @@ class ControlOps:
         return "pong"
 
     def status(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Providers, slots, clients and their resource counts."""
+        """Providers, slots, clients and their resource counts. Only admins (``admin_uids``,
+        root, the daemon's uid) see every client, every slot and the providers' own details;
+        other clients see their uid's connections and the slots they may use."""
         core = self.core
+        admin = core.is_admin(call.session)
         slots = []
         for slot in core.config.key_slots:
+            if not admin and not core.may(call.session, "use", ResourceType.KEY_SLOT, slot.name,
+                                          slot.use_uids):
+                continue
             record = core.keystore.slot(slot.name)
             slots.append({
                 "name": slot.name,
@@ -55,19 +61,29 @@ class ControlOps:
                 "algorithm": record.algorithm if record else slot.algorithm,
                 "provider": record.provider if record else slot.provider,
                 "version": record.version if record else 0})
-        return {
+        cert_slots = [c for c in self._cert_slot_status() if admin or core.may(
+            call.session, "use", ResourceType.CERT_SLOT, c["name"],
+            core.cert_slots[c["name"]].use_uids)]
+        trust_stores = sorted(n for n, t in core.trust_stores.items() if admin or core.may(
+            call.session, "use", ResourceType.VERIFICATION_TRUST_STORE, n, t.use_uids))
+        uid = call.session.peer.uid
+        result: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
             "uptime": round(time.time() - core.started, 3),
-            "providers": [p.describe() for p in core.providers.by_id.values()],
+            "providers": core.provider_facts(detailed=admin),
             "preference": list(core.providers.preference),
             "key_slots": slots,
-            "cert_slots": self._cert_slot_status(),
-            "trust_stores": sorted(core.trust_stores),
+            "cert_slots": cert_slots,
+            "trust_stores": trust_stores,
             "clients": [{"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid,
-                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()],
-            "warnings": list(core.warnings),
+                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()
+                        if admin or s.peer.uid == uid],
         }
+        if admin:  # operator facts: what to fix, and who holds the memory
+            result["warnings"] = list(core.warnings)
+            result["memory"] = core.budget.snapshot()
+        return result
 
     def explain(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, object]]:
         """Which provider would run (algorithm, operation[, key]) and why each candidate was
@@ -129,7 +145,11 @@ class ControlOps:
         if handle.kind == "key":
             return self.core.guard_info(rid.handle, handle.obj)
         if handle.kind == "slot" and rid.type is ResourceType.KEY_SLOT:
-            info = self.core.slot_info(handle.obj.name)
+            name = handle.obj.name
+            if not self.core.is_admin(call.session):
+                self.core.check_access(call.session, "use", ResourceType.KEY_SLOT, name,
+                                       self.core.slot_config(name).use_uids)
+            info = self.core.slot_info(name)
             return {"id": rid_to_wire(rid), "persistence": "PERSISTENT",
                     "permissions": info["permissions"], "algorithm": info["algorithm"],
                     "provider": info["provider"]}
