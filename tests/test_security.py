@@ -312,6 +312,26 @@ def test_cbor_subset_limits_are_exact() -> None:
 
 
 # --- 6: authenticated key store (start-up checks are in test_keystore_integrity.py) ---------------
+def _certificate_with_a_malformed_subject() -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    at = der.index(b"ZZsubjectZZ")
+    return der[:at - 2] + b"\x02" + der[at - 1:]  # the CN's string tag becomes INTEGER
+
+
 # --- 11: metadata ------------------------------------------------------------------------------
 def test_audit_log_is_created_private(
         mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess],
@@ -730,6 +750,9 @@ def test_malformed_requests_are_answered_not_dropped(daemon: DaemonProcess) -> N
             reply = raw.request("ping", {}, 30 + n, timeout_ms=timeout)
             assert error_code(reply) == "PROTOCOL_ERROR" and reply["id"] == 30 + n
         assert raw.request("ping", {}, 40, timeout_ms=1000)["result"] == "pong"
+    with RawClient(daemon.socket_path) as raw:  # malformed data is INVALID_ARGUMENT
+        reply = raw.request("cert.import", {"data": _certificate_with_a_malformed_subject()}, 50)
+        assert error_code(reply) == "INVALID_ARGUMENT" and "subject" in reply["error"]["message"]
     for versions in ([1.0], [True], ["1"]):
         raw = RawClient(daemon.socket_path, hello=False)
         raw.send({"hello": {"versions": versions}})
@@ -737,6 +760,26 @@ def test_malformed_requests_are_answered_not_dropped(daemon: DaemonProcess) -> N
         assert error_code(reply) == "PROTOCOL_ERROR", versions
         assert raw.closed()
     assert_no_traceback(daemon)
+
+
+def _certificate_with_a_malformed_subject() -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    at = der.index(b"ZZsubjectZZ")
+    return der[:at - 2] + b"\x02" + der[at - 1:]  # the CN's string tag becomes INTEGER
 
 
 # --- 11: metadata --------------------------------------------------------------------------------------
@@ -780,3 +823,19 @@ def test_status_and_describe_show_others_only_to_admins(
     assert 0 in admin["uids"] and auditor.uid in admin["uids"]
     assert "RootOnly" in admin["slots"] and "kind" in admin["provider_keys"]
     assert admin["describe"] == "OK"
+
+
+def test_the_client_splits_a_long_backlog_of_releases(inproc_stack: Any) -> None:
+    """Finding 4, client side: releases of collected guards never make a batch too long."""
+    import gc
+
+    import cryptostack_core as cs
+
+    km = inproc_stack.create_crypto_context().create_key_management_context()
+    keys = [km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-128"))
+            for _ in range(1100)]
+    assert inproc_stack.status()["clients"][0]["guards"] >= 1100
+    del keys
+    gc.collect()
+    inproc_stack.ping()  # 1100 queued releases ride along, in several batches
+    assert inproc_stack.status()["clients"][0]["guards"] == 0

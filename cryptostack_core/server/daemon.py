@@ -381,7 +381,9 @@ class Connection(asyncio.Protocol):
             "limits": {"max_contexts": config.max_contexts_per_client,
                        "max_resources": config.max_resources_per_client,
                        "max_in_flight": MAX_IN_FLIGHT,
-                       "max_buffered_message": config.max_buffered_message}}})
+                       "max_buffered_message": config.max_buffered_message,
+                       "max_batch_length": config.max_batch_length,
+                       "connection_memory_budget": config.connection_memory_budget}}})
 
     def _run(self, call: Call, request_id: int, request: Request) -> dict[str, Any]:
         try:
