@@ -103,6 +103,9 @@ class ServiceCore:
         self.budget = MemoryBudget(config.memory_budget, config.connection_memory_budget)
         self.provider_executor: Callable[[int], concurrent.futures.Executor | None] | None = None
         """Set by a front end with worker pools: where to run a provider's status probe."""
+        self.running_on = threading.local()
+        """``provider``: the provider whose pool runs the current thread's request (set by
+        the front end), so a probe never waits for its own thread."""
         self.admin_uids = frozenset({0, self.daemon_uid, *config.admin_uids})
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
@@ -217,8 +220,11 @@ class ServiceCore:
 
         providers = list(self.providers.by_id.values())
         futures = []
+        here = getattr(self.running_on, "provider", None)
         for loaded in providers:
             pool = self.provider_executor(loaded.id) if self.provider_executor else None
+            if loaded.id == here:
+                pool = None  # this thread is that provider's: waiting for it would stall
             futures.append(pool.submit(probe, loaded) if pool is not None else None)
         deadline = time.monotonic() + PROBE_TIMEOUT
         facts = []

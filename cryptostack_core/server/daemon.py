@@ -385,7 +385,9 @@ class Connection(asyncio.Protocol):
                        "max_batch_length": config.max_batch_length,
                        "connection_memory_budget": config.connection_memory_budget}}})
 
-    def _run(self, call: Call, request_id: int, request: Request) -> dict[str, Any]:
+    def _run(self, call: Call, request_id: int, request: Request,
+             provider: int | None = None) -> dict[str, Any]:
+        self.service.core.running_on.provider = provider
         try:
             return {"id": request_id, "ok": True, "result": self.service.handle(call, request)}
         except CryptoError as exc:
@@ -398,8 +400,9 @@ class Connection(asyncio.Protocol):
     async def _run_async(self, call: Call, request_id: int, request: Request,
                          timeout_ms: int | None, size: int) -> None:
         loop = self.server.loop
-        pool = self.server.pool_for(call.session, request)
-        future = loop.run_in_executor(pool, self._run, call, request_id, request)
+        provider = self.service.provider_for(call.session, request)
+        pool = self.server.pool_for(provider)
+        future = loop.run_in_executor(pool, self._run, call, request_id, request, provider)
         # The request's memory is held until the work ends, even past an abandoned deadline.
         future.add_done_callback(lambda _: self._release_frame(size))
         try:
@@ -533,10 +536,9 @@ class DaemonServer:
         self._server: asyncio.AbstractServer | None = None
         self._stopping: asyncio.Event | None = None
 
-    def pool_for(self, session: Session, request: Request) -> concurrent.futures.ThreadPoolExecutor:
+    def pool_for(self, provider: int | None) -> concurrent.futures.ThreadPoolExecutor:
         """The worker pool of the provider a request will touch (bulkheads per provider: a
         hung provider holds up only its own clients); the control pool for the rest."""
-        provider = self.service.provider_for(session, request)
         if provider is not None:
             return self.provider_pools.get(provider, self.control_pool)
         return self.control_pool

@@ -187,8 +187,12 @@ class Service:
         request will touch, worked out up front from the context it targets, the provider the
         caller pinned, the key it names or the provider selection picks for its algorithm.
         None when no provider is involved (or it cannot be told before running): the front
-        end's control pool then runs it. A batch goes where its first member goes."""
-        for leaf in request.leaves():
+        end's control pool then runs it. A batch goes where its first member that touches a
+        provider goes (releases aside)."""
+        leaves = list(request.leaves())
+        # Releases of collected guards ride along with other requests: they do not decide.
+        chosen = [leaf for leaf in leaves if leaf.op != "resource.release"] or leaves
+        for leaf in chosen:
             provider = self._provider_of(session, leaf)
             if provider is not None:
                 return provider
