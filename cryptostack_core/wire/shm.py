@@ -25,7 +25,10 @@ from typing import Any
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 MEMFD_NAME = "cryptostack-shm"
-THRESHOLD = 1024 * 1024  # smaller buffers are cheaper inline (an attach costs a round trip)
+THRESHOLD = 256 * 1024
+"""Smaller buffers are cheaper inline: an attach costs a round trip and a memfd. Measured
+(hash.update through a daemon, 2-core VM): 192 KiB 581 us inline / 827 us shared, 256 KiB
+972 / 857, 1 MiB 3050 / 1787, 16 MiB 71 / 34 ms."""
 SHM_ARGUMENTS = ("data",)  # the arguments that may be offloaded
 REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _MFD_NOEXEC_SEAL = 0x0008  # Linux >= 6.3: not executable, and sealed so
