@@ -87,6 +87,8 @@ class Account:
     def set(self, size: int, kind: str) -> None:
         """Make the amount of ``kind`` exactly ``size``, even past the limits (for memory
         that exists already, such as the transport's unsent data)."""
+        if self.by_kind[kind] == max(0, size):  # the common case: nothing changed, no lock
+            return
         budget = self.budget
         with budget._lock:
             delta = max(0, size) - self.by_kind[kind]

@@ -53,6 +53,7 @@ from cryptostack_core.wire.version import __version__
 log = logging.getLogger("cryptostack.daemon")
 MAX_IN_FLIGHT = 64  # requests one client may have outstanding
 MAX_PASSED_FDS = 4  # room for descriptors in one recvmsg; more than one is refused anyway
+SMALL_ANSWER = 65536  # written at once to a reading client without a budget reservation
 MAX_TIMEOUT_MS = 0xFFFFFFFF  # about 49.7 days; larger deadlines are a protocol error
 
 
@@ -220,13 +221,18 @@ class Connection(asyncio.Protocol):
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
                 f"max_frame_size ({limit}); ask for less at a time")))
-        if self.session is not None:
+        memory = self.session.memory if self.session is not None else None
+        if memory is not None and (len(frame) > SMALL_ANSWER
+                                   or self.transport.get_write_buffer_size()):
+            # A large answer, or answers waiting unread: it must fit the budget.
             self._sync_unread()
             try:
-                self.session.memory.reserve(len(frame), "unread answers")
+                memory.reserve(len(frame), "unread answers")
             except CryptoError as exc:  # the client is not reading: a short answer instead
                 frame = encode(error_response(message.get("id"), exc))
         self.transport.write(frame)
+        if memory is not None:
+            self._sync_unread()  # what the socket did not take at once stays charged
 
     def _fatal(self, exc: CryptoError) -> None:
         """A broken stream: say why, then close."""
