@@ -270,18 +270,21 @@ class KeyStore:
     @classmethod
     def open_unverified(cls, path: Path, kek_source: KekSource | None = None,
                         kek_path: Path | None = None) -> KeyStore:
-        """Open an existing store after the KEK checks only (for ``verify`` and ``repair``)."""
+        """Open an existing store after the KEK checks only (for ``verify`` and ``repair``);
+        never creates one."""
+        if not path.exists():
+            raise KeyStoreError(f"there is no key store at {path}")
         db = _connect(path)
         try:
             return cls._open_checked(path, db, kek_source or FileKekSource(),
-                                     kek_path or default_kek_path(path))
+                                     kek_path or default_kek_path(path), create=False)
         except BaseException:
             db.close()
             raise
 
     @classmethod
     def _open_checked(cls, path: Path, db: sqlite3.Connection, source: KekSource,
-                      kek_file: Path) -> KeyStore:
+                      kek_file: Path, create: bool = True) -> KeyStore:
         layout = _layout(db, path)
         kek_exists = source.exists(kek_file)
         if layout == "v1":
@@ -299,6 +302,8 @@ class KeyStore:
                     f"key store {path} is missing or empty, but its key-encryption key "
                     f"{kek_file} exists: the store was deleted, emptied or moved, and its "
                     f"keys would be replaced by new ones. The daemon will not start: {RECOVERY}")
+            if not create:
+                raise KeyStoreError(f"key store {path} is empty (never initialised)")
             return cls._create(path, db, source, kek_file, meta)
         if layout != "v2" or "store_id" not in meta or "kek_check" not in meta:
             raise KeyStoreError(f"key store {path} has lost its metadata (the meta table was "
