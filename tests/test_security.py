@@ -510,12 +510,19 @@ def test_an_expensive_batch_does_not_stall_other_clients(
         thread = threading.Thread(target=bystander)
         thread.start()
         try:
+            started = time.monotonic()
             reply = raw.request("batch", {"calls": [{"op": "status", "args": {}}] * 1000})
+            took = time.monotonic() - started
         finally:
             done.set()
             thread.join()
     assert reply["ok"] or error_code(reply) == "RESOURCE_EXHAUSTED"
-    assert latencies and max(latencies) < 1.0, f"a bystander waited {max(latencies):.2f} s"
+    # On the event loop, the batch held every other client for its whole duration; off it,
+    # a bystander waits for a scheduler slice at most (the bound is generous for a loaded
+    # machine, and relative to how long the batch took).
+    assert len(latencies) > 3
+    assert max(latencies) < max(0.5, took / 2), \
+        f"a bystander waited {max(latencies):.2f} s of {took:.2f} s"
     assert_no_traceback(d)
 
 

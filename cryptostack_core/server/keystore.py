@@ -233,6 +233,8 @@ class KeyStore:
         self._lock = threading.Lock()
         self._manifest_text: str | None = None
         self._manifest: dict[tuple[str, str], tuple[int, str]] = {}
+        # Rows whose MAC was checked, byte for byte: reading one again needs no HMAC.
+        self._verified: dict[tuple[str, str], tuple[Any, ...]] = {}
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -401,10 +403,11 @@ class KeyStore:
 
     def _load_manifest(self) -> dict[tuple[str, str], tuple[int, str]]:
         """The authenticated list of rows; cached while the stored text does not change."""
-        meta = _meta(self._db)
-        text = meta.get("manifest", "")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()
+        text = str(row[0]) if row else ""
         if text == self._manifest_text:
             return self._manifest
+        meta = _meta(self._db)
         try:
             generation = int(meta["generation"])
             mac = meta["manifest_mac"]
@@ -445,11 +448,14 @@ class KeyStore:
                 raise KeyStoreError(f"{Problem(kind, name, expected[0], 'is missing')} in key "
                                     f"store {self.path} (deleted outside the daemon)")
             return None
+        row = tuple(row)
         mac = _mac_of(row)
-        if not hmac.compare_digest(self._keys.mac(kind, tuple(row[:-1])), mac) \
-                or expected is None or not hmac.compare_digest(expected[1], mac.hex()):
+        if expected is None or not hmac.compare_digest(expected[1], mac.hex()) or (
+                self._verified.get((kind, name)) != row  # not this very row checked before
+                and not hmac.compare_digest(self._keys.mac(kind, row[:-1]), mac)):
             raise KeyStoreError(f"{Problem(kind, name, None, 'fails authentication')} in key "
                                 f"store {self.path} (altered outside the daemon)")
+        self._verified[(kind, name)] = row
         return row
 
     # --- key slots -------------------------------------------------------------------
@@ -474,6 +480,19 @@ class KeyStore:
         """Metadata of a stored slot, or None if the slot is empty."""
         row = self._key_row(name)
         return None if row is None else self._record(row)
+
+    def slots(self) -> dict[str, SlotRecord]:
+        """Metadata of every occupied slot, read and checked at once (for ``status``)."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_KEY_COLUMNS}, mac FROM key_slots "  # noqa: S608
+                                    "ORDER BY name, version").fetchall()
+            latest = {row[0]: row for row in rows}  # the highest version of each name wins
+            manifest = self._load_manifest()
+            for kind, name in manifest:
+                if kind == "key" and name not in latest:
+                    self._checked_row("key", name, None)  # raises: deleted outside
+            return {name: self._record(self._checked_row("key", name, row) or row)
+                    for name, row in latest.items()}
 
     def load_key(self, name: str) -> tuple[SlotRecord, StoredKey]:
         """Metadata and unwrapped :class:`StoredKey` of a slot; SLOT_EMPTY if none."""

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pluggy
 
 from cryptostack_core.sdk.deadline import deadline_scope_until
@@ -295,14 +296,13 @@ def _announced_size(request: Request) -> int:
 
 
 def _size_of(value: Any) -> int:
-    """Roughly the bytes ``value`` takes in an answer frame."""
+    """The bytes ``value`` takes in an answer frame (at most 9 more)."""
     if isinstance(value, (bytes, bytearray, memoryview, str)):
         return len(value) + 9
-    if isinstance(value, Mapping):
-        return 9 + sum(_size_of(k) + _size_of(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return 9 + sum(_size_of(v) for v in value)
-    return 9
+    try:
+        return len(cbor2.dumps(value))
+    except Exception:  # noqa: BLE001 - not encodable: the answer will say so
+        return 9
 
 
 def _batch_too_large(done: int, limit: int) -> CryptoError:

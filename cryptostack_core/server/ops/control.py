@@ -50,11 +50,12 @@ class ControlOps:
         core = self.core
         admin = core.is_admin(call.session)
         slots = []
+        records = core.keystore.slots()
         for slot in core.config.key_slots:
             if not admin and not core.may(call.session, "use", ResourceType.KEY_SLOT, slot.name,
                                           slot.use_uids):
                 continue
-            record = core.keystore.slot(slot.name)
+            record = records.get(slot.name)
             slots.append({
                 "name": slot.name,
                 "status": (KeySlotStatus.OCCUPIED if record else KeySlotStatus.EMPTY).value,
