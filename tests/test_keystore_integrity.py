@@ -234,8 +234,11 @@ def test_a_schema1_store_is_refused_then_migrated(
     write_schema1_store(store, {"PreDeployedSlot": ("AES-256", 1, [1], int(P.ENCRYPT | P.DECRYPT),
                                                     b"AES-256\0" + key)})
     daemon = DaemonProcess(directory, mock_config())
-    with pytest.raises(RuntimeError) as err:
-        daemon.start()
+    try:
+        with pytest.raises(RuntimeError) as err:
+            daemon.start()
+    finally:
+        daemon.stop()  # in case it started after all
     assert "schema 1" in str(err.value) and "cryptostack keystore migrate" in str(err.value)
     assert "Traceback" not in str(err.value)
     run = subprocess.run([sys.executable, "-m", "cryptostack_core", "keystore", "migrate",
@@ -273,8 +276,11 @@ def test_the_daemon_refuses_a_tampered_store_and_never_reprovisions(
         backup = store.read_bytes()
         tamper(store, *[s.replace("'Slot'", "'PreDeployedSlot'") for s in statements])
         tampered = store.read_bytes()
-        with pytest.raises(RuntimeError) as err:
-            d.start()
+        try:
+            with pytest.raises(RuntimeError) as err:
+                d.start()
+        finally:
+            d.stop()  # in case it started after all
         message = str(err.value)
         assert "exited with 1" in message and "cryptostack keystore" in message, (name, message)
         assert "Traceback" not in message, message
