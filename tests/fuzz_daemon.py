@@ -52,7 +52,7 @@ def daemon_config(budget: int) -> dict[str, Any]:
     except ImportError:
         pass
     return {
-        "daemon": {"max_frame_size": 16 * MiB, "max_buffered_message": 16 * MiB,
+        "daemon": {"allow_test_providers": True, "max_frame_size": 16 * MiB, "max_buffered_message": 16 * MiB,
                    "connection_memory_budget": 64 * MiB, "memory_budget": budget,
                    "frame_timeout": 10.0},
         "providers": providers,

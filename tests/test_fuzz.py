@@ -37,7 +37,7 @@ CODES = {code.value for code in cs.ErrorCode}
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     config = {
-        "daemon": {"max_frame_size": 4 << 20, "max_buffered_message": 4 << 20,
+        "daemon": {"allow_test_providers": True, "max_frame_size": 4 << 20, "max_buffered_message": 4 << 20,
                    "connection_memory_budget": 16 << 20, "memory_budget": 64 << 20,
                    "frame_timeout": 5.0},
         "providers": [{"name": "mock", "id": 1}],

@@ -22,6 +22,7 @@ import cryptostack_core as cs
 from cryptostack_core import KeyOperationPermission as P
 from cryptostack_core.sdk import StoredKey
 from cryptostack_core.server.keystore import KeyStore, KeyStoreError
+from cryptostack_core.server.paths import default_kek_file
 from cryptostack_core.testing.daemon import DaemonProcess
 
 MockConfig = Callable[..., dict[str, Any]]
@@ -204,10 +205,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 def write_schema1_store(path: Path, slots: dict[str, tuple[str, int, list[int], int, bytes]],
-                        ) -> None:
-    """A store exactly as cryptostack 0.1 wrote it (its KEK file beside it)."""
+                        kek_path: Path) -> None:
+    """A store exactly as cryptostack 0.1 wrote it, and its KEK file at ``kek_path``."""
     kek = os.urandom(32)
-    kek_path = path.with_name(path.name + ".kek")
+    kek_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(kek_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, kek)
     os.close(fd)
@@ -232,7 +233,8 @@ def test_a_schema1_store_is_refused_then_migrated(
     directory.mkdir()
     store = directory / "keystore.sqlite3"
     write_schema1_store(store, {"PreDeployedSlot": ("AES-256", 1, [1], int(P.ENCRYPT | P.DECRYPT),
-                                                    b"AES-256\0" + key)})
+                                                    b"AES-256\0" + key)},
+                        default_kek_file(store))
     daemon = DaemonProcess(directory, mock_config())
     try:
         with pytest.raises(RuntimeError) as err:
