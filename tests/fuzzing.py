@@ -27,7 +27,8 @@ import cbor2
 
 HEADER = struct.Struct(">I")
 
-ALGORITHMS = ["SHA-256", "SHA-384", "SHA-512", "SHA3-256", "AES-128", "AES-256", "AES-256-CBC",
+ALGORITHMS = ["AES-256-GCM-HKDF-1MB", "AES-128-GCM-HKDF-4KB",
+              "SHA-256", "SHA-384", "SHA-512", "SHA3-256", "AES-128", "AES-256", "AES-256-CBC",
               "AES-128-CBC", "AES-256-GCM", "HMAC-SHA-256", "HMAC-SHA-512", "ECDSA-P256",
               "Ed25519", "HKDF-SHA-256", "GENERIC-SECRET", "ML-KEM-768", "X25519", "RANDOM",
               "sha256", "aes", "", "NOPE"]
@@ -71,6 +72,14 @@ SCHEMA: dict[str, dict[str, int]] = {
     "cert.verify": {"certificate": _RID, "trust_store": _RID, "intermediates": _LIST,
                     "crls": _LIST, "time": _INT, "policy": _TEXT},
 }
+SCHEMA.update({
+    "streaming_aead.create": {"algorithm": _ALG, "key": _RID, "direction": _DIR,
+                              "provider": _INT},
+    "streaming_aead.init": {"ctx": _INT, "aad": _BYTES},
+    "streaming_aead.update": {"ctx": _INT, "data": _BYTES},
+    "streaming_aead.finalize": {"ctx": _INT}, "streaming_aead.reset": {"ctx": _INT},
+    "context.close": {"ctx": _INT, "quiet": _BOOL},
+})
 for _family in ("hash", "cipher", "sign", "verify"):
     for _verb in ("init", "update", "finalize", "reset", "single_shot", "update_aad"):
         SCHEMA[f"{_family}.{_verb}"] = {"ctx": _INT, "data": _BYTES, "iv": _BYTES,

@@ -220,6 +220,9 @@ class Service:
                 return self._key_home(session, args.get("key"))
             if op == "random.generate":
                 return core.providers.select("RANDOM", Operation.RANDOM).id
+            if op not in _SELECTED and op != "cipher.create" and op.endswith(".create") \
+                    and "key" in args:
+                return self._key_home(session, args.get("key"))  # its key's provider
             operation = _SELECTED.get(op)
             if op == "cipher.create":
                 operation = Operation.DECRYPT if args.get("direction") == "DECRYPT" \
