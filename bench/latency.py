@@ -9,6 +9,7 @@ Measured, never asserted.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -46,6 +47,29 @@ def measure(fn: Callable[[], object], calls: int, budget: float = 1.5) -> Figure
     samples.sort()
     p99 = samples[max(0, math.ceil(len(samples) * 0.99) - 1)]
     return Figures(statistics.median(samples), p99, len(samples))
+
+
+def measure_async(fn: Callable[[], Awaitable[object]], loop: asyncio.AbstractEventLoop,
+                  calls: int, budget: float = 1.5) -> Figures:
+    """:func:`measure` for a coroutine function, timed on ``loop`` (a running loop in another
+    thread: the worker host's) -- the path the daemon takes, without the client's socket."""
+    async def run() -> Figures:
+        warm_deadline = time.perf_counter() + budget / 10
+        for _ in range(max(3, min(200, calls // 10))):
+            await fn()
+            if time.perf_counter() > warm_deadline:
+                break
+        samples: list[float] = []
+        deadline = time.perf_counter() + budget
+        while len(samples) < calls and (len(samples) < 5 or time.perf_counter() < deadline):
+            start = time.perf_counter_ns()
+            await fn()
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        samples.sort()
+        p99 = samples[max(0, math.ceil(len(samples) * 0.99) - 1)]
+        return Figures(statistics.median(samples), p99, len(samples))
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
 
 def _echo(conn: socket.socket) -> None:
@@ -84,10 +108,16 @@ class LatencyTable:
         self.direct = direct
         self.floor = floor
         self.rows: list[tuple[str, str, Figures]] = []
+        self.targets: list[tuple[str, str, str, float]] = []
 
     def add(self, operation: str, path: str, figures: Figures) -> None:
         """One measurement of ``operation`` through ``path``."""
         self.rows.append((operation, path, figures))
+
+    def target(self, operation: str, path: str, how: str, limit: float = 2.5) -> None:
+        """Report how far ``path`` is above the direct library for ``operation``, in IPC
+        floors, against ``limit`` (``how``: the client calls it takes, for the reader)."""
+        self.targets.append((operation, path, how, limit))
 
     def render(self) -> str:
         """The table as text, operations in the order first added."""
@@ -112,4 +142,13 @@ class LatencyTable:
         lines.append("")
         lines.append(f"(x direct, x floor: ratio of medians; {os.cpu_count()} CPUs; "
                      f"Python {sys.version.split()[0]})")
+        for operation, path, how, limit in self.targets:
+            figures = {p: fig for op, p, fig in self.rows if op == operation}
+            if path not in figures or self.direct not in figures:
+                continue
+            over = (figures[path].median_us - figures[self.direct].median_us) \
+                / self.floor.median_us
+            verdict = "met" if over <= limit else "not met"
+            lines.append(f"target {operation} via {path} ({how}): direct + {over:.1f} x floor "
+                         f"(target <= direct + {limit:g} x floor: {verdict})")
         return "\n".join(lines)

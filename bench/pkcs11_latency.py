@@ -1,7 +1,9 @@
 """pkcs11 provider latency on a private SoftHSM2 token, one run: a 64-byte AES-256-GCM
 encryption and a 64-byte SHA-256 through python-pkcs11 in this process (the direct library),
-the provider SDK (calls go to the token worker process), and the public API (``inproc://``
-and a daemon over its unix socket), with the software provider through the API as reference.
+the provider SDK (calls go to the token worker process: awaited on the worker host's event
+loop, as the daemon does, and from a thread), and the public API (``inproc://`` and a daemon
+over its unix socket), with the software provider through the API as reference. The last
+lines compare the daemon with the target: direct library + 2.5 x IPC floor.
 
 Run by ``make bench`` (or ``.venv/bin/python bench/pkcs11_latency.py [-n 3000]``). Prints
 medians and p99 in µs with ratios to the direct library and to the IPC floor. The token is
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from cryptostack_pkcs11.provider import PKCS11Provider
 from cryptostack_pkcs11.testing import create_token
-from latency import LatencyTable, ipc_floor, measure
+from latency import LatencyTable, ipc_floor, measure, measure_async
 
 import cryptostack_core as cs
 from cryptostack_core.sdk import CipherDirection, ProviderEnvironment
@@ -29,6 +31,8 @@ IV = bytes(12)
 GCM = "AES-256-GCM 64 B"
 SHA = "SHA-256 64 B"
 DIRECT = "python-pkcs11 in-process (direct)"
+SDK_AWAITED = "provider SDK, awaited on the host's loop"
+DAEMON = "API daemon (unix socket)"
 PKCS11_ID = 5
 OPENSSL_ID = 2
 
@@ -68,8 +72,24 @@ def sdk_rows(table: LatencyTable, options: dict[str, object], state: Path, n: in
             op.update(DATA)
             return op.finalize()
 
-        table.add(GCM, "provider SDK (token worker)", measure(gcm, n))
-        table.add(SHA, "provider SDK (token worker)", measure(sha, n))
+        async def gcm_awaited() -> bytes:
+            op = provider.create_cipher("AES-256-GCM", key, CipherDirection.ENCRYPT, IV, 16)
+            return await op.update_async(DATA) + await op.finalize_async()
+
+        async def sha_awaited() -> bytes:
+            op = provider.create_hash("SHA-256")
+            await op.update_async(DATA)
+            return await op.finalize_async()
+
+        async def echo() -> object:
+            return await provider.host.call_async("_echo", DATA)
+
+        loop = provider.host.loop
+        table.add(GCM, SDK_AWAITED, measure_async(gcm_awaited, loop, n))
+        table.add(GCM, "provider SDK, from a thread", measure(gcm, n))
+        table.add(GCM, "worker host round trip (no token call)", measure_async(echo, loop, n))
+        table.add(SHA, SDK_AWAITED, measure_async(sha_awaited, loop, n))
+        table.add(SHA, "provider SDK, from a thread", measure(sha, n))
     finally:
         provider.close()
 
@@ -121,7 +141,9 @@ def main() -> None:
                                     .set_daemon_config(inproc_config)) as stack:
             api_rows(table, "API inproc://", stack, n)
         with DaemonProcess(base / "daemon", config) as daemon, daemon.stack() as stack:
-            api_rows(table, "API daemon (unix socket)", stack, n)
+            api_rows(table, DAEMON, stack, n)
+    table.target(SHA, DAEMON, "single_shot: one client round trip")
+    table.target(GCM, DAEMON, "init+update, finalize: two client round trips")
     print(table.render())
 
 

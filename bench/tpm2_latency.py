@@ -1,7 +1,9 @@
 """tpm2 provider latency on a private swtpm, one run: a 64-byte SHA-256 (computed by the TPM)
 and an ECDSA-P256 signature of a 64-byte message (hashed in software, signed by the TPM),
 through tpm2-pytss ESAPI in this process (the direct library), the provider SDK (calls go to
-its worker process), and the public API (``inproc://`` and a daemon over its unix socket).
+its worker process: awaited on the worker host's loop, as the daemon does, and from a thread),
+and the public API (``inproc://`` and a daemon over its unix socket). The last lines compare
+the daemon with the target: direct library + 2.5 x IPC floor.
 
 swtpm serves one client at a time, so the paths take turns on the same simulator, each
 closing its connection before the next opens one. Run by ``make bench`` (or
@@ -20,7 +22,7 @@ from typing import Any
 from cryptostack_tpm2.provider import TPM2Provider
 from cryptostack_tpm2.templates import key_template, primary_template
 from cryptostack_tpm2.testing import Swtpm, direct_esapi
-from latency import LatencyTable, ipc_floor, measure
+from latency import LatencyTable, ipc_floor, measure, measure_async
 
 import cryptostack_core as cs
 from cryptostack_core.sdk import KeyOperationPermission as P
@@ -31,6 +33,8 @@ MESSAGE = b"m" * 64
 SHA = "SHA-256 64 B"
 SIGN = "ECDSA-P256 sign 64 B"
 DIRECT = "tpm2-pytss ESAPI in-process (direct)"
+SDK_AWAITED = "provider SDK, awaited on the host's loop"
+DAEMON = "API daemon (unix socket)"
 TPM2_ID = 4
 
 
@@ -73,8 +77,21 @@ def sdk_rows(table: LatencyTable, options: dict[str, Any], state: Path, n: int) 
             op.update(MESSAGE)
             return op.finalize()
 
-        table.add(SHA, "provider SDK (worker process)", measure(sha, n))
-        table.add(SIGN, "provider SDK (worker process)", measure(sign, n))
+        async def sha_awaited() -> bytes:
+            op = provider.create_hash("SHA-256")
+            await op.update_async(MESSAGE)
+            return await op.finalize_async()
+
+        async def sign_awaited() -> bytes:
+            op = provider.create_signer("ECDSA-P256", key, b"")
+            await op.update_async(MESSAGE)
+            return await op.finalize_async()
+
+        loop = provider.host.loop
+        table.add(SHA, SDK_AWAITED, measure_async(sha_awaited, loop, n))
+        table.add(SHA, "provider SDK, from a thread", measure(sha, n))
+        table.add(SIGN, SDK_AWAITED, measure_async(sign_awaited, loop, n))
+        table.add(SIGN, "provider SDK, from a thread", measure(sign, n))
     finally:
         provider.close()  # the simulator's one connection is the next path's
 
@@ -117,9 +134,11 @@ def main() -> None:
                                         .set_daemon_config(inproc_config)) as stack:
                 api_rows(table, "API inproc://", stack, n)
             with DaemonProcess(base / "daemon", config) as daemon, daemon.stack() as stack:
-                api_rows(table, "API daemon (unix socket)", stack, n)
+                api_rows(table, DAEMON, stack, n)
         finally:
             sim.stop()
+    table.target(SHA, DAEMON, "single_shot: one client round trip")
+    table.target(SIGN, DAEMON, "sign(): one client round trip")
     print(table.render())
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import cryptostack_core as cs
 from cryptostack_core import CipherDirection as D
 from cryptostack_core import ErrorCode as E
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.waiting import Gate, eventually
 
 MockConfig = Callable[..., dict[str, Any]]
 
@@ -241,10 +241,8 @@ def test_hostile_input_gets_errors_and_never_harms_others(daemon: DaemonProcess)
         import hashlib
 
         assert h.finalize() == hashlib.sha256(b"before after").digest()
-        deadline = time.monotonic() + 2
-        while len(bystander.status()["clients"]) != 1:  # the hostile connections go away
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # the hostile connections go away
+        eventually(lambda: len(bystander.status()["clients"]) == 1, 30, "hostile clients gone")
 
 
 def test_killed_client_resources_freed_and_other_stream_completes(daemon: DaemonProcess) -> None:
@@ -279,10 +277,8 @@ def test_killed_client_resources_freed_and_other_stream_completes(daemon: Daemon
             assert clients[child.pid]["contexts"] == 4 and clients[child.pid]["guards"] == 3
             child.kill()
             child.wait()
-            killed_at = time.monotonic()
-            while child.pid in {c["pid"] for c in other.status()["clients"]}:
-                assert time.monotonic() - killed_at < 1.0, "resources not freed within 1 s"
-                time.sleep(0.01)
+            eventually(lambda: child.pid not in {c["pid"] for c in other.status()["clients"]},
+                       30, "the killed client's resources freed")
             h.update(b"b" * 100000)
             import hashlib
 
@@ -332,9 +328,10 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
 def test_slow_provider_call_does_not_stall_other_clients(
     mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
+    gate = Gate()
     config = mock_config()
     config["providers"].append(
-        {"name": "mock", "id": 9, "options": {"delays": {"generate_key": 1.5}}}
+        {"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}}
     )
     config["providers"][1]["name"] = "mock"
     d = daemon_factory(config)
@@ -348,39 +345,42 @@ def test_slow_provider_call_does_not_stall_other_clients(
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.2)
-    with d.stack() as fast:
-        h = fast.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256")
-        )
-        for _ in range(20):
-            h.single_shot(b"quick")
-        assert not done.is_set(), "the fast client waited for the slow one"
-    thread.join()
+    try:
+        assert gate.wait_arrival(30)  # the slow call is now held inside provider 9
+        with d.stack() as fast:
+            h = fast.create_crypto_context().create_hash_context(
+                cs.HashContextConfig().set_algorithm("SHA-256")
+            )
+            for _ in range(20):
+                h.single_shot(b"quick")
+            assert not done.is_set(), "the fast client waited for the slow one"
+    finally:
+        gate.close()
+    thread.join(30)
     assert done.is_set()
 
 
 def test_timeout_over_socket_puts_context_in_error_state_only(
     mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
+    gate = Gate()  # hash.finalize is held until the end of the test
     config = mock_config()
-    config["providers"][0]["options"] = {"delays": {"hash.finalize": 1.0}}
+    config["providers"][0]["options"] = {"gates": {"hash.finalize": gate.path}}
     d = daemon_factory(config)
-    with d.stack(timeout=0.2) as stack:
+    with d.stack(timeout=30) as stack:
         ctx = stack.create_crypto_context()
-        slow = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
+        slow = ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256").set_operation_timeout(0.2)
+        )
         other = ctx.create_hash_context(
             cs.HashContextConfig().set_algorithm("SHA-256").disable_timeout()
         )
-        slow.init()
-        slow.update(b"x")
-        started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
-            slow.finalize()
+            slow.single_shot(b"x")  # held at finalize: can only end at the client's deadline
         assert err.value.code is E.OPERATION_TIMED_OUT
-        assert time.monotonic() - started < 0.9  # the client gave up at its deadline
+        gate.open()
         with pytest.raises(cs.CryptoError) as err:
-            slow.single_shot(b"x")
+            slow.single_shot(b"x")  # again
         assert err.value.code is E.CONTEXT_IN_ERROR_STATE
         # The same connection and the other context keep working.
         assert len(other.single_shot(b"y")) == 32

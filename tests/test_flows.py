@@ -12,6 +12,7 @@ import cryptostack_core as cs
 from cryptostack_core import CipherDirection as D
 from cryptostack_core import ErrorCode as E
 from cryptostack_core import KeyOperationPermission as P
+from cryptostack_core.testing.waiting import Gate
 
 IV = bytes(range(16))
 
@@ -216,13 +217,18 @@ def test_mac_slot_and_truncated_tags(any_stack: cs.CryptoStack) -> None:
 
 
 def test_timeouts_default_override_disable(tmp_path: object) -> None:
+    # A call that must time out is held at a gate (it can only end at its deadline, however
+    # busy the machine); one that must succeed only takes 0.4 s, far within its deadline.
+    update_gate, keygen_gate = Gate(), Gate()
     config = {
         "daemon": {"allow_test_providers": True},
         "providers": [
             {
                 "name": "mock",
                 "id": 1,
-                "options": {"delays": {"hash.update": 0.4, "generate_key": 0.4}},
+                "options": {"delays": {"hash.update": 0.4, "generate_key": 0.4},
+                            "gates": {"hash.update": update_gate.path,
+                                      "generate_key": keygen_gate.path}},
             }
         ]
     }
@@ -232,38 +238,45 @@ def test_timeouts_default_override_disable(tmp_path: object) -> None:
         .set_daemon_config(config)
         .set_default_operation_timeout(timedelta(milliseconds=100))
     )
-    with cs.create_crypto_stack(cfg) as stack:
-        ctx = stack.create_crypto_context()
-        # Stack default (100 ms) applies.
-        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
-        h.init()
-        with pytest.raises(cs.CryptoError) as err:
-            h.update(b"x" * 70000)  # large enough to be sent at once
-        assert err.value.code is E.OPERATION_TIMED_OUT
-        # Error state until closed.
-        with pytest.raises(cs.CryptoError) as err:
-            h.single_shot(b"x")
-        assert err.value.code is E.CONTEXT_IN_ERROR_STATE
-        h.close()
-        # Per-context override: generous deadline succeeds.
-        slow_ok = ctx.create_hash_context(
-            cs.HashContextConfig()
-            .set_algorithm("SHA-256")
-            .set_operation_timeout(timedelta(seconds=5))
-        )
-        assert slow_ok.single_shot(b"x") == hashlib.sha256(b"x").digest()
-        # disable_timeout for slow key generation.
-        km = ctx.create_key_management_context(cs.KeyManagementContextConfig().disable_timeout())
-        assert (
-            km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type
-            is cs.ResourceType.KEY
-        )
-        km_tight = ctx.create_key_management_context(
-            cs.KeyManagementContextConfig().set_operation_timeout(0.05)
-        )
-        with pytest.raises(cs.CryptoError) as err:
-            km_tight.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
-        assert err.value.code is E.OPERATION_TIMED_OUT
+    try:
+        with cs.create_crypto_stack(cfg) as stack:
+            ctx = stack.create_crypto_context()
+            # Stack default (100 ms) applies.
+            h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
+            h.init()
+            with pytest.raises(cs.CryptoError) as err:
+                h.update(b"x" * 70000)  # large enough to be sent at once; held at the gate
+            assert err.value.code is E.OPERATION_TIMED_OUT
+            # Error state until closed.
+            with pytest.raises(cs.CryptoError) as err:
+                h.single_shot(b"x")
+            assert err.value.code is E.CONTEXT_IN_ERROR_STATE
+            h.close()
+            update_gate.open()
+            # Per-context override: a generous deadline outlasts the 0.4 s update.
+            slow_ok = ctx.create_hash_context(
+                cs.HashContextConfig()
+                .set_algorithm("SHA-256")
+                .set_operation_timeout(timedelta(seconds=30))
+            )
+            assert slow_ok.single_shot(b"x") == hashlib.sha256(b"x").digest()
+            km_tight = ctx.create_key_management_context(
+                cs.KeyManagementContextConfig().set_operation_timeout(0.05)
+            )
+            with pytest.raises(cs.CryptoError) as err:
+                km_tight.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
+            assert err.value.code is E.OPERATION_TIMED_OUT
+            keygen_gate.open()
+            # disable_timeout for slow key generation.
+            km = ctx.create_key_management_context(
+                cs.KeyManagementContextConfig().disable_timeout())
+            assert (
+                km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type
+                is cs.ResourceType.KEY
+            )
+    finally:
+        update_gate.close()
+        keygen_gate.close()
 
 
 def test_unknown_names_and_aliases(any_stack: cs.CryptoStack) -> None:

@@ -96,13 +96,15 @@ def test_client_gives_up_when_the_daemon_never_answers(tmp_path: Path) -> None:
     server.bind(str(path))
     server.listen(1)
 
+    finished = threading.Event()
+
     def silent_daemon() -> None:
         conn, _ = server.accept()
         header = conn.recv(4)
         conn.recv(struct.unpack(">I", header)[0])
         body = cbor2.dumps({"hello": {"version": 1, "max_frame": 1 << 20}})
         conn.sendall(struct.pack(">I", len(body)) + body)
-        time.sleep(3)  # reads requests, answers nothing
+        finished.wait(60)  # reads requests, answers nothing
         conn.close()
 
     thread = threading.Thread(target=silent_daemon, daemon=True)
@@ -114,8 +116,9 @@ def test_client_gives_up_when_the_daemon_never_answers(tmp_path: Path) -> None:
         with pytest.raises(cs.CryptoError) as err:
             stack.ping()
         elapsed = time.monotonic() - started
-        assert err.value.code is E.OPERATION_TIMED_OUT
-        assert 0.25 <= elapsed < 1.5
+        assert err.value.code is E.OPERATION_TIMED_OUT  # only its deadline can end the call
+        assert elapsed < 20
+    finished.set()
     server.close()
 
 

@@ -99,7 +99,10 @@ def test_socket_activation_with_systemd_socket_activate(mock_config: MockConfig,
          sys.executable, "-m", "cryptostack_core", "daemon", "--config", str(config_path)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        wait_for(sock.exists, "systemd-socket-activate to listen")
+        # The socket file appears at bind(), before listen(): wait for the activator's own
+        # "Listening on" line, printed once the socket accepts connections.
+        wait_for(lambda: b"Listening on" in (tmp_path / "daemon.log").read_bytes(),
+                 "systemd-socket-activate to listen")
         # The first connection starts the daemon, which takes over the listening socket.
         stack = cs.create_crypto_stack(cs.CryptoStackConfig()
                                        .set_connection_endpoint(f"unix://{sock}")

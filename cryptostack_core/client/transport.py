@@ -38,6 +38,8 @@ from cryptostack_core.wire.version import __version__
 
 CLIENT_NAME = f"cryptostack-python/{__version__}"
 DEFAULT_SPIN = float(os.environ.get("CRYPTOSTACK_SPIN_US", "100")) / 1e6
+_SPIN_PAUSE = 64
+"""Waits without spinning after answers missed the spin window twice in a row."""
 # Calls of this process currently waiting for the daemon (spinning is for the lone caller).
 _waiting = [0]
 _waiting_lock = threading.Lock()
@@ -50,6 +52,8 @@ class UnixTransport(Transport):
                  spin: float = DEFAULT_SPIN) -> None:
         self.path = path
         self.spin = spin
+        self._spin_misses = 0
+        self._spin_skip = 0
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._buf = bytearray()
@@ -102,16 +106,25 @@ class UnixTransport(Transport):
     # The socket stays non-blocking; waiting is one poll() bounded by the deadline, so a
     # call costs no extra syscalls to switch timeouts.
     def _wait(self, events: int, deadline: float | None) -> None:
-        if self.spin > 0 and _waiting[0] <= 1:
+        if self._spin_skip:
+            self._spin_skip -= 1
+        elif self.spin > 0 and _waiting[0] <= 1:
             # A small answer usually comes back within tens of microseconds; polling for it
             # briefly avoids the scheduler's wake-up latency, which on a small VM costs more
             # than the daemon's whole work. Past the spin window we sleep in poll(). When
             # other threads of this process are waiting too, spinning would only steal
-            # their CPU (and the GIL), so we sleep at once.
+            # their CPU (and the GIL), so we sleep at once. Answers that keep missing the
+            # window (a provider behind a worker process: three processes share the CPUs)
+            # would only lose CPU to the spin: after two misses in a row we sleep at once
+            # for the next calls, and try spinning again later.
             end = time.perf_counter() + self.spin
             while time.perf_counter() < end:
                 if self._poll.poll(0):
+                    self._spin_misses = 0
                     return
+            self._spin_misses += 1
+            if self._spin_misses >= 2:
+                self._spin_misses, self._spin_skip = 0, _SPIN_PAUSE
         if deadline is None:
             timeout_ms = -1
         else:

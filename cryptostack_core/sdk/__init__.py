@@ -4,6 +4,9 @@ A provider subclasses :class:`Provider`, registers it as an entry point in the g
 ``cryptostack.providers`` and raises :class:`CryptoError` with the matching
 :class:`ErrorCode`. Providers import only this package, :mod:`cryptostack_core.wire` and
 :mod:`cryptostack_core.testing`; never the client or the server.
+
+Besides the names below: :mod:`.workers` (the worker host, for providers that drive a C
+library in a child process) and :mod:`.options` (typed provider options).
 """
 
 from cryptostack_core.sdk.deadline import (
@@ -18,6 +21,7 @@ from cryptostack_core.sdk.provider import (
     CipherOperation,
     HashOperation,
     KekSource,
+    OrphanDestroyed,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -47,6 +51,7 @@ __all__ = [
     "KeyFormat",
     "KeyOperationPermission",
     "Operation",
+    "OrphanDestroyed",
     "Provider",
     "ProviderEnvironment",
     "ProviderKey",

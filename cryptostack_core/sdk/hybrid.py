@@ -28,8 +28,6 @@ Bad caller input (wrong lengths, malformed DER, a key of another algorithm) rais
 
 from __future__ import annotations
 
-import base64
-import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -38,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from cryptostack_core.sdk import der
 from cryptostack_core.wire.algorithms import REGISTRY
 from cryptostack_core.wire.errors import CryptoError, invalid_argument
 
@@ -347,8 +346,10 @@ class TraditionalSpec:
             _, curve_oid, scalar_size = _CURVES[self.curve]
             scalar = key.private_numbers().private_value.to_bytes(scalar_size, "big")
             # RFC 5915 ECPrivateKey: version 1, the scalar, [0] the named curve, no public key
-            return _tlv(0x30, _tlv(0x02, b"\x01") + _tlv(0x04, scalar)
-                        + _tlv(0xA0, _tlv(0x06, _encode_oid(curve_oid))))
+            return der.tlv(der.SEQUENCE, der.tlv(der.INTEGER, b"\x01")
+                           + der.tlv(der.OCTET_STRING, scalar)
+                           + der.tlv(der.CONTEXT_0_CONSTRUCTED,
+                                     der.tlv(der.OID, der.encode_oid(curve_oid))))
         if isinstance(key, rsa.RSAPrivateKey):
             return key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL,
                                      ser.NoEncryption())
@@ -384,18 +385,18 @@ class TraditionalSpec:
 
     def _decode_ec_private(self, data: bytes) -> ec.EllipticCurvePrivateKey:
         curve_cls, curve_oid, scalar_size = _CURVES[self.curve]
-        fields = _sequence(data, "ECPrivateKey")
+        fields = der.read_all(der.expect(data, der.SEQUENCE, "ECPrivateKey"))
         if len(fields) < 2 or fields[0] != (0x02, b"\x01") or fields[1][0] != 0x04:
             raise ValueError("ECPrivateKey needs version 1 and the private key")
         scalar = fields[1][1]
         public = None
         for tag, value in fields[2:]:
             if tag == 0xA0:
-                (inner_tag, oid), = _sequence_body(value)
-                if inner_tag != 0x06 or _decode_oid(oid) != curve_oid:
+                (inner_tag, oid), = der.read_all(value)
+                if inner_tag != der.OID or der.decode_oid(oid) != curve_oid:
                     raise ValueError(f"the key is not on {self.curve}")
             elif tag == 0xA1:
-                (inner_tag, bits), = _sequence_body(value)
+                (inner_tag, bits), = der.read_all(value)
                 if inner_tag != 0x03 or bits[:1] != b"\x00":
                     raise ValueError("malformed publicKey")
                 public = bits[1:]
@@ -622,176 +623,49 @@ MAX_DER_SIZE = 64 * 1024
 def encode_spki(oid: str, public_key: bytes) -> bytes:
     """SubjectPublicKeyInfo: ``AlgorithmIdentifier{oid, parameters absent}`` and the key as
     the BIT STRING's content, unwrapped (as both X-Wing and composite ML-DSA specify)."""
-    algorithm = _tlv(0x30, _tlv(0x06, _encode_oid(oid)))
-    return _tlv(0x30, algorithm + _tlv(0x03, b"\x00" + bytes(public_key)))
+    return der.encode_spki(oid, bytes(public_key))
 
 
-def decode_spki(der: bytes) -> tuple[str, bytes]:
+def decode_spki(encoded: bytes) -> tuple[str, bytes]:
     """(OID, public key bytes) of a SubjectPublicKeyInfo whose algorithm has no parameters."""
     try:
-        fields = _sequence(_bounded(der), "SubjectPublicKeyInfo")
-        if len(fields) != 2 or fields[1][0] != 0x03:
-            raise ValueError("expected an AlgorithmIdentifier and a BIT STRING")
-        oid = _algorithm_identifier(fields[0])
-        bits = fields[1][1]
-        if bits[:1] != b"\x00":
-            raise ValueError("the public key BIT STRING has unused bits")
-        return oid, bits[1:]
-    except ValueError as exc:
+        return der.decode_spki(_bounded(encoded))
+    except der.DerError as exc:
         raise invalid_argument(f"malformed SubjectPublicKeyInfo: {exc}") from None
 
 
 def encode_pkcs8(oid: str, private_key: bytes) -> bytes:
     """PKCS#8 / OneAsymmetricKey version 0 with the raw key as the privateKey OCTET STRING
     (no inner wrapping) and no publicKey field."""
-    algorithm = _tlv(0x30, _tlv(0x06, _encode_oid(oid)))
-    return _tlv(0x30, _tlv(0x02, b"\x00") + algorithm + _tlv(0x04, bytes(private_key)))
+    return der.encode_pkcs8(oid, bytes(private_key))
 
 
-def decode_pkcs8(der: bytes) -> tuple[str, bytes, bytes | None]:
+def decode_pkcs8(encoded: bytes) -> tuple[str, bytes, bytes | None]:
     """(OID, private key bytes, public key bytes or None) of a OneAsymmetricKey (version 0
     or 1); attributes are ignored, the optional ``[1] publicKey`` is returned for the caller
     to check against the private key."""
     try:
-        fields = _sequence(_bounded(der), "OneAsymmetricKey")
-        if len(fields) < 3 or fields[0][0] != 0x02 or fields[0][1] not in (b"\x00", b"\x01"):
-            raise ValueError("expected version 0 or 1, an AlgorithmIdentifier and a key")
-        oid = _algorithm_identifier(fields[1])
-        if fields[2][0] != 0x04:
-            raise ValueError("privateKey is not an OCTET STRING")
-        public: bytes | None = None
-        seen: set[int] = set()
-        for tag, value in fields[3:]:
-            if tag in seen or tag not in (0xA0, 0x81):
-                raise ValueError("unexpected trailing field")
-            seen.add(tag)
-            if tag == 0x81:
-                if fields[0][1] != b"\x01" or value[:1] != b"\x00":
-                    raise ValueError("malformed publicKey")
-                public = value[1:]
-        return oid, fields[2][1], public
-    except ValueError as exc:
+        info = der.decode_pkcs8(_bounded(encoded))
+    except der.DerError as exc:
         raise invalid_argument(f"malformed PKCS#8 private key: {exc}") from None
+    return info.oid, info.private_key, info.public_key
 
 
-_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
-
-
-def pem_encode(label: str, der: bytes) -> bytes:
+def pem_encode(label: str, encoded: bytes) -> bytes:
     """RFC 7468 text: base64 in 64-character lines between BEGIN/END ``label`` lines."""
-    text = base64.b64encode(der)
-    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
-    return b"\n".join([f"-----BEGIN {label}-----".encode(), *lines,
-                       f"-----END {label}-----".encode(), b""])
+    return der.pem_encode(label, encoded)
 
 
 def pem_decode(data: bytes) -> tuple[str, bytes]:
     """(label, DER) of the first PEM block in ``data``."""
-    match = _PEM.search(_bounded(data))
-    if match is None:
-        raise invalid_argument("no PEM block found")
     try:
-        der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
-    except ValueError:
-        raise invalid_argument("the PEM block is not valid base64") from None
-    return match.group(1).decode("ascii"), der
+        return der.pem_decode(_bounded(data))
+    except der.DerError as exc:
+        raise invalid_argument(f"malformed PEM: {exc}") from None
 
-
-# --- DER, strictly: definite minimal lengths, low tag numbers, nothing trailing -------------
 
 def _bounded(data: bytes) -> bytes:
     data = bytes(data)
     if len(data) > MAX_DER_SIZE:
         raise invalid_argument(f"encoded keys are at most {MAX_DER_SIZE} bytes")
     return data
-
-
-def _tlv(tag: int, value: bytes) -> bytes:
-    length = len(value)
-    if length < 0x80:
-        header = bytes([tag, length])
-    else:
-        octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
-        header = bytes([tag, 0x80 | len(octets)]) + octets
-    return header + value
-
-
-def _read(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    if pos + 2 > len(data):
-        raise ValueError("truncated")
-    tag, first = data[pos], data[pos + 1]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("high tag numbers are not used here")
-    pos += 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4 or pos + count > len(data):
-            raise ValueError("bad length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        if length < 0x80 or data[pos] == 0:
-            raise ValueError("non-minimal length")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated")
-    return tag, data[pos:pos + length], pos + length
-
-
-def _sequence_body(body: bytes) -> list[tuple[int, bytes]]:
-    fields = []
-    pos = 0
-    while pos < len(body):
-        tag, value, pos = _read(body, pos)
-        fields.append((tag, value))
-    return fields
-
-
-def _sequence(data: bytes, what: str) -> list[tuple[int, bytes]]:
-    tag, body, end = _read(data, 0)
-    if tag != 0x30 or end != len(data):
-        raise ValueError(f"{what} is not one DER SEQUENCE")
-    return _sequence_body(body)
-
-
-def _algorithm_identifier(field: tuple[int, bytes]) -> str:
-    tag, body = field
-    if tag != 0x30:
-        raise ValueError("AlgorithmIdentifier is not a SEQUENCE")
-    inner = _sequence_body(body)
-    if not inner or inner[0][0] != 0x06:
-        raise ValueError("AlgorithmIdentifier has no OID")
-    if len(inner) != 1:
-        raise ValueError("AlgorithmIdentifier parameters must be absent")
-    return _decode_oid(inner[0][1])
-
-
-def _encode_oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    out = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return bytes(out)
-
-
-def _decode_oid(data: bytes) -> str:
-    if not data or data[-1] & 0x80:
-        raise ValueError("malformed OID")
-    arcs: list[int] = []
-    value = 0
-    starting = True
-    for byte in data:
-        if starting and byte == 0x80:
-            raise ValueError("non-minimal OID arc")
-        value = (value << 7) | (byte & 0x7F)
-        starting = not byte & 0x80
-        if starting:
-            arcs.append(value)
-            value = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first, *arcs[1:]])

@@ -23,6 +23,7 @@ Errors: raise :class:`~cryptostack_core.wire.errors.CryptoError` with the matchi
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import logging
 from collections.abc import Iterable, Mapping
@@ -44,6 +45,7 @@ __all__ = [
     "CipherOperation",
     "HashOperation",
     "KekSource",
+    "OrphanDestroyed",
     "Provider",
     "ProviderEnvironment",
     "ProviderKey",
@@ -110,6 +112,16 @@ class StoredKey:
     secret: bool
 
 
+@dataclass(frozen=True)
+class OrphanDestroyed:
+    """A backend object :meth:`Provider.reconcile_stored` destroyed (one audit event)."""
+
+    resource: str
+    """What it was (a token object's label)."""
+    detail: str
+    """Why and what exactly (ids), for the audit log."""
+
+
 class HashOperation(abc.ABC):
     """One message digest in progress."""
 
@@ -120,6 +132,14 @@ class HashOperation(abc.ABC):
     @abc.abstractmethod
     def finalize(self) -> bytes:
         """Return the digest; the object is not used afterwards."""
+
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
 
 
 class CipherOperation(abc.ABC):
@@ -143,6 +163,18 @@ class CipherOperation(abc.ABC):
     def finalize(self) -> bytes:
         """Finish the message (padding, tag) and return the remaining output."""
 
+    async def update_aad_async(self, data: Buffer) -> None:
+        """:meth:`update_aad` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update_aad(data)
+
+    async def update_async(self, data: Buffer) -> bytes:
+        """:meth:`update` on the daemon's event loop."""
+        return self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
+
 
 class SignOperation(abc.ABC):
     """One message being signed or MACed."""
@@ -154,6 +186,14 @@ class SignOperation(abc.ABC):
     @abc.abstractmethod
     def finalize(self) -> bytes:
         """Return the signature (DER for ECDSA) or the MAC tag."""
+
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize()
 
 
 class VerifyOperation(abc.ABC):
@@ -167,6 +207,14 @@ class VerifyOperation(abc.ABC):
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` is valid for the message; False otherwise (never raises for a
         merely wrong or malformed signature)."""
+
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the daemon's event loop (see :meth:`Provider.runs_async`)."""
+        self.update(data)
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the daemon's event loop."""
+        return self.finalize(signature)
 
 
 class KekSource(abc.ABC):
@@ -243,6 +291,25 @@ class Provider(abc.ABC):
         """
         return False
 
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """True when the daemon may run a stream call (``update``, ``finalize``... of a hash,
+        cipher, sign or verify context) by awaiting the operation object's ``*_async``
+        methods on its event loop instead of sending it to a thread.
+
+        For providers whose backend is a worker process on the SDK's worker host (which
+        runs on the daemon's loop): a call then costs one round trip to the worker and no
+        thread. The provider promises that its ``*_async`` methods never block, that
+        ``create_hash``/``create_cipher``/``create_signer``/``create_verifier`` are cheap
+        (they run on the loop too), and that local work on ``size`` bytes stays small.
+        """
+        return False
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the ``*_async`` methods must be awaited on (a worker host's:
+        the daemon's own loop in the daemon, a background loop elsewhere); None when any
+        loop will do."""
+        return None
+
     @staticmethod
     def spec(algorithm: str) -> AlgorithmSpec:
         """Registry facts for a canonical algorithm name."""
@@ -294,6 +361,18 @@ class Provider(abc.ABC):
     def delete_stored_key(self, stored: StoredKey) -> None:
         """Destroy the durable copy (token object, TPM persistent handle) when a slot is
         overwritten or cleared. Nothing to do for material kept in the key store."""
+
+    def reconcile_stored(self, references: list[StoredKey]) -> list[OrphanDestroyed]:
+        """Crash consistency of durable backend objects, called once at daemon start with
+        every reference (``secret=False``) the key store holds for this provider.
+
+        The daemon records a slot after :meth:`persist_key` returned and destroys the old
+        copy after the slot changed: a crash in between leaves a backend object no slot
+        names. A provider that creates such objects keeps a durable record of them (before
+        creating one, until it is destroyed) and destroys here every recorded object that no
+        reference names; each one is audited. The default has nothing to reconcile.
+        """
+        return []
 
     # --- operations ------------------------------------------------------------------
     def create_hash(self, algorithm: str) -> HashOperation:

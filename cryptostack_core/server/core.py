@@ -8,6 +8,7 @@ provider). The operation families in :mod:`cryptostack_core.server.ops` are buil
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 import logging
@@ -53,6 +54,14 @@ from cryptostack_core.wire.resources import (
 
 log = logging.getLogger("cryptostack.service")
 PROBE_TIMEOUT = 1.0  # seconds a provider has to answer a status probe
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
@@ -111,6 +120,7 @@ class ServiceCore:
         self._session_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._reconcile_stored()
         self.provision_slots()
 
     def _require_providers(self) -> None:
@@ -266,7 +276,8 @@ class ServiceCore:
                 ctx: ContextState = handle.obj
                 # A call still running on this context (abandoned after a timeout) keeps
                 # its lock; do not wait long for it: closing marks the context dead anyway.
-                acquired = ctx.lock.acquire(timeout=0 if ctx.error else 5)
+                # On an event loop never wait: the call holding it may need that loop.
+                acquired = ctx.lock.acquire(timeout=0 if ctx.error or _on_event_loop() else 5)
                 try:
                     ctx.close()
                 finally:
@@ -463,6 +474,28 @@ class ServiceCore:
         return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
                         compatible=record.compatible, slot=name, export_uids=exports)
+
+    def _reconcile_stored(self) -> None:
+        """Let each provider destroy durable objects a crash left without a slot (audited)."""
+        daemon = PeerIdentity(os.getpid(), os.getuid(), os.getgid())
+        for loaded in self.providers.by_id.values():
+            if loaded.instance is None:
+                continue
+            try:
+                destroyed = loaded.instance.reconcile_stored(self.keystore.references(loaded.id))
+            except Exception as exc:  # noqa: BLE001 - retried at the next start
+                log.error("provider %s (%d) could not reconcile its stored objects: %s",
+                          loaded.name, loaded.id, exc)
+                continue
+            for orphan in destroyed:
+                log.warning("provider %s (%d): %s: %s", loaded.name, loaded.id,
+                            orphan.resource, orphan.detail)
+                try:
+                    self.pm.hook.cryptostack_audit(event=AuditEvent(
+                        action="key.reconcile", client=daemon, resource=orphan.resource,
+                        result="ok", provider=loaded.id, detail=orphan.detail))
+                except Exception:
+                    log.exception("an audit hook failed")
 
     def provision_slots(self) -> None:
         """Fill every empty slot marked ``provision``/``import`` (at start and on reload)."""

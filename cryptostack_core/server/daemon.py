@@ -1,8 +1,15 @@
 """The daemon: the service behind a unix socket (asyncio, uvloop when available).
 
-Each connection is a session identified by SO_PEERCRED. Cheap requests run on the event
-loop; everything else runs in a worker pool per provider (a stuck backend cannot starve
-the others) and is bounded by the request's deadline: at the deadline the client gets
+Each connection is a session identified by SO_PEERCRED. A request runs one of three ways:
+
+* cheap requests (control calls, small software operations) run on the event loop;
+* stream calls on a provider whose backend is a worker process (PKCS#11, TPM: the SDK's
+  worker hosts run on this same loop) are awaited on the loop: the request goes from the
+  client's socket to the worker's socket and back without any thread in between;
+* everything else runs in a thread pool per provider (a stuck backend cannot starve the
+  others).
+
+Every request is bounded by its deadline: at the deadline the client gets
 OPERATION_TIMED_OUT, the context enters its error state and the result, if it ever comes,
 is dropped. The socket appears (mode 0660 by default) only once the daemon is ready, and
 is removed on SIGTERM/SIGINT.
@@ -28,12 +35,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptostack_core.sdk.workers import use_event_loop
 from cryptostack_core.server import paths
 from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.reload import Reloader
 from cryptostack_core.server.request import Request
-from cryptostack_core.server.service import Call, Service
+from cryptostack_core.server.service import Call, ContextBusy, Route, Service
 from cryptostack_core.server.session import Session
 from cryptostack_core.server.systemd import Notifier, listen_sockets, unix_stream_listener
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -306,7 +314,8 @@ class Connection(asyncio.Protocol):
             return size
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
-        if self.service.runs_inline(session, request):
+        route = self.service.route(session, request)
+        if route is Route.INLINE:
             self._send(self._run(call, request_id, request))
             return size
         if len(self.in_flight) >= MAX_IN_FLIGHT:
@@ -314,8 +323,12 @@ class Connection(asyncio.Protocol):
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
             return size
-        task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms,
-                                                     size))
+        if route is Route.AWAITED:
+            task = asyncio.ensure_future(self._run_awaited(call, request_id, request,
+                                                           timeout_ms, size))
+        else:
+            task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms,
+                                                         size))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         return 0
@@ -403,6 +416,65 @@ class Connection(asyncio.Protocol):
             return error_response(request_id, CryptoError(
                 ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"))
 
+    async def _run_awaited(self, call: Call, request_id: int, request: Request,
+                           timeout_ms: int | None, size: int) -> None:
+        """A request the service runs awaited on this loop (a worker-hosted provider); one
+        whose context another call holds goes to the thread path instead."""
+        busy = False
+        try:
+            busy = await self._serve_awaited(call, request_id, request, timeout_ms)
+        finally:
+            if not busy:
+                self._release_frame(size)
+        if busy:
+            await self._run_async(call, request_id, request, timeout_ms, size)
+
+    async def _serve_awaited(self, call: Call, request_id: int, request: Request,
+                             timeout_ms: int | None) -> bool:
+        """Serve and answer; True (nothing done) when the context is busy."""
+        expired = False
+        timer: asyncio.TimerHandle | None = None
+        task = asyncio.current_task()
+        if call.deadline is not None and task is not None:
+            # The worker host answers OPERATION_TIMED_OUT at the deadline by itself; this
+            # timer only backs it up, for anything else an awaited call might wait for.
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            timer = self.server.loop.call_later(max(0.0, call.deadline - time.monotonic()),
+                                                expire)
+        try:
+            reply = {"id": request_id, "ok": True,
+                     "result": await self.service.handle_async(call, request)}
+        except ContextBusy:
+            if timer is not None:
+                timer.cancel()
+            return True
+        except CryptoError as exc:
+            if exc.code is not ErrorCode.OPERATION_TIMED_OUT:
+                reply = error_response(request_id, exc)
+            else:
+                reply = await self._timed_out(call, request_id, request, timeout_ms)
+        except asyncio.CancelledError:
+            if not expired:
+                call.abandoned = True  # the connection went away
+                raise
+            reply = await self._timed_out(call, request_id, request, timeout_ms)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._send(reply)
+        return False
+
+    async def _timed_out(self, call: Call, request_id: int, request: Request,
+                         timeout_ms: int | None) -> dict[str, Any]:
+        reason = f"{request.op} timed out after {timeout_ms} ms"
+        await self.server.loop.run_in_executor(self.server.control_pool, self.service.abandon,
+                                               call, request, reason)
+        return error_response(request_id, CryptoError(ErrorCode.OPERATION_TIMED_OUT, reason))
+
     async def _run_async(self, call: Call, request_id: int, request: Request,
                          timeout_ms: int | None, size: int) -> None:
         loop = self.server.loop
@@ -417,10 +489,7 @@ class Connection(asyncio.Protocol):
             else:
                 reply = await asyncio.wait_for(asyncio.shield(future), timeout_ms / 1000)
         except TimeoutError:
-            reason = f"{request.op} timed out after {timeout_ms} ms"
-            await loop.run_in_executor(self.server.control_pool, self.service.abandon, call,
-                                       request, reason)
-            reply = error_response(request_id, CryptoError(ErrorCode.OPERATION_TIMED_OUT, reason))
+            reply = await self._timed_out(call, request_id, request, timeout_ms)
         except asyncio.CancelledError:
             call.abandoned = True
             return
@@ -684,6 +753,9 @@ ROOT_REFUSAL = ("refusing to run as root: a flaw in the daemon or a provider wou
 def run_daemon(config: DaemonConfig) -> None:
     """Run in the foreground until SIGTERM/SIGINT (uses uvloop when installed).
 
+    The event loop is created first and given to the SDK's worker hosts (see
+    :func:`~cryptostack_core.sdk.workers.use_event_loop`) before the providers start.
+
     Refuses root unless ``allow_root``; takes a socket-activated listener when systemd
     passes one; fills in the default state directory and key store (:mod:`.paths`).
     """
@@ -703,16 +775,23 @@ def run_daemon(config: DaemonConfig) -> None:
         return paths.daemon_defaults(c, socket_path=socket_path)
 
     config = normalise(config)
-    service = Service(config)
-    source = None if config.source.startswith("<") else Path(config.source)
-    server = DaemonServer(config, service, listener=listener, notifier=notifier,
-                          reloader=Reloader(service.core, source, normalise))
     try:
         import uvloop
+        loop_factory: Any = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(server.serve())
-        return
-    uvloop.run(server.serve())
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        # The loop exists before the providers start, so the worker hosts of out-of-process
+        # providers bind to it: the daemon then reaches their workers without a thread.
+        use_event_loop(runner.get_loop())
+        try:
+            service = Service(config)
+            source = None if config.source.startswith("<") else Path(config.source)
+            server = DaemonServer(config, service, listener=listener, notifier=notifier,
+                                  reloader=Reloader(service.core, source, normalise))
+            runner.run(server.serve())
+        finally:
+            use_event_loop(None)
 
 
 __all__ = ["Connection", "DaemonServer", "DaemonStartError", "peer_identity", "run_daemon"]

@@ -8,6 +8,7 @@ without importing the server. ``inproc://`` gives each stack a private service;
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import threading
@@ -20,7 +21,7 @@ from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.defaults import default_config
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.request import Request
-from cryptostack_core.server.service import Call, Service
+from cryptostack_core.server.service import Call, ContextBusy, Route, Service
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.transport import Transport, timed_out
 
@@ -49,12 +50,32 @@ class InprocTransport(Transport):
         call = Call(self.session, deadline)
         if self.service.runs_inline(self.session, request):
             return _copy_out(self.service.handle(call, request))
+        loop = self.service.provider_loop(self.session, request)
+        if loop is not None and loop.is_running() and \
+                self.service.route(self.session, request, loop) is Route.AWAITED:
+            try:
+                return self._awaited(call, request, loop, timeout)
+            except ContextBusy:
+                pass  # another call holds the context: wait for it on the thread path
         future = self._pool.submit(self.service.handle, call, request)
         try:
             return _copy_out(future.result(timeout))
         except concurrent.futures.TimeoutError:
             self.service.abandon(call, request, f"{op} timed out after {timeout * 1000:.0f} ms"
                                  if timeout else op)
+            raise timed_out(timeout) from None
+
+    def _awaited(self, call: Call, request: Request, loop: asyncio.AbstractEventLoop,
+                 timeout: float | None) -> Any:
+        """A stream call on a worker-hosted provider, awaited on its host's loop: one hop to
+        that loop instead of a thread plus a hop per worker call."""
+        future = asyncio.run_coroutine_threadsafe(self.service.handle_async(call, request), loop)
+        try:
+            return _copy_out(future.result(timeout))
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self.service.abandon(call, request, f"{request.op} timed out after "
+                                                f"{(timeout or 0) * 1000:.0f} ms")
             raise timed_out(timeout) from None
 
     def close(self) -> None:

@@ -552,6 +552,13 @@ class KeyStore:
             return StoredKey(bytes(row[8]), False)
         return None
 
+    def references(self, provider: int) -> list[StoredKey]:
+        """Every non-secret stored key (a backend reference) of ``provider``'s slots."""
+        with self._lock:
+            rows = self._db.execute("SELECT blob FROM key_slots WHERE provider = ? AND "
+                                    "secret = 0", (provider,)).fetchall()
+        return [StoredKey(bytes(row[0]), False) for row in rows]
+
     def slot_names(self) -> list[str]:
         """Names of all stored (occupied) slots."""
         with self._lock:

@@ -13,6 +13,8 @@ The operations themselves live in :mod:`.ops`, one module per family, over the s
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +29,13 @@ from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.core import Call, ServiceCore
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.ops.certificates import CertificateOps
-from cryptostack_core.server.ops.contexts import SECRET_OPERATION, STREAM_OPERATION, ContextOps
+from cryptostack_core.server.ops.contexts import (
+    SECRET_OPERATION,
+    STREAM_OPERATION,
+    AsyncOp,
+    ContextBusy,
+    ContextOps,
+)
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
 from cryptostack_core.server.request import Request
@@ -56,7 +64,25 @@ _SELECTED: dict[str, Operation] = {
     "key.import": Operation.IMPORT_KEY, "key.derive": Operation.DERIVE}
 """Requests that create something on the provider selection picks for (algorithm, operation)."""
 
-__all__ = ["Call", "Request", "Service"]
+__all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
+
+
+_RUNNING_LOOP = object()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Route(enum.Enum):
+    """How a front end runs a request (see :meth:`Service.route`)."""
+
+    INLINE = "inline"
+    AWAITED = "awaited"
+    THREAD = "thread"
 
 
 class Service:
@@ -67,9 +93,11 @@ class Service:
         self.core = ServiceCore(config, plugin_manager=plugin_manager, state_dir=state_dir)
         self.config = config
         certificates = CertificateOps(self.core)
+        contexts = ContextOps(self.core)
+        self._async_ops: dict[str, AsyncOp] = contexts.async_operations()
         families: list[Mapping[str, Op]] = [
             ControlOps(self.core, certificates.slot_status).operations(),
-            ContextOps(self.core).operations(),
+            contexts.operations(),
             KeyOps(self.core).operations(),
             certificates.operations(),
         ]
@@ -160,28 +188,113 @@ class Service:
             memory.release(held, "batch results")
         return results
 
-    def runs_inline(self, session: Session, request: Request) -> bool:
-        """Whether a request is cheap enough to run on the front end's own thread or loop."""
+    def runs_async(self, session: Session, request: Request) -> bool:
+        """Whether a front end on an event loop may await :meth:`handle_async` for this
+        request instead of sending :meth:`handle` to a thread (see :meth:`route`)."""
+        return self.route(session, request) is Route.AWAITED
+
+    def route(self, session: Session, request: Request,
+              loop: Any = _RUNNING_LOOP) -> Route:
+        """How a front end runs a request: inline (cheap: no provider, or the provider's
+        :meth:`~cryptostack_core.sdk.Provider.run_inline`), awaited on ``loop`` (a stream
+        call, or a batch of them on one context, whose provider's backend is a worker:
+        :meth:`~cryptostack_core.sdk.Provider.runs_async`, when the provider's
+        :meth:`~cryptostack_core.sdk.Provider.event_loop` is ``loop``; by default the
+        caller's running loop), or on a thread."""
         if request.op == "batch":
-            return len(request.members) <= INLINE_BATCH_LENGTH and all(
-                self.runs_inline(session, member) for member in request.members)
-        if request.op in CONTROL_OPS or request.op not in self._ops:
-            return True  # no provider involved, or fails fast with an error
-        if request.op == "resource.release":
-            return self._released_key(session, request) is None
+            routes = {self.route(session, member, loop) for member in request.members}
+            if routes <= {Route.INLINE} and len(request.members) <= INLINE_BATCH_LENGTH:
+                return Route.INLINE
+            members = request.members
+            if routes == {Route.AWAITED} and all(m.context == members[0].context
+                                                 for m in members):
+                return Route.AWAITED
+            return Route.THREAD
+        op = request.op
+        if op == "resource.release" and self._released_key(session, request) is not None:
+            return Route.THREAD  # releasing a key may call its provider
+        if op in CONTROL_OPS or op not in self._ops:
+            return Route.INLINE  # no provider involved, or fails fast with an error
         family, verb = request.family, request.verb
         if family == "hash" and verb == "create":
-            return True
-        operation = SECRET_OPERATION.get(request.op) or (
+            return Route.INLINE
+        operation = SECRET_OPERATION.get(op) or (
             STREAM_OPERATION.get(family) if verb != "create" else None)
         if operation is None:
-            return False
+            return Route.THREAD
         ctx = self._context_of(session, request)
         if ctx is None:
-            return True  # fails fast: no such context
+            return Route.INLINE  # fails fast: no such context
         instance = ctx.loaded.instance
-        return instance is None or bool(
-            instance.run_inline(operation, request.data_size, algorithm=ctx.algorithm))
+        if instance is None or instance.run_inline(operation, request.data_size,
+                                                   algorithm=ctx.algorithm):
+            return Route.INLINE
+        if op in self._async_ops and instance.runs_async(operation, request.data_size,
+                                                         algorithm=ctx.algorithm):
+            if loop is _RUNNING_LOOP:
+                loop = _running_loop()
+            own = instance.event_loop()
+            if loop is not None and (own is None or own is loop):
+                return Route.AWAITED
+        return Route.THREAD
+
+    def provider_loop(self, session: Session, request: Request) -> asyncio.AbstractEventLoop | None:
+        """The event loop of the provider a (stream) request targets, if it has one: a
+        front end without a loop of its own (``inproc://``) may await the request there."""
+        leaf = request.members[0] if request.op == "batch" and request.members else request
+        ctx = self._context_of(session, leaf)
+        instance = ctx.loaded.instance if ctx is not None else None
+        return instance.event_loop() if instance is not None else None
+
+    async def handle_async(self, call: Call, request: Request) -> Any:
+        """:meth:`handle` for a request :meth:`runs_async` accepted, on the front end's loop.
+        Raises :class:`ContextBusy` (nothing done) when another call holds the context: run
+        the request on the thread path then."""
+        if request.op != "batch":
+            return await self._handle_awaited(call, request, locked=False)
+        ctx = self._context_of(call.session, request.members[0])
+        if ctx is None or not ctx.lock.acquire(blocking=False):
+            raise ContextBusy()
+        try:  # members run one after the other; the first failure ends the batch
+            return [await self._handle_awaited(call, member, locked=True)
+                    for member in request.members]
+        finally:
+            ctx.lock.release()
+
+    async def _handle_awaited(self, call: Call, request: Request, *, locked: bool) -> Any:
+        fn = self._async_ops[request.op]
+        args = request.args
+        region = call.session.shm
+        if region is not None:
+            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                    for k, v in args.items()}
+        observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
+        started = time.perf_counter() if observed else 0.0
+        result = "ok"
+        try:
+            with deadline_scope_until(call.deadline):
+                if call.deadline is not None and time.monotonic() > call.deadline:
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      "the deadline passed before the daemon could start the call")
+                return await fn(call, args, locked=locked)
+        except ContextBusy:
+            observed = False
+            raise
+        except CryptoError as exc:
+            result = exc.code.value
+            raise
+        except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+            result = ErrorCode.PROVIDER_ERROR.value
+            log.exception("%s failed inside a provider", request.op)
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if observed:
+                self.core.metric("request.seconds", time.perf_counter() - started,
+                                 {"op": request.op, "result": result})
+
+    def runs_inline(self, session: Session, request: Request) -> bool:
+        """Whether a request is cheap enough to run on the front end's own thread or loop."""
+        return self.route(session, request) is Route.INLINE
 
     def provider_for(self, session: Session, request: Request) -> int | None:
         """The provider whose worker pool should run a (non-inline) request: the one the

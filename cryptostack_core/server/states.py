@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hmac
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cryptostack_core.sdk.provider import (
@@ -145,6 +145,14 @@ class StreamContextState(ContextState):
             self.abort()
             raise
 
+    async def _guard_async(self, call: Awaitable[Any]) -> Any:
+        """:meth:`_guard` for an awaited provider call (cancellation aborts too)."""
+        try:
+            return await call
+        except BaseException:
+            self.abort()
+            raise
+
     def init(self, **params: Any) -> None:
         """Start a message."""
         if self.state is MessagePhase.ACTIVE:
@@ -198,6 +206,27 @@ class StreamContextState(ContextState):
         self._unbuffer()
         return result
 
+    # Twins of update/finalize for providers whose calls are awaited on the daemon's loop
+    # (Provider.runs_async): the same state machine, the provider's *_async methods.
+    async def update_async(self, data: Buffer) -> Any:
+        """:meth:`update`, awaiting the provider."""
+        self._require_active("update")
+        if self._buffers_message():
+            self._count(data)
+        self.data_seen = True
+        op = self.op
+        assert op is not None
+        return await self._guard_async(op.update_async(data))
+
+    async def finalize_async(self) -> Any:
+        """:meth:`finalize`, awaiting the provider."""
+        self._require_active("finalize")
+        op = self.op
+        assert op is not None
+        result = await self._guard_async(op.finalize_async())
+        self.op, self.state = None, MessagePhase.DONE
+        return result
+
     def reset(self) -> None:
         """Discard any partial message; the context can be reused."""
         self.op = None
@@ -223,6 +252,16 @@ class HashState(StreamContextState):
         self.init()
         self.update(data)
         digest: bytes = self.finalize()
+        return digest
+
+    async def single_shot_async(self, data: Buffer) -> bytes:
+        """:meth:`single_shot`, awaiting the provider."""
+        if self.state is MessagePhase.ACTIVE:
+            raise CryptoError(ErrorCode.INVALID_STATE,
+                              "single_shot() while a message is in progress; reset() first")
+        self.init()
+        await self.update_async(data)
+        digest: bytes = await self.finalize_async()
         return digest
 
 
@@ -276,6 +315,19 @@ class CipherState(StreamContextState):
         op = self.op
         assert op is not None
         self._guard(lambda: op.update_aad(data))
+
+    async def update_aad_async(self, data: Buffer) -> None:
+        """:meth:`update_aad`, awaiting the provider."""
+        self._require_active("update_aad")
+        if not self.aead:
+            raise CryptoError(ErrorCode.INVALID_STATE,
+                              f"{self.algorithm} is not an AEAD; it takes no associated data")
+        if self.data_seen:
+            raise CryptoError(ErrorCode.INVALID_STATE,
+                              "update_aad() must come before the first update()")
+        op = self.op
+        assert op is not None
+        await self._guard_async(op.update_aad_async(data))
 
 
 class SignState(StreamContextState):
@@ -346,6 +398,21 @@ class VerifyState(SignState):
             return len(signature) == wanted and hmac.compare_digest(full[:wanted], signature)
         verifier: VerifyOperation = op  # type: ignore[assignment]
         ok = bool(self._guard(lambda: verifier.finalize(signature)))
+        self.op, self.state = None, MessagePhase.DONE
+        return ok
+
+    async def finalize_verify_async(self, signature: bytes) -> bool:
+        """:meth:`finalize_verify`, awaiting the provider."""
+        self._require_active("verify_finalize")
+        op = self.op
+        assert op is not None
+        if self.is_mac:
+            full: bytes = await self._guard_async(op.finalize_async())
+            self.op, self.state = None, MessagePhase.DONE
+            wanted = len(full) if self.tag_length is None else self.tag_length
+            return len(signature) == wanted and hmac.compare_digest(full[:wanted], signature)
+        verifier: VerifyOperation = op  # type: ignore[assignment]
+        ok = bool(await self._guard_async(verifier.finalize_async(signature)))
         self.op, self.state = None, MessagePhase.DONE
         return ok
 

@@ -10,6 +10,8 @@ allow_test_providers = true``, and the default stack never picks it.
     ``seed`` (str): keys and random bytes are derived from it and a counter, so runs are
     reproducible. Without a seed they come from the OS (``os.urandom``).
     ``delay`` (float s): sleep in every call; ``delays`` ({call: seconds}) per call name.
+    ``gates`` ({call: path}): the call stops at the :class:`~cryptostack_core.testing.waiting.Gate`
+    listening at ``path`` until the test opens it (ordering across processes without sleeps).
     ``fail`` ({call: ERROR_CODE or "crash"}): raise that error from the call.
     ``algorithms`` (list): restrict the capabilities.
     ``extractable`` (bool, default true): whether keys may move to other providers.
@@ -64,6 +66,7 @@ from cryptostack_core.sdk import (
     StoredKey,
     VerifyOperation,
 )
+from cryptostack_core.testing.waiting import pass_gate
 
 HASHES = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512", "SHA3-256": "sha3_256"}
 SYMMETRIC = {"AES-128": 16, "AES-256": 32, "HMAC-SHA-256": 32, "HMAC-SHA-512": 64,
@@ -103,6 +106,8 @@ class MockProvider(Provider):
         self.delays: dict[str, float] = {k: float(v) for k, v in
                                          dict(self.options.get("delays", {})).items()}
         self.failures: dict[str, str] = dict(self.options.get("fail", {}))
+        self.gates: dict[str, str] = {str(k): str(v) for k, v in
+                                      dict(self.options.get("gates", {})).items()}
         self.extractable = bool(self.options.get("extractable", True))
         self.calls: list[str] = []
 
@@ -129,6 +134,9 @@ class MockProvider(Provider):
     def fault(self, call: str) -> None:
         """Apply the configured delay and failure for ``call``."""
         self.calls.append(call)
+        gate = self.gates.get(call)
+        if gate is not None:
+            pass_gate(gate)
         delay = self.delays.get(call, self.delay)
         if delay:
             time.sleep(delay)
@@ -169,7 +177,7 @@ class MockProvider(Provider):
         return caps
 
     def run_inline(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
-        return not (self.delay or self.delays or self.failures) and size <= 65536
+        return not (self.delay or self.delays or self.failures or self.gates) and size <= 65536
 
     # --- keys ------------------------------------------------------------------------
     def _key(self, algorithm: str, material: bytes, has_private: bool = True) -> MockKey:
@@ -394,6 +402,9 @@ class _MockSigner(SignOperation):
 
 class _MockVerifier(_MockSigner, VerifyOperation):
     _kind = "verify"
+
+    async def finalize_async(self, signature: bytes) -> bool:  # type: ignore[override]
+        return self.finalize(signature)
 
     def finalize(self, signature: bytes) -> bool:  # type: ignore[override]
         self.p.fault("verify.finalize")

@@ -65,6 +65,20 @@ class KeyClass(enum.Enum):
     ASYMMETRIC = "asymmetric"
 
 
+GCM_IV_SIZES = (8, 128)
+"""AES-GCM IVs accepted, in bytes: shorter IVs collide after few messages under one key;
+longer ones add nothing (GHASH folds them); 12 is the recommended length."""
+GCM_TAG_SIZES = frozenset({4, 8, 12, 13, 14, 15, 16})
+"""AES-GCM tag lengths accepted: exactly those NIST SP 800-38D section 5.2.1.2 allows (4 and
+8 only for special applications, which is the caller's responsibility)."""
+MIN_MAC_TAG = 10
+"""Shortest truncated HMAC tag a verification may ask for (RFC 2104 section 5: 80 bits)."""
+MAX_CONTEXT_STRING = 255
+"""Longest context string of ML-DSA and SLH-DSA (FIPS 204, FIPS 205) and the composites."""
+MAX_RANDOM = 1 << 20
+"""Most random bytes one ``random.generate`` call returns."""
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """Static facts about one algorithm.
@@ -92,6 +106,44 @@ class AlgorithmSpec:
     hash_algorithm: str = ""
     supports_context_string: bool = False
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    # Parameter limits: declared here once, enforced by the daemon for every provider (and
+    # checked by providers called directly, with the same helpers below).
+    iv_sizes: tuple[int, int] = (0, 0)
+    """Shortest and longest IV or nonce a cipher accepts; (0, 0) means exactly ``iv_size``."""
+    tag_sizes: frozenset[int] = frozenset()
+    """Tag lengths an AEAD accepts (empty: only ``tag_size``)."""
+    min_tag_size: int = 0
+    """MACs: the shortest truncated tag a verification may ask for."""
+    max_context_string: int = 0
+    """Longest context string (with ``supports_context_string``)."""
+    max_output: int = 0
+    """RANDOM: most bytes one call returns."""
+
+    def check_iv(self, length: int) -> None:
+        """INVALID_ARGUMENT unless ``length`` is an IV length this cipher accepts."""
+        low, high = self.iv_sizes if self.iv_sizes != (0, 0) else (self.iv_size, self.iv_size)
+        if not low <= length <= high:
+            wanted = f"a {low}-byte IV" if low == high else \
+                f"an IV of {low} to {high} bytes ({self.iv_size} recommended)"
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{self.name} needs {wanted}, got {length}")
+
+    def check_tag_length(self, length: int) -> None:
+        """INVALID_ARGUMENT unless ``length`` is a tag length this AEAD accepts."""
+        allowed = self.tag_sizes or frozenset({self.tag_size})
+        if length not in allowed:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{self.name} tag length must be one of {sorted(allowed)} bytes, "
+                              f"got {length}")
+
+    def check_context_string(self, context: bytes) -> None:
+        """INVALID_ARGUMENT unless ``context`` is a context string this algorithm takes."""
+        if context and not self.supports_context_string:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{self.name} takes no context string")
+        if len(context) > self.max_context_string and self.supports_context_string:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{self.name} context strings are at most "
+                              f"{self.max_context_string} bytes, got {len(context)}")
 
     @property
     def is_key_algorithm(self) -> bool:
@@ -199,7 +251,8 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
         reg.register(AlgorithmSpec(f"AES-{bits}-CBC", K.CIPHER, key_algorithms=(f"AES-{bits}",),
                                    key_size=bits // 8, block_size=16, iv_size=16))
         reg.register(AlgorithmSpec(f"AES-{bits}-GCM", K.AEAD, key_algorithms=(f"AES-{bits}",),
-                                   key_size=bits // 8, block_size=16, iv_size=12, tag_size=16))
+                                   key_size=bits // 8, block_size=16, iv_size=12, tag_size=16,
+                                   iv_sizes=GCM_IV_SIZES, tag_sizes=GCM_TAG_SIZES))
         reg.register(AlgorithmSpec(f"AES-{bits}-CTR", K.CIPHER, key_algorithms=(f"AES-{bits}",),
                                    key_size=bits // 8, block_size=1, iv_size=16))
         reg.register(AlgorithmSpec(f"AES-{bits}-CFB", K.CIPHER, key_algorithms=(f"AES-{bits}",),
@@ -221,7 +274,7 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
         name = f"HMAC-{h}"
         reg.register(AlgorithmSpec(
             name, K.MAC, key_class=sym, key_size=size, digest_size=size, block_size=block,
-            signature_size=size, hash_algorithm=h,
+            signature_size=size, hash_algorithm=h, min_tag_size=MIN_MAC_TAG,
             default_permissions=P.MAC | P.SIGN | P.VERIFY,
             key_algorithms=(name, "GENERIC-SECRET")))
     # --- KDF
@@ -266,7 +319,8 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
         reg.register(AlgorithmSpec(
             name, K.SIGNATURE, aliases=(f"MLDSA{level}", f"Dilithium-ML-DSA-{level}"),
             key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-            signature_size=sig, public_key_size=pk, supports_context_string=True))
+            signature_size=sig, public_key_size=pk, supports_context_string=True,
+            max_context_string=MAX_CONTEXT_STRING))
     for level, pk, ct in [(512, 800, 768), (768, 1184, 1088), (1024, 1568, 1568)]:
         name = f"ML-KEM-{level}"
         reg.register(AlgorithmSpec(
@@ -284,7 +338,8 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
                 aliases=(f"SLH_DSA_PURE_{hash_family}_{variant.upper()}",
                          f"SPHINCS+-{hash_family}-{variant}-simple"),
                 key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-                signature_size=sig, public_key_size=pk, supports_context_string=True))
+                signature_size=sig, public_key_size=pk, supports_context_string=True,
+            max_context_string=MAX_CONTEXT_STRING))
     for level, pk, sig in [(512, 897, 752), (1024, 1793, 1462)]:
         name = f"Falcon-{level}"
         reg.register(AlgorithmSpec(
@@ -316,8 +371,10 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
             name, K.SIGNATURE, aliases=(f"id-MLDSA{level}-{pairing}-{prehash}",
                                         f"ML-DSA-{level}-{pairing}"),
             key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-            signature_size=sig, public_key_size=pk, supports_context_string=True))
-    reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG")))
+            signature_size=sig, public_key_size=pk, supports_context_string=True,
+            max_context_string=MAX_CONTEXT_STRING))
+    reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG"),
+                               max_output=MAX_RANDOM))
 
 
 _register_builtins(REGISTRY)

@@ -14,7 +14,7 @@ Creating a context is not an outcome (refusals at creation are audited by the ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from cryptostack_core.sdk.provider import ProviderKey
@@ -47,9 +47,9 @@ from cryptostack_core.wire.permissions import KeyOperationPermission as P
 from cryptostack_core.wire.resources import CipherDirection, ResourcePersistence
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
+AsyncOp = Callable[..., Awaitable[Any]]
+"""``(call, args, *, locked=False)``: ``locked`` when the caller holds the context's lock."""
 _S = TypeVar("_S", bound=StreamContextState)
-MIN_MAC_TAG = 10  # bytes: the shortest truncated MAC a verify context accepts (80 bits)
-MAX_CONTEXT_STRING = 255  # bytes (FIPS 204/205 context strings)
 
 STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
                     "sign": Operation.SIGN, "verify": Operation.VERIFY}
@@ -59,6 +59,11 @@ is absent on purpose: a call of any size may seal or open a whole held segment (
 SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
                     "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
 """Calls that produce a secret key, and their provider operation."""
+
+
+class ContextBusy(Exception):
+    """A context another call is using: the awaited path leaves it to the thread path, whose
+    call waits for the context's lock (the event loop must not)."""
 
 
 class ContextOps:
@@ -105,6 +110,28 @@ class ContextOps:
             "kem.decapsulate": self.decapsulate,
             "agree.create": self.agree_create,
             "agree.agree": self.agree,
+        }
+
+    def async_operations(self) -> dict[str, AsyncOp]:
+        """The stream calls a front end may await on its event loop when the context's
+        provider says so (:meth:`~cryptostack_core.sdk.Provider.runs_async`): the same state
+        machine, with the provider's ``*_async`` methods."""
+        stream = self._awaited_stream_call
+        return {
+            "hash.init": stream(HashState, _init_awaited),
+            "hash.update": stream(HashState, _update_awaited),
+            "hash.finalize": stream(HashState, _finalize_awaited),
+            "hash.single_shot": stream(HashState, _single_shot_awaited),
+            "cipher.init": stream(CipherState, _cipher_init_awaited),
+            "cipher.update_aad": stream(CipherState, _update_aad_awaited),
+            "cipher.update": stream(CipherState, _update_awaited),
+            "cipher.finalize": stream(CipherState, _finalize_awaited),
+            "sign.init": stream(SignState, _init_awaited),
+            "sign.update": stream(SignState, _update_awaited),
+            "sign.finalize": stream(SignState, _finalize_awaited),
+            "verify.init": stream(VerifyState, _init_awaited),
+            "verify.update": stream(VerifyState, _update_awaited),
+            "verify.finalize": stream(VerifyState, _verify_finalize_awaited),
         }
 
     # --- creation ------------------------------------------------------------------------
@@ -160,9 +187,8 @@ class ContextOps:
             raise invalid(f"{spec.name} is not a cipher")
         direction = enum_arg(args, "direction", CipherDirection)
         tag_length = int_arg(args, "tag_length", default=spec.tag_size or 0, lo=0, hi=64)
-        if spec.kind is AlgorithmKind.AEAD and not 4 <= tag_length <= spec.tag_size:
-            raise invalid(f"tag length {tag_length} is out of range for {spec.name} "
-                          f"(4..{spec.tag_size})")
+        if spec.kind is AlgorithmKind.AEAD:
+            spec.check_tag_length(tag_length)  # the limits are declared on the algorithm
         encrypt = direction is CipherDirection.ENCRYPT
         operation = Operation.ENCRYPT if encrypt else Operation.DECRYPT
         wanted = P.ENCRYPT if encrypt else P.DECRYPT
@@ -195,10 +221,7 @@ class ContextOps:
     @staticmethod
     def _context_string(spec: AlgorithmSpec, args: Mapping[str, Any]) -> bytes:
         context = bytes(data_arg(args, "context")) if args.get("context") is not None else b""
-        if context and not spec.supports_context_string:
-            raise invalid(f"{spec.name} takes no context string")
-        if len(context) > MAX_CONTEXT_STRING:
-            raise invalid(f"context strings are at most {MAX_CONTEXT_STRING} bytes")
+        spec.check_context_string(context)
         return context
 
     @staticmethod
@@ -221,7 +244,7 @@ class ContextOps:
         """A verification context (MACs are verified by recomputing them)."""
         spec = self._signature_spec(args)
         context = self._context_string(spec, args)
-        tag_length = int_arg(args, "tag_length", default=None, lo=MIN_MAC_TAG,
+        tag_length = int_arg(args, "tag_length", default=None, lo=max(1, spec.min_tag_size),
                              hi=spec.digest_size or 64)
         is_mac = spec.kind is AlgorithmKind.MAC
         if tag_length is not None and not is_mac:
@@ -370,6 +393,22 @@ class ContextOps:
                 return result
         return serve
 
+    def _awaited_stream_call(self, kind: type[_S],
+                             run: Callable[[_S, Mapping[str, Any]], Awaitable[Any]]) -> AsyncOp:
+        async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
+            ctx = self.core.context(call, args.get("ctx"), kind)
+            if locked:
+                ctx.check_usable()
+                return await run(ctx, args)
+            if not ctx.lock.acquire(blocking=False):
+                raise ContextBusy()
+            try:
+                ctx.check_usable()
+                return await run(ctx, args)
+            finally:
+                ctx.lock.release()
+        return serve
+
 
 def _outcome_operation(ctx: ContextState) -> Operation:
     """The operation a stream context's message performed (the audit spelling)."""
@@ -385,7 +424,9 @@ def _init(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
 
 
 def _cipher_init(ctx: CipherState, args: Mapping[str, Any]) -> None:
-    ctx.init(iv=bytes(data_arg(args, "iv")) if args.get("iv") is not None else b"")
+    iv = bytes(data_arg(args, "iv")) if args.get("iv") is not None else b""
+    ctx.spec.check_iv(len(iv))  # the limits are declared on the algorithm
+    ctx.init(iv=iv)
 
 
 def _streaming_init(ctx: StreamingAeadState, args: Mapping[str, Any]) -> None:
@@ -414,3 +455,32 @@ def _reset(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
 
 def _single_shot(ctx: HashState, args: Mapping[str, Any]) -> bytes:
     return ctx.single_shot(data_arg(args))
+
+
+# --- the same calls, awaiting the provider (see ContextOps.async_operations) ----------------
+async def _init_awaited(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
+    ctx.init()  # creating the operation object is cheap for providers that run awaited
+
+
+async def _cipher_init_awaited(ctx: CipherState, args: Mapping[str, Any]) -> None:
+    _cipher_init(ctx, args)
+
+
+async def _update_awaited(ctx: StreamContextState, args: Mapping[str, Any]) -> Any:
+    return await ctx.update_async(data_arg(args))
+
+
+async def _update_aad_awaited(ctx: CipherState, args: Mapping[str, Any]) -> None:
+    await ctx.update_aad_async(data_arg(args))
+
+
+async def _finalize_awaited(ctx: StreamContextState, args: Mapping[str, Any]) -> Any:
+    return await ctx.finalize_async()
+
+
+async def _verify_finalize_awaited(ctx: VerifyState, args: Mapping[str, Any]) -> bool:
+    return await ctx.finalize_verify_async(bytes(data_arg(args, "signature")))
+
+
+async def _single_shot_awaited(ctx: HashState, args: Mapping[str, Any]) -> bytes:
+    return await ctx.single_shot_async(data_arg(args))

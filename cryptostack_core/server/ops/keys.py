@@ -27,7 +27,6 @@ from cryptostack_core.wire.permissions import has_permission
 from cryptostack_core.wire.resources import KeyFormat, ResourcePersistence, ResourceType
 
 log = logging.getLogger("cryptostack.keys")
-MAX_RANDOM = 1024 * 1024
 RANDOM_CHUNK = 4096
 PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
 
@@ -54,7 +53,7 @@ class KeyOps:
         }
 
     def _op_random(self, call: Call, args: Mapping[str, Any]) -> bytes:
-        length = int_arg(args, "length", lo=1, hi=MAX_RANDOM)
+        length = int_arg(args, "length", lo=1, hi=REGISTRY.get("RANDOM").max_output)
         loaded = self.core.providers.select("RANDOM", Operation.RANDOM,
                                        pinned=int_arg(args, "provider", default=None))
         instance = self.core.provider_instance(loaded)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import padding, poly1305
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cryptostack_core.sdk import (
+    REGISTRY,
     Buffer,
     CipherDirection,
     CipherOperation,
@@ -28,7 +29,6 @@ from cryptostack_core.sdk import (
     invalid_argument,
 )
 
-from . import policy
 from .keys import SecretKey
 
 
@@ -53,6 +53,9 @@ CIPHERS: dict[str, CipherSpec] = {
 CIPHERS["ChaCha20-Poly1305"] = CipherSpec("CHACHA20-POLY1305", "ChaCha20-Poly1305", 32)
 
 
+_CHACHA20_POLY1305_TAG = 16  # RFC 8439 defines no truncation
+
+
 def create_cipher(algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes,
                   tag_length: int) -> CipherOperation:
     """Start one message; wrong key, IV or tag length -> INVALID_ARGUMENT."""
@@ -66,27 +69,15 @@ def create_cipher(algorithm: str, key: ProviderKey, direction: CipherDirection, 
                                f"{spec.key_algorithm} key, not {key.algorithm}")
     iv = bytes(iv)
     encrypt = direction is CipherDirection.ENCRYPT
+    limits = REGISTRY.get(algorithm)  # IV and tag limits are declared on the algorithm
+    limits.check_iv(len(iv))
     if spec.mode in ("CBC", "CTR"):
-        if len(iv) != policy.BLOCK_IV:
-            raise invalid_argument(f"{algorithm} needs a {policy.BLOCK_IV}-byte IV, "
-                                   f"got {len(iv)}")
         if spec.mode == "CTR":
             return _Ctr(key, iv)
         return _CbcEncrypt(key, iv) if encrypt else _CbcDecrypt(key, iv)
+    limits.check_tag_length(tag_length)
     if spec.mode == "GCM":
-        if not policy.GCM_IV_MIN <= len(iv) <= policy.GCM_IV_MAX:
-            raise invalid_argument(f"{algorithm} IVs are {policy.GCM_IV_MIN} to "
-                                   f"{policy.GCM_IV_MAX} bytes (12 recommended), got {len(iv)}")
-        if tag_length not in policy.GCM_TAG_LENGTHS:
-            raise invalid_argument(f"{algorithm} tag length must be one of "
-                                   f"{sorted(policy.GCM_TAG_LENGTHS)} bytes, got {tag_length}")
         return _GcmEncrypt(key, iv, tag_length) if encrypt else _GcmDecrypt(key, iv, tag_length)
-    if len(iv) != policy.CHACHA20_POLY1305_NONCE:
-        raise invalid_argument(f"ChaCha20-Poly1305 needs a {policy.CHACHA20_POLY1305_NONCE}"
-                               f"-byte nonce, got {len(iv)}")
-    if tag_length != policy.CHACHA20_POLY1305_TAG:
-        raise invalid_argument(f"ChaCha20-Poly1305 tags are {policy.CHACHA20_POLY1305_TAG} "
-                               f"bytes, got {tag_length}")
     return _ChaChaEncrypt(key, iv) if encrypt else _ChaChaDecrypt(key, iv)
 
 
@@ -287,7 +278,7 @@ class _ChaChaDecrypt(_HeldAeadDecrypt):
 
     def finalize(self) -> bytes:
         """Verify the tag and return the whole plaintext."""
-        if len(self._data) < policy.CHACHA20_POLY1305_TAG:
+        if len(self._data) < _CHACHA20_POLY1305_TAG:
             raise invalid_argument("ChaCha20-Poly1305 input is shorter than its 16-byte tag")
         try:
             return self._key.chacha20_poly1305.decrypt(self._nonce, bytes(self._data),

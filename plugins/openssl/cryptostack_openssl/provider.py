@@ -70,6 +70,7 @@ each one):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cryptography
@@ -91,9 +92,9 @@ from cryptostack_core.sdk import (
     SignOperation,
     StoredKey,
     VerifyOperation,
-    invalid_argument,
 )
 from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES, HYBRID_KEMS
+from cryptostack_core.sdk.options import option, parse_options
 
 from . import agreement, ciphers, hashing, hybrid, kdf, kem, keys, policy, randomness, signatures
 
@@ -101,6 +102,15 @@ _PQ_PREFIXES = ("ML-DSA-", "ML-KEM-")
 
 _INLINE_SIZED = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT})
 _INLINE_ALWAYS = frozenset({Operation.DERIVE, Operation.ENCAPSULATE, Operation.DECAPSULATE})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenSSLOptions:
+    """The provider's options (checked by the SDK's :func:`parse_options`)."""
+
+    min_mac_length: int = option(policy.DEFAULT_MIN_MAC_LENGTH,
+                                 minimum=policy.MIN_MAC_LENGTH_FLOOR,
+                                 doc="shortest truncated HMAC tag verification accepts")
 
 
 class OpenSSLProvider(Provider):
@@ -111,15 +121,9 @@ class OpenSSLProvider(Provider):
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        unknown = set(self.options) - {"min_mac_length"}
-        if unknown:
-            raise invalid_argument(f"unknown openssl provider option(s): {sorted(unknown)}")
-        min_mac = self.options.get("min_mac_length", policy.DEFAULT_MIN_MAC_LENGTH)
-        if not isinstance(min_mac, int) or isinstance(min_mac, bool) or \
-                min_mac < policy.MIN_MAC_LENGTH_FLOOR:
-            raise invalid_argument(f"openssl provider option min_mac_length must be an integer "
-                                   f">= {policy.MIN_MAC_LENGTH_FLOOR}, got {min_mac!r}")
-        self.min_mac_length: int = min_mac
+        opts = parse_options(OpenSSLOptions, options, provider="openssl",
+                             config_dir=environment.config_dir)
+        self.min_mac_length: int = opts.min_mac_length
         self._post_quantum = bool(backend.mldsa_supported() and backend.mlkem_supported())
 
     # --- lifecycle and description ------------------------------------------------------------

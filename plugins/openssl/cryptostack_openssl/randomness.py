@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 
-from cryptostack_core.sdk import invalid_argument
-
-from . import policy
+from cryptostack_core.sdk import REGISTRY, invalid_argument
 
 
 def random_bytes(length: int) -> bytes:
-    """``length`` cryptographically secure random bytes (0 <= length <= policy.RANDOM_MAX)."""
+    """``length`` cryptographically secure random bytes (at most the RANDOM algorithm's
+    ``max_output`` per call)."""
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise invalid_argument(f"random length must be a non-negative integer, got {length!r}")
-    if length > policy.RANDOM_MAX:
-        raise invalid_argument(f"at most {policy.RANDOM_MAX} random bytes per call, "
-                               f"asked for {length}")
+    most = REGISTRY.get("RANDOM").max_output
+    if length > most:
+        raise invalid_argument(f"at most {most} random bytes per call, asked for {length}")
     return os.urandom(length)

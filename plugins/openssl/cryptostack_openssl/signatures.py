@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa, u
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
 from cryptostack_core.sdk import (
+    REGISTRY,
     Buffer,
     CryptoError,
     ErrorCode,
@@ -89,9 +90,7 @@ def _spec(algorithm: str) -> SignatureSpec:
 def _check_context(algorithm: str, spec: SignatureSpec, context: bytes) -> bytes:
     context = bytes(context or b"")
     if spec.scheme == "ML-DSA":
-        if len(context) > policy.MLDSA_CONTEXT_MAX:
-            raise invalid_argument(f"ML-DSA context strings are at most "
-                                   f"{policy.MLDSA_CONTEXT_MAX} bytes, got {len(context)}")
+        REGISTRY.get(algorithm).check_context_string(context)
     elif context:
         raise invalid_argument(f"{algorithm} takes no context string (ML-DSA only)")
     return context

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import cryptostack_core as cs
-from cryptostack_core.sdk import ProviderEnvironment
+from cryptostack_core.sdk import REGISTRY, ProviderEnvironment
 from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
-from cryptostack_openssl import OpenSSLProvider, policy
+from cryptostack_openssl import OpenSSLProvider
 
 PROVIDER_ID = 2
 OPENSSL_POLICY = wp.Policy(
@@ -36,7 +36,7 @@ OPENSSL_POLICY = wp.Policy(
         "UnnamedCurve": False,
     },
     # AES-GCM IVs outside 8..128 bytes are refused (see the provider docstring).
-    gcm_iv_lengths=(policy.GCM_IV_MIN, policy.GCM_IV_MAX),
+    gcm_iv_lengths=REGISTRY.get("AES-128-GCM").iv_sizes,
 )
 
 

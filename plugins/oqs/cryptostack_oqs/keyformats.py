@@ -26,9 +26,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, invalid_argument
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, der, invalid_argument
 
-from . import der, keys
+from . import keys
 from .mechanisms import BY_OID, Family, Mechanism
 
 _ALL = frozenset({KeyFormat.RAW, KeyFormat.SPKI_DER, KeyFormat.PKCS8_DER, KeyFormat.PEM})

@@ -39,6 +39,7 @@ provider that derives from them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -58,9 +59,18 @@ from cryptostack_core.sdk import (
     VerifyOperation,
     invalid_argument,
 )
+from cryptostack_core.sdk.options import option, parse_options
 
 from . import keyformats, keys, library, operations
 from .mechanisms import Family, Mechanism, discover
+
+
+@dataclass(frozen=True, kw_only=True)
+class OQSOptions:
+    """The provider's options (checked by the SDK's :func:`parse_options`)."""
+
+    install_path: str | None = option(None, doc="a liboqs install prefix to load first")
+    system_search: bool = option(True, doc="also look in the system's library paths")
 
 
 class OQSProvider(Provider):
@@ -71,21 +81,10 @@ class OQSProvider(Provider):
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        install_path = self.options.get("install_path")
-        if install_path is not None and not isinstance(install_path, str):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "oqs option install_path must be a string (a liboqs prefix)")
-        system_search = self.options.get("system_search", True)
-        if not isinstance(system_search, bool):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "oqs option system_search must be true or false")
-        unknown = set(self.options) - {"install_path", "system_search"}
-        if unknown:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"unknown oqs option(s): {', '.join(sorted(unknown))} "
-                              "(known: install_path, system_search)")
-        self._install_path: str | None = install_path
-        self._system_search = system_search
+        opts = parse_options(OQSOptions, options, provider="oqs",
+                             config_dir=environment.config_dir)
+        self._install_path: str | None = opts.install_path
+        self._system_search = opts.system_search
         self._oqs: ModuleType | None = None
         self._mechanisms: dict[str, Mechanism] = {}
 

@@ -8,12 +8,20 @@ import os
 import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
-from cryptostack_oqs import der
 from cryptostack_oqs.keys import OQSKey, SharedSecret
 from cryptostack_oqs.provider import OQSProvider
 from pqcrypto.sign import ml_dsa_44, ml_dsa_65, ml_dsa_87
 
-from cryptostack_core.sdk import REGISTRY, Capability, CryptoError, ErrorCode, KeyFormat, Operation, StoredKey
+from cryptostack_core.sdk import (
+    REGISTRY,
+    Capability,
+    CryptoError,
+    ErrorCode,
+    KeyFormat,
+    Operation,
+    StoredKey,
+    der,
+)
 from cryptostack_core.sdk import KeyOperationPermission as P
 
 pytestmark = pytest.mark.liboqs

@@ -176,34 +176,32 @@ def test_slhdsa_small_sets_sign_once_each_concurrently(provider: OQSProvider) ->
 
 def test_slow_signing_holds_no_lock(provider: OQSProvider) -> None:
     """While SLH-DSA-SHAKE-192s signs (over a second), ML-DSA signatures in another thread
-    keep completing in about their usual time: no provider lock, and the GIL is released
-    inside liboqs."""
+    keep completing: no provider lock, and the GIL is released inside liboqs. (A lock would
+    let at most one through before the slow signature ends.)"""
     slow_key = provider.generate_key("SLH-DSA-SHAKE-192s", P.SIGN)
     fast_key = provider.generate_key("ML-DSA-65", P.SIGN | P.VERIFY)
-    done = threading.Event()
+    signing, done = threading.Event(), threading.Event()
     slow_time: list[float] = []
 
     def slow() -> None:
         started = time.perf_counter()
+        signing.set()
         sign(provider, "SLH-DSA-SHAKE-192s", slow_key, MESSAGE)
         slow_time.append(time.perf_counter() - started)
         done.set()
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.05)
-    worst = 0.0
+    assert signing.wait(60)
     count = 0
     while not done.is_set():
-        started = time.perf_counter()
         signature = sign(provider, "ML-DSA-65", fast_key, MESSAGE)
-        worst = max(worst, time.perf_counter() - started)
         count += 1
     thread.join()
     assert verify(provider, "ML-DSA-65", fast_key, MESSAGE, signature)
     print(f"\n{count} ML-DSA-65 signatures during one {slow_time[0] * 1000:.0f} ms SLH-DSA "
-          f"signature; slowest {worst * 1000:.1f} ms")
-    assert count >= 20 and worst < 0.25
+          "signature")
+    assert count >= 5, count
 
 
 def test_key_algorithm_must_match(provider: OQSProvider) -> None:

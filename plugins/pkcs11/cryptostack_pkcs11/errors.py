@@ -1,8 +1,8 @@
 """PKCS#11 failures: naming them in the worker, turning them into CryptoErrors in the provider.
 
 The worker reports every failure as ``(kind, name, message)`` (see
-:mod:`cryptostack_pkcs11.protocol`); the provider maps ``CKR_*`` names to
-:class:`~cryptostack_core.errors.ErrorCode` here, with the context of the call where the same
+:mod:`cryptostack_core.sdk.workers.wire`); the provider maps ``CKR_*`` names to
+:class:`~cryptostack_core.wire.errors.ErrorCode` here, with the context of the call where the same
 return value means different things (a failed AES-GCM decryption is a bad tag; SoftHSM
 reports it as ``CKR_GENERAL_ERROR``).
 """

@@ -15,14 +15,10 @@ from typing import Any, Union
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 from pkcs11.constants import Attribute
 from pkcs11.mechanisms import KeyType
 
-from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, invalid_argument
+from cryptostack_core.sdk import CryptoError, ErrorCode, KeyFormat, der, invalid_argument
 from cryptostack_core.sdk import KeyOperationPermission as P
 
 from . import policy
@@ -172,26 +168,16 @@ def _describe(public: Any) -> str:
 
 # --- PKCS#11 public-key attributes ------------------------------------------------------
 
-def _der_octet_string(data: bytes) -> bytes:
-    length = len(data)
-    if length < 0x80:
-        return b"\x04" + bytes([length]) + data
-    body = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return b"\x04" + bytes([0x80 | len(body)]) + body + data
-
-
 def _unwrap_point(value: bytes, expected: tuple[int, ...]) -> bytes:
     """CKA_EC_POINT is a DER OCTET STRING per PKCS#11; some tokens store the bare point."""
     if len(value) in expected:
         return value
-    if value[:1] == b"\x04" and len(value) > 2:
-        if value[1] < 0x80:
-            inner = value[2:]
-        else:
-            skip = value[1] & 0x7F
-            inner = value[2 + skip:]
-        if len(inner) in expected:
-            return inner
+    try:
+        inner = der.unwrap_octet_string(value)
+    except der.DerError:
+        inner = b""
+    if len(inner) in expected:
+        return inner
     raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token returned a malformed CKA_EC_POINT")
 
 
@@ -202,10 +188,10 @@ def public_attributes(algorithm: str, public: Any) -> dict[int, Any]:
     if isinstance(public, ec.EllipticCurvePublicKey):
         point = public.public_bytes(ser.Encoding.X962, ser.PublicFormat.UncompressedPoint)
         attrs[int(Attribute.EC_PARAMS)] = EC_CURVES[algorithm][0]
-        attrs[int(Attribute.EC_POINT)] = _der_octet_string(point)
+        attrs[int(Attribute.EC_POINT)] = der.tlv(der.OCTET_STRING, point)
     elif isinstance(public, ed25519.Ed25519PublicKey):
         attrs[int(Attribute.EC_PARAMS)] = ED25519_PARAMS
-        attrs[int(Attribute.EC_POINT)] = _der_octet_string(public.public_bytes_raw())
+        attrs[int(Attribute.EC_POINT)] = der.tlv(der.OCTET_STRING, public.public_bytes_raw())
     elif isinstance(public, rsa.RSAPublicKey):
         numbers = public.public_numbers()
         attrs[int(Attribute.MODULUS)] = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8,
@@ -291,25 +277,11 @@ def export_public(public: Any, fmt: KeyFormat) -> bytes:
     raise invalid_argument(f"public keys are exported as SPKI_DER, PEM or RAW, not {fmt.value}")
 
 
-def strip_der(data: bytes) -> bytes:
-    """The first DER element of ``data``: token key wrapping may pad PKCS#8 with zeros
-    (SoftHSM2 pads to 8 bytes before RFC 5649 wrapping)."""
-    if len(data) < 2 or data[0] != 0x30:
-        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token exported no PKCS#8 structure")
-    if data[1] < 0x80:
-        end = 2 + data[1]
-    else:
-        count = data[1] & 0x7F
-        end = 2 + count + int.from_bytes(data[2:2 + count], "big")
-    if end > len(data):
-        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token exported a truncated PKCS#8")
-    return data[:end]
-
-
 def load_exported_pkcs8(algorithm: str, pkcs8: bytes) -> Any:
     """The pyca private key of a PKCS#8 the token exported."""
     try:
-        return ser.load_der_private_key(strip_der(pkcs8), password=None)
+        # token key wrapping may pad the PKCS#8 (SoftHSM2 pads to 8 bytes for RFC 5649)
+        return ser.load_der_private_key(der.first_element(pkcs8), password=None)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CryptoError(ErrorCode.PROVIDER_ERROR,
                           f"the token exported an unreadable {algorithm} key: {exc}") from None
@@ -331,24 +303,3 @@ def export_private(algorithm: str, private: Any, fmt: KeyFormat) -> bytes:
         raise invalid_argument(f"{algorithm} private keys have no RAW form; use PKCS8_DER")
     raise invalid_argument(f"{algorithm} private keys are exported as PKCS8_DER, PEM or RAW, "
                            f"not {fmt.value}")
-
-
-# --- ECDSA signatures ---------------------------------------------------------------------
-
-def ecdsa_raw_to_der(raw: bytes) -> bytes:
-    """PKCS#11 ``r || s`` to the DER ``Ecdsa-Sig-Value`` the API uses."""
-    half = len(raw) // 2
-    return encode_dss_signature(int.from_bytes(raw[:half], "big"),
-                                int.from_bytes(raw[half:], "big"))
-
-
-def ecdsa_der_to_raw(der: bytes, size: int) -> bytes | None:
-    """DER signature to ``r || s`` of ``size``-byte halves; None when it is not strict DER or
-    a value does not fit (such a signature is simply invalid)."""
-    try:
-        r, s = decode_dss_signature(der)
-    except ValueError:
-        return None
-    if r <= 0 or s <= 0 or r.bit_length() > 8 * size or s.bit_length() > 8 * size:
-        return None
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")

@@ -19,8 +19,8 @@ exportable key of a type the token cannot wrap is created non-sensitive (see
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 from typing import Any
 
 from pkcs11.constants import Attribute
@@ -102,7 +102,8 @@ class TokenKey(ProviderKey):
         self.public_attrs = public_attrs
         """For a public key alone: the attributes it was created with (to re-create it in a
         restarted worker; public keys are not secret)."""
-        self.lock = threading.Lock()
+        self.reload_lock = asyncio.Lock()
+        """Held on the worker host's loop while the key is found again in a new worker."""
         self.released = False
 
     def __repr__(self) -> str:

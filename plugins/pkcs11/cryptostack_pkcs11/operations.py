@@ -11,6 +11,11 @@ has verified; the daemon bounds the size). Pure EdDSA keeps the whole message (t
 signs it in one call). ECDSA and RSA-PSS hash in the provider and sign the digest in the
 token (see :mod:`cryptostack_pkcs11.mechanisms`).
 
+Async first: every step that talks to the token worker is a coroutine (``*_async``) that
+the daemon awaits on its event loop, where the worker host runs (no thread in between);
+the synchronous methods do the local part (buffering, hashing) in the caller's thread and
+run the worker part with :meth:`~cryptostack_core.sdk.workers.WorkerHost.run`.
+
 After a worker restart: operations whose state is all in the provider (every short
 message, every host-hashed signature) simply run in the new worker; an operation that had
 started streaming into a token session has lost that state and raises ``PROVIDER_ERROR``
@@ -22,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from cryptostack_core.sdk import (
     Buffer,
@@ -33,17 +38,38 @@ from cryptostack_core.sdk import (
     HashOperation,
     SignOperation,
     VerifyOperation,
+    ecdsa,
     invalid_argument,
 )
+from cryptostack_core.sdk.workers import StaleGeneration
 
 from .cryptoki import MechanismSpec
-from .keyformats import ecdsa_der_to_raw, ecdsa_raw_to_der
 from .keys import TokenKey
 from .mechanisms import SignPlan
-from .supervisor import StaleGeneration
+from .options import Options
 
-if TYPE_CHECKING:
-    from .provider import PKCS11Provider
+T = TypeVar("T")
+KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
+"""Builds a request's arguments from a key's (primary, public) handles in the live worker."""
+
+
+class TokenAccess(Protocol):
+    """What operation objects need from the provider (:class:`~.provider.PKCS11Provider`)."""
+
+    opts: Options
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+    async def call_in_async(self, op: str, *args: Any, generation: int | None = None,
+                            what: str = "", overrides: dict[str, ErrorCode] | None = None
+                            ) -> tuple[Any, int]: ...
+
+    async def key_call_in_async(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
+                                overrides: dict[str, ErrorCode] | None = None
+                                ) -> tuple[Any, int]: ...
+
+    def abort_later(self, generation: int, op_id: int) -> None: ...
+
 
 _GCM_DECRYPT_ERRORS = {
     # SoftHSM2 reports a tag mismatch as CKR_GENERAL_ERROR; PKCS#11 says ENCRYPTED_DATA_INVALID
@@ -69,7 +95,7 @@ class _Stream:
     """Bytes of one multi-part operation: held here up to the ``stream_buffer`` limit,
     then streamed into a token session (``begin``/``update``/``finish`` requests)."""
 
-    def __init__(self, provider: PKCS11Provider, kind: str, spec: MechanismSpec,
+    def __init__(self, provider: TokenAccess, kind: str, spec: MechanismSpec,
                  key: TokenKey | None, handle: Callable[[int | None, int | None], int],
                  what: str, overrides: dict[str, ErrorCode] | None = None) -> None:
         self.provider = provider
@@ -86,15 +112,21 @@ class _Stream:
         self.generation: int | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
-    def add(self, data: Buffer) -> bytes:
-        """Take more input; returns token output when a chunk was streamed."""
+    def hold(self, data: Buffer) -> bool:
+        """Keep more input; True when a chunk is due for the token (:meth:`flush_async`)."""
         if not data:
-            return b""
+            return False
         self.pending.append(bytes(data))
         self.pending_len += len(data)
-        if self.pending_len < self.limit:
-            return b""
-        return self._flush()
+        return self.pending_len >= self.limit
+
+    def add(self, data: Buffer) -> bytes:
+        """Take more input (from a thread); returns token output when a chunk was streamed."""
+        return self.provider.run(self.flush_async()) if self.hold(data) else b""
+
+    async def add_async(self, data: Buffer) -> bytes:
+        """:meth:`add` on the host's loop."""
+        return await self.flush_async() if self.hold(data) else b""
 
     def take(self) -> bytes:
         """Everything held so far (and forget it)."""
@@ -107,41 +139,45 @@ class _Stream:
         """Whether a token session holds part of this message."""
         return self.op_id is not None
 
-    def _flush(self) -> bytes:
+    async def flush_async(self) -> bytes:
+        """Stream what is held into the token session (beginning it if needed)."""
         chunk = self.take()
         out_size = len(chunk) + 64
+        provider = self.provider
         if self.op_id is None:
             def args(primary: int | None, public: int | None) -> tuple[Any, ...]:
                 return (self.kind, self.spec, self.handle(primary, public), chunk, out_size)
 
             if self.key is None:
-                result, generation = self.provider.sup.call_in(
+                result, generation = await provider.call_in_async(
                     "begin", *args(None, None), what=self.what, overrides=self.overrides)
             else:
-                result, generation = self.provider.key_call_in(
+                result, generation = await provider.key_call_in_async(
                     "begin", self.key, args, what=self.what, overrides=self.overrides)
             self.op_id, self.generation = int(result[0]), generation
-            self._finalizer = weakref.finalize(self, self.provider.abort_later, generation,
+            self._finalizer = weakref.finalize(self, provider.abort_later, generation,
                                                self.op_id)
             return bytes(result[1])
         try:
-            return bytes(self.provider.sup.call(
+            output, _generation = await provider.call_in_async(
                 "update", self.op_id, chunk, out_size, generation=self.generation,
-                what=self.what, overrides=self.overrides))
+                what=self.what, overrides=self.overrides)
+            return bytes(output)
         except StaleGeneration:
             raise _lost(self.what) from None
         except CryptoError:
             self._ended()  # the token ended the operation on failure
             raise
 
-    def finish(self, out_size: int, signature: bytes | None = None) -> Any:
+    async def finish_async(self, out_size: int, signature: bytes | None = None) -> Any:
         """Send the rest and end the started operation (``C_xxxFinal``)."""
         chunk = self.take()
         self._ended()
         try:
-            return self.provider.sup.call(
+            result, _generation = await self.provider.call_in_async(
                 "finish", self.op_id, chunk, out_size + len(chunk), signature,
                 generation=self.generation, what=self.what, overrides=self.overrides)
+            return result
         except StaleGeneration:
             raise _lost(self.what) from None
 
@@ -156,7 +192,7 @@ class _Stream:
 class TokenHash(HashOperation):
     """A digest computed by the token (``C_Digest``)."""
 
-    def __init__(self, provider: PKCS11Provider, algorithm: str, mechanism: int) -> None:
+    def __init__(self, provider: TokenAccess, algorithm: str, mechanism: int) -> None:
         self._provider = provider
         self._spec = MechanismSpec(mechanism)
         self._stream = _Stream(provider, "Digest", self._spec, None, lambda p, q: 0,
@@ -166,12 +202,21 @@ class TokenHash(HashOperation):
         """Absorb more data."""
         self._stream.add(data)
 
+    async def update_async(self, data: Buffer) -> None:
+        """Absorb more data (on the host's loop)."""
+        await self._stream.add_async(data)
+
     def finalize(self) -> bytes:
         """The digest."""
+        return self._provider.run(self.finalize_async())
+
+    async def finalize_async(self) -> bytes:
+        """The digest (on the host's loop)."""
         if self._stream.started:
-            return bytes(self._stream.finish(64))
-        return bytes(self._provider.sup.call("digest", self._spec, self._stream.take(),
-                                             what=self._stream.what))
+            return bytes(await self._stream.finish_async(64))
+        digest, _generation = await self._provider.call_in_async(
+            "digest", self._spec, self._stream.take(), what=self._stream.what)
+        return bytes(digest)
 
 
 # --- ciphers ------------------------------------------------------------------------------
@@ -179,7 +224,7 @@ class TokenHash(HashOperation):
 class TokenCipher(CipherOperation):
     """AES-CBC (PKCS#7 padding), AES-CTR or AES-GCM in the token."""
 
-    def __init__(self, provider: PKCS11Provider, algorithm: str, mode: str, mechanism: int,
+    def __init__(self, provider: TokenAccess, algorithm: str, mode: str, mechanism: int,
                  key: TokenKey, encrypt: bool, iv: bytes, tag_length: int) -> None:
         self._provider = provider
         self._algorithm = algorithm
@@ -218,21 +263,36 @@ class TokenCipher(CipherOperation):
                               "associated data must come before the first update")
         self._aad.append(bytes(data))
 
-    def update(self, data: Buffer) -> bytes:
-        """More input; returns the output the token produced so far, if any."""
+    def _streamed(self, data: Buffer) -> _Stream | None:
+        """Take ``data``: None when it is held for ``finalize`` (AEAD decryption), else the
+        stream it goes to."""
         self._data_seen = True
         if self._mode == "GCM" and not self._encrypt:
             if data:
                 self._held.append(bytes(data))
-            return b""
+            return None
         if self._stream is None:
             self._stream = _Stream(self._provider, self._kind, self._spec(), self._key,
                                    lambda primary, public: int(primary or 0), self._what,
                                    self._overrides)
-        return self._stream.add(data)
+        return self._stream
+
+    def update(self, data: Buffer) -> bytes:
+        """More input; returns the output the token produced so far, if any."""
+        stream = self._streamed(data)
+        return stream.add(data) if stream is not None else b""
+
+    async def update_async(self, data: Buffer) -> bytes:
+        """:meth:`update` on the host's loop."""
+        stream = self._streamed(data)
+        return await stream.add_async(data) if stream is not None else b""
 
     def finalize(self) -> bytes:
         """The rest of the output (and the tag when encrypting with AES-GCM)."""
+        return self._provider.run(self.finalize_async())
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the host's loop."""
         self._data_seen = True
         if self._mode == "GCM" and not self._encrypt:
             data = b"".join(self._held)
@@ -240,18 +300,19 @@ class TokenCipher(CipherOperation):
             if len(data) < self._tag_length:
                 raise invalid_argument(f"AES-GCM input is shorter than its "
                                        f"{self._tag_length}-byte tag")
-            return self._single(data)
+            return await self._single(data)
         stream = self._stream
         if stream is None or not stream.started:
-            return self._single(stream.take() if stream is not None else b"")
-        return bytes(stream.finish(64))
+            return await self._single(stream.take() if stream is not None else b"")
+        return bytes(await stream.finish_async(64))
 
-    def _single(self, data: bytes) -> bytes:
+    async def _single(self, data: bytes) -> bytes:
         spec = self._spec()
-        return bytes(self._provider.key_call(
+        output, _generation = await self._provider.key_call_in_async(
             "crypt", self._key,
             lambda primary, public: (self._kind, spec, primary, data, len(data) + 64),
-            what=self._what, overrides=self._overrides))
+            what=self._what, overrides=self._overrides)
+        return bytes(output)
 
 
 # --- signatures and MACs ------------------------------------------------------------------
@@ -274,7 +335,7 @@ def _public(primary: int | None, public: int | None) -> int:
 class HostHashSigner(SignOperation):
     """ECDSA / RSA-PSS: the provider hashes, the token signs the digest."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._plan = plan
@@ -288,19 +349,24 @@ class HostHashSigner(SignOperation):
 
     def finalize(self) -> bytes:
         """The signature (DER for ECDSA)."""
+        return self._provider.run(self.finalize_async())
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the host's loop."""
         digest = self._hash.digest()
         spec = _mechanism_spec(self._plan)
-        raw = bytes(self._provider.key_call(
+        raw, _generation = await self._provider.key_call_in_async(
             "sign", self._key,
             lambda primary, public: (spec, _private(primary, public), digest, self._out_size),
-            what=f"{self._plan.algorithm} signing"))
-        return ecdsa_raw_to_der(raw) if self._plan.der_ecdsa else raw
+            what=f"{self._plan.algorithm} signing")
+        raw = bytes(raw)
+        return ecdsa.raw_to_der(raw) if self._plan.der_ecdsa else raw
 
 
 class HostHashVerifier(VerifyOperation):
     """ECDSA / RSA-PSS verification of a provider-computed digest by the token."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -312,9 +378,13 @@ class HostHashVerifier(VerifyOperation):
 
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` is valid."""
+        return self._provider.run(self.finalize_async(signature))
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the host's loop."""
         signature = bytes(signature)
         if self._plan.der_ecdsa:
-            raw = ecdsa_der_to_raw(signature, self._key.size)
+            raw = ecdsa.der_to_raw(signature, self._key.algorithm)
             if raw is None:
                 return False
             signature = raw
@@ -322,16 +392,17 @@ class HostHashVerifier(VerifyOperation):
             return False
         digest = self._hash.digest()
         spec = _mechanism_spec(self._plan)
-        return bool(self._provider.key_call(
+        valid, _generation = await self._provider.key_call_in_async(
             "verify", self._key,
             lambda primary, public: (spec, _public(primary, public), digest, signature),
-            what=f"{self._plan.algorithm} verification"))
+            what=f"{self._plan.algorithm} verification")
+        return bool(valid)
 
 
 class WholeMessageSigner(SignOperation):
     """Pure EdDSA: the token signs the whole message in one call."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._plan = plan
@@ -345,18 +416,23 @@ class WholeMessageSigner(SignOperation):
 
     def finalize(self) -> bytes:
         """The signature."""
+        return self._provider.run(self.finalize_async())
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the host's loop."""
         message = b"".join(self._parts)
         spec = _mechanism_spec(self._plan)
-        return bytes(self._provider.key_call(
+        signature, _generation = await self._provider.key_call_in_async(
             "sign", self._key,
             lambda primary, public: (spec, _private(primary, public), message, self._out_size),
-            what=f"{self._plan.algorithm} signing"))
+            what=f"{self._plan.algorithm} signing")
+        return bytes(signature)
 
 
 class WholeMessageVerifier(VerifyOperation):
     """Pure EdDSA verification in one call."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -368,21 +444,26 @@ class WholeMessageVerifier(VerifyOperation):
 
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` is valid."""
+        return self._provider.run(self.finalize_async(signature))
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the host's loop."""
         signature = bytes(signature)
         if not signature:
             return False
         message = b"".join(self._parts)
         spec = _mechanism_spec(self._plan)
-        return bool(self._provider.key_call(
+        valid, _generation = await self._provider.key_call_in_async(
             "verify", self._key,
             lambda primary, public: (spec, _public(primary, public), message, signature),
-            what=f"{self._plan.algorithm} verification"))
+            what=f"{self._plan.algorithm} verification")
+        return bool(valid)
 
 
 class StreamSigner(SignOperation):
     """HMAC (and hash-and-sign RSA-PSS): the token hashes and signs."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  out_size: int) -> None:
         self._provider = provider
         self._key = key
@@ -395,16 +476,25 @@ class StreamSigner(SignOperation):
         """More of the message."""
         self._stream.add(data)
 
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the host's loop."""
+        await self._stream.add_async(data)
+
     def finalize(self) -> bytes:
         """The signature or MAC tag."""
+        return self._provider.run(self.finalize_async())
+
+    async def finalize_async(self) -> bytes:
+        """:meth:`finalize` on the host's loop."""
         if self._stream.started:
-            return bytes(self._stream.finish(self._out_size))
+            return bytes(await self._stream.finish_async(self._out_size))
         data = self._stream.take()
-        return bytes(self._provider.key_call(
+        tag, _generation = await self._provider.key_call_in_async(
             "sign", self._key,
             lambda primary, public: (self._spec, _private(primary, public), data,
                                      self._out_size),
-            what=self._what))
+            what=self._what)
+        return bytes(tag)
 
 
 class MacVerifier(VerifyOperation):
@@ -412,8 +502,9 @@ class MacVerifier(VerifyOperation):
     time; a tag truncated to ``min_mac_length`` bytes or more is checked against the prefix.
     (The daemon verifies MACs the same way, through a signer.)"""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  mac_size: int) -> None:
+        self._provider = provider
         self._min_length = provider.opts.min_mac_length
         self._signer = StreamSigner(provider, plan, key, mac_size)
 
@@ -421,10 +512,18 @@ class MacVerifier(VerifyOperation):
         """More of the message."""
         self._signer.update(data)
 
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the host's loop."""
+        await self._signer.update_async(data)
+
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` is the tag or a long enough prefix of it."""
+        return self._provider.run(self.finalize_async(signature))
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the host's loop."""
         tag = bytes(signature)
-        full = self._signer.finalize()
+        full = await self._signer.finalize_async()
         if len(tag) == len(full):
             return hmac.compare_digest(full, tag)
         if self._min_length <= len(tag) < len(full):
@@ -435,7 +534,7 @@ class MacVerifier(VerifyOperation):
 class _StreamVerify(VerifyOperation):
     """``C_VerifyInit``/``Update``/``Final`` (or one ``C_Verify``) in the token."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey,
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
                  handle: Callable[[int | None, int | None], int], what: str) -> None:
         self._provider = provider
         self._key = key
@@ -448,25 +547,34 @@ class _StreamVerify(VerifyOperation):
         """More of the message."""
         self._stream.add(data)
 
+    async def update_async(self, data: Buffer) -> None:
+        """:meth:`update` on the host's loop."""
+        await self._stream.add_async(data)
+
     def finalize(self, signature: bytes) -> bool:
         """True if ``signature`` verifies."""
+        return self._provider.run(self.finalize_async(signature))
+
+    async def finalize_async(self, signature: bytes) -> bool:
+        """:meth:`finalize` on the host's loop."""
         signature = bytes(signature)
         if not signature:
             if self._stream.started:
-                self._stream.finish(0, b"")
+                await self._stream.finish_async(0, b"")
             return False
         if self._stream.started:
-            return bool(self._stream.finish(0, signature))
+            return bool(await self._stream.finish_async(0, signature))
         data = self._stream.take()
-        return bool(self._provider.key_call(
+        valid, _generation = await self._provider.key_call_in_async(
             "verify", self._key,
             lambda primary, public: (self._spec, self._handle(primary, public), data,
                                      signature),
-            what=self._what))
+            what=self._what)
+        return bool(valid)
 
 
 class StreamVerifier(_StreamVerify):
     """Hash-and-sign RSA-PSS verification in the token (with the public object)."""
 
-    def __init__(self, provider: PKCS11Provider, plan: SignPlan, key: TokenKey) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey) -> None:
         super().__init__(provider, plan, key, _public, f"{plan.algorithm} verification")

@@ -1,22 +1,10 @@
 """Parameter policy of the PKCS#11 provider: every limit it enforces beyond the algorithms'
 own definitions and the token's. The values match the software (openssl) provider's, so a
-key behaves the same whichever provider runs it.
+key behaves the same whichever provider runs it. (IV, tag and random limits are declared on
+the algorithm specs, :mod:`cryptostack_core.wire.algorithms`, and enforced by the daemon.)
 """
 
 from __future__ import annotations
-
-GCM_IV_MIN = 8
-"""Shortest AES-GCM IV accepted, in bytes: shorter IVs collide after few messages under one
-key (the token would accept down to 1 byte)."""
-
-GCM_IV_MAX = 128
-"""Longest AES-GCM IV accepted, in bytes (longer IVs add nothing; GHASH folds them)."""
-
-GCM_TAG_LENGTHS = frozenset({4, 8, 12, 13, 14, 15, 16})
-"""AES-GCM tag lengths accepted, in bytes (NIST SP 800-38D section 5.2.1.2)."""
-
-BLOCK_IV = 16
-"""IV length of AES-CBC and counter block length of AES-CTR."""
 
 DEFAULT_MIN_MAC_LENGTH = 16
 """Default of the ``min_mac_length`` option: shortest truncated HMAC tag verification accepts."""
@@ -36,8 +24,6 @@ GENERIC_SECRET_GENERATED = 32
 RSA_PUBLIC_EXPONENT = 65537
 """Public exponent of generated RSA keys."""
 
-RANDOM_MAX = 1 << 20
-"""Most random bytes returned by one call."""
 
 DEFAULT_STREAM_BUFFER = 64 * 1024
 """Default of the ``stream_buffer`` option: message bytes a hash, MAC or cipher operation

@@ -1,13 +1,14 @@
 """The ``pkcs11`` provider: keys and operations in a PKCS#11 token, via a worker process.
 
-Architecture. The daemon never loads the PKCS#11 module. The provider starts a worker
-process (:mod:`cryptostack_pkcs11.worker`) that loads it, finds the token by label, logs in
-with the user PIN (read from ``pin_file`` or ``pin_env``, passed over the pipe) and serves
-requests on ``sessions`` channels. The provider (:mod:`cryptostack_pkcs11.supervisor`)
-bounds every call by the daemon's deadline and ``call_timeout``; a call stuck in the module
-is abandoned with ``OPERATION_TIMED_OUT`` and, if it stays stuck for ``call_timeout``, the
-worker is killed and restarted. See those modules for details and :mod:`.options` for the
-options.
+Architecture. The daemon never loads the PKCS#11 module. The provider runs a token worker
+(:mod:`cryptostack_pkcs11.worker`) on the SDK's worker host (:mod:`cryptostack_core.sdk.workers`,
+set up in :mod:`.hosting`): a fresh process that loads the module, finds the token by label,
+logs in with the user PIN (read from ``pin_file`` or ``pin_env``, passed over the socket) and
+runs up to ``sessions`` requests at once. Deadlines follow the host's one rule: the caller
+gets ``OPERATION_TIMED_OUT`` at its deadline (the call is abandoned, what it creates later is
+destroyed); a call still running at ``call_timeout`` kills and restarts the worker. Token
+objects are recorded before they are made (:mod:`.registry`) for crash consistency. See
+:mod:`.options` for the options.
 
 Capabilities come from the token's mechanism list (:mod:`cryptostack_pkcs11.mechanisms`):
 on SoftHSM2 that is SHA-224/256/384/512, AES-128/192/256 in CBC (PKCS#7), CTR and GCM,
@@ -42,9 +43,11 @@ forbids counter reuse; pyca would wrap around).
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+import signal
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 from pkcs11.constants import Attribute, ObjectClass
 from pkcs11.mechanisms import KeyType, Mechanism
@@ -59,6 +62,7 @@ from cryptostack_core.sdk import (
     HashOperation,
     KeyFormat,
     Operation,
+    OrphanDestroyed,
     Provider,
     ProviderEnvironment,
     ProviderKey,
@@ -70,8 +74,10 @@ from cryptostack_core.sdk import (
     remaining_time,
 )
 from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk.workers import StaleGeneration, WorkerHost
 
-from . import keyformats, policy
+from . import keyformats
+from .hosting import worker_spec
 from .keys import (
     TokenKey,
     parse_reference,
@@ -85,6 +91,7 @@ from .mechanisms import mechanism_names as _mechanism_names
 from .operations import (
     HostHashSigner,
     HostHashVerifier,
+    KeyArgs,
     MacVerifier,
     StreamSigner,
     StreamVerifier,
@@ -93,14 +100,18 @@ from .operations import (
     WholeMessageSigner,
     WholeMessageVerifier,
 )
-from .options import Options, parse_options
-from .supervisor import StaleGeneration, Supervisor, WorkerSettings
-
-KeyArgs = Callable[[int | None, int | None], tuple[Any, ...]]
+from .options import Options, parse
+from .registry import TokenObjectRegistry
 
 _CLASS_SECRET = int(ObjectClass.SECRET_KEY)
 _CLASS_PRIVATE = int(ObjectClass.PRIVATE_KEY)
 _CLASS_PUBLIC = int(ObjectClass.PUBLIC_KEY)
+
+
+T = TypeVar("T")
+_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
+                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_MAX_INPUT = 64 * 1024
 
 
 class PKCS11Provider(Provider):
@@ -111,23 +122,20 @@ class PKCS11Provider(Provider):
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        self.opts: Options = parse_options(options, environment.config_dir)
-        self.sup = Supervisor(WorkerSettings(
-            module=self.opts.module, token_label=self.opts.token_label,
-            pin=self.opts.read_pin, channels=self.opts.sessions,
-            max_sessions=self.opts.max_sessions, call_timeout=self.opts.call_timeout,
-            start_timeout=self.opts.start_timeout,
-            degraded_seconds=self.opts.degraded_seconds, hang=self.opts.test_hang,
-            spin_microseconds=self.opts.spin_microseconds),
-            self.log)
+        self.opts: Options = parse(options, environment.config_dir)
+        self.host = WorkerHost(worker_spec(self.opts), self.opts.host_settings(), self.log)
+        self.registry: TokenObjectRegistry | None = None
         self.profile: TokenProfile | None = None
         self._hmac_pad = 0
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Start the worker: load the module, find the token, log in, read mechanisms."""
-        self.sup.start()
-        info = self.sup.info
+        self.registry = TokenObjectRegistry(
+            self.environment.state_dir / "token-objects.sqlite3", self.provider_id,
+            self.opts.token_label)
+        self.host.start()
+        info = self.host.info
         self.profile = TokenProfile(
             {int(m): tuple(v) for m, v in info["mechanisms"].items()},  # type: ignore[misc]
             token_flags=int(info["token_flags"]), wrappable=info["wrappable"],
@@ -141,25 +149,25 @@ class PKCS11Provider(Provider):
 
     def close(self) -> None:
         """Stop the worker (session keys die with it; token objects stay)."""
-        self.sup.close()
+        self.host.close()
+        if self.registry is not None:
+            self.registry.close()
 
     def state(self) -> tuple[ProviderState, str]:
         """READY; DEGRADED while and shortly after the worker restarts; UNAVAILABLE when it
         cannot start."""
-        return self.sup.state()
+        return self.host.state()
 
     def describe(self) -> dict[str, Any]:
         """Token, module and worker facts for ``status``."""
-        info = dict(self.sup.info)
+        info = dict(self.host.info or {})
         mechanisms = info.pop("mechanisms", {})
+        info.pop("wrappable", None)
         info.update({
-            "module": self.opts.module,
+            "module": str(self.opts.module),
             "mechanisms": _mechanism_names(int(m) for m in mechanisms),
-            "worker_pid": self.sup.worker_pid,
-            "worker_generation": self.sup.generation,
-            "worker_restarts": self.sup.restarts,
-            "last_restart_reason": self.sup.last_restart_reason,
             "sessions": self.opts.sessions,
+            **self.host.describe(),
         })
         return info
 
@@ -179,69 +187,120 @@ class PKCS11Provider(Provider):
                               f"token {self.opts.token_label!r} cannot {operation.value} "
                               f"{algorithm}")
 
+    # --- calls to the token worker ----------------------------------------------------
+    def call_in(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+                overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
+        """Run ``op`` in the token worker from a thread: (result, generation). ``what`` names
+        the call in error messages; ``overrides`` give CKR values a meaning specific to
+        this call."""
+        return self.host.call_in(op, *args, generation=generation, context=(what, overrides))
+
+    def call(self, op: str, *args: Any, generation: int | None = None, what: str = "",
+             overrides: dict[str, ErrorCode] | None = None) -> Any:
+        """:meth:`call_in` without the generation."""
+        return self.call_in(op, *args, generation=generation, what=what,
+                            overrides=overrides)[0]
+
+    async def call_in_async(self, op: str, *args: Any, generation: int | None = None,
+                            what: str = "", overrides: dict[str, ErrorCode] | None = None
+                            ) -> tuple[Any, int]:
+        """:meth:`call_in` on the host's event loop."""
+        return await self.host.call_async(op, *args, generation=generation,
+                                          context=(what, overrides))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of this provider's on the host's loop (from a thread)."""
+        return self.host.run(coro)
+
     # --- calls naming keys -----------------------------------------------------------
     def key_call_in(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
                     overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
-        """Run ``op`` with the key's handles of the live worker generation; returns
-        (result, generation)."""
-        for _attempt in range(3):
-            generation, primary, public = self._resolve(key)
-            try:
-                return self.sup.call_in(op, *args(primary, public), generation=generation,
-                                        what=what, overrides=overrides)
+        """Run ``op`` with the key's handles of the live worker generation (from a thread);
+        returns (result, generation)."""
+        live = self.host.generation
+        if live is not None and key.generation == live and not key.released:
+            try:  # the common case, without a coroutine
+                return self.call_in(op, *args(key.primary, key.public), generation=live,
+                                    what=what, overrides=overrides)
             except StaleGeneration:
-                continue  # the worker restarted in between: resolve again
-        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token worker keeps restarting")
+                pass  # the worker restarted in between: reload the key, on the loop
+        return self.host.run(self.key_call_in_async(op, key, args, what=what,
+                                                    overrides=overrides))
 
     def key_call(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
                  overrides: dict[str, ErrorCode] | None = None) -> Any:
         """:meth:`key_call_in` without the generation."""
         return self.key_call_in(op, key, args, what=what, overrides=overrides)[0]
 
-    def _resolve(self, key: TokenKey) -> tuple[int, int | None, int | None]:
-        """(generation, primary, public) of ``key`` in the live worker, finding token objects
-        or re-creating public keys after a restart."""
-        live = self.sup.generation
+    async def key_call_in_async(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
+                                overrides: dict[str, ErrorCode] | None = None
+                                ) -> tuple[Any, int]:
+        """:meth:`key_call_in` on the host's loop: the key is found again (token objects)
+        or re-created (public keys) in a worker that replaced the one it was made in."""
+        for _attempt in range(3):
+            generation, primary, public = await self._resolve(key)
+            try:
+                return await self.call_in_async(op, *args(primary, public),
+                                                generation=generation, what=what,
+                                                overrides=overrides)
+            except StaleGeneration:
+                continue  # the worker restarted in between: resolve again
+        raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token worker keeps restarting")
+
+    async def _resolve(self, key: TokenKey) -> tuple[int, int | None, int | None]:
+        """(generation, primary, public) of ``key`` in the live worker."""
+        live = self.host.generation
         if live is not None and key.generation == live and not key.released:
             return key.generation, key.primary, key.public  # the common case: no lock
-        # Another caller may be finding the key in a new worker; wait for it no longer than
-        # this call's own deadline.
+        # Another call may be finding the key in the new worker: wait for it, within this
+        # call's deadline (or call_timeout).
         remaining = remaining_time()
         wait = self.opts.call_timeout if remaining is None else max(0.0, remaining)
-        if not key.lock.acquire(timeout=wait):
-            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                              "the key is being reloaded into the token worker")
         try:
-            return self._resolve_locked(key)
+            await asyncio.wait_for(key.reload_lock.acquire(), wait)
+        except TimeoutError:
+            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                              "the key is being reloaded into the token worker") from None
+        try:
+            return await self._resolve_locked(key)
         finally:
-            key.lock.release()
+            key.reload_lock.release()
 
-    def _resolve_locked(self, key: TokenKey) -> tuple[int, int | None, int | None]:
+    async def _resolve_locked(self, key: TokenKey) -> tuple[int, int | None, int | None]:
         if key.released:
             raise CryptoError(ErrorCode.INVALID_STATE, "the key has been released")
-        live = self.sup.generation
+        live = self.host.generation
         if live is not None and key.generation == live:
             return key.generation, key.primary, key.public
         if key.token_id is not None:
-            found, generation = self.sup.call_in("find", key.token_id,
-                                                 what="finding a token key")
+            found, generation = await self.call_in_async("find", key.token_id,
+                                                         what="finding a token key")
             fresh = self._key_from_found(key.algorithm, found, generation, key.token_id,
                                          key.size)
             key.primary, key.public, key.generation = fresh.primary, fresh.public, generation
             return generation, key.primary, key.public
         if key.kind == "public" and key.public_attrs is not None:
-            handle, generation = self.sup.call_in("create_public", key.public_attrs,
-                                                  what="re-creating a public key")
+            handle, generation = await self.call_in_async("create_public", key.public_attrs,
+                                                          what="re-creating a public key")
             key.public, key.generation = int(handle), generation
             return generation, None, key.public
         raise CryptoError(ErrorCode.PROVIDER_ERROR,
                           f"this {key.algorithm} key was a session object of token worker "
                           f"generation {key.generation}, which was restarted "
-                          f"({self.sup.last_restart_reason}); the key no longer exists")
+                          f"({self.host.last_restart_reason}); the key no longer exists")
+
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """Stream calls are awaited on the token worker's host loop (the daemon's), up to
+        64 KiB of input (local work: buffering, or hashing for ECDSA/RSA-PSS)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
+
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        """The token worker's host loop: awaited calls run there."""
+        return self.host.loop
 
     def abort_later(self, generation: int, op_id: int) -> None:
         """End a multi-part token operation nobody will finish (with the next request)."""
-        self.sup.queue_cleanup(generation, (("abort", op_id),))
+        self.host.queue_cleanup(generation, (("abort", op_id),))
 
     # --- keys ------------------------------------------------------------------------
     def _export_mode(self, permissions: P, key_type: int) -> tuple[bool, bool]:
@@ -269,7 +328,7 @@ class PKCS11Provider(Provider):
             template = secret_template(permissions, extractable=extractable,
                                        sensitive=sensitive,
                                        mac=not algorithm.startswith("AES-"))
-            handle, generation = self.sup.call_in(
+            handle, generation = self.call_in(
                 "generate_secret", key_type, length, int(mech), template,
                 what=f"generating an {algorithm} key")
             return TokenKey(algorithm=algorithm, kind="secret", size=length,
@@ -291,7 +350,7 @@ class PKCS11Provider(Provider):
                 ED25519_PARAMS
         else:
             mech, bits = Mechanism.RSA_PKCS_KEY_PAIR_GEN, RSA_SIZES[algorithm]
-        result, generation = self.sup.call_in(
+        result, generation = self.call_in(
             "generate_pair", key_type, int(mech), bits, pub_t, priv_t,
             what=f"generating an {algorithm} key pair")
         private, public, attrs = result
@@ -316,7 +375,7 @@ class PKCS11Provider(Provider):
             template = secret_template(permissions, extractable=extractable,
                                        sensitive=sensitive,
                                        mac=not algorithm.startswith("AES-"))
-            handle, generation = self.sup.call_in(
+            handle, generation = self.call_in(
                 "import_secret", key_type, stored, template,
                 what=f"importing an {algorithm} key")
             return TokenKey(algorithm=algorithm, kind="secret", size=len(value),
@@ -329,7 +388,7 @@ class PKCS11Provider(Provider):
         pub_attrs = keyformats.public_attributes(algorithm, parsed.public)
         pub_attrs.update(public_template(permissions, rsa=is_rsa))
         if not parsed.is_private:
-            handle, generation = self.sup.call_in("create_public", pub_attrs,
+            handle, generation = self.call_in("create_public", pub_attrs,
                                                   what=f"importing an {algorithm} public key")
             return TokenKey(algorithm=algorithm, kind="public", size=_size(algorithm),
                             extractable=True, generation=generation, primary=None,
@@ -339,7 +398,7 @@ class PKCS11Provider(Provider):
         priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa,
                                   sensitive=sensitive)
         components = keyformats.private_components(algorithm, parsed.private)
-        result, generation = self.sup.call_in(
+        result, generation = self.call_in(
             "import_pair", key_type, parsed.pkcs8, components, priv_t, pub_attrs,
             what=f"importing an {algorithm} key pair")
         return TokenKey(algorithm=algorithm, kind="pair", size=_size(algorithm),
@@ -393,11 +452,21 @@ class PKCS11Provider(Provider):
         if token_key.token_id is not None:
             return
         handles = tuple(h for h in (token_key.primary, token_key.public) if h is not None)
-        self.sup.queue_cleanup(token_key.generation, (("destroy", handles),))
+        self.host.queue_cleanup(token_key.generation, (("destroy", handles),))
+
+    def _registry(self) -> TokenObjectRegistry:
+        if self.registry is None:
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, "the pkcs11 provider is not started")
+        return self.registry
+
+    def _test_crash(self, point: str) -> None:
+        if self.opts.test_crash_at == point:  # tests only: the daemon dies right here
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         """Copy the key to token objects (``C_CopyObject``, ``CKA_TOKEN``); returns their
-        reference (label, ``CKA_ID``, kind, algorithm)."""
+        reference (label, ``CKA_ID``, kind, algorithm). The objects are recorded in the
+        token-object registry first (see :mod:`.registry`)."""
         token_key = _token_key(key)
         key_id = os.urandom(16)
         label = f"cryptostack:{slot_name}"
@@ -406,7 +475,9 @@ class PKCS11Provider(Provider):
             handles = tuple(h for h in (primary, public) if h is not None)
             return (handles, label, key_id)
 
+        self._registry().add(key_id, label)
         self.key_call("persist", token_key, args, what=f"persisting a key for slot {slot_name}")
+        self._test_crash("persist")
         return stored_reference(token_key, token_label=self.opts.token_label, label=label,
                                 key_id=key_id)
 
@@ -416,7 +487,7 @@ class PKCS11Provider(Provider):
         ref = parse_reference(stored)
         if ref["algorithm"] != algorithm:
             raise invalid_argument(f"the stored key is {ref['algorithm']}, not {algorithm}")
-        found, generation = self.sup.call_in("find", ref["id"], what="loading a token key")
+        found, generation = self.call_in("find", ref["id"], what="loading a token key")
         return self._key_from_found(algorithm, found, generation, ref["id"],
                                     int(ref.get("size", 0)))
 
@@ -452,9 +523,36 @@ class PKCS11Provider(Provider):
                         public_key=public_key, token_id=token_id)
 
     def delete_stored_key(self, stored: StoredKey) -> None:
-        """Destroy the token objects of a reference (nothing to do if already gone)."""
+        """Destroy the token objects of a reference (nothing to do if already gone); their
+        record goes once they are gone."""
         ref = parse_reference(stored)
-        self.sup.call("delete_token", ref["id"], what="deleting a token key")
+        self._test_crash("delete")
+        self.call("delete_token", ref["id"], what="deleting a token key")
+        self._registry().remove(ref["id"])
+
+    def reconcile_stored(self, references: list[StoredKey]) -> list[OrphanDestroyed]:
+        """Destroy the recorded token objects no key-store reference names (a crash between
+        making them and recording the slot, or between clearing a slot and destroying them;
+        see :mod:`.registry`)."""
+        live = set()
+        for stored in references:
+            try:
+                live.add(parse_reference(stored)["id"])
+            except CryptoError:
+                continue  # not ours to judge
+        destroyed = []
+        registry = self._registry()
+        for key_id, label in registry.entries():
+            if key_id in live:
+                continue
+            count = int(self.call("delete_token", key_id,
+                                  what="destroying an orphaned token object"))
+            registry.remove(key_id)
+            if count:
+                destroyed.append(OrphanDestroyed(label, (
+                    f"destroyed {count} token object(s) with CKA_ID {key_id.hex()} on token "
+                    f"{self.opts.token_label!r}: no key slot names them (left by a crash)")))
+        return destroyed
 
     # --- operations ------------------------------------------------------------------
     def create_hash(self, algorithm: str) -> HashOperation:
@@ -478,19 +576,10 @@ class PKCS11Provider(Provider):
         if token_key.kind != "secret" or token_key.algorithm != wanted:
             raise invalid_argument(f"{algorithm} needs a {wanted} key, not {key.algorithm}")
         iv = bytes(iv)
-        if mode in ("CBC", "CTR"):
-            if len(iv) != policy.BLOCK_IV:
-                raise invalid_argument(f"{algorithm} needs a {policy.BLOCK_IV}-byte IV, "
-                                       f"got {len(iv)}")
-        else:
-            if not policy.GCM_IV_MIN <= len(iv) <= policy.GCM_IV_MAX:
-                raise invalid_argument(f"{algorithm} IVs are {policy.GCM_IV_MIN} to "
-                                       f"{policy.GCM_IV_MAX} bytes (12 recommended), "
-                                       f"got {len(iv)}")
-            if tag_length not in policy.GCM_TAG_LENGTHS:
-                raise invalid_argument(f"{algorithm} tag length must be one of "
-                                       f"{sorted(policy.GCM_TAG_LENGTHS)} bytes, "
-                                       f"got {tag_length}")
+        limits = self.spec(algorithm)  # IV and tag limits are declared on the algorithm
+        limits.check_iv(len(iv))
+        if mode == "GCM":
+            limits.check_tag_length(tag_length)
         encrypt = direction is CipherDirection.ENCRYPT
         return TokenCipher(self, algorithm, mode, mechanism, token_key, encrypt, iv, tag_length)
 
@@ -544,11 +633,12 @@ class PKCS11Provider(Provider):
         if not self._profile().has_rng:
             raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
                               f"token {self.opts.token_label!r} has no random generator")
-        if not 0 <= length <= policy.RANDOM_MAX:
-            raise invalid_argument(f"random length must be 0 to {policy.RANDOM_MAX}")
+        most = self.spec("RANDOM").max_output
+        if not 0 <= length <= most:
+            raise invalid_argument(f"random length must be 0 to {most}")
         if length == 0:
             return b""
-        return bytes(self.sup.call("random", length, what="generating random bytes"))
+        return bytes(self.call("random", length, what="generating random bytes"))
 
 
 def _token_key(key: ProviderKey) -> TokenKey:

@@ -1,10 +1,10 @@
 """The token worker: the only process that loads the PKCS#11 module.
 
-Started by :class:`~cryptostack_pkcs11.supervisor.Supervisor` as
-``python -m cryptostack_pkcs11.worker FD[,FD...]`` with one socket per channel. It loads the
-module, initialises it for threaded use, finds the token by label, logs in once (login is
-per application in PKCS#11, so every session of this process shares it) and then serves
-each channel on its own thread, one request at a time (see :mod:`cryptostack_pkcs11.protocol`).
+:class:`TokenWorker` is the backend the SDK's worker host
+(:mod:`cryptostack_core.sdk.workers`) runs in a fresh worker process: it loads the module,
+initialises it for threaded use, finds the token by label and logs in once (login is per
+application in PKCS#11, so every session of this process shares it). The host then sends it
+requests (``op_<name>`` methods below), up to ``sessions`` of them at once on as many threads.
 
 Sessions:
 
@@ -26,6 +26,11 @@ those keys stay ``CKA_SENSITIVE``. At start the worker probes which key types th
 wraps (SoftHSM 2.6 wraps AES, generic secrets, EC and RSA keys, not EdDSA keys); the others
 are imported with ``C_CreateObject`` and, when exportable, created non-sensitive and exported
 by reading ``CKA_VALUE`` (see :mod:`cryptostack_pkcs11.provider`).
+
+Failures go back as ``(kind, name, message)``: kind ``"ckr"`` with the ``CKR_*`` name the
+module returned, or ``"crypto"`` with an ErrorCode (see :mod:`.errors`). A return value in
+:data:`~.errors.WORKER_FATAL` means the module's state cannot be trusted: the worker answers
+fatally and exits, and the host starts a new one (new sessions, new login).
 """
 
 from __future__ import annotations
@@ -34,22 +39,19 @@ import itertools
 import os
 import sys
 import threading
-import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypedDict
 
 from pkcs11.attributes import ALL_CAPABILITIES
 from pkcs11.constants import DEFAULT, Attribute, MechanismFlag, ObjectClass
 from pkcs11.mechanisms import KeyType, Mechanism
 
 from cryptostack_core.sdk import ErrorCode
+from cryptostack_core.sdk.workers import ErrorInfo, WorkerBackend
 
 from .cryptoki import CKR_OK, CKRError, Cryptoki, MechanismSpec
-from .errors import WorkerError, describe_failure
-from .protocol import InitRequest
+from .errors import WORKER_FATAL, WorkerError, describe_failure
 
 CKR_OPERATION_ACTIVE = 0x90
 _PUBLIC_EC = (Attribute.EC_PARAMS, Attribute.EC_POINT)
@@ -136,14 +138,24 @@ class _Active:
     ended: bool = False
 
 
-class TokenWorker:
+class TokenConfig(TypedDict):
+    """What the provider sends a starting worker (the PIN travels only over the socket)."""
+
+    module: str
+    token_label: str
+    pin: str
+    sessions: int
+    max_sessions: int
+
+
+class TokenWorker(WorkerBackend):
     """Module, token, sessions and objects of one worker process."""
 
-    def __init__(self, init: InitRequest) -> None:
+    def __init__(self, init: TokenConfig) -> None:
+        super().__init__(init)
         import pkcs11  # imported here: only the worker process loads python-pkcs11
 
         self._p11 = pkcs11
-        self.generation = init["generation"]
         self.lib = pkcs11.lib(init["module"])
         # python-pkcs11 initialised with NULL arguments ("single-threaded application");
         # initialise again with OS locking so the module protects its state itself.
@@ -254,8 +266,6 @@ class TokenWorker:
         """Facts sent back with ``ready``."""
         tok = self.token
         return {
-            "pid": os.getpid(),
-            "generation": self.generation,
             "token_label": tok.label,
             "token_serial": tok.serial.decode("ascii", "replace"),
             "token_model": tok.model,
@@ -270,13 +280,15 @@ class TokenWorker:
             "wrappable": sorted(self.wrappable),
         }
 
-    # --- dispatch --------------------------------------------------------------------
-    def dispatch(self, op: str, args: tuple[Any, ...]) -> Any:
-        """Run request ``op``."""
-        handler: Callable[..., Any] | None = getattr(self, f"op_{op}", None)
-        if handler is None:
-            raise WorkerError(ErrorCode.PROTOCOL_ERROR, f"unknown worker request {op!r}")
-        return handler(*args)
+    # --- host hooks ------------------------------------------------------------------
+    def describe_failure(self, exc: BaseException) -> ErrorInfo:
+        """``("ckr", CKR name, message)`` for module failures (see :mod:`.errors`)."""
+        return describe_failure(exc)
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """A return value after which the module's state cannot be trusted."""
+        kind, name, _message = describe_failure(exc)
+        return kind == "ckr" and name in WORKER_FATAL
 
     def cleanup(self, items: tuple[tuple[str, Any], ...]) -> None:
         """Deferred work piggybacked on a request. It never makes that request wait: aborts
@@ -327,9 +339,9 @@ class TokenWorker:
             self.pool.discard(session)
 
     # --- one-shot operations ---------------------------------------------------------
-    def op_ping(self) -> tuple[int, int]:
-        """Liveness check: (pid, generation)."""
-        return os.getpid(), self.generation
+    def op_ping(self) -> int:
+        """Liveness check: the worker's pid."""
+        return os.getpid()
 
     def op_stats(self) -> dict[str, int]:
         """Counts for diagnostics: objects known, multi-part operations, open sessions."""
@@ -656,60 +668,3 @@ class TokenWorker:
                 count += 1
         return count
 
-
-def _serve(worker: TokenWorker, conn: Connection) -> None:
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            break
-        seq, op, args, cleanup, hang = request
-        if cleanup:
-            worker.cleanup(cleanup)
-        if hang:
-            time.sleep(hang)  # test hook: a module call that blocks
-        try:
-            reply: tuple[int, bool, Any] = (seq, True, worker.dispatch(op, args))
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
-            info = describe_failure(exc)
-            if info[1] == ErrorCode.PROVIDER_ERROR.value:
-                traceback.print_exc(file=sys.stderr)
-            reply = (seq, False, info)
-        try:
-            conn.send(reply)
-        except (OSError, ValueError):
-            break
-    # The provider closed a channel: it is shutting down or gave up on this worker.
-    os._exit(0)
-
-
-def main(argv: list[str]) -> int:
-    """Entry point: ``python -m cryptostack_pkcs11.worker FD[,FD...]``."""
-    fds = [int(fd) for fd in argv[1].split(",")]
-    conns = [Connection(fd) for fd in fds]
-    try:
-        init: InitRequest = conns[0].recv()
-    except (EOFError, OSError):
-        return 1
-    try:
-        worker = TokenWorker(init)
-    except BaseException as exc:  # noqa: BLE001
-        conns[0].send(("error", describe_failure(exc)))
-        return 1
-    conns[0].send(("ready", worker.info()))
-    threads = [threading.Thread(target=_serve, args=(worker, conn), daemon=True,
-                                name=f"channel-{i}") for i, conn in enumerate(conns)]
-    for thread in threads:
-        thread.start()
-    # The channels end when the provider closes them or its process dies (EOF). A channel
-    # thread stuck in the module would not see that, so the main thread also watches the
-    # parent: PR_SET_PDEATHSIG is no use, it fires when the *thread* that forked exits.
-    while all(thread.is_alive() for thread in threads):
-        threads[0].join(1.0)
-        if os.getppid() != init["parent_pid"]:
-            os._exit(0)
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -69,15 +69,15 @@ def test_many_threads_mixed_operations(make_provider: ProviderFactory) -> None:
             public.verify(signer.finalize(), msg, ec.ECDSA(hashes.SHA256()))
 
     assert run_threads(8, work) == []
-    stats = provider.sup.call("stats")
+    stats = provider.host.call("stats")
     assert stats["operations"] == 0  # every multi-part operation ended
-    assert provider.sup.restarts == 0
+    assert provider.host.restarts == 0
 
 
 def test_many_threads_managing_keys(make_provider: ProviderFactory,
                                     list_token_objects: Any, softhsm_token: Any) -> None:
     provider = make_provider(sessions=3)
-    before = provider.sup.call("stats")["objects"]
+    before = provider.host.call("stats")["objects"]
 
     def work(n: int) -> None:
         for i in range(6):
@@ -98,8 +98,8 @@ def test_many_threads_managing_keys(make_provider: ProviderFactory,
 
     assert run_threads(6, work) == []
     assert list_token_objects(softhsm_token) == []
-    provider.sup.call("ping")  # carries the last queued destroys
-    assert provider.sup.call("stats")["objects"] == before
+    provider.host.call("ping")  # carries the last queued destroys
+    assert provider.host.call("stats")["objects"] == before
 
 
 def test_abandoned_multipart_operations_free_their_sessions(
@@ -113,7 +113,7 @@ def test_abandoned_multipart_operations_free_their_sessions(
         op.update(os.urandom(64))  # streams: holds a token session
         del op
     assert provider.random_bytes(1)  # carries the aborts
-    stats = provider.sup.call("stats")
+    stats = provider.host.call("stats")
     assert stats["operations"] == 0 and stats["sessions"] <= 6
     held = []
     for _ in range(4):

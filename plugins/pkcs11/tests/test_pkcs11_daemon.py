@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import cryptostack_core as cs
 from cryptostack_core.testing import wycheproof as wp
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.waiting import eventually, wait_for_exit
 
 P = cs.KeyOperationPermission
 HSM, SOFT = 5, 2
@@ -190,43 +191,46 @@ def test_many_clients_at_once(tmp_path: Path, softhsm_token: Any) -> None:
 
 def test_deadline_over_the_socket_while_the_token_hangs(tmp_path: Path,
                                                         softhsm_token: Any) -> None:
-    config = daemon_config(softhsm_token, call_timeout=2.0,
-                           test_hang={"op": "sign", "seconds": 60, "times": 1})
-    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=0.4) as stack:
-        ctx = stack.create_crypto_context()
+    config = daemon_config(softhsm_token, call_timeout=2.0, test_hang={"op": "sign"})
+    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack(timeout=30) as patient:
+        ctx = patient.create_crypto_context()
         ec_slot = ctx.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
-        first_pid = next(p for p in stack.status()["providers"] if p["id"] == HSM)["worker_pid"]
+
+        def hsm() -> dict[str, Any]:
+            return next(p for p in patient.status()["providers"] if p["id"] == HSM)
+
+        first_pid = hsm()["worker_pid"]
         signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(ec_slot))
+                                         .set_key(ec_slot).set_operation_timeout(0.4))
         started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
-            signer.sign(b"blocks in the token")
+            signer.sign(b"blocks in the token")  # held in the worker: only the deadline ends it
         assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 20  # the client's deadline, not call_timeout's
         with pytest.raises(cs.CryptoError) as err:
             signer.sign(b"again")
         assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
         # the daemon and other contexts -- on the same token -- keep answering
-        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                         .set_provider(HSM))
+        other = patient.create_crypto_context()
+        hasher = other.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                           .set_provider(HSM))
         for i in range(10):
-            t0 = time.monotonic()
             assert hasher.single_shot(b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
-            assert time.monotonic() - t0 < 0.3
         # after call_timeout the worker is replaced; the persisted key works again
-        deadline = time.monotonic() + 6
-        while True:
-            hsm = next(p for p in stack.status()["providers"] if p["id"] == HSM)
-            if hsm["worker_restarts"] == 1 and hsm["worker_pid"] not in (None, first_pid):
-                break
-            assert time.monotonic() < deadline, hsm
-            time.sleep(0.05)
-        assert hsm["state"] == "degraded" and "sign" in hsm["reason"]
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(ec_slot))
+
+        def replaced() -> dict[str, Any] | None:
+            now = hsm()
+            return now if now["worker_restarts"] == 1 and \
+                now["worker_pid"] not in (None, first_pid) else None
+
+        restarted = eventually(replaced, 30, "the worker restart")
+        assert restarted["state"] == "degraded" and "sign" in restarted["reason"]
+        slot = other.resolve_resource("HsmEc", cs.ResourceType.KEY_SLOT)
+        signer = other.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
+                                           .set_key(slot))
         signature = signer.sign(b"after the restart")
-        verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                             .set_algorithm("ECDSA-P256").set_key(ec_slot))
+        verifier = other.create_verify_context(cs.VerifyContextConfig()
+                                               .set_algorithm("ECDSA-P256").set_key(slot))
         assert verifier.verify(b"after the restart", signature)
 
 
@@ -261,24 +265,131 @@ def test_wycheproof_over_the_daemon(tmp_path: Path, softhsm_token: Any,
 
 def test_worker_ends_with_the_daemon(tmp_path: Path, softhsm_token: Any) -> None:
     """A daemon killed with SIGKILL leaves no token worker behind, even one stuck in a call."""
-    config = daemon_config(softhsm_token, test_hang={"op": "digest", "seconds": 600,
-                                                     "times": 1})
+    config = daemon_config(softhsm_token, test_hang={"op": "digest"})
     daemon = DaemonProcess(tmp_path / "d", config).start()
     try:
-        with daemon.stack(timeout=0.3) as stack:
+        with daemon.stack(timeout=30) as stack:
             pid = next(p for p in stack.status()["providers"] if p["id"] == HSM)["worker_pid"]
             hasher = stack.create_crypto_context().create_hash_context(
-                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM))
+                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM)
+                .set_operation_timeout(0.3))
             with pytest.raises(cs.CryptoError) as err:
-                hasher.single_shot(b"stuck")  # the worker now sleeps inside this call
+                hasher.single_shot(b"stuck")  # the worker now holds this call
             assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
     finally:
         daemon.kill()
-    deadline = time.monotonic() + 5
-    while True:
+    assert wait_for_exit(pid, 30), "the token worker outlived the daemon"
+
+
+def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
+                                                             softhsm_token: Any) -> None:
+    """Hash, cipher, sign and verify calls on the token go from the client's socket to the
+    worker's socket on the daemon's event loop: none of them is sent to a thread pool (only
+    context creation and key management are). The daemon runs in this process so the test
+    sees where each request went."""
+    import asyncio
+    import threading
+
+    from cryptostack_core.sdk.workers import use_event_loop
+    from cryptostack_core.server.config import DaemonConfig
+    from cryptostack_core.server.daemon import DaemonServer
+
+    config = DaemonConfig.from_mapping({
+        "daemon": {"socket": str(tmp_path / "d.sock"), "keystore": str(tmp_path / "ks.db")},
+        "providers": [{"name": "pkcs11", "id": HSM, "options": softhsm_token.options()}]})
+    runner = asyncio.Runner()  # as run_daemon does: the loop first, given to the worker hosts
+    use_event_loop(runner.get_loop())
+    server = DaemonServer(config)
+    threaded: list[str] = []
+    provider_for = server.service.provider_for  # asked only for requests sent to a thread
+
+    def recording(session: Any, request: Any) -> Any:
+        threaded.extend(leaf.op for leaf in request.leaves())
+        return provider_for(session, request)
+
+    server.service.provider_for = recording  # type: ignore[method-assign]
+    outcome: dict[str, Any] = {}
+
+    def client() -> None:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "the token worker outlived the daemon"
-        time.sleep(0.05)
+            ready = eventually(lambda: (tmp_path / "d.sock").exists(), 60, "the socket")
+            assert ready
+            endpoint = f"unix://{tmp_path / 'd.sock'}"
+            with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint(
+                    endpoint)) as stack, stack.create_crypto_context() as ctx:
+                km = ctx.create_key_management_context()
+                aes = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
+                                      .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+                ec_key = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
+                                         .set_permissions(P.SIGN | P.VERIFY).set_provider(HSM))
+                hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                                 .set_provider(HSM))
+                outcome["digest"] = hasher.single_shot(b"abc")
+                enc = ctx.create_cipher_context(cs.CipherContextConfig()
+                                                .set_algorithm("AES-256-GCM").set_key(aes)
+                                                .set_direction(ENC))
+                enc.init(bytes(12))
+                enc.update_aad(b"aad")
+                outcome["ciphertext"] = enc.update(b"secret") + enc.finalize()
+                signer = ctx.create_sign_context(cs.SignContextConfig()
+                                                 .set_algorithm("ECDSA-P256").set_key(ec_key))
+                signature = signer.sign(b"message")
+                verifier = ctx.create_verify_context(cs.VerifyContextConfig()
+                                                     .set_algorithm("ECDSA-P256").set_key(ec_key))
+                outcome["verified"] = verifier.verify(b"message", signature)
+        except BaseException as exc:  # noqa: BLE001
+            outcome["error"] = exc
+        finally:
+            server.stop()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        runner.run(server.serve())  # in the main thread (signal handlers) until the client stops it
+    finally:
+        use_event_loop(None)
+        runner.close()
+    thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["digest"] == hashlib.sha256(b"abc").digest() and outcome["verified"]
+    assert len(outcome["ciphertext"]) == len(b"secret") + 16
+    stream_calls = {op for op in threaded if op.split(".")[0] in ("hash", "cipher", "sign",
+                                                                  "verify")
+                    and not op.endswith(".create")}
+    assert stream_calls == set(), f"sent to a thread pool: {sorted(stream_calls)}"
+    assert "key.generate" in threaded  # key management still runs in the provider's pool
+
+
+def test_inproc_stack_awaits_the_token_worker(tmp_path: Path, softhsm_token: Any) -> None:
+    """``inproc://`` with a worker-hosted provider: stream calls are awaited on the worker
+    host's loop (no thread of the transport's in between), with the same results and the
+    same deadline handling as over the daemon."""
+    config = {"daemon": {"keystore": str(tmp_path / "ks.db"), "state_dir": str(tmp_path / "s")},
+              "providers": [{"name": "pkcs11", "id": HSM,
+                             "options": softhsm_token.options(test_hang={"op": "digest"})}]}
+    with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                                .set_daemon_config(config)) as stack, \
+            stack.create_crypto_context() as ctx:
+        km = ctx.create_key_management_context()
+        aes = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
+                              .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+        held = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                       .set_provider(HSM).set_operation_timeout(0.3))
+        with pytest.raises(cs.CryptoError) as err:
+            held.single_shot(b"held in the worker")  # only the deadline ends it
+        assert err.value.code is cs.ErrorCode.OPERATION_TIMED_OUT
+        with pytest.raises(cs.CryptoError) as err:
+            held.single_shot(b"again")
+        assert err.value.code is cs.ErrorCode.CONTEXT_IN_ERROR_STATE
+        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
+                                         .set_provider(HSM))
+        assert hasher.single_shot(b"abc") == hashlib.sha256(b"abc").digest()
+        iv = os.urandom(12)
+        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(aes).set_direction(ENC))
+        enc.init(iv)
+        sealed = enc.update(b"through inproc") + enc.finalize()
+        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
+                                        .set_key(aes).set_direction(DEC))
+        dec.init(iv)
+        assert dec.update(sealed) + dec.finalize() == b"through inproc"

@@ -18,8 +18,7 @@ from pathlib import Path
 import cbor2
 
 from cryptostack_core.sdk import CryptoError, ErrorCode, KekSource
-
-from .proxy import WorkerProxy
+from cryptostack_core.sdk.workers import WorkerHost
 
 KEK_SIZE = 32
 _FORMAT = "cryptostack-tpm2-sealed-kek"
@@ -29,7 +28,7 @@ _VERSION = 1
 class TpmSealedKek(KekSource):
     """A :class:`KekSource` whose file holds a TPM-sealed KEK."""
 
-    def __init__(self, proxy: WorkerProxy, primary_name: bytes) -> None:
+    def __init__(self, proxy: WorkerHost, primary_name: bytes) -> None:
         self._proxy = proxy
         self._primary_name = primary_name
 

@@ -1,32 +1,11 @@
 """TPM 2.0 provider: keys that never leave the TPM, via tpm2-pytss (ESAPI).
 
-Options (``[[providers]] options = { ... }``; relative paths are relative to the config
-directory):
+Options: see :mod:`.options`.
 
-``tcti`` (default ``device:/dev/tpmrm0``)
-    tpm2-tools style TCTI string, e.g. ``swtpm:host=127.0.0.1,port=2321``.
-``owner_auth_file``, ``lockout_auth_file``
-    Files holding the owner / lockout hierarchy auth values (a trailing newline is ignored).
-``primary_template`` (default ``ecc``)
-    Storage primary key: ``ecc`` or ``rsa`` (TCG SRK templates; TSS2 key files from
-    tpm2-openssl/tpm2-tss-engine load under ``ecc``) or a tpm2-tools specifier.
-``primary_handle``
-    Use an existing persistent primary (e.g. ``0x81000001``) instead of creating one.
-``call_timeout`` (default 30 s)
-    Longest wait for one TPM call; also bounded by the daemon's per-call deadline. On expiry
-    the worker process is killed and restarted and the call fails with OPERATION_TIMED_OUT.
-``start_timeout`` (default 30 s), ``max_loaded_objects`` (default: TPM_PT_HR_TRANSIENT_MIN),
-``flush_transient_on_start`` (default true: flush objects a killed worker left behind --
-right for a TPM used by this daemon alone or through the kernel resource manager),
-``reset_lockout`` (default false: TPM2_DictionaryAttackLockReset at start, with the lockout
-auth), ``min_mac_length`` (default 16: shortest truncated HMAC tag verified).
-``test_block_on_random_length``, ``test_block_on_message`` (tests only): a GetRandom of
-exactly that length, or a hash of exactly that (UTF-8) message, blocks the worker forever,
-to exercise deadlines.
-
-Design (see the modules for details): all TPM traffic runs in a worker process
-(:mod:`.worker`, :mod:`.proxy`) with a small object cache for the TPM's few transient slots
-(:mod:`.objects`); what the TPM supports is discovered, not assumed (:mod:`.capabilities`).
+Design (see the modules for details): all TPM traffic runs in a worker process on the SDK's
+worker host (:mod:`.worker`, :mod:`.hosting`; deadlines and restarts follow the host's one
+rule) with a small object cache for the TPM's few transient slots (:mod:`.objects`); what the
+TPM supports is discovered, not assumed (:mod:`.capabilities`).
 
 Keys are created inside the TPM under the storage primary key (TPM2_Create; caller AES/HMAC
 secrets go in as TPM2_Create sensitive data, caller private keys through TPM2_Import) and
@@ -45,10 +24,10 @@ AES-CBC is PKCS#7-padded in the provider (the TPM's CBC has no padding).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -76,8 +55,10 @@ from cryptostack_core.sdk import (
     VerifyOperation,
 )
 from cryptostack_core.sdk import KeyOperationPermission as P
+from cryptostack_core.sdk.workers import WorkerHost
 
 from .capabilities import AES_MODES, CURVES, HASHES, HMACS, RSA_KEYS, RSA_PSS, derive_capabilities
+from .hosting import worker_spec
 from .kek import TpmSealedKek
 from .keys import BLOB, EXTERNAL, PERSISTENT, TpmKey, decode_stored, encode_stored
 from .operations import (
@@ -88,7 +69,7 @@ from .operations import (
     TpmSigner,
     TpmVerifier,
 )
-from .proxy import WorkerProxy
+from .options import TpmOptions, parse
 from .templates import (
     check_public_matches,
     external_public,
@@ -98,36 +79,16 @@ from .templates import (
     sensitive_from_key,
     signing_scheme,
 )
-from .worker import WorkerConfig, WorkerInfo
+from .worker import WorkerInfo
 
 _PERSISTENT_REF = re.compile(rb"^tpm2-persistent:(0x81[0-9a-fA-F]{6})$")
 _TSS2_PEM = b"-----BEGIN TSS2 PRIVATE KEY-----"
 _OWNER = 0x40000001
 
 
-def _bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"tpm2 option {name} must be true or false")
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"tpm2 option {name} must be a positive number")
-    return float(value)
-
-
-def _handle(value: Any, name: str) -> int:
-    try:
-        handle = int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"tpm2 option {name} must be a handle like 0x81000001") from None
-    if handle >> 24 != 0x81:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"tpm2 option {name}: 0x{handle:08x} is not a persistent handle")
-    return handle
+_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
+                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_MAX_INPUT = 64 * 1024
 
 
 class TPM2Provider(Provider):
@@ -135,96 +96,48 @@ class TPM2Provider(Provider):
 
     name = "tpm2"
 
-    _OPTIONS = frozenset({
-        "tcti", "owner_auth_file", "lockout_auth_file", "primary_template", "primary_handle",
-        "call_timeout", "start_timeout", "max_loaded_objects", "flush_transient_on_start",
-        "reset_lockout", "min_mac_length", "test_block_on_random_length",
-        "test_block_on_message"})
-
     def __init__(self, provider_id: int, options: Mapping[str, Any],
                  environment: ProviderEnvironment) -> None:
         super().__init__(provider_id, options, environment)
-        self._proxy: WorkerProxy | None = None
+        self.opts: TpmOptions = parse(options, environment.config_dir)
+        self._min_mac = self.opts.min_mac_length
+        self._host: WorkerHost | None = None
         self._info: WorkerInfo | None = None
         self._caps: frozenset[Capability] = frozenset()
 
     # --- lifecycle -------------------------------------------------------------------
-    def _read_auth(self, name: str) -> bytes | None:
-        value = self.options.get(name)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.environment.config_dir / path
-        try:
-            return path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"tpm2 option {name}: cannot read {path}: {exc}") from None
-
-    def _worker_config(self) -> WorkerConfig:
-        unknown = set(self.options) - self._OPTIONS
-        if unknown:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"unknown tpm2 option(s): {', '.join(sorted(unknown))}")
-        opts = self.options
-        max_loaded = opts.get("max_loaded_objects")
-        block = opts.get("test_block_on_random_length")
-        return WorkerConfig(
-            tcti=str(opts.get("tcti", "device:/dev/tpmrm0")),
-            primary_template=str(opts.get("primary_template", "ecc")),
-            primary_handle=(_handle(opts["primary_handle"], "primary_handle")
-                            if "primary_handle" in opts else None),
-            owner_auth=self._read_auth("owner_auth_file"),
-            lockout_auth=self._read_auth("lockout_auth_file"),
-            reset_lockout=_bool(opts.get("reset_lockout", False), "reset_lockout"),
-            flush_transient=_bool(opts.get("flush_transient_on_start", True),
-                                  "flush_transient_on_start"),
-            max_loaded=None if max_loaded is None else
-            int(_number(max_loaded, "max_loaded_objects")),
-            test_block_random_length=None if block is None else
-            int(_number(block, "test_block_on_random_length")),
-            test_block_message=(None if opts.get("test_block_on_message") is None
-                                else str(opts["test_block_on_message"]).encode()),
-        )
-
     def start(self) -> None:
         """Start the worker process, connect to the TPM and discover what it supports."""
-        config = self._worker_config()
-        self._min_mac = int(_number(self.options.get("min_mac_length", 16), "min_mac_length"))
-        self._proxy = WorkerProxy(
-            config, call_timeout=_number(self.options.get("call_timeout", 30.0), "call_timeout"),
-            start_timeout=_number(self.options.get("start_timeout", 30.0), "start_timeout"),
-            log=self.log)
-        self._info = self._proxy.start()
-        self._caps = derive_capabilities(self._info.facts)
+        self._host = WorkerHost(worker_spec(self.opts), self.opts.host_settings(), self.log)
+        self._host.start()
+        self._info = self._host.info
+        self._caps = derive_capabilities(self.info.facts)
         self._capabilities = self._caps
 
     def close(self) -> None:
         """Stop the worker (it flushes its TPM objects first)."""
-        if self._proxy is not None:
-            self._proxy.close()
+        if self._host is not None:
+            self._host.close()
 
     def state(self) -> tuple[ProviderState, str]:
         """READY, DEGRADED while the worker restarts, UNAVAILABLE if it cannot."""
-        if self._proxy is None:
+        if self._host is None:
             return ProviderState.UNAVAILABLE, "not started"
-        return self._proxy.state()
+        return self._host.state()
 
     def describe(self) -> dict[str, Any]:
         """TPM facts, worker pid, restart and timeout counts."""
-        if self._proxy is None or self._info is None:
+        if self._host is None or self._info is None:
             return {}
-        return {"tcti": self._proxy.tcti, **self._info.facts.describe(),
-                "worker_pid": self._proxy.worker_pid, "worker_restarts": self._proxy.restarts,
-                "timeouts": self._proxy.timeouts, "object_slots": self._info.capacity}
+        return {"tcti": self.opts.tcti, **self._info.facts.describe(),
+                "object_slots": self._info.capacity, **self._host.describe()}
 
     @property
-    def proxy(self) -> WorkerProxy:
-        """The worker proxy (started)."""
-        if self._proxy is None:
+    def host(self) -> WorkerHost:
+        """The worker host (started)."""
+        if self._host is None:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, "tpm2 provider not started")
-        return self._proxy
+        return self._host
 
     @property
     def info(self) -> WorkerInfo:
@@ -232,6 +145,15 @@ class TPM2Provider(Provider):
         if self._info is None:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, "tpm2 provider not started")
         return self._info
+
+    def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
+        """Stream calls are awaited on the TPM worker's host loop (the daemon's), up to
+        64 KiB of input (local work: buffering, or hashing for signatures)."""
+        return operation in _ASYNC_OPERATIONS and size <= _ASYNC_MAX_INPUT
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The TPM worker's host loop: awaited calls run there."""
+        return self._host.loop if self._host is not None else None
 
     def capabilities(self) -> Iterable[Capability]:
         """Discovered at start from the TPM (see :mod:`.capabilities`)."""
@@ -270,7 +192,7 @@ class TPM2Provider(Provider):
         """TPM2_Create of a new key under the primary (the TPM generates the secret)."""
         self._require(algorithm, Operation.GENERATE_KEY)
         template = key_template(algorithm, permissions)
-        public, private = self.proxy.call("create", template.marshal(), None)
+        public, private = self.host.call("create", template.marshal(), None)
         # The TPM makes HMAC secrets as long as the digest.
         size = self.spec(algorithm).key_size if algorithm in HMACS else 0
         return self._new_blob_key(algorithm, public, private, size)
@@ -305,7 +227,7 @@ class TPM2Provider(Provider):
 
     def _import_secret(self, algorithm: str, secret: bytes, permissions: P) -> TpmKey:
         template = key_template(algorithm, permissions, tpm_generated=False)
-        public, private = self.proxy.call("create", template.marshal(), secret)
+        public, private = self.host.call("create", template.marshal(), secret)
         size = len(secret) if not algorithm.startswith("AES-") else 0
         return self._new_blob_key(algorithm, public, private, size)
 
@@ -353,7 +275,7 @@ class TPM2Provider(Provider):
         template = key_template(algorithm, permissions, tpm_generated=False, duplicable=True)
         public = public_from_key(pem, algorithm, template.publicArea.objectAttributes)
         sensitive = sensitive_from_key(pem, algorithm)
-        private_blob = self.proxy.call("import", public.marshal(), sensitive.marshal())
+        private_blob = self.host.call("import", public.marshal(), sensitive.marshal())
         return self._new_blob_key(algorithm, public.marshal(), private_blob)
 
     def _import_tss2(self, algorithm: str, material: bytes) -> TpmKey:
@@ -373,7 +295,7 @@ class TPM2Provider(Provider):
         return self._new_blob_key(algorithm, tss.public.marshal(), tss.private.marshal())
 
     def _import_persistent(self, algorithm: str, handle: int) -> TpmKey:
-        public_bytes = self.proxy.call("read_persistent", handle)
+        public_bytes = self.host.call("read_persistent", handle)
         public = TPM2B_PUBLIC.unmarshal(public_bytes)[0]
         check_public_matches(public, algorithm)
         return TpmKey(algorithm, PERSISTENT, public_bytes, handle=handle,
@@ -396,8 +318,8 @@ class TPM2Provider(Provider):
     def release_key(self, key: ProviderKey) -> None:
         """Flush the key from the TPM (lazily, with the next worker call)."""
         tkey = self._key(key)
-        if self._proxy is not None:
-            self._proxy.drop_later(tkey.key_id, self._proxy.generation)
+        if self._host is not None and self._host.generation is not None:
+            self._host.queue_cleanup(self._host.generation, (tkey.key_id,))
 
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         """The key's TPM blobs (or persistent-handle reference) for the key store."""
@@ -422,12 +344,12 @@ class TPM2Provider(Provider):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "negative length")
         if length == 0:
             return b""
-        return bytes(self.proxy.call("random", length))
+        return bytes(self.host.call("random", length))
 
     def create_hash(self, algorithm: str) -> HashOperation:
         """Digest computed by the TPM."""
         self._require(algorithm, Operation.HASH)
-        return TpmHash(self.proxy, HASHES[algorithm], self.info.facts.input_buffer)
+        return TpmHash(self.host, HASHES[algorithm], self.info.facts.input_buffer)
 
     def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
                       iv: bytes, tag_length: int) -> CipherOperation:
@@ -440,11 +362,9 @@ class TPM2Provider(Provider):
         if tkey.algorithm not in spec.key_algorithms:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{algorithm} needs a {spec.key_algorithms[0]} key")
-        if len(iv) != spec.iv_size:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} needs a {spec.iv_size}-byte IV, got {len(iv)}")
+        spec.check_iv(len(iv))
         mode = algorithm.rsplit("-", 1)[1]
-        return TpmCipher(self.proxy, tkey, mode, AES_MODES[mode],
+        return TpmCipher(self.host, tkey, mode, AES_MODES[mode],
                          direction is CipherDirection.DECRYPT, bytes(iv))
 
     def _check_sign_args(self, algorithm: str, key: TpmKey, context: bytes,
@@ -468,7 +388,7 @@ class TPM2Provider(Provider):
         self._check_sign_args(algorithm, tkey, context, Operation.SIGN)
         limit = self.info.facts.input_buffer
         if self.spec(algorithm).kind is AlgorithmKind.MAC:
-            return TpmMacSigner(self.proxy, tkey, HASHES[HMACS[algorithm]], limit)
+            return TpmMacSigner(self.host, tkey, HASHES[HMACS[algorithm]], limit)
         if not tkey.has_private:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               "a public key cannot sign")
@@ -479,7 +399,7 @@ class TPM2Provider(Provider):
                 raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                                   f"this restricted TPM key is bound to another scheme than "
                                   f"{algorithm}")
-        return TpmSigner(self.proxy, tkey, scheme, hash_name, HASHES[hash_name], limit)
+        return TpmSigner(self.host, tkey, scheme, hash_name, HASHES[hash_name], limit)
 
     def create_verifier(self, algorithm: str, key: ProviderKey,
                         context: bytes) -> VerifyOperation:
@@ -487,19 +407,18 @@ class TPM2Provider(Provider):
         tkey = self._key(key)
         self._check_sign_args(algorithm, tkey, context, Operation.VERIFY)
         if self.spec(algorithm).kind is AlgorithmKind.MAC:
-            return TpmMacVerifier(self.proxy, tkey, HASHES[HMACS[algorithm]],
+            return TpmMacVerifier(self.host, tkey, HASHES[HMACS[algorithm]],
                                   self.info.facts.input_buffer, self._min_mac)
         _scheme, hash_name = self._scheme(algorithm)
         if algorithm in CURVES:
-            return TpmVerifier(self.proxy, tkey, algorithm, hash_name, HASHES[hash_name],
-                               ec_size=CURVES[algorithm][2])
+            return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name])
         area = TPM2B_PUBLIC.unmarshal(tkey.public)[0].publicArea
         n = int.from_bytes(bytes(area.unique.rsa), "big")
         e = int(area.parameters.rsaDetail.exponent) or 65537
-        return TpmVerifier(self.proxy, tkey, algorithm, hash_name, HASHES[hash_name],
+        return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name],
                            rsa_public=(n, e))
 
     def kek_source(self) -> KekSource | None:
         """The key store's KEK sealed to this TPM (see :mod:`.kek`)."""
-        return TpmSealedKek(self.proxy, self.info.primary_name)
+        return TpmSealedKek(self.host, self.info.primary_name)
 

@@ -1,8 +1,8 @@
 """Signature encodings between the API and the TPM.
 
-* ECDSA: the API speaks DER (``SEQUENCE { r INTEGER, s INTEGER }``), the TPM raw r and s.
-  Incoming DER is parsed strictly (pyca's DER parser: BER variants, trailing bytes and
-  negative integers are rejected) and r, s are range-checked before the TPM sees them.
+* ECDSA: the API speaks DER (``SEQUENCE { r INTEGER, s INTEGER }``), the TPM raw r and s;
+  the SDK's :mod:`cryptostack_core.sdk.ecdsa` converts, parsing strictly and range-checking
+  r and s before the TPM sees them.
 * RSA-PSS: the TPM's TPM2_VerifySignature accepts any salt length (checked on swtpm 0.7:
   salts of 0, 20, 32 and the maximum all pass), while the API fixes the salt to the digest
   length. After the TPM has found a signature valid, :func:`pss_salt_length` decodes the
@@ -14,35 +14,23 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
-
-CURVE_ORDERS: dict[str, int] = {
-    "ECDSA-P256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
-    "ECDSA-P384": int(
-        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196A"
-        "CCC52973", 16),
-}
+from cryptostack_core.sdk import ecdsa
 
 
 def ecdsa_to_der(r: bytes, s: bytes) -> bytes:
     """DER signature from the TPM's big-endian r and s."""
-    return encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+    return ecdsa.encode_der(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
 
 
-def ecdsa_from_der(signature: bytes, algorithm: str, size: int) -> tuple[bytes, bytes] | None:
-    """(r, s) as ``size``-byte big-endian values, or None if the DER is malformed or the
-    values are outside [1, n-1] (such a signature is invalid whatever the TPM says)."""
-    try:
-        r, s = decode_dss_signature(bytes(signature))
-    except ValueError:
+def ecdsa_from_der(signature: bytes, algorithm: str) -> tuple[bytes, bytes] | None:
+    """(r, s) as curve-sized big-endian values, or None when the signature is invalid
+    (:func:`cryptostack_core.sdk.ecdsa.decode_der`: not strict DER, or r, s outside
+    [1, n-1]) -- whatever the TPM would say."""
+    raw = ecdsa.der_to_raw(signature, algorithm)
+    if raw is None:
         return None
-    order = CURVE_ORDERS[algorithm]
-    if not (0 < r < order and 0 < s < order):
-        return None
-    return r.to_bytes(size, "big"), s.to_bytes(size, "big")
+    half = len(raw) // 2
+    return raw[:half], raw[half:]
 
 
 def _mgf1(seed: bytes, length: int, hash_name: str) -> bytes:

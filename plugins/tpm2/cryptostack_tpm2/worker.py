@@ -1,31 +1,24 @@
-"""The TPM worker process: the only place that talks to the TPM.
+"""The TPM worker: the only process that talks to the TPM.
 
-The provider (in the multi-threaded daemon) starts a fresh interpreter running
-:func:`serve_fd` (see :mod:`cryptostack_tpm2.proxy`) and proxies every SDK call over a pipe. A TPM command can
-block (a wedged TPM, a stalled simulator); the provider then kills this process and starts
-another, which is only safe because all ESAPI state lives here.
+:class:`TpmWorker` is the backend the SDK's worker host (:mod:`cryptostack_core.sdk.workers`)
+runs in a fresh worker process; the provider (in the multi-threaded daemon) sends it one
+request per TPM interaction (``op_<name>`` methods below). A TPM command can block (a wedged
+TPM, a stalled simulator); the host then kills this process and starts another, which is
+only safe because all ESAPI state lives here. The TPM is serial, so the worker runs one
+request at a time (``threads=1``); each is retried once when the TPM turns out to have lost
+our objects (see :mod:`cryptostack_tpm2.objects`).
 
-Protocol (pickled tuples over a multiprocessing Connection):
-
-* provider -> worker, once: the :class:`WorkerConfig`;
-* worker -> provider, once: ``("ready", WorkerInfo)`` or ``("failed", code, message)``;
-* provider -> worker: ``(method, args, drops)``; ``drops`` are key/sequence ids to flush;
-* worker -> provider: ``("ok", result)``, ``("err", code, message)`` or
-  ``("fatal", code, message)`` -- after a fatal reply the worker exits (broken transport).
-
-Requests are handled one at a time; each is retried once when the TPM turns out to have
-lost our objects (see :mod:`cryptostack_tpm2.objects`).
+Cleanup items the host piggybacks on requests are key and sequence ids to flush. A broken
+transport (see :func:`~cryptostack_tpm2.tpm_errors.is_fatal`) is fatal: the worker answers
+and exits, and the host starts a new one.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from tpm2_pytss import ESAPI, TSS2_Exception
@@ -55,6 +48,7 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import wrap
 
 from cryptostack_core.sdk import CryptoError, ErrorCode
+from cryptostack_core.sdk.workers import WorkerBackend
 
 from .capabilities import TpmFacts, discover
 from .objects import ObjectTable, StaleHandles, is_stale_error
@@ -78,8 +72,6 @@ class WorkerConfig:
     reset_lockout: bool = False
     flush_transient: bool = True
     max_loaded: int | None = None
-    test_block_random_length: int | None = None
-    test_block_message: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -94,40 +86,18 @@ class WorkerInfo:
     capacity: int
 
 
-def serve_fd(fd: int) -> None:
-    """Entry point of the worker process: serve the provider on socket ``fd``."""
-    # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # ESAPI logs every TPM error answer (a failed verification included) to stderr; the
-    # worker reports errors through the pipe instead. libtss2 reads this at its first log.
-    os.environ.setdefault("TSS2_LOG", "all+NONE")
-    conn = Connection(fd)
-    try:
-        config = conn.recv()
-    except (EOFError, OSError):
-        return
-    worker_main(conn, config)
+class _FatalTransport(CryptoError):
+    """A TPM failure after which this worker's connection cannot be trusted."""
 
 
-def worker_main(conn: Connection, config: WorkerConfig) -> None:
-    """Connect to the TPM, report readiness, then answer requests."""
-    try:
-        worker = TpmWorker(config)
-    except CryptoError as exc:
-        conn.send(("failed", exc.code.value, exc.message))
-        return
-    except Exception as exc:  # noqa: BLE001 - reported to the provider, then exit
-        conn.send(("failed", ErrorCode.PROVIDER_UNAVAILABLE.value,
-                   f"cannot open TPM at {config.tcti!r}: {exc}"))
-        return
-    conn.send(("ready", worker.info))
-    worker.serve(conn)
-
-
-class TpmWorker:
+class TpmWorker(WorkerBackend):
     """ESAPI session, storage primary key, object table and request handlers."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        super().__init__(config)
+        # ESAPI logs every TPM error answer (a failed verification included) to stderr; the
+        # worker reports errors to the provider instead. libtss2 reads this at its first log.
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
         self._config = config
         try:
             self.ectx = ESAPI(config.tcti)
@@ -154,12 +124,14 @@ class TpmWorker:
             public = self._run("ReadPublic", lambda: self.ectx.read_public(self.table.primary()))
             self._primary_public = public[0]
         self.table.end_request()
-        self.info = WorkerInfo(
+        self._info = WorkerInfo(
             facts=self.facts, primary_name=bytes(self._primary_public.get_name()),
             primary_public=self._primary_public.marshal(), pid=os.getpid(),
             flushed_leftovers=flushed, capacity=self.table.capacity)
-        self._handlers: dict[str, Callable[..., Any]] = {
-            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("do_")}
+
+    def info(self) -> WorkerInfo:
+        """What the provider learns at start."""
+        return self._info
 
     # --- plumbing --------------------------------------------------------------------
     def _run(self, command: str, fn: Callable[[], Any]) -> Any:
@@ -202,40 +174,36 @@ class TpmWorker:
         self._primary_public = public
         return handle
 
-    def serve(self, conn: Connection) -> None:
-        """Answer requests until the pipe closes or ``close`` is asked."""
-        while True:
-            try:
-                method, args, drops = conn.recv()
-            except (EOFError, OSError):
-                break
-            reply, done = self._handle(method, args, drops)
-            try:
-                conn.send(reply)
-            except (EOFError, OSError):
-                break
-            if done:
-                break
+    # --- host hooks ------------------------------------------------------------------
+    def cleanup(self, items: tuple[Any, ...]) -> None:
+        """Flush released keys and abandoned sequences (their entry ids)."""
+        for entry_id in items:
+            self.table.drop(int(entry_id))
+        self.table.end_request()
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """A broken TPM transport: the host starts a new worker."""
+        return isinstance(exc, _FatalTransport)
+
+    def close(self) -> None:
+        """Flush every object we loaded, then close the connection."""
         self._shutdown()
 
-    def _handle(self, method: str, args: tuple[Any, ...], drops: list[int]) -> tuple[Any, bool]:
-        handler = self._handlers.get(method)
+    def dispatch(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Run ``op_<op>``; TPM errors become CryptoErrors naming the command, once retried
+        when the TPM lost our objects or ran out of object memory."""
+        handler = getattr(self, f"op_{op}", None)
         if handler is None:
-            return ("err", ErrorCode.INTERNAL_ERROR.value, f"unknown worker call {method}"), False
+            raise CryptoError(ErrorCode.INTERNAL_ERROR, f"unknown worker call {op}")
         for attempt in (0, 1):
             try:
-                for entry_id in drops:
-                    self.table.drop(entry_id)
-                drops = []
-                return ("ok", handler(*args)), method == "close"
+                return handler(*args)
             except StaleHandles:
                 self._invalidate()
-            except CryptoError as exc:
-                return ("err", exc.code.value, exc.message), False
             except TSS2_Exception as exc:
                 if is_fatal(exc):
-                    err = translate(exc, method)
-                    return ("fatal", err.code.value, err.message), True
+                    err = translate(exc, op)
+                    raise _FatalTransport(err.code, err.message) from None
                 if attempt == 0 and is_stale_error(exc):
                     self._invalidate()
                     continue
@@ -243,15 +211,16 @@ class TpmWorker:
                     # A command needed more scratch slots than foreseen: free ours, retry.
                     self.table.evict_idle()
                     continue
-                err = translate(exc, method)
-                return ("err", err.code.value, err.message), False
+                raise translate(exc, op) from None
+            except CryptoError:
+                raise
             except Exception as exc:  # noqa: BLE001 - must reach the provider
-                return ("err", ErrorCode.PROVIDER_ERROR.value,
-                        f"TPM worker {method}: {type(exc).__name__}: {exc}"), False
+                raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                                  f"TPM worker {op}: {type(exc).__name__}: {exc}") from None
             finally:
                 self.table.end_request()
-        return ("err", ErrorCode.PROVIDER_ERROR.value,
-                f"TPM {method}: the TPM keeps losing its objects"), False
+        raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                          f"TPM {op}: the TPM keeps losing its objects")
 
     def _invalidate(self) -> None:
         self.table.invalidate()
@@ -265,23 +234,18 @@ class TpmWorker:
             self.ectx.close()
 
     # --- handlers: one per worker call ------------------------------------------------
-    def do_ping(self) -> dict[str, int]:
+    def op_ping(self) -> dict[str, int]:
         """Liveness and cache statistics."""
         return {"pid": os.getpid(), "loads": self.table.loads,
                 "evictions": self.table.evictions, "capacity": self.table.capacity,
                 "transient_in_tpm": len(self._transient_handles())}
 
-    def do_echo(self, value: Any) -> Any:
+    def op_echo(self, value: Any) -> Any:
         """No TPM command: measures the pipe round trip alone."""
         return value
 
-    def do_close(self) -> None:
-        """Flush everything; the loop ends after the reply."""
-
-    def do_random(self, length: int) -> bytes:
+    def op_random(self, length: int) -> bytes:
         """``length`` bytes from TPM2_GetRandom, in as many calls as the TPM needs."""
-        if length == self._config.test_block_random_length:
-            threading.Event().wait()  # test hook: a command that never returns
         out = bytearray()
         while len(out) < length:
             chunk = bytes(self.ectx.get_random(min(length - len(out), self.facts.max_digest)))
@@ -297,42 +261,40 @@ class TpmWorker:
     def _ticket_hierarchy(self, ticket: bool) -> Any:
         return ESYS_TR.OWNER if ticket else ESYS_TR.NULL
 
-    def do_hash(self, alg: int, data: bytes, ticket: bool) -> tuple[bytes, bytes | None]:
+    def op_hash(self, alg: int, data: bytes, ticket: bool) -> tuple[bytes, bytes | None]:
         """Digest of ``data``; with ``ticket``, also the hash-check ticket (restricted keys)."""
-        if data == self._config.test_block_message:
-            threading.Event().wait()  # test hook: a command that never returns
         if len(data) <= self.facts.input_buffer:
             digest, tk = self.ectx.hash(data, alg, self._ticket_hierarchy(ticket))
             return bytes(digest), tk.marshal() if ticket else None
-        seq_id = self.do_seq_start("hash", alg, None, b"")
+        seq_id = self.op_seq_start("hash", alg, None, b"")
         try:
-            self.do_seq_update(seq_id, data)
-            return self.do_seq_finish(seq_id, b"", ticket)
+            self.op_seq_update(seq_id, data)
+            return self.op_seq_finish(seq_id, b"", ticket)
         finally:
             self.table.drop(seq_id)  # no-op once completed
 
-    def do_hmac(self, ref: Any, alg: int, data: bytes) -> bytes:
+    def op_hmac(self, ref: Any, alg: int, data: bytes) -> bytes:
         """HMAC of ``data`` under the key ``ref``."""
         if len(data) <= self.facts.input_buffer:
             return bytes(self.ectx.hmac(self.table.key(ref), data, alg))
-        seq_id = self.do_seq_start("hmac", alg, ref, b"")
+        seq_id = self.op_seq_start("hmac", alg, ref, b"")
         try:
-            self.do_seq_update(seq_id, data)
-            return self.do_seq_finish(seq_id, b"", False)[0]
+            self.op_seq_update(seq_id, data)
+            return self.op_seq_finish(seq_id, b"", False)[0]
         finally:
             self.table.drop(seq_id)  # no-op once completed
 
-    def do_seq_start(self, kind: str, alg: int, ref: Any, data: bytes) -> int:
+    def op_seq_start(self, kind: str, alg: int, ref: Any, data: bytes) -> int:
         """Open a hash (``ref`` None) or HMAC sequence and absorb ``data``."""
         if kind == "hmac":
             key = self.table.key(ref)
             seq_id = self.table.new_sequence(lambda: self.ectx.hmac_start(key, b"", alg))
         else:
             seq_id = self.table.new_sequence(lambda: self.ectx.hash_sequence_start(b"", alg))
-        self.do_seq_update(seq_id, data)
+        self.op_seq_update(seq_id, data)
         return seq_id
 
-    def do_seq_update(self, seq_id: int, data: bytes) -> None:
+    def op_seq_update(self, seq_id: int, data: bytes) -> None:
         """Absorb ``data`` (any length: sent in TPM-buffer-sized pieces)."""
         if not data:
             return
@@ -340,7 +302,7 @@ class TpmWorker:
         for chunk in self._chunks(data):
             self.ectx.sequence_update(handle, chunk)
 
-    def do_seq_finish(self, seq_id: int, data: bytes,
+    def op_seq_finish(self, seq_id: int, data: bytes,
                       ticket: bool) -> tuple[bytes, bytes | None]:
         """Absorb the rest and complete: (digest or MAC, ticket or None)."""
         handle = self.table.sequence(seq_id)
@@ -352,7 +314,7 @@ class TpmWorker:
         self.table.sequence_finished(seq_id)
         return bytes(digest), tk.marshal() if ticket else None
 
-    def do_create(self, template: bytes, secret: bytes | None) -> tuple[bytes, bytes]:
+    def op_create(self, template: bytes, secret: bytes | None) -> tuple[bytes, bytes]:
         """TPM2_Create under the primary: (TPM2B_PUBLIC, TPM2B_PRIVATE), marshalled.
         ``secret`` is caller key material (AES, HMAC) or None to let the TPM generate."""
         public = TPM2B_PUBLIC.unmarshal(template)[0]
@@ -366,7 +328,7 @@ class TpmWorker:
         self.table.release_primary()
         return out_public.marshal(), private.marshal()
 
-    def do_import(self, public: bytes, sensitive: bytes) -> bytes:
+    def op_import(self, public: bytes, sensitive: bytes) -> bytes:
         """TPM2_Import of a clear private key under the primary: its TPM2B_PRIVATE.
         The duplicate is encrypted to the primary's public key (outer wrapper only)."""
         pub = TPM2B_PUBLIC.unmarshal(public)[0]
@@ -378,7 +340,7 @@ class TpmWorker:
                                     TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL))
         return bytes(private.marshal())
 
-    def do_read_persistent(self, handle: int) -> bytes:
+    def op_read_persistent(self, handle: int) -> bytes:
         """Public area of the object at a persistent handle (pre-deployed keys)."""
         try:
             tr = self.ectx.tr_from_tpmpublic(handle)
@@ -392,7 +354,7 @@ class TpmWorker:
             self.ectx.tr_close(tr)
         return bytes(public.marshal())
 
-    def do_sign(self, ref: Any, digest: bytes, scheme: int, hash_alg: int,
+    def op_sign(self, ref: Any, digest: bytes, scheme: int, hash_alg: int,
                 ticket: bytes | None) -> tuple[Any, ...]:
         """TPM2_Sign of a digest: ("ecdsa", r, s) or ("rsapss", signature)."""
         key = self.table.key(ref)
@@ -410,7 +372,7 @@ class TpmWorker:
             return ("rsapss", bytes(sig.signature.rsapss.sig))
         raise CryptoError(ErrorCode.PROVIDER_ERROR, f"unexpected TPM signature {sig.sigAlg}")
 
-    def do_verify(self, ref: Any, digest: bytes, signature: tuple[Any, ...],
+    def op_verify(self, ref: Any, digest: bytes, signature: tuple[Any, ...],
                   hash_alg: int) -> bool:
         """TPM2_VerifySignature: True if valid; False for any signature the TPM rejects."""
         key = self.table.key(ref)
@@ -444,7 +406,7 @@ class TpmWorker:
             return False
         return int(rc) == int(TPM2_RC.SUCCESS)
 
-    def do_cipher(self, ref: Any, decrypt: bool, mode: int, iv: bytes,
+    def op_cipher(self, ref: Any, decrypt: bool, mode: int, iv: bytes,
                   data: bytes) -> tuple[bytes, bytes]:
         """TPM2_EncryptDecrypt2 (or EncryptDecrypt) over ``data``: (output, next IV).
         The provider sends whole blocks except at the end of a message."""
@@ -460,11 +422,11 @@ class TpmWorker:
             iv = bytes(iv_out)
         return bytes(out), iv
 
-    def do_seal(self, secret: bytes) -> tuple[bytes, bytes]:
+    def op_seal(self, secret: bytes) -> tuple[bytes, bytes]:
         """Seal ``secret`` in a data object under the primary: (public, private) blobs."""
-        return self.do_create(sealed_data_template().marshal(), secret)
+        return self.op_create(sealed_data_template().marshal(), secret)
 
-    def do_unseal(self, public: bytes, private: bytes) -> bytes:
+    def op_unseal(self, public: bytes, private: bytes) -> bytes:
         """Load a sealed data object just for TPM2_Unseal and flush it at once."""
         parent = self.table.primary()
         self.table.make_room(1)

@@ -13,18 +13,18 @@ from cryptostack_tpm2.testing import Swtpm
 
 import cryptostack_core as cs
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.waiting import eventually
 
 TPM, SOFT = 5, 2
-BLOCKING_LENGTH = 77  # the test-only GetRandom length the TPM worker never answers
+HELD = "test_hang is holding"  # the daemon's log line when the hang hook holds a call
 
 
-def _config(sim: Swtpm, **daemon: Any) -> dict[str, Any]:
+def _config(sim: Swtpm, tpm: dict[str, Any], **daemon: Any) -> dict[str, Any]:
     return {
         "daemon": daemon,
         "providers": [
             {"name": "tpm2", "id": TPM, "options": {
-                "tcti": sim.tcti, "reset_lockout": True,
-                "test_block_on_random_length": BLOCKING_LENGTH}},
+                "tcti": sim.tcti, "reset_lockout": True, **tpm}},
             {"name": "openssl", "id": SOFT, "options": {}},
         ],
         "key_slots": [{"name": "SoftKey", "algorithm": "AES-256", "provider": SOFT,
@@ -34,21 +34,23 @@ def _config(sim: Swtpm, **daemon: Any) -> dict[str, Any]:
 
 
 def test_a_hung_tpm_delays_only_tpm_clients(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
-    with DaemonProcess(tmp_path / "d", _config(fresh_swtpm, worker_threads=1)) as daemon:
+    # The next GetRandom blocks in the TPM worker until call_timeout kills it.
+    hang = {"test_hang": {"op": "random", "times": 1}, "call_timeout": 20.0}
+    with DaemonProcess(tmp_path / "d", _config(fresh_swtpm, hang, worker_threads=1)) as daemon:
         stuck_done = threading.Event()
 
         def stuck() -> None:  # the TPM's only worker thread waits on a hung TPM
             with daemon.stack(timeout=4.0) as stack:
                 try:
                     stack.create_crypto_context().create_key_management_context() \
-                        .generate_random(BLOCKING_LENGTH)  # the TPM: preferred
+                        .generate_random(77)  # the TPM: preferred
                 except cs.CryptoError:
                     pass
             stuck_done.set()
 
         thread = threading.Thread(target=stuck)
         thread.start()
-        time.sleep(0.3)
+        eventually(lambda: HELD in daemon.log_text(), 20, "the TPM call to hang")
         started = time.monotonic()
         with daemon.stack(timeout=30) as stack:
             ctx = stack.create_crypto_context()
@@ -71,7 +73,7 @@ def test_a_hung_tpm_delays_only_tpm_clients(tmp_path: Path, fresh_swtpm: Swtpm) 
 
 def test_large_tpm_randomness_lets_other_tpm_clients_through(
         tmp_path: Path, fresh_swtpm: Swtpm) -> None:
-    with DaemonProcess(tmp_path / "d", _config(fresh_swtpm)) as daemon:
+    with DaemonProcess(tmp_path / "d", _config(fresh_swtpm, {})) as daemon:
         big_started = threading.Event()
         big: list[float] = []
 

@@ -62,7 +62,7 @@ def test_many_keys_interleaved_from_many_threads(tpm: TPM2Provider) -> None:
     aes = [tpm.import_key("AES-256", aes_secret, KeyFormat.RAW, P.ENCRYPT | P.DECRYPT)
            for _ in range(2)]
     publics = {id(k): _public(tpm, k) for k in ecdsa + p384}
-    before = tpm.proxy.call("ping")
+    before = tpm.host.call("ping")
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:
@@ -102,13 +102,13 @@ def test_many_keys_interleaved_from_many_threads(tpm: TPM2Provider) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    after = tpm.proxy.call("ping")
+    after = tpm.host.call("ping")
     assert after["evictions"] > before["evictions"]  # the cache really was under pressure
     assert after["transient_in_tpm"] <= after["capacity"] == 3
     for key in ecdsa + p384 + macs + aes:
         tpm.release_key(key)
     tpm.random_bytes(1)  # carries the queued flushes
-    assert tpm.proxy.call("ping")["transient_in_tpm"] <= 1  # only the primary may stay
+    assert tpm.host.call("ping")["transient_in_tpm"] <= 1  # only the primary may stay
 
 
 def test_stored_key_of_another_tpm_is_refused(tmp_path: object, fresh_swtpm: Swtpm,

@@ -102,7 +102,7 @@ def test_abandoned_hash_sequences_release_their_slots(tpm: TPM2Provider) -> None
         op.update(b"a" * 40_000)  # > one stream batch: a TPM sequence exists
     del opened, op
     assert _hash(tpm, "SHA-256", [b"b" * 50_000]) == hashlib.sha256(b"b" * 50_000).digest()
-    assert tpm.proxy.call("ping")["transient_in_tpm"] <= 3
+    assert tpm.host.call("ping")["transient_in_tpm"] <= 3
 
 
 def test_interleaved_long_hashes_swap_sequences(tpm: TPM2Provider) -> None:
@@ -116,7 +116,7 @@ def test_interleaved_long_hashes_swap_sequences(tpm: TPM2Provider) -> None:
             op.update(chunk)
             seen.append(chunk)
     assert [op.finalize() for op in ops] == [hashlib.sha256(b"".join(s)).digest() for s in fed]
-    stats = tpm.proxy.call("ping")
+    stats = tpm.host.call("ping")
     assert stats["evictions"] > 0 and stats["transient_in_tpm"] <= 3
 
 

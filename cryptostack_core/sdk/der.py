@@ -1,8 +1,16 @@
-"""The few DER constructs that key encodings need: TLVs, OIDs, SPKI and PKCS#8 shells.
+"""Strict DER and PEM: the few ASN.1 constructs key and signature encodings need.
 
-Decoding is strict (definite, minimal lengths; no trailing bytes) so that two encodings of
-one key cannot both be accepted. Errors are :class:`DerError`, which callers turn into
-``INVALID_ARGUMENT`` naming the format.
+One reader for every provider (and the SDK's hybrid constructions): definite, minimal
+lengths; low tag numbers; minimal INTEGERs; no trailing bytes unless asked for -- so two
+encodings of one value are never both accepted. Failures are :class:`DerError` (a
+``ValueError``); callers turn them into ``INVALID_ARGUMENT`` naming the format, or
+``PROVIDER_ERROR`` when a backend produced them.
+
+Reading: :func:`read` (one element at an offset), :func:`read_all` (a concatenation),
+:func:`expect` (exactly one element of a tag), :func:`first_element` (the leading element of
+padded output). Writing: :func:`tlv`. Values: OBJECT IDENTIFIER, INTEGER, OCTET STRING.
+Shells: SubjectPublicKeyInfo and PKCS#8 / OneAsymmetricKey for algorithms whose identifier
+has no parameters (post-quantum and hybrid keys). Text: PEM (RFC 7468).
 """
 
 from __future__ import annotations
@@ -21,10 +29,15 @@ CONTEXT_0_PRIMITIVE = 0x80
 CONTEXT_0_CONSTRUCTED = 0xA0
 CONTEXT_1_PRIMITIVE = 0x81
 
+MAX_ENCODED = 1 << 20
+"""Largest DER or PEM input the shells parse (keys are far smaller; composite keys < 4 KiB)."""
+
 
 class DerError(ValueError):
-    """Malformed or non-canonical DER."""
+    """Malformed or non-canonical DER (or PEM)."""
 
+
+# --- elements -----------------------------------------------------------------------------
 
 def _length(n: int) -> bytes:
     if n < 0x80:
@@ -35,8 +48,64 @@ def _length(n: int) -> bytes:
 
 def tlv(tag: int, content: bytes) -> bytes:
     """One DER element."""
-    return bytes([tag]) + _length(len(content)) + content
+    return bytes([tag]) + _length(len(content)) + bytes(content)
 
+
+def read(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
+    """(tag, content, next offset) of the element at ``offset``."""
+    if offset + 2 > len(data):
+        raise DerError("truncated element")
+    tag = data[offset]
+    if tag & 0x1F == 0x1F:
+        raise DerError("multi-byte tags are not used in key encodings")
+    first = data[offset + 1]
+    pos = offset + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4:
+            raise DerError("indefinite or oversized length")
+        if pos + count > len(data):
+            raise DerError("truncated length")
+        length = int.from_bytes(data[pos:pos + count], "big")
+        if data[pos] == 0 or length < 0x80:
+            raise DerError("non-minimal length encoding")
+        pos += count
+    end = pos + length
+    if end > len(data):
+        raise DerError("element runs past the end of the data")
+    return tag, bytes(data[pos:end]), end
+
+
+def read_all(data: bytes) -> list[tuple[int, bytes]]:
+    """Every (tag, content) in ``data``, which must be a concatenation of elements."""
+    items = []
+    offset = 0
+    while offset < len(data):
+        tag, content, offset = read(data, offset)
+        items.append((tag, content))
+    return items
+
+
+def expect(data: bytes, tag: int, what: str) -> bytes:
+    """Content of ``data``, which must be exactly one element with ``tag``."""
+    got, content, end = read(data)
+    if got != tag:
+        raise DerError(f"{what}: expected tag {tag:#04x}, got {got:#04x}")
+    if end != len(data):
+        raise DerError(f"{what}: trailing data")
+    return content
+
+
+def first_element(data: bytes) -> bytes:
+    """The complete encoding of the leading element (output padded after it, such as a
+    PKCS#8 key a token padded to its wrapping block size)."""
+    _tag, _content, end = read(data)
+    return bytes(data[:end])
+
+
+# --- values -------------------------------------------------------------------------------
 
 def encode_oid(dotted: str) -> bytes:
     """The content octets of an OBJECT IDENTIFIER."""
@@ -73,58 +142,40 @@ def decode_oid(content: bytes) -> str:
     return ".".join(str(a) for a in head + arcs[1:])
 
 
-def read(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
-    """(tag, content, next offset) of the element at ``offset``."""
-    if offset + 2 > len(data):
-        raise DerError("truncated element")
-    tag = data[offset]
-    if tag & 0x1F == 0x1F:
-        raise DerError("multi-byte tags are not used in key encodings")
-    first = data[offset + 1]
-    pos = offset + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 4:
-            raise DerError("indefinite or oversized length")
-        if pos + count > len(data):
-            raise DerError("truncated length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        if data[pos] == 0 or length < 0x80:
-            raise DerError("non-minimal length encoding")
-        pos += count
-    end = pos + length
-    if end > len(data):
-        raise DerError("element runs past the end of the data")
-    return tag, data[pos:end], end
+def encode_integer(value: int) -> bytes:
+    """A DER INTEGER element (minimal two's complement)."""
+    size = ((value if value >= 0 else ~value).bit_length() + 8) // 8  # and the sign bit
+    return tlv(INTEGER, value.to_bytes(size, "big", signed=True))
 
 
-def read_all(data: bytes) -> list[tuple[int, bytes]]:
-    """Every (tag, content) in ``data``, which must be a concatenation of elements."""
-    items = []
-    offset = 0
-    while offset < len(data):
-        tag, content, offset = read(data, offset)
-        items.append((tag, content))
-    return items
+def decode_integer(content: bytes, *, non_negative: bool = False) -> int:
+    """The value of INTEGER content octets; refuses non-minimal encodings (and negative
+    values when ``non_negative``)."""
+    if not content:
+        raise DerError("empty INTEGER")
+    if len(content) > 1 and ((content[0] == 0 and not content[1] & 0x80) or
+                             (content[0] == 0xFF and content[1] & 0x80)):
+        raise DerError("non-minimal INTEGER")
+    value = int.from_bytes(content, "big", signed=True)
+    if non_negative and value < 0:
+        raise DerError("negative INTEGER")
+    return value
 
 
-def expect(data: bytes, tag: int, what: str) -> bytes:
-    """Content of ``data``, which must be exactly one element with ``tag``."""
-    got, content, end = read(data)
-    if got != tag or end != len(data):
-        raise DerError(f"{what}: expected tag {tag:#04x}, got {got:#04x}"
-                       if got != tag else f"{what}: trailing data")
-    return content
+def unwrap_octet_string(data: bytes) -> bytes:
+    """Content of a DER OCTET STRING that is all of ``data``."""
+    return expect(data, OCTET_STRING, "OCTET STRING")
 
+
+# --- key shells -----------------------------------------------------------------------------
 
 def algorithm_identifier(oid: str) -> bytes:
     """AlgorithmIdentifier with absent parameters (as every post-quantum OID requires)."""
     return tlv(SEQUENCE, tlv(OID, encode_oid(oid)))
 
 
-def _read_algorithm(content: bytes) -> str:
+def read_algorithm(content: bytes) -> str:
+    """The OID of AlgorithmIdentifier content whose parameters are absent."""
     parts = read_all(content)
     if not parts or parts[0][0] != OID:
         raise DerError("AlgorithmIdentifier without an OID")
@@ -133,21 +184,27 @@ def _read_algorithm(content: bytes) -> str:
     return decode_oid(parts[0][1])
 
 
+def _bounded(data: bytes) -> bytes:
+    if len(data) > MAX_ENCODED:
+        raise DerError(f"encodings are at most {MAX_ENCODED} bytes here")
+    return bytes(data)
+
+
 def encode_spki(oid: str, public_key: bytes) -> bytes:
     """SubjectPublicKeyInfo carrying ``public_key`` as the BIT STRING's bytes."""
     return tlv(SEQUENCE, algorithm_identifier(oid) + tlv(BIT_STRING, b"\x00" + public_key))
 
 
 def decode_spki(data: bytes) -> tuple[str, bytes]:
-    """(OID, public key bytes) of a SubjectPublicKeyInfo."""
-    parts = read_all(expect(data, SEQUENCE, "SubjectPublicKeyInfo"))
+    """(OID, public key bytes) of a SubjectPublicKeyInfo whose algorithm has no parameters."""
+    parts = read_all(expect(_bounded(data), SEQUENCE, "SubjectPublicKeyInfo"))
     if len(parts) != 2 or parts[0][0] != SEQUENCE or parts[1][0] != BIT_STRING:
         raise DerError("SubjectPublicKeyInfo must be SEQUENCE { AlgorithmIdentifier, "
                        "BIT STRING }")
     bits = parts[1][1]
     if not bits or bits[0] != 0:
         raise DerError("public key BIT STRING has unused bits")
-    return _read_algorithm(parts[0][1]), bits[1:]
+    return read_algorithm(parts[0][1]), bits[1:]
 
 
 @dataclass(frozen=True)
@@ -168,8 +225,9 @@ def encode_pkcs8(oid: str, private_key: bytes) -> bytes:
 
 
 def decode_pkcs8(data: bytes) -> PrivateKeyInfo:
-    """Parse PrivateKeyInfo / OneAsymmetricKey; attributes are ignored."""
-    parts = read_all(expect(data, SEQUENCE, "PrivateKeyInfo"))
+    """Parse PrivateKeyInfo / OneAsymmetricKey (version 0 or 1); attributes are ignored,
+    each optional field may appear once."""
+    parts = read_all(expect(_bounded(data), SEQUENCE, "PrivateKeyInfo"))
     if len(parts) < 3 or parts[0][0] != INTEGER or parts[1][0] != SEQUENCE \
             or parts[2][0] != OCTET_STRING:
         raise DerError("PrivateKeyInfo must be SEQUENCE { version, AlgorithmIdentifier, "
@@ -178,7 +236,11 @@ def decode_pkcs8(data: bytes) -> PrivateKeyInfo:
     if version not in (b"\x00", b"\x01"):
         raise DerError("PrivateKeyInfo version must be 0 or 1")
     public_key = None
+    seen: set[int] = set()
     for tag, content in parts[3:]:
+        if tag in seen:
+            raise DerError(f"repeated element {tag:#04x} in PrivateKeyInfo")
+        seen.add(tag)
         if tag == CONTEXT_0_CONSTRUCTED:
             continue  # attributes
         if tag == CONTEXT_1_PRIMITIVE and version == b"\x01":
@@ -187,11 +249,13 @@ def decode_pkcs8(data: bytes) -> PrivateKeyInfo:
             public_key = content[1:]
             continue
         raise DerError(f"unexpected element {tag:#04x} in PrivateKeyInfo")
-    return PrivateKeyInfo(_read_algorithm(parts[1][1]), parts[2][1], public_key)
+    return PrivateKeyInfo(read_algorithm(parts[1][1]), parts[2][1], public_key)
 
+
+# --- PEM ----------------------------------------------------------------------------------
 
 def pem_encode(label: str, der: bytes) -> bytes:
-    """PEM with 64-column base64 lines."""
+    """RFC 7468 text: base64 in 64-column lines between BEGIN/END ``label`` lines."""
     text = base64.b64encode(der).decode("ascii")
     lines = [text[i:i + 64] for i in range(0, len(text), 64)]
     return (f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
@@ -201,7 +265,7 @@ def pem_encode(label: str, der: bytes) -> bytes:
 def pem_decode(data: bytes) -> tuple[str, bytes]:
     """(label, DER) of the first PEM block in ``data``."""
     try:
-        text = data.decode("ascii")
+        text = _bounded(data).decode("ascii")
     except UnicodeDecodeError:
         raise DerError("PEM must be ASCII") from None
     begin = text.find("-----BEGIN ")
@@ -211,6 +275,8 @@ def pem_decode(data: bytes) -> tuple[str, bytes]:
     if head_end < 0:
         raise DerError("malformed PEM BEGIN line")
     label = text[begin + 11:head_end]
+    if not label or not all(c.isupper() or c.isdigit() or c == " " for c in label):
+        raise DerError("malformed PEM label")
     footer = f"-----END {label}-----"
     end = text.find(footer, head_end)
     if end < 0:
