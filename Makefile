@@ -18,7 +18,7 @@ endif
 endif
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup run demo test test-core-only bench lint clean deb-packages
+.PHONY: setup run demo test test-core-only bench fuzz lint clean deb-packages
 
 setup: $(STAMP)
 
@@ -73,6 +73,13 @@ bench: setup
 
 # ruff, the import-linter contracts (the layers of docs/architecture.md), mypy on the core and
 # on every plugin.
+# A million fuzzed frames against a real daemon with a bystander client (tests/fuzz_daemon.py):
+# fails on a crash, a hang, a traceback in the daemon's log, a bystander p99 of 100 ms or more,
+# or daemon memory beyond its start plus the configured budget. FUZZ_ARGS=--frames N ...
+FUZZ_ARGS ?=
+fuzz: setup
+	$(BIN)/python tests/fuzz_daemon.py $(FUZZ_ARGS)
+
 lint: setup
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
 	$(BIN)/lint-imports

@@ -1,5 +1,5 @@
 """The ``cryptostack`` command line: ``daemon``, ``status``, ``health``, ``explain``,
-``algorithms``, ``check``, ``keystore backup``.
+``algorithms``, ``check``, ``keystore backup|verify|migrate|repair|reset``.
 
 Exit status: 0 success; 1 failure (unreachable daemon, unhealthy provider, error);
 2 the daemon cannot start with this configuration (bad config, a required provider that
@@ -204,6 +204,95 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_keystore(args: argparse.Namespace, action: Any) -> int:
+    """Run ``action(path, kek_source, kek_path)`` for the configured key store."""
+    from cryptostack_core.server import paths
+
+    config = paths.daemon_defaults(DaemonConfig.load(args.config))
+    if paths.in_memory(config) or config.keystore is None:
+        print(f"cryptostack: {args.config}: this configuration keeps its keys in memory",
+              file=sys.stderr)
+        return 2
+    kek = paths.kek_location(config)[0]
+    loaded = None
+    source = None
+    if config.kek_provider is not None:  # the KEK is sealed by a provider (TPM)
+        from cryptostack_core.server.discovery import load_provider
+
+        entry = next(p for p in config.providers if p.id == config.kek_provider)
+        root = config.state_dir or config.keystore.parent
+        loaded = load_provider(entry, root, Path(config.source).resolve().parent,
+                               allow_test_providers=config.allow_test_providers)
+        source = loaded.instance.kek_source() if loaded.instance is not None else None
+        if source is None:
+            print(f"cryptostack: kek_provider {entry.name} ({entry.id}) is unavailable: "
+                  f"{loaded.load_error}", file=sys.stderr)
+            return 1
+    try:
+        return int(action(config.keystore, source, kek))
+    finally:
+        if loaded is not None and loaded.instance is not None:
+            loaded.instance.close()
+
+
+def cmd_keystore(args: argparse.Namespace) -> int:
+    from cryptostack_core.server import keystore as ks
+
+    def verify(path: Any, source: Any, kek: Any) -> int:
+        store = ks.KeyStore.open_unverified(path, source, kek)
+        try:
+            problems = store.verify()
+        finally:
+            store.close()
+        for problem in problems:
+            print(f"  {problem}")
+        print(f"key store {path}: " + (f"{len(problems)} problem(s); the daemon will not start "
+                                       "on it" if problems else "intact"))
+        return 1 if problems else 0
+
+    def migrate(path: Any, source: Any, kek: Any) -> int:
+        backup, converted, dropped = ks.migrate_v1(path, source, kek,
+                                                   drop_invalid=args.drop_invalid)
+        print(f"key store {path}: converted to schema {ks.SCHEMA_VERSION}; the schema-1 file is "
+              f"kept as {backup}")
+        print("Schema 1 did not authenticate these rows' metadata; they are now sealed as they "
+              "are. Review them:")
+        for line in converted:
+            print(f"  {line}")
+        for line in dropped:
+            print(f"  DROPPED {line}")
+        return 0
+
+    def repair(path: Any, source: Any, kek: Any) -> int:
+        store = ks.KeyStore.open_unverified(path, source, kek)
+        try:
+            if not args.yes:
+                problems = store.verify()
+                for problem in problems:
+                    print(f"  would drop: {problem}")
+                print("nothing to repair" if not problems else
+                      "rerun with --yes to drop these rows (their keys are lost)")
+                return 0 if not problems else 1
+            for problem in store.repair():
+                print(f"  dropped: {problem}")
+        finally:
+            store.close()
+        print(f"key store {path}: re-sealed")
+        return 0
+
+    def reset(path: Any, source: Any, kek: Any) -> int:
+        if not args.yes:
+            print(f"this sets {path} and its KEK aside (renamed, not deleted): the daemon then "
+                  "starts with an empty store and provisions new keys. Rerun with --yes.")
+            return 1
+        for moved in ks.set_aside(path, kek):
+            print(f"  set aside: {moved}")
+        return 0
+
+    return _with_keystore(args, {"verify": verify, "migrate": migrate, "repair": repair,
+                                 "reset": reset}[args.action])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="cryptostack", description=__doc__)
@@ -230,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--keystore", help="the key store file")
     b.add_argument("output", help="backup file to create (never overwritten)")
     b.set_defaults(func=cmd_keystore_backup)
+    for action, text in (("verify", "check every row, the manifest and the KEK (exit 1 if not "
+                                    "intact)"),
+                         ("migrate", "convert a schema-1 store (cryptostack 0.1), keeping a copy"),
+                         ("repair", "drop rows that fail authentication, re-seal the rest"),
+                         ("reset", "set the store and its KEK aside; the next start is empty")):
+        r = ksub.add_parser(action, help=f"{text} (docs/security.md)")
+        r.add_argument("--config", required=True, help="the daemon's TOML configuration file")
+        if action in ("repair", "reset"):
+            r.add_argument("--yes", action="store_true", help=f"really {action}")
+        if action == "migrate":
+            r.add_argument("--drop-invalid", action="store_true",
+                           help="convert even if some schema-1 rows do not unwrap")
+        r.set_defaults(func=cmd_keystore, action=action)
     e = sub.add_parser("explain", help="which provider would run an operation, and why")
     e.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
     e.add_argument("--algorithm", required=True)
@@ -252,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except ConfigError as exc:
+        print(f"cryptostack: bad configuration: {exc}", file=sys.stderr)
+        return 2
     except CryptoError as exc:
         print(f"cryptostack: {exc}", file=sys.stderr)
         return 1

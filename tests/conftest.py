@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +109,93 @@ def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.Cry
         return
     with DaemonProcess(tmp_path / "d", mock_config()) as proc, proc.stack() as stack:
         yield stack
+
+
+# --- other uids: the trust-boundary tests run clients as unprivileged users -------------------
+@dataclass(frozen=True)
+class OtherUser:
+    """A throw-away unprivileged account created for the test session."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, code: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python -c code args...`` as this user, with this environment's packages and
+        ``secutil`` importable; never raises for a non-zero exit status."""
+        return subprocess.run(self._command(code, args), user=self.uid,
+                              group=self.gid, extra_groups=[], env=_ENV, cwd="/",
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
+        """Start ``python -c code args...`` as this user with pipes for stdin and stdout (for
+        scripts that report, then wait for the test before they let go)."""
+        return subprocess.Popen(self._command(code, args), user=self.uid, group=self.gid,
+                                extra_groups=[], env=_ENV, cwd="/", stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def _command(code: str, args: tuple[str, ...]) -> list[str]:
+        preamble = f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+        return [_interpreter_for_others(), "-c", preamble + code, *args]
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": str(TESTS_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+
+
+def _interpreter_for_others() -> str:
+    """This Python if every uid may run it; else the system's build of the same version
+    (a venv made from an interpreter under /root is out of other users' reach)."""
+    real = Path(os.path.realpath(sys.executable))
+    if all(os.stat(p).st_mode & stat.S_IXOTH for p in [real, *real.parents]):
+        return str(real)
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists():
+        pytest.skip(f"no interpreter other users may run ({real} is private)")
+    return str(system)
+_USER_PREFIX = "cstest-"
+
+
+def _remove_stale_users() -> None:
+    # Users left behind by a killed run (their creating process is gone).
+    for entry in pwd.getpwall():
+        parts = entry.pw_name.split("-")
+        if entry.pw_name.startswith(_USER_PREFIX) and len(parts) == 3 and parts[1].isdigit():
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                subprocess.run(["userdel", entry.pw_name], capture_output=True, check=False)
+            except PermissionError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def other_users() -> Iterator[tuple[OtherUser, OtherUser]]:
+    """Two unprivileged accounts (created with useradd, removed at the end of the session)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("creating test users needs root and useradd")
+    _remove_stale_users()
+    made: list[OtherUser] = []
+    try:
+        for suffix in ("a", "b"):
+            name = f"{_USER_PREFIX}{os.getpid()}-{suffix}"
+            subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                            "--shell", "/usr/sbin/nologin", name], check=True,
+                           capture_output=True)
+            entry = pwd.getpwnam(name)
+            made.append(OtherUser(name, entry.pw_uid, entry.pw_gid))
+        yield made[0], made[1]
+    finally:
+        for user in made:
+            subprocess.run(["userdel", user.name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory every uid can traverse (0711), for sockets other users connect to."""
+    path = Path(tempfile.mkdtemp(prefix="cs-sec-"))
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -481,6 +481,8 @@ def test_audit_log_records_identity_and_never_secrets(
 
 
 def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
+    import array
+    import fcntl
     import hashlib
 
     big = os.urandom(3 << 20)
@@ -491,22 +493,33 @@ def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
         h.update(big)
         h.update(big[:1000])
         assert h.finalize() == hashlib.sha256(big + big[:1000]).digest()
-        assert stack._channel.transport._region is not None  # type: ignore[attr-defined]
-    # Hostile use of the shared-memory operations.
+        assert stack._channel.transport.shm_transfers == 1  # type: ignore[attr-defined]
+    # Hostile use of the shared-memory operations (the descriptor rides with SCM_RIGHTS).
     raw = RawClient(daemon.socket_path)
-    with open(daemon.config_path, "rb") as not_a_memfd:
-        reply = raw.request("shm.attach", {"fd": not_a_memfd.fileno(), "size": 4096})
-    assert error_code(reply) == "INVALID_ARGUMENT"
-    fd = os.memfd_create("cryptostack-shm")
-    os.ftruncate(fd, 8192)
-    assert raw.request("shm.attach", {"fd": fd, "size": 8192}, 2)["ok"]
+
+    def with_fd(message: dict[str, Any], fd: int) -> dict[str, Any]:
+        assert raw.request("shm.attach", {}, 90)["result"] == {"ready": True}
+        body = cbor2.dumps(message)
+        raw.sock.sendmsg([struct.pack(">I", len(body)) + body], [
+            (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+        return raw.recv()
+
     ctx_id = raw.request("hash.create", {"algorithm": "SHA-256"}, 3)["result"]["ctx"]
-    raw.request("hash.init", {"ctx": ctx_id}, 4)
+    with open(daemon.config_path, "rb") as not_a_memfd:
+        reply = with_fd({"id": 1, "op": "hash.init", "args": {"ctx": ctx_id}},
+                        not_a_memfd.fileno())
+    assert error_code(reply) == "INVALID_ARGUMENT" and reply["error"]["shm_refused"] is True
+    fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 8192)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    assert with_fd({"id": 2, "op": "hash.init", "args": {"ctx": ctx_id}}, fd)["ok"]
     reply = raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [4096, 8192]}}, 5)
     assert error_code(reply) == "INVALID_ARGUMENT"
     assert raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [0, 8192]}}, 6)["ok"]
     assert raw.request("hash.finalize", {"ctx": ctx_id}, 7)["result"] == \
         hashlib.sha256(bytes(8192)).digest()
+    # A descriptor on a frame not announced by shm.attach never reaches the daemon's frames.
     os.close(fd)
     raw.close()
 

@@ -97,21 +97,27 @@ def test_keystore_wraps_binds_and_detects_tampering(tmp_path: Path) -> None:
     assert secret not in on_disk
     kek = tmp_path / "ks.sqlite3.kek"
     assert (kek.stat().st_mode & 0o777) == 0o600
-    # Swapping the blob into another slot's row fails to unwrap (name bound as AAD).
+    # A row copied under another name is refused (its MAC binds the name; the manifest
+    # does not list it), and so is the store as a whole.
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO key_slots SELECT 'Other', algorithm, provider, compatible, "
-                 "permissions, version, secret, blob, created, updated FROM key_slots")
+    conn.execute("INSERT INTO key_slots SELECT 'Other', version, algorithm, provider, "
+                 "compatible, permissions, export_uids, secret, blob, created, updated, mac "
+                 "FROM key_slots")
     conn.commit()
     conn.close()
-    store = KeyStore.open(db)
+    with pytest.raises(cs.CryptoError) as err:
+        KeyStore.open(db)
+    assert err.value.code is E.INTERNAL_ERROR and "'Other'" in err.value.message
+    store = KeyStore.open_unverified(db)
     with pytest.raises(cs.CryptoError) as err:
         store.load_key("Other")
     assert err.value.code is E.INTERNAL_ERROR
     store.close()
-    # A copied store is useless with another KEK.
+    # A store without its KEK is refused; no new KEK appears.
     kek.unlink()
-    with pytest.raises(cs.CryptoError):
-        KeyStore.open(db).load_key("Slot")
+    with pytest.raises(cs.CryptoError) as err:
+        KeyStore.open(db)
+    assert "missing" in err.value.message and not kek.exists()
 
 
 def test_kek_file_with_loose_permissions_is_refused(tmp_path: Path) -> None:

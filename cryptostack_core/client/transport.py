@@ -9,6 +9,7 @@ deadline even if the work never finishes.
 
 from __future__ import annotations
 
+import array
 import itertools
 import os
 import select
@@ -30,7 +31,7 @@ from cryptostack_core.wire.protocol import (
     SUPPORTED_VERSIONS,
     raise_for_error,
 )
-from cryptostack_core.wire.shm import SHM_ARGUMENTS, ClientRegion
+from cryptostack_core.wire.shm import SHM_ARGUMENTS, sealed_memfd
 from cryptostack_core.wire.shm import THRESHOLD as SHM_THRESHOLD
 from cryptostack_core.wire.transport import Transport, timed_out
 from cryptostack_core.wire.version import __version__
@@ -58,8 +59,8 @@ class UnixTransport(Transport):
         self._buf = bytearray()
         self._broken: str | None = None
         self.max_frame = DEFAULT_MAX_FRAME
-        self._region: ClientRegion | None = None
         self._shm_usable = hasattr(os, "memfd_create") and not os.environ.get("CRYPTOSTACK_NO_SHM")
+        self.shm_transfers = 0  # requests whose large buffers went through shared memory
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
@@ -134,7 +135,8 @@ class UnixTransport(Transport):
         if not self._poll.poll(timeout_ms):
             raise TimeoutError
 
-    def _send(self, message: Mapping[str, Any], deadline: float | None) -> None:
+    def _send(self, message: Mapping[str, Any], deadline: float | None,
+              fds: list[int] | None = None) -> None:
         body = cbor2.dumps(message)
         if len(body) > self.max_frame:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
@@ -143,11 +145,17 @@ class UnixTransport(Transport):
         header = HEADER.pack(len(body))
         pieces = [memoryview(header + body)] if len(body) < 65536 else [
             memoryview(header), memoryview(body)]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] \
+            if fds else []
         try:
             for view in pieces:
                 while view:
                     try:
-                        sent = self._sock.send(view)
+                        if ancillary:  # the descriptors ride on the frame's first byte
+                            sent = self._sock.sendmsg([view], ancillary)
+                            ancillary = []
+                        else:
+                            sent = self._sock.send(view)
                     except BlockingIOError:
                         self._poll.modify(self._sock, select.POLLOUT)
                         try:
@@ -217,11 +225,20 @@ class UnixTransport(Transport):
             if self._broken:
                 raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
             if self._shm_usable:
-                args = self._offload(op, args, timeout)
+                offloaded = self._offload(op, args)
+                if offloaded is not None:
+                    new_args, fd = offloaded
+                    try:
+                        done, result = self._call_with_region(op, new_args, fd, timeout)
+                    finally:
+                        os.close(fd)
+                    if done:
+                        return result
             return self._roundtrip(op, _inline_views(op, args), timeout)
 
     # --- shared memory for large buffers (see shm.py) ---------------------------------------
-    def _offload(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Mapping[str, Any]:
+    def _offload(self, op: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """The request with its large buffers moved into a sealed memfd (None: stay inline)."""
         targets: list[dict[str, Any]] = []
         if op == "batch":
             calls = [dict(c) for c in args.get("calls", [])]
@@ -234,63 +251,64 @@ class UnixTransport(Transport):
             targets.append(new_args)
         big = [(t, k) for t in targets for k in SHM_ARGUMENTS
                if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= SHM_THRESHOLD]
-        if not big:
-            return args
-        total = sum(len(t[k]) for t, k in big)
-        if not self._ensure_region(total, timeout):
-            return args
-        region = self._region
-        assert region is not None
-        offset = 0
-        for t, k in big:
-            data = t[k]
-            region.map[offset:offset + len(data)] = data
-            t[k] = {"shm": [offset, len(data)]}
-            offset += len(data)
-        return new_args
-
-    def _ensure_region(self, size: int, timeout: float | None) -> bool:
-        if self._region is not None and self._region.size >= size:
-            return True
-        wanted = max(size, 4 << 20)
-        wanted = 1 << (wanted - 1).bit_length()
-        if wanted > self.max_frame:
-            return False
+        if not big or sum(len(t[k]) for t, k in big) > self.max_frame:
+            return None
         try:
-            region = ClientRegion(wanted)
+            fd = sealed_memfd([t[k] for t, k in big])
         except OSError:
             self._shm_usable = False
-            return False
-        try:
-            self._roundtrip("shm.attach", {"fd": region.fd, "size": wanted}, timeout)
-        except CryptoError as exc:
-            region.close()
-            if exc.code in (ErrorCode.OPERATION_TIMED_OUT, ErrorCode.CONNECTION_FAILED):
-                raise
-            self._shm_usable = False  # e.g. a daemon under another uid: stay inline
-            return False
-        if self._region is not None:
-            self._region.close()
-        self._region = region
-        return True
+            return None
+        offset = 0
+        for t, k in big:
+            length = len(t[k])
+            t[k] = {"shm": [offset, length]}
+            offset += length
+        return new_args, fd
 
-    def _roundtrip(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+    def _call_with_region(self, op: str, args: Mapping[str, Any], fd: int,
+                          timeout: float | None) -> tuple[bool, Any]:
+        """Attach ``fd`` and send the request with it: (True, result), or (False, None) when
+        the daemon does not take shared memory (the caller then sends the bytes inline)."""
+        try:
+            ready = self._roundtrip("shm.attach", {}, timeout)
+        except CryptoError as exc:
+            if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                # The daemon may be waiting for the descriptor: the stream is out of step.
+                self._break("a shared-memory attach timed out")
+                raise
+            if exc.code is ErrorCode.CONNECTION_FAILED:
+                raise
+            self._shm_usable = False
+            return False, None
+        if not (isinstance(ready, Mapping) and ready.get("ready") is True):
+            self._shm_usable = False
+            return False, None
+        reply = self._roundtrip(op, _inline_views(op, args), timeout, fds=[fd])
+        if isinstance(reply, _ShmRefused):
+            self._shm_usable = False  # e.g. a kernel without sealing: stay inline
+            return False, None
+        self.shm_transfers += 1
+        return True, reply
+
+    def _roundtrip(self, op: str, args: Mapping[str, Any], timeout: float | None,
+                   fds: list[int] | None = None) -> Any:
         with _waiting_lock:
             _waiting[0] += 1
         try:
-            return self._exchange(op, args, timeout)
+            return self._exchange(op, args, timeout, fds)
         finally:
             with _waiting_lock:
                 _waiting[0] -= 1
 
-    def _exchange(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+    def _exchange(self, op: str, args: Mapping[str, Any], timeout: float | None,
+                  fds: list[int] | None = None) -> Any:
         request_id = next(self._ids)
         message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
         deadline = None
         if timeout is not None:
             message["timeout_ms"] = max(1, int(timeout * 1000))
             deadline = time.monotonic() + timeout
-        self._send(message, deadline)
+        self._send(message, deadline, fds)
         while True:
             try:
                 reply = self._receive(deadline)
@@ -304,7 +322,10 @@ class UnixTransport(Transport):
                 continue  # a late answer to a call we gave up on
             if reply.get("ok"):
                 return reply.get("result")
-            raise_for_error(reply.get("error"))
+            error = reply.get("error")
+            if fds and isinstance(error, Mapping) and error.get("shm_refused") is True:
+                return _ShmRefused()
+            raise_for_error(error)
 
     def close(self) -> None:
         try:
@@ -312,9 +333,10 @@ class UnixTransport(Transport):
         except OSError:
             pass
         self._broken = self._broken or "closed"
-        if self._region is not None:
-            self._region.close()
-            self._region = None
+
+
+class _ShmRefused:
+    """The daemon refused a request's shared memory (the request did not run)."""
 
 
 def _inline_views(op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -236,6 +236,11 @@ class KekSource(abc.ABC):
     def load_or_create(self, path: Path) -> bytes:
         """Return the 32-byte KEK, creating and protecting it at ``path`` on first start."""
 
+    def exists(self, path: Path) -> bool:
+        """Whether a KEK was created at ``path`` (the key store never re-creates one behind
+        an existing store). Sources that keep it elsewhere override this."""
+        return path.exists()
+
 
 def _unsupported(what: str) -> CryptoError:
     return CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, what)

@@ -6,6 +6,7 @@ wrong, so a bad config is refused at start with a message an operator can act on
 
 from __future__ import annotations
 
+import grp
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -83,6 +84,7 @@ class DaemonConfig:
     kek_file: Path | None = None
     kek_provider: int | None = None
     audit_log: Path | None = None
+    audit_log_group: int | None = None  # gid that may read the audit log (0640); else 0600
     state_dir: Path | None = None
     socket_mode: int = 0o660
     max_frame_size: int = DEFAULT_MAX_FRAME
@@ -96,6 +98,22 @@ class DaemonConfig:
     """Serve providers that are for tests only (the mock); logged as a warning."""
     allow_root: bool = False
     """Let the daemon run as root (refused by default, as Parsec does)."""
+    # Limits of what clients may make the daemon hold (docs/security.md, "Limits"); sized for
+    # a 2-core machine with 24 GiB that serves other programs too.
+    memory_budget: int = 2 * 1024**3
+    """Bytes all clients together may make the daemon hold: request frames being received
+    or served, answers not yet read, buffered messages, batch results."""
+    connection_memory_budget: int = 256 * 1024**2
+    """The same, for one connection."""
+    max_batch_length: int = 1024
+    max_connections_per_uid: int = 64
+    idle_timeout: float = 3600.0
+    """Seconds a connection may stay silent with nothing in progress (0: no limit)."""
+    frame_timeout: float = 30.0
+    """Seconds within which a frame, once begun, must arrive completely."""
+    admin_uids: tuple[int, ...] = ()
+    """uids that see every client and slot in ``status``/``resource.describe`` (root and the
+    daemon's own uid always do)."""
     provider_preference: tuple[int, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
     key_slots: tuple[KeySlotConfig, ...] = ()
@@ -156,7 +174,9 @@ _DAEMON_KEYS = {
     "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
     "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
     "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
-    "allow_test_providers", "allow_root",
+    "allow_test_providers", "allow_root", "audit_log_group", "memory_budget",
+    "connection_memory_budget", "max_batch_length", "max_connections_per_uid", "idle_timeout",
+    "frame_timeout", "admin_uids",
 }
 MEMORY_KEYSTORE = ":memory:"
 """The ``[daemon] keystore`` value that keeps keys in memory only."""
@@ -187,6 +207,14 @@ class _Parser:
         if not isinstance(value, bool):
             raise self.fail(where, f"expected true or false, got {value!r}")
         return value
+
+    def group(self, where: str, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                return grp.getgrnam(value).gr_gid
+            except KeyError:
+                raise self.fail(where, f"no group named {value!r}") from None
+        return self.int_(where, value)
 
     def uids(self, where: str, value: Any) -> tuple[int, ...] | None:
         if value is None:
@@ -232,15 +260,38 @@ class _Parser:
         for key in ("socket", "keystore", "kek_file", "audit_log", "state_dir"):
             if key in daemon:
                 kw[key] = self.path(f"[daemon] {key}", daemon[key])
+        if "audit_log_group" in daemon:
+            kw["audit_log_group"] = self.group("[daemon] audit_log_group",
+                                               daemon["audit_log_group"])
         if "socket_mode" in daemon:
             kw["socket_mode"] = self.int_("[daemon] socket_mode", daemon["socket_mode"], 0, 0o777)
         if "max_frame_size" in daemon:
             kw["max_frame_size"] = self.int_("[daemon] max_frame_size", daemon["max_frame_size"],
                                              1024, MAX_FRAME_LIMIT)
         for key in ("max_contexts_per_client", "max_resources_per_client", "max_clients",
-                    "max_buffered_message", "worker_threads"):
+                    "max_buffered_message", "worker_threads", "memory_budget",
+                    "connection_memory_budget", "max_batch_length", "max_connections_per_uid"):
             if key in daemon:
                 kw[key] = self.int_(f"[daemon] {key}", daemon[key], 1)
+        for key, minimum in (("idle_timeout", 0.0), ("frame_timeout", 0.001)):
+            if key in daemon:
+                value = daemon[key]
+                if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                        or value < minimum:
+                    raise self.fail(f"[daemon] {key}", f"expected seconds >= {minimum}, got "
+                                    f"{value!r}")
+                kw[key] = float(value)
+        if "admin_uids" in daemon:
+            kw["admin_uids"] = self.uids("[daemon] admin_uids", daemon["admin_uids"])
+        limits = {k: kw.get(k, getattr(DaemonConfig, k)) for k in (
+            "max_frame_size", "max_buffered_message", "connection_memory_budget",
+            "memory_budget")}
+        for small, large in (("max_frame_size", "connection_memory_budget"),
+                             ("max_buffered_message", "connection_memory_budget"),
+                             ("connection_memory_budget", "memory_budget")):
+            if limits[small] > limits[large]:
+                raise self.fail(f"[daemon] {small}", f"{limits[small]} exceeds {large} "
+                                f"({limits[large]}): it could never be used")
 
         providers = []
         ids: set[int] = set()

@@ -9,11 +9,13 @@ provider). The operation families in :mod:`cryptostack_core.server.ops` are buil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pluggy
 from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState
 from cryptostack_core.server import paths
 from cryptostack_core.server.arguments import invalid, rid_arg
+from cryptostack_core.server.budget import MemoryBudget
 from cryptostack_core.server.config import DaemonConfig, KeySlotConfig
 from cryptostack_core.server.discovery import LoadedProvider, ProviderStartError, load_provider
 from cryptostack_core.server.hooks import (
@@ -35,7 +38,7 @@ from cryptostack_core.server.hooks import (
 from cryptostack_core.server.keystore import KeyStore
 from cryptostack_core.server.selection import ProviderSet
 from cryptostack_core.server.session import Handle, KeyEntry, Session
-from cryptostack_core.server.states import ContextState
+from cryptostack_core.server.states import ContextState, StreamContextState
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
@@ -50,6 +53,7 @@ from cryptostack_core.wire.resources import (
 )
 
 log = logging.getLogger("cryptostack.service")
+PROBE_TIMEOUT = 1.0  # seconds a provider has to answer a status probe
 
 
 def _on_event_loop() -> bool:
@@ -78,7 +82,7 @@ class ServiceCore:
                  state_dir: Path | None = None) -> None:
         self.config = config
         self.pm = plugin_manager or make_plugin_manager()
-        self._audit_logger = AuditLogger(config.audit_log)
+        self._audit_logger = AuditLogger(config.audit_log, config.audit_log_group)
         self.pm.register(self._audit_logger, name="audit-log")
         self.daemon_uid = os.getuid()
         self.started = time.time()
@@ -109,6 +113,13 @@ class ServiceCore:
         self.slots = {s.name: s for s in config.key_slots}
         self.cert_slots = {s.name: s for s in config.cert_slots}
         self.trust_stores = {s.name: s for s in config.trust_stores}
+        self.budget = MemoryBudget(config.memory_budget, config.connection_memory_budget)
+        self.provider_executor: Callable[[int], concurrent.futures.Executor | None] | None = None
+        """Set by a front end with worker pools: where to run a provider's status probe."""
+        self.running_on = threading.local()
+        """``provider``: the provider whose pool runs the current thread's request (set by
+        the front end), so a probe never waits for its own thread."""
+        self.admin_uids = frozenset({0, self.daemon_uid, *config.admin_uids})
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -182,21 +193,80 @@ class ServiceCore:
         self._audit_logger.reopen(path)
 
     def open_session(self, peer: PeerIdentity) -> Session:
-        """Register a client."""
+        """Register a client: RESOURCE_EXHAUSTED past its uid's share of connections, then
+        (kept for last) past the daemon's total."""
+        config = self.config
         with self._lock:
-            if len(self.sessions) >= self.config.max_clients:
+            same_uid = sum(1 for s in self.sessions.values() if s.peer.uid == peer.uid)
+            if same_uid >= config.max_connections_per_uid:
                 raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"too many clients (limit {self.config.max_clients})")
-            session = Session(next(self._session_ids), peer, self.config.max_contexts_per_client,
-                              self.config.max_resources_per_client)
+                                  f"uid {peer.uid} already has {same_uid} connections "
+                                  f"(max_connections_per_uid {config.max_connections_per_uid})")
+            if len(self.sessions) >= config.max_clients:
+                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                  f"too many clients (max_clients {config.max_clients})")
+            session = Session(next(self._session_ids), peer, config.max_contexts_per_client,
+                              config.max_resources_per_client, memory=self.budget.account())
             self.sessions[session.id] = session
         return session
 
-    def close_session(self, session: Session) -> None:
-        """Free everything a client held (it disconnected or died)."""
+    def detach_session(self, session: Session) -> None:
+        """Stop counting a client that disconnected (at once: its connection slot is free
+        even while :meth:`close_session` still releases what it held)."""
         with self._lock:
             self.sessions.pop(session.id, None)
+
+    def close_session(self, session: Session) -> None:
+        """Free everything a client held (it disconnected or died)."""
+        self.detach_session(session)
         session.close(self.release_handle)
+        session.memory.release_all()
+
+    def provider_facts(self, detailed: bool) -> list[dict[str, Any]]:
+        """Each provider's state (and, ``detailed``, its own description), each asked on its
+        provider's pool when there are pools: a hung provider shows as unavailable after
+        :data:`PROBE_TIMEOUT` instead of holding up ``status``."""
+        def probe(loaded: LoadedProvider) -> dict[str, Any]:
+            if detailed:
+                return loaded.describe()
+            state, reason = loaded.state()
+            return {"id": loaded.id, "name": loaded.name, "state": state.value, "reason": reason}
+
+        providers = list(self.providers.by_id.values())
+        futures = []
+        here = getattr(self.running_on, "provider", None)
+        for loaded in providers:
+            pool = self.provider_executor(loaded.id) if self.provider_executor else None
+            if loaded.id == here:
+                pool = None  # this thread is that provider's: waiting for it would stall
+            futures.append(pool.submit(probe, loaded) if pool is not None else None)
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        facts = []
+        for loaded, future in zip(providers, futures):
+            if future is None:
+                facts.append(probe(loaded))
+                continue
+            try:
+                facts.append(future.result(max(0.0, deadline - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                facts.append({"id": loaded.id, "name": loaded.name,
+                              "state": ProviderState.UNAVAILABLE.value,
+                              "reason": f"busy: no answer to a status probe within "
+                                        f"{PROBE_TIMEOUT:g} s"})
+        return facts
+
+    def may(self, session: Session, action: str, rtype: ResourceType, name: str,
+            allowed: tuple[int, ...] | None) -> bool:
+        """Whether the access hooks allow ``action`` (no audit event: for listings)."""
+        return bool(self.pm.hook.cryptostack_access_decision(request=AccessRequest(
+            client=session.peer, action=action, resource_type=rtype.value, resource_name=name,
+            daemon_uid=self.daemon_uid, allowed_uids=allowed)))
+
+    def is_admin(self, session: Session) -> bool:
+        """Whether the client may see other clients and restricted slots (``admin_uids``,
+        root and the daemon's own uid)."""
+        return session.peer.uid in self.admin_uids
 
     def session_list(self) -> list[Session]:
         """The connected clients, for ``status``."""
@@ -279,7 +349,10 @@ class ServiceCore:
 
     # --- handles -----------------------------------------------------------------------
     def register(self, call: Call, handle: Handle) -> int:
-        """Add a handle to the call's session; released at once if the call was abandoned."""
+        """Add a handle to the call's session; released at once if the call was abandoned.
+        A stream context's buffered messages are charged to the session's memory budget."""
+        if isinstance(handle.obj, StreamContextState):
+            handle.obj.memory = call.session.memory
         number = call.session.add(handle)
         with call.session.lock:
             call.created.append(number)
@@ -381,17 +454,30 @@ class ServiceCore:
                 "permissions": int(record.permissions), "version": record.version,
                 "created": record.created, "updated": record.updated}
 
+    def export_uids(self, name: str) -> frozenset[int]:
+        """The uids slot ``name``'s configuration lets export (``write_uids``; unset: root
+        and the daemon's uid, as the default access policy decides)."""
+        slot = self.slot_config(name)
+        if slot.write_uids is not None:
+            return frozenset(slot.write_uids)
+        return frozenset({0, self.daemon_uid})
+
     def load_slot(self, session: Session, name: str) -> KeyEntry:
-        """Load a key slot's key into a fresh :class:`KeyEntry` (access-checked)."""
+        """Load a key slot's key into a fresh :class:`KeyEntry` (access-checked). The entry
+        carries the export allow-list of the slot, narrowed by any slot its material came
+        from."""
         slot = self.slot_config(name)
         self.check_access(session, "use", ResourceType.KEY_SLOT, name, slot.use_uids)
         record, stored = self.keystore.load_key(name)
         loaded = self.providers.get(record.provider)
         instance = self.provider_instance(loaded)
         pkey = instance.load_stored_key(stored, record.algorithm, record.permissions)
+        exports = self.export_uids(name)
+        if record.export_uids is not None:
+            exports &= record.export_uids
         return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
-                        compatible=record.compatible, slot=name)
+                        compatible=record.compatible, slot=name, export_uids=exports)
 
     def _reconcile_stored(self) -> None:
         """Let each provider destroy durable objects a crash left without a slot (audited)."""

@@ -22,6 +22,7 @@ Lifecycle for operators (docs/operations.md): the daemon refuses to run as root 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import concurrent.futures
 import logging
@@ -45,6 +46,8 @@ from cryptostack_core.server.session import Session
 from cryptostack_core.server.systemd import Notifier, listen_sockets, unix_stream_listener
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import (
+    HEADER,
+    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     FrameTooLarge,
@@ -52,10 +55,14 @@ from cryptostack_core.wire.protocol import (
     encode,
     error_response,
 )
+from cryptostack_core.wire.shm import DaemonRegion
 from cryptostack_core.wire.version import __version__
 
 log = logging.getLogger("cryptostack.daemon")
 MAX_IN_FLIGHT = 64  # requests one client may have outstanding
+MAX_PASSED_FDS = 4  # room for descriptors in one recvmsg; more than one is refused anyway
+SMALL_ANSWER = 65536  # written at once to a reading client without a budget reservation
+MAX_TIMEOUT_MS = 0xFFFFFFFF  # about 49.7 days; larger deadlines are a protocol error
 
 
 class DaemonStartError(Exception):
@@ -81,12 +88,20 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: DaemonServer) -> None:
         self.server = server
         self.service = server.service
-        self.decoder = FrameDecoder(server.config.max_frame_size)
+        self.decoder = FrameDecoder(server.config.max_frame_size, self._frame_announced)
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
         self.greeted = False
         self.in_flight: set[asyncio.Task[None]] = set()
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._fd_reader: _FdFrameReader | None = None  # between shm.attach and its frame
+        self._passed_fds: list[int] = []  # descriptors that came with the current frame
+        self._last_in_chunk = True
+        # Bytes of the memory budget each complete frame holds until its request is answered,
+        # in arrival order (frames complete in the order their headers arrive).
+        self._frame_sizes: list[int] = []
+        self.frame_started: float | None = None  # when the frame now arriving began
+        self.last_activity = time.monotonic()
 
     # --- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,24 +136,78 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        now = self.last_activity = time.monotonic()
+        self._sync_unread()
         try:
             bodies = self.decoder.feed(data)
         except FrameTooLarge as exc:
             self._fatal(exc)
             return
-        for body in bodies:
+        if not self.decoder.in_frame:
+            self.frame_started = None
+        elif bodies or self.frame_started is None:
+            self.frame_started = now
+        for i, body in enumerate(bodies):
+            size = self._frame_sizes.pop(0) if self._frame_sizes else 0
             if self.transport is None or self.transport.is_closing():
+                self._release_frame(size)
                 return
-            self._on_frame(body)
+            self._last_in_chunk = i == len(bodies) - 1 and not self.decoder.in_frame
+            self._on_frame(body, size)
+
+    # --- the memory budget (budget.py) and timeouts ----------------------------------------
+    def _frame_announced(self, size: int) -> bool:
+        """A frame header arrived: reserve the frame before any of it is buffered."""
+        session = self.session
+        if session is None:
+            return True
+        try:
+            session.memory.reserve(HEADER_SIZE + size, "request frames")
+        except CryptoError as exc:
+            # Answered now; its body is discarded as it arrives, never buffered.
+            self._send(error_response(None, exc))
+            return False
+        self._frame_sizes.append(HEADER_SIZE + size)
+        return True
+
+    def _release_frame(self, size: int) -> None:
+        if self.session is not None:
+            self.session.memory.release(size, "request frames")
+
+    def _sync_unread(self) -> None:
+        """Charge the connection for the answers the client has not read yet."""
+        if self.session is not None and self.transport is not None:
+            self.session.memory.set(self.transport.get_write_buffer_size(), "unread answers")
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about every second: close half-sent frames and idle connections."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._sync_unread()
+        config = self.server.config
+        if self.frame_started is not None and now - self.frame_started > config.frame_timeout:
+            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
+                                    f"a frame stayed incomplete for more than "
+                                    f"{config.frame_timeout:g} s (frame_timeout)"))
+        elif config.idle_timeout and self.greeted and not self.in_flight \
+                and self._fd_reader is None and not self.decoder.in_frame \
+                and now - self.last_activity > config.idle_timeout:
+            self._fatal(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                    f"the connection was idle for more than "
+                                    f"{config.idle_timeout:g} s (idle_timeout); reconnect"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._fd_reader is not None:
+            self._fd_reader.stop()
+            self._fd_reader = None
         for task in self.in_flight:
             task.cancel()
         session, self.session = self.session, None
         if session is not None:
+            self.service.core.detach_session(session)
             # Releasing may call providers (flush a TPM object): not on the loop.
             self.server.loop.run_in_executor(self.server.control_pool,
                                              self.service.close_session, session)
@@ -147,13 +216,31 @@ class Connection(asyncio.Protocol):
     def _send(self, message: Mapping[str, Any]) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        self.last_activity = time.monotonic()
         try:
             frame = encode(message)
         except Exception as exc:  # a provider returned something CBOR cannot carry
             log.error("cannot encode a response: %s", exc)
             frame = encode(error_response(message.get("id"), CryptoError(
                 ErrorCode.INTERNAL_ERROR, "the daemon could not encode its answer")))
+        limit = self.server.config.max_frame_size
+        if len(frame) - HEADER_SIZE > limit:
+            frame = encode(error_response(message.get("id"), CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
+                f"max_frame_size ({limit}); ask for less at a time")))
+        memory = self.session.memory if self.session is not None else None
+        if memory is not None and (len(frame) > SMALL_ANSWER
+                                   or self.transport.get_write_buffer_size()):
+            # A large answer, or answers waiting unread: it must fit the budget.
+            self._sync_unread()
+            try:
+                memory.reserve(len(frame), "unread answers")
+            except CryptoError as exc:  # the client is not reading: a short answer instead
+                frame = encode(error_response(message.get("id"), exc))
         self.transport.write(frame)
+        if memory is not None:
+            self._sync_unread()  # what the socket did not take at once stays charged
 
     def _fatal(self, exc: CryptoError) -> None:
         """A broken stream: say why, then close."""
@@ -161,55 +248,136 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _on_frame(self, body: bytes) -> None:
+    def _on_frame(self, body: bytes, size: int) -> None:
+        """One complete frame; ``size`` bytes of the budget are held until it is answered."""
+        fds, self._passed_fds = self._passed_fds, []
         try:
-            message = decode_body(body)
-        except CryptoError as exc:
-            if not self.greeted:
-                self._fatal(exc)
-            else:
-                self._send(error_response(None, exc))
-            return
+            try:
+                message = decode_body(body)
+            except CryptoError as exc:
+                self._fd_frame = False
+                if not self.greeted:
+                    self._fatal(exc)
+                else:
+                    self._send(error_response(None, exc))
+                return
+            size = self._on_message(message, fds, size)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            self._release_frame(size)
+
+    def _on_message(self, message: dict[str, Any], fds: list[int], size: int) -> int:
+        """Serve one request; returns the budget its caller should release now (0 when a
+        task running the request releases it later)."""
         if not self.greeted:
             self._hello(message)
-            return
+            return size
         request_id = message.get("id")
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             self._send(error_response(None, CryptoError(
                 ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'")))
-            return
+            return size
         timeout_ms = message.get("timeout_ms")
-        if not (timeout_ms is None or (isinstance(timeout_ms, int) and timeout_ms > 0
-                                       and not isinstance(timeout_ms, bool))):
+        if not (timeout_ms is None or (type(timeout_ms) is int and 0 < timeout_ms <= MAX_TIMEOUT_MS)):
             self._send(error_response(request_id, CryptoError(
-                ErrorCode.PROTOCOL_ERROR, "'timeout_ms' must be a positive integer when given")))
-            return
+                ErrorCode.PROTOCOL_ERROR,
+                f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS} when given")))
+            return size
         try:
-            request = Request.parse(message.get("op"), message.get("args", {}))
+            request = Request.parse(message.get("op"), message.get("args", {}),
+                                    self.server.config.max_batch_length)
         except CryptoError as exc:
             self._send(error_response(request_id, exc))
-            return
+            return size
         session = self.session
         if session is None:
-            return
+            return size
+        if request.op == "shm.attach":
+            self._shm_attach(request_id)
+            return size
+        if self._fd_frame:
+            # The frame after an shm.attach: its descriptor becomes the shared memory the
+            # request's {"shm": [offset, length]} references name. Refused: not run.
+            self._fd_frame = False
+            try:
+                self._install_region(session, fds)
+            except CryptoError as exc:
+                refused = error_response(request_id, exc)
+                refused["error"]["shm_refused"] = True  # not run: the client may send inline
+                self._send(refused)
+                return size
+        elif fds:
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
+                                          "after shm.attach")))
+            return size
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
         route = self.service.route(session, request)
         if route is Route.INLINE:
             self._send(self._run(call, request_id, request))
-            return
+            return size
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
-            return
+            return size
         if route is Route.AWAITED:
             task = asyncio.ensure_future(self._run_awaited(call, request_id, request,
-                                                           timeout_ms))
+                                                           timeout_ms, size))
         else:
-            task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms))
+            task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms,
+                                                         size))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+        return 0
+
+    # --- shared memory: a descriptor passed with SCM_RIGHTS (see shm.py) ------------------
+    _fd_frame = False
+    _fds_truncated = False
+
+    def _shm_attach(self, request_id: int) -> None:
+        """Read the client's next frame with recvmsg, so the descriptor it carries survives.
+
+        asyncio transports read with recv(), which drops ancillary data (the kernel closes
+        passed descriptors); so the transport stops reading here and :class:`_FdFrameReader`
+        takes exactly one frame off the socket before handing it back.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if not self._last_in_chunk or sock is None:
+            self._send(error_response(request_id, CryptoError(
+                ErrorCode.PROTOCOL_ERROR,
+                "send nothing after shm.attach until its answer has arrived")))
+            return
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._fd_reader = _FdFrameReader(self, sock.fileno())
+        self._send({"id": request_id, "ok": True, "result": {"ready": True}})
+
+    def _fd_frame_read(self, body: bytes, fds: list[int], truncated: bool) -> None:
+        """The frame after shm.attach, with the descriptors that came with it."""
+        self._fd_reader = None
+        self._fd_frame = True
+        self._fds_truncated = truncated
+        self._passed_fds = fds
+        self._last_in_chunk = True
+        self._on_frame(body, self._frame_sizes.pop(0) if self._frame_sizes else 0)
+        self._fd_frame = False
+        if self._fd_reader is None and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _install_region(self, session: Session, fds: list[int]) -> None:
+        if len(fds) != 1 or self._fds_truncated:
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
+                              f"the frame after shm.attach must carry exactly one file "
+                              f"descriptor (SCM_RIGHTS), not {len(fds)}")
+        region = DaemonRegion(fds[0], self.server.config.max_frame_size)
+        with session.lock:
+            old, session.shm = session.shm, region
+        if old is not None:
+            old.close()
 
     def _hello(self, message: Mapping[str, Any]) -> None:
         hello = message.get("hello")
@@ -218,7 +386,8 @@ class Connection(asyncio.Protocol):
             self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
                                     "the first frame must be a hello: {\"hello\": {\"versions\": [1]}}"))
             return
-        common = [v for v in versions if v in SUPPORTED_VERSIONS]
+        # Exactly integers: 1.0 and true compare equal to 1 in Python, but are not versions.
+        common = [v for v in versions if type(v) is int and v in SUPPORTED_VERSIONS]
         if not common:
             self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
                                     f"no common protocol version (daemon speaks {SUPPORTED_VERSIONS})"))
@@ -231,9 +400,13 @@ class Connection(asyncio.Protocol):
             "limits": {"max_contexts": config.max_contexts_per_client,
                        "max_resources": config.max_resources_per_client,
                        "max_in_flight": MAX_IN_FLIGHT,
-                       "max_buffered_message": config.max_buffered_message}}})
+                       "max_buffered_message": config.max_buffered_message,
+                       "max_batch_length": config.max_batch_length,
+                       "connection_memory_budget": config.connection_memory_budget}}})
 
-    def _run(self, call: Call, request_id: int, request: Request) -> dict[str, Any]:
+    def _run(self, call: Call, request_id: int, request: Request,
+             provider: int | None = None) -> dict[str, Any]:
+        self.service.core.running_on.provider = provider
         try:
             return {"id": request_id, "ok": True, "result": self.service.handle(call, request)}
         except CryptoError as exc:
@@ -244,8 +417,21 @@ class Connection(asyncio.Protocol):
                 ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"))
 
     async def _run_awaited(self, call: Call, request_id: int, request: Request,
-                           timeout_ms: int | None) -> None:
-        """A request the service runs awaited on this loop (a worker-hosted provider)."""
+                           timeout_ms: int | None, size: int) -> None:
+        """A request the service runs awaited on this loop (a worker-hosted provider); one
+        whose context another call holds goes to the thread path instead."""
+        busy = False
+        try:
+            busy = await self._serve_awaited(call, request_id, request, timeout_ms)
+        finally:
+            if not busy:
+                self._release_frame(size)
+        if busy:
+            await self._run_async(call, request_id, request, timeout_ms, size)
+
+    async def _serve_awaited(self, call: Call, request_id: int, request: Request,
+                             timeout_ms: int | None) -> bool:
+        """Serve and answer; True (nothing done) when the context is busy."""
         expired = False
         timer: asyncio.TimerHandle | None = None
         task = asyncio.current_task()
@@ -265,8 +451,7 @@ class Connection(asyncio.Protocol):
         except ContextBusy:
             if timer is not None:
                 timer.cancel()
-            await self._run_async(call, request_id, request, timeout_ms)
-            return
+            return True
         except CryptoError as exc:
             if exc.code is not ErrorCode.OPERATION_TIMED_OUT:
                 reply = error_response(request_id, exc)
@@ -281,6 +466,7 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._send(reply)
+        return False
 
     async def _timed_out(self, call: Call, request_id: int, request: Request,
                          timeout_ms: int | None) -> dict[str, Any]:
@@ -290,10 +476,13 @@ class Connection(asyncio.Protocol):
         return error_response(request_id, CryptoError(ErrorCode.OPERATION_TIMED_OUT, reason))
 
     async def _run_async(self, call: Call, request_id: int, request: Request,
-                         timeout_ms: int | None) -> None:
+                         timeout_ms: int | None, size: int) -> None:
         loop = self.server.loop
-        pool = self.server.pool_for(call.session, request)
-        future = loop.run_in_executor(pool, self._run, call, request_id, request)
+        provider = self.service.provider_for(call.session, request)
+        pool = self.server.pool_for(provider)
+        future = loop.run_in_executor(pool, self._run, call, request_id, request, provider)
+        # The request's memory is held until the work ends, even past an abandoned deadline.
+        future.add_done_callback(lambda _: self._release_frame(size))
         try:
             if timeout_ms is None:
                 reply = await future
@@ -305,6 +494,93 @@ class Connection(asyncio.Protocol):
             call.abandoned = True
             return
         self._send(reply)
+
+
+class _FdFrameReader:
+    """Reads one frame and its SCM_RIGHTS descriptors off a connection's socket.
+
+    It watches a duplicate of the socket's descriptor (the transport's own is registered
+    with the loop) while the transport is paused, and reads no byte beyond the frame.
+    """
+
+    def __init__(self, conn: Connection, fileno: int) -> None:
+        self.conn = conn
+        self.loop = conn.server.loop
+        self.sock = socket.socket(fileno=os.dup(fileno))
+        self.buf = bytearray()
+        self.fds: list[int] = []
+        self.truncated = False
+        self.announced = False
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        timeout = conn.server.config.hello_timeout
+        self.timer = self.loop.call_later(timeout, self._fail, CryptoError(
+            ErrorCode.PROTOCOL_ERROR, f"no frame within {timeout} s after shm.attach"))
+
+    def stop(self) -> None:
+        """Stop watching; close descriptors not handed over."""
+        self.timer.cancel()
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def _fail(self, exc: CryptoError) -> None:
+        self.stop()
+        self.conn._fd_reader = None
+        self.conn._fatal(exc)
+
+    def _wanted(self) -> int:
+        if len(self.buf) < HEADER_SIZE:
+            return HEADER_SIZE - len(self.buf)
+        size: int = HEADER.unpack_from(self.buf)[0]
+        return HEADER_SIZE + size - len(self.buf)
+
+    def _readable(self) -> None:
+        if len(self.buf) >= HEADER_SIZE and not self.announced:
+            (size,) = HEADER.unpack_from(self.buf)
+            if size > self.conn.decoder.max_frame:
+                self._fail(FrameTooLarge(size, self.conn.decoder.max_frame))
+                return
+            self.announced = True
+            if not self.conn._frame_announced(size):  # refused by the memory budget
+                self._fail(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                       "the frame after shm.attach was refused"))
+                return
+        wanted = self._wanted()
+        try:
+            data, ancillary, flags, _ = self.sock.recvmsg(
+                min(wanted, 1 << 20), socket.CMSG_SPACE(MAX_PASSED_FDS * 4),
+                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(CryptoError(ErrorCode.CONNECTION_FAILED, f"connection lost: {exc}"))
+            return
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+                self.fds.extend(received)
+        if flags & socket.MSG_CTRUNC:
+            self.truncated = True
+        if not data:
+            self.stop()
+            self.conn._fd_reader = None
+            if self.conn.transport is not None:
+                self.conn.transport.close()
+            return
+        self.buf += data
+        if len(self.buf) >= HEADER_SIZE and self._wanted() == 0:
+            fds = self.fds
+            self.fds = []
+            self.stop()
+            body = bytes(self.buf[HEADER_SIZE:])
+            # Truncated: more descriptors than we take (the kernel closed the rest).
+            self.conn._fd_frame_read(body, fds, self.truncated)
 
 
 class DaemonServer:
@@ -330,20 +606,17 @@ class DaemonServer:
             pid: concurrent.futures.ThreadPoolExecutor(
                 max_workers=config.worker_threads, thread_name_prefix=f"cryptostack-p{pid}")
             for pid in self.service.core.providers.by_id}
+        self.service.core.provider_executor = self.provider_pools.get
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._stopping: asyncio.Event | None = None
 
-    def pool_for(self, session: Session, request: Request) -> concurrent.futures.ThreadPoolExecutor:
-        """The worker pool of the provider a request will use (bulkheads per provider)."""
-        provider = self.service.provider_for(session, request)
+    def pool_for(self, provider: int | None) -> concurrent.futures.ThreadPoolExecutor:
+        """The worker pool of the provider a request will touch (bulkheads per provider: a
+        hung provider holds up only its own clients); the control pool for the rest."""
         if provider is not None:
             return self.provider_pools.get(provider, self.control_pool)
-        if request.op in ("status", "resource.release"):
-            return self.control_pool
-        preference = self.service.core.providers.preference
-        return self.provider_pools.get(preference[0], self.control_pool) if preference \
-            else self.control_pool
+        return self.control_pool
 
     async def serve(self) -> None:
         """Listen until SIGTERM/SIGINT; SIGHUP reloads."""
@@ -367,12 +640,14 @@ class DaemonServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        sweeper = self.loop.create_task(self._sweep())
         log.info("cryptostack daemon %s ready on %s (pid %d)", __version__, path, os.getpid())
         print(f"cryptostack daemon ready on unix://{path}", flush=True)
         self.notifier.notify("READY=1", f"STATUS=serving on {path}", f"MAINPID={os.getpid()}")
         try:
             await self._stopping.wait()
         finally:
+            sweeper.cancel()
             self.notifier.notify("STOPPING=1", "STATUS=shutting down")
             await self._shutdown(owned)
 
@@ -420,6 +695,20 @@ class DaemonServer:
             self.notifier.notify("READY=1", "STATUS=serving")
             if not self._reload_again:
                 return
+
+    async def _sweep(self) -> None:
+        """Every so often: half-sent frames, idle connections, unread answers (budget)."""
+        config = self.config
+        tick = min(1.0, config.frame_timeout / 4,
+                   config.idle_timeout / 4 if config.idle_timeout else 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                try:
+                    conn.check_timeouts(now)
+                except Exception:  # one connection's trouble must not stop the sweeper
+                    log.exception("checking a connection's timeouts failed")
 
     def stop(self) -> None:
         """Ask :meth:`serve` to return."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -108,16 +110,36 @@ class DefaultAccessPolicy:
 
 
 class AuditLogger:
-    """Writes audit events to the ``cryptostack.audit`` logger and optionally a JSON-lines file."""
+    """Writes audit events to the ``cryptostack.audit`` logger and optionally a JSON-lines file.
 
-    def __init__(self, path: Path | None = None) -> None:
+    The file is the daemon's own: mode 0600, or 0640 with group ``group`` (a gid) when an
+    auditors' group should read it. A file left with looser permissions is tightened.
+    """
+
+    def __init__(self, path: Path | None = None, group: int | None = None) -> None:
         self._log = logging.getLogger("cryptostack.audit")
         self._path = path
+        self._group = group
         self._lock = threading.Lock()
         self._file: Any = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            mode = 0o600 if group is None else 0o640
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, mode)
+            try:
+                before = os.fstat(fd)
+                if group is not None and before.st_gid != group:
+                    os.fchown(fd, -1, group)
+                if stat.S_IMODE(before.st_mode) != mode:  # the umask, or an older daemon
+                    os.fchmod(fd, mode)
+                    if before.st_size:
+                        self._log.warning("audit log %s was mode %o; now %o", path,
+                                          stat.S_IMODE(before.st_mode), mode)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._file = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     @hookimpl
     def cryptostack_audit(self, event: AuditEvent) -> None:
@@ -140,7 +162,7 @@ class AuditLogger:
         The new file is opened exactly as at start (a fresh logger's ``__init__``); events
         written meanwhile go to the old file until the switch.
         """
-        fresh = type(self)(path)
+        fresh = type(self)(path, self._group)
         with self._lock:
             old, self._file, self._path = self._file, fresh._file, path
             fresh._file = None

@@ -45,7 +45,7 @@ class InprocTransport(Transport):
     def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
         if self._closed:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, "stack is closed")
-        request = Request.parse(op, args)
+        request = Request.parse(op, args, self.service.config.max_batch_length)
         deadline = None if timeout is None else time.monotonic() + timeout
         call = Call(self.session, deadline)
         if self.service.runs_inline(self.session, request):

@@ -42,8 +42,11 @@ class Request:
     members: tuple[Request, ...] = ()
 
     @classmethod
-    def parse(cls, op: object, args: object) -> Request:
-        """Check the request's shape (PROTOCOL_ERROR otherwise) and extract its facts."""
+    def parse(cls, op: object, args: object, max_batch: int | None = None) -> Request:
+        """Check the request's shape (PROTOCOL_ERROR otherwise) and extract its facts.
+
+        A batch longer than ``max_batch`` is RESOURCE_EXHAUSTED, before any member is read.
+        """
         if not isinstance(op, str):
             raise _protocol_error(f"'op' must be a string, got {type(op).__name__}")
         if not isinstance(args, Mapping):
@@ -52,6 +55,10 @@ class Request:
             calls = args.get("calls")
             if not isinstance(calls, list):
                 raise _protocol_error("a batch needs 'calls': a list of {op, args} maps")
+            if max_batch is not None and len(calls) > max_batch:
+                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                                  f"a batch of {len(calls)} calls exceeds max_batch_length "
+                                  f"({max_batch}); split it")
             members = []
             for item in calls:
                 if not isinstance(item, Mapping):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pluggy
 
 from cryptostack_core.sdk.deadline import deadline_scope_until
@@ -38,17 +39,31 @@ from cryptostack_core.server.ops.contexts import (
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
 from cryptostack_core.server.request import Request
+from cryptostack_core.server.selection import KeyPlacement
 from cryptostack_core.server.session import Session
 from cryptostack_core.server.states import ContextState
+from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
+from cryptostack_core.wire.protocol import rid_from_wire
+from cryptostack_core.wire.resources import ResourceType
 from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
 
 log = logging.getLogger("cryptostack.service")
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
-CONTROL_OPS = frozenset({"ping", "status", "explain", "algorithms", "resource.resolve",
-                         "resource.release", "resource.describe"})
-"""Requests that never touch a provider: always served inline."""
+CONTROL_OPS = frozenset({"ping", "algorithms", "resource.resolve", "resource.describe"})
+"""Requests that never touch a provider and cost next to nothing: always served inline
+(``algorithms`` reads the registry and the providers' claims, all in memory).
+(``status`` probes every provider and ``explain`` may load a slot's key: they are scheduled
+like any other work; ``resource.release`` is inline unless it frees a key.)"""
+INLINE_BATCH_LENGTH = 16
+"""Longer batches never run on the event loop, however cheap each member."""
+_SELECTED: dict[str, Operation] = {
+    "hash.create": Operation.HASH, "sign.create": Operation.SIGN,
+    "verify.create": Operation.VERIFY, "kem.create": Operation.ENCAPSULATE,
+    "agree.create": Operation.AGREE, "key.generate": Operation.GENERATE_KEY,
+    "key.import": Operation.IMPORT_KEY, "key.derive": Operation.DERIVE}
+"""Requests that create something on the provider selection picks for (algorithm, operation)."""
 
 __all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
 
@@ -120,8 +135,7 @@ class Service:
     def handle(self, call: Call, request: Request) -> Any:
         """Serve one request (synchronously) under its deadline."""
         if request.op == "batch":
-            # Members run one after the other; the first failure ends the batch.
-            return [self.handle(call, member) for member in request.members]
+            return self._batch(call, request)
         fn = self._ops.get(request.op)
         if fn is None:
             raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {request.op!r}")
@@ -151,6 +165,30 @@ class Service:
                 self.core.metric("request.seconds", time.perf_counter() - started,
                                  {"op": request.op, "result": result})
 
+    def _batch(self, call: Call, request: Request) -> list[Any]:
+        """Members run one after the other; the first failure ends the batch. The results
+        are charged to the client's memory budget as they accumulate, and refused once the
+        answer could no longer be sent in one frame."""
+        memory = call.session.memory
+        limit = self.config.max_frame_size
+        held = 0
+        results = []
+        try:
+            for n, member in enumerate(request.members):
+                expected = _announced_size(member)
+                if held + expected > limit:  # refused before the provider allocates it
+                    raise _batch_too_large(n, limit)
+                result = self.handle(call, member)
+                size = _size_of(result)
+                if held + size > limit:
+                    raise _batch_too_large(n, limit)
+                memory.reserve(size, "batch results")
+                held += size
+                results.append(result)
+        finally:
+            memory.release(held, "batch results")
+        return results
+
     def runs_async(self, session: Session, request: Request) -> bool:
         """Whether a front end on an event loop may await :meth:`handle_async` for this
         request instead of sending :meth:`handle` to a thread (see :meth:`route`)."""
@@ -166,7 +204,7 @@ class Service:
         caller's running loop), or on a thread."""
         if request.op == "batch":
             routes = {self.route(session, member, loop) for member in request.members}
-            if routes <= {Route.INLINE}:
+            if routes <= {Route.INLINE} and len(request.members) <= INLINE_BATCH_LENGTH:
                 return Route.INLINE
             members = request.members
             if routes == {Route.AWAITED} and all(m.context == members[0].context
@@ -174,6 +212,8 @@ class Service:
                 return Route.AWAITED
             return Route.THREAD
         op = request.op
+        if op == "resource.release" and self._released_key(session, request) is not None:
+            return Route.THREAD  # releasing a key may call its provider
         if op in CONTROL_OPS or op not in self._ops:
             return Route.INLINE  # no provider involved, or fails fast with an error
         family, verb = request.family, request.verb
@@ -258,16 +298,84 @@ class Service:
         return self.route(session, request) is Route.INLINE
 
     def provider_for(self, session: Session, request: Request) -> int | None:
-        """The provider a (non-inline) request will run on, when it is known up front: the
-        provider of the context it targets, or the one the caller pinned."""
-        for leaf in request.leaves():
-            ctx = self._context_of(session, leaf)
-            if ctx is not None:
-                return ctx.loaded.id
-        for leaf in request.leaves():
-            if leaf.provider is not None:
-                return leaf.provider
+        """The provider whose worker pool should run a (non-inline) request: the one the
+        request will touch, worked out up front from the context it targets, the provider the
+        caller pinned, the key it names or the provider selection picks for its algorithm.
+        None when no provider is involved (or it cannot be told before running): the front
+        end's control pool then runs it. A batch goes where its first member that touches a
+        provider goes (releases aside)."""
+        leaves = list(request.leaves())
+        # Releases of collected guards ride along with other requests: they do not decide.
+        chosen = [leaf for leaf in leaves if leaf.op != "resource.release"] or leaves
+        for leaf in chosen:
+            provider = self._provider_of(session, leaf)
+            if provider is not None:
+                return provider
         return None
+
+    def _provider_of(self, session: Session, request: Request) -> int | None:
+        ctx = self._context_of(session, request)
+        if ctx is not None:
+            return ctx.loaded.id
+        if request.provider is not None:
+            return request.provider
+        op, args, core = request.op, request.args, self.core
+        try:
+            if op == "resource.release":
+                entry = self._released_key(session, request)
+                return entry.home.id if entry is not None else None
+            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist"):
+                name = session.get(rid_from_wire(args.get("slot"))).obj.name
+                slot = core.slot_config(name)
+                if slot.provider is not None or op != "key.persist":
+                    return slot.provider
+                return self._key_home(session, args.get("key"))
+            if op in ("key.export", "key.export_public", "explain") and "key" in args:
+                return self._key_home(session, args.get("key"))
+            if op == "random.generate":
+                return core.providers.select("RANDOM", Operation.RANDOM).id
+            if op not in _SELECTED and op != "cipher.create" and op.endswith(".create") \
+                    and "key" in args:
+                return self._key_home(session, args.get("key"))  # its key's provider
+            operation = _SELECTED.get(op)
+            if op == "cipher.create":
+                operation = Operation.DECRYPT if args.get("direction") == "DECRYPT" \
+                    else Operation.ENCRYPT
+            if operation is None:
+                return None
+            spec = REGISTRY.get(args["algorithm"])
+            placement = self._placement(session, args.get("key")) if "key" in args else None
+            return core.providers.select(spec.name, operation, key=placement).id
+        except (CryptoError, KeyError, TypeError, AttributeError):
+            return None  # the request fails fast with its own error, wherever it runs
+
+    def _key_home(self, session: Session, value: object) -> int | None:
+        placement = self._placement(session, value)
+        return placement.home if placement is not None else None
+
+    def _placement(self, session: Session, value: object) -> KeyPlacement | None:
+        """Where a key named by a guard or a slot lives, from memory and configuration only
+        (no key store or provider call on the event loop)."""
+        rid = rid_from_wire(value)
+        handle = session.get(rid)
+        if rid.type is ResourceType.KEY:
+            placement: KeyPlacement = handle.obj.placement
+            return placement
+        if rid.type is ResourceType.KEY_SLOT:
+            slot = self.core.slot_config(handle.obj.name)
+            if slot.algorithm is not None and slot.provider is not None:
+                return KeyPlacement(slot.algorithm, slot.provider, slot.compatible_providers,
+                                    False)
+        return None
+
+    @staticmethod
+    def _released_key(session: Session, request: Request) -> Any:
+        """The key a ``resource.release`` would free in its provider, if any."""
+        try:
+            handle = session.get(rid_from_wire(request.args.get("id")))
+        except CryptoError:
+            return None
+        return handle.obj if handle.kind == "key" else None
 
     def abandon(self, call: Call, request: Request, reason: str) -> None:
         """The front end stopped waiting for ``call``: the contexts involved enter their error
@@ -293,3 +401,28 @@ class Service:
         except CryptoError:
             return None
         return ctx
+
+
+def _announced_size(request: Request) -> int:
+    """Bytes a request's result will take, when its arguments say so up front."""
+    if request.op == "random.generate":
+        length = request.args.get("length")
+        if type(length) is int and length > 0:
+            return length
+    return 0
+
+
+def _size_of(value: Any) -> int:
+    """The bytes ``value`` takes in an answer frame (at most 9 more)."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return len(value) + 9
+    try:
+        return len(cbor2.dumps(value))
+    except Exception:  # noqa: BLE001 - not encodable: the answer will say so
+        return 9
+
+
+def _batch_too_large(done: int, limit: int) -> CryptoError:
+    return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                       f"the batch's results would pass max_frame_size ({limit} bytes) at call "
+                       f"{done + 1}: the answer could not be sent; split the batch")

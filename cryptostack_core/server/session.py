@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptostack_core.sdk.provider import ProviderKey
+from cryptostack_core.server.budget import UNLIMITED, Account
 from cryptostack_core.server.discovery import LoadedProvider
 from cryptostack_core.server.hooks import PeerIdentity
 from cryptostack_core.server.selection import KeyPlacement
@@ -27,9 +28,14 @@ class KeyEntry:
 
     def __init__(self, *, algorithm: str, permissions: KeyOperationPermission,
                  home: LoadedProvider, pkey: ProviderKey, persistence: ResourcePersistence,
-                 compatible: tuple[int, ...] = (), slot: str | None = None) -> None:
+                 compatible: tuple[int, ...] = (), slot: str | None = None,
+                 export_uids: frozenset[int] | None = None) -> None:
         self.algorithm = algorithm
         self.permissions = permissions
+        self.export_uids = export_uids
+        """uids that may export this material: the intersection of the export allow-lists of
+        every slot it has been in since it was created or imported (None: it has been in none;
+        the client that made it may export it if it carries EXPORT)."""
         self.home = home
         self.pkey = pkey
         self.persistence = persistence
@@ -124,6 +130,8 @@ class Session:
     names: dict[tuple[ResourceType, str], int] = field(default_factory=dict)
     closed: bool = False
     shm: Any = None  # shm.DaemonRegion once the client attached one
+    memory: Account = field(default_factory=UNLIMITED.account)
+    """This client's share of the daemon's memory budget."""
     lock: threading.RLock = field(default_factory=threading.RLock)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 

@@ -25,6 +25,7 @@ from cryptostack_core.sdk.provider import (
     SignOperation,
     VerifyOperation,
 )
+from cryptostack_core.server.budget import UNLIMITED, Account
 from cryptostack_core.server.discovery import LoadedProvider
 from cryptostack_core.server.session import KeyEntry
 from cryptostack_core.wire.algorithms import AlgorithmKind, AlgorithmSpec
@@ -113,11 +114,18 @@ class StreamContextState(ContextState):
         self.op: Any = None
         self.max_buffered = max_buffered
         self.buffered = 0
+        self.memory: Account = UNLIMITED.account()
+        """The client's memory budget; a buffered message is charged to it."""
         self.data_seen = False
+
+    def _unbuffer(self) -> None:
+        if self.buffered:
+            self.memory.release(self.buffered, "buffered messages")
+            self.buffered = 0
 
     def abort(self) -> None:
         self.op = None
-        self.buffered = 0
+        self._unbuffer()
         self.data_seen = False
         if self.state is MessagePhase.ACTIVE:
             self.state = MessagePhase.IDLE
@@ -152,7 +160,7 @@ class StreamContextState(ContextState):
                               "init() called while a message is in progress; call reset() "
                               "to discard it or finalize it first")
         self.op = self._guard(lambda: self._start(**params))
-        self.buffered = 0
+        self._unbuffer()
         self.data_seen = False
         self.state = MessagePhase.ACTIVE
 
@@ -163,13 +171,20 @@ class StreamContextState(ContextState):
             raise CryptoError(ErrorCode.INVALID_STATE, f"{what}() needs an active message; {hint}")
 
     def _count(self, data: Buffer) -> None:
-        self.buffered += len(data)
-        if self.buffered > self.max_buffered:
+        """Charge a part of a message the provider holds until finalize, before it gets it."""
+        size = len(data)
+        if self.buffered + size > self.max_buffered:
             self.abort()
             raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"message exceeds the daemon's limit of {self.max_buffered} bytes "
+                              f"message exceeds max_buffered_message ({self.max_buffered} bytes) "
                               f"for {self.algorithm} (the whole message is held in memory); "
                               "the message was discarded")
+        try:
+            self.memory.reserve(size, "buffered messages")
+        except CryptoError as exc:
+            self.abort()
+            raise CryptoError(exc.code, f"{exc.message}; the message was discarded") from None
+        self.buffered += size
 
     def update(self, data: Buffer) -> Any:
         """Feed the message in progress; returns the provider's output (ciphers) or None."""
@@ -188,6 +203,7 @@ class StreamContextState(ContextState):
         assert op is not None
         result = self._guard(op.finalize)
         self.op, self.state = None, MessagePhase.DONE
+        self._unbuffer()
         return result
 
     # Twins of update/finalize for providers whose calls are awaited on the daemon's loop
@@ -214,7 +230,7 @@ class StreamContextState(ContextState):
     def reset(self) -> None:
         """Discard any partial message; the context can be reused."""
         self.op = None
-        self.buffered = 0
+        self._unbuffer()
         self.data_seen = False
         self.state = MessagePhase.IDLE
 

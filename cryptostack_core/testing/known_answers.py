@@ -376,7 +376,9 @@ class _Runner:
                 return "encryption differs"
             return "" if out[1] == case.plaintext else "decryption differs"
         if isinstance(case, KdfCase):
-            with self.key("GENERIC-SECRET", case.ikm, cs.KeyFormat.RAW, P.DERIVE) as ikm:
+            # EXPORT on the parent too: a derived key carries EXPORT only if its parent does.
+            with self.key("GENERIC-SECRET", case.ikm, cs.KeyFormat.RAW,
+                          P.DERIVE | P.EXPORT) as ikm:
                 derived = self.km.derive_key(
                     cs.DeriveKeyParams().set_algorithm(case.algorithm).set_key(ikm)
                     .set_salt(case.salt).set_info(case.info)

@@ -537,12 +537,13 @@ def _mlkem_encaps(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any])
 
 
 def _hkdf(algorithm: str) -> Handler:
-    """HKDF through ``derive_key``: the IKM is imported as a GENERIC-SECRET (DERIVE), the
-    output key (GENERIC-SECRET with EXPORT) is exported and compared with ``okm``. An
+    """HKDF through ``derive_key``: the IKM is imported as a GENERIC-SECRET (DERIVE, and
+    EXPORT: a derived key can carry EXPORT only when its parent does), the output key
+    (GENERIC-SECRET with EXPORT) is exported and compared with ``okm``. An
     output longer than 255 hash lengths must be refused with INVALID_ARGUMENT."""
     def run(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
         ikm = _hex(case, "ikm")
-        key = r.key("GENERIC-SECRET", ikm, cs.KeyFormat.RAW, P.DERIVE)
+        key = r.key("GENERIC-SECRET", ikm, cs.KeyFormat.RAW, P.DERIVE | P.EXPORT)
         params = (cs.DeriveKeyParams().set_algorithm(algorithm).set_key(key)
                   .set_salt(_hex(case, "salt")).set_info(_hex(case, "info"))
                   .set_output("GENERIC-SECRET", case["size"]).set_permissions(P.EXPORT))

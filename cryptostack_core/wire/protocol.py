@@ -9,11 +9,12 @@ data item (a map). The first frame each way is a hello; then the client sends re
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
 
+from cryptostack_core.wire import cbor_subset
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
 
@@ -40,46 +41,89 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:
-    """Decode one frame body; anything but a CBOR map is a PROTOCOL_ERROR."""
+    """Decode one frame body from an untrusted peer; anything outside the CBOR subset of
+    :mod:`.cbor_subset` (checked before decoding) or not a map is a PROTOCOL_ERROR."""
     try:
-        message = cbor2.loads(body)
-    except Exception as exc:  # cbor2 raises several types for malformed input
-        raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"malformed CBOR: {exc}") from None
+        message = cbor_subset.loads(body)
+    except cbor_subset.SubsetError as exc:
+        raise CryptoError(ErrorCode.PROTOCOL_ERROR, str(exc)) from None
     if not isinstance(message, dict):
         raise CryptoError(ErrorCode.PROTOCOL_ERROR, "a frame must hold a CBOR map")
     return message
 
 
 class FrameDecoder:
-    """Incremental splitter of a byte stream into frame bodies."""
+    """Incremental splitter of a byte stream into frame bodies.
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    ``on_header(size)`` (optional) is called once per frame as soon as its length is known,
+    before any of its body is buffered; returning False discards that frame's body as it
+    arrives (the daemon does so when its memory budget refuses the frame).
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
+                 on_header: Callable[[int], bool] | None = None) -> None:
         self.max_frame = max_frame
+        self.on_header = on_header
         self._buffer = bytearray()
+        self._expect: int | None = None  # body size of the frame being received
+        self._skip = 0  # body bytes of a refused frame still to discard
+
+    def _header(self, size: int) -> bool:
+        if size > self.max_frame:
+            raise FrameTooLarge(size, self.max_frame)
+        if self.on_header is not None and not self.on_header(size):
+            self._skip = size
+            return False
+        return True
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete body. Raises :class:`FrameTooLarge`."""
-        buf = self._buffer
-        buf += data
         bodies: list[bytes] = []
-        offset = 0
-        while len(buf) - offset >= HEADER_SIZE:
-            (size,) = HEADER.unpack_from(buf, offset)
-            if size > self.max_frame:
-                raise FrameTooLarge(size, self.max_frame)
-            end = offset + HEADER_SIZE + size
-            if len(buf) < end:
-                break
-            bodies.append(bytes(buf[offset + HEADER_SIZE:end]))
-            offset = end
-        if offset:
-            del buf[:offset]
+        view = memoryview(data)
+        buf = self._buffer
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
+                continue
+            if self._expect is None:
+                if not buf and len(view) >= HEADER_SIZE:
+                    (size,) = HEADER.unpack_from(view)
+                    view = view[HEADER_SIZE:]
+                else:
+                    need = HEADER_SIZE - len(buf)
+                    buf += view[:need]
+                    view = view[need:]
+                    if len(buf) < HEADER_SIZE:
+                        break
+                    (size,) = HEADER.unpack_from(buf)
+                    buf.clear()
+                if not self._header(size):
+                    continue
+                if len(view) >= size:  # the whole body is here: no copy into the buffer
+                    bodies.append(bytes(view[:size]))
+                    view = view[size:]
+                    continue
+                self._expect = size
+            need = self._expect - len(buf)
+            buf += view[:need]
+            view = view[need:]
+            if len(buf) == self._expect:
+                bodies.append(bytes(buf))
+                buf.clear()
+                self._expect = None
         return bodies
 
     @property
     def pending(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer)
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has begun and not fully arrived (or is still being discarded)."""
+        return bool(self._buffer) or self._expect is not None or self._skip > 0
 
 
 def error_body(code: ErrorCode, message: str) -> dict[str, str]:

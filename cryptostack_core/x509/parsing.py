@@ -130,8 +130,8 @@ def _decode_extensions(obj: x509.Certificate | x509.CertificateRevocationList, w
 def parse_certificate(pem_or_der: bytes | bytearray | memoryview) -> x509.Certificate:
     """Parse one X.509 certificate from PEM (a single ``CERTIFICATE`` block) or DER.
 
-    The extensions are decoded eagerly, so a certificate with a malformed or duplicated
-    extension is refused here rather than during validation.
+    The subject, issuer and extensions are decoded eagerly, so a certificate with a
+    malformed name or a malformed or duplicated extension is refused here rather than later.
 
     Raises:
         CryptoError: ``INVALID_ARGUMENT`` for non-bytes, empty, truncated or malformed input,
@@ -160,8 +160,21 @@ def parse_certificate(pem_or_der: bytes | bytearray | memoryview) -> x509.Certif
             ErrorCode.INVALID_ARGUMENT,
             f"not a valid X.509 certificate (truncated or malformed): {library_detail(exc)}",
         ) from None
+    _decode_names(cert)
     _decode_extensions(cert, "certificate")
     return cert
+
+
+def _decode_names(cert: x509.Certificate) -> None:
+    # Decoded lazily by the library: here, so a malformed name is refused at import, not
+    # found later as a failure of whoever reads it.
+    for part in ("subject", "issuer"):
+        try:
+            getattr(cert, part)
+        except ValueError as exc:
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"certificate has a malformed {part}: {library_detail(exc)}"
+            ) from None
 
 
 def parse_crl(pem_or_der: bytes | bytearray | memoryview) -> x509.CertificateRevocationList:

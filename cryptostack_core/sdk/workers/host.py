@@ -802,6 +802,8 @@ class WorkerHost:
             return
         if status == HANGING:
             self.hangs_entered += 1
+            # Tests over a daemon wait for this line (they cannot see the counter).
+            self.log.warning("%s: test_hang is holding request %s", self.spec.name, rid)
             self._notify()
             return
         request = incarnation.running.pop(rid, None)

@@ -1,5 +1,6 @@
-"""Control operations: ping, status, explain, algorithms, named resources, release, describe,
-closing a context and attaching a shared-memory region."""
+"""Control operations: ping, status, explain, algorithms, named resources, release, describe
+and closing a context. (``shm.attach`` is a step of the daemon's front end: it needs the
+socket.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import KeySlotStatus, ResourceType
-from cryptostack_core.wire.shm import DaemonRegion
 from cryptostack_core.wire.version import __version__
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
@@ -47,7 +47,6 @@ class ControlOps:
             "resource.release": self.release,
             "resource.describe": self.describe,
             "context.close": self.close_context,
-            "shm.attach": self.shm_attach,
         }
 
     def ping(self, call: Call, args: Mapping[str, Any]) -> str:
@@ -55,30 +54,47 @@ class ControlOps:
         return "pong"
 
     def status(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Providers, slots, clients and their resource counts."""
+        """Providers, slots, clients and their resource counts. Only admins (``admin_uids``,
+        root, the daemon's uid) see every client, every slot and the providers' own details;
+        other clients see their uid's connections and the slots they may use."""
         core = self.core
+        admin = core.is_admin(call.session)
         slots = []
+        records = core.keystore.slots()
         for slot in core.config.key_slots:
-            record = core.keystore.slot(slot.name)
+            if not admin and not core.may(call.session, "use", ResourceType.KEY_SLOT, slot.name,
+                                          slot.use_uids):
+                continue
+            record = records.get(slot.name)
             slots.append({
                 "name": slot.name,
                 "status": (KeySlotStatus.OCCUPIED if record else KeySlotStatus.EMPTY).value,
                 "algorithm": record.algorithm if record else slot.algorithm,
                 "provider": record.provider if record else slot.provider,
                 "version": record.version if record else 0})
-        return {
+        cert_slots = [c for c in self._cert_slot_status() if admin or core.may(
+            call.session, "use", ResourceType.CERT_SLOT, c["name"],
+            core.cert_slots[c["name"]].use_uids)]
+        trust_stores = sorted(n for n, t in core.trust_stores.items() if admin or core.may(
+            call.session, "use", ResourceType.VERIFICATION_TRUST_STORE, n, t.use_uids))
+        uid = call.session.peer.uid
+        result: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
             "uptime": round(time.time() - core.started, 3),
-            "providers": [p.describe() for p in core.providers.by_id.values()],
+            "providers": core.provider_facts(detailed=admin),
             "preference": list(core.providers.preference),
             "key_slots": slots,
-            "cert_slots": self._cert_slot_status(),
-            "trust_stores": sorted(core.trust_stores),
+            "cert_slots": cert_slots,
+            "trust_stores": trust_stores,
             "clients": [{"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid,
-                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()],
-            "warnings": list(core.warnings),
+                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()
+                        if admin or s.peer.uid == uid],
         }
+        if admin:  # operator facts: what to fix, and who holds the memory
+            result["warnings"] = list(core.warnings)
+            result["memory"] = core.budget.snapshot()
+        return result
 
     def explain(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, object]]:
         """Which provider would run (algorithm, operation[, key]) and why each candidate was
@@ -166,7 +182,11 @@ class ControlOps:
         if handle.kind == "key":
             return self.core.guard_info(rid.handle, handle.obj)
         if handle.kind == "slot" and rid.type is ResourceType.KEY_SLOT:
-            info = self.core.slot_info(handle.obj.name)
+            name = handle.obj.name
+            if not self.core.is_admin(call.session):
+                self.core.check_access(call.session, "use", ResourceType.KEY_SLOT, name,
+                                       self.core.slot_config(name).use_uids)
+            info = self.core.slot_info(name)
             return {"id": rid_to_wire(rid), "persistence": "PERSISTENT",
                     "permissions": info["permissions"], "algorithm": info["algorithm"],
                     "provider": info["provider"]}
@@ -185,14 +205,3 @@ class ControlOps:
         handle = call.session.pop(number)  # type: ignore[arg-type]
         if handle is not None:
             self.core.release_handle(handle)
-
-    def shm_attach(self, call: Call, args: Mapping[str, Any]) -> dict[str, int]:
-        """Map the client's shared-memory region (replacing an earlier one)."""
-        fd = int_arg(args, "fd")
-        size = int_arg(args, "size", lo=4096, hi=self.core.config.max_frame_size)
-        region = DaemonRegion(call.session.peer.pid, fd, size)
-        with call.session.lock:
-            old, call.session.shm = call.session.shm, region
-        if old is not None:
-            old.close()
-        return {"size": size}

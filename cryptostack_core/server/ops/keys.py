@@ -4,6 +4,7 @@ derive, random. Every change is access-checked and audited; material leaves only
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from cryptostack_core.wire.permissions import has_permission
 from cryptostack_core.wire.resources import KeyFormat, ResourcePersistence, ResourceType
 
 log = logging.getLogger("cryptostack.keys")
+RANDOM_CHUNK = 4096
 PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
 
 
@@ -54,10 +56,22 @@ class KeyOps:
         length = int_arg(args, "length", lo=1, hi=REGISTRY.get("RANDOM").max_output)
         loaded = self.core.providers.select("RANDOM", Operation.RANDOM,
                                        pinned=int_arg(args, "provider", default=None))
-        data = self.core.provider_instance(loaded).random_bytes(length)
-        if len(data) != length:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR, "provider returned the wrong length")
-        return data
+        instance = self.core.provider_instance(loaded)
+        # In bounded chunks: a slow source (a TPM returns 64 bytes per command) then serves
+        # other clients between them, and the deadline is honoured between chunks.
+        out = bytearray()
+        while len(out) < length:
+            if call.abandoned or (call.deadline is not None and time.monotonic() > call.deadline):
+                raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                  f"random.generate passed its deadline after {len(out)} bytes")
+            want = min(RANDOM_CHUNK, length - len(out))
+            chunk = instance.random_bytes(want)
+            if len(chunk) != want:
+                raise CryptoError(ErrorCode.PROVIDER_ERROR, "provider returned the wrong length")
+            out += chunk
+            if len(out) < length:
+                time.sleep(0)  # let a thread waiting for this provider have its turn
+        return bytes(out)
 
     # --- key management --------------------------------------------------------------
     def _key_spec(self, args: Mapping[str, Any]) -> AlgorithmSpec:
@@ -153,8 +167,11 @@ class KeyOps:
         perms = entry.permissions & slot.permissions if slot.permissions is not None \
             else entry.permissions
         stored = self.core.provider_instance(target).persist_key(pkey, name)
+        # The copy keeps the export allow-list its material carries (narrowed again, by this
+        # slot's own list, whenever it is loaded): persisting never widens who may export it.
         version, previous = self.core.keystore.store_key(name, entry.algorithm, target.id,
-                                                    slot.compatible_providers, perms, stored)
+                                                    slot.compatible_providers, perms, stored,
+                                                    export_uids=entry.export_uids)
         if previous is not None:
             try:
                 self.core.provider_instance(target).delete_stored_key(previous)
@@ -187,6 +204,14 @@ class KeyOps:
                            algorithm=entry.algorithm)
                 raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                                   "the key does not carry EXPORT; its material stays in the daemon")
+            if entry.export_uids is not None and call.session.peer.uid not in entry.export_uids:
+                self.core.audit(call.session, "key.export", resource,
+                                ErrorCode.ACCESS_DENIED.value, provider=entry.home.id,
+                                algorithm=entry.algorithm, detail="export allow-list")
+                raise CryptoError(ErrorCode.ACCESS_DENIED,
+                                  f"uid {call.session.peer.uid} may not export this key: its "
+                                  "material comes from a key slot whose export allow-list "
+                                  "does not include it (copies keep that list)")
             if entry.slot is not None:
                 self.core.check_access(call.session, "export", ResourceType.KEY_SLOT, entry.slot,
                                   self.core.slots[entry.slot].write_uids)
@@ -230,6 +255,11 @@ class KeyOps:
         try:
             self.core.require_permission(call.session, entry, P.DERIVE, spec.name,
                                          operation=Operation.DERIVE)
+            if perms & P.EXPORT and not has_permission(entry.permissions, P.EXPORT):
+                # A derived key is a copy of its parent's secret, in another form.
+                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                                  "a key derived from a key without EXPORT cannot carry EXPORT")
+            lineage = entry.export_uids
             loaded = self.core.providers.select(spec.name, Operation.DERIVE, key=entry.placement)
             pkey = self.core.key_on(call.session, entry, loaded)
             new = self.core.provider_instance(loaded).derive(
@@ -242,4 +272,5 @@ class KeyOps:
         return self.core.add_key(call, KeyEntry(algorithm=out_spec.name, permissions=perms,
                                             home=loaded, pkey=new,
                                             persistence=ResourcePersistence.EPHEMERAL,
-                                            compatible=self.core.providers.preference))
+                                            compatible=self.core.providers.preference,
+                                            export_uids=lineage))

@@ -225,13 +225,13 @@ def test_stream_calls_reach_the_token_worker_without_a_thread(tmp_path: Path,
     use_event_loop(runner.get_loop())
     server = DaemonServer(config)
     threaded: list[str] = []
-    pool_for = server.pool_for
+    provider_for = server.service.provider_for  # asked only for requests sent to a thread
 
     def recording(session: Any, request: Any) -> Any:
         threaded.extend(leaf.op for leaf in request.leaves())
-        return pool_for(session, request)
+        return provider_for(session, request)
 
-    server.pool_for = recording  # type: ignore[method-assign]
+    server.service.provider_for = recording  # type: ignore[method-assign]
     outcome: dict[str, Any] = {}
 
     def client() -> None:
