@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import select
+import socket
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -64,9 +67,6 @@ class Gate:
     """
 
     def __init__(self, path: os.PathLike[str] | str | None = None) -> None:
-        import socket
-        import tempfile
-
         if path is None:  # unix socket paths are short: not under pytest's tmp_path
             self._dir: str | None = tempfile.mkdtemp(prefix="cs-gate-")
             path = os.path.join(self._dir, "gate.sock")
@@ -92,8 +92,6 @@ class Gate:
 
     def open(self) -> None:
         """Release the held callers and let later ones pass at once."""
-        import threading
-
         if self._opened:
             return
         self._opened = True
@@ -125,8 +123,6 @@ class Gate:
 
 def pass_gate(path: str) -> None:
     """Stop at the :class:`Gate` listening at ``path`` until the test opens it."""
-    import socket
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
         sock.recv(1)  # returns at EOF: the test opened the gate

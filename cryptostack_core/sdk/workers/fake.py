@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -165,8 +166,6 @@ class FakeBackend(WorkerBackend):
     def op_has_module(self, name: str) -> bool:
         """Whether module ``name`` is imported in this process (a fork of the test process
         would have pytest)."""
-        import sys
-
         return name in sys.modules
 
     def op_object(self) -> object:
