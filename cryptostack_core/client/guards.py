@@ -6,12 +6,17 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 from cryptostack_core.client.channel import Channel
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.protocol import rid_from_wire
-from cryptostack_core.wire.resources import CryptoResourceId, ResourcePersistence, ResourceType
+from cryptostack_core.wire.resources import (
+    CryptoResourceId,
+    KeySlotInfo,
+    ResourcePersistence,
+    ResourceType,
+)
 
 
 class CryptoResourceGuard:
@@ -75,7 +80,7 @@ class CryptoResourceGuard:
         self._finalizer.detach()
         self._channel.release(self._rid)
 
-    def __enter__(self) -> CryptoResourceGuard:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -99,7 +104,7 @@ def _release_dropped(channel: Channel, rid: CryptoResourceId, algorithm: str | N
 class KeySlotObject:
     """A key slot's stored metadata, as the design's ``GetKeySlotObject``."""
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: KeySlotInfo) -> None:
         self.info = info
 
     def get_permitted_operations(self) -> KeyOperationPermission:
@@ -109,4 +114,4 @@ class KeySlotObject:
     @property
     def algorithm(self) -> str | None:
         """Key algorithm."""
-        return self.info.algorithm  # type: ignore[no-any-return]
+        return self.info.algorithm

@@ -6,8 +6,15 @@ import os
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
+from cryptostack_core.client.arguments import (
+    enum_arg,
+    instance_arg,
+    optional_int_arg,
+    str_arg,
+    wrong_type,
+)
 from cryptostack_core.client.channel import Channel
 from cryptostack_core.client.contexts.base import (
     Duration,
@@ -51,6 +58,7 @@ from cryptostack_core.client.transport import connect
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_from_wire
 from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
+from cryptostack_core.wire.status import AlgorithmEntry, DaemonStatus, ProviderCandidate
 from cryptostack_core.wire.transport import Transport
 
 DEFAULT_TIMEOUT = 30.0
@@ -68,24 +76,24 @@ class CryptoStackConfig:
 
     def set_connection_endpoint(self, endpoint: str) -> Self:
         """``unix:///path/to/daemon.sock`` or ``inproc://`` (the default)."""
-        if not isinstance(endpoint, str):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "endpoint must be a string")
-        self.endpoint = endpoint
+        self.endpoint = str_arg(endpoint, "endpoint")
         return self
 
     def set_default_operation_timeout(self, timeout: Duration | None) -> Self:
         """Deadline of each call unless a context overrides it (None: unbounded)."""
-        self.default_timeout = to_seconds(timeout)
+        self.default_timeout = to_seconds(timeout, "timeout")
         return self
 
     def set_daemon_config(self, config: str | Path | Mapping[str, Any]) -> Self:
         """Config (TOML path or mapping) for the ``inproc://`` service."""
+        if not isinstance(config, (str, Path, Mapping)):
+            raise wrong_type("config", "a TOML file path (str or Path) or a mapping", config)
         self.daemon_config = config
         return self
 
     def set_connect_timeout(self, timeout: Duration | None) -> Self:
         """How long to wait for the daemon to accept the connection."""
-        self.connect_timeout = to_seconds(timeout)
+        self.connect_timeout = to_seconds(timeout, "timeout")
         return self
 
 
@@ -108,27 +116,29 @@ class CryptoStack:
         self._contexts.add(ctx)
         return ctx
 
-    def status(self) -> dict[str, Any]:
-        """The daemon's providers, slots and clients."""
-        result: dict[str, Any] = self._channel.call("status", {}, self._channel.default_timeout)
+    def status(self) -> DaemonStatus:
+        """The daemon's providers, slots and clients (a dict; its keys are typed by
+        :class:`~cryptostack_core.DaemonStatus`)."""
+        result: DaemonStatus = self._channel.call("status", {}, self._channel.default_timeout)
         return result
 
     def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                provider: int | None = None) -> list[dict[str, Any]]:
+                provider: int | None = None) -> list[ProviderCandidate]:
         """Provider selection for (algorithm, operation[, key]): each candidate and why."""
-        args: dict[str, Any] = {"algorithm": algorithm, "operation": operation,
-                                "provider": provider}
+        args: dict[str, Any] = {"algorithm": str_arg(algorithm, "algorithm"),
+                                "operation": str_arg(operation, "operation"),
+                                "provider": optional_int_arg(provider, "provider")}
         if key is not None:
             args["key"] = wire_rid(key, "key")
-        result: list[dict[str, Any]] = self._channel.call("explain", args,
-                                                          self._channel.default_timeout)
+        result: list[ProviderCandidate] = self._channel.call("explain", args,
+                                                             self._channel.default_timeout)
         return result
 
-    def algorithms(self) -> list[dict[str, Any]]:
+    def algorithms(self) -> list[AlgorithmEntry]:
         """Every algorithm the service knows: name, kind, aliases, key types, sizes, the
         provider ids that registered it (``registered_by``) and, per operation, the
         providers that can run it (``providers``). Asked once per connection."""
-        return [dict(entry) for entry in self._channel.algorithms()]
+        return [cast(AlgorithmEntry, dict(entry)) for entry in self._channel.algorithms()]
 
     def ping(self) -> None:
         """One round trip."""
@@ -142,7 +152,7 @@ class CryptoStack:
             ctx.close()
         self._channel.close()
 
-    def __enter__(self) -> CryptoStack:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -164,9 +174,9 @@ class CryptoContext:
 
     def resolve_resource(self, name: str, resource_type: ResourceType) -> CryptoResourceId:
         """Id of a named key slot, certificate slot or trust store."""
-        result = self._channel.call("resource.resolve",
-                                    {"name": name, "type": ResourceType(resource_type).value},
-                                    self._channel.default_timeout)
+        args = {"name": str_arg(name, "name"),
+                "type": enum_arg(resource_type, ResourceType, "resource_type").value}
+        result = self._channel.call("resource.resolve", args, self._channel.default_timeout)
         return rid_from_wire(result, name)
 
     def get_key_slot_object(self, slot: ResourceLike) -> KeySlotObject:
@@ -178,50 +188,66 @@ class CryptoContext:
 
     def create_cipher_context(self, config: CipherContextConfig) -> CipherContext:
         """Symmetric encryption/decryption."""
-        return CipherContext(self, config)
+        return CipherContext(self, instance_arg(config, CipherContextConfig, "config"))
 
     def create_hash_context(self, config: HashContextConfig) -> HashContext:
         """Message digests."""
-        return HashContext(self, config)
+        return HashContext(self, instance_arg(config, HashContextConfig, "config"))
 
     def create_sign_context(self, config: SignContextConfig) -> SignContext:
-        """Signatures and MACs."""
-        return SignContext(self, config)
+        """Signatures and MACs (a :class:`VerifyContextConfig` is refused: verify with
+        :meth:`create_verify_context`)."""
+        if isinstance(config, VerifyContextConfig):
+            raise wrong_type("config", "a SignContextConfig", config)
+        return SignContext(self, instance_arg(config, SignContextConfig, "config"))
 
     def create_verify_context(self, config: VerifyContextConfig) -> VerifyContext:
         """Signature and MAC verification."""
-        return VerifyContext(self, config)
+        return VerifyContext(self, instance_arg(config, VerifyContextConfig, "config"))
 
     def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
                                       ) -> StreamingAeadContext:
         """Authenticated encryption of data of any size, segment by segment."""
-        return StreamingAeadContext(self, config)
+        return StreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig,
+                                                       "config"))
 
     def create_kem_context(self, config: KemContextConfig) -> KemContext:
-        """Key encapsulation."""
-        return KemContext(self, config)
+        """Key encapsulation (a :class:`KeyAgreementContextConfig` is refused)."""
+        if isinstance(config, KeyAgreementContextConfig):
+            raise wrong_type("config", "a KemContextConfig", config)
+        return KemContext(self, instance_arg(config, KemContextConfig, "config"))
 
     def create_key_agreement_context(self, config: KeyAgreementContextConfig,
                                      ) -> KeyAgreementContext:
         """Key agreement."""
-        return KeyAgreementContext(self, config)
+        return KeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
+                                                      "config"))
 
     def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
                                       ) -> KeyManagementContext:
         """Key lifecycle."""
-        return KeyManagementContext(self, config or KeyManagementContextConfig())
+        if config is None:
+            config = KeyManagementContextConfig()
+        return KeyManagementContext(self, instance_arg(config, KeyManagementContextConfig,
+                                                       "config"))
 
     def create_certificate_verification_context(
             self, config: CertificateVerificationContextConfig | None = None,
     ) -> CertificateVerificationContext:
         """Certificate path validation."""
-        return CertificateVerificationContext(self, config or CertificateVerificationContextConfig())
+        if config is None:
+            config = CertificateVerificationContextConfig()
+        return CertificateVerificationContext(self, instance_arg(
+            config, CertificateVerificationContextConfig, "config"))
 
     def create_certificate_management_context(
             self, config: CertificateManagementContextConfig | None = None,
     ) -> CertificateManagementContext:
         """Certificate, CRL and trust-store management."""
-        return CertificateManagementContext(self, config or CertificateManagementContextConfig())
+        if config is None:
+            config = CertificateManagementContextConfig()
+        return CertificateManagementContext(self, instance_arg(
+            config, CertificateManagementContextConfig, "config"))
 
     def close(self) -> None:
         """Close every operation context created here."""
@@ -231,7 +257,7 @@ class CryptoContext:
         for child in list(self._children):
             child.close()
 
-    def __enter__(self) -> CryptoContext:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -240,6 +266,8 @@ class CryptoContext:
 
 def create_crypto_stack(config: CryptoStackConfig | None = None) -> CryptoStack:
     """Connect to the service named by ``config`` (default: ``inproc://``)."""
-    config = config or CryptoStackConfig()
+    if config is None:
+        config = CryptoStackConfig()
+    instance_arg(config, CryptoStackConfig, "config")
     transport = connect(config.endpoint, config.daemon_config, config.connect_timeout)
     return CryptoStack(transport, config)

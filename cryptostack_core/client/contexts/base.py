@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self, TypeVar, Union
 
+from cryptostack_core.client.arguments import int_arg, str_arg, wrong_type
 from cryptostack_core.client.channel import Channel
 from cryptostack_core.client.guards import CryptoResourceGuard
 from cryptostack_core.wire.algorithms import known_or_deferred
@@ -23,7 +24,7 @@ _C = TypeVar("_C", bound="ContextConfig")
 _UNSET: Any = object()
 
 
-def to_seconds(value: Duration | None) -> float | None:
+def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
     """A timedelta or number of seconds as float seconds (None stays None)."""
     if value is None:
         return None
@@ -32,10 +33,9 @@ def to_seconds(value: Duration | None) -> float | None:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"a timeout must be a timedelta or seconds, got {value!r}")
-    if seconds <= 0:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT, "a timeout must be positive")
+        raise wrong_type(what, "a timedelta or a number of seconds", value)
+    if not seconds > 0:  # also refuses NaN
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{what} must be positive, got {value!r}")
     return seconds
 
 
@@ -57,8 +57,7 @@ def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
 def byte_view(data: object, what: str = "data") -> memoryview:
     """A flat byte view of a bytes-like argument (no copy); INVALID_ARGUMENT otherwise."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"{what} must be bytes-like, got {type(data).__name__}")
+        raise wrong_type(what, "bytes-like (bytes, bytearray or memoryview)", data)
     view = memoryview(data)
     if view.format != "B" or view.ndim != 1:
         try:
@@ -88,7 +87,7 @@ class AlgorithmSetting:
 
     def set_algorithm(self, algorithm: str) -> Self:
         """Algorithm by canonical name or alias (``"sha256"`` -> ``"SHA-256"``)."""
-        self.algorithm = known_or_deferred(algorithm)
+        self.algorithm = known_or_deferred(str_arg(algorithm, "algorithm"))
         return self
 
 
@@ -99,6 +98,7 @@ class KeySetting:
 
     def set_key(self, key: ResourceLike) -> Self:
         """The key: a key slot id, a key id or a guard."""
+        rid_of(key, "key")
         self.key = key
         return self
 
@@ -112,7 +112,7 @@ class ContextConfig:
 
     def set_operation_timeout(self: _C, timeout: Duration) -> _C:
         """Per-call deadline for this context, overriding the stack default."""
-        self._timeout = to_seconds(timeout)
+        self._timeout = to_seconds(timeout, "timeout")
         return self
 
     def disable_timeout(self: _C) -> _C:
@@ -122,11 +122,13 @@ class ContextConfig:
 
     def set_provider(self: _C, provider_id: int) -> _C:
         """Run on this provider (when it is eligible) instead of the preference order."""
-        self.provider = int(provider_id)
+        self.provider = int_arg(provider_id, "provider_id")
         return self
 
     def resolve_timeout(self, default: float | None) -> float | None:
-        """The effective timeout given the stack default."""
+        """The effective timeout given the stack default (seconds, or None: unbounded)."""
+        if default is not None:
+            to_seconds(default, "default")
         timeout: float | None = default if self._timeout is _UNSET else self._timeout
         return timeout
 
@@ -258,7 +260,7 @@ class OperationContext:
             except CryptoError:
                 pass  # the daemon frees it at disconnect anyway
 
-    def __enter__(self: Any) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -317,8 +319,8 @@ class StreamContext(OperationContext):
     def _absorb(self, data: BytesLike) -> None:
         """Hash/sign/verify update: small chunks are coalesced and sent later; large ones
         are split into pieces the daemon takes (see :meth:`_send_data`)."""
-        self._need_active("update")
         view = byte_view(data)
+        self._need_active("update")
         size = len(view)
         if size >= self._buffer_limit:
             self._flush_buffer()

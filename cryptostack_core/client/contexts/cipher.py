@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from cryptostack_core.client.arguments import bytes_arg, enum_arg, int_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     BytesLike,
@@ -33,12 +34,12 @@ class CipherContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""
-        self.direction = CipherDirection(direction)
+        self.direction = enum_arg(direction, CipherDirection, "direction")
         return self
 
     def set_tag_length(self, length: int) -> Self:
         """AEAD tag length in bytes (default 16)."""
-        self.tag_length = int(length)
+        self.tag_length = int_arg(length, "length")
         return self
 
 
@@ -80,7 +81,7 @@ class CipherContext(StreamContext):
 
     def init(self, iv: bytes | bytearray | memoryview = b"") -> None:
         """Start a message with this IV/nonce (sent with the next call)."""
-        self._start({"iv": bytes(iv)})
+        self._start({"iv": bytes_arg(iv, "iv")})
         self._message_size = 0
 
     def reset(self) -> None:
@@ -108,8 +109,8 @@ class CipherContext(StreamContext):
 
     def update_aad(self, aad: bytes | bytearray | memoryview) -> None:
         """Associated data (AEAD; after init, before update)."""
-        self._need_active("update_aad")
         view = byte_view(aad, "aad")
+        self._need_active("update_aad")
         if len(view) <= self._channel.max_chunk:
             self._defer("cipher.update_aad", {"ctx": self._handle, "data": bytes(view)})
             return
@@ -118,8 +119,8 @@ class CipherContext(StreamContext):
 
     def update(self, data: BytesLike) -> bytes:
         """Process data of any size; returns the output ready so far."""
-        self._need_active("update")
         view = byte_view(data)
+        self._need_active("update")
         self._check_aead_limit(len(view))
         outputs = self._send_data("cipher.update", view,
                                   lambda piece: {"ctx": self._handle, "data": piece})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cryptostack_core.client.arguments import wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     ContextConfig,
@@ -55,6 +56,9 @@ class HashContext(StreamContext):
 
     def finalize_into(self, out: bytearray | memoryview) -> int:
         """Write the digest into ``out``; returns its length."""
+        if not isinstance(out, (bytearray, memoryview)) or (isinstance(out, memoryview)
+                                                             and out.readonly):
+            raise wrong_type("out", "a writable buffer (bytearray or memoryview)", out)
         digest = self.finalize()
         if len(out) < len(digest):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
@@ -65,11 +69,11 @@ class HashContext(StreamContext):
 
     def single_shot(self, data: bytes | bytearray | memoryview) -> bytes:
         """Digest of ``data`` in one call (no init needed; large data goes in pieces)."""
+        view = byte_view(data)
         self._check()
         if self._state == "active":
             raise CryptoError(ErrorCode.INVALID_STATE,
                               "single_shot() while a message is in progress; reset() first")
-        view = byte_view(data)
         if len(view) > self._channel.max_chunk:
             self.init()
             self.update(view)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from cryptostack_core.client.arguments import bytes_arg, enum_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     ContextConfig,
@@ -30,7 +31,7 @@ class KemContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_derived_key_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the shared-secret keys (default DERIVE; add EXPORT to read them)."""
-        self.derived_permissions = KeyOperationPermission(perms)
+        self.derived_permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
 
@@ -71,8 +72,9 @@ class KemContext(_SecretProducingContext):
 
     def decapsulate(self, ciphertext: bytes | bytearray | memoryview) -> CryptoResourceGuard:
         """Shared-secret key guard for ``ciphertext``."""
+        data = bytes_arg(ciphertext, "ciphertext")
         return self._guard(self._call("kem.decapsulate", {"ctx": self._handle,
-                                                          "ciphertext": bytes(ciphertext)}))
+                                                          "ciphertext": data}))
 
 
 class KeyAgreementContext(_SecretProducingContext):
@@ -82,5 +84,5 @@ class KeyAgreementContext(_SecretProducingContext):
 
     def agree(self, peer_public: bytes | bytearray | memoryview) -> CryptoResourceGuard:
         """Shared-secret key guard; ``peer_public`` is SPKI DER (or raw for X25519)."""
-        return self._guard(self._call("agree.agree", {"ctx": self._handle,
-                                                      "peer": bytes(peer_public)}))
+        peer = bytes_arg(peer_public, "peer_public")
+        return self._guard(self._call("agree.agree", {"ctx": self._handle, "peer": peer}))

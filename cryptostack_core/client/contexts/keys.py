@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from cryptostack_core.client.arguments import (
+    bytes_arg,
+    enum_arg,
+    instance_arg,
+    int_arg,
+    optional_int_arg,
+    str_arg,
+)
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     ContextConfig,
@@ -35,12 +43,12 @@ class GenerateKeyParams(AlgorithmSetting):
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
-        self.permissions = KeyOperationPermission(perms)
+        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
     def set_provider(self, provider_id: int) -> Self:
         """Provider that holds the key (e.g. generate inside the HSM)."""
-        self.provider = int(provider_id)
+        self.provider = int_arg(provider_id, "provider_id")
         return self
 
 
@@ -54,8 +62,8 @@ class ImportKeyParams(GenerateKeyParams):
 
     def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
         """The encoded key and its format."""
-        self.material = bytes(material)
-        self.format = KeyFormat(fmt)
+        self.material = bytes_arg(material, "material")
+        self.format = enum_arg(fmt, KeyFormat, "fmt")
         return self
 
 
@@ -74,23 +82,23 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
     def set_salt(self, salt: bytes) -> Self:
         """HKDF salt."""
-        self.salt = bytes(salt)
+        self.salt = bytes_arg(salt, "salt")
         return self
 
     def set_info(self, info: bytes) -> Self:
         """HKDF info."""
-        self.info = bytes(info)
+        self.info = bytes_arg(info, "info")
         return self
 
     def set_output(self, algorithm: str, length: int | None = None) -> Self:
         """Type (and length) of the derived key, e.g. ``"AES-256"``."""
-        self.output_algorithm = known_or_deferred(algorithm)
-        self.length = length
+        self.output_algorithm = known_or_deferred(str_arg(algorithm, "algorithm"))
+        self.length = optional_int_arg(length, "length")
         return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the derived key."""
-        self.permissions = KeyOperationPermission(perms)
+        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
 
@@ -127,6 +135,7 @@ class KeyManagementContext(OperationContext):
 
     def generate_key(self, params: GenerateKeyParams) -> CryptoResourceGuard:
         """A new ephemeral key."""
+        instance_arg(params, GenerateKeyParams, "params")
         if params.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
         return self._guard(self._call("key.generate", {
@@ -136,6 +145,7 @@ class KeyManagementContext(OperationContext):
 
     def import_key(self, params: ImportKeyParams) -> CryptoResourceGuard:
         """An ephemeral key from material."""
+        instance_arg(params, ImportKeyParams, "params")
         if params.algorithm is None or params.material is None or params.format is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "ImportKeyParams needs set_algorithm() and set_material()")
@@ -147,8 +157,8 @@ class KeyManagementContext(OperationContext):
 
     def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
         """Copy ``key`` into ``slot`` durably (the key stays usable)."""
-        return slot_info_from_wire(self._call("key.persist", {
-            "slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}))
+        args = {"slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}
+        return slot_info_from_wire(self._call("key.persist", args))
 
     def clear_key_slot(self, slot: ResourceLike) -> None:
         """Empty a key slot (destroying a token/TPM copy)."""
@@ -156,18 +166,20 @@ class KeyManagementContext(OperationContext):
 
     def export_public_key(self, key: ResourceLike, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """Public key of an asymmetric key or slot (SubjectPublicKeyInfo DER by default)."""
-        data: bytes = self._call("key.export_public", {"key": wire_rid(key, "key"),
-                                                       "format": KeyFormat(fmt).value})
+        args = {"key": wire_rid(key, "key"), "format": enum_arg(fmt, KeyFormat, "fmt").value}
+        data: bytes = self._call("key.export_public", args)
         return data
 
     def export_key(self, key: ResourceLike, fmt: KeyFormat | None = None) -> bytes:
         """Secret or private material; only for keys that carry EXPORT."""
-        data: bytes = self._call("key.export", {"key": wire_rid(key, "key"),
-                                                "format": None if fmt is None else KeyFormat(fmt).value})
+        args = {"key": wire_rid(key, "key"),
+                "format": None if fmt is None else enum_arg(fmt, KeyFormat, "fmt").value}
+        data: bytes = self._call("key.export", args)
         return data
 
     def derive_key(self, params: DeriveKeyParams) -> CryptoResourceGuard:
         """A new key derived from ``params.key``."""
+        instance_arg(params, DeriveKeyParams, "params")
         if params.key is None or params.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "DeriveKeyParams needs set_key() and set_algorithm()")
@@ -180,8 +192,8 @@ class KeyManagementContext(OperationContext):
 
     def generate_random(self, length: int, provider: int | None = None) -> bytes:
         """Random bytes from the preferred provider (or from ``provider``)."""
-        args: dict[str, Any] = {"length": int(length)}
+        args: dict[str, Any] = {"length": int_arg(length, "length")}
         if provider is not None:
-            args["provider"] = int(provider)
+            args["provider"] = int_arg(provider, "provider")
         data: bytes = self._call("random.generate", args)
         return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from cryptostack_core.client.arguments import bytes_arg, int_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     ContextConfig,
@@ -11,6 +12,7 @@ from cryptostack_core.client.contexts.base import (
     KeySetting,
     ResourceLike,
     StreamContext,
+    byte_view,
     wire_rid,
 )
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -28,7 +30,7 @@ class SignContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_context(self, context: bytes) -> Self:
         """ML-DSA / SLH-DSA context string (default empty)."""
-        self.context = bytes(context)
+        self.context = bytes_arg(context, "context")
         return self
 
 
@@ -41,7 +43,7 @@ class VerifyContextConfig(SignContextConfig):
 
     def set_tag_length(self, length: int) -> Self:
         """Accept MAC tags truncated to ``length`` bytes (MACs only; default: full length)."""
-        self.tag_length = int(length)
+        self.tag_length = int_arg(length, "length")
         return self
 
 
@@ -87,8 +89,9 @@ class SignContext(StreamContext):
 
     def sign(self, message: bytes | bytearray | memoryview) -> bytes:
         """init + update + sign_finalize in one round trip."""
+        view = byte_view(message, "message")
         self.init()
-        self.update(message)
+        self.update(view)
         return self.sign_finalize()
 
 
@@ -107,13 +110,34 @@ class VerifyContext(SignContext):
 
     def verify_finalize(self, signature: bytes | bytearray | memoryview) -> bool:
         """True if the signature (or tag) is valid for the message."""
-        if not isinstance(signature, (bytes, bytearray, memoryview)):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "signature must be bytes")
-        return bool(self._finish({"signature": bytes(signature)}))
+        return bool(self._finish({"signature": bytes_arg(signature, "signature")}))
 
     def verify(self, message: bytes | bytearray | memoryview,
                signature: bytes | bytearray | memoryview) -> bool:
-        """init + update + verify_finalize in one round trip."""
+        """init + update + verify_finalize in one round trip; True if the signature (or
+        tag) is valid. :meth:`verify_or_raise` raises instead of answering False."""
+        view = byte_view(message, "message")
+        signature = bytes_arg(signature, "signature")
         self.init()
-        self.update(message)
+        self.update(view)
         return self.verify_finalize(signature)
+
+    def verify_finalize_or_raise(self, signature: bytes | bytearray | memoryview) -> None:
+        """:meth:`verify_finalize` that returns nothing for a valid signature and raises
+        ``CryptoError(AUTHENTICATION_FAILED)`` for an invalid one (pyca's and Tink's habit:
+        a forgotten check of a returned bool cannot let a forgery through)."""
+        if not self.verify_finalize(signature):
+            raise _invalid_signature(self.algorithm)
+
+    def verify_or_raise(self, message: bytes | bytearray | memoryview,
+                        signature: bytes | bytearray | memoryview) -> None:
+        """:meth:`verify` that returns nothing for a valid signature and raises
+        ``CryptoError(AUTHENTICATION_FAILED)`` for an invalid one."""
+        if not self.verify(message, signature):
+            raise _invalid_signature(self.algorithm)
+
+
+def _invalid_signature(algorithm: str) -> CryptoError:
+    return CryptoError(ErrorCode.AUTHENTICATION_FAILED,
+                       f"the {algorithm} signature (or tag) does not verify for this message "
+                       "and key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import IO, Self
 
+from cryptostack_core.client.arguments import enum_arg, wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     BytesLike,
@@ -40,7 +41,7 @@ class StreamingAeadContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""
-        self.direction = CipherDirection(direction)
+        self.direction = enum_arg(direction, CipherDirection, "direction")
         return self
 
 
@@ -78,8 +79,9 @@ class StreamingAeadContext(StreamContext):
 
     def update(self, data: BytesLike) -> bytes:
         """Feed data of any size; returns the output of the segments completed so far."""
+        view = byte_view(data)
         self._need_active("update")
-        outputs = self._send_data("streaming_aead.update", byte_view(data),
+        outputs = self._send_data("streaming_aead.update", view,
                                   lambda piece: {"ctx": self._handle, "data": piece})
         return outputs[0] if len(outputs) == 1 else b"".join(outputs)
 
@@ -93,6 +95,10 @@ class StreamingAeadContext(StreamContext):
         """Encrypt or decrypt everything ``source`` yields into ``sink``; returns the bytes
         written. On ``AUTHENTICATION_FAILED`` the bytes already written to ``sink`` belong to
         a stream that turned out altered or incomplete: discard them."""
+        if not callable(getattr(source, "read", None)):
+            raise wrong_type("source", "a binary file object (with read())", source)
+        if not callable(getattr(sink, "write", None)):
+            raise wrong_type("sink", "a binary file object (with write())", sink)
         self.init(associated_data)
         written = 0
         while True:

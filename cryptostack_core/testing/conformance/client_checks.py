@@ -731,7 +731,7 @@ def client_workload(put: ProviderUnderTest, c: Client) -> list[Callable[[], byte
     return calls
 
 
-def _own_sessions(stack: cs.CryptoStack) -> dict[int, dict[str, Any]]:
+def _own_sessions(stack: cs.CryptoStack) -> dict[int, cs.ClientSummary]:
     """This process's sessions in the daemon's status, by session id."""
     return {client["session"]: client for client in stack.status()["clients"]
             if client["pid"] == os.getpid()}
