@@ -160,6 +160,9 @@ def _with_store(config: str, action: Callable[[Path, Any, Path | None], int]) ->
                  f"{provider.load_error}", "'cryptostack check --config FILE' says more")
     try:
         status = action(loaded.keystore, source, kek)
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"cannot use the key store {loaded.keystore}: {exc}",
+             "check the path and its permissions (the daemon's user owns it)")
     finally:
         if provider is not None and provider.instance is not None:
             provider.instance.close()

@@ -30,6 +30,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 STREAMING_DEFAULT_SEGMENT = "1MB"
+SIGNATURE_LIMIT = 1024 * 1024
+"""Larger than any signature or tag (SLH-DSA's largest is under 50 KB)."""
 
 
 def progress_option(command: Callable[P, R]) -> Callable[P, R]:
@@ -148,7 +150,8 @@ def _crypt(direction: CipherDirection, file: str, slot_name: str, output: str, f
                     sink.write(stream.update(block))
                 sink.write(stream.finalize())
             except CryptoError as exc:
-                if exc.code is not ErrorCode.AUTHENTICATION_FAILED:
+                if exc.code is not ErrorCode.AUTHENTICATION_FAILED \
+                        or direction is not CipherDirection.DECRYPT:
                     raise
                 sink.discard()
                 fail(f"{file} does not decrypt: it was altered or truncated, or made with "
@@ -298,7 +301,7 @@ def verify(file: str, slot: str, signature_file: str | None, signature_hex: str 
         if signature_file == "-" and file == "-":
             raise click.UsageError("FILE and --signature cannot both be stdin")
         with Source(signature_file) as sig_source:
-            signature = sig_source.read_all()
+            signature = sig_source.read_all(SIGNATURE_LIMIT, "signature")
     with connect(endpoint, timeout) as stack, Source(file) as source:
         ctx = stack.create_crypto_context()
         slot_id, key_type = _slot(ctx, slot)

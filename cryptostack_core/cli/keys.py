@@ -39,6 +39,8 @@ from cryptostack_core.wire.resources import (
 P = ParamSpec("P")
 R = TypeVar("R")
 
+KEY_FILE_LIMIT = 1024 * 1024
+"""Larger than any key file (an SLH-DSA or RSA-8192 private key is a few KB)."""
 PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
 
 
@@ -248,7 +250,7 @@ def import_key(slot: str, file: str, fmt: str | None, replace: bool, algorithm: 
     out = Output(json)
     perms = _permissions(permissions)
     with Source(file) as source:
-        data = source.read_all()
+        data = source.read_all(KEY_FILE_LIMIT, "key file")
 
     def make(km: KeyManagementContext, key_type: str) -> CryptoResourceGuard:
         material, key_format = _decode_key_file(data, fmt, key_type)

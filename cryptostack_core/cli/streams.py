@@ -4,7 +4,9 @@ and write a file or stdout (``-``) so that a failed command leaves nothing behin
 An output file is written under a temporary name beside it and takes its name only once
 the command succeeded, so a decryption that fails authentication halfway, or an
 interrupted encryption, never leaves a plausible-looking partial file. An existing file is
-replaced only with ``--force``. Binary output is never written to a terminal.
+replaced only with ``--force``. A new output file is readable by its owner only (0600, as
+the temporary file is created): it may hold plaintext. Binary output is never written to a
+terminal.
 """
 
 from __future__ import annotations
@@ -68,9 +70,14 @@ class Source:
                 progress.advance(len(block))
             yield block
 
-    def read_all(self) -> bytes:
-        """The whole content (small inputs: key files, signatures)."""
-        return b"".join(self.chunks())
+    def read_all(self, limit: int, what: str) -> bytes:
+        """The whole content of a small input (a key file, a signature): at most ``limit``
+        bytes, else the command fails naming ``what`` was expected."""
+        data = self._file.read(limit + 1)
+        if len(data) > limit:
+            fail(f"{self.name} is larger than any {what} ({limit} bytes)",
+                 f"check that {self.name} is the {what}")
+        return data
 
     def close(self) -> None:
         """Close the file (stdin stays open)."""
@@ -104,7 +111,7 @@ class Sink:
             fail(f"{name} is a directory", "give -o FILE")
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                       dir=target.parent if str(target.parent) else ".")
+                                       dir=target.parent)
         except OSError as exc:
             fail(f"cannot write in {target.parent}: {exc.strerror or exc}")
         self._tmp = Path(tmp)
