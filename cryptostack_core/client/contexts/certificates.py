@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-
 from cryptostack_core.client.arguments import (
     bool_arg,
     enum_arg,
@@ -47,20 +45,15 @@ class VerificationReport:
     chain: list[bytes] = field(default_factory=list)
     #: User-constrained policy set of a VALID path (dotted OIDs; anyPolicy if unconstrained).
     policies: frozenset[str] = frozenset()
+    #: The subject of each chain certificate (RFC 4514), as the daemon parsed it.
+    subjects: tuple[str, ...] = ()
 
     def explain(self) -> str:
         """One human-readable line: the verdict and the path (VALID) or the reason."""
         if self.result is CertVerifyResult.VALID:
             return (f"VALID: chain of {len(self.chain)} certificates: "
-                    + " -> ".join(_subject(der) for der in self.chain))
+                    + " -> ".join(s or "<empty subject>" for s in self.subjects))
         return f"{self.result.value}: {self.reason}"
-
-
-def _subject(der: bytes) -> str:
-    try:
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
-    except ValueError:
-        return "<unreadable certificate>"
 
 
 def _encoded(data: object, what: str) -> bytes:
@@ -182,7 +175,8 @@ class CertificateVerificationContext(OperationContext):
             "policy": self._policy.value, **self._settings})
         report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
                                     [bytes(c) for c in result.get("chain", [])],
-                                    frozenset(result.get("policies", ())))
+                                    frozenset(result.get("policies", ())),
+                                    tuple(result.get("subjects", ())))
         self.last_report = report
         return report.result
 

@@ -290,6 +290,7 @@ class CertificateOps:
                            outcome.result.value, detail=outcome.reason[:200])
         return {"result": outcome.result.value, "reason": outcome.reason,
                 "chain": [c.public_bytes(Encoding.DER) for c in outcome.chain],
+                "subjects": [c.subject.rfc4514_string() for c in outcome.chain],
                 "policies": sorted(outcome.policies)}
 
 
