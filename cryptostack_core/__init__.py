@@ -28,6 +28,7 @@ from cryptostack_core.client.contexts.keys import (
     KeyManagementContext,
     KeyManagementContextConfig,
 )
+from cryptostack_core.client.contexts.seal import SealContext, SealContextConfig
 from cryptostack_core.client.contexts.sign import (
     SignContext,
     SignContextConfig,
@@ -55,6 +56,8 @@ from cryptostack_core.wire.resources import (
     KeyFormat,
     KeySlotInfo,
     KeySlotStatus,
+    KeyVersionInfo,
+    KeyVersionState,
     ResourcePersistence,
     ResourceType,
     RevocationCheckPolicy,
@@ -111,12 +114,16 @@ __all__ = [
     "KeySlotObject",
     "KeySlotStatus",
     "KeySlotSummary",
+    "KeyVersionInfo",
+    "KeyVersionState",
     "Operation",
     "ProviderCandidate",
     "ProviderStatus",
     "ResourcePersistence",
     "ResourceType",
     "RevocationCheckPolicy",
+    "SealContext",
+    "SealContextConfig",
     "SignContext",
     "SignContextConfig",
     "StreamingAeadContext",

@@ -36,16 +36,21 @@ class CryptoResourceGuard:
         self._permitted = permitted
         self.algorithm = algorithm
         self.provider = provider
+        self.version: int | None = None
+        """The key slot version a loaded key comes from (None: not from a slot)."""
         self._released = False
         self._finalizer = weakref.finalize(self, _release_dropped, channel, rid, algorithm)
         self._finalizer.atexit = False
 
     @classmethod
     def _from_wire(cls, channel: Channel, info: Mapping[str, Any]) -> CryptoResourceGuard:
-        return cls(channel, rid_from_wire(info["id"], info.get("label")),
-                   ResourcePersistence(info.get("persistence", "EPHEMERAL")),
-                   KeyOperationPermission(info.get("permissions") or 0),
-                   info.get("algorithm"), info.get("provider"))
+        guard = cls(channel, rid_from_wire(info["id"], info.get("label")),
+                    ResourcePersistence(info.get("persistence", "EPHEMERAL")),
+                    KeyOperationPermission(info.get("permissions") or 0),
+                    info.get("algorithm"), info.get("provider"))
+        version = info.get("version")
+        guard.version = version if isinstance(version, int) else None
+        return guard
 
     @property
     def resource_id(self) -> CryptoResourceId:

@@ -43,6 +43,7 @@ from cryptostack_core.client.contexts.keys import (
     KeyManagementContextConfig,
     slot_info_from_wire,
 )
+from cryptostack_core.client.contexts.seal import SealContext, SealContextConfig
 from cryptostack_core.client.contexts.sign import (
     SignContext,
     SignContextConfig,
@@ -222,6 +223,11 @@ class CryptoContext:
         """Key agreement."""
         return KeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
                                                       "config"))
+
+    def create_seal_context(self, config: SealContextConfig) -> SealContext:
+        """Seal and open messages on a key slot: the daemon picks the nonce, the output
+        names the key version (works across key rotation)."""
+        return SealContext(self, config)
 
     def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
                                       ) -> KeyManagementContext:

@@ -107,6 +107,9 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
     if paths.in_memory(config):
         report.facts.append("key store: in memory")
         return
+    if config.keystore_url is not None:
+        _shared_store(config, report)
+        return
     assert config.keystore is not None
     report.facts.append(f"key store: {config.keystore}")
     kek, notes = paths.kek_location(config)
@@ -123,3 +126,25 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
                                        f"its key-encryption key {kek} is missing")
         except Exception as exc:  # an unreadable store
             report.problems.append(f"cannot read the key store {config.keystore}: {exc}")
+
+
+def _shared_store(config: DaemonConfig, report: CheckReport) -> None:
+    """A PostgreSQL store: reachable, and where its KEK comes from."""
+    from cryptostack_core.server.keystore import KeyStoreError, KeyStoreUnavailable, open_backend
+
+    url = config.keystore_url
+    assert url is not None
+    try:
+        backend = open_backend(url)
+    except (KeyStoreError, KeyStoreUnavailable) as exc:
+        report.problems.append(exc.message)
+        return
+    report.facts.append(f"key store: {backend.location} (shared)")
+    backend.close()
+    if config.kek_provider is not None:
+        report.facts.append(f"key-encryption key: from provider {config.kek_provider}")
+        return
+    kek, notes = paths.kek_location(config)
+    report.warnings += notes
+    report.facts.append(f"key-encryption key: {kek} (every daemon on this store needs the "
+                        "same one)")

@@ -38,6 +38,7 @@ from cryptostack_core.server.ops.contexts import (
 )
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
+from cryptostack_core.server.ops.sealing import SealOps
 from cryptostack_core.server.request import Request
 from cryptostack_core.server.selection import KeyPlacement
 from cryptostack_core.server.session import Session
@@ -100,6 +101,7 @@ class Service:
             ControlOps(self.core, certificates.slot_status).operations(),
             contexts.operations(),
             KeyOps(self.core).operations(),
+            SealOps(self.core).operations(),
             certificates.operations(),
         ]
         self._ops: dict[str, Op] = {}
@@ -324,13 +326,15 @@ class Service:
             if op == "resource.release":
                 entry = self._released_key(session, request)
                 return entry.home.id if entry is not None else None
-            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist"):
+            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist",
+                      "key.retire_version", "key.set_minimum_version"):
                 name = session.get(rid_from_wire(args.get("slot"))).obj.name
                 slot = core.slot_config(name)
                 if slot.provider is not None or op != "key.persist":
                     return slot.provider
                 return self._key_home(session, args.get("key"))
-            if op in ("key.export", "key.export_public", "explain") and "key" in args:
+            if op in ("key.export", "key.export_public", "explain", "aead.seal",
+                      "aead.open") and "key" in args:
                 return self._key_home(session, args.get("key"))
             if op == "random.generate":
                 return core.providers.select("RANDOM", Operation.RANDOM).id

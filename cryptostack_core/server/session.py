@@ -29,7 +29,8 @@ class KeyEntry:
     def __init__(self, *, algorithm: str, permissions: KeyOperationPermission,
                  home: LoadedProvider, pkey: ProviderKey, persistence: ResourcePersistence,
                  compatible: tuple[int, ...] = (), slot: str | None = None,
-                 export_uids: frozenset[int] | None = None) -> None:
+                 export_uids: frozenset[int] | None = None, version: int | None = None,
+                 on_free: Callable[[], None] | None = None) -> None:
         self.algorithm = algorithm
         self.permissions = permissions
         self.export_uids = export_uids
@@ -41,6 +42,11 @@ class KeyEntry:
         self.persistence = persistence
         self.compatible = compatible
         self.slot = slot
+        self.version = version
+        """The slot version this key was loaded from (None: not from a slot)."""
+        self.on_free = on_free
+        """Called once the last reference is gone and the provider key freed (the service
+        destroys a retired or cleared version's backend object then, not before)."""
         self.copies: dict[int, ProviderKey] = {}
         self._refs = 1
         self._lock = threading.Lock()
@@ -75,6 +81,11 @@ class KeyEntry:
         for _pid, pkey in copies:
             _quiet_release(None, pkey)
         _quiet_release(self.home, self.pkey)
+        if self.on_free is not None:
+            try:
+                self.on_free()
+            except Exception:  # noqa: BLE001 - logged by the callback's owner
+                pass
 
 
 def _quiet_release(provider: LoadedProvider | None, pkey: ProviderKey) -> None:

@@ -25,7 +25,13 @@ from cryptostack_core.client.guards import CryptoResourceGuard
 from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission
-from cryptostack_core.wire.resources import KeyFormat, KeySlotInfo, KeySlotStatus
+from cryptostack_core.wire.resources import (
+    KeyFormat,
+    KeySlotInfo,
+    KeySlotStatus,
+    KeyVersionInfo,
+    KeyVersionState,
+)
 
 
 class KeyManagementContextConfig(ContextConfig):
@@ -104,12 +110,26 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
 def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
     """Build a :class:`KeySlotInfo` from its wire form."""
+    versions = [KeyVersionInfo(version=int(v["version"]), state=KeyVersionState(v["state"]),
+                               algorithm=str(v["algorithm"]), provider=int(v["provider"]),
+                               permissions=KeyOperationPermission(v.get("permissions") or 0),
+                               created=float(v["created"]), updated=float(v["updated"]))
+                for v in info.get("versions") or []]
     return KeySlotInfo(status=KeySlotStatus(info["status"]), algorithm=info.get("algorithm"),
                        provider=info.get("provider"),
                        compatible_providers=list(info.get("compatible_providers") or []),
                        permissions=KeyOperationPermission(info.get("permissions") or 0),
                        version=int(info.get("version") or 0), name=info.get("name", ""),
-                       created=info.get("created"), updated=info.get("updated"))
+                       created=info.get("created"), updated=info.get("updated"),
+                       versions=versions, min_version=int(info.get("min_version") or 0),
+                       head_version=int(info.get("head_version") or 0))
+
+
+def _version(version: object) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"a key version must be a non-negative integer, got {version!r}")
+    return version
 
 
 class KeyManagementContext(OperationContext):
@@ -125,12 +145,18 @@ class KeyManagementContext(OperationContext):
     def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
         return CryptoResourceGuard._from_wire(self._channel, info)
 
-    def load_key(self, slot: ResourceLike) -> CryptoResourceGuard:
-        """Load a slot's key for use in several contexts."""
-        return self._guard(self._call("key.load", {"slot": wire_rid(slot, "slot")}))
+    def load_key(self, slot: ResourceLike, version: int | None = None) -> CryptoResourceGuard:
+        """Load a slot's key for use in several contexts: its primary version, or
+        ``version``. An older version may only decrypt, verify, decapsulate (and agree);
+        ``KEY_VERSION_RETIRED`` names a version that was retired or is below the slot's
+        minimum. A loaded key keeps working until released, whatever happens to the slot."""
+        args: dict[str, Any] = {"slot": wire_rid(slot, "slot")}
+        if version is not None:
+            args["version"] = _version(version)
+        return self._guard(self._call("key.load", args))
 
     def get_key_slot_info(self, slot: ResourceLike) -> KeySlotInfo:
-        """Status, algorithm, provider and compatible providers of a key slot."""
+        """Status, algorithm, provider, compatible providers and versions of a key slot."""
         return slot_info_from_wire(self._call("key.slot_info", {"slot": wire_rid(slot, "slot")}))
 
     def generate_key(self, params: GenerateKeyParams) -> CryptoResourceGuard:
@@ -156,12 +182,29 @@ class KeyManagementContext(OperationContext):
             "permissions": None if params.permissions is None else int(params.permissions)}))
 
     def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
-        """Copy ``key`` into ``slot`` durably (the key stays usable)."""
+        """Copy ``key`` into ``slot`` durably as a new version, which becomes the primary
+        (``key`` stays usable; older versions stay usable to decrypt and verify until
+        retired). Returns the slot's info; ``.version`` is the new version."""
         args = {"slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}
         return slot_info_from_wire(self._call("key.persist", args))
 
+    def retire_key_version(self, slot: ResourceLike, version: int) -> KeySlotInfo:
+        """Retire an older version of a slot's key (audited): it is destroyed, and data
+        protected under it can no longer be decrypted here (``KEY_VERSION_RETIRED``). Keys
+        and contexts already holding it keep working until released. The primary version
+        cannot be retired (``INVALID_STATE``): persist a new one first."""
+        return slot_info_from_wire(self._call("key.retire_version", {
+            "slot": wire_rid(slot, "slot"), "version": _version(version)}))
+
+    def set_minimum_version(self, slot: ResourceLike, version: int) -> KeySlotInfo:
+        """Refuse the versions below ``version`` (0: none) without destroying them; the
+        minimum may be lowered again. At most the primary version (audited)."""
+        return slot_info_from_wire(self._call("key.set_minimum_version", {
+            "slot": wire_rid(slot, "slot"), "version": _version(version)}))
+
     def clear_key_slot(self, slot: ResourceLike) -> None:
-        """Empty a key slot (destroying a token/TPM copy)."""
+        """Empty a key slot: every version is removed (audited), and token/TPM copies are
+        destroyed once no loaded key or open context uses them."""
         self._call("key.clear_slot", {"slot": wire_rid(slot, "slot")})
 
     def export_public_key(self, key: ResourceLike, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
