@@ -32,7 +32,7 @@ def _setup(stack: cs.CryptoStack) -> tuple[cs.CryptoContext, cs.KeyManagementCon
 
 
 def test_sealed_format_matches_the_documentation(any_stack: cs.CryptoStack) -> None:
-    ctx, km, slot, sealer = _setup(any_stack)
+    _ctx, km, slot, sealer = _setup(any_stack)
     material = os.urandom(32)
     km.persist_key(slot, _import(km, material))
     sealed = sealer.seal(b"hello", b"context")
@@ -47,7 +47,7 @@ def test_sealed_format_matches_the_documentation(any_stack: cs.CryptoStack) -> N
 
 
 def test_seal_and_open_across_a_rotation(any_stack: cs.CryptoStack) -> None:
-    ctx, km, slot, sealer = _setup(any_stack)
+    _ctx, km, slot, sealer = _setup(any_stack)
     km.persist_key(slot, _import(km, os.urandom(32)))
     old = sealer.seal(b"before the rotation")
     km.persist_key(slot, _import(km, os.urandom(32)))
@@ -62,7 +62,7 @@ def test_seal_and_open_across_a_rotation(any_stack: cs.CryptoStack) -> None:
 
 
 def test_anything_altered_fails_authentication(any_stack: cs.CryptoStack) -> None:
-    ctx, km, slot, sealer = _setup(any_stack)
+    _ctx, km, slot, sealer = _setup(any_stack)
     km.persist_key(slot, _import(km, os.urandom(32)))
     km.persist_key(slot, _import(km, os.urandom(32)))
     sealed = sealer.seal(b"a message of some length", b"aad")
@@ -85,7 +85,7 @@ def test_anything_altered_fails_authentication(any_stack: cs.CryptoStack) -> Non
 
 
 def test_a_retired_version_is_named(any_stack: cs.CryptoStack) -> None:
-    ctx, km, slot, sealer = _setup(any_stack)
+    _ctx, km, slot, sealer = _setup(any_stack)
     km.persist_key(slot, _import(km, os.urandom(32)))
     old = sealer.seal(b"v1")
     km.persist_key(slot, _import(km, os.urandom(32)))
@@ -103,7 +103,7 @@ def test_a_retired_version_is_named(any_stack: cs.CryptoStack) -> None:
 
 
 def test_seal_refuses_what_it_cannot_do_safely(any_stack: cs.CryptoStack) -> None:
-    ctx, km, slot, sealer = _setup(any_stack)
+    ctx, km, _slot, sealer = _setup(any_stack)
     with pytest.raises(cs.CryptoError) as err:
         sealer.seal(b"x")  # empty slot
     assert err.value.code is E.SLOT_EMPTY
