@@ -661,8 +661,13 @@ class ServiceCore:
                     stored = loaded.instance.persist_key(pkey, slot.name)
                 finally:
                     loaded.instance.release_key(pkey)
-                self.keystore.store_key(slot.name, spec.name, loaded.id,
-                                        slot.compatible_providers, perms, stored)
+                # Daemons sharing a store may provision at once: only the first key counts.
+                if not self.keystore.store_key(slot.name, spec.name, loaded.id,
+                                               slot.compatible_providers, perms, stored,
+                                               if_empty=True):
+                    self.destroy_when_unused(loaded.id, stored, f"key slot {slot.name} "
+                                             "(provisioned by another daemon first)")
+                    continue
                 self.forget_slot_keys(slot.name)
                 log.info("provisioned key slot %s (%s on %s)", slot.name, spec.name, loaded.name)
             except (CryptoError, OSError) as exc:

@@ -184,7 +184,8 @@ class KeyManagementContext(OperationContext):
     def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
         """Copy ``key`` into ``slot`` durably as a new version, which becomes the primary
         (``key`` stays usable; older versions stay usable to decrypt and verify until
-        retired). Returns the slot's info; ``.version`` is the new version."""
+        retired). Returns the slot's info; ``.version`` is the version this call made (with
+        several writers another may be primary already: see ``.versions``)."""
         args = {"slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}
         return slot_info_from_wire(self._call("key.persist", args))
 

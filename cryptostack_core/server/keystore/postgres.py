@@ -22,10 +22,11 @@ Many daemons, one truth:
   not connected (at start, after a lost connection) every use checks the manifest instead:
   notifications missed in between cannot leave a daemon on an old version.
 * **a lost database**: calls that need it fail with ``KEYSTORE_UNAVAILABLE`` naming the
-  store and the cause; keys and rows the daemon already holds keep working. Reconnecting is
-  tried on the next call that needs the store (at most once a second, so an outage costs
-  callers an immediate answer, not a connect timeout each), and by the listener with
-  backoff; nothing needs a restart.
+  store and the cause; keys and rows the daemon already holds keep working, without a
+  connection attempt per use. Reconnecting is tried on the next call that needs the store
+  (at most once a second, so an outage costs callers an immediate answer, not a connect
+  timeout each) and by the listener (backoff up to 2 s); once the listener is back, the
+  next use re-reads the manifest. Nothing needs a restart.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ LOCK_ID = 0x63727970746F  # "crypto": the store-wide write lock (pg_advisory_xac
 CONNECT_TIMEOUT = 5  # seconds (libpq's minimum is 2)
 RETRY_INTERVAL = 1.0  # seconds between reconnection attempts by callers
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds a writer waits for the write lock without a deadline
+MAX_BACKOFF = 2.0  # seconds between the listener's reconnection attempts, at most
+LISTEN_POLL = 0.25  # seconds the listener waits for notifications before checking for close
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                "keepalives_count": 3}
 
@@ -216,8 +219,12 @@ class PostgresBackend(Backend):
             pass
 
     def changed(self) -> bool:
+        if self._down is not None:
+            # The database was lost: nothing can be learnt from it, so what is cached is
+            # used, with no connection attempt per use. Once the listener is back in, check.
+            return self._listening
         if not self._listening:
-            return True  # nothing would tell us: check
+            return True  # nothing would tell us about other daemons' changes: check
         if self._stale.is_set():
             self._stale.clear()
             return True
@@ -266,7 +273,7 @@ class PostgresBackend(Backend):
                 self._stale.set()  # anything sent while we were not listening is lost
                 backoff = 0.1
                 while not self._closed.is_set():
-                    for _note in conn.notifies(timeout=1.0):
+                    for _note in conn.notifies(timeout=LISTEN_POLL):
                         self._stale.set()
             except self._pg.Error:
                 pass
@@ -279,7 +286,7 @@ class PostgresBackend(Backend):
                     except Exception:  # noqa: BLE001
                         pass
             self._closed.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     def close(self) -> None:
         self._closed.set()
@@ -291,4 +298,4 @@ class PostgresBackend(Backend):
                     pass
                 self._conn = None
         if self._listener is not None:
-            self._listener.join(timeout=5)
+            self._listener.join(timeout=2 * LISTEN_POLL + 1)

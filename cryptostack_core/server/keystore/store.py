@@ -206,7 +206,9 @@ class KeyStore:
     def __init__(self, backend: Backend, keys: StoreKeys) -> None:
         self.backend = backend
         self._keys = keys
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        """Guards the caches only; never held while the database is asked (a slow or lost
+        database must not stall uses of what is cached)."""
         self._manifest: _Manifest | None = None
         self._seen_generation = 0
         self._slots: dict[str, tuple[_Entry | None, tuple[Row, ...]]] = {}
@@ -376,8 +378,7 @@ class KeyStore:
 
     def close(self) -> None:
         """Disconnect from the database."""
-        with self._lock:
-            self.backend.close()
+        self.backend.close()
 
     def status(self) -> dict[str, Any]:
         """Engine, location, reachability and generation, for ``status``."""
@@ -389,7 +390,9 @@ class KeyStore:
     # --- the manifest ----------------------------------------------------------------
     def _read_manifest(self, tx: Tx, *, allow_rollback: bool = False) -> _Manifest:
         """The authenticated manifest as the database has it now (parsed again only when
-        its text changed). Refuses a generation below one this process has seen."""
+        its text changed). Refuses a generation below one this process had seen before this
+        read began (a read that began earlier may return an older one; that is no rollback)."""
+        seen = self._seen_generation
         meta = _read_meta(tx)
         text = meta.get("manifest")
         try:
@@ -404,20 +407,26 @@ class KeyStore:
         if text is None or not _same(self._keys.manifest_mac(generation, text), mac):
             raise KeyStoreError(f"key store {self.location}: the manifest fails "
                                 f"authentication: {RECOVERY}")
-        if generation < self._seen_generation and not allow_rollback:
+        if generation < seen and not allow_rollback:
             raise KeyStoreError(
-                f"key store {self.location} went back from generation {self._seen_generation} "
-                f"to {generation} while this daemon was running: the whole store was replaced "
-                f"by an older copy. The daemon refuses to use it: {RECOVERY}")
+                f"key store {self.location} went back from generation {seen} to {generation} "
+                f"while this daemon was running: the whole store was replaced by an older "
+                f"copy. The daemon refuses to use it: {RECOVERY}")
         try:
             entries = _parse_manifest(text)
         except (ValueError, TypeError):
             raise KeyStoreError(f"key store {self.location}: the manifest is malformed: "
                                 f"{RECOVERY}") from None
         manifest = _Manifest(generation, text, entries)
-        self._manifest = manifest
-        self._seen_generation = max(self._seen_generation, generation)
+        self._remember(manifest)
         return manifest
+
+    def _remember(self, manifest: _Manifest) -> None:
+        with self._lock:
+            current = self._manifest
+            if current is None or manifest.generation >= current.generation:
+                self._manifest = manifest
+            self._seen_generation = max(self._seen_generation, manifest.generation)
 
     def _write_manifest(self, tx: Tx, generation: int, entries: dict[Key, _Entry]) -> _Manifest:
         text = _manifest_text(entries)
@@ -445,14 +454,12 @@ class KeyStore:
     def _change(self) -> Iterator[tuple[Tx, dict[Key, _Entry]]]:
         """A write transaction: the manifest is read and checked inside it (after the write
         lock), changed by the caller, and written as the next generation at the end."""
-        with self._lock:
-            with self.backend.transaction() as tx:
-                manifest = self._read_manifest(tx)
-                entries = {k: e.copy() for k, e in manifest.entries.items()}
-                yield tx, entries
-                written = self._write_manifest(tx, manifest.generation + 1, entries)
-            self._manifest = written
-            self._seen_generation = max(self._seen_generation, written.generation)
+        with self.backend.transaction() as tx:
+            manifest = self._read_manifest(tx)
+            entries = {k: e.copy() for k, e in manifest.entries.items()}
+            yield tx, entries
+            written = self._write_manifest(tx, manifest.generation + 1, entries)
+        self._remember(written)
 
     # --- checking rows ---------------------------------------------------------------
     def _row_ok(self, kind: str, row: Row) -> bool:
@@ -501,43 +508,48 @@ class KeyStore:
 
     def verify(self) -> list[Problem]:
         """Every row's MAC and the manifest against the rows; [] when the store is intact."""
-        with self._lock:
-            try:
-                with self.backend.snapshot() as tx:
-                    manifest = self._read_manifest(tx)
-                    tables = {kind: tx.execute(_SELECT[kind]) for kind in TABLES}
-            except KeyStoreError as exc:
-                return [Problem("store", self.location, None, exc.message)]
-            problems: list[Problem] = []
-            for kind, found in tables.items():
-                by_name: dict[str, list[Row]] = {}
-                for row in found:
-                    by_name.setdefault(str(row[0]), []).append(row)
-                names = set(by_name) | {n for k, n in manifest.entries if k == kind}
-                for name in sorted(names):
-                    problems += self._row_problems(kind, name, manifest.entries.get((kind, name)),
-                                                   by_name.get(name, []))
-            return problems
+        try:
+            with self.backend.snapshot() as tx:
+                manifest = self._read_manifest(tx)
+                tables = {kind: tx.execute(_SELECT[kind]) for kind in TABLES}
+        except KeyStoreError as exc:
+            return [Problem("store", self.location, None, exc.message)]
+        problems: list[Problem] = []
+        for kind, found in tables.items():
+            by_name: dict[str, list[Row]] = {}
+            for row in found:
+                by_name.setdefault(str(row[0]), []).append(row)
+            names = set(by_name) | {n for k, n in manifest.entries if k == kind}
+            for name in sorted(names):
+                problems += self._row_problems(kind, name, manifest.entries.get((kind, name)),
+                                               by_name.get(name, []))
+        return problems
 
     # --- key slots ---------------------------------------------------------------------
     def _slot_rows(self, name: str, *, force: bool = False) -> tuple[_Entry | None,
                                                                      tuple[Row, ...]]:
-        """The slot's manifest entry and its verified rows (oldest first)."""
-        with self._lock:
-            manifest = self._current(force=force)
-            entry = manifest.entries.get(("key", name))
-            cached = self._slots.get(name)
-            if cached is not None and cached[0] == entry:
-                return cached
+        """The slot's manifest entry and its verified rows (oldest first): from the cache
+        while the manifest entry is the one they were checked against, else read (one
+        snapshot) and checked."""
+        manifest = self._current(force=force)
+        entry = manifest.entries.get(("key", name))
+        cached = self._slots.get(name)
+        if cached is not None and cached[0] == entry:
+            return cached
+        try:
             with self.backend.snapshot() as tx:
                 manifest = self._read_manifest(tx)
                 found = tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version",
                                          (name,)))
-            entry = manifest.entries.get(("key", name))
-            self._check_rows("key", name, entry, found)
-            result = (entry.copy() if entry is not None else None, found)
-            self._slots[name] = result
-            return result
+        except KeyStoreUnavailable:
+            if cached is None or force:
+                raise
+            return cached  # older, but checked: what this daemon holds keeps serving
+        entry = manifest.entries.get(("key", name))
+        self._check_rows("key", name, entry, found)
+        result = (entry.copy() if entry is not None else None, found)
+        self._slots[name] = result
+        return result
 
     def _record(self, row: Row, primary: int | None) -> SlotRecord:
         try:
@@ -569,33 +581,32 @@ class KeyStore:
     def slots(self) -> dict[str, SlotRecord]:
         """The primary version of every occupied slot (for ``status``). While the database
         is unreachable, what this daemon knows."""
-        with self._lock:
-            try:
-                manifest = self._current()
-                names = sorted(n for k, n in manifest.entries if k == "key")
-                stale = [n for n in names if self._slots.get(n, (None,))[0]
-                         != manifest.entries.get(("key", n))]
-                if stale:
-                    with self.backend.snapshot() as tx:
-                        manifest = self._read_manifest(tx)
-                        found = tx.execute(f"{_KEY_SELECT} ORDER BY name, version")
-                    by_name: dict[str, list[Row]] = {}
-                    for row in found:
-                        by_name.setdefault(str(row[0]), []).append(row)
-                    for n in sorted(set(by_name) | set(names)):
-                        entry = manifest.entries.get(("key", n))
-                        rows = tuple(by_name.get(n, []))
-                        self._check_rows("key", n, entry, rows)
-                        self._slots[n] = (entry.copy() if entry else None, rows)
-            except KeyStoreUnavailable:
-                pass  # what is known
-            result = {}
-            for n, (_entry, rows) in self._slots.items():
-                primary = self._primary(rows)
-                if primary is not None:
-                    row = next(r for r in rows if r[1] == primary)
-                    result[n] = self._record(row, primary)
-            return result
+        try:
+            manifest = self._current()
+            names = sorted(n for k, n in manifest.entries if k == "key")
+            stale = [n for n in names if self._slots.get(n, (None,))[0]
+                     != manifest.entries.get(("key", n))]
+            if stale:
+                with self.backend.snapshot() as tx:
+                    manifest = self._read_manifest(tx)
+                    found = tx.execute(f"{_KEY_SELECT} ORDER BY name, version")
+                by_name: dict[str, list[Row]] = {}
+                for row in found:
+                    by_name.setdefault(str(row[0]), []).append(row)
+                for n in sorted(set(by_name) | set(names)):
+                    entry = manifest.entries.get(("key", n))
+                    rows = tuple(by_name.get(n, []))
+                    self._check_rows("key", n, entry, rows)
+                    self._slots[n] = (entry.copy() if entry else None, rows)
+        except KeyStoreUnavailable:
+            pass  # what is known
+        result = {}
+        for n, (_entry, rows) in list(self._slots.items()):
+            primary = self._primary(rows)
+            if primary is not None:
+                row = next(r for r in rows if r[1] == primary)
+                result[n] = self._record(row, primary)
+        return result
 
     def _locate(self, name: str, version: int | None) -> tuple[SlotRecord, Row]:
         entry, found = self._slot_rows(name)
@@ -659,14 +670,18 @@ class KeyStore:
 
     def store_key(self, name: str, algorithm: str, provider: int, compatible: tuple[int, ...],
                   permissions: KeyOperationPermission, stored: StoredKey,
-                  export_uids: frozenset[int] | None = None) -> int:
+                  export_uids: frozenset[int] | None = None, *, if_empty: bool = False) -> int:
         """Add a version to slot ``name`` and make it the primary; returns its number (one
-        past the highest the slot ever had). Older versions stay as they are."""
+        past the highest the slot ever had). Older versions stay as they are. With
+        ``if_empty`` (provisioning, which several daemons may attempt at once) nothing is
+        added to a slot that holds a version, and 0 is returned."""
         now = time.time()
         with self._change() as (tx, entries):
             entry = entries.get(("key", name))
             found = tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,))
             self._check_rows("key", name, entry, found)
+            if if_empty and self._primary(found) is not None:
+                return 0
             entry = entry or _Entry()
             version = entry.head + 1
             exports = None if export_uids is None else json.dumps(sorted(export_uids))
@@ -751,25 +766,24 @@ class KeyStore:
 
     def references(self, provider: int) -> list[StoredKey]:
         """Every provider-held key (a backend reference) of ``provider``'s slots."""
-        with self._lock, self.backend.snapshot() as tx:
+        with self.backend.snapshot() as tx:
             found = tx.execute("SELECT blob FROM key_slots WHERE provider = ? AND secret = 0 "
                                "AND state = ?", (provider, ACTIVE))
         return [StoredKey(bytes(row[0]), False) for row in found]
 
     def slot_names(self) -> list[str]:
         """Names of all occupied slots."""
-        with self._lock, self.backend.snapshot() as tx:
+        with self.backend.snapshot() as tx:
             return [str(r[0]) for r in tx.execute(
                 "SELECT DISTINCT name FROM key_slots ORDER BY name")]
 
     # --- certificates and trust stores ----------------------------------------------
     def _single(self, kind: str, name: str) -> Row | None:
-        with self._lock:
-            with self.backend.snapshot() as tx:
-                manifest = self._read_manifest(tx)
-                found = tx.execute(f"{_SELECT[kind]} WHERE name = ?", (name,))
-            self._check_rows(kind, name, manifest.entries.get((kind, name)), found)
-            return found[0] if found else None
+        with self.backend.snapshot() as tx:
+            manifest = self._read_manifest(tx)
+            found = tx.execute(f"{_SELECT[kind]} WHERE name = ?", (name,))
+        self._check_rows(kind, name, manifest.entries.get((kind, name)), found)
+        return found[0] if found else None
 
     def _replace(self, kind: str, name: str, make: Any) -> int:
         with self._change() as (tx, entries):
@@ -819,46 +833,46 @@ class KeyStore:
         dropped: those keys are lost. With a damaged manifest, every row whose own MAC holds
         is kept."""
         dropped: list[Problem] = []
+        with self.backend.transaction() as tx:
+            try:
+                manifest: _Manifest | None = self._read_manifest(tx, allow_rollback=True)
+            except KeyStoreError:
+                manifest = None
+            old = manifest.entries if manifest is not None else {}
+            entries: dict[Key, _Entry] = {}
+            for kind, table in TABLES.items():
+                for row in tx.execute(_SELECT[kind]):
+                    name, version, mac = str(row[0]), _version_of(kind, row), _mac_of(row)
+                    listed = old.get((kind, name))
+                    why = None
+                    if not self._keys.check(kind, row[:-1], mac):
+                        why = "fails authentication"
+                    elif manifest is not None and (
+                            listed is None or listed.rows.get(version or 0) != _prefix(mac)):
+                        why = "is not the row the manifest lists"
+                    if why is None:
+                        entry = entries.setdefault((kind, name), _Entry(
+                            listed.head if listed else 0,
+                            listed.min_version if listed else 0))
+                        entry.rows[int(version or 0)] = _prefix(mac)
+                        entry.head = max(entry.head, int(version or 0))
+                        continue
+                    dropped.append(Problem(kind, name, version, why))
+                    tx.execute(f"DELETE FROM {table} WHERE name = ? AND version = ?",  # noqa: S608
+                               (name, version))
+            for (kind, name), listed in old.items():
+                entry = entries.setdefault((kind, name), _Entry(listed.head, 0))
+                for version in sorted(set(listed.rows) - set(entry.rows)):
+                    dropped.append(Problem(kind, name, version, "was missing; forgotten"))
+                if kind == "key" and entry.rows and listed.min_version <= max(entry.rows):
+                    entry.min_version = listed.min_version
+            generation = manifest.generation if manifest is not None else int(
+                _read_meta(tx).get("generation", "0") or 0)
+            written = self._write_manifest(tx, generation + 1, entries)
         with self._lock:
-            with self.backend.transaction() as tx:
-                try:
-                    manifest: _Manifest | None = self._read_manifest(tx, allow_rollback=True)
-                except KeyStoreError:
-                    manifest = None
-                old = manifest.entries if manifest is not None else {}
-                entries: dict[Key, _Entry] = {}
-                for kind, table in TABLES.items():
-                    for row in tx.execute(_SELECT[kind]):
-                        name, version, mac = str(row[0]), _version_of(kind, row), _mac_of(row)
-                        listed = old.get((kind, name))
-                        why = None
-                        if not self._keys.check(kind, row[:-1], mac):
-                            why = "fails authentication"
-                        elif manifest is not None and (
-                                listed is None or listed.rows.get(version or 0) != _prefix(mac)):
-                            why = "is not the row the manifest lists"
-                        if why is None:
-                            entry = entries.setdefault((kind, name), _Entry(
-                                listed.head if listed else 0,
-                                listed.min_version if listed else 0))
-                            entry.rows[int(version or 0)] = _prefix(mac)
-                            entry.head = max(entry.head, int(version or 0))
-                            continue
-                        dropped.append(Problem(kind, name, version, why))
-                        tx.execute(f"DELETE FROM {table} WHERE name = ? AND version = ?",  # noqa: S608
-                                   (name, version))
-                for (kind, name), listed in old.items():
-                    entry = entries.setdefault((kind, name), _Entry(listed.head, 0))
-                    for version in sorted(set(listed.rows) - set(entry.rows)):
-                        dropped.append(Problem(kind, name, version, "was missing; forgotten"))
-                    if kind == "key" and entry.rows and listed.min_version <= max(entry.rows):
-                        entry.min_version = listed.min_version
-                generation = manifest.generation if manifest is not None else int(
-                    _read_meta(tx).get("generation", "0") or 0)
-                written = self._write_manifest(tx, generation + 1, entries)
             self._manifest = written
             self._seen_generation = written.generation
-            self._slots.clear()
+        self._slots.clear()
         return dropped
 
 

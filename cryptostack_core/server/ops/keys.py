@@ -193,7 +193,8 @@ class KeyOps:
             raise
         self.core.audit(call.session, "key.persist", name, provider=target.id,
                         algorithm=entry.algorithm, detail=f"version={version}")
-        return self.core.slot_info(name)
+        # ``version`` is the one this call made (another daemon's may already be newer).
+        return {**self.core.slot_info(name), "version": version}
 
     def _op_retire_version(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = self._slot_name(call, args)
