@@ -39,8 +39,9 @@ def crypt(ctx: CryptoContext, key: Any, algorithm: str, direction: CipherDirecti
     with ctx.create_cipher_context(CipherContextConfig().set_algorithm(algorithm).set_key(key)
                                    .set_direction(direction)) as cipher:
         cipher.init(iv)
-        out = cipher.update(data)
-        return out + cipher.finalize()
+        out: bytes = cipher.update(data)
+        tail: bytes = cipher.finalize()
+        return out + tail
 
 
 def check_rotation(stack: CryptoStack, slot_name: str, algorithm: str, new_key: NewKey, *,
