@@ -366,3 +366,37 @@ def test_concurrent_writers_in_one_process(pg_url: str, tmp_path: Path) -> None:
     assert [v.version for v in stores[1].slot_versions("S").versions] == list(range(1, 51))
     for store in stores:
         store.close()
+
+
+def test_a_sqlite_store_copied_into_postgresql_verifies(pg_cluster: Any, tmp_path: Path) -> None:
+    """The way from one device to a fleet (docs/scaling.md): MACs bind the store id, not the
+    engine, so the four tables copied row for row open under the same KEK."""
+    import sqlite3
+
+    kek, path = tmp_path / "k.kek", tmp_path / "ks.sqlite3"
+    store = KeyStore.open(path, kek_path=kek)
+    material = os.urandom(40)
+    store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(material, True),
+                    export_uids=frozenset({0}))
+    store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(os.urandom(40), True))
+    store.retire_version("S", 1)
+    store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(os.urandom(40), True))
+    store.set_minimum_version("S", 2)
+    store.store_trust_store("T", [os.urandom(20)], [])
+    store.close()
+    url = pg_cluster.database()
+    KeyStore.open(url, kek_path=tmp_path / "throwaway.kek").close()  # creates the tables
+    source = sqlite3.connect(path)
+    for table in ("key_slots", "cert_slots", "trust_stores", "meta"):
+        pg_cluster.execute(url, f"DELETE FROM {table}")
+        for row in source.execute(f"SELECT * FROM {table}"):  # noqa: S608
+            pg_cluster.execute(url, f"INSERT INTO {table} VALUES "  # noqa: S608
+                               f"({', '.join(['%s'] * len(row))})", row)
+    source.close()
+    copy = KeyStore.open(url, kek_path=kek)
+    assert copy.verify() == []
+    versions = copy.slot_versions("S")
+    assert [(v.version, v.state) for v in versions.versions] == [
+        (1, "retired"), (2, "active"), (3, "active")] and versions.min_version == 2
+    assert copy.load_key("S", 3)[0].export_uids is None
+    copy.close()

@@ -115,11 +115,12 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
     kek, notes = paths.kek_location(config)
     report.warnings += notes
     report.facts.append(f"key-encryption key: {kek}" + (
-        f" (sealed by provider {config.kek_provider})" if config.kek_provider else ""))
+        f" (from provider {config.kek_provider}: sealed in that file, or kept in the token)"
+        if config.kek_provider else ""))
     for directory in (config.keystore.parent, kek.parent):
         if not paths.creatable(directory):
             report.problems.append(f"cannot create {directory} (not writable by this user)")
-    if not kek.exists():
+    if not kek.exists() and config.kek_provider is None:  # a provider may keep no file
         try:
             if paths.holds_wrapped_keys(config.keystore):
                 report.problems.append(f"the key store {config.keystore} holds wrapped keys but "

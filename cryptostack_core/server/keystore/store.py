@@ -529,8 +529,9 @@ class KeyStore:
     def _slot_rows(self, name: str, *, force: bool = False) -> tuple[_Entry | None,
                                                                      tuple[Row, ...]]:
         """The slot's manifest entry and its verified rows (oldest first): from the cache
-        while the manifest entry is the one they were checked against, else read (one
-        snapshot) and checked."""
+        while the manifest entry is the one they were checked against; else the rows whose
+        MAC prefix the manifest changed (all of them the first time) are read in one
+        snapshot with the manifest, and checked."""
         manifest = self._current(force=force)
         entry = manifest.entries.get(("key", name))
         cached = self._slots.get(name)
@@ -539,17 +540,40 @@ class KeyStore:
         try:
             with self.backend.snapshot() as tx:
                 manifest = self._read_manifest(tx)
-                found = tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version",
-                                         (name,)))
+                entry = manifest.entries.get(("key", name))
+                found = self._fetch_rows(tx, name, entry, cached)
         except KeyStoreUnavailable:
             if cached is None or force:
                 raise
             return cached  # older, but checked: what this daemon holds keeps serving
-        entry = manifest.entries.get(("key", name))
         self._check_rows("key", name, entry, found)
         result = (entry.copy() if entry is not None else None, found)
         self._slots[name] = result
         return result
+
+    def _fetch_rows(self, tx: Tx, name: str, entry: _Entry | None,
+                    cached: tuple[_Entry | None, tuple[Row, ...]] | None) -> tuple[Row, ...]:
+        if cached is None or cached[0] is None or entry is None:
+            return tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,)))
+        known = {row[1]: row for row in cached[1]}
+        stale = sorted(v for v, p in entry.rows.items()
+                       if v not in known or _prefix(_mac_of(known[v])) != p)
+        if len(stale) > 64:
+            return tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,)))
+        fresh = {row[1]: row for row in tx.execute(
+            f"{_KEY_SELECT} WHERE name = ? AND version IN ({', '.join('?' * len(stale))})",
+            (name, *stale))} if stale else {}
+        kept = {v: known[v] for v in entry.rows if v not in fresh and v in known
+                and v not in stale}
+        return tuple(row for _, row in sorted({**kept, **fresh}.items()))
+
+    def _version_row(self, tx: Tx, name: str, entry: _Entry | None, version: int) -> Row | None:
+        """One version's row, checked against the manifest (inside a write)."""
+        found = tx.execute(f"{_KEY_SELECT} WHERE name = ? AND version = ?", (name, version))
+        listed = _Entry(0, 0, {version: entry.rows[version]}) \
+            if entry is not None and version in entry.rows else None
+        self._check_rows("key", name, listed, found)
+        return found[0] if found else None
 
     def _record(self, row: Row, primary: int | None) -> SlotRecord:
         try:
@@ -677,13 +701,16 @@ class KeyStore:
         added to a slot that holds a version, and 0 is returned."""
         now = time.time()
         with self._change() as (tx, entries):
-            entry = entries.get(("key", name))
-            found = tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,))
-            self._check_rows("key", name, entry, found)
-            if if_empty and self._primary(found) is not None:
+            before = entries.get(("key", name))
+            if if_empty and before is not None and before.rows:
                 return 0
-            entry = entry or _Entry()
+            entry = before.copy() if before is not None else _Entry()
             version = entry.head + 1
+            if tx.execute("SELECT version FROM key_slots WHERE name = ? AND version = ?",
+                          (name, version)):
+                raise KeyStoreError(f"{Problem('key', name, version, 'is not in the manifest')}"
+                                    f" in key store {self.location} (added outside the daemon): "
+                                    f"{RECOVERY}")
             exports = None if export_uids is None else json.dumps(sorted(export_uids))
             meta = (name, version, algorithm, provider, json.dumps(list(compatible)),
                     int(permissions), exports, int(stored.secret))
@@ -697,7 +724,11 @@ class KeyStore:
             entry.head = version
             entry.rows[version] = _prefix(mac)
             entries[("key", name)] = entry
-            self._slots[name] = (entry.copy(), (*found, (*row, mac)))
+            cached = self._slots.get(name)
+            if cached is not None and cached[0] == before:
+                self._slots[name] = (entry.copy(), (*cached[1], (*row, mac)))
+            else:
+                self._slots.pop(name, None)
         return version
 
     def retire_version(self, name: str, version: int) -> StoredKey | None:
@@ -707,9 +738,7 @@ class KeyStore:
         retired version does nothing and returns None."""
         with self._change() as (tx, entries):
             entry = entries.get(("key", name))
-            found = tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,))
-            self._check_rows("key", name, entry, found)
-            row = next((r for r in found if r[1] == version), None)
+            row = self._version_row(tx, name, entry, version)
             if row is None or entry is None:
                 head = entry.head if entry is not None else 0
                 raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
@@ -719,7 +748,7 @@ class KeyStore:
             if row[11] == RETIRED:
                 self._slots.pop(name, None)
                 return None
-            if version == self._primary(found):
+            if version == max(entry.rows):  # the newest is always active: the primary
                 raise CryptoError(ErrorCode.INVALID_STATE,
                                   f"version {version} is the primary version of key slot "
                                   f"{name!r}: persist a new version first, or clear the slot")
@@ -734,13 +763,11 @@ class KeyStore:
 
     def set_minimum_version(self, name: str, minimum: int) -> None:
         """Disable the versions below ``minimum`` (0 or 1: none); at most the primary."""
-        with self._change() as (tx, entries):
+        with self._change() as (_tx, entries):
             entry = entries.get(("key", name))
-            found = tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,))
-            self._check_rows("key", name, entry, found)
-            primary = self._primary(found)
-            if entry is None or primary is None:
+            if entry is None or not entry.rows:
                 raise CryptoError(ErrorCode.SLOT_EMPTY, f"key slot {name!r} is empty")
+            primary = max(entry.rows)  # the newest is always active
             if not 0 <= minimum <= primary:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                                   f"the minimum version of key slot {name!r} must be 0 to "
