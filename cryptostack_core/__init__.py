@@ -68,6 +68,7 @@ from cryptostack_core.wire.status import (
     ClientSummary,
     DaemonStatus,
     KeySlotSummary,
+    KeystoreStatus,
     ProviderCandidate,
     ProviderStatus,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "KeySlotObject",
     "KeySlotStatus",
     "KeySlotSummary",
+    "KeystoreStatus",
     "KeyVersionInfo",
     "KeyVersionState",
     "Operation",

@@ -227,7 +227,7 @@ class CryptoContext:
     def create_seal_context(self, config: SealContextConfig) -> SealContext:
         """Seal and open messages on a key slot: the daemon picks the nonce, the output
         names the key version (works across key rotation)."""
-        return SealContext(self, config)
+        return SealContext(self, instance_arg(config, SealContextConfig, "config"))
 
     def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
                                       ) -> KeyManagementContext:

@@ -126,10 +126,11 @@ def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
 
 
 def _version(version: object) -> int:
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+    number = int_arg(version, "version")
+    if number < 0:
         raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"a key version must be a non-negative integer, got {version!r}")
-    return version
+                          f"version must be a non-negative int, got {number}")
+    return number
 
 
 class KeyManagementContext(OperationContext):
