@@ -64,7 +64,7 @@ def _on_event_loop() -> bool:
     return True
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request in flight: its client, its deadline, and whether the front end gave up
     on it (then anything it creates later is released at once)."""

@@ -225,6 +225,7 @@ class StreamContextState(ContextState):
         assert op is not None
         result = await self._guard_async(op.finalize_async())
         self.op, self.state = None, MessagePhase.DONE
+        self._unbuffer()
         return result
 
     def reset(self) -> None:
