@@ -358,6 +358,12 @@ class Connection(asyncio.Protocol):
                 ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
                                           "after shm.attach")))
             return held
+        if request.references and session.shm is not None:
+            try:  # what the references name is fixed now, whatever is attached later
+                request = request.bind(session.shm)
+            except CryptoError as exc:
+                self._send(error_response(request_id, exc))
+                return held
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
         tails = self._tails

@@ -132,6 +132,7 @@ class AuditLogger:
         self._file: int | None = None
         """The audit file's descriptor: one ``write(2)`` per event (no user-space buffer, so
         a daemon that crashes loses no event it has answered for)."""
+        self._heads: dict[tuple[Any, ...], str] = {}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             mode = 0o600 if group is None else 0o640
@@ -153,22 +154,42 @@ class AuditLogger:
 
     @hookimpl
     def cryptostack_audit(self, event: AuditEvent) -> None:
+        self.record(event.action, event.client, event.resource, event.result, event.provider,
+                    event.algorithm, event.operation, event.detail, event.time)
+
+    def record(self, action: str, client: PeerIdentity, resource: str, result: str,
+               provider: int | None = None, algorithm: str | None = None,
+               operation: str | None = None, detail: str = "", when: float | None = None
+               ) -> None:
+        """Write one event (what the hook does; the service calls it directly when this
+        logger is the only audit hook, without building an :class:`AuditEvent`)."""
         fd = self._file
         # With an audit file, that file is the trail: a successful key use is only a debug
         # line in the daemon's log (formatting a log line costs more than the operation).
         # Without one, the log is the trail and every event is logged at INFO.
-        level = logging.DEBUG if fd is not None and event.result == "ok" \
-            and event.action == "key.use" else logging.INFO
+        level = logging.DEBUG if fd is not None and result == "ok" \
+            and action == "key.use" else logging.INFO
         if self._log.isEnabledFor(level):
-            self._log.log(level, "%s %s uid=%d pid=%d provider=%s result=%s", event.action,
-                          event.resource, event.client.uid, event.client.pid, event.provider,
-                          event.result)
-        if fd is not None:
-            line = (event.to_json() + "\n").encode()
-            with self._lock:
-                fd = self._file
-                if fd is not None:
-                    _write_all(fd, line)
+            self._log.log(level, "%s %s uid=%d pid=%d provider=%s result=%s", action,
+                          resource, client.uid, client.pid, provider, result)
+        if fd is None:
+            return
+        # Everything but the time repeats from one use of a context to the next: the JSON
+        # before it is kept (the keys are sorted, so "time" comes last).
+        key = (action, client, resource, result, provider, algorithm, operation, detail)
+        head = self._heads.get(key)
+        if head is None:
+            line = AuditEvent(action, client, resource, result, provider, algorithm, operation,
+                              detail, 0.0).to_json()
+            head = line[:line.rindex('"time": ') + 8]
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            self._heads[key] = head
+        data = f"{head}{time.time() if when is None else when!r}}}\n".encode()
+        with self._lock:
+            fd = self._file
+            if fd is not None:
+                _write_all(fd, data)
 
     def close(self) -> None:
         """Close the audit file."""

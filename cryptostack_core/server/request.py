@@ -9,11 +9,11 @@ fields instead of taking the raw arguments apart again.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
-from cryptostack_core.wire.shm import is_reference, reference_length
+from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference, reference_length
 
 DATA_ARGUMENTS = ("data", "peer", "ciphertext")
 """Arguments whose size decides whether a call is cheap enough to run inline."""
@@ -40,6 +40,8 @@ class Request:
     """Every context the request touches: its own, or its members' (in order, no repeats)."""
     references: bool = False
     """Whether a data argument is a shared-memory reference (the request's or a member's)."""
+    region: Any = None
+    """The shared-memory region the references name (:meth:`bind`), if any."""
 
     @classmethod
     def parse(cls, op: object, args: object, max_batch: int | None = None) -> Request:
@@ -88,6 +90,20 @@ class Request:
         provider = args.get("provider")
         return cls(op, args, context, provider if type(provider) is int else None, size,
                    contexts=() if context is None else (context,), references=references)
+
+    def bind(self, region: Any) -> Request:
+        """This request with its shared-memory data references replaced by views of
+        ``region`` (the connection's region when the request arrived: a region attached
+        later does not change what an earlier request reads). A malformed or out-of-range
+        reference is INVALID_ARGUMENT."""
+        if not self.references:
+            return self
+        if self.op == "batch":
+            return replace(self, members=tuple(m.bind(region) for m in self.members),
+                           region=region)
+        args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                for k, v in self.args.items()}
+        return replace(self, args=args, region=region)
 
     @property
     def family(self) -> str:

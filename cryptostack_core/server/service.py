@@ -46,7 +46,7 @@ from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_from_wire
 from cryptostack_core.wire.resources import ResourceType
-from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
+from cryptostack_core.wire.shm import OUTPUT_OPERATIONS, SHM_ARGUMENTS
 
 log = logging.getLogger("cryptostack.service")
 
@@ -152,23 +152,28 @@ class Service:
         fn = self._ops.get(op)
         if fn is None:
             raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {op!r}")
-        args = _resolved(call, request)
-        if self.core.pm.hook.cryptostack_metric.get_hookimpls():
-            return self._observed(call, request, fn, args)
-        deadline = call.deadline
-        token = enter_deadline(deadline)
+        args, held = _snapshot(call, request)
         try:
-            if deadline is not None and time.monotonic() > deadline:
-                raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                                  "the deadline passed before the daemon could start the call")
-            return fn(call, args)
-        except CryptoError:
-            raise
-        except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
-            log.exception("%s failed inside a provider", op)
-            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
+            if self.core.pm.hook.cryptostack_metric.get_hookimpls():
+                return _placed(request, self._observed(call, request, fn, args))
+            deadline = call.deadline
+            token = enter_deadline(deadline)
+            try:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      "the deadline passed before the daemon could start the call")
+                return _placed(request, fn(call, args))
+            except CryptoError:
+                raise
+            except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+                log.exception("%s failed inside a provider", op)
+                raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                                  f"{type(exc).__name__}: {exc}") from None
+            finally:
+                leave_deadline(token)
         finally:
-            leave_deadline(token)
+            if held:
+                call.session.memory.release(held, "request frames")
 
     def _observed(self, call: Call, request: Request, fn: Op, args: Mapping[str, Any]) -> Any:
         """:meth:`handle` when metrics hooks are registered: the request's duration and
@@ -291,7 +296,7 @@ class Service:
 
     async def _handle_awaited(self, call: Call, request: Request, *, locked: bool) -> Any:
         fn = self._async_ops[request.op]
-        args = _resolved(call, request)
+        args, held = _snapshot(call, request)
         observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
         started = time.perf_counter() if observed else 0.0
         result = "ok"
@@ -300,7 +305,7 @@ class Service:
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                       "the deadline passed before the daemon could start the call")
-                return await fn(call, args, locked=locked)
+                return _placed(request, await fn(call, args, locked=locked))
         except ContextBusy:
             observed = False
             raise
@@ -312,6 +317,8 @@ class Service:
             log.exception("%s failed inside a provider", request.op)
             raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
         finally:
+            if held:
+                call.session.memory.release(held, "request frames")
             if observed:
                 self.core.metric("request.seconds", time.perf_counter() - started,
                                  {"op": request.op, "result": result})
@@ -426,16 +433,45 @@ class Service:
         return ctx
 
 
-def _resolved(call: Call, request: Request) -> Mapping[str, Any]:
-    """The request's arguments with shared-memory references replaced by the bytes they
-    name (left as they are without a region: the operation then refuses them)."""
+def _snapshot(call: Call, request: Request) -> tuple[Mapping[str, Any], int]:
+    """The request's arguments as its operation may see them, and the bytes of the memory
+    budget that takes (to give back when it ends).
+
+    Data in a shared-memory region the client can still write is copied into the daemon's
+    memory first, so no provider sees it change while it works; an immutable region, and
+    the data of a hash context (no key, a digest only the caller gets), are read in place.
+    """
     args = request.args
-    if request.references:
-        region = call.session.shm
-        if region is not None:
-            return {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
-                    for k, v in args.items()}
-    return args
+    region = request.region
+    if region is None or region.immutable or request.op.startswith("hash."):
+        return args, 0
+    copied = dict(args)
+    held = 0
+    memory = call.session.memory
+    try:
+        for name in SHM_ARGUMENTS:
+            value = copied.get(name)
+            if type(value) is memoryview:
+                memory.reserve(len(value), "request frames")
+                held += len(value)
+                copied[name] = bytes(value)
+    except BaseException:
+        memory.release(held, "request frames")
+        raise
+    return copied, held
+
+
+def _placed(request: Request, result: Any) -> Any:
+    """A cipher's output written into the caller's region when it asked (``out``)."""
+    region = request.region
+    if region is not None and request.op in OUTPUT_OPERATIONS \
+            and isinstance(result, (bytes, bytearray, memoryview)):
+        out = request.args.get("out")
+        if out is not None:
+            placed = region.output(out, result)
+            if placed is not None:
+                return placed
+    return result
 
 
 def _announced_size(request: Request) -> int:

@@ -7,23 +7,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptostack_core.client.arguments import (
-    bool_arg,
-    enum_arg,
-    int_arg,
-    optional_int_arg,
-    str_arg,
-    str_list_arg,
-    wrong_type,
-)
+from cryptography import x509
+
 from cryptostack_core.client.contexts.base import (
+    AsyncOperationContext,
     ContextConfig,
+    ContextCore,
     ContextParent,
     OperationContext,
     ResourceLike,
     wire_rid,
 )
-from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.client.guards import AsyncCryptoResourceGuard, CryptoResourceGuard
+from cryptostack_core.client.plans import Plan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import CertVerifyResult, KeyFormat, RevocationCheckPolicy
 
@@ -45,15 +41,20 @@ class VerificationReport:
     chain: list[bytes] = field(default_factory=list)
     #: User-constrained policy set of a VALID path (dotted OIDs; anyPolicy if unconstrained).
     policies: frozenset[str] = frozenset()
-    #: The subject of each chain certificate (RFC 4514), as the daemon parsed it.
-    subjects: tuple[str, ...] = ()
 
     def explain(self) -> str:
         """One human-readable line: the verdict and the path (VALID) or the reason."""
         if self.result is CertVerifyResult.VALID:
             return (f"VALID: chain of {len(self.chain)} certificates: "
-                    + " -> ".join(s or "<empty subject>" for s in self.subjects))
+                    + " -> ".join(_subject(der) for der in self.chain))
         return f"{self.result.value}: {self.reason}"
+
+
+def _subject(der: bytes) -> str:
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
+    except ValueError:
+        return "<unreadable certificate>"
 
 
 def _encoded(data: object, what: str) -> bytes:
@@ -66,20 +67,22 @@ def _encoded(data: object, what: str) -> bytes:
                               f"a PEM {what} is ASCII text; this string is not") from None
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    raise wrong_type("data", f"a PEM or DER {what} (bytes, or str for PEM)", data)
+    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                      f"a {what} must be PEM or DER bytes, got {type(data).__name__}")
 
 
-def _rid_list(items: object, name: str) -> list[dict[str, Any]]:
-    """Wire ids of one resource or an iterable of them (argument ``name``)."""
+def _rid_list(items: object, what: str) -> list[dict[str, Any]]:
+    """Wire ids of one resource or an iterable of them."""
     if getattr(items, "resource_id", None) is not None:
-        return [wire_rid(items, name)]
+        return [wire_rid(items, what)]
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-        raise wrong_type(name, "an id or guard, or an iterable of them", items)
-    return [wire_rid(item, f"each item of {name}") for item in items]
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"expected a list of {what} ids or guards, got {type(items).__name__}")
+    return [wire_rid(item, what) for item in items]
 
 
-class CertificateVerificationContext(OperationContext):
-    """Builder-style path validation; ``verify()`` sends one request."""
+class CertificateVerificationCore(ContextCore):
+    """Builder-style path validation (blocking and asyncio); ``verify()`` sends one request."""
 
     def __init__(self, parent: ContextParent, config: CertificateVerificationContextConfig) -> None:
         super().__init__(parent, config)
@@ -97,86 +100,89 @@ class CertificateVerificationContext(OperationContext):
         self._held: dict[str, Any] = {}
         self._held_lists: list[Any] = []
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Nothing is held in the daemon; drop the references to the guards given."""
         self._closed = True
         self._held.clear()
         self._held_lists.clear()
+        return
+        yield  # a plan without requests
 
     def set_certificate(self, cert: ResourceLike) -> None:
         """The certificate to validate (certificate slot or imported certificate)."""
-        self._certificate = wire_rid(cert, "cert")
+        self._certificate = wire_rid(cert, "certificate")
         self._held["certificate"] = cert
 
     def set_verification_trust_store(self, store: ResourceLike) -> None:
         """The anchors (and CRLs) to validate against."""
-        self._trust_store = wire_rid(store, "store")
+        self._trust_store = wire_rid(store, "trust store")
         self._held["trust_store"] = store
 
     def add_untrusted_intermediate(self, cert: ResourceLike) -> None:
         """A certificate that may be used to build the path (not trusted by itself)."""
-        self._intermediates.append(wire_rid(cert, "cert"))
+        self._intermediates.append(wire_rid(cert, "certificate"))
         self._held_lists.append(cert)
 
     def add_crl(self, crl: ResourceLike) -> None:
         """An extra CRL for revocation checking."""
-        self._crls.append(wire_rid(crl, "crl"))
+        self._crls.append(wire_rid(crl, "CRL"))
         self._held_lists.append(crl)
 
     def set_validation_time(self, when: dt.datetime) -> None:
         """Validate as of ``when`` (default: now). Naive datetimes are taken as UTC."""
         if not isinstance(when, dt.datetime):
-            raise wrong_type("when", "a datetime", when)
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "validation time must be a datetime")
         self._time = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
     def set_revocation_check_policy(self, policy: RevocationCheckPolicy) -> None:
         """NONE or CRL_ONLY."""
-        self._policy = enum_arg(policy, RevocationCheckPolicy, "policy")
+        try:
+            self._policy = RevocationCheckPolicy(policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in RevocationCheckPolicy)
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"unknown revocation check policy {policy!r} ({choices})") from None
 
     def set_max_chain_depth(self, n: int) -> None:
         """At most ``n`` intermediates between the certificate and the anchor (default 8)."""
-        if int_arg(n, "n (max chain depth)") < 0:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"n (max chain depth) must not be negative, got {n!r}")
+                              f"max chain depth must be a non-negative integer, got {n!r}")
         self._settings["max_chain_depth"] = n
 
     def set_initial_policy_set(self, policies: Iterable[str]) -> None:
         """RFC 5280 user-initial-policy-set: dotted policy OIDs (default: anyPolicy)."""
-        if isinstance(policies, (str, bytes)) or not isinstance(policies, Iterable):
-            raise wrong_type("policies", "an iterable of dotted OIDs", policies)
-        oids = str_list_arg([getattr(p, "dotted_string", p) for p in policies], "policies")
-        if not oids:
+        oids = [getattr(p, "dotted_string", p) for p in policies]
+        if not oids or not all(isinstance(p, str) for p in oids):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "policies (the initial policy set) must not be empty")
+                              "the initial policy set is a non-empty list of dotted OIDs")
         self._settings["initial_policy_set"] = oids
 
     def set_initial_explicit_policy(self, required: bool = True) -> None:
         """RFC 5280 initial-explicit-policy: the path must be valid for a policy."""
-        self._settings["initial_explicit_policy"] = bool_arg(required, "required")
+        self._settings["initial_explicit_policy"] = bool(required)
 
     def set_initial_policy_mapping_inhibit(self, inhibit: bool = True) -> None:
         """RFC 5280 initial-policy-mapping-inhibit: policy mappings are not allowed."""
-        self._settings["initial_policy_mapping_inhibit"] = bool_arg(inhibit, "inhibit")
+        self._settings["initial_policy_mapping_inhibit"] = bool(inhibit)
 
     def set_initial_any_policy_inhibit(self, inhibit: bool = True) -> None:
         """RFC 5280 initial-any-policy-inhibit: anyPolicy in a certificate matches nothing."""
-        self._settings["initial_any_policy_inhibit"] = bool_arg(inhibit, "inhibit")
+        self._settings["initial_any_policy_inhibit"] = bool(inhibit)
 
     def set_profile(self, profile: str) -> None:
         """``"rfc5280"`` (default: RFC 5280 profile rules enforced) or ``"lenient"``."""
-        self._settings["profile"] = str_arg(profile, "profile")
+        self._settings["profile"] = profile
 
-    def verify(self) -> CertVerifyResult:
-        """Validate; details in :attr:`last_report` / :meth:`explain`."""
-        result = self._call("cert.verify", {
+    def _p_verify(self) -> Plan[CertVerifyResult]:
+        result = yield from self._call("cert.verify", {
             "certificate": self._certificate, "trust_store": self._trust_store,
             "intermediates": self._intermediates, "crls": self._crls,
             "time": None if self._time is None else self._time.timestamp(),
             "policy": self._policy.value, **self._settings})
         report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
                                     [bytes(c) for c in result.get("chain", [])],
-                                    frozenset(result.get("policies", ())),
-                                    tuple(result.get("subjects", ())))
+                                    frozenset(result.get("policies", ())))
         self.last_report = report
         return report.result
 
@@ -191,8 +197,24 @@ class CertificateVerificationContext(OperationContext):
         return self.last_report.explain()
 
 
-class CertificateManagementContext(OperationContext):
-    """Import certificates and CRLs, build and persist trust stores, extract public keys."""
+class CertificateVerificationContext(CertificateVerificationCore, OperationContext):
+    """Builder-style path validation; ``verify()`` sends one request."""
+
+    def verify(self) -> CertVerifyResult:
+        """Validate; details in :attr:`last_report` / :meth:`explain`."""
+        return self._run(self._p_verify())
+
+
+class AsyncCertificateVerificationContext(CertificateVerificationCore, AsyncOperationContext):
+    """:class:`CertificateVerificationContext` for asyncio stacks (``await verify()``)."""
+
+    async def verify(self) -> CertVerifyResult:
+        """Validate; details in :attr:`last_report` / :meth:`explain`."""
+        return await self._run(self._p_verify())
+
+
+class CertificateManagementCore(ContextCore):
+    """Certificate, CRL and trust-store plans (blocking and asyncio)."""
 
     def __init__(self, parent: ContextParent, config: CertificateManagementContextConfig,
                  ) -> None:
@@ -200,21 +222,66 @@ class CertificateManagementContext(OperationContext):
         # set_provider() on the config pins where load_certificate_public_key imports keys.
         self._provider = config.provider
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Nothing is held in the daemon."""
         self._closed = True
+        return
+        yield  # a plan without requests
+
+    def _p_import(self, op: str, data: bytes | str, what: str) -> Plan[dict[str, Any]]:
+        info: dict[str, Any] = yield from self._call(op, {"data": _encoded(data, what)})
+        return info
+
+    def _p_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                       crls: Iterable[ResourceLike] | ResourceLike) -> Plan[dict[str, Any]]:
+        info: dict[str, Any] = yield from self._call("truststore.create", {
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
+        return info
+
+    def _p_public_key(self, cert: ResourceLike, provider: int | None
+                      ) -> Plan[tuple[dict[str, Any], str]]:
+        pinned = provider if provider is not None else self._provider
+        result = yield from self._call("cert.public_key", {"cert": wire_rid(cert, "certificate"),
+                                                           "provider": pinned})
+        return result["key"], str(result["algorithm"])
+
+    def _p_export(self, cert: ResourceLike, fmt: str | KeyFormat) -> Plan[bytes]:
+        if isinstance(fmt, KeyFormat):
+            fmt = fmt.value
+        if not isinstance(fmt, str):
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"format must be \"PEM\" or \"DER\", got {fmt!r}")
+        data: bytes = yield from self._call("cert.export", {"cert": wire_rid(cert, "certificate"),
+                                                            "format": fmt.upper()})
+        return data
+
+    def _p_persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> Plan[int]:
+        result = yield from self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
+                                                        "cert": wire_rid(cert, "certificate")})
+        return int(result["version"])
+
+    def _p_persist_trust_store(self, store: ResourceLike,
+                               anchors: Iterable[ResourceLike] | ResourceLike,
+                               crls: Iterable[ResourceLike] | ResourceLike) -> Plan[int]:
+        result = yield from self._call("truststore.persist", {
+            "store": wire_rid(store, "trust store"),
+            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
+        return int(result["version"])
+
+
+class CertificateManagementContext(CertificateManagementCore, OperationContext):
+    """Import certificates and CRLs, build and persist trust stores, extract public keys."""
 
     def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
         return CryptoResourceGuard._from_wire(self._channel, info)
 
     def import_certificate(self, data: bytes | str) -> CryptoResourceGuard:
         """An ephemeral certificate from PEM (bytes or str) or DER."""
-        return self._guard(self._call("cert.import",
-                                      {"data": _encoded(data, "certificate")}))
+        return self._guard(self._run(self._p_import("cert.import", data, "certificate")))
 
     def import_crl(self, data: bytes | str) -> CryptoResourceGuard:
         """An ephemeral CRL from PEM (bytes or str) or DER."""
-        return self._guard(self._call("crl.import", {"data": _encoded(data, "CRL")}))
+        return self._guard(self._run(self._p_import("crl.import", data, "CRL")))
 
     def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
                            crls: Iterable[ResourceLike] | ResourceLike = (),
@@ -223,8 +290,7 @@ class CertificateManagementContext(OperationContext):
 
         The daemon copies their content: releasing them afterwards leaves the store intact.
         """
-        args = {"anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")}
-        return self._guard(self._call("truststore.create", args))
+        return self._guard(self._run(self._p_trust_store(anchors, crls)))
 
     def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
                                     ) -> tuple[CryptoResourceGuard, str]:
@@ -233,34 +299,61 @@ class CertificateManagementContext(OperationContext):
         The key is imported into ``provider`` if given, else the config's ``set_provider``
         choice, else the first provider in the daemon's preference order that can import it.
         """
-        cert_id = wire_rid(cert, "cert")
-        pinned = optional_int_arg(provider, "provider")
-        if pinned is None:
-            pinned = self._provider
-        result = self._call("cert.public_key", {"cert": cert_id, "provider": pinned})
-        return self._guard(result["key"]), str(result["algorithm"])
+        info, algorithm = self._run(self._p_public_key(cert, provider))
+        return self._guard(info), algorithm
 
     def export_certificate(self, cert: ResourceLike, fmt: str | KeyFormat = "PEM") -> bytes:
         """The certificate as PEM or DER (``"PEM"``/``"DER"``, any case, or ``KeyFormat.PEM``)."""
-        if isinstance(fmt, KeyFormat):
-            fmt = fmt.value
-        if not isinstance(fmt, str):
-            raise wrong_type("fmt", '"PEM" or "DER"', fmt)
-        data: bytes = self._call("cert.export", {"cert": wire_rid(cert, "cert"),
-                                                 "format": fmt.upper()})
-        return data
+        return self._run(self._p_export(cert, fmt))
 
     def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
         """Replace a configured certificate slot (atomic); returns its new version."""
-        result = self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
-                                             "cert": wire_rid(cert, "cert")})
-        return int(result["version"])
+        return self._run(self._p_persist_certificate(slot, cert))
 
     def persist_trust_store(self, store: ResourceLike,
                             anchors: Iterable[ResourceLike] | ResourceLike,
                             crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
         """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
-        result = self._call("truststore.persist", {
-            "store": wire_rid(store, "store"),
-            "anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")})
-        return int(result["version"])
+        return self._run(self._p_persist_trust_store(store, anchors, crls))
+
+
+class AsyncCertificateManagementContext(CertificateManagementCore, AsyncOperationContext):
+    """:class:`CertificateManagementContext` for asyncio stacks (the same calls, awaited)."""
+
+    def _guard(self, info: dict[str, Any]) -> AsyncCryptoResourceGuard:
+        return AsyncCryptoResourceGuard._from_wire(self._channel, info)
+
+    async def import_certificate(self, data: bytes | str) -> AsyncCryptoResourceGuard:
+        """An ephemeral certificate from PEM (bytes or str) or DER."""
+        return self._guard(await self._run(self._p_import("cert.import", data, "certificate")))
+
+    async def import_crl(self, data: bytes | str) -> AsyncCryptoResourceGuard:
+        """An ephemeral CRL from PEM (bytes or str) or DER."""
+        return self._guard(await self._run(self._p_import("crl.import", data, "CRL")))
+
+    async def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                                 crls: Iterable[ResourceLike] | ResourceLike = (),
+                                 ) -> AsyncCryptoResourceGuard:
+        """An ephemeral trust store of anchors (and CRLs)."""
+        return self._guard(await self._run(self._p_trust_store(anchors, crls)))
+
+    async def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
+                                          ) -> tuple[AsyncCryptoResourceGuard, str]:
+        """(VERIFY-only public key guard, canonical algorithm name)."""
+        info, algorithm = await self._run(self._p_public_key(cert, provider))
+        return self._guard(info), algorithm
+
+    async def export_certificate(self, cert: ResourceLike,
+                                 fmt: str | KeyFormat = "PEM") -> bytes:
+        """The certificate as PEM or DER."""
+        return await self._run(self._p_export(cert, fmt))
+
+    async def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
+        """Replace a configured certificate slot (atomic); returns its new version."""
+        return await self._run(self._p_persist_certificate(slot, cert))
+
+    async def persist_trust_store(self, store: ResourceLike,
+                                  anchors: Iterable[ResourceLike] | ResourceLike,
+                                  crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
+        """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
+        return await self._run(self._p_persist_trust_store(store, anchors, crls))

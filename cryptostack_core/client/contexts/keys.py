@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from cryptostack_core.client.arguments import (
-    bytes_arg,
-    enum_arg,
-    instance_arg,
-    int_arg,
-    optional_int_arg,
-    str_arg,
-)
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
+    AsyncOperationContext,
     ContextConfig,
+    ContextCore,
     ContextParent,
     KeySetting,
     OperationContext,
     ResourceLike,
     wire_rid,
 )
-from cryptostack_core.client.guards import CryptoResourceGuard
-from cryptostack_core.wire.algorithms import known_or_deferred
+from cryptostack_core.client.guards import AsyncCryptoResourceGuard, CryptoResourceGuard
+from cryptostack_core.client.plans import Plan
+from cryptostack_core.wire.algorithms import canonical_name
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.resources import KeyFormat, KeySlotInfo, KeySlotStatus
@@ -43,12 +38,12 @@ class GenerateKeyParams(AlgorithmSetting):
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
-        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
+        self.permissions = KeyOperationPermission(perms)
         return self
 
     def set_provider(self, provider_id: int) -> Self:
         """Provider that holds the key (e.g. generate inside the HSM)."""
-        self.provider = int_arg(provider_id, "provider_id")
+        self.provider = int(provider_id)
         return self
 
 
@@ -62,8 +57,8 @@ class ImportKeyParams(GenerateKeyParams):
 
     def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
         """The encoded key and its format."""
-        self.material = bytes_arg(material, "material")
-        self.format = enum_arg(fmt, KeyFormat, "fmt")
+        self.material = bytes(material)
+        self.format = KeyFormat(fmt)
         return self
 
 
@@ -82,23 +77,23 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
     def set_salt(self, salt: bytes) -> Self:
         """HKDF salt."""
-        self.salt = bytes_arg(salt, "salt")
+        self.salt = bytes(salt)
         return self
 
     def set_info(self, info: bytes) -> Self:
         """HKDF info."""
-        self.info = bytes_arg(info, "info")
+        self.info = bytes(info)
         return self
 
     def set_output(self, algorithm: str, length: int | None = None) -> Self:
         """Type (and length) of the derived key, e.g. ``"AES-256"``."""
-        self.output_algorithm = known_or_deferred(str_arg(algorithm, "algorithm"))
-        self.length = optional_int_arg(length, "length")
+        self.output_algorithm = canonical_name(algorithm)
+        self.length = length
         return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the derived key."""
-        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
+        self.permissions = KeyOperationPermission(perms)
         return self
 
 
@@ -112,88 +107,168 @@ def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
                        created=info.get("created"), updated=info.get("updated"))
 
 
-class KeyManagementContext(OperationContext):
+class KeyManagementCore(ContextCore):
+    """The key-management plans (blocking and asyncio); each call is one round trip,
+    bounded by the context's timeout."""
+
+    def _p_close(self) -> Plan[None]:
+        """Nothing to free in the daemon; later calls fail."""
+        self._closed = True
+        return
+        yield  # a plan without requests
+
+    def _p_load_key(self, slot: ResourceLike) -> Plan[dict[str, Any]]:
+        info: dict[str, Any] = yield from self._call("key.load", {"slot": wire_rid(slot, "slot")})
+        return info
+
+    def _p_slot_info(self, slot: ResourceLike) -> Plan[KeySlotInfo]:
+        info = yield from self._call("key.slot_info", {"slot": wire_rid(slot, "slot")})
+        return slot_info_from_wire(info)
+
+    def _p_generate_key(self, params: GenerateKeyParams) -> Plan[dict[str, Any]]:
+        if params.algorithm is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
+        info: dict[str, Any] = yield from self._call("key.generate", {
+            "algorithm": params.algorithm, "provider": params.provider,
+            "permissions": None if params.permissions is None else int(params.permissions)})
+        return info
+
+    def _p_import_key(self, params: ImportKeyParams) -> Plan[dict[str, Any]]:
+        if params.algorithm is None or params.material is None or params.format is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "ImportKeyParams needs set_algorithm() and set_material()")
+        info: dict[str, Any] = yield from self._call("key.import", {
+            "algorithm": params.algorithm, "material": params.material,
+            "format": params.format.value, "provider": params.provider,
+            "permissions": None if params.permissions is None else int(params.permissions)})
+        return info
+
+    def _p_persist_key(self, slot: ResourceLike, key: ResourceLike) -> Plan[KeySlotInfo]:
+        info = yield from self._call("key.persist", {"slot": wire_rid(slot, "slot"),
+                                                     "key": wire_rid(key, "key")})
+        return slot_info_from_wire(info)
+
+    def _p_clear_key_slot(self, slot: ResourceLike) -> Plan[None]:
+        yield from self._call("key.clear_slot", {"slot": wire_rid(slot, "slot")})
+
+    def _p_export_public_key(self, key: ResourceLike, fmt: KeyFormat) -> Plan[bytes]:
+        data: bytes = yield from self._call("key.export_public", {
+            "key": wire_rid(key, "key"), "format": KeyFormat(fmt).value})
+        return data
+
+    def _p_export_key(self, key: ResourceLike, fmt: KeyFormat | None) -> Plan[bytes]:
+        data: bytes = yield from self._call("key.export", {
+            "key": wire_rid(key, "key"), "format": None if fmt is None else KeyFormat(fmt).value})
+        return data
+
+    def _p_derive_key(self, params: DeriveKeyParams) -> Plan[dict[str, Any]]:
+        if params.key is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "DeriveKeyParams needs set_key()")
+        info: dict[str, Any] = yield from self._call("key.derive", {
+            "algorithm": params.algorithm, "key": wire_rid(params.key, "key"),
+            "salt": params.salt, "info": params.info, "length": params.length,
+            "output_algorithm": params.output_algorithm,
+            "permissions": None if params.permissions is None else int(params.permissions)})
+        return info
+
+    def _p_generate_random(self, length: int) -> Plan[bytes]:
+        data: bytes = yield from self._call("random.generate", {"length": int(length)})
+        return data
+
+
+class KeyManagementContext(KeyManagementCore, OperationContext):
     """Key lifecycle operations (each one round trip, bounded by this context's timeout)."""
 
     def __init__(self, parent: ContextParent, config: KeyManagementContextConfig) -> None:
         super().__init__(parent, config)
-
-    def close(self) -> None:
-        """Nothing to free in the daemon; later calls fail."""
-        self._closed = True
 
     def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
         return CryptoResourceGuard._from_wire(self._channel, info)
 
     def load_key(self, slot: ResourceLike) -> CryptoResourceGuard:
         """Load a slot's key for use in several contexts."""
-        return self._guard(self._call("key.load", {"slot": wire_rid(slot, "slot")}))
+        return self._guard(self._run(self._p_load_key(slot)))
 
     def get_key_slot_info(self, slot: ResourceLike) -> KeySlotInfo:
         """Status, algorithm, provider and compatible providers of a key slot."""
-        return slot_info_from_wire(self._call("key.slot_info", {"slot": wire_rid(slot, "slot")}))
+        return self._run(self._p_slot_info(slot))
 
     def generate_key(self, params: GenerateKeyParams) -> CryptoResourceGuard:
         """A new ephemeral key."""
-        instance_arg(params, GenerateKeyParams, "params")
-        if params.algorithm is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
-        return self._guard(self._call("key.generate", {
-            "algorithm": self._channel.canonical_algorithm(params.algorithm),
-            "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)}))
+        return self._guard(self._run(self._p_generate_key(params)))
 
     def import_key(self, params: ImportKeyParams) -> CryptoResourceGuard:
         """An ephemeral key from material."""
-        instance_arg(params, ImportKeyParams, "params")
-        if params.algorithm is None or params.material is None or params.format is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "ImportKeyParams needs set_algorithm() and set_material()")
-        return self._guard(self._call("key.import", {
-            "algorithm": self._channel.canonical_algorithm(params.algorithm),
-            "material": params.material,
-            "format": params.format.value, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)}))
+        return self._guard(self._run(self._p_import_key(params)))
 
     def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
         """Copy ``key`` into ``slot`` durably (the key stays usable)."""
-        args = {"slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}
-        return slot_info_from_wire(self._call("key.persist", args))
+        return self._run(self._p_persist_key(slot, key))
 
     def clear_key_slot(self, slot: ResourceLike) -> None:
         """Empty a key slot (destroying a token/TPM copy)."""
-        self._call("key.clear_slot", {"slot": wire_rid(slot, "slot")})
+        self._run(self._p_clear_key_slot(slot))
 
     def export_public_key(self, key: ResourceLike, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """Public key of an asymmetric key or slot (SubjectPublicKeyInfo DER by default)."""
-        args = {"key": wire_rid(key, "key"), "format": enum_arg(fmt, KeyFormat, "fmt").value}
-        data: bytes = self._call("key.export_public", args)
-        return data
+        return self._run(self._p_export_public_key(key, fmt))
 
     def export_key(self, key: ResourceLike, fmt: KeyFormat | None = None) -> bytes:
         """Secret or private material; only for keys that carry EXPORT."""
-        args = {"key": wire_rid(key, "key"),
-                "format": None if fmt is None else enum_arg(fmt, KeyFormat, "fmt").value}
-        data: bytes = self._call("key.export", args)
-        return data
+        return self._run(self._p_export_key(key, fmt))
 
     def derive_key(self, params: DeriveKeyParams) -> CryptoResourceGuard:
         """A new key derived from ``params.key``."""
-        instance_arg(params, DeriveKeyParams, "params")
-        if params.key is None or params.algorithm is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "DeriveKeyParams needs set_key() and set_algorithm()")
-        return self._guard(self._call("key.derive", {
-            "algorithm": self._channel.canonical_algorithm(params.algorithm),
-            "key": wire_rid(params.key, "key"),
-            "salt": params.salt, "info": params.info, "length": params.length,
-            "output_algorithm": self._channel.canonical_algorithm(params.output_algorithm),
-            "permissions": None if params.permissions is None else int(params.permissions)}))
+        return self._guard(self._run(self._p_derive_key(params)))
 
-    def generate_random(self, length: int, provider: int | None = None) -> bytes:
-        """Random bytes from the preferred provider (or from ``provider``)."""
-        args: dict[str, Any] = {"length": int_arg(length, "length")}
-        if provider is not None:
-            args["provider"] = int_arg(provider, "provider")
-        data: bytes = self._call("random.generate", args)
-        return data
+    def generate_random(self, length: int) -> bytes:
+        """Random bytes from the preferred provider."""
+        return self._run(self._p_generate_random(length))
+
+
+class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
+    """:class:`KeyManagementContext` for asyncio stacks (the same calls, awaited)."""
+
+    def _guard(self, info: dict[str, Any]) -> AsyncCryptoResourceGuard:
+        return AsyncCryptoResourceGuard._from_wire(self._channel, info)
+
+    async def load_key(self, slot: ResourceLike) -> AsyncCryptoResourceGuard:
+        """Load a slot's key for use in several contexts."""
+        return self._guard(await self._run(self._p_load_key(slot)))
+
+    async def get_key_slot_info(self, slot: ResourceLike) -> KeySlotInfo:
+        """Status, algorithm, provider and compatible providers of a key slot."""
+        return await self._run(self._p_slot_info(slot))
+
+    async def generate_key(self, params: GenerateKeyParams) -> AsyncCryptoResourceGuard:
+        """A new ephemeral key."""
+        return self._guard(await self._run(self._p_generate_key(params)))
+
+    async def import_key(self, params: ImportKeyParams) -> AsyncCryptoResourceGuard:
+        """An ephemeral key from material."""
+        return self._guard(await self._run(self._p_import_key(params)))
+
+    async def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
+        """Copy ``key`` into ``slot`` durably (the key stays usable)."""
+        return await self._run(self._p_persist_key(slot, key))
+
+    async def clear_key_slot(self, slot: ResourceLike) -> None:
+        """Empty a key slot (destroying a token/TPM copy)."""
+        await self._run(self._p_clear_key_slot(slot))
+
+    async def export_public_key(self, key: ResourceLike,
+                                fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
+        """Public key of an asymmetric key or slot (SubjectPublicKeyInfo DER by default)."""
+        return await self._run(self._p_export_public_key(key, fmt))
+
+    async def export_key(self, key: ResourceLike, fmt: KeyFormat | None = None) -> bytes:
+        """Secret or private material; only for keys that carry EXPORT."""
+        return await self._run(self._p_export_key(key, fmt))
+
+    async def derive_key(self, params: DeriveKeyParams) -> AsyncCryptoResourceGuard:
+        """A new key derived from ``params.key``."""
+        return self._guard(await self._run(self._p_derive_key(params)))
+
+    async def generate_random(self, length: int) -> bytes:
+        """Random bytes from the preferred provider."""
+        return await self._run(self._p_generate_random(length))

@@ -557,8 +557,8 @@ def _cipher_single_shot(ctx: CipherState, prepared: Any) -> bytes:
     ctx.init(iv=iv)
     if aad:
         ctx.update_aad(aad)
-    out = ctx.update(data)
-    last = ctx.finalize()
+    out: bytes = ctx.update(data)
+    last: bytes = ctx.finalize()
     return out + last if out else last
 
 
