@@ -41,13 +41,24 @@ _waiting_lock = threading.Lock()
 
 
 class _Waiter:
-    """One request in flight: its answer once it arrives, and a way to wake its caller."""
+    """One request in flight: its answer once it arrives, and a bell to wake its caller (a
+    lock held while nobody rang: cheaper than an Event)."""
 
-    __slots__ = ("answer", "event")
+    __slots__ = ("answer", "bell")
 
     def __init__(self) -> None:
         self.answer: dict[str, Any] | None = None
-        self.event: threading.Event | None = None
+        self.bell: threading.Lock | None = None
+
+    def arm(self) -> None:
+        bell = self.bell = threading.Lock()
+        bell.acquire()
+
+    def ring(self) -> None:
+        """Wake the caller (the transport's state lock is held: no two rings race)."""
+        bell = self.bell
+        if bell is not None and bell.locked():
+            bell.release()
 
 
 class UnixTransport(Transport):
@@ -224,8 +235,8 @@ class UnixTransport(Transport):
                     reader = not self._reading
                     if reader:
                         self._reading = True
-                    elif waiter.event is None:
-                        waiter.event = threading.Event()
+                    elif waiter.bell is None:
+                        waiter.arm()
                 if reader:
                     try:
                         self._read_until(waiter, deadline)
@@ -236,11 +247,10 @@ class UnixTransport(Transport):
                     if waiter.answer is not None:
                         return waiter.answer
                 else:
-                    assert waiter.event is not None
+                    assert waiter.bell is not None
                     remaining = None if deadline is None else deadline - _monotonic()
                     if remaining is None or remaining > 0:
-                        waiter.event.wait(remaining)
-                        waiter.event.clear()
+                        waiter.bell.acquire(True, -1 if remaining is None else remaining)
                         continue
                 if deadline is not None and _monotonic() >= deadline:
                     with self._state:
@@ -257,8 +267,8 @@ class UnixTransport(Transport):
         with self._state:
             self._reading = False
             for other in self._pending.values():
-                if other.answer is None and other.event is not None:
-                    other.event.set()
+                if other.answer is None and other.bell is not None:
+                    other.ring()
                     break
 
     def _read_until(self, waiter: _Waiter, deadline: float | None) -> None:
@@ -305,8 +315,7 @@ class UnixTransport(Transport):
                 else:
                     self._order.remove(request_id)  # type: ignore[arg-type]
                 waiter.answer = message
-                if waiter.event is not None:
-                    waiter.event.set()
+                waiter.ring()
 
     def _read_one(self, deadline: float | None) -> dict[str, Any]:
         """The first answer (the hello), read directly."""
@@ -403,8 +412,7 @@ class UnixTransport(Transport):
         with self._state:
             self._broken = self._broken or why
             for waiter in self._pending.values():
-                if waiter.event is not None:
-                    waiter.event.set()
+                waiter.ring()
 
     def close(self) -> None:
         try:

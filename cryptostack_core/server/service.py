@@ -35,6 +35,7 @@ from cryptostack_core.server.ops.contexts import (
     AsyncOp,
     ContextBusy,
     ContextOps,
+    Pieces,
 )
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
@@ -462,16 +463,17 @@ def _snapshot(call: Call, request: Request) -> tuple[Mapping[str, Any], int]:
 
 
 def _placed(request: Request, result: Any) -> Any:
-    """A cipher's output written into the caller's region when it asked (``out``)."""
+    """A cipher's output written into the caller's region when it asked (``out``); an
+    answer in :class:`Pieces` joined otherwise."""
     region = request.region
     if region is not None and request.op in OUTPUT_OPERATIONS \
-            and isinstance(result, (bytes, bytearray, memoryview)):
+            and isinstance(result, (bytes, bytearray, memoryview, Pieces)):
         out = request.args.get("out")
         if out is not None:
             placed = region.output(out, result)
             if placed is not None:
                 return placed
-    return result
+    return result.joined() if type(result) is Pieces else result
 
 
 def _announced_size(request: Request) -> int:

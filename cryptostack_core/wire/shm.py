@@ -147,14 +147,21 @@ class DaemonRegion:
         view = self.view[offset:offset + length]
         return view if self.immutable else view.toreadonly()
 
-    def output(self, value: object, data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
-        """Write ``data`` where the reference ``value`` says and return the answer naming it;
-        None when it cannot go there (not writable, or it does not fit: answer inline)."""
+    def output(self, value: object, data: bytes | bytearray | memoryview | Sequence[bytes]
+               ) -> dict[str, Any] | None:
+        """Write ``data`` (or its pieces, back to back) where the reference ``value`` says and
+        return the answer naming it; None when it cannot go there (not writable, or it does
+        not fit: answer inline)."""
         offset, length = _span(value, self.size)
-        if not self.writable or len(data) > length:
+        pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        size = sum(len(p) for p in pieces)
+        if not self.writable or size > length:
             return None
-        self.view[offset:offset + len(data)] = data
-        return {"shm": [offset, len(data)]}
+        position = offset
+        for piece in pieces:
+            self.view[position:position + len(piece)] = piece
+            position += len(piece)
+        return {"shm": [offset, size]}
 
     def close(self) -> None:
         """Unmap (later, by the GC, if a provider still holds a view)."""

@@ -61,6 +61,16 @@ SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
 """Calls that produce a secret key, and their provider operation."""
 
 
+class Pieces(tuple[bytes, ...]):
+    """A byte-string answer in parts (a cipher's output and its last block or tag): the
+    front end writes the parts into the caller's region, or joins them, without an extra
+    concatenation of a large message."""
+
+    def joined(self) -> bytes:
+        """The answer as one byte string."""
+        return b"".join(self)
+
+
 class ContextBusy(Exception):
     """A context another call is using: the awaited path leaves it to the thread path, whose
     call waits for the context's lock (the event loop must not)."""
@@ -552,14 +562,14 @@ def _cipher_prepare(ctx: CipherState, args: Mapping[str, Any]
     return iv, aad, data_arg(args)
 
 
-def _cipher_single_shot(ctx: CipherState, prepared: Any) -> bytes:
+def _cipher_single_shot(ctx: CipherState, prepared: Any) -> Any:
     iv, aad, data = prepared
     ctx.init(iv=iv)
     if aad:
         ctx.update_aad(aad)
     out: bytes = ctx.update(data)
     last: bytes = ctx.finalize()
-    return out + last if out else last
+    return Pieces((out, last)) if out else last
 
 
 def _sign_prepare(ctx: SignState, args: Mapping[str, Any]) -> bytes | memoryview:
@@ -587,14 +597,14 @@ def _verify_single_shot(ctx: VerifyState, prepared: Any) -> bool:
     return ctx.finalize_verify(signature)
 
 
-async def _cipher_single_shot_awaited(ctx: CipherState, prepared: Any) -> bytes:
+async def _cipher_single_shot_awaited(ctx: CipherState, prepared: Any) -> Any:
     iv, aad, data = prepared
     ctx.init(iv=iv)
     if aad:
         await ctx.update_aad_async(aad)
     out = await ctx.update_async(data)
     last = await ctx.finalize_async()
-    return out + last if out else last  # type: ignore[no-any-return]
+    return Pieces((out, last)) if out else last
 
 
 async def _sign_single_shot_awaited(ctx: SignState, data: bytes | memoryview) -> bytes:
