@@ -415,15 +415,16 @@ class Connection(asyncio.Protocol):
         if waits:
             try:
                 remaining = None if call.deadline is None else call.deadline - time.monotonic()
-                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True),
-                                       remaining)
-            except TimeoutError:
-                self._release_frame(size)
-                self._send(await self._timed_out(call, request_id, request, timeout_ms))
-                return
+                # asyncio.wait, not wait_for: the earlier requests must not be cancelled
+                # when this one's deadline passes.
+                _, pending = await asyncio.wait(waits, timeout=remaining)
             except asyncio.CancelledError:
                 self._release_frame(size)
                 call.abandoned = True
+                return
+            if pending:
+                self._release_frame(size)
+                self._send(await self._timed_out(call, request_id, request, timeout_ms))
                 return
             if self.session is None:
                 self._release_frame(size)
