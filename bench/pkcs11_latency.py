@@ -1,9 +1,10 @@
 """pkcs11 provider latency on a private SoftHSM2 token, one run: a 64-byte AES-256-GCM
-encryption (one-shot ``encrypt``) and a 64-byte SHA-256 through python-pkcs11 in this process (the direct library),
-the provider SDK (calls go to the token worker process: awaited on the worker host's event
-loop, as the daemon does, and from a thread), and the public API (``inproc://`` and a daemon
-over its unix socket), with the software provider through the API as reference. The last
-lines compare the daemon with the target: direct library + 2.5 x IPC floor.
+encryption (one-shot ``encrypt``) and a 64-byte SHA-256 through python-pkcs11 in this
+process (the direct library), the provider SDK (calls go to the token worker process:
+awaited on the worker host's event loop, as the daemon does, and from a thread), and the
+public API (``inproc://`` and a daemon over its unix socket), with the software provider
+through the API as reference. The last lines compare the daemon with the target: direct
+library + 2.5 x IPC floor.
 
 Run by ``make bench`` (or ``.venv/bin/python bench/pkcs11_latency.py [-n 3000]``). Prints
 medians and p99 in µs with ratios to the direct library and to the IPC floor. The token is

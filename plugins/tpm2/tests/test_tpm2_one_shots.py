@@ -28,7 +28,7 @@ def sim(tmp_path: Path) -> Iterator[Swtpm]:
     simulator.stop()
 
 
-def counted(stack: cs.CryptoStack) -> Callable[[Callable[[], Any]], tuple[Any, list[str]]]:
+def counted(stack: cs.CryptoStack) -> Callable[..., tuple[Any, list[str]]]:
     """Wraps the stack's transport: each call returns (result, the requests it sent)."""
     sent: list[str] = []
     transport = stack._channel.transport
@@ -40,9 +40,9 @@ def counted(stack: cs.CryptoStack) -> Callable[[Callable[[], Any]], tuple[Any, l
 
     transport.call = call  # type: ignore[method-assign]
 
-    def run(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    def run(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
         start = len(sent)
-        return fn(), sent[start:]
+        return fn(*args), sent[start:]
 
     return run
 
@@ -57,7 +57,7 @@ def test_one_shots_on_the_tpm(sim: Swtpm, tmp_path: Path) -> None:
                                     .set_provider(TPM))
         assert h.provider == TPM
         for data in (b"", b"abc", os.urandom(3000)):
-            assert count(lambda: h.single_shot(data)) == (hashlib.sha256(data).digest(),
+            assert count(h.single_shot, data) == (hashlib.sha256(data).digest(),
                                                            ["hash.single_shot"])
         km = ctx.create_key_management_context()
         pair = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
@@ -71,9 +71,9 @@ def test_one_shots_on_the_tpm(sim: Swtpm, tmp_path: Path) -> None:
                                              .set_algorithm("ECDSA-P256").set_key(pair))
         for size in (0, 64, 5000):
             message = os.urandom(size)
-            signature, sent = count(lambda: signer.sign(message))
+            signature, sent = count(signer.sign, message)
             assert sent == ["sign.single_shot"]
             public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-            assert count(lambda: verifier.verify(message, signature)) == (
+            assert count(verifier.verify, message, signature) == (
                 True, ["verify.single_shot"])
             assert not verifier.verify(message + b"!", signature)
