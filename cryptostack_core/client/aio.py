@@ -78,7 +78,7 @@ class AsyncUnixTransport:
                               f"the daemon at {path} did not accept the connection") from None
         except OSError as exc:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self._hello = loop.create_future()
         transport.write(self.protocol.hello())
         try:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from cryptostack_core.client.plans import Plan, run, run_async
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmRegistry, AlgorithmSpec
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
@@ -63,27 +64,27 @@ class ChannelCore:
         self._algorithms_lock = threading.Lock()
 
     # --- the daemon's algorithm names, learnt once per connection ----------------------
-    def algorithms(self) -> list[dict[str, Any]]:
+    def _p_algorithms(self) -> Plan[list[dict[str, Any]]]:
         """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
-        with self._algorithms_lock:
-            if self._algorithms is None:
-                table = self.call("algorithms", {}, self.default_timeout)
-                names = AlgorithmRegistry()
-                for entry in table:
-                    try:
-                        names.register(AlgorithmSpec.from_wire(entry))
-                    except (KeyError, TypeError, ValueError):
-                        continue  # a kind this client does not know yet: unusable here anyway
+        if self._algorithms is None:
+            table = yield "algorithms", {}, self.default_timeout
+            names = AlgorithmRegistry()
+            for entry in table:
+                try:
+                    names.register(AlgorithmSpec.from_wire(entry))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a kind this client does not know yet: unusable here anyway
+            with self._algorithms_lock:
                 self._algorithms, self._daemon_names = list(table), names
-            return self._algorithms
+        return self._algorithms
 
-    def canonical_algorithm(self, name: str) -> str:
+    def _p_canonical(self, name: str) -> Plan[str]:
         """Canonical spelling of ``name``: from this process's registry when it knows the
-        name, else from the daemon's table (a provider's own algorithm)."""
+        name (no request), else from the daemon's table (a provider's own algorithm)."""
         spec = REGISTRY.find(name)
         if spec is not None:
             return spec.name
-        self.algorithms()
+        yield from self._p_algorithms()
         assert self._daemon_names is not None
         served = self._daemon_names.find(name)
         if served is None:
@@ -158,6 +159,15 @@ class Channel(ChannelCore):
             self.transport.call("batch", head, timeout)
         return unwrap(self.transport.call("batch", batch, timeout))
 
+    def algorithms(self) -> list[dict[str, Any]]:
+        """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
+        return run(self, self._p_algorithms())
+
+    def canonical_algorithm(self, name: str) -> str:
+        """Canonical spelling of ``name`` (the daemon's table for names this client does not
+        know)."""
+        return run(self, self._p_canonical(name))
+
     def release(self, rid: CryptoResourceId) -> None:
         """Free ``rid`` now; a resource already gone (or a lost connection) is not an error."""
         if self.closed:
@@ -191,6 +201,10 @@ class AsyncChannel(ChannelCore):
         for head in first:
             await self.transport.call("batch", head, timeout)
         return unwrap(await self.transport.call("batch", batch, timeout))
+
+    async def algorithms(self) -> list[dict[str, Any]]:
+        """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
+        return await run_async(self, self._p_algorithms())
 
     async def release(self, rid: CryptoResourceId) -> None:
         """Free ``rid`` now; a resource already gone (or a lost connection) is not an error."""

@@ -11,7 +11,12 @@ from typing import Any, Self
 from cryptostack_core.client.channel import AsyncChannel, Channel, ChannelCore
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.protocol import rid_from_wire
-from cryptostack_core.wire.resources import CryptoResourceId, ResourcePersistence, ResourceType
+from cryptostack_core.wire.resources import (
+    CryptoResourceId,
+    KeySlotInfo,
+    ResourcePersistence,
+    ResourceType,
+)
 
 
 class GuardCore:
@@ -129,7 +134,7 @@ def _release_dropped(channel: ChannelCore, rid: CryptoResourceId, algorithm: str
 class KeySlotObject:
     """A key slot's stored metadata, as the design's ``GetKeySlotObject``."""
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: KeySlotInfo) -> None:
         self.info = info
 
     def get_permitted_operations(self) -> KeyOperationPermission:
@@ -139,4 +144,4 @@ class KeySlotObject:
     @property
     def algorithm(self) -> str | None:
         """Key algorithm."""
-        return self.info.algorithm  # type: ignore[no-any-return]
+        return self.info.algorithm

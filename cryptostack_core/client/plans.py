@@ -20,13 +20,10 @@ both (httpx's sans-I/O idea), and the two APIs cannot drift apart::
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Generator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from cryptostack_core.wire.errors import CryptoError
-
-if TYPE_CHECKING:
-    from cryptostack_core.client.channel import AsyncChannel, Channel
 
 T = TypeVar("T")
 Step = tuple[str, Mapping[str, Any], "float | None"]
@@ -35,7 +32,20 @@ Plan = Generator[Step, Any, T]
 """A client operation: yields requests, receives their results, returns its own."""
 
 
-def run(channel: Channel, plan: Plan[T]) -> T:
+class Caller(Protocol):
+    """What :func:`run` needs: a blocking ``call`` (a :class:`~.channel.Channel`)."""
+
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any: ...
+
+
+class AsyncCaller(Protocol):
+    """What :func:`run_async` needs: an awaitable ``call`` (an :class:`~.channel.AsyncChannel`)."""
+
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None
+             ) -> Awaitable[Any]: ...
+
+
+def run(channel: Caller, plan: Plan[T]) -> T:
     """Carry out ``plan`` over a blocking channel."""
     send, throw, call = plan.send, plan.throw, channel.call
     value: Any = None
@@ -57,7 +67,7 @@ def run(channel: Channel, plan: Plan[T]) -> T:
                     return result
 
 
-async def run_async(channel: AsyncChannel, plan: Plan[T]) -> T:
+async def run_async(channel: AsyncCaller, plan: Plan[T]) -> T:
     """Carry out ``plan`` over an asyncio channel."""
     send, throw, call = plan.send, plan.throw, channel.call
     value: Any = None

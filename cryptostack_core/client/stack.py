@@ -6,9 +6,16 @@ import os
 import weakref
 from collections.abc import Generator, Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 from cryptostack_core.client.aio import connect_async
+from cryptostack_core.client.arguments import (
+    enum_arg,
+    instance_arg,
+    optional_int_arg,
+    str_arg,
+    wrong_type,
+)
 from cryptostack_core.client.channel import AsyncChannel, AsyncTransport, Channel, ChannelCore
 from cryptostack_core.client.contexts.base import (
     AsyncOperationContext,
@@ -67,6 +74,7 @@ from cryptostack_core.client.transport import connect
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_from_wire
 from cryptostack_core.wire.resources import CryptoResourceId, ResourceType
+from cryptostack_core.wire.status import AlgorithmEntry, DaemonStatus, ProviderCandidate
 from cryptostack_core.wire.transport import Transport
 
 DEFAULT_TIMEOUT = 30.0
@@ -84,39 +92,46 @@ class CryptoStackConfig:
 
     def set_connection_endpoint(self, endpoint: str) -> Self:
         """``unix:///path/to/daemon.sock`` or ``inproc://`` (the default)."""
-        if not isinstance(endpoint, str):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "endpoint must be a string")
-        self.endpoint = endpoint
+        self.endpoint = str_arg(endpoint, "endpoint")
         return self
 
     def set_default_operation_timeout(self, timeout: Duration | None) -> Self:
         """Deadline of each call unless a context overrides it (None: unbounded)."""
-        self.default_timeout = to_seconds(timeout)
+        self.default_timeout = to_seconds(timeout, "timeout")
         return self
 
     def set_daemon_config(self, config: str | Path | Mapping[str, Any]) -> Self:
         """Config (TOML path or mapping) for the ``inproc://`` service."""
+        if not isinstance(config, (str, Path, Mapping)):
+            raise wrong_type("config", "a TOML file path (str or Path) or a mapping", config)
         self.daemon_config = config
         return self
 
     def set_connect_timeout(self, timeout: Duration | None) -> Self:
         """How long to wait for the daemon to accept the connection."""
-        self.connect_timeout = to_seconds(timeout)
+        self.connect_timeout = to_seconds(timeout, "timeout")
         return self
 
 
-def _p_status(channel: ChannelCore) -> Plan[dict[str, Any]]:
-    result: dict[str, Any] = yield "status", {}, channel.default_timeout
+def _p_status(channel: ChannelCore) -> Plan[DaemonStatus]:
+    result: DaemonStatus = yield "status", {}, channel.default_timeout
     return result
 
 
 def _p_explain(channel: ChannelCore, algorithm: str, operation: str, key: ResourceLike | None,
-               provider: int | None) -> Plan[list[dict[str, Any]]]:
-    args: dict[str, Any] = {"algorithm": algorithm, "operation": operation, "provider": provider}
+               provider: int | None) -> Plan[list[ProviderCandidate]]:
+    args: dict[str, Any] = {"algorithm": str_arg(algorithm, "algorithm"),
+                            "operation": str_arg(operation, "operation"),
+                            "provider": optional_int_arg(provider, "provider")}
     if key is not None:
         args["key"] = wire_rid(key, "key")
-    result: list[dict[str, Any]] = yield "explain", args, channel.default_timeout
+    result: list[ProviderCandidate] = yield "explain", args, channel.default_timeout
     return result
+
+
+def _p_algorithms(channel: ChannelCore) -> Plan[list[AlgorithmEntry]]:
+    table = yield from channel._p_algorithms()
+    return [cast(AlgorithmEntry, dict(entry)) for entry in table]
 
 
 def _p_ping(channel: ChannelCore) -> Plan[None]:
@@ -125,8 +140,9 @@ def _p_ping(channel: ChannelCore) -> Plan[None]:
 
 def _p_resolve(channel: ChannelCore, name: str, resource_type: ResourceType
                ) -> Plan[CryptoResourceId]:
-    result = yield ("resource.resolve", {"name": name, "type": ResourceType(resource_type).value},
-                    channel.default_timeout)
+    args = {"name": str_arg(name, "name"),
+            "type": enum_arg(resource_type, ResourceType, "resource_type").value}
+    result = yield "resource.resolve", args, channel.default_timeout
     return rid_from_wire(result, name)
 
 
@@ -156,14 +172,21 @@ class CryptoStack:
         self._contexts.add(ctx)
         return ctx
 
-    def status(self) -> dict[str, Any]:
-        """The daemon's providers, slots and clients."""
+    def status(self) -> DaemonStatus:
+        """The daemon's providers, slots and clients (a dict; its keys are typed by
+        :class:`~cryptostack_core.DaemonStatus`)."""
         return run(self._channel, _p_status(self._channel))
 
     def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                provider: int | None = None) -> list[dict[str, Any]]:
+                provider: int | None = None) -> list[ProviderCandidate]:
         """Provider selection for (algorithm, operation[, key]): each candidate and why."""
         return run(self._channel, _p_explain(self._channel, algorithm, operation, key, provider))
+
+    def algorithms(self) -> list[AlgorithmEntry]:
+        """Every algorithm the service knows: name, kind, aliases, key types, sizes, the
+        provider ids that registered it (``registered_by``) and, per operation, the
+        providers that can run it (``providers``). Asked once per connection."""
+        return run(self._channel, _p_algorithms(self._channel))
 
     def ping(self) -> None:
         """One round trip."""
@@ -207,50 +230,55 @@ class CryptoContext:
 
     def create_cipher_context(self, config: CipherContextConfig) -> CipherContext:
         """Symmetric encryption/decryption."""
-        return CipherContext(self, config)
+        return CipherContext(self, instance_arg(config, CipherContextConfig, "config"))
 
     def create_hash_context(self, config: HashContextConfig) -> HashContext:
         """Message digests."""
-        return HashContext(self, config)
+        return HashContext(self, instance_arg(config, HashContextConfig, "config"))
 
     def create_sign_context(self, config: SignContextConfig) -> SignContext:
-        """Signatures and MACs."""
-        return SignContext(self, config)
+        """Signatures and MACs (a :class:`VerifyContextConfig` is refused: verify with
+        :meth:`create_verify_context`)."""
+        return SignContext(self, _sign_config(config))
 
     def create_verify_context(self, config: VerifyContextConfig) -> VerifyContext:
         """Signature and MAC verification."""
-        return VerifyContext(self, config)
+        return VerifyContext(self, instance_arg(config, VerifyContextConfig, "config"))
 
     def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
                                       ) -> StreamingAeadContext:
         """Authenticated encryption of data of any size, segment by segment."""
-        return StreamingAeadContext(self, config)
+        return StreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig,
+                                                       "config"))
 
     def create_kem_context(self, config: KemContextConfig) -> KemContext:
-        """Key encapsulation."""
-        return KemContext(self, config)
+        """Key encapsulation (a :class:`KeyAgreementContextConfig` is refused)."""
+        return KemContext(self, _kem_config(config))
 
     def create_key_agreement_context(self, config: KeyAgreementContextConfig,
                                      ) -> KeyAgreementContext:
         """Key agreement."""
-        return KeyAgreementContext(self, config)
+        return KeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
+                                                      "config"))
 
     def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
                                       ) -> KeyManagementContext:
         """Key lifecycle."""
-        return KeyManagementContext(self, config or KeyManagementContextConfig())
+        return KeyManagementContext(self, _or_default(config, KeyManagementContextConfig))
 
     def create_certificate_verification_context(
             self, config: CertificateVerificationContextConfig | None = None,
     ) -> CertificateVerificationContext:
         """Certificate path validation."""
-        return CertificateVerificationContext(self, config or CertificateVerificationContextConfig())
+        return CertificateVerificationContext(
+            self, _or_default(config, CertificateVerificationContextConfig))
 
     def create_certificate_management_context(
             self, config: CertificateManagementContextConfig | None = None,
     ) -> CertificateManagementContext:
         """Certificate, CRL and trust-store management."""
-        return CertificateManagementContext(self, config or CertificateManagementContextConfig())
+        return CertificateManagementContext(
+            self, _or_default(config, CertificateManagementContextConfig))
 
     def close(self) -> None:
         """Close every operation context created here."""
@@ -267,9 +295,30 @@ class CryptoContext:
         self.close()
 
 
+def _sign_config(config: SignContextConfig) -> SignContextConfig:
+    if isinstance(config, VerifyContextConfig):
+        raise wrong_type("config", "a SignContextConfig", config)
+    return instance_arg(config, SignContextConfig, "config")
+
+
+def _kem_config(config: KemContextConfig) -> KemContextConfig:
+    if isinstance(config, KeyAgreementContextConfig):
+        raise wrong_type("config", "a KemContextConfig", config)
+    return instance_arg(config, KemContextConfig, "config")
+
+
+_D = TypeVar("_D")
+
+
+def _or_default(config: _D | None, cls: type[_D]) -> _D:
+    return cls() if config is None else instance_arg(config, cls, "config")
+
+
 def create_crypto_stack(config: CryptoStackConfig | None = None) -> CryptoStack:
     """Connect to the service named by ``config`` (default: ``inproc://``)."""
-    config = config or CryptoStackConfig()
+    if config is None:
+        config = CryptoStackConfig()
+    instance_arg(config, CryptoStackConfig, "config")
     transport = connect(config.endpoint, config.daemon_config, config.connect_timeout)
     return CryptoStack(transport, config)
 
@@ -298,15 +347,20 @@ class AsyncCryptoStack:
         self._contexts.add(ctx)
         return ctx
 
-    async def status(self) -> dict[str, Any]:
-        """The daemon's providers, slots and clients."""
+    async def status(self) -> DaemonStatus:
+        """The daemon's providers, slots and clients (keys typed by
+        :class:`~cryptostack_core.DaemonStatus`)."""
         return await run_async(self._channel, _p_status(self._channel))
 
     async def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                      provider: int | None = None) -> list[dict[str, Any]]:
+                      provider: int | None = None) -> list[ProviderCandidate]:
         """Provider selection for (algorithm, operation[, key]): each candidate and why."""
         return await run_async(self._channel, _p_explain(self._channel, algorithm, operation,
                                                          key, provider))
+
+    async def algorithms(self) -> list[AlgorithmEntry]:
+        """Every algorithm the service knows (see :meth:`CryptoStack.algorithms`)."""
+        return await run_async(self._channel, _p_algorithms(self._channel))
 
     async def ping(self) -> None:
         """One round trip."""
@@ -355,59 +409,61 @@ class AsyncCryptoContext:
 
     async def create_cipher_context(self, config: CipherContextConfig) -> AsyncCipherContext:
         """Symmetric encryption/decryption."""
-        ctx = AsyncCipherContext(self, config)
+        ctx = AsyncCipherContext(self, instance_arg(config, CipherContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_hash_context(self, config: HashContextConfig) -> AsyncHashContext:
         """Message digests."""
-        ctx = AsyncHashContext(self, config)
+        ctx = AsyncHashContext(self, instance_arg(config, HashContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_sign_context(self, config: SignContextConfig) -> AsyncSignContext:
         """Signatures and MACs."""
-        ctx = AsyncSignContext(self, config)
+        ctx = AsyncSignContext(self, _sign_config(config))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_verify_context(self, config: VerifyContextConfig) -> AsyncVerifyContext:
         """Signature and MAC verification."""
-        ctx = AsyncVerifyContext(self, config)
+        ctx = AsyncVerifyContext(self, instance_arg(config, VerifyContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
                                             ) -> AsyncStreamingAeadContext:
         """Authenticated encryption of data of any size, segment by segment."""
-        ctx = AsyncStreamingAeadContext(self, config)
+        ctx = AsyncStreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig,
+                                                           "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_kem_context(self, config: KemContextConfig) -> AsyncKemContext:
         """Key encapsulation."""
-        ctx = AsyncKemContext(self, config)
+        ctx = AsyncKemContext(self, _kem_config(config))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_key_agreement_context(self, config: KeyAgreementContextConfig,
                                            ) -> AsyncKeyAgreementContext:
         """Key agreement."""
-        ctx = AsyncKeyAgreementContext(self, config)
+        ctx = AsyncKeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
+                                                          "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
                                       ) -> AsyncKeyManagementContext:
         """Key lifecycle (no round trip to create it)."""
-        return AsyncKeyManagementContext(self, config or KeyManagementContextConfig())
+        return AsyncKeyManagementContext(self, _or_default(config, KeyManagementContextConfig))
 
     def create_certificate_verification_context(
             self, config: CertificateVerificationContextConfig | None = None,
     ) -> AsyncCertificateVerificationContext:
         """Certificate path validation (no round trip to create it)."""
         return AsyncCertificateVerificationContext(
-            self, config or CertificateVerificationContextConfig())
+            self, _or_default(config, CertificateVerificationContextConfig))
 
     def create_certificate_management_context(
             self, config: CertificateManagementContextConfig | None = None,
     ) -> AsyncCertificateManagementContext:
         """Certificate, CRL and trust-store management (no round trip to create it)."""
         return AsyncCertificateManagementContext(
-            self, config or CertificateManagementContextConfig())
+            self, _or_default(config, CertificateManagementContextConfig))
 
     async def close(self) -> None:
         """Close every operation context created here."""
@@ -456,4 +512,4 @@ def create_async_crypto_stack(config: CryptoStackConfig | None = None) -> _Stack
         async with cs.create_async_crypto_stack(config) as stack: ...
         stack = await cs.create_async_crypto_stack(config)
     """
-    return _StackOpening(config or CryptoStackConfig())
+    return _StackOpening(_or_default(config, CryptoStackConfig))

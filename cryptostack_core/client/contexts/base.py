@@ -9,10 +9,11 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self, TypeVar, Union
 
+from cryptostack_core.client.arguments import int_arg, str_arg, wrong_type
 from cryptostack_core.client.channel import AsyncChannel, Channel, ChannelCore
 from cryptostack_core.client.guards import GuardCore
 from cryptostack_core.client.plans import Plan, run, run_async
-from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import CryptoResourceId
@@ -25,7 +26,7 @@ T = TypeVar("T")
 _UNSET: Any = object()
 
 
-def to_seconds(value: Duration | None) -> float | None:
+def to_seconds(value: Duration | None, what: str = "timeout") -> float | None:
     """A timedelta or number of seconds as float seconds (None stays None)."""
     if value is None:
         return None
@@ -34,10 +35,9 @@ def to_seconds(value: Duration | None) -> float | None:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"a timeout must be a timedelta or seconds, got {value!r}")
-    if seconds <= 0:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT, "a timeout must be positive")
+        raise wrong_type(what, "a timedelta or a number of seconds", value)
+    if not seconds > 0:  # also refuses NaN
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{what} must be positive, got {value!r}")
     return seconds
 
 
@@ -59,8 +59,7 @@ def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
 def byte_view(data: object, what: str = "data") -> memoryview:
     """A flat byte view of a bytes-like argument (no copy); INVALID_ARGUMENT otherwise."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"{what} must be bytes-like, got {type(data).__name__}")
+        raise wrong_type(what, "bytes-like (bytes, bytearray or memoryview)", data)
     view = memoryview(data)
     if view.format != "B" or view.ndim != 1:
         try:
@@ -81,14 +80,16 @@ def _close_dropped(channel: ChannelCore, close_op: str, handle: int, what: str) 
 
 
 class AlgorithmSetting:
-    """Builder mixin: ``set_algorithm`` (aliases resolve to the canonical name at once, so a
-    misspelt name fails here with UNSUPPORTED_ALGORITHM)."""
+    """Builder mixin: ``set_algorithm``. Names this client knows resolve to their canonical
+    spelling at once; any other name (an algorithm a daemon's provider brings) is kept and
+    resolved with the daemon when the context is created, where a name that neither knows
+    fails with UNSUPPORTED_ALGORITHM."""
 
     algorithm: str | None = None
 
     def set_algorithm(self, algorithm: str) -> Self:
         """Algorithm by canonical name or alias (``"sha256"`` -> ``"SHA-256"``)."""
-        self.algorithm = canonical_name(algorithm)
+        self.algorithm = known_or_deferred(str_arg(algorithm, "algorithm"))
         return self
 
 
@@ -99,6 +100,7 @@ class KeySetting:
 
     def set_key(self, key: ResourceLike) -> Self:
         """The key: a key slot id, a key id or a guard."""
+        rid_of(key, "key")
         self.key = key
         return self
 
@@ -112,7 +114,7 @@ class ContextConfig:
 
     def set_operation_timeout(self: _C, timeout: Duration) -> _C:
         """Per-call deadline for this context, overriding the stack default."""
-        self._timeout = to_seconds(timeout)
+        self._timeout = to_seconds(timeout, "timeout")
         return self
 
     def disable_timeout(self: _C) -> _C:
@@ -122,11 +124,13 @@ class ContextConfig:
 
     def set_provider(self: _C, provider_id: int) -> _C:
         """Run on this provider (when it is eligible) instead of the preference order."""
-        self.provider = int(provider_id)
+        self.provider = int_arg(provider_id, "provider_id")
         return self
 
     def resolve_timeout(self, default: float | None) -> float | None:
-        """The effective timeout given the stack default."""
+        """The effective timeout given the stack default (seconds, or None: unbounded)."""
+        if default is not None:
+            to_seconds(default, "default")
         timeout: float | None = default if self._timeout is _UNSET else self._timeout
         return timeout
 
@@ -360,8 +364,8 @@ class StreamCore(ContextCore):
     def _p_absorb(self, data: BytesLike) -> Plan[None]:
         """Hash/sign/verify update: small chunks are coalesced and sent later; large ones
         are split into pieces the daemon takes (see :meth:`_send_data`)."""
-        self._need_active("update")
         view = byte_view(data)
+        self._need_active("update")
         size = len(view)
         if size >= self._buffer_limit:
             self._flush_buffer()

@@ -7,8 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-
+from cryptostack_core.client.arguments import (
+    bool_arg,
+    enum_arg,
+    int_arg,
+    optional_int_arg,
+    str_arg,
+    str_list_arg,
+    wrong_type,
+)
 from cryptostack_core.client.contexts.base import (
     AsyncOperationContext,
     ContextConfig,
@@ -41,20 +48,15 @@ class VerificationReport:
     chain: list[bytes] = field(default_factory=list)
     #: User-constrained policy set of a VALID path (dotted OIDs; anyPolicy if unconstrained).
     policies: frozenset[str] = frozenset()
+    #: The subject of each chain certificate (RFC 4514), as the daemon parsed it.
+    subjects: tuple[str, ...] = ()
 
     def explain(self) -> str:
         """One human-readable line: the verdict and the path (VALID) or the reason."""
         if self.result is CertVerifyResult.VALID:
             return (f"VALID: chain of {len(self.chain)} certificates: "
-                    + " -> ".join(_subject(der) for der in self.chain))
+                    + " -> ".join(s or "<empty subject>" for s in self.subjects))
         return f"{self.result.value}: {self.reason}"
-
-
-def _subject(der: bytes) -> str:
-    try:
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "<empty subject>"
-    except ValueError:
-        return "<unreadable certificate>"
 
 
 def _encoded(data: object, what: str) -> bytes:
@@ -67,18 +69,16 @@ def _encoded(data: object, what: str) -> bytes:
                               f"a PEM {what} is ASCII text; this string is not") from None
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                      f"a {what} must be PEM or DER bytes, got {type(data).__name__}")
+    raise wrong_type("data", f"a PEM or DER {what} (bytes, or str for PEM)", data)
 
 
-def _rid_list(items: object, what: str) -> list[dict[str, Any]]:
-    """Wire ids of one resource or an iterable of them."""
+def _rid_list(items: object, name: str) -> list[dict[str, Any]]:
+    """Wire ids of one resource or an iterable of them (argument ``name``)."""
     if getattr(items, "resource_id", None) is not None:
-        return [wire_rid(items, what)]
+        return [wire_rid(items, name)]
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"expected a list of {what} ids or guards, got {type(items).__name__}")
-    return [wire_rid(item, what) for item in items]
+        raise wrong_type(name, "an id or guard, or an iterable of them", items)
+    return [wire_rid(item, f"each item of {name}") for item in items]
 
 
 class CertificateVerificationCore(ContextCore):
@@ -110,69 +110,66 @@ class CertificateVerificationCore(ContextCore):
 
     def set_certificate(self, cert: ResourceLike) -> None:
         """The certificate to validate (certificate slot or imported certificate)."""
-        self._certificate = wire_rid(cert, "certificate")
+        self._certificate = wire_rid(cert, "cert")
         self._held["certificate"] = cert
 
     def set_verification_trust_store(self, store: ResourceLike) -> None:
         """The anchors (and CRLs) to validate against."""
-        self._trust_store = wire_rid(store, "trust store")
+        self._trust_store = wire_rid(store, "store")
         self._held["trust_store"] = store
 
     def add_untrusted_intermediate(self, cert: ResourceLike) -> None:
         """A certificate that may be used to build the path (not trusted by itself)."""
-        self._intermediates.append(wire_rid(cert, "certificate"))
+        self._intermediates.append(wire_rid(cert, "cert"))
         self._held_lists.append(cert)
 
     def add_crl(self, crl: ResourceLike) -> None:
         """An extra CRL for revocation checking."""
-        self._crls.append(wire_rid(crl, "CRL"))
+        self._crls.append(wire_rid(crl, "crl"))
         self._held_lists.append(crl)
 
     def set_validation_time(self, when: dt.datetime) -> None:
         """Validate as of ``when`` (default: now). Naive datetimes are taken as UTC."""
         if not isinstance(when, dt.datetime):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "validation time must be a datetime")
+            raise wrong_type("when", "a datetime", when)
         self._time = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
     def set_revocation_check_policy(self, policy: RevocationCheckPolicy) -> None:
         """NONE or CRL_ONLY."""
-        try:
-            self._policy = RevocationCheckPolicy(policy)
-        except ValueError:
-            choices = ", ".join(p.value for p in RevocationCheckPolicy)
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"unknown revocation check policy {policy!r} ({choices})") from None
+        self._policy = enum_arg(policy, RevocationCheckPolicy, "policy")
 
     def set_max_chain_depth(self, n: int) -> None:
         """At most ``n`` intermediates between the certificate and the anchor (default 8)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if int_arg(n, "n (max chain depth)") < 0:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"max chain depth must be a non-negative integer, got {n!r}")
+                              f"n (max chain depth) must not be negative, got {n!r}")
         self._settings["max_chain_depth"] = n
 
     def set_initial_policy_set(self, policies: Iterable[str]) -> None:
         """RFC 5280 user-initial-policy-set: dotted policy OIDs (default: anyPolicy)."""
-        oids = [getattr(p, "dotted_string", p) for p in policies]
-        if not oids or not all(isinstance(p, str) for p in oids):
+        if isinstance(policies, (str, bytes)) or not isinstance(policies, Iterable):
+            raise wrong_type("policies", "an iterable of dotted OIDs", policies)
+        oids = str_list_arg([getattr(p, "dotted_string", p) for p in policies], "policies")
+        if not oids:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "the initial policy set is a non-empty list of dotted OIDs")
+                              "policies (the initial policy set) must not be empty")
         self._settings["initial_policy_set"] = oids
 
     def set_initial_explicit_policy(self, required: bool = True) -> None:
         """RFC 5280 initial-explicit-policy: the path must be valid for a policy."""
-        self._settings["initial_explicit_policy"] = bool(required)
+        self._settings["initial_explicit_policy"] = bool_arg(required, "required")
 
     def set_initial_policy_mapping_inhibit(self, inhibit: bool = True) -> None:
         """RFC 5280 initial-policy-mapping-inhibit: policy mappings are not allowed."""
-        self._settings["initial_policy_mapping_inhibit"] = bool(inhibit)
+        self._settings["initial_policy_mapping_inhibit"] = bool_arg(inhibit, "inhibit")
 
     def set_initial_any_policy_inhibit(self, inhibit: bool = True) -> None:
         """RFC 5280 initial-any-policy-inhibit: anyPolicy in a certificate matches nothing."""
-        self._settings["initial_any_policy_inhibit"] = bool(inhibit)
+        self._settings["initial_any_policy_inhibit"] = bool_arg(inhibit, "inhibit")
 
     def set_profile(self, profile: str) -> None:
         """``"rfc5280"`` (default: RFC 5280 profile rules enforced) or ``"lenient"``."""
-        self._settings["profile"] = profile
+        self._settings["profile"] = str_arg(profile, "profile")
 
     def _p_verify(self) -> Plan[CertVerifyResult]:
         result = yield from self._call("cert.verify", {
@@ -182,7 +179,8 @@ class CertificateVerificationCore(ContextCore):
             "policy": self._policy.value, **self._settings})
         report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
                                     [bytes(c) for c in result.get("chain", [])],
-                                    frozenset(result.get("policies", ())))
+                                    frozenset(result.get("policies", ())),
+                                    tuple(result.get("subjects", ())))
         self.last_report = report
         return report.result
 
@@ -234,38 +232,39 @@ class CertificateManagementCore(ContextCore):
 
     def _p_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
                        crls: Iterable[ResourceLike] | ResourceLike) -> Plan[dict[str, Any]]:
-        info: dict[str, Any] = yield from self._call("truststore.create", {
-            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
+        args = {"anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")}
+        info: dict[str, Any] = yield from self._call("truststore.create", args)
         return info
 
     def _p_public_key(self, cert: ResourceLike, provider: int | None
                       ) -> Plan[tuple[dict[str, Any], str]]:
-        pinned = provider if provider is not None else self._provider
-        result = yield from self._call("cert.public_key", {"cert": wire_rid(cert, "certificate"),
-                                                           "provider": pinned})
+        cert_id = wire_rid(cert, "cert")
+        pinned = optional_int_arg(provider, "provider")
+        if pinned is None:
+            pinned = self._provider
+        result = yield from self._call("cert.public_key", {"cert": cert_id, "provider": pinned})
         return result["key"], str(result["algorithm"])
 
     def _p_export(self, cert: ResourceLike, fmt: str | KeyFormat) -> Plan[bytes]:
         if isinstance(fmt, KeyFormat):
             fmt = fmt.value
         if not isinstance(fmt, str):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"format must be \"PEM\" or \"DER\", got {fmt!r}")
-        data: bytes = yield from self._call("cert.export", {"cert": wire_rid(cert, "certificate"),
+            raise wrong_type("fmt", '"PEM" or "DER"', fmt)
+        data: bytes = yield from self._call("cert.export", {"cert": wire_rid(cert, "cert"),
                                                             "format": fmt.upper()})
         return data
 
     def _p_persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> Plan[int]:
         result = yield from self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
-                                                        "cert": wire_rid(cert, "certificate")})
+                                                        "cert": wire_rid(cert, "cert")})
         return int(result["version"])
 
     def _p_persist_trust_store(self, store: ResourceLike,
                                anchors: Iterable[ResourceLike] | ResourceLike,
                                crls: Iterable[ResourceLike] | ResourceLike) -> Plan[int]:
         result = yield from self._call("truststore.persist", {
-            "store": wire_rid(store, "trust store"),
-            "anchors": _rid_list(anchors, "anchor"), "crls": _rid_list(crls, "CRL")})
+            "store": wire_rid(store, "store"),
+            "anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")})
         return int(result["version"])
 
 

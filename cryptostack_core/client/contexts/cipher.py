@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from cryptostack_core.client.arguments import bytes_arg, enum_arg, int_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncStreamContext,
@@ -36,12 +37,12 @@ class CipherContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""
-        self.direction = CipherDirection(direction)
+        self.direction = enum_arg(direction, CipherDirection, "direction")
         return self
 
     def set_tag_length(self, length: int) -> Self:
         """AEAD tag length in bytes (default 16)."""
-        self.tag_length = int(length)
+        self.tag_length = int_arg(length, "length")
         return self
 
 
@@ -59,8 +60,9 @@ class CipherCore(StreamCore):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "CipherContextConfig needs set_algorithm(), set_key() and "
                               "set_direction()")
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
         info = yield from self._call("cipher.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
             "direction": config.direction.value, "tag_length": config.tag_length,
             "provider": config.provider})
         self._handle = info["ctx"]
@@ -74,7 +76,7 @@ class CipherCore(StreamCore):
         self._message_size = 0
 
     def _init(self, iv: BytesLike) -> None:
-        self._start({"iv": bytes(byte_view(iv, "iv"))})
+        self._start({"iv": bytes_arg(iv, "iv")})
         self._message_size = 0
 
     def _reset(self) -> None:
@@ -100,8 +102,8 @@ class CipherCore(StreamCore):
         self._message_size = size
 
     def _p_update_aad(self, aad: BytesLike) -> Plan[None]:
-        self._need_active("update_aad")
         view = byte_view(aad, "aad")
+        self._need_active("update_aad")
         if len(view) <= self._channel.max_chunk:
             self._defer("cipher.update_aad", {"ctx": self._handle, "data": bytes(view)})
             return
@@ -109,8 +111,8 @@ class CipherCore(StreamCore):
                                    lambda piece: {"ctx": self._handle, "data": piece})
 
     def _p_update(self, data: BytesLike) -> Plan[bytes]:
-        self._need_active("update")
         view = byte_view(data)
+        self._need_active("update")
         self._check_aead_limit(len(view))
         outputs = yield from self._send_data("cipher.update", view,
                                              lambda piece: {"ctx": self._handle, "data": piece})
@@ -124,14 +126,14 @@ class CipherCore(StreamCore):
                    aad: BytesLike | None) -> Plan[bytes]:
         """A whole message: one request when it fits in one, else init/update/finalize."""
         what = "encrypt" if direction is CipherDirection.ENCRYPT else "decrypt"
+        iv_bytes = bytes_arg(iv, "iv")
+        view = byte_view(data)
+        aad_view = byte_view(aad, "aad") if aad is not None else None
         if self.direction is not direction:
             raise CryptoError(ErrorCode.INVALID_STATE,
                               f"{what}() on a context created for "
                               f"{self.direction.value.lower()}ion; create one with "
                               f"set_direction(CipherDirection.{direction.value})")
-        iv_bytes = bytes(byte_view(iv, "iv"))
-        view = byte_view(data)
-        aad_view = byte_view(aad, "aad") if aad is not None else None
         if aad_view is not None and len(aad_view) and not self._aead:
             raise CryptoError(ErrorCode.INVALID_STATE,
                               f"{self.algorithm} is not an AEAD; it takes no associated data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cryptostack_core.client.arguments import wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncStreamContext,
@@ -34,13 +35,17 @@ class HashCore(StreamCore):
     def _p_create(self, config: HashContextConfig) -> Plan[None]:
         if config.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "HashContextConfig needs set_algorithm()")
-        info = yield from self._call("hash.create", {"algorithm": config.algorithm,
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
+        info = yield from self._call("hash.create", {"algorithm": algorithm,
                                                      "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
 
     def _p_finalize_into(self, out: bytearray | memoryview) -> Plan[int]:
+        if not isinstance(out, (bytearray, memoryview)) or (isinstance(out, memoryview)
+                                                             and out.readonly):
+            raise wrong_type("out", "a writable buffer (bytearray or memoryview)", out)
         digest: bytes = yield from self._p_finish({})
         if len(out) < len(digest):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,

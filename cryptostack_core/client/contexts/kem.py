@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from cryptostack_core.client.arguments import bytes_arg, enum_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncOperationContext,
@@ -15,7 +16,6 @@ from cryptostack_core.client.contexts.base import (
     KeySetting,
     OperationContext,
     ResourceLike,
-    byte_view,
     wire_rid,
 )
 from cryptostack_core.client.guards import AsyncCryptoResourceGuard, CryptoResourceGuard
@@ -36,7 +36,7 @@ class KemContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_derived_key_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the shared-secret keys (default DERIVE; add EXPORT to read them)."""
-        self.derived_permissions = KeyOperationPermission(perms)
+        self.derived_permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
 
@@ -56,8 +56,9 @@ class SecretCore(ContextCore):
         if config.algorithm is None or config.key is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{type(config).__name__} needs set_algorithm() and set_key()")
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
         info = yield from self._call(f"{self._family}.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
             "derived_permissions": int(config.derived_permissions), "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
@@ -67,14 +68,12 @@ class SecretCore(ContextCore):
         result = yield from self._call("kem.encapsulate", {"ctx": self._handle})
         return bytes(result["ciphertext"]), result["key"]
 
-    def _p_decapsulate(self, ciphertext: BytesLike) -> Plan[dict[str, Any]]:
-        data = bytes(byte_view(ciphertext, "ciphertext"))
+    def _p_decapsulate(self, data: bytes) -> Plan[dict[str, Any]]:
         info: dict[str, Any] = yield from self._call("kem.decapsulate",
                                                      {"ctx": self._handle, "ciphertext": data})
         return info
 
-    def _p_agree(self, peer_public: BytesLike) -> Plan[dict[str, Any]]:
-        peer = bytes(byte_view(peer_public, "peer_public"))
+    def _p_agree(self, peer: bytes) -> Plan[dict[str, Any]]:
         info: dict[str, Any] = yield from self._call("agree.agree",
                                                      {"ctx": self._handle, "peer": peer})
         return info
@@ -101,7 +100,8 @@ class KemContext(_SecretProducingContext):
 
     def decapsulate(self, ciphertext: BytesLike) -> CryptoResourceGuard:
         """Shared-secret key guard for ``ciphertext``."""
-        return self._guard(self._run(self._p_decapsulate(ciphertext)))
+        data = bytes_arg(ciphertext, "ciphertext")  # checked before anything is touched
+        return self._guard(self._run(self._p_decapsulate(data)))
 
 
 class KeyAgreementContext(_SecretProducingContext):
@@ -111,7 +111,8 @@ class KeyAgreementContext(_SecretProducingContext):
 
     def agree(self, peer_public: BytesLike) -> CryptoResourceGuard:
         """Shared-secret key guard; ``peer_public`` is SPKI DER (or raw for X25519)."""
-        return self._guard(self._run(self._p_agree(peer_public)))
+        peer = bytes_arg(peer_public, "peer_public")  # checked before anything is touched
+        return self._guard(self._run(self._p_agree(peer)))
 
 
 class _AsyncSecretProducingContext(SecretCore, AsyncOperationContext):
@@ -131,7 +132,8 @@ class AsyncKemContext(_AsyncSecretProducingContext):
 
     async def decapsulate(self, ciphertext: BytesLike) -> AsyncCryptoResourceGuard:
         """Shared-secret key guard for ``ciphertext``."""
-        return self._guard(await self._run(self._p_decapsulate(ciphertext)))
+        data = bytes_arg(ciphertext, "ciphertext")
+        return self._guard(await self._run(self._p_decapsulate(data)))
 
 
 class AsyncKeyAgreementContext(_AsyncSecretProducingContext):
@@ -141,4 +143,5 @@ class AsyncKeyAgreementContext(_AsyncSecretProducingContext):
 
     async def agree(self, peer_public: BytesLike) -> AsyncCryptoResourceGuard:
         """Shared-secret key guard; ``peer_public`` is SPKI DER (or raw for X25519)."""
-        return self._guard(await self._run(self._p_agree(peer_public)))
+        peer = bytes_arg(peer_public, "peer_public")
+        return self._guard(await self._run(self._p_agree(peer)))

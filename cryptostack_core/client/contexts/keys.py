@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from cryptostack_core.client.arguments import (
+    bytes_arg,
+    enum_arg,
+    instance_arg,
+    int_arg,
+    optional_int_arg,
+    str_arg,
+)
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncOperationContext,
@@ -17,7 +25,7 @@ from cryptostack_core.client.contexts.base import (
 )
 from cryptostack_core.client.guards import AsyncCryptoResourceGuard, CryptoResourceGuard
 from cryptostack_core.client.plans import Plan
-from cryptostack_core.wire.algorithms import canonical_name
+from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.resources import KeyFormat, KeySlotInfo, KeySlotStatus
@@ -38,12 +46,12 @@ class GenerateKeyParams(AlgorithmSetting):
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
-        self.permissions = KeyOperationPermission(perms)
+        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
     def set_provider(self, provider_id: int) -> Self:
         """Provider that holds the key (e.g. generate inside the HSM)."""
-        self.provider = int(provider_id)
+        self.provider = int_arg(provider_id, "provider_id")
         return self
 
 
@@ -57,8 +65,8 @@ class ImportKeyParams(GenerateKeyParams):
 
     def set_material(self, material: bytes, fmt: KeyFormat) -> Self:
         """The encoded key and its format."""
-        self.material = bytes(material)
-        self.format = KeyFormat(fmt)
+        self.material = bytes_arg(material, "material")
+        self.format = enum_arg(fmt, KeyFormat, "fmt")
         return self
 
 
@@ -77,23 +85,23 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
     def set_salt(self, salt: bytes) -> Self:
         """HKDF salt."""
-        self.salt = bytes(salt)
+        self.salt = bytes_arg(salt, "salt")
         return self
 
     def set_info(self, info: bytes) -> Self:
         """HKDF info."""
-        self.info = bytes(info)
+        self.info = bytes_arg(info, "info")
         return self
 
     def set_output(self, algorithm: str, length: int | None = None) -> Self:
         """Type (and length) of the derived key, e.g. ``"AES-256"``."""
-        self.output_algorithm = canonical_name(algorithm)
-        self.length = length
+        self.output_algorithm = known_or_deferred(str_arg(algorithm, "algorithm"))
+        self.length = optional_int_arg(length, "length")
         return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Permissions of the derived key."""
-        self.permissions = KeyOperationPermission(perms)
+        self.permissions = enum_arg(perms, KeyOperationPermission, "perms")
         return self
 
 
@@ -126,19 +134,23 @@ class KeyManagementCore(ContextCore):
         return slot_info_from_wire(info)
 
     def _p_generate_key(self, params: GenerateKeyParams) -> Plan[dict[str, Any]]:
+        instance_arg(params, GenerateKeyParams, "params")
         if params.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
+        algorithm = yield from self._channel._p_canonical(params.algorithm)
         info: dict[str, Any] = yield from self._call("key.generate", {
-            "algorithm": params.algorithm, "provider": params.provider,
+            "algorithm": algorithm, "provider": params.provider,
             "permissions": None if params.permissions is None else int(params.permissions)})
         return info
 
     def _p_import_key(self, params: ImportKeyParams) -> Plan[dict[str, Any]]:
+        instance_arg(params, ImportKeyParams, "params")
         if params.algorithm is None or params.material is None or params.format is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "ImportKeyParams needs set_algorithm() and set_material()")
+        algorithm = yield from self._channel._p_canonical(params.algorithm)
         info: dict[str, Any] = yield from self._call("key.import", {
-            "algorithm": params.algorithm, "material": params.material,
+            "algorithm": algorithm, "material": params.material,
             "format": params.format.value, "provider": params.provider,
             "permissions": None if params.permissions is None else int(params.permissions)})
         return info
@@ -152,27 +164,36 @@ class KeyManagementCore(ContextCore):
         yield from self._call("key.clear_slot", {"slot": wire_rid(slot, "slot")})
 
     def _p_export_public_key(self, key: ResourceLike, fmt: KeyFormat) -> Plan[bytes]:
-        data: bytes = yield from self._call("key.export_public", {
-            "key": wire_rid(key, "key"), "format": KeyFormat(fmt).value})
+        args = {"key": wire_rid(key, "key"), "format": enum_arg(fmt, KeyFormat, "fmt").value}
+        data: bytes = yield from self._call("key.export_public", args)
         return data
 
     def _p_export_key(self, key: ResourceLike, fmt: KeyFormat | None) -> Plan[bytes]:
-        data: bytes = yield from self._call("key.export", {
-            "key": wire_rid(key, "key"), "format": None if fmt is None else KeyFormat(fmt).value})
+        args = {"key": wire_rid(key, "key"),
+                "format": None if fmt is None else enum_arg(fmt, KeyFormat, "fmt").value}
+        data: bytes = yield from self._call("key.export", args)
         return data
 
     def _p_derive_key(self, params: DeriveKeyParams) -> Plan[dict[str, Any]]:
-        if params.key is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "DeriveKeyParams needs set_key()")
+        instance_arg(params, DeriveKeyParams, "params")
+        if params.key is None or params.algorithm is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "DeriveKeyParams needs set_key() and set_algorithm()")
+        key = wire_rid(params.key, "key")
+        algorithm = yield from self._channel._p_canonical(params.algorithm)
+        output = yield from self._channel._p_canonical(params.output_algorithm)
         info: dict[str, Any] = yield from self._call("key.derive", {
-            "algorithm": params.algorithm, "key": wire_rid(params.key, "key"),
+            "algorithm": algorithm, "key": key,
             "salt": params.salt, "info": params.info, "length": params.length,
-            "output_algorithm": params.output_algorithm,
+            "output_algorithm": output,
             "permissions": None if params.permissions is None else int(params.permissions)})
         return info
 
-    def _p_generate_random(self, length: int) -> Plan[bytes]:
-        data: bytes = yield from self._call("random.generate", {"length": int(length)})
+    def _p_generate_random(self, length: int, provider: int | None) -> Plan[bytes]:
+        args: dict[str, Any] = {"length": int_arg(length, "length")}
+        if provider is not None:
+            args["provider"] = int_arg(provider, "provider")
+        data: bytes = yield from self._call("random.generate", args)
         return data
 
 
@@ -221,9 +242,9 @@ class KeyManagementContext(KeyManagementCore, OperationContext):
         """A new key derived from ``params.key``."""
         return self._guard(self._run(self._p_derive_key(params)))
 
-    def generate_random(self, length: int) -> bytes:
-        """Random bytes from the preferred provider."""
-        return self._run(self._p_generate_random(length))
+    def generate_random(self, length: int, provider: int | None = None) -> bytes:
+        """Random bytes from the preferred provider (or from ``provider``)."""
+        return self._run(self._p_generate_random(length, provider))
 
 
 class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
@@ -269,6 +290,6 @@ class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
         """A new key derived from ``params.key``."""
         return self._guard(await self._run(self._p_derive_key(params)))
 
-    async def generate_random(self, length: int) -> bytes:
-        """Random bytes from the preferred provider."""
-        return await self._run(self._p_generate_random(length))
+    async def generate_random(self, length: int, provider: int | None = None) -> bytes:
+        """Random bytes from the preferred provider (or from ``provider``)."""
+        return await self._run(self._p_generate_random(length, provider))

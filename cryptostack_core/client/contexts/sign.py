@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
+from cryptostack_core.client.arguments import bytes_arg, int_arg
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncStreamContext,
@@ -34,7 +35,7 @@ class SignContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_context(self, context: bytes) -> Self:
         """ML-DSA / SLH-DSA context string (default empty)."""
-        self.context = bytes(context)
+        self.context = bytes_arg(context, "context")
         return self
 
 
@@ -47,7 +48,7 @@ class VerifyContextConfig(SignContextConfig):
 
     def set_tag_length(self, length: int) -> Self:
         """Accept MAC tags truncated to ``length`` bytes (MACs only; default: full length)."""
-        self.tag_length = int(length)
+        self.tag_length = int_arg(length, "length")
         return self
 
 
@@ -63,7 +64,8 @@ class SignCore(StreamCore):
         if config.algorithm is None or config.key is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"{type(config).__name__} needs set_algorithm() and set_key()")
-        args = {"algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
+        args = {"algorithm": algorithm, "key": wire_rid(config.key, "key"),
                 "context": config.context, "provider": config.provider}
         if isinstance(config, VerifyContextConfig):
             args["tag_length"] = config.tag_length
@@ -90,32 +92,36 @@ class SignCore(StreamCore):
         return signature
 
     def _p_mac(self, message: BytesLike) -> Plan[bytes]:
+        byte_view(message, "message")
         if not self._is_mac():
             raise CryptoError(ErrorCode.INVALID_STATE,
                               f"mac() needs a MAC algorithm (HMAC-SHA-256 ...), not "
                               f"{self.algorithm}; use sign()")
         return (yield from self._p_sign(message, "mac"))
 
-    def _p_verify_finalize(self, signature: BytesLike) -> Plan[bool]:
-        if not isinstance(signature, (bytes, bytearray, memoryview)):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "signature must be bytes")
-        ok = yield from self._p_finish({"signature": bytes(signature)})
+    def _p_verify_finalize(self, signature: BytesLike, strict: bool = False) -> Plan[bool]:
+        ok = yield from self._p_finish({"signature": bytes_arg(signature, "signature")})
+        if strict and not ok:
+            raise _invalid_signature(self.algorithm)
         return bool(ok)
 
-    def _p_verify(self, message: BytesLike, signature: BytesLike) -> Plan[bool]:
+    def _p_verify(self, message: BytesLike, signature: BytesLike,
+                  strict: bool = False) -> Plan[bool]:
+        """``strict``: raise AUTHENTICATION_FAILED instead of answering False."""
         view = byte_view(message, "message")
-        if not isinstance(signature, (bytes, bytearray, memoryview)):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "signature must be bytes")
-        sig = bytes(signature)
+        sig = bytes_arg(signature, "signature")
         args: dict[str, Any] = {"data": message if type(message) is bytes else view,
                                 "signature": sig}
         whole = self._p_whole("verify.single_shot", "verify", args, len(view) + len(sig))
         if whole is not None:
             ok = yield from whole
-            return bool(ok)
-        self._start({})
-        yield from self._p_absorb(view)
-        return (yield from self._p_verify_finalize(sig))
+        else:
+            self._start({})
+            yield from self._p_absorb(view)
+            ok = yield from self._p_verify_finalize(sig)
+        if strict and not ok:
+            raise _invalid_signature(self.algorithm)
+        return bool(ok)
 
 
 class SignContext(SignCore, StreamContext):
@@ -169,10 +175,12 @@ class VerifyContext(SignContext):
 
     def sign(self, message: BytesLike) -> bytes:
         """Not available on verify contexts."""
+        byte_view(message, "message")
         raise CryptoError(ErrorCode.INVALID_STATE, "a verify context cannot sign")
 
     def mac(self, message: BytesLike) -> bytes:
         """Not available on verify contexts (use :meth:`verify` with the tag)."""
+        byte_view(message, "message")
         raise CryptoError(ErrorCode.INVALID_STATE, "a verify context cannot compute a MAC; "
                                                    "verify(message, tag) checks one")
 
@@ -182,8 +190,19 @@ class VerifyContext(SignContext):
 
     def verify(self, message: BytesLike, signature: BytesLike) -> bool:
         """True if ``signature`` (or MAC tag) is valid for the whole ``message``; one round
-        trip."""
+        trip. :meth:`verify_or_raise` raises instead of answering False."""
         return self._run(self._p_verify(message, signature))
+
+    def verify_finalize_or_raise(self, signature: BytesLike) -> None:
+        """:meth:`verify_finalize` that returns nothing for a valid signature and raises
+        ``CryptoError(AUTHENTICATION_FAILED)`` for an invalid one (pyca's and Tink's habit:
+        a forgotten check of a returned bool cannot let a forgery through)."""
+        self._run(self._p_verify_finalize(signature, strict=True))
+
+    def verify_or_raise(self, message: BytesLike, signature: BytesLike) -> None:
+        """:meth:`verify` that returns nothing for a valid signature and raises
+        ``CryptoError(AUTHENTICATION_FAILED)`` for an invalid one."""
+        self._run(self._p_verify(message, signature, strict=True))
 
 
 class AsyncSignContext(SignCore, AsyncStreamContext):
@@ -237,3 +256,19 @@ class AsyncVerifyContext(SignCore, AsyncStreamContext):
     async def verify(self, message: BytesLike, signature: BytesLike) -> bool:
         """True if ``signature`` is valid for the whole ``message``; one round trip."""
         return await self._run(self._p_verify(message, signature))
+
+    async def verify_finalize_or_raise(self, signature: BytesLike) -> None:
+        """:meth:`verify_finalize`, raising ``CryptoError(AUTHENTICATION_FAILED)`` for an
+        invalid signature instead of answering False."""
+        await self._run(self._p_verify_finalize(signature, strict=True))
+
+    async def verify_or_raise(self, message: BytesLike, signature: BytesLike) -> None:
+        """:meth:`verify`, raising ``CryptoError(AUTHENTICATION_FAILED)`` for an invalid
+        signature instead of answering False."""
+        await self._run(self._p_verify(message, signature, strict=True))
+
+
+def _invalid_signature(algorithm: str) -> CryptoError:
+    return CryptoError(ErrorCode.AUTHENTICATION_FAILED,
+                       f"the {algorithm} signature (or tag) does not verify for this message "
+                       "and key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import IO, Self
 
+from cryptostack_core.client.arguments import bytes_arg, enum_arg, wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
     AsyncStreamContext,
@@ -43,7 +44,7 @@ class StreamingAeadContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
 
     def set_direction(self, direction: CipherDirection) -> Self:
         """Encrypt or decrypt."""
-        self.direction = CipherDirection(direction)
+        self.direction = enum_arg(direction, CipherDirection, "direction")
         return self
 
 
@@ -62,8 +63,9 @@ class StreamingAeadCore(StreamCore):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               "StreamingAeadContextConfig needs set_algorithm(), set_key() and "
                               "set_direction()")
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
         info = yield from self._call("streaming_aead.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
+            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
             "direction": config.direction.value, "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
@@ -73,11 +75,12 @@ class StreamingAeadCore(StreamCore):
         self.header_size = info["header_size"]
 
     def _init(self, associated_data: BytesLike) -> None:
-        self._start({"aad": bytes(byte_view(associated_data, "associated_data"))})
+        self._start({"aad": bytes_arg(associated_data, "associated_data")})
 
     def _p_update(self, data: BytesLike) -> Plan[bytes]:
+        view = byte_view(data)
         self._need_active("update")
-        outputs = yield from self._send_data("streaming_aead.update", byte_view(data),
+        outputs = yield from self._send_data("streaming_aead.update", view,
                                              lambda piece: {"ctx": self._handle, "data": piece})
         return outputs[0] if len(outputs) == 1 else b"".join(outputs)
 
@@ -117,6 +120,10 @@ class StreamingAeadContext(StreamingAeadCore, StreamContext):
         """Encrypt or decrypt everything ``source`` yields into ``sink``; returns the bytes
         written. On ``AUTHENTICATION_FAILED`` the bytes already written to ``sink`` belong to
         a stream that turned out altered or incomplete: discard them."""
+        if not callable(getattr(source, "read", None)):
+            raise wrong_type("source", "a binary file object (with read())", source)
+        if not callable(getattr(sink, "write", None)):
+            raise wrong_type("sink", "a binary file object (with write())", sink)
         self.init(associated_data)
         written = 0
         while True:
