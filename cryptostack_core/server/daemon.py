@@ -381,6 +381,10 @@ class Connection(asyncio.Protocol):
         else:
             route = None
         if len(self.in_flight) >= MAX_IN_FLIGHT:
+            # Tasks that have answered but whose done-callbacks have not run yet (an event
+            # loop may read the client's next request first) are not in flight any more.
+            self.in_flight.difference_update([t for t in self.in_flight if t.done()])
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
