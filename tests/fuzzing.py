@@ -280,18 +280,17 @@ class Generator:
 def record_session(endpoint: str) -> list[bytes]:
     """The request bodies a real client sends through a representative session."""
     import cryptostack_core as cs
-    from cryptostack_core.client.transport import UnixTransport
+    from cryptostack_core.client.protocol import ClientProtocol
 
     recorded: list[bytes] = []
-    original = UnixTransport._send
+    original = ClientProtocol.frame
 
-    def recording(self: UnixTransport, message: Mapping[str, Any], deadline: float | None,
-                  fds: list[int] | None = None) -> None:
+    def recording(self: ClientProtocol, message: Mapping[str, Any]) -> bytes:
         if "hello" not in message:
             recorded.append(cbor2.dumps(message))
-        original(self, message, deadline, fds)
+        return original(self, message)
 
-    UnixTransport._send = recording  # type: ignore[method-assign]
+    ClientProtocol.frame = recording  # type: ignore[method-assign]
     try:
         config = cs.CryptoStackConfig().set_connection_endpoint(endpoint)
         with cs.create_crypto_stack(config) as stack, stack.create_crypto_context() as ctx:
@@ -336,7 +335,7 @@ def record_session(endpoint: str) -> list[bytes]:
             stack.status()
             stack.explain("AES-256-GCM", "encrypt", key=slot)
     finally:
-        UnixTransport._send = original  # type: ignore[method-assign]
+        ClientProtocol.frame = original  # type: ignore[method-assign]
     return recorded
 
 

@@ -71,7 +71,7 @@ def _on_event_loop() -> bool:
     return True
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request in flight: its client, its deadline, and whether the front end gave up
     on it (then anything it creates later is released at once)."""
@@ -318,7 +318,14 @@ class ServiceCore:
               operation: str | None = None, detail: str = "") -> None:
         """Emit an audit event to every hook implementation."""
         try:
-            self.pm.hook.cryptostack_audit(event=AuditEvent(
+            hook = self.pm.hook.cryptostack_audit
+            impls = hook.get_hookimpls()
+            if len(impls) == 1 and impls[0].plugin is self._audit_logger:
+                # The built-in logger alone (the usual case): no event object, no dispatch.
+                self._audit_logger.record(action, session.peer, resource, result, provider,
+                                          algorithm, operation, detail)
+                return
+            hook(event=AuditEvent(
                 action=action, client=session.peer, resource=resource, result=result,
                 provider=provider, algorithm=algorithm, operation=operation, detail=detail))
         except Exception:

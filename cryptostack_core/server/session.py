@@ -184,8 +184,7 @@ class Session:
 
     def get(self, rid: CryptoResourceId) -> Handle:
         """Look up a resource; unknown or mismatched ids are RESOURCE_NOT_FOUND."""
-        with self.lock:
-            handle = self.handles.get(rid.handle)
+        handle = self.handles.get(rid.handle)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind == "context" or handle.resource_type is not rid.type:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
                               f"no {rid.type.value} resource #{rid.handle} on this connection "
@@ -194,10 +193,9 @@ class Session:
 
     def context(self, number: object) -> Any:
         """Look up a context by its handle number."""
-        if not isinstance(number, int) or isinstance(number, bool):
+        if type(number) is not int:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"'ctx' must be an integer, got {number!r}")
-        with self.lock:
-            handle = self.handles.get(number)
+        handle = self.handles.get(number)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind != "context":
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
                               f"no context #{number} on this connection (closed, or never created)")

@@ -10,14 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from cryptostack_core.client.contexts.base import (
+    AsyncOperationContext,
     BytesLike,
     ContextConfig,
+    ContextCore,
     ContextParent,
     KeySetting,
     OperationContext,
     byte_view,
     wire_rid,
 )
+from cryptostack_core.client.plans import Plan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import ResourceType
 
@@ -35,9 +38,9 @@ class SealContextConfig(KeySetting, ContextConfig):
         self.key = None
 
 
-class SealContext(OperationContext):
-    """``seal(plaintext, aad)`` and ``open(sealed, aad)`` on one key slot; each call is one
-    round trip and holds nothing in the daemon between calls."""
+class SealCore(ContextCore):
+    """The seal/open plans (blocking and asyncio); each call is one round trip and holds
+    nothing in the daemon between calls."""
 
     def __init__(self, parent: ContextParent, config: SealContextConfig) -> None:
         super().__init__(parent, config)
@@ -50,9 +53,11 @@ class SealContext(OperationContext):
                               f"not a {rid.type.value}")
         self._key = wire_rid(config.key, "key")
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Nothing to free in the daemon; later calls fail."""
         self._closed = True
+        return
+        yield  # a plan without requests
 
     def _limit(self, size: int, what: str) -> None:
         limit = self._channel.limit("max_buffered_message")
@@ -67,15 +72,40 @@ class SealContext(OperationContext):
         self._limit(len(view), what)
         return {"key": self._key, "data": view, "aad": bytes(byte_view(aad, "aad"))}
 
+    def _p_seal(self, plaintext: BytesLike, aad: BytesLike) -> Plan[bytes]:
+        sealed: bytes = yield from self._call("aead.seal",
+                                              self._args(plaintext, aad, "plaintext"))
+        return sealed
+
+    def _p_open(self, sealed: BytesLike, aad: BytesLike) -> Plan[bytes]:
+        plaintext: bytes = yield from self._call("aead.open",
+                                                 self._args(sealed, aad, "sealed message"))
+        return plaintext
+
+
+class SealContext(SealCore, OperationContext):
+    """``seal(plaintext, aad)`` and ``open(sealed, aad)`` on one key slot; each call is one
+    round trip and holds nothing in the daemon between calls."""
+
     def seal(self, plaintext: BytesLike, aad: BytesLike = b"") -> bytes:
         """Encrypt and authenticate ``plaintext`` (and ``aad``, which is not included in the
         output) under the slot's primary version."""
-        sealed: bytes = self._call("aead.seal", self._args(plaintext, aad, "plaintext"))
-        return sealed
+        return self._run(self._p_seal(plaintext, aad))
 
     def open(self, sealed: BytesLike, aad: BytesLike = b"") -> bytes:
         """The plaintext of a message :meth:`seal` made under any version of this slot that
         is not retired. ``AUTHENTICATION_FAILED`` for anything altered (or other ``aad``);
         ``KEY_VERSION_RETIRED`` when its version was retired or is below the minimum."""
-        plaintext: bytes = self._call("aead.open", self._args(sealed, aad, "sealed message"))
-        return plaintext
+        return self._run(self._p_open(sealed, aad))
+
+
+class AsyncSealContext(SealCore, AsyncOperationContext):
+    """The asyncio twin of :class:`SealContext`."""
+
+    async def seal(self, plaintext: BytesLike, aad: BytesLike = b"") -> bytes:
+        """See :meth:`SealContext.seal`."""
+        return await self._run(self._p_seal(plaintext, aad))
+
+    async def open(self, sealed: BytesLike, aad: BytesLike = b"") -> bytes:
+        """See :meth:`SealContext.open`."""
+        return await self._run(self._p_open(sealed, aad))
