@@ -360,6 +360,50 @@ def test_slow_provider_call_does_not_stall_other_clients(
     assert done.is_set()
 
 
+def test_a_late_answer_to_a_timed_out_call_frees_what_it_made(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (a CI run of the kit's gate check): the client gives up at its deadline
+    while the daemon's deadline, counted from the request's arrival, comes later. A
+    key.generate the provider finished in between was answered with a key nobody held, and
+    the key stayed in the daemon until the client disconnected. The client now frees what a
+    late answer made with its next request. Here the daemon is told a far later deadline,
+    so the window is as wide as the test needs."""
+    gate = Gate()
+    config = mock_config()
+    config["providers"].append(
+        {"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}}
+    )
+    d = daemon_factory(config)
+    try:
+        with d.stack() as stack:
+            transport = stack._channel.transport
+            request = transport.protocol.request
+
+            def later_for_the_daemon(op: str, args: Any, timeout: float | None) -> Any:
+                return request(op, args, 60.0 if op == "key.generate" else timeout)
+
+            monkeypatch.setattr(transport.protocol, "request", later_for_the_daemon)
+            km = stack.create_crypto_context().create_key_management_context(
+                cs.KeyManagementContextConfig().set_operation_timeout(0.3))
+            with pytest.raises(cs.CryptoError) as err:
+                km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_provider(9))
+            assert err.value.code is E.OPERATION_TIMED_OUT
+            assert gate.wait_arrival(30)
+            gate.open()  # the provider finishes: the daemon answers with a key
+
+            def mine() -> dict[str, Any]:
+                clients = stack.status()["clients"]
+                return next(c for c in clients if c["pid"] == os.getpid())
+
+            # The late answer is read by a later call, whose successor frees the key.
+            eventually(lambda: mine()["guards"] == 0, 30, "the late key to be freed")
+            assert mine()["resources"] == 0
+    finally:
+        gate.close()
+
+
 def test_timeout_over_socket_puts_context_in_error_state_only(
     mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:

@@ -15,11 +15,18 @@ import asyncio
 import collections
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptostack_core.client.channel import AsyncTransport, SyncTransportInLoop
-from cryptostack_core.client.protocol import ClientProtocol, result_of, shm_refused
+from cryptostack_core.client.protocol import (
+    ClientProtocol,
+    late_cleanup,
+    makes_something,
+    remember_late,
+    result_of,
+    shm_refused,
+)
 from cryptostack_core.client.shm import Offload, SharedMemory, inline_views, wants_region
 from cryptostack_core.client.transport import registered_transport, split_endpoint
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -57,6 +64,8 @@ class AsyncUnixTransport:
         self._gate: asyncio.Future[None] | None = None  # set while the region is attached
         self._attach_lock: asyncio.Lock | None = None
         self._abandoned: dict[int, Offload] = {}
+        self._gave_up: dict[int, tuple[str, Mapping[str, Any]]] = {}  # timed out, may make
+        self.on_late_cleanup: Callable[[list[dict[str, Any]]], None] | None = None
 
     @classmethod
     async def open(cls, path: str, connect_timeout: float | None = 5.0) -> AsyncUnixTransport:
@@ -129,6 +138,9 @@ class AsyncUnixTransport:
                 late = self._abandoned.pop(request_id, None)  # type: ignore[arg-type]
                 if late is not None:
                     self.shm.done(late, None)
+                made = self._gave_up.pop(request_id, None)  # type: ignore[arg-type]
+                if made is not None:
+                    late_cleanup(self.on_late_cleanup, made, message)
                 continue  # a late answer to a call we gave up on
             self._forget_order(request_id)  # type: ignore[arg-type]
             if not future.done():
@@ -222,6 +234,8 @@ class AsyncUnixTransport:
             # Timed out or cancelled: a late answer is dropped; a region part waits for it.
             if self._pending.pop(request_id, None) is not None:
                 self._forget_order(request_id)
+                if makes_something(op, args):
+                    remember_late(self._gave_up, request_id, (op, args))
                 if offload is not None and not (isinstance(exc, CryptoError) and
                                                 exc.code is ErrorCode.CONNECTION_FAILED):
                     self._abandoned[request_id] = offload

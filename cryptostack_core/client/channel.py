@@ -62,6 +62,10 @@ class ChannelCore:
         self._algorithms: list[dict[str, Any]] | None = None
         self._daemon_names: AlgorithmRegistry | None = None
         self._algorithms_lock = threading.Lock()
+        if hasattr(transport, "on_late_cleanup"):
+            # What an answer that came after its caller gave up made is freed with the
+            # next request (a timed-out key.generate must not leave a key in the daemon).
+            transport.on_late_cleanup = self._queue_calls
 
     # --- the daemon's algorithm names, learnt once per connection ----------------------
     def _p_algorithms(self) -> Plan[list[dict[str, Any]]]:
@@ -116,6 +120,10 @@ class ChannelCore:
         """Send a request that must not fail (a quiet release or close) with the next one."""
         with self._queue_lock:
             self._queued.append({"op": op, "args": args})
+
+    def _queue_calls(self, calls: list[dict[str, Any]]) -> None:
+        with self._queue_lock:
+            self._queued.extend(calls)
 
     def _take_queued(self) -> list[dict[str, Any]]:
         with self._queue_lock:

@@ -10,7 +10,7 @@ limit, errors, and which answer belongs to which request.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
@@ -146,3 +146,68 @@ def shm_refused(message: Mapping[str, Any]) -> bool:
     error = message.get("error")
     return message.get("ok") is False and isinstance(error, Mapping) \
         and error.get("shm_refused") is True
+
+
+_MAKES_RESOURCE = frozenset({"key.generate", "key.import", "key.load", "key.derive",
+                             "cert.import", "crl.import", "truststore.create"})
+"""Operations whose answer hands the client a resource handle (``{"id": ...}``)."""
+
+
+def makes_something(op: str, args: Mapping[str, Any]) -> bool:
+    """Whether a request's answer may hand the client something to free: a resource handle
+    or a context (also inside a batch)."""
+    if op == "batch":
+        calls = args.get("calls")
+        return isinstance(calls, list) and any(
+            isinstance(c, Mapping) and makes_something(str(c.get("op")), c.get("args") or {})
+            for c in calls)
+    return op in _MAKES_RESOURCE or op.endswith(".create")
+
+
+def cleanup_of_late_answer(op: str, args: Mapping[str, Any], result: Any
+                           ) -> list[dict[str, Any]]:
+    """The quiet requests that free what a successful answer made, for an answer that came
+    after its caller gave up (its deadline passed on the client before the daemon's did):
+    nobody holds a guard or context for it, so without these it would stay in the daemon
+    until the connection closes."""
+    if op == "batch":
+        calls = args.get("calls")
+        if not isinstance(calls, list) or not isinstance(result, list):
+            return []
+        cleanup: list[dict[str, Any]] = []
+        for call, answer in zip(calls, result):
+            if isinstance(call, Mapping):
+                cleanup += cleanup_of_late_answer(str(call.get("op")), call.get("args") or {},
+                                                  answer)
+        return cleanup
+    if not isinstance(result, Mapping):
+        return []
+    if op in _MAKES_RESOURCE and result.get("id") is not None:
+        return [{"op": "resource.release", "args": {"id": result["id"], "quiet": True}}]
+    if op.endswith(".create") and isinstance(result.get("ctx"), int):
+        return [{"op": "context.close", "args": {"ctx": result["ctx"], "quiet": True}}]
+    return []
+
+
+LATE_ANSWERS_REMEMBERED = 1024
+"""Timed-out requests whose late answers a connection still watches for (the oldest are
+forgotten first: memory stays bounded whatever the daemon does)."""
+
+
+def remember_late(gave_up: dict[int, tuple[str, Mapping[str, Any]]], request_id: int,
+                  request: tuple[str, Mapping[str, Any]]) -> None:
+    """Note a timed-out request that may make something, for :func:`late_cleanup`."""
+    if len(gave_up) >= LATE_ANSWERS_REMEMBERED:
+        del gave_up[next(iter(gave_up))]
+    gave_up[request_id] = request
+
+
+def late_cleanup(queue: Callable[[list[dict[str, Any]]], None] | None,
+                 request: tuple[str, Mapping[str, Any]], message: Mapping[str, Any]) -> None:
+    """Hand ``queue`` what frees the things a late successful answer made (no I/O here:
+    the channel sends it with its next request)."""
+    if queue is None or not message.get("ok"):
+        return
+    cleanup = cleanup_of_late_answer(request[0], request[1], message.get("result"))
+    if cleanup:
+        queue(cleanup)

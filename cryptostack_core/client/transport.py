@@ -20,11 +20,18 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from cryptostack_core.client.protocol import ClientProtocol, result_of, shm_refused
+from cryptostack_core.client.protocol import (
+    ClientProtocol,
+    late_cleanup,
+    makes_something,
+    remember_late,
+    result_of,
+    shm_refused,
+)
 from cryptostack_core.client.shm import Offload, SharedMemory, inline_views, wants_region
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.transport import Transport, timed_out
@@ -44,11 +51,12 @@ class _Waiter:
     """One request in flight: its answer once it arrives, and a bell to wake its caller (a
     lock held while nobody rang: cheaper than an Event)."""
 
-    __slots__ = ("answer", "bell")
+    __slots__ = ("answer", "bell", "request")
 
     def __init__(self) -> None:
         self.answer: dict[str, Any] | None = None
         self.bell: threading.Lock | None = None
+        self.request: tuple[str, Mapping[str, Any]] | None = None  # when it may make something
 
     def arm(self) -> None:
         bell = self.bell = threading.Lock()
@@ -78,6 +86,8 @@ class UnixTransport(Transport):
         self._send_lock = threading.Lock()
         self._reading = False
         self._abandoned: dict[int, Offload] = {}  # timed out, still holding shared memory
+        self._gave_up: dict[int, tuple[str, Mapping[str, Any]]] = {}  # timed out, may make
+        self.on_late_cleanup: Callable[[list[dict[str, Any]]], None] | None = None
         self.shm = SharedMemory(not os.environ.get("CRYPTOSTACK_NO_SHM"))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -140,6 +150,8 @@ class UnixTransport(Transport):
                 return answer[0]
         request_id, frame = self.protocol.request(op, inline_views(op, args), timeout)
         waiter = self._register(request_id)
+        if makes_something(op, args):
+            waiter.request = (op, args)
         with self._send_lock:
             self._send_frame(frame, deadline, request_id)
         return result_of(self._wait(request_id, waiter, timeout, deadline))
@@ -257,6 +269,8 @@ class UnixTransport(Transport):
                         if waiter.answer is not None:
                             return waiter.answer
                         self._forget(request_id)
+                        if waiter.request is not None:
+                            remember_late(self._gave_up, request_id, waiter.request)
                     raise timed_out(timeout)
         finally:
             with _waiting_lock:
@@ -309,6 +323,9 @@ class UnixTransport(Transport):
                     late = self._abandoned.pop(request_id, None)  # type: ignore[arg-type]
                     if late is not None:
                         self.shm.done(late, None)
+                    made = self._gave_up.pop(request_id, None)  # type: ignore[arg-type]
+                    if made is not None:
+                        late_cleanup(self.on_late_cleanup, made, message)
                     continue  # a late answer to a call we gave up on
                 if self._order and self._order[0] == request_id:
                     del self._order[0]
