@@ -368,6 +368,35 @@ def test_concurrent_writers_in_one_process(pg_url: str, tmp_path: Path) -> None:
         store.close()
 
 
+def test_known_versions_serve_through_an_outage_after_a_behind_persist(tmp_path: Path) -> None:
+    """Regression (a full-suite run of the mid-rotation kill): a persist on a daemon whose
+    cache was behind another daemon's persist dropped the slot's cached rows, and the
+    re-read that follows a persist (the answer's slot info) failed when the database died in
+    between: the version every client had been sealing with was then refused with
+    KEYSTORE_UNAVAILABLE. What a daemon has checked now stays until it is replaced."""
+    cluster = PostgresCluster()
+    try:
+        url, kek = cluster.database(), tmp_path / "k.kek"
+        a, b = (KeyStore.open(url, kek_path=kek) for _ in range(2))
+        material = os.urandom(40)
+        a.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT, StoredKey(material, True))
+        assert a.load_key("S", 1)[1].blob == material  # a has version 1 checked and cached
+        b.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
+                    StoredKey(os.urandom(40), True))  # a is now behind
+        assert a.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
+                           StoredKey(os.urandom(40), True)) == 3
+        cluster.kill()  # before a reads the slot again
+        record, stored = a.load_key("S", 1)
+        assert (record.version, stored.blob) == (1, material)
+        with pytest.raises(cs.CryptoError) as err:
+            a.slot_versions("S")  # what must be current is refused, clearly
+        assert err.value.code is E.KEYSTORE_UNAVAILABLE
+        for store in (a, b):
+            store.close()
+    finally:
+        cluster.close()
+
+
 def test_a_sqlite_store_copied_into_postgresql_verifies(pg_cluster: Any, tmp_path: Path) -> None:
     """The way from one device to a fleet (docs/scaling.md): MACs bind the store id, not the
     engine, so the four tables copied row for row open under the same KEK."""

@@ -727,8 +727,10 @@ class KeyStore:
             cached = self._slots.get(name)
             if cached is not None and cached[0] == before:
                 self._slots[name] = (entry.copy(), (*cached[1], (*row, mac)))
-            else:
-                self._slots.pop(name, None)
+            # Otherwise another daemon wrote since this one last read the slot: the cached
+            # rows stay (older, but checked; a new version takes nothing from the old ones)
+            # and the next use reads what changed. Dropping them would leave nothing to serve
+            # if the database went away before that read.
         return version
 
     def retire_version(self, name: str, version: int) -> StoredKey | None:
