@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.shm import MEMFD_NAME, OUTPUT_OPERATIONS, SHM_ARGUMENTS, THRESHOLD
 
 _MFD_NOEXEC_SEAL = 0x0008  # Linux >= 6.3: not executable, and sealed so
@@ -230,8 +231,6 @@ class SharedMemory:
 
 
 def _read(region: ClientRegion, span: object) -> bytes:
-    from cryptostack_core.wire.errors import CryptoError, ErrorCode
-
     if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)):
         raise CryptoError(ErrorCode.PROTOCOL_ERROR, "malformed shared-memory result")
     offset, length = span

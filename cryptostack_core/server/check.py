@@ -23,6 +23,7 @@ from cryptostack_core.server.discovery import (
     refusal_of_test_provider,
     register_algorithms,
 )
+from cryptostack_core.server.keystore import KeyStoreError, KeyStoreUnavailable, open_backend
 
 
 @dataclass
@@ -131,8 +132,6 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
 
 def _shared_store(config: DaemonConfig, report: CheckReport) -> None:
     """A PostgreSQL store: reachable, and where its KEK comes from."""
-    from cryptostack_core.server.keystore import KeyStoreError, KeyStoreUnavailable, open_backend
-
     url = config.keystore_url
     assert url is not None
     try:

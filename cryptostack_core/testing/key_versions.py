@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cryptostack_core.client.contexts.cipher import CipherContextConfig
 from cryptostack_core.client.contexts.keys import KeyManagementContext
 from cryptostack_core.client.guards import CryptoResourceGuard
 from cryptostack_core.client.stack import CryptoContext, CryptoStack
@@ -34,8 +35,6 @@ __all__ = ["check_holders_survive", "check_rotation", "cipher_user", "crypt"]
 def crypt(ctx: CryptoContext, key: Any, algorithm: str, direction: CipherDirection,
           iv: bytes, data: bytes) -> bytes:
     """One message through a cipher context."""
-    from cryptostack_core.client.contexts.cipher import CipherContextConfig
-
     with ctx.create_cipher_context(CipherContextConfig().set_algorithm(algorithm).set_key(key)
                                    .set_direction(direction)) as cipher:
         cipher.init(iv)
@@ -74,8 +73,6 @@ def check_rotation(stack: CryptoStack, slot_name: str, algorithm: str, new_key: 
 
 def cipher_user(algorithm: str, iv_size: int = 12) -> Use:
     """A :data:`Use` that encrypts one message per call with ``algorithm``."""
-    from cryptostack_core.client.contexts.cipher import CipherContextConfig
-
     def use(ctx: CryptoContext, key: Any) -> tuple[Callable[[], None], Callable[[], None]]:
         cipher = ctx.create_cipher_context(CipherContextConfig().set_algorithm(algorithm)
                                            .set_key(key)

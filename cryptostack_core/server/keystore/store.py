@@ -80,7 +80,9 @@ from cryptostack_core.server.keystore.errors import (
     Problem,
 )
 from cryptostack_core.server.keystore.kek import FileKekSource, default_kek_path
+from cryptostack_core.server.keystore.postgres import PostgresBackend
 from cryptostack_core.server.keystore.sealing import KEK_SIZE, StoreKeys
+from cryptostack_core.server.keystore.sqlite import SqliteBackend
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission
 
@@ -189,11 +191,7 @@ def open_backend(location: Path | str | None, *, create: bool = True) -> Backend
     """The backend for ``location``: a ``postgresql://`` URL, a SQLite file, or None for a
     store in memory."""
     if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
-        from cryptostack_core.server.keystore.postgres import PostgresBackend
-
         return PostgresBackend(location)
-    from cryptostack_core.server.keystore.sqlite import SqliteBackend
-
     return SqliteBackend(Path(location) if location is not None else None, create=create)
 
 
