@@ -36,16 +36,21 @@ class CryptoResourceGuard:
         self._permitted = permitted
         self.algorithm = algorithm
         self.provider = provider
+        self.components: list[dict[str, Any]] = []
+        """A hybrid key split across providers: each half's ``role``, ``provider`` and
+        ``algorithm`` (``provider`` is then the pq half's); empty otherwise."""
         self._released = False
         self._finalizer = weakref.finalize(self, _release_dropped, channel, rid, algorithm)
         self._finalizer.atexit = False
 
     @classmethod
     def _from_wire(cls, channel: Channel, info: Mapping[str, Any]) -> CryptoResourceGuard:
-        return cls(channel, rid_from_wire(info["id"], info.get("label")),
-                   ResourcePersistence(info.get("persistence", "EPHEMERAL")),
-                   KeyOperationPermission(info.get("permissions") or 0),
-                   info.get("algorithm"), info.get("provider"))
+        guard = cls(channel, rid_from_wire(info["id"], info.get("label")),
+                    ResourcePersistence(info.get("persistence", "EPHEMERAL")),
+                    KeyOperationPermission(info.get("permissions") or 0),
+                    info.get("algorithm"), info.get("provider"))
+        guard.components = [dict(c) for c in info.get("components") or ()]
+        return guard
 
     @property
     def resource_id(self) -> CryptoResourceId:

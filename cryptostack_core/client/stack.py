@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Self, cast
 
 from cryptostack_core.client.arguments import (
+    components_arg,
     enum_arg,
     instance_arg,
     optional_int_arg,
@@ -123,11 +124,23 @@ class CryptoStack:
         return result
 
     def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                provider: int | None = None) -> list[ProviderCandidate]:
-        """Provider selection for (algorithm, operation[, key]): each candidate and why."""
+                provider: int | None = None, *, placement: str | None = None,
+                components: Mapping[str, int | list[int]] | None = None
+                ) -> list[ProviderCandidate]:
+        """Provider selection for (algorithm, operation[, key]): each candidate and why.
+
+        Hybrid algorithms: each candidate has a ``role`` -- ``native`` (one provider for
+        both halves), ``pq``/``classical`` (a half, when they are split), ``combiner`` (the
+        daemon, provider 0) or ``split`` (why it cannot be split); ``placement`` and
+        ``components`` ask as :meth:`GenerateKeyParams.set_placement` and
+        :meth:`GenerateKeyParams.set_component_providers` would (docs/hybrid.md)."""
         args: dict[str, Any] = {"algorithm": str_arg(algorithm, "algorithm"),
                                 "operation": str_arg(operation, "operation"),
                                 "provider": optional_int_arg(provider, "provider")}
+        if placement is not None:
+            args["placement"] = str_arg(placement, "placement")
+        if components is not None:
+            args["components"] = components_arg(components, "components")
         if key is not None:
             args["key"] = wire_rid(key, "key")
         result: list[ProviderCandidate] = self._channel.call("explain", args,

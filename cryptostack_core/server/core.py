@@ -295,12 +295,15 @@ class ServiceCore:
     # --- audit and access --------------------------------------------------------------
     def audit(self, session: Session, action: str, resource: str, result: str = "ok", *,
               provider: int | None = None, algorithm: str | None = None,
-              operation: str | None = None, detail: str = "") -> None:
-        """Emit an audit event to every hook implementation."""
+              operation: str | None = None, detail: str = "",
+              providers: tuple[int, ...] = ()) -> None:
+        """Emit an audit event to every hook implementation (``providers``: all of them when
+        a request involved several, e.g. the halves of a split hybrid key)."""
         try:
             self.pm.hook.cryptostack_audit(event=AuditEvent(
                 action=action, client=session.peer, resource=resource, result=result,
-                provider=provider, algorithm=algorithm, operation=operation, detail=detail))
+                provider=provider, algorithm=algorithm, operation=operation, detail=detail,
+                providers=providers if len(providers) > 1 else ()))
         except Exception:
             log.exception("an audit hook failed")
 
@@ -373,9 +376,12 @@ class ServiceCore:
 
     def guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
         """The wire description of a key guard."""
-        return {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
+        info: dict[str, Any] = {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
                 "persistence": entry.persistence.value, "permissions": int(entry.permissions),
                 "algorithm": entry.algorithm, "provider": entry.home.id}
+        if entry.components is not None:  # split hybrid key: provider is its pq half's
+            info["components"] = entry.component_info()
+        return info
 
     def add_key(self, call: Call, entry: KeyEntry) -> dict[str, Any]:
         """Hand a new key to the client (the entry's reference moves to the handle)."""
@@ -397,6 +403,11 @@ class ServiceCore:
 
     def key_on(self, session: Session, entry: KeyEntry, target: LoadedProvider) -> ProviderKey:
         """The key as ``target`` holds it, copying it there (audited) if it lives elsewhere."""
+        if entry.components is not None:  # never whole: its halves move one by one
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"this {entry.algorithm} key is split across providers "
+                              f"{', '.join(str(h['provider']) for h in entry.component_info())};"
+                              " it cannot be moved to one provider")
         if target.id == entry.home.id:
             return entry.pkey
         existing = entry.copies.get(target.id)

@@ -52,6 +52,9 @@ class AuditEvent:
     operation: str | None = None
     detail: str = ""
     time: float = field(default_factory=time.time)
+    providers: tuple[int, ...] = ()
+    """Every provider involved when there are several: both halves of a hybrid key split
+    across providers (``provider`` is then the pq half's); empty otherwise."""
 
     def to_json(self) -> str:
         """One JSON line."""

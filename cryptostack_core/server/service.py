@@ -226,6 +226,9 @@ class Service:
         ctx = self._context_of(session, request)
         if ctx is None:
             return Route.INLINE  # fails fast: no such context
+        hint = ctx.inline_hint(verb, request.data_size)
+        if hint is not None:  # the context knows better than its provider (split keys)
+            return Route.INLINE if hint else Route.THREAD
         instance = ctx.loaded.instance
         if instance is None or instance.run_inline(operation, request.data_size,
                                                    algorithm=ctx.algorithm):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from cryptostack_core.client.arguments import bytes_arg, enum_arg
 from cryptostack_core.client.contexts.base import (
@@ -55,6 +55,9 @@ class _SecretProducingContext(OperationContext):
         self._handle = info["ctx"]
         self.algorithm: str = info["algorithm"]
         self.provider: int = info["provider"]
+        self.components: list[dict[str, Any]] = list(info.get("components") or ())
+        """Split hybrid keys: each half's role, provider and algorithm (the daemon joins
+        them); empty otherwise."""
 
     def _guard(self, info: dict[str, object]) -> CryptoResourceGuard:
         return CryptoResourceGuard._from_wire(self._channel, info)

@@ -6,6 +6,7 @@ from typing import Any, Self
 
 from cryptostack_core.client.arguments import (
     bytes_arg,
+    components_arg,
     enum_arg,
     instance_arg,
     int_arg,
@@ -34,12 +35,31 @@ class KeyManagementContextConfig(ContextConfig):
 
 class GenerateKeyParams(AlgorithmSetting):
     """What key to generate: key type (``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"`` ...),
-    permissions, provider."""
+    permissions, provider; for hybrid key types, where the halves go."""
 
     def __init__(self) -> None:
         self.algorithm: str | None = None
         self.permissions: KeyOperationPermission | None = None
         self.provider: int | None = None
+        self.placement: str | None = None
+        self.components: dict[str, list[int]] | None = None
+
+    def set_placement(self, placement: str) -> Self:
+        """Hybrid keys: ``"native"`` (one provider holds both halves), ``"split"`` (each half
+        on a provider of its own, joined by the daemon) or ``"auto"`` (the default: native
+        when a provider claims the algorithm, else split). See docs/hybrid.md."""
+        self.placement = str_arg(placement, "placement")
+        return self
+
+    def set_component_providers(self, *, pq: int | list[int] | None = None,
+                                classical: int | list[int] | None = None) -> Self:
+        """Hybrid keys split across providers: the providers to try, in order, for the
+        post-quantum half (ML-DSA, ML-KEM) and the classical one (ECDSA, Ed25519, RSA,
+        X25519). Naming them asks for a split key."""
+        chosen = {role: ids for role, ids in (("pq", pq), ("classical", classical))
+                  if ids is not None}
+        self.components = components_arg(chosen, "providers") or None
+        return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
@@ -141,7 +161,8 @@ class KeyManagementContext(OperationContext):
         return self._guard(self._call("key.generate", {
             "algorithm": self._channel.canonical_algorithm(params.algorithm),
             "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)}))
+            "permissions": None if params.permissions is None else int(params.permissions),
+            **_placement(params)}))
 
     def import_key(self, params: ImportKeyParams) -> CryptoResourceGuard:
         """An ephemeral key from material."""
@@ -153,7 +174,8 @@ class KeyManagementContext(OperationContext):
             "algorithm": self._channel.canonical_algorithm(params.algorithm),
             "material": params.material,
             "format": params.format.value, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)}))
+            "permissions": None if params.permissions is None else int(params.permissions),
+            **_placement(params)}))
 
     def persist_key(self, slot: ResourceLike, key: ResourceLike) -> KeySlotInfo:
         """Copy ``key`` into ``slot`` durably (the key stays usable)."""
@@ -197,3 +219,14 @@ class KeyManagementContext(OperationContext):
             args["provider"] = int_arg(provider, "provider")
         data: bytes = self._call("random.generate", args)
         return data
+
+
+def _placement(params: GenerateKeyParams) -> dict[str, Any]:
+    """The placement arguments of a hybrid key, only when set (older daemons never see
+    them)."""
+    args: dict[str, Any] = {}
+    if params.placement is not None:
+        args["placement"] = params.placement
+    if params.components is not None:
+        args["components"] = params.components
+    return args

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 from cryptostack_core.client.arguments import bytes_arg, int_arg
 from cryptostack_core.client.contexts.base import (
@@ -66,6 +66,9 @@ class SignContext(StreamContext):
         self._handle = info["ctx"]
         self.algorithm: str = info["algorithm"]
         self.provider: int = info["provider"]
+        self.components: list[dict[str, Any]] = list(info.get("components") or ())
+        """Split hybrid keys: each half's role, provider and algorithm (the daemon joins
+        them); empty otherwise."""
         self._signature_size: int | None = info.get("signature_size")
 
     def get_signature_size(self) -> int:

@@ -19,7 +19,11 @@ from cryptostack_core.server.arguments import (
     rid_arg,
 )
 from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.discovery import LoadedProvider
 from cryptostack_core.server.session import KeyEntry
+from cryptostack_core.server.split import keys as split_keys
+from cryptostack_core.server.split.choice import choose_new
+from cryptostack_core.server.split.plan import PQ, PlacementRequest, plan_for
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
@@ -81,13 +85,50 @@ class KeyOps:
                        "ML-DSA-65)")
         return spec
 
+    def _placement(self, spec: AlgorithmSpec, operation: Operation, args: Mapping[str, Any]
+                   ) -> tuple[LoadedProvider | None, dict[str, LoadedProvider] | None,
+                              PlacementRequest]:
+        """Where a new key goes: (one provider, None) -- or, for a hybrid key split across
+        providers, (None, its halves' providers)."""
+        pinned = int_arg(args, "provider", default=None)
+        request = PlacementRequest.from_args(args)
+        if plan_for(spec.name) is None:
+            if request.explicit:
+                raise invalid(f"{spec.name} is not a hybrid algorithm: 'placement' and "
+                              "'components' apply to hybrid keys only")
+            return self.core.providers.select(spec.name, operation, pinned=pinned), None, request
+        choice = choose_new(self.core.providers, spec.name, (operation,), request, pinned)
+        choice.raise_error()
+        return choice.native, choice.halves, request
+
+    def _split_audit(self, call: Call, action: str, entry: KeyEntry, detail: str) -> None:
+        halves = entry.component_info()
+        where = ", ".join(f"{h['role']} {h['algorithm']} on provider {h['provider']}"
+                          for h in halves)
+        self.core.audit(call.session, action, entry.slot or "ephemeral key",
+                        provider=entry.home.id, algorithm=entry.algorithm,
+                        detail=f"split: {where}; combiner: daemon; {detail}",
+                        providers=tuple(h["provider"] for h in halves))
+
     def _op_generate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         spec = self._key_spec(args)
         perms = permissions_arg(args)
         if perms is None:
             perms = spec.default_permissions
-        loaded = self.core.providers.select(spec.name, Operation.GENERATE_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
+        loaded, halves, request = self._placement(spec, Operation.GENERATE_KEY, args)
+        if halves is not None:
+            plan = plan_for(spec.name)
+            assert plan is not None
+            try:
+                entry = split_keys.generate(plan, perms, halves, request.components)
+            except CryptoError as exc:
+                self.core.audit(call.session, "key.generate", "ephemeral key", exc.code.value,
+                                provider=halves[PQ].id, algorithm=spec.name,
+                                providers=tuple(h.id for h in halves.values()))
+                raise
+            self._split_audit(call, "key.generate", entry, f"permissions={int(perms):#x}")
+            return self.core.add_key(call, entry)
+        assert loaded is not None
         try:
             pkey = self.core.provider_instance(loaded).generate_key(spec.name, perms)
         except CryptoError as exc:
@@ -104,13 +145,22 @@ class KeyOps:
         material = bytes(data_arg(args, "material"))
         fmt = enum_arg(args, "format", KeyFormat)
         perms = permissions_arg(args)
-        loaded = self.core.providers.select(spec.name, Operation.IMPORT_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
+        loaded, halves, request = self._placement(spec, Operation.IMPORT_KEY, args)
         requested = perms if perms is not None else spec.default_permissions
         if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
             # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
             # public key unless the caller asks for a private-key operation explicitly.
             requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+        if halves is not None:
+            plan = plan_for(spec.name)
+            assert plan is not None
+            entry = split_keys.import_key(plan, material, fmt, P(requested), halves,
+                                          request.components)
+            if not entry.has_private and perms is None:
+                entry.permissions = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+            self._split_audit(call, "key.import", entry, f"format={fmt.value}")
+            return self.core.add_key(call, entry)
+        assert loaded is not None
         pkey = self.core.provider_instance(loaded).import_key(spec.name, material, fmt, requested)
         if not getattr(pkey, "has_private", True):
             requested &= PUBLIC_KEY_PERMISSIONS
@@ -153,6 +203,10 @@ class KeyOps:
         if rid.type is not ResourceType.KEY:
             raise invalid("persist_key takes a key (guard), not a slot")
         entry: KeyEntry = call.session.get(rid).obj
+        if entry.components is not None:
+            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
+                              "a hybrid key split across providers cannot be persisted in a "
+                              "key slot yet (docs/hybrid.md)")
         if slot.algorithm is not None and slot.algorithm != entry.algorithm:
             raise invalid(f"slot {name!r} holds {slot.algorithm} keys; this key is "
                        f"{entry.algorithm}")
@@ -220,6 +274,12 @@ class KeyOps:
             fmt = enum_arg(args, "format", KeyFormat, default=default)
             if not entry.has_private:
                 raise invalid("this is a public key; use export_public_key")
+            if entry.components is not None:
+                plan = plan_for(entry.algorithm)
+                assert plan is not None
+                data = split_keys.export_private(plan, entry, fmt)
+                self._split_audit(call, "key.export", entry, f"format={fmt.value}")
+                return data
             data = self.core.provider_instance(entry.home).export_key(entry.pkey, fmt)
             self.core.audit(call.session, "key.export", resource, provider=entry.home.id,
                        algorithm=entry.algorithm, detail=f"format={fmt.value}")
@@ -233,6 +293,10 @@ class KeyOps:
             if REGISTRY.get(entry.algorithm).key_class is not KeyClass.ASYMMETRIC:
                 raise invalid(f"{entry.algorithm} is a secret key; it has no public part")
             fmt = enum_arg(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
+            if entry.components is not None:
+                plan = plan_for(entry.algorithm)
+                assert plan is not None
+                return split_keys.export_public(plan, entry, fmt)
             return self.core.provider_instance(entry.home).export_public_key(entry.pkey, fmt)
         finally:
             entry.release()
