@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -349,6 +351,13 @@ def test_what_cannot_be_split_says_why(tmp_path: Path, softhsm_token: Any) -> No
         rsa = table["ML-DSA-65-RSA3072-PSS-SHA512"]["split"]["components"][1]
         assert rsa == {"role": "classical", "key_algorithm": "RSA-3072",
                        "algorithm": "RSA-PSS-SHA256"}
+        listing = subprocess.run([sys.executable, "-m", "cryptostack_core", "algorithms",
+                                  "--endpoint", daemon.endpoint], capture_output=True,
+                                 text=True, check=True, timeout=60).stdout.splitlines()
+        rows = {line.split()[0]: line for line in listing[1:]}
+        assert "split: pq ML-DSA-65 + classical ECDSA-P256" in rows[P256]
+        assert "split: no (one provider holds both)" in rows["X-Wing"]
+        assert "split:" not in rows["ECDSA-P256"]
         for algorithm, why in (("X-Wing", "seed"), ("ML-DSA-87-Ed448-SHAKE256", "Ed448"),
                                ("ML-DSA-65-RSA3072-PKCS15-SHA512", "no standalone")):
             params = cs.GenerateKeyParams().set_algorithm(algorithm).set_placement("split")
