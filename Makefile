@@ -7,7 +7,8 @@ CORE_VENV := .venv-core
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 # Example third-party providers, each its own distribution (docs/provider-guide.md).
 EXAMPLE_PROVIDERS := $(sort $(dir $(wildcard examples/*/pyproject.toml)))
-DEB_PACKAGES := softhsm2 swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config
+DEB_PACKAGES := softhsm2 swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config postgresql p11-kit \
+	p11-kit-modules
 STAMP := $(VENV)/.setup-done
 # liboqs is not packaged for Debian 12: developers build it outside the repository and set
 # OQS_INSTALL_PATH; a build at the conventional /opt/liboqs is picked up when present.
@@ -22,7 +23,8 @@ PYTEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-# Debian packages the real backends need (SoftHSM2, swtpm, the TSS for tpm2-pytss), and
+# Debian packages the real backends need (SoftHSM2, swtpm, the TSS for tpm2-pytss, the
+# PostgreSQL server for the shared key store, p11-kit for a remoted token), and
 # systemd's tools for the service tests (systemd-socket-activate, systemd-analyze) when the
 # machine lacks them.
 deb-packages:
@@ -41,7 +43,7 @@ $(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(PLUGINS) $(EXAMPLE_PROVIDE
 	@$(MAKE) --no-print-directory deb-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,dev]' $(addprefix -e ,$(PLUGINS) $(EXAMPLE_PROVIDERS))
+	$(BIN)/pip install -q -e '.[test,dev,postgresql]' $(addprefix -e ,$(PLUGINS) $(EXAMPLE_PROVIDERS))
 	touch $(STAMP)
 
 # The daemon with the default config, then the demo of every flow of the design.
@@ -57,11 +59,12 @@ test: setup test-core-only
 	  tests $(addsuffix tests,$(PLUGINS) $(EXAMPLE_PROVIDERS))
 
 # The core alone in a fresh venv (no plugin installed): its suite must pass on the mock provider.
+# The PostgreSQL scenarios run once, in the full suite above.
 test-core-only: | deb-packages
 	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/pip install -q -e '.[test]'
 	CRYPTOSTACK_FORBID_SKIPS=1 $(CORE_VENV)/bin/python -m pytest -p no:cacheprovider -q \
-	  -n $(PYTEST_WORKERS) tests -m "not needs_plugins"
+	  -n $(PYTEST_WORKERS) tests -m "not needs_plugins and not needs_postgresql"
 
 # Measurements, never assertions: the core against the IPC floor and in-process cryptography,
 # then each real backend against its own library (SoftHSM2, swtpm, liboqs when present).
@@ -70,6 +73,7 @@ bench: setup
 	$(BIN)/python bench/pkcs11_latency.py
 	$(BIN)/python bench/tpm2_latency.py
 	$(BIN)/python bench/oqs_latency.py
+	$(BIN)/python bench/keystore_bench.py
 
 # ruff, the import-linter contracts (the layers of docs/architecture.md), mypy on the core and
 # on every plugin.

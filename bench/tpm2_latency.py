@@ -133,7 +133,10 @@ def main() -> None:
                                         .set_connection_endpoint("inproc://")
                                         .set_daemon_config(inproc_config)) as stack:
                 api_rows(table, "API inproc://", stack, n)
-            with DaemonProcess(base / "daemon", config) as daemon, daemon.stack() as stack:
+            # As deployed (examples/daemon.toml): the audit trail is a file.
+            daemon_config = {**config, "daemon": {"audit_log": str(base / "audit.jsonl")}}
+            with DaemonProcess(base / "daemon", daemon_config) as daemon, \
+                    daemon.stack() as stack:
                 api_rows(table, DAEMON, stack, n)
         finally:
             sim.stop()

@@ -7,42 +7,62 @@ operations through provider plugins. ``inproc://`` runs the same service in-proc
 from __future__ import annotations
 
 from cryptostack_core.client.contexts.certificates import (
+    AsyncCertificateManagementContext,
+    AsyncCertificateVerificationContext,
     CertificateManagementContext,
     CertificateManagementContextConfig,
     CertificateVerificationContext,
     CertificateVerificationContextConfig,
     VerificationReport,
 )
-from cryptostack_core.client.contexts.cipher import CipherContext, CipherContextConfig
-from cryptostack_core.client.contexts.hash import HashContext, HashContextConfig
+from cryptostack_core.client.contexts.cipher import (
+    AsyncCipherContext,
+    CipherContext,
+    CipherContextConfig,
+)
+from cryptostack_core.client.contexts.hash import AsyncHashContext, HashContext, HashContextConfig
 from cryptostack_core.client.contexts.kem import (
+    AsyncKemContext,
+    AsyncKeyAgreementContext,
     KemContext,
     KemContextConfig,
     KeyAgreementContext,
     KeyAgreementContextConfig,
 )
 from cryptostack_core.client.contexts.keys import (
+    AsyncKeyManagementContext,
     DeriveKeyParams,
     GenerateKeyParams,
     ImportKeyParams,
     KeyManagementContext,
     KeyManagementContextConfig,
 )
+from cryptostack_core.client.contexts.seal import AsyncSealContext, SealContext, SealContextConfig
 from cryptostack_core.client.contexts.sign import (
+    AsyncSignContext,
+    AsyncVerifyContext,
     SignContext,
     SignContextConfig,
     VerifyContext,
     VerifyContextConfig,
 )
 from cryptostack_core.client.contexts.streaming import (
+    AsyncStreamingAeadContext,
     StreamingAeadContext,
     StreamingAeadContextConfig,
 )
-from cryptostack_core.client.guards import CryptoResourceGuard, KeySlotObject
+from cryptostack_core.client.guards import (
+    AsyncCryptoResourceGuard,
+    CryptoResourceGuard,
+    KeySlotObject,
+)
 from cryptostack_core.client.stack import (
+    AsyncCryptoContext,
+    AsyncCryptoStack,
     CryptoContext,
     CryptoStack,
     CryptoStackConfig,
+    create_async_crypto_stack,
     create_crypto_stack,
 )
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, Operation, canonical_name
@@ -55,6 +75,8 @@ from cryptostack_core.wire.resources import (
     KeyFormat,
     KeySlotInfo,
     KeySlotStatus,
+    KeyVersionInfo,
+    KeyVersionState,
     ResourcePersistence,
     ResourceType,
     RevocationCheckPolicy,
@@ -65,6 +87,7 @@ from cryptostack_core.wire.status import (
     ClientSummary,
     DaemonStatus,
     KeySlotSummary,
+    KeystoreStatus,
     ProviderCandidate,
     ProviderStatus,
 )
@@ -76,6 +99,20 @@ __all__ = [
     "AlgorithmEntry",
     "AlgorithmKind",
     "AlgorithmSpec",
+    "AsyncCertificateManagementContext",
+    "AsyncCertificateVerificationContext",
+    "AsyncCipherContext",
+    "AsyncCryptoContext",
+    "AsyncCryptoResourceGuard",
+    "AsyncCryptoStack",
+    "AsyncHashContext",
+    "AsyncKemContext",
+    "AsyncKeyAgreementContext",
+    "AsyncKeyManagementContext",
+    "AsyncSealContext",
+    "AsyncSignContext",
+    "AsyncStreamingAeadContext",
+    "AsyncVerifyContext",
     "CertSlotSummary",
     "CertVerifyResult",
     "CertificateManagementContext",
@@ -111,12 +148,17 @@ __all__ = [
     "KeySlotObject",
     "KeySlotStatus",
     "KeySlotSummary",
+    "KeystoreStatus",
+    "KeyVersionInfo",
+    "KeyVersionState",
     "Operation",
     "ProviderCandidate",
     "ProviderStatus",
     "ResourcePersistence",
     "ResourceType",
     "RevocationCheckPolicy",
+    "SealContext",
+    "SealContextConfig",
     "SignContext",
     "SignContextConfig",
     "StreamingAeadContext",
@@ -125,6 +167,7 @@ __all__ = [
     "VerifyContext",
     "VerifyContextConfig",
     "canonical_name",
+    "create_async_crypto_stack",
     "create_crypto_stack",
     "has_permission",
 ]

@@ -199,3 +199,22 @@ def public_dir() -> Iterator[Path]:
     os.chmod(path, 0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# --- PostgreSQL: one private cluster per test session (per xdist worker) ----------------------
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster (unix socket only, unprivileged server user); removed at
+    the end of the session. Fails -- never skips -- when the server is not installed."""
+    from cryptostack_core.testing.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh database in the session's cluster."""
+    url: str = pg_cluster.database()
+    return url

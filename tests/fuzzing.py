@@ -49,8 +49,12 @@ SCHEMA: dict[str, dict[str, int]] = {
     "key.generate": {"algorithm": _ALG, "permissions": _PERM, "provider": _INT},
     "key.import": {"algorithm": _ALG, "material": _BYTES, "format": _FMT, "permissions": _PERM,
                    "provider": _INT},
-    "key.load": {"slot": _RID}, "key.slot_info": {"slot": _RID},
+    "key.load": {"slot": _RID, "version": _INT}, "key.slot_info": {"slot": _RID},
     "key.persist": {"slot": _RID, "key": _RID}, "key.clear_slot": {"slot": _RID},
+    "key.retire_version": {"slot": _RID, "version": _INT},
+    "key.set_minimum_version": {"slot": _RID, "version": _INT},
+    "aead.seal": {"key": _RID, "data": _BYTES, "aad": _BYTES},
+    "aead.open": {"key": _RID, "data": _BYTES, "aad": _BYTES},
     "key.export": {"key": _RID, "format": _FMT}, "key.export_public": {"key": _RID,
                                                                       "format": _FMT},
     "key.derive": {"algorithm": _ALG, "key": _RID, "salt": _BYTES, "info": _BYTES,
@@ -276,18 +280,17 @@ class Generator:
 def record_session(endpoint: str) -> list[bytes]:
     """The request bodies a real client sends through a representative session."""
     import cryptostack_core as cs
-    from cryptostack_core.client.transport import UnixTransport
+    from cryptostack_core.client.protocol import ClientProtocol
 
     recorded: list[bytes] = []
-    original = UnixTransport._send
+    original = ClientProtocol.frame
 
-    def recording(self: UnixTransport, message: Mapping[str, Any], deadline: float | None,
-                  fds: list[int] | None = None) -> None:
+    def recording(self: ClientProtocol, message: Mapping[str, Any]) -> bytes:
         if "hello" not in message:
             recorded.append(cbor2.dumps(message))
-        original(self, message, deadline, fds)
+        return original(self, message)
 
-    UnixTransport._send = recording  # type: ignore[method-assign]
+    ClientProtocol.frame = recording  # type: ignore[method-assign]
     try:
         config = cs.CryptoStackConfig().set_connection_endpoint(endpoint)
         with cs.create_crypto_stack(config) as stack, stack.create_crypto_context() as ctx:
@@ -332,7 +335,7 @@ def record_session(endpoint: str) -> list[bytes]:
             stack.status()
             stack.explain("AES-256-GCM", "encrypt", key=slot)
     finally:
-        UnixTransport._send = original  # type: ignore[method-assign]
+        ClientProtocol.frame = original  # type: ignore[method-assign]
     return recorded
 
 

@@ -255,7 +255,19 @@ def test_key_lifecycle(daemon: DaemonProcess, tmp_path: Path) -> None:
                               .stdout.decode())
     private.public_key().verify(signature, b"signed by an imported key", ec.ECDSA(hashes.SHA256()))
     info = run("key", "info", "Lifecycle", *e).stdout.decode()
-    assert "OCCUPIED" in info and "version" in info
+    assert "OCCUPIED" in info and "version" in info and "PRIMARY" in info
+    # versions: the rotation kept version 1; retire it (with --yes), then a minimum
+    versions = json.loads(run("key", "info", "Lifecycle", "--json", *e).stdout)["versions"]
+    assert [(v["version"], v["state"]) for v in versions] == [
+        (1, "ACTIVE"), (2, "ACTIVE"), (3, "PRIMARY")]
+    unsure = run("key", "retire", "Lifecycle", "1", *e, check=False)
+    assert unsure.returncode == 1 and b"--yes" in unsure.stderr
+    retired = json.loads(run("key", "retire", "Lifecycle", "1", "--yes", "--json", *e).stdout)
+    assert [v["state"] for v in retired["versions"]] == ["RETIRED", "ACTIVE", "PRIMARY"]
+    primary = run("key", "retire", "Lifecycle", "3", "--yes", *e, check=False)
+    assert primary.returncode == 1 and b"primary" in primary.stderr
+    floor = json.loads(run("key", "minimum", "Lifecycle", "3", "--json", *e).stdout)
+    assert floor["min_version"] == 3 and floor["versions"][1]["state"] == "DISABLED"
     # clear: only with --yes
     no = run("key", "clear", "Lifecycle", *e, check=False)
     assert no.returncode == 1 and b"--yes" in no.stderr

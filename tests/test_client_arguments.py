@@ -38,6 +38,7 @@ PUBLIC_CLASSES: list[type] = [
     cs.KemContext, cs.KeyAgreementContext, cs.KeyManagementContext,
     cs.CertificateVerificationContext, cs.CertificateManagementContext,
     cs.CryptoResourceGuard, cs.KeySlotObject, cs.VerificationReport,
+    cs.SealContextConfig, cs.SealContext,
 ]
 FUNCTIONS: list[Callable[..., Any]] = [cs.create_crypto_stack]
 
@@ -190,6 +191,7 @@ def live() -> Iterator[tuple[cs.CryptoStack, cs.CryptoContext, dict[type, object
         cs.KemContext: object.__new__(KemContext),
         cs.KeyAgreementContext: object.__new__(KeyAgreementContext),
         cs.KeyManagementContext: km,
+        cs.SealContext: ctx.create_seal_context(cs.SealContextConfig().set_key(slot)),
         cs.CertificateVerificationContext: ctx.create_certificate_verification_context(),
         cs.CertificateManagementContext: ctx.create_certificate_management_context(),
         cs.CryptoResourceGuard: guard,

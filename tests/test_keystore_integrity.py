@@ -30,8 +30,11 @@ MockConfig = Callable[..., dict[str, Any]]
 
 def populated(path: Path) -> None:
     store = KeyStore.open(path)
-    store.store_key("Slot", "AES-256", 1, (1, 5), P.ENCRYPT | P.DECRYPT,
-                    StoredKey(b"AES-256\0" + os.urandom(32), True))
+    for _ in range(3):  # versions 1 (retired), 2, 3 (primary); minimum 2
+        store.store_key("Slot", "AES-256", 1, (1, 5), P.ENCRYPT | P.DECRYPT,
+                        StoredKey(b"AES-256\0" + os.urandom(32), True))
+    store.retire_version("Slot", 1)
+    store.set_minimum_version("Slot", 2)
     store.store_key("Hsm", "AES-256", 3, (3,), P.ENCRYPT, StoredKey(b"token-object-7", False),
                     export_uids=frozenset({0}))
     store.store_certificate("Cert", b"0\x82\x01\x00" + os.urandom(64))
@@ -58,7 +61,7 @@ TAMPERING = {
     "compatible list not JSON": ("UPDATE key_slots SET compatible = 'oops' WHERE name = 'Slot'",),
     "provider changed": ("UPDATE key_slots SET provider = 5 WHERE name = 'Slot'",),
     "algorithm changed": ("UPDATE key_slots SET algorithm = 'AES-128' WHERE name = 'Slot'",),
-    "version changed": ("UPDATE key_slots SET version = 7 WHERE name = 'Slot'",),
+    "version changed": ("UPDATE key_slots SET version = 7 WHERE name = 'Slot' AND version = 3",),
     "slot renamed": ("UPDATE key_slots SET name = 'Elsewhere' WHERE name = 'Slot'",),
     "export allow-list removed": ("UPDATE key_slots SET export_uids = NULL WHERE name = 'Hsm'",),
     "provider reference swapped": ("UPDATE key_slots SET blob = X'00' WHERE name = 'Hsm'",),
@@ -67,8 +70,16 @@ TAMPERING = {
     "one key row deleted": ("DELETE FROM key_slots WHERE name = 'Hsm'",),
     "trust store deleted": ("DELETE FROM trust_stores",),
     "row added": ("INSERT INTO key_slots SELECT 'Extra', version, algorithm, provider, "
-                  "compatible, permissions, export_uids, secret, blob, created, updated, mac "
-                  "FROM key_slots WHERE name = 'Slot'",),
+                  "compatible, permissions, export_uids, secret, blob, created, updated, state, "
+                  "mac FROM key_slots WHERE name = 'Slot'",),
+    "version added": ("INSERT INTO key_slots SELECT name, 9, algorithm, provider, "
+                      "compatible, permissions, export_uids, secret, blob, created, updated, "
+                      "state, mac FROM key_slots WHERE name = 'Slot' AND version = 3",),
+    "retired version revived": ("UPDATE key_slots SET state = 'active' WHERE name = 'Slot' "
+                                "AND version = 1",),
+    "minimum version lowered": ("UPDATE meta SET value = replace(value, '\"Slot\",3,2,', "
+                                "'\"Slot\",3,0,') WHERE key = 'manifest'",),
+    "older version deleted": ("DELETE FROM key_slots WHERE name = 'Slot' AND version = 2",),
     "manifest removed": ("DELETE FROM meta WHERE key = 'manifest'",),
     "manifest generation changed": ("UPDATE meta SET value = '99' WHERE key = 'generation'",),
     "every row deleted": ("DELETE FROM key_slots", "DELETE FROM cert_slots",
@@ -107,25 +118,35 @@ def test_an_intact_store_reopens_with_every_row(tmp_path: Path) -> None:
     store.store_key("Slot", "AES-256", 1, (1,), P.ENCRYPT, StoredKey(b"AES-256\0" + bytes(32), True))
     store.close()
     store = KeyStore.open(path)
-    assert store.slot("Hsm") is None and store.slot("Slot").version == 2  # type: ignore[union-attr]
+    assert store.slot("Hsm") is None and store.slot("Slot").version == 4  # type: ignore[union-attr]
+    versions = store.slot_versions("Slot")
+    assert [(v.version, v.state) for v in versions.versions] == [
+        (1, "retired"), (2, "active"), (3, "active"), (4, "active")]
+    assert versions.min_version == 2 and versions.head == 4
     store.close()
 
 
-def test_a_row_rolled_back_to_an_older_version_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["newest version deleted", "retired row replaced by its "
+                                 "earlier copy"])
+def test_a_row_rolled_back_to_an_older_version_is_refused(tmp_path: Path, how: str) -> None:
     path = tmp_path / "ks.sqlite3"
     populated(path)
     db = sqlite3.connect(path)
-    old = db.execute("SELECT * FROM key_slots WHERE name = 'Slot'").fetchone()
+    old = db.execute("SELECT * FROM key_slots WHERE name = 'Slot' AND version = 2").fetchone()
     db.close()
     store = KeyStore.open(path)
     store.store_key("Slot", "AES-256", 1, (1,), P.ENCRYPT, StoredKey(b"AES-256\0" + bytes(32), True))
+    store.retire_version("Slot", 2)
     store.close()
-    marks = ", ".join("?" * len(old))
-    tamper(path, "DELETE FROM key_slots WHERE name = 'Slot'")
-    db = sqlite3.connect(path)
-    db.execute(f"INSERT INTO key_slots VALUES ({marks})", old)
-    db.commit()
-    db.close()
+    if how == "newest version deleted":  # the slot is back at version 3
+        tamper(path, "DELETE FROM key_slots WHERE name = 'Slot' AND version = 4")
+    else:  # version 2's key, destroyed by retiring it, comes back
+        marks = ", ".join("?" * len(old))
+        tamper(path, "DELETE FROM key_slots WHERE name = 'Slot' AND version = 2")
+        db = sqlite3.connect(path)
+        db.execute(f"INSERT INTO key_slots VALUES ({marks})", old)
+        db.commit()
+        db.close()
     with pytest.raises(KeyStoreError) as err:
         KeyStore.open(path)
     assert "rolled back" in err.value.message

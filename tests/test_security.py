@@ -164,13 +164,25 @@ def test_shrinking_shared_memory_cannot_kill_the_daemon(daemon: DaemonProcess) -
         assert error_code(reply) == "INVALID_ARGUMENT"
         assert "seal" in reply["error"]["message"]
         os.close(fd)
-        # Partially sealed (no F_SEAL_WRITE): still refused.
+        # Partially sealed (no F_SEAL_SHRINK): still refused.
         fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, 8192)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        reply = attach_and_send(raw, fd, 8192, {"id": 4, "op": "hash.single_shot",
+                                                 "args": {"ctx": ctx, "data": {"shm": [0, 8]}}})
+        assert error_code(reply) == "INVALID_ARGUMENT" and "F_SEAL_SHRINK" in reply["error"]["message"]
+        os.close(fd)
+        # Sealed against resizing but still writable (the client's reusable region): taken,
+        # and it can no longer shrink.
+        fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 8192)
+        os.pwrite(fd, b"abcdefgh", 0)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         reply = attach_and_send(raw, fd, 8192, {"id": 4, "op": "hash.single_shot",
                                                  "args": {"ctx": ctx, "data": {"shm": [0, 8]}}})
-        assert error_code(reply) == "INVALID_ARGUMENT" and "F_SEAL_WRITE" in reply["error"]["message"]
+        assert reply["ok"] and reply["result"] == hashlib.sha256(b"abcdefgh").digest(), reply
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
         os.close(fd)
         # A sealed memfd is accepted, and can no longer shrink.
         data = os.urandom(MiB)

@@ -88,7 +88,7 @@ def test_keystore_wraps_binds_and_detects_tampering(tmp_path: Path) -> None:
     db = tmp_path / "ks.sqlite3"
     store = KeyStore.open(db)
     secret = os.urandom(32)
-    version, _ = store.store_key("Slot", "AES-256", 2, (2, 5), P.ENCRYPT, StoredKey(secret, True))
+    version = store.store_key("Slot", "AES-256", 2, (2, 5), P.ENCRYPT, StoredKey(secret, True))
     assert version == 1
     record, stored = store.load_key("Slot")
     assert stored.blob == secret and record.compatible == (2, 5)
@@ -101,8 +101,8 @@ def test_keystore_wraps_binds_and_detects_tampering(tmp_path: Path) -> None:
     # does not list it), and so is the store as a whole.
     conn = sqlite3.connect(db)
     conn.execute("INSERT INTO key_slots SELECT 'Other', version, algorithm, provider, "
-                 "compatible, permissions, export_uids, secret, blob, created, updated, mac "
-                 "FROM key_slots")
+                 "compatible, permissions, export_uids, secret, blob, created, updated, state, "
+                 "mac FROM key_slots")
     conn.commit()
     conn.close()
     with pytest.raises(cs.CryptoError) as err:

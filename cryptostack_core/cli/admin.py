@@ -118,6 +118,9 @@ def backup(config: str | None, store_path: str | None, output: str, json: bool) 
     else:
         assert config is not None
         loaded = paths.daemon_defaults(_load_config(config))
+        if loaded.keystore_url is not None:
+            fail(f"the key store is a shared PostgreSQL database ({paths.store_location(loaded)})",
+                 "back it up with pg_dump or the database's own backups (docs/scaling.md)")
         if paths.in_memory(loaded) or loaded.keystore is None:
             fail("this configuration keeps its keys in memory: nothing to back up")
         store = loaded.keystore
@@ -140,18 +143,19 @@ def backup(config: str | None, store_path: str | None, output: str, json: bool) 
                 "kek": None if kek is None else str(kek)}, text)
 
 
-def _with_store(config: str, action: Callable[[Path, Any, Path | None], int]) -> None:
-    """Run ``action(store, kek_source, kek_path)`` on the configured key store; its result
-    is the exit status."""
+def _with_store(config: str, action: Callable[[Any, Any, Path | None], int]) -> None:
+    """Run ``action(store, kek_source, kek_path)`` on the configured key store (a SQLite
+    file or a ``postgresql://`` URL); its result is the exit status."""
     loaded = paths.daemon_defaults(_load_config(config))
-    if paths.in_memory(loaded) or loaded.keystore is None:
+    location = paths.store_location(loaded)
+    if location is None:
         fail(f"{config}: this configuration keeps its keys in memory", status=2)
     kek = paths.kek_location(loaded)[0]
     provider = None
     source = None
-    if loaded.kek_provider is not None:  # the KEK is sealed by a provider (TPM)
+    if loaded.kek_provider is not None:  # the KEK comes from a provider (TPM, token)
         entry = next(p for p in loaded.providers if p.id == loaded.kek_provider)
-        root = loaded.state_dir or loaded.keystore.parent
+        root = loaded.state_dir or (loaded.keystore.parent if loaded.keystore else Path.cwd())
         provider = load_provider(entry, root, Path(loaded.source).resolve().parent,
                                  allow_test_providers=loaded.allow_test_providers)
         source = provider.instance.kek_source() if provider.instance is not None else None
@@ -159,9 +163,9 @@ def _with_store(config: str, action: Callable[[Path, Any, Path | None], int]) ->
             fail(f"kek_provider {entry.name} ({entry.id}) is unavailable: "
                  f"{provider.load_error}", "'cryptostack check --config FILE' says more")
     try:
-        status = action(loaded.keystore, source, kek)
+        status = action(location, source, kek)
     except (OSError, sqlite3.Error) as exc:
-        fail(f"cannot use the key store {loaded.keystore}: {exc}",
+        fail(f"cannot use the key store {location}: {exc}",
              "check the path and its permissions (the daemon's user owns it)")
     finally:
         if provider is not None and provider.instance is not None:
@@ -178,7 +182,7 @@ def verify_store(config: str, json: bool) -> None:
     """Check every row, the manifest and the KEK. Exit 1 if the store is not intact."""
     out = Output(json)
 
-    def verify(path: Path, source: Any, kek: Path | None) -> int:
+    def verify(path: Any, source: Any, kek: Path | None) -> int:
         store = ks.KeyStore.open_unverified(path, source, kek)
         try:
             problems = store.verify()
@@ -198,31 +202,36 @@ def verify_store(config: str, json: bool) -> None:
     _with_store(config, verify)
 
 
-@keystore.command(short_help="Convert a schema-1 store, keeping a copy.")
+@keystore.command(short_help="Convert a schema-1 or schema-2 store, keeping a copy.")
 @click.option("--config", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--drop-invalid", is_flag=True,
-              help="Convert even if some schema-1 rows do not unwrap (they are dropped).")
+              help="Convert even if some rows do not unwrap or authenticate (they are dropped).")
 @json_option
 @explained
 def migrate(config: str, drop_invalid: bool, json: bool) -> None:
-    """Convert a schema-1 store (cryptostack 0.1), keeping a copy of it."""
+    """Convert a schema-1 or schema-2 store (cryptostack 0.1) to schema 3 (key versions),
+    keeping a copy of it. The daemon upgrades a schema-2 store by itself at start."""
     out = Output(json)
 
-    def run(path: Path, source: Any, kek: Path | None) -> int:
-        copy, converted, dropped = ks.migrate_v1(path, source, kek, drop_invalid=drop_invalid)
+    def run(path: Any, source: Any, kek: Path | None) -> int:
+        schema, copy, converted, dropped = ks.migrate(path, source, kek,
+                                                      drop_invalid=drop_invalid)
 
         def text() -> None:
-            out.line(f"key store {path}: converted to schema {ks.SCHEMA_VERSION}; the "
-                     f"schema-1 file is kept as {copy}")
-            out.line("Schema 1 did not authenticate these rows' metadata; they are now sealed "
-                     "as they are. Review them:")
+            out.line(f"key store {path}: converted from schema {schema} to "
+                     f"{ks.SCHEMA_VERSION}; the schema-{schema} file is kept as {copy}")
+            if schema == 1:
+                out.line("Schema 1 did not authenticate these rows' metadata; they are now "
+                         "sealed as they are. Review them:")
+            else:
+                out.line("Every row was authenticated under the KEK before it was converted:")
             for line in converted:
                 out.line(f"  {line}")
             for line in dropped:
                 out.line(f"  DROPPED {line}")
 
-        out.result({"store": str(path), "schema": ks.SCHEMA_VERSION, "copy": str(copy),
-                    "converted": converted, "dropped": dropped}, text)
+        out.result({"store": str(path), "from_schema": schema, "schema": ks.SCHEMA_VERSION,
+                    "copy": str(copy), "converted": converted, "dropped": dropped}, text)
         return 0
 
     _with_store(config, run)
@@ -238,7 +247,7 @@ def repair(config: str, yes: bool, json: bool) -> None:
     shows what it would drop (exit 1 if anything)."""
     out = Output(json)
 
-    def run(path: Path, source: Any, kek: Path | None) -> int:
+    def run(path: Any, source: Any, kek: Path | None) -> int:
         store = ks.KeyStore.open_unverified(path, source, kek)
         try:
             if not yes:
@@ -279,11 +288,13 @@ def reset(config: str, yes: bool, json: bool) -> None:
     provisions new keys."""
     out = Output(json)
 
-    def run(path: Path, source: Any, kek: Path | None) -> int:
+    def run(path: Any, source: Any, kek: Path | None) -> int:
         if not yes:
             fail(f"this sets {path} and its KEK aside (renamed, not deleted): the daemon then "
                  "starts with an empty store and provisions new keys", "rerun with --yes")
-        moved = ks.set_aside(path, kek)
+        # a KEK kept in a token (no file) stays where it is
+        moved = ks.set_aside(path, None if source is not None and not source.uses_file
+                             else kek)
 
         def text() -> None:
             for item in moved:

@@ -1,9 +1,11 @@
-"""``cryptostack key list|info|generate|import|export-public|rotate|clear``: the key slots of
-a running daemon.
+"""``cryptostack key list|info|generate|import|export-public|rotate|retire|minimum|clear``:
+the key slots of a running daemon.
 
-A slot is named in the daemon's configuration; these commands fill, replace and empty it
+A slot is named in the daemon's configuration; these commands fill, rotate and empty it
 through the same requests as the library (``key.generate``/``key.import`` then
-``key.persist``), so the daemon's access rules and permission narrowing apply unchanged.
+``key.persist``; ``key.retire_version``, ``key.set_minimum_version``), so the daemon's access
+rules and permission narrowing apply unchanged. A rotation adds a version: older ones keep
+decrypting and verifying until retired.
 """
 
 from __future__ import annotations
@@ -44,16 +46,22 @@ KEY_FILE_LIMIT = 1024 * 1024
 PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
 
 
-@click.group(short_help="List, inspect, generate, import, rotate or clear key slots.")
+@click.group(short_help="List, inspect, generate, import, rotate, retire or clear key slots.")
 def key() -> None:
-    """The daemon's key slots: list, inspect, fill, replace, empty."""
+    """The daemon's key slots: list, inspect, fill, rotate (versions), retire, empty."""
 
 
 def _slot_info_dict(info: KeySlotInfo) -> dict[str, Any]:
     return {"name": info.name, "status": info.status.value, "algorithm": info.algorithm,
             "provider": info.provider, "compatible_providers": info.compatible_providers,
             "permissions": permission_names(info.permissions), "version": info.version,
-            "created": info.created, "updated": info.updated}
+            "created": info.created, "updated": info.updated,
+            "min_version": info.min_version,
+            "versions": [{"version": v.version, "state": v.state.value,
+                          "algorithm": v.algorithm, "provider": v.provider,
+                          "permissions": permission_names(v.permissions),
+                          "created": v.created, "updated": v.updated}
+                         for v in info.versions]}
 
 
 def _when(stamp: float | None) -> str:
@@ -72,9 +80,15 @@ def _print_info(out: Output, info: KeySlotInfo) -> None:
             ("compatible providers", ", ".join(map(str, info.compatible_providers)) or "-"),
             ("permissions", ", ".join(permission_names(info.permissions)) or "none"),
             ("version", str(info.version)), ("created", _when(info.created)),
-            ("updated", _when(info.updated))]:
+            ("updated", _when(info.updated)),
+            ("minimum version", str(info.min_version) if info.min_version else "-")]:
         add_row(rows, label, value)
     out.table(rows)
+    if info.versions:
+        versions = new_table("version", "state", "created", "updated")
+        for v in info.versions:
+            add_row(versions, str(v.version), v.state.value, _when(v.created), _when(v.updated))
+        out.table(versions)
 
 
 @key.command(name="list", short_help="The key slots: status, key type, version.")
@@ -187,12 +201,12 @@ def generate(slot: str, algorithm: str | None, permissions: str | None, provider
     out = Output(json)
     with connect(endpoint, timeout) as stack:
         before, after = _fill(stack.create_crypto_context(), slot, False,
-                              f"'cryptostack key rotate {slot}' replaces its key",
+                              f"'cryptostack key rotate {slot}' adds a new version",
                               _generate(_permissions(permissions), provider), algorithm)
     _report(out, "generated", before, after)
 
 
-@key.command(short_help="Replace a slot's key with a new one.")
+@key.command(short_help="Add a new version of a slot's key.")
 @click.argument("slot")
 @_key_options
 @endpoint_options
@@ -200,9 +214,9 @@ def generate(slot: str, algorithm: str | None, permissions: str | None, provider
 @explained
 def rotate(slot: str, algorithm: str | None, permissions: str | None, provider: int | None,
            endpoint: str, timeout: float, json: bool) -> None:
-    """Replace the key in key slot SLOT with a newly generated one (a new version). What
-    was encrypted or signed with the old key needs the old key: keep it elsewhere if
-    needed (exporting it needs EXPORT)."""
+    """Generate a new key into key slot SLOT as a new version, which becomes the primary.
+    Older versions keep decrypting and verifying what was made under them until retired
+    ('cryptostack key retire')."""
     out = Output(json)
     with connect(endpoint, timeout) as stack:
         before, after = _fill(stack.create_crypto_context(), slot, True,
@@ -303,14 +317,63 @@ def export_public(slot: str, fmt: str, output: str, force: bool, endpoint: str, 
         sink.commit()
 
 
-@key.command(short_help="Empty a slot, destroying its key.")
+def _version_change(slot: str, endpoint: str, timeout: float, json: bool, verb: str,
+                    change: Callable[[KeyManagementContext, CryptoResourceId], KeySlotInfo]
+                    ) -> None:
+    out = Output(json)
+    with connect(endpoint, timeout) as stack:
+        ctx = stack.create_crypto_context()
+        km = ctx.create_key_management_context()
+        after = change(km, ctx.resolve_resource(slot, ResourceType.KEY_SLOT))
+
+    def text() -> None:
+        out.line(f"{verb} {slot}")
+        _print_info(out, after)
+
+    out.result(_slot_info_dict(after), text)
+
+
+@key.command(short_help="Retire an older version of a slot's key, destroying it.")
+@click.argument("slot")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--yes", is_flag=True, help="Really destroy that version.")
+@endpoint_options
+@json_option
+@explained
+def retire(slot: str, version: int, yes: bool, endpoint: str, timeout: float,
+           json: bool) -> None:
+    """Retire VERSION of key slot SLOT: its key is destroyed, and what was encrypted under
+    it can no longer be decrypted (KEY_VERSION_RETIRED). The primary cannot be retired."""
+    if not yes:
+        fail(f"this destroys version {version} of slot {slot!r}; what it encrypted cannot be "
+             "decrypted afterwards", "rerun with --yes (or 'cryptostack key minimum' "
+             "disables older versions without destroying them)")
+    _version_change(slot, endpoint, timeout, json, f"retired version {version} of",
+                    lambda km, s: km.retire_key_version(s, version))
+
+
+@key.command(short_help="Disable the versions below a number (reversible).")
+@click.argument("slot")
+@click.argument("version", type=click.IntRange(min=0))
+@endpoint_options
+@json_option
+@explained
+def minimum(slot: str, version: int, endpoint: str, timeout: float, json: bool) -> None:
+    """Refuse the versions of key slot SLOT below VERSION (0: none), without destroying
+    them; lower it again to use them."""
+    _version_change(slot, endpoint, timeout, json, f"minimum version {version} set on",
+                    lambda km, s: km.set_minimum_version(s, version))
+
+
+@key.command(short_help="Empty a slot, destroying every version of its key.")
 @click.argument("slot")
 @click.option("--yes", is_flag=True, help="Really destroy the key.")
 @endpoint_options
 @json_option
 @explained
 def clear(slot: str, yes: bool, endpoint: str, timeout: float, json: bool) -> None:
-    """Empty key slot SLOT, destroying its key (and a token's or TPM's copy)."""
+    """Empty key slot SLOT, destroying every version of its key (and token copies, once
+    nothing uses them)."""
     out = Output(json)
     if not yes:
         fail(f"this destroys the key in slot {slot!r}; what it encrypted cannot be decrypted "

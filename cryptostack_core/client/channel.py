@@ -2,15 +2,18 @@
 deadline, and the releases that garbage-collected guards and contexts left behind.
 
 Contexts and guards hold the channel, not the stack, so the stack can build them without
-an import loop.
+an import loop. :class:`Channel` blocks (any thread); :class:`AsyncChannel` is its asyncio
+twin. Both share :class:`ChannelCore`, which decides what is sent; only the waiting differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
+from cryptostack_core.client.plans import Plan, run, run_async
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmRegistry, AlgorithmSpec
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
@@ -25,13 +28,32 @@ RELEASES_PER_BATCH = 64
 """Queued releases sent in one batch; a longer queue goes out in several."""
 
 
-class Channel:
-    """Sends requests over a transport; queued releases ride along with the next one."""
+class AsyncTransport(Protocol):
+    """What an asyncio stack needs from its transport (:mod:`cryptostack_core.client.aio`)."""
+
+    @property
+    def server(self) -> Any:
+        """The service's hello (``limits`` ...)."""
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame the service takes (0: no limit known)."""
+
+    async def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        """Run ``op``; ``timeout`` seconds (None: no deadline)."""
+
+    async def close(self) -> None:
+        """Disconnect; the daemon frees everything this client held."""
+
+
+class ChannelCore:
+    """What both channels share: limits, the default deadline and the queue of quiet
+    releases that ride along with the next request (no I/O here)."""
 
     close_timeout = 5.0
     """Deadline of the calls that free resources (close, release)."""
 
-    def __init__(self, transport: Transport, default_timeout: float | None) -> None:
+    def __init__(self, transport: Any, default_timeout: float | None) -> None:
         self.transport = transport
         self.default_timeout = default_timeout
         self.closed = False
@@ -42,27 +64,27 @@ class Channel:
         self._algorithms_lock = threading.Lock()
 
     # --- the daemon's algorithm names, learnt once per connection ----------------------
-    def algorithms(self) -> list[dict[str, Any]]:
+    def _p_algorithms(self) -> Plan[list[dict[str, Any]]]:
         """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
-        with self._algorithms_lock:
-            if self._algorithms is None:
-                table = self.call("algorithms", {}, self.default_timeout)
-                names = AlgorithmRegistry()
-                for entry in table:
-                    try:
-                        names.register(AlgorithmSpec.from_wire(entry))
-                    except (KeyError, TypeError, ValueError):
-                        continue  # a kind this client does not know yet: unusable here anyway
+        if self._algorithms is None:
+            table = yield "algorithms", {}, self.default_timeout
+            names = AlgorithmRegistry()
+            for entry in table:
+                try:
+                    names.register(AlgorithmSpec.from_wire(entry))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a kind this client does not know yet: unusable here anyway
+            with self._algorithms_lock:
                 self._algorithms, self._daemon_names = list(table), names
-            return self._algorithms
+        return self._algorithms
 
-    def canonical_algorithm(self, name: str) -> str:
+    def _p_canonical(self, name: str) -> Plan[str]:
         """Canonical spelling of ``name``: from this process's registry when it knows the
-        name, else from the daemon's table (a provider's own algorithm)."""
+        name (no request), else from the daemon's table (a provider's own algorithm)."""
         spec = REGISTRY.find(name)
         if spec is not None:
             return spec.name
-        self.algorithms()
+        yield from self._p_algorithms()
         assert self._daemon_names is not None
         served = self._daemon_names.find(name)
         if served is None:
@@ -95,26 +117,56 @@ class Channel:
         with self._queue_lock:
             self._queued.append({"op": op, "args": args})
 
+    def _take_queued(self) -> list[dict[str, Any]]:
+        with self._queue_lock:
+            queued, self._queued = self._queued, []
+        return queued
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, "the stack is closed")
+
+    @staticmethod
+    def _plan(op: str, args: Mapping[str, Any], queued: list[dict[str, Any]]
+              ) -> tuple[list[dict[str, Any]], dict[str, Any], Callable[[Any], Any]]:
+        """Releases of garbage-collected guards and contexts ride along with a request; a
+        long queue goes first in batches of its own, so no batch grows without bound.
+        Returns the batches to send first, the batch to send, and how to get the caller's
+        result out of that batch's results."""
+        first = []
+        while len(queued) > RELEASES_PER_BATCH:
+            first.append({"calls": queued[:RELEASES_PER_BATCH]})
+            queued = queued[RELEASES_PER_BATCH:]
+        n = len(queued)
+        if op == "batch":
+            return first, {"calls": [*queued, *args["calls"]]}, lambda results: results[n:]
+        return first, {"calls": [*queued, {"op": op, "args": args}]}, lambda results: results[-1]
+
+
+class Channel(ChannelCore):
+    """Sends requests over a blocking transport; queued releases ride along with the next."""
+
+    transport: Transport
+
     def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
         """Run one request (``timeout`` seconds, None: no deadline) and return its result."""
         if self.closed:
-            raise CryptoError(ErrorCode.CONNECTION_FAILED, "the stack is closed")
+            self._check_open()
         if not self._queued:
             return self.transport.call(op, args, timeout)
-        with self._queue_lock:
-            queued, self._queued = self._queued, []
-        # Releases of garbage-collected guards and contexts ride along with this request;
-        # a long queue goes first in batches of its own, so no batch grows without bound.
-        while len(queued) > RELEASES_PER_BATCH:
-            head, queued = queued[:RELEASES_PER_BATCH], queued[RELEASES_PER_BATCH:]
-            self.transport.call("batch", {"calls": head}, timeout)
-        if op == "batch":
-            results = self.transport.call("batch", {"calls": [*queued, *args["calls"]]},
-                                          timeout)
-            return results[len(queued):]
-        results = self.transport.call("batch", {"calls": [*queued, {"op": op, "args": args}]},
-                                      timeout)
-        return results[-1]
+        first, batch, unwrap = self._plan(op, args, self._take_queued())
+        for head in first:
+            self.transport.call("batch", head, timeout)
+        return unwrap(self.transport.call("batch", batch, timeout))
+
+    def algorithms(self) -> list[dict[str, Any]]:
+        """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
+        return run(self, self._p_algorithms())
+
+    def canonical_algorithm(self, name: str) -> str:
+        """Canonical spelling of ``name`` (the daemon's table for names this client does not
+        know)."""
+        return run(self, self._p_canonical(name))
 
     def release(self, rid: CryptoResourceId) -> None:
         """Free ``rid`` now; a resource already gone (or a lost connection) is not an error."""
@@ -132,3 +184,74 @@ class Channel:
             return
         self.closed = True
         self.transport.close()
+
+
+class AsyncChannel(ChannelCore):
+    """:class:`Channel` for asyncio: requests of many tasks in flight on one connection."""
+
+    transport: AsyncTransport
+
+    async def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        """Run one request (``timeout`` seconds, None: no deadline) and return its result."""
+        if self.closed:
+            self._check_open()
+        if not self._queued:
+            return await self.transport.call(op, args, timeout)
+        first, batch, unwrap = self._plan(op, args, self._take_queued())
+        for head in first:
+            await self.transport.call("batch", head, timeout)
+        return unwrap(await self.transport.call("batch", batch, timeout))
+
+    async def algorithms(self) -> list[dict[str, Any]]:
+        """The daemon's ``algorithms`` table (asked once per connection, then cached)."""
+        return await run_async(self, self._p_algorithms())
+
+    async def release(self, rid: CryptoResourceId) -> None:
+        """Free ``rid`` now; a resource already gone (or a lost connection) is not an error."""
+        if self.closed:
+            return
+        try:
+            await self.call("resource.release", {"id": rid_to_wire(rid)}, self.close_timeout)
+        except CryptoError as exc:
+            if exc.code not in (ErrorCode.RESOURCE_NOT_FOUND, ErrorCode.CONNECTION_FAILED):
+                raise
+
+    async def close(self) -> None:
+        """Disconnect; the daemon frees everything this client held."""
+        if self.closed:
+            return
+        self.closed = True
+        await self.transport.close()
+
+
+class SyncTransportInLoop:
+    """An asyncio face for a blocking transport (``inproc://`` and other registered
+    schemes): calls it offers a coroutine for (``call_async``) run on the loop, the rest on
+    a thread, so the event loop never blocks on them."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.inner = transport
+        self._native: Callable[..., Awaitable[Any]] | None = getattr(transport, "call_async",
+                                                                     None)
+
+    @property
+    def server(self) -> Any:
+        """The service's limits, as the inner transport announces them."""
+        return getattr(self.inner, "server", None)
+
+    @property
+    def max_frame(self) -> int:
+        """The inner transport's frame limit (if it has one)."""
+        value = getattr(self.inner, "max_frame", 0)
+        return value if isinstance(value, int) else 0
+
+    async def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        """Run ``op`` without blocking the loop."""
+        if self._native is not None:
+            return await self._native(op, args, timeout)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.inner.call, op, args, timeout)
+
+    async def close(self) -> None:
+        """Close the inner transport (on a thread: it may wait for its workers)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.inner.close)

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Self
 
-from cryptostack_core.client.channel import Channel
+from cryptostack_core.client.channel import AsyncChannel, Channel, ChannelCore
 from cryptostack_core.wire.permissions import KeyOperationPermission
 from cryptostack_core.wire.protocol import rid_from_wire
 from cryptostack_core.wire.resources import (
@@ -19,15 +19,11 @@ from cryptostack_core.wire.resources import (
 )
 
 
-class CryptoResourceGuard:
-    """Owns a daemon-side resource (key, certificate, CRL, trust store) until released.
+class GuardCore:
+    """What both kinds of guard share: the id they own, its metadata, the finalizer that
+    queues the release of a guard dropped unreleased."""
 
-    Accepted everywhere a :class:`CryptoResourceId` is. ``release()`` is idempotent; a guard
-    that becomes unreachable unreleased is released with the stack's next request, with a
-    ``ResourceWarning`` (like an unclosed file).
-    """
-
-    def __init__(self, channel: Channel, rid: CryptoResourceId,
+    def __init__(self, channel: ChannelCore, rid: CryptoResourceId,
                  persistence: ResourcePersistence, permitted: KeyOperationPermission,
                  algorithm: str | None = None, provider: int | None = None) -> None:
         self._channel = channel
@@ -39,17 +35,21 @@ class CryptoResourceGuard:
         self.components: list[dict[str, Any]] = []
         """A hybrid key split across providers: each half's ``role``, ``provider`` and
         ``algorithm`` (``provider`` is then the pq half's); empty otherwise."""
+        self.version: int | None = None
+        """The key slot version a loaded key comes from (None: not from a slot)."""
         self._released = False
         self._finalizer = weakref.finalize(self, _release_dropped, channel, rid, algorithm)
         self._finalizer.atexit = False
 
     @classmethod
-    def _from_wire(cls, channel: Channel, info: Mapping[str, Any]) -> CryptoResourceGuard:
+    def _from_wire(cls, channel: Any, info: Mapping[str, Any]) -> Self:
         guard = cls(channel, rid_from_wire(info["id"], info.get("label")),
                     ResourcePersistence(info.get("persistence", "EPHEMERAL")),
                     KeyOperationPermission(info.get("permissions") or 0),
                     info.get("algorithm"), info.get("provider"))
         guard.components = [dict(c) for c in info.get("components") or ()]
+        version = info.get("version")
+        guard.version = version if isinstance(version, int) else None
         return guard
 
     @property
@@ -77,13 +77,33 @@ class CryptoResourceGuard:
         """True once released."""
         return self._released
 
-    def release(self) -> None:
-        """Free the resource in the daemon; harmless if already released."""
+    def _releasing(self) -> bool:
+        """Mark released; True if it was not yet (the caller then frees it in the daemon)."""
         if self._released:
-            return
+            return False
         self._released = True
         self._finalizer.detach()
-        self._channel.release(self._rid)
+        return True
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else self._persistence.value.lower()
+        return f"<{type(self).__name__} {self._rid!r} {self.algorithm or ''} {state}>"
+
+
+class CryptoResourceGuard(GuardCore):
+    """Owns a daemon-side resource (key, certificate, CRL, trust store) until released.
+
+    Accepted everywhere a :class:`CryptoResourceId` is. ``release()`` is idempotent; a guard
+    that becomes unreachable unreleased is released with the stack's next request, with a
+    ``ResourceWarning`` (like an unclosed file).
+    """
+
+    _channel: Channel
+
+    def release(self) -> None:
+        """Free the resource in the daemon; harmless if already released."""
+        if self._releasing():
+            self._channel.release(self._rid)
 
     def __enter__(self) -> Self:
         return self
@@ -91,12 +111,26 @@ class CryptoResourceGuard:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __repr__(self) -> str:
-        state = "released" if self._released else self._persistence.value.lower()
-        return f"<CryptoResourceGuard {self._rid!r} {self.algorithm or ''} {state}>"
+
+class AsyncCryptoResourceGuard(GuardCore):
+    """:class:`CryptoResourceGuard` of an asyncio stack (``await release()``,
+    ``async with``)."""
+
+    _channel: AsyncChannel
+
+    async def release(self) -> None:
+        """Free the resource in the daemon; harmless if already released."""
+        if self._releasing():
+            await self._channel.release(self._rid)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
 
 
-def _release_dropped(channel: Channel, rid: CryptoResourceId, algorithm: str | None) -> None:
+def _release_dropped(channel: ChannelCore, rid: CryptoResourceId, algorithm: str | None) -> None:
     """Finalizer of an unreleased guard: queue its release (no I/O here) and warn."""
     if channel.closed:
         return  # disconnecting freed it

@@ -5,12 +5,16 @@ from the ``cryptostack.transports`` entry points; the core registers ``inproc://
 the service inside the calling process (:mod:`cryptostack_core.server.inproc`). Every
 transport bounds each call by its deadline: the caller gets ``OPERATION_TIMED_OUT`` at the
 deadline even if the work never finishes.
+
+:class:`UnixTransport` may be shared by threads: each sends its request when it is ready
+(up to the daemon's 64 in flight), and whichever caller is waiting reads the socket and
+hands every answer to the caller it belongs to. A lone caller reads its own answer, spinning
+briefly before it sleeps (a small answer arrives faster than the scheduler wakes a thread).
 """
 
 from __future__ import annotations
 
 import array
-import itertools
 import os
 import select
 import socket
@@ -20,33 +24,45 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-import cbor2
-
+from cryptostack_core.client.protocol import ClientProtocol, result_of, shm_refused
+from cryptostack_core.client.shm import Offload, SharedMemory, inline_views, wants_region
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
-from cryptostack_core.wire.protocol import (
-    DEFAULT_MAX_FRAME,
-    HEADER,
-    HEADER_SIZE,
-    PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
-    raise_for_error,
-)
-from cryptostack_core.wire.shm import SHM_ARGUMENTS, sealed_memfd
-from cryptostack_core.wire.shm import THRESHOLD as SHM_THRESHOLD
 from cryptostack_core.wire.transport import Transport, timed_out
-from cryptostack_core.wire.version import __version__
 
-CLIENT_NAME = f"cryptostack-python/{__version__}"
 DEFAULT_SPIN = float(os.environ.get("CRYPTOSTACK_SPIN_US", "100")) / 1e6
 _SPIN_PAUSE = 64
 """Waits without spinning after answers missed the spin window twice in a row."""
-# Calls of this process currently waiting for the daemon (spinning is for the lone caller).
+_READ_SIZE = 1 << 20
+_monotonic = time.monotonic
+_perf_counter = time.perf_counter
+# Callers of this process currently waiting for a daemon (spinning is for the lone caller).
 _waiting = [0]
 _waiting_lock = threading.Lock()
 
 
+class _Waiter:
+    """One request in flight: its answer once it arrives, and a bell to wake its caller (a
+    lock held while nobody rang: cheaper than an Event)."""
+
+    __slots__ = ("answer", "bell")
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] | None = None
+        self.bell: threading.Lock | None = None
+
+    def arm(self) -> None:
+        bell = self.bell = threading.Lock()
+        bell.acquire()
+
+    def ring(self) -> None:
+        """Wake the caller (the transport's state lock is held: no two rings race)."""
+        bell = self.bell
+        if bell is not None and bell.locked():
+            bell.release()
+
+
 class UnixTransport(Transport):
-    """A connection to a daemon's unix socket. Thread-safe (calls are serialised)."""
+    """A connection to a daemon's unix socket, shared by any number of threads."""
 
     def __init__(self, path: str, connect_timeout: float | None = 5.0,
                  spin: float = DEFAULT_SPIN) -> None:
@@ -54,13 +70,15 @@ class UnixTransport(Transport):
         self.spin = spin
         self._spin_misses = 0
         self._spin_skip = 0
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._buf = bytearray()
+        self.protocol = ClientProtocol()
         self._broken: str | None = None
-        self.max_frame = DEFAULT_MAX_FRAME
-        self._shm_usable = hasattr(os, "memfd_create") and not os.environ.get("CRYPTOSTACK_NO_SHM")
-        self.shm_transfers = 0  # requests whose large buffers went through shared memory
+        self._pending: dict[int, _Waiter] = {}
+        self._order: list[int] = []  # ids in the order sent (id-less errors go to the oldest)
+        self._state = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._reading = False
+        self._abandoned: dict[int, Offload] = {}  # timed out, still holding shared memory
+        self.shm = SharedMemory(not os.environ.get("CRYPTOSTACK_NO_SHM"))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(connect_timeout)
@@ -80,32 +98,238 @@ class UnixTransport(Transport):
         sock.setblocking(False)
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
-        deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
+        deadline = None if connect_timeout is None else _monotonic() + connect_timeout
         try:
-            self._send({"hello": {"versions": list(SUPPORTED_VERSIONS), "client": CLIENT_NAME}},
-                       deadline)
-            reply = self._receive(deadline)
+            self._send_frame(self.protocol.hello(), deadline)
+            self.protocol.accept_hello(self._read_one(deadline))
         except CryptoError:
             self.close()
             raise
-        hello = reply.get("hello")
-        if not isinstance(hello, Mapping):
+        except TimeoutError:
             self.close()
-            if reply.get("ok") is False:
-                raise_for_error(reply.get("error"))
-            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "the daemon did not answer the hello")
-        if hello.get("version") != PROTOCOL_VERSION:
-            self.close()
-            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                              f"daemon speaks protocol {hello.get('version')}, we speak "
-                              f"{PROTOCOL_VERSION}")
-        self.server = hello
-        self.max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
+            raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                              f"the daemon at {path} did not answer the hello") from None
 
-    # --- framing -------------------------------------------------------------------------
-    # The socket stays non-blocking; waiting is one poll() bounded by the deadline, so a
-    # call costs no extra syscalls to switch timeouts.
-    def _wait(self, events: int, deadline: float | None) -> None:
+    @property
+    def server(self) -> dict[str, Any]:
+        """The daemon's hello (version, limits)."""
+        return self.protocol.server
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame the daemon takes."""
+        return self.protocol.max_frame
+
+    @property
+    def shm_transfers(self) -> int:
+        """Requests whose large buffers went through shared memory."""
+        return self.shm.transfers
+
+    # --- calls ---------------------------------------------------------------------------
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        deadline = None if timeout is None else _monotonic() + timeout
+        if self._broken:
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
+        offload = self.shm.plan(op, args, self.protocol.max_frame) \
+            if self.shm.usable and wants_region(op, args) else None
+        if offload is not None:
+            answer = self._call_offloaded(op, offload, timeout, deadline)
+            if answer is not None:
+                return answer[0]
+        request_id, frame = self.protocol.request(op, inline_views(op, args), timeout)
+        waiter = self._register(request_id)
+        with self._send_lock:
+            self._send_frame(frame, deadline, request_id)
+        return result_of(self._wait(request_id, waiter, timeout, deadline))
+
+    def _call_offloaded(self, op: str, offload: Offload, timeout: float | None,
+                        deadline: float | None) -> tuple[Any] | None:
+        """A request with its large buffers in the region: (result,), or None when the
+        daemon refused the region (the caller sends the request inline)."""
+        request_id, frame = self.protocol.request(op, offload.args, timeout)
+        try:
+            with self._send_lock:
+                if offload.attach and not self._attach(timeout, deadline):
+                    self.shm.refuse()
+                    self.shm.done(offload, None)
+                    return None
+                waiter = self._register(request_id)
+                fds = [offload.region.fd] if offload.attach else None
+                self._send_frame(frame, deadline, request_id, fds)
+        except BaseException:
+            self.shm.done(offload, None)
+            raise
+        try:
+            message = self._wait(request_id, waiter, timeout, deadline)
+        except CryptoError as exc:
+            if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                # The daemon may still read the region: its parts wait for the late answer.
+                with self._state:
+                    self._abandoned[request_id] = offload
+            else:
+                self.shm.done(offload, None)
+            raise
+        if offload.attach:
+            if shm_refused(message):
+                self.shm.refuse()
+                self.shm.done(offload, None)
+                return None
+            self.shm.attached_now(offload.region)
+        else:
+            self.shm.used()
+        return (self.shm.done(offload, result_of(message)),)
+
+    def _attach(self, timeout: float | None, deadline: float | None) -> bool:
+        """The ``shm.attach`` step (the send lock is held: nothing else is sent until the
+        descriptor's frame). False when the daemon does not take shared memory."""
+        request_id, frame = self.protocol.request("shm.attach", {}, timeout)
+        waiter = self._register(request_id)
+        self._send_frame(frame, deadline, request_id)
+        try:
+            message = self._wait(request_id, waiter, timeout, deadline)
+        except CryptoError as exc:
+            if exc.code is ErrorCode.OPERATION_TIMED_OUT:
+                # The daemon may be waiting for the descriptor: the stream is out of step.
+                self._fail("a shared-memory attach timed out")
+            raise
+        if message.get("ok") and isinstance(message.get("result"), Mapping) \
+                and message["result"].get("ready") is True:
+            return True
+        return False
+
+    # --- requests and answers -----------------------------------------------------------
+    def _register(self, request_id: int) -> _Waiter:
+        waiter = _Waiter()
+        with self._state:
+            if self._broken:
+                raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                                  f"connection unusable: {self._broken}")
+            self._pending[request_id] = waiter
+            self._order.append(request_id)
+        return waiter
+
+    def _forget(self, request_id: int) -> None:
+        self._pending.pop(request_id, None)
+        try:
+            self._order.remove(request_id)
+        except ValueError:
+            pass
+
+    def _wait(self, request_id: int, waiter: _Waiter, timeout: float | None,
+              deadline: float | None) -> dict[str, Any]:
+        """The answer to ``request_id``: read it ourselves, or wait for the thread that is
+        reading to hand it over."""
+        with _waiting_lock:
+            _waiting[0] += 1
+        try:
+            while True:
+                with self._state:
+                    if waiter.answer is not None:
+                        return waiter.answer
+                    if self._broken:
+                        self._forget(request_id)
+                        raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                                          f"connection lost: {self._broken}")
+                    reader = not self._reading
+                    if reader:
+                        self._reading = True
+                    elif waiter.bell is None:
+                        waiter.arm()
+                if reader:
+                    try:
+                        self._read_until(waiter, deadline)
+                    except TimeoutError:
+                        pass
+                    finally:
+                        self._hand_over_reading()
+                    if waiter.answer is not None:
+                        return waiter.answer
+                else:
+                    assert waiter.bell is not None
+                    remaining = None if deadline is None else deadline - _monotonic()
+                    if remaining is None or remaining > 0:
+                        waiter.bell.acquire(True, -1 if remaining is None else remaining)
+                        continue
+                if deadline is not None and _monotonic() >= deadline:
+                    with self._state:
+                        if waiter.answer is not None:
+                            return waiter.answer
+                        self._forget(request_id)
+                    raise timed_out(timeout)
+        finally:
+            with _waiting_lock:
+                _waiting[0] -= 1
+
+    def _hand_over_reading(self) -> None:
+        """Stop reading; wake a caller still waiting so it reads next."""
+        with self._state:
+            self._reading = False
+            for other in self._pending.values():
+                if other.answer is None and other.bell is not None:
+                    other.ring()
+                    break
+
+    def _read_until(self, waiter: _Waiter, deadline: float | None) -> None:
+        """Read and deliver answers until ``waiter`` has its own (TimeoutError at the
+        deadline; CryptoError when the connection breaks)."""
+        while waiter.answer is None:
+            try:
+                data = self._sock.recv(_READ_SIZE)
+            except BlockingIOError:
+                self._wait_readable(deadline)
+                continue
+            except OSError as exc:
+                self._fail(f"connection lost: {exc}")
+                raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                                  f"connection to the daemon lost: {exc}") from None
+            if not data:
+                self._fail("the daemon closed the connection")
+                raise CryptoError(ErrorCode.CONNECTION_FAILED, "the daemon closed the connection")
+            try:
+                messages = self.protocol.feed(data)
+            except CryptoError as exc:
+                self._fail(exc.message)
+                raise
+            if messages:
+                self._deliver(messages)
+
+    def _deliver(self, messages: list[dict[str, Any]]) -> None:
+        with self._state:
+            pending = self._pending
+            for message in messages:
+                request_id = message.get("id")
+                if request_id is None and self._order:
+                    # A frame the daemon could not read as a request: it answers for the
+                    # oldest request still waiting (exact for a lone caller).
+                    request_id = self._order[0]
+                waiter = pending.pop(request_id, None)  # type: ignore[arg-type]
+                if waiter is None:
+                    late = self._abandoned.pop(request_id, None)  # type: ignore[arg-type]
+                    if late is not None:
+                        self.shm.done(late, None)
+                    continue  # a late answer to a call we gave up on
+                if self._order and self._order[0] == request_id:
+                    del self._order[0]
+                else:
+                    self._order.remove(request_id)  # type: ignore[arg-type]
+                waiter.answer = message
+                waiter.ring()
+
+    def _read_one(self, deadline: float | None) -> dict[str, Any]:
+        """The first answer (the hello), read directly."""
+        while True:
+            self._wait_readable(deadline)
+            data = self._sock.recv(_READ_SIZE)
+            if not data:
+                raise CryptoError(ErrorCode.CONNECTION_FAILED, "the daemon closed the connection")
+            messages = self.protocol.feed(data)
+            if messages:
+                return messages[0]
+
+    def _wait_readable(self, deadline: float | None) -> None:
+        """Block until the socket is readable; TimeoutError at the deadline."""
         if self._spin_skip:
             self._spin_skip -= 1
         elif self.spin > 0 and _waiting[0] <= 1:
@@ -117,9 +341,10 @@ class UnixTransport(Transport):
             # window (a provider behind a worker process: three processes share the CPUs)
             # would only lose CPU to the spin: after two misses in a row we sleep at once
             # for the next calls, and try spinning again later.
-            end = time.perf_counter() + self.spin
-            while time.perf_counter() < end:
-                if self._poll.poll(0):
+            poll = self._poll.poll
+            end = _perf_counter() + self.spin
+            while _perf_counter() < end:
+                if poll(0):
                     self._spin_misses = 0
                     return
             self._spin_misses += 1
@@ -128,235 +353,100 @@ class UnixTransport(Transport):
         if deadline is None:
             timeout_ms = -1
         else:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - _monotonic()
             if remaining <= 0:
                 raise TimeoutError
             timeout_ms = max(1, int(remaining * 1000 + 0.999))
         if not self._poll.poll(timeout_ms):
             raise TimeoutError
 
-    def _send(self, message: Mapping[str, Any], deadline: float | None,
-              fds: list[int] | None = None) -> None:
-        body = cbor2.dumps(message)
-        if len(body) > self.max_frame:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"request of {len(body)} bytes exceeds the daemon's frame limit "
-                              f"of {self.max_frame} bytes; send the data in smaller updates")
-        header = HEADER.pack(len(body))
-        pieces = [memoryview(header + body)] if len(body) < 65536 else [
-            memoryview(header), memoryview(body)]
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] \
-            if fds else []
+    def _send_frame(self, frame: bytes, deadline: float | None, request_id: int | None = None,
+                    fds: list[int] | None = None) -> None:
+        """Write one whole frame (the send lock is held, or nobody else sends yet)."""
+        if fds:
+            view = memoryview(frame)
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        else:
+            try:
+                sent = self._sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._lost_while_sending(request_id, exc)
+            if sent == len(frame):
+                return
+            view = memoryview(frame)[sent:]
+            ancillary = []
         try:
-            for view in pieces:
-                while view:
-                    try:
-                        if ancillary:  # the descriptors ride on the frame's first byte
-                            sent = self._sock.sendmsg([view], ancillary)
-                            ancillary = []
-                        else:
-                            sent = self._sock.send(view)
-                    except BlockingIOError:
-                        self._poll.modify(self._sock, select.POLLOUT)
-                        try:
-                            self._wait(select.POLLOUT, deadline)
-                        finally:
-                            self._poll.modify(self._sock, select.POLLIN)
-                        continue
-                    view = view[sent:]
+            while view:
+                try:
+                    if ancillary:  # the descriptors ride on the frame's first byte
+                        sent = self._sock.sendmsg([view], ancillary)
+                        ancillary = []
+                    else:
+                        sent = self._sock.send(view)
+                except BlockingIOError:
+                    # Its own poll object: the reading thread may be polling for answers.
+                    remaining = None if deadline is None else deadline - _monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError from None
+                    if not self._writable.poll(-1 if remaining is None
+                                               else max(1, int(remaining * 1000))):
+                        raise TimeoutError from None
+                    continue
+                view = view[sent:]
         except TimeoutError:
             # Part of a frame may be on the wire: the stream can no longer be trusted.
-            self._break("a request could not be sent before its deadline")
+            self._fail("a request could not be sent before its deadline")
             raise timed_out(None) from None
         except OSError as exc:
-            self._break(f"connection lost: {exc}")
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"connection to the daemon lost: {exc}") from None
+            self._lost_while_sending(request_id, exc)
 
-    def _receive(self, deadline: float | None) -> dict[str, Any]:
-        buf = self._buf
-        try:
-            while True:
-                if len(buf) >= HEADER_SIZE:
-                    (size,) = HEADER.unpack_from(buf, 0)
-                    if size > self.max_frame:
-                        self._break("the daemon sent an oversized frame")
-                        raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                          f"daemon sent a frame of {size} bytes")
-                    end = HEADER_SIZE + size
-                    if len(buf) >= end:
-                        body = bytes(memoryview(buf)[HEADER_SIZE:end])
-                        del buf[:end]
-                        try:
-                            message = cbor2.loads(body)
-                        except Exception as exc:
-                            self._break("the daemon sent malformed CBOR")
-                            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                              f"malformed response: {exc}") from None
-                        if not isinstance(message, dict):
-                            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "response is not a map")
-                        return message
-                    want = end - len(buf)
-                else:
-                    want = HEADER_SIZE - len(buf)
-                try:
-                    chunk = self._sock.recv(min(max(want, 65536), 1 << 20))
-                except BlockingIOError:
-                    self._wait(select.POLLIN, deadline)
-                    continue
-                if not chunk:
-                    self._break("the daemon closed the connection")
-                    raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                                      "the daemon closed the connection")
-                buf += chunk
-        except TimeoutError:
-            raise timed_out(None) from None
-        except OSError as exc:
-            self._break(f"connection lost: {exc}")
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"connection to the daemon lost: {exc}") from None
+    def _lost_while_sending(self, request_id: int | None, exc: OSError) -> None:
+        self._fail(f"connection lost: {exc}")
+        raise CryptoError(ErrorCode.CONNECTION_FAILED,
+                          f"connection to the daemon lost: {exc}") from None
 
-    def _break(self, why: str) -> None:
-        self._broken = why
-
-    # --- calls ---------------------------------------------------------------------------
-    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
-        with self._lock:
-            if self._broken:
-                raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
-            if self._shm_usable:
-                offloaded = self._offload(op, args)
-                if offloaded is not None:
-                    new_args, fd = offloaded
-                    try:
-                        done, result = self._call_with_region(op, new_args, fd, timeout)
-                    finally:
-                        os.close(fd)
-                    if done:
-                        return result
-            return self._roundtrip(op, _inline_views(op, args), timeout)
-
-    # --- shared memory for large buffers (see shm.py) ---------------------------------------
-    def _offload(self, op: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], int] | None:
-        """The request with its large buffers moved into a sealed memfd (None: stay inline)."""
-        targets: list[dict[str, Any]] = []
-        if op == "batch":
-            calls = [dict(c) for c in args.get("calls", [])]
-            for c in calls:
-                c["args"] = dict(c.get("args", {}))
-                targets.append(c["args"])
-            new_args: dict[str, Any] = {**args, "calls": calls}
-        else:
-            new_args = dict(args)
-            targets.append(new_args)
-        big = [(t, k) for t in targets for k in SHM_ARGUMENTS
-               if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= SHM_THRESHOLD]
-        if not big or sum(len(t[k]) for t, k in big) > self.max_frame:
-            return None
-        try:
-            fd = sealed_memfd([t[k] for t, k in big])
-        except OSError:
-            self._shm_usable = False
-            return None
-        offset = 0
-        for t, k in big:
-            length = len(t[k])
-            t[k] = {"shm": [offset, length]}
-            offset += length
-        return new_args, fd
-
-    def _call_with_region(self, op: str, args: Mapping[str, Any], fd: int,
-                          timeout: float | None) -> tuple[bool, Any]:
-        """Attach ``fd`` and send the request with it: (True, result), or (False, None) when
-        the daemon does not take shared memory (the caller then sends the bytes inline)."""
-        try:
-            ready = self._roundtrip("shm.attach", {}, timeout)
-        except CryptoError as exc:
-            if exc.code is ErrorCode.OPERATION_TIMED_OUT:
-                # The daemon may be waiting for the descriptor: the stream is out of step.
-                self._break("a shared-memory attach timed out")
-                raise
-            if exc.code is ErrorCode.CONNECTION_FAILED:
-                raise
-            self._shm_usable = False
-            return False, None
-        if not (isinstance(ready, Mapping) and ready.get("ready") is True):
-            self._shm_usable = False
-            return False, None
-        reply = self._roundtrip(op, _inline_views(op, args), timeout, fds=[fd])
-        if isinstance(reply, _ShmRefused):
-            self._shm_usable = False  # e.g. a kernel without sealing: stay inline
-            return False, None
-        self.shm_transfers += 1
-        return True, reply
-
-    def _roundtrip(self, op: str, args: Mapping[str, Any], timeout: float | None,
-                   fds: list[int] | None = None) -> Any:
-        with _waiting_lock:
-            _waiting[0] += 1
-        try:
-            return self._exchange(op, args, timeout, fds)
-        finally:
-            with _waiting_lock:
-                _waiting[0] -= 1
-
-    def _exchange(self, op: str, args: Mapping[str, Any], timeout: float | None,
-                  fds: list[int] | None = None) -> Any:
-        request_id = next(self._ids)
-        message: dict[str, Any] = {"id": request_id, "op": op, "args": args}
-        deadline = None
-        if timeout is not None:
-            message["timeout_ms"] = max(1, int(timeout * 1000))
-            deadline = time.monotonic() + timeout
-        self._send(message, deadline, fds)
-        while True:
-            try:
-                reply = self._receive(deadline)
-            except CryptoError as exc:
-                if exc.code is ErrorCode.OPERATION_TIMED_OUT:
-                    raise timed_out(timeout) from None
-                raise
-            if reply.get("id") != request_id:
-                if reply.get("id") is None and reply.get("ok") is False:
-                    raise_for_error(reply.get("error"))
-                continue  # a late answer to a call we gave up on
-            if reply.get("ok"):
-                return reply.get("result")
-            error = reply.get("error")
-            if fds and isinstance(error, Mapping) and error.get("shm_refused") is True:
-                return _ShmRefused()
-            raise_for_error(error)
+    def _fail(self, why: str) -> None:
+        """The connection is unusable: every caller still waiting hears so."""
+        with self._state:
+            self._broken = self._broken or why
+            for waiter in self._pending.values():
+                waiter.ring()
 
     def close(self) -> None:
         try:
             self._sock.close()
         except OSError:
             pass
-        self._broken = self._broken or "closed"
-
-
-class _ShmRefused:
-    """The daemon refused a request's shared memory (the request did not run)."""
-
-
-def _inline_views(op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``args`` with memoryview data arguments turned into bytes (CBOR would encode a
-    memoryview as a list of integers); the common case, no view, is returned as is."""
-    targets = [c.get("args", {}) for c in args.get("calls", [])] if op == "batch" else [args]
-    if not any(isinstance(t.get(k), memoryview) for t in targets for k in SHM_ARGUMENTS):
-        return args
-
-    def fixed(a: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in a.items()}
-
-    if op == "batch":
-        return {**args, "calls": [{**c, "args": fixed(c.get("args", {}))}
-                                  for c in args.get("calls", [])]}
-    return fixed(args)
+        self._fail("closed")
+        self.shm.close()
 
 
 TRANSPORT_ENTRY_POINTS = "cryptostack.transports"
 """Entry-point group of the other endpoint schemes (the core registers ``inproc``)."""
+
+
+def split_endpoint(endpoint: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of an endpoint; INVALID_ARGUMENT when it has no scheme."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"endpoint {endpoint!r} has no scheme: use unix://PATH or inproc://")
+    if scheme == "unix" and not rest:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, "unix:// endpoint needs a path")
+    return scheme, rest
+
+
+def registered_transport(endpoint: str, scheme: str, rest: str, daemon_config: Any) -> Transport:
+    """A transport from the ``cryptostack.transports`` entry point named ``scheme``."""
+    found = entry_points(group=TRANSPORT_ENTRY_POINTS, name=scheme)
+    if not found:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://")
+    factory = next(iter(found)).load()
+    transport: Transport = factory(rest, daemon_config)
+    return transport
 
 
 def connect(endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0,
@@ -366,18 +456,7 @@ def connect(endpoint: str, daemon_config: Any = None, connect_timeout: float | N
 
     An entry point names a callable ``(rest_of_endpoint, daemon_config) -> Transport``.
     """
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"endpoint {endpoint!r} has no scheme: use unix://PATH or inproc://")
+    scheme, rest = split_endpoint(endpoint)
     if scheme == "unix":
-        if not rest:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "unix:// endpoint needs a path")
         return UnixTransport(rest, connect_timeout, spin)
-    found = entry_points(group=TRANSPORT_ENTRY_POINTS, name=scheme)
-    if not found:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://")
-    factory = next(iter(found)).load()
-    transport: Transport = factory(rest, daemon_config)
-    return transport
+    return registered_transport(endpoint, scheme, rest, daemon_config)

@@ -230,7 +230,13 @@ class VerifyOperation(abc.ABC):
 
 
 class KekSource(abc.ABC):
-    """Source of the key store's key-encryption key (a file by default; a TPM may seal it)."""
+    """Source of the key store's key-encryption key (a file by default; a TPM may seal it
+    into a file; a PKCS#11 token may derive it, with nothing on the host's disk)."""
+
+    uses_file = True
+    """Whether the KEK (or a sealed form of it) lives in the configured ``kek_file``. False
+    for a source that keeps nothing on disk: the daemon then never creates or checks the
+    file."""
 
     @abc.abstractmethod
     def load_or_create(self, path: Path) -> bytes:
@@ -240,6 +246,10 @@ class KekSource(abc.ABC):
         """Whether a KEK was created at ``path`` (the key store never re-creates one behind
         an existing store). Sources that keep it elsewhere override this."""
         return path.exists()
+
+    def describe(self, path: Path) -> str:
+        """Where the KEK is, for messages (the file by default)."""
+        return str(path)
 
 
 def _unsupported(what: str) -> CryptoError:

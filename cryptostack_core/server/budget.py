@@ -50,23 +50,42 @@ class Account:
         self.held = 0
         self.by_kind: Counter[str] = Counter()
 
+    def _fits(self, size: int) -> bool:
+        return self.held + size <= self.budget.per_connection \
+            and self.budget.held + size <= self.budget.total
+
+    def _refusal(self, size: int, kind: str) -> CryptoError:
+        # Raised straight from the caller's expression, never kept in a local: a local
+        # would tie the exception to its own traceback, and the frames of that traceback
+        # (an answer being refused) would wait for the cyclic garbage collector.
+        budget = self.budget
+        if self.held + size > budget.per_connection:
+            detail = ", ".join(f"{k} {_mib(v)}" for k, v in self.by_kind.items() if v)
+            return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                               f"connection_memory_budget of {_mib(budget.per_connection)} "
+                               f"reached: {_mib(size)} more of {kind} refused (this "
+                               f"connection holds {detail or 'nothing'})")
+        return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
+                           f"memory_budget of {_mib(budget.total)} for all clients "
+                           f"reached: {_mib(size)} more of {kind} refused (all clients "
+                           f"hold {_mib(budget.held)}); try again later")
+
+    def check(self, size: int, kind: str) -> None:
+        """RESOURCE_EXHAUSTED if ``size`` more bytes of ``kind`` would not fit now; nothing is
+        held. For memory that is used and given back within one step on the event loop (a
+        small request that arrived whole and is answered at once): refused exactly when a
+        reservation would be, without the lock and the bookkeeping."""
+        if size > 0 and not self._fits(size):
+            raise self._refusal(size, kind)
+
     def reserve(self, size: int, kind: str) -> None:
         """Hold ``size`` more bytes of ``kind``, or raise RESOURCE_EXHAUSTED (nothing held)."""
         if size <= 0:
             return
         budget = self.budget
         with budget._lock:
-            if self.held + size > budget.per_connection:
-                detail = ", ".join(f"{k} {_mib(v)}" for k, v in self.by_kind.items() if v)
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"connection_memory_budget of {_mib(budget.per_connection)} "
-                                  f"reached: {_mib(size)} more of {kind} refused (this "
-                                  f"connection holds {detail or 'nothing'})")
-            if budget.held + size > budget.total:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"memory_budget of {_mib(budget.total)} for all clients "
-                                  f"reached: {_mib(size)} more of {kind} refused (all clients "
-                                  f"hold {_mib(budget.held)}); try again later")
+            if not self._fits(size):
+                raise self._refusal(size, kind)
             self.held += size
             self.by_kind[kind] += size
             budget.held += size

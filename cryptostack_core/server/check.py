@@ -107,19 +107,45 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
     if paths.in_memory(config):
         report.facts.append("key store: in memory")
         return
+    if config.keystore_url is not None:
+        _shared_store(config, report)
+        return
     assert config.keystore is not None
     report.facts.append(f"key store: {config.keystore}")
     kek, notes = paths.kek_location(config)
     report.warnings += notes
     report.facts.append(f"key-encryption key: {kek}" + (
-        f" (sealed by provider {config.kek_provider})" if config.kek_provider else ""))
+        f" (from provider {config.kek_provider}: sealed in that file, or kept in the token)"
+        if config.kek_provider else ""))
     for directory in (config.keystore.parent, kek.parent):
         if not paths.creatable(directory):
             report.problems.append(f"cannot create {directory} (not writable by this user)")
-    if not kek.exists():
+    if not kek.exists() and config.kek_provider is None:  # a provider may keep no file
         try:
             if paths.holds_wrapped_keys(config.keystore):
                 report.problems.append(f"the key store {config.keystore} holds wrapped keys but "
                                        f"its key-encryption key {kek} is missing")
         except Exception as exc:  # an unreadable store
             report.problems.append(f"cannot read the key store {config.keystore}: {exc}")
+
+
+def _shared_store(config: DaemonConfig, report: CheckReport) -> None:
+    """A PostgreSQL store: reachable, and where its KEK comes from."""
+    from cryptostack_core.server.keystore import KeyStoreError, KeyStoreUnavailable, open_backend
+
+    url = config.keystore_url
+    assert url is not None
+    try:
+        backend = open_backend(url)
+    except (KeyStoreError, KeyStoreUnavailable) as exc:
+        report.problems.append(exc.message)
+        return
+    report.facts.append(f"key store: {backend.location} (shared)")
+    backend.close()
+    if config.kek_provider is not None:
+        report.facts.append(f"key-encryption key: from provider {config.kek_provider}")
+        return
+    kek, notes = paths.kek_location(config)
+    report.warnings += notes
+    report.facts.append(f"key-encryption key: {kek} (every daemon on this store needs the "
+                        "same one)")

@@ -81,6 +81,9 @@ class DaemonConfig:
     keys in memory (see :mod:`cryptostack_core.server.paths`)."""
     keystore_in_memory: bool = False
     """``keystore = ":memory:"``: keys are lost when the service stops (logged as a warning)."""
+    keystore_url: str | None = None
+    """``keystore = "postgresql://..."``: a key store shared by several daemons
+    (docs/scaling.md)."""
     kek_file: Path | None = None
     kek_provider: int | None = None
     audit_log: Path | None = None
@@ -180,6 +183,8 @@ _DAEMON_KEYS = {
 }
 MEMORY_KEYSTORE = ":memory:"
 """The ``[daemon] keystore`` value that keeps keys in memory only."""
+SHARED_KEYSTORE_SCHEMES = ("postgresql://", "postgres://")
+"""``[daemon] keystore`` values that name a database shared by several daemons."""
 
 
 class _Parser:
@@ -253,6 +258,10 @@ class _Parser:
         kw: dict[str, Any] = {"source": self.source}
         if daemon.get("keystore") == MEMORY_KEYSTORE:
             kw["keystore_in_memory"] = True
+            daemon = {k: v for k, v in daemon.items() if k != "keystore"}
+        elif isinstance(daemon.get("keystore"), str) and daemon["keystore"].startswith(
+                SHARED_KEYSTORE_SCHEMES):
+            kw["keystore_url"] = daemon["keystore"]
             daemon = {k: v for k, v in daemon.items() if k != "keystore"}
         for key in ("allow_test_providers", "allow_root"):
             if key in daemon:

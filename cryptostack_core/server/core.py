@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import pluggy
 
-from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState
+from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState, StoredKey
 from cryptostack_core.server import paths
 from cryptostack_core.server.arguments import invalid, rid_arg
 from cryptostack_core.server.budget import MemoryBudget
@@ -35,7 +36,7 @@ from cryptostack_core.server.hooks import (
     PeerIdentity,
     make_plugin_manager,
 )
-from cryptostack_core.server.keystore import KeyStore
+from cryptostack_core.server.keystore import KeyStore, SlotRecord, open_store
 from cryptostack_core.server.selection import ProviderSet
 from cryptostack_core.server.session import Handle, KeyEntry, Session
 from cryptostack_core.server.states import ContextState, StreamContextState
@@ -54,6 +55,12 @@ from cryptostack_core.wire.resources import (
 
 log = logging.getLogger("cryptostack.service")
 PROBE_TIMEOUT = 1.0  # seconds a provider has to answer a status probe
+SLOT_KEY_CACHE = 256
+"""Slot versions whose provider key the daemon keeps loaded between uses (least recently
+used first out)."""
+RECEIVING = P.DECRYPT | P.UNWRAP | P.VERIFY | P.DECAPSULATE | P.AGREE | P.EXPORT
+"""What a slot's older (non-primary) versions may still do: undo or check what was made
+under them; never make anything new."""
 
 
 def _on_event_loop() -> bool:
@@ -64,7 +71,7 @@ def _on_event_loop() -> bool:
     return True
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request in flight: its client, its deadline, and whether the front end gave up
     on it (then anything it creates later is released at once)."""
@@ -124,6 +131,14 @@ class ServiceCore:
         self._session_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._slot_keys: OrderedDict[tuple[str, int], tuple[tuple[Any, ...], KeyEntry]] = \
+            OrderedDict()
+        self._slot_keys_lock = threading.Lock()
+        # Backend objects (token objects) in use by loaded keys, and those whose version was
+        # retired or cleared while in use: destroyed when their last user lets go.
+        self._stored_users: dict[tuple[int, bytes], int] = {}
+        self._doomed: dict[tuple[int, bytes], tuple[StoredKey, str]] = {}
+        self._stored_lock = threading.Lock()
         self._reconcile_stored()
         self.provision_slots()
 
@@ -158,13 +173,17 @@ class ServiceCore:
                                   f"kek_provider {kp.name} ({kp.id}) cannot protect the key "
                                   f"store: {kp.load_error or 'it offers no KEK source'}")
             kek_source = kp.instance.kek_source()
-        if paths.in_memory(config):
+        location = paths.store_location(config)
+        if location is None:
             return KeyStore.open(None)
-        assert config.keystore is not None
         kek, notes = paths.kek_location(config)
         self.warnings += notes
-        paths.prepare_kek(config.keystore, kek)
-        return KeyStore.open(config.keystore, kek_source, kek)
+        if kek_source is None or kek_source.uses_file:
+            paths.prepare_kek(location, kek)
+        store = open_store(location, kek_source, kek)
+        for note in store.notes:
+            log.warning("%s", note)
+        return store
 
     def _close_providers(self) -> None:
         for loaded in self.providers.by_id.values():
@@ -184,6 +203,7 @@ class ServiceCore:
             sessions = list(self.sessions.values())
         for session in sessions:
             self.close_session(session)
+        self.forget_slot_keys()
         self._close_providers()
         self.keystore.close()
         self._audit_logger.close()
@@ -299,11 +319,19 @@ class ServiceCore:
               providers: tuple[int, ...] = ()) -> None:
         """Emit an audit event to every hook implementation (``providers``: all of them when
         a request involved several, e.g. the halves of a split hybrid key)."""
+        providers = providers if len(providers) > 1 else ()
         try:
-            self.pm.hook.cryptostack_audit(event=AuditEvent(
+            hook = self.pm.hook.cryptostack_audit
+            impls = hook.get_hookimpls()
+            if len(impls) == 1 and impls[0].plugin is self._audit_logger:
+                # The built-in logger alone (the usual case): no event object, no dispatch.
+                self._audit_logger.record(action, session.peer, resource, result, provider,
+                                          algorithm, operation, detail, None, providers)
+                return
+            hook(event=AuditEvent(
                 action=action, client=session.peer, resource=resource, result=result,
                 provider=provider, algorithm=algorithm, operation=operation, detail=detail,
-                providers=providers if len(providers) > 1 else ()))
+                providers=providers))
         except Exception:
             log.exception("an audit hook failed")
 
@@ -450,20 +478,28 @@ class ServiceCore:
         return slot
 
     def slot_info(self, name: str) -> dict[str, Any]:
-        """A slot's metadata as the client's ``KeySlotInfo`` (not access-checked)."""
+        """A slot's metadata and versions as the client's ``KeySlotInfo`` (not
+        access-checked; read from the key store, so another daemon's change shows at once)."""
         slot = self.slot_config(name)
-        record = self.keystore.slot(name)
-        if record is None:
-            return {"name": name, "status": KeySlotStatus.EMPTY.value,
+        versions = self.keystore.slot_versions(name)
+        listed = [{"version": v.version, "state": _version_state(v, versions.min_version),
+                   "created": v.created, "updated": v.updated, "algorithm": v.algorithm,
+                   "provider": v.provider, "permissions": int(v.permissions)}
+                  for v in versions.versions]
+        common = {"name": name, "versions": listed, "min_version": versions.min_version,
+                  "head_version": versions.head}
+        primary = versions.primary
+        if primary is None:
+            return {**common, "status": KeySlotStatus.EMPTY.value,
                     "algorithm": slot.algorithm, "provider": slot.provider,
                     "compatible_providers": list(slot.compatible_providers),
                     "permissions": int(slot.permissions or 0), "version": 0,
                     "created": None, "updated": None}
-        return {"name": name, "status": KeySlotStatus.OCCUPIED.value,
-                "algorithm": record.algorithm, "provider": record.provider,
-                "compatible_providers": list(record.compatible),
-                "permissions": int(record.permissions), "version": record.version,
-                "created": record.created, "updated": record.updated}
+        return {**common, "status": KeySlotStatus.OCCUPIED.value,
+                "algorithm": primary.algorithm, "provider": primary.provider,
+                "compatible_providers": list(primary.compatible),
+                "permissions": int(primary.permissions), "version": primary.version,
+                "created": versions.versions[0].created, "updated": primary.created}
 
     def export_uids(self, name: str) -> frozenset[int]:
         """The uids slot ``name``'s configuration lets export (``write_uids``; unset: root
@@ -473,22 +509,127 @@ class ServiceCore:
             return frozenset(slot.write_uids)
         return frozenset({0, self.daemon_uid})
 
-    def load_slot(self, session: Session, name: str) -> KeyEntry:
-        """Load a key slot's key into a fresh :class:`KeyEntry` (access-checked). The entry
+    def load_slot(self, session: Session, name: str, version: int | None = None) -> KeyEntry:
+        """The key of slot ``name`` (its primary version, or ``version``) as a
+        :class:`KeyEntry` the caller owns one reference to (access-checked). The entry
         carries the export allow-list of the slot, narrowed by any slot its material came
-        from."""
+        from. A version that is not the primary may only decrypt, unwrap, verify,
+        decapsulate and agree (and export, if it could).
+
+        Loaded versions stay cached (:data:`SLOT_KEY_CACHE`), so a slot used again costs no
+        provider call; the key store is still asked every time whether the version may be
+        used (retired, below the minimum, or cleared by another daemon)."""
         slot = self.slot_config(name)
         self.check_access(session, "use", ResourceType.KEY_SLOT, name, slot.use_uids)
-        record, stored = self.keystore.load_key(name)
+        record = self.keystore.resolve(name, version)
+        stamp = (record.created, record.primary, record.provider, record.algorithm,
+                 int(record.permissions))
+        key = (name, record.version)
+        with self._slot_keys_lock:
+            hit = self._slot_keys.get(key)
+            if hit is not None and hit[0] == stamp:
+                self._slot_keys.move_to_end(key)
+                return hit[1].retain()
+        entry = self._load_version(name, record)
+        entry.retain()  # the cache's reference
+        with self._slot_keys_lock:
+            old = self._slot_keys.pop(key, None)
+            self._slot_keys[key] = (stamp, entry)
+            evicted = [old[1]] if old is not None else []
+            while len(self._slot_keys) > SLOT_KEY_CACHE:
+                evicted.append(self._slot_keys.popitem(last=False)[1][1])
+        for gone in evicted:
+            gone.release()
+        return entry
+
+    def _load_version(self, name: str, record: SlotRecord) -> KeyEntry:
+        _, stored = self.keystore.load_key(name, record.version)
         loaded = self.providers.get(record.provider)
         instance = self.provider_instance(loaded)
-        pkey = instance.load_stored_key(stored, record.algorithm, record.permissions)
+        perms = record.permissions
+        if not record.primary:
+            perms = (perms & RECEIVING) | (P.VERIFY if perms & P.MAC else P.NONE)
+        pkey = instance.load_stored_key(stored, record.algorithm, perms)
         exports = self.export_uids(name)
         if record.export_uids is not None:
             exports &= record.export_uids
-        return KeyEntry(algorithm=record.algorithm, permissions=record.permissions, home=loaded,
+        on_free = None if stored.secret else self._track_stored(loaded.id, stored)
+        return KeyEntry(algorithm=record.algorithm, permissions=perms, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
-                        compatible=record.compatible, slot=name, export_uids=exports)
+                        compatible=record.compatible, slot=name, export_uids=exports,
+                        version=record.version, on_free=on_free)
+
+    def forget_slot_keys(self, name: str | None = None) -> None:
+        """Drop cached keys of slot ``name`` (all slots: None), e.g. after a version was
+        retired or the configuration reloaded; users keep theirs until they let go."""
+        with self._slot_keys_lock:
+            keys = [k for k in self._slot_keys if name is None or k[0] == name]
+            gone = [self._slot_keys.pop(k)[1] for k in keys]
+        for entry in gone:
+            entry.release()
+
+    # --- backend objects of stored keys --------------------------------------------------
+    def _track_stored(self, provider: int, stored: StoredKey) -> Callable[[], None]:
+        """Count a loaded key as a user of its backend object; the returned callback is the
+        key's ``on_free``."""
+        ref = (provider, bytes(stored.blob))
+        with self._stored_lock:
+            self._stored_users[ref] = self._stored_users.get(ref, 0) + 1
+
+        def free() -> None:
+            with self._stored_lock:
+                left = self._stored_users.get(ref, 1) - 1
+                if left > 0:
+                    self._stored_users[ref] = left
+                    return
+                self._stored_users.pop(ref, None)
+                doomed = self._doomed.pop(ref, None)
+            if doomed is not None:
+                self._destroy_stored(provider, *doomed)
+
+        return free
+
+    def destroy_when_unused(self, provider: int, stored: StoredKey, what: str) -> None:
+        """Destroy the backend object of a retired or cleared version (a token object) now,
+        or -- while a loaded key or an open context still uses it -- when the last of them
+        is released. One rule on every provider: what a client holds keeps working."""
+        if stored.secret:
+            return
+        ref = (provider, bytes(stored.blob))
+        with self._stored_lock:
+            if self._stored_users.get(ref):
+                self._doomed[ref] = (stored, what)
+                log.info("%s: its backend object is destroyed when its last user lets go",
+                         what)
+                return
+        self._destroy_stored(provider, stored, what)
+
+    def _destroy_stored(self, provider: int, stored: StoredKey, what: str) -> None:
+        def run() -> None:
+            try:
+                loaded = self.providers.get(provider)
+                self.provider_instance(loaded).delete_stored_key(stored)
+            except Exception:
+                log.exception("could not destroy the backend object of %s (the provider's "
+                              "reconciliation retries at the next start)", what)
+                return
+            self._daemon_audit("key.destroy", what, provider,
+                               "backend object destroyed (no user left)")
+
+        if _on_event_loop():
+            threading.Thread(target=run, name="destroy-stored", daemon=True).start()
+        else:
+            run()
+
+    def _daemon_audit(self, action: str, resource: str, provider: int | None,
+                      detail: str) -> None:
+        daemon = PeerIdentity(os.getpid(), os.getuid(), os.getgid())
+        try:
+            self.pm.hook.cryptostack_audit(event=AuditEvent(
+                action=action, client=daemon, resource=resource, result="ok",
+                provider=provider, detail=detail))
+        except Exception:
+            log.exception("an audit hook failed")
 
     def _reconcile_stored(self) -> None:
         """Let each provider destroy durable objects a crash left without a slot (audited)."""
@@ -539,10 +680,26 @@ class ServiceCore:
                     stored = loaded.instance.persist_key(pkey, slot.name)
                 finally:
                     loaded.instance.release_key(pkey)
-                self.keystore.store_key(slot.name, spec.name, loaded.id,
-                                        slot.compatible_providers, perms, stored)
+                # Daemons sharing a store may provision at once: only the first key counts.
+                if not self.keystore.store_key(slot.name, spec.name, loaded.id,
+                                               slot.compatible_providers, perms, stored,
+                                               if_empty=True):
+                    self.destroy_when_unused(loaded.id, stored, f"key slot {slot.name} "
+                                             "(provisioned by another daemon first)")
+                    continue
+                self.forget_slot_keys(slot.name)
                 log.info("provisioned key slot %s (%s on %s)", slot.name, spec.name, loaded.name)
             except (CryptoError, OSError) as exc:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                                   f"{self.config.source}: [[key_slots]] {slot.name!r}: "
                                   f"provisioning failed: {exc}") from None
+
+
+def _version_state(version: SlotRecord, minimum: int) -> str:
+    """A version's state as clients see it: PRIMARY, ACTIVE, DISABLED (below the minimum)
+    or RETIRED."""
+    if version.state == "retired":
+        return "RETIRED"
+    if version.primary:
+        return "PRIMARY"
+    return "DISABLED" if version.version < minimum else "ACTIVE"

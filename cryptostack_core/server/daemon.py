@@ -49,9 +49,9 @@ from cryptostack_core.wire.protocol import (
     HEADER,
     HEADER_SIZE,
     SUPPORTED_VERSIONS,
+    BodyDecoder,
     FrameDecoder,
     FrameTooLarge,
-    decode_body,
     encode,
     error_response,
 )
@@ -102,6 +102,11 @@ class Connection(asyncio.Protocol):
         self._frame_sizes: list[int] = []
         self.frame_started: float | None = None  # when the frame now arriving began
         self.last_activity = time.monotonic()
+        self._unread = 0  # bytes of answers charged as unread (the transport's buffer)
+        self._decode = BodyDecoder()
+        # The last task started for each context number: a later request on that context
+        # waits for it, so requests on one context run in the order they arrived.
+        self._tails: dict[int, asyncio.Future[Any]] = {}
 
     # --- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,13 +142,29 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_activity = time.monotonic()
-        self._sync_unread()
+        if self._unread:
+            self._sync_unread()
+        decoder = self.decoder
+        size = len(data) - HEADER_SIZE
+        if size >= 0 and not decoder.in_frame and HEADER.unpack_from(data)[0] == size:
+            # Exactly one whole frame (a client waiting for each answer sends nothing else):
+            # no buffering, and nothing reserved while it is served here; a request that
+            # leaves for a task reserves its frame then (see _on_message).
+            self.frame_started = None
+            self._last_in_chunk = True
+            if size > decoder.max_frame:
+                self._fatal(FrameTooLarge(size, decoder.max_frame))
+                return
+            if self._frame_refused(size):
+                return
+            self._on_frame(data[HEADER_SIZE:], 0, HEADER_SIZE + size)
+            return
         try:
-            bodies = self.decoder.feed(data)
+            bodies = decoder.feed(data)
         except FrameTooLarge as exc:
             self._fatal(exc)
             return
-        if not self.decoder.in_frame:
+        if not decoder.in_frame:
             self.frame_started = None
         elif bodies or self.frame_started is None:
             self.frame_started = now
@@ -152,8 +173,8 @@ class Connection(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 self._release_frame(size)
                 return
-            self._last_in_chunk = i == len(bodies) - 1 and not self.decoder.in_frame
-            self._on_frame(body, size)
+            self._last_in_chunk = i == len(bodies) - 1 and not decoder.in_frame
+            self._on_frame(body, size, size)
 
     # --- the memory budget (budget.py) and timeouts ----------------------------------------
     def _frame_announced(self, size: int) -> bool:
@@ -170,6 +191,19 @@ class Connection(asyncio.Protocol):
         self._frame_sizes.append(HEADER_SIZE + size)
         return True
 
+    def _frame_refused(self, size: int) -> bool:
+        """A whole frame that arrived in one piece: refused (and answered) if the budget could
+        not take it, exactly as :meth:`_frame_announced` would; nothing is reserved."""
+        session = self.session
+        if session is None:
+            return False
+        try:
+            session.memory.check(HEADER_SIZE + size, "request frames")
+        except CryptoError as exc:
+            self._send(error_response(None, exc))
+            return True
+        return False
+
     def _release_frame(self, size: int) -> None:
         if self.session is not None:
             self.session.memory.release(size, "request frames")
@@ -177,7 +211,8 @@ class Connection(asyncio.Protocol):
     def _sync_unread(self) -> None:
         """Charge the connection for the answers the client has not read yet."""
         if self.session is not None and self.transport is not None:
-            self.session.memory.set(self.transport.get_write_buffer_size(), "unread answers")
+            self._unread = self.transport.get_write_buffer_size()
+            self.session.memory.set(self._unread, "unread answers")
 
     def check_timeouts(self, now: float) -> None:
         """Called about every second: close half-sent frames and idle connections."""
@@ -214,7 +249,8 @@ class Connection(asyncio.Protocol):
 
     # --- frames ------------------------------------------------------------------------
     def _send(self, message: Mapping[str, Any]) -> None:
-        if self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
         self.last_activity = time.monotonic()
         try:
@@ -230,17 +266,24 @@ class Connection(asyncio.Protocol):
                 f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
                 f"max_frame_size ({limit}); ask for less at a time")))
         memory = self.session.memory if self.session is not None else None
-        if memory is not None and (len(frame) > SMALL_ANSWER
-                                   or self.transport.get_write_buffer_size()):
+        if memory is None:
+            transport.write(frame)
+            return
+        if len(frame) > SMALL_ANSWER or self._unread or transport.get_write_buffer_size():
             # A large answer, or answers waiting unread: it must fit the budget.
             self._sync_unread()
             try:
                 memory.reserve(len(frame), "unread answers")
             except CryptoError as exc:  # the client is not reading: a short answer instead
                 frame = encode(error_response(message.get("id"), exc))
-        self.transport.write(frame)
-        if memory is not None:
+            transport.write(frame)
             self._sync_unread()  # what the socket did not take at once stays charged
+            return
+        # A small answer to a client that reads: written without a reservation; whatever the
+        # socket does not take at once is charged now.
+        transport.write(frame)
+        if transport.get_write_buffer_size():
+            self._sync_unread()
 
     def _fatal(self, exc: CryptoError) -> None:
         """A broken stream: say why, then close."""
@@ -248,12 +291,14 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _on_frame(self, body: bytes, size: int) -> None:
-        """One complete frame; ``size`` bytes of the budget are held until it is answered."""
+    def _on_frame(self, body: bytes, held: int, size: int) -> None:
+        """One complete frame of ``size`` bytes (header included); ``held`` bytes of the budget
+        are reserved for it until it is answered (0: nothing was reserved, the frame arrived
+        whole and is served at once unless it leaves for a task)."""
         fds, self._passed_fds = self._passed_fds, []
         try:
             try:
-                message = decode_body(body)
+                message = self._decode(body)
             except CryptoError as exc:
                 self._fd_frame = False
                 if not self.greeted:
@@ -261,41 +306,42 @@ class Connection(asyncio.Protocol):
                 else:
                     self._send(error_response(None, exc))
                 return
-            size = self._on_message(message, fds, size)
+            held = self._on_message(message, fds, held, size)
         finally:
             for fd in fds:
                 os.close(fd)
-            self._release_frame(size)
+            if held:
+                self._release_frame(held)
 
-    def _on_message(self, message: dict[str, Any], fds: list[int], size: int) -> int:
+    def _on_message(self, message: dict[str, Any], fds: list[int], held: int, size: int) -> int:
         """Serve one request; returns the budget its caller should release now (0 when a
         task running the request releases it later)."""
         if not self.greeted:
             self._hello(message)
-            return size
+            return held
         request_id = message.get("id")
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
+        if type(request_id) is not int:  # exactly an integer: not a bool, not a float
             self._send(error_response(None, CryptoError(
                 ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'")))
-            return size
+            return held
         timeout_ms = message.get("timeout_ms")
         if not (timeout_ms is None or (type(timeout_ms) is int and 0 < timeout_ms <= MAX_TIMEOUT_MS)):
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.PROTOCOL_ERROR,
                 f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS} when given")))
-            return size
+            return held
         try:
             request = Request.parse(message.get("op"), message.get("args", {}),
                                     self.server.config.max_batch_length)
         except CryptoError as exc:
             self._send(error_response(request_id, exc))
-            return size
+            return held
         session = self.session
         if session is None:
-            return size
+            return held
         if request.op == "shm.attach":
             self._shm_attach(request_id)
-            return size
+            return held
         if self._fd_frame:
             # The frame after an shm.attach: its descriptor becomes the shared memory the
             # request's {"shm": [offset, length]} references name. Refused: not run.
@@ -306,32 +352,98 @@ class Connection(asyncio.Protocol):
                 refused = error_response(request_id, exc)
                 refused["error"]["shm_refused"] = True  # not run: the client may send inline
                 self._send(refused)
-                return size
+                return held
         elif fds:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
                                           "after shm.attach")))
-            return size
+            return held
+        if request.references and session.shm is not None:
+            try:  # what the references name is fixed now, whatever is attached later
+                request = request.bind(session.shm)
+            except CryptoError as exc:
+                self._send(error_response(request_id, exc))
+                return held
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         call = Call(session, deadline)
-        route = self.service.route(session, request)
-        if route is Route.INLINE:
-            self._send(self._run(call, request_id, request))
-            return size
+        tails = self._tails
+        waits = None
+        if tails and request.contexts:
+            # An earlier request on one of these contexts is still running: this one runs
+            # after it (requests on one context are served in the order they arrive).
+            waits = [t for t in (tails.get(c) for c in request.contexts)
+                     if t is not None and not t.done()]
+        if not waits:
+            route = self.service.route(session, request)
+            if route is Route.INLINE:
+                self._send(self._run(call, request_id, request))
+                return held
+        else:
+            route = None
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            # Tasks that have answered but whose done-callbacks have not run yet (an event
+            # loop may read the client's next request first) are not in flight any more.
+            self.in_flight.difference_update([t for t in self.in_flight if t.done()])
         if len(self.in_flight) >= MAX_IN_FLIGHT:
             self._send(error_response(request_id, CryptoError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
-            return size
-        if route is Route.AWAITED:
-            task = asyncio.ensure_future(self._run_awaited(call, request_id, request,
-                                                           timeout_ms, size))
-        else:
-            task = asyncio.ensure_future(self._run_async(call, request_id, request, timeout_ms,
-                                                         size))
+            return held
+        if not held:  # arrived whole and unreserved: it is held until its task ends
+            try:
+                session.memory.reserve(size, "request frames")
+            except CryptoError as exc:
+                self._send(error_response(request_id, exc))
+                return 0
+            held = size
+        task = asyncio.ensure_future(self._serve_task(call, request_id, request, timeout_ms,
+                                                      held, route, waits))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+        if request.contexts and request.op != "context.close":
+            for number in request.contexts:
+                tails[number] = task
+            task.add_done_callback(self._forget_tail)
         return 0
+
+    def _forget_tail(self, task: asyncio.Future[Any]) -> None:
+        stale = [c for c, t in self._tails.items() if t is task]
+        for number in stale:
+            del self._tails[number]
+
+    async def _serve_task(self, call: Call, request_id: int, request: Request,
+                          timeout_ms: int | None, size: int, route: Route | None,
+                          waits: list[asyncio.Future[Any]] | None) -> None:
+        """A request that does not run at once: after the requests it must follow, inline,
+        awaited on this loop, or on its provider's pool."""
+        if waits:
+            try:
+                remaining = None if call.deadline is None else call.deadline - time.monotonic()
+                # asyncio.wait, not wait_for: the earlier requests must not be cancelled
+                # when this one's deadline passes.
+                _, pending = await asyncio.wait(waits, timeout=remaining)
+            except asyncio.CancelledError:
+                self._release_frame(size)
+                call.abandoned = True
+                return
+            if pending:
+                self._release_frame(size)
+                self._send(await self._timed_out(call, request_id, request, timeout_ms))
+                return
+            if self.session is None:
+                self._release_frame(size)
+                return
+            route = self.service.route(call.session, request)
+            if route is Route.INLINE:
+                try:
+                    self._send(self._run(call, request_id, request))
+                finally:
+                    self._release_frame(size)
+                return
+        if route is Route.AWAITED:
+            await self._run_awaited(call, request_id, request, timeout_ms, size)
+        else:
+            await self._run_async(call, request_id, request, timeout_ms, size)
 
     # --- shared memory: a descriptor passed with SCM_RIGHTS (see shm.py) ------------------
     _fd_frame = False
@@ -362,7 +474,8 @@ class Connection(asyncio.Protocol):
         self._fds_truncated = truncated
         self._passed_fds = fds
         self._last_in_chunk = True
-        self._on_frame(body, self._frame_sizes.pop(0) if self._frame_sizes else 0)
+        size = self._frame_sizes.pop(0) if self._frame_sizes else 0
+        self._on_frame(body, size, size)
         self._fd_frame = False
         if self._fd_reader is None and self.transport is not None \
                 and not self.transport.is_closing():

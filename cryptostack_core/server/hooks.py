@@ -19,13 +19,14 @@ import os
 import stat
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 PROJECT = "cryptostack"
+_JSON = json.JSONEncoder().encode
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -57,8 +58,15 @@ class AuditEvent:
     across providers (``provider`` is then the pq half's); empty otherwise."""
 
     def to_json(self) -> str:
-        """One JSON line."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """One JSON line (keys sorted, as ``json.dumps(asdict(event), sort_keys=True)``)."""
+        client = self.client
+        # Built by hand in sorted key order: asdict() deep-copies and sorting costs more than
+        # the rest of an audited request.
+        return _JSON({"action": self.action, "algorithm": self.algorithm,
+                      "client": {"gid": client.gid, "pid": client.pid, "uid": client.uid},
+                      "detail": self.detail, "operation": self.operation,
+                      "provider": self.provider, "providers": list(self.providers),
+                      "resource": self.resource, "result": self.result, "time": self.time})
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,10 @@ class AuditLogger:
         self._path = path
         self._group = group
         self._lock = threading.Lock()
-        self._file: Any = None
+        self._file: int | None = None
+        """The audit file's descriptor: one ``write(2)`` per event (no user-space buffer, so
+        a daemon that crashes loses no event it has answered for)."""
+        self._heads: dict[tuple[Any, ...], str] = {}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             mode = 0o600 if group is None else 0o640
@@ -142,22 +153,54 @@ class AuditLogger:
             except BaseException:
                 os.close(fd)
                 raise
-            self._file = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._file = fd
 
     @hookimpl
     def cryptostack_audit(self, event: AuditEvent) -> None:
-        self._log.info("%s %s uid=%d pid=%d provider=%s result=%s", event.action,
-                       event.resource, event.client.uid, event.client.pid, event.provider,
-                       event.result)
-        if self._file is not None:
-            with self._lock:
-                self._file.write(event.to_json() + "\n")
+        self.record(event.action, event.client, event.resource, event.result, event.provider,
+                    event.algorithm, event.operation, event.detail, event.time, event.providers)
+
+    def record(self, action: str, client: PeerIdentity, resource: str, result: str,
+               provider: int | None = None, algorithm: str | None = None,
+               operation: str | None = None, detail: str = "", when: float | None = None,
+               providers: tuple[int, ...] = ()) -> None:
+        """Write one event (what the hook does; the service calls it directly when this
+        logger is the only audit hook, without building an :class:`AuditEvent`)."""
+        fd = self._file
+        # With an audit file, that file is the trail: a successful key use is only a debug
+        # line in the daemon's log (formatting a log line costs more than the operation).
+        # Without one, the log is the trail and every event is logged at INFO.
+        level = logging.DEBUG if fd is not None and result == "ok" \
+            and action == "key.use" else logging.INFO
+        if self._log.isEnabledFor(level):
+            self._log.log(level, "%s %s uid=%d pid=%d provider=%s result=%s", action,
+                          resource, client.uid, client.pid, provider, result)
+        if fd is None:
+            return
+        # Everything but the time repeats from one use of a context to the next: the JSON
+        # before it is kept (the keys are sorted, so "time" comes last).
+        key = (action, client, resource, result, provider, algorithm, operation, detail,
+               providers)
+        head = self._heads.get(key)
+        if head is None:
+            line = AuditEvent(action, client, resource, result, provider, algorithm, operation,
+                              detail, 0.0, providers).to_json()
+            head = line[:line.rindex('"time": ') + 8]
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            self._heads[key] = head
+        data = f"{head}{time.time() if when is None else when!r}}}\n".encode()
+        with self._lock:
+            fd = self._file
+            if fd is not None:
+                _write_all(fd, data)
 
     def close(self) -> None:
         """Close the audit file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            fd, self._file = self._file, None
+        if fd is not None:
+            os.close(fd)
 
     def reopen(self, path: Path | None) -> None:
         """Switch to a freshly opened file at ``path`` (the same path after log rotation).
@@ -170,7 +213,13 @@ class AuditLogger:
             old, self._file, self._path = self._file, fresh._file, path
             fresh._file = None
         if old is not None:
-            old.close()
+            os.close(old)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:

@@ -65,6 +65,39 @@ class InprocTransport(Transport):
                                  if timeout else op)
             raise timed_out(timeout) from None
 
+    async def call_async(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        """:meth:`call` for an asyncio stack: cheap requests run here, on the caller's loop;
+        the rest on the provider's loop or a thread, awaited without blocking the loop."""
+        if self._closed:
+            raise CryptoError(ErrorCode.CONNECTION_FAILED, "stack is closed")
+        request = Request.parse(op, args, self.service.config.max_batch_length)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = Call(self.session, deadline)
+        if self.service.runs_inline(self.session, request):
+            return _copy_out(self.service.handle(call, request))
+        future: asyncio.Future[Any] | None = None
+        loop = self.service.provider_loop(self.session, request)
+        if loop is not None and loop.is_running() and \
+                self.service.route(self.session, request, loop) is Route.AWAITED:
+            future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                self.service.handle_async(call, request), loop))
+            try:
+                return _copy_out(await asyncio.wait_for(asyncio.shield(future), timeout))
+            except ContextBusy:
+                future = None  # another call holds the context: the thread path waits for it
+            except TimeoutError:
+                future.cancel()
+                self.service.abandon(call, request, f"{op} timed out after "
+                                                    f"{(timeout or 0) * 1000:.0f} ms")
+                raise timed_out(timeout) from None
+        future = asyncio.wrap_future(self._pool.submit(self.service.handle, call, request))
+        try:
+            return _copy_out(await asyncio.wait_for(asyncio.shield(future), timeout))
+        except TimeoutError:
+            self.service.abandon(call, request, f"{op} timed out after {timeout * 1000:.0f} ms"
+                                 if timeout else op)
+            raise timed_out(timeout) from None
+
     def _awaited(self, call: Call, request: Request, loop: asyncio.AbstractEventLoop,
                  timeout: float | None) -> Any:
         """A stream call on a worker-hosted provider, awaited on its host's loop: one hop to

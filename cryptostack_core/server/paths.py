@@ -7,12 +7,15 @@ a logged warning, never a silent default. The rules (docs/operations.md):
   ``StateDirectory=``, first entry), else the key store's directory when ``keystore`` is
   set, else the socket's directory.
 * **key store**: ``[daemon] keystore``, else ``<state directory>/keystore.sqlite3`` for a
-  daemon. ``keystore = ":memory:"`` keeps keys in memory. An in-process service
+  daemon. ``keystore = ":memory:"`` keeps keys in memory; ``keystore = "postgresql://..."``
+  is a database shared by several daemons (docs/scaling.md). An in-process service
   (``inproc://``) without ``keystore`` keeps its keys in memory.
 * **KEK**: ``[daemon] kek_file``, else ``<store directory>-kek/<store name>.kek``: beside,
   not inside, the store's directory, so a backup of that directory never carries the key
-  that unwraps it. A KEK at the former default (``<store>.kek`` inside the store's
-  directory) is still used, with a warning saying where to move it.
+  that unwraps it (for a shared store: ``<state directory>-kek/keystore-postgresql.kek``).
+  A KEK at the former default (``<store>.kek`` inside the store's directory) is still
+  used, with a warning saying where to move it. A ``kek_provider`` whose KEK source keeps
+  nothing on disk (a PKCS#11 token) needs no file at all.
 
 A key store that holds wrapped keys but whose KEK file is missing refuses to open: creating
 a fresh KEK would make every stored key unreadable.
@@ -57,14 +60,22 @@ def daemon_defaults(config: DaemonConfig, environ: Mapping[str, str] | None = No
         raise ConfigError(f"{config.source}: [daemon]: no state directory: set state_dir or "
                           "keystore (or run under systemd with StateDirectory=)")
     keystore = config.keystore
-    if keystore is None and not config.keystore_in_memory:
+    if keystore is None and not config.keystore_in_memory and config.keystore_url is None:
         keystore = state_dir / STORE_NAME
     return dataclasses.replace(config, state_dir=state_dir, keystore=keystore)
 
 
 def in_memory(config: DaemonConfig) -> bool:
     """Whether the service keeps its keys in memory only."""
-    return config.keystore_in_memory or config.keystore is None
+    return config.keystore_in_memory or (config.keystore is None
+                                         and config.keystore_url is None)
+
+
+def store_location(config: DaemonConfig) -> Path | str | None:
+    """The key store of ``config``: its file, its ``postgresql://`` URL, or None (memory)."""
+    if config.keystore_in_memory:
+        return None
+    return config.keystore_url or config.keystore
 
 
 def default_kek_file(store: Path) -> Path:
@@ -80,9 +91,16 @@ def legacy_kek_file(store: Path) -> Path:
 
 def kek_location(config: DaemonConfig) -> tuple[Path, list[str]]:
     """The KEK file of ``config``'s key store and any warning about where it is."""
+    warnings: list[str] = []
+    if config.keystore_url is not None:
+        if config.kek_file is not None:
+            return config.kek_file, warnings
+        if config.state_dir is None:
+            raise ConfigError(f"{config.source}: [daemon]: a shared key store needs kek_file, "
+                              "kek_provider or state_dir")
+        return default_kek_file(config.state_dir / "keystore-postgresql"), warnings
     store = config.keystore
     assert store is not None
-    warnings: list[str] = []
     if config.kek_file is not None:
         kek = config.kek_file
         if kek.resolve().parent == store.resolve().parent:
@@ -100,12 +118,13 @@ def kek_location(config: DaemonConfig) -> tuple[Path, list[str]]:
     return kek, warnings
 
 
-def prepare_kek(store: Path, kek: Path) -> None:
+def prepare_kek(store: Path | str, kek: Path) -> None:
     """Create the KEK's directory (0700), and refuse when the store holds wrapped keys but
-    the KEK file is gone (a new KEK would orphan every stored key)."""
+    the KEK file is gone (a new KEK would orphan every stored key; a shared store checks
+    that itself when it opens)."""
     if kek.exists():
         return
-    if holds_wrapped_keys(store):
+    if isinstance(store, Path) and holds_wrapped_keys(store):
         hint = ""
         legacy = legacy_kek_file(store)
         if legacy != kek and legacy.exists():
@@ -173,6 +192,8 @@ def storage_warnings(config: DaemonConfig) -> list[str]:
     if config.keystore_in_memory:
         return ["the key store is in memory ([daemon] keystore = \":memory:\"): persisted keys "
                 "are lost when the service stops"]
+    if config.keystore_url is not None:
+        return []
     if config.keystore is None:
         if config.key_slots:
             return ["no [daemon] keystore: this in-process service keeps its key slots in "

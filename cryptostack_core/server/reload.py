@@ -102,6 +102,7 @@ class Reloader:
                 old, key_slots=key_slots, cert_slots=cert_slots, trust_stores=trust_stores,
                 audit_log=new.audit_log)
             self.core.slots = {s.name: s for s in key_slots}
+            self.core.forget_slot_keys()  # export allow-lists follow the new slot settings
             self.core.cert_slots = {s.name: s for s in cert_slots}
             self.core.trust_stores = {s.name: s for s in trust_stores}
             try:

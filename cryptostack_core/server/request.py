@@ -9,11 +9,11 @@ fields instead of taking the raw arguments apart again.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
-from cryptostack_core.wire.shm import is_reference, reference_length
+from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference, reference_length
 
 DATA_ARGUMENTS = ("data", "peer", "ciphertext")
 """Arguments whose size decides whether a call is cheap enough to run inline."""
@@ -21,10 +21,6 @@ DATA_ARGUMENTS = ("data", "peer", "ciphertext")
 
 def _protocol_error(message: str) -> CryptoError:
     return CryptoError(ErrorCode.PROTOCOL_ERROR, message)
-
-
-def _plain_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +36,12 @@ class Request:
     data_size: int = 0
     """Bytes of the request's data argument (inline or a shared-memory reference)."""
     members: tuple[Request, ...] = ()
+    contexts: tuple[int, ...] = ()
+    """Every context the request touches: its own, or its members' (in order, no repeats)."""
+    references: bool = False
+    """Whether a data argument is a shared-memory reference (the request's or a member's)."""
+    region: Any = None
+    """The shared-memory region the references name (:meth:`bind`), if any."""
 
     @classmethod
     def parse(cls, op: object, args: object, max_batch: int | None = None) -> Request:
@@ -47,9 +49,9 @@ class Request:
 
         A batch longer than ``max_batch`` is RESOURCE_EXHAUSTED, before any member is read.
         """
-        if not isinstance(op, str):
+        if type(op) is not str:
             raise _protocol_error(f"'op' must be a string, got {type(op).__name__}")
-        if not isinstance(args, Mapping):
+        if type(args) is not dict and not isinstance(args, Mapping):
             raise _protocol_error(f"'args' of {op} must be a map, got {type(args).__name__}")
         if op == "batch":
             calls = args.get("calls")
@@ -67,17 +69,41 @@ class Request:
                 if member_op == "batch":
                     raise _protocol_error("batches do not nest")
                 members.append(cls.parse(member_op, member_args))
-            return cls(op, args, members=tuple(members))
+            contexts = tuple(dict.fromkeys(m.context for m in members if m.context is not None))
+            return cls(op, args, members=tuple(members), contexts=contexts,
+                       references=any(m.references for m in members))
         size = 0
+        references = False
         for name in DATA_ARGUMENTS:
             value = args.get(name)
+            if value is None:
+                continue
             if isinstance(value, (bytes, bytearray, memoryview)):
                 size = len(value)
                 break
             if is_reference(value):
                 size = reference_length(value)
+                references = True
                 break
-        return cls(op, args, _plain_int(args.get("ctx")), _plain_int(args.get("provider")), size)
+        ctx = args.get("ctx")
+        context = ctx if type(ctx) is int else None
+        provider = args.get("provider")
+        return cls(op, args, context, provider if type(provider) is int else None, size,
+                   contexts=() if context is None else (context,), references=references)
+
+    def bind(self, region: Any) -> Request:
+        """This request with its shared-memory data references replaced by views of
+        ``region`` (the connection's region when the request arrived: a region attached
+        later does not change what an earlier request reads). A malformed or out-of-range
+        reference is INVALID_ARGUMENT."""
+        if not self.references:
+            return self
+        if self.op == "batch":
+            return replace(self, members=tuple(m.bind(region) for m in self.members),
+                           region=region)
+        args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+                for k, v in self.args.items()}
+        return replace(self, args=args, region=region)
 
     @property
     def family(self) -> str:

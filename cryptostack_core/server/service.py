@@ -24,7 +24,7 @@ from typing import Any
 import cbor2
 import pluggy
 
-from cryptostack_core.sdk.deadline import deadline_scope_until
+from cryptostack_core.sdk.deadline import deadline_scope_until, enter_deadline, leave_deadline
 from cryptostack_core.server.config import DaemonConfig
 from cryptostack_core.server.core import Call, ServiceCore
 from cryptostack_core.server.hooks import PeerIdentity
@@ -35,9 +35,11 @@ from cryptostack_core.server.ops.contexts import (
     AsyncOp,
     ContextBusy,
     ContextOps,
+    Pieces,
 )
 from cryptostack_core.server.ops.control import ControlOps
 from cryptostack_core.server.ops.keys import KeyOps
+from cryptostack_core.server.ops.sealing import SealOps
 from cryptostack_core.server.request import Request
 from cryptostack_core.server.selection import KeyPlacement
 from cryptostack_core.server.session import Session
@@ -46,7 +48,7 @@ from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_from_wire
 from cryptostack_core.wire.resources import ResourceType
-from cryptostack_core.wire.shm import SHM_ARGUMENTS, is_reference
+from cryptostack_core.wire.shm import OUTPUT_OPERATIONS, SHM_ARGUMENTS
 
 log = logging.getLogger("cryptostack.service")
 
@@ -56,6 +58,10 @@ CONTROL_OPS = frozenset({"ping", "algorithms", "resource.resolve", "resource.des
 (``algorithms`` reads the registry and the providers' claims, all in memory).
 (``status`` probes every provider and ``explain`` may load a slot's key: they are scheduled
 like any other work; ``resource.release`` is inline unless it frees a key.)"""
+_INLINE_OPS = CONTROL_OPS | {"hash.create"}
+WHOLE_MESSAGE_OPS = frozenset({"hash.single_shot", "cipher.single_shot", "sign.single_shot",
+                               "verify.single_shot"})
+"""Calls that start and finish a message (init, data, finalisation) in one request."""
 INLINE_BATCH_LENGTH = 16
 """Longer batches never run on the event loop, however cheap each member."""
 _SELECTED: dict[str, Operation] = {
@@ -100,6 +106,7 @@ class Service:
             ControlOps(self.core, certificates.slot_status).operations(),
             contexts.operations(),
             KeyOps(self.core).operations(),
+            SealOps(self.core).operations(),
             certificates.operations(),
         ]
         self._ops: dict[str, Op] = {}
@@ -107,6 +114,14 @@ class Service:
             clash = self._ops.keys() & table.keys()
             assert not clash, f"operations defined twice: {sorted(clash)}"
             self._ops.update(table)
+        # The provider operation behind each call on an existing context (inline decisions).
+        self._context_operations: dict[str, Operation] = {}
+        for op in self._ops:
+            family, _, verb = op.partition(".")
+            operation = SECRET_OPERATION.get(op) or (
+                STREAM_OPERATION.get(family) if verb != "create" else None)
+            if operation is not None:
+                self._context_operations[op] = operation
 
     @property
     def pm(self) -> pluggy.PluginManager:
@@ -134,18 +149,39 @@ class Service:
     # --- serving -------------------------------------------------------------------------
     def handle(self, call: Call, request: Request) -> Any:
         """Serve one request (synchronously) under its deadline."""
-        if request.op == "batch":
+        op = request.op
+        if op == "batch":
             return self._batch(call, request)
-        fn = self._ops.get(request.op)
+        fn = self._ops.get(op)
         if fn is None:
-            raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {request.op!r}")
-        args = request.args
-        region = call.session.shm
-        if region is not None:
-            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
-                    for k, v in args.items()}
-        observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
-        started = time.perf_counter() if observed else 0.0
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, f"unknown operation {op!r}")
+        args, held = _snapshot(call, request)
+        try:
+            if self.core.pm.hook.cryptostack_metric.get_hookimpls():
+                return _placed(request, self._observed(call, request, fn, args))
+            deadline = call.deadline
+            token = enter_deadline(deadline)
+            try:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
+                                      "the deadline passed before the daemon could start the call")
+                return _placed(request, fn(call, args))
+            except CryptoError:
+                raise
+            except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
+                log.exception("%s failed inside a provider", op)
+                raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                                  f"{type(exc).__name__}: {exc}") from None
+            finally:
+                leave_deadline(token)
+        finally:
+            if held:
+                call.session.memory.release(held, "request frames")
+
+    def _observed(self, call: Call, request: Request, fn: Op, args: Mapping[str, Any]) -> Any:
+        """:meth:`handle` when metrics hooks are registered: the request's duration and
+        outcome are reported to them."""
+        started = time.perf_counter()
         result = "ok"
         try:
             with deadline_scope_until(call.deadline):
@@ -161,9 +197,8 @@ class Service:
             log.exception("%s failed inside a provider", request.op)
             raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
         finally:
-            if observed:
-                self.core.metric("request.seconds", time.perf_counter() - started,
-                                 {"op": request.op, "result": result})
+            self.core.metric("request.seconds", time.perf_counter() - started,
+                             {"op": request.op, "result": result})
 
     def _batch(self, call: Call, request: Request) -> list[Any]:
         """Members run one after the other; the first failure ends the batch. The results
@@ -212,29 +247,29 @@ class Service:
                 return Route.AWAITED
             return Route.THREAD
         op = request.op
-        if op == "resource.release" and self._released_key(session, request) is not None:
-            return Route.THREAD  # releasing a key may call its provider
-        if op in CONTROL_OPS or op not in self._ops:
-            return Route.INLINE  # no provider involved, or fails fast with an error
-        family, verb = request.family, request.verb
-        if family == "hash" and verb == "create":
-            return Route.INLINE
-        operation = SECRET_OPERATION.get(op) or (
-            STREAM_OPERATION.get(family) if verb != "create" else None)
+        operation = self._context_operations.get(op)
         if operation is None:
+            if op == "resource.release":
+                # Freeing a key may call its provider; other handles are plain bookkeeping.
+                return Route.THREAD if self._released_key(session, request) is not None \
+                    else Route.INLINE
+            if op in _INLINE_OPS or op not in self._ops:
+                return Route.INLINE  # no provider involved, or fails fast with an error
             return Route.THREAD
         ctx = self._context_of(session, request)
         if ctx is None:
             return Route.INLINE  # fails fast: no such context
-        hint = ctx.inline_hint(verb, request.data_size)
+        hint = ctx.inline_hint(op.rpartition(".")[2], request.data_size)
         if hint is not None:  # the context knows better than its provider (split keys)
             return Route.INLINE if hint else Route.THREAD
         instance = ctx.loaded.instance
-        if instance is None or instance.run_inline(operation, request.data_size,
-                                                   algorithm=ctx.algorithm):
+        size, algorithm = request.data_size, ctx.algorithm
+        whole = op in WHOLE_MESSAGE_OPS  # its data, then the finalisation: both must qualify
+        if instance is None or (instance.run_inline(operation, size, algorithm=algorithm) and (
+                not whole or instance.run_inline(operation, 0, algorithm=algorithm))):
             return Route.INLINE
-        if op in self._async_ops and instance.runs_async(operation, request.data_size,
-                                                         algorithm=ctx.algorithm):
+        if op in self._async_ops and instance.runs_async(operation, size, algorithm=algorithm) \
+                and (not whole or instance.runs_async(operation, 0, algorithm=algorithm)):
             if loop is _RUNNING_LOOP:
                 loop = _running_loop()
             own = instance.event_loop()
@@ -267,11 +302,7 @@ class Service:
 
     async def _handle_awaited(self, call: Call, request: Request, *, locked: bool) -> Any:
         fn = self._async_ops[request.op]
-        args = request.args
-        region = call.session.shm
-        if region is not None:
-            args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
-                    for k, v in args.items()}
+        args, held = _snapshot(call, request)
         observed = bool(self.core.pm.hook.cryptostack_metric.get_hookimpls())
         started = time.perf_counter() if observed else 0.0
         result = "ok"
@@ -280,7 +311,7 @@ class Service:
                 if call.deadline is not None and time.monotonic() > call.deadline:
                     raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                       "the deadline passed before the daemon could start the call")
-                return await fn(call, args, locked=locked)
+                return _placed(request, await fn(call, args, locked=locked))
         except ContextBusy:
             observed = False
             raise
@@ -292,6 +323,8 @@ class Service:
             log.exception("%s failed inside a provider", request.op)
             raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
         finally:
+            if held:
+                call.session.memory.release(held, "request frames")
             if observed:
                 self.core.metric("request.seconds", time.perf_counter() - started,
                                  {"op": request.op, "result": result})
@@ -327,13 +360,15 @@ class Service:
             if op == "resource.release":
                 entry = self._released_key(session, request)
                 return entry.home.id if entry is not None else None
-            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist"):
+            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist",
+                      "key.retire_version", "key.set_minimum_version"):
                 name = session.get(rid_from_wire(args.get("slot"))).obj.name
                 slot = core.slot_config(name)
                 if slot.provider is not None or op != "key.persist":
                     return slot.provider
                 return self._key_home(session, args.get("key"))
-            if op in ("key.export", "key.export_public", "explain") and "key" in args:
+            if op in ("key.export", "key.export_public", "explain", "aead.seal",
+                      "aead.open") and "key" in args:
                 return self._key_home(session, args.get("key"))
             if op == "random.generate":
                 return core.providers.select("RANDOM", Operation.RANDOM).id
@@ -404,6 +439,48 @@ class Service:
         except CryptoError:
             return None
         return ctx
+
+
+def _snapshot(call: Call, request: Request) -> tuple[Mapping[str, Any], int]:
+    """The request's arguments as its operation may see them, and the bytes of the memory
+    budget that takes (to give back when it ends).
+
+    Data in a shared-memory region the client can still write is copied into the daemon's
+    memory first, so no provider sees it change while it works; an immutable region, and
+    the data of a hash context (no key, a digest only the caller gets), are read in place.
+    """
+    args = request.args
+    region = request.region
+    if region is None or region.immutable or request.op.startswith("hash."):
+        return args, 0
+    copied = dict(args)
+    held = 0
+    memory = call.session.memory
+    try:
+        for name in SHM_ARGUMENTS:
+            value = copied.get(name)
+            if type(value) is memoryview:
+                memory.reserve(len(value), "request frames")
+                held += len(value)
+                copied[name] = bytes(value)
+    except BaseException:
+        memory.release(held, "request frames")
+        raise
+    return copied, held
+
+
+def _placed(request: Request, result: Any) -> Any:
+    """A cipher's output written into the caller's region when it asked (``out``); an
+    answer in :class:`Pieces` joined otherwise."""
+    region = request.region
+    if region is not None and request.op in OUTPUT_OPERATIONS \
+            and isinstance(result, (bytes, bytearray, memoryview, Pieces)):
+        out = request.args.get("out")
+        if out is not None:
+            placed = region.output(out, result)
+            if placed is not None:
+                return placed
+    return result.joined() if type(result) is Pieces else result
 
 
 def _announced_size(request: Request) -> int:

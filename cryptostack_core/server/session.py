@@ -29,7 +29,8 @@ class KeyEntry:
     def __init__(self, *, algorithm: str, permissions: KeyOperationPermission,
                  home: LoadedProvider, pkey: ProviderKey, persistence: ResourcePersistence,
                  compatible: tuple[int, ...] = (), slot: str | None = None,
-                 export_uids: frozenset[int] | None = None,
+                 export_uids: frozenset[int] | None = None, version: int | None = None,
+                 on_free: Callable[[], None] | None = None,
                  components: Mapping[str, KeyEntry] | None = None,
                  public_key: bytes | None = None) -> None:
         self.algorithm = algorithm
@@ -43,6 +44,11 @@ class KeyEntry:
         self.persistence = persistence
         self.compatible = compatible
         self.slot = slot
+        self.version = version
+        """The slot version this key was loaded from (None: not from a slot)."""
+        self.on_free = on_free
+        """Called once the last reference is gone and the provider key freed (the service
+        destroys a retired or cleared version's backend object then, not before)."""
         self.copies: dict[int, ProviderKey] = {}
         self.components = components
         """A hybrid key split across providers (:mod:`cryptostack_core.server.split`): its
@@ -89,11 +95,16 @@ class KeyEntry:
             self.copies.clear()
         for _pid, pkey in copies:
             _quiet_release(None, pkey)
-        if self.components is not None:
+        if self.components is not None:  # a split key: each half frees its own
             for half in self.components.values():
                 half.release()
-            return
-        _quiet_release(self.home, self.pkey)
+        else:
+            _quiet_release(self.home, self.pkey)
+        if self.on_free is not None:
+            try:
+                self.on_free()
+            except Exception:  # noqa: BLE001 - logged by the callback's owner
+                pass
 
 
 def _quiet_release(provider: LoadedProvider | None, pkey: ProviderKey) -> None:
@@ -192,8 +203,7 @@ class Session:
 
     def get(self, rid: CryptoResourceId) -> Handle:
         """Look up a resource; unknown or mismatched ids are RESOURCE_NOT_FOUND."""
-        with self.lock:
-            handle = self.handles.get(rid.handle)
+        handle = self.handles.get(rid.handle)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind == "context" or handle.resource_type is not rid.type:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
                               f"no {rid.type.value} resource #{rid.handle} on this connection "
@@ -202,10 +212,9 @@ class Session:
 
     def context(self, number: object) -> Any:
         """Look up a context by its handle number."""
-        if not isinstance(number, int) or isinstance(number, bool):
+        if type(number) is not int:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"'ctx' must be an integer, got {number!r}")
-        with self.lock:
-            handle = self.handles.get(number)
+        handle = self.handles.get(number)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind != "context":
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
                               f"no context #{number} on this connection (closed, or never created)")

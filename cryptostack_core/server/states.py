@@ -127,11 +127,16 @@ class StreamContextState(ContextState):
         self.op: Any = None
         self.max_buffered = max_buffered
         self.buffered = 0
+        """Bytes of the message the provider holds, charged to :attr:`memory`."""
+        self.counted = 0
+        """Bytes of the message counted against ``max_buffered_message`` without being held
+        (AEAD encryption, bounded like the decryption that must open it)."""
         self.memory: Account = UNLIMITED.account()
         """The client's memory budget; a buffered message is charged to it."""
         self.data_seen = False
 
     def _unbuffer(self) -> None:
+        self.counted = 0
         if self.buffered:
             self.memory.release(self.buffered, "buffered messages")
             self.buffered = 0
@@ -238,6 +243,7 @@ class StreamContextState(ContextState):
         assert op is not None
         result = await self._guard_async(op.finalize_async())
         self.op, self.state = None, MessagePhase.DONE
+        self._unbuffer()
         return result
 
     def reset(self) -> None:
@@ -301,8 +307,10 @@ class CipherState(StreamContextState):
         if self.direction is CipherDirection.DECRYPT:
             super()._count(data)
             return
-        self.buffered += len(data)
-        if self.buffered + self.tag_length > self.max_buffered:
+        # Counted, not charged: the provider holds none of it (charging nothing here and
+        # releasing it later would give back memory another context of the client holds).
+        self.counted += len(data)
+        if self.counted + self.tag_length > self.max_buffered:
             self.abort()
             raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
                               f"an {self.algorithm} message above {self.max_buffered} bytes with "

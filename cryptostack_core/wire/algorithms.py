@@ -266,6 +266,9 @@ class AlgorithmRegistry:
 
     def find(self, name: str) -> AlgorithmSpec | None:
         """The spec for ``name`` or an alias of it, else None."""
+        spec = self._specs.get(name)  # a canonical name: no normalising needed
+        if spec is not None:
+            return spec
         if not isinstance(name, str):
             return None
         canonical = self._index.get(_normalise(name))

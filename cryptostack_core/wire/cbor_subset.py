@@ -156,23 +156,47 @@ def _check_keys(mapping: Any, immutable: bool) -> Any:
     return mapping
 
 
+def _decoder(small: bool) -> Any:
+    return cbor2.CBORDecoder(io.BytesIO(b""), semantic_decoders=_NO_TAGS, max_depth=MAX_DEPTH,
+                             allow_indefinite=False, allow_duplicate_keys=False,
+                             object_hook=_check_keys if small else None)
+
+
+class Decoder:
+    """:func:`loads` with its cbor2 decoders made once and reused (building one costs as much
+    as decoding a small request). Not thread-safe: one per connection."""
+
+    def __init__(self) -> None:
+        self._small = _decoder(True)
+        self._large = _decoder(False)
+
+    def loads(self, body: bytes | bytearray | memoryview) -> Any:
+        """Decode one frame body inside the subset; :class:`SubsetError` says what is wrong."""
+        small = len(body) <= SCAN_THRESHOLD
+        if not small:
+            check(body)
+        decoder = self._small if small else self._large
+        stream = io.BytesIO(body)
+        decoder.fp = stream
+        try:
+            value = decoder.decode()
+        except Exception as exc:  # cbor2 raises several types for malformed input
+            # A decoder that failed half-way starts afresh for the next frame.
+            if small:
+                self._small = _decoder(True)
+                check(body)  # its message is more precise when it finds the problem
+            else:
+                self._large = _decoder(False)
+            cause = exc.__cause__
+            if isinstance(cause, SubsetError):
+                raise cause from None
+            raise SubsetError(f"malformed CBOR: {exc}") from None
+        if stream.tell() != len(body):
+            raise SubsetError(f"{len(body) - stream.tell()} trailing bytes after the CBOR data "
+                              "item")
+        return value
+
+
 def loads(body: bytes | bytearray | memoryview) -> Any:
     """Decode one frame body inside the subset; :class:`SubsetError` says what is wrong."""
-    small = len(body) <= SCAN_THRESHOLD
-    if not small:
-        check(body)
-    stream = io.BytesIO(body)
-    try:
-        value = cbor2.CBORDecoder(stream, semantic_decoders=_NO_TAGS, max_depth=MAX_DEPTH,
-                                  allow_indefinite=False, allow_duplicate_keys=False,
-                                  object_hook=_check_keys if small else None).decode()
-    except Exception as exc:  # cbor2 raises several types for malformed input
-        if small:
-            check(body)  # its message is more precise when it finds the problem
-        cause = exc.__cause__
-        if isinstance(cause, SubsetError):
-            raise cause from None
-        raise SubsetError(f"malformed CBOR: {exc}") from None
-    if stream.tell() != len(body):
-        raise SubsetError(f"{len(body) - stream.tell()} trailing bytes after the CBOR data item")
-    return value
+    return Decoder().loads(body)

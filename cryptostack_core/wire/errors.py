@@ -25,6 +25,10 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     PROVIDER_ERROR = "PROVIDER_ERROR"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    KEY_VERSION_RETIRED = "KEY_VERSION_RETIRED"
+    """The key version asked for was retired, or is below its slot's minimum version."""
+    KEYSTORE_UNAVAILABLE = "KEYSTORE_UNAVAILABLE"
+    """The key store's database cannot be reached; keys already loaded keep working."""
 
     @classmethod
     def from_wire(cls, name: object) -> ErrorCode:

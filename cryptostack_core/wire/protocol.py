@@ -52,6 +52,23 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
     return message
 
 
+class BodyDecoder:
+    """:func:`decode_body` for one connection, reusing its CBOR decoders (not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._loads = cbor_subset.Decoder().loads
+
+    def __call__(self, body: bytes | memoryview) -> dict[str, Any]:
+        """Decode one frame body; PROTOCOL_ERROR outside the subset or not a map."""
+        try:
+            message = self._loads(body)
+        except cbor_subset.SubsetError as exc:
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, str(exc)) from None
+        if type(message) is not dict:
+            raise CryptoError(ErrorCode.PROTOCOL_ERROR, "a frame must hold a CBOR map")
+        return message
+
+
 class FrameDecoder:
     """Incremental splitter of a byte stream into frame bodies.
 

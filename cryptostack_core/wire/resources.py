@@ -88,9 +88,37 @@ class CryptoResourceId:
         return f"CryptoResourceId({self.type.value}#{self.handle}{label})"
 
 
+class KeyVersionState(enum.Enum):
+    """Where one version of a slot's key stands."""
+
+    PRIMARY = "PRIMARY"
+    """The newest: what encryption, signing and sealing use."""
+    ACTIVE = "ACTIVE"
+    """An older version: decrypts, verifies, decapsulates, opens what was made under it."""
+    DISABLED = "DISABLED"
+    """Below the slot's minimum version: refused until the minimum is lowered."""
+    RETIRED = "RETIRED"
+    """Retired by an explicit call: its key is destroyed."""
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    """One version of a key slot."""
+
+    version: int
+    state: KeyVersionState
+    algorithm: str
+    provider: int
+    permissions: KeyOperationPermission
+    created: float
+    updated: float
+
+
 @dataclass(frozen=True)
 class KeySlotInfo:
-    """Metadata of a key slot, as returned by ``get_key_slot_info``."""
+    """Metadata of a key slot, as returned by ``get_key_slot_info``. ``version`` is the
+    primary version (0: empty); ``versions`` lists every version the slot holds, oldest
+    first."""
 
     status: KeySlotStatus
     algorithm: str | None
@@ -101,3 +129,13 @@ class KeySlotInfo:
     name: str = ""
     created: float | None = None
     updated: float | None = None
+    versions: list[KeyVersionInfo] = field(default_factory=list)
+    min_version: int = 0
+    """Versions below this are disabled (0: none)."""
+    head_version: int = 0
+    """The highest version number the slot ever had (numbers are never reused)."""
+
+    @property
+    def primary_version(self) -> int:
+        """The version new encryptions use (0: the slot is empty)."""
+        return self.version

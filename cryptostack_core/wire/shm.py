@@ -1,16 +1,19 @@
 """The shared-memory data path for large buffers (unix-socket clients on Linux).
 
-The client writes a request's large byte arguments into a fresh memfd, seals it
-(``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE``: its size and content are fixed from then
-on) and passes the file descriptor itself with SCM_RIGHTS on the frame of that request, after
-an ``shm.attach`` step that makes the daemon read that frame with ``recvmsg`` (see
-docs/protocol.md). The arguments travel as ``{"shm": [offset, length]}``.
+A client passes a memfd to the daemon with SCM_RIGHTS on the frame that follows an
+``shm.attach`` step (docs/protocol.md); it stays the connection's *region* until another
+replaces it. Data arguments then travel as ``{"shm": [offset, length]}``, and a cipher may
+write its output into the region (``out``). Nothing is ever opened by path or fd number:
+the daemon maps exactly the file the client holds, with the access the client had, so it
+can never read what the client cannot.
 
-Nothing is ever opened by path or fd number: the daemon maps exactly the file the client
-holds, with the access the client had, so it can never read what the client cannot. It
-accepts only sealed memfds on tmpfs pages, which can neither shrink under the mapping (no
-SIGBUS) nor change while a provider reads them; anything else is refused with
-``INVALID_ARGUMENT`` and the client sends its bytes inline.
+The daemon accepts only memfds on ordinary pages sealed with ``F_SEAL_SHRINK |
+F_SEAL_GROW``: a region can never shrink under the daemon's mapping (no SIGBUS). A region
+also sealed with ``F_SEAL_WRITE`` is immutable and read in place. One the client can still
+write is reused call after call (no new memfd, pages or mapping per request); what a keyed
+operation reads from it is first copied into the daemon's memory, so a provider never sees
+data change while it works on it (a hash context, which has no key and answers only the
+caller, reads in place).
 """
 
 from __future__ import annotations
@@ -25,19 +28,22 @@ from typing import Any
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 MEMFD_NAME = "cryptostack-shm"
-THRESHOLD = 256 * 1024
-"""Smaller buffers are cheaper inline: an attach costs a round trip and a memfd. Measured
-(hash.update through a daemon, 2-core VM): 192 KiB 581 us inline / 827 us shared, 256 KiB
-972 / 857, 1 MiB 3050 / 1787, 16 MiB 71 / 34 ms."""
+THRESHOLD = 64 * 1024
+"""Data arguments from this size go through the region (the Python client). Below it the
+copies into and out of a frame cost less than the bookkeeping; above it inline bytes cost
+four copies (CBOR, two through the kernel, CBOR) against one each way."""
 SHM_ARGUMENTS = ("data",)  # the arguments that may be offloaded
-REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+OUTPUT_OPERATIONS = frozenset({"cipher.update", "cipher.single_shot", "streaming_aead.update"})
+"""Operations that may write their output into the region when the request names a part
+of it as ``out`` (the answer is then ``{"shm": [offset, length]}``)."""
+REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _MFD_NOEXEC_SEAL = 0x0008  # Linux >= 6.3: not executable, and sealed so
-_SEAL_NAMES = ((fcntl.F_SEAL_SHRINK, "F_SEAL_SHRINK"), (fcntl.F_SEAL_GROW, "F_SEAL_GROW"),
-               (fcntl.F_SEAL_WRITE, "F_SEAL_WRITE"))
+_SEAL_NAMES = ((fcntl.F_SEAL_SHRINK, "F_SEAL_SHRINK"), (fcntl.F_SEAL_GROW, "F_SEAL_GROW"))
 
 
 def sealed_memfd(pieces: Sequence[bytes | bytearray | memoryview]) -> int:
-    """The client's side: a memfd holding ``pieces`` back to back, sealed. Caller closes it."""
+    """A memfd holding ``pieces`` back to back, sealed against any change (an immutable
+    region, read in place by the daemon). Caller closes it."""
     flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
     try:
         fd = os.memfd_create(MEMFD_NAME, flags | _MFD_NOEXEC_SEAL)
@@ -53,7 +59,7 @@ def sealed_memfd(pieces: Sequence[bytes | bytearray | memoryview]) -> int:
                 written = os.pwrite(fd, view, offset)
                 offset += written
                 view = view[written:]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, REQUIRED_SEALS)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, REQUIRED_SEALS | fcntl.F_SEAL_WRITE)
     except BaseException:
         os.close(fd)
         raise
@@ -78,8 +84,21 @@ def _refused(why: str) -> CryptoError:
     return CryptoError(ErrorCode.INVALID_ARGUMENT, f"shared memory refused: {why}")
 
 
+def _span(value: object, size: int) -> tuple[int, int]:
+    span = value.get("shm") if isinstance(value, Mapping) else None
+    if not (isinstance(span, list) and len(span) == 2
+            and all(type(v) is int for v in span)):
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, "malformed shared-memory reference")
+    offset, length = span
+    if offset < 0 or length < 0 or offset + length > size:
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                          f"shared-memory reference [{offset}, {length}] is outside the "
+                          f"{size}-byte region")
+    return offset, length
+
+
 class DaemonRegion:
-    """The daemon's read-only mapping of one sealed memfd a client passed (SCM_RIGHTS)."""
+    """The daemon's mapping of one memfd a client passed (SCM_RIGHTS)."""
 
     def __init__(self, fd: int, max_size: int) -> None:
         """Validate and map ``fd`` (the caller still closes it)."""
@@ -98,32 +117,51 @@ class DaemonRegion:
             raise _refused("huge-page memfds are not accepted")
         missing = [name for bit, name in _SEAL_NAMES if not seals & bit]
         if missing:
-            raise _refused(f"the memfd is not sealed with {' | '.join(missing)} (its size and "
-                           "content must be fixed before it is passed)")
+            raise _refused(f"the memfd is not sealed with {' | '.join(missing)} (its size "
+                           "must be fixed before it is passed)")
         if access not in (os.O_RDONLY, os.O_RDWR):
             raise _refused("the descriptor is not open for reading")
         size = info.st_size  # sealed: it cannot change any more
         if not 0 < size <= max_size:
             raise _refused(f"a region of {size} bytes is outside 1..{max_size}")
+        self.immutable = bool(seals & fcntl.F_SEAL_WRITE)
+        """Sealed against writes: read in place. Otherwise the client may still change it,
+        and what keyed operations read is copied first (see :meth:`snapshot`)."""
+        self.writable = False
+        """Whether the daemon may write outputs into it (a read-write descriptor)."""
         try:
-            self.map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            if not self.immutable and access == os.O_RDWR:
+                self.map = mmap.mmap(fd, size, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE)
+                self.writable = True
+            else:
+                self.map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
         except OSError as exc:
             raise _refused(f"cannot map it: {exc.strerror}") from None
         self.size = size
         self.view = memoryview(self.map)
 
     def resolve(self, value: Mapping[str, Any]) -> memoryview:
-        """The bytes a reference names; bounds-checked."""
-        span = value.get("shm")
-        if not (isinstance(span, list) and len(span) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in span)):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "malformed shared-memory reference")
-        offset, length = span
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"shared-memory reference [{offset}, {length}] is outside the "
-                              f"{self.size}-byte region")
-        return self.view[offset:offset + length]
+        """The bytes a reference names (a view of the mapping); bounds-checked."""
+        offset, length = _span(value, self.size)
+        view = self.view[offset:offset + length]
+        return view if self.immutable else view.toreadonly()
+
+    def output(self, value: object, data: bytes | bytearray | memoryview | Sequence[bytes]
+               ) -> dict[str, Any] | None:
+        """Write ``data`` (or its pieces, back to back) where the reference ``value`` says and
+        return the answer naming it; None when it cannot go there (not writable, or it does
+        not fit: answer inline)."""
+        offset, length = _span(value, self.size)
+        pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        size = sum(len(p) for p in pieces)
+        if not self.writable or size > length:
+            return None
+        position = offset
+        for piece in pieces:
+            self.view[position:position + len(piece)] = piece
+            position += len(piece)
+        return {"shm": [offset, size]}
 
     def close(self) -> None:
         """Unmap (later, by the GC, if a provider still holds a view)."""

@@ -52,6 +52,20 @@ class ClientSummary(TypedDict):
     guards: int
 
 
+class KeystoreStatus(TypedDict, total=False):
+    """``status()["keystore"]``: the key store's engine (``sqlite``/``postgresql``) and
+    whether it is reachable; admins also get its location, manifest generation, schema,
+    whether change notifications flow, and why it is unreachable."""
+
+    engine: str
+    available: bool
+    location: str
+    generation: int
+    schema: int
+    notifications: bool
+    reason: str
+
+
 class DaemonStatus(TypedDict):
     """What ``CryptoStack.status()`` returns. ``warnings`` and ``memory`` are for admins
     (``admin_uids``, root, the daemon's uid)."""
@@ -65,6 +79,7 @@ class DaemonStatus(TypedDict):
     cert_slots: list[CertSlotSummary]
     trust_stores: list[str]
     clients: list[ClientSummary]
+    keystore: KeystoreStatus
     warnings: NotRequired[list[str]]
     memory: NotRequired[dict[str, int]]
 

@@ -10,17 +10,19 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self, TypeVar, Union
 
 from cryptostack_core.client.arguments import int_arg, str_arg, wrong_type
-from cryptostack_core.client.channel import Channel
-from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.client.channel import AsyncChannel, Channel, ChannelCore
+from cryptostack_core.client.guards import GuardCore
+from cryptostack_core.client.plans import Plan, run, run_async
 from cryptostack_core.wire.algorithms import known_or_deferred
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
 from cryptostack_core.wire.resources import CryptoResourceId
 
 Duration = Union[dt.timedelta, float, int]
-ResourceLike = Union[CryptoResourceId, CryptoResourceGuard]
+ResourceLike = Union[CryptoResourceId, GuardCore]
 BytesLike = Union[bytes, bytearray, memoryview]
 _C = TypeVar("_C", bound="ContextConfig")
+T = TypeVar("T")
 _UNSET: Any = object()
 
 
@@ -68,7 +70,7 @@ def byte_view(data: object, what: str = "data") -> memoryview:
     return view
 
 
-def _close_dropped(channel: Channel, close_op: str, handle: int, what: str) -> None:
+def _close_dropped(channel: ChannelCore, close_op: str, handle: int, what: str) -> None:
     """Finalizer of an unclosed context: queue its close (no I/O here) and warn."""
     if channel.closed:
         return  # disconnecting freed it
@@ -137,14 +139,15 @@ class ContextParent(Protocol):
     """What an operation context needs from the :class:`~cryptostack_core.CryptoContext`
     that creates it: the channel, and to be told of the new child (closed with it)."""
 
-    _channel: Channel
+    _channel: Any
 
-    def _register_child(self, child: OperationContext) -> None: ...
+    def _register_child(self, child: Any) -> None: ...
 
 
-class OperationContext:
-    """Base of cipher, hash, sign, verify, KEM, agreement, key-management and certificate
-    contexts: a handle in the daemon, a timeout, and the error state after a timeout.
+class ContextCore:
+    """What every operation context does, blocking or asyncio: a handle in the daemon, a
+    timeout, the error state after a timeout, calls batched with the next one, large data
+    in pieces -- as plans (:mod:`cryptostack_core.client.plans`), without I/O.
 
     A context with a daemon handle that becomes unreachable unclosed is closed with the
     stack's next request, with a ``ResourceWarning`` (like an unclosed file), so a loop that
@@ -200,7 +203,8 @@ class OperationContext:
         self._check()
         self._pending.append({"op": op, "args": args})
 
-    def _call(self, op: str, args: Mapping[str, Any], timeout: Any = ...) -> Any:
+    def _call(self, op: str, args: Mapping[str, Any], timeout: Any = ...) -> Plan[Any]:
+        """One request (with the deferred calls before it, in one batch)."""
         self._check()
         if timeout is ...:
             timeout = self._timeout
@@ -208,8 +212,9 @@ class OperationContext:
             if self._pending:
                 calls = [*self._pending, {"op": op, "args": args}]
                 self._pending = []
-                return self._channel.call("batch", {"calls": calls}, timeout)[-1]
-            return self._channel.call(op, args, timeout)
+                results = yield "batch", {"calls": calls}, timeout
+                return results[-1]
+            return (yield op, args, timeout)
         except CryptoError as exc:
             if exc.code is ErrorCode.OPERATION_TIMED_OUT:
                 self._error = f"{op} timed out"
@@ -219,13 +224,13 @@ class OperationContext:
             raise
 
     def _send_data(self, op: str, data: memoryview,
-                   args: Callable[[memoryview], Mapping[str, Any]]) -> list[Any]:
+                   args: Callable[[memoryview], Mapping[str, Any]]) -> Plan[list[Any]]:
         """Send ``data`` as one request or, when larger than the channel's chunk, as several
         requests in order under one deadline (this call's timeout, checked between pieces);
         returns each request's result."""
         chunk = self._channel.max_chunk
         if len(data) <= chunk:
-            return [self._call(op, args(data))]
+            return [(yield from self._call(op, args(data)))]
         timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         results = []
@@ -239,13 +244,14 @@ class OperationContext:
                     raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
                                       f"{op}: the {(timeout or 0) * 1000:.0f} ms deadline "
                                       f"passed after {offset} of {len(data)} bytes")
-            results.append(self._call(op, args(data[offset:offset + chunk]), remaining))
+            results.append((yield from self._call(op, args(data[offset:offset + chunk]),
+                                                  remaining)))
         return results
 
     def _on_error(self, exc: CryptoError) -> None:
         """Subclasses resynchronise their view of the stream state."""
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Release the context in the daemon (always allowed, idempotent)."""
         if self._closed:
             return
@@ -255,10 +261,23 @@ class OperationContext:
         self._pending = []
         if self._handle is not None and not self._channel.closed:
             try:
-                self._channel.call(self._close_op, {"ctx": self._handle},
-                                   self._channel.close_timeout)
+                yield self._close_op, {"ctx": self._handle}, self._channel.close_timeout
             except CryptoError:
                 pass  # the daemon frees it at disconnect anyway
+
+
+class OperationContext(ContextCore):
+    """Base of the blocking contexts: cipher, hash, sign, verify, KEM, agreement, key
+    management and certificates."""
+
+    _channel: Channel
+
+    def _run(self, plan: Plan[T]) -> T:
+        return run(self._channel, plan)
+
+    def close(self) -> None:
+        """Release the context in the daemon (always allowed, idempotent)."""
+        self._run(self._p_close())
 
     def __enter__(self) -> Self:
         return self
@@ -267,7 +286,28 @@ class OperationContext:
         self.close()
 
 
-class StreamContext(OperationContext):
+class AsyncOperationContext(ContextCore):
+    """Base of the asyncio contexts (``async with``; every call that may reach the daemon
+    is a coroutine). Many tasks may use one stack; calls on one context are answered in
+    the order they were made."""
+
+    _channel: AsyncChannel
+
+    async def _run(self, plan: Plan[T]) -> T:
+        return await run_async(self._channel, plan)
+
+    async def close(self) -> None:
+        """Release the context in the daemon (always allowed, idempotent)."""
+        await self._run(self._p_close())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class StreamCore(ContextCore):
     """init/update/finalize/reset with the order rules mirrored locally, so misuse is
     reported at once even though init/reset/small updates are sent with the next call."""
 
@@ -293,6 +333,12 @@ class StreamContext(OperationContext):
                 if self._state == "done" else "call init() first"
             raise CryptoError(ErrorCode.INVALID_STATE, f"{what}() needs an active message; {hint}")
 
+    def _need_idle(self, what: str) -> None:
+        self._check()
+        if self._state == "active":
+            raise CryptoError(ErrorCode.INVALID_STATE,
+                              f"{what}() while a message is in progress; reset() first")
+
     def _start(self, args: dict[str, Any]) -> None:
         self._check()
         if self._state == "active":
@@ -302,8 +348,7 @@ class StreamContext(OperationContext):
         self._defer(f"{self._family}.init", {"ctx": self._handle, **args})
         self._state = "active"
 
-    def reset(self) -> None:
-        """Discard any partial message; the context can be reused (no round trip now)."""
+    def _reset(self) -> None:
         self._check()
         self._buffer, self._buffered = [], 0
         self._pending = [c for c in self._pending if not c["op"].endswith(".update")]
@@ -316,7 +361,7 @@ class StreamContext(OperationContext):
             self._buffer, self._buffered = [], 0
             self._defer(f"{self._family}.update", {"ctx": self._handle, "data": data})
 
-    def _absorb(self, data: BytesLike) -> None:
+    def _p_absorb(self, data: BytesLike) -> Plan[None]:
         """Hash/sign/verify update: small chunks are coalesced and sent later; large ones
         are split into pieces the daemon takes (see :meth:`_send_data`)."""
         view = byte_view(data)
@@ -324,18 +369,47 @@ class StreamContext(OperationContext):
         size = len(view)
         if size >= self._buffer_limit:
             self._flush_buffer()
-            self._send_data(f"{self._family}.update", view,
-                            lambda piece: {"ctx": self._handle, "data": piece})
+            yield from self._send_data(f"{self._family}.update", view,
+                                       lambda piece: {"ctx": self._handle, "data": piece})
             return
         self._buffer.append(bytes(view))
         self._buffered += size
         if self._buffered >= self._buffer_limit:
             self._flush_buffer()
-            self._call("ping", {})  # send the queued work now; keeps memory bounded
+            yield from self._call("ping", {})  # send the queued work now; keeps memory bounded
 
-    def _finish(self, args: dict[str, Any]) -> Any:
+    def _p_finish(self, args: dict[str, Any]) -> Plan[Any]:
         self._need_active("finalize")
         self._flush_buffer()
-        result = self._call(f"{self._family}.finalize", {"ctx": self._handle, **args})
+        result = yield from self._call(f"{self._family}.finalize", {"ctx": self._handle, **args})
         self._state = "done"
         return result
+
+    def _p_whole(self, op: str, what: str, args: dict[str, Any], size: int) -> Plan[Any] | None:
+        """A whole message in one request (``*.single_shot``), or None when it is too large
+        for one (the caller then streams it)."""
+        self._need_idle(what)
+        if size > self._channel.max_chunk:
+            return None
+        return self._whole(op, args)
+
+    def _whole(self, op: str, args: dict[str, Any]) -> Plan[Any]:
+        result = yield from self._call(op, {"ctx": self._handle, **args})
+        self._state = "done"
+        return result
+
+
+class StreamContext(StreamCore, OperationContext):
+    """Blocking stream context."""
+
+    def reset(self) -> None:
+        """Discard any partial message; the context can be reused (no round trip now)."""
+        self._reset()
+
+
+class AsyncStreamContext(StreamCore, AsyncOperationContext):
+    """asyncio stream context."""
+
+    async def reset(self) -> None:
+        """Discard any partial message; the context can be reused (sent with the next call)."""
+        self._reset()

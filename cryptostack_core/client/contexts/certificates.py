@@ -17,13 +17,16 @@ from cryptostack_core.client.arguments import (
     wrong_type,
 )
 from cryptostack_core.client.contexts.base import (
+    AsyncOperationContext,
     ContextConfig,
+    ContextCore,
     ContextParent,
     OperationContext,
     ResourceLike,
     wire_rid,
 )
-from cryptostack_core.client.guards import CryptoResourceGuard
+from cryptostack_core.client.guards import AsyncCryptoResourceGuard, CryptoResourceGuard
+from cryptostack_core.client.plans import Plan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import CertVerifyResult, KeyFormat, RevocationCheckPolicy
 
@@ -78,8 +81,8 @@ def _rid_list(items: object, name: str) -> list[dict[str, Any]]:
     return [wire_rid(item, f"each item of {name}") for item in items]
 
 
-class CertificateVerificationContext(OperationContext):
-    """Builder-style path validation; ``verify()`` sends one request."""
+class CertificateVerificationCore(ContextCore):
+    """Builder-style path validation (blocking and asyncio); ``verify()`` sends one request."""
 
     def __init__(self, parent: ContextParent, config: CertificateVerificationContextConfig) -> None:
         super().__init__(parent, config)
@@ -97,11 +100,13 @@ class CertificateVerificationContext(OperationContext):
         self._held: dict[str, Any] = {}
         self._held_lists: list[Any] = []
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Nothing is held in the daemon; drop the references to the guards given."""
         self._closed = True
         self._held.clear()
         self._held_lists.clear()
+        return
+        yield  # a plan without requests
 
     def set_certificate(self, cert: ResourceLike) -> None:
         """The certificate to validate (certificate slot or imported certificate)."""
@@ -166,9 +171,8 @@ class CertificateVerificationContext(OperationContext):
         """``"rfc5280"`` (default: RFC 5280 profile rules enforced) or ``"lenient"``."""
         self._settings["profile"] = str_arg(profile, "profile")
 
-    def verify(self) -> CertVerifyResult:
-        """Validate; details in :attr:`last_report` / :meth:`explain`."""
-        result = self._call("cert.verify", {
+    def _p_verify(self) -> Plan[CertVerifyResult]:
+        result = yield from self._call("cert.verify", {
             "certificate": self._certificate, "trust_store": self._trust_store,
             "intermediates": self._intermediates, "crls": self._crls,
             "time": None if self._time is None else self._time.timestamp(),
@@ -191,8 +195,24 @@ class CertificateVerificationContext(OperationContext):
         return self.last_report.explain()
 
 
-class CertificateManagementContext(OperationContext):
-    """Import certificates and CRLs, build and persist trust stores, extract public keys."""
+class CertificateVerificationContext(CertificateVerificationCore, OperationContext):
+    """Builder-style path validation; ``verify()`` sends one request."""
+
+    def verify(self) -> CertVerifyResult:
+        """Validate; details in :attr:`last_report` / :meth:`explain`."""
+        return self._run(self._p_verify())
+
+
+class AsyncCertificateVerificationContext(CertificateVerificationCore, AsyncOperationContext):
+    """:class:`CertificateVerificationContext` for asyncio stacks (``await verify()``)."""
+
+    async def verify(self) -> CertVerifyResult:
+        """Validate; details in :attr:`last_report` / :meth:`explain`."""
+        return await self._run(self._p_verify())
+
+
+class CertificateManagementCore(ContextCore):
+    """Certificate, CRL and trust-store plans (blocking and asyncio)."""
 
     def __init__(self, parent: ContextParent, config: CertificateManagementContextConfig,
                  ) -> None:
@@ -200,21 +220,67 @@ class CertificateManagementContext(OperationContext):
         # set_provider() on the config pins where load_certificate_public_key imports keys.
         self._provider = config.provider
 
-    def close(self) -> None:
+    def _p_close(self) -> Plan[None]:
         """Nothing is held in the daemon."""
         self._closed = True
+        return
+        yield  # a plan without requests
+
+    def _p_import(self, op: str, data: bytes | str, what: str) -> Plan[dict[str, Any]]:
+        info: dict[str, Any] = yield from self._call(op, {"data": _encoded(data, what)})
+        return info
+
+    def _p_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                       crls: Iterable[ResourceLike] | ResourceLike) -> Plan[dict[str, Any]]:
+        args = {"anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")}
+        info: dict[str, Any] = yield from self._call("truststore.create", args)
+        return info
+
+    def _p_public_key(self, cert: ResourceLike, provider: int | None
+                      ) -> Plan[tuple[dict[str, Any], str]]:
+        cert_id = wire_rid(cert, "cert")
+        pinned = optional_int_arg(provider, "provider")
+        if pinned is None:
+            pinned = self._provider
+        result = yield from self._call("cert.public_key", {"cert": cert_id, "provider": pinned})
+        return result["key"], str(result["algorithm"])
+
+    def _p_export(self, cert: ResourceLike, fmt: str | KeyFormat) -> Plan[bytes]:
+        if isinstance(fmt, KeyFormat):
+            fmt = fmt.value
+        if not isinstance(fmt, str):
+            raise wrong_type("fmt", '"PEM" or "DER"', fmt)
+        data: bytes = yield from self._call("cert.export", {"cert": wire_rid(cert, "cert"),
+                                                            "format": fmt.upper()})
+        return data
+
+    def _p_persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> Plan[int]:
+        result = yield from self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
+                                                        "cert": wire_rid(cert, "cert")})
+        return int(result["version"])
+
+    def _p_persist_trust_store(self, store: ResourceLike,
+                               anchors: Iterable[ResourceLike] | ResourceLike,
+                               crls: Iterable[ResourceLike] | ResourceLike) -> Plan[int]:
+        result = yield from self._call("truststore.persist", {
+            "store": wire_rid(store, "store"),
+            "anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")})
+        return int(result["version"])
+
+
+class CertificateManagementContext(CertificateManagementCore, OperationContext):
+    """Import certificates and CRLs, build and persist trust stores, extract public keys."""
 
     def _guard(self, info: dict[str, Any]) -> CryptoResourceGuard:
         return CryptoResourceGuard._from_wire(self._channel, info)
 
     def import_certificate(self, data: bytes | str) -> CryptoResourceGuard:
         """An ephemeral certificate from PEM (bytes or str) or DER."""
-        return self._guard(self._call("cert.import",
-                                      {"data": _encoded(data, "certificate")}))
+        return self._guard(self._run(self._p_import("cert.import", data, "certificate")))
 
     def import_crl(self, data: bytes | str) -> CryptoResourceGuard:
         """An ephemeral CRL from PEM (bytes or str) or DER."""
-        return self._guard(self._call("crl.import", {"data": _encoded(data, "CRL")}))
+        return self._guard(self._run(self._p_import("crl.import", data, "CRL")))
 
     def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
                            crls: Iterable[ResourceLike] | ResourceLike = (),
@@ -223,8 +289,7 @@ class CertificateManagementContext(OperationContext):
 
         The daemon copies their content: releasing them afterwards leaves the store intact.
         """
-        args = {"anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")}
-        return self._guard(self._call("truststore.create", args))
+        return self._guard(self._run(self._p_trust_store(anchors, crls)))
 
     def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
                                     ) -> tuple[CryptoResourceGuard, str]:
@@ -233,34 +298,61 @@ class CertificateManagementContext(OperationContext):
         The key is imported into ``provider`` if given, else the config's ``set_provider``
         choice, else the first provider in the daemon's preference order that can import it.
         """
-        cert_id = wire_rid(cert, "cert")
-        pinned = optional_int_arg(provider, "provider")
-        if pinned is None:
-            pinned = self._provider
-        result = self._call("cert.public_key", {"cert": cert_id, "provider": pinned})
-        return self._guard(result["key"]), str(result["algorithm"])
+        info, algorithm = self._run(self._p_public_key(cert, provider))
+        return self._guard(info), algorithm
 
     def export_certificate(self, cert: ResourceLike, fmt: str | KeyFormat = "PEM") -> bytes:
         """The certificate as PEM or DER (``"PEM"``/``"DER"``, any case, or ``KeyFormat.PEM``)."""
-        if isinstance(fmt, KeyFormat):
-            fmt = fmt.value
-        if not isinstance(fmt, str):
-            raise wrong_type("fmt", '"PEM" or "DER"', fmt)
-        data: bytes = self._call("cert.export", {"cert": wire_rid(cert, "cert"),
-                                                 "format": fmt.upper()})
-        return data
+        return self._run(self._p_export(cert, fmt))
 
     def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
         """Replace a configured certificate slot (atomic); returns its new version."""
-        result = self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
-                                             "cert": wire_rid(cert, "cert")})
-        return int(result["version"])
+        return self._run(self._p_persist_certificate(slot, cert))
 
     def persist_trust_store(self, store: ResourceLike,
                             anchors: Iterable[ResourceLike] | ResourceLike,
                             crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
         """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
-        result = self._call("truststore.persist", {
-            "store": wire_rid(store, "store"),
-            "anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")})
-        return int(result["version"])
+        return self._run(self._p_persist_trust_store(store, anchors, crls))
+
+
+class AsyncCertificateManagementContext(CertificateManagementCore, AsyncOperationContext):
+    """:class:`CertificateManagementContext` for asyncio stacks (the same calls, awaited)."""
+
+    def _guard(self, info: dict[str, Any]) -> AsyncCryptoResourceGuard:
+        return AsyncCryptoResourceGuard._from_wire(self._channel, info)
+
+    async def import_certificate(self, data: bytes | str) -> AsyncCryptoResourceGuard:
+        """An ephemeral certificate from PEM (bytes or str) or DER."""
+        return self._guard(await self._run(self._p_import("cert.import", data, "certificate")))
+
+    async def import_crl(self, data: bytes | str) -> AsyncCryptoResourceGuard:
+        """An ephemeral CRL from PEM (bytes or str) or DER."""
+        return self._guard(await self._run(self._p_import("crl.import", data, "CRL")))
+
+    async def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
+                                 crls: Iterable[ResourceLike] | ResourceLike = (),
+                                 ) -> AsyncCryptoResourceGuard:
+        """An ephemeral trust store of anchors (and CRLs)."""
+        return self._guard(await self._run(self._p_trust_store(anchors, crls)))
+
+    async def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
+                                          ) -> tuple[AsyncCryptoResourceGuard, str]:
+        """(VERIFY-only public key guard, canonical algorithm name)."""
+        info, algorithm = await self._run(self._p_public_key(cert, provider))
+        return self._guard(info), algorithm
+
+    async def export_certificate(self, cert: ResourceLike,
+                                 fmt: str | KeyFormat = "PEM") -> bytes:
+        """The certificate as PEM or DER."""
+        return await self._run(self._p_export(cert, fmt))
+
+    async def persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> int:
+        """Replace a configured certificate slot (atomic); returns its new version."""
+        return await self._run(self._p_persist_certificate(slot, cert))
+
+    async def persist_trust_store(self, store: ResourceLike,
+                                  anchors: Iterable[ResourceLike] | ResourceLike,
+                                  crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
+        """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
+        return await self._run(self._p_persist_trust_store(store, anchors, crls))

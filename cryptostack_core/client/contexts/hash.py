@@ -1,15 +1,19 @@
-"""Hash contexts."""
+"""Hash contexts (blocking and asyncio)."""
 
 from __future__ import annotations
 
 from cryptostack_core.client.arguments import wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
+    AsyncStreamContext,
+    BytesLike,
     ContextConfig,
     ContextParent,
     StreamContext,
+    StreamCore,
     byte_view,
 )
+from cryptostack_core.client.plans import Plan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
 
@@ -21,45 +25,28 @@ class HashContextConfig(AlgorithmSetting, ContextConfig):
         self.algorithm: str | None = None
 
 
-class HashContext(StreamContext):
-    """A reusable message digest: ``init``/``update``/``finalize``, ``single_shot``, ``reset``.
-
-    ``init``, ``reset`` and updates smaller than 64 KiB travel with the next call that needs
-    an answer, so a small message costs one round trip.
-    """
+class HashCore(StreamCore):
+    """The hash context's plans, shared by :class:`HashContext` and :class:`AsyncHashContext`."""
 
     _family = "hash"
+    algorithm: str
+    provider: int
 
-    def __init__(self, parent: ContextParent, config: HashContextConfig) -> None:
-        super().__init__(parent, config)
+    def _p_create(self, config: HashContextConfig) -> Plan[None]:
         if config.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "HashContextConfig needs set_algorithm()")
-        info = self._call("hash.create", {"algorithm":
-                                          self._channel.canonical_algorithm(config.algorithm),
-                                          "provider": config.provider})
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
+        info = yield from self._call("hash.create", {"algorithm": algorithm,
+                                                     "provider": config.provider})
         self._handle = info["ctx"]
-        self.algorithm: str = info["algorithm"]
-        self.provider: int = info["provider"]
+        self.algorithm = info["algorithm"]
+        self.provider = info["provider"]
 
-    def init(self) -> None:
-        """Start a message."""
-        self._start({})
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        """Absorb data."""
-        self._absorb(data)
-
-    def finalize(self) -> bytes:
-        """The digest of the message."""
-        digest: bytes = self._finish({})
-        return digest
-
-    def finalize_into(self, out: bytearray | memoryview) -> int:
-        """Write the digest into ``out``; returns its length."""
+    def _p_finalize_into(self, out: bytearray | memoryview) -> Plan[int]:
         if not isinstance(out, (bytearray, memoryview)) or (isinstance(out, memoryview)
                                                              and out.readonly):
             raise wrong_type("out", "a writable buffer (bytearray or memoryview)", out)
-        digest = self.finalize()
+        digest: bytes = yield from self._p_finish({})
         if len(out) < len(digest):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                               f"output buffer of {len(out)} bytes is smaller than the "
@@ -67,17 +54,72 @@ class HashContext(StreamContext):
         out[: len(digest)] = digest
         return len(digest)
 
-    def single_shot(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Digest of ``data`` in one call (no init needed; large data goes in pieces)."""
+    def _p_single_shot(self, data: BytesLike) -> Plan[bytes]:
         view = byte_view(data)
-        self._check()
-        if self._state == "active":
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "single_shot() while a message is in progress; reset() first")
-        if len(view) > self._channel.max_chunk:
-            self.init()
-            self.update(view)
-            return self.finalize()
-        digest: bytes = self._call("hash.single_shot", {"ctx": self._handle, "data": bytes(view)})
-        self._state = "done"
+        whole = self._p_whole("hash.single_shot", "single_shot", {"data": bytes(view)}
+                              if len(view) < 65536 else {"data": view}, len(view))
+        if whole is not None:
+            digest: bytes = yield from whole
+            return digest
+        self._start({})
+        yield from self._p_absorb(view)
+        digest = yield from self._p_finish({})
         return digest
+
+
+class HashContext(HashCore, StreamContext):
+    """A reusable message digest: ``init``/``update``/``finalize``, ``single_shot``, ``reset``.
+
+    ``init``, ``reset`` and updates smaller than 64 KiB travel with the next call that needs
+    an answer, so a small message costs one round trip.
+    """
+
+    def __init__(self, parent: ContextParent, config: HashContextConfig) -> None:
+        super().__init__(parent, config)
+        self._run(self._p_create(config))
+
+    def init(self) -> None:
+        """Start a message."""
+        self._start({})
+
+    def update(self, data: BytesLike) -> None:
+        """Absorb data."""
+        self._run(self._p_absorb(data))
+
+    def finalize(self) -> bytes:
+        """The digest of the message."""
+        digest: bytes = self._run(self._p_finish({}))
+        return digest
+
+    def finalize_into(self, out: bytearray | memoryview) -> int:
+        """Write the digest into ``out``; returns its length."""
+        return self._run(self._p_finalize_into(out))
+
+    def single_shot(self, data: BytesLike) -> bytes:
+        """Digest of ``data`` in one call (no init needed; large data goes in pieces)."""
+        return self._run(self._p_single_shot(data))
+
+
+class AsyncHashContext(HashCore, AsyncStreamContext):
+    """:class:`HashContext` for asyncio stacks (the same calls, awaited)."""
+
+    async def init(self) -> None:
+        """Start a message (sent with the next call)."""
+        self._start({})
+
+    async def update(self, data: BytesLike) -> None:
+        """Absorb data."""
+        await self._run(self._p_absorb(data))
+
+    async def finalize(self) -> bytes:
+        """The digest of the message."""
+        digest: bytes = await self._run(self._p_finish({}))
+        return digest
+
+    async def finalize_into(self, out: bytearray | memoryview) -> int:
+        """Write the digest into ``out``; returns its length."""
+        return await self._run(self._p_finalize_into(out))
+
+    async def single_shot(self, data: BytesLike) -> bytes:
+        """Digest of ``data`` in one call (no init needed; large data goes in pieces)."""
+        return await self._run(self._p_single_shot(data))

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import IO, Self
 
-from cryptostack_core.client.arguments import enum_arg, wrong_type
+from cryptostack_core.client.arguments import bytes_arg, enum_arg, wrong_type
 from cryptostack_core.client.contexts.base import (
     AlgorithmSetting,
+    AsyncStreamContext,
     BytesLike,
     ContextConfig,
     ContextParent,
     KeySetting,
     ResourceLike,
     StreamContext,
+    StreamCore,
     byte_view,
     wire_rid,
 )
+from cryptostack_core.client.plans import Plan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.resources import CipherDirection
 
@@ -45,7 +48,48 @@ class StreamingAeadContextConfig(AlgorithmSetting, KeySetting, ContextConfig):
         return self
 
 
-class StreamingAeadContext(StreamContext):
+class StreamingAeadCore(StreamCore):
+    """The streaming AEAD plans (blocking and asyncio)."""
+
+    _family = "streaming_aead"
+    algorithm: str
+    provider: int
+    direction: CipherDirection
+    segment_size: int
+    header_size: int
+
+    def _p_create(self, config: StreamingAeadContextConfig) -> Plan[None]:
+        if config.algorithm is None or config.key is None or config.direction is None:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              "StreamingAeadContextConfig needs set_algorithm(), set_key() and "
+                              "set_direction()")
+        algorithm = yield from self._channel._p_canonical(config.algorithm)
+        info = yield from self._call("streaming_aead.create", {
+            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
+            "direction": config.direction.value, "provider": config.provider})
+        self._handle = info["ctx"]
+        self.algorithm = info["algorithm"]
+        self.provider = info["provider"]
+        self.direction = config.direction
+        self.segment_size = info["segment_size"]
+        self.header_size = info["header_size"]
+
+    def _init(self, associated_data: BytesLike) -> None:
+        self._start({"aad": bytes_arg(associated_data, "associated_data")})
+
+    def _p_update(self, data: BytesLike) -> Plan[bytes]:
+        view = byte_view(data)
+        self._need_active("update")
+        outputs = yield from self._send_data("streaming_aead.update", view,
+                                             lambda piece: {"ctx": self._handle, "data": piece})
+        return outputs[0] if len(outputs) == 1 else b"".join(outputs)
+
+    def _p_finalize(self) -> Plan[bytes]:
+        out: bytes = yield from self._p_finish({})
+        return out
+
+
+class StreamingAeadContext(StreamingAeadCore, StreamContext):
     """Seal or open one stream at a time: ``init(associated_data)``, ``update`` (any size;
     returns the segments completed so far), ``finalize`` (the final segment).
 
@@ -55,40 +99,21 @@ class StreamingAeadContext(StreamContext):
     discarded. :meth:`process_stream` does a whole file object.
     """
 
-    _family = "streaming_aead"
-
     def __init__(self, parent: ContextParent, config: StreamingAeadContextConfig) -> None:
         super().__init__(parent, config)
-        if config.algorithm is None or config.key is None or config.direction is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "StreamingAeadContextConfig needs set_algorithm(), set_key() and "
-                              "set_direction()")
-        info = self._call("streaming_aead.create", {
-            "algorithm": config.algorithm, "key": wire_rid(config.key, "key"),
-            "direction": config.direction.value, "provider": config.provider})
-        self._handle = info["ctx"]
-        self.algorithm: str = info["algorithm"]
-        self.provider: int = info["provider"]
-        self.direction = config.direction
-        self.segment_size: int = info["segment_size"]
-        self.header_size: int = info["header_size"]
+        self._run(self._p_create(config))
 
     def init(self, associated_data: BytesLike = b"") -> None:
         """Start a stream bound to ``associated_data`` (sent with the next call)."""
-        self._start({"aad": bytes(byte_view(associated_data, "associated_data"))})
+        self._init(associated_data)
 
     def update(self, data: BytesLike) -> bytes:
         """Feed data of any size; returns the output of the segments completed so far."""
-        view = byte_view(data)
-        self._need_active("update")
-        outputs = self._send_data("streaming_aead.update", view,
-                                  lambda piece: {"ctx": self._handle, "data": piece})
-        return outputs[0] if len(outputs) == 1 else b"".join(outputs)
+        return self._run(self._p_update(data))
 
     def finalize(self) -> bytes:
         """The final segment: its ciphertext, or its plaintext once verified."""
-        out: bytes = self._finish({})
-        return out
+        return self._run(self._p_finalize())
 
     def process_stream(self, source: IO[bytes], sink: IO[bytes],
                        associated_data: BytesLike = b"") -> int:
@@ -111,3 +136,19 @@ class StreamingAeadContext(StreamContext):
         out = self.finalize()
         sink.write(out)
         return written + len(out)
+
+
+class AsyncStreamingAeadContext(StreamingAeadCore, AsyncStreamContext):
+    """:class:`StreamingAeadContext` for asyncio stacks (the same calls, awaited)."""
+
+    async def init(self, associated_data: BytesLike = b"") -> None:
+        """Start a stream bound to ``associated_data`` (sent with the next call)."""
+        self._init(associated_data)
+
+    async def update(self, data: BytesLike) -> bytes:
+        """Feed data of any size; returns the output of the segments completed so far."""
+        return await self._run(self._p_update(data))
+
+    async def finalize(self) -> bytes:
+        """The final segment: its ciphertext, or its plaintext once verified."""
+        return await self._run(self._p_finalize())

@@ -71,6 +71,16 @@ SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
 """Calls that produce a secret key, and their provider operation."""
 
 
+class Pieces(tuple[bytes, ...]):
+    """A byte-string answer in parts (a cipher's output and its last block or tag): the
+    front end writes the parts into the caller's region, or joins them, without an extra
+    concatenation of a large message."""
+
+    def joined(self) -> bytes:
+        """The answer as one byte string."""
+        return b"".join(self)
+
+
 class ContextBusy(Exception):
     """A context another call is using: the awaited path leaves it to the thread path, whose
     call waits for the context's lock (the event loop must not)."""
@@ -95,6 +105,8 @@ class ContextOps:
             "hash.reset": stream(HashState, reset),
             "hash.single_shot": stream(HashState, _single_shot),
             "cipher.create": self.cipher_create,
+            "cipher.single_shot": self._whole_message_call(CipherState, _cipher_prepare,
+                                                           _cipher_single_shot),
             "cipher.init": stream(CipherState, _cipher_init),
             "cipher.update_aad": stream(CipherState, _update_aad),
             "cipher.update": stream(CipherState, update),
@@ -105,11 +117,15 @@ class ContextOps:
             "sign.update": stream(SignState, update),
             "sign.finalize": stream(SignState, finalize),
             "sign.reset": stream(SignState, reset),
+            "sign.single_shot": self._whole_message_call(SignState, _sign_prepare,
+                                                         _sign_single_shot),
             "verify.create": self.verify_create,
             "verify.init": stream(VerifyState, init),
             "verify.update": stream(VerifyState, update),
             "verify.finalize": stream(VerifyState, _verify_finalize),
             "verify.reset": stream(VerifyState, reset),
+            "verify.single_shot": self._whole_message_call(VerifyState, _verify_prepare,
+                                                           _verify_single_shot),
             "streaming_aead.create": self.streaming_aead_create,
             "streaming_aead.init": stream(StreamingAeadState, _streaming_init),
             "streaming_aead.update": stream(StreamingAeadState, update),
@@ -132,6 +148,12 @@ class ContextOps:
             "hash.update": stream(HashState, _update_awaited),
             "hash.finalize": stream(HashState, _finalize_awaited),
             "hash.single_shot": stream(HashState, _single_shot_awaited),
+            "cipher.single_shot": self._awaited_whole_message_call(
+                CipherState, _cipher_prepare, _cipher_single_shot_awaited),
+            "sign.single_shot": self._awaited_whole_message_call(
+                SignState, _sign_prepare, _sign_single_shot_awaited),
+            "verify.single_shot": self._awaited_whole_message_call(
+                VerifyState, _verify_prepare, _verify_single_shot_awaited),
             "cipher.init": stream(CipherState, _cipher_init_awaited),
             "cipher.update_aad": stream(CipherState, _update_aad_awaited),
             "cipher.update": stream(CipherState, _update_awaited),
@@ -435,6 +457,67 @@ class ContextOps:
                 return result
         return serve
 
+    def _whole_message_call(self, kind: type[_S], prepare: Callable[[_S, Mapping[str, Any]], Any],
+                            run: Callable[[_S, Any], Any]) -> Op:
+        """A call that is a whole message (``*.single_shot``): ``prepare`` checks the
+        arguments and the state (a refusal there is not an outcome), ``run`` starts and ends
+        the message; its outcome is audited like a finalisation's."""
+        def serve(call: Call, args: Mapping[str, Any]) -> Any:
+            ctx = self.core.context(call, args.get("ctx"), kind)
+            with ctx.lock:
+                ctx.check_usable()
+                prepared = prepare(ctx, args)
+                try:
+                    result = run(ctx, prepared)
+                except Exception as exc:
+                    self._audit_outcome(call, ctx, exc)
+                    raise
+                self._audit_outcome(call, ctx, None, result)
+                return result
+        return serve
+
+    def _awaited_whole_message_call(self, kind: type[_S],
+                                    prepare: Callable[[_S, Mapping[str, Any]], Any],
+                                    run: Callable[[_S, Any], Awaitable[Any]]) -> AsyncOp:
+        """:meth:`_whole_message_call` awaiting the provider (see :meth:`async_operations`)."""
+        async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
+            ctx = self.core.context(call, args.get("ctx"), kind)
+            if not locked and not ctx.lock.acquire(blocking=False):
+                raise ContextBusy()
+            try:
+                ctx.check_usable()
+                prepared = prepare(ctx, args)
+                try:
+                    result = await run(ctx, prepared)
+                except BaseException as exc:
+                    if isinstance(exc, Exception):
+                        self._audit_outcome(call, ctx, exc)
+                    raise
+                self._audit_outcome(call, ctx, None, result)
+                return result
+            finally:
+                if not locked:
+                    ctx.lock.release()
+        return serve
+
+    def _audit_outcome(self, call: Call, ctx: StreamContextState, exc: Exception | None,
+                       result: Any = None) -> None:
+        """Audit the outcome of a whole message on a keyed context (none for hashing)."""
+        if ctx.key is None:
+            return
+        operation = _outcome_operation(ctx)
+        if exc is not None:
+            code = exc.code if isinstance(exc, CryptoError) else ErrorCode.PROVIDER_ERROR
+            self._audit_use(call, ctx, operation, code.value)
+        elif ctx.error is not None:  # finished after the caller gave up on it
+            self._audit_use(call, ctx, operation, ErrorCode.OPERATION_TIMED_OUT.value,
+                            "completed after the caller's deadline; result dropped")
+        elif result is False:
+            self._audit_use(call, ctx, operation, ErrorCode.AUTHENTICATION_FAILED.value,
+                            "the signature did not verify")
+        else:
+            self._audit_use(call, ctx, operation, "ok")
+
     def _awaited_stream_call(self, kind: type[_S],
                              run: Callable[[_S, Mapping[str, Any]], Awaitable[Any]]) -> AsyncOp:
         async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
@@ -497,6 +580,87 @@ def _reset(ctx: StreamContextState, args: Mapping[str, Any]) -> None:
 
 def _single_shot(ctx: HashState, args: Mapping[str, Any]) -> bytes:
     return ctx.single_shot(data_arg(args))
+
+
+def _idle(ctx: StreamContextState, what: str) -> None:
+    if ctx.state is MessagePhase.ACTIVE:
+        raise CryptoError(ErrorCode.INVALID_STATE,
+                          f"{what} while a message is in progress; reset() first")
+
+
+def _optional_data(args: Mapping[str, Any], name: str) -> bytes | memoryview | None:
+    return data_arg(args, name) if args.get(name) is not None else None
+
+
+def _cipher_prepare(ctx: CipherState, args: Mapping[str, Any]
+                    ) -> tuple[bytes, bytes | memoryview | None, bytes | memoryview]:
+    _idle(ctx, "a one-shot encrypt() or decrypt()")
+    iv = bytes(data_arg(args, "iv")) if args.get("iv") is not None else b""
+    ctx.spec.check_iv(len(iv))  # the limits are declared on the algorithm
+    aad = _optional_data(args, "aad")
+    if aad is not None and len(aad) and not ctx.aead:
+        raise CryptoError(ErrorCode.INVALID_STATE,
+                          f"{ctx.algorithm} is not an AEAD; it takes no associated data")
+    return iv, aad, data_arg(args)
+
+
+def _cipher_single_shot(ctx: CipherState, prepared: Any) -> Any:
+    iv, aad, data = prepared
+    ctx.init(iv=iv)
+    if aad:
+        ctx.update_aad(aad)
+    out: bytes = ctx.update(data)
+    last: bytes = ctx.finalize()
+    return Pieces((out, last)) if out else last
+
+
+def _sign_prepare(ctx: SignState, args: Mapping[str, Any]) -> bytes | memoryview:
+    _idle(ctx, "a one-shot sign()")
+    return data_arg(args)
+
+
+def _sign_single_shot(ctx: SignState, data: bytes | memoryview) -> bytes:
+    ctx.init()
+    ctx.update(data)
+    signature: bytes = ctx.finalize()
+    return signature
+
+
+def _verify_prepare(ctx: VerifyState, args: Mapping[str, Any]
+                    ) -> tuple[bytes | memoryview, bytes]:
+    _idle(ctx, "a one-shot verify()")
+    return data_arg(args), bytes(data_arg(args, "signature"))
+
+
+def _verify_single_shot(ctx: VerifyState, prepared: Any) -> bool:
+    data, signature = prepared
+    ctx.init()
+    ctx.update(data)
+    return ctx.finalize_verify(signature)
+
+
+async def _cipher_single_shot_awaited(ctx: CipherState, prepared: Any) -> Any:
+    iv, aad, data = prepared
+    ctx.init(iv=iv)
+    if aad:
+        await ctx.update_aad_async(aad)
+    out = await ctx.update_async(data)
+    last = await ctx.finalize_async()
+    return Pieces((out, last)) if out else last
+
+
+async def _sign_single_shot_awaited(ctx: SignState, data: bytes | memoryview) -> bytes:
+    ctx.init()
+    await ctx.update_async(data)
+    signature: bytes = await ctx.finalize_async()
+    return signature
+
+
+async def _verify_single_shot_awaited(ctx: VerifyState, prepared: Any) -> bool:
+    data, signature = prepared
+    ctx.init()
+    await ctx.update_async(data)
+    return await ctx.finalize_verify_async(signature)
 
 
 # --- the same calls, awaiting the provider (see ContextOps.async_operations) ----------------

@@ -93,6 +93,9 @@ class ControlOps:
                          "gid": s.peer.gid, **s.counts()} for s in core.session_list()
                         if admin or s.peer.uid == uid],
         }
+        store = core.keystore.status()
+        result["keystore"] = store if admin else {
+            k: store[k] for k in ("engine", "available") if k in store}
         if admin:  # operator facts: what to fix, and who holds the memory
             result["warnings"] = list(core.warnings)
             result["memory"] = core.budget.snapshot()

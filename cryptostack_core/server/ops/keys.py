@@ -1,9 +1,9 @@
-"""Key management operations: generate, import, load, slot info, persist, clear, export,
-derive, random. Every change is access-checked and audited; material leaves only with EXPORT."""
+"""Key management operations: generate, import, load, slot info, persist, versions (retire,
+minimum), clear, export, derive, random. Every change is access-checked and audited;
+material leaves only with EXPORT."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,7 +30,6 @@ from cryptostack_core.wire.permissions import KeyOperationPermission as P
 from cryptostack_core.wire.permissions import has_permission
 from cryptostack_core.wire.resources import KeyFormat, ResourcePersistence, ResourceType
 
-log = logging.getLogger("cryptostack.keys")
 RANDOM_CHUNK = 4096
 PUBLIC_KEY_PERMISSIONS = P.VERIFY | P.ENCAPSULATE | P.ENCRYPT | P.WRAP
 
@@ -50,6 +49,8 @@ class KeyOps:
             "key.load": self._op_load,
             "key.slot_info": self._op_slot_info,
             "key.persist": self._op_persist,
+            "key.retire_version": self._op_retire_version,
+            "key.set_minimum_version": self._op_set_minimum_version,
             "key.clear_slot": self._op_clear_slot,
             "key.export": self._op_export,
             "key.export_public": self._op_export_public,
@@ -177,10 +178,17 @@ class KeyOps:
         if rid.type is not ResourceType.KEY_SLOT:
             raise invalid(f"load_key needs a key slot, got a {rid.type.value}")
         name = call.session.get(rid).obj.name
-        entry = self.core.load_slot(call.session, name)
+        version = int_arg(args, "version", default=None, lo=1, hi=2**63 - 1)
+        try:
+            entry = self.core.load_slot(call.session, name, version)
+        except CryptoError as exc:
+            if exc.code is ErrorCode.KEY_VERSION_RETIRED:
+                self.core.audit(call.session, "key.load", name, exc.code.value,
+                                detail=f"version={version}")
+            raise
         self.core.audit(call.session, "key.load", name, provider=entry.home.id,
-                   algorithm=entry.algorithm)
-        return self.core.add_key(call, entry)
+                        algorithm=entry.algorithm, detail=f"version={entry.version}")
+        return {**self.core.add_key(call, entry), "version": entry.version}
 
     def _slot_name(self, call: Call, args: Mapping[str, Any], name: str = "slot") -> str:
         rid = rid_arg(args, name)
@@ -223,30 +231,81 @@ class KeyOps:
         stored = self.core.provider_instance(target).persist_key(pkey, name)
         # The copy keeps the export allow-list its material carries (narrowed again, by this
         # slot's own list, whenever it is loaded): persisting never widens who may export it.
-        version, previous = self.core.keystore.store_key(name, entry.algorithm, target.id,
-                                                    slot.compatible_providers, perms, stored,
-                                                    export_uids=entry.export_uids)
-        if previous is not None:
-            try:
-                self.core.provider_instance(target).delete_stored_key(previous)
-            except Exception:
-                log.exception("could not delete the previous copy of slot %s", name)
+        # A new version; the older ones stay (decrypt, verify) until retired.
+        try:
+            version = self.core.keystore.store_key(name, entry.algorithm, target.id,
+                                                   slot.compatible_providers, perms, stored,
+                                                   export_uids=entry.export_uids)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.persist", name, exc.code.value,
+                            provider=target.id, algorithm=entry.algorithm)
+            if not getattr(exc, "maybe_committed", False):
+                # Never recorded: its backend object goes now (a crash here is reconciled
+                # at the next start). Perhaps recorded: it must stay.
+                self.core.destroy_when_unused(target.id, stored,
+                                              f"key slot {name} (persist failed)")
+            raise
         self.core.audit(call.session, "key.persist", name, provider=target.id,
-                   algorithm=entry.algorithm, detail=f"version={version}")
+                        algorithm=entry.algorithm, detail=f"version={version}")
+        # ``version`` is the one this call made (another daemon's may already be newer).
+        return {**self.core.slot_info(name), "version": version}
+
+    def _op_retire_version(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = self._slot_name(call, args)
+        slot = self.core.slots[name]
+        self.core.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name,
+                               slot.write_uids)
+        version = int_arg(args, "version", lo=1, hi=2**63 - 1)
+        try:
+            record = self.core.keystore.slot_versions(name)
+            retired = next((v for v in record.versions if v.version == version), None)
+            reference = self.core.keystore.retire_version(name, version)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.retire", name, exc.code.value,
+                            detail=f"version={version}")
+            raise
+        self.core.forget_slot_keys(name)
+        if reference is not None and retired is not None:
+            self.core.destroy_when_unused(retired.provider, reference,
+                                          f"key slot {name} version {version}")
+        self.core.audit(call.session, "key.retire", name,
+                        provider=retired.provider if retired else None,
+                        algorithm=retired.algorithm if retired else None,
+                        detail=f"version={version}")
+        return self.core.slot_info(name)
+
+    def _op_set_minimum_version(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = self._slot_name(call, args)
+        slot = self.core.slots[name]
+        self.core.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name,
+                               slot.write_uids)
+        minimum = int_arg(args, "version", lo=0, hi=2**63 - 1)
+        try:
+            self.core.keystore.set_minimum_version(name, minimum)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.minimum_version", name, exc.code.value,
+                            detail=f"version={minimum}")
+            raise
+        self.core.forget_slot_keys(name)
+        self.core.audit(call.session, "key.minimum_version", name, detail=f"version={minimum}")
         return self.core.slot_info(name)
 
     def _op_clear_slot(self, call: Call, args: Mapping[str, Any]) -> None:
         name = self._slot_name(call, args)
         slot = self.core.slots[name]
         self.core.check_access(call.session, "mutate", ResourceType.KEY_SLOT, name, slot.write_uids)
-        record = self.core.keystore.slot(name)
-        previous = self.core.keystore.clear_slot(name)
-        if previous is not None and record is not None:
-            try:
-                self.core.provider_instance(self.core.providers.get(record.provider)).delete_stored_key(previous)
-            except Exception:
-                log.exception("could not delete the stored copy of slot %s", name)
-        self.core.audit(call.session, "key.clear", name)
+        try:
+            versions = self.core.keystore.slot_versions(name)
+            references = self.core.keystore.clear_slot(name)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.clear", name, exc.code.value)
+            raise
+        self.core.forget_slot_keys(name)
+        for provider, reference in references:
+            self.core.destroy_when_unused(provider, reference, f"key slot {name} (cleared)")
+        removed = [v.version for v in versions.versions]
+        self.core.audit(call.session, "key.clear", name,
+                        detail=f"versions={','.join(map(str, removed)) or 'none'}")
 
     def _op_export(self, call: Call, args: Mapping[str, Any]) -> bytes:
         entry = self.core.key_argument(call, args)

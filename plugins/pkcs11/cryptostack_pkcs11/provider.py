@@ -60,6 +60,7 @@ from cryptostack_core.sdk import (
     CryptoError,
     ErrorCode,
     HashOperation,
+    KekSource,
     KeyFormat,
     Operation,
     OrphanDestroyed,
@@ -78,6 +79,7 @@ from cryptostack_core.sdk.workers import StaleGeneration, WorkerHost
 
 from . import keyformats
 from .hosting import worker_spec
+from .kek import TokenKek
 from .keys import (
     TokenKey,
     parse_reference,
@@ -627,6 +629,10 @@ class PKCS11Provider(Provider):
         if algorithm in HMACS:
             return MacVerifier(self, plan, token_key, self.spec(algorithm).signature_size)
         return StreamVerifier(self, plan, token_key)
+
+    def kek_source(self) -> KekSource | None:
+        """The key store's KEK derived in the token (:mod:`.kek`): nothing on disk."""
+        return TokenKek(self.call, self.opts.token_label)
 
     def random_bytes(self, length: int) -> bytes:
         """``C_GenerateRandom``."""

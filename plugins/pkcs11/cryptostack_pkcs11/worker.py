@@ -162,6 +162,21 @@ class TokenWorker(WorkerBackend):
         self.lib.finalize()
         self.ck = Cryptoki(init["module"])
         self.ck.initialize_threaded()
+        # Both bindings must reach one instance of the module: the sessions python-pkcs11
+        # opens are used by the ctypes calls. A module that hands every C_GetFunctionList
+        # call an instance of its own (p11-kit's client and proxy modules, each with its own
+        # connection) leaves python-pkcs11's instance finalised: say so, not "not initialized".
+        try:
+            self.lib.get_slots()
+        except pkcs11.PKCS11Error as exc:
+            if "not initialized" not in str(exc).lower():
+                raise
+            raise WorkerError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"module {init['module']} gives every C_GetFunctionList call a separate "
+                "instance (as p11-kit's client and proxy modules do); the pkcs11 provider "
+                "needs the token's own module, one instance per process (docs/scaling.md, "
+                "'KEK in a network HSM')") from None
         try:
             token = self.lib.get_token(token_label=init["token_label"])
         except pkcs11.NoSuchToken:

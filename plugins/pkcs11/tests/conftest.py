@@ -89,3 +89,13 @@ def make_provider(softhsm_token: SoftHSMToken, tmp_path: Path,
 def provider(make_provider: ProviderFactory) -> PKCS11Provider:
     """A started provider on a fresh token."""
     return make_provider()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster for the shared-store scenarios (removed afterwards)."""
+    from cryptostack_core.testing.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()

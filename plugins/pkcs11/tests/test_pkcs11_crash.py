@@ -30,12 +30,13 @@ def config(token: Any, audit: Path, **options: Any) -> dict[str, Any]:
                            "permissions": ["encrypt", "decrypt"]} for name in ("A", "B")]}
 
 
-def rows(directory: Path) -> dict[str, str]:
-    """Slot name -> CKA_ID (hex) of every HSM reference in the daemon's key store."""
+def rows(directory: Path) -> dict[tuple[str, int], str]:
+    """(slot name, version) -> CKA_ID (hex) of every HSM reference in the daemon's key store
+    (every version a slot holds; retired versions keep no reference)."""
     with sqlite3.connect(directory / "keystore.sqlite3") as db:
-        found = db.execute("SELECT name, blob FROM key_slots WHERE provider = ? AND secret = 0",
-                           (HSM,)).fetchall()
-    return {name: json.loads(bytes(blob))["id"] for name, blob in found}
+        found = db.execute("SELECT name, version, blob FROM key_slots WHERE provider = ? AND "
+                           "secret = 0 AND state = 'active'", (HSM,)).fetchall()
+    return {(name, version): json.loads(bytes(blob))["id"] for name, version, blob in found}
 
 
 def assert_consistent(token: Any, directory: Path, list_token_objects: ListObjects) -> None:
@@ -108,19 +109,19 @@ def test_daemon_killed_while_clearing_a_slot(
     with DaemonProcess(directory, config(softhsm_token, audit)) as daemon, \
             daemon.stack() as stack:
         persist(stack, "A")
-        persist(stack, "A")  # a replaced copy is destroyed after the new row
+        persist(stack, "A")  # a second version: the first stays (key versions)
     assert_consistent(softhsm_token, directory, list_token_objects)
-    assert len(list_token_objects(softhsm_token)) == 1
+    assert len(list_token_objects(softhsm_token)) == 2
     crashing = DaemonProcess(directory, config(softhsm_token, audit, test_crash_at="delete"))
     with crashing, crashing.stack() as stack:
         try:
-            clear(stack, "A")  # the row is gone, the daemon dies before C_DestroyObject
+            clear(stack, "A")  # the rows are gone, the daemon dies before C_DestroyObject
         except cs.CryptoError:
             pass
-    assert rows(directory) == {} and len(list_token_objects(softhsm_token)) == 1
+    assert rows(directory) == {} and len(list_token_objects(softhsm_token)) == 2
     with DaemonProcess(directory, config(softhsm_token, audit)):
         assert list_token_objects(softhsm_token) == []
-        assert [e["resource"] for e in audited(audit, "key.reconcile")] == ["cryptostack:A"]
+        assert [e["resource"] for e in audited(audit, "key.reconcile")] == ["cryptostack:A"] * 2
 
 
 def workload(daemon: DaemonProcess, seed: int, acknowledged: threading.Semaphore,
