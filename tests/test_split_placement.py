@@ -5,10 +5,15 @@ with real providers in the pkcs11 and oqs suites (test_*_split_hybrid.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 import cryptostack_core as cs
 from cryptostack_core.sdk.hybrid import COMPOSITE_SIGNATURES
+from cryptostack_core.server.check import check_config
+from cryptostack_core.server.config import ConfigError, DaemonConfig
 from cryptostack_core.server.split.plan import (
     CLASSICAL,
     PQ,
@@ -16,7 +21,9 @@ from cryptostack_core.server.split.plan import (
     PlacementRequest,
     plan_for,
     plans,
+    slot_problem,
 )
+from cryptostack_core.testing.daemon import to_toml
 from cryptostack_core.wire.algorithms import Operation
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
 
@@ -134,3 +141,95 @@ def test_selection_on_the_mock_explains_what_is_missing(inproc_stack: cs.CryptoS
     table = {e["name"]: e for e in inproc_stack.algorithms()}
     assert table[algorithm]["split"]["splittable"] is True
     assert "split" not in table["ECDSA-P256"]
+
+
+# --- key slots that keep a hybrid key's halves apart --------------------------------------
+
+def _slot_config(**slot: Any) -> dict[str, Any]:
+    return {"providers": [{"name": "mock", "id": 1}, {"name": "mock", "id": 2}],
+            "key_slots": [{"name": "H", "algorithm": "ML-DSA-65-ECDSA-P256-SHA512", **slot}]}
+
+
+@pytest.mark.parametrize(("slot", "problem"), [
+    ({"placement": "everywhere"}, "'placement' must be one of auto, native, split"),
+    ({"components": [1, 2]}, "'components' must be a table of role = [provider ids]"),
+    ({"components": {"quantum": [1]}}, "unknown role 'quantum'"),
+    ({"components": {"pq": []}}, "non-empty list"),
+    ({"components": {"pq": ["openssl"]}}, "non-empty list"),
+    ({"components": {"pq": [True]}}, "non-empty list"),
+    ({"components": {"pq": [1], "classical": [42]}},
+     "'components' classical: provider 42 is not a configured provider id"),
+    ({"placement": "native", "components": {"pq": [1]}}, "it takes no 'components'"),
+    ({"components": {"pq": [1]}, "provider": 2}, "a split slot names its halves' providers"),
+    ({"placement": "split", "compatible_providers": [1]},
+     "a split slot names its halves' providers"),
+    ({"placement": "native", "provision": "generate"}, "needs 'algorithm' and 'provider'"),
+])
+def test_split_slot_configuration_errors(slot: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        DaemonConfig.from_mapping(_slot_config(**slot), source="conf.toml")
+    assert "conf.toml: [[key_slots]] 'H'" in str(err.value) and problem in str(err.value)
+
+
+def test_split_slot_configuration() -> None:
+    config = DaemonConfig.from_mapping(_slot_config(
+        components={"pq": 2, "classical": [1, 2]}, provision="generate"), source="c")
+    [slot] = config.key_slots
+    assert slot.split and slot.placement == "auto" and slot.provider is None
+    assert dict(slot.components) == {"pq": (2,), "classical": (1, 2)}
+    assert slot_problem(slot) is None
+    [native] = DaemonConfig.from_mapping(_slot_config(placement="native", provider=1),
+                                         source="c").key_slots
+    assert not native.split and slot_problem(native) is None
+    [split] = DaemonConfig.from_mapping(_slot_config(placement="split"), source="c").key_slots
+    assert split.split and not split.components
+
+
+@pytest.mark.parametrize(("slot", "problem"), [
+    ({"algorithm": "ECDSA-P256", "placement": "split"},
+     "apply to hybrid key types only; ECDSA-P256 is not one"),
+    ({"algorithm": "AES-256", "components": {"pq": [1]}},
+     "apply to hybrid key types only; AES-256 is not one"),
+    ({"algorithm": "X-Wing", "placement": "split"}, "seed"),
+    ({"algorithm": "ML-DSA-87-Ed448-SHAKE256", "components": {"classical": [1]}},
+     "no standalone algorithm"),
+])
+def test_bad_placements_are_reported_by_check_and_refused_at_start(
+        tmp_path: Path, slot: dict[str, Any], problem: str) -> None:
+    """What the parser cannot know (whether the slot's key type is hybrid, and splittable)
+    is found once algorithms are known: ``cryptostack check`` reports it, the daemon does not
+    start with it."""
+    config = _slot_config(**slot)
+    config["daemon"] = {"allow_test_providers": True, "allow_root": True,
+                        "keystore": str(tmp_path / "ks.sqlite3")}
+    path = tmp_path / "daemon.toml"
+    path.write_text(to_toml(config))
+    report = check_config(path)
+    assert [p for p in report.problems if "[[key_slots]] 'H'" in p and problem in p], \
+        report.problems
+    config["daemon"] = {"allow_test_providers": True}
+    with pytest.raises((ConfigError, cs.CryptoError)) as err:
+        cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                               .set_daemon_config(config)).close()
+    assert problem in str(err.value)
+
+
+def test_a_split_slot_on_the_mock_stays_empty_with_the_reason(tmp_path: Path) -> None:
+    """The mock holds no ML-DSA: a split slot to provision stays empty (the daemon starts,
+    logs why); a whole key does not go into it, and its info says how it is placed."""
+    config = _slot_config(components={"pq": [1], "classical": [2]}, provision="generate")
+    config["daemon"] = {"allow_test_providers": True}
+    config["key_slots"].append({"name": "E", "algorithm": "ECDSA-P256", "provider": 1})
+    with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
+                                .set_daemon_config(config)) as stack, \
+            stack.create_crypto_context() as ctx:
+        km = ctx.create_key_management_context()
+        slot = ctx.resolve_resource("H", cs.ResourceType.KEY_SLOT)
+        info = km.get_key_slot_info(slot)
+        assert info.status is cs.KeySlotStatus.EMPTY and info.placement == "split"
+        assert info.components == [] and info.provider is None
+        with pytest.raises(cs.CryptoError) as err:
+            km.load_key(slot)
+        assert err.value.code is cs.ErrorCode.SLOT_EMPTY
+        assert km.get_key_slot_info(ctx.resolve_resource("E", cs.ResourceType.KEY_SLOT)
+                                    ).placement == "auto"

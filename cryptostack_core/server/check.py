@@ -23,6 +23,7 @@ from cryptostack_core.server.discovery import (
     refusal_of_test_provider,
     register_algorithms,
 )
+from cryptostack_core.server.split.plan import slot_problem
 
 
 @dataclass
@@ -55,6 +56,10 @@ def check_config(path: Path, *, euid: int | None = None) -> CheckReport:
         config = config.resolve_key_algorithms()
     except ConfigError as exc:
         report.problems.append(str(exc))
+    for slot in config.key_slots:  # hybrid placements, as the daemon checks them
+        problem = slot_problem(slot)
+        if problem is not None:
+            report.problems.append(f"{config.source}: [[key_slots]] {slot.name!r}: {problem}")
     _files(config, report)
     _store(config, report)
     return report

@@ -145,7 +145,9 @@ def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
                        version=int(info.get("version") or 0), name=info.get("name", ""),
                        created=info.get("created"), updated=info.get("updated"),
                        versions=versions, min_version=int(info.get("min_version") or 0),
-                       head_version=int(info.get("head_version") or 0))
+                       head_version=int(info.get("head_version") or 0),
+                       placement=str(info.get("placement") or "auto"),
+                       components=[dict(c) for c in info.get("components") or ()])
 
 
 def _version(version: object) -> int:

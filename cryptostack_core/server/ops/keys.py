@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cryptostack_core.sdk.provider import StoredKey
 from cryptostack_core.server.arguments import (
     algorithm_arg,
     arg,
@@ -20,9 +21,10 @@ from cryptostack_core.server.arguments import (
 )
 from cryptostack_core.server.core import Call, ServiceCore
 from cryptostack_core.server.discovery import LoadedProvider
+from cryptostack_core.server.keystore.parts import SPLIT_PROVIDER, encode_parts
 from cryptostack_core.server.session import KeyEntry
 from cryptostack_core.server.split import keys as split_keys
-from cryptostack_core.server.split.choice import choose_new
+from cryptostack_core.server.split.choice import choose_new, role_candidates
 from cryptostack_core.server.split.plan import PQ, PlacementRequest, plan_for
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -211,15 +213,13 @@ class KeyOps:
         if rid.type is not ResourceType.KEY:
             raise invalid("persist_key takes a key (guard), not a slot")
         entry: KeyEntry = call.session.get(rid).obj
-        if entry.components is not None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              "a hybrid key split across providers cannot be persisted in a "
-                              "key slot yet (docs/hybrid.md)")
         if slot.algorithm is not None and slot.algorithm != entry.algorithm:
             raise invalid(f"slot {name!r} holds {slot.algorithm} keys; this key is "
                        f"{entry.algorithm}")
         if not entry.has_private and REGISTRY.get(entry.algorithm).key_class is KeyClass.ASYMMETRIC:
             raise invalid("only key pairs and secret keys can be persisted in a key slot")
+        if entry.components is not None or slot.split:
+            return self._persist_split(call, name, entry)
         target = self.core.providers.get(slot.provider) if slot.provider is not None else entry.home
         if target.id != entry.home.id and not entry.placement.extractable:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
@@ -250,6 +250,69 @@ class KeyOps:
         # ``version`` is the one this call made (another daemon's may already be newer).
         return {**self.core.slot_info(name), "version": version}
 
+    def _persist_split(self, call: Call, name: str, entry: KeyEntry) -> dict[str, Any]:
+        """A new version of slot ``name`` holding the halves of split ``entry``, each
+        persisted by its own provider: where it lives, unless the slot's role list names
+        others (then the first it may move to)."""
+        slot = self.core.slots[name]
+        held = ", ".join(f"{h['role']} on provider {h['provider']}"
+                         for h in entry.component_info())
+        if entry.components is None:
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"slot {name!r} keeps a hybrid key's halves on providers of their "
+                              f"own (components); this {entry.algorithm} key is held whole by "
+                              f"provider {entry.home.id}: generate or import it split")
+        if slot.provider is not None or slot.placement == "native":
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"slot {name!r} holds keys whole"
+                              f"{f' on provider {slot.provider}' if slot.provider else ''}; "
+                              f"this {entry.algorithm} key is split ({held})")
+        plan = plan_for(entry.algorithm)
+        assert plan is not None
+        providers = self.core.providers
+        targets: dict[str, LoadedProvider] = {}
+        for role, half in entry.components.items():
+            listed = slot.components.get(role)
+            if not listed or half.home.id in listed:
+                targets[role] = half.home
+                continue
+            candidates, _ = role_candidates(
+                providers, role, plan.component(role).requirements((Operation.IMPORT_KEY,)),
+                listed, home=half.home.id, extractable=half.placement.extractable,
+                key_algorithm=half.algorithm)
+            taken = next((c for c in candidates if c.taken), None)
+            if taken is None:
+                reasons = "; ".join(f"{c.name} ({c.provider}): {c.reason}" for c in candidates)
+                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                                  f"slot {name!r} keeps the {role} half on providers "
+                                  f"{list(listed)}; this key's, on provider {half.home.id}, "
+                                  f"cannot go there: {reasons}")
+            targets[role] = providers.by_id[taken.provider]
+        perms = entry.permissions & slot.permissions if slot.permissions is not None \
+            else entry.permissions
+        parts = split_keys.persist(entry, name, targets, lambda half, target: self.core.key_on(
+            call.session, half, target))
+        where = tuple(part.provider for part in parts)
+        detail = ", ".join(f"{part.role} {part.algorithm} on provider {part.provider}"
+                           for part in parts)
+        try:
+            version = self.core.keystore.store_key(
+                name, entry.algorithm, SPLIT_PROVIDER, (), perms,
+                StoredKey(encode_parts(parts), True), export_uids=entry.export_uids)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.persist", name, exc.code.value,
+                            provider=where[0], algorithm=entry.algorithm, providers=where,
+                            detail=f"split: {detail}")
+            if not getattr(exc, "maybe_committed", False):
+                for part in parts:
+                    self.core.destroy_when_unused(part.provider, part.stored,
+                                                  f"key slot {name} (persist failed)")
+            raise
+        self.core.audit(call.session, "key.persist", name, provider=where[0],
+                        algorithm=entry.algorithm, providers=where,
+                        detail=f"version={version}; split: {detail}; combiner: daemon")
+        return {**self.core.slot_info(name), "version": version}
+
     def _op_retire_version(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = self._slot_name(call, args)
         slot = self.core.slots[name]
@@ -259,14 +322,14 @@ class KeyOps:
         try:
             record = self.core.keystore.slot_versions(name)
             retired = next((v for v in record.versions if v.version == version), None)
-            reference = self.core.keystore.retire_version(name, version)
+            references = self.core.keystore.retire_version(name, version)
         except CryptoError as exc:
             self.core.audit(call.session, "key.retire", name, exc.code.value,
                             detail=f"version={version}")
             raise
         self.core.forget_slot_keys(name)
-        if reference is not None and retired is not None:
-            self.core.destroy_when_unused(retired.provider, reference,
+        for provider, reference in references:  # one, or each part of a split version
+            self.core.destroy_when_unused(provider, reference,
                                           f"key slot {name} version {version}")
         self.core.audit(call.session, "key.retire", name,
                         provider=retired.provider if retired else None,

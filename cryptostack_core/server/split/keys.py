@@ -16,7 +16,7 @@ daemon's memory on its way, as for any import or export; nothing else does.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptostack_core.sdk import hybrid
 from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState
 from cryptostack_core.server.discovery import LoadedProvider
+from cryptostack_core.server.keystore.parts import StoredPart
 from cryptostack_core.server.session import KeyEntry
 from cryptostack_core.server.split.plan import CLASSICAL, PQ, SplitPlan
 from cryptostack_core.wire.errors import CryptoError, ErrorCode, invalid_argument
@@ -82,7 +83,7 @@ def half_error(role: str, algorithm: str, loaded: LoadedProvider,
 
 def assemble(plan: SplitPlan, permissions: P, halves: Mapping[str, KeyEntry],
              persistence: ResourcePersistence, *, slot: str | None = None,
-             export_uids: frozenset[int] | None = None,
+             export_uids: frozenset[int] | None = None, version: int | None = None,
              claimed_public: bytes | None = None) -> KeyEntry:
     """The split key over ``halves`` (whose references it takes over). ``claimed_public``:
     the public key the caller's material named, which the halves must match."""
@@ -98,8 +99,8 @@ def assemble(plan: SplitPlan, permissions: P, halves: Mapping[str, KeyEntry],
     pq = halves[PQ]
     return KeyEntry(algorithm=plan.algorithm, permissions=permissions, home=pq.home,
                     pkey=SplitStandIn(plan.algorithm, pq.has_private), persistence=persistence,
-                    slot=slot, export_uids=export_uids, components=dict(halves),
-                    public_key=public)
+                    slot=slot, export_uids=export_uids, version=version,
+                    components=dict(halves), public_key=public)
 
 
 def _release(made: Mapping[str, KeyEntry]) -> None:
@@ -163,6 +164,76 @@ def _half(algorithm: str, permissions: P, loaded: LoadedProvider, pkey: Provider
           compatible: tuple[int, ...]) -> KeyEntry:
     return KeyEntry(algorithm=algorithm, permissions=permissions, home=loaded, pkey=pkey,
                     persistence=ResourcePersistence.EPHEMERAL, compatible=compatible)
+
+
+# --- key slots --------------------------------------------------------------------------------
+
+def persist(entry: KeyEntry, slot_name: str, targets: Mapping[str, LoadedProvider],
+            key_on: Callable[[KeyEntry, LoadedProvider], ProviderKey]) -> list[StoredPart]:
+    """Each half of split ``entry`` persisted by the provider ``targets`` names for its role
+    (``key_on`` moves it there first when it lives elsewhere), for one slot version
+    (:mod:`cryptostack_core.server.keystore.parts`). A failure destroys the halves already
+    persisted, so nothing is left behind without a slot."""
+    assert entry.components is not None
+    done: list[StoredPart] = []
+    try:
+        for role, half in entry.components.items():
+            target = targets[role]
+            try:
+                pkey = key_on(half, target)
+                stored = instance(target).persist_key(pkey, slot_name)
+            except CryptoError as exc:
+                raise half_error(role, half.algorithm, target, exc) from None
+            done.append(StoredPart(role, target.id, half.algorithm, stored))
+    except BaseException:
+        by_id = {target.id: target for target in targets.values()}
+        for made in done:
+            discard(made, by_id[made.provider])
+        raise
+    return done
+
+
+def discard(part: StoredPart, loaded: LoadedProvider) -> None:
+    """Destroy a persisted half's backend object (best effort: a provider's reconciliation
+    at the next start destroys what this misses)."""
+    try:
+        instance(loaded).delete_stored_key(part.stored)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def load(plan: SplitPlan, parts: list[StoredPart], permissions: P,
+         provider: Callable[[int], LoadedProvider], *, slot: str, version: int,
+         export_uids: frozenset[int] | None, lists: Mapping[str, tuple[int, ...]],
+         on_free: Callable[[StoredPart], Callable[[], None] | None]) -> KeyEntry:
+    """A split key from a slot version's parts, each loaded by its own provider (a half
+    whose provider is down: PROVIDER_UNAVAILABLE naming it). ``on_free`` gives each half's
+    release callback (the daemon tracks who uses a token object)."""
+    if sorted(part.role for part in parts) != sorted(c.role for c in plan.components) or any(
+            part.algorithm != plan.component(part.role).key_algorithm for part in parts):
+        raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                          f"key slot {slot!r} v{version} does not hold the halves of "
+                          f"{plan.algorithm}: {[(p.role, p.algorithm) for p in parts]}")
+    made: dict[str, KeyEntry] = {}
+    try:
+        for part in parts:
+            component = plan.component(part.role)
+            loaded = provider(part.provider)
+            perms = component.component_permissions(permissions)
+            try:
+                pkey = instance(loaded).load_stored_key(part.stored, part.algorithm, perms)
+            except CryptoError as exc:
+                raise half_error(part.role, part.algorithm, loaded, exc) from None
+            made[part.role] = KeyEntry(
+                algorithm=part.algorithm, permissions=perms, home=loaded, pkey=pkey,
+                persistence=ResourcePersistence.PERSISTENT,
+                compatible=lists.get(part.role, ()), slot=slot, export_uids=export_uids,
+                version=version, on_free=on_free(part))
+        return assemble(plan, permissions, made, ResourcePersistence.PERSISTENT, slot=slot,
+                        export_uids=export_uids, version=version)
+    except BaseException:
+        _release(made)
+        raise
 
 
 # --- public keys ----------------------------------------------------------------------------

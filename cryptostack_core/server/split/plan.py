@@ -27,13 +27,13 @@ from cryptostack_core.sdk.hybrid import (
     CompositeSignatureSpec,
     HybridKemSpec,
 )
-from cryptostack_core.wire.algorithms import Operation
+from cryptostack_core.server.config import COMPONENT_ROLES, KeySlotConfig
+from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
 
-PQ = "pq"
-CLASSICAL = "classical"
-ROLES = (PQ, CLASSICAL)
+PQ, CLASSICAL = COMPONENT_ROLES
+ROLES = COMPONENT_ROLES
 """The two halves of a hybrid key, in the order of every encoding (ML-* first)."""
 
 Requirement = tuple[str, Operation]
@@ -191,6 +191,21 @@ def plans() -> Mapping[str, SplitPlan]:
     return _PLANS
 
 
+def slot_problem(slot: KeySlotConfig) -> str | None:
+    """Why a key slot's ``placement``/``components`` cannot hold its algorithm (None when
+    they can, or say nothing): checked at start, on reload and by ``cryptostack check``."""
+    if slot.placement == "auto" and not slot.components:
+        return None
+    spec = REGISTRY.find(slot.algorithm) if slot.algorithm is not None else None
+    plan = plan_for(spec.name) if spec is not None else None
+    if plan is None:
+        return (f"'placement' and 'components' apply to hybrid key types only; "
+                f"{slot.algorithm or 'a slot without an algorithm'} is not one")
+    if slot.split and not plan.splittable:
+        return plan.reason
+    return None
+
+
 @dataclass(frozen=True)
 class PlacementRequest:
     """What a caller (or a slot's configuration) asks of a new hybrid key's placement."""
@@ -246,6 +261,11 @@ class PlacementRequest:
             raise ValueError(f"{where}: placement 'native' keeps both halves on one provider; "
                              "it takes no 'components'")
         return cls(chosen, lists)
+
+    @classmethod
+    def of_slot(cls, slot: KeySlotConfig) -> PlacementRequest:
+        """What a key slot's configuration asks for."""
+        return cls(Placement(slot.placement), dict(slot.components))
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> PlacementRequest:

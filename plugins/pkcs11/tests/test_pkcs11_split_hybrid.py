@@ -10,17 +10,25 @@
 * negatives: one half wrong, halves from another signature, impossible lengths;
 * explain, the one audit record naming both providers, a half's provider down
   (PROVIDER_UNAVAILABLE, never one half alone), algorithms that cannot be split, and keys
-  with both halves on one provider.
+  with both halves on one provider;
+* split key slots: provisioned and persisted split (the ECDSA/Ed25519 half a token object,
+  the ML-DSA half wrapped in the store, one version over both), rotated, loaded by version,
+  retired and cleared (token objects destroyed only once unused), through a daemon crash
+  and restart, from the asyncio client and the command line; a daemon killed between the
+  halves and the slot's row leaves no half version, and the next start reconciles.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -435,3 +443,200 @@ def test_auto_splits_when_no_provider_holds_the_whole(tmp_path: Path,
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public[MLDSA65_PUBLIC:])
     point.verify(signature[MLDSA65_SIGNATURE:], m_prime(P256, message, b""),
                  ec.ECDSA(hashes.SHA256()))
+
+
+def split_slot_config(token: Any, tmp_path: Path) -> dict[str, Any]:
+    halves = {"pq": [SOFT], "classical": [HSM]}
+    return {**config(token, tmp_path), "key_slots": [
+        {"name": "HybridSigner", "algorithm": P256, "components": halves,
+         "permissions": ["sign", "verify"], "provision": "generate"},
+        {"name": "HybridTarget", "algorithm": ED, "components": halves},
+        {"name": "Whole", "algorithm": ED, "provider": SOFT},
+    ]}
+
+
+def test_split_slots_keep_each_half_with_its_provider(
+        tmp_path: Path, softhsm_token: Any,
+        list_token_objects: Callable[[Any], list[dict[str, Any]]]) -> None:
+    """A slot provisioned split keeps its ECDSA half as a token object and its ML-DSA half
+    wrapped in the key store, one version over both; it survives a daemon crash (the token's
+    reconciliation keeps the half the slot names), rotates, retires (the token object goes
+    once unused) and clears; persisting refuses a key held the other way."""
+    message = b"persisted apart"
+
+    def token_labels() -> list[str]:
+        return sorted(o["label"] for o in list_token_objects(softhsm_token))
+
+    daemon = DaemonProcess(tmp_path / "d", split_slot_config(softhsm_token, tmp_path))
+    with daemon:
+        assert token_labels() == ["cryptostack:HybridSigner"] * 2  # the ECDSA pair only
+        with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+            km = ctx.create_key_management_context()
+            signer_slot = ctx.resolve_resource("HybridSigner", cs.ResourceType.KEY_SLOT)
+            info = km.get_key_slot_info(signer_slot)
+            assert info.status is cs.KeySlotStatus.OCCUPIED and info.placement == "split"
+            assert info.provider == 0 and info.version == 1
+            assert info.components == [
+                {"role": "pq", "provider": SOFT, "algorithm": "ML-DSA-65"},
+                {"role": "classical", "provider": HSM, "algorithm": "ECDSA-P256"}]
+            loaded = km.load_key(signer_slot)
+            assert [c["provider"] for c in loaded.components] == [SOFT, HSM]
+            signature = sign(ctx, P256, signer_slot, message)
+            public = km.export_public_key(signer_slot, F.RAW)
+
+            # an ephemeral split key persisted, then rotated; older versions still verify
+            target = ctx.resolve_resource("HybridTarget", cs.ResourceType.KEY_SLOT)
+            first, second = (generate(km, ED, pq=SOFT, classical=HSM) for _ in range(2))
+            signed = sign(ctx, ED, first, message)
+            assert km.persist_key(target, first).version == 1
+            assert km.persist_key(target, second).version == 2
+            assert token_labels().count("cryptostack:HybridTarget") == 4
+            assert verify(ctx, ED, km.load_key(target, 1), message, signed)
+            assert verify(ctx, ED, target, message, sign(ctx, ED, second, message))
+            assert not verify(ctx, ED, target, message, signed)  # the primary is the second
+            held = km.load_key(target, 1)  # a user of version 1's token object
+            assert held.version == 1 and [c["provider"] for c in held.components] == [SOFT, HSM]
+            retired = km.retire_key_version(target, 1)
+            assert [v.state for v in retired.versions] == [
+                cs.KeyVersionState.RETIRED, cs.KeyVersionState.PRIMARY]
+            with pytest.raises(cs.CryptoError) as err:
+                km.load_key(target, 1)
+            assert err.value.code is cs.ErrorCode.KEY_VERSION_RETIRED
+            # still used: the token object stays, and the held key still verifies
+            assert token_labels().count("cryptostack:HybridTarget") == 4
+            assert verify(ctx, ED, held, message, signed)
+            held.release()
+            eventually(lambda: token_labels().count("cryptostack:HybridTarget") == 2, 30,
+                       "the retired version's token object destroyed once unused")
+
+            # keys held one way do not go into slots that hold them the other way
+            whole_slot = ctx.resolve_resource("Whole", cs.ResourceType.KEY_SLOT)
+            for slot, key in ((whole_slot, first), (target, generate(km, ED))):
+                with pytest.raises(cs.CryptoError) as err:
+                    km.persist_key(slot, key)
+                assert err.value.code is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+        daemon.kill()  # a crash: the next start reconciles the token against the store
+        daemon.start()
+        assert token_labels().count("cryptostack:HybridSigner") == 2
+        with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+            km = ctx.create_key_management_context()
+            signer_slot = ctx.resolve_resource("HybridSigner", cs.ResourceType.KEY_SLOT)
+            info = km.get_key_slot_info(signer_slot)
+            assert info.placement == "split" and info.version == 1 and [
+                (c["role"], c["provider"]) for c in info.components] == [
+                ("pq", SOFT), ("classical", HSM)]
+            assert km.export_public_key(signer_slot, F.RAW) == public
+            assert verify(ctx, P256, signer_slot, message, signature)
+            again = sign(ctx, P256, signer_slot, message)
+            point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
+                                                                 public[MLDSA65_PUBLIC:])
+            point.verify(again[MLDSA65_SIGNATURE:], m_prime(P256, message, b""),
+                         ec.ECDSA(hashes.SHA256()))
+            # the asyncio client's plans carry the same slot info
+            assert asyncio.run(async_slot_info(daemon, "HybridSigner")) == info
+
+            # the command line rotates a split slot split, halves where the slot keeps them
+            done = subprocess.run(
+                [sys.executable, "-m", "cryptostack_core", "key", "rotate", "HybridSigner",
+                 "--endpoint", daemon.endpoint, "--json"],
+                capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 0, done.stderr
+            after = json.loads(done.stdout)["after"]
+            assert after["version"] == 2 and after["placement"] == "split"
+            assert after["components"] == info.components
+            assert token_labels().count("cryptostack:HybridSigner") == 4
+            assert verify(ctx, P256, signer_slot, message,
+                          sign(ctx, P256, signer_slot, message))
+            assert verify(ctx, P256, km.load_key(signer_slot, 1), message, signature)
+
+            km.clear_key_slot(signer_slot)
+            eventually(lambda: "cryptostack:HybridSigner" not in token_labels(), 30,
+                       "the cleared slot's token objects destroyed (both versions)")
+            with pytest.raises(cs.CryptoError) as err:
+                km.load_key(signer_slot)
+            assert err.value.code is cs.ErrorCode.SLOT_EMPTY
+    persisted = [r for r in audit(tmp_path) if r["action"] == "key.persist"]
+    assert [r["providers"] for r in persisted] == [[SOFT, HSM]] * 3
+    assert "split: pq ML-DSA-65 on provider 2, classical Ed25519 on provider 5" in \
+        persisted[0]["detail"]
+
+
+async def async_slot_info(daemon: DaemonProcess, name: str) -> cs.KeySlotInfo:
+    config = cs.CryptoStackConfig().set_connection_endpoint(daemon.endpoint)
+    async with cs.create_async_crypto_stack(config) as stack, \
+            stack.create_crypto_context() as ctx:
+        km = ctx.create_key_management_context()
+        slot = await ctx.resolve_resource(name, cs.ResourceType.KEY_SLOT)
+        return await km.get_key_slot_info(slot)
+
+
+def store_rows(directory: Path) -> list[tuple[str, int, int, str]]:
+    """(slot, version, provider, state) of every key-store row."""
+    with sqlite3.connect(directory / "keystore.sqlite3") as db:
+        return [tuple(r) for r in db.execute(
+            "SELECT name, version, provider, state FROM key_slots ORDER BY name, version")]
+
+
+@pytest.mark.parametrize("crash_at", ["provision", "persist", "delete"])
+def test_a_crash_between_the_halves_and_the_slot_leaves_no_half_version(
+        tmp_path: Path, softhsm_token: Any, crash_at: str,
+        list_token_objects: Callable[[Any], list[dict[str, Any]]]) -> None:
+    """The daemon killed after the token persisted the classical half but before the
+    version's row was written (while provisioning a slot at start, or persisting a key), or
+    after a clear removed the rows but before the token objects were destroyed: the slot
+    shows no version made of one half, and the next start destroys the token object no
+    version names (audited); the slot then works as before."""
+    directory = tmp_path / "d"
+    base = split_slot_config(softhsm_token, tmp_path)
+    name = "HybridSigner" if crash_at == "provision" else "HybridTarget"
+    algorithm = P256 if crash_at == "provision" else ED
+    if crash_at != "provision":
+        base["key_slots"][0].pop("provision")
+    message = b"after the crash"
+
+    def labels() -> list[str]:
+        return sorted(o["label"] for o in list_token_objects(softhsm_token))
+
+    crashing_config = json.loads(json.dumps(base))
+    hsm = next(p for p in crashing_config["providers"] if p["id"] == HSM)
+    hsm["options"] = softhsm_token.options(test_crash_at="delete" if crash_at == "delete"
+                                           else "persist")
+    if crash_at == "delete":  # one version to clear
+        with DaemonProcess(directory, base) as daemon, daemon.stack() as stack, \
+                stack.create_crypto_context() as ctx:
+            km = ctx.create_key_management_context()
+            km.persist_key(ctx.resolve_resource(name, cs.ResourceType.KEY_SLOT),
+                           generate(km, ED, pq=SOFT, classical=HSM))
+        assert [r for r in store_rows(directory) if r[0] == name] == [(name, 1, 0, "active")]
+    crashing = DaemonProcess(directory, crashing_config)
+    if crash_at == "provision":
+        with pytest.raises(RuntimeError, match="exited with -9"):
+            crashing.start()  # killed while provisioning, before the slot's row
+    else:
+        with crashing, crashing.stack() as stack, stack.create_crypto_context() as ctx:
+            km = ctx.create_key_management_context()
+            target = ctx.resolve_resource(name, cs.ResourceType.KEY_SLOT)
+            key = generate(km, ED, pq=SOFT, classical=HSM)
+            with pytest.raises(cs.CryptoError):  # the daemon dies under the call
+                if crash_at == "persist":
+                    km.persist_key(target, key)
+                else:
+                    km.clear_key_slot(target)
+    assert [r for r in store_rows(directory) if r[0] == name] == []  # no half version
+    assert labels().count(f"cryptostack:{name}") == 2  # the orphaned classical key pair
+    with DaemonProcess(directory, base) as daemon:
+        reconciled = [r for r in audit(tmp_path) if r["action"] == "key.reconcile"]
+        assert [(r["resource"], r["provider"]) for r in reconciled] == [
+            (f"cryptostack:{name}", HSM)]
+        with daemon.stack() as stack, stack.create_crypto_context() as ctx:
+            km = ctx.create_key_management_context()
+            target = ctx.resolve_resource(name, cs.ResourceType.KEY_SLOT)
+            if crash_at == "provision":  # provisioned afresh at this start
+                assert km.get_key_slot_info(target).version == 1
+            else:
+                assert "cryptostack:HybridTarget" not in labels()  # destroyed at start
+                assert km.get_key_slot_info(target).status is cs.KeySlotStatus.EMPTY
+                km.persist_key(target, generate(km, ED, pq=SOFT, classical=HSM))
+            assert verify(ctx, algorithm, target, message,
+                          sign(ctx, algorithm, target, message))
+        assert labels().count(f"cryptostack:{name}") == 2
