@@ -216,7 +216,7 @@ def test_bad_placements_are_reported_by_check_and_refused_at_start(
 
 def test_a_split_slot_on_the_mock_stays_empty_with_the_reason(tmp_path: Path) -> None:
     """The mock holds no ML-DSA: a split slot to provision stays empty (the daemon starts,
-    logs why); a whole key does not go into it, and its info says how it is placed."""
+    logs why) and its info says how it is placed; other slots say ``auto``."""
     config = _slot_config(components={"pq": [1], "classical": [2]}, provision="generate")
     config["daemon"] = {"allow_test_providers": True}
     config["key_slots"].append({"name": "E", "algorithm": "ECDSA-P256", "provider": 1})
