@@ -273,14 +273,14 @@ def test_the_store_api_keeps_versions(tmp_path: Path) -> None:
         assert store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
                                StoredKey(bytes([n]) * 40, True)) == n
     assert store.load_key("S", 2)[1].blob == bytes([2]) * 40
-    assert store.retire_version("S", 2) is None  # wrapped material: nothing to destroy
+    assert store.retire_version("S", 2) == []  # wrapped material: nothing to destroy
     raw = sqlite3.connect(tmp_path / "ks.sqlite3").execute(
         "SELECT blob, state FROM key_slots WHERE name = 'S' AND version = 2").fetchone()
     assert raw == (b"", "retired")  # the material is gone from the store
     store.store_key("H", "AES-256", 3, (3,), P.ENCRYPT, StoredKey(b"token-ref-1", False))
     store.store_key("H", "AES-256", 3, (3,), P.ENCRYPT, StoredKey(b"token-ref-2", False))
     assert sorted(s.blob for s in store.references(3)) == [b"token-ref-1", b"token-ref-2"]
-    assert store.retire_version("H", 1) == StoredKey(b"token-ref-1", False)
+    assert store.retire_version("H", 1) == [(3, StoredKey(b"token-ref-1", False))]
     assert [s.blob for s in store.references(3)] == [b"token-ref-2"]
     assert store.clear_slot("H") == [(3, StoredKey(b"token-ref-2", False))]
     assert store.references(3) == []

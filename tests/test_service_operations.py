@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,29 @@ def test_a_bad_reload_keeps_the_running_configuration(daemon: DaemonProcess) -> 
     with daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
+
+
+def test_a_reload_with_a_bad_placement_keeps_the_running_configuration(
+        daemon: DaemonProcess) -> None:
+    """A slot whose placement the daemon would refuse at start is refused by a reload too
+    (nothing of that configuration applied)."""
+    assert daemon.process is not None
+    config = tomllib.loads(daemon.config_path.read_text())
+    config["key_slots"].append({"name": "Halves", "algorithm": "AES-256",
+                                "components": {"pq": [1]}})
+    daemon.config_path.write_text(to_toml(config))
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload complete" in daemon.log_text(), "the reload")
+    log = daemon.log_text()
+    assert "the running configuration stays" in log
+    assert "[[key_slots]] 'Halves': 'placement' and 'components' apply to hybrid key types " \
+        "only; AES-256 is not one" in log
+    with daemon.stack() as stack:
+        ctx = stack.create_crypto_context()
+        ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
+        with pytest.raises(cs.CryptoError) as err:
+            ctx.resolve_resource("Halves", cs.ResourceType.KEY_SLOT)
+        assert err.value.code is cs.ErrorCode.RESOURCE_NOT_FOUND
 
 
 def test_root_without_allow_root_is_refused(mock_config: MockConfig, tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ def _slot_info_dict(info: KeySlotInfo) -> dict[str, Any]:
             "provider": info.provider, "compatible_providers": info.compatible_providers,
             "permissions": permission_names(info.permissions), "version": info.version,
             "created": info.created, "updated": info.updated,
-            "min_version": info.min_version,
+            "min_version": info.min_version, "placement": info.placement,
+            "components": info.components,
             "versions": [{"version": v.version, "state": v.state.value,
                           "algorithm": v.algorithm, "provider": v.provider,
                           "permissions": permission_names(v.permissions),
@@ -81,7 +82,10 @@ def _print_info(out: Output, info: KeySlotInfo) -> None:
             ("permissions", ", ".join(permission_names(info.permissions)) or "none"),
             ("version", str(info.version)), ("created", _when(info.created)),
             ("updated", _when(info.updated)),
-            ("minimum version", str(info.min_version) if info.min_version else "-")]:
+            ("minimum version", str(info.min_version) if info.min_version else "-"),
+            ("placement", info.placement),
+            ("components", ", ".join(f"{c['role']} {c['algorithm']} on provider "
+                                     f"{c['provider']}" for c in info.components) or "-")]:
         add_row(rows, label, value)
     out.table(rows)
     if info.versions:
@@ -148,9 +152,9 @@ def _key_options(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def _fill(ctx: CryptoContext, slot_name: str, occupied: bool | None, hint: str,
-          make: Callable[[KeyManagementContext, str], CryptoResourceGuard],
+          make: Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard],
           algorithm: str | None) -> tuple[KeySlotInfo, KeySlotInfo]:
-    """Persist the key ``make(km, key_type)`` returns into the slot, after checking the
+    """Persist the key ``make(km, key_type, slot_info)`` returns into the slot, after checking the
     slot is EMPTY (``occupied`` False) or OCCUPIED (True); returns (before, after)."""
     km = ctx.create_key_management_context()
     slot: CryptoResourceId = ctx.resolve_resource(slot_name, ResourceType.KEY_SLOT)
@@ -162,21 +166,34 @@ def _fill(ctx: CryptoContext, slot_name: str, occupied: bool | None, hint: str,
     key_type = algorithm or before.algorithm
     if key_type is None:
         fail(f"key slot {slot_name!r} declares no key type", "give --algorithm")
-    with make(km, key_type) as new_key:
+    with make(km, key_type, before) as new_key:
         after = km.persist_key(slot, new_key)
     return before, after
 
 
 def _generate(permissions: KeyOperationPermission | None, provider: int | None,
-              ) -> Callable[[KeyManagementContext, str], CryptoResourceGuard]:
-    def make(km: KeyManagementContext, key_type: str) -> CryptoResourceGuard:
+              ) -> Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard]:
+    def make(km: KeyManagementContext, key_type: str, slot: KeySlotInfo) -> CryptoResourceGuard:
         params = GenerateKeyParams().set_algorithm(key_type)
         if permissions is not None:
             params.set_permissions(permissions)
-        if provider is not None:
-            params.set_provider(provider)
+        _place(params, slot, provider)
         return km.generate_key(params)
     return make
+
+
+def _place(params: GenerateKeyParams, slot: KeySlotInfo, provider: int | None) -> None:
+    """Where the new key goes: ``provider``, or -- into a slot that keeps a hybrid key's
+    halves apart -- split, each half on the provider of the slot's current one (the daemon
+    moves a half to the slot's configured providers when persisting, if it may)."""
+    if provider is not None:
+        params.set_provider(provider)
+    elif slot.placement == "split" or slot.components:
+        params.set_placement("split")
+        halves = {c["role"]: c["provider"] for c in slot.components
+                  if c.get("role") in ("pq", "classical")}
+        if halves:
+            params.set_component_providers(**halves)
 
 
 def _report(out: Output, verb: str, before: KeySlotInfo, after: KeySlotInfo) -> None:
@@ -266,13 +283,12 @@ def import_key(slot: str, file: str, fmt: str | None, replace: bool, algorithm: 
     with Source(file) as source:
         data = source.read_all(KEY_FILE_LIMIT, "key file")
 
-    def make(km: KeyManagementContext, key_type: str) -> CryptoResourceGuard:
+    def make(km: KeyManagementContext, key_type: str, slot: KeySlotInfo) -> CryptoResourceGuard:
         material, key_format = _decode_key_file(data, fmt, key_type)
         params = ImportKeyParams().set_algorithm(key_type).set_material(material, key_format)
         if perms is not None:
             params.set_permissions(perms)
-        if provider is not None:
-            params.set_provider(provider)
+        _place(params, slot, provider)
         return km.import_key(params)
 
     with connect(endpoint, timeout) as stack:

@@ -106,7 +106,8 @@ def explain(endpoint: str, timeout: float, algorithm: str, operation: str,
         out.line(f"{algorithm} / {operation}" + (f" with slot {key_slot}" if key else ""))
         for c in candidates:
             mark = "->" if c["taken"] else "  "
-            out.line(f" {mark} {c['provider']:>3} {c['name']:<10} {c['reason']}")
+            role = f"{c['role']:<9} " if c.get("role") else ""  # the halves of a hybrid key
+            out.line(f" {mark} {role}{c['provider']:>3} {c['name']:<10} {c['reason']}")
         if not any(c["taken"] for c in candidates):
             out.line(" no compatible provider")
 
@@ -116,8 +117,14 @@ def explain(endpoint: str, timeout: float, algorithm: str, operation: str,
 
 
 def _operations(entry: AlgorithmEntry, names: dict[int, str]) -> str:
-    return "; ".join(f"{op}: " + ", ".join(f"{names.get(pid, '?')} ({pid})" for pid in pids)
-                     for op, pids in sorted(entry["providers"].items())) or "no provider"
+    ops = "; ".join(f"{op}: " + ", ".join(f"{names.get(pid, '?')} ({pid})" for pid in pids)
+                    for op, pids in sorted(entry["providers"].items())) or "no provider"
+    split = entry.get("split")  # hybrids: may the halves live on two providers?
+    if split is not None:
+        ops += "; split: " + (" + ".join(f"{c['role']} {c['algorithm']}"
+                                         for c in split.get("components", []))
+                              if split["splittable"] else "no (one provider holds both)")
+    return ops
 
 
 @click.command(short_help="Every algorithm the daemon knows, and who runs it.")

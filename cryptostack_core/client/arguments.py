@@ -11,7 +11,7 @@ and a float or a bool is not an int.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -94,3 +94,16 @@ def str_list_arg(value: object, name: str) -> list[str]:
         if not isinstance(item, str):
             raise wrong_type(f"each item of {name}", "a str", item)
     return items
+
+
+def components_arg(value: object, name: str) -> dict[str, list[int]]:
+    """Per role of a hybrid key (``pq``, ``classical``), a provider id or a list of them;
+    roles and ids themselves are checked by the daemon."""
+    if not isinstance(value, Mapping):
+        raise wrong_type(name, "a mapping of role to provider ids", value)
+    out: dict[str, list[int]] = {}
+    for role, ids in value.items():
+        items = ids if isinstance(ids, list) else [ids]
+        out[str_arg(role, f"each role of {name}")] = [
+            int_arg(i, f"each provider id of {name}[{role!r}]") for i in items]
+    return out

@@ -32,6 +32,9 @@ class GuardCore:
         self._permitted = permitted
         self.algorithm = algorithm
         self.provider = provider
+        self.components: list[dict[str, Any]] = []
+        """A hybrid key split across providers: each half's ``role``, ``provider`` and
+        ``algorithm`` (``provider`` is then the pq half's); empty otherwise."""
         self.version: int | None = None
         """The key slot version a loaded key comes from (None: not from a slot)."""
         self._released = False
@@ -44,6 +47,7 @@ class GuardCore:
                     ResourcePersistence(info.get("persistence", "EPHEMERAL")),
                     KeyOperationPermission(info.get("permissions") or 0),
                     info.get("algorithm"), info.get("provider"))
+        guard.components = [dict(c) for c in info.get("components") or ()]
         version = info.get("version")
         guard.version = version if isinstance(version, int) else None
         return guard

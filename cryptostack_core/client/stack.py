@@ -10,6 +10,7 @@ from typing import Any, Self, TypeVar, cast
 
 from cryptostack_core.client.aio import connect_async
 from cryptostack_core.client.arguments import (
+    components_arg,
     enum_arg,
     instance_arg,
     optional_int_arg,
@@ -124,10 +125,16 @@ def _p_status(channel: ChannelCore) -> Plan[DaemonStatus]:
 
 
 def _p_explain(channel: ChannelCore, algorithm: str, operation: str, key: ResourceLike | None,
-               provider: int | None) -> Plan[list[ProviderCandidate]]:
+               provider: int | None, placement: str | None = None,
+               components: Mapping[str, int | list[int]] | None = None
+               ) -> Plan[list[ProviderCandidate]]:
     args: dict[str, Any] = {"algorithm": str_arg(algorithm, "algorithm"),
                             "operation": str_arg(operation, "operation"),
                             "provider": optional_int_arg(provider, "provider")}
+    if placement is not None:
+        args["placement"] = str_arg(placement, "placement")
+    if components is not None:
+        args["components"] = components_arg(components, "components")
     if key is not None:
         args["key"] = wire_rid(key, "key")
     result: list[ProviderCandidate] = yield "explain", args, channel.default_timeout
@@ -183,9 +190,18 @@ class CryptoStack:
         return run(self._channel, _p_status(self._channel))
 
     def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                provider: int | None = None) -> list[ProviderCandidate]:
-        """Provider selection for (algorithm, operation[, key]): each candidate and why."""
-        return run(self._channel, _p_explain(self._channel, algorithm, operation, key, provider))
+                provider: int | None = None, *, placement: str | None = None,
+                components: Mapping[str, int | list[int]] | None = None
+                ) -> list[ProviderCandidate]:
+        """Provider selection for (algorithm, operation[, key]): each candidate and why.
+
+        Hybrid algorithms: each candidate has a ``role`` -- ``native`` (one provider for
+        both halves), ``pq``/``classical`` (a half, when they are split), ``combiner`` (the
+        daemon, provider 0) or ``split`` (why it cannot be split); ``placement`` and
+        ``components`` ask as :meth:`GenerateKeyParams.set_placement` and
+        :meth:`GenerateKeyParams.set_component_providers` would (docs/hybrid.md)."""
+        return run(self._channel, _p_explain(self._channel, algorithm, operation, key, provider,
+                                             placement, components))
 
     def algorithms(self) -> list[AlgorithmEntry]:
         """Every algorithm the service knows: name, kind, aliases, key types, sizes, the
@@ -363,10 +379,13 @@ class AsyncCryptoStack:
         return await run_async(self._channel, _p_status(self._channel))
 
     async def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                      provider: int | None = None) -> list[ProviderCandidate]:
-        """Provider selection for (algorithm, operation[, key]): each candidate and why."""
+                      provider: int | None = None, *, placement: str | None = None,
+                      components: Mapping[str, int | list[int]] | None = None
+                      ) -> list[ProviderCandidate]:
+        """Provider selection for (algorithm, operation[, key]): each candidate and why
+        (``placement``/``components``: see :meth:`CryptoStack.explain`)."""
         return await run_async(self._channel, _p_explain(self._channel, algorithm, operation,
-                                                         key, provider))
+                                                         key, provider, placement, components))
 
     async def algorithms(self) -> list[AlgorithmEntry]:
         """Every algorithm the service knows (see :meth:`CryptoStack.algorithms`)."""

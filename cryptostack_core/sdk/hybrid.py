@@ -248,6 +248,15 @@ class TraditionalSpec:
     pss_salt: int = 0
 
     @property
+    def key_algorithm(self) -> str:
+        """The standalone key type of this half (``ECDSA-P256``, ``Ed25519``, ``RSA-3072``)
+        where :attr:`name` exists, else empty: what a second provider generates or imports
+        when the halves live apart."""
+        if not self.name:
+            return ""
+        return f"RSA-{self.rsa_bits}" if self.scheme.startswith("RSA") else self.name
+
+    @property
     def public_key_size(self) -> int:
         """Exact encoded public key length, or 0 when it varies (RSA DER)."""
         if self.scheme == "ECDSA":

@@ -24,6 +24,7 @@ from cryptostack_core.server.discovery import (
     register_algorithms,
 )
 from cryptostack_core.server.keystore import KeyStoreError, KeyStoreUnavailable, open_backend
+from cryptostack_core.server.split.plan import slot_problem
 
 
 @dataclass
@@ -56,6 +57,10 @@ def check_config(path: Path, *, euid: int | None = None) -> CheckReport:
         config = config.resolve_key_algorithms()
     except ConfigError as exc:
         report.problems.append(str(exc))
+    for slot in config.key_slots:  # hybrid placements, as the daemon checks them
+        problem = slot_problem(slot)
+        if problem is not None:
+            report.problems.append(f"{config.source}: [[key_slots]] {slot.name!r}: {problem}")
     _files(config, report)
     _store(config, report)
     return report

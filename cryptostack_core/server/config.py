@@ -47,6 +47,17 @@ class KeySlotConfig:
     import_format: str | None = None
     use_uids: tuple[int, ...] | None = None
     write_uids: tuple[int, ...] | None = None
+    placement: str = "auto"
+    """Hybrid key slots: ``native`` (one provider holds both halves), ``split`` (each half
+    on a provider of its role, docs/hybrid.md) or ``auto`` (split when ``components`` are
+    named, else as any slot)."""
+    components: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """A split slot's providers per role (``pq``, ``classical``), in order of preference."""
+
+    @property
+    def split(self) -> bool:
+        """Whether this slot keeps a hybrid key's halves on providers of their own."""
+        return self.placement == "split" or bool(self.components)
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,10 @@ _DAEMON_KEYS = {
     "connection_memory_budget", "max_batch_length", "max_connections_per_uid", "idle_timeout",
     "frame_timeout", "admin_uids",
 }
+PLACEMENTS = ("auto", "native", "split")
+"""``placement`` of a hybrid key slot (docs/hybrid.md, "Halves on two providers")."""
+COMPONENT_ROLES = ("pq", "classical")
+"""The roles of a hybrid key's halves, as ``components`` names them."""
 MEMORY_KEYSTORE = ":memory:"
 """The ``[daemon] keystore`` value that keeps keys in memory only."""
 SHARED_KEYSTORE_SCHEMES = ("postgresql://", "postgres://")
@@ -239,6 +254,38 @@ class _Parser:
         if unknown:
             raise self.fail(where, f"unknown setting(s) {', '.join(unknown)}; "
                             f"known: {', '.join(sorted(allowed))}")
+
+    def placement(self, where: str, entry: Mapping[str, Any],
+                  ids: set[int]) -> tuple[str, dict[str, tuple[int, ...]]]:
+        """A key slot's ``placement`` and ``components`` (hybrid keys, docs/hybrid.md);
+        whether its algorithm can be split is checked once the providers registered theirs."""
+        placement = entry.get("placement", "auto")
+        if placement not in PLACEMENTS:
+            raise self.fail(where, f"'placement' must be one of {', '.join(PLACEMENTS)}, got "
+                                   f"{placement!r}")
+        raw = entry.get("components", {})
+        if not isinstance(raw, Mapping):
+            raise self.fail(where, "'components' must be a table of role = [provider ids], "
+                                   "e.g. { pq = [2], classical = [5] }")
+        components: dict[str, tuple[int, ...]] = {}
+        for role, value in raw.items():
+            if role not in COMPONENT_ROLES:
+                raise self.fail(where, f"'components': unknown role {role!r} (roles are "
+                                       f"{' and '.join(COMPONENT_ROLES)})")
+            listed = value if isinstance(value, list) else [value]
+            if not listed or not all(isinstance(i, int) and not isinstance(i, bool)
+                                     for i in listed):
+                raise self.fail(where, f"'components' {role}: expected a provider id or a "
+                                       f"non-empty list of them, got {value!r}")
+            for pid in listed:
+                if pid not in ids:
+                    raise self.fail(where, f"'components' {role}: provider {pid!r} is not a "
+                                           "configured provider id")
+            components[role] = tuple(listed)
+        if placement == "native" and components:
+            raise self.fail(where, "placement \"native\" keeps both halves on one provider; "
+                                   "it takes no 'components'")
+        return placement, components
 
     def name(self, where: str, table: Mapping[str, Any], seen: set[str]) -> str:
         name = table.get("name")
@@ -347,7 +394,8 @@ class _Parser:
             where = f"[[key_slots]] #{i}"
             self.check_keys(where, entry, {
                 "name", "algorithm", "provider", "compatible_providers", "permissions",
-                "provision", "import", "import_format", "use_uids", "write_uids"})
+                "provision", "import", "import_format", "use_uids", "write_uids", "placement",
+                "components"})
             name = self.name(where, entry, slot_names)
             where = f"[[key_slots]] {name!r}"
             algorithm = entry.get("algorithm")
@@ -378,14 +426,23 @@ class _Parser:
             if provision not in (None, "generate"):
                 raise self.fail(where, f"'provision' must be \"generate\", got {provision!r}")
             import_file = self.path(f"{where} import", entry["import"]) if "import" in entry else None
-            if (provision or import_file) and (algorithm is None or provider is None):
-                raise self.fail(where, "a provisioned slot needs 'algorithm' and 'provider'")
+            placement, components = self.placement(where, entry, ids)
+            split = placement == "split" or bool(components)
+            if split and (provider is not None or compatible):
+                raise self.fail(where, "a split slot names its halves' providers in "
+                                "'components' (per role); 'provider' and "
+                                "'compatible_providers' are for keys held whole")
+            if (provision or import_file) and (algorithm is None or (
+                    provider is None and not split)):
+                raise self.fail(where, "a provisioned slot needs 'algorithm' and 'provider' "
+                                "(or, split, 'components')")
             if provision and import_file:
                 raise self.fail(where, "use either 'provision' or 'import', not both")
             slots.append(KeySlotConfig(
                 name, algorithm, provider, tuple(compatible), perms, provision, import_file,
                 entry.get("import_format"), self.uids(f"{where} use_uids", entry.get("use_uids")),
-                self.uids(f"{where} write_uids", entry.get("write_uids"))))
+                self.uids(f"{where} write_uids", entry.get("write_uids")), placement,
+                components))
         kw["key_slots"] = tuple(slots)
 
         cert_names: set[str] = set()

@@ -27,7 +27,7 @@ from cryptostack_core.sdk.provider import Provider, ProviderKey, ProviderState, 
 from cryptostack_core.server import paths
 from cryptostack_core.server.arguments import invalid, rid_arg
 from cryptostack_core.server.budget import MemoryBudget
-from cryptostack_core.server.config import DaemonConfig, KeySlotConfig
+from cryptostack_core.server.config import ConfigError, DaemonConfig, KeySlotConfig
 from cryptostack_core.server.discovery import LoadedProvider, ProviderStartError, load_provider
 from cryptostack_core.server.hooks import (
     AccessRequest,
@@ -37,8 +37,17 @@ from cryptostack_core.server.hooks import (
     make_plugin_manager,
 )
 from cryptostack_core.server.keystore import KeyStore, SlotRecord, open_store
+from cryptostack_core.server.keystore.parts import (
+    SPLIT_PROVIDER,
+    StoredPart,
+    decode_parts,
+    encode_parts,
+)
 from cryptostack_core.server.selection import ProviderSet
 from cryptostack_core.server.session import Handle, KeyEntry, Session
+from cryptostack_core.server.split import choice as split_choice
+from cryptostack_core.server.split import keys as split_keys
+from cryptostack_core.server.split import plan as split_plan
 from cryptostack_core.server.states import ContextState, StreamContextState
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
@@ -110,6 +119,10 @@ class ServiceCore:
             failed = "".join(f"; provider {p.name} ({p.id}) failed to load: {p.load_error}"
                              for p in loaded if p.instance is None and not p.algorithms)
             config = self.config = config.resolve_key_algorithms(failed)
+            for slot in config.key_slots:  # hybrid placements, once the names are known
+                problem = split_plan.slot_problem(slot)
+                if problem is not None:
+                    raise ConfigError(f"{config.source}: [[key_slots]] {slot.name!r}: {problem}")
             self.keystore = self._open_keystore()
         except BaseException:
             self._close_providers()
@@ -315,19 +328,23 @@ class ServiceCore:
     # --- audit and access --------------------------------------------------------------
     def audit(self, session: Session, action: str, resource: str, result: str = "ok", *,
               provider: int | None = None, algorithm: str | None = None,
-              operation: str | None = None, detail: str = "") -> None:
-        """Emit an audit event to every hook implementation."""
+              operation: str | None = None, detail: str = "",
+              providers: tuple[int, ...] = ()) -> None:
+        """Emit an audit event to every hook implementation (``providers``: all of them when
+        a request involved several, e.g. the halves of a split hybrid key)."""
+        providers = providers if len(providers) > 1 else ()
         try:
             hook = self.pm.hook.cryptostack_audit
             impls = hook.get_hookimpls()
             if len(impls) == 1 and impls[0].plugin is self._audit_logger:
                 # The built-in logger alone (the usual case): no event object, no dispatch.
                 self._audit_logger.record(action, session.peer, resource, result, provider,
-                                          algorithm, operation, detail)
+                                          algorithm, operation, detail, None, providers)
                 return
             hook(event=AuditEvent(
                 action=action, client=session.peer, resource=resource, result=result,
-                provider=provider, algorithm=algorithm, operation=operation, detail=detail))
+                provider=provider, algorithm=algorithm, operation=operation, detail=detail,
+                providers=providers))
         except Exception:
             log.exception("an audit hook failed")
 
@@ -400,9 +417,12 @@ class ServiceCore:
 
     def guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
         """The wire description of a key guard."""
-        return {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
+        info: dict[str, Any] = {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
                 "persistence": entry.persistence.value, "permissions": int(entry.permissions),
                 "algorithm": entry.algorithm, "provider": entry.home.id}
+        if entry.components is not None:  # split hybrid key: provider is its pq half's
+            info["components"] = entry.component_info()
+        return info
 
     def add_key(self, call: Call, entry: KeyEntry) -> dict[str, Any]:
         """Hand a new key to the client (the entry's reference moves to the handle)."""
@@ -424,6 +444,11 @@ class ServiceCore:
 
     def key_on(self, session: Session, entry: KeyEntry, target: LoadedProvider) -> ProviderKey:
         """The key as ``target`` holds it, copying it there (audited) if it lives elsewhere."""
+        if entry.components is not None:  # never whole: its halves move one by one
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"this {entry.algorithm} key is split across providers "
+                              f"{', '.join(str(h['provider']) for h in entry.component_info())};"
+                              " it cannot be moved to one provider")
         if target.id == entry.home.id:
             return entry.pkey
         existing = entry.copies.get(target.id)
@@ -476,7 +501,14 @@ class ServiceCore:
                   for v in versions.versions]
         common = {"name": name, "versions": listed, "min_version": versions.min_version,
                   "head_version": versions.head}
+        if slot.placement != "auto" or slot.components:
+            common["placement"] = "split" if slot.split else slot.placement
         primary = versions.primary
+        if primary is not None and primary.provider == SPLIT_PROVIDER:
+            # a hybrid key split over two providers: where each half is (docs/hybrid.md)
+            common["components"] = [
+                {"role": part.role, "provider": part.provider, "algorithm": part.algorithm}
+                for part in self._parts(name, primary.version)]
         if primary is None:
             return {**common, "status": KeySlotStatus.EMPTY.value,
                     "algorithm": slot.algorithm, "provider": slot.provider,
@@ -530,17 +562,35 @@ class ServiceCore:
             gone.release()
         return entry
 
+    def _parts(self, name: str, version: int) -> list[StoredPart]:
+        """The parts of a split version (a hybrid key over two providers)."""
+        _, stored = self.keystore.load_key(name, version)
+        return decode_parts(stored.blob, f"key slot {name!r} v{version}")
+
     def _load_version(self, name: str, record: SlotRecord) -> KeyEntry:
         _, stored = self.keystore.load_key(name, record.version)
-        loaded = self.providers.get(record.provider)
-        instance = self.provider_instance(loaded)
         perms = record.permissions
         if not record.primary:
             perms = (perms & RECEIVING) | (P.VERIFY if perms & P.MAC else P.NONE)
-        pkey = instance.load_stored_key(stored, record.algorithm, perms)
         exports = self.export_uids(name)
         if record.export_uids is not None:
             exports &= record.export_uids
+        if record.provider == SPLIT_PROVIDER:
+            plan = split_plan.plan_for(record.algorithm)
+            if plan is None or not plan.splittable:
+                raise CryptoError(ErrorCode.PROVIDER_ERROR,
+                                  f"key slot {name!r} v{record.version} holds {record.algorithm} "
+                                  "split over providers, which cannot be split")
+            slot = self.slot_config(name)
+            return split_keys.load(
+                plan, decode_parts(stored.blob, f"key slot {name!r} v{record.version}"), perms,
+                self.providers.get, slot=name, version=record.version, export_uids=exports,
+                lists=slot.components,
+                on_free=lambda part: None if part.stored.secret else self._track_stored(
+                    part.provider, part.stored))
+        loaded = self.providers.get(record.provider)
+        instance = self.provider_instance(loaded)
+        pkey = instance.load_stored_key(stored, record.algorithm, perms)
         on_free = None if stored.secret else self._track_stored(loaded.id, stored)
         return KeyEntry(algorithm=record.algorithm, permissions=perms, home=loaded,
                         pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
@@ -646,6 +696,9 @@ class ServiceCore:
         for slot in self.config.key_slots:
             if not (slot.provision or slot.import_file) or self.keystore.slot(slot.name):
                 continue
+            if slot.split:
+                self._provision_split(slot)
+                continue
             assert slot.algorithm is not None and slot.provider is not None
             loaded = self.providers.get(slot.provider)
             if loaded.instance is None:
@@ -681,6 +734,61 @@ class ServiceCore:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT,
                                   f"{self.config.source}: [[key_slots]] {slot.name!r}: "
                                   f"provisioning failed: {exc}") from None
+
+    def _provision_split(self, slot: KeySlotConfig) -> None:
+        """Fill an empty split slot: each half generated (or imported) on the first provider
+        of its role's list that can hold it, persisted there, one version over both."""
+        assert slot.algorithm is not None
+        plan = split_plan.plan_for(slot.algorithm)
+        assert plan is not None
+        spec = REGISTRY.get(slot.algorithm)
+        perms = slot.permissions if slot.permissions is not None else spec.default_permissions
+        where = f"{self.config.source}: [[key_slots]] {slot.name!r}"
+        request = split_plan.PlacementRequest.of_slot(slot)
+        operation = Operation.IMPORT_KEY if slot.import_file is not None else \
+            Operation.GENERATE_KEY
+        choice = split_choice.choose_new(self.providers, spec.name, (operation,), request)
+        if choice.halves is None:
+            log.error("cannot provision slot %s: %s", slot.name, choice.error)
+            return
+        try:
+            if slot.import_file is not None:
+                material = slot.import_file.read_bytes()
+                fmt = KeyFormat(slot.import_format) if slot.import_format else (
+                    KeyFormat.PEM if material.lstrip().startswith(b"-----") else KeyFormat.RAW)
+                entry = split_keys.import_key(plan, material, fmt, perms, choice.halves,
+                                              slot.components)
+            else:
+                entry = split_keys.generate(plan, perms, choice.halves, slot.components)
+            try:
+                parts = split_keys.persist(entry, slot.name, choice.halves,
+                                           lambda half, target: half.pkey)
+            finally:
+                entry.release()
+        except (CryptoError, OSError, ValueError) as exc:
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
+                              f"{where}: provisioning failed: {exc}") from None
+        # Daemons sharing a store may provision at once: only the first key counts. Until
+        # the row commits no version names the halves: a crash here leaves token objects
+        # that the next start's reconciliation destroys (nothing half-made is visible).
+        try:
+            stored = self.keystore.store_key(slot.name, spec.name, SPLIT_PROVIDER, (), perms,
+                                             StoredKey(encode_parts(parts), True),
+                                             if_empty=True)
+        except CryptoError as exc:
+            if not getattr(exc, "maybe_committed", False):
+                for part in parts:
+                    self.destroy_when_unused(part.provider, part.stored,
+                                             f"key slot {slot.name} (provisioning failed)")
+            raise
+        if not stored:
+            for part in parts:
+                self.destroy_when_unused(part.provider, part.stored, f"key slot {slot.name} "
+                                         "(provisioned by another daemon first)")
+            return
+        self.forget_slot_keys(slot.name)
+        log.info("provisioned key slot %s (%s split: %s)", slot.name, spec.name, ", ".join(
+            f"{part.role} on provider {part.provider}" for part in parts))
 
 
 def _version_state(version: SlotRecord, minimum: int) -> str:

@@ -53,6 +53,9 @@ class AuditEvent:
     operation: str | None = None
     detail: str = ""
     time: float = field(default_factory=time.time)
+    providers: tuple[int, ...] = ()
+    """Every provider involved when there are several: both halves of a hybrid key split
+    across providers (``provider`` is then the pq half's); empty otherwise."""
 
     def to_json(self) -> str:
         """One JSON line (keys sorted, as ``json.dumps(asdict(event), sort_keys=True)``)."""
@@ -62,8 +65,8 @@ class AuditEvent:
         return _JSON({"action": self.action, "algorithm": self.algorithm,
                       "client": {"gid": client.gid, "pid": client.pid, "uid": client.uid},
                       "detail": self.detail, "operation": self.operation,
-                      "provider": self.provider, "resource": self.resource,
-                      "result": self.result, "time": self.time})
+                      "provider": self.provider, "providers": list(self.providers),
+                      "resource": self.resource, "result": self.result, "time": self.time})
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,12 @@ class AuditLogger:
     @hookimpl
     def cryptostack_audit(self, event: AuditEvent) -> None:
         self.record(event.action, event.client, event.resource, event.result, event.provider,
-                    event.algorithm, event.operation, event.detail, event.time)
+                    event.algorithm, event.operation, event.detail, event.time, event.providers)
 
     def record(self, action: str, client: PeerIdentity, resource: str, result: str,
                provider: int | None = None, algorithm: str | None = None,
-               operation: str | None = None, detail: str = "", when: float | None = None
-               ) -> None:
+               operation: str | None = None, detail: str = "", when: float | None = None,
+               providers: tuple[int, ...] = ()) -> None:
         """Write one event (what the hook does; the service calls it directly when this
         logger is the only audit hook, without building an :class:`AuditEvent`)."""
         fd = self._file
@@ -176,11 +179,12 @@ class AuditLogger:
             return
         # Everything but the time repeats from one use of a context to the next: the JSON
         # before it is kept (the keys are sorted, so "time" comes last).
-        key = (action, client, resource, result, provider, algorithm, operation, detail)
+        key = (action, client, resource, result, provider, algorithm, operation, detail,
+               providers)
         head = self._heads.get(key)
         if head is None:
             line = AuditEvent(action, client, resource, result, provider, algorithm, operation,
-                              detail, 0.0).to_json()
+                              detail, 0.0, providers).to_json()
             head = line[:line.rindex('"time": ') + 8]
             if len(self._heads) >= 4096:
                 self._heads.clear()

@@ -38,6 +38,7 @@ from cryptostack_core.server.config import (
     TrustStoreConfig,
 )
 from cryptostack_core.server.core import ServiceCore
+from cryptostack_core.server.split.plan import slot_problem
 from cryptostack_core.wire.errors import CryptoError
 
 log = logging.getLogger("cryptostack.reload")
@@ -87,7 +88,13 @@ class Reloader:
         if self.path is not None:
             try:
                 new = self.normalise(DaemonConfig.load(self.path))
+                for slot in new.key_slots:  # hybrid placements, as checked at start
+                    problem = slot_problem(slot)
+                    if problem is not None:
+                        raise ConfigError(f"{new.source}: [[key_slots]] {slot.name!r}: "
+                                          f"{problem}")
             except (ConfigError, CryptoError) as exc:
+                new = None
                 log.error("reload: %s; the running configuration stays", exc)
         old = self.core.config
         audit = new.audit_log if new is not None else old.audit_log

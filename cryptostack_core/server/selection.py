@@ -28,11 +28,18 @@ class Candidate:
     name: str
     taken: bool
     reason: str
+    role: str | None = None
+    """For hybrid algorithms: ``native`` (one provider holds both halves), ``pq`` or
+    ``classical`` (the half a provider holds when they are split), ``combiner`` (the daemon,
+    provider 0, joining the halves); None otherwise."""
 
     def to_wire(self) -> dict[str, object]:
         """Plain form for the wire and the CLI."""
-        return {"provider": self.provider, "name": self.name, "taken": self.taken,
-                "reason": self.reason}
+        wire: dict[str, object] = {"provider": self.provider, "name": self.name,
+                                   "taken": self.taken, "reason": self.reason}
+        if self.role is not None:
+            wire["role"] = self.role
+        return wire
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,8 @@ class ProviderSet:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
                               f"no provider with id {provider_id} is configured") from None
 
-    def _check(self, pid: int, algorithm: str, operation: Operation) -> tuple[bool, str]:
+    def check(self, pid: int, algorithm: str, operation: Operation) -> tuple[bool, str]:
+        """(eligible, why) for provider ``pid`` running ``algorithm`` for ``operation``."""
         loaded = self.by_id.get(pid)
         if loaded is None:
             return False, "not configured in this daemon"
@@ -82,7 +90,7 @@ class ProviderSet:
         def consider(pid: int, extra_check: tuple[bool, str] | None = None) -> None:
             nonlocal taken
             name = self.by_id[pid].name if pid in self.by_id else "?"
-            ok, why = self._check(pid, algorithm, operation)
+            ok, why = self.check(pid, algorithm, operation)
             if ok and extra_check is not None and not extra_check[0]:
                 ok, why = extra_check
             elif ok and extra_check is not None:

@@ -259,6 +259,9 @@ class Service:
         ctx = self._context_of(session, request)
         if ctx is None:
             return Route.INLINE  # fails fast: no such context
+        hint = ctx.inline_hint(op.rpartition(".")[2], request.data_size)
+        if hint is not None:  # the context knows better than its provider (split keys)
+            return Route.INLINE if hint else Route.THREAD
         instance = ctx.loaded.instance
         size, algorithm = request.data_size, ctx.algorithm
         whole = op in WHOLE_MESSAGE_OPS  # its data, then the finalisation: both must qualify

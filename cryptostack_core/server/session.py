@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,9 @@ class KeyEntry:
                  home: LoadedProvider, pkey: ProviderKey, persistence: ResourcePersistence,
                  compatible: tuple[int, ...] = (), slot: str | None = None,
                  export_uids: frozenset[int] | None = None, version: int | None = None,
-                 on_free: Callable[[], None] | None = None) -> None:
+                 on_free: Callable[[], None] | None = None,
+                 components: Mapping[str, KeyEntry] | None = None,
+                 public_key: bytes | None = None) -> None:
         self.algorithm = algorithm
         self.permissions = permissions
         self.export_uids = export_uids
@@ -48,14 +50,27 @@ class KeyEntry:
         """Called once the last reference is gone and the provider key freed (the service
         destroys a retired or cleared version's backend object then, not before)."""
         self.copies: dict[int, ProviderKey] = {}
+        self.components = components
+        """A hybrid key split across providers (:mod:`cryptostack_core.server.split`): its
+        halves by role (``pq``, ``classical``), each an internal entry never handed to a
+        client; ``home``/``pkey`` are then the pq half's provider and a stand-in that no
+        provider accepts. None for every other key."""
+        self.public_key = public_key
+        """A split key's public key in its specification's encoding (None otherwise)."""
         self._refs = 1
         self._lock = threading.Lock()
 
     @property
     def placement(self) -> KeyPlacement:
-        """Facts selection needs."""
+        """Facts selection needs (a split key moves only half by half: never whole)."""
         return KeyPlacement(self.algorithm, self.home.id, self.compatible,
-                            bool(getattr(self.pkey, "extractable", False)))
+                            self.components is None
+                            and bool(getattr(self.pkey, "extractable", False)))
+
+    def component_info(self) -> list[dict[str, Any]]:
+        """A split key's halves for the wire: role, provider, algorithm (empty otherwise)."""
+        return [{"role": role, "provider": half.home.id, "algorithm": half.algorithm}
+                for role, half in (self.components or {}).items()]
 
     @property
     def has_private(self) -> bool:
@@ -80,7 +95,11 @@ class KeyEntry:
             self.copies.clear()
         for _pid, pkey in copies:
             _quiet_release(None, pkey)
-        _quiet_release(self.home, self.pkey)
+        if self.components is not None:  # a split key: each half frees its own
+            for half in self.components.values():
+                half.release()
+        else:
+            _quiet_release(self.home, self.pkey)
         if self.on_free is not None:
             try:
                 self.on_free()

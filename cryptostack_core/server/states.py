@@ -103,6 +103,19 @@ class ContextState:
         """What the client learns at creation."""
         return {"algorithm": self.algorithm, "provider": self.loaded.id}
 
+    def provider_ids(self) -> tuple[int, ...]:
+        """Every provider this context runs on (two for a split hybrid key), for audit."""
+        return (self.loaded.id,)
+
+    def audit_detail(self) -> str:
+        """What an outcome's audit record adds about where the context ran."""
+        return ""
+
+    def inline_hint(self, verb: str, size: int) -> bool | None:
+        """Whether call ``verb`` with ``size`` bytes is cheap enough for the front end's own
+        thread or loop, when the context (not its provider) knows; None: ask the provider."""
+        return None
+
 
 class StreamContextState(ContextState):
     """init / update / finalize / reset over one provider operation object."""
@@ -434,6 +447,19 @@ class KemState(ContextState):
                  pkey: ProviderKey, derived_permissions: KeyOperationPermission) -> None:
         super().__init__(spec, provider, key, pkey)
         self.derived_permissions = derived_permissions
+
+    def encapsulate(self) -> tuple[bytes, ProviderKey, LoadedProvider]:
+        """(ciphertext, shared secret, the provider holding the secret)."""
+        assert self.pkey is not None
+        ciphertext, secret = self.provider.encapsulate(self.algorithm, self.pkey,
+                                                       self.derived_permissions)
+        return ciphertext, secret, self.loaded
+
+    def decapsulate(self, ciphertext: bytes) -> tuple[ProviderKey, LoadedProvider]:
+        """(shared secret, the provider holding it) of ``ciphertext``."""
+        assert self.pkey is not None
+        return self.provider.decapsulate(self.algorithm, self.pkey, ciphertext,
+                                         self.derived_permissions), self.loaded
 
 
 class AgreementState(KemState):

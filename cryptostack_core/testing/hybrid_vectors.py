@@ -216,10 +216,14 @@ class Report:
 
 
 class _Api:
-    """Keys and contexts through the public API, pinned to one provider."""
+    """Keys and contexts through the public API, pinned to one provider -- or, with
+    ``components``, every key split across the providers named per role (contexts then
+    pin nothing: the daemon runs each half where it lives)."""
 
-    def __init__(self, stack: cs.CryptoStack, provider_id: int) -> None:
+    def __init__(self, stack: cs.CryptoStack, provider_id: int | None,
+                 components: dict[str, int] | None = None) -> None:
         self.provider_id = provider_id
+        self.components = components
         self.ctx = stack.create_crypto_context()
         self.km = self.ctx.create_key_management_context(cs.KeyManagementContextConfig())
 
@@ -231,12 +235,22 @@ class _Api:
             permissions: cs.KeyOperationPermission) -> cs.CryptoResourceGuard:
         params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
         params.set_permissions(permissions)
-        params.set_provider(self.provider_id)
-        return self.km.import_key(params)
+        if self.components is not None:
+            params.set_component_providers(**self.components)
+        elif self.provider_id is not None:
+            params.set_provider(self.provider_id)
+        key = self.km.import_key(params)
+        if self.components is not None and {c["role"]: c["provider"] for c in key.components} \
+                != self.components:
+            key.release()
+            raise AssertionError(f"{algorithm} was not split as asked: {key.components}")
+        return key
 
     def kem(self, algorithm: str, key: cs.CryptoResourceGuard) -> cs.KemContext:
         config = (cs.KemContextConfig().set_algorithm(algorithm).set_key(key)
-                  .set_derived_key_permissions(P.DERIVE | P.EXPORT).set_provider(self.provider_id))
+                  .set_derived_key_permissions(P.DERIVE | P.EXPORT))
+        if self.provider_id is not None:
+            config.set_provider(self.provider_id)
         return self.ctx.create_kem_context(config)
 
     def secret(self, guard: cs.CryptoResourceGuard) -> bytes:
@@ -250,24 +264,30 @@ class _Api:
         config = cs.VerifyContextConfig()
         config.set_algorithm(algorithm)
         config.set_key(key)
-        config.set_provider(self.provider_id)
+        if self.provider_id is not None:
+            config.set_provider(self.provider_id)
         config.set_context(context)
         with self.ctx.create_verify_context(config) as verifier:
             return bool(verifier.verify(message, signature))
 
     def sign(self, algorithm: str, key: cs.CryptoResourceGuard, message: bytes,
              context: bytes = b"") -> bytes:
-        config = (cs.SignContextConfig().set_algorithm(algorithm).set_key(key)
-                  .set_provider(self.provider_id).set_context(context))
+        config = cs.SignContextConfig().set_algorithm(algorithm).set_key(key).set_context(context)
+        if self.provider_id is not None:
+            config.set_provider(self.provider_id)
         with self.ctx.create_sign_context(config) as signer:
             return bytes(signer.sign(message))
 
 
-def run(stack: cs.CryptoStack, provider_id: int,
-        algorithms: Callable[[str], bool] = lambda _: True) -> Report:
-    """Run every hybrid vector (of the algorithms ``algorithms`` selects) on ``provider_id``."""
+def run(stack: cs.CryptoStack, provider_id: int | None,
+        algorithms: Callable[[str], bool] = lambda _: True, *,
+        components: dict[str, int] | None = None) -> Report:
+    """Run every hybrid vector (of the algorithms ``algorithms`` selects) on ``provider_id``
+    -- or, with ``components`` (``{"pq": id, "classical": id}``), with every key split
+    across those providers (select only algorithms whose halves they can hold; X-Wing is
+    never split)."""
     report = Report()
-    api = _Api(stack, provider_id)
+    api = _Api(stack, provider_id, components)
     try:
         if algorithms("X-Wing"):
             _run_xwing(api, report)

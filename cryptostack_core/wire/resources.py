@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptostack_core.wire.permissions import KeyOperationPermission
 
@@ -134,6 +135,12 @@ class KeySlotInfo:
     """Versions below this are disabled (0: none)."""
     head_version: int = 0
     """The highest version number the slot ever had (numbers are never reused)."""
+    placement: str = "auto"
+    """Hybrid key slots: ``split`` keeps the halves on providers of their own (``native``:
+    one provider holds both; ``auto``: as the key comes)."""
+    components: list[dict[str, Any]] = field(default_factory=list)
+    """A split hybrid key's halves: ``role``, ``provider``, ``algorithm`` (``provider`` is
+    then 0: no single provider holds the key); empty otherwise."""
 
     @property
     def primary_version(self) -> int:

@@ -92,6 +92,27 @@ class ProviderCandidate(TypedDict):
     name: str
     taken: bool
     reason: str
+    role: NotRequired[str]
+    """Hybrid algorithms: ``native`` (one provider for both halves), ``pq``/``classical``
+    (a half's provider when they are split), ``combiner`` (the daemon, provider 0) or
+    ``split`` (why the algorithm cannot be split)."""
+
+
+class SplitComponent(TypedDict):
+    """One half of a hybrid algorithm that may be split across providers."""
+
+    role: str
+    key_algorithm: str
+    algorithm: str
+
+
+class SplitPlan(TypedDict):
+    """Whether a hybrid algorithm's halves may live on two providers: its halves, or why
+    not (``AlgorithmEntry.split``)."""
+
+    splittable: bool
+    components: NotRequired[list[SplitComponent]]
+    reason: NotRequired[str]
 
 
 class AlgorithmEntry(TypedDict):
@@ -119,4 +140,6 @@ class AlgorithmEntry(TypedDict):
     shared_secret_size: NotRequired[int]
     hash_algorithm: NotRequired[str]
     supports_context_string: NotRequired[bool]
+    split: NotRequired[SplitPlan]
+    """Hybrid algorithms only (docs/hybrid.md, "Halves on two providers")."""
 

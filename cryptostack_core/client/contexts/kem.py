@@ -63,6 +63,9 @@ class SecretCore(ContextCore):
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
+        self.components: list[dict[str, Any]] = list(info.get("components") or ())
+        """Split hybrid keys: each half's role, provider and algorithm (the daemon joins
+        them); empty otherwise."""
 
     def _p_encapsulate(self) -> Plan[tuple[bytes, dict[str, Any]]]:
         result = yield from self._call("kem.encapsulate", {"ctx": self._handle})

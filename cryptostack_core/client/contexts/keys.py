@@ -6,6 +6,7 @@ from typing import Any, Self
 
 from cryptostack_core.client.arguments import (
     bytes_arg,
+    components_arg,
     enum_arg,
     instance_arg,
     int_arg,
@@ -43,12 +44,31 @@ class KeyManagementContextConfig(ContextConfig):
 
 class GenerateKeyParams(AlgorithmSetting):
     """What key to generate: key type (``"AES-256"``, ``"ECDSA-P256"``, ``"ML-DSA-65"`` ...),
-    permissions, provider."""
+    permissions, provider; for hybrid key types, where the halves go."""
 
     def __init__(self) -> None:
         self.algorithm: str | None = None
         self.permissions: KeyOperationPermission | None = None
         self.provider: int | None = None
+        self.placement: str | None = None
+        self.components: dict[str, list[int]] | None = None
+
+    def set_placement(self, placement: str) -> Self:
+        """Hybrid keys: ``"native"`` (one provider holds both halves), ``"split"`` (each half
+        on a provider of its own, joined by the daemon) or ``"auto"`` (the default: native
+        when a provider claims the algorithm, else split). See docs/hybrid.md."""
+        self.placement = str_arg(placement, "placement")
+        return self
+
+    def set_component_providers(self, *, pq: int | list[int] | None = None,
+                                classical: int | list[int] | None = None) -> Self:
+        """Hybrid keys split across providers: the providers to try, in order, for the
+        post-quantum half (ML-DSA, ML-KEM) and the classical one (ECDSA, Ed25519, RSA,
+        X25519). Naming them asks for a split key."""
+        chosen = {role: ids for role, ids in (("pq", pq), ("classical", classical))
+                  if ids is not None}
+        self.components = components_arg(chosen, "providers") or None
+        return self
 
     def set_permissions(self, perms: KeyOperationPermission) -> Self:
         """Allowed operations (default: all the algorithm supports, never EXPORT)."""
@@ -125,7 +145,9 @@ def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
                        version=int(info.get("version") or 0), name=info.get("name", ""),
                        created=info.get("created"), updated=info.get("updated"),
                        versions=versions, min_version=int(info.get("min_version") or 0),
-                       head_version=int(info.get("head_version") or 0))
+                       head_version=int(info.get("head_version") or 0),
+                       placement=str(info.get("placement") or "auto"),
+                       components=[dict(c) for c in info.get("components") or ()])
 
 
 def _version(version: object) -> int:
@@ -164,7 +186,8 @@ class KeyManagementCore(ContextCore):
         algorithm = yield from self._channel._p_canonical(params.algorithm)
         info: dict[str, Any] = yield from self._call("key.generate", {
             "algorithm": algorithm, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)})
+            "permissions": None if params.permissions is None else int(params.permissions),
+            **_placement(params)})
         return info
 
     def _p_import_key(self, params: ImportKeyParams) -> Plan[dict[str, Any]]:
@@ -176,7 +199,8 @@ class KeyManagementCore(ContextCore):
         info: dict[str, Any] = yield from self._call("key.import", {
             "algorithm": algorithm, "material": params.material,
             "format": params.format.value, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions)})
+            "permissions": None if params.permissions is None else int(params.permissions),
+            **_placement(params)})
         return info
 
     def _p_persist_key(self, slot: ResourceLike, key: ResourceLike) -> Plan[KeySlotInfo]:
@@ -359,3 +383,14 @@ class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
     async def generate_random(self, length: int, provider: int | None = None) -> bytes:
         """Random bytes from the preferred provider (or from ``provider``)."""
         return await self._run(self._p_generate_random(length, provider))
+
+
+def _placement(params: GenerateKeyParams) -> dict[str, Any]:
+    """The placement arguments of a hybrid key, only when set (older daemons never see
+    them)."""
+    args: dict[str, Any] = {}
+    if params.placement is not None:
+        args["placement"] = params.placement
+    if params.components is not None:
+        args["components"] = params.components
+    return args

@@ -73,6 +73,9 @@ class SignCore(StreamCore):
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
+        self.components: list[dict[str, Any]] = list(info.get("components") or ())
+        """Split hybrid keys: each half's role, provider and algorithm (the daemon joins
+        them); empty otherwise."""
         self._signature_size = info.get("signature_size")
 
     def _is_mac(self) -> bool:

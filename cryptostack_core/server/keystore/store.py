@@ -41,10 +41,12 @@ backend says nothing changed (:meth:`~.backend.Backend.changed`: SQLite's
 A generation lower than one this process has seen means the whole store was replaced by an
 older copy while running: refused.
 
-**The seam for composite keys** (hybrids split over two providers): a version is one row
-today. A version made of several provider blobs would add a ``key_parts`` table keyed by
-(name, version, part), MACed like key rows, and the manifest's per-version map would list
-(version, part) pairs; nothing else here changes.
+**Versions of several provider blobs** (a hybrid key split over two providers,
+:mod:`.parts`): one row like any other, whose ``provider`` is 0 and whose wrapped blob lists
+the parts, each with its provider and that provider's blob; so such a version is MACed,
+listed, retired and cleared by the same rules, and its parts' references are found by
+unwrapping it (:meth:`KeyStore.references`, :meth:`KeyStore.retire_version`,
+:meth:`KeyStore.clear_slot`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from cryptostack_core.server.keystore.errors import (
     Problem,
 )
 from cryptostack_core.server.keystore.kek import FileKekSource, default_kek_path
+from cryptostack_core.server.keystore.parts import SPLIT_PROVIDER, decode_parts
 from cryptostack_core.server.keystore.postgres import PostgresBackend
 from cryptostack_core.server.keystore.sealing import KEK_SIZE, StoreKeys
 from cryptostack_core.server.keystore.sqlite import SqliteBackend
@@ -731,11 +734,12 @@ class KeyStore:
             # if the database went away before that read.
         return version
 
-    def retire_version(self, name: str, version: int) -> StoredKey | None:
-        """Retire one version: its material is removed from the store (a reference to a
-        provider-held key is returned, for the caller to destroy once unused). The primary
+    def retire_version(self, name: str, version: int) -> list[tuple[int, StoredKey]]:
+        """Retire one version: its material is removed from the store; returns (provider,
+        reference) of each provider-held key it had (one, or the parts of a split version;
+        none for wrapped material), for the caller to destroy once unused. The primary
         version cannot be retired (persist a new one first, or clear the slot). Retiring a
-        retired version does nothing and returns None."""
+        retired version does nothing and returns nothing."""
         with self._change() as (tx, entries):
             entry = entries.get(("key", name))
             row = self._version_row(tx, name, entry, version)
@@ -747,7 +751,8 @@ class KeyStore:
                                       if 0 < version <= head else ""))
             if row[11] == RETIRED:
                 self._slots.pop(name, None)
-                return None
+                return []
+            held = self._held(row)
             if version == max(entry.rows):  # the newest is always active: the primary
                 raise CryptoError(ErrorCode.INVALID_STATE,
                                   f"version {version} is the primary version of key slot "
@@ -759,7 +764,7 @@ class KeyStore:
                                                           version))
             entry.rows[version] = _prefix(mac)
             self._slots.pop(name, None)
-        return None if row[7] else StoredKey(bytes(row[8]), False)
+        return held
 
     def set_minimum_version(self, name: str, minimum: int) -> None:
         """Disable the versions below ``minimum`` (0 or 1: none); at most the primary."""
@@ -783,20 +788,40 @@ class KeyStore:
             entry = entries.get(("key", name))
             found = tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,))
             self._check_rows("key", name, entry, found)
+            held = [ref for row in found for ref in self._held(row)]
             tx.execute("DELETE FROM key_slots WHERE name = ?", (name,))
             if entry is not None:
                 entry.rows.clear()
                 entry.min_version = 0
             self._slots.pop(name, None)
-        return [(int(r[3]), StoredKey(bytes(r[8]), False)) for r in found
-                if not r[7] and r[11] == ACTIVE]
+        return held
 
     def references(self, provider: int) -> list[StoredKey]:
-        """Every provider-held key (a backend reference) of ``provider``'s slots."""
+        """Every provider-held key (a backend reference) of ``provider``'s slots, parts of
+        split versions included."""
         with self.backend.snapshot() as tx:
             found = tx.execute("SELECT blob FROM key_slots WHERE provider = ? AND secret = 0 "
                                "AND state = ?", (provider, ACTIVE))
-        return [StoredKey(bytes(row[0]), False) for row in found]
+            split = tx.execute(f"{_KEY_SELECT} WHERE provider = ? AND state = ?",
+                               (SPLIT_PROVIDER, ACTIVE))
+        parts = [ref for row in split for pid, ref in self._held(row) if pid == provider]
+        return [StoredKey(bytes(row[0]), False) for row in found] + parts
+
+    def _held(self, row: Row) -> list[tuple[int, StoredKey]]:
+        """(provider, reference) of each provider-held key of an active key row: its blob,
+        or the references among a split version's parts (:mod:`.parts`)."""
+        if row[11] != ACTIVE:
+            return []
+        if int(row[3]) == SPLIT_PROVIDER:
+            where = f"key slot {row[0]!r} v{row[1]}"
+            try:
+                blob = self._keys.unwrap(row, bytes(row[8]))
+            except InvalidTag:
+                raise KeyStoreError(f"{where} does not unwrap under this key store's KEK "
+                                    f"(tampered): {RECOVERY}") from None
+            return [(part.provider, part.stored) for part in decode_parts(blob, where)
+                    if not part.stored.secret]
+        return [] if row[7] else [(int(row[3]), StoredKey(bytes(row[8]), False))]
 
     def slot_names(self) -> list[str]:
         """Names of all occupied slots."""

@@ -29,6 +29,14 @@ from cryptostack_core.server.arguments import (
 from cryptostack_core.server.core import Call, ServiceCore
 from cryptostack_core.server.discovery import LoadedProvider
 from cryptostack_core.server.session import Handle, KeyEntry
+from cryptostack_core.server.split.choice import choose_for_key, secret_home
+from cryptostack_core.server.split.plan import plan_for
+from cryptostack_core.server.split.states import (
+    Half,
+    SplitKemState,
+    SplitSignState,
+    SplitVerifyState,
+)
 from cryptostack_core.server.states import (
     AgreementState,
     CipherState,
@@ -47,6 +55,8 @@ from cryptostack_core.wire.permissions import KeyOperationPermission as P
 from cryptostack_core.wire.resources import CipherDirection, ResourcePersistence
 
 Op = Callable[[Call, Mapping[str, Any]], Any]
+SplitBuilder = Callable[[KeyEntry, dict[str, "Half"]], ContextState]
+"""Builds a context over a split hybrid key from its halves."""
 AsyncOp = Callable[..., Awaitable[Any]]
 """``(call, args, *, locked=False)``: ``locked`` when the caller holds the context's lock."""
 _S = TypeVar("_S", bound=StreamContextState)
@@ -160,18 +170,26 @@ class ContextOps:
     def _keyed_context(self, call: Call, args: Mapping[str, Any], spec: AlgorithmSpec,
                        operation: Operation, wanted: P,
                        build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ContextState],
-                       alternatives: P = P.NONE, select_as: str | None = None) -> dict[str, Any]:
+                       alternatives: P = P.NONE, select_as: str | None = None,
+                       split: SplitBuilder | None = None) -> dict[str, Any]:
         core = self.core
         entry = core.key_argument(call, args)
         try:
             core.require_permission(call.session, entry, wanted, spec.name, alternatives,
                                     operation)
             core.check_key_algorithm(spec, entry)
-            loaded = core.providers.select(select_as or spec.name, operation,
-                                           key=entry.placement,
-                                           pinned=int_arg(args, "provider", default=None))
-            pkey = core.key_on(call.session, entry, loaded)
-            ctx = build(loaded, entry, pkey)
+            pinned = int_arg(args, "provider", default=None)
+            if entry.components is not None:
+                if split is None:
+                    raise invalid(f"{spec.name} cannot use a key split across providers")
+                operations = (operation, Operation.DECAPSULATE) \
+                    if operation is Operation.ENCAPSULATE and entry.has_private else (operation,)
+                ctx = split(entry, self._halves(call, entry, operations, pinned))
+            else:
+                loaded = core.providers.select(select_as or spec.name, operation,
+                                               key=entry.placement, pinned=pinned)
+                pkey = core.key_on(call.session, entry, loaded)
+                ctx = build(loaded, entry, pkey)
         except BaseException:
             entry.release()
             raise
@@ -183,13 +201,30 @@ class ContextOps:
             raise
         return {"ctx": number, **info}
 
+    def _halves(self, call: Call, entry: KeyEntry, operations: tuple[Operation, ...],
+                pinned: int | None) -> dict[str, Half]:
+        """The providers running the halves of split key ``entry`` (each half copied there
+        when it lives elsewhere and may move), or the reason none can."""
+        choice = choose_for_key(self.core.providers, entry, operations, pinned)
+        choice.raise_error()
+        assert choice.halves is not None and entry.components is not None
+        plan = plan_for(entry.algorithm)
+        assert plan is not None
+        return {role: Half(role, loaded, plan.component(role).algorithm,
+                           self.core.key_on(call.session, entry.components[role], loaded))
+                for role, loaded in choice.halves.items()}
+
     def _audit_use(self, call: Call, ctx: ContextState, operation: Operation, result: str,
                    detail: str = "") -> None:
-        """One outcome of a keyed context."""
+        """One outcome of a keyed context (one record, naming both providers of a split
+        key)."""
         key = ctx.key
+        where = ctx.audit_detail()
         self.core.audit(call.session, "key.use", (key.slot if key else None) or "ephemeral key",
                         result, provider=ctx.loaded.id, algorithm=ctx.algorithm,
-                        operation=operation.value, detail=detail)
+                        operation=operation.value,
+                        detail="; ".join(part for part in (detail, where) if part),
+                        providers=ctx.provider_ids())
 
     def hash_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A hash context (no key)."""
@@ -260,7 +295,9 @@ class ContextOps:
         alternatives = P.MAC if spec.kind is AlgorithmKind.MAC else P.NONE
         return self._keyed_context(call, args, spec, Operation.SIGN, P.SIGN, lambda loaded, entry,
                                    pkey: SignState(spec, loaded, entry, pkey, self.max_buffered,
-                                                   context), alternatives)
+                                                   context), alternatives,
+                                   split=lambda entry, halves: SplitSignState(
+                                       spec, entry, halves, self.max_buffered, context))
 
     def verify_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A verification context (MACs are verified by recomputing them)."""
@@ -276,7 +313,9 @@ class ContextOps:
         alternatives = P.MAC if is_mac else P.NONE
         return self._keyed_context(call, args, spec, operation, P.VERIFY, lambda loaded, entry,
                                    pkey: VerifyState(spec, loaded, entry, pkey, self.max_buffered,
-                                                     context, tag_length), alternatives)
+                                                     context, tag_length), alternatives,
+                                   split=lambda entry, halves: SplitVerifyState(
+                                       spec, entry, halves, self.max_buffered, context))
 
     @staticmethod
     def _derived_permissions(args: Mapping[str, Any]) -> P:
@@ -289,10 +328,16 @@ class ContextOps:
         if spec.kind is not AlgorithmKind.KEM:
             raise invalid(f"{spec.name} is not a KEM")
         derived = self._derived_permissions(args)
+        providers = self.core.providers
+
+        def split(entry: KeyEntry, halves: dict[str, Half]) -> ContextState:
+            home = secret_home(providers, [half.loaded.id for half in halves.values()])
+            return SplitKemState(spec, entry, halves, derived, home)
+
         return self._keyed_context(call, args, spec, Operation.ENCAPSULATE, P.NONE,
                                    lambda loaded, entry, pkey: KemState(spec, loaded, entry,
                                                                         pkey, derived),
-                                   P.ENCAPSULATE | P.DECAPSULATE)
+                                   P.ENCAPSULATE | P.DECAPSULATE, split=split)
 
     def agree_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A key-agreement context over the caller's private key."""
@@ -305,11 +350,12 @@ class ContextOps:
                                        spec, loaded, entry, pkey, derived))
 
     # --- secrets -------------------------------------------------------------------------
-    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey) -> dict[str, Any]:
+    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey,
+                    home: LoadedProvider | None = None) -> dict[str, Any]:
         # A derived secret is not bound to a slot's compatible list: if its provider lets it
         # out, any provider may use it (e.g. HKDF on openssl from an ML-KEM-512 secret on oqs).
         entry = KeyEntry(algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
-                         permissions=ctx.derived_permissions, home=ctx.loaded, pkey=pkey,
+                         permissions=ctx.derived_permissions, home=home or ctx.loaded, pkey=pkey,
                          persistence=ResourcePersistence.EPHEMERAL,
                          compatible=self.core.providers.preference)
         return self.core.add_key(call, entry)
@@ -334,13 +380,11 @@ class ContextOps:
         assert ctx.key is not None and ctx.pkey is not None
         self.core.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm,
                                      operation=Operation.ENCAPSULATE)
-        pkey = ctx.pkey
 
         def run() -> dict[str, Any]:
             with ctx.lock:
-                ct, secret = ctx.provider.encapsulate(ctx.algorithm, pkey,
-                                                      ctx.derived_permissions)
-            return {"ciphertext": ct, "key": self._secret_key(call, ctx, secret)}
+                ct, secret, home = ctx.encapsulate()
+            return {"ciphertext": ct, "key": self._secret_key(call, ctx, secret, home)}
 
         result: dict[str, Any] = self._secret_call(call, ctx, Operation.ENCAPSULATE, run)
         return result
@@ -355,13 +399,11 @@ class ContextOps:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
                               "decapsulation needs the private key; this is a public key")
         ciphertext = bytes(data_arg(args, "ciphertext"))
-        pkey = ctx.pkey
 
         def run() -> dict[str, Any]:
             with ctx.lock:
-                secret = ctx.provider.decapsulate(ctx.algorithm, pkey, ciphertext,
-                                                  ctx.derived_permissions)
-            return self._secret_key(call, ctx, secret)
+                secret, home = ctx.decapsulate(ciphertext)
+            return self._secret_key(call, ctx, secret, home)
 
         result: dict[str, Any] = self._secret_call(call, ctx, Operation.DECAPSULATE, run)
         return result

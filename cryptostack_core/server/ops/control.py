@@ -12,6 +12,8 @@ from typing import Any
 from cryptostack_core.sdk.provider import Capability, Provider
 from cryptostack_core.server.arguments import algorithm_arg, arg, enum_arg, int_arg, invalid, rid_arg
 from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.split.choice import choose_for_key, choose_new
+from cryptostack_core.server.split.plan import PlacementRequest, plan_for
 from cryptostack_core.wire.algorithms import REGISTRY, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.protocol import rid_to_wire
@@ -111,13 +113,21 @@ class ControlOps:
                           f"{', '.join(o.value for o in Operation)}") from None
         pinned = int_arg(args, "provider", default=None)
         placement = None
+        providers = self.core.providers
         if args.get("key") is not None:
             entry = self.core.key_argument(call, args)
             try:
+                if entry.components is not None:  # a hybrid key split across providers
+                    return [c.to_wire() for c in choose_for_key(
+                        providers, entry, (operation,), pinned).candidates]
                 placement = entry.placement
             finally:
                 entry.release()
-        return [c.to_wire() for c in self.core.providers.candidates(
+        elif plan_for(spec.name) is not None:  # a hybrid key: held whole, or split
+            request = PlacementRequest.from_args(args)
+            return [c.to_wire() for c in choose_new(
+                providers, spec.name, (operation,), request, pinned).candidates]
+        return [c.to_wire() for c in providers.candidates(
             spec.name, operation, key=placement, pinned=pinned)]
 
     def algorithms(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -143,6 +153,9 @@ class ControlOps:
             entry: dict[str, Any] = spec.to_wire()
             entry["registered_by"] = owners.get(spec.name, [])
             entry["providers"] = support.get(spec.name, {})
+            plan = plan_for(spec.name)
+            if plan is not None:  # hybrid: can its halves live on two providers?
+                entry["split"] = plan.describe()
             out.append(entry)
         return out
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cryptostack_core.sdk.provider import StoredKey
 from cryptostack_core.server.arguments import (
     algorithm_arg,
     arg,
@@ -19,7 +20,12 @@ from cryptostack_core.server.arguments import (
     rid_arg,
 )
 from cryptostack_core.server.core import Call, ServiceCore
+from cryptostack_core.server.discovery import LoadedProvider
+from cryptostack_core.server.keystore.parts import SPLIT_PROVIDER, encode_parts
 from cryptostack_core.server.session import KeyEntry
+from cryptostack_core.server.split import keys as split_keys
+from cryptostack_core.server.split.choice import choose_new, role_candidates
+from cryptostack_core.server.split.plan import PQ, PlacementRequest, plan_for
 from cryptostack_core.wire.algorithms import REGISTRY, AlgorithmKind, AlgorithmSpec, KeyClass, Operation
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 from cryptostack_core.wire.permissions import KeyOperationPermission as P
@@ -82,13 +88,50 @@ class KeyOps:
                        "ML-DSA-65)")
         return spec
 
+    def _placement(self, spec: AlgorithmSpec, operation: Operation, args: Mapping[str, Any]
+                   ) -> tuple[LoadedProvider | None, dict[str, LoadedProvider] | None,
+                              PlacementRequest]:
+        """Where a new key goes: (one provider, None) -- or, for a hybrid key split across
+        providers, (None, its halves' providers)."""
+        pinned = int_arg(args, "provider", default=None)
+        request = PlacementRequest.from_args(args)
+        if plan_for(spec.name) is None:
+            if request.explicit:
+                raise invalid(f"{spec.name} is not a hybrid algorithm: 'placement' and "
+                              "'components' apply to hybrid keys only")
+            return self.core.providers.select(spec.name, operation, pinned=pinned), None, request
+        choice = choose_new(self.core.providers, spec.name, (operation,), request, pinned)
+        choice.raise_error()
+        return choice.native, choice.halves, request
+
+    def _split_audit(self, call: Call, action: str, entry: KeyEntry, detail: str) -> None:
+        halves = entry.component_info()
+        where = ", ".join(f"{h['role']} {h['algorithm']} on provider {h['provider']}"
+                          for h in halves)
+        self.core.audit(call.session, action, entry.slot or "ephemeral key",
+                        provider=entry.home.id, algorithm=entry.algorithm,
+                        detail=f"split: {where}; combiner: daemon; {detail}",
+                        providers=tuple(h["provider"] for h in halves))
+
     def _op_generate(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         spec = self._key_spec(args)
         perms = permissions_arg(args)
         if perms is None:
             perms = spec.default_permissions
-        loaded = self.core.providers.select(spec.name, Operation.GENERATE_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
+        loaded, halves, request = self._placement(spec, Operation.GENERATE_KEY, args)
+        if halves is not None:
+            plan = plan_for(spec.name)
+            assert plan is not None
+            try:
+                entry = split_keys.generate(plan, perms, halves, request.components)
+            except CryptoError as exc:
+                self.core.audit(call.session, "key.generate", "ephemeral key", exc.code.value,
+                                provider=halves[PQ].id, algorithm=spec.name,
+                                providers=tuple(h.id for h in halves.values()))
+                raise
+            self._split_audit(call, "key.generate", entry, f"permissions={int(perms):#x}")
+            return self.core.add_key(call, entry)
+        assert loaded is not None
         try:
             pkey = self.core.provider_instance(loaded).generate_key(spec.name, perms)
         except CryptoError as exc:
@@ -105,13 +148,22 @@ class KeyOps:
         material = bytes(data_arg(args, "material"))
         fmt = enum_arg(args, "format", KeyFormat)
         perms = permissions_arg(args)
-        loaded = self.core.providers.select(spec.name, Operation.IMPORT_KEY,
-                                       pinned=int_arg(args, "provider", default=None))
+        loaded, halves, request = self._placement(spec, Operation.IMPORT_KEY, args)
         requested = perms if perms is not None else spec.default_permissions
         if perms is None and fmt is KeyFormat.RAW and spec.key_class is KeyClass.ASYMMETRIC:
             # 32 raw bytes may be an Ed25519/X25519 public or private key: RAW is read as a
             # public key unless the caller asks for a private-key operation explicitly.
             requested = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+        if halves is not None:
+            plan = plan_for(spec.name)
+            assert plan is not None
+            entry = split_keys.import_key(plan, material, fmt, P(requested), halves,
+                                          request.components)
+            if not entry.has_private and perms is None:
+                entry.permissions = spec.default_permissions & PUBLIC_KEY_PERMISSIONS
+            self._split_audit(call, "key.import", entry, f"format={fmt.value}")
+            return self.core.add_key(call, entry)
+        assert loaded is not None
         pkey = self.core.provider_instance(loaded).import_key(spec.name, material, fmt, requested)
         if not getattr(pkey, "has_private", True):
             requested &= PUBLIC_KEY_PERMISSIONS
@@ -166,6 +218,8 @@ class KeyOps:
                        f"{entry.algorithm}")
         if not entry.has_private and REGISTRY.get(entry.algorithm).key_class is KeyClass.ASYMMETRIC:
             raise invalid("only key pairs and secret keys can be persisted in a key slot")
+        if entry.components is not None or slot.split:
+            return self._persist_split(call, name, entry)
         target = self.core.providers.get(slot.provider) if slot.provider is not None else entry.home
         if target.id != entry.home.id and not entry.placement.extractable:
             raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
@@ -196,6 +250,69 @@ class KeyOps:
         # ``version`` is the one this call made (another daemon's may already be newer).
         return {**self.core.slot_info(name), "version": version}
 
+    def _persist_split(self, call: Call, name: str, entry: KeyEntry) -> dict[str, Any]:
+        """A new version of slot ``name`` holding the halves of split ``entry``, each
+        persisted by its own provider: where it lives, unless the slot's role list names
+        others (then the first it may move to)."""
+        slot = self.core.slots[name]
+        held = ", ".join(f"{h['role']} on provider {h['provider']}"
+                         for h in entry.component_info())
+        if entry.components is None:
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"slot {name!r} keeps a hybrid key's halves on providers of their "
+                              f"own (components); this {entry.algorithm} key is held whole by "
+                              f"provider {entry.home.id}: generate or import it split")
+        if slot.provider is not None or slot.placement == "native":
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                              f"slot {name!r} holds keys whole"
+                              f"{f' on provider {slot.provider}' if slot.provider else ''}; "
+                              f"this {entry.algorithm} key is split ({held})")
+        plan = plan_for(entry.algorithm)
+        assert plan is not None
+        providers = self.core.providers
+        targets: dict[str, LoadedProvider] = {}
+        for role, half in entry.components.items():
+            listed = slot.components.get(role)
+            if not listed or half.home.id in listed:
+                targets[role] = half.home
+                continue
+            candidates, _ = role_candidates(
+                providers, role, plan.component(role).requirements((Operation.IMPORT_KEY,)),
+                listed, home=half.home.id, extractable=half.placement.extractable,
+                key_algorithm=half.algorithm)
+            taken = next((c for c in candidates if c.taken), None)
+            if taken is None:
+                reasons = "; ".join(f"{c.name} ({c.provider}): {c.reason}" for c in candidates)
+                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                                  f"slot {name!r} keeps the {role} half on providers "
+                                  f"{list(listed)}; this key's, on provider {half.home.id}, "
+                                  f"cannot go there: {reasons}")
+            targets[role] = providers.by_id[taken.provider]
+        perms = entry.permissions & slot.permissions if slot.permissions is not None \
+            else entry.permissions
+        parts = split_keys.persist(entry, name, targets, lambda half, target: self.core.key_on(
+            call.session, half, target))
+        where = tuple(part.provider for part in parts)
+        detail = ", ".join(f"{part.role} {part.algorithm} on provider {part.provider}"
+                           for part in parts)
+        try:
+            version = self.core.keystore.store_key(
+                name, entry.algorithm, SPLIT_PROVIDER, (), perms,
+                StoredKey(encode_parts(parts), True), export_uids=entry.export_uids)
+        except CryptoError as exc:
+            self.core.audit(call.session, "key.persist", name, exc.code.value,
+                            provider=where[0], algorithm=entry.algorithm, providers=where,
+                            detail=f"split: {detail}")
+            if not getattr(exc, "maybe_committed", False):
+                for part in parts:
+                    self.core.destroy_when_unused(part.provider, part.stored,
+                                                  f"key slot {name} (persist failed)")
+            raise
+        self.core.audit(call.session, "key.persist", name, provider=where[0],
+                        algorithm=entry.algorithm, providers=where,
+                        detail=f"version={version}; split: {detail}; combiner: daemon")
+        return {**self.core.slot_info(name), "version": version}
+
     def _op_retire_version(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = self._slot_name(call, args)
         slot = self.core.slots[name]
@@ -205,14 +322,14 @@ class KeyOps:
         try:
             record = self.core.keystore.slot_versions(name)
             retired = next((v for v in record.versions if v.version == version), None)
-            reference = self.core.keystore.retire_version(name, version)
+            references = self.core.keystore.retire_version(name, version)
         except CryptoError as exc:
             self.core.audit(call.session, "key.retire", name, exc.code.value,
                             detail=f"version={version}")
             raise
         self.core.forget_slot_keys(name)
-        if reference is not None and retired is not None:
-            self.core.destroy_when_unused(retired.provider, reference,
+        for provider, reference in references:  # one, or each part of a split version
+            self.core.destroy_when_unused(provider, reference,
                                           f"key slot {name} version {version}")
         self.core.audit(call.session, "key.retire", name,
                         provider=retired.provider if retired else None,
@@ -279,6 +396,12 @@ class KeyOps:
             fmt = enum_arg(args, "format", KeyFormat, default=default)
             if not entry.has_private:
                 raise invalid("this is a public key; use export_public_key")
+            if entry.components is not None:
+                plan = plan_for(entry.algorithm)
+                assert plan is not None
+                data = split_keys.export_private(plan, entry, fmt)
+                self._split_audit(call, "key.export", entry, f"format={fmt.value}")
+                return data
             data = self.core.provider_instance(entry.home).export_key(entry.pkey, fmt)
             self.core.audit(call.session, "key.export", resource, provider=entry.home.id,
                        algorithm=entry.algorithm, detail=f"format={fmt.value}")
@@ -292,6 +415,10 @@ class KeyOps:
             if REGISTRY.get(entry.algorithm).key_class is not KeyClass.ASYMMETRIC:
                 raise invalid(f"{entry.algorithm} is a secret key; it has no public part")
             fmt = enum_arg(args, "format", KeyFormat, default=KeyFormat.SPKI_DER)
+            if entry.components is not None:
+                plan = plan_for(entry.algorithm)
+                assert plan is not None
+                return split_keys.export_public(plan, entry, fmt)
             return self.core.provider_instance(entry.home).export_public_key(entry.pkey, fmt)
         finally:
             entry.release()
