@@ -75,8 +75,8 @@ bench: setup
 	$(BIN)/python bench/oqs_latency.py
 	$(BIN)/python bench/keystore_bench.py
 
-# ruff, the import-linter contracts (the layers of docs/architecture.md), mypy on the core and
-# on every plugin.
+# ruff format (one formatter for the whole tree), ruff, the import-linter contracts (the
+# layers of docs/architecture.md), mypy on the core and on every plugin.
 # A million fuzzed frames against a real daemon with a bystander client (tests/fuzz_daemon.py):
 # fails on a crash, a hang, a traceback in the daemon's log, a bystander p99 of 100 ms or more,
 # or daemon memory beyond its start plus the configured budget. FUZZ_ARGS=--frames N ...
@@ -85,6 +85,7 @@ fuzz: setup
 	$(BIN)/python tests/fuzz_daemon.py $(FUZZ_ARGS)
 
 lint: setup
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check cryptostack_core tests $(PLUGINS) bench examples
 	$(BIN)/lint-imports
 	$(BIN)/mypy cryptostack_core $(patsubst %/__init__.py,%,$(wildcard plugins/*/cryptostack_*/__init__.py)) \

@@ -26,15 +26,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         names = ", ".join(getattr(r, "nodeid", "?") for r in skipped[:10])
         reporter.ensure_newline()
-        reporter.write_line(f"FAILED: {len(skipped)} test(s) were skipped in a run that "
-                            f"forbids skips: {names}", red=True)
+        reporter.write_line(
+            f"FAILED: {len(skipped)} test(s) were skipped in a run that forbids skips: {names}", red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    tables = [value for report in terminalreporter.stats.get("passed", [])
-              + terminalreporter.stats.get("failed", [])
-              for name, value in getattr(report, "user_properties", []) if name == "wycheproof"]
+    tables = [
+        value
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == "wycheproof"
+    ]
     if tables:
         terminalreporter.section("Wycheproof vectors through the public API")
         for table in tables:
@@ -46,8 +50,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def _pkits_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """One line for the NIST PKITS cases (tests/test_certificates_pkits.py), if any ran."""
     cases = {}
-    for report in (terminalreporter.stats.get("passed", [])
-                   + terminalreporter.stats.get("failed", [])):
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
         for name, value in getattr(report, "user_properties", []):
             if name == "pkits":
                 case = json.loads(value)
@@ -59,4 +62,5 @@ def _pkits_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("NIST PKITS through the public API")
     terminalreporter.write_line(
         f"{passed}/{len(cases)} PKITS cases as expected; {agree}/{len(cases)} agree with "
-        "PKITS.pdf (the others are documented deviations: DSA is UNSUPPORTED)")
+        "PKITS.pdf (the others are documented deviations: DSA is UNSUPPORTED)"
+    )

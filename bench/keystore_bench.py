@@ -50,11 +50,20 @@ OLD_VERSIONS = 20  # versions the "load vN" slot holds
 
 
 def _config(keystore: str, kek: Path) -> dict[str, Any]:
-    return {"daemon": {"keystore": keystore, "kek_file": str(kek)},
-            "providers": [{"name": "openssl", "id": SOFT}],
-            "key_slots": [{"name": slot, "algorithm": "AES-256", "provider": SOFT,
-                           "permissions": ["encrypt", "decrypt"], "provision": "generate"}
-                          for slot in SLOTS.values()]}
+    return {
+        "daemon": {"keystore": keystore, "kek_file": str(kek)},
+        "providers": [{"name": "openssl", "id": SOFT}],
+        "key_slots": [
+            {
+                "name": slot,
+                "algorithm": "AES-256",
+                "provider": SOFT,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            }
+            for slot in SLOTS.values()
+        ],
+    }
 
 
 class _Client:
@@ -62,8 +71,9 @@ class _Client:
         self.stack = daemon.stack(timeout=60)
         self.ctx = self.stack.create_crypto_context()
         self.km = self.ctx.create_key_management_context()
-        self.key = self.km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                        .set_permissions(P.ENCRYPT | P.DECRYPT))
+        self.key = self.km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+        )
 
     def slot(self, operation: str) -> cs.CryptoResourceId:
         return self.ctx.resolve_resource(SLOTS[operation], cs.ResourceType.KEY_SLOT)
@@ -79,8 +89,7 @@ class _Client:
             try:
                 km.retire_key_version(slot, version - 1)
             except cs.CryptoError as exc:  # another client retired it, or made it primary
-                if exc.code not in (cs.ErrorCode.INVALID_STATE,
-                                    cs.ErrorCode.RESOURCE_NOT_FOUND):
+                if exc.code not in (cs.ErrorCode.INVALID_STATE, cs.ErrorCode.RESOURCE_NOT_FOUND):
                     raise
 
         def load() -> None:
@@ -91,8 +100,11 @@ class _Client:
         def load_old() -> None:
             if not versions:
                 info = km.get_key_slot_info(slot)
-                versions.extend(v.version for v in info.versions if v.state in (
-                    cs.KeyVersionState.ACTIVE, cs.KeyVersionState.PRIMARY))
+                versions.extend(
+                    v.version
+                    for v in info.versions
+                    if v.state in (cs.KeyVersionState.ACTIVE, cs.KeyVersionState.PRIMARY)
+                )
             km.load_key(slot, version=random.choice(versions)).release()
 
         return {"persist": persist, "rotate": rotate, "load": load, "load vN": load_old}[name]
@@ -123,8 +135,9 @@ def _rate(clients: list[_Client], name: str, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - began)
 
 
-def measure(engine: str, keystore: str, daemons: int, clients: int, seconds: float,
-            base: Path) -> dict[str, float]:
+def measure(
+    engine: str, keystore: str, daemons: int, clients: int, seconds: float, base: Path
+) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"{engine}-{daemons}-", dir=base))
     kek = run_dir / "kek" / "bench.kek"
     procs = []
@@ -184,22 +197,30 @@ def main() -> None:
         spread = propagation(cluster.database("propagation"), base)
         for n in args.daemons:
             sqlite = str(base / f"sqlite-{n}" / "keystore.sqlite3")
-            rows.append(("SQLite", n, measure("sqlite", sqlite, n, args.clients, args.seconds,
-                                              base)))
-            rows.append(("PostgreSQL", n, measure("pg", cluster.database(f"bench{n}"), n,
-                                                  args.clients, args.seconds, base)))
+            rows.append(("SQLite", n, measure("sqlite", sqlite, n, args.clients, args.seconds, base)))
+            rows.append(
+                (
+                    "PostgreSQL",
+                    n,
+                    measure("pg", cluster.database(f"bench{n}"), n, args.clients, args.seconds, base),
+                )
+            )
     finally:
         cluster.close()
         shutil.rmtree(base, ignore_errors=True)
-    print(f"\nKey store rates through the daemon (operations/s, {args.clients} client thread(s) "
-          f"per daemon, {args.seconds:g} s each; persist and rotate fsync on both engines)")
+    print(
+        f"\nKey store rates through the daemon (operations/s, {args.clients} client thread(s) "
+        f"per daemon, {args.seconds:g} s each; persist and rotate fsync on both engines)"
+    )
     print(f"{'engine':<11} {'daemons':>7} " + " ".join(f"{op:>10}" for op in OPERATIONS))
     for engine, n, rates in rows:
         print(f"{engine:<11} {n:>7} " + " ".join(f"{rates[op]:>10.0f}" for op in OPERATIONS))
     if spread:
-        print(f"PostgreSQL, 2 daemons: a new primary reaches the other daemon's seals after "
-              f"{spread[len(spread) // 2]:.2f} ms median, {spread[-1]:.2f} ms max "
-              f"({len(spread)} rotations; LISTEN/NOTIFY)")
+        print(
+            f"PostgreSQL, 2 daemons: a new primary reaches the other daemon's seals after "
+            f"{spread[len(spread) // 2]:.2f} ms median, {spread[-1]:.2f} ms max "
+            f"({len(spread)} rotations; LISTEN/NOTIFY)"
+        )
 
 
 if __name__ == "__main__":

@@ -49,10 +49,12 @@ def measure(fn: Callable[[], object], calls: int, budget: float = 1.5) -> Figure
     return Figures(statistics.median(samples), p99, len(samples))
 
 
-def measure_async(fn: Callable[[], Awaitable[object]], loop: asyncio.AbstractEventLoop,
-                  calls: int, budget: float = 1.5) -> Figures:
+def measure_async(
+    fn: Callable[[], Awaitable[object]], loop: asyncio.AbstractEventLoop, calls: int, budget: float = 1.5
+) -> Figures:
     """:func:`measure` for a coroutine function, timed on ``loop`` (a running loop in another
     thread: the worker host's) -- the path the daemon takes, without the client's socket."""
+
     async def run() -> Figures:
         warm_deadline = time.perf_counter() + budget / 10
         for _ in range(max(3, min(200, calls // 10))):
@@ -81,8 +83,7 @@ def ipc_floor(calls: int = 3000) -> Figures:
     """64-byte round trip to another process over a unix socket: the least any daemon call
     costs. Measure it before loading native libraries (the echo process is forked)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    echo = multiprocessing.get_context("fork").Process(target=_echo, args=(theirs,),
-                                                       daemon=True)
+    echo = multiprocessing.get_context("fork").Process(target=_echo, args=(theirs,), daemon=True)
     echo.start()
     theirs.close()
     message = bytes(64)
@@ -124,31 +125,37 @@ class LatencyTable:
         operations = list(dict.fromkeys(operation for operation, _, _ in self.rows))
         op_width = max(len("operation"), *(len(op) for op in operations))
         path_width = max(len("path"), *(len(path) for _, path, _ in self.rows))
-        lines = [self.title,
-                 f"IPC floor (64 B unix-socket round trip, two processes): median "
-                 f"{self.floor.median_us:.1f} µs, p99 {self.floor.p99_us:.1f} µs",
-                 f"{'operation':{op_width}}  {'path':{path_width}}  {'median µs':>10} "
-                 f"{'p99 µs':>10} {'calls':>6} {'x direct':>9} {'x floor':>8}"]
+        lines = [
+            self.title,
+            f"IPC floor (64 B unix-socket round trip, two processes): median "
+            f"{self.floor.median_us:.1f} µs, p99 {self.floor.p99_us:.1f} µs",
+            f"{'operation':{op_width}}  {'path':{path_width}}  {'median µs':>10} "
+            f"{'p99 µs':>10} {'calls':>6} {'x direct':>9} {'x floor':>8}",
+        ]
         for operation in operations:
             rows = [(path, fig) for op, path, fig in self.rows if op == operation]
             direct = next((fig for path, fig in rows if path == self.direct), None)
             lines.append("")
             for index, (path, fig) in enumerate(rows):
                 ratio = f"{fig.median_us / direct.median_us:9.2f}" if direct else f"{'-':>9}"
-                lines.append(f"{operation if index == 0 else '':{op_width}}  "
-                             f"{path:{path_width}}  {fig.median_us:10.1f} {fig.p99_us:10.1f} "
-                             f"{fig.calls:6d} {ratio} "
-                             f"{fig.median_us / self.floor.median_us:8.1f}")
+                lines.append(
+                    f"{operation if index == 0 else '':{op_width}}  "
+                    f"{path:{path_width}}  {fig.median_us:10.1f} {fig.p99_us:10.1f} "
+                    f"{fig.calls:6d} {ratio} "
+                    f"{fig.median_us / self.floor.median_us:8.1f}"
+                )
         lines.append("")
-        lines.append(f"(x direct, x floor: ratio of medians; {os.cpu_count()} CPUs; "
-                     f"Python {sys.version.split()[0]})")
+        lines.append(
+            f"(x direct, x floor: ratio of medians; {os.cpu_count()} CPUs; Python {sys.version.split()[0]})"
+        )
         for operation, path, how, limit in self.targets:
             figures = {p: fig for op, p, fig in self.rows if op == operation}
             if path not in figures or self.direct not in figures:
                 continue
-            over = (figures[path].median_us - figures[self.direct].median_us) \
-                / self.floor.median_us
+            over = (figures[path].median_us - figures[self.direct].median_us) / self.floor.median_us
             verdict = "met" if over <= limit else "not met"
-            lines.append(f"target {operation} via {path} ({how}): direct + {over:.1f} x floor "
-                         f"(target <= direct + {limit:g} x floor: {verdict})")
+            lines.append(
+                f"target {operation} via {path} ({how}): direct + {over:.1f} x floor "
+                f"(target <= direct + {limit:g} x floor: {verdict})"
+            )
         return "\n".join(lines)

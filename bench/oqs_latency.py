@@ -43,20 +43,22 @@ def _direct_keygen(oqs: ModuleType, name: str) -> bytes:
     return public
 
 
-def direct_rows(table: LatencyTable, oqs: ModuleType, provider: OQSProvider,
-                algorithms: list[str], kem: bool, n: int) -> None:
+def direct_rows(
+    table: LatencyTable, oqs: ModuleType, provider: OQSProvider, algorithms: list[str], kem: bool, n: int
+) -> None:
     """liboqs-python objects used as an application would (one per key pair)."""
     for algorithm in algorithms:
         name = provider.mechanisms[algorithm].liboqs
         with oqs.Signature(name) as signer:
             public = signer.generate_keypair()
             signature = signer.sign(MESSAGE)
-            table.add(f"{algorithm} keygen", DIRECT,
-                      measure(partial(_direct_keygen, oqs, name), n, BUDGET))
-            table.add(f"{algorithm} sign", DIRECT, measure(partial(signer.sign, MESSAGE), n,
-                                                           BUDGET))
-            table.add(f"{algorithm} verify", DIRECT,
-                      measure(partial(signer.verify, MESSAGE, signature, public), n, BUDGET))
+            table.add(f"{algorithm} keygen", DIRECT, measure(partial(_direct_keygen, oqs, name), n, BUDGET))
+            table.add(f"{algorithm} sign", DIRECT, measure(partial(signer.sign, MESSAGE), n, BUDGET))
+            table.add(
+                f"{algorithm} verify",
+                DIRECT,
+                measure(partial(signer.verify, MESSAGE, signature, public), n, BUDGET),
+            )
     if kem:
         name = provider.mechanisms[KEM].liboqs
 
@@ -69,14 +71,13 @@ def direct_rows(table: LatencyTable, oqs: ModuleType, provider: OQSProvider,
             public = pair.generate_keypair()
             ciphertext, _ = pair.encap_secret(public)
             table.add(f"{KEM} keygen", DIRECT, measure(keygen, n, BUDGET))
-            table.add(f"{KEM} encapsulate", DIRECT,
-                      measure(partial(pair.encap_secret, public), n, BUDGET))
-            table.add(f"{KEM} decapsulate", DIRECT,
-                      measure(partial(pair.decap_secret, ciphertext), n, BUDGET))
+            table.add(f"{KEM} encapsulate", DIRECT, measure(partial(pair.encap_secret, public), n, BUDGET))
+            table.add(
+                f"{KEM} decapsulate", DIRECT, measure(partial(pair.decap_secret, ciphertext), n, BUDGET)
+            )
 
 
-def sdk_rows(table: LatencyTable, provider: OQSProvider, algorithms: list[str], kem: bool,
-             n: int) -> None:
+def sdk_rows(table: LatencyTable, provider: OQSProvider, algorithms: list[str], kem: bool, n: int) -> None:
     """The provider SDK in this process: the provider's own per-call liboqs objects."""
     where = "provider SDK (in-process)"
     for algorithm in algorithms:
@@ -89,32 +90,41 @@ def sdk_rows(table: LatencyTable, provider: OQSProvider, algorithms: list[str], 
 
         signature = sign()
 
-        def verify(algorithm: str = algorithm, key: ProviderKey = key,
-                   signature: bytes = signature) -> bool:
+        def verify(algorithm: str = algorithm, key: ProviderKey = key, signature: bytes = signature) -> bool:
             op = provider.create_verifier(algorithm, key, b"")
             op.update(MESSAGE)
             return op.finalize(signature)
 
-        table.add(f"{algorithm} keygen", where,
-                  measure(partial(provider.generate_key, algorithm, P.SIGN | P.VERIFY), n,
-                          BUDGET))
+        table.add(
+            f"{algorithm} keygen",
+            where,
+            measure(partial(provider.generate_key, algorithm, P.SIGN | P.VERIFY), n, BUDGET),
+        )
         table.add(f"{algorithm} sign", where, measure(sign, n, BUDGET))
         table.add(f"{algorithm} verify", where, measure(verify, n, BUDGET))
     if kem:
         pair = provider.generate_key(KEM, P.ENCAPSULATE | P.DECAPSULATE)
         ciphertext, _ = provider.encapsulate(KEM, pair, P.DERIVE)
-        table.add(f"{KEM} keygen", where,
-                  measure(partial(provider.generate_key, KEM, P.ENCAPSULATE | P.DECAPSULATE),
-                          n, BUDGET))
-        table.add(f"{KEM} encapsulate", where,
-                  measure(partial(provider.encapsulate, KEM, pair, P.DERIVE), n, BUDGET))
-        table.add(f"{KEM} decapsulate", where,
-                  measure(partial(provider.decapsulate, KEM, pair, ciphertext, P.DERIVE), n,
-                          BUDGET))
+        table.add(
+            f"{KEM} keygen",
+            where,
+            measure(partial(provider.generate_key, KEM, P.ENCAPSULATE | P.DECAPSULATE), n, BUDGET),
+        )
+        table.add(
+            f"{KEM} encapsulate",
+            where,
+            measure(partial(provider.encapsulate, KEM, pair, P.DERIVE), n, BUDGET),
+        )
+        table.add(
+            f"{KEM} decapsulate",
+            where,
+            measure(partial(provider.decapsulate, KEM, pair, ciphertext, P.DERIVE), n, BUDGET),
+        )
 
 
-def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, algorithms: list[str],
-             kem: bool, n: int) -> None:
+def api_rows(
+    table: LatencyTable, where: str, stack: cs.CryptoStack, algorithms: list[str], kem: bool, n: int
+) -> None:
     """The public API; every key and secret handle made while timing is released."""
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
@@ -123,40 +133,52 @@ def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, algorithms:
             km.generate_key(params).release()
 
         for algorithm in algorithms:
-            params = (cs.GenerateKeyParams().set_algorithm(algorithm)
-                      .set_permissions(P.SIGN | P.VERIFY).set_provider(OQS_ID))
+            params = (
+                cs.GenerateKeyParams()
+                .set_algorithm(algorithm)
+                .set_permissions(P.SIGN | P.VERIFY)
+                .set_provider(OQS_ID)
+            )
             key = km.generate_key(params)
-            signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm(algorithm)
-                                             .set_key(key))
-            verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                                 .set_algorithm(algorithm).set_key(key))
+            signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm(algorithm).set_key(key))
+            verifier = ctx.create_verify_context(
+                cs.VerifyContextConfig().set_algorithm(algorithm).set_key(key)
+            )
             signature = signer.sign(MESSAGE)
             table.add(f"{algorithm} keygen", where, measure(partial(keygen, params), n, BUDGET))
-            table.add(f"{algorithm} sign", where, measure(partial(signer.sign, MESSAGE), n,
-                                                          BUDGET))
-            table.add(f"{algorithm} verify", where,
-                      measure(partial(verifier.verify, MESSAGE, signature), n, BUDGET))
+            table.add(f"{algorithm} sign", where, measure(partial(signer.sign, MESSAGE), n, BUDGET))
+            table.add(
+                f"{algorithm} verify", where, measure(partial(verifier.verify, MESSAGE, signature), n, BUDGET)
+            )
             signer.close()
             verifier.close()
             key.release()
         if kem:
-            params = (cs.GenerateKeyParams().set_algorithm(KEM)
-                      .set_permissions(P.ENCAPSULATE | P.DECAPSULATE).set_provider(OQS_ID))
+            params = (
+                cs.GenerateKeyParams()
+                .set_algorithm(KEM)
+                .set_permissions(P.ENCAPSULATE | P.DECAPSULATE)
+                .set_provider(OQS_ID)
+            )
             pair = km.generate_key(params)
-            kem_ctx = ctx.create_kem_context(cs.KemContextConfig().set_algorithm(KEM)
-                                             .set_key(pair))
+            kem_ctx = ctx.create_kem_context(cs.KemContextConfig().set_algorithm(KEM).set_key(pair))
             ciphertext, secret = kem_ctx.encapsulate()
             secret.release()
             table.add(f"{KEM} keygen", where, measure(partial(keygen, params), n, BUDGET))
-            table.add(f"{KEM} encapsulate", where,
-                      measure(lambda: kem_ctx.encapsulate()[1].release(), n, BUDGET))
-            table.add(f"{KEM} decapsulate", where,
-                      measure(lambda: kem_ctx.decapsulate(ciphertext).release(), n, BUDGET))
+            table.add(
+                f"{KEM} encapsulate", where, measure(lambda: kem_ctx.encapsulate()[1].release(), n, BUDGET)
+            )
+            table.add(
+                f"{KEM} decapsulate",
+                where,
+                measure(lambda: kem_ctx.decapsulate(ciphertext).release(), n, BUDGET),
+            )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-n", type=int, default=300, help="timed calls per measurement at most")
     args = parser.parse_args()
     n = args.n
@@ -178,17 +200,21 @@ def main() -> int:
             offered = provider.mechanisms
             algorithms = [a for a in SIGNATURES if a in offered]
             kem = KEM in offered
-            table = LatencyTable(f"oqs provider on liboqs {oqs.oqs_version()} "
-                                 f"({library.loaded_path(oqs)}), µs", DIRECT, floor)
+            table = LatencyTable(
+                f"oqs provider on liboqs {oqs.oqs_version()} ({library.loaded_path(oqs)}), µs", DIRECT, floor
+            )
             direct_rows(table, oqs, provider, algorithms, kem, n)
             sdk_rows(table, provider, algorithms, kem, n)
         finally:
             provider.close()
         config = {"providers": [{"name": "oqs", "id": OQS_ID, "options": {}}]}
-        inproc_config = {**config, "daemon": {"keystore": str(base / "inproc.sqlite3"),
-                                              "state_dir": str(base / "inproc-state")}}
-        with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                    .set_daemon_config(inproc_config)) as stack:
+        inproc_config = {
+            **config,
+            "daemon": {"keystore": str(base / "inproc.sqlite3"), "state_dir": str(base / "inproc-state")},
+        }
+        with cs.create_crypto_stack(
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(inproc_config)
+        ) as stack:
             api_rows(table, "API inproc://", stack, algorithms, kem, n)
         with DaemonProcess(base / "daemon", config) as daemon, daemon.stack() as stack:
             api_rows(table, "API daemon (unix socket)", stack, algorithms, kem, n)

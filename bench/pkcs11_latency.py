@@ -45,13 +45,15 @@ def direct_rows(table: LatencyTable, module: str, label: str, pin: str, n: int) 
 
     session = pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin)
     try:
-        key = session.generate_key(KeyType.AES, 256,
-                                   capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT)
-        table.add(GCM, DIRECT, measure(
-            lambda: key.encrypt(DATA, mechanism=Mechanism.AES_GCM,
-                                mechanism_param=GCMParams(IV)), n))
-        table.add(SHA, DIRECT, measure(
-            lambda: session.digest(DATA, mechanism=Mechanism.SHA256), n))
+        key = session.generate_key(
+            KeyType.AES, 256, capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT
+        )
+        table.add(
+            GCM,
+            DIRECT,
+            measure(lambda: key.encrypt(DATA, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(IV)), n),
+        )
+        table.add(SHA, DIRECT, measure(lambda: session.digest(DATA, mechanism=Mechanism.SHA256), n))
     finally:
         session.close()
 
@@ -100,14 +102,21 @@ def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, n: int) -> 
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
         for provider_id, suffix in ((PKCS11_ID, ""), (OPENSSL_ID, ", openssl (reference)")):
-            key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                  .set_permissions(P.ENCRYPT | P.DECRYPT)
-                                  .set_provider(provider_id))
+            key = km.generate_key(
+                cs.GenerateKeyParams()
+                .set_algorithm("AES-256")
+                .set_permissions(P.ENCRYPT | P.DECRYPT)
+                .set_provider(provider_id)
+            )
             enc = ctx.create_cipher_context(
-                cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(key)
-                .set_direction(cs.CipherDirection.ENCRYPT))
+                cs.CipherContextConfig()
+                .set_algorithm("AES-256-GCM")
+                .set_key(key)
+                .set_direction(cs.CipherDirection.ENCRYPT)
+            )
             hasher = ctx.create_hash_context(
-                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(provider_id))
+                cs.HashContextConfig().set_algorithm("SHA-256").set_provider(provider_id)
+            )
 
             def gcm(enc: cs.CipherContext = enc) -> bytes:
                 return enc.encrypt(IV, DATA)
@@ -117,13 +126,13 @@ def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, n: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-n", type=int, default=3000, help="timed calls per measurement")
     args = parser.parse_args()
     n = args.n
-    table = LatencyTable("pkcs11 provider on SoftHSM2 (private token), µs", DIRECT,
-                         ipc_floor())
+    table = LatencyTable("pkcs11 provider on SoftHSM2 (private token), µs", DIRECT, ipc_floor())
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         token = create_token(base / "token")
@@ -133,12 +142,19 @@ def main() -> None:
         options = token.options()
         direct_rows(table, token.module, token.label, token.pin, n)
         sdk_rows(table, options, base / "sdk", n)
-        config = {"providers": [{"name": "pkcs11", "id": PKCS11_ID, "options": options},
-                                {"name": "openssl", "id": OPENSSL_ID, "options": {}}]}
-        inproc_config = {**config, "daemon": {"keystore": str(base / "inproc.sqlite3"),
-                                              "state_dir": str(base / "inproc-state")}}
-        with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                    .set_daemon_config(inproc_config)) as stack:
+        config = {
+            "providers": [
+                {"name": "pkcs11", "id": PKCS11_ID, "options": options},
+                {"name": "openssl", "id": OPENSSL_ID, "options": {}},
+            ]
+        }
+        inproc_config = {
+            **config,
+            "daemon": {"keystore": str(base / "inproc.sqlite3"), "state_dir": str(base / "inproc-state")},
+        }
+        with cs.create_crypto_stack(
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(inproc_config)
+        ) as stack:
             api_rows(table, "API inproc://", stack, n)
         # As deployed (examples/daemon.toml): the audit trail is a file.
         daemon_config = {**config, "daemon": {"audit_log": str(base / "audit.jsonl")}}

@@ -44,8 +44,7 @@ def direct_rows(table: LatencyTable, sim: Swtpm, n: int) -> None:
     from tpm2_pytss.types import TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK
 
     with direct_esapi(sim) as ectx:
-        table.add(SHA, DIRECT, measure(
-            lambda: ectx.hash(MESSAGE, TPM2_ALG.SHA256, ESYS_TR.NULL), n))
+        table.add(SHA, DIRECT, measure(lambda: ectx.hash(MESSAGE, TPM2_ALG.SHA256, ESYS_TR.NULL), n))
         primary, *_ = ectx.create_primary(None, primary_template("ecc"), ESYS_TR.OWNER)
         private, public, *_ = ectx.create(primary, None, key_template("ECDSA-P256", P.SIGN))
         key = ectx.load(primary, private, public)
@@ -53,8 +52,9 @@ def direct_rows(table: LatencyTable, sim: Swtpm, n: int) -> None:
         scheme.details.any.hashAlg = TPM2_ALG.SHA256
         # An unrestricted key signs any digest with a NULL ticket, as the provider does.
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
-        table.add(SIGN, DIRECT, measure(
-            lambda: ectx.sign(key, hashlib.sha256(MESSAGE).digest(), scheme, ticket), n))
+        table.add(
+            SIGN, DIRECT, measure(lambda: ectx.sign(key, hashlib.sha256(MESSAGE).digest(), scheme, ticket), n)
+        )
         ectx.flush_context(key)
         ectx.flush_context(primary)
 
@@ -99,20 +99,21 @@ def sdk_rows(table: LatencyTable, options: dict[str, Any], state: Path, n: int) 
 def api_rows(table: LatencyTable, where: str, stack: cs.CryptoStack, n: int) -> None:
     """The public API on the tpm2 provider."""
     with stack.create_crypto_context() as ctx:
-        hasher = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                         .set_provider(TPM2_ID))
+        hasher = ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256").set_provider(TPM2_ID)
+        )
         key = ctx.create_key_management_context().generate_key(
-            cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.SIGN)
-            .set_provider(TPM2_ID))
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(key))
+            cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.SIGN).set_provider(TPM2_ID)
+        )
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(key))
         table.add(SHA, where, measure(lambda: hasher.single_shot(MESSAGE), n))
         table.add(SIGN, where, measure(lambda: signer.sign(MESSAGE), n))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-n", type=int, default=300, help="timed calls per measurement")
     args = parser.parse_args()
     n = args.n
@@ -127,16 +128,17 @@ def main() -> None:
             direct_rows(table, sim, n)
             sdk_rows(table, options, base / "sdk", n)
             config = {"providers": [{"name": "tpm2", "id": TPM2_ID, "options": options}]}
-            inproc_config = {**config, "daemon": {"keystore": str(base / "inproc.sqlite3"),
-                                                  "state_dir": str(base / "inproc-state")}}
-            with cs.create_crypto_stack(cs.CryptoStackConfig()
-                                        .set_connection_endpoint("inproc://")
-                                        .set_daemon_config(inproc_config)) as stack:
+            inproc_config = {
+                **config,
+                "daemon": {"keystore": str(base / "inproc.sqlite3"), "state_dir": str(base / "inproc-state")},
+            }
+            with cs.create_crypto_stack(
+                cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(inproc_config)
+            ) as stack:
                 api_rows(table, "API inproc://", stack, n)
             # As deployed (examples/daemon.toml): the audit trail is a file.
             daemon_config = {**config, "daemon": {"audit_log": str(base / "audit.jsonl")}}
-            with DaemonProcess(base / "daemon", daemon_config) as daemon, \
-                    daemon.stack() as stack:
+            with DaemonProcess(base / "daemon", daemon_config) as daemon, daemon.stack() as stack:
                 api_rows(table, DAEMON, stack, n)
         finally:
             sim.stop()

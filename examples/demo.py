@@ -30,6 +30,7 @@ def flow(title: str) -> Callable[[Callable[[cs.CryptoStack], None]], Callable[[c
     def register(fn: Callable[[cs.CryptoStack], None]) -> Callable[[cs.CryptoStack], None]:
         FLOWS.append((title, fn))
         return fn
+
     return register
 
 
@@ -38,8 +39,9 @@ def say(text: str) -> None:
 
 
 def cipher(ctx: cs.CryptoContext, alg: str, key: object, direction: D) -> cs.CipherContext:
-    return ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(alg).set_key(key)
-                                     .set_direction(direction))
+    return ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction)
+    )
 
 
 @flow("1. Pre-deployed key, slot-direct path (AES-256-CBC)")
@@ -63,8 +65,10 @@ def guard_path(stack: cs.CryptoStack) -> None:
         km = ctx.create_key_management_context(cs.KeyManagementContextConfig())
         with km.load_key(slot) as guard:
             info = km.get_key_slot_info(slot)
-            say(f"slot info: {info.status.value}, {info.algorithm!r}, provider={info.provider}, "
-                f"compatible={info.compatible_providers}")
+            say(
+                f"slot info: {info.status.value}, {info.algorithm!r}, provider={info.provider}, "
+                f"compatible={info.compatible_providers}"
+            )
             enc, dec = (cipher(ctx, "AES-256-CBC", guard, d) for d in (D.ENCRYPT, D.DECRYPT))
             iv = os.urandom(16)
             enc.init(iv)
@@ -78,10 +82,13 @@ def guard_path(stack: cs.CryptoStack) -> None:
 def ephemeral(stack: cs.CryptoStack) -> None:
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
-        eph = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                              .set_permissions(P.ENCRYPT | P.DECRYPT))
-        say(f"generated {eph!r}: type={eph.type.value}, persistence={eph.persistence.value}, "
-            f"permitted={eph.permitted_operations!r}")
+        eph = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+        )
+        say(
+            f"generated {eph!r}: type={eph.type.value}, persistence={eph.persistence.value}, "
+            f"permitted={eph.permitted_operations!r}"
+        )
         nonce = os.urandom(12)
         enc = cipher(ctx, "AES-256-GCM", eph, D.ENCRYPT)
         enc.init(nonce)
@@ -115,8 +122,10 @@ def hashing(stack: cs.CryptoStack) -> None:
         h.init()
         h.update(b"correct data")
         d3 = h.finalize()
-        say(f"after abort SHA-256(correct data) = {d3.hex()} (matches hashlib: "
-            f"{d3 == hashlib.sha256(b'correct data').digest()})")
+        say(
+            f"after abort SHA-256(correct data) = {d3.hex()} (matches hashlib: "
+            f"{d3 == hashlib.sha256(b'correct data').digest()})"
+        )
 
 
 @flow("5. Signing with ML-DSA-65, verified by an independent library")
@@ -124,8 +133,7 @@ def mldsa(stack: cs.CryptoStack) -> None:
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
         key = km.generate_key(cs.GenerateKeyParams().set_algorithm("ML-DSA-65"))
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ML-DSA-65")
-                                         .set_key(key))
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ML-DSA-65").set_key(key))
         say(f"signature size: {signer.get_signature_size()} bytes (FIPS 204)")
         signer.init()
         signer.update(b"firmware image v1.2.3")
@@ -140,8 +148,7 @@ def certificates(stack: cs.CryptoStack) -> None:
     with stack.create_crypto_context() as ctx:
         cert = ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT)
         anchor = ctx.resolve_resource("RootCA", cs.ResourceType.VERIFICATION_TRUST_STORE)
-        verifier = ctx.create_certificate_verification_context(
-            cs.CertificateVerificationContextConfig())
+        verifier = ctx.create_certificate_verification_context(cs.CertificateVerificationContextConfig())
         verifier.set_certificate(cert)
         verifier.set_verification_trust_store(anchor)
         verifier.set_revocation_check_policy(cs.RevocationCheckPolicy.CRL_ONLY)
@@ -158,22 +165,24 @@ def certificates(stack: cs.CryptoStack) -> None:
 def permissions(stack: cs.CryptoStack) -> None:
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
-        enc_key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                  .set_permissions(P.ENCRYPT | P.DECRYPT))
+        enc_key = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+        )
         cipher(ctx, "AES-256-CBC", enc_key, D.ENCRYPT).close()
         say("AES-256 ENCRYPT|DECRYPT key: cipher context OK")
         try:
-            ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                    .set_key(enc_key))
+            ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(enc_key))
         except cs.CryptoError as exc:
             say(f"HMAC sign context refused: {exc.code.value}")
         slot = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
         perms = ctx.get_key_slot_object(slot).get_permitted_operations()
         say(f"SigningKey permits {perms!r}; has SIGN: {cs.has_permission(perms, P.SIGN)}")
-        auth = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
-                               .set_permissions(P.AUTHENTICATION))
-        sig = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                      .set_key(auth)).sign(b"hello")
+        auth = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.AUTHENTICATION)
+        )
+        sig = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth)).sign(
+            b"hello"
+        )
         say(f"AUTHENTICATION key signs ({len(sig)}-byte DER signature) ...")
         try:
             cipher(ctx, "AES-256-CBC", auth, D.ENCRYPT)
@@ -184,13 +193,15 @@ def permissions(stack: cs.CryptoStack) -> None:
 @flow("8. Operation timeouts")
 def timeouts(stack: cs.CryptoStack) -> None:
     with stack.create_crypto_context() as ctx:
-        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                    .set_operation_timeout(timedelta(milliseconds=200)))
+        h = ctx.create_hash_context(
+            cs.HashContextConfig().set_algorithm("SHA-256").set_operation_timeout(timedelta(milliseconds=200))
+        )
         h.init()
         h.update(b"chunk1")
         say(f"200 ms per-call deadline: digest {h.finalize().hex()[:16]}...")
         tight = ctx.create_key_management_context(
-            cs.KeyManagementContextConfig().set_operation_timeout(timedelta(milliseconds=2)))
+            cs.KeyManagementContextConfig().set_operation_timeout(timedelta(milliseconds=2))
+        )
         try:
             tight.generate_key(cs.GenerateKeyParams().set_algorithm("RSA-4096"))
         except cs.CryptoError as exc:
@@ -203,8 +214,10 @@ def timeouts(stack: cs.CryptoStack) -> None:
         t = time.perf_counter()
         km.generate_key(cs.GenerateKeyParams().set_algorithm("ML-KEM-768"))
         km.generate_key(cs.GenerateKeyParams().set_algorithm("RSA-4096"))
-        say(f"disable_timeout(): ML-KEM-768 and RSA-4096 generated in "
-            f"{(time.perf_counter() - t) * 1000:.0f} ms without a deadline")
+        say(
+            f"disable_timeout(): ML-KEM-768 and RSA-4096 generated in "
+            f"{(time.perf_counter() - t) * 1000:.0f} ms without a deadline"
+        )
 
 
 @flow("9. The HSM: a key generated inside the token, and provider selection")
@@ -225,8 +238,10 @@ def hsm(stack: cs.CryptoStack) -> None:
         dec.update(sealed)
         say(f"decrypted on the token: {dec.finalize()!r}")
         for cand in stack.explain("AES-256-GCM", "encrypt", key=slot):
-            say(f"  explain: {'->' if cand['taken'] else '  '} {cand['provider']} "
-                f"{cand['name']}: {cand['reason']}")
+            say(
+                f"  explain: {'->' if cand['taken'] else '  '} {cand['provider']} "
+                f"{cand['name']}: {cand['reason']}"
+            )
 
 
 def demo_token(var: Path) -> dict[str, str]:
@@ -234,15 +249,26 @@ def demo_token(var: Path) -> dict[str, str]:
     conf = var / "softhsm2.conf"
     tokens = var / "softhsm-tokens"
     tokens.mkdir(parents=True, exist_ok=True)
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\n")
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
     env = {"SOFTHSM2_CONF": str(conf), "CRYPTOSTACK_PKCS11_PIN": "demo-pin-1234"}
     if not any(tokens.iterdir()):
         try:
-            subprocess.run(["softhsm2-util", "--init-token", "--free", "--label",
-                            "cryptostack-demo", "--pin", env["CRYPTOSTACK_PKCS11_PIN"],
-                            "--so-pin", "demo-so-pin-5678"], env={**os.environ, **env},
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "softhsm2-util",
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    "cryptostack-demo",
+                    "--pin",
+                    env["CRYPTOSTACK_PKCS11_PIN"],
+                    "--so-pin",
+                    "demo-so-pin-5678",
+                ],
+                env={**os.environ, **env},
+                check=True,
+                capture_output=True,
+            )
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"no SoftHSM2 demo token ({exc}); the pkcs11 provider will be unavailable")
     return env
@@ -257,8 +283,19 @@ def main() -> int:
     endpoint = f"unix://{config.socket}"
     env = {**os.environ, **demo_token(config.socket.parent.parent)}
     print(f"starting: cryptostack daemon --config {args.config}")
-    daemon = subprocess.Popen([sys.executable, "-m", "cryptostack_core", "daemon", "--config",
-                               args.config, "--log-level", "warning"], env=env)
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cryptostack_core",
+            "daemon",
+            "--config",
+            args.config,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 30
         while not config.socket.exists():
@@ -266,10 +303,14 @@ def main() -> int:
                 print("the daemon did not start", file=sys.stderr)
                 return 1
             time.sleep(0.05)
-        subprocess.run([sys.executable, "-m", "cryptostack_core", "status", "--endpoint",
-                        endpoint], check=True)
-        stack_config = (cs.CryptoStackConfig().set_connection_endpoint(endpoint)
-                        .set_default_operation_timeout(timedelta(milliseconds=500)))
+        subprocess.run(
+            [sys.executable, "-m", "cryptostack_core", "status", "--endpoint", endpoint], check=True
+        )
+        stack_config = (
+            cs.CryptoStackConfig()
+            .set_connection_endpoint(endpoint)
+            .set_default_operation_timeout(timedelta(milliseconds=500))
+        )
         failures = 0
         with cs.create_crypto_stack(stack_config) as stack:
             for title, fn in FLOWS:
@@ -281,8 +322,10 @@ def main() -> int:
                     print(f"    FAILED: {type(exc).__name__}: {exc}")
             print("\nprovider selection for ML-DSA-65 signing (explain):")
             for cand in stack.explain("ML-DSA-65", "sign"):
-                print(f"    {'->' if cand['taken'] else '  '} {cand['provider']} "
-                      f"{cand['name']}: {cand['reason']}")
+                print(
+                    f"    {'->' if cand['taken'] else '  '} {cand['provider']} "
+                    f"{cand['name']}: {cand['reason']}"
+                )
         print(f"\n{len(FLOWS) - failures} of {len(FLOWS)} flows completed")
         return 1 if failures else 0
     finally:

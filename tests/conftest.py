@@ -100,9 +100,7 @@ def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.Cry
     """The same tests over ``inproc://`` and over a real daemon socket."""
     if request.param == "inproc":
         stack = cs.create_crypto_stack(
-            cs.CryptoStackConfig()
-            .set_connection_endpoint("inproc://")
-            .set_daemon_config(mock_config())
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(mock_config())
         )
         yield stack
         stack.close()
@@ -123,16 +121,34 @@ class OtherUser:
     def run(self, code: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``python -c code args...`` as this user, with this environment's packages and
         ``secutil`` importable; never raises for a non-zero exit status."""
-        return subprocess.run(self._command(code, args), user=self.uid,
-                              group=self.gid, extra_groups=[], env=_ENV, cwd="/",
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            self._command(code, args),
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=_ENV,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
         """Start ``python -c code args...`` as this user with pipes for stdin and stdout (for
         scripts that report, then wait for the test before they let go)."""
-        return subprocess.Popen(self._command(code, args), user=self.uid, group=self.gid,
-                                extra_groups=[], env=_ENV, cwd="/", stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self._command(code, args),
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=_ENV,
+            cwd="/",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     @staticmethod
     def _command(code: str, args: tuple[str, ...]) -> list[str]:
@@ -141,8 +157,13 @@ class OtherUser:
 
 
 TESTS_DIR = Path(__file__).resolve().parent
-_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONPATH": str(TESTS_DIR),
-        "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/",
+    "PYTHONPATH": str(TESTS_DIR),
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "LANG": "C.UTF-8",
+}
 
 
 def _interpreter_for_others() -> str:
@@ -155,6 +176,8 @@ def _interpreter_for_others() -> str:
     if not system.exists():
         pytest.skip(f"no interpreter other users may run ({real} is private)")
     return str(system)
+
+
 _USER_PREFIX = "cstest-"
 
 
@@ -181,9 +204,19 @@ def other_users() -> Iterator[tuple[OtherUser, OtherUser]]:
     try:
         for suffix in ("a", "b"):
             name = f"{_USER_PREFIX}{os.getpid()}-{suffix}"
-            subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
-                            "--shell", "/usr/sbin/nologin", name], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--user-group",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    name,
+                ],
+                check=True,
+                capture_output=True,
+            )
             entry = pwd.getpwnam(name)
             made.append(OtherUser(name, entry.pw_uid, entry.pw_gid))
         yield made[0], made[1]

@@ -36,11 +36,25 @@ from fuzzing import HEADER, Generator, record_session  # noqa: E402
 
 MiB = 1 << 20
 WINDOW = 16  # frames in flight per connection
-CODES = {"KEY_OPERATION_NOT_PERMITTED", "OPERATION_TIMED_OUT", "CONTEXT_IN_ERROR_STATE",
-         "RESOURCE_NOT_FOUND", "UNSUPPORTED_ALGORITHM", "NO_COMPATIBLE_PROVIDER",
-         "INVALID_ARGUMENT", "INVALID_STATE", "AUTHENTICATION_FAILED", "ACCESS_DENIED",
-         "SLOT_EMPTY", "PROVIDER_UNAVAILABLE", "CONNECTION_FAILED", "PROTOCOL_ERROR",
-         "RESOURCE_EXHAUSTED", "PROVIDER_ERROR", "INTERNAL_ERROR"}
+CODES = {
+    "KEY_OPERATION_NOT_PERMITTED",
+    "OPERATION_TIMED_OUT",
+    "CONTEXT_IN_ERROR_STATE",
+    "RESOURCE_NOT_FOUND",
+    "UNSUPPORTED_ALGORITHM",
+    "NO_COMPATIBLE_PROVIDER",
+    "INVALID_ARGUMENT",
+    "INVALID_STATE",
+    "AUTHENTICATION_FAILED",
+    "ACCESS_DENIED",
+    "SLOT_EMPTY",
+    "PROVIDER_UNAVAILABLE",
+    "CONNECTION_FAILED",
+    "PROTOCOL_ERROR",
+    "RESOURCE_EXHAUSTED",
+    "PROVIDER_ERROR",
+    "INTERNAL_ERROR",
+}
 
 
 def daemon_config(budget: int) -> dict[str, Any]:
@@ -52,16 +66,31 @@ def daemon_config(budget: int) -> dict[str, Any]:
     except ImportError:
         pass
     return {
-        "daemon": {"allow_test_providers": True, "max_frame_size": 16 * MiB, "max_buffered_message": 16 * MiB,
-                   "connection_memory_budget": 64 * MiB, "memory_budget": budget,
-                   "frame_timeout": 10.0},
+        "daemon": {
+            "allow_test_providers": True,
+            "max_frame_size": 16 * MiB,
+            "max_buffered_message": 16 * MiB,
+            "connection_memory_budget": 64 * MiB,
+            "memory_budget": budget,
+            "frame_timeout": 10.0,
+        },
         "providers": providers,
         "key_slots": [
-            {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1,
-             "permissions": ["encrypt", "decrypt"], "provision": "generate"},
+            {
+                "name": "PreDeployedSlot",
+                "algorithm": "AES-256",
+                "provider": 1,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
             {"name": "MyNewSlot", "algorithm": "AES-256", "provider": 1},
-            {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1,
-             "permissions": ["sign", "verify", "mac"], "provision": "generate"},
+            {
+                "name": "SigningKey",
+                "algorithm": "HMAC-SHA-256",
+                "provider": 1,
+                "permissions": ["sign", "verify", "mac"],
+                "provision": "generate",
+            },
             {"name": "EmptySlot", "algorithm": "Ed25519", "provider": 1},
         ],
     }
@@ -96,19 +125,28 @@ class Connection:
             (size,) = HEADER.unpack_from(self.inbuf)
             if len(self.inbuf) < 4 + size:
                 break
-            bodies.append(bytes(self.inbuf[4:4 + size]))
-            del self.inbuf[:4 + size]
+            bodies.append(bytes(self.inbuf[4 : 4 + size]))
+            del self.inbuf[: 4 + size]
         return bodies
 
     def close(self) -> None:
         self.sock.close()
 
 
-def worker(path: str, seed: int, frames: int, corpus: list[bytes],
-           results: multiprocessing.Queue[dict[str, Any]]) -> None:
+def worker(
+    path: str, seed: int, frames: int, corpus: list[bytes], results: multiprocessing.Queue[dict[str, Any]]
+) -> None:
     gen = Generator(seed, corpus)
-    stats: dict[str, Any] = {"sent": 0, "answers": 0, "closes": 0, "unexpected_closes": 0,
-                             "hangs": 0, "bad_answers": 0, "codes": {}, "examples": []}
+    stats: dict[str, Any] = {
+        "sent": 0,
+        "answers": 0,
+        "closes": 0,
+        "unexpected_closes": 0,
+        "hangs": 0,
+        "bad_answers": 0,
+        "codes": {},
+        "examples": [],
+    }
     conn = Connection(path)
     selector = selectors.DefaultSelector()
     selector.register(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
@@ -233,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with daemon.stack(timeout=30) as stack:
                     h = stack.create_crypto_context().create_hash_context(
-                        cs.HashContextConfig().set_algorithm("SHA-256"))
+                        cs.HashContextConfig().set_algorithm("SHA-256")
+                    )
                     expected = hashlib.sha256(b"bystander").digest()
                     while not stop.wait(0.01):
                         started = time.perf_counter()
@@ -248,10 +287,19 @@ def main(argv: list[str] | None = None) -> int:
             t.start()
         results: multiprocessing.Queue[dict[str, Any]] = multiprocessing.Queue()
         share = args.frames // args.workers
-        procs = [multiprocessing.Process(
-            target=worker, args=(str(daemon.socket_path), args.seed * 1000 + n,
-                                 share + (args.frames % args.workers if n == 0 else 0),
-                                 corpus, results)) for n in range(args.workers)]
+        procs = [
+            multiprocessing.Process(
+                target=worker,
+                args=(
+                    str(daemon.socket_path),
+                    args.seed * 1000 + n,
+                    share + (args.frames % args.workers if n == 0 else 0),
+                    corpus,
+                    results,
+                ),
+            )
+            for n in range(args.workers)
+        ]
         started = time.monotonic()
         for p in procs:
             p.start()
@@ -267,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         daemon.stop()
 
-    total = {k: sum(s[k] for s in stats) for k in ("sent", "answers", "closes",
-                                                   "unexpected_closes", "hangs", "bad_answers")}
+    total = {
+        k: sum(s[k] for s in stats)
+        for k in ("sent", "answers", "closes", "unexpected_closes", "hangs", "bad_answers")
+    }
     codes: dict[str, int] = {}
     for s in stats:
         for code, n in s["codes"].items():
@@ -276,17 +326,25 @@ def main(argv: list[str] | None = None) -> int:
     ordered = sorted(latencies)
     p99 = ordered[int(len(ordered) * 0.99)] if ordered else float("inf")
     figures = {
-        "frames": total["sent"], "answers": total["answers"], "seconds": round(elapsed, 1),
+        "frames": total["sent"],
+        "answers": total["answers"],
+        "seconds": round(elapsed, 1),
         "frames_per_second": round(total["sent"] / elapsed),
-        "closed_connections": total["closes"], "unexpected_closes": total["unexpected_closes"],
-        "hangs": total["hangs"], "malformed_answers": total["bad_answers"],
-        "crashes": 0 if alive else 1, "tracebacks": log.count("Traceback"),
-        "bystander_calls": len(ordered), "bystander_errors": bystander_errors[:3],
+        "closed_connections": total["closes"],
+        "unexpected_closes": total["unexpected_closes"],
+        "hangs": total["hangs"],
+        "malformed_answers": total["bad_answers"],
+        "crashes": 0 if alive else 1,
+        "tracebacks": log.count("Traceback"),
+        "bystander_calls": len(ordered),
+        "bystander_errors": bystander_errors[:3],
         "bystander_p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else None,
         "bystander_p99_ms": round(p99 * 1000, 2),
         "bystander_max_ms": round(ordered[-1] * 1000, 2) if ordered else None,
-        "rss_start_mib": round(rss_start / MiB, 1), "rss_peak_mib": round(peak[0] / MiB, 1),
-        "memory_budget_mib": args.budget_mib, "answer_codes": dict(sorted(codes.items())),
+        "rss_start_mib": round(rss_start / MiB, 1),
+        "rss_peak_mib": round(peak[0] / MiB, 1),
+        "memory_budget_mib": args.budget_mib,
+        "answer_codes": dict(sorted(codes.items())),
         "provider_or_internal_errors": [e for s in stats for e in s["examples"]][:5],
         "daemon_log": str(daemon.log_path),
     }
@@ -305,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     if p99 >= 0.1:
         failures.append(f"bystander p99 {p99 * 1000:.1f} ms >= 100 ms")
     if peak[0] > rss_start + budget:
-        failures.append(f"daemon RSS peaked at {peak[0] / MiB:.0f} MiB, above its start "
-                        f"({rss_start / MiB:.0f} MiB) plus the {args.budget_mib} MiB budget")
+        failures.append(
+            f"daemon RSS peaked at {peak[0] / MiB:.0f} MiB, above its start "
+            f"({rss_start / MiB:.0f} MiB) plus the {args.budget_mib} MiB budget"
+        )
     for failure in failures:
         print(f"FUZZ FAILURE: {failure}", file=sys.stderr)
     return 1 if failures else 0

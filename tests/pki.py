@@ -23,9 +23,7 @@ SECOND = datetime.timedelta(seconds=1)
 DAY = datetime.timedelta(days=1)
 YEAR = datetime.timedelta(days=365)
 
-KeyKind = Literal[
-    "p256", "p384", "p521", "ed25519", "ed448", "rsa", "mldsa44", "mldsa65", "mldsa87"
-]
+KeyKind = Literal["p256", "p384", "p521", "ed25519", "ed448", "rsa", "mldsa44", "mldsa65", "mldsa87"]
 Key = CertificateIssuerPrivateKeyTypes
 
 _RSA_KEY: rsa.RSAPrivateKey | None = None
@@ -211,11 +209,7 @@ def make_crl(
         target, reason = item[0], item[1]
         own_extensions = list(item[2]) if len(item) > 2 else []  # type: ignore[misc]
         serial = target.serial if isinstance(target, Entity) else target
-        entry = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(this_update - DAY)
-        )
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(this_update - DAY)
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(reason), False)
         for value, critical in [*own_extensions, *entry_extensions]:
@@ -311,7 +305,9 @@ def policy_mappings(pairs: Sequence[tuple[str, str]]) -> x509.UnrecognizedExtens
     mappings = b""
     for issuer_policy, subject_policy in pairs:
         body = _oid_der(x509.ObjectIdentifier(issuer_policy)) + _oid_der(
-            x509.ObjectIdentifier(subject_policy))
+            x509.ObjectIdentifier(subject_policy)
+        )
         mappings += b"\x30" + _der_length(len(body)) + body
-    return x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.33"),
-                                      b"\x30" + _der_length(len(mappings)) + mappings)
+    return x509.UnrecognizedExtension(
+        x509.ObjectIdentifier("2.5.29.33"), b"\x30" + _der_length(len(mappings)) + mappings
+    )

@@ -51,7 +51,8 @@ class RawClient:
         """One frame whose first byte carries ``fds`` (SCM_RIGHTS)."""
         data = self.frame(message)
         sent = self.sock.sendmsg(
-            [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
+            [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        )
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
@@ -61,7 +62,7 @@ class RawClient:
                 (size,) = HEADER.unpack(self.buf[:4])
                 assert size <= max_frame, f"reply of {size} bytes"
                 if len(self.buf) >= 4 + size:
-                    body, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
+                    body, self.buf = self.buf[4 : 4 + size], self.buf[4 + size :]
                     result: dict[str, Any] = cbor2.loads(body)
                     return result
             chunk = self.sock.recv(1 << 20)
@@ -104,8 +105,7 @@ def sealed_memfd(data: bytes, size: int | None = None, seal: bool = True) -> int
     if seal:
         import fcntl
 
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
     return fd
 
 

@@ -23,31 +23,31 @@ IV = bytes(range(16))
 
 
 @pytest.fixture(params=["inproc", "unix"])
-def async_config(request: pytest.FixtureRequest, tmp_path: Path,
-                 mock_config: Callable[..., dict[str, Any]]) -> Iterator[cs.CryptoStackConfig]:
+def async_config(
+    request: pytest.FixtureRequest, tmp_path: Path, mock_config: Callable[..., dict[str, Any]]
+) -> Iterator[cs.CryptoStackConfig]:
     """A stack config for ``inproc://`` and for a real daemon's socket."""
     if request.param == "inproc":
-        yield cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(
-            mock_config())
+        yield cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(mock_config())
         return
     with DaemonProcess(tmp_path / "d", mock_config()) as proc:
         yield cs.CryptoStackConfig().set_connection_endpoint(proc.endpoint)
 
 
-def arun(config: cs.CryptoStackConfig,
-         flow: Callable[[cs.AsyncCryptoContext], Awaitable[T]]) -> T:
+def arun(config: cs.CryptoStackConfig, flow: Callable[[cs.AsyncCryptoContext], Awaitable[T]]) -> T:
     """Run ``flow`` in an asyncio stack's context (``async with`` on both)."""
+
     async def main() -> T:
-        async with cs.create_async_crypto_stack(config) as stack, \
-                stack.create_crypto_context() as ctx:
+        async with cs.create_async_crypto_stack(config) as stack, stack.create_crypto_context() as ctx:
             return await flow(ctx)
+
     return asyncio.run(main())
 
 
-async def cipher(ctx: cs.AsyncCryptoContext, alg: str, key: object, direction: D
-                 ) -> cs.AsyncCipherContext:
+async def cipher(ctx: cs.AsyncCryptoContext, alg: str, key: object, direction: D) -> cs.AsyncCipherContext:
     return await ctx.create_cipher_context(
-        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction))
+        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction)
+    )
 
 
 async def streamed(c: cs.AsyncCipherContext, data: bytes, iv: bytes = IV) -> bytes:
@@ -99,8 +99,9 @@ def test_guard_path_and_async_with(async_config: cs.CryptoStackConfig) -> None:
 def test_ephemeral_generate_use_persist(async_config: cs.CryptoStackConfig) -> None:
     async def flow(ctx: cs.AsyncCryptoContext) -> None:
         km = ctx.create_key_management_context()
-        eph = await km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                    .set_permissions(P.ENCRYPT | P.DECRYPT))
+        eph = await km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+        )
         assert eph.persistence is cs.ResourcePersistence.EPHEMERAL
         enc = await cipher(ctx, "AES-256-GCM", eph, D.ENCRYPT)
         nonce = b"\x01" * 12
@@ -116,8 +117,7 @@ def test_ephemeral_generate_use_persist(async_config: cs.CryptoStackConfig) -> N
             dec = await cipher(ctx, "AES-256-GCM", key, D.DECRYPT)
             assert await dec.decrypt(nonce, sealed, b"header") == b"ephemeral secret"
         dec = await cipher(ctx, "AES-256-GCM", target, D.DECRYPT)
-        for tampered, aad in ((sealed[:-1] + bytes([sealed[-1] ^ 1]), b"header"),
-                              (sealed, b"other header")):
+        for tampered, aad in ((sealed[:-1] + bytes([sealed[-1] ^ 1]), b"header"), (sealed, b"other header")):
             with pytest.raises(cs.CryptoError) as err:
                 await dec.decrypt(nonce, tampered, aad)
             assert err.value.code is E.AUTHENTICATION_FAILED
@@ -174,12 +174,15 @@ def test_wrong_call_order_is_invalid_state(async_config: cs.CryptoStackConfig) -
 def test_sign_verify_mac(async_config: cs.CryptoStackConfig) -> None:
     async def flow(ctx: cs.AsyncCryptoContext) -> None:
         km = ctx.create_key_management_context()
-        auth = await km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
-                                     .set_permissions(P.AUTHENTICATION))
+        auth = await km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.AUTHENTICATION)
+        )
         signer = await ctx.create_sign_context(
-            cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth))
+            cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
+        )
         verifier = await ctx.create_verify_context(
-            cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(auth))
+            cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
+        )
         sig = await signer.sign(b"authenticated")
         assert await verifier.verify(b"authenticated", sig)
         assert not await verifier.verify(b"tampered", sig)
@@ -187,15 +190,18 @@ def test_sign_verify_mac(async_config: cs.CryptoStackConfig) -> None:
         await signer.update(b"authen")
         await signer.update(b"ticated")
         assert await verifier.verify(b"authenticated", await signer.sign_finalize())
-        exportable = await km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256")
-                                           .set_permissions(P.MAC | P.VERIFY | P.EXPORT))
+        exportable = await km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256").set_permissions(P.MAC | P.VERIFY | P.EXPORT)
+        )
         secret = await km.export_key(exportable)
         mac = await ctx.create_sign_context(
-            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(exportable))
+            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(exportable)
+        )
         tag = await mac.mac(b"m")
         assert tag == hmac.new(secret, b"m", "sha256").digest()
         check = await ctx.create_verify_context(
-            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(exportable))
+            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(exportable)
+        )
         assert await check.verify(b"m", tag) and not await check.verify(b"n", tag)
         with pytest.raises(cs.CryptoError) as err:
             await signer.mac(b"m")  # ECDSA is not a MAC
@@ -234,8 +240,7 @@ def test_status_explain_and_certificates(async_config: cs.CryptoStackConfig) -> 
 def test_unknown_names_and_aliases(async_config: cs.CryptoStackConfig) -> None:
     async def flow(ctx: cs.AsyncCryptoContext) -> None:
         with pytest.raises(cs.CryptoError) as err:
-            await ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                          .set_provider(42))
+            await ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256").set_provider(42))
         assert err.value.code in (E.NO_COMPATIBLE_PROVIDER, E.INVALID_ARGUMENT)
         with pytest.raises(cs.CryptoError) as err:
             await ctx.resolve_resource("NoSuchSlot", cs.ResourceType.KEY_SLOT)
@@ -247,11 +252,11 @@ def test_unknown_names_and_aliases(async_config: cs.CryptoStackConfig) -> None:
 def test_key_versions_and_seal(async_config: cs.CryptoStackConfig) -> None:
     """The asyncio twins of key versions and seal/open: a message sealed before a rotation
     opens after it until its version is retired; an old version loads for decryption only."""
+
     async def flow(ctx: cs.AsyncCryptoContext) -> None:
         km = ctx.create_key_management_context()
         slot = await ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT)
-        params = cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(
-            P.ENCRYPT | P.DECRYPT)
+        params = cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
         assert (await km.persist_key(slot, await km.generate_key(params))).version == 1
         sealer = ctx.create_seal_context(cs.SealContextConfig().set_key(slot))
         old = await sealer.seal(b"before", b"aad")

@@ -58,11 +58,16 @@ def ecdsa_sign(entity: Entity, message: bytes) -> bytes:
     return entity.key.sign(message, ec.ECDSA(hashes.SHA256()))
 
 
-def current_crl(issuer: Entity, revoked: tuple[Entity, ...] = (), number: int = 1
-                ) -> x509.CertificateRevocationList:
-    return make_crl(issuer, revoked=[(e, x509.ReasonFlags.key_compromise) for e in revoked],
-                    this_update=NOW - dt.timedelta(hours=1) + dt.timedelta(minutes=number),
-                    next_update=NOW + 7 * DAY, number=number)
+def current_crl(
+    issuer: Entity, revoked: tuple[Entity, ...] = (), number: int = 1
+) -> x509.CertificateRevocationList:
+    return make_crl(
+        issuer,
+        revoked=[(e, x509.ReasonFlags.key_compromise) for e in revoked],
+        this_update=NOW - dt.timedelta(hours=1) + dt.timedelta(minutes=number),
+        next_update=NOW + 7 * DAY,
+        number=number,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,21 +106,31 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = issue("Root CA", None, ca=True, not_before=NOT_BEFORE, not_after=NOW + 5 * YEAR)
     inter = _leaf("Intermediate CA", root, ca=True)
     revoked = _leaf("Revoked Device", root)
-    other_root = issue("Other Root CA", None, ca=True, not_before=NOT_BEFORE,
-                       not_after=NOW + 5 * YEAR)
+    other_root = issue("Other Root CA", None, ca=True, not_before=NOT_BEFORE, not_after=NOW + 5 * YEAR)
     pki = Pki(
-        directory=directory, root=root, inter=inter,
-        device=_leaf("Device 0001", root), device2=_leaf("Device 0002", root), revoked=revoked,
+        directory=directory,
+        root=root,
+        inter=inter,
+        device=_leaf("Device 0001", root),
+        device2=_leaf("Device 0002", root),
+        revoked=revoked,
         via_inter=_leaf("Device Behind Intermediate", inter),
         ed_leaf=_leaf("Ed25519 Device", root, key=new_key("ed25519")),
         p384_leaf=_leaf("P-384 Device", root, key=new_key("p384")),
         forged=_leaf("Forged Device", root, signing_key=new_key()),
-        other_root=other_root, other_leaf=_leaf("Other Device", other_root),
-        root_crl=current_crl(root), revoking_crl=current_crl(root, (revoked,), number=2),
-        inter_crl=current_crl(inter), other_crl=current_crl(other_root))
-    for name, data in {"root.pem": pem(root.cert), "root.crl.pem": pem(pki.root_crl),
-                       "device.pem": pem(pki.device.cert),
-                       "device.der": der(pki.device.cert)}.items():
+        other_root=other_root,
+        other_leaf=_leaf("Other Device", other_root),
+        root_crl=current_crl(root),
+        revoking_crl=current_crl(root, (revoked,), number=2),
+        inter_crl=current_crl(inter),
+        other_crl=current_crl(other_root),
+    )
+    for name, data in {
+        "root.pem": pem(root.cert),
+        "root.crl.pem": pem(pki.root_crl),
+        "device.pem": pem(pki.device.cert),
+        "device.der": der(pki.device.cert),
+    }.items():
         (directory / name).write_bytes(data)
     return pki
 
@@ -132,10 +147,8 @@ def cert_daemon(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             {"name": "RestrictedCert", "file": pki.file("device.pem"), "use_uids": [UID + 4242]},
         ],
         "trust_stores": [
-            {"name": "RootCA", "anchors": [pki.file("root.pem")],
-             "crls": [pki.file("root.crl.pem")]},
-            {"name": "RestrictedCA", "anchors": [pki.file("root.pem")],
-             "use_uids": [UID + 4242]},
+            {"name": "RootCA", "anchors": [pki.file("root.pem")], "crls": [pki.file("root.crl.pem")]},
+            {"name": "RestrictedCA", "anchors": [pki.file("root.pem")], "use_uids": [UID + 4242]},
         ],
     }
     with DaemonProcess(tmp_path_factory.mktemp("certd"), config) as daemon:
@@ -153,8 +166,9 @@ def ctx(stack: cs.CryptoStack) -> cs.CryptoContext:
     return stack.create_crypto_context()
 
 
-def verifier(ctx: cs.CryptoContext, cert: Any, store: Any,
-             policy: Policy = Policy.CRL_ONLY) -> cs.CertificateVerificationContext:
+def verifier(
+    ctx: cs.CryptoContext, cert: Any, store: Any, policy: Policy = Policy.CRL_ONLY
+) -> cs.CertificateVerificationContext:
     ver = ctx.create_certificate_verification_context(cs.CertificateVerificationContextConfig())
     ver.set_certificate(cert)
     ver.set_verification_trust_store(store)
@@ -183,8 +197,7 @@ def my_guards(stack: cs.CryptoStack) -> int:
 
 
 # --- 1. the design's flow ------------------------------------------------------------------
-def test_design_flow_verify_then_use_certificate_public_key(ctx: cs.CryptoContext,
-                                                            pki: Pki) -> None:
+def test_design_flow_verify_then_use_certificate_public_key(ctx: cs.CryptoContext, pki: Pki) -> None:
     cert = ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT)
     anchor = ctx.resolve_resource("RootCA", cs.ResourceType.VERIFICATION_TRUST_STORE)
     assert cert.type is cs.ResourceType.CERT_SLOT
@@ -207,32 +220,38 @@ def test_design_flow_verify_then_use_certificate_public_key(ctx: cs.CryptoContex
 
     # A signature made by the device's private key, which only the test holds.
     signature = ecdsa_sign(pki.device, MESSAGE)
-    check = ctx.create_verify_context(
-        cs.VerifyContextConfig().set_algorithm(alg).set_key(pub_key))
+    check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(alg).set_key(pub_key))
     assert check.verify(MESSAGE, signature) is True
     assert check.verify(MESSAGE + b"!", signature) is False
     other = ecdsa_sign(pki.device2, MESSAGE)
     assert check.verify(MESSAGE, other) is False
 
     # The certificate's key is VERIFY-only: no signing with it.
-    message = fails(E.KEY_OPERATION_NOT_PERMITTED, ctx.create_sign_context,
-                    cs.SignContextConfig().set_algorithm(alg).set_key(pub_key))
+    message = fails(
+        E.KEY_OPERATION_NOT_PERMITTED,
+        ctx.create_sign_context,
+        cs.SignContextConfig().set_algorithm(alg).set_key(pub_key),
+    )
     assert "SIGN" in message
     km = ctx.create_key_management_context()
     assert km.export_public_key(pub_key) == pki.device.cert.public_key().public_bytes(
-        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
     fails(E.KEY_OPERATION_NOT_PERMITTED, km.export_key, pub_key)
 
     # ~pub_key releases the ephemeral key.
     pub_key.release()
-    fails(E.RESOURCE_NOT_FOUND, ctx.create_verify_context,
-          cs.VerifyContextConfig().set_algorithm(alg).set_key(pub_key))
+    fails(
+        E.RESOURCE_NOT_FOUND,
+        ctx.create_verify_context,
+        cs.VerifyContextConfig().set_algorithm(alg).set_key(pub_key),
+    )
 
 
-def test_certificate_public_keys_of_other_algorithms(stack: cs.CryptoStack,
-                                                     ctx: cs.CryptoContext, pki: Pki) -> None:
-    cm = ctx.create_certificate_management_context(
-        cs.CertificateManagementContextConfig().set_provider(1))
+def test_certificate_public_keys_of_other_algorithms(
+    stack: cs.CryptoStack, ctx: cs.CryptoContext, pki: Pki
+) -> None:
+    cm = ctx.create_certificate_management_context(cs.CertificateManagementContextConfig().set_provider(1))
     ed_cert = cm.import_certificate(pem(pki.ed_leaf.cert))
     key, alg = cm.load_certificate_public_key(ed_cert)
     assert (alg, key.algorithm, key.permitted_operations) == ("Ed25519", "Ed25519", P.VERIFY)
@@ -250,8 +269,7 @@ def test_certificate_public_keys_of_other_algorithms(stack: cs.CryptoStack,
 
 
 # --- 2. verification outcomes ----------------------------------------------------------------
-def test_revoked_by_imported_crl_and_by_created_trust_store(ctx: cs.CryptoContext,
-                                                            pki: Pki) -> None:
+def test_revoked_by_imported_crl_and_by_created_trust_store(ctx: cs.CryptoContext, pki: Pki) -> None:
     cm = ctx.create_certificate_management_context()
     anchor = ctx.resolve_resource("RootCA", cs.ResourceType.VERIFICATION_TRUST_STORE)
     revoked = cm.import_certificate(pem(pki.revoked.cert))
@@ -332,10 +350,10 @@ def test_untrusted_intermediates_and_forged_signature(ctx: cs.CryptoContext, pki
     assert "CN=Intermediate CA" in ver.explain()
     ver.add_crl(cm.import_crl(pem(pki.inter_crl)))
     assert ver.verify() is R.VALID
-    assert ver.validated_chain() == [der(pki.via_inter.cert), der(pki.inter.cert),
-                                     der(pki.root.cert)]
-    assert ver.explain() == ("VALID: chain of 3 certificates: CN=Device Behind Intermediate"
-                             " -> CN=Intermediate CA -> CN=Root CA")
+    assert ver.validated_chain() == [der(pki.via_inter.cert), der(pki.inter.cert), der(pki.root.cert)]
+    assert ver.explain() == (
+        "VALID: chain of 3 certificates: CN=Device Behind Intermediate -> CN=Intermediate CA -> CN=Root CA"
+    )
     # A leaf of another hierarchy, and a leaf whose signature is not the root's.
     other = verifier(ctx, cm.import_certificate(pem(pki.other_leaf.cert)), anchor, Policy.NONE)
     assert other.verify() is R.UNTRUSTED
@@ -359,15 +377,13 @@ def test_export_certificate_pem_der_round_trip(ctx: cs.CryptoContext, pki: Pki) 
     from_pem = cm.import_certificate(exported_pem.decode())
     assert cm.export_certificate(from_pem, cs.KeyFormat.PEM) == exported_pem
     assert cm.export_certificate(from_pem, "DER") == exported_der
-    assert x509.load_der_x509_certificate(cm.export_certificate(from_pem, "DER")) == \
-        pki.device.cert
+    assert x509.load_der_x509_certificate(cm.export_certificate(from_pem, "DER")) == pki.device.cert
     fails(E.INVALID_ARGUMENT, cm.export_certificate, slot, "PKCS12")
     fails(E.INVALID_ARGUMENT, cm.export_certificate, slot, 7)
 
 
 # --- 4. bad input ------------------------------------------------------------------------------
-def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonProcess,
-                                                          pki: Pki) -> None:
+def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonProcess, pki: Pki) -> None:
     with cert_daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         cm = ctx.create_certificate_management_context()
@@ -395,13 +411,13 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
 
         # Wrong resource types where a certificate, CRL or trust store is expected.
         key = ctx.create_key_management_context().generate_key(
-            cs.GenerateKeyParams().set_algorithm("Ed25519"))
+            cs.GenerateKeyParams().set_algorithm("Ed25519")
+        )
         cert = cm.import_certificate(cert_der)
         crl = cm.import_crl(der(pki.root_crl))
         anchor = ctx.resolve_resource("RootCA", cs.ResourceType.VERIFICATION_TRUST_STORE)
         held = my_guards(stack)
-        assert "expected a certificate" in fails(E.INVALID_ARGUMENT,
-                                                 verifier(ctx, key, anchor).verify)
+        assert "expected a certificate" in fails(E.INVALID_ARGUMENT, verifier(ctx, key, anchor).verify)
         assert "KEY" in fails(E.INVALID_ARGUMENT, cm.load_certificate_public_key, key)
         fails(E.INVALID_ARGUMENT, cm.export_certificate, crl)
         fails(E.INVALID_ARGUMENT, verifier(ctx, cert, cert).verify)
@@ -415,8 +431,11 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
         fails(E.INVALID_ARGUMENT, cm.create_trust_store, [cert], crls=[cert])
         assert "at least one anchor" in fails(E.INVALID_ARGUMENT, cm.create_trust_store, [])
         fails(E.INVALID_ARGUMENT, cm.create_trust_store, "RootCA")
-        fails(E.INVALID_ARGUMENT, ctx.create_certificate_verification_context()
-              .set_revocation_check_policy, "OCSP")
+        fails(
+            E.INVALID_ARGUMENT,
+            ctx.create_certificate_verification_context().set_revocation_check_policy,
+            "OCSP",
+        )
         # Persisting needs a named slot/store, not an imported object.
         fails(E.INVALID_ARGUMENT, cm.persist_certificate, cert, cert)
         # (Kept in a variable: a temporary guard would be released whenever the garbage
@@ -442,14 +461,17 @@ def test_bad_input_is_invalid_argument_and_stores_nothing(cert_daemon: DaemonPro
         fails(E.RESOURCE_NOT_FOUND, cm.export_certificate, cert)
         fails(E.RESOURCE_NOT_FOUND, cm.load_certificate_public_key, cert)
         crl.release()
-        fails(E.RESOURCE_NOT_FOUND, cm.create_trust_store,
-              [ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT)], crls=[crl])
+        fails(
+            E.RESOURCE_NOT_FOUND,
+            cm.create_trust_store,
+            [ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT)],
+            crls=[crl],
+        )
         assert my_guards(stack) == held - 2
         ephemeral_store.release()
 
         # An unknown name, an empty slot, and a slot this uid may not use.
-        fails(E.RESOURCE_NOT_FOUND, ctx.resolve_resource, "NoSuchCert",
-              cs.ResourceType.CERT_SLOT)
+        fails(E.RESOURCE_NOT_FOUND, ctx.resolve_resource, "NoSuchCert", cs.ResourceType.CERT_SLOT)
         empty = ctx.resolve_resource("EmptyCert", cs.ResourceType.CERT_SLOT)
         assert "empty" in fails(E.SLOT_EMPTY, verifier(ctx, empty, anchor).verify)
         fails(E.SLOT_EMPTY, cm.export_certificate, empty)
@@ -470,8 +492,7 @@ def test_malformed_wire_arguments_are_invalid_argument(cert_daemon: DaemonProces
     with cert_daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         cert = rid_to_wire(ctx.resolve_resource("DeviceCert", cs.ResourceType.CERT_SLOT))
-        store = rid_to_wire(ctx.resolve_resource("RootCA",
-                                                 cs.ResourceType.VERIFICATION_TRUST_STORE))
+        store = rid_to_wire(ctx.resolve_resource("RootCA", cs.ResourceType.VERIFICATION_TRUST_STORE))
         verify = {"certificate": cert, "trust_store": store}
         requests: list[tuple[str, dict[str, Any]]] = [
             ("cert.verify", {**verify, "time": float("nan")}),
@@ -490,15 +511,21 @@ def test_malformed_wire_arguments_are_invalid_argument(cert_daemon: DaemonProces
             with pytest.raises(cs.CryptoError) as err:
                 stack._channel.call(op, args, 5)
             assert err.value.code is E.INVALID_ARGUMENT, (op, args, err.value)
-        assert stack._channel.call("cert.verify", {**verify, "time": NOW.timestamp(),
-                                           "policy": "CRL_ONLY"}, 5)["result"] == "VALID"
+        assert (
+            stack._channel.call("cert.verify", {**verify, "time": NOW.timestamp(), "policy": "CRL_ONLY"}, 5)[
+                "result"
+            ]
+            == "VALID"
+        )
 
 
 @pytest.mark.needs_plugins
 def test_certificate_keys_the_mock_cannot_hold_go_to_openssl(pki: Pki, tmp_path: Path) -> None:
-    config = {"daemon": {"allow_test_providers": True},
-              "providers": [{"name": "mock", "id": 1}, {"name": "openssl", "id": 2}],
-              "cert_slots": [{"name": "DeviceCert", "file": pki.file("device.pem")}]}
+    config = {
+        "daemon": {"allow_test_providers": True},
+        "providers": [{"name": "mock", "id": 1}, {"name": "openssl", "id": 2}],
+        "cert_slots": [{"name": "DeviceCert", "file": pki.file("device.pem")}],
+    }
     with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         cm = ctx.create_certificate_management_context()
@@ -507,24 +534,24 @@ def test_certificate_keys_the_mock_cannot_hold_go_to_openssl(pki: Pki, tmp_path:
         assert (alg, key.provider) == ("ECDSA-P256", 1)  # preference order: mock first
         key, alg = cm.load_certificate_public_key(device, provider=2)
         assert (alg, key.provider, key.permitted_operations) == ("ECDSA-P256", 2, P.VERIFY)
-        check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(alg)
-                                          .set_key(key))
+        check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(alg).set_key(key))
         assert check.verify(MESSAGE, ecdsa_sign(pki.device, MESSAGE)) is True
         key, alg = cm.load_certificate_public_key(cm.import_certificate(pem(pki.p384_leaf.cert)))
         assert (alg, key.provider) == ("ECDSA-P384", 2)
         assert isinstance(pki.p384_leaf.key, ec.EllipticCurvePrivateKey)
         signature = pki.p384_leaf.key.sign(MESSAGE, ec.ECDSA(hashes.SHA384()))
-        check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(alg)
-                                          .set_key(key))
+        check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(alg).set_key(key))
         assert check.verify(MESSAGE, signature) is True
         assert check.verify(MESSAGE[1:], signature) is False
-        fails(E.KEY_OPERATION_NOT_PERMITTED, ctx.create_sign_context,
-              cs.SignContextConfig().set_algorithm(alg).set_key(key))
+        fails(
+            E.KEY_OPERATION_NOT_PERMITTED,
+            ctx.create_sign_context,
+            cs.SignContextConfig().set_algorithm(alg).set_key(key),
+        )
 
 
 # --- 3. management and access rules --------------------------------------------------------
-def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
-        pki: Pki, tmp_path: Path) -> None:
+def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(pki: Pki, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     config = {
         "daemon": {"audit_log": str(audit), "allow_test_providers": True},
@@ -535,10 +562,13 @@ def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
             {"name": "OthersCert", "file": pki.file("device.pem"), "write_uids": [UID + 4242]},
         ],
         "trust_stores": [
-            {"name": "RootCA", "anchors": [pki.file("root.pem")],
-             "crls": [pki.file("root.crl.pem")]},
-            {"name": "ManagedCA", "anchors": [pki.file("root.pem")],
-             "crls": [pki.file("root.crl.pem")], "write_uids": [UID]},
+            {"name": "RootCA", "anchors": [pki.file("root.pem")], "crls": [pki.file("root.crl.pem")]},
+            {
+                "name": "ManagedCA",
+                "anchors": [pki.file("root.pem")],
+                "crls": [pki.file("root.crl.pem")],
+                "write_uids": [UID],
+            },
         ],
     }
     files_before = {p.name: p.read_bytes() for p in pki.directory.iterdir()}
@@ -550,17 +580,20 @@ def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
             new = cm.import_certificate(pem(pki.device2.cert))
             other_root = cm.import_certificate(pem(pki.other_root.cert))
             other_crl = cm.import_crl(pem(pki.other_crl))
-            slot = {n: ctx.resolve_resource(n, cs.ResourceType.CERT_SLOT)
-                    for n in ("DeviceCert", "ManagedCert", "OthersCert")}
-            store = {n: ctx.resolve_resource(n, cs.ResourceType.VERIFICATION_TRUST_STORE)
-                     for n in ("RootCA", "ManagedCA")}
+            slot = {
+                n: ctx.resolve_resource(n, cs.ResourceType.CERT_SLOT)
+                for n in ("DeviceCert", "ManagedCert", "OthersCert")
+            }
+            store = {
+                n: ctx.resolve_resource(n, cs.ResourceType.VERIFICATION_TRUST_STORE)
+                for n in ("RootCA", "ManagedCA")
+            }
 
             # No write_uids: nobody may mutate, root included; a list without us: same.
             for name in ("DeviceCert", "OthersCert"):
                 message = fails(E.ACCESS_DENIED, cm.persist_certificate, slot[name], new)
                 assert f"uid {UID}" in message and name in message
-            fails(E.ACCESS_DENIED, cm.persist_trust_store, store["RootCA"], [other_root],
-                  [other_crl])
+            fails(E.ACCESS_DENIED, cm.persist_trust_store, store["RootCA"], [other_root], [other_crl])
             assert cm.export_certificate(slot["DeviceCert"], "DER") == der(pki.device.cert)
             root_ca = verifier(ctx, slot["DeviceCert"], store["RootCA"])
             assert root_ca.verify() is R.VALID  # the store is unchanged
@@ -573,15 +606,20 @@ def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
             assert verifier(ctx, other_leaf, store["ManagedCA"]).verify() is R.VALID
             assert verifier(ctx, slot["ManagedCert"], store["ManagedCA"]).verify() is R.UNTRUSTED
             subjects = {s["name"]: s["subject"] for s in stack.status()["cert_slots"]}
-            assert subjects == {"DeviceCert": "CN=Device 0001", "ManagedCert": "CN=Device 0002",
-                                "OthersCert": "CN=Device 0001"}
+            assert subjects == {
+                "DeviceCert": "CN=Device 0001",
+                "ManagedCert": "CN=Device 0002",
+                "OthersCert": "CN=Device 0001",
+            }
 
         events = [json.loads(line) for line in audit.read_text().splitlines()]
         denied = [(e["action"], e["resource"]) for e in events if e["result"] == "ACCESS_DENIED"]
-        assert denied == [("access.mutate", "DeviceCert"), ("access.mutate", "OthersCert"),
-                          ("access.mutate", "RootCA")]
-        assert all(e["client"]["uid"] == UID and e["client"]["pid"] == os.getpid()
-                   for e in events)
+        assert denied == [
+            ("access.mutate", "DeviceCert"),
+            ("access.mutate", "OthersCert"),
+            ("access.mutate", "RootCA"),
+        ]
+        assert all(e["client"]["uid"] == UID and e["client"]["pid"] == os.getpid() for e in events)
         done = {(e["action"], e["resource"]) for e in events if e["result"] == "ok"}
         assert {("cert.persist", "ManagedCert"), ("truststore.persist", "ManagedCA")} <= done
 
@@ -606,26 +644,30 @@ def test_persist_is_default_deny_allowed_by_write_uids_and_survives_restart(
             key, _ = cm.load_certificate_public_key(managed)
             signature = ecdsa_sign(pki.device2, MESSAGE)
             check = ctx.create_verify_context(
-                cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(key))
+                cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(key)
+            )
             assert check.verify(MESSAGE, signature) is True
     assert {p.name: p.read_bytes() for p in pki.directory.iterdir()} == files_before
 
 
 # --- 5. a bad certificate file in the config ----------------------------------------------------
 BAD_FILES = {
-    "garbage-cert": ("cert_slots", "DeviceCert", "file", b"this is no certificate\n",
-                     "not a valid X.509 certificate"),
+    "garbage-cert": (
+        "cert_slots",
+        "DeviceCert",
+        "file",
+        b"this is no certificate\n",
+        "not a valid X.509 certificate",
+    ),
     "crl-as-cert": ("cert_slots", "DeviceCert", "file", None, "CRL"),
     "missing-cert": ("cert_slots", "DeviceCert", "file", "missing", "cannot read"),
-    "truncated-anchor": ("trust_stores", "RootCA", "anchors", "truncated",
-                         "truncated or malformed"),
+    "truncated-anchor": ("trust_stores", "RootCA", "anchors", "truncated", "truncated or malformed"),
     "cert-as-crl": ("trust_stores", "RootCA", "crls", "cert", "certificate"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_bad_certificate_file_in_config_refuses_start(case: str, pki: Pki,
-                                                      tmp_path: Path) -> None:
+def test_bad_certificate_file_in_config_refuses_start(case: str, pki: Pki, tmp_path: Path) -> None:
     section, entry, key, content, words = BAD_FILES[case]
     bad = tmp_path / f"{case}.pem"
     if content is None:
@@ -638,13 +680,17 @@ def test_bad_certificate_file_in_config_refuses_start(case: str, pki: Pki,
         assert isinstance(content, bytes)
         bad.write_bytes(content)
     config: dict[str, Any] = {
-        "daemon": {"socket": str(tmp_path / "d.sock"),
-                   "keystore": str(tmp_path / "keystore.sqlite3"), "allow_test_providers": True,
-                   "allow_root": True},
+        "daemon": {
+            "socket": str(tmp_path / "d.sock"),
+            "keystore": str(tmp_path / "keystore.sqlite3"),
+            "allow_test_providers": True,
+            "allow_root": True,
+        },
         "providers": [{"name": "mock", "id": 1}],
         "cert_slots": [{"name": "DeviceCert", "file": pki.file("device.pem")}],
-        "trust_stores": [{"name": "RootCA", "anchors": [pki.file("root.pem")],
-                          "crls": [pki.file("root.crl.pem")]}],
+        "trust_stores": [
+            {"name": "RootCA", "anchors": [pki.file("root.pem")], "crls": [pki.file("root.crl.pem")]}
+        ],
     }
     target = config[section][0]
     target[key] = str(bad) if key == "file" else [*target[key], str(bad)]
@@ -652,7 +698,10 @@ def test_bad_certificate_file_in_config_refuses_start(case: str, pki: Pki,
     config_path.write_text(to_toml(config))
     proc = subprocess.run(
         [sys.executable, "-m", "cryptostack_core", "daemon", "--config", str(config_path)],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode != 0
     err = proc.stderr
     assert "cannot start" in err, err

@@ -124,8 +124,9 @@ def runner() -> Iterator[PkitsRunner]:
     stack = cs.create_crypto_stack(
         cs.CryptoStackConfig()
         .set_connection_endpoint("inproc://")
-        .set_daemon_config({"daemon": {"allow_test_providers": True},
-                           "providers": [{"name": "mock", "id": 1}]})
+        .set_daemon_config(
+            {"daemon": {"allow_test_providers": True}, "providers": [{"name": "mock", "id": 1}]}
+        )
     )
     yield PkitsRunner(stack)
     stack.close()

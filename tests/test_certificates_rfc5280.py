@@ -624,8 +624,9 @@ def test_verifier_settings_through_the_public_api() -> None:
     stack = cs.create_crypto_stack(
         cs.CryptoStackConfig()
         .set_connection_endpoint("inproc://")
-        .set_daemon_config({"daemon": {"allow_test_providers": True},
-                           "providers": [{"name": "mock", "id": 1}]})
+        .set_daemon_config(
+            {"daemon": {"allow_test_providers": True}, "providers": [{"name": "mock", "id": 1}]}
+        )
     )
     try:
         ctx = stack.create_crypto_context()

@@ -48,9 +48,7 @@ from pki import (
 
 R = CertVerifyResult
 CRL_ONLY = RevocationCheckPolicy.CRL_ONLY
-UNKNOWN_CRITICAL = x509.UnrecognizedExtension(
-    x509.ObjectIdentifier("1.3.6.1.4.1.55555.7"), b"\x05\x00"
-)
+UNKNOWN_CRITICAL = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.7"), b"\x05\x00")
 
 
 def check(
@@ -357,15 +355,12 @@ def test_leaf_signature_by_wrong_key(chain: Chain) -> None:
     assert_result(
         outcome,
         R.INVALID_SIGNATURE,
-        "signature of 'CN=device-0001' does not verify under the public key of its issuer "
-        "'CN=Issuing CA'",
+        "signature of 'CN=device-0001' does not verify under the public key of its issuer 'CN=Issuing CA'",
     )
 
 
 def test_intermediate_signature_by_wrong_key(chain: Chain) -> None:
-    forged_inter = issue(
-        "Issuing CA", chain.root, key=chain.inter.key, ca=True, signing_key=new_key()
-    )
+    forged_inter = issue("Issuing CA", chain.root, key=chain.inter.key, ca=True, signing_key=new_key())
     outcome = check(chain.leaf, [chain.root], [forged_inter], policy=RevocationCheckPolicy.NONE)
     assert_result(outcome, R.INVALID_SIGNATURE, "signature of 'CN=Issuing CA'", "'CN=Root CA'")
 
@@ -559,8 +554,9 @@ def _idp(**options: object) -> x509.IssuingDistributionPoint:
 def test_indirect_crl_of_the_issuer_covers_its_own_certificates(chain: Chain) -> None:
     crl = make_crl(chain.inter, extensions=[(_idp(indirect_crl=True), True)])
     assert_result(chain.verify(crls=[chain.root_crl, crl]), R.VALID)
-    revoking = make_crl(chain.inter, revoked=[(chain.leaf, None)],
-                        extensions=[(_idp(indirect_crl=True), True)])
+    revoking = make_crl(
+        chain.inter, revoked=[(chain.leaf, None)], extensions=[(_idp(indirect_crl=True), True)]
+    )
     assert_result(chain.verify(crls=[chain.root_crl, revoking]), R.REVOKED, "device-0001")
 
 
@@ -575,8 +571,9 @@ def test_reason_partitioned_crl_alone_does_not_cover_every_reason(chain: Chain) 
     idp = _idp(only_some_reasons=frozenset({x509.ReasonFlags.key_compromise}))
     crl = make_crl(chain.inter, extensions=[(idp, True)])
     outcome = chain.verify(crls=[chain.root_crl, crl])
-    assert_result(outcome, R.REVOCATION_STATUS_UNKNOWN, "cover only some revocation reasons",
-                  "not aACompromise")
+    assert_result(
+        outcome, R.REVOCATION_STATUS_UNKNOWN, "cover only some revocation reasons", "not aACompromise"
+    )
 
 
 def test_crl_scope_must_cover_the_certificate(chain: Chain) -> None:
@@ -586,9 +583,7 @@ def test_crl_scope_must_cover_the_certificate(chain: Chain) -> None:
     users_only = make_crl(chain.root, extensions=[(_idp(only_contains_user_certs=True), True)])
     outcome = chain.verify(crls=[users_only, chain.inter_crl])
     assert_result(outcome, R.REVOCATION_STATUS_UNKNOWN, "covers only end-entity certificates")
-    users_only_leaf = make_crl(
-        chain.inter, extensions=[(_idp(only_contains_user_certs=True), True)]
-    )
+    users_only_leaf = make_crl(chain.inter, extensions=[(_idp(only_contains_user_certs=True), True)])
     assert_result(chain.verify(crls=[chain.root_crl, users_only_leaf]), R.VALID)
 
 
@@ -602,16 +597,15 @@ def test_distribution_point_scoped_crl() -> None:
     crls = [make_crl(root), make_crl(inter, extensions=[(_idp(full_name=[url]), True)])]
     assert_result(check(listed, [root], [inter], crls), R.VALID)
     outcome = check(unlisted, [root], [inter], crls)
-    assert_result(outcome, R.REVOCATION_STATUS_UNKNOWN,
-                  "is scoped (issuingDistributionPoint) to a distribution point")
+    assert_result(
+        outcome, R.REVOCATION_STATUS_UNKNOWN, "is scoped (issuingDistributionPoint) to a distribution point"
+    )
 
 
 def test_crl_with_unknown_critical_extension(chain: Chain) -> None:
     crl = make_crl(chain.inter, extensions=[(UNKNOWN_CRITICAL, True)])
     outcome = chain.verify(crls=[chain.root_crl, crl])
-    assert_result(
-        outcome, R.REVOCATION_STATUS_UNKNOWN, "unsupported critical extension 1.3.6.1.4.1.55555.7"
-    )
+    assert_result(outcome, R.REVOCATION_STATUS_UNKNOWN, "unsupported critical extension 1.3.6.1.4.1.55555.7")
 
 
 def test_crl_entry_with_unknown_critical_extension(chain: Chain) -> None:
@@ -628,9 +622,7 @@ def test_every_unusable_crl_is_explained(chain: Chain) -> None:
     expired = make_crl(chain.inter, this_update=T - 9 * DAY, next_update=T - DAY)
     forged = make_crl(chain.inter, signing_key=new_key())
     outcome = chain.verify(crls=[chain.root_crl, expired, forged])
-    assert_result(
-        outcome, R.REVOCATION_STATUS_UNKNOWN, "CRL #2", "is expired", "CRL #3", "signature"
-    )
+    assert_result(outcome, R.REVOCATION_STATUS_UNKNOWN, "CRL #2", "is expired", "CRL #3", "signature")
 
 
 def test_one_usable_crl_is_enough(chain: Chain) -> None:
@@ -737,18 +729,14 @@ def test_unknown_critical_extension_on_leaf() -> None:
 def test_unknown_critical_extension_on_intermediate() -> None:
     for kind in ("p256", "ed25519"):
         root = issue("Root", None, key=new_key(kind), ca=True)  # type: ignore[arg-type]
-        inter = issue(
-            "Inter", root, key=new_key(kind), ca=True, extensions=[(UNKNOWN_CRITICAL, True)]
-        )  # type: ignore[arg-type]
+        inter = issue("Inter", root, key=new_key(kind), ca=True, extensions=[(UNKNOWN_CRITICAL, True)])  # type: ignore[arg-type]
         leaf = issue("leaf", inter)
         outcome = check(leaf, [root], [inter], policy=RevocationCheckPolicy.NONE)
         assert_result(outcome, R.INVALID, "1.3.6.1.4.1.55555.7")
 
 
 def test_critical_certificate_policies_are_processed() -> None:
-    policies = x509.CertificatePolicies(
-        [x509.PolicyInformation(x509.ObjectIdentifier("2.5.29.32.0"), None)]
-    )
+    policies = x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier("2.5.29.32.0"), None)])
     c = Chain(extensions=[(policies, True)])
     outcome = c.verify()
     assert_result(outcome, R.VALID)
@@ -853,9 +841,7 @@ def test_ed25519_anchor_must_be_a_ca() -> None:
         ("revocation_policy", "CRL_ONLY", "RevocationCheckPolicy"),
     ],
 )
-def test_request_arguments_are_checked(
-    chain: Chain, field: str, value: object, phrase: str
-) -> None:
+def test_request_arguments_are_checked(chain: Chain, field: str, value: object, phrase: str) -> None:
     arguments: dict[str, object] = {
         "leaf": chain.leaf.cert,
         "anchors": [chain.root.cert],
@@ -870,9 +856,7 @@ def test_request_arguments_are_checked(
 
 
 def test_validation_time_in_another_timezone(chain: Chain) -> None:
-    shifted = chain.leaf.cert.not_valid_after_utc.astimezone(
-        datetime.timezone(datetime.timedelta(hours=5))
-    )
+    shifted = chain.leaf.cert.not_valid_after_utc.astimezone(datetime.timezone(datetime.timedelta(hours=5)))
     assert_result(chain.verify(at=shifted, policy=RevocationCheckPolicy.NONE), R.VALID)
     assert_result(chain.verify(at=shifted + SECOND, policy=RevocationCheckPolicy.NONE), R.EXPIRED)
 
@@ -883,9 +867,7 @@ def test_validation_time_in_another_timezone(chain: Chain) -> None:
 def test_parse_certificate_pem_and_der(chain: Chain) -> None:
     for encoding in (Encoding.PEM, Encoding.DER):
         assert parse_certificate(chain.leaf.cert.public_bytes(encoding)) == chain.leaf.cert
-    assert (
-        parse_certificate(bytearray(chain.leaf.cert.public_bytes(Encoding.DER))) == chain.leaf.cert
-    )
+    assert parse_certificate(bytearray(chain.leaf.cert.public_bytes(Encoding.DER))) == chain.leaf.cert
 
 
 def test_parse_crl_pem_and_der(chain: Chain) -> None:

@@ -28,17 +28,37 @@ from cryptostack_core.client.contexts.kem import KemContext, KeyAgreementContext
 
 # The classes of the public client API (cryptostack_core's exports that a client calls).
 PUBLIC_CLASSES: list[type] = [
-    cs.CryptoStackConfig, cs.CryptoStack, cs.CryptoContext,
-    cs.HashContextConfig, cs.CipherContextConfig, cs.SignContextConfig, cs.VerifyContextConfig,
-    cs.StreamingAeadContextConfig, cs.KemContextConfig, cs.KeyAgreementContextConfig,
-    cs.KeyManagementContextConfig, cs.CertificateVerificationContextConfig,
+    cs.CryptoStackConfig,
+    cs.CryptoStack,
+    cs.CryptoContext,
+    cs.HashContextConfig,
+    cs.CipherContextConfig,
+    cs.SignContextConfig,
+    cs.VerifyContextConfig,
+    cs.StreamingAeadContextConfig,
+    cs.KemContextConfig,
+    cs.KeyAgreementContextConfig,
+    cs.KeyManagementContextConfig,
+    cs.CertificateVerificationContextConfig,
     cs.CertificateManagementContextConfig,
-    cs.GenerateKeyParams, cs.ImportKeyParams, cs.DeriveKeyParams,
-    cs.HashContext, cs.CipherContext, cs.SignContext, cs.VerifyContext, cs.StreamingAeadContext,
-    cs.KemContext, cs.KeyAgreementContext, cs.KeyManagementContext,
-    cs.CertificateVerificationContext, cs.CertificateManagementContext,
-    cs.CryptoResourceGuard, cs.KeySlotObject, cs.VerificationReport,
-    cs.SealContextConfig, cs.SealContext,
+    cs.GenerateKeyParams,
+    cs.ImportKeyParams,
+    cs.DeriveKeyParams,
+    cs.HashContext,
+    cs.CipherContext,
+    cs.SignContext,
+    cs.VerifyContext,
+    cs.StreamingAeadContext,
+    cs.KemContext,
+    cs.KeyAgreementContext,
+    cs.KeyManagementContext,
+    cs.CertificateVerificationContext,
+    cs.CertificateManagementContext,
+    cs.CryptoResourceGuard,
+    cs.KeySlotObject,
+    cs.VerificationReport,
+    cs.SealContextConfig,
+    cs.SealContext,
 ]
 FUNCTIONS: list[Callable[..., Any]] = [cs.create_crypto_stack]
 
@@ -100,9 +120,15 @@ class Valid:
 
     def for_param(self, name: str, hint: Any) -> object:
         by_name: dict[str, object] = {
-            "algorithm": "SHA-256", "operation": "hash", "name": "PreDeployedSlot",
-            "endpoint": "inproc://", "profile": "rfc5280", "policies": ["2.5.29.32.0"],
-            "source": io.BytesIO(b""), "sink": io.BytesIO(), "out": bytearray(64),
+            "algorithm": "SHA-256",
+            "operation": "hash",
+            "name": "PreDeployedSlot",
+            "endpoint": "inproc://",
+            "profile": "rfc5280",
+            "policies": ["2.5.29.32.0"],
+            "source": io.BytesIO(b""),
+            "sink": io.BytesIO(),
+            "out": bytearray(64),
         }
         if name in by_name:
             return by_name[name]
@@ -149,9 +175,13 @@ def _cases() -> Iterator[Any]:
                 accepted = _accepted(hints[param.name])
                 for wrong in CANDIDATES:
                     if not _admits(accepted, wrong):
-                        yield pytest.param(cls, method_name, param.name, wrong,
-                                           id=f"{cls.__name__}.{method_name}({param.name}="
-                                              f"{type(wrong).__name__})")
+                        yield pytest.param(
+                            cls,
+                            method_name,
+                            param.name,
+                            wrong,
+                            id=f"{cls.__name__}.{method_name}({param.name}={type(wrong).__name__})",
+                        )
 
 
 CASES = list(_cases())
@@ -160,32 +190,44 @@ CASES = list(_cases())
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[cs.CryptoStack, cs.CryptoContext, dict[type, object]]]:
     """A stack on the mock provider and one live instance of each public class."""
-    config = {"daemon": {"allow_test_providers": True},
-              "providers": [{"name": "mock", "id": 1}],
-              "key_slots": [{"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1,
-                             "provision": "generate"},
-                            {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1,
-                             "provision": "generate"}]}
-    stack = cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                   .set_daemon_config(config))
+    config = {
+        "daemon": {"allow_test_providers": True},
+        "providers": [{"name": "mock", "id": 1}],
+        "key_slots": [
+            {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1, "provision": "generate"},
+            {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1, "provision": "generate"},
+        ],
+    }
+    stack = cs.create_crypto_stack(
+        cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(config)
+    )
     ctx = stack.create_crypto_context()
     slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
     hmac = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
     km = ctx.create_key_management_context()
     guard = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
     instances: dict[type, object] = {
-        cs.CryptoStack: stack, cs.CryptoContext: ctx,
+        cs.CryptoStack: stack,
+        cs.CryptoContext: ctx,
         cs.HashContext: ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")),
         cs.CipherContext: ctx.create_cipher_context(
-            cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(slot)
-            .set_direction(cs.CipherDirection.ENCRYPT)),
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-GCM")
+            .set_key(slot)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        ),
         cs.SignContext: ctx.create_sign_context(
-            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(hmac)),
+            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(hmac)
+        ),
         cs.VerifyContext: ctx.create_verify_context(
-            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(hmac)),
+            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(hmac)
+        ),
         cs.StreamingAeadContext: ctx.create_streaming_aead_context(
-            cs.StreamingAeadContextConfig().set_algorithm("AES-256-GCM-HKDF-4KB").set_key(slot)
-            .set_direction(cs.CipherDirection.ENCRYPT)),
+            cs.StreamingAeadContextConfig()
+            .set_algorithm("AES-256-GCM-HKDF-4KB")
+            .set_key(slot)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        ),
         # The mock has no KEM or key agreement: bare instances, whose arguments are checked
         # before any state of theirs is touched (which this also shows).
         cs.KemContext: object.__new__(KemContext),
@@ -211,23 +253,29 @@ def test_the_cases_cover_every_public_method() -> None:
 
 @pytest.mark.parametrize(("cls", "method_name", "param", "wrong"), CASES)
 def test_a_wrong_argument_type_is_invalid_argument(
-        live: tuple[cs.CryptoStack, cs.CryptoContext, dict[type, object]],
-        cls: type, method_name: str, param: str, wrong: object) -> None:
+    live: tuple[cs.CryptoStack, cs.CryptoContext, dict[type, object]],
+    cls: type,
+    method_name: str,
+    param: str,
+    wrong: object,
+) -> None:
     stack, ctx, instances = live
     instance = instances[cls] if cls in instances else cls()
     valid = Valid(stack, ctx)
     method = getattr(instance, method_name)
     hints = typing.get_type_hints(getattr(cls, method_name))
-    kwargs = {p.name: (wrong if p.name == param else valid.for_param(p.name, hints[p.name]))
-              for p in list(inspect.signature(method).parameters.values())}
+    kwargs = {
+        p.name: (wrong if p.name == param else valid.for_param(p.name, hints[p.name]))
+        for p in list(inspect.signature(method).parameters.values())
+    }
     with pytest.raises(cs.CryptoError) as err:
         method(**kwargs)
     assert err.value.code is E.INVALID_ARGUMENT, err.value
-    assert param in err.value.message and type(wrong).__name__ in err.value.message, \
-        err.value.message
+    assert param in err.value.message and type(wrong).__name__ in err.value.message, err.value.message
     # Nothing was started: a context in the middle of a message would say so now.
-    if isinstance(instance, (cs.HashContext, cs.SignContext, cs.CipherContext)) \
-            and not isinstance(instance, cs.VerifyContext):
+    if isinstance(instance, (cs.HashContext, cs.SignContext, cs.CipherContext)) and not isinstance(
+        instance, cs.VerifyContext
+    ):
         assert instance._state != "active"
 
 
@@ -246,8 +294,7 @@ def test_the_reported_cases(inproc_stack: cs.CryptoStack) -> None:
         with pytest.raises(cs.CryptoError) as err:
             h.single_shot("hello")  # type: ignore[arg-type]
         assert err.value.code is E.INVALID_ARGUMENT
-        assert err.value.message.startswith("data must be bytes-like") and "got str" in \
-            err.value.message
+        assert err.value.message.startswith("data must be bytes-like") and "got str" in err.value.message
         assert h.single_shot(b"hello").hex().startswith("2cf24dba")
     with pytest.raises(cs.CryptoError) as err:
         cs.SignContextConfig().set_context(5)  # type: ignore[arg-type]

@@ -40,8 +40,7 @@ def hash_config(provider: int | None = None) -> cs.HashContextConfig:
 
 
 # --- asyncio: pipelining on one connection ------------------------------------------------------
-def test_async_tasks_share_one_connection_and_get_their_own_answers(
-        daemon: DaemonProcess) -> None:
+def test_async_tasks_share_one_connection_and_get_their_own_answers(daemon: DaemonProcess) -> None:
     messages = [os.urandom(1 + i % 97) for i in range(300)]
 
     async def main() -> list[bytes]:
@@ -49,14 +48,14 @@ def test_async_tasks_share_one_connection_and_get_their_own_answers(
         async with cs.create_async_crypto_stack(config) as stack:
             ctx = stack.create_crypto_context()
             hashers = [await ctx.create_hash_context(hash_config()) for _ in range(16)]
-            return await asyncio.gather(*(hashers[i % 16].single_shot(m)
-                                          for i, m in enumerate(messages)))
+            return await asyncio.gather(*(hashers[i % 16].single_shot(m) for i, m in enumerate(messages)))
 
     assert asyncio.run(main()) == [hashlib.sha256(m).digest() for m in messages]
 
 
 def test_async_request_in_flight_does_not_hold_up_others(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """One task's call is held in the daemon; another task's calls on the same connection
     are answered meanwhile; a third task's deadline passes without disturbing either; the
     held call then completes with its own answer."""
@@ -70,7 +69,8 @@ def test_async_request_in_flight_does_not_hold_up_others(
                 ctx = stack.create_crypto_context()
                 km = ctx.create_key_management_context()
                 impatient = ctx.create_key_management_context(
-                    cs.KeyManagementContextConfig().set_operation_timeout(0.2))
+                    cs.KeyManagementContextConfig().set_operation_timeout(0.2)
+                )
                 quick = await ctx.create_hash_context(hash_config())
                 slow = asyncio.ensure_future(km.generate_random(16))
                 loop = asyncio.get_running_loop()
@@ -78,8 +78,7 @@ def test_async_request_in_flight_does_not_hold_up_others(
                 assert not slow.done()
                 # The connection still carries other requests, answered in any order.
                 for i in range(20):
-                    assert await quick.single_shot(b"%d" % i) == \
-                        hashlib.sha256(b"%d" % i).digest()
+                    assert await quick.single_shot(b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
                 with pytest.raises(cs.CryptoError) as err:
                     await impatient.generate_random(16)  # held at the gate too
                 assert err.value.code is E.OPERATION_TIMED_OUT
@@ -88,8 +87,9 @@ def test_async_request_in_flight_does_not_hold_up_others(
                 assert len(await asyncio.wait_for(slow, WAIT)) == 16
                 # The late answer of the timed-out request was dropped, not given to others.
                 for i in range(5):
-                    assert await quick.single_shot(b"after %d" % i) == \
-                        hashlib.sha256(b"after %d" % i).digest()
+                    assert (
+                        await quick.single_shot(b"after %d" % i) == hashlib.sha256(b"after %d" % i).digest()
+                    )
                 assert len((await stack.status())["clients"]) == 1
 
         asyncio.run(main())
@@ -116,7 +116,8 @@ def test_async_cancelled_request_does_not_poison_the_connection(daemon: DaemonPr
 
 
 def test_async_more_tasks_than_the_daemon_takes_in_flight(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """More concurrent calls than ``max_in_flight``: the client holds the rest back instead
     of having them refused; all are answered."""
     gate = Gate()
@@ -128,8 +129,7 @@ def test_async_more_tasks_than_the_daemon_takes_in_flight(
             async with cs.create_async_crypto_stack(config) as stack:
                 ctx = stack.create_crypto_context()
                 hashers = [await ctx.create_hash_context(hash_config()) for _ in range(100)]
-                calls = [asyncio.ensure_future(h.single_shot(b"%d" % i))
-                         for i, h in enumerate(hashers)]
+                calls = [asyncio.ensure_future(h.single_shot(b"%d" % i)) for i, h in enumerate(hashers)]
                 loop = asyncio.get_running_loop()
                 assert await loop.run_in_executor(None, gate.wait_arrival, WAIT)
                 gate.open()
@@ -145,6 +145,7 @@ def test_async_more_tasks_than_the_daemon_takes_in_flight(
 def test_threads_share_one_connection_and_get_their_own_answers(daemon: DaemonProcess) -> None:
     errors: list[BaseException] = []
     with daemon.stack() as stack:
+
         def work(n: int) -> None:
             try:
                 h = stack.create_crypto_context().create_hash_context(hash_config())
@@ -165,7 +166,8 @@ def test_threads_share_one_connection_and_get_their_own_answers(daemon: DaemonPr
 
 
 def test_threads_requests_are_in_flight_together(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """A thread's call held in the daemon does not block another thread's calls on the
     same stack; a third thread's deadline passes alone; the connection stays usable."""
     gate = Gate()
@@ -182,7 +184,8 @@ def test_threads_requests_are_in_flight_together(
             for i in range(20):
                 assert quick.single_shot(b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
             impatient = ctx.create_key_management_context(
-                cs.KeyManagementContextConfig().set_operation_timeout(0.2))
+                cs.KeyManagementContextConfig().set_operation_timeout(0.2)
+            )
             with pytest.raises(cs.CryptoError) as err:
                 impatient.generate_random(16)
             assert err.value.code is E.OPERATION_TIMED_OUT
@@ -196,7 +199,8 @@ def test_threads_requests_are_in_flight_together(
 
 
 def test_slow_calls_from_threads_run_together_on_one_stack(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Six slow calls from six threads on one stack are all in the daemon at once (the old
     client sent one request at a time per connection)."""
     gate = Gate()
@@ -205,8 +209,7 @@ def test_slow_calls_from_threads_run_together_on_one_stack(
         with daemon.stack() as stack:
             km = stack.create_crypto_context().create_key_management_context()
             keys: list[Any] = []
-            threads = [threading.Thread(target=lambda: keys.append(km.generate_random(32)))
-                       for _ in range(6)]
+            threads = [threading.Thread(target=lambda: keys.append(km.generate_random(32))) for _ in range(6)]
             for t in threads:
                 t.start()
             for _ in range(6):  # all six reach the provider before any is let through
@@ -220,26 +223,32 @@ def test_slow_calls_from_threads_run_together_on_one_stack(
 
 
 # --- the daemon: requests on one context in arrival order -----------------------------------------
-def test_an_inline_request_waits_for_the_earlier_one_on_its_context(
-        daemon: DaemonProcess) -> None:
+def test_an_inline_request_waits_for_the_earlier_one_on_its_context(daemon: DaemonProcess) -> None:
     """Regression: a small update (served on the event loop) pipelined behind a large one
     (sent to a thread) ran first, and the digest came out of order."""
     with RawClient(daemon.socket_path, timeout=WAIT) as raw:
         ctx = raw.request("hash.create", {"algorithm": "SHA-256"}, 1)["result"]["ctx"]
         for round_ in range(5):
             big, small = os.urandom(70000), os.urandom(100)
-            raw.send_raw(b"".join(RawClient.frame(m) for m in (
-                {"id": 2, "op": "hash.init", "args": {"ctx": ctx}},
-                {"id": 3, "op": "hash.update", "args": {"ctx": ctx, "data": big}},
-                {"id": 4, "op": "hash.update", "args": {"ctx": ctx, "data": small}},
-                {"id": 5, "op": "hash.finalize", "args": {"ctx": ctx}})))
+            raw.send_raw(
+                b"".join(
+                    RawClient.frame(m)
+                    for m in (
+                        {"id": 2, "op": "hash.init", "args": {"ctx": ctx}},
+                        {"id": 3, "op": "hash.update", "args": {"ctx": ctx, "data": big}},
+                        {"id": 4, "op": "hash.update", "args": {"ctx": ctx, "data": small}},
+                        {"id": 5, "op": "hash.finalize", "args": {"ctx": ctx}},
+                    )
+                )
+            )
             answers = {a["id"]: a for a in (raw.recv(), raw.recv(), raw.recv(), raw.recv())}
             assert all(a["ok"] for a in answers.values()), answers
             assert answers[5]["result"] == hashlib.sha256(big + small).digest(), round_
 
 
 def test_pipelined_requests_on_one_context_run_in_order(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Regression: a small update pipelined behind a large one (which runs on a thread) ran
     first on the event loop, and the digest came out of order."""
     gate = Gate()
@@ -248,12 +257,16 @@ def test_pipelined_requests_on_one_context_run_in_order(
         with RawClient(daemon.socket_path, timeout=WAIT) as raw:
             ctx = raw.request("hash.create", {"algorithm": "SHA-256"}, 1)["result"]["ctx"]
             big, small = os.urandom(70000), b"small and late"
-            frames = b"".join(RawClient.frame(m) for m in (
-                {"id": 2, "op": "hash.init", "args": {"ctx": ctx}},
-                {"id": 3, "op": "hash.update", "args": {"ctx": ctx, "data": big}},
-                {"id": 4, "op": "hash.update", "args": {"ctx": ctx, "data": small}},
-                {"id": 5, "op": "hash.finalize", "args": {"ctx": ctx}},
-                {"id": 6, "op": "ping", "args": {}}))
+            frames = b"".join(
+                RawClient.frame(m)
+                for m in (
+                    {"id": 2, "op": "hash.init", "args": {"ctx": ctx}},
+                    {"id": 3, "op": "hash.update", "args": {"ctx": ctx, "data": big}},
+                    {"id": 4, "op": "hash.update", "args": {"ctx": ctx, "data": small}},
+                    {"id": 5, "op": "hash.finalize", "args": {"ctx": ctx}},
+                    {"id": 6, "op": "ping", "args": {}},
+                )
+            )
             raw.send_raw(frames)
             assert gate.wait_arrival(WAIT)  # the large update is held in the provider
             first = raw.recv()  # the init, and the ping: other work is not held up
@@ -268,16 +281,27 @@ def test_pipelined_requests_on_one_context_run_in_order(
 
 
 def test_a_request_waiting_for_its_context_keeps_its_deadline(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     gate = Gate()
     try:
         daemon = daemon_factory(gated_config(mock_config, gate))
         with RawClient(daemon.socket_path, timeout=WAIT) as raw:
             ctx = raw.request("hash.create", {"algorithm": "SHA-256"}, 1)["result"]["ctx"]
-            raw.send_raw(b"".join(RawClient.frame(m) for m in (
-                {"id": 2, "op": "hash.single_shot", "args": {"ctx": ctx, "data": b"x"}},
-                {"id": 3, "op": "hash.single_shot", "args": {"ctx": ctx, "data": b"y"},
-                 "timeout_ms": 200})))
+            raw.send_raw(
+                b"".join(
+                    RawClient.frame(m)
+                    for m in (
+                        {"id": 2, "op": "hash.single_shot", "args": {"ctx": ctx, "data": b"x"}},
+                        {
+                            "id": 3,
+                            "op": "hash.single_shot",
+                            "args": {"ctx": ctx, "data": b"y"},
+                            "timeout_ms": 200,
+                        },
+                    )
+                )
+            )
             assert gate.wait_arrival(WAIT)
             late = raw.recv()  # the second waits behind the first and times out there
             assert late["id"] == 3 and late["error"]["code"] == "OPERATION_TIMED_OUT"

@@ -17,7 +17,7 @@ import pytest
 import cryptostack_core as cs
 from cryptostack_core import ErrorCode as E
 
-SNIPPET = '''
+SNIPPET = """
 import cryptostack_core as cs
 
 def flows(stack: cs.CryptoStack, slot: cs.CryptoResourceId) -> None:
@@ -58,7 +58,7 @@ def flows(stack: cs.CryptoStack, slot: cs.CryptoResourceId) -> None:
     status["provders"]
     reveal_type(stack.explain("SHA-256", "hash")[0]["taken"])
     reveal_type(stack.algorithms()[0]["providers"])
-'''
+"""
 
 EXPECTED_REVEALS = [
     "cryptostack_core.client.stack.CryptoStack",
@@ -92,10 +92,25 @@ def _mypy(tmp_path: Path, source: str) -> str:
     package_root = Path(cs.__file__).resolve().parent.parent
     if package_root.name != "site-packages":  # an editable install: show mypy the source
         env["MYPYPATH"] = str(package_root)
-    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
-                           "--cache-dir", str(tmp_path / "cache"), "--hide-error-context",
-                           "--no-pretty", "snippet.py"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-error-summary",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--hide-error-context",
+            "--no-pretty",
+            "snippet.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "import-not-found" not in done.stdout, done.stdout
     return done.stdout
 
@@ -106,8 +121,7 @@ def test_context_managers_and_results_are_typed_for_mypy(tmp_path: Path) -> None
     reveals = [r.replace("builtins.", "") for r in re.findall(r'Revealed type is "(.*)"', out)]
     assert len(reveals) == len(EXPECTED_REVEALS), out
     for got, expected in zip(reveals, EXPECTED_REVEALS):
-        assert got == expected or (expected.endswith("{") and got.startswith(expected)), \
-            (got, expected)
+        assert got == expected or (expected.endswith("{") and got.startswith(expected)), (got, expected)
     errors = [line for line in out.splitlines() if ": error:" in line]
     # Exactly the three mistakes of the snippet are caught: a typo in a method name, a str
     # for bytes, a misspelt status key.
@@ -117,16 +131,14 @@ def test_context_managers_and_results_are_typed_for_mypy(tmp_path: Path) -> None
     assert '"provders"' in errors[2] and "DaemonStatus" in errors[2]
 
 
-def _check_keys(name: str, data: dict[str, object], shape: typing.Any,
-                extra_allowed: bool = False) -> None:
+def _check_keys(name: str, data: dict[str, object], shape: typing.Any, extra_allowed: bool = False) -> None:
     required, optional = set(shape.__required_keys__), set(shape.__optional_keys__)
     assert required <= set(data), (name, required - set(data))
     if not extra_allowed:
         assert set(data) <= required | optional, (name, set(data) - required - optional)
 
 
-def test_status_explain_and_algorithms_match_their_typed_dicts(
-        any_stack: cs.CryptoStack) -> None:
+def test_status_explain_and_algorithms_match_their_typed_dicts(any_stack: cs.CryptoStack) -> None:
     status = any_stack.status()
     _check_keys("status", dict(status), cs.DaemonStatus)
     assert "warnings" in status  # this test's uid is the daemon's: an admin
@@ -146,11 +158,13 @@ def test_status_explain_and_algorithms_match_their_typed_dicts(
 def test_verify_or_raise(inproc_stack: cs.CryptoStack) -> None:
     ctx = inproc_stack.create_crypto_context()
     slot = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
-    with ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                 .set_key(slot)) as signer:
+    with ctx.create_sign_context(
+        cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot)
+    ) as signer:
         tag = signer.sign(b"message")
-    with ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256")
-                                   .set_key(slot)) as verifier:
+    with ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot)
+    ) as verifier:
         assert verifier.verify_or_raise(b"message", tag) is None  # type: ignore[func-returns-value]
         with pytest.raises(cs.CryptoError) as err:
             verifier.verify_or_raise(b"messagE", tag)

@@ -155,17 +155,14 @@ def test_provider_that_fails_to_load_is_reported(
     config = mock_config()
     config["providers"] += [{"name": "mock", "id": 9, "options": {"unavailable": "no token"}}]
     config["providers"][1]["name"] = "mock"
-    config["providers"] = [config["providers"][0],
-                           {"name": "nosuchprovider", "id": 8, "optional": True}]
+    config["providers"] = [config["providers"][0], {"name": "nosuchprovider", "id": 8, "optional": True}]
     d = daemon_factory(config)
     with d.stack() as stack:
         providers = {p["id"]: p for p in stack.status()["providers"]}
         assert providers[1]["state"] == "ready"
         assert providers[8]["state"] == "unavailable"
         assert "nosuchprovider" in providers[8]["reason"]
-        h = stack.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256")
-        )
+        h = stack.create_crypto_context().create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
         assert len(h.single_shot(b"still serving")) == 32
 
 
@@ -194,29 +191,19 @@ def test_hostile_input_gets_errors_and_never_harms_others(daemon: DaemonProcess)
             error_code(raw.request("hash.create", {"algorithm": "SHA-256", "provider": "one"}, 5))
             == "INVALID_ARGUMENT"
         )
-        assert (
-            error_code(raw.request("hash.update", {"ctx": 999, "data": b"x"}, 6))
-            == "RESOURCE_NOT_FOUND"
-        )
+        assert error_code(raw.request("hash.update", {"ctx": 999, "data": b"x"}, 6)) == "RESOURCE_NOT_FOUND"
         assert (
             error_code(raw.request("key.load", {"slot": {"type": "KEY_SLOT", "handle": 4242}}, 7))
             == "RESOURCE_NOT_FOUND"
         )
-        assert (
-            error_code(raw.request("key.load", {"slot": "PreDeployedSlot"}, 8))
-            == "INVALID_ARGUMENT"
-        )
+        assert error_code(raw.request("key.load", {"slot": "PreDeployedSlot"}, 8)) == "INVALID_ARGUMENT"
         created = raw.request("hash.create", {"algorithm": "SHA-256"}, 9)
         ctx_id = created["result"]["ctx"]
         assert error_code(raw.request("hash.finalize", {"ctx": ctx_id}, 10)) == "INVALID_STATE"
-        assert (
-            error_code(raw.request("hash.update", {"ctx": ctx_id, "data": b"x"}, 11))
-            == "INVALID_STATE"
-        )
+        assert error_code(raw.request("hash.update", {"ctx": ctx_id, "data": b"x"}, 11)) == "INVALID_STATE"
         assert raw.request("hash.init", {"ctx": ctx_id}, 12)["ok"]
         assert (
-            error_code(raw.request("hash.update", {"ctx": ctx_id, "data": "text"}, 13))
-            == "INVALID_ARGUMENT"
+            error_code(raw.request("hash.update", {"ctx": ctx_id, "data": "text"}, 13)) == "INVALID_ARGUMENT"
         )
         assert error_code(raw.request("hash.update", {"ctx": ctx_id}, 14)) == "INVALID_ARGUMENT"
         raw.send({"op": "ping"})  # no id
@@ -277,8 +264,11 @@ def test_killed_client_resources_freed_and_other_stream_completes(daemon: Daemon
             assert clients[child.pid]["contexts"] == 4 and clients[child.pid]["guards"] == 3
             child.kill()
             child.wait()
-            eventually(lambda: child.pid not in {c["pid"] for c in other.status()["clients"]},
-                       30, "the killed client's resources freed")
+            eventually(
+                lambda: child.pid not in {c["pid"] for c in other.status()["clients"]},
+                30,
+                "the killed client's resources freed",
+            )
             h.update(b"b" * 100000)
             import hashlib
 
@@ -297,10 +287,7 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
         km = ctx.create_key_management_context()
         eph = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
         enc = ctx.create_cipher_context(
-            cs.CipherContextConfig()
-            .set_algorithm("AES-256-CBC")
-            .set_key(eph)
-            .set_direction(D.ENCRYPT)
+            cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(eph).set_direction(D.ENCRYPT)
         )
         enc.init(IV)
         ct = enc.update(plaintext) + enc.finalize()
@@ -311,10 +298,7 @@ def test_persist_survives_sigkill(daemon: DaemonProcess) -> None:
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT)
         dec = ctx.create_cipher_context(
-            cs.CipherContextConfig()
-            .set_algorithm("AES-256-CBC")
-            .set_key(slot)
-            .set_direction(D.DECRYPT)
+            cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(slot).set_direction(D.DECRYPT)
         )
         dec.init(IV)
         assert dec.update(ct) + dec.finalize() == plaintext
@@ -330,9 +314,7 @@ def test_slow_provider_call_does_not_stall_other_clients(
 ) -> None:
     gate = Gate()
     config = mock_config()
-    config["providers"].append(
-        {"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}}
-    )
+    config["providers"].append({"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}})
     config["providers"][1]["name"] = "mock"
     d = daemon_factory(config)
     done = threading.Event()
@@ -361,7 +343,8 @@ def test_slow_provider_call_does_not_stall_other_clients(
 
 
 def test_a_late_answer_to_a_timed_out_call_frees_what_it_made(
-    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess],
+    mock_config: MockConfig,
+    daemon_factory: Callable[..., DaemonProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Regression (a CI run of the kit's gate check): the client gives up at its deadline
@@ -372,9 +355,7 @@ def test_a_late_answer_to_a_timed_out_call_frees_what_it_made(
     so the window is as wide as the test needs."""
     gate = Gate()
     config = mock_config()
-    config["providers"].append(
-        {"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}}
-    )
+    config["providers"].append({"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}})
     d = daemon_factory(config)
     try:
         with d.stack() as stack:
@@ -386,7 +367,8 @@ def test_a_late_answer_to_a_timed_out_call_frees_what_it_made(
 
             monkeypatch.setattr(transport.protocol, "request", later_for_the_daemon)
             km = stack.create_crypto_context().create_key_management_context(
-                cs.KeyManagementContextConfig().set_operation_timeout(0.3))
+                cs.KeyManagementContextConfig().set_operation_timeout(0.3)
+            )
             with pytest.raises(cs.CryptoError) as err:
                 km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_provider(9))
             assert err.value.code is E.OPERATION_TIMED_OUT
@@ -416,9 +398,7 @@ def test_timeout_over_socket_puts_context_in_error_state_only(
         slow = ctx.create_hash_context(
             cs.HashContextConfig().set_algorithm("SHA-256").set_operation_timeout(0.2)
         )
-        other = ctx.create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256").disable_timeout()
-        )
+        other = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256").disable_timeout())
         with pytest.raises(cs.CryptoError) as err:
             slow.single_shot(b"x")  # held at finalize: can only end at the client's deadline
         assert err.value.code is E.OPERATION_TIMED_OUT
@@ -501,15 +481,10 @@ def test_audit_log_records_identity_and_never_secrets(
             .set_permissions(cs.KeyOperationPermission.MAC | cs.KeyOperationPermission.EXPORT)
         )
         secret = km.export_key(key)
-        ctx.create_sign_context(
-            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(key)
-        ).sign(b"m")
+        ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(key)).sign(b"m")
         with pytest.raises(cs.CryptoError):
             ctx.create_cipher_context(
-                cs.CipherContextConfig()
-                .set_algorithm("AES-256-CBC")
-                .set_key(key)
-                .set_direction(D.ENCRYPT)
+                cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(key).set_direction(D.ENCRYPT)
             )
     d.stop()
     events = [json.loads(line) for line in audit.read_text().splitlines()]
@@ -517,9 +492,7 @@ def test_audit_log_records_identity_and_never_secrets(
     assert ("key.generate", "ok") in actions and ("key.export", "ok") in actions
     assert ("key.use", "ok") in actions
     assert ("key.use", "KEY_OPERATION_NOT_PERMITTED") in actions
-    assert all(
-        e["client"]["pid"] == os.getpid() and e["client"]["uid"] == os.getuid() for e in events
-    )
+    assert all(e["client"]["pid"] == os.getpid() and e["client"]["uid"] == os.getuid() for e in events)
     text = audit.read_text()
     assert secret.hex() not in text and secret.hex().upper() not in text
 
@@ -531,8 +504,7 @@ def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
 
     big = os.urandom(3 << 20)
     with daemon.stack() as stack:
-        h = stack.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256"))
+        h = stack.create_crypto_context().create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
         h.init()
         h.update(big)
         h.update(big[:1000])
@@ -544,32 +516,32 @@ def test_shared_memory_path_for_large_buffers(daemon: DaemonProcess) -> None:
     def with_fd(message: dict[str, Any], fd: int) -> dict[str, Any]:
         assert raw.request("shm.attach", {}, 90)["result"] == {"ready": True}
         body = cbor2.dumps(message)
-        raw.sock.sendmsg([struct.pack(">I", len(body)) + body], [
-            (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+        raw.sock.sendmsg(
+            [struct.pack(">I", len(body)) + body],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())],
+        )
         return raw.recv()
 
     ctx_id = raw.request("hash.create", {"algorithm": "SHA-256"}, 3)["result"]["ctx"]
     with open(daemon.config_path, "rb") as not_a_memfd:
-        reply = with_fd({"id": 1, "op": "hash.init", "args": {"ctx": ctx_id}},
-                        not_a_memfd.fileno())
+        reply = with_fd({"id": 1, "op": "hash.init", "args": {"ctx": ctx_id}}, not_a_memfd.fileno())
     assert error_code(reply) == "INVALID_ARGUMENT" and reply["error"]["shm_refused"] is True
     fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 8192)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
     assert with_fd({"id": 2, "op": "hash.init", "args": {"ctx": ctx_id}}, fd)["ok"]
     reply = raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [4096, 8192]}}, 5)
     assert error_code(reply) == "INVALID_ARGUMENT"
     assert raw.request("hash.update", {"ctx": ctx_id, "data": {"shm": [0, 8192]}}, 6)["ok"]
-    assert raw.request("hash.finalize", {"ctx": ctx_id}, 7)["result"] == \
-        hashlib.sha256(bytes(8192)).digest()
+    assert raw.request("hash.finalize", {"ctx": ctx_id}, 7)["result"] == hashlib.sha256(bytes(8192)).digest()
     # A descriptor on a frame not announced by shm.attach never reaches the daemon's frames.
     os.close(fd)
     raw.close()
 
 
 def test_silent_and_non_reading_clients_are_contained(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     d = daemon_factory(mock_config(hello_timeout=0.3))
     silent = RawClient(d.socket_path, hello=False)
     reply = silent.recv()  # nothing sent: the daemon gives up on us

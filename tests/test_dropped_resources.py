@@ -47,8 +47,7 @@ def test_a_dropped_context_or_guard_warns_and_is_released(any_stack: cs.CryptoSt
     ctx = stack.create_crypto_context()
     km = ctx.create_key_management_context()
     key = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256"))
-    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                     .set_key(key))
+    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(key))
     assert len(signer.sign(b"m")) == 32
     assert _mine(stack)["contexts"] == 1 and _mine(stack)["guards"] == 1
     with pytest.warns(ResourceWarning, match="never closed"):
@@ -68,7 +67,8 @@ def test_closed_contexts_and_a_closed_stack_do_not_warn(any_stack: cs.CryptoStac
         with ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")) as h:
             h.single_shot(b"x")
         key = ctx.create_key_management_context().generate_key(
-            cs.GenerateKeyParams().set_algorithm("AES-256"))
+            cs.GenerateKeyParams().set_algorithm("AES-256")
+        )
         key.release()
         del h, key
         gc.collect()

@@ -153,13 +153,9 @@ def test_permissions(any_stack: cs.CryptoStack) -> None:
     )
     cipher(ctx, "AES-256-CBC", enc_key, D.ENCRYPT).close()
     with pytest.raises(cs.CryptoError) as err:
-        ctx.create_sign_context(
-            cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(enc_key)
-        )
+        ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(enc_key))
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
-    enc_only = km.generate_key(
-        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT)
-    )
+    enc_only = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT))
     with pytest.raises(cs.CryptoError) as err:
         cipher(ctx, "AES-256-CBC", enc_only, D.DECRYPT)
     assert err.value.code is E.KEY_OPERATION_NOT_PERMITTED
@@ -172,13 +168,9 @@ def test_permissions(any_stack: cs.CryptoStack) -> None:
         cs.GenerateKeyParams().set_algorithm("ECDSA-P256").set_permissions(P.AUTHENTICATION)
     )
     assert auth.permitted_operations == P.SIGN | P.VERIFY | P.MAC | P.AGREE
-    signer = ctx.create_sign_context(
-        cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
-    )
+    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(auth))
     sig = signer.sign(b"authenticated")
-    verifier = ctx.create_verify_context(
-        cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(auth)
-    )
+    verifier = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(auth))
     assert verifier.verify(b"authenticated", sig)
     assert not verifier.verify(b"tampered", sig)
     with pytest.raises(cs.CryptoError) as err:
@@ -201,12 +193,10 @@ def test_permissions(any_stack: cs.CryptoStack) -> None:
 def test_mac_slot_and_truncated_tags(any_stack: cs.CryptoStack) -> None:
     ctx = any_stack.create_crypto_context()
     slot = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
-    tag = ctx.create_sign_context(
-        cs.SignContextConfig().set_algorithm("HMAC-SHA256").set_key(slot)
-    ).sign(b"data")
-    full = ctx.create_verify_context(
-        cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot)
+    tag = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA256").set_key(slot)).sign(
+        b"data"
     )
+    full = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(slot))
     assert full.verify(b"data", tag)
     assert not full.verify(b"data", tag[:16])  # truncation is opt-in
     short = ctx.create_verify_context(
@@ -226,11 +216,12 @@ def test_timeouts_default_override_disable(tmp_path: object) -> None:
             {
                 "name": "mock",
                 "id": 1,
-                "options": {"delays": {"hash.update": 0.4, "generate_key": 0.4},
-                            "gates": {"hash.update": update_gate.path,
-                                      "generate_key": keygen_gate.path}},
+                "options": {
+                    "delays": {"hash.update": 0.4, "generate_key": 0.4},
+                    "gates": {"hash.update": update_gate.path, "generate_key": keygen_gate.path},
+                },
             }
-        ]
+        ],
     }
     cfg = (
         cs.CryptoStackConfig()
@@ -255,9 +246,7 @@ def test_timeouts_default_override_disable(tmp_path: object) -> None:
             update_gate.open()
             # Per-context override: a generous deadline outlasts the 0.4 s update.
             slow_ok = ctx.create_hash_context(
-                cs.HashContextConfig()
-                .set_algorithm("SHA-256")
-                .set_operation_timeout(timedelta(seconds=30))
+                cs.HashContextConfig().set_algorithm("SHA-256").set_operation_timeout(timedelta(seconds=30))
             )
             assert slow_ok.single_shot(b"x") == hashlib.sha256(b"x").digest()
             km_tight = ctx.create_key_management_context(
@@ -268,11 +257,9 @@ def test_timeouts_default_override_disable(tmp_path: object) -> None:
             assert err.value.code is E.OPERATION_TIMED_OUT
             keygen_gate.open()
             # disable_timeout for slow key generation.
-            km = ctx.create_key_management_context(
-                cs.KeyManagementContextConfig().disable_timeout())
+            km = ctx.create_key_management_context(cs.KeyManagementContextConfig().disable_timeout())
             assert (
-                km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type
-                is cs.ResourceType.KEY
+                km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")).type is cs.ResourceType.KEY
             )
     finally:
         update_gate.close()

@@ -37,16 +37,31 @@ CODES = {code.value for code in cs.ErrorCode}
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     config = {
-        "daemon": {"allow_test_providers": True, "max_frame_size": 4 << 20, "max_buffered_message": 4 << 20,
-                   "connection_memory_budget": 16 << 20, "memory_budget": 64 << 20,
-                   "frame_timeout": 5.0},
+        "daemon": {
+            "allow_test_providers": True,
+            "max_frame_size": 4 << 20,
+            "max_buffered_message": 4 << 20,
+            "connection_memory_budget": 16 << 20,
+            "memory_budget": 64 << 20,
+            "frame_timeout": 5.0,
+        },
         "providers": [{"name": "mock", "id": 1}],
         "key_slots": [
-            {"name": "PreDeployedSlot", "algorithm": "AES-256", "provider": 1,
-             "permissions": ["encrypt", "decrypt"], "provision": "generate"},
+            {
+                "name": "PreDeployedSlot",
+                "algorithm": "AES-256",
+                "provider": 1,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
             {"name": "MyNewSlot", "algorithm": "AES-256", "provider": 1},
-            {"name": "SigningKey", "algorithm": "HMAC-SHA-256", "provider": 1,
-             "permissions": ["sign", "verify", "mac"], "provision": "generate"},
+            {
+                "name": "SigningKey",
+                "algorithm": "HMAC-SHA-256",
+                "provider": 1,
+                "permissions": ["sign", "verify", "mac"],
+                "provision": "generate",
+            },
             {"name": "EmptySlot", "algorithm": "Ed25519", "provider": 1},
         ],
     }
@@ -105,7 +120,8 @@ def test_fuzzed_frames_never_harm_the_daemon(fuzz_target: DaemonProcess) -> None
         try:
             with fuzz_target.stack(timeout=30) as stack:
                 h = stack.create_crypto_context().create_hash_context(
-                    cs.HashContextConfig().set_algorithm("SHA-256"))
+                    cs.HashContextConfig().set_algorithm("SHA-256")
+                )
                 while not stop.is_set():
                     assert h.single_shot(b"bystander") == hashlib.sha256(b"bystander").digest()
                     time.sleep(0.005)
@@ -115,8 +131,13 @@ def test_fuzzed_frames_never_harm_the_daemon(fuzz_target: DaemonProcess) -> None
     thread = threading.Thread(target=bystander)
     thread.start()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def run(data: st.DataObject) -> None:
         _check(driver.exchange(data.draw(frames)))
@@ -127,8 +148,10 @@ def test_fuzzed_frames_never_harm_the_daemon(fuzz_target: DaemonProcess) -> None
         stop.set()
         thread.join(60)
     assert not bystander_errors, bystander_errors
-    print(f"fuzz: {driver.answers} answers, {driver.closes} closed connections, "
-          f"{dict(driver.outcomes.most_common())}")
+    print(
+        f"fuzz: {driver.answers} answers, {driver.closes} closed connections, "
+        f"{dict(driver.outcomes.most_common())}"
+    )
     assert driver.answers > EXAMPLES // 2
     assert driver.outcomes["ok"] > 0 and driver.outcomes["PROTOCOL_ERROR"] > 0
     assert fuzz_target.process is not None and fuzz_target.process.poll() is None

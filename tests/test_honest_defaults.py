@@ -44,8 +44,12 @@ def test_the_mock_needs_allow_test_providers(mock_config: MockConfig, tmp_path: 
     assert "test provider" in err.value.message and "allow_test_providers" in err.value.message
     # A daemon refuses to start (status 2) and says why.
     proc = DaemonProcess(tmp_path / "d", config)
-    done = subprocess.run([sys.executable, "-m", "cryptostack_core", "daemon", "--config",
-                           str(proc.config_path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "cryptostack_core", "daemon", "--config", str(proc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2, done.stderr
     assert "allow_test_providers = true" in done.stderr and "mock" in done.stderr
     assert not proc.socket_path.exists()
@@ -56,19 +60,26 @@ def test_an_allowed_mock_is_a_warning_at_start_and_in_status(daemon: DaemonProce
     with daemon.stack() as stack:
         warnings = stack.status()["warnings"]
     assert any("mock" in w and "test provider" in w for w in warnings)
-    text = subprocess.run([sys.executable, "-m", "cryptostack_core", "status", "--endpoint",
-                           daemon.endpoint], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "cryptostack_core", "status", "--endpoint", daemon.endpoint],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "WARNING: provider mock (1) is a test provider" in text
 
 
 def _mock_secrets(seed: str | None) -> tuple[bytes, bytes]:
     options = {} if seed is None else {"seed": seed}
-    config = {"daemon": {"allow_test_providers": True},
-              "providers": [{"name": "mock", "id": 1, "options": options}]}
+    config = {
+        "daemon": {"allow_test_providers": True},
+        "providers": [{"name": "mock", "id": 1, "options": options}],
+    }
     with cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(config)) as stack:
         km = stack.create_crypto_context().create_key_management_context()
-        key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                              .set_permissions(P.ENCRYPT | P.EXPORT))
+        key = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.EXPORT)
+        )
         return km.export_key(key), km.generate_random(32)
 
 
@@ -84,24 +95,26 @@ def _persist_and_encrypt(stack: cs.CryptoStack) -> bytes:
     km = ctx.create_key_management_context()
     key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
     km.persist_key(ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT), key)
-    enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                    .set_key(key).set_direction(D.ENCRYPT))
+    enc = ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(key).set_direction(D.ENCRYPT)
+    )
     enc.init(IV)
     return enc.update(b"kept across restarts") + enc.finalize()
 
 
 def _decrypt_from_slot(stack: cs.CryptoStack, ciphertext: bytes) -> bytes:
     ctx = stack.create_crypto_context()
-    dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                    .set_key(ctx.resolve_resource("MyNewSlot",
-                                                                  cs.ResourceType.KEY_SLOT))
-                                    .set_direction(D.DECRYPT))
+    dec = ctx.create_cipher_context(
+        cs.CipherContextConfig()
+        .set_algorithm("AES-256-CBC")
+        .set_key(ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT))
+        .set_direction(D.DECRYPT)
+    )
     dec.init(IV)
     return dec.update(ciphertext) + dec.finalize()
 
 
-def _minimal(directory: Path, config: dict[str, Any], env: dict[str, str] | None = None
-             ) -> DaemonProcess:
+def _minimal(directory: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> DaemonProcess:
     """A daemon on exactly ``config`` (DaemonProcess would add a key store path)."""
     proc = DaemonProcess(directory, config, env=env)
     proc.config_path.write_text(to_toml(config))
@@ -109,8 +122,9 @@ def _minimal(directory: Path, config: dict[str, Any], env: dict[str, str] | None
 
 
 @pytest.mark.parametrize("systemd", [False, True])
-def test_restart_keeps_keys_with_a_minimal_config(mock_config: MockConfig, tmp_path: Path,
-                                                  systemd: bool) -> None:
+def test_restart_keeps_keys_with_a_minimal_config(
+    mock_config: MockConfig, tmp_path: Path, systemd: bool
+) -> None:
     """No [daemon] keystore: the store goes under the state directory ($STATE_DIRECTORY,
     else beside the socket), its KEK beside (not inside) that directory."""
     config = mock_config(socket=str(tmp_path / "run" / "daemon.sock"), allow_root=True)
@@ -130,7 +144,8 @@ def test_restart_keeps_keys_with_a_minimal_config(mock_config: MockConfig, tmp_p
 
 
 def test_an_in_memory_store_is_a_configured_choice_with_a_warning(
-        mock_config: MockConfig, tmp_path: Path) -> None:
+    mock_config: MockConfig, tmp_path: Path
+) -> None:
     config = mock_config(socket=str(tmp_path / "d.sock"), keystore=":memory:", allow_root=True)
     proc = _minimal(tmp_path, config)
     with proc, proc.stack() as stack:
@@ -144,8 +159,8 @@ def test_an_in_memory_store_is_a_configured_choice_with_a_warning(
 
 
 def test_a_kek_at_its_former_default_is_used_with_a_warning_and_never_replaced(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     d = daemon_factory(mock_config(), name="old")
     with d.stack() as stack:
         ciphertext = _persist_and_encrypt(stack)
@@ -167,16 +182,15 @@ def test_a_kek_at_its_former_default_is_used_with_a_warning_and_never_replaced(
     d.stop()
 
 
-def test_keys_persist_through_inproc_only_with_a_key_store(mock_config: MockConfig,
-                                                            tmp_path: Path) -> None:
+def test_keys_persist_through_inproc_only_with_a_key_store(mock_config: MockConfig, tmp_path: Path) -> None:
     config = copy.deepcopy(mock_config())
     config["daemon"]["keystore"] = str(tmp_path / "store" / "keystore.sqlite3")
     stack_config = cs.CryptoStackConfig().set_daemon_config(config)
     with cs.create_crypto_stack(stack_config) as stack:
         ciphertext = _persist_and_encrypt(stack)
         assert stack.status()["warnings"] == [
-            "provider mock (1) is a test provider (allow_test_providers = true): not for "
-            "production"]
+            "provider mock (1) is a test provider (allow_test_providers = true): not for production"
+        ]
     assert (tmp_path / "store-kek" / "keystore.sqlite3.kek").is_file()
     with cs.create_crypto_stack(stack_config) as stack:
         assert _decrypt_from_slot(stack, ciphertext) == b"kept across restarts"

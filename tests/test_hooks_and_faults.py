@@ -50,15 +50,18 @@ def test_hook_plugins_see_audit_metrics_and_decide_access(mock_config: Any) -> N
         stack._channel.transport.service.pm.register(recorder)  # type: ignore[attr-defined]
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                        .set_key(slot).set_direction(cs.CipherDirection.ENCRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-CBC")
+            .set_key(slot)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        )
         enc.init(bytes(16))
         enc.update(b"audited at its outcome")
         enc.finalize()
         denied = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
         with pytest.raises(cs.CryptoError) as err:
-            ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                    .set_key(denied))
+            ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(denied))
         assert err.value.code is E.ACCESS_DENIED
     uses = [(e.action, e.resource, e.result) for e in recorder.events]
     assert ("key.use", "PreDeployedSlot", "ok") in uses
@@ -69,9 +72,16 @@ def test_hook_plugins_see_audit_metrics_and_decide_access(mock_config: Any) -> N
 
 
 def test_injected_provider_failures_abort_the_message_only() -> None:
-    config = {"daemon": {"allow_test_providers": True},
-              "providers": [{"name": "mock", "id": 1, "options": {
-                  "fail": {"hash.finalize": "PROVIDER_ERROR", "sign.init": "crash"}}}]}
+    config = {
+        "daemon": {"allow_test_providers": True},
+        "providers": [
+            {
+                "name": "mock",
+                "id": 1,
+                "options": {"fail": {"hash.finalize": "PROVIDER_ERROR", "sign.init": "crash"}},
+            }
+        ],
+    }
     with cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(config)) as stack:
         ctx = stack.create_crypto_context()
         h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
@@ -83,8 +93,7 @@ def test_injected_provider_failures_abort_the_message_only() -> None:
         h.init()  # the context is usable again: the failure aborted only that message
         km = ctx.create_key_management_context()
         key = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256"))
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                         .set_key(key))
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(key))
         with pytest.raises(cs.CryptoError) as err:
             signer.sign(b"m")  # a provider exception that is not a CryptoError
         assert err.value.code is E.PROVIDER_ERROR and "RuntimeError" in err.value.message
@@ -109,8 +118,7 @@ def test_client_gives_up_when_the_daemon_never_answers(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=silent_daemon, daemon=True)
     thread.start()
-    cfg = (cs.CryptoStackConfig().set_connection_endpoint(f"unix://{path}")
-           .set_default_operation_timeout(0.3))
+    cfg = cs.CryptoStackConfig().set_connection_endpoint(f"unix://{path}").set_default_operation_timeout(0.3)
     with cs.create_crypto_stack(cfg) as stack:
         started = time.monotonic()
         with pytest.raises(cs.CryptoError) as err:
@@ -130,14 +138,42 @@ def test_no_daemon_is_connection_failed(tmp_path: Path) -> None:
 
 
 def test_cli_explain(daemon: DaemonProcess) -> None:
-    out = subprocess.run([sys.executable, "-m", "cryptostack_core", "explain", "--endpoint",
-                          daemon.endpoint, "--algorithm", "aes-256-cbc", "--operation",
-                          "encrypt", "--key-slot", "PreDeployedSlot"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryptostack_core",
+            "explain",
+            "--endpoint",
+            daemon.endpoint,
+            "--algorithm",
+            "aes-256-cbc",
+            "--operation",
+            "encrypt",
+            "--key-slot",
+            "PreDeployedSlot",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "-> " in out and "mock" in out and "home provider" in out
-    missing = subprocess.run([sys.executable, "-m", "cryptostack_core", "explain", "--endpoint",
-                              daemon.endpoint, "--algorithm", "SHA-224", "--operation", "hash"],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryptostack_core",
+            "explain",
+            "--endpoint",
+            daemon.endpoint,
+            "--algorithm",
+            "SHA-224",
+            "--operation",
+            "hash",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 1 and "no compatible provider" in missing.stdout
 
 
@@ -147,8 +183,12 @@ def test_aead_decryption_is_bounded_by_the_buffered_message_limit(mock_config: A
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
         key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256"))
-        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                        .set_key(key).set_direction(cs.CipherDirection.DECRYPT))
+        dec = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-GCM")
+            .set_key(key)
+            .set_direction(cs.CipherDirection.DECRYPT)
+        )
         dec.init(bytes(12))
         assert dec.update(bytes(3000)) == b""
         with pytest.raises(cs.CryptoError) as err:
@@ -158,8 +198,12 @@ def test_aead_decryption_is_bounded_by_the_buffered_message_limit(mock_config: A
             dec.finalize()  # the message was discarded
         assert err.value.code is E.INVALID_STATE
         # Encryption refuses up front what decryption could not take (ciphertext + tag).
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                        .set_key(key).set_direction(cs.CipherDirection.ENCRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-GCM")
+            .set_key(key)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        )
         enc.init(bytes(12))
         assert len(enc.update(bytes(4080))) == 4080
         with pytest.raises(cs.CryptoError) as err:

@@ -55,8 +55,7 @@ def test_hybrid_kem_length_checks() -> None:
         _invalid(spec.combine, bytes(32), bytes(31), bytes(32), bytes(32))
     key = bytes(range(96))
     assert hybrid.X25519MLKEM768.expand_private_key(key) == (key[:64], key[64:])
-    assert hybrid.X25519MLKEM768.combine(b"m" * 32, b"x" * 32, bytes(32), bytes(32)) == \
-        b"m" * 32 + b"x" * 32
+    assert hybrid.X25519MLKEM768.combine(b"m" * 32, b"x" * 32, bytes(32), bytes(32)) == b"m" * 32 + b"x" * 32
     assert hybrid.hybrid_kem_by_oid("1.3.6.1.4.1.62253.25722") is hybrid.XWING
     assert hybrid.hybrid_kem_by_oid("1.2.3") is None
 
@@ -65,9 +64,12 @@ def _sample(name: str) -> dict[str, bytes]:
     """The draft's message-representative example, fields joined across wrapped lines."""
     text = (hv.VECTORS / f"composite-message-representative-{name}.md").read_text()
     fields: dict[str, bytes] = {}
-    for key, pattern in [("M", r"^M: ([0-9a-f]+)"), ("ctx", r"^ctx: ([0-9a-f]+|<empty>)"),
-                         ("PH", r"^PH\(M\): ([0-9a-f\n]+?)\n\n"),
-                         ("M'", r"^M': ([0-9a-f\n]+)")]:
+    for key, pattern in [
+        ("M", r"^M: ([0-9a-f]+)"),
+        ("ctx", r"^ctx: ([0-9a-f]+|<empty>)"),
+        ("PH", r"^PH\(M\): ([0-9a-f\n]+?)\n\n"),
+        ("M'", r"^M': ([0-9a-f\n]+)"),
+    ]:
         match = re.search(pattern, text, re.M | re.S)
         assert match, key
         value = match.group(1).replace("\n", "")
@@ -105,8 +107,11 @@ def test_composite_table_and_registry_agree() -> None:
     for name, kem in hybrid.HYBRID_KEMS.items():
         entry = REGISTRY.get(name)
         assert entry.kind is AlgorithmKind.KEM
-        assert (entry.public_key_size, entry.ciphertext_size, entry.shared_secret_size) == \
-            (kem.public_key_size, kem.ciphertext_size, kem.shared_secret_size)
+        assert (entry.public_key_size, entry.ciphertext_size, entry.shared_secret_size) == (
+            kem.public_key_size,
+            kem.ciphertext_size,
+            kem.shared_secret_size,
+        )
     assert REGISTRY.canonical("ML-DSA-65-ECDSA-P256") == "ML-DSA-65-ECDSA-P256-SHA512"
     assert REGISTRY.canonical("xwing") == "X-Wing"
 
@@ -131,7 +136,7 @@ def test_composite_encodings_round_trip_the_published_keys() -> None:
         for signature in (v.s, v.s_with_context):
             halves = spec.split_signature(signature)
             assert halves is not None and spec.join_signature(*halves) == signature
-        assert spec.split_signature(v.s[:spec.mldsa_signature_size]) is None
+        assert spec.split_signature(v.s[: spec.mldsa_signature_size]) is None
         assert spec.split_signature(v.s + bytes(200)) is None
 
 
@@ -150,30 +155,31 @@ def test_traditional_encodings_refuse_other_keys() -> None:
     _invalid(p256.decode_private, b"\x30\x03\x02\x01\x01")
     # RSA halves are PKCS#1, not SubjectPublicKeyInfo / PKCS#8 around it
     rsa_key = rsa2048.generate()
-    assert rsa2048.decode_public(rsa2048.encode_public(rsa_key.public_key())).public_numbers() \
+    assert (
+        rsa2048.decode_public(rsa2048.encode_public(rsa_key.public_key())).public_numbers()
         == rsa_key.public_key().public_numbers()
-    spki = rsa_key.public_key().public_bytes(ser.Encoding.DER,
-                                             ser.PublicFormat.SubjectPublicKeyInfo)
+    )
+    spki = rsa_key.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
     assert "composite encoding" in _invalid(rsa2048.decode_public, spki)
-    pkcs8 = rsa_key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8,
-                                  ser.NoEncryption())
+    pkcs8 = rsa_key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     assert "PKCS#1" in _invalid(rsa2048.decode_private, pkcs8)
     # the ECDSA half is the uncompressed point, and ECPrivateKey's publicKey must match
     point = key.public_key().public_bytes(ser.Encoding.X962, ser.PublicFormat.CompressedPoint)
     _invalid(p384.decode_public, point)
-    with_public = key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL,
-                                    ser.NoEncryption())
-    assert p384.encode_public(p384.decode_private(with_public).public_key()) == \
-        p384.encode_public(key.public_key())
-    other = p384.generate().private_bytes(ser.Encoding.DER,
-                                          ser.PrivateFormat.TraditionalOpenSSL,
-                                          ser.NoEncryption())
+    with_public = key.private_bytes(
+        ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL, ser.NoEncryption()
+    )
+    assert p384.encode_public(p384.decode_private(with_public).public_key()) == p384.encode_public(
+        key.public_key()
+    )
+    other = p384.generate().private_bytes(
+        ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL, ser.NoEncryption()
+    )
     tail = 2 + 2 + 1 + 97  # [1] { BIT STRING { 0x00, the 97-byte point } } ends both
     assert with_public[-tail] == other[-tail] == 0xA1
     mixed = with_public[:-tail] + other[-tail:]
     assert "does not match" in _invalid(p384.decode_private, mixed)
-    assert (p256.max_signature_size, p384.max_signature_size, ed.max_signature_size) == \
-        (72, 104, 64)
+    assert (p256.max_signature_size, p384.max_signature_size, ed.max_signature_size) == (72, 104, 64)
 
 
 def test_spki_pkcs8_and_pem_are_strict() -> None:
@@ -191,18 +197,26 @@ def test_spki_pkcs8_and_pem_are_strict() -> None:
     algorithm_with_null = bytes.fromhex("300f060b2b0601040183e62d81c87a0500")
     with_parameters = b"\x30\x16" + algorithm_with_null + b"\x03\x03\x00\x01\x02"
     assert "parameters must be absent" in _invalid(hybrid.decode_spki, with_parameters)
-    for bad in [good + b"\x00", good[:-1], b"", b"\x30\x80\x00\x00",
-                bytes([0x30, 0x81, 0x03]) + good[2:5],  # non-minimal length
-                good.replace(b"\x03\x82\x07\xe2\x00", b"\x03\x82\x07\xe2\x01"),  # unused bits
-                bytes(70 * 1024)]:
+    for bad in [
+        good + b"\x00",
+        good[:-1],
+        b"",
+        b"\x30\x80\x00\x00",
+        bytes([0x30, 0x81, 0x03]) + good[2:5],  # non-minimal length
+        good.replace(b"\x03\x82\x07\xe2\x00", b"\x03\x82\x07\xe2\x01"),  # unused bits
+        bytes(70 * 1024),
+    ]:
         _invalid(hybrid.decode_spki, bad)
     pkcs8 = hybrid.encode_pkcs8("1.3.6.1.5.5.7.6.45", bytes(83))
     assert hybrid.decode_pkcs8(pkcs8)[2] is None
     # version 1 with a [1] publicKey is returned for the caller to compare
     body = pkcs8[2:].replace(b"\x02\x01\x00", b"\x02\x01\x01", 1) + b"\x81\x03\x00\xab\xcd"
     assert hybrid.decode_pkcs8(bytes([0x30, len(body)]) + body)[2] == b"\xab\xcd"
-    for bad in [pkcs8[:-1], pkcs8.replace(b"\x02\x01\x00", b"\x02\x01\x02", 1),
-                bytes([0x30, len(pkcs8) - 2 + 5]) + pkcs8[2:] + b"\x81\x03\x00\xab\xcd"]:
+    for bad in [
+        pkcs8[:-1],
+        pkcs8.replace(b"\x02\x01\x00", b"\x02\x01\x02", 1),
+        bytes([0x30, len(pkcs8) - 2 + 5]) + pkcs8[2:] + b"\x81\x03\x00\xab\xcd",
+    ]:
         _invalid(hybrid.decode_pkcs8, bad)  # truncated, version 2, publicKey in version 0
     _invalid(hybrid.pem_decode, b"no pem here")
     _invalid(hybrid.pem_decode, b"-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----")

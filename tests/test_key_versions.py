@@ -31,18 +31,19 @@ ENC, DEC = cs.CipherDirection.ENCRYPT, cs.CipherDirection.DECRYPT
 MockConfig = Callable[..., dict[str, Any]]
 
 
-def _gcm(ctx: cs.CryptoContext, key: Any, direction: cs.CipherDirection, iv: bytes,
-         data: bytes) -> bytes:
-    with ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                   .set_key(key).set_direction(direction)) as c:
+def _gcm(ctx: cs.CryptoContext, key: Any, direction: cs.CipherDirection, iv: bytes, data: bytes) -> bytes:
+    with ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(key).set_direction(direction)
+    ) as c:
         c.init(iv)
         out = c.update(data)
         return out + c.finalize()
 
 
 def _new_key(km: cs.KeyManagementContext) -> cs.CryptoResourceGuard:
-    return km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                           .set_permissions(P.ENCRYPT | P.DECRYPT))
+    return km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+    )
 
 
 def test_rotation_keeps_old_versions_for_decryption(any_stack: cs.CryptoStack) -> None:
@@ -57,7 +58,9 @@ def test_rotation_keeps_old_versions_for_decryption(any_stack: cs.CryptoStack) -
     second = km.persist_key(slot, _new_key(km))
     assert second.version == 2
     assert [(v.version, v.state) for v in second.versions] == [
-        (1, cs.KeyVersionState.ACTIVE), (2, cs.KeyVersionState.PRIMARY)]
+        (1, cs.KeyVersionState.ACTIVE),
+        (2, cs.KeyVersionState.PRIMARY),
+    ]
     # The slot now encrypts with version 2, which cannot open version 1's message...
     with pytest.raises(cs.CryptoError) as err:
         _gcm(ctx, slot, DEC, iv, old_ct)
@@ -93,7 +96,9 @@ def test_retired_versions_fail_clearly(any_stack: cs.CryptoStack) -> None:
     assert err.value.code is E.INVALID_STATE and "primary" in err.value.message
     info = km.retire_key_version(slot, 1)
     assert [(v.version, v.state) for v in info.versions] == [
-        (1, cs.KeyVersionState.RETIRED), (2, cs.KeyVersionState.PRIMARY)]
+        (1, cs.KeyVersionState.RETIRED),
+        (2, cs.KeyVersionState.PRIMARY),
+    ]
     with pytest.raises(cs.CryptoError) as err:
         km.load_key(slot, version=1)
     assert err.value.code is E.KEY_VERSION_RETIRED
@@ -116,7 +121,8 @@ def test_minimum_version_disables_without_destroying(any_stack: cs.CryptoStack) 
     info = km.set_minimum_version(slot, 3)
     assert info.min_version == 3
     assert [v.state for v in info.versions] == [cs.KeyVersionState.DISABLED] * 2 + [
-        cs.KeyVersionState.PRIMARY]
+        cs.KeyVersionState.PRIMARY
+    ]
     with pytest.raises(cs.CryptoError) as err:
         km.load_key(slot, version=2)
     assert err.value.code is E.KEY_VERSION_RETIRED and "minimum version 3" in err.value.message
@@ -146,9 +152,9 @@ def test_clearing_removes_every_version_and_numbers_go_on(any_stack: cs.CryptoSt
     assert err.value.code is E.KEY_VERSION_RETIRED and "cleared" in err.value.message
 
 
-def test_version_changes_are_audited(mock_config: MockConfig,
-                                     daemon_factory: Callable[..., DaemonProcess],
-                                     tmp_path: Path) -> None:
+def test_version_changes_are_audited(
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
     audit = tmp_path / "audit.jsonl"
     d = daemon_factory(mock_config(audit_log=str(audit)))
     with d.stack() as stack:
@@ -164,8 +170,7 @@ def test_version_changes_are_audited(mock_config: MockConfig,
         km.clear_key_slot(slot)
     d.stop()
     events = [json.loads(line) for line in audit.read_text().splitlines()]
-    seen = [(e["action"], e["result"], e.get("detail", "")) for e in events
-            if e["resource"] == "MyNewSlot"]
+    seen = [(e["action"], e["result"], e.get("detail", "")) for e in events if e["resource"] == "MyNewSlot"]
     assert ("key.persist", "ok", "version=3") in seen
     assert ("key.retire", "ok", "version=1") in seen
     assert ("key.minimum_version", "ok", "version=3") in seen
@@ -204,18 +209,23 @@ def write_schema2_store(path: Path, kek_path: Path, material: bytes) -> None:
     db.execute("INSERT INTO key_slots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, mac))
     manifest = json.dumps(sorted([["key", "PreDeployedSlot", 1, mac.hex()]]))
     mac_key = keys._mac_key  # noqa: SLF001 - main's manifest MAC, as main computes it
-    manifest_mac = hmac.new(mac_key, encode("cryptostack-manifest/2", store_id, 7, manifest),
-                            hashlib.sha256).hexdigest()
-    for key, value in (("schema_version", "2"), ("store_id", store_id.hex()),
-                       ("kek_check", keys.kek_check()), ("state", "ready"),
-                       ("generation", "7"), ("manifest", manifest),
-                       ("manifest_mac", manifest_mac)):
+    manifest_mac = hmac.new(
+        mac_key, encode("cryptostack-manifest/2", store_id, 7, manifest), hashlib.sha256
+    ).hexdigest()
+    for key, value in (
+        ("schema_version", "2"),
+        ("store_id", store_id.hex()),
+        ("kek_check", keys.kek_check()),
+        ("state", "ready"),
+        ("generation", "7"),
+        ("manifest", manifest),
+        ("manifest_mac", manifest_mac),
+    ):
         db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
     db.close()
 
 
-def test_a_schema2_store_from_main_is_upgraded_in_place(mock_config: MockConfig,
-                                                        tmp_path: Path) -> None:
+def test_a_schema2_store_from_main_is_upgraded_in_place(mock_config: MockConfig, tmp_path: Path) -> None:
     """Schema-2 stores are fully authenticated, so the daemon checks and upgrades them at
     start (keeping the file as it was); every key stays, as version 1."""
     material = b"AES-256\0" + os.urandom(32)  # the mock provider's stored form
@@ -228,8 +238,7 @@ def test_a_schema2_store_from_main_is_upgraded_in_place(mock_config: MockConfig,
         km = ctx.create_key_management_context()
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
         info = km.get_key_slot_info(slot)
-        assert info.version == 1 and [v.state for v in info.versions] == [
-            cs.KeyVersionState.PRIMARY]
+        assert info.version == 1 and [v.state for v in info.versions] == [cs.KeyVersionState.PRIMARY]
         iv = os.urandom(12)
         ct = _gcm(ctx, slot, ENC, iv, b"kept across the upgrade")
         assert km.persist_key(slot, _new_key(km)).version == 2
@@ -237,14 +246,16 @@ def test_a_schema2_store_from_main_is_upgraded_in_place(mock_config: MockConfig,
             assert _gcm(ctx, v1, DEC, iv, ct) == b"kept across the upgrade"
     assert "upgraded from schema 2 to 3" in daemon.log_text()
     assert list(directory.glob("keystore.sqlite3.schema2-*"))
-    verify = subprocess.run([sys.executable, "-m", "cryptostack_core", "keystore", "verify",
-                             "--config", str(daemon.config_path)], capture_output=True,
-                            text=True, check=False)
+    verify = subprocess.run(
+        [sys.executable, "-m", "cryptostack_core", "keystore", "verify", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert verify.returncode == 0 and "intact" in verify.stdout, verify
 
 
-def test_a_tampered_schema2_store_is_not_upgraded(mock_config: MockConfig,
-                                                  tmp_path: Path) -> None:
+def test_a_tampered_schema2_store_is_not_upgraded(mock_config: MockConfig, tmp_path: Path) -> None:
     directory = tmp_path / "d"
     directory.mkdir()
     store = directory / "keystore.sqlite3"
@@ -270,12 +281,17 @@ def test_the_store_api_keeps_versions(tmp_path: Path) -> None:
 
     store = KeyStore.open(tmp_path / "ks.sqlite3")
     for n in range(1, 4):
-        assert store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
-                               StoredKey(bytes([n]) * 40, True)) == n
+        assert (
+            store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT, StoredKey(bytes([n]) * 40, True))
+            == n
+        )
     assert store.load_key("S", 2)[1].blob == bytes([2]) * 40
     assert store.retire_version("S", 2) == []  # wrapped material: nothing to destroy
-    raw = sqlite3.connect(tmp_path / "ks.sqlite3").execute(
-        "SELECT blob, state FROM key_slots WHERE name = 'S' AND version = 2").fetchone()
+    raw = (
+        sqlite3.connect(tmp_path / "ks.sqlite3")
+        .execute("SELECT blob, state FROM key_slots WHERE name = 'S' AND version = 2")
+        .fetchone()
+    )
     assert raw == (b"", "retired")  # the material is gone from the store
     store.store_key("H", "AES-256", 3, (3,), P.ENCRYPT, StoredKey(b"token-ref-1", False))
     store.store_key("H", "AES-256", 3, (3,), P.ENCRYPT, StoredKey(b"token-ref-2", False))

@@ -36,10 +36,14 @@ def shared_config(url: str, kek: Path, **daemon: Any) -> dict[str, Any]:
         "daemon": {"allow_test_providers": True, "keystore": url, "kek_file": str(kek), **daemon},
         "providers": [{"name": "mock", "id": 1}],
         "key_slots": [
-            {"name": "Shared", "algorithm": "AES-256", "provider": 1,
-             "permissions": ["encrypt", "decrypt"], "provision": "generate"},
-            {"name": "Cold", "algorithm": "AES-256", "provider": 1,
-             "permissions": ["encrypt", "decrypt"]},
+            {
+                "name": "Shared",
+                "algorithm": "AES-256",
+                "provider": 1,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
+            {"name": "Cold", "algorithm": "AES-256", "provider": 1, "permissions": ["encrypt", "decrypt"]},
         ],
     }
 
@@ -64,8 +68,9 @@ def fleet(tmp_path: Path) -> Iterator[Callable[..., list[DaemonProcess]]]:
 
 
 def _new_key(km: cs.KeyManagementContext) -> cs.CryptoResourceGuard:
-    return km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                           .set_permissions(P.ENCRYPT | P.DECRYPT))
+    return km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DECRYPT)
+    )
 
 
 class Client:
@@ -114,8 +119,7 @@ def test_concurrent_rotations_on_several_daemons(pg_url: str, fleet: Any, daemon
         finally:
             client.close()
 
-    threads = [threading.Thread(target=work, args=(proc, n))
-               for n, proc in enumerate(procs * per_daemon)]
+    threads = [threading.Thread(target=work, args=(proc, n)) for n, proc in enumerate(procs * per_daemon)]
     for t in threads:
         t.start()
     for t in threads:
@@ -144,8 +148,9 @@ def test_a_change_on_one_daemon_is_seen_on_the_others(pg_url: str, fleet: Any) -
         new = a.sealer.seal(b"v2")
         assert b.sealer.open(new) == b"v2"  # a version b did not know is read through
         # b's own seals move to version 2 as soon as the notification arrives
-        eventually(lambda: b.sealer.seal(b"x")[2:6] == (2).to_bytes(4, "big"), 10,
-                   "b sealing with the new primary")
+        eventually(
+            lambda: b.sealer.seal(b"x")[2:6] == (2).to_bytes(4, "big"), 10, "b sealing with the new primary"
+        )
         a.km.retire_key_version(a.slot, 1)
 
         def refused() -> bool:
@@ -178,8 +183,7 @@ def test_the_database_killed_mid_rotation(tmp_path: Path, fleet: Any) -> None:
             try:
                 while not stop.is_set():
                     try:
-                        acknowledged.append(
-                            client.km.persist_key(client.slot, _new_key(client.km)).version)
+                        acknowledged.append(client.km.persist_key(client.slot, _new_key(client.km)).version)
                         progress.release()
                     except cs.CryptoError as exc:
                         codes.append(exc.code)
@@ -203,8 +207,10 @@ def test_the_database_killed_mid_rotation(tmp_path: Path, fleet: Any) -> None:
                     again = user.sealer.seal(b"during the outage")
                     assert user.sealer.open(again) == b"during the outage"
                     # what needs the store is refused, clearly
-                    for needs_store in (lambda u=user: u.km.persist_key(u.slot, _new_key(u.km)),
-                                        lambda u=user: u.versions("Cold")):
+                    for needs_store in (
+                        lambda u=user: u.km.persist_key(u.slot, _new_key(u.km)),
+                        lambda u=user: u.versions("Cold"),
+                    ):
                         with pytest.raises(cs.CryptoError) as err:
                             needs_store()
                         assert err.value.code is E.KEYSTORE_UNAVAILABLE, err.value
@@ -255,8 +261,7 @@ def test_a_daemon_killed_while_persisting(pg_url: str, fleet: Any) -> None:
         client = Client(proc)
         try:
             while not stop.is_set():
-                acknowledged.append(client.km.persist_key(client.slot,
-                                                          _new_key(client.km)).version)
+                acknowledged.append(client.km.persist_key(client.slot, _new_key(client.km)).version)
                 progress.release()
         except cs.CryptoError as exc:
             assert exc.code is E.CONNECTION_FAILED, exc  # its daemon was killed
@@ -321,15 +326,16 @@ def test_refusals_name_the_problem(pg_cluster: Any, tmp_path: Path, fleet: Any) 
 
 
 # --- the store itself, on PostgreSQL ------------------------------------------------------------
-@pytest.mark.parametrize("statement,needle", [
-    ("UPDATE key_slots SET permissions = permissions | 2048 WHERE version = 1",
-     "fails authentication"),
-    ("DELETE FROM key_slots WHERE version = 2", "rolled back"),
-    ("UPDATE meta SET value = '1' WHERE key = 'generation'", "manifest fails authentication"),
-    ("DELETE FROM cert_slots", "missing"),
-])
-def test_same_integrity_rules_as_sqlite(pg_cluster: Any, tmp_path: Path, statement: str,
-                                        needle: str) -> None:
+@pytest.mark.parametrize(
+    "statement,needle",
+    [
+        ("UPDATE key_slots SET permissions = permissions | 2048 WHERE version = 1", "fails authentication"),
+        ("DELETE FROM key_slots WHERE version = 2", "rolled back"),
+        ("UPDATE meta SET value = '1' WHERE key = 'generation'", "manifest fails authentication"),
+        ("DELETE FROM cert_slots", "missing"),
+    ],
+)
+def test_same_integrity_rules_as_sqlite(pg_cluster: Any, tmp_path: Path, statement: str, needle: str) -> None:
     url, kek = pg_cluster.database(), tmp_path / "k.kek"
     store = KeyStore.open(url, kek_path=kek)
     store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT, StoredKey(os.urandom(40), True))
@@ -354,8 +360,7 @@ def test_concurrent_writers_in_one_process(pg_url: str, tmp_path: Path) -> None:
 
     def persist(store: KeyStore) -> None:
         for _ in range(25):
-            got.append(store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT,
-                                       StoredKey(os.urandom(40), True)))
+            got.append(store.store_key("S", "AES-256", 1, (1,), P.ENCRYPT, StoredKey(os.urandom(40), True)))
 
     threads = [threading.Thread(target=persist, args=(s,)) for s in stores]
     for t in threads:
@@ -381,10 +386,12 @@ def test_known_versions_serve_through_an_outage_after_a_behind_persist(tmp_path:
         material = os.urandom(40)
         a.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT, StoredKey(material, True))
         assert a.load_key("S", 1)[1].blob == material  # a has version 1 checked and cached
-        b.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
-                    StoredKey(os.urandom(40), True))  # a is now behind
-        assert a.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT,
-                           StoredKey(os.urandom(40), True)) == 3
+        b.store_key(
+            "S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT, StoredKey(os.urandom(40), True)
+        )  # a is now behind
+        assert (
+            a.store_key("S", "AES-256", 1, (1,), P.ENCRYPT | P.DECRYPT, StoredKey(os.urandom(40), True)) == 3
+        )
         cluster.kill()  # before a reads the slot again
         record, stored = a.load_key("S", 1)
         assert (record.version, stored.blob) == (1, material)
@@ -405,8 +412,9 @@ def test_a_sqlite_store_copied_into_postgresql_verifies(pg_cluster: Any, tmp_pat
     kek, path = tmp_path / "k.kek", tmp_path / "ks.sqlite3"
     store = KeyStore.open(path, kek_path=kek)
     material = os.urandom(40)
-    store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(material, True),
-                    export_uids=frozenset({0}))
+    store.store_key(
+        "S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(material, True), export_uids=frozenset({0})
+    )
     store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(os.urandom(40), True))
     store.retire_version("S", 1)
     store.store_key("S", "AES-256", 1, (1, 2), P.ENCRYPT, StoredKey(os.urandom(40), True))
@@ -419,13 +427,20 @@ def test_a_sqlite_store_copied_into_postgresql_verifies(pg_cluster: Any, tmp_pat
     for table in ("key_slots", "cert_slots", "trust_stores", "meta"):
         pg_cluster.execute(url, f"DELETE FROM {table}")
         for row in source.execute(f"SELECT * FROM {table}"):  # noqa: S608
-            pg_cluster.execute(url, f"INSERT INTO {table} VALUES "  # noqa: S608
-                               f"({', '.join(['%s'] * len(row))})", row)
+            pg_cluster.execute(
+                url,
+                f"INSERT INTO {table} VALUES "  # noqa: S608
+                f"({', '.join(['%s'] * len(row))})",
+                row,
+            )
     source.close()
     copy = KeyStore.open(url, kek_path=kek)
     assert copy.verify() == []
     versions = copy.slot_versions("S")
     assert [(v.version, v.state) for v in versions.versions] == [
-        (1, "retired"), (2, "active"), (3, "active")] and versions.min_version == 2
+        (1, "retired"),
+        (2, "active"),
+        (3, "active"),
+    ] and versions.min_version == 2
     assert copy.load_key("S", 3)[0].export_uids is None
     copy.close()

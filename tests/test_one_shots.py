@@ -46,11 +46,13 @@ class Counted:
 
 
 @pytest.fixture(params=["inproc", "unix"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path,
-          mock_config: MockConfig) -> Iterator[cs.CryptoStack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, mock_config: MockConfig
+) -> Iterator[cs.CryptoStack]:
     if request.param == "inproc":
-        with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                    .set_daemon_config(mock_config())) as s:
+        with cs.create_crypto_stack(
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(mock_config())
+        ) as s:
             yield s
         return
     with DaemonProcess(tmp_path / "d", mock_config()) as proc, proc.stack() as s:
@@ -59,12 +61,14 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path,
 
 def keys(ctx: cs.CryptoContext, algorithm: str, perms: P) -> cs.CryptoResourceGuard:
     return ctx.create_key_management_context().generate_key(
-        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms | P.EXPORT))
+        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms | P.EXPORT)
+    )
 
 
 def cipher(ctx: cs.CryptoContext, alg: str, key: object, direction: D) -> cs.CipherContext:
     return ctx.create_cipher_context(
-        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction))
+        cs.CipherContextConfig().set_algorithm(alg).set_key(key).set_direction(direction)
+    )
 
 
 def test_every_one_shot_is_one_request(stack: cs.CryptoStack) -> None:
@@ -77,8 +81,7 @@ def test_every_one_shot_is_one_request(stack: cs.CryptoStack) -> None:
 
     aes = keys(ctx, "AES-256", P.ENCRYPT | P.DECRYPT)
     secret = ctx.create_key_management_context().export_key(aes)
-    enc, dec = cipher(ctx, "AES-256-GCM", aes, D.ENCRYPT), cipher(ctx, "AES-256-GCM", aes,
-                                                                 D.DECRYPT)
+    enc, dec = cipher(ctx, "AES-256-GCM", aes, D.ENCRYPT), cipher(ctx, "AES-256-GCM", aes, D.DECRYPT)
     sealed, sent = count(enc.encrypt, IV, message, b"aad")
     assert sealed == AESGCM(secret).encrypt(IV, message, b"aad") and sent == ["cipher.single_shot"]
     opened, sent = count(dec.decrypt, IV, sealed, b"aad")
@@ -86,13 +89,13 @@ def test_every_one_shot_is_one_request(stack: cs.CryptoStack) -> None:
 
     mac_key = keys(ctx, "HMAC-SHA-256", P.SIGN | P.VERIFY | P.MAC)
     mac_secret = ctx.create_key_management_context().export_key(mac_key)
-    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                     .set_key(mac_key))
+    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_key))
     tag, sent = count(signer.mac, message)
     assert tag == hmac.new(mac_secret, message, "sha256").digest() and sent == ["sign.single_shot"]
     assert count(signer.sign, message) == (tag, ["sign.single_shot"])
-    verifier = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256")
-                                         .set_key(mac_key))
+    verifier = ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_key)
+    )
     assert count(verifier.verify, message, tag) == (True, ["verify.single_shot"])
     assert count(verifier.verify, message + b"!", tag) == (False, ["verify.single_shot"])
 
@@ -100,8 +103,7 @@ def test_every_one_shot_is_one_request(stack: cs.CryptoStack) -> None:
     ecdsa = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(ec))
     signature, sent = count(ecdsa.sign, message)
     assert sent == ["sign.single_shot"]
-    check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("ECDSA-P256")
-                                      .set_key(ec))
+    check = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(ec))
     assert count(check.verify, message, signature) == (True, ["verify.single_shot"])
     # The streamed calls still work on the same contexts, and agree.
     check.init()
@@ -141,19 +143,18 @@ def test_one_shots_follow_the_state_rules(stack: cs.CryptoStack) -> None:
     assert err.value.code is E.AUTHENTICATION_FAILED
     assert dec.decrypt(IV, sealed) == b"message"  # the context is usable after a bad tag
     ec = keys(ctx, "ECDSA-P256", P.SIGN)
-    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                     .set_key(ec))
+    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(ec))
     with pytest.raises(cs.CryptoError) as err:
         signer.mac(b"m")  # not a MAC algorithm
     assert err.value.code is E.INVALID_STATE
 
 
-def test_large_messages_fall_back_to_streaming(
-        tmp_path: Path, mock_config: MockConfig) -> None:
+def test_large_messages_fall_back_to_streaming(tmp_path: Path, mock_config: MockConfig) -> None:
     """Above what one request carries (half the daemon's frame limit) a one-shot streams the
     message in pieces under one deadline, with the same result."""
-    config = mock_config(max_frame_size=64 * 1024, max_buffered_message=64 * 1024,
-                         connection_memory_budget=1 << 20)
+    config = mock_config(
+        max_frame_size=64 * 1024, max_buffered_message=64 * 1024, connection_memory_budget=1 << 20
+    )
     with DaemonProcess(tmp_path / "d", config) as proc, proc.stack() as stack:
         count = Counted(stack)
         ctx = stack.create_crypto_context()

@@ -19,14 +19,18 @@ N256 = ecdsa.CURVE_ORDERS["ECDSA-P256"]
 
 # --- DER ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("encoded, problem", [
-    (b"\x04\x81\x05hello", "non-minimal length"),  # long form for a short length
-    (b"\x04\x82\x00\x05hello", "non-minimal length"),
-    (b"\x04\x80hello\x00\x00", "indefinite"),
-    (b"\x04\x06hello", "past the end"),
-    (b"\x1f\x01\x00", "multi-byte tags"),
-    (b"\x04", "truncated"),
-])
+
+@pytest.mark.parametrize(
+    "encoded, problem",
+    [
+        (b"\x04\x81\x05hello", "non-minimal length"),  # long form for a short length
+        (b"\x04\x82\x00\x05hello", "non-minimal length"),
+        (b"\x04\x80hello\x00\x00", "indefinite"),
+        (b"\x04\x06hello", "past the end"),
+        (b"\x1f\x01\x00", "multi-byte tags"),
+        (b"\x04", "truncated"),
+    ],
+)
 def test_der_reader_refuses_non_canonical_encodings(encoded: bytes, problem: str) -> None:
     with pytest.raises(der.DerError, match=problem):
         der.read(encoded)
@@ -59,14 +63,15 @@ def test_key_shells_and_pem() -> None:
     assert der.decode_spki(spki) == ("2.16.840.1.101.3.4.3.17", b"\x01\x02")
     pkcs8 = der.encode_pkcs8("2.16.840.1.101.3.4.4.2", b"seed")
     info = der.decode_pkcs8(pkcs8)
-    assert (info.oid, info.private_key, info.public_key) == ("2.16.840.1.101.3.4.4.2",
-                                                             b"seed", None)
+    assert (info.oid, info.private_key, info.public_key) == ("2.16.840.1.101.3.4.4.2", b"seed", None)
     twice = der.tlv(der.SEQUENCE, der.read(pkcs8)[1] + der.tlv(0xA0, b"") + der.tlv(0xA0, b""))
     with pytest.raises(der.DerError, match="repeated"):
         der.decode_pkcs8(twice)
-    with_params = der.tlv(der.SEQUENCE, der.tlv(der.SEQUENCE, der.tlv(der.OID, b"\x2a")
-                                                 + der.tlv(der.NULL, b""))
-                          + der.tlv(der.BIT_STRING, b"\x00\x01"))
+    with_params = der.tlv(
+        der.SEQUENCE,
+        der.tlv(der.SEQUENCE, der.tlv(der.OID, b"\x2a") + der.tlv(der.NULL, b""))
+        + der.tlv(der.BIT_STRING, b"\x00\x01"),
+    )
     with pytest.raises(der.DerError, match="parameters must be absent"):
         der.decode_spki(with_params)
     text = der.pem_encode("PUBLIC KEY", spki)
@@ -78,6 +83,7 @@ def test_key_shells_and_pem() -> None:
 
 
 # --- ECDSA ----------------------------------------------------------------------------------
+
 
 def test_ecdsa_encodings_agree_with_pyca() -> None:
     for r, s in ((1, 1), (N256 - 1, 2), (2**255, 2**200 + 7)):
@@ -91,24 +97,28 @@ def test_ecdsa_encodings_agree_with_pyca() -> None:
     assert len(ecdsa.der_to_raw(ecdsa.encode_der(5, 6), "ECDSA-P384") or b"") == 96
 
 
-@pytest.mark.parametrize("signature", [
-    ecdsa.encode_der(0, 1),                # r = 0
-    ecdsa.encode_der(1, N256),             # s = n: outside [1, n-1] (the old pkcs11 check
-    ecdsa.encode_der(N256 + 1, 1),         # only bounded the bit length)
-    ecdsa.encode_der(-1, 1),               # negative
-    b"\x30\x06\x02\x01\x01\x02\x01\x01\x00",            # trailing byte inside
-    ecdsa.encode_der(1, 1) + b"\x00",                    # trailing byte after
-    b"\x30\x07\x02\x02\x00\x01\x02\x01\x01",            # non-minimal INTEGER
-    b"\x30\x81\x06\x02\x01\x01\x02\x01\x01",            # BER long-form length
-    b"\x30\x03\x02\x01\x01",                             # one INTEGER
-    b"",
-])
+@pytest.mark.parametrize(
+    "signature",
+    [
+        ecdsa.encode_der(0, 1),  # r = 0
+        ecdsa.encode_der(1, N256),  # s = n: outside [1, n-1] (the old pkcs11 check
+        ecdsa.encode_der(N256 + 1, 1),  # only bounded the bit length)
+        ecdsa.encode_der(-1, 1),  # negative
+        b"\x30\x06\x02\x01\x01\x02\x01\x01\x00",  # trailing byte inside
+        ecdsa.encode_der(1, 1) + b"\x00",  # trailing byte after
+        b"\x30\x07\x02\x02\x00\x01\x02\x01\x01",  # non-minimal INTEGER
+        b"\x30\x81\x06\x02\x01\x01\x02\x01\x01",  # BER long-form length
+        b"\x30\x03\x02\x01\x01",  # one INTEGER
+        b"",
+    ],
+)
 def test_ecdsa_signatures_outside_the_one_rule_are_invalid(signature: bytes) -> None:
     assert ecdsa.der_to_raw(signature, "ECDSA-P256") is None
     assert ecdsa.decode_der(signature, "ECDSA-P256") is None
 
 
 # --- options ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExampleOptions:
@@ -127,9 +137,12 @@ class ExampleOptions:
 
 
 def test_options_are_typed_and_unknown_keys_name_the_provider(tmp_path: Path) -> None:
-    opts = parse_options(ExampleOptions, {"library": "lib.so", "sessions": 8, "timeout": 2,
-                                          "names": ["a"], "level": "0x10"},
-                         provider="example", config_dir=tmp_path)
+    opts = parse_options(
+        ExampleOptions,
+        {"library": "lib.so", "sessions": 8, "timeout": 2, "names": ["a"], "level": "0x10"},
+        provider="example",
+        config_dir=tmp_path,
+    )
     assert opts.library == tmp_path / "lib.so" and opts.sessions == 8 and opts.level == 16
     assert opts.timeout == 2.0 and isinstance(opts.timeout, float) and opts.names == ["a"]
     assert parse_options(ExampleOptions, {"library": "/abs.so"}, provider="example").names == []
@@ -143,8 +156,7 @@ def test_options_are_typed_and_unknown_keys_name_the_provider(tmp_path: Path) ->
         "bool": ({"library": "x", "strict": 1}, "strict must be true or false"),
         "choices": ({"library": "x", "mode": "slow"}, "mode must be one of fast, safe"),
         "list": ({"library": "x", "names": "a"}, "names must be a list of strings"),
-        "cross-field": ({"library": "x", "mode": "safe", "strict": False},
-                        "mode safe needs strict"),
+        "cross-field": ({"library": "x", "mode": "safe", "strict": False}, "mode safe needs strict"),
         "parse": ({"library": "x", "level": "eleven"}, "invalid literal"),
     }
     for what, (raw, message) in bad.items():
@@ -154,8 +166,12 @@ def test_options_are_typed_and_unknown_keys_name_the_provider(tmp_path: Path) ->
         assert err.value.message.startswith("example provider options: "), what
         assert message in err.value.message, (what, err.value.message)
     with pytest.raises(CryptoError, match="must not be in the configuration"):
-        parse_options(ExampleOptions, {"library": "x", "pin": "1234"}, provider="example",
-                      refuse={"pin": "the PIN must not be in the configuration"})
+        parse_options(
+            ExampleOptions,
+            {"library": "x", "pin": "1234"},
+            provider="example",
+            refuse={"pin": "the PIN must not be in the configuration"},
+        )
     rows = dict((name, default) for name, _doc, default in describe_options(ExampleOptions))
     assert rows["library"] == "required" and rows["sessions"] == "4" and rows["names"] == "[]"
 
@@ -164,8 +180,11 @@ def test_curve_orders_are_the_curves_orders() -> None:
     """pyca accepts n - 1 as a private value and refuses n: the table holds each order."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    for name, curve in (("ECDSA-P256", ec.SECP256R1()), ("ECDSA-P384", ec.SECP384R1()),
-                        ("ECDSA-P521", ec.SECP521R1())):
+    for name, curve in (
+        ("ECDSA-P256", ec.SECP256R1()),
+        ("ECDSA-P384", ec.SECP384R1()),
+        ("ECDSA-P521", ec.SECP521R1()),
+    ):
         order = ecdsa.CURVE_ORDERS[name]
         ec.derive_private_key(order - 1, curve)
         with pytest.raises(ValueError):

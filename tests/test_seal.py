@@ -18,13 +18,17 @@ E = cs.ErrorCode
 
 
 def _import(km: cs.KeyManagementContext, material: bytes) -> cs.CryptoResourceGuard:
-    return km.import_key(cs.ImportKeyParams().set_algorithm("AES-256")
-                         .set_material(material, cs.KeyFormat.RAW)
-                         .set_permissions(P.ENCRYPT | P.DECRYPT))
+    return km.import_key(
+        cs.ImportKeyParams()
+        .set_algorithm("AES-256")
+        .set_material(material, cs.KeyFormat.RAW)
+        .set_permissions(P.ENCRYPT | P.DECRYPT)
+    )
 
 
-def _setup(stack: cs.CryptoStack) -> tuple[cs.CryptoContext, cs.KeyManagementContext,
-                                           cs.CryptoResourceId, cs.SealContext]:
+def _setup(
+    stack: cs.CryptoStack,
+) -> tuple[cs.CryptoContext, cs.KeyManagementContext, cs.CryptoResourceId, cs.SealContext]:
     ctx = stack.create_crypto_context()
     km = ctx.create_key_management_context()
     slot = ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT)
@@ -56,8 +60,7 @@ def test_seal_and_open_across_a_rotation(any_stack: cs.CryptoStack) -> None:
     assert sealer.open(old) == b"before the rotation"
     assert sealer.open(new) == b"after the rotation"
     # Another context on another connection finds versions by itself too.
-    other = any_stack.create_crypto_context().create_seal_context(
-        cs.SealContextConfig().set_key(slot))
+    other = any_stack.create_crypto_context().create_seal_context(cs.SealContextConfig().set_key(slot))
     assert other.open(old) == b"before the rotation"
 
 
@@ -66,8 +69,10 @@ def test_anything_altered_fails_authentication(any_stack: cs.CryptoStack) -> Non
     km.persist_key(slot, _import(km, os.urandom(32)))
     km.persist_key(slot, _import(km, os.urandom(32)))
     sealed = sealer.seal(b"a message of some length", b"aad")
-    cases = {f"byte {i} flipped": sealed[:i] + bytes([sealed[i] ^ 1]) + sealed[i + 1:]
-             for i in (0, 1, 5, 6, 17, 18, len(sealed) - 17, len(sealed) - 1)}
+    cases = {
+        f"byte {i} flipped": sealed[:i] + bytes([sealed[i] ^ 1]) + sealed[i + 1 :]
+        for i in (0, 1, 5, 6, 17, 18, len(sealed) - 17, len(sealed) - 1)
+    }
     cases["version 2 -> 1 (exists)"] = sealed[:2] + struct.pack(">I", 1) + sealed[6:]
     cases["version never made"] = sealed[:2] + struct.pack(">I", 77) + sealed[6:]
     cases["version 0"] = sealed[:2] + struct.pack(">I", 0) + sealed[6:]

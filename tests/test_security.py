@@ -48,8 +48,9 @@ def assert_no_traceback(daemon: DaemonProcess) -> None:
     assert "Traceback" not in log, log[-4000:]
 
 
-def public_daemon(factory: Callable[..., DaemonProcess], config: dict[str, Any],
-                  public_dir: Path) -> DaemonProcess:
+def public_daemon(
+    factory: Callable[..., DaemonProcess], config: dict[str, Any], public_dir: Path
+) -> DaemonProcess:
     """A daemon whose socket other uids may connect to."""
     daemon = dict(config.get("daemon", {}))
     daemon.update(socket=str(public_dir / "daemon.sock"), socket_mode=0o666)
@@ -121,8 +122,8 @@ print(json.dumps(out))
 
 
 def test_shm_attach_never_maps_a_file_the_client_cannot_read(
-        other_users: Any, public_dir: Path, mock_config: MockConfig,
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    other_users: Any, public_dir: Path, mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 1: the fd-number attach raced with an O_PATH swap maps any root-readable file."""
     attacker = other_users[0]
     secret = public_dir / "secret"
@@ -150,12 +151,12 @@ def test_shrinking_shared_memory_cannot_kill_the_daemon(daemon: DaemonProcess) -
         # An unsealed memfd (what the old client sent): refused, naming the seals.
         fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, MiB)
-        reply = attach_and_send(raw, fd, MiB, {"id": 2, "op": "hash.single_shot",
-                                                "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}})
+        reply = attach_and_send(
+            raw, fd, MiB, {"id": 2, "op": "hash.single_shot", "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}}
+        )
         if reply.get("ok"):  # the old daemon mapped it: shrink it under the daemon's feet
             os.ftruncate(fd, 0)
-            raw.send({"id": 3, "op": "hash.single_shot",
-                      "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}})
+            raw.send({"id": 3, "op": "hash.single_shot", "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}})
             try:
                 raw.recv()
             except (ConnectionError, OSError):
@@ -168,8 +169,9 @@ def test_shrinking_shared_memory_cannot_kill_the_daemon(daemon: DaemonProcess) -
         fd = os.memfd_create("cryptostack-shm", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, 8192)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
-        reply = attach_and_send(raw, fd, 8192, {"id": 4, "op": "hash.single_shot",
-                                                 "args": {"ctx": ctx, "data": {"shm": [0, 8]}}})
+        reply = attach_and_send(
+            raw, fd, 8192, {"id": 4, "op": "hash.single_shot", "args": {"ctx": ctx, "data": {"shm": [0, 8]}}}
+        )
         assert error_code(reply) == "INVALID_ARGUMENT" and "F_SEAL_SHRINK" in reply["error"]["message"]
         os.close(fd)
         # Sealed against resizing but still writable (the client's reusable region): taken,
@@ -178,8 +180,9 @@ def test_shrinking_shared_memory_cannot_kill_the_daemon(daemon: DaemonProcess) -
         os.ftruncate(fd, 8192)
         os.pwrite(fd, b"abcdefgh", 0)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-        reply = attach_and_send(raw, fd, 8192, {"id": 4, "op": "hash.single_shot",
-                                                 "args": {"ctx": ctx, "data": {"shm": [0, 8]}}})
+        reply = attach_and_send(
+            raw, fd, 8192, {"id": 4, "op": "hash.single_shot", "args": {"ctx": ctx, "data": {"shm": [0, 8]}}}
+        )
         assert reply["ok"] and reply["result"] == hashlib.sha256(b"abcdefgh").digest(), reply
         with pytest.raises(PermissionError):
             os.ftruncate(fd, 0)
@@ -187,8 +190,9 @@ def test_shrinking_shared_memory_cannot_kill_the_daemon(daemon: DaemonProcess) -
         # A sealed memfd is accepted, and can no longer shrink.
         data = os.urandom(MiB)
         fd = sealed_memfd(data)
-        reply = attach_and_send(raw, fd, MiB, {"id": 5, "op": "hash.single_shot",
-                                                "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}})
+        reply = attach_and_send(
+            raw, fd, MiB, {"id": 5, "op": "hash.single_shot", "args": {"ctx": ctx, "data": {"shm": [0, MiB]}}}
+        )
         assert reply["ok"] and reply["result"] == hashlib.sha256(data).digest(), reply
         with pytest.raises(PermissionError):
             os.ftruncate(fd, 0)
@@ -206,8 +210,7 @@ def test_the_client_uses_sealed_shared_memory(daemon: DaemonProcess) -> None:
     with daemon.stack() as stack:
         import cryptostack_core as cs
 
-        h = stack.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256"))
+        h = stack.create_crypto_context().create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
         h.init()
         h.update(big)
         h.update(big[:1000])
@@ -265,24 +268,29 @@ def test_hash_colliding_map_keys_do_not_freeze_the_daemon(daemon: DaemonProcess)
     assert_no_traceback(daemon)
 
 
-@pytest.mark.parametrize(("name", "body", "needle"), [
-    ("deep nesting", b"\xa1\x61a" * 40 + b"\x00", "depth"),
-    ("a tag (bignum)", cbor2.dumps({"id": 1, "op": "ping", "args": {}, "timeout_ms": 10**400}),
-     "tag"),
-    ("a tag (regex)", b"\xa3\x62id\x01\x62op\x64ping\x64args\xd8\x23\x63a+b", "tag"),
-    ("indefinite length", b"\xbf\x62id\x01\x62op\x64ping\xff", "indefinite"),
-    ("a byte-string key", b"\xa3\x62id\x01\x62op\x64ping\x41k\x00", "key"),
-    ("a duplicate key", b"\xa3\x62id\x01\x62op\x64ping\x62op\x64ping", "duplicate"),
-    ("too many keys", cbor2.dumps({"id": 1, "op": "ping", "args": {f"k{i}": 0 for i in range(2000)}}),
-     "keys"),
-    ("a long array", cbor2.dumps({"id": 1, "op": "ping", "args": {"a": [0] * 20000}}), "array"),
-    ("undefined arguments", b"\xa3\x62id\x01\x62op\x64ping\x64args\xf7", "args"),
-    ("trailing bytes", cbor2.dumps({"id": 1, "op": "ping"}) + b"\x00", "trailing"),
-    ("truncated", cbor2.dumps({"id": 1, "op": "ping", "args": {"data": b"x" * 100}})[:-5],
-     "truncated"),
-])
+@pytest.mark.parametrize(
+    ("name", "body", "needle"),
+    [
+        ("deep nesting", b"\xa1\x61a" * 40 + b"\x00", "depth"),
+        ("a tag (bignum)", cbor2.dumps({"id": 1, "op": "ping", "args": {}, "timeout_ms": 10**400}), "tag"),
+        ("a tag (regex)", b"\xa3\x62id\x01\x62op\x64ping\x64args\xd8\x23\x63a+b", "tag"),
+        ("indefinite length", b"\xbf\x62id\x01\x62op\x64ping\xff", "indefinite"),
+        ("a byte-string key", b"\xa3\x62id\x01\x62op\x64ping\x41k\x00", "key"),
+        ("a duplicate key", b"\xa3\x62id\x01\x62op\x64ping\x62op\x64ping", "duplicate"),
+        (
+            "too many keys",
+            cbor2.dumps({"id": 1, "op": "ping", "args": {f"k{i}": 0 for i in range(2000)}}),
+            "keys",
+        ),
+        ("a long array", cbor2.dumps({"id": 1, "op": "ping", "args": {"a": [0] * 20000}}), "array"),
+        ("undefined arguments", b"\xa3\x62id\x01\x62op\x64ping\x64args\xf7", "args"),
+        ("trailing bytes", cbor2.dumps({"id": 1, "op": "ping"}) + b"\x00", "trailing"),
+        ("truncated", cbor2.dumps({"id": 1, "op": "ping", "args": {"data": b"x" * 100}})[:-5], "truncated"),
+    ],
+)
 def test_frames_outside_the_documented_cbor_subset_are_refused(
-        daemon: DaemonProcess, name: str, body: bytes, needle: str) -> None:
+    daemon: DaemonProcess, name: str, body: bytes, needle: str
+) -> None:
     """Finding 4 (and 10): the decoder's limits, each answered with PROTOCOL_ERROR."""
     with RawClient(daemon.socket_path) as raw:
         raw.send_body(body)
@@ -305,13 +313,19 @@ def test_cbor_subset_limits_are_exact() -> None:
         return value  # inside the frame's own map: `levels` maps deep
 
     cases: list[tuple[Any, bool]] = [
-        (nested(sub.MAX_DEPTH), True), (nested(sub.MAX_DEPTH + 1), False),
+        (nested(sub.MAX_DEPTH), True),
+        (nested(sub.MAX_DEPTH + 1), False),
         ({i: 0 for i in range(sub.MAX_MAP_KEYS)}, True),
         ({i: 0 for i in range(sub.MAX_MAP_KEYS + 1)}, False),
-        ([0] * sub.MAX_ARRAY, True), ([0] * (sub.MAX_ARRAY + 1), False),
-        ({(1 << 32) - 1: 0, -(1 << 32): 0}, True), ({1 << 32: 0}, False),
-        ({b"k": 0}, False), ({1.5: 0}, False), ({None: 0}, False),
-        ([[0] * 16000] * 4, True), ([[0] * 16000] * 5, False),  # items per frame
+        ([0] * sub.MAX_ARRAY, True),
+        ([0] * (sub.MAX_ARRAY + 1), False),
+        ({(1 << 32) - 1: 0, -(1 << 32): 0}, True),
+        ({1 << 32: 0}, False),
+        ({b"k": 0}, False),
+        ({1.5: 0}, False),
+        ({None: 0}, False),
+        ([[0] * 16000] * 4, True),
+        ([[0] * 16000] * 5, False),  # items per frame
     ]
     for value, accepted in cases:
         for pad in (b"", b"x" * sub.SCAN_THRESHOLD):  # a small frame, and one the walk checks
@@ -334,20 +348,25 @@ def _certificate_with_a_malformed_subject() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     der = cert.public_bytes(serialization.Encoding.DER)
     at = der.index(b"ZZsubjectZZ")
-    return der[:at - 2] + b"\x02" + der[at - 1:]  # the CN's string tag becomes INTEGER
+    return der[: at - 2] + b"\x02" + der[at - 1 :]  # the CN's string tag becomes INTEGER
 
 
 # --- 11: metadata ------------------------------------------------------------------------------
 def test_audit_log_is_created_private(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess],
-        tmp_path: Path) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
     """Finding 11: the audit log was created 0644."""
     audit = tmp_path / "audit" / "audit.jsonl"
     old_umask = os.umask(0)
@@ -366,8 +385,8 @@ def test_audit_log_is_created_private(
 
 
 def test_audit_log_group_gets_read_access(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path,
-        other_users: Any) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path, other_users: Any
+) -> None:
     """Finding 11: ``audit_log_group`` makes the log 0640 to that group."""
     audit = tmp_path / "audit.jsonl"
     reader = other_users[1]
@@ -392,17 +411,24 @@ def test_a_batch_of_large_answers_is_refused_before_it_is_built(daemon: DaemonPr
 
 
 def test_buffered_messages_are_charged_to_the_connection_and_the_daemon(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 3: 60 AES-GCM decryptions buffering 56 MiB each (within max_buffered_message)."""
-    d = daemon_factory(mock_config(max_frame_size=8 * MiB, max_buffered_message=24 * MiB,
-                                   connection_memory_budget=40 * MiB, memory_budget=44 * MiB))
+    d = daemon_factory(
+        mock_config(
+            max_frame_size=8 * MiB,
+            max_buffered_message=24 * MiB,
+            connection_memory_budget=40 * MiB,
+            memory_budget=44 * MiB,
+        )
+    )
     chunk = bytes(6 * MiB)
 
     def decryptor(raw: RawClient, n: int) -> int:
-        slot = raw.request("resource.resolve", {"name": "PreDeployedSlot", "type": "KEY_SLOT"},
-                           n)["result"]
-        ctx = raw.request("cipher.create", {"algorithm": "AES-256-GCM", "key": slot,
-                                            "direction": "DECRYPT"}, n + 1)["result"]["ctx"]
+        slot = raw.request("resource.resolve", {"name": "PreDeployedSlot", "type": "KEY_SLOT"}, n)["result"]
+        ctx = raw.request(
+            "cipher.create", {"algorithm": "AES-256-GCM", "key": slot, "direction": "DECRYPT"}, n + 1
+        )["result"]["ctx"]
         assert raw.request("cipher.init", {"ctx": ctx, "iv": bytes(12)}, n + 2)["ok"]
         return int(ctx)
 
@@ -423,8 +449,7 @@ def test_buffered_messages_are_charged_to_the_connection_and_the_daemon(
             if not reply["ok"]:
                 break
         assert error_code(reply) == "RESOURCE_EXHAUSTED"
-        assert "memory_budget" in reply["error"]["message"] and "all clients" in reply[
-            "error"]["message"]
+        assert "memory_budget" in reply["error"]["message"] and "all clients" in reply["error"]["message"]
         # Closing a context returns its memory to everyone.
         assert first.request("context.close", {"ctx": a}, 50)["ok"]
         assert second.request("cipher.init", {"ctx": c, "iv": bytes(12)}, 51)["ok"]
@@ -434,11 +459,17 @@ def test_buffered_messages_are_charged_to_the_connection_and_the_daemon(
 
 
 def test_unfinished_frames_are_reserved_before_they_are_buffered(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 3: connections holding 60 MiB of an unfinished frame each."""
-    d = daemon_factory(mock_config(max_frame_size=16 * MiB, max_buffered_message=16 * MiB,
-                                   connection_memory_budget=20 * MiB,
-                                   memory_budget=40 * MiB))
+    d = daemon_factory(
+        mock_config(
+            max_frame_size=16 * MiB,
+            max_buffered_message=16 * MiB,
+            connection_memory_budget=20 * MiB,
+            memory_budget=40 * MiB,
+        )
+    )
     assert d.process is not None
     before = peak_rss(d.process.pid)
     holders = [RawClient(d.socket_path) for _ in range(3)]
@@ -460,10 +491,12 @@ def test_unfinished_frames_are_reserved_before_they_are_buffered(
 
 
 def test_clients_that_never_read_their_answers_are_bounded(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 3: clients that never read their answers made the daemon hold 1.35 GB."""
-    d = daemon_factory(mock_config(connection_memory_budget=32 * MiB, max_frame_size=8 * MiB,
-                                   max_buffered_message=8 * MiB))
+    d = daemon_factory(
+        mock_config(connection_memory_budget=32 * MiB, max_frame_size=8 * MiB, max_buffered_message=8 * MiB)
+    )
     assert d.process is not None
     before = peak_rss(d.process.pid)
     request = RawClient.frame({"id": 1, "op": "random.generate", "args": {"length": MiB}})
@@ -505,11 +538,11 @@ def test_batch_length_is_limited(daemon: DaemonProcess) -> None:
 
 
 def test_an_expensive_batch_does_not_stall_other_clients(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 4: a batch of status calls ran on the event loop; other clients stalled 35 s."""
     config = mock_config()
-    config["key_slots"] += [{"name": f"S{i}", "algorithm": "AES-256", "provider": 1}
-                            for i in range(300)]
+    config["key_slots"] += [{"name": f"S{i}", "algorithm": "AES-256", "provider": 1} for i in range(300)]
     d = daemon_factory(config)
     done = threading.Event()
     latencies: list[float] = []
@@ -533,14 +566,14 @@ def test_an_expensive_batch_does_not_stall_other_clients(
     # a bystander waits for a scheduler slice at most (the bound is generous for a loaded
     # machine, and relative to how long the batch took).
     assert len(latencies) > 3
-    assert max(latencies) < max(0.5, took / 2), \
-        f"a bystander waited {max(latencies):.2f} s of {took:.2f} s"
+    assert max(latencies) < max(0.5, took / 2), f"a bystander waited {max(latencies):.2f} s of {took:.2f} s"
     assert_no_traceback(d)
 
 
 # --- 5: permissions travel with the key material -------------------------------------------------
 def test_copying_a_key_never_widens_who_may_export_it(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 5: a uid refused export on slot A persisted A's key into a slot B without a
     permission mask and exported B. (Run as root: A's allow-list excludes it.)"""
     import cryptostack_core as cs
@@ -549,21 +582,34 @@ def test_copying_a_key_never_widens_who_may_export_it(
     config = mock_config()
     config["providers"].append({"name": "mock", "id": 2, "options": {"seed": "other"}})
     config["key_slots"] += [
-        {"name": "Guarded", "algorithm": "AES-256", "provider": 1, "compatible_providers": [1, 2],
-         "permissions": ["encrypt", "decrypt", "derive", "export"], "provision": "generate",
-         "write_uids": [4242]},
+        {
+            "name": "Guarded",
+            "algorithm": "AES-256",
+            "provider": 1,
+            "compatible_providers": [1, 2],
+            "permissions": ["encrypt", "decrypt", "derive", "export"],
+            "provision": "generate",
+            "write_uids": [4242],
+        },
         {"name": "Open", "algorithm": "AES-256", "provider": 1, "write_uids": [0]},
         {"name": "Elsewhere", "algorithm": "AES-256", "provider": 2, "write_uids": [0]},
-        {"name": "Masked", "algorithm": "AES-256", "provider": 1, "write_uids": [0],
-         "permissions": ["encrypt", "export"]},
+        {
+            "name": "Masked",
+            "algorithm": "AES-256",
+            "provider": 1,
+            "write_uids": [0],
+            "permissions": ["encrypt", "export"],
+        },
     ]
     d = daemon_factory(config)
     denied = (cs.ErrorCode.ACCESS_DENIED, cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED)
     with d.stack() as stack:
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
-        slot = {n: ctx.resolve_resource(n, cs.ResourceType.KEY_SLOT)
-                for n in ("Guarded", "Open", "Elsewhere", "Masked")}
+        slot = {
+            n: ctx.resolve_resource(n, cs.ResourceType.KEY_SLOT)
+            for n in ("Guarded", "Open", "Elsewhere", "Masked")
+        }
 
         def refused(action: Callable[[], Any]) -> cs.ErrorCode:
             with pytest.raises(cs.CryptoError) as err:
@@ -581,25 +627,39 @@ def test_copying_a_key_never_widens_who_may_export_it(
         refused(lambda: km.export_key(slot["Elsewhere"]))
         km.persist_key(slot["Elsewhere"], km.load_key(slot["Open"]))  # two hops
         refused(lambda: km.export_key(slot["Elsewhere"]))
-        derived = km.derive_key(cs.DeriveKeyParams().set_key(guarded).set_info(b"x")
-                                .set_output("AES-256").set_permissions(P.ENCRYPT | P.EXPORT))
+        derived = km.derive_key(
+            cs.DeriveKeyParams()
+            .set_key(guarded)
+            .set_info(b"x")
+            .set_output("AES-256")
+            .set_permissions(P.ENCRYPT | P.EXPORT)
+        )
         refused(lambda: km.export_key(derived))
         km.persist_key(slot["Masked"], guarded)
         assert km.get_key_slot_info(slot["Masked"]).permissions == P.ENCRYPT | P.EXPORT
         refused(lambda: km.export_key(slot["Masked"]))
         # Narrowing: EXPORT never appears on the way.
-        plain = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                .set_permissions(P.ENCRYPT | P.DERIVE))
+        plain = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.DERIVE)
+        )
         km.persist_key(slot["Open"], plain)
         assert not km.get_key_slot_info(slot["Open"]).permissions & P.EXPORT
-        assert refused(lambda: km.export_key(slot["Open"])) is \
-            cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
-        assert refused(lambda: km.derive_key(
-            cs.DeriveKeyParams().set_key(plain).set_output("AES-256")
-            .set_permissions(P.ENCRYPT | P.EXPORT))) is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+        assert refused(lambda: km.export_key(slot["Open"])) is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+        assert (
+            refused(
+                lambda: km.derive_key(
+                    cs.DeriveKeyParams()
+                    .set_key(plain)
+                    .set_output("AES-256")
+                    .set_permissions(P.ENCRYPT | P.EXPORT)
+                )
+            )
+            is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+        )
         # Not over-restricted: the client's own exportable key, persisted, exports again.
-        mine = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                               .set_permissions(P.ENCRYPT | P.EXPORT))
+        mine = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.ENCRYPT | P.EXPORT)
+        )
         km.persist_key(slot["Open"], mine)
         assert km.export_key(slot["Open"]) == km.export_key(mine)
     assert_no_traceback(d)
@@ -629,16 +689,20 @@ print(json.dumps(out))
 
 
 def test_another_uid_cannot_export_a_key_by_copying_it(
-        other_users: Any, public_dir: Path, mock_config: MockConfig,
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    other_users: Any, public_dir: Path, mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 5, as the attacker ran it: their own uid, a slot B they may write."""
     attacker = other_users[0]
     config = mock_config()
     config["key_slots"] += [
-        {"name": "TeamKey", "algorithm": "AES-256", "provider": 1, "provision": "generate",
-         "permissions": ["encrypt", "decrypt", "export"]},  # export: root only (default)
-        {"name": "MySlot", "algorithm": "AES-256", "provider": 1,
-         "write_uids": [attacker.uid]},
+        {
+            "name": "TeamKey",
+            "algorithm": "AES-256",
+            "provider": 1,
+            "provision": "generate",
+            "permissions": ["encrypt", "decrypt", "export"],
+        },  # export: root only (default)
+        {"name": "MySlot", "algorithm": "AES-256", "provider": 1, "write_uids": [attacker.uid]},
     ]
     d = public_daemon(daemon_factory, config, public_dir)
     run = attacker.run(ATTACKER_EXPORT, d.endpoint)
@@ -669,8 +733,8 @@ sys.stdin.readline()  # hold them until the test is done
 
 
 def test_one_uid_cannot_take_every_connection(
-        other_users: Any, public_dir: Path, mock_config: MockConfig,
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    other_users: Any, public_dir: Path, mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 7: 700 silent connections of one uid locked every other client out."""
     d = public_daemon(daemon_factory, mock_config(max_clients=100), public_dir)
     attacker = other_users[0].popen(ATTACKER_CONNECTIONS, str(d.socket_path), "120")
@@ -690,21 +754,24 @@ def test_one_uid_cannot_take_every_connection(
 
 
 def test_half_sent_frames_and_idle_connections_time_out(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 7: a frame that stopped half way kept its connection open (5/5 after 45 s)."""
     config = mock_config(frame_timeout=0.5, idle_timeout=1.0)
     config["providers"][0]["options"] = {"delays": {"generate_key": 2.5}}
     d = daemon_factory(config)
-    with RawClient(d.socket_path, timeout=30) as half, RawClient(d.socket_path, timeout=30) as idle, \
-            RawClient(d.socket_path, timeout=30) as busy:
+    with (
+        RawClient(d.socket_path, timeout=30) as half,
+        RawClient(d.socket_path, timeout=30) as idle,
+        RawClient(d.socket_path, timeout=30) as busy,
+    ):
         half.send_raw((100).to_bytes(4, "big") + b"\xa1" * 10)
         busy.send({"id": 7, "op": "key.generate", "args": {"algorithm": "AES-256"}})
         reply = half.recv()
         assert error_code(reply) == "PROTOCOL_ERROR" and "frame_timeout" in reply["error"]["message"]
         assert half.closed()
         reply = idle.recv()
-        assert error_code(reply) == "RESOURCE_EXHAUSTED" and "idle_timeout" in reply["error"][
-            "message"]
+        assert error_code(reply) == "RESOURCE_EXHAUSTED" and "idle_timeout" in reply["error"]["message"]
         assert idle.closed()
         # A connection waiting for its answer is not idle.
         assert busy.recv()["id"] == 7
@@ -714,7 +781,8 @@ def test_half_sent_frames_and_idle_connections_time_out(
 
 # --- 8: bulkheads ----------------------------------------------------------------------------------
 def test_a_hung_provider_delays_only_its_own_clients(
-        mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]) -> None:
+    mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 8: *.create and key operations ran on the first preferred provider's pool; a
     hung HSM stalled every other provider's clients."""
     import cryptostack_core as cs
@@ -724,23 +792,32 @@ def test_a_hung_provider_delays_only_its_own_clients(
         {"name": "mock", "id": 1, "options": {"delays": {"generate_key": 4.0}}},
         {"name": "mock", "id": 2, "options": {"seed": "second"}},
     ]
-    config["key_slots"] = [{"name": "FastSlot", "algorithm": "AES-256", "provider": 2,
-                            "compatible_providers": [2], "provision": "generate",
-                            "permissions": ["encrypt", "decrypt"]}]
+    config["key_slots"] = [
+        {
+            "name": "FastSlot",
+            "algorithm": "AES-256",
+            "provider": 2,
+            "compatible_providers": [2],
+            "provision": "generate",
+            "permissions": ["encrypt", "decrypt"],
+        }
+    ]
     d = daemon_factory(config)
     hung = [RawClient(d.socket_path) for _ in range(2)]
     try:
         for raw in hung:  # both workers of provider 1 are now stuck for 4 s
-            raw.send({"id": 1, "op": "key.generate", "args": {"algorithm": "AES-256",
-                                                               "provider": 1}})
+            raw.send({"id": 1, "op": "key.generate", "args": {"algorithm": "AES-256", "provider": 1}})
         time.sleep(0.2)
         started = time.monotonic()
         with d.stack(timeout=30) as stack:
             ctx = stack.create_crypto_context()
             slot = ctx.resolve_resource("FastSlot", cs.ResourceType.KEY_SLOT)
             enc = ctx.create_cipher_context(
-                cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(slot)
-                .set_direction(cs.CipherDirection.ENCRYPT))
+                cs.CipherContextConfig()
+                .set_algorithm("AES-256-CBC")
+                .set_key(slot)
+                .set_direction(cs.CipherDirection.ENCRYPT)
+            )
             enc.init(bytes(16))
             assert len(enc.update(b"x" * 16) + enc.finalize()) == 32
             km = ctx.create_key_management_context()
@@ -796,14 +873,19 @@ def _certificate_with_a_malformed_subject() -> bytes:
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     der = cert.public_bytes(serialization.Encoding.DER)
     at = der.index(b"ZZsubjectZZ")
-    return der[:at - 2] + b"\x02" + der[at - 1:]  # the CN's string tag becomes INTEGER
+    return der[: at - 2] + b"\x02" + der[at - 1 :]  # the CN's string tag becomes INTEGER
 
 
 # --- 11: metadata --------------------------------------------------------------------------------------
@@ -822,14 +904,13 @@ print(json.dumps({"uids": sorted({c["uid"] for c in status["clients"]}),
 
 
 def test_status_and_describe_show_others_only_to_admins(
-        other_users: Any, public_dir: Path, mock_config: MockConfig,
-        daemon_factory: Callable[..., DaemonProcess]) -> None:
+    other_users: Any, public_dir: Path, mock_config: MockConfig, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
     """Finding 11: status showed every client's pid/uid and the providers' details (token
     label, serial) to everyone; resource.describe showed slots the caller may not use."""
     plain, auditor = other_users
     config = mock_config(admin_uids=[auditor.uid])
-    config["key_slots"].append({"name": "RootOnly", "algorithm": "AES-256", "provider": 1,
-                                "use_uids": [0]})
+    config["key_slots"].append({"name": "RootOnly", "algorithm": "AES-256", "provider": 1, "use_uids": [0]})
     d = public_daemon(daemon_factory, config, public_dir)
     with d.stack() as root_client:
         root_client.ping()
@@ -856,8 +937,7 @@ def test_the_client_splits_a_long_backlog_of_releases(inproc_stack: Any) -> None
     import cryptostack_core as cs
 
     km = inproc_stack.create_crypto_context().create_key_management_context()
-    keys = [km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-128"))
-            for _ in range(1100)]
+    keys = [km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-128")) for _ in range(1100)]
     assert inproc_stack.status()["clients"][0]["guards"] >= 1100
     del keys
     gc.collect()

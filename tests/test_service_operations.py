@@ -67,11 +67,10 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     notifier.close()
 
 
-def test_ready_reloading_and_stopping_are_notified(notify_socket: NotifySocket,
-                                                   mock_config: MockConfig,
-                                                   tmp_path: Path) -> None:
-    proc = DaemonProcess(tmp_path / "d", mock_config(),
-                         env={"NOTIFY_SOCKET": str(notify_socket.path)})
+def test_ready_reloading_and_stopping_are_notified(
+    notify_socket: NotifySocket, mock_config: MockConfig, tmp_path: Path
+) -> None:
+    proc = DaemonProcess(tmp_path / "d", mock_config(), env={"NOTIFY_SOCKET": str(notify_socket.path)})
     with proc:
         ready = notify_socket.next()
         assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.process.pid)  # type: ignore[union-attr]
@@ -83,37 +82,55 @@ def test_ready_reloading_and_stopping_are_notified(notify_socket: NotifySocket,
     assert notify_socket.next()["STOPPING"] == "1"
 
 
-@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
-                    reason="make setup installs systemd-socket-activate")
-def test_socket_activation_with_systemd_socket_activate(mock_config: MockConfig,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="make setup installs systemd-socket-activate"
+)
+def test_socket_activation_with_systemd_socket_activate(mock_config: MockConfig, tmp_path: Path) -> None:
     sock = tmp_path / "activated.sock"
-    config = mock_config(socket=str(tmp_path / "unused.sock"), allow_root=True,
-                         state_dir=str(tmp_path / "state"))
+    config = mock_config(
+        socket=str(tmp_path / "unused.sock"), allow_root=True, state_dir=str(tmp_path / "state")
+    )
     config_path = tmp_path / "daemon.toml"
     config_path.write_text(to_toml(config))
-    keep = [f"{k}={v}" for k, v in os.environ.items()
-            if k in ("PATH", "PYTHONPATH", "HOME", "VIRTUAL_ENV")]
+    keep = [f"{k}={v}" for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME", "VIRTUAL_ENV")]
     log = (tmp_path / "daemon.log").open("wb")
     activator = subprocess.Popen(
-        ["systemd-socket-activate", "-l", str(sock), *(f"-E{v}" for v in keep),
-         sys.executable, "-m", "cryptostack_core", "daemon", "--config", str(config_path)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        [
+            "systemd-socket-activate",
+            "-l",
+            str(sock),
+            *(f"-E{v}" for v in keep),
+            sys.executable,
+            "-m",
+            "cryptostack_core",
+            "daemon",
+            "--config",
+            str(config_path),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         # The socket file appears at bind(), before listen(): wait for the activator's own
         # "Listening on" line, printed once the socket accepts connections.
-        wait_for(lambda: b"Listening on" in (tmp_path / "daemon.log").read_bytes(),
-                 "systemd-socket-activate to listen")
+        wait_for(
+            lambda: b"Listening on" in (tmp_path / "daemon.log").read_bytes(),
+            "systemd-socket-activate to listen",
+        )
         # The first connection starts the daemon, which takes over the listening socket.
-        stack = cs.create_crypto_stack(cs.CryptoStackConfig()
-                                       .set_connection_endpoint(f"unix://{sock}")
-                                       .set_connect_timeout(60)
-                                       .set_default_operation_timeout(30))
+        stack = cs.create_crypto_stack(
+            cs.CryptoStackConfig()
+            .set_connection_endpoint(f"unix://{sock}")
+            .set_connect_timeout(60)
+            .set_default_operation_timeout(30)
+        )
         with stack:
             status = stack.status()
             assert status["pid"] == activator.pid  # exec'd in place of the activator
             h = stack.create_crypto_context().create_hash_context(
-                cs.HashContextConfig().set_algorithm("SHA-256"))
+                cs.HashContextConfig().set_algorithm("SHA-256")
+            )
             assert len(h.single_shot(b"activated")) == 32
         assert not (tmp_path / "unused.sock").exists()
         assert (tmp_path / "state" / "keystore.sqlite3").exists()
@@ -134,8 +151,8 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 def test_sighup_reopens_the_rotated_audit_log_and_reloads_slots(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     audit = tmp_path / "audit.jsonl"
     d = daemon_factory(mock_config(audit_log=str(audit)))
     assert d.process is not None
@@ -146,13 +163,15 @@ def test_sighup_reopens_the_rotated_audit_log_and_reloads_slots(
         rotated = tmp_path / "audit.jsonl.1"
         audit.rename(rotated)  # what logrotate does before it signals
         config = mock_config(audit_log=str(audit))
-        config["key_slots"].append({"name": "AddedOnReload", "algorithm": "AES-256",
-                                    "provider": 1, "provision": "generate"})
+        config["key_slots"].append(
+            {"name": "AddedOnReload", "algorithm": "AES-256", "provider": 1, "provision": "generate"}
+        )
         config["key_slots"][0]["use_uids"] = [os.getuid()]
         config["key_slots"][1]["algorithm"] = "AES-128"  # not safe while running
         config["daemon"]["max_clients"] = 7  # needs a restart
-        config["daemon"].update(socket=str(d.socket_path), keystore=d.config["daemon"]["keystore"],
-                                allow_root=True)
+        config["daemon"].update(
+            socket=str(d.socket_path), keystore=d.config["daemon"]["keystore"], allow_root=True
+        )
         d.config_path.write_text(to_toml(config))
         d.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload complete" in d.log_text(), "the reload")
@@ -161,8 +180,10 @@ def test_sighup_reopens_the_rotated_audit_log_and_reloads_slots(
         ctx = stack.create_crypto_context()
         added = ctx.resolve_resource("AddedOnReload", cs.ResourceType.KEY_SLOT)
         assert km.get_key_slot_info(added).status is cs.KeySlotStatus.OCCUPIED
-        assert km.get_key_slot_info(ctx.resolve_resource(
-            "MyNewSlot", cs.ResourceType.KEY_SLOT)).algorithm == "AES-256"
+        assert (
+            km.get_key_slot_info(ctx.resolve_resource("MyNewSlot", cs.ResourceType.KEY_SLOT)).algorithm
+            == "AES-256"
+        )
     log = d.log_text()
     assert "key slot 'AddedOnReload' added" in log
     assert "key slot 'PreDeployedSlot' updated" in log
@@ -186,21 +207,21 @@ def test_a_bad_reload_keeps_the_running_configuration(daemon: DaemonProcess) -> 
         ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
 
 
-def test_a_reload_with_a_bad_placement_keeps_the_running_configuration(
-        daemon: DaemonProcess) -> None:
+def test_a_reload_with_a_bad_placement_keeps_the_running_configuration(daemon: DaemonProcess) -> None:
     """A slot whose placement the daemon would refuse at start is refused by a reload too
     (nothing of that configuration applied)."""
     assert daemon.process is not None
     config = tomllib.loads(daemon.config_path.read_text())
-    config["key_slots"].append({"name": "Halves", "algorithm": "AES-256",
-                                "components": {"pq": [1]}})
+    config["key_slots"].append({"name": "Halves", "algorithm": "AES-256", "components": {"pq": [1]}})
     daemon.config_path.write_text(to_toml(config))
     daemon.process.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload complete" in daemon.log_text(), "the reload")
     log = daemon.log_text()
     assert "the running configuration stays" in log
-    assert "[[key_slots]] 'Halves': 'placement' and 'components' apply to hybrid key types " \
+    assert (
+        "[[key_slots]] 'Halves': 'placement' and 'components' apply to hybrid key types "
         "only; AES-256 is not one" in log
+    )
     with daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
@@ -215,16 +236,27 @@ def test_root_without_allow_root_is_refused(mock_config: MockConfig, tmp_path: P
     path.write_text(to_toml(config))
     # Run as root for real where the suite does; elsewhere make the daemon believe it is.
     prelude = "" if os.geteuid() == 0 else "import os; os.geteuid = lambda: 0; "
-    done = subprocess.run([sys.executable, "-c", prelude + "import sys; from cryptostack_core."
-                           "cli import main; sys.exit(main(sys.argv[1:]))", "daemon", "--config",
-                           str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            prelude + "import sys; from cryptostack_core.cli import main; sys.exit(main(sys.argv[1:]))",
+            "daemon",
+            "--config",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "refusing to run as root" in done.stderr and "allow_root = true" in done.stderr
     assert not (tmp_path / "d.sock").exists()
 
 
 def test_a_provider_that_cannot_start_fails_the_start_unless_optional(
-        mock_config: MockConfig, tmp_path: Path) -> None:
+    mock_config: MockConfig, tmp_path: Path
+) -> None:
     config = mock_config(allow_root=True)
     config["providers"].append({"name": "opennssl", "id": 2})  # misspelt
     proc = DaemonProcess(tmp_path / "d", config)
@@ -261,13 +293,19 @@ def test_check_validates_without_starting(mock_config: MockConfig, tmp_path: Pat
 
 
 def test_health_exits_nonzero_when_a_required_provider_is_down(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     down = tmp_path / "backend-down"
     config = mock_config()
-    config["providers"] = [{"name": "mock", "id": 1, "options": {"down_file": str(down)}},
-                           {"name": "mock", "id": 9, "optional": True,
-                            "options": {"down_file": str(tmp_path / "optional-down")}}]
+    config["providers"] = [
+        {"name": "mock", "id": 1, "options": {"down_file": str(down)}},
+        {
+            "name": "mock",
+            "id": 9,
+            "optional": True,
+            "options": {"down_file": str(tmp_path / "optional-down")},
+        },
+    ]
     d = daemon_factory(config)
     healthy = cli("health", "--endpoint", d.endpoint)
     assert healthy.returncode == 0 and "healthy" in healthy.stdout
@@ -281,15 +319,16 @@ def test_health_exits_nonzero_when_a_required_provider_is_down(
 
 
 def test_keystore_backup_while_running_and_restore(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     d = daemon_factory(mock_config(), name="live")
     plaintext = b"restored from a backup"
     with d.stack() as stack:
         ctx = stack.create_crypto_context()
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                        .set_key(slot).set_direction(D.ENCRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig().set_algorithm("AES-256-CBC").set_key(slot).set_direction(D.ENCRYPT)
+        )
         enc.init(bytes(16))
         ciphertext = enc.update(plaintext) + enc.finalize()
         backup = tmp_path / "backup.sqlite3"
@@ -297,8 +336,9 @@ def test_keystore_backup_while_running_and_restore(
         assert done.returncode == 0, done.stderr
         assert "NOT in this backup" in done.stdout and ".kek" in done.stdout
         assert "2 key slots" in done.stdout
-        assert cli("keystore", "backup", "--config", str(d.config_path),
-                   str(backup)).returncode == 1  # never overwrites
+        assert (
+            cli("keystore", "backup", "--config", str(d.config_path), str(backup)).returncode == 1
+        )  # never overwrites
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
     raw = sqlite3.connect(backup)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one file
@@ -312,17 +352,19 @@ def test_keystore_backup_while_running_and_restore(
     shutil.copy2(kek, tmp_path / "restored-kek" / "keystore.sqlite3.kek")
     with DaemonProcess(restored, mock_config()) as again, again.stack() as stack:
         ctx = stack.create_crypto_context()
-        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                        .set_key(ctx.resolve_resource(
-                                            "PreDeployedSlot", cs.ResourceType.KEY_SLOT))
-                                        .set_direction(D.DECRYPT))
+        dec = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-CBC")
+            .set_key(ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT))
+            .set_direction(D.DECRYPT)
+        )
         dec.init(bytes(16))
         assert dec.update(ciphertext) + dec.finalize() == plaintext
 
 
 def test_audit_has_one_record_per_outcome_in_one_spelling(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     audit = tmp_path / "audit.jsonl"
     d = daemon_factory(mock_config(audit_log=str(audit)))
     with d.stack() as stack:
@@ -330,8 +372,9 @@ def test_audit_has_one_record_per_outcome_in_one_spelling(
         slot = ctx.resolve_resource("PreDeployedSlot", cs.ResourceType.KEY_SLOT)
 
         def cipher(direction: D) -> cs.CipherContext:
-            return ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(
-                "AES-256-GCM").set_key(slot).set_direction(direction))
+            return ctx.create_cipher_context(
+                cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(slot).set_direction(direction)
+            )
 
         enc, dec = cipher(D.ENCRYPT), cipher(D.DECRYPT)  # creating is not an outcome
         enc.init(bytes(12))
@@ -345,18 +388,18 @@ def test_audit_has_one_record_per_outcome_in_one_spelling(
         dec.update(sealed)
         assert dec.finalize() == b"payload"
         mac_slot = ctx.resolve_resource("SigningKey", cs.ResourceType.KEY_SLOT)
-        verifier = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(
-            "HMAC-SHA-256").set_key(mac_slot))
+        verifier = ctx.create_verify_context(
+            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_slot)
+        )
         assert verifier.verify(b"m", bytes(32)) is False
         km = ctx.create_key_management_context()
-        weak = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                               .set_permissions(P.DECRYPT))
+        weak = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_permissions(P.DECRYPT))
         with pytest.raises(cs.CryptoError):
-            ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                      .set_key(weak).set_direction(D.ENCRYPT))
+            ctx.create_cipher_context(
+                cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(weak).set_direction(D.ENCRYPT)
+            )
     d.stop()
-    uses = [(e["resource"], e["operation"], e["result"]) for e in _events(audit)
-            if e["action"] == "key.use"]
+    uses = [(e["resource"], e["operation"], e["result"]) for e in _events(audit) if e["action"] == "key.use"]
     assert uses == [
         ("PreDeployedSlot", "encrypt", "ok"),
         ("PreDeployedSlot", "decrypt", "AUTHENTICATION_FAILED"),
@@ -380,11 +423,21 @@ def test_systemd_units_are_valid(tmp_path: Path) -> None:
     service = (CONTRIB / "cryptostack.service").read_text()
     assert "Type=notify" in service and "ExecReload=/bin/kill -HUP $MAINPID" in service
     assert "User=cryptostack" in service and "StateDirectory=cryptostack cryptostack-kek" in service
-    done = subprocess.run([analyze, "verify", "--man=no", str(tmp_path / "cryptostack.socket"),
-                           str(tmp_path / "cryptostack.service")],
-                          capture_output=True, text=True, timeout=60)
-    problems = [line for line in done.stderr.splitlines()
-                if "cryptostack" in line and "Failed to" not in line]
+    done = subprocess.run(
+        [
+            analyze,
+            "verify",
+            "--man=no",
+            str(tmp_path / "cryptostack.socket"),
+            str(tmp_path / "cryptostack.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [
+        line for line in done.stderr.splitlines() if "cryptostack" in line and "Failed to" not in line
+    ]
     assert not problems, done.stderr
     config = CONTRIB / "daemon.toml"
     assert cs.__version__ and config.exists()
@@ -396,8 +449,8 @@ def test_systemd_units_are_valid(tmp_path: Path) -> None:
 
 
 def test_sighup_replaces_a_trust_store_only_when_its_files_changed(
-        daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig,
-        tmp_path: Path) -> None:
+    daemon_factory: Callable[..., DaemonProcess], mock_config: MockConfig, tmp_path: Path
+) -> None:
     pki = Path(__file__).resolve().parent.parent / "examples" / "pki"
     anchor, crl = tmp_path / "anchor.pem", tmp_path / "root.crl.pem"
     shutil.copy(pki / "root.pem", anchor)
@@ -416,8 +469,9 @@ def test_sighup_replaces_a_trust_store_only_when_its_files_changed(
     assert "trust store 'RootCA'" not in reload()  # files unchanged: the store stays
     shutil.copy(pki / "device.pem", anchor)  # the operator drops in other files
     config["cert_slots"] = [{"name": "Device", "file": str(pki / "device.pem")}]
-    config["daemon"].update(socket=str(d.socket_path), keystore=d.config["daemon"]["keystore"],
-                            allow_root=True)
+    config["daemon"].update(
+        socket=str(d.socket_path), keystore=d.config["daemon"]["keystore"], allow_root=True
+    )
     d.config_path.write_text(to_toml(config))
     text = reload()
     assert "trust store 'RootCA' reloaded from its files (1 anchors, 1 CRLs)" in text

@@ -21,12 +21,22 @@ from cryptostack_core.server.keystore import FileKekSource, KeyStore
 from cryptostack_core.wire.protocol import FrameDecoder, FrameTooLarge, encode
 
 
-@pytest.mark.parametrize("alias,canonical", [
-    ("sha256", "SHA-256"), ("SHA-256", "SHA-256"), ("HMAC-SHA256", "HMAC-SHA-256"),
-    ("hmac_sha_512", "HMAC-SHA-512"), ("MLDSA65", "ML-DSA-65"), ("ml-kem-768", "ML-KEM-768"),
-    ("aes256gcm", "AES-256-GCM"), ("SLH_DSA_PURE_SHA2_128S", "SLH-DSA-SHA2-128s"),
-    ("chacha20-poly1305", "ChaCha20-Poly1305"), ("ed25519", "Ed25519"), ("P-256", "ECDSA-P256"),
-])
+@pytest.mark.parametrize(
+    "alias,canonical",
+    [
+        ("sha256", "SHA-256"),
+        ("SHA-256", "SHA-256"),
+        ("HMAC-SHA256", "HMAC-SHA-256"),
+        ("hmac_sha_512", "HMAC-SHA-512"),
+        ("MLDSA65", "ML-DSA-65"),
+        ("ml-kem-768", "ML-KEM-768"),
+        ("aes256gcm", "AES-256-GCM"),
+        ("SLH_DSA_PURE_SHA2_128S", "SLH-DSA-SHA2-128s"),
+        ("chacha20-poly1305", "ChaCha20-Poly1305"),
+        ("ed25519", "Ed25519"),
+        ("P-256", "ECDSA-P256"),
+    ],
+)
 def test_registry_aliases(alias: str, canonical: str) -> None:
     assert cs.canonical_name(alias) == canonical
 
@@ -44,29 +54,47 @@ def test_frame_decoder_splits_and_limits() -> None:
     dec = FrameDecoder(max_frame=4096)
     got = []
     for i in range(0, len(frames), 7):  # byte-by-byte-ish arrival
-        got += dec.feed(frames[i:i + 7])
+        got += dec.feed(frames[i : i + 7])
     assert [cbor2.loads(b) for b in got] == [{"a": 1}, {"b": b"x" * 1000}]
     assert dec.pending == 0
     with pytest.raises(FrameTooLarge):
         FrameDecoder(max_frame=10).feed(struct.pack(">I", 11))
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda c: c["providers"].append({"name": "mock", "id": 1}), "duplicate provider id 1"),
-    (lambda c: c["key_slots"].append({"name": "X", "algorithm": "AES-999", "provider": 1}),
-     "unknown key algorithm"),
-    (lambda c: c["key_slots"].append({"name": "X", "algorithm": "AES-256", "provider": 42}),
-     "not a configured provider id"),
-    (lambda c: c["key_slots"].append({"name": "X", "algorithm": "AES-256", "provider": 1,
-                                      "provision": "generate", "import": "k.bin"}),
-     "either 'provision' or 'import'"),
-    (lambda c: c.setdefault("daemon", {}).update(max_frame_size=10), "max_frame_size"),
-    (lambda c: c.setdefault("daemon", {}).update(sockett="x"), "unknown setting(s) sockett"),
-    (lambda c: c["key_slots"].append(c["key_slots"][0]), "duplicate name"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda c: c["providers"].append({"name": "mock", "id": 1}), "duplicate provider id 1"),
+        (
+            lambda c: c["key_slots"].append({"name": "X", "algorithm": "AES-999", "provider": 1}),
+            "unknown key algorithm",
+        ),
+        (
+            lambda c: c["key_slots"].append({"name": "X", "algorithm": "AES-256", "provider": 42}),
+            "not a configured provider id",
+        ),
+        (
+            lambda c: c["key_slots"].append(
+                {
+                    "name": "X",
+                    "algorithm": "AES-256",
+                    "provider": 1,
+                    "provision": "generate",
+                    "import": "k.bin",
+                }
+            ),
+            "either 'provision' or 'import'",
+        ),
+        (lambda c: c.setdefault("daemon", {}).update(max_frame_size=10), "max_frame_size"),
+        (lambda c: c.setdefault("daemon", {}).update(sockett="x"), "unknown setting(s) sockett"),
+        (lambda c: c["key_slots"].append(c["key_slots"][0]), "duplicate name"),
+    ],
+)
 def test_config_errors_name_the_entry(mutate: Any, needle: str) -> None:
-    config: dict[str, Any] = {"providers": [{"name": "mock", "id": 1}],
-                              "key_slots": [{"name": "A", "algorithm": "AES-256", "provider": 1}]}
+    config: dict[str, Any] = {
+        "providers": [{"name": "mock", "id": 1}],
+        "key_slots": [{"name": "A", "algorithm": "AES-256", "provider": 1}],
+    }
     mutate(config)
     with pytest.raises(ConfigError) as err:
         # (key slot algorithms are checked once the providers registered theirs)
@@ -77,8 +105,10 @@ def test_config_errors_name_the_entry(mutate: Any, needle: str) -> None:
 def test_config_relative_paths_and_preference(tmp_path: Path) -> None:
     path = tmp_path / "etc" / "d.toml"
     path.parent.mkdir()
-    path.write_text('[daemon]\nsocket = "run/d.sock"\nprovider_preference = [3, 1]\n'
-                    '[[providers]]\nname = "mock"\nid = 1\n[[providers]]\nname = "mock"\nid = 3\n')
+    path.write_text(
+        '[daemon]\nsocket = "run/d.sock"\nprovider_preference = [3, 1]\n'
+        '[[providers]]\nname = "mock"\nid = 1\n[[providers]]\nname = "mock"\nid = 3\n'
+    )
     config = DaemonConfig.load(path)
     assert config.socket == tmp_path / "etc" / "run" / "d.sock"
     assert config.preference == (3, 1)
@@ -100,9 +130,11 @@ def test_keystore_wraps_binds_and_detects_tampering(tmp_path: Path) -> None:
     # A row copied under another name is refused (its MAC binds the name; the manifest
     # does not list it), and so is the store as a whole.
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO key_slots SELECT 'Other', version, algorithm, provider, "
-                 "compatible, permissions, export_uids, secret, blob, created, updated, state, "
-                 "mac FROM key_slots")
+    conn.execute(
+        "INSERT INTO key_slots SELECT 'Other', version, algorithm, provider, "
+        "compatible, permissions, export_uids, secret, blob, created, updated, state, "
+        "mac FROM key_slots"
+    )
     conn.commit()
     conn.close()
     with pytest.raises(cs.CryptoError) as err:
@@ -133,12 +165,22 @@ def _two_mock_stack(extractable: bool) -> cs.CryptoStack:
     config = {
         "daemon": {"allow_test_providers": True},
         "providers": [
-            {"name": "mock", "id": 1, "options": {"algorithms": ["AES-256", "AES-256-CBC"],
-                                                  "extractable": extractable}},
+            {
+                "name": "mock",
+                "id": 1,
+                "options": {"algorithms": ["AES-256", "AES-256-CBC"], "extractable": extractable},
+            },
             {"name": "mock", "id": 5},
         ],
-        "key_slots": [{"name": "S", "algorithm": "AES-256", "provider": 1,
-                       "compatible_providers": [1, 5], "provision": "generate"}],
+        "key_slots": [
+            {
+                "name": "S",
+                "algorithm": "AES-256",
+                "provider": 1,
+                "compatible_providers": [1, 5],
+                "provision": "generate",
+            }
+        ],
     }
     return cs.create_crypto_stack(cs.CryptoStackConfig().set_daemon_config(config))
 
@@ -155,8 +197,12 @@ def test_selection_compatible_providers_and_explain(extractable: bool) -> None:
         cands = stack.explain("AES-256-GCM", "encrypt", key=slot)
         assert cands[0]["provider"] == 1 and not cands[0]["taken"]
         assert "does not support" in cands[0]["reason"]
-        cfg = (cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(slot)
-               .set_direction(cs.CipherDirection.ENCRYPT))
+        cfg = (
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-GCM")
+            .set_key(slot)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        )
         if extractable:
             assert cands[1]["taken"] and "copied" in cands[1]["reason"]
             assert ctx.create_cipher_context(cfg).provider == 5
@@ -168,8 +214,7 @@ def test_selection_compatible_providers_and_explain(extractable: bool) -> None:
             assert "not extractable" in err.value.message
         # Without a key: the preference order, or a pinned provider.
         assert [c["taken"] for c in stack.explain("SHA-256", "hash")] == [False, True]
-        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                    .set_provider(5))
+        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256").set_provider(5))
         assert h.provider == 5
 
 
@@ -184,8 +229,12 @@ def test_garbage_collected_guard_is_released(inproc_stack: cs.CryptoStack) -> No
     me = inproc_stack.status()["clients"][0]
     assert me["guards"] == 0
     with pytest.raises(cs.CryptoError) as err:
-        ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                  .set_key(rid).set_direction(cs.CipherDirection.ENCRYPT))
+        ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm("AES-256-CBC")
+            .set_key(rid)
+            .set_direction(cs.CipherDirection.ENCRYPT)
+        )
     assert err.value.code is E.RESOURCE_NOT_FOUND
 
 
@@ -202,20 +251,26 @@ def test_inproc_default_config_uses_an_installed_provider_never_the_mock() -> No
         providers = stack.status()["providers"]
         assert [p["name"] for p in providers] == ["openssl"]
         assert all(p["state"] == "ready" for p in providers)
-        h = stack.create_crypto_context().create_hash_context(
-            cs.HashContextConfig().set_algorithm("SHA-256"))
+        h = stack.create_crypto_context().create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256"))
         assert len(h.single_shot(b"x")) == 32
 
 
 def test_derivation_and_random(inproc_stack: cs.CryptoStack) -> None:
     ctx = inproc_stack.create_crypto_context()
     km = ctx.create_key_management_context()
-    base = km.generate_key(cs.GenerateKeyParams().set_algorithm("GENERIC-SECRET")
-                           .set_permissions(P.DERIVE | P.EXPORT))
-    derived = km.derive_key(cs.DeriveKeyParams().set_key(base).set_info(b"ctx")
-                            .set_output("AES-256").set_permissions(P.ENCRYPT | P.EXPORT))
+    base = km.generate_key(
+        cs.GenerateKeyParams().set_algorithm("GENERIC-SECRET").set_permissions(P.DERIVE | P.EXPORT)
+    )
+    derived = km.derive_key(
+        cs.DeriveKeyParams()
+        .set_key(base)
+        .set_info(b"ctx")
+        .set_output("AES-256")
+        .set_permissions(P.ENCRYPT | P.EXPORT)
+    )
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     expected = HKDF(hashes.SHA256(), 32, None, b"ctx").derive(km.export_key(base))
     assert km.export_key(derived) == expected
     assert len(km.generate_random(100)) == 100

@@ -53,10 +53,16 @@ def make_host(fake: FakeLauncher) -> Iterator[HostFactory]:
     def make(threads: int = 1, launcher: Any = None, **settings: Any) -> WorkerHost:
         import logging
 
-        spec = WorkerSpec(name="test worker", backend=BACKEND, config=lambda: {},
-                          threads=threads, late_cleanup=_late_cleanup)
-        host = WorkerHost(spec, HostSettings(**settings), logging.getLogger("test.worker"),
-                          launcher=launcher or fake)
+        spec = WorkerSpec(
+            name="test worker",
+            backend=BACKEND,
+            config=lambda: {},
+            threads=threads,
+            late_cleanup=_late_cleanup,
+        )
+        host = WorkerHost(
+            spec, HostSettings(**settings), logging.getLogger("test.worker"), launcher=launcher or fake
+        )
         host.start()
         hosts.append(host)
         return host
@@ -93,8 +99,7 @@ class Background:
 def submit(host: WorkerHost, op: str, *args: Any) -> concurrent.futures.Future[Any]:
     """Start a call on the host's loop and return once the host has taken it (queued or
     sent): callbacks on the loop run in order, so a no-op round after it marks the point."""
-    future = asyncio.run_coroutine_threadsafe(host.call_async(op, *args, deadline=None),
-                                              host.loop)
+    future = asyncio.run_coroutine_threadsafe(host.call_async(op, *args, deadline=None), host.loop)
     asyncio.run_coroutine_threadsafe(asyncio.sleep(0), host.loop).result(WAIT)
     return future
 
@@ -105,8 +110,8 @@ def code(exc: BaseException | None) -> ErrorCode | None:
 
 # --- requests in flight --------------------------------------------------------------------
 
-def test_calls_run_concurrently_up_to_the_worker_threads(make_host: HostFactory,
-                                                         fake: FakeLauncher) -> None:
+
+def test_calls_run_concurrently_up_to_the_worker_threads(make_host: HostFactory, fake: FakeLauncher) -> None:
     host = make_host(threads=2)
     world = fake.world
     a = Background(lambda: host.call("block", "a"))
@@ -154,8 +159,10 @@ def test_sync_call_on_the_loop_thread_is_refused(make_host: HostFactory) -> None
 
 # --- the deadline rule ---------------------------------------------------------------------
 
+
 def test_caller_deadline_abandons_the_call_and_its_late_result_is_cleaned_up(
-        make_host: HostFactory, fake: FakeLauncher) -> None:
+    make_host: HostFactory, fake: FakeLauncher
+) -> None:
     host = make_host(threads=2, call_timeout=60)
     world = fake.world
     pid = host.worker_pid
@@ -167,13 +174,19 @@ def test_caller_deadline_abandons_the_call_and_its_late_result_is_cleaned_up(
     assert host.worker_pid == pid and host.restarts == 0 and host.abandoned == 1
     assert host.call("echo", "meanwhile") == "meanwhile"
     world.gate("slow").set()  # the call finishes after all: its object is destroyed
-    assert world.wait_for(lambda: host.late_replies == 1 and not world.objects
-                          and any(("destroy", 1) in items for _, items in world.cleanups))
+    assert world.wait_for(
+        lambda: (
+            host.late_replies == 1
+            and not world.objects
+            and any(("destroy", 1) in items for _, items in world.cleanups)
+        )
+    )
     assert host.worker_pid == pid and host.restarts == 0
 
 
 def test_call_running_past_call_timeout_kills_and_restarts_the_worker(
-        make_host: HostFactory, fake: FakeLauncher) -> None:
+    make_host: HostFactory, fake: FakeLauncher
+) -> None:
     host = make_host(threads=3, call_timeout=1.0, degraded_seconds=3600)
     world = fake.world
     first_pid, first = host.worker_pid, host.generation
@@ -194,12 +207,12 @@ def test_call_running_past_call_timeout_kills_and_restarts_the_worker(
     assert host.restarts == 1 and host.timeouts == 1
     state, reason = host.state()
     assert state is ProviderState.DEGRADED and "block" in reason
-    assert [pid for pid, op, args in world.calls if args == ("keyless",)] == \
-        [first_pid, host.worker_pid]
+    assert [pid for pid, op, args in world.calls if args == ("keyless",)] == [first_pid, host.worker_pid]
 
 
 def test_an_abandoned_call_still_running_at_call_timeout_kills_the_worker(
-        make_host: HostFactory, fake: FakeLauncher) -> None:
+    make_host: HostFactory, fake: FakeLauncher
+) -> None:
     host = make_host(threads=2, call_timeout=1.0)
     first = host.generation
     with deadline_scope(0.1), pytest.raises(CryptoError) as err:
@@ -209,8 +222,7 @@ def test_an_abandoned_call_still_running_at_call_timeout_kills_the_worker(
     assert host.timeouts == 1 and "block" in host.last_restart_reason
 
 
-def test_a_queued_call_times_out_without_running(make_host: HostFactory,
-                                                 fake: FakeLauncher) -> None:
+def test_a_queued_call_times_out_without_running(make_host: HostFactory, fake: FakeLauncher) -> None:
     host = make_host(threads=1)  # a serial backend (a TPM)
     world = fake.world
     busy = Background(lambda: host.call("block", "busy"))
@@ -234,8 +246,10 @@ def test_deadline_already_passed(make_host: HostFactory) -> None:
 
 # --- losing workers ------------------------------------------------------------------------
 
+
 def test_worker_death_keyless_calls_retried_bound_calls_stale(
-        make_host: HostFactory, fake: FakeLauncher) -> None:
+    make_host: HostFactory, fake: FakeLauncher
+) -> None:
     host = make_host(threads=2)
     world = fake.world
     generation = host.generation
@@ -264,7 +278,8 @@ def test_a_worker_dying_in_a_call_is_replaced(make_host: HostFactory, fake: Fake
 
 
 def test_fatal_answer_restarts_and_keyless_calls_retry_once(
-        make_host: HostFactory, fake: FakeLauncher) -> None:
+    make_host: HostFactory, fake: FakeLauncher
+) -> None:
     host = make_host()
     with pytest.raises(CryptoError) as err:
         host.call("fatal", "device removed")
@@ -287,6 +302,7 @@ def test_answers_are_plain_data_only(make_host: HostFactory) -> None:
 
 # --- starting and restarting ---------------------------------------------------------------
 
+
 def test_start_failure_is_reported(fake: FakeLauncher, make_host: HostFactory) -> None:
     fake.fail_starts = 1
     with pytest.raises(CryptoError) as err:
@@ -296,8 +312,7 @@ def test_start_failure_is_reported(fake: FakeLauncher, make_host: HostFactory) -
     assert make_host().call("echo", 1) == 1
 
 
-def test_failed_restarts_back_off_and_recover(make_host: HostFactory,
-                                              fake: FakeLauncher) -> None:
+def test_failed_restarts_back_off_and_recover(make_host: HostFactory, fake: FakeLauncher) -> None:
     host = make_host(backoff_initial=0.05, backoff_max=0.4)
     assert [host._backoff(n) for n in range(7)] == [0.0, 0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
     hold = threading.Event()
@@ -318,13 +333,11 @@ def test_failed_restarts_back_off_and_recover(make_host: HostFactory,
     assert len(fake.workers) == 4 and host.call("echo", 5) == 5
 
 
-def test_workers_dying_young_are_restarted_with_back_off(make_host: HostFactory,
-                                                         fake: FakeLauncher) -> None:
+def test_workers_dying_young_are_restarted_with_back_off(make_host: HostFactory, fake: FakeLauncher) -> None:
     host = make_host(backoff_initial=0.01, backoff_max=60)
     for expected in (1, 2, 3):
         fake.workers[-1].kill()  # dies before serving anything
-        assert host.wait_until(lambda h, n=expected: h.restarts == n and
-                               h.generation == n + 1, WAIT)
+        assert host.wait_until(lambda h, n=expected: h.restarts == n and h.generation == n + 1, WAIT)
     assert host._young_deaths == 3  # the next restart waits backoff(2)
     assert host.call("echo", 6) == 6
 
@@ -342,6 +355,7 @@ def test_close_is_orderly_and_final(make_host: HostFactory, fake: FakeLauncher) 
 
 # --- the hang hook ---------------------------------------------------------------------------
 
+
 def test_hang_hook_holds_the_next_call_of_one_op(make_host: HostFactory) -> None:
     host = make_host(threads=2, hangs=(HangHook("echo", times=1),), call_timeout=60)
     held = Background(lambda: host.call("echo", "held"))
@@ -354,12 +368,14 @@ def test_hang_hook_holds_the_next_call_of_one_op(make_host: HostFactory) -> None
 
 # --- real worker processes -----------------------------------------------------------------
 
+
 def _real_host(**settings: Any) -> WorkerHost:
     import logging
 
     spec = WorkerSpec(name="real worker", backend=BACKEND, config=lambda: {}, threads=2)
-    host = WorkerHost(spec, HostSettings(**settings), logging.getLogger("test.real"),
-                      launcher=SubprocessLauncher())
+    host = WorkerHost(
+        spec, HostSettings(**settings), logging.getLogger("test.real"), launcher=SubprocessLauncher()
+    )
     host.start()
     return host
 

@@ -34,23 +34,25 @@ def _load_config(path: str) -> DaemonConfig:
     try:
         return DaemonConfig.load(path)
     except ConfigError as exc:
-        raise CommandFailed(f"bad configuration: {exc}",
-                            f"'cryptostack check --config {path}' lists every problem",
-                            status=2) from None
+        raise CommandFailed(
+            f"bad configuration: {exc}", f"'cryptostack check --config {path}' lists every problem", status=2
+        ) from None
 
 
 @click.command(short_help="Run the daemon in the foreground.")
 @click.option("--config", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def daemon(config: str, log_level: str) -> None:
     """Run the daemon in the foreground. The socket appears only once it is ready;
     SIGTERM or SIGINT stop it cleanly and SIGHUP reloads its configuration.
 
     Exit status 2: this configuration cannot start (bad file, a required provider that
     cannot start, root without allow_root)."""
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     out = Output()
     try:
         run_daemon(DaemonConfig.load(config))
@@ -82,12 +84,21 @@ def check(config: str, json: bool) -> None:
             out.line(f"WARNING: {warning}")
         for problem in report.problems:
             out.note(f"PROBLEM: {problem}")
-        out.line(f"{config}: " + ("OK" if report.ok else
-                                  f"{len(report.problems)} problem(s); the daemon would not "
-                                  "start"))
+        out.line(
+            f"{config}: "
+            + ("OK" if report.ok else f"{len(report.problems)} problem(s); the daemon would not start")
+        )
 
-    out.result({"config": config, "ok": report.ok, "facts": report.facts,
-                "warnings": report.warnings, "problems": report.problems}, text)
+    out.result(
+        {
+            "config": config,
+            "ok": report.ok,
+            "facts": report.facts,
+            "warnings": report.warnings,
+            "problems": report.problems,
+        },
+        text,
+    )
     if not report.ok:
         raise click.exceptions.Exit(2)
 
@@ -99,10 +110,15 @@ def keystore() -> None:
 
 
 @keystore.command(short_help="Online backup of the key store (not the KEK).")
-@click.option("--config", type=click.Path(dir_okay=False),
-              help="The daemon's configuration (finds its key store).")
-@click.option("--keystore", "store_path", type=click.Path(dir_okay=False),
-              help="The key store file (instead of --config).")
+@click.option(
+    "--config", type=click.Path(dir_okay=False), help="The daemon's configuration (finds its key store)."
+)
+@click.option(
+    "--keystore",
+    "store_path",
+    type=click.Path(dir_okay=False),
+    help="The key store file (instead of --config).",
+)
 @click.argument("output", type=click.Path(dir_okay=False))
 @json_option
 @explained
@@ -119,8 +135,10 @@ def backup(config: str | None, store_path: str | None, output: str, json: bool) 
         assert config is not None
         loaded = paths.daemon_defaults(_load_config(config))
         if loaded.keystore_url is not None:
-            fail(f"the key store is a shared PostgreSQL database ({paths.store_location(loaded)})",
-                 "back it up with pg_dump or the database's own backups (docs/scaling.md)")
+            fail(
+                f"the key store is a shared PostgreSQL database ({paths.store_location(loaded)})",
+                "back it up with pg_dump or the database's own backups (docs/scaling.md)",
+            )
         if paths.in_memory(loaded) or loaded.keystore is None:
             fail("this configuration keeps its keys in memory: nothing to back up")
         store = loaded.keystore
@@ -131,16 +149,29 @@ def backup(config: str | None, store_path: str | None, output: str, json: bool) 
         fail(f"backup failed: {exc}")
 
     def text() -> None:
-        out.line(f"backed up {store} to {result.path} ({result.size} bytes: {result.key_slots} "
-                 f"key slots, {result.cert_slots} certificate slots, {result.trust_stores} "
-                 "trust stores)")
-        out.line("the key-encryption key is NOT in this backup: back it up separately"
-                 + (f" ({kek})" if kek is not None else "") + "; see docs/operations.md")
+        out.line(
+            f"backed up {store} to {result.path} ({result.size} bytes: {result.key_slots} "
+            f"key slots, {result.cert_slots} certificate slots, {result.trust_stores} "
+            "trust stores)"
+        )
+        out.line(
+            "the key-encryption key is NOT in this backup: back it up separately"
+            + (f" ({kek})" if kek is not None else "")
+            + "; see docs/operations.md"
+        )
 
-    out.result({"store": str(store), "backup": str(result.path), "size": result.size,
-                "key_slots": result.key_slots, "cert_slots": result.cert_slots,
-                "trust_stores": result.trust_stores,
-                "kek": None if kek is None else str(kek)}, text)
+    out.result(
+        {
+            "store": str(store),
+            "backup": str(result.path),
+            "size": result.size,
+            "key_slots": result.key_slots,
+            "cert_slots": result.cert_slots,
+            "trust_stores": result.trust_stores,
+            "kek": None if kek is None else str(kek),
+        },
+        text,
+    )
 
 
 def _with_store(config: str, action: Callable[[Any, Any, Path | None], int]) -> None:
@@ -156,17 +187,25 @@ def _with_store(config: str, action: Callable[[Any, Any, Path | None], int]) -> 
     if loaded.kek_provider is not None:  # the KEK comes from a provider (TPM, token)
         entry = next(p for p in loaded.providers if p.id == loaded.kek_provider)
         root = loaded.state_dir or (loaded.keystore.parent if loaded.keystore else Path.cwd())
-        provider = load_provider(entry, root, Path(loaded.source).resolve().parent,
-                                 allow_test_providers=loaded.allow_test_providers)
+        provider = load_provider(
+            entry,
+            root,
+            Path(loaded.source).resolve().parent,
+            allow_test_providers=loaded.allow_test_providers,
+        )
         source = provider.instance.kek_source() if provider.instance is not None else None
         if source is None:
-            fail(f"kek_provider {entry.name} ({entry.id}) is unavailable: "
-                 f"{provider.load_error}", "'cryptostack check --config FILE' says more")
+            fail(
+                f"kek_provider {entry.name} ({entry.id}) is unavailable: {provider.load_error}",
+                "'cryptostack check --config FILE' says more",
+            )
     try:
         status = action(location, source, kek)
     except (OSError, sqlite3.Error) as exc:
-        fail(f"cannot use the key store {location}: {exc}",
-             "check the path and its permissions (the daemon's user owns it)")
+        fail(
+            f"cannot use the key store {location}: {exc}",
+            "check the path and its permissions (the daemon's user owns it)",
+        )
     finally:
         if provider is not None and provider.instance is not None:
             provider.instance.close()
@@ -192,11 +231,12 @@ def verify_store(config: str, json: bool) -> None:
         def text() -> None:
             for problem in problems:
                 out.line(f"  {problem}")
-            out.line(f"key store {path}: " + (f"{len(problems)} problem(s); the daemon will "
-                                              "not start on it" if problems else "intact"))
+            out.line(
+                f"key store {path}: "
+                + (f"{len(problems)} problem(s); the daemon will not start on it" if problems else "intact")
+            )
 
-        out.result({"store": str(path), "intact": not problems,
-                    "problems": [str(p) for p in problems]}, text)
+        out.result({"store": str(path), "intact": not problems, "problems": [str(p) for p in problems]}, text)
         return 1 if problems else 0
 
     _with_store(config, verify)
@@ -204,8 +244,11 @@ def verify_store(config: str, json: bool) -> None:
 
 @keystore.command(short_help="Convert a schema-1 or schema-2 store, keeping a copy.")
 @click.option("--config", required=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)
-@click.option("--drop-invalid", is_flag=True,
-              help="Convert even if some rows do not unwrap or authenticate (they are dropped).")
+@click.option(
+    "--drop-invalid",
+    is_flag=True,
+    help="Convert even if some rows do not unwrap or authenticate (they are dropped).",
+)
 @json_option
 @explained
 def migrate(config: str, drop_invalid: bool, json: bool) -> None:
@@ -214,15 +257,18 @@ def migrate(config: str, drop_invalid: bool, json: bool) -> None:
     out = Output(json)
 
     def run(path: Any, source: Any, kek: Path | None) -> int:
-        schema, copy, converted, dropped = ks.migrate(path, source, kek,
-                                                      drop_invalid=drop_invalid)
+        schema, copy, converted, dropped = ks.migrate(path, source, kek, drop_invalid=drop_invalid)
 
         def text() -> None:
-            out.line(f"key store {path}: converted from schema {schema} to "
-                     f"{ks.SCHEMA_VERSION}; the schema-{schema} file is kept as {copy}")
+            out.line(
+                f"key store {path}: converted from schema {schema} to "
+                f"{ks.SCHEMA_VERSION}; the schema-{schema} file is kept as {copy}"
+            )
             if schema == 1:
-                out.line("Schema 1 did not authenticate these rows' metadata; they are now "
-                         "sealed as they are. Review them:")
+                out.line(
+                    "Schema 1 did not authenticate these rows' metadata; they are now "
+                    "sealed as they are. Review them:"
+                )
             else:
                 out.line("Every row was authenticated under the KEK before it was converted:")
             for line in converted:
@@ -230,8 +276,17 @@ def migrate(config: str, drop_invalid: bool, json: bool) -> None:
             for line in dropped:
                 out.line(f"  DROPPED {line}")
 
-        out.result({"store": str(path), "from_schema": schema, "schema": ks.SCHEMA_VERSION,
-                    "copy": str(copy), "converted": converted, "dropped": dropped}, text)
+        out.result(
+            {
+                "store": str(path),
+                "from_schema": schema,
+                "schema": ks.SCHEMA_VERSION,
+                "copy": str(copy),
+                "converted": converted,
+                "dropped": dropped,
+            },
+            text,
+        )
         return 0
 
     _with_store(config, run)
@@ -256,11 +311,15 @@ def repair(config: str, yes: bool, json: bool) -> None:
                 def dry() -> None:
                     for problem in problems:
                         out.line(f"  would drop: {problem}")
-                    out.line("nothing to repair" if not problems else
-                             "rerun with --yes to drop these rows (their keys are lost)")
+                    out.line(
+                        "nothing to repair"
+                        if not problems
+                        else "rerun with --yes to drop these rows (their keys are lost)"
+                    )
 
-                out.result({"store": str(path), "repaired": False,
-                            "would_drop": [str(p) for p in problems]}, dry)
+                out.result(
+                    {"store": str(path), "repaired": False, "would_drop": [str(p) for p in problems]}, dry
+                )
                 return 1 if problems else 0
             dropped = store.repair()
         finally:
@@ -271,8 +330,7 @@ def repair(config: str, yes: bool, json: bool) -> None:
                 out.line(f"  dropped: {problem}")
             out.line(f"key store {path}: re-sealed")
 
-        out.result({"store": str(path), "repaired": True,
-                    "dropped": [str(p) for p in dropped]}, text)
+        out.result({"store": str(path), "repaired": True, "dropped": [str(p) for p in dropped]}, text)
         return 0
 
     _with_store(config, run)
@@ -290,11 +348,13 @@ def reset(config: str, yes: bool, json: bool) -> None:
 
     def run(path: Any, source: Any, kek: Path | None) -> int:
         if not yes:
-            fail(f"this sets {path} and its KEK aside (renamed, not deleted): the daemon then "
-                 "starts with an empty store and provisions new keys", "rerun with --yes")
+            fail(
+                f"this sets {path} and its KEK aside (renamed, not deleted): the daemon then "
+                "starts with an empty store and provisions new keys",
+                "rerun with --yes",
+            )
         # a KEK kept in a token (no file) stays where it is
-        moved = ks.set_aside(path, None if source is not None and not source.uses_file
-                             else kek)
+        moved = ks.set_aside(path, None if source is not None and not source.uses_file else kek)
 
         def text() -> None:
             for item in moved:

@@ -43,8 +43,9 @@ class LazyGroup(click.Group):
         where = COMMANDS.get(cmd_name)
         if where is None:
             return None
-        command: click.Command = getattr(importlib.import_module(
-            f"cryptostack_core.cli.{where[0]}"), where[1])
+        command: click.Command = getattr(
+            importlib.import_module(f"cryptostack_core.cli.{where[0]}"), where[1]
+        )
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -54,15 +55,16 @@ class LazyGroup(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                              "max_content_width": 100},
-             epilog=f"The commands that talk to a daemon find it with --endpoint URL or the "
-                    f"{ENDPOINT_ENV} environment variable (default {DEFAULT_ENDPOINT}). "
-                    "Exit status: 0 success; 1 failure (the message says what to do next); "
-                    "2 bad usage, or a configuration the daemon cannot start with. "
-                    "'cryptostack COMMAND --help' describes each command.")
-@click.version_option(__version__, "--version", "-V", prog_name="cryptostack",
-                      message="%(prog)s %(version)s")
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=f"The commands that talk to a daemon find it with --endpoint URL or the "
+    f"{ENDPOINT_ENV} environment variable (default {DEFAULT_ENDPOINT}). "
+    "Exit status: 0 success; 1 failure (the message says what to do next); "
+    "2 bad usage, or a configuration the daemon cannot start with. "
+    "'cryptostack COMMAND --help' describes each command.",
+)
+@click.version_option(__version__, "--version", "-V", prog_name="cryptostack", message="%(prog)s %(version)s")
 def cli() -> None:
     """cryptostack: a crypto service whose daemon owns the keys.
 

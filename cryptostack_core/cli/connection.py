@@ -30,16 +30,26 @@ __all__ = ["DEFAULT_ENDPOINT", "DEFAULT_TIMEOUT", "ENDPOINT_ENV", "connect", "en
 def endpoint_options(command: Callable[P, R]) -> Callable[P, R]:
     """``--endpoint URL`` (env ``CRYPTOSTACK_ENDPOINT``) and ``--timeout SECONDS``."""
     command = click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
-        show_default=True, metavar="SECONDS",
-        help="How long each request to the daemon may take.")(command)
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long each request to the daemon may take.",
+    )(command)
     return click.option(
-        "--endpoint", envvar=ENDPOINT_ENV, default=DEFAULT_ENDPOINT, show_default=True,
-        show_envvar=True, metavar="URL",
-        help="The daemon to talk to: unix:///PATH/TO/daemon.sock.")(command)
+        "--endpoint",
+        envvar=ENDPOINT_ENV,
+        default=DEFAULT_ENDPOINT,
+        show_default=True,
+        show_envvar=True,
+        metavar="URL",
+        help="The daemon to talk to: unix:///PATH/TO/daemon.sock.",
+    )(command)
 
 
 def connect(endpoint: str, timeout: float) -> CryptoStack:
     """A stack on the daemon at ``endpoint`` (CONNECTION_FAILED if none answers)."""
-    return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(endpoint)
-                               .set_default_operation_timeout(timeout))
+    return create_crypto_stack(
+        CryptoStackConfig().set_connection_endpoint(endpoint).set_default_operation_timeout(timeout)
+    )

@@ -52,17 +52,32 @@ def key() -> None:
 
 
 def _slot_info_dict(info: KeySlotInfo) -> dict[str, Any]:
-    return {"name": info.name, "status": info.status.value, "algorithm": info.algorithm,
-            "provider": info.provider, "compatible_providers": info.compatible_providers,
-            "permissions": permission_names(info.permissions), "version": info.version,
-            "created": info.created, "updated": info.updated,
-            "min_version": info.min_version, "placement": info.placement,
-            "components": info.components,
-            "versions": [{"version": v.version, "state": v.state.value,
-                          "algorithm": v.algorithm, "provider": v.provider,
-                          "permissions": permission_names(v.permissions),
-                          "created": v.created, "updated": v.updated}
-                         for v in info.versions]}
+    return {
+        "name": info.name,
+        "status": info.status.value,
+        "algorithm": info.algorithm,
+        "provider": info.provider,
+        "compatible_providers": info.compatible_providers,
+        "permissions": permission_names(info.permissions),
+        "version": info.version,
+        "created": info.created,
+        "updated": info.updated,
+        "min_version": info.min_version,
+        "placement": info.placement,
+        "components": info.components,
+        "versions": [
+            {
+                "version": v.version,
+                "state": v.state.value,
+                "algorithm": v.algorithm,
+                "provider": v.provider,
+                "permissions": permission_names(v.permissions),
+                "created": v.created,
+                "updated": v.updated,
+            }
+            for v in info.versions
+        ],
+    }
 
 
 def _when(stamp: float | None) -> str:
@@ -75,17 +90,23 @@ def _print_info(out: Output, info: KeySlotInfo) -> None:
     rows = new_table("", "")
     rows.show_header = False
     for label, value in [
-            ("slot", info.name), ("status", info.status.value),
-            ("algorithm", info.algorithm or "-"),
-            ("provider", "-" if info.provider is None else str(info.provider)),
-            ("compatible providers", ", ".join(map(str, info.compatible_providers)) or "-"),
-            ("permissions", ", ".join(permission_names(info.permissions)) or "none"),
-            ("version", str(info.version)), ("created", _when(info.created)),
-            ("updated", _when(info.updated)),
-            ("minimum version", str(info.min_version) if info.min_version else "-"),
-            ("placement", info.placement),
-            ("components", ", ".join(f"{c['role']} {c['algorithm']} on provider "
-                                     f"{c['provider']}" for c in info.components) or "-")]:
+        ("slot", info.name),
+        ("status", info.status.value),
+        ("algorithm", info.algorithm or "-"),
+        ("provider", "-" if info.provider is None else str(info.provider)),
+        ("compatible providers", ", ".join(map(str, info.compatible_providers)) or "-"),
+        ("permissions", ", ".join(permission_names(info.permissions)) or "none"),
+        ("version", str(info.version)),
+        ("created", _when(info.created)),
+        ("updated", _when(info.updated)),
+        ("minimum version", str(info.min_version) if info.min_version else "-"),
+        ("placement", info.placement),
+        (
+            "components",
+            ", ".join(f"{c['role']} {c['algorithm']} on provider {c['provider']}" for c in info.components)
+            or "-",
+        ),
+    ]:
         add_row(rows, label, value)
     out.table(rows)
     if info.versions:
@@ -108,8 +129,9 @@ def list_slots(endpoint: str, timeout: float, json: bool) -> None:
     def text() -> None:
         rows = new_table("slot", "status", "algorithm", "provider", "version")
         for s in slots:
-            add_row(rows, s["name"], s["status"], s["algorithm"] or "-", str(s["provider"]),
-                    str(s["version"]))
+            add_row(
+                rows, s["name"], s["status"], s["algorithm"] or "-", str(s["provider"]), str(s["version"])
+            )
         out.table(rows)
 
     out.result(slots, text)
@@ -141,19 +163,29 @@ def _permissions(value: str | None) -> KeyOperationPermission | None:
 
 
 def _key_options(command: Callable[P, R]) -> Callable[P, R]:
-    command = click.option("--provider", type=int, metavar="ID",
-                           help="Provider to create the key on (default: the slot's).")(command)
-    command = click.option("--permissions", metavar="LIST",
-                           help="Comma-separated: encrypt, decrypt, sign, verify, mac, derive, "
-                                "export ... (default: what the key type allows, never export; "
-                                "the slot's own list narrows it).")(command)
-    return click.option("--algorithm", "-a", metavar="KEY_TYPE",
-                        help="Key type (default: the one the slot declares).")(command)
+    command = click.option(
+        "--provider", type=int, metavar="ID", help="Provider to create the key on (default: the slot's)."
+    )(command)
+    command = click.option(
+        "--permissions",
+        metavar="LIST",
+        help="Comma-separated: encrypt, decrypt, sign, verify, mac, derive, "
+        "export ... (default: what the key type allows, never export; "
+        "the slot's own list narrows it).",
+    )(command)
+    return click.option(
+        "--algorithm", "-a", metavar="KEY_TYPE", help="Key type (default: the one the slot declares)."
+    )(command)
 
 
-def _fill(ctx: CryptoContext, slot_name: str, occupied: bool | None, hint: str,
-          make: Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard],
-          algorithm: str | None) -> tuple[KeySlotInfo, KeySlotInfo]:
+def _fill(
+    ctx: CryptoContext,
+    slot_name: str,
+    occupied: bool | None,
+    hint: str,
+    make: Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard],
+    algorithm: str | None,
+) -> tuple[KeySlotInfo, KeySlotInfo]:
     """Persist the key ``make(km, key_type, slot_info)`` returns into the slot, after checking the
     slot is EMPTY (``occupied`` False) or OCCUPIED (True); returns (before, after)."""
     km = ctx.create_key_management_context()
@@ -161,8 +193,11 @@ def _fill(ctx: CryptoContext, slot_name: str, occupied: bool | None, hint: str,
     before = km.get_key_slot_info(slot)
     is_occupied = before.status is KeySlotStatus.OCCUPIED
     if occupied is not None and is_occupied != occupied:
-        fail(f"key slot {slot_name!r} is " + (f"occupied (version {before.version})"
-                                              if is_occupied else "empty"), hint)
+        fail(
+            f"key slot {slot_name!r} is "
+            + (f"occupied (version {before.version})" if is_occupied else "empty"),
+            hint,
+        )
     key_type = algorithm or before.algorithm
     if key_type is None:
         fail(f"key slot {slot_name!r} declares no key type", "give --algorithm")
@@ -171,14 +206,17 @@ def _fill(ctx: CryptoContext, slot_name: str, occupied: bool | None, hint: str,
     return before, after
 
 
-def _generate(permissions: KeyOperationPermission | None, provider: int | None,
-              ) -> Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard]:
+def _generate(
+    permissions: KeyOperationPermission | None,
+    provider: int | None,
+) -> Callable[[KeyManagementContext, str, KeySlotInfo], CryptoResourceGuard]:
     def make(km: KeyManagementContext, key_type: str, slot: KeySlotInfo) -> CryptoResourceGuard:
         params = GenerateKeyParams().set_algorithm(key_type)
         if permissions is not None:
             params.set_permissions(permissions)
         _place(params, slot, provider)
         return km.generate_key(params)
+
     return make
 
 
@@ -190,19 +228,20 @@ def _place(params: GenerateKeyParams, slot: KeySlotInfo, provider: int | None) -
         params.set_provider(provider)
     elif slot.placement == "split" or slot.components:
         params.set_placement("split")
-        halves = {c["role"]: c["provider"] for c in slot.components
-                  if c.get("role") in ("pq", "classical")}
+        halves = {c["role"]: c["provider"] for c in slot.components if c.get("role") in ("pq", "classical")}
         if halves:
             params.set_component_providers(**halves)
 
 
 def _report(out: Output, verb: str, before: KeySlotInfo, after: KeySlotInfo) -> None:
     def text() -> None:
-        was = f" (was version {before.version})" if before.status is KeySlotStatus.OCCUPIED \
-            else ""
-        out.line(f"{verb} {after.name}: {after.algorithm} on provider {after.provider}, "
-                 f"version {after.version}{was}; permissions "
-                 f"{', '.join(permission_names(after.permissions)) or 'none'}")
+        was = f" (was version {before.version})" if before.status is KeySlotStatus.OCCUPIED else ""
+        out.line(
+            f"{verb} {after.name}: {after.algorithm} on provider {after.provider}, "
+            f"version {after.version}{was}; permissions "
+            f"{', '.join(permission_names(after.permissions)) or 'none'}"
+        )
+
     out.result({"before": _slot_info_dict(before), "after": _slot_info_dict(after)}, text)
 
 
@@ -212,14 +251,26 @@ def _report(out: Output, verb: str, before: KeySlotInfo, after: KeySlotInfo) -> 
 @endpoint_options
 @json_option
 @explained
-def generate(slot: str, algorithm: str | None, permissions: str | None, provider: int | None,
-             endpoint: str, timeout: float, json: bool) -> None:
+def generate(
+    slot: str,
+    algorithm: str | None,
+    permissions: str | None,
+    provider: int | None,
+    endpoint: str,
+    timeout: float,
+    json: bool,
+) -> None:
     """Generate a key inside the daemon and store it in the empty key slot SLOT."""
     out = Output(json)
     with connect(endpoint, timeout) as stack:
-        before, after = _fill(stack.create_crypto_context(), slot, False,
-                              f"'cryptostack key rotate {slot}' adds a new version",
-                              _generate(_permissions(permissions), provider), algorithm)
+        before, after = _fill(
+            stack.create_crypto_context(),
+            slot,
+            False,
+            f"'cryptostack key rotate {slot}' adds a new version",
+            _generate(_permissions(permissions), provider),
+            algorithm,
+        )
     _report(out, "generated", before, after)
 
 
@@ -229,16 +280,28 @@ def generate(slot: str, algorithm: str | None, permissions: str | None, provider
 @endpoint_options
 @json_option
 @explained
-def rotate(slot: str, algorithm: str | None, permissions: str | None, provider: int | None,
-           endpoint: str, timeout: float, json: bool) -> None:
+def rotate(
+    slot: str,
+    algorithm: str | None,
+    permissions: str | None,
+    provider: int | None,
+    endpoint: str,
+    timeout: float,
+    json: bool,
+) -> None:
     """Generate a new key into key slot SLOT as a new version, which becomes the primary.
     Older versions keep decrypting and verifying what was made under them until retired
     ('cryptostack key retire')."""
     out = Output(json)
     with connect(endpoint, timeout) as stack:
-        before, after = _fill(stack.create_crypto_context(), slot, True,
-                              f"'cryptostack key generate {slot}' puts a first key in it",
-                              _generate(_permissions(permissions), provider), algorithm)
+        before, after = _fill(
+            stack.create_crypto_context(),
+            slot,
+            True,
+            f"'cryptostack key generate {slot}' puts a first key in it",
+            _generate(_permissions(permissions), provider),
+            algorithm,
+        )
     _report(out, "rotated", before, after)
 
 
@@ -249,8 +312,7 @@ def _decode_key_file(data: bytes, fmt: str | None, key_type: str) -> tuple[bytes
             fmt = "PEM"
         else:
             spec = REGISTRY.find(key_type)
-            fmt = "PKCS8_DER" if spec is not None and spec.key_class is KeyClass.ASYMMETRIC \
-                else "RAW"
+            fmt = "PKCS8_DER" if spec is not None and spec.key_class is KeyClass.ASYMMETRIC else "RAW"
     if fmt == "PEM":
         block = PEM_BLOCK.search(data)
         labels = {b"PRIVATE KEY": KeyFormat.PKCS8_DER, b"PUBLIC KEY": KeyFormat.SPKI_DER}
@@ -266,17 +328,30 @@ def _decode_key_file(data: bytes, fmt: str | None, key_type: str) -> tuple[bytes
 @key.command(name="import", short_help="Import a key file into a slot.")
 @click.argument("slot")
 @click.argument("file", metavar="FILE")
-@click.option("--format", "fmt", type=click.Choice([f.value for f in KeyFormat]),
-              help="Encoding of FILE (default: PEM if it looks like PEM, else PKCS8_DER for "
-                   "key pairs and RAW for secret keys).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in KeyFormat]),
+    help="Encoding of FILE (default: PEM if it looks like PEM, else PKCS8_DER for "
+    "key pairs and RAW for secret keys).",
+)
 @click.option("--replace", is_flag=True, help="Replace the key the slot holds.")
 @_key_options
 @endpoint_options
 @json_option
 @explained
-def import_key(slot: str, file: str, fmt: str | None, replace: bool, algorithm: str | None,
-               permissions: str | None, provider: int | None, endpoint: str, timeout: float,
-               json: bool) -> None:
+def import_key(
+    slot: str,
+    file: str,
+    fmt: str | None,
+    replace: bool,
+    algorithm: str | None,
+    permissions: str | None,
+    provider: int | None,
+    endpoint: str,
+    timeout: float,
+    json: bool,
+) -> None:
     """Import the key in FILE (- for stdin) into key slot SLOT."""
     out = Output(json)
     perms = _permissions(permissions)
@@ -292,23 +367,37 @@ def import_key(slot: str, file: str, fmt: str | None, replace: bool, algorithm: 
         return km.import_key(params)
 
     with connect(endpoint, timeout) as stack:
-        before, after = _fill(stack.create_crypto_context(), slot, None if replace else False,
-                              "give --replace to replace its key", make, algorithm)
+        before, after = _fill(
+            stack.create_crypto_context(),
+            slot,
+            None if replace else False,
+            "give --replace to replace its key",
+            make,
+            algorithm,
+        )
     _report(out, "imported into", before, after)
 
 
 @key.command(name="export-public", short_help="Write the public key of a slot's key pair.")
 @click.argument("slot")
-@click.option("--format", "fmt", type=click.Choice(["PEM", "DER", "RAW"]), default="PEM",
-              show_default=True, help="PEM or DER SubjectPublicKeyInfo, or the raw key.")
-@click.option("--output", "-o", default="-", show_default=True, metavar="FILE",
-              help="Where to write; - is stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["PEM", "DER", "RAW"]),
+    default="PEM",
+    show_default=True,
+    help="PEM or DER SubjectPublicKeyInfo, or the raw key.",
+)
+@click.option(
+    "--output", "-o", default="-", show_default=True, metavar="FILE", help="Where to write; - is stdout."
+)
 @click.option("--force", "-f", is_flag=True, help="Replace the output file if it exists.")
 @endpoint_options
 @json_option
 @explained
-def export_public(slot: str, fmt: str, output: str, force: bool, endpoint: str, timeout: float,
-                  json: bool) -> None:
+def export_public(
+    slot: str, fmt: str, output: str, force: bool, endpoint: str, timeout: float, json: bool
+) -> None:
     """Write the public key of the key pair in key slot SLOT."""
     out = Output(json)
     if json and output != "-":
@@ -321,21 +410,27 @@ def export_public(slot: str, fmt: str, output: str, force: bool, endpoint: str, 
     data = raw
     if fmt == "PEM":
         body = base64.encodebytes(raw).replace(b"\n", b"")
-        data = (b"-----BEGIN PUBLIC KEY-----\n"
-                + b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
-                + b"\n-----END PUBLIC KEY-----\n")
+        data = (
+            b"-----BEGIN PUBLIC KEY-----\n"
+            + b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+            + b"\n-----END PUBLIC KEY-----\n"
+        )
     if json:
-        out.result({"slot": slot, "format": fmt,
-                    "public_key": data.decode() if fmt == "PEM" else data.hex()})
+        out.result({"slot": slot, "format": fmt, "public_key": data.decode() if fmt == "PEM" else data.hex()})
         return
     with Sink(output, force, binary=fmt != "PEM") as sink:
         sink.write(data)
         sink.commit()
 
 
-def _version_change(slot: str, endpoint: str, timeout: float, json: bool, verb: str,
-                    change: Callable[[KeyManagementContext, CryptoResourceId], KeySlotInfo]
-                    ) -> None:
+def _version_change(
+    slot: str,
+    endpoint: str,
+    timeout: float,
+    json: bool,
+    verb: str,
+    change: Callable[[KeyManagementContext, CryptoResourceId], KeySlotInfo],
+) -> None:
     out = Output(json)
     with connect(endpoint, timeout) as stack:
         ctx = stack.create_crypto_context()
@@ -356,16 +451,23 @@ def _version_change(slot: str, endpoint: str, timeout: float, json: bool, verb: 
 @endpoint_options
 @json_option
 @explained
-def retire(slot: str, version: int, yes: bool, endpoint: str, timeout: float,
-           json: bool) -> None:
+def retire(slot: str, version: int, yes: bool, endpoint: str, timeout: float, json: bool) -> None:
     """Retire VERSION of key slot SLOT: its key is destroyed, and what was encrypted under
     it can no longer be decrypted (KEY_VERSION_RETIRED). The primary cannot be retired."""
     if not yes:
-        fail(f"this destroys version {version} of slot {slot!r}; what it encrypted cannot be "
-             "decrypted afterwards", "rerun with --yes (or 'cryptostack key minimum' "
-             "disables older versions without destroying them)")
-    _version_change(slot, endpoint, timeout, json, f"retired version {version} of",
-                    lambda km, s: km.retire_key_version(s, version))
+        fail(
+            f"this destroys version {version} of slot {slot!r}; what it encrypted cannot be "
+            "decrypted afterwards",
+            "rerun with --yes (or 'cryptostack key minimum' disables older versions without destroying them)",
+        )
+    _version_change(
+        slot,
+        endpoint,
+        timeout,
+        json,
+        f"retired version {version} of",
+        lambda km, s: km.retire_key_version(s, version),
+    )
 
 
 @key.command(short_help="Disable the versions below a number (reversible).")
@@ -377,8 +479,14 @@ def retire(slot: str, version: int, yes: bool, endpoint: str, timeout: float,
 def minimum(slot: str, version: int, endpoint: str, timeout: float, json: bool) -> None:
     """Refuse the versions of key slot SLOT below VERSION (0: none), without destroying
     them; lower it again to use them."""
-    _version_change(slot, endpoint, timeout, json, f"minimum version {version} set on",
-                    lambda km, s: km.set_minimum_version(s, version))
+    _version_change(
+        slot,
+        endpoint,
+        timeout,
+        json,
+        f"minimum version {version} set on",
+        lambda km, s: km.set_minimum_version(s, version),
+    )
 
 
 @key.command(short_help="Empty a slot, destroying every version of its key.")
@@ -392,13 +500,17 @@ def clear(slot: str, yes: bool, endpoint: str, timeout: float, json: bool) -> No
     nothing uses them)."""
     out = Output(json)
     if not yes:
-        fail(f"this destroys the key in slot {slot!r}; what it encrypted cannot be decrypted "
-             "afterwards", "rerun with --yes")
+        fail(
+            f"this destroys the key in slot {slot!r}; what it encrypted cannot be decrypted afterwards",
+            "rerun with --yes",
+        )
     with connect(endpoint, timeout) as stack:
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
         slot_id = ctx.resolve_resource(slot, ResourceType.KEY_SLOT)
         before = km.get_key_slot_info(slot_id)
         km.clear_key_slot(slot_id)
-    out.result({"slot": slot, "cleared_version": before.version},
-               lambda: out.line(f"cleared {slot} (was version {before.version})"))
+    out.result(
+        {"slot": slot, "cleared_version": before.version},
+        lambda: out.line(f"cleared {slot} (was version {before.version})"),
+    )

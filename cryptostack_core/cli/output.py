@@ -29,17 +29,15 @@ R = TypeVar("R")
 # What to do next, per error code (the command's own hint, when it has one, comes first).
 HINTS: dict[ErrorCode, str] = {
     ErrorCode.ACCESS_DENIED: "the daemon's configuration decides which uids may use or change "
-                             "each key slot (use_uids, write_uids) and who may connect (the "
-                             "socket's group): ask its operator, or run as a user it allows",
+    "each key slot (use_uids, write_uids) and who may connect (the "
+    "socket's group): ask its operator, or run as a user it allows",
     ErrorCode.RESOURCE_NOT_FOUND: "'cryptostack key list' shows the key slots and "
-                                  "'cryptostack status' everything else the daemon serves",
-    ErrorCode.UNSUPPORTED_ALGORITHM: "'cryptostack algorithms' lists every algorithm the "
-                                     "daemon knows",
+    "'cryptostack status' everything else the daemon serves",
+    ErrorCode.UNSUPPORTED_ALGORITHM: "'cryptostack algorithms' lists every algorithm the daemon knows",
     ErrorCode.NO_COMPATIBLE_PROVIDER: "'cryptostack explain --algorithm NAME --operation OP' "
-                                      "says why each provider was skipped",
+    "says why each provider was skipped",
     ErrorCode.SLOT_EMPTY: "'cryptostack key generate SLOT' (or 'key import') puts a key in it",
-    ErrorCode.KEY_OPERATION_NOT_PERMITTED: "'cryptostack key info SLOT' shows what the key "
-                                           "allows",
+    ErrorCode.KEY_OPERATION_NOT_PERMITTED: "'cryptostack key info SLOT' shows what the key allows",
     ErrorCode.OPERATION_TIMED_OUT: "give it longer with --timeout SECONDS",
     ErrorCode.PROVIDER_UNAVAILABLE: "'cryptostack health' shows which provider is down and why",
     ErrorCode.RESOURCE_EXHAUSTED: "the daemon's limits are in docs/security.md",
@@ -48,10 +46,12 @@ HINTS: dict[ErrorCode, str] = {
 
 def connection_hint(endpoint: str, source: str) -> str:
     """What to do when no daemon answers at ``endpoint`` (given by ``source``)."""
-    return (f"is the daemon running? Start one with 'cryptostack daemon --config FILE' (or "
-            f"'systemctl start cryptostack.socket'), or point at a running one with "
-            f"--endpoint unix:///PATH/TO/daemon.sock or {ENDPOINT_ENV}=unix:///PATH/TO/"
-            f"daemon.sock (this endpoint came from {source})")
+    return (
+        f"is the daemon running? Start one with 'cryptostack daemon --config FILE' (or "
+        f"'systemctl start cryptostack.socket'), or point at a running one with "
+        f"--endpoint unix:///PATH/TO/daemon.sock or {ENDPOINT_ENV}=unix:///PATH/TO/"
+        f"daemon.sock (this endpoint came from {source})"
+    )
 
 
 def endpoint_source() -> str:
@@ -70,8 +70,7 @@ def endpoint_source() -> str:
 class CommandFailed(Exception):
     """A failure the command explains itself: its message, what to do, the exit status."""
 
-    def __init__(self, message: str, hint: str = "", status: int = 1,
-                 code: str = "FAILED") -> None:
+    def __init__(self, message: str, hint: str = "", status: int = 1, code: str = "FAILED") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -86,8 +85,7 @@ class Output:
         self.json = json_mode
         terminal = sys.stdout.isatty()
         # Not a terminal: never wrap (one line per row for scripts), no colour, no markup.
-        self.console = Console(highlight=False, soft_wrap=not terminal,
-                               width=None if terminal else 10_000)
+        self.console = Console(highlight=False, soft_wrap=not terminal, width=None if terminal else 10_000)
 
     def result(self, data: Any, text: Callable[[], None] | None = None) -> None:
         """Print ``data`` as JSON, or call ``text`` to print it for people."""
@@ -158,10 +156,10 @@ def report_failure(exc: CommandFailed | CryptoError, json_mode: bool) -> int:
     else:
         code, message, hint, status = exc.code, exc.message, exc.hint, exc.status
     if json_mode:
-        click.echo(json.dumps({"error": {"code": code, "message": message, "hint": hint}},
-                              indent=2, sort_keys=True))
-    click.echo(f"cryptostack: {code}: {message}" if code != "FAILED" else
-               f"cryptostack: {message}", err=True)
+        click.echo(
+            json.dumps({"error": {"code": code, "message": message, "hint": hint}}, indent=2, sort_keys=True)
+        )
+    click.echo(f"cryptostack: {code}: {message}" if code != "FAILED" else f"cryptostack: {message}", err=True)
     if hint and hint.split("'")[1:2] != [] and hint.split("'")[1] in message:
         hint = ""  # the message already names the command that helps
     if hint:
@@ -172,17 +170,19 @@ def report_failure(exc: CommandFailed | CryptoError, json_mode: bool) -> int:
 def explained(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a command's CryptoError or CommandFailed into an explained message and an exit
     status (1, or the failure's own) instead of a traceback."""
+
     @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
         except (CryptoError, CommandFailed) as exc:
             raise click.exceptions.Exit(report_failure(exc, bool(kwargs.get("json")))) from None
+
     return run
 
 
 def json_option(command: Callable[P, R]) -> Callable[P, R]:
     """``--json``: print one JSON document instead of text."""
-    return click.option("--json", "json", is_flag=True,
-                        help="Print the result as JSON (errors too, on stdout).")(command)
-
+    return click.option(
+        "--json", "json", is_flag=True, help="Print the result as JSON (errors too, on stdout)."
+    )(command)

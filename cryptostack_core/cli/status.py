@@ -11,8 +11,7 @@ from cryptostack_core.wire.status import AlgorithmEntry, DaemonStatus
 
 
 def _print_status(out: Output, status: DaemonStatus) -> None:
-    out.line(f"cryptostack daemon {status['version']} (pid {status['pid']}, "
-             f"up {status['uptime']:.0f} s)")
+    out.line(f"cryptostack daemon {status['version']} (pid {status['pid']}, up {status['uptime']:.0f} s)")
     out.line("providers:")
     providers = new_table("id", "name", "state", "reason")
     for p in status["providers"]:
@@ -21,8 +20,7 @@ def _print_status(out: Output, status: DaemonStatus) -> None:
     out.line("key slots:")
     slots = new_table("name", "status", "algorithm", "provider", "version")
     for s in status["key_slots"]:
-        add_row(slots, s["name"], s["status"], s["algorithm"] or "-", str(s["provider"]),
-                      f"v{s['version']}")
+        add_row(slots, s["name"], s["status"], s["algorithm"] or "-", str(s["provider"]), f"v{s['version']}")
     out.table(slots)
     if status.get("cert_slots"):
         out.line("certificate slots:")
@@ -37,8 +35,9 @@ def _print_status(out: Output, status: DaemonStatus) -> None:
     out.line(f"clients ({len(status['clients'])}):")
     clients = new_table("pid", "uid", "contexts", "resources")
     for client in status["clients"]:
-        add_row(clients, str(client["pid"]), str(client["uid"]), str(client["contexts"]),
-                        str(client["resources"]))
+        add_row(
+            clients, str(client["pid"]), str(client["uid"]), str(client["contexts"]), str(client["resources"])
+        )
     out.table(clients)
 
 
@@ -63,8 +62,7 @@ def health(endpoint: str, timeout: float, json: bool) -> None:
     out = Output(json)
     with connect(endpoint, timeout) as stack:
         result = stack.status()
-    down = [p for p in result["providers"]
-            if p["state"] == "unavailable" and not p.get("optional")]
+    down = [p for p in result["providers"] if p["state"] == "unavailable" and not p.get("optional")]
 
     def text() -> None:
         for p in result["providers"]:
@@ -76,8 +74,9 @@ def health(endpoint: str, timeout: float, json: bool) -> None:
             out.line(f"WARNING: {warning}")
         out.line("unhealthy: a required provider is down" if down else "healthy")
 
-    out.result({"healthy": not down, "providers": result["providers"],
-                "warnings": result.get("warnings", [])}, text)
+    out.result(
+        {"healthy": not down, "providers": result["providers"], "warnings": result.get("warnings", [])}, text
+    )
     if down:
         raise click.exceptions.Exit(1)
 
@@ -85,14 +84,22 @@ def health(endpoint: str, timeout: float, json: bool) -> None:
 @click.command(short_help="Which provider would run an operation, and why.")
 @endpoint_options
 @click.option("--algorithm", required=True, help="Algorithm name or alias (ML-DSA-65, sha256 ...).")
-@click.option("--operation", required=True,
-              help="hash, encrypt, decrypt, sign, verify, encapsulate, agree, derive, ...")
+@click.option(
+    "--operation", required=True, help="hash, encrypt, decrypt, sign, verify, encapsulate, agree, derive, ..."
+)
 @click.option("--key-slot", metavar="NAME", help="Explain for the key in this slot.")
 @click.option("--provider", type=int, metavar="ID", help="Pin a provider id.")
 @json_option
 @explained
-def explain(endpoint: str, timeout: float, algorithm: str, operation: str,
-            key_slot: str | None, provider: int | None, json: bool) -> None:
+def explain(
+    endpoint: str,
+    timeout: float,
+    algorithm: str,
+    operation: str,
+    key_slot: str | None,
+    provider: int | None,
+    json: bool,
+) -> None:
     """Which provider would run an operation, and why each candidate was taken or skipped.
     Exit 1 when none would."""
     out = Output(json)
@@ -117,13 +124,20 @@ def explain(endpoint: str, timeout: float, algorithm: str, operation: str,
 
 
 def _operations(entry: AlgorithmEntry, names: dict[int, str]) -> str:
-    ops = "; ".join(f"{op}: " + ", ".join(f"{names.get(pid, '?')} ({pid})" for pid in pids)
-                    for op, pids in sorted(entry["providers"].items())) or "no provider"
+    ops = (
+        "; ".join(
+            f"{op}: " + ", ".join(f"{names.get(pid, '?')} ({pid})" for pid in pids)
+            for op, pids in sorted(entry["providers"].items())
+        )
+        or "no provider"
+    )
     split = entry.get("split")  # hybrids: may the halves live on two providers?
     if split is not None:
-        ops += "; split: " + (" + ".join(f"{c['role']} {c['algorithm']}"
-                                         for c in split.get("components", []))
-                              if split["splittable"] else "no (one provider holds both)")
+        ops += "; split: " + (
+            " + ".join(f"{c['role']} {c['algorithm']}" for c in split.get("components", []))
+            if split["splittable"]
+            else "no (one provider holds both)"
+        )
     return ops
 
 

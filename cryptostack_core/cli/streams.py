@@ -75,8 +75,10 @@ class Source:
         bytes, else the command fails naming ``what`` was expected."""
         data = self._file.read(limit + 1)
         if len(data) > limit:
-            fail(f"{self.name} is larger than any {what} ({limit} bytes)",
-                 f"check that {self.name} is the {what}")
+            fail(
+                f"{self.name} is larger than any {what} ({limit} bytes)",
+                f"check that {self.name} is the {what}",
+            )
         return data
 
     def close(self) -> None:
@@ -100,8 +102,10 @@ class Sink:
         self._tmp: Path | None = None
         if name == "-":
             if binary and sys.stdout.isatty():
-                fail("refusing to write binary output to a terminal",
-                     "give -o FILE, or redirect stdout to a file or a pipe")
+                fail(
+                    "refusing to write binary output to a terminal",
+                    "give -o FILE, or redirect stdout to a file or a pipe",
+                )
             self._file: BinaryIO = sys.stdout.buffer
             return
         target = Path(name)
@@ -110,8 +114,7 @@ class Sink:
         if target.is_dir():
             fail(f"{name} is a directory", "give -o FILE")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                       dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         except OSError as exc:
             fail(f"cannot write in {target.parent}: {exc.strerror or exc}")
         self._tmp = Path(tmp)
@@ -160,8 +163,9 @@ class Sink:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._tmp is not None:  # not committed: an error or an interruption
             self.discard()
 
@@ -174,9 +178,14 @@ class FileProgress:
         if not console.is_terminal:  # asked for with --progress: room for the figures
             console = Console(stderr=True, width=120)
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=console,
-            transient=console.is_terminal)
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=console.is_terminal,
+        )
         self._task: TaskID = self._progress.add_task(label, total=total)
 
     def advance(self, size: int) -> None:
@@ -195,7 +204,6 @@ def progress_for(label: str, source: Source, wanted: bool | None) -> FileProgres
     """A bar when asked (``--progress``), or by default when stderr is a terminal and the
     input is large or of unknown size (stdin); None otherwise."""
     if wanted is None:
-        wanted = sys.stderr.isatty() and (source.size is None
-                                          or source.size >= PROGRESS_THRESHOLD)
+        wanted = sys.stderr.isatty() and (source.size is None or source.size >= PROGRESS_THRESHOLD)
     name = "stdin" if source.name == "-" else Path(source.name).name
     return FileProgress(f"{label} {name}", source.size) if wanted else None

@@ -75,16 +75,20 @@ class AsyncUnixTransport:
         self._attach_lock = asyncio.Lock()
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_unix_connection(lambda: _Reader(self), path), connect_timeout)
+                loop.create_unix_connection(lambda: _Reader(self), path), connect_timeout
+            )
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"no cryptostack daemon at {path}: {exc.strerror}") from None
+            raise CryptoError(
+                ErrorCode.CONNECTION_FAILED, f"no cryptostack daemon at {path}: {exc.strerror}"
+            ) from None
         except PermissionError:
-            raise CryptoError(ErrorCode.ACCESS_DENIED,
-                              f"not allowed to connect to {path} (socket permissions)") from None
+            raise CryptoError(
+                ErrorCode.ACCESS_DENIED, f"not allowed to connect to {path} (socket permissions)"
+            ) from None
         except TimeoutError:
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"the daemon at {path} did not accept the connection") from None
+            raise CryptoError(
+                ErrorCode.CONNECTION_FAILED, f"the daemon at {path} did not accept the connection"
+            ) from None
         except OSError as exc:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
         self._transport = transport
@@ -95,8 +99,9 @@ class AsyncUnixTransport:
             self.protocol.accept_hello(reply)
         except TimeoutError:
             transport.close()
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"the daemon at {path} did not answer the hello") from None
+            raise CryptoError(
+                ErrorCode.CONNECTION_FAILED, f"the daemon at {path} did not answer the hello"
+            ) from None
         except BaseException:
             transport.close()
             raise
@@ -196,8 +201,11 @@ class AsyncUnixTransport:
         """Run ``op``; OPERATION_TIMED_OUT after ``timeout`` seconds (None: never)."""
         if self._broken:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
-        offload = self.shm.plan(op, args, self.protocol.max_frame) \
-            if self.shm.usable and wants_region(op, args) else None
+        offload = (
+            self.shm.plan(op, args, self.protocol.max_frame)
+            if self.shm.usable and wants_region(op, args)
+            else None
+        )
         if offload is not None:
             answer = await self._call_offloaded(op, offload, timeout)
             if answer is not None:
@@ -209,9 +217,15 @@ class AsyncUnixTransport:
             self._free_slot()
         return result_of(message)
 
-    async def _exchange(self, op: str, args: Mapping[str, Any], timeout: float | None,
-                        fds: list[int] | None = None, gated: bool = False,
-                        offload: Offload | None = None) -> dict[str, Any]:
+    async def _exchange(
+        self,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float | None,
+        fds: list[int] | None = None,
+        gated: bool = False,
+        offload: Offload | None = None,
+    ) -> dict[str, Any]:
         """Send one request and wait for its answer."""
         assert self._loop is not None and self._transport is not None
         while self._gate is not None and not gated:
@@ -236,16 +250,16 @@ class AsyncUnixTransport:
                 self._forget_order(request_id)
                 if makes_something(op, args):
                     remember_late(self._gave_up, request_id, (op, args))
-                if offload is not None and not (isinstance(exc, CryptoError) and
-                                                exc.code is ErrorCode.CONNECTION_FAILED):
+                if offload is not None and not (
+                    isinstance(exc, CryptoError) and exc.code is ErrorCode.CONNECTION_FAILED
+                ):
                     self._abandoned[request_id] = offload
             raise
         finally:
             if handle is not None:
                 handle.cancel()
 
-    async def _call_offloaded(self, op: str, offload: Offload, timeout: float | None
-                              ) -> tuple[Any] | None:
+    async def _call_offloaded(self, op: str, offload: Offload, timeout: float | None) -> tuple[Any] | None:
         """A request with its large buffers in the region: (result,), or None when the
         daemon refused the region (the caller then sends the request inline)."""
         await self._slot()
@@ -270,8 +284,9 @@ class AsyncUnixTransport:
             self._free_slot()
         return (self.shm.done(offload, result_of(message)),)
 
-    async def _attach_and_send(self, op: str, offload: Offload, timeout: float | None
-                               ) -> dict[str, Any] | None:
+    async def _attach_and_send(
+        self, op: str, offload: Offload, timeout: float | None
+    ) -> dict[str, Any] | None:
         """``shm.attach``, then the request's frame carrying the region's descriptor; no
         other request is written in between. None when the daemon does not take it."""
         assert self._loop is not None and self._attach_lock is not None
@@ -281,12 +296,15 @@ class AsyncUnixTransport:
             gate = self._gate = self._loop.create_future()
             try:
                 ready = await self._exchange("shm.attach", {}, timeout, gated=True)
-                if not (ready.get("ok") and isinstance(ready.get("result"), Mapping)
-                        and ready["result"].get("ready") is True):
+                if not (
+                    ready.get("ok")
+                    and isinstance(ready.get("result"), Mapping)
+                    and ready["result"].get("ready") is True
+                ):
                     return None
-                return await self._exchange(op, offload.args, timeout,
-                                            fds=[offload.region.fd], gated=True,
-                                            offload=offload)
+                return await self._exchange(
+                    op, offload.args, timeout, fds=[offload.region.fd], gated=True, offload=offload
+                )
             except CryptoError as exc:
                 if exc.code is ErrorCode.OPERATION_TIMED_OUT:
                     self._lost("a shared-memory attach timed out")  # the stream is out of step
@@ -338,14 +356,14 @@ def _expire(future: asyncio.Future[Any], timeout: float) -> None:
         future.set_exception(timed_out(timeout))
 
 
-async def connect_async(endpoint: str, daemon_config: Any = None,
-                        connect_timeout: float | None = 5.0) -> AsyncTransport:
+async def connect_async(
+    endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0
+) -> AsyncTransport:
     """An asyncio transport for ``unix://PATH``; another registered scheme (``inproc://``)
     gets its blocking transport behind :class:`SyncTransportInLoop`."""
     scheme, rest = split_endpoint(endpoint)
     if scheme == "unix":
         return await AsyncUnixTransport.open(rest, connect_timeout)
     loop = asyncio.get_running_loop()
-    transport = await loop.run_in_executor(None, registered_transport, endpoint, scheme, rest,
-                                           daemon_config)
+    transport = await loop.run_in_executor(None, registered_transport, endpoint, scheme, rest, daemon_config)
     return SyncTransportInLoop(transport)

@@ -22,8 +22,7 @@ _T = TypeVar("_T")
 
 def wrong_type(name: str, expected: str, value: object) -> CryptoError:
     """INVALID_ARGUMENT: ``name`` must be ``expected``, got the type of ``value``."""
-    return CryptoError(ErrorCode.INVALID_ARGUMENT,
-                       f"{name} must be {expected}, got {type(value).__name__}")
+    return CryptoError(ErrorCode.INVALID_ARGUMENT, f"{name} must be {expected}, got {type(value).__name__}")
 
 
 def int_arg(value: object, name: str) -> int:
@@ -72,9 +71,10 @@ def enum_arg(value: object, enum_type: type[_E], name: str) -> _E:
         except ValueError:
             pass
     choices = ", ".join(str(m.name) for m in enum_type)
-    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                      f"{name} must be a {enum_type.__name__} ({choices}), got "
-                      f"{type(value).__name__} {value!r}")
+    raise CryptoError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"{name} must be a {enum_type.__name__} ({choices}), got {type(value).__name__} {value!r}",
+    )
 
 
 def instance_arg(value: object, cls: type[_T], name: str) -> _T:
@@ -105,5 +105,6 @@ def components_arg(value: object, name: str) -> dict[str, list[int]]:
     for role, ids in value.items():
         items = ids if isinstance(ids, list) else [ids]
         out[str_arg(role, f"each role of {name}")] = [
-            int_arg(i, f"each provider id of {name}[{role!r}]") for i in items]
+            int_arg(i, f"each provider id of {name}[{role!r}]") for i in items
+        ]
     return out

@@ -92,9 +92,11 @@ class ChannelCore:
         assert self._daemon_names is not None
         served = self._daemon_names.find(name)
         if served is None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"unknown algorithm {name!r}: neither this client nor the "
-                              "daemon knows it (`cryptostack algorithms` lists the daemon's)")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"unknown algorithm {name!r}: neither this client nor the "
+                "daemon knows it (`cryptostack algorithms` lists the daemon's)",
+            )
         return served.name
 
     @property
@@ -135,8 +137,9 @@ class ChannelCore:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, "the stack is closed")
 
     @staticmethod
-    def _plan(op: str, args: Mapping[str, Any], queued: list[dict[str, Any]]
-              ) -> tuple[list[dict[str, Any]], dict[str, Any], Callable[[Any], Any]]:
+    def _plan(
+        op: str, args: Mapping[str, Any], queued: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], Callable[[Any], Any]]:
         """Releases of garbage-collected guards and contexts ride along with a request; a
         long queue goes first in batches of its own, so no batch grows without bound.
         Returns the batches to send first, the batch to send, and how to get the caller's
@@ -239,8 +242,7 @@ class SyncTransportInLoop:
 
     def __init__(self, transport: Transport) -> None:
         self.inner = transport
-        self._native: Callable[..., Awaitable[Any]] | None = getattr(transport, "call_async",
-                                                                     None)
+        self._native: Callable[..., Awaitable[Any]] | None = getattr(transport, "call_async", None)
 
     @property
     def server(self) -> Any:
@@ -257,8 +259,7 @@ class SyncTransportInLoop:
         """Run ``op`` without blocking the loop."""
         if self._native is not None:
             return await self._native(op, args, timeout)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.inner.call, op, args, timeout)
+        return await asyncio.get_running_loop().run_in_executor(None, self.inner.call, op, args, timeout)
 
     async def close(self) -> None:
         """Close the inner transport (on a thread: it may wait for its workers)."""

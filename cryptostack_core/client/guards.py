@@ -23,9 +23,15 @@ class GuardCore:
     """What both kinds of guard share: the id they own, its metadata, the finalizer that
     queues the release of a guard dropped unreleased."""
 
-    def __init__(self, channel: ChannelCore, rid: CryptoResourceId,
-                 persistence: ResourcePersistence, permitted: KeyOperationPermission,
-                 algorithm: str | None = None, provider: int | None = None) -> None:
+    def __init__(
+        self,
+        channel: ChannelCore,
+        rid: CryptoResourceId,
+        persistence: ResourcePersistence,
+        permitted: KeyOperationPermission,
+        algorithm: str | None = None,
+        provider: int | None = None,
+    ) -> None:
         self._channel = channel
         self._rid = rid
         self._persistence = persistence
@@ -43,10 +49,14 @@ class GuardCore:
 
     @classmethod
     def _from_wire(cls, channel: Any, info: Mapping[str, Any]) -> Self:
-        guard = cls(channel, rid_from_wire(info["id"], info.get("label")),
-                    ResourcePersistence(info.get("persistence", "EPHEMERAL")),
-                    KeyOperationPermission(info.get("permissions") or 0),
-                    info.get("algorithm"), info.get("provider"))
+        guard = cls(
+            channel,
+            rid_from_wire(info["id"], info.get("label")),
+            ResourcePersistence(info.get("persistence", "EPHEMERAL")),
+            KeyOperationPermission(info.get("permissions") or 0),
+            info.get("algorithm"),
+            info.get("provider"),
+        )
         guard.components = [dict(c) for c in info.get("components") or ()]
         version = info.get("version")
         guard.version = version if isinstance(version, int) else None
@@ -135,9 +145,13 @@ def _release_dropped(channel: ChannelCore, rid: CryptoResourceId, algorithm: str
     if channel.closed:
         return  # disconnecting freed it
     channel.queue_release(rid)
-    warnings.warn(f"cryptostack: {rid.type.value} guard #{rid.handle} ({algorithm or 'no algorithm'})"
-                  " was never released; it is released with the stack's next request (use "
-                  "'with' or release())", ResourceWarning, stacklevel=2)
+    warnings.warn(
+        f"cryptostack: {rid.type.value} guard #{rid.handle} ({algorithm or 'no algorithm'})"
+        " was never released; it is released with the stack's next request (use "
+        "'with' or release())",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 class KeySlotObject:

@@ -41,8 +41,7 @@ class Caller(Protocol):
 class AsyncCaller(Protocol):
     """What :func:`run_async` needs: an awaitable ``call`` (an :class:`~.channel.AsyncChannel`)."""
 
-    def call(self, op: str, args: Mapping[str, Any], timeout: float | None
-             ) -> Awaitable[Any]: ...
+    def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Awaitable[Any]: ...
 
 
 def run(channel: Caller, plan: Plan[T]) -> T:

@@ -47,8 +47,7 @@ class ClientProtocol:
     # --- the hello ----------------------------------------------------------------------
     def hello(self) -> bytes:
         """The first frame a client sends."""
-        return self.frame({"hello": {"versions": list(SUPPORTED_VERSIONS),
-                                     "client": CLIENT_NAME}})
+        return self.frame({"hello": {"versions": list(SUPPORTED_VERSIONS), "client": CLIENT_NAME}})
 
     def accept_hello(self, reply: Mapping[str, Any]) -> None:
         """Check the daemon's hello and learn its limits; CryptoError if it refused us."""
@@ -58,9 +57,10 @@ class ClientProtocol:
                 raise_for_error(reply.get("error"))
             raise CryptoError(ErrorCode.PROTOCOL_ERROR, "the daemon did not answer the hello")
         if hello.get("version") != PROTOCOL_VERSION:
-            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                              f"daemon speaks protocol {hello.get('version')}, we speak "
-                              f"{PROTOCOL_VERSION}")
+            raise CryptoError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"daemon speaks protocol {hello.get('version')}, we speak {PROTOCOL_VERSION}",
+            )
         self.server = dict(hello)
         self.max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
 
@@ -76,19 +76,21 @@ class ClientProtocol:
         """One frame (header and CBOR body); INVALID_ARGUMENT past the daemon's limit."""
         body = _dumps(message)
         if len(body) > self.max_frame:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"request of {len(body)} bytes exceeds the daemon's frame limit "
-                              f"of {self.max_frame} bytes; send the data in smaller updates")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"request of {len(body)} bytes exceeds the daemon's frame limit "
+                f"of {self.max_frame} bytes; send the data in smaller updates",
+            )
         return _pack(len(body)) + body
 
-    def request(self, op: str, args: Mapping[str, Any], timeout: float | None
-                ) -> tuple[int, bytes]:
+    def request(self, op: str, args: Mapping[str, Any], timeout: float | None) -> tuple[int, bytes]:
         """A new request id and the request's frame (``timeout`` travels as ``timeout_ms``)."""
         request_id = next(self._ids)
         if timeout is None:
             return request_id, self.frame({"id": request_id, "op": op, "args": args})
-        return request_id, self.frame({"id": request_id, "op": op, "args": args,
-                                       "timeout_ms": max(1, int(timeout * 1000))})
+        return request_id, self.frame(
+            {"id": request_id, "op": op, "args": args, "timeout_ms": max(1, int(timeout * 1000))}
+        )
 
     # --- answers ------------------------------------------------------------------------
     def wanted(self) -> int:
@@ -144,12 +146,12 @@ def shm_refused(message: Mapping[str, Any]) -> bool:
     """Whether an answer says the daemon refused the shared memory the request carried (the
     request did not run: send it again with its bytes inline)."""
     error = message.get("error")
-    return message.get("ok") is False and isinstance(error, Mapping) \
-        and error.get("shm_refused") is True
+    return message.get("ok") is False and isinstance(error, Mapping) and error.get("shm_refused") is True
 
 
-_MAKES_RESOURCE = frozenset({"key.generate", "key.import", "key.load", "key.derive",
-                             "cert.import", "crl.import", "truststore.create"})
+_MAKES_RESOURCE = frozenset(
+    {"key.generate", "key.import", "key.load", "key.derive", "cert.import", "crl.import", "truststore.create"}
+)
 """Operations whose answer hands the client a resource handle (``{"id": ...}``)."""
 
 
@@ -159,13 +161,12 @@ def makes_something(op: str, args: Mapping[str, Any]) -> bool:
     if op == "batch":
         calls = args.get("calls")
         return isinstance(calls, list) and any(
-            isinstance(c, Mapping) and makes_something(str(c.get("op")), c.get("args") or {})
-            for c in calls)
+            isinstance(c, Mapping) and makes_something(str(c.get("op")), c.get("args") or {}) for c in calls
+        )
     return op in _MAKES_RESOURCE or op.endswith(".create")
 
 
-def cleanup_of_late_answer(op: str, args: Mapping[str, Any], result: Any
-                           ) -> list[dict[str, Any]]:
+def cleanup_of_late_answer(op: str, args: Mapping[str, Any], result: Any) -> list[dict[str, Any]]:
     """The quiet requests that free what a successful answer made, for an answer that came
     after its caller gave up (its deadline passed on the client before the daemon's did):
     nobody holds a guard or context for it, so without these it would stay in the daemon
@@ -177,8 +178,7 @@ def cleanup_of_late_answer(op: str, args: Mapping[str, Any], result: Any
         cleanup: list[dict[str, Any]] = []
         for call, answer in zip(calls, result):
             if isinstance(call, Mapping):
-                cleanup += cleanup_of_late_answer(str(call.get("op")), call.get("args") or {},
-                                                  answer)
+                cleanup += cleanup_of_late_answer(str(call.get("op")), call.get("args") or {}, answer)
         return cleanup
     if not isinstance(result, Mapping):
         return []
@@ -194,16 +194,20 @@ LATE_ANSWERS_REMEMBERED = 1024
 forgotten first: memory stays bounded whatever the daemon does)."""
 
 
-def remember_late(gave_up: dict[int, tuple[str, Mapping[str, Any]]], request_id: int,
-                  request: tuple[str, Mapping[str, Any]]) -> None:
+def remember_late(
+    gave_up: dict[int, tuple[str, Mapping[str, Any]]], request_id: int, request: tuple[str, Mapping[str, Any]]
+) -> None:
     """Note a timed-out request that may make something, for :func:`late_cleanup`."""
     if len(gave_up) >= LATE_ANSWERS_REMEMBERED:
         del gave_up[next(iter(gave_up))]
     gave_up[request_id] = request
 
 
-def late_cleanup(queue: Callable[[list[dict[str, Any]]], None] | None,
-                 request: tuple[str, Mapping[str, Any]], message: Mapping[str, Any]) -> None:
+def late_cleanup(
+    queue: Callable[[list[dict[str, Any]]], None] | None,
+    request: tuple[str, Mapping[str, Any]],
+    message: Mapping[str, Any],
+) -> None:
     """Hand ``queue`` what frees the things a late successful answer made (no I/O here:
     the channel sends it with its next request)."""
     if queue is None or not message.get("ok"):

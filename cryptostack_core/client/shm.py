@@ -139,13 +139,20 @@ class SharedMemory:
             new_args = dict(args)
             targets.append(new_args)
             member_ops = [op]
-        big = [(t, k) for t in targets for k in SHM_ARGUMENTS
-               if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= THRESHOLD]
+        big = [
+            (t, k)
+            for t in targets
+            for k in SHM_ARGUMENTS
+            if isinstance(t.get(k), (bytes, bytearray, memoryview)) and len(t[k]) >= THRESHOLD
+        ]
         if not big:
             return None
         total = sum(len(t[k]) for t, k in big)
-        outputs = [t for t, member in zip(targets, member_ops) if member in OUTPUT_OPERATIONS
-                   and any(t is b for b, _ in big)]
+        outputs = [
+            t
+            for t, member in zip(targets, member_ops)
+            if member in OUTPUT_OPERATIONS and any(t is b for b, _ in big)
+        ]
         out_room = sum(len(t["data"]) + 4096 for t in outputs if "data" in t)
         need = total + out_room + _ALIGN * (len(big) + len(outputs))
         if need > max_frame:
@@ -171,7 +178,7 @@ class SharedMemory:
                     region.free(taken)
                 return None
             offsets.append(offset)
-            region.view[offset:offset + len(data)] = data
+            region.view[offset : offset + len(data)] = data
             t[k] = {"shm": [offset, len(data)]}
         for t in outputs:
             room = t["data"]["shm"][1] + 4096
@@ -198,9 +205,12 @@ class SharedMemory:
         if isinstance(result, Mapping) and "shm" in result and len(result) == 1:
             result = _read(offload.region, result["shm"])
         elif isinstance(result, list):  # a batch: members may have left outputs too
-            result = [_read(offload.region, r["shm"])
-                      if isinstance(r, Mapping) and "shm" in r and len(r) == 1 else r
-                      for r in result]
+            result = [
+                _read(offload.region, r["shm"])
+                if isinstance(r, Mapping) and "shm" in r and len(r) == 1
+                else r
+                for r in result
+            ]
         for offset in offload.offsets:
             offload.region.free(offset)
         with self._lock:
@@ -235,9 +245,8 @@ def _read(region: ClientRegion, span: object) -> bytes:
         raise CryptoError(ErrorCode.PROTOCOL_ERROR, "malformed shared-memory result")
     offset, length = span
     if offset < 0 or length < 0 or offset + length > region.size:
-        raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                          "the daemon named a result outside the shared region")
-    return bytes(region.view[offset:offset + length])
+        raise CryptoError(ErrorCode.PROTOCOL_ERROR, "the daemon named a result outside the shared region")
+    return bytes(region.view[offset : offset + length])
 
 
 def wants_region(op: str, args: Mapping[str, Any]) -> bool:
@@ -261,8 +270,7 @@ def inline_views(op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
                 return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in args.items()}
         return args
     calls = args.get("calls", [])
-    if not any(isinstance(c.get("args", {}).get(k), memoryview) for c in calls
-               for k in SHM_ARGUMENTS):
+    if not any(isinstance(c.get("args", {}).get(k), memoryview) for c in calls for k in SHM_ARGUMENTS):
         return args
 
     def fixed(a: Mapping[str, Any]) -> dict[str, Any]:

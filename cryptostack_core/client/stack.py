@@ -124,13 +124,20 @@ def _p_status(channel: ChannelCore) -> Plan[DaemonStatus]:
     return result
 
 
-def _p_explain(channel: ChannelCore, algorithm: str, operation: str, key: ResourceLike | None,
-               provider: int | None, placement: str | None = None,
-               components: Mapping[str, int | list[int]] | None = None
-               ) -> Plan[list[ProviderCandidate]]:
-    args: dict[str, Any] = {"algorithm": str_arg(algorithm, "algorithm"),
-                            "operation": str_arg(operation, "operation"),
-                            "provider": optional_int_arg(provider, "provider")}
+def _p_explain(
+    channel: ChannelCore,
+    algorithm: str,
+    operation: str,
+    key: ResourceLike | None,
+    provider: int | None,
+    placement: str | None = None,
+    components: Mapping[str, int | list[int]] | None = None,
+) -> Plan[list[ProviderCandidate]]:
+    args: dict[str, Any] = {
+        "algorithm": str_arg(algorithm, "algorithm"),
+        "operation": str_arg(operation, "operation"),
+        "provider": optional_int_arg(provider, "provider"),
+    }
     if placement is not None:
         args["placement"] = str_arg(placement, "placement")
     if components is not None:
@@ -150,10 +157,11 @@ def _p_ping(channel: ChannelCore) -> Plan[None]:
     yield "ping", {}, channel.default_timeout
 
 
-def _p_resolve(channel: ChannelCore, name: str, resource_type: ResourceType
-               ) -> Plan[CryptoResourceId]:
-    args = {"name": str_arg(name, "name"),
-            "type": enum_arg(resource_type, ResourceType, "resource_type").value}
+def _p_resolve(channel: ChannelCore, name: str, resource_type: ResourceType) -> Plan[CryptoResourceId]:
+    args = {
+        "name": str_arg(name, "name"),
+        "type": enum_arg(resource_type, ResourceType, "resource_type").value,
+    }
     result = yield "resource.resolve", args, channel.default_timeout
     return rid_from_wire(result, name)
 
@@ -189,10 +197,16 @@ class CryptoStack:
         :class:`~cryptostack_core.DaemonStatus`)."""
         return run(self._channel, _p_status(self._channel))
 
-    def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                provider: int | None = None, *, placement: str | None = None,
-                components: Mapping[str, int | list[int]] | None = None
-                ) -> list[ProviderCandidate]:
+    def explain(
+        self,
+        algorithm: str,
+        operation: str,
+        key: ResourceLike | None = None,
+        provider: int | None = None,
+        *,
+        placement: str | None = None,
+        components: Mapping[str, int | list[int]] | None = None,
+    ) -> list[ProviderCandidate]:
         """Provider selection for (algorithm, operation[, key]): each candidate and why.
 
         Hybrid algorithms: each candidate has a ``role`` -- ``native`` (one provider for
@@ -200,8 +214,10 @@ class CryptoStack:
         daemon, provider 0) or ``split`` (why it cannot be split); ``placement`` and
         ``components`` ask as :meth:`GenerateKeyParams.set_placement` and
         :meth:`GenerateKeyParams.set_component_providers` would (docs/hybrid.md)."""
-        return run(self._channel, _p_explain(self._channel, algorithm, operation, key, provider,
-                                             placement, components))
+        return run(
+            self._channel,
+            _p_explain(self._channel, algorithm, operation, key, provider, placement, components),
+        )
 
     def algorithms(self) -> list[AlgorithmEntry]:
         """Every algorithm the service knows: name, kind, aliases, key types, sizes, the
@@ -266,45 +282,49 @@ class CryptoContext:
         """Signature and MAC verification."""
         return VerifyContext(self, instance_arg(config, VerifyContextConfig, "config"))
 
-    def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
-                                      ) -> StreamingAeadContext:
+    def create_streaming_aead_context(
+        self,
+        config: StreamingAeadContextConfig,
+    ) -> StreamingAeadContext:
         """Authenticated encryption of data of any size, segment by segment."""
-        return StreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig,
-                                                       "config"))
+        return StreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig, "config"))
 
     def create_kem_context(self, config: KemContextConfig) -> KemContext:
         """Key encapsulation (a :class:`KeyAgreementContextConfig` is refused)."""
         return KemContext(self, _kem_config(config))
 
-    def create_key_agreement_context(self, config: KeyAgreementContextConfig,
-                                     ) -> KeyAgreementContext:
+    def create_key_agreement_context(
+        self,
+        config: KeyAgreementContextConfig,
+    ) -> KeyAgreementContext:
         """Key agreement."""
-        return KeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
-                                                      "config"))
+        return KeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig, "config"))
 
     def create_seal_context(self, config: SealContextConfig) -> SealContext:
         """Seal and open messages on a key slot: the daemon picks the nonce, the output
         names the key version (works across key rotation)."""
         return SealContext(self, instance_arg(config, SealContextConfig, "config"))
 
-    def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
-                                      ) -> KeyManagementContext:
+    def create_key_management_context(
+        self,
+        config: KeyManagementContextConfig | None = None,
+    ) -> KeyManagementContext:
         """Key lifecycle."""
         return KeyManagementContext(self, _or_default(config, KeyManagementContextConfig))
 
     def create_certificate_verification_context(
-            self, config: CertificateVerificationContextConfig | None = None,
+        self,
+        config: CertificateVerificationContextConfig | None = None,
     ) -> CertificateVerificationContext:
         """Certificate path validation."""
-        return CertificateVerificationContext(
-            self, _or_default(config, CertificateVerificationContextConfig))
+        return CertificateVerificationContext(self, _or_default(config, CertificateVerificationContextConfig))
 
     def create_certificate_management_context(
-            self, config: CertificateManagementContextConfig | None = None,
+        self,
+        config: CertificateManagementContextConfig | None = None,
     ) -> CertificateManagementContext:
         """Certificate, CRL and trust-store management."""
-        return CertificateManagementContext(
-            self, _or_default(config, CertificateManagementContextConfig))
+        return CertificateManagementContext(self, _or_default(config, CertificateManagementContextConfig))
 
     def close(self) -> None:
         """Close every operation context created here."""
@@ -378,14 +398,22 @@ class AsyncCryptoStack:
         :class:`~cryptostack_core.DaemonStatus`)."""
         return await run_async(self._channel, _p_status(self._channel))
 
-    async def explain(self, algorithm: str, operation: str, key: ResourceLike | None = None,
-                      provider: int | None = None, *, placement: str | None = None,
-                      components: Mapping[str, int | list[int]] | None = None
-                      ) -> list[ProviderCandidate]:
+    async def explain(
+        self,
+        algorithm: str,
+        operation: str,
+        key: ResourceLike | None = None,
+        provider: int | None = None,
+        *,
+        placement: str | None = None,
+        components: Mapping[str, int | list[int]] | None = None,
+    ) -> list[ProviderCandidate]:
         """Provider selection for (algorithm, operation[, key]): each candidate and why
         (``placement``/``components``: see :meth:`CryptoStack.explain`)."""
-        return await run_async(self._channel, _p_explain(self._channel, algorithm, operation,
-                                                         key, provider, placement, components))
+        return await run_async(
+            self._channel,
+            _p_explain(self._channel, algorithm, operation, key, provider, placement, components),
+        )
 
     async def algorithms(self) -> list[AlgorithmEntry]:
         """Every algorithm the service knows (see :meth:`CryptoStack.algorithms`)."""
@@ -456,11 +484,12 @@ class AsyncCryptoContext:
         ctx = AsyncVerifyContext(self, instance_arg(config, VerifyContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
-    async def create_streaming_aead_context(self, config: StreamingAeadContextConfig,
-                                            ) -> AsyncStreamingAeadContext:
+    async def create_streaming_aead_context(
+        self,
+        config: StreamingAeadContextConfig,
+    ) -> AsyncStreamingAeadContext:
         """Authenticated encryption of data of any size, segment by segment."""
-        ctx = AsyncStreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig,
-                                                           "config"))
+        ctx = AsyncStreamingAeadContext(self, instance_arg(config, StreamingAeadContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     async def create_kem_context(self, config: KemContextConfig) -> AsyncKemContext:
@@ -468,11 +497,12 @@ class AsyncCryptoContext:
         ctx = AsyncKemContext(self, _kem_config(config))
         return await self._created(ctx, ctx._p_create(config))
 
-    async def create_key_agreement_context(self, config: KeyAgreementContextConfig,
-                                           ) -> AsyncKeyAgreementContext:
+    async def create_key_agreement_context(
+        self,
+        config: KeyAgreementContextConfig,
+    ) -> AsyncKeyAgreementContext:
         """Key agreement."""
-        ctx = AsyncKeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig,
-                                                          "config"))
+        ctx = AsyncKeyAgreementContext(self, instance_arg(config, KeyAgreementContextConfig, "config"))
         return await self._created(ctx, ctx._p_create(config))
 
     def create_seal_context(self, config: SealContextConfig) -> AsyncSealContext:
@@ -480,24 +510,30 @@ class AsyncCryptoContext:
         :meth:`CryptoContext.create_seal_context`."""
         return AsyncSealContext(self, instance_arg(config, SealContextConfig, "config"))
 
-    def create_key_management_context(self, config: KeyManagementContextConfig | None = None,
-                                      ) -> AsyncKeyManagementContext:
+    def create_key_management_context(
+        self,
+        config: KeyManagementContextConfig | None = None,
+    ) -> AsyncKeyManagementContext:
         """Key lifecycle (no round trip to create it)."""
         return AsyncKeyManagementContext(self, _or_default(config, KeyManagementContextConfig))
 
     def create_certificate_verification_context(
-            self, config: CertificateVerificationContextConfig | None = None,
+        self,
+        config: CertificateVerificationContextConfig | None = None,
     ) -> AsyncCertificateVerificationContext:
         """Certificate path validation (no round trip to create it)."""
         return AsyncCertificateVerificationContext(
-            self, _or_default(config, CertificateVerificationContextConfig))
+            self, _or_default(config, CertificateVerificationContextConfig)
+        )
 
     def create_certificate_management_context(
-            self, config: CertificateManagementContextConfig | None = None,
+        self,
+        config: CertificateManagementContextConfig | None = None,
     ) -> AsyncCertificateManagementContext:
         """Certificate, CRL and trust-store management (no round trip to create it)."""
         return AsyncCertificateManagementContext(
-            self, _or_default(config, CertificateManagementContextConfig))
+            self, _or_default(config, CertificateManagementContextConfig)
+        )
 
     async def close(self) -> None:
         """Close every operation context created here."""
@@ -524,8 +560,7 @@ class _StackOpening:
 
     async def _open(self) -> AsyncCryptoStack:
         config = self._config
-        transport = await connect_async(config.endpoint, config.daemon_config,
-                                        config.connect_timeout)
+        transport = await connect_async(config.endpoint, config.daemon_config, config.connect_timeout)
         return AsyncCryptoStack(transport, config)
 
     def __await__(self) -> Generator[Any, None, AsyncCryptoStack]:
@@ -543,7 +578,7 @@ class _StackOpening:
 def create_async_crypto_stack(config: CryptoStackConfig | None = None) -> _StackOpening:
     """Connect an asyncio stack to the service named by ``config`` (default ``inproc://``)::
 
-        async with cs.create_async_crypto_stack(config) as stack: ...
-        stack = await cs.create_async_crypto_stack(config)
+    async with cs.create_async_crypto_stack(config) as stack: ...
+    stack = await cs.create_async_crypto_stack(config)
     """
     return _StackOpening(_or_default(config, CryptoStackConfig))

@@ -72,8 +72,7 @@ class _Waiter:
 class UnixTransport(Transport):
     """A connection to a daemon's unix socket, shared by any number of threads."""
 
-    def __init__(self, path: str, connect_timeout: float | None = 5.0,
-                 spin: float = DEFAULT_SPIN) -> None:
+    def __init__(self, path: str, connect_timeout: float | None = 5.0, spin: float = DEFAULT_SPIN) -> None:
         self.path = path
         self.spin = spin
         self._spin_misses = 0
@@ -95,12 +94,14 @@ class UnixTransport(Transport):
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"no cryptostack daemon at {path}: {exc.strerror}") from None
+            raise CryptoError(
+                ErrorCode.CONNECTION_FAILED, f"no cryptostack daemon at {path}: {exc.strerror}"
+            ) from None
         except PermissionError:
             sock.close()
-            raise CryptoError(ErrorCode.ACCESS_DENIED,
-                              f"not allowed to connect to {path} (socket permissions)") from None
+            raise CryptoError(
+                ErrorCode.ACCESS_DENIED, f"not allowed to connect to {path} (socket permissions)"
+            ) from None
         except OSError as exc:
             sock.close()
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"cannot connect to {path}: {exc}") from None
@@ -119,8 +120,9 @@ class UnixTransport(Transport):
             raise
         except TimeoutError:
             self.close()
-            raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                              f"the daemon at {path} did not answer the hello") from None
+            raise CryptoError(
+                ErrorCode.CONNECTION_FAILED, f"the daemon at {path} did not answer the hello"
+            ) from None
 
     @property
     def server(self) -> dict[str, Any]:
@@ -142,8 +144,11 @@ class UnixTransport(Transport):
         deadline = None if timeout is None else _monotonic() + timeout
         if self._broken:
             raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
-        offload = self.shm.plan(op, args, self.protocol.max_frame) \
-            if self.shm.usable and wants_region(op, args) else None
+        offload = (
+            self.shm.plan(op, args, self.protocol.max_frame)
+            if self.shm.usable and wants_region(op, args)
+            else None
+        )
         if offload is not None:
             answer = self._call_offloaded(op, offload, timeout, deadline)
             if answer is not None:
@@ -156,8 +161,9 @@ class UnixTransport(Transport):
             self._send_frame(frame, deadline, request_id)
         return result_of(self._wait(request_id, waiter, timeout, deadline))
 
-    def _call_offloaded(self, op: str, offload: Offload, timeout: float | None,
-                        deadline: float | None) -> tuple[Any] | None:
+    def _call_offloaded(
+        self, op: str, offload: Offload, timeout: float | None, deadline: float | None
+    ) -> tuple[Any] | None:
         """A request with its large buffers in the region: (result,), or None when the
         daemon refused the region (the caller sends the request inline)."""
         request_id, frame = self.protocol.request(op, offload.args, timeout)
@@ -206,8 +212,11 @@ class UnixTransport(Transport):
                 # The daemon may be waiting for the descriptor: the stream is out of step.
                 self._fail("a shared-memory attach timed out")
             raise
-        if message.get("ok") and isinstance(message.get("result"), Mapping) \
-                and message["result"].get("ready") is True:
+        if (
+            message.get("ok")
+            and isinstance(message.get("result"), Mapping)
+            and message["result"].get("ready") is True
+        ):
             return True
         return False
 
@@ -216,8 +225,7 @@ class UnixTransport(Transport):
         waiter = _Waiter()
         with self._state:
             if self._broken:
-                raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                                  f"connection unusable: {self._broken}")
+                raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection unusable: {self._broken}")
             self._pending[request_id] = waiter
             self._order.append(request_id)
         return waiter
@@ -229,8 +237,9 @@ class UnixTransport(Transport):
         except ValueError:
             pass
 
-    def _wait(self, request_id: int, waiter: _Waiter, timeout: float | None,
-              deadline: float | None) -> dict[str, Any]:
+    def _wait(
+        self, request_id: int, waiter: _Waiter, timeout: float | None, deadline: float | None
+    ) -> dict[str, Any]:
         """The answer to ``request_id``: read it ourselves, or wait for the thread that is
         reading to hand it over."""
         with _waiting_lock:
@@ -242,8 +251,7 @@ class UnixTransport(Transport):
                         return waiter.answer
                     if self._broken:
                         self._forget(request_id)
-                        raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                                          f"connection lost: {self._broken}")
+                        raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection lost: {self._broken}")
                     reader = not self._reading
                     if reader:
                         self._reading = True
@@ -296,8 +304,9 @@ class UnixTransport(Transport):
                 continue
             except OSError as exc:
                 self._fail(f"connection lost: {exc}")
-                raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                                  f"connection to the daemon lost: {exc}") from None
+                raise CryptoError(
+                    ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}"
+                ) from None
             if not data:
                 self._fail("the daemon closed the connection")
                 raise CryptoError(ErrorCode.CONNECTION_FAILED, "the daemon closed the connection")
@@ -377,8 +386,13 @@ class UnixTransport(Transport):
         if not self._poll.poll(timeout_ms):
             raise TimeoutError
 
-    def _send_frame(self, frame: bytes, deadline: float | None, request_id: int | None = None,
-                    fds: list[int] | None = None) -> None:
+    def _send_frame(
+        self,
+        frame: bytes,
+        deadline: float | None,
+        request_id: int | None = None,
+        fds: list[int] | None = None,
+    ) -> None:
         """Write one whole frame (the send lock is held, or nobody else sends yet)."""
         if fds:
             view = memoryview(frame)
@@ -407,8 +421,7 @@ class UnixTransport(Transport):
                     remaining = None if deadline is None else deadline - _monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError from None
-                    if not self._writable.poll(-1 if remaining is None
-                                               else max(1, int(remaining * 1000))):
+                    if not self._writable.poll(-1 if remaining is None else max(1, int(remaining * 1000))):
                         raise TimeoutError from None
                     continue
                 view = view[sent:]
@@ -421,8 +434,7 @@ class UnixTransport(Transport):
 
     def _lost_while_sending(self, request_id: int | None, exc: OSError) -> None:
         self._fail(f"connection lost: {exc}")
-        raise CryptoError(ErrorCode.CONNECTION_FAILED,
-                          f"connection to the daemon lost: {exc}") from None
+        raise CryptoError(ErrorCode.CONNECTION_FAILED, f"connection to the daemon lost: {exc}") from None
 
     def _fail(self, why: str) -> None:
         """The connection is unusable: every caller still waiting hears so."""
@@ -448,8 +460,9 @@ def split_endpoint(endpoint: str) -> tuple[str, str]:
     """``(scheme, rest)`` of an endpoint; INVALID_ARGUMENT when it has no scheme."""
     scheme, sep, rest = endpoint.partition("://")
     if not sep:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"endpoint {endpoint!r} has no scheme: use unix://PATH or inproc://")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT, f"endpoint {endpoint!r} has no scheme: use unix://PATH or inproc://"
+        )
     if scheme == "unix" and not rest:
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, "unix:// endpoint needs a path")
     return scheme, rest
@@ -459,15 +472,17 @@ def registered_transport(endpoint: str, scheme: str, rest: str, daemon_config: A
     """A transport from the ``cryptostack.transports`` entry point named ``scheme``."""
     found = entry_points(group=TRANSPORT_ENTRY_POINTS, name=scheme)
     if not found:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT, f"unknown endpoint {endpoint!r}: use unix://PATH or inproc://"
+        )
     factory = next(iter(found)).load()
     transport: Transport = factory(rest, daemon_config)
     return transport
 
 
-def connect(endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0,
-            spin: float = DEFAULT_SPIN) -> Transport:
+def connect(
+    endpoint: str, daemon_config: Any = None, connect_timeout: float | None = 5.0, spin: float = DEFAULT_SPIN
+) -> Transport:
     """Open a transport for ``unix://PATH``, or for another scheme registered in the
     ``cryptostack.transports`` entry points (``inproc://`` runs the service in-process).
 

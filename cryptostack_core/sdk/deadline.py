@@ -12,8 +12,7 @@ import contextvars
 import time
 from collections.abc import Iterator
 
-_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "cryptostack_deadline", default=None)
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("cryptostack_deadline", default=None)
 
 
 def call_deadline() -> float | None:

@@ -39,6 +39,7 @@ class DerError(ValueError):
 
 # --- elements -----------------------------------------------------------------------------
 
+
 def _length(n: int) -> bytes:
     if n < 0x80:
         return bytes([n])
@@ -68,7 +69,7 @@ def read(data: bytes, offset: int = 0) -> tuple[int, bytes, int]:
             raise DerError("indefinite or oversized length")
         if pos + count > len(data):
             raise DerError("truncated length")
-        length = int.from_bytes(data[pos:pos + count], "big")
+        length = int.from_bytes(data[pos : pos + count], "big")
         if data[pos] == 0 or length < 0x80:
             raise DerError("non-minimal length encoding")
         pos += count
@@ -106,6 +107,7 @@ def first_element(data: bytes) -> bytes:
 
 
 # --- values -------------------------------------------------------------------------------
+
 
 def encode_oid(dotted: str) -> bytes:
     """The content octets of an OBJECT IDENTIFIER."""
@@ -153,8 +155,9 @@ def decode_integer(content: bytes, *, non_negative: bool = False) -> int:
     values when ``non_negative``)."""
     if not content:
         raise DerError("empty INTEGER")
-    if len(content) > 1 and ((content[0] == 0 and not content[1] & 0x80) or
-                             (content[0] == 0xFF and content[1] & 0x80)):
+    if len(content) > 1 and (
+        (content[0] == 0 and not content[1] & 0x80) or (content[0] == 0xFF and content[1] & 0x80)
+    ):
         raise DerError("non-minimal INTEGER")
     value = int.from_bytes(content, "big", signed=True)
     if non_negative and value < 0:
@@ -168,6 +171,7 @@ def unwrap_octet_string(data: bytes) -> bytes:
 
 
 # --- key shells -----------------------------------------------------------------------------
+
 
 def algorithm_identifier(oid: str) -> bytes:
     """AlgorithmIdentifier with absent parameters (as every post-quantum OID requires)."""
@@ -199,8 +203,7 @@ def decode_spki(data: bytes) -> tuple[str, bytes]:
     """(OID, public key bytes) of a SubjectPublicKeyInfo whose algorithm has no parameters."""
     parts = read_all(expect(_bounded(data), SEQUENCE, "SubjectPublicKeyInfo"))
     if len(parts) != 2 or parts[0][0] != SEQUENCE or parts[1][0] != BIT_STRING:
-        raise DerError("SubjectPublicKeyInfo must be SEQUENCE { AlgorithmIdentifier, "
-                       "BIT STRING }")
+        raise DerError("SubjectPublicKeyInfo must be SEQUENCE { AlgorithmIdentifier, BIT STRING }")
     bits = parts[1][1]
     if not bits or bits[0] != 0:
         raise DerError("public key BIT STRING has unused bits")
@@ -220,18 +223,15 @@ class PrivateKeyInfo:
 
 def encode_pkcs8(oid: str, private_key: bytes) -> bytes:
     """Version-1 PrivateKeyInfo (no attributes, no public key) -- the form pyca writes."""
-    return tlv(SEQUENCE, tlv(INTEGER, b"\x00") + algorithm_identifier(oid)
-               + tlv(OCTET_STRING, private_key))
+    return tlv(SEQUENCE, tlv(INTEGER, b"\x00") + algorithm_identifier(oid) + tlv(OCTET_STRING, private_key))
 
 
 def decode_pkcs8(data: bytes) -> PrivateKeyInfo:
     """Parse PrivateKeyInfo / OneAsymmetricKey (version 0 or 1); attributes are ignored,
     each optional field may appear once."""
     parts = read_all(expect(_bounded(data), SEQUENCE, "PrivateKeyInfo"))
-    if len(parts) < 3 or parts[0][0] != INTEGER or parts[1][0] != SEQUENCE \
-            or parts[2][0] != OCTET_STRING:
-        raise DerError("PrivateKeyInfo must be SEQUENCE { version, AlgorithmIdentifier, "
-                       "OCTET STRING, ... }")
+    if len(parts) < 3 or parts[0][0] != INTEGER or parts[1][0] != SEQUENCE or parts[2][0] != OCTET_STRING:
+        raise DerError("PrivateKeyInfo must be SEQUENCE { version, AlgorithmIdentifier, OCTET STRING, ... }")
     version = parts[0][1]
     if version not in (b"\x00", b"\x01"):
         raise DerError("PrivateKeyInfo version must be 0 or 1")
@@ -254,12 +254,12 @@ def decode_pkcs8(data: bytes) -> PrivateKeyInfo:
 
 # --- PEM ----------------------------------------------------------------------------------
 
+
 def pem_encode(label: str, der: bytes) -> bytes:
     """RFC 7468 text: base64 in 64-column lines between BEGIN/END ``label`` lines."""
     text = base64.b64encode(der).decode("ascii")
-    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
-    return (f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
-            ).encode("ascii")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return (f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n").encode("ascii")
 
 
 def pem_decode(data: bytes) -> tuple[str, bytes]:
@@ -274,14 +274,14 @@ def pem_decode(data: bytes) -> tuple[str, bytes]:
     head_end = text.find("-----", begin + 11)
     if head_end < 0:
         raise DerError("malformed PEM BEGIN line")
-    label = text[begin + 11:head_end]
+    label = text[begin + 11 : head_end]
     if not label or not all(c.isupper() or c.isdigit() or c == " " for c in label):
         raise DerError("malformed PEM label")
     footer = f"-----END {label}-----"
     end = text.find(footer, head_end)
     if end < 0:
         raise DerError(f"no PEM END line for {label}")
-    body = "".join(text[head_end + 5:end].split())
+    body = "".join(text[head_end + 5 : end].split())
     try:
         return label, base64.b64decode(body, validate=True)
     except binascii.Error:

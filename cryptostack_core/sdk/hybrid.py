@@ -115,15 +115,17 @@ class HybridKemSpec:
         """(ML-KEM encapsulation key, X25519 public key); the length must be exact."""
         public_key = bytes(public_key)
         if len(public_key) != self.public_key_size:
-            raise invalid_argument(f"an {self.name} public key is {self.public_key_size} bytes "
-                                   f"long, got {len(public_key)}")
-        return public_key[:self.mlkem_public_size], public_key[self.mlkem_public_size:]
+            raise invalid_argument(
+                f"an {self.name} public key is {self.public_key_size} bytes long, got {len(public_key)}"
+            )
+        return public_key[: self.mlkem_public_size], public_key[self.mlkem_public_size :]
 
     def join_public_key(self, mlkem_public: bytes, x25519_public: bytes) -> bytes:
         """The encapsulation key from its halves."""
         if len(mlkem_public) != self.mlkem_public_size or len(x25519_public) != self.x25519_size:
-            raise invalid_argument(f"{self.name} public key halves are {self.mlkem_public_size} "
-                                   f"and {self.x25519_size} bytes")
+            raise invalid_argument(
+                f"{self.name} public key halves are {self.mlkem_public_size} and {self.x25519_size} bytes"
+            )
         return bytes(mlkem_public) + bytes(x25519_public)
 
     def split_ciphertext(self, ciphertext: bytes) -> tuple[bytes, bytes]:
@@ -131,16 +133,17 @@ class HybridKemSpec:
         truncated or oversized ciphertext is INVALID_ARGUMENT before any key is touched."""
         ciphertext = bytes(ciphertext)
         if len(ciphertext) != self.ciphertext_size:
-            raise invalid_argument(f"an {self.name} ciphertext is {self.ciphertext_size} bytes "
-                                   f"long, got {len(ciphertext)}")
-        return ciphertext[:self.mlkem_ciphertext_size], ciphertext[self.mlkem_ciphertext_size:]
+            raise invalid_argument(
+                f"an {self.name} ciphertext is {self.ciphertext_size} bytes long, got {len(ciphertext)}"
+            )
+        return ciphertext[: self.mlkem_ciphertext_size], ciphertext[self.mlkem_ciphertext_size :]
 
     def join_ciphertext(self, mlkem_ciphertext: bytes, x25519_ephemeral: bytes) -> bytes:
         """The ciphertext from its halves."""
-        if len(mlkem_ciphertext) != self.mlkem_ciphertext_size or \
-                len(x25519_ephemeral) != self.x25519_size:
-            raise invalid_argument(f"{self.name} ciphertext halves are "
-                                   f"{self.mlkem_ciphertext_size} and {self.x25519_size} bytes")
+        if len(mlkem_ciphertext) != self.mlkem_ciphertext_size or len(x25519_ephemeral) != self.x25519_size:
+            raise invalid_argument(
+                f"{self.name} ciphertext halves are {self.mlkem_ciphertext_size} and {self.x25519_size} bytes"
+            )
         return bytes(mlkem_ciphertext) + bytes(x25519_ephemeral)
 
     def expand_private_key(self, private_key: bytes) -> tuple[bytes, bytes]:
@@ -151,16 +154,18 @@ class HybridKemSpec:
         """
         private_key = bytes(private_key)
         if len(private_key) != self.private_key_size:
-            raise invalid_argument(f"an {self.name} private key is {self.private_key_size} "
-                                   f"bytes long, got {len(private_key)}")
+            raise invalid_argument(
+                f"an {self.name} private key is {self.private_key_size} bytes long, got {len(private_key)}"
+            )
         if self.hashed:
             shake = hashes.Hash(hashes.SHAKE256(_MLKEM768_SEED + _X25519_SIZE))
             shake.update(private_key)
             private_key = shake.finalize()
         return private_key[:_MLKEM768_SEED], private_key[_MLKEM768_SEED:]
 
-    def combine(self, mlkem_secret: bytes, x25519_secret: bytes, x25519_ciphertext: bytes,
-                x25519_public: bytes) -> bytes:
+    def combine(
+        self, mlkem_secret: bytes, x25519_secret: bytes, x25519_ciphertext: bytes, x25519_public: bytes
+    ) -> bytes:
         """The shared secret from both halves' secrets.
 
         X-Wing: ``SHA3-256(ss_M || ss_X || ct_X || pk_X || XWingLabel)``.
@@ -178,13 +183,23 @@ class HybridKemSpec:
 
 
 XWING = HybridKemSpec(
-    name="X-Wing", private_key_size=32, shared_secret_size=32,
-    oid="1.3.6.1.4.1.62253.25722", reference="draft-connolly-cfrg-xwing-kem-10", hashed=True)
+    name="X-Wing",
+    private_key_size=32,
+    shared_secret_size=32,
+    oid="1.3.6.1.4.1.62253.25722",
+    reference="draft-connolly-cfrg-xwing-kem-10",
+    hashed=True,
+)
 """X-Wing (HPKE KEM and TLS group 0x647a)."""
 
 X25519MLKEM768 = HybridKemSpec(
-    name="X25519MLKEM768", private_key_size=_MLKEM768_SEED + _X25519_SIZE,
-    shared_secret_size=64, oid=None, reference="draft-ietf-tls-ecdhe-mlkem-04", hashed=False)
+    name="X25519MLKEM768",
+    private_key_size=_MLKEM768_SEED + _X25519_SIZE,
+    shared_secret_size=64,
+    oid=None,
+    reference="draft-ietf-tls-ecdhe-mlkem-04",
+    hashed=False,
+)
 """The TLS 1.3 hybrid group X25519MLKEM768 (0x11EC) as a KEM."""
 
 HYBRID_KEMS: dict[str, HybridKemSpec] = {spec.name: spec for spec in (XWING, X25519MLKEM768)}
@@ -206,10 +221,12 @@ COMPOSITE_PREFIX = b"CompositeAlgorithmSignatures2025"
 MLDSA_SEED_SIZE = 32
 """The ML-DSA private key inside a composite private key is its 32-byte seed xi."""
 
-TraditionalPublicKey = Union[ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey,
-                             ed448.Ed448PublicKey, rsa.RSAPublicKey]
-TraditionalPrivateKey = Union[ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                              ed448.Ed448PrivateKey, rsa.RSAPrivateKey]
+TraditionalPublicKey = Union[
+    ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey, rsa.RSAPublicKey
+]
+TraditionalPrivateKey = Union[
+    ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, rsa.RSAPrivateKey
+]
 
 _CURVES: dict[str, tuple[type[ec.EllipticCurve], str, int]] = {
     "secp256r1": (ec.SECP256R1, "1.2.840.10045.3.1.7", 32),
@@ -221,7 +238,9 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], str, int]] = {
 """Curve name -> (pyca class, OID of the ECPrivateKey parameters, scalar length)."""
 
 _HASHES: dict[str, hashes.HashAlgorithm] = {
-    "SHA-256": hashes.SHA256(), "SHA-384": hashes.SHA384(), "SHA-512": hashes.SHA512(),
+    "SHA-256": hashes.SHA256(),
+    "SHA-384": hashes.SHA384(),
+    "SHA-512": hashes.SHA512(),
     "SHAKE256-64": hashes.SHAKE256(64),
 }
 
@@ -300,11 +319,13 @@ class TraditionalSpec:
     def is_public(self, key: object) -> bool:
         """Whether a pyca public key is of this half's type and parameters."""
         if self.scheme == "ECDSA":
-            return isinstance(key, ec.EllipticCurvePublicKey) and \
-                isinstance(key.curve, _CURVES[self.curve][0])
+            return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(
+                key.curve, _CURVES[self.curve][0]
+            )
         if self.scheme == "EdDSA":
-            return isinstance(key, ed25519.Ed25519PublicKey if self.curve == "Ed25519"
-                              else ed448.Ed448PublicKey)
+            return isinstance(
+                key, ed25519.Ed25519PublicKey if self.curve == "Ed25519" else ed448.Ed448PublicKey
+            )
         return isinstance(key, rsa.RSAPublicKey) and key.key_size == self.rsa_bits
 
     def encode_public(self, key: TraditionalPublicKey) -> bytes:
@@ -325,11 +346,9 @@ class TraditionalSpec:
             if self.scheme == "ECDSA":
                 if len(data) != self.public_key_size or data[:1] != b"\x04":
                     raise ValueError("an uncompressed SEC1 point is required")
-                key = ec.EllipticCurvePublicKey.from_encoded_point(
-                    _CURVES[self.curve][0](), data)
+                key = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[self.curve][0](), data)
             elif self.scheme == "EdDSA":
-                cls = ed25519.Ed25519PublicKey if self.curve == "Ed25519" else \
-                    ed448.Ed448PublicKey
+                cls = ed25519.Ed25519PublicKey if self.curve == "Ed25519" else ed448.Ed448PublicKey
                 key = cls.from_public_bytes(data)
             else:
                 if data[:1] != b"\x30":
@@ -339,11 +358,11 @@ class TraditionalSpec:
             raise invalid_argument(f"not a {self.description} public key: {exc}") from None
         if not self.is_public(key):
             raise invalid_argument(f"not a {self.description} public key")
-        assert isinstance(key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey,
-                                ed448.Ed448PublicKey, rsa.RSAPublicKey))
+        assert isinstance(
+            key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey, rsa.RSAPublicKey)
+        )
         if self.encode_public(key) != data:  # e.g. an RSA SubjectPublicKeyInfo, not PKCS#1
-            raise invalid_argument(f"not the composite encoding of a {self.description} "
-                                   "public key")
+            raise invalid_argument(f"not the composite encoding of a {self.description} public key")
         return key
 
     # --- private keys --------------------------------------------------------------------
@@ -355,13 +374,16 @@ class TraditionalSpec:
             _, curve_oid, scalar_size = _CURVES[self.curve]
             scalar = key.private_numbers().private_value.to_bytes(scalar_size, "big")
             # RFC 5915 ECPrivateKey: version 1, the scalar, [0] the named curve, no public key
-            return der.tlv(der.SEQUENCE, der.tlv(der.INTEGER, b"\x01")
-                           + der.tlv(der.OCTET_STRING, scalar)
-                           + der.tlv(der.CONTEXT_0_CONSTRUCTED,
-                                     der.tlv(der.OID, der.encode_oid(curve_oid))))
+            return der.tlv(
+                der.SEQUENCE,
+                der.tlv(der.INTEGER, b"\x01")
+                + der.tlv(der.OCTET_STRING, scalar)
+                + der.tlv(der.CONTEXT_0_CONSTRUCTED, der.tlv(der.OID, der.encode_oid(curve_oid))),
+            )
         if isinstance(key, rsa.RSAPrivateKey):
-            return key.private_bytes(ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL,
-                                     ser.NoEncryption())
+            return key.private_bytes(
+                ser.Encoding.DER, ser.PrivateFormat.TraditionalOpenSSL, ser.NoEncryption()
+            )
         return key.private_bytes_raw()
 
     def decode_private(self, data: bytes) -> TraditionalPrivateKey:
@@ -370,8 +392,7 @@ class TraditionalSpec:
         try:
             key: object
             if self.scheme == "EdDSA":
-                cls = ed25519.Ed25519PrivateKey if self.curve == "Ed25519" else \
-                    ed448.Ed448PrivateKey
+                cls = ed25519.Ed25519PrivateKey if self.curve == "Ed25519" else ed448.Ed448PrivateKey
                 key = cls.from_private_bytes(data)
             elif self.scheme == "ECDSA":
                 key = self._decode_ec_private(data)
@@ -383,13 +404,15 @@ class TraditionalSpec:
             raise
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise invalid_argument(f"not a {self.description} private key: {exc}") from None
-        if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                                ed448.Ed448PrivateKey, rsa.RSAPrivateKey)) \
-                or not self.is_public(key.public_key()):
+        if not isinstance(
+            key,
+            (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, rsa.RSAPrivateKey),
+        ) or not self.is_public(key.public_key()):
             raise invalid_argument(f"not a {self.description} private key")
         if isinstance(key, rsa.RSAPrivateKey) and self.encode_private(key) != data:
-            raise invalid_argument(f"not the composite encoding (PKCS#1 RSAPrivateKey) of a "
-                                   f"{self.description} private key")
+            raise invalid_argument(
+                f"not the composite encoding (PKCS#1 RSAPrivateKey) of a {self.description} private key"
+            )
         return key
 
     def _decode_ec_private(self, data: bytes) -> ec.EllipticCurvePrivateKey:
@@ -401,11 +424,11 @@ class TraditionalSpec:
         public = None
         for tag, value in fields[2:]:
             if tag == 0xA0:
-                (inner_tag, oid), = der.read_all(value)
+                ((inner_tag, oid),) = der.read_all(value)
                 if inner_tag != der.OID or der.decode_oid(oid) != curve_oid:
                     raise ValueError(f"the key is not on {self.curve}")
             elif tag == 0xA1:
-                (inner_tag, bits), = der.read_all(value)
+                ((inner_tag, bits),) = der.read_all(value)
                 if inner_tag != 0x03 or bits[:1] != b"\x00":
                     raise ValueError("malformed publicKey")
                 public = bits[1:]
@@ -415,7 +438,8 @@ class TraditionalSpec:
             raise ValueError(f"a {self.curve} private key is {scalar_size} bytes")
         key = ec.derive_private_key(int.from_bytes(scalar, "big"), curve_cls())
         if public is not None and public != key.public_key().public_bytes(
-                ser.Encoding.X962, ser.PublicFormat.UncompressedPoint):
+            ser.Encoding.X962, ser.PublicFormat.UncompressedPoint
+        ):
             raise ValueError("the publicKey field does not match the private key")
         return key
 
@@ -486,13 +510,12 @@ class CompositeSignatureSpec:
         """``M' = Prefix || Label || len(ctx) || ctx || PH(M)`` for the digest of M."""
         context = bytes(context)
         if len(context) > 255:
-            raise invalid_argument(f"composite context strings are at most 255 bytes, got "
-                                   f"{len(context)}")
+            raise invalid_argument(f"composite context strings are at most 255 bytes, got {len(context)}")
         if len(digest) != _HASHES[self.prehash_name].digest_size:
-            raise invalid_argument(f"PH({self.prehash_name}) is "
-                                   f"{_HASHES[self.prehash_name].digest_size} bytes long")
-        return b"".join([COMPOSITE_PREFIX, self.label, bytes([len(context)]), context,
-                         bytes(digest)])
+            raise invalid_argument(
+                f"PH({self.prehash_name}) is {_HASHES[self.prehash_name].digest_size} bytes long"
+            )
+        return b"".join([COMPOSITE_PREFIX, self.label, bytes([len(context)]), context, bytes(digest)])
 
     # --- serialisation (draft section 5) -----------------------------------------------------
     def split_public_key(self, public_key: bytes) -> tuple[bytes, bytes]:
@@ -502,23 +525,22 @@ class CompositeSignatureSpec:
         expected = self.public_key_size
         if (expected and len(public_key) != expected) or len(public_key) <= cut:
             size = expected or f"more than {cut}"
-            raise invalid_argument(f"an {self.name} public key is {size} bytes long, got "
-                                   f"{len(public_key)}")
+            raise invalid_argument(f"an {self.name} public key is {size} bytes long, got {len(public_key)}")
         return public_key[:cut], public_key[cut:]
 
     def join_public_key(self, mldsa_public: bytes, traditional_public: bytes) -> bytes:
         """``mldsaPK || tradPK`` (SerializePublicKey)."""
         if len(mldsa_public) != self.mldsa_public_key_size:
-            raise invalid_argument(f"an {self.mldsa} public key is "
-                                   f"{self.mldsa_public_key_size} bytes long")
+            raise invalid_argument(f"an {self.mldsa} public key is {self.mldsa_public_key_size} bytes long")
         return bytes(mldsa_public) + bytes(traditional_public)
 
     def split_private_key(self, private_key: bytes) -> tuple[bytes, bytes]:
         """(ML-DSA seed, traditional private key encoding) (DeserializePrivateKey)."""
         private_key = bytes(private_key)
         if len(private_key) <= MLDSA_SEED_SIZE:
-            raise invalid_argument(f"an {self.name} private key is longer than "
-                                   f"{MLDSA_SEED_SIZE} bytes, got {len(private_key)}")
+            raise invalid_argument(
+                f"an {self.name} private key is longer than {MLDSA_SEED_SIZE} bytes, got {len(private_key)}"
+            )
         return private_key[:MLDSA_SEED_SIZE], private_key[MLDSA_SEED_SIZE:]
 
     def join_private_key(self, mldsa_seed: bytes, traditional_private: bytes) -> bytes:
@@ -534,27 +556,31 @@ class CompositeSignatureSpec:
         signature = bytes(signature)
         cut = self.mldsa_signature_size
         trad = len(signature) - cut
-        if not self.traditional.min_signature_size <= trad <= \
-                self.traditional.max_signature_size:
+        if not self.traditional.min_signature_size <= trad <= self.traditional.max_signature_size:
             return None
         return signature[:cut], signature[cut:]
 
     def join_signature(self, mldsa_signature: bytes, traditional_signature: bytes) -> bytes:
         """``mldsaSig || tradSig`` (SerializeSignatureValue); lengths checked."""
         joined = bytes(mldsa_signature) + bytes(traditional_signature)
-        if len(mldsa_signature) != self.mldsa_signature_size or \
-                self.split_signature(joined) is None:
+        if len(mldsa_signature) != self.mldsa_signature_size or self.split_signature(joined) is None:
             raise invalid_argument(f"component signatures of the wrong length for {self.name}")
         return joined
 
 
-def _composite(level: int, ph: str, trad: TraditionalSpec, oid_arc: int, label: str,
-               identifier: str) -> CompositeSignatureSpec:
+def _composite(
+    level: int, ph: str, trad: TraditionalSpec, oid_arc: int, label: str, identifier: str
+) -> CompositeSignatureSpec:
     name = f"ML-DSA-{level}-" + identifier.removeprefix(f"id-MLDSA{level}-")
     return CompositeSignatureSpec(
-        name=name, identifier=identifier, oid=f"1.3.6.1.5.5.7.6.{oid_arc}",
-        label=label.encode("ascii"), mldsa=f"ML-DSA-{level}", prehash_name=ph,
-        traditional=trad)
+        name=name,
+        identifier=identifier,
+        oid=f"1.3.6.1.5.5.7.6.{oid_arc}",
+        label=label.encode("ascii"),
+        mldsa=f"ML-DSA-{level}",
+        prehash_name=ph,
+        traditional=trad,
+    )
 
 
 def _ecdsa(curve: str, hash_name: str, name: str = "") -> TraditionalSpec:
@@ -563,8 +589,9 @@ def _ecdsa(curve: str, hash_name: str, name: str = "") -> TraditionalSpec:
 
 def _pss(bits: int) -> TraditionalSpec:
     hash_name, salt = ("SHA-384", 48) if bits == 4096 else ("SHA-256", 32)
-    return TraditionalSpec("RSA-PSS", "RSA-PSS-SHA256" if salt == 32 else "",
-                           hash_name=hash_name, rsa_bits=bits, pss_salt=salt)
+    return TraditionalSpec(
+        "RSA-PSS", "RSA-PSS-SHA256" if salt == 32 else "", hash_name=hash_name, rsa_bits=bits, pss_salt=salt
+    )
 
 
 def _pkcs15(bits: int, hash_name: str) -> TraditionalSpec:
@@ -574,44 +601,140 @@ def _pkcs15(bits: int, hash_name: str) -> TraditionalSpec:
 _ED25519 = TraditionalSpec("EdDSA", "Ed25519", curve="Ed25519")
 _ED448 = TraditionalSpec("EdDSA", "", curve="Ed448")
 
-COMPOSITE_SIGNATURES: dict[str, CompositeSignatureSpec] = {spec.name: spec for spec in [
-    _composite(44, "SHA-256", _pss(2048), 37, "COMPSIG-MLDSA44-RSA2048-PSS-SHA256",
-               "id-MLDSA44-RSA2048-PSS-SHA256"),
-    _composite(44, "SHA-256", _pkcs15(2048, "SHA-256"), 38,
-               "COMPSIG-MLDSA44-RSA2048-PKCS15-SHA256", "id-MLDSA44-RSA2048-PKCS15-SHA256"),
-    _composite(44, "SHA-512", _ED25519, 39, "COMPSIG-MLDSA44-Ed25519-SHA512",
-               "id-MLDSA44-Ed25519-SHA512"),
-    _composite(44, "SHA-256", _ecdsa("secp256r1", "SHA-256", "ECDSA-P256"), 40,
-               "COMPSIG-MLDSA44-ECDSA-P256-SHA256", "id-MLDSA44-ECDSA-P256-SHA256"),
-    _composite(65, "SHA-512", _pss(3072), 41, "COMPSIG-MLDSA65-RSA3072-PSS-SHA512",
-               "id-MLDSA65-RSA3072-PSS-SHA512"),
-    _composite(65, "SHA-512", _pkcs15(3072, "SHA-256"), 42,
-               "COMPSIG-MLDSA65-RSA3072-PKCS15-SHA512", "id-MLDSA65-RSA3072-PKCS15-SHA512"),
-    _composite(65, "SHA-512", _pss(4096), 43, "COMPSIG-MLDSA65-RSA4096-PSS-SHA512",
-               "id-MLDSA65-RSA4096-PSS-SHA512"),
-    _composite(65, "SHA-512", _pkcs15(4096, "SHA-384"), 44,
-               "COMPSIG-MLDSA65-RSA4096-PKCS15-SHA512", "id-MLDSA65-RSA4096-PKCS15-SHA512"),
-    _composite(65, "SHA-512", _ecdsa("secp256r1", "SHA-256", "ECDSA-P256"), 45,
-               "COMPSIG-MLDSA65-ECDSA-P256-SHA512", "id-MLDSA65-ECDSA-P256-SHA512"),
-    _composite(65, "SHA-512", _ecdsa("secp384r1", "SHA-384", "ECDSA-P384"), 46,
-               "COMPSIG-MLDSA65-ECDSA-P384-SHA512", "id-MLDSA65-ECDSA-P384-SHA512"),
-    _composite(65, "SHA-512", _ecdsa("brainpoolP256r1", "SHA-256"), 47,
-               "COMPSIG-MLDSA65-ECDSA-BP256-SHA512", "id-MLDSA65-ECDSA-brainpoolP256r1-SHA512"),
-    _composite(65, "SHA-512", _ED25519, 48, "COMPSIG-MLDSA65-Ed25519-SHA512",
-               "id-MLDSA65-Ed25519-SHA512"),
-    _composite(87, "SHA-512", _ecdsa("secp384r1", "SHA-384", "ECDSA-P384"), 49,
-               "COMPSIG-MLDSA87-ECDSA-P384-SHA512", "id-MLDSA87-ECDSA-P384-SHA512"),
-    _composite(87, "SHA-512", _ecdsa("brainpoolP384r1", "SHA-384"), 50,
-               "COMPSIG-MLDSA87-ECDSA-BP384-SHA512", "id-MLDSA87-ECDSA-brainpoolP384r1-SHA512"),
-    _composite(87, "SHAKE256-64", _ED448, 51, "COMPSIG-MLDSA87-Ed448-SHAKE256",
-               "id-MLDSA87-Ed448-SHAKE256"),
-    _composite(87, "SHA-512", _pss(3072), 52, "COMPSIG-MLDSA87-RSA3072-PSS-SHA512",
-               "id-MLDSA87-RSA3072-PSS-SHA512"),
-    _composite(87, "SHA-512", _pss(4096), 53, "COMPSIG-MLDSA87-RSA4096-PSS-SHA512",
-               "id-MLDSA87-RSA4096-PSS-SHA512"),
-    _composite(87, "SHA-512", _ecdsa("secp521r1", "SHA-512"), 54,
-               "COMPSIG-MLDSA87-ECDSA-P521-SHA512", "id-MLDSA87-ECDSA-P521-SHA512"),
-]}
+COMPOSITE_SIGNATURES: dict[str, CompositeSignatureSpec] = {
+    spec.name: spec
+    for spec in [
+        _composite(
+            44,
+            "SHA-256",
+            _pss(2048),
+            37,
+            "COMPSIG-MLDSA44-RSA2048-PSS-SHA256",
+            "id-MLDSA44-RSA2048-PSS-SHA256",
+        ),
+        _composite(
+            44,
+            "SHA-256",
+            _pkcs15(2048, "SHA-256"),
+            38,
+            "COMPSIG-MLDSA44-RSA2048-PKCS15-SHA256",
+            "id-MLDSA44-RSA2048-PKCS15-SHA256",
+        ),
+        _composite(
+            44, "SHA-512", _ED25519, 39, "COMPSIG-MLDSA44-Ed25519-SHA512", "id-MLDSA44-Ed25519-SHA512"
+        ),
+        _composite(
+            44,
+            "SHA-256",
+            _ecdsa("secp256r1", "SHA-256", "ECDSA-P256"),
+            40,
+            "COMPSIG-MLDSA44-ECDSA-P256-SHA256",
+            "id-MLDSA44-ECDSA-P256-SHA256",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _pss(3072),
+            41,
+            "COMPSIG-MLDSA65-RSA3072-PSS-SHA512",
+            "id-MLDSA65-RSA3072-PSS-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _pkcs15(3072, "SHA-256"),
+            42,
+            "COMPSIG-MLDSA65-RSA3072-PKCS15-SHA512",
+            "id-MLDSA65-RSA3072-PKCS15-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _pss(4096),
+            43,
+            "COMPSIG-MLDSA65-RSA4096-PSS-SHA512",
+            "id-MLDSA65-RSA4096-PSS-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _pkcs15(4096, "SHA-384"),
+            44,
+            "COMPSIG-MLDSA65-RSA4096-PKCS15-SHA512",
+            "id-MLDSA65-RSA4096-PKCS15-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _ecdsa("secp256r1", "SHA-256", "ECDSA-P256"),
+            45,
+            "COMPSIG-MLDSA65-ECDSA-P256-SHA512",
+            "id-MLDSA65-ECDSA-P256-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _ecdsa("secp384r1", "SHA-384", "ECDSA-P384"),
+            46,
+            "COMPSIG-MLDSA65-ECDSA-P384-SHA512",
+            "id-MLDSA65-ECDSA-P384-SHA512",
+        ),
+        _composite(
+            65,
+            "SHA-512",
+            _ecdsa("brainpoolP256r1", "SHA-256"),
+            47,
+            "COMPSIG-MLDSA65-ECDSA-BP256-SHA512",
+            "id-MLDSA65-ECDSA-brainpoolP256r1-SHA512",
+        ),
+        _composite(
+            65, "SHA-512", _ED25519, 48, "COMPSIG-MLDSA65-Ed25519-SHA512", "id-MLDSA65-Ed25519-SHA512"
+        ),
+        _composite(
+            87,
+            "SHA-512",
+            _ecdsa("secp384r1", "SHA-384", "ECDSA-P384"),
+            49,
+            "COMPSIG-MLDSA87-ECDSA-P384-SHA512",
+            "id-MLDSA87-ECDSA-P384-SHA512",
+        ),
+        _composite(
+            87,
+            "SHA-512",
+            _ecdsa("brainpoolP384r1", "SHA-384"),
+            50,
+            "COMPSIG-MLDSA87-ECDSA-BP384-SHA512",
+            "id-MLDSA87-ECDSA-brainpoolP384r1-SHA512",
+        ),
+        _composite(
+            87, "SHAKE256-64", _ED448, 51, "COMPSIG-MLDSA87-Ed448-SHAKE256", "id-MLDSA87-Ed448-SHAKE256"
+        ),
+        _composite(
+            87,
+            "SHA-512",
+            _pss(3072),
+            52,
+            "COMPSIG-MLDSA87-RSA3072-PSS-SHA512",
+            "id-MLDSA87-RSA3072-PSS-SHA512",
+        ),
+        _composite(
+            87,
+            "SHA-512",
+            _pss(4096),
+            53,
+            "COMPSIG-MLDSA87-RSA4096-PSS-SHA512",
+            "id-MLDSA87-RSA4096-PSS-SHA512",
+        ),
+        _composite(
+            87,
+            "SHA-512",
+            _ecdsa("secp521r1", "SHA-512"),
+            54,
+            "COMPSIG-MLDSA87-ECDSA-P521-SHA512",
+            "id-MLDSA87-ECDSA-P521-SHA512",
+        ),
+    ]
+}
 """Every composite ML-DSA algorithm of draft-ietf-lamps-pq-composite-sigs-19, by canonical
 name (OIDs 1.3.6.1.5.5.7.6.37 to .54)."""
 

@@ -24,13 +24,15 @@ from types import MappingProxyType
 
 __all__ = ["MAX_PROVIDER_ID", "RESERVED", "THIRD_PARTY", "WELL_KNOWN", "id_advice"]
 
-WELL_KNOWN: Mapping[str, int] = MappingProxyType({
-    "mock": 1,      # cryptostack_core.testing: deterministic test provider, never production
-    "openssl": 2,   # software, pyca/cryptography
-    "oqs": 3,       # post-quantum, liboqs
-    "tpm2": 4,      # TPM 2.0 through tpm2-pytss
-    "pkcs11": 5,    # PKCS#11 tokens and HSMs
-})
+WELL_KNOWN: Mapping[str, int] = MappingProxyType(
+    {
+        "mock": 1,  # cryptostack_core.testing: deterministic test provider, never production
+        "openssl": 2,  # software, pyca/cryptography
+        "oqs": 3,  # post-quantum, liboqs
+        "tpm2": 4,  # TPM 2.0 through tpm2-pytss
+        "pkcs11": 5,  # PKCS#11 tokens and HSMs
+    }
+)
 """Default id of each provider shipped by the project, by entry-point name."""
 
 MAX_PROVIDER_ID = 2**31 - 1
@@ -47,10 +49,14 @@ def id_advice(name: str, provider_id: int) -> str:
     """
     owner = next((n for n, i in WELL_KNOWN.items() if i == provider_id), None)
     if owner is not None and owner != name:
-        return (f"provider {name!r} uses id {provider_id}, the well-known id of {owner!r}; "
-                f"third-party providers use ids >= {THIRD_PARTY.start}")
+        return (
+            f"provider {name!r} uses id {provider_id}, the well-known id of {owner!r}; "
+            f"third-party providers use ids >= {THIRD_PARTY.start}"
+        )
     if name not in WELL_KNOWN and provider_id in RESERVED:
-        return (f"provider {name!r} uses id {provider_id}, in the range reserved for "
-                f"cryptostack's own providers ({RESERVED.start}..{RESERVED.stop - 1}); "
-                f"third-party providers use ids >= {THIRD_PARTY.start}")
+        return (
+            f"provider {name!r} uses id {provider_id}, in the range reserved for "
+            f"cryptostack's own providers ({RESERVED.start}..{RESERVED.stop - 1}); "
+            f"third-party providers use ids >= {THIRD_PARTY.start}"
+        )
     return ""

@@ -36,18 +36,29 @@ T = TypeVar("T")
 _REQUIRED: Any = dataclasses.MISSING
 
 
-def option(default: Any = _REQUIRED, *, doc: str = "", minimum: float | None = None,
-           maximum: float | None = None, positive: bool = False,
-           choices: tuple[str, ...] | None = None,
-           parse: Callable[[Any], Any] | None = None) -> Any:
+def option(
+    default: Any = _REQUIRED,
+    *,
+    doc: str = "",
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    choices: tuple[str, ...] | None = None,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
     """A declared option (a dataclass field); no ``default`` makes it required. Mutable
     defaults (lists) are copied per instance."""
-    metadata = {"doc": doc, "minimum": minimum, "maximum": maximum, "positive": positive,
-                "choices": choices, "parse": parse}
+    metadata = {
+        "doc": doc,
+        "minimum": minimum,
+        "maximum": maximum,
+        "positive": positive,
+        "choices": choices,
+        "parse": parse,
+    }
     if isinstance(default, (list, dict, set)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value),
-                                 metadata=metadata)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -76,10 +87,12 @@ def _convert(name: str, kind: Any, value: Any, meta: Mapping[str, Any], config_d
             raise OptionError(f"{name} must be true or false, got {value!r}")
         return value
     if kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                kind is int and not isinstance(value, int)):
-            raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
-                              f"got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
+            raise OptionError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         if meta.get("positive") and value <= 0:
             raise OptionError(f"{name} must be positive, got {value!r}")
         low, high = meta.get("minimum"), meta.get("maximum")
@@ -107,9 +120,14 @@ def _convert(name: str, kind: Any, value: Any, meta: Mapping[str, Any], config_d
     raise OptionError(f"{name}: unsupported declaration {kind}")
 
 
-def parse_options(schema: type[T], raw: Mapping[str, Any], *, provider: str,
-                  config_dir: Path | None = None,
-                  refuse: Mapping[str, str] | None = None) -> T:
+def parse_options(
+    schema: type[T],
+    raw: Mapping[str, Any],
+    *,
+    provider: str,
+    config_dir: Path | None = None,
+    refuse: Mapping[str, str] | None = None,
+) -> T:
     """``raw`` checked against the dataclass ``schema``; INVALID_ARGUMENT naming the
     provider and the problem. ``refuse`` maps keys to a reason they may never appear (a PIN
     in the configuration)."""
@@ -121,8 +139,7 @@ def parse_options(schema: type[T], raw: Mapping[str, Any], *, provider: str,
     fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
     unknown = sorted(str(k) for k in raw if k not in fields)
     if unknown:
-        raise _fail(provider, f"unknown option(s) {', '.join(unknown)} (known: "
-                              f"{', '.join(sorted(fields))})")
+        raise _fail(provider, f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
     hints = typing.get_type_hints(schema)
     base = config_dir or Path.cwd()
     values: dict[str, Any] = {}
@@ -130,9 +147,10 @@ def parse_options(schema: type[T], raw: Mapping[str, Any], *, provider: str,
         for name, spec in fields.items():
             if name not in raw:
                 if spec.default is _REQUIRED and spec.default_factory is dataclasses.MISSING:
-                    raise OptionError(f"{name} is required"
-                                      + (f" ({spec.metadata['doc']})"
-                                         if spec.metadata.get("doc") else ""))
+                    raise OptionError(
+                        f"{name} is required"
+                        + (f" ({spec.metadata['doc']})" if spec.metadata.get("doc") else "")
+                    )
                 continue
             values[name] = _convert(name, hints[name], raw[name], spec.metadata, base)
         return schema(**values)

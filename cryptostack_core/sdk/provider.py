@@ -270,8 +270,9 @@ class Provider(abc.ABC):
     """True for providers made for tests (the mock): a daemon serves them only when its
     config says ``allow_test_providers = true``, and then warns at start and in ``status``."""
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         self.provider_id = provider_id
         self.options = dict(options)
         self.environment = environment
@@ -358,8 +359,9 @@ class Provider(abc.ABC):
         """
         raise _unsupported(f"{self.name} cannot generate {algorithm} keys")
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """Create an ephemeral key from caller material; malformed input -> INVALID_ARGUMENT.
 
         Public-key formats yield keys with ``has_private=False``.
@@ -372,8 +374,7 @@ class Provider(abc.ABC):
         The daemon has already checked EXPORT (or that this is a transfer to a compatible
         provider). Raise KEY_OPERATION_NOT_PERMITTED when the backend forbids it.
         """
-        raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                          f"{self.name} keys cannot be exported")
+        raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED, f"{self.name} keys cannot be exported")
 
     def export_public_key(self, key: ProviderKey, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """Public key of an asymmetric key, SPKI DER by default (RAW where defined)."""
@@ -387,8 +388,9 @@ class Provider(abc.ABC):
         stays usable). Software providers return the material with ``secret=True``."""
         raise _unsupported(f"{self.name} cannot persist keys")
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """Load a key from what :meth:`persist_key` returned (unwrapped by the key store)."""
         raise _unsupported(f"{self.name} cannot load stored keys")
 
@@ -413,8 +415,9 @@ class Provider(abc.ABC):
         """Start one digest."""
         raise _unsupported(f"{self.name} does not hash with {algorithm}")
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self, algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+    ) -> CipherOperation:
         """Start one message; wrong IV or key length -> INVALID_ARGUMENT."""
         raise _unsupported(f"{self.name} does not support {algorithm}")
 
@@ -441,24 +444,36 @@ class Provider(abc.ABC):
         see :meth:`create_signer`)."""
         raise _unsupported(f"{self.name} does not verify with {algorithm}")
 
-    def encapsulate(self, algorithm: str, key: ProviderKey,
-                    secret_permissions: KeyOperationPermission) -> tuple[bytes, ProviderKey]:
+    def encapsulate(
+        self, algorithm: str, key: ProviderKey, secret_permissions: KeyOperationPermission
+    ) -> tuple[bytes, ProviderKey]:
         """KEM encapsulation to public ``key``: (ciphertext, shared secret as GENERIC-SECRET key)."""
         raise _unsupported(f"{self.name} does not encapsulate with {algorithm}")
 
-    def decapsulate(self, algorithm: str, key: ProviderKey, ciphertext: bytes,
-                    secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def decapsulate(
+        self, algorithm: str, key: ProviderKey, ciphertext: bytes, secret_permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """KEM decapsulation; a wrong-length ciphertext -> INVALID_ARGUMENT."""
         raise _unsupported(f"{self.name} does not decapsulate with {algorithm}")
 
-    def agree(self, algorithm: str, key: ProviderKey, peer_public: bytes,
-              secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def agree(
+        self, algorithm: str, key: ProviderKey, peer_public: bytes, secret_permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """Key agreement with a peer public key (SPKI DER, or RAW for X25519);
         invalid peer keys -> INVALID_ARGUMENT. Returns a GENERIC-SECRET key."""
         raise _unsupported(f"{self.name} does not support {algorithm}")
 
-    def derive(self, algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: bytes,
-               output_algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
+    def derive(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        *,
+        length: int,
+        salt: bytes,
+        info: bytes,
+        output_algorithm: str,
+        permissions: KeyOperationPermission,
+    ) -> ProviderKey:
         """Derive a new key (e.g. HKDF-SHA-256) of ``output_algorithm`` and ``length`` bytes."""
         raise _unsupported(f"{self.name} does not derive with {algorithm}")
 

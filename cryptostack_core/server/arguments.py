@@ -18,8 +18,14 @@ def invalid(message: str) -> CryptoError:
     return CryptoError(ErrorCode.INVALID_ARGUMENT, message)
 
 
-def arg(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *,
-        default: Any = ..., allow_none: bool = False) -> Any:
+def arg(
+    args: Mapping[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    *,
+    default: Any = ...,
+    allow_none: bool = False,
+) -> Any:
     """``args[name]`` checked against ``kind``; ``default`` when absent (required if not given)."""
     if name not in args or (args[name] is None and default is not ...):
         if default is ...:
@@ -46,8 +52,9 @@ def data_arg(args: Mapping[str, Any], name: str = "data") -> bytes | memoryview:
     raise invalid(f"argument {name!r} must be bytes, got {type(value).__name__}")
 
 
-def int_arg(args: Mapping[str, Any], name: str, default: Any = ..., lo: int = 0,
-         hi: int | None = None) -> Any:
+def int_arg(
+    args: Mapping[str, Any], name: str, default: Any = ..., lo: int = 0, hi: int | None = None
+) -> Any:
     """An integer argument within ``lo``..``hi``."""
     value = arg(args, name, int, default=default)
     if value is None:
@@ -68,8 +75,17 @@ def permissions_arg(args: Mapping[str, Any], name: str = "permissions") -> P | N
     value = arg(args, name, int, default=None)
     if value is None:
         return None
-    if value < 0 or value & ~int(P.AUTHENTICATION | P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP
-                                 | P.DERIVE | P.ENCAPSULATE | P.DECAPSULATE | P.EXPORT):
+    if value < 0 or value & ~int(
+        P.AUTHENTICATION
+        | P.ENCRYPT
+        | P.DECRYPT
+        | P.WRAP
+        | P.UNWRAP
+        | P.DERIVE
+        | P.ENCAPSULATE
+        | P.DECAPSULATE
+        | P.EXPORT
+    ):
         raise invalid(f"unknown permission bits in {value:#x}")
     return P(value)
 

@@ -36,8 +36,9 @@ def backup_store(store: Path, destination: Path) -> BackupResult:
     if not store.is_file():
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"no key store at {store}")
     if destination.exists():
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"{destination} exists; a backup never overwrites a file")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT, f"{destination} exists; a backup never overwrites a file"
+        )
     tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     source = sqlite3.connect(f"file:{store}?mode=rw", uri=True)  # never creates a store
     try:
@@ -49,10 +50,8 @@ def backup_store(store: Path, destination: Path) -> BackupResult:
             target.execute("PRAGMA journal_mode=DELETE")
             check = target.execute("PRAGMA integrity_check").fetchone()
             if not check or check[0] != "ok":
-                raise CryptoError(ErrorCode.INTERNAL_ERROR,
-                                  f"the backup failed its integrity check: {check}")
-            counts = [_count(target, table) for table in ("key_slots", "cert_slots",
-                                                          "trust_stores")]
+                raise CryptoError(ErrorCode.INTERNAL_ERROR, f"the backup failed its integrity check: {check}")
+            counts = [_count(target, table) for table in ("key_slots", "cert_slots", "trust_stores")]
         finally:
             target.close()
         _fsync(tmp)

@@ -51,8 +51,7 @@ class Account:
         self.by_kind: Counter[str] = Counter()
 
     def _fits(self, size: int) -> bool:
-        return self.held + size <= self.budget.per_connection \
-            and self.budget.held + size <= self.budget.total
+        return self.held + size <= self.budget.per_connection and self.budget.held + size <= self.budget.total
 
     def _refusal(self, size: int, kind: str) -> CryptoError:
         # Raised straight from the caller's expression, never kept in a local: a local
@@ -61,14 +60,18 @@ class Account:
         budget = self.budget
         if self.held + size > budget.per_connection:
             detail = ", ".join(f"{k} {_mib(v)}" for k, v in self.by_kind.items() if v)
-            return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                               f"connection_memory_budget of {_mib(budget.per_connection)} "
-                               f"reached: {_mib(size)} more of {kind} refused (this "
-                               f"connection holds {detail or 'nothing'})")
-        return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                           f"memory_budget of {_mib(budget.total)} for all clients "
-                           f"reached: {_mib(size)} more of {kind} refused (all clients "
-                           f"hold {_mib(budget.held)}); try again later")
+            return CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"connection_memory_budget of {_mib(budget.per_connection)} "
+                f"reached: {_mib(size)} more of {kind} refused (this "
+                f"connection holds {detail or 'nothing'})",
+            )
+        return CryptoError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"memory_budget of {_mib(budget.total)} for all clients "
+            f"reached: {_mib(size)} more of {kind} refused (all clients "
+            f"hold {_mib(budget.held)}); try again later",
+        )
 
     def check(self, size: int, kind: str) -> None:
         """RESOURCE_EXHAUSTED if ``size`` more bytes of ``kind`` would not fit now; nothing is

@@ -50,8 +50,10 @@ def check_config(path: Path, *, euid: int | None = None) -> CheckReport:
         report.problems.append(str(exc))
         return report
     if (os.geteuid() if euid is None else euid) == 0 and not config.allow_root:
-        report.problems.append("the daemon would refuse to run as root: run it as a dedicated "
-                               "user or set [daemon] allow_root = true")
+        report.problems.append(
+            "the daemon would refuse to run as root: run it as a dedicated "
+            "user or set [daemon] allow_root = true"
+        )
     _providers(config, report)
     try:  # key slots may name algorithms the providers bring (registered by _providers)
         config = config.resolve_key_algorithms()
@@ -97,10 +99,12 @@ def _providers(config: DaemonConfig, report: CheckReport) -> None:
 
 def _files(config: DaemonConfig, report: CheckReport) -> None:
     wanted: list[tuple[str, Path]] = []
-    wanted += [(f"[[key_slots]] {s.name!r} import", s.import_file)
-               for s in config.key_slots if s.import_file is not None]
-    wanted += [(f"[[cert_slots]] {s.name!r} file", s.file)
-               for s in config.cert_slots if s.file is not None]
+    wanted += [
+        (f"[[key_slots]] {s.name!r} import", s.import_file)
+        for s in config.key_slots
+        if s.import_file is not None
+    ]
+    wanted += [(f"[[cert_slots]] {s.name!r} file", s.file) for s in config.cert_slots if s.file is not None]
     for store in config.trust_stores:
         wanted += [(f"[[trust_stores]] {store.name!r}", p) for p in (*store.anchors, *store.crls)]
     for where, file in wanted:
@@ -120,17 +124,24 @@ def _store(config: DaemonConfig, report: CheckReport) -> None:
     report.facts.append(f"key store: {config.keystore}")
     kek, notes = paths.kek_location(config)
     report.warnings += notes
-    report.facts.append(f"key-encryption key: {kek}" + (
-        f" (from provider {config.kek_provider}: sealed in that file, or kept in the token)"
-        if config.kek_provider else ""))
+    report.facts.append(
+        f"key-encryption key: {kek}"
+        + (
+            f" (from provider {config.kek_provider}: sealed in that file, or kept in the token)"
+            if config.kek_provider
+            else ""
+        )
+    )
     for directory in (config.keystore.parent, kek.parent):
         if not paths.creatable(directory):
             report.problems.append(f"cannot create {directory} (not writable by this user)")
     if not kek.exists() and config.kek_provider is None:  # a provider may keep no file
         try:
             if paths.holds_wrapped_keys(config.keystore):
-                report.problems.append(f"the key store {config.keystore} holds wrapped keys but "
-                                       f"its key-encryption key {kek} is missing")
+                report.problems.append(
+                    f"the key store {config.keystore} holds wrapped keys but "
+                    f"its key-encryption key {kek} is missing"
+                )
         except Exception as exc:  # an unreadable store
             report.problems.append(f"cannot read the key store {config.keystore}: {exc}")
 
@@ -151,5 +162,4 @@ def _shared_store(config: DaemonConfig, report: CheckReport) -> None:
         return
     kek, notes = paths.kek_location(config)
     report.warnings += notes
-    report.facts.append(f"key-encryption key: {kek} (every daemon on this store needs the "
-                        "same one)")
+    report.facts.append(f"key-encryption key: {kek} (every daemon on this store needs the same one)")

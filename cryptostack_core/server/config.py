@@ -156,11 +156,15 @@ class DaemonConfig:
             spec = REGISTRY.find(slot.algorithm)
             where = f"{self.source}: [[key_slots]] {slot.name!r}"
             if spec is None:
-                raise ConfigError(f"{where}: unknown key algorithm {slot.algorithm!r} (neither "
-                                  f"built in nor registered by a loaded provider){hint}")
+                raise ConfigError(
+                    f"{where}: unknown key algorithm {slot.algorithm!r} (neither "
+                    f"built in nor registered by a loaded provider){hint}"
+                )
             if not spec.is_key_algorithm:
-                raise ConfigError(f"{where}: {spec.name} is not a key type (use e.g. AES-256, "
-                                  f"ECDSA-P256, or the key type the provider registers)")
+                raise ConfigError(
+                    f"{where}: {spec.name} is not a key type (use e.g. AES-256, "
+                    f"ECDSA-P256, or the key type the provider registers)"
+                )
             slots.append(replace(slot, algorithm=spec.name))
         return replace(self, key_slots=tuple(slots))
 
@@ -177,20 +181,40 @@ class DaemonConfig:
         return cls.from_mapping(data, base_dir=path.resolve().parent, source=str(path))
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, base_dir: Path | None = None,
-                     source: str = "<mapping>") -> DaemonConfig:
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "<mapping>"
+    ) -> DaemonConfig:
         """Validate an already-parsed mapping (same shape as the TOML file)."""
         return _Parser(source, base_dir or Path.cwd()).parse(data)
 
 
 _TOP_LEVEL = {"daemon", "providers", "key_slots", "cert_slots", "trust_stores"}
 _DAEMON_KEYS = {
-    "socket", "keystore", "kek_file", "kek_provider", "audit_log", "state_dir", "socket_mode",
-    "max_frame_size", "max_contexts_per_client", "max_resources_per_client", "max_clients",
-    "max_buffered_message", "worker_threads", "provider_preference", "hello_timeout",
-    "allow_test_providers", "allow_root", "audit_log_group", "memory_budget",
-    "connection_memory_budget", "max_batch_length", "max_connections_per_uid", "idle_timeout",
-    "frame_timeout", "admin_uids",
+    "socket",
+    "keystore",
+    "kek_file",
+    "kek_provider",
+    "audit_log",
+    "state_dir",
+    "socket_mode",
+    "max_frame_size",
+    "max_contexts_per_client",
+    "max_resources_per_client",
+    "max_clients",
+    "max_buffered_message",
+    "worker_threads",
+    "provider_preference",
+    "hello_timeout",
+    "allow_test_providers",
+    "allow_root",
+    "audit_log_group",
+    "memory_budget",
+    "connection_memory_budget",
+    "max_batch_length",
+    "max_connections_per_uid",
+    "idle_timeout",
+    "frame_timeout",
+    "admin_uids",
 }
 PLACEMENTS = ("auto", "native", "split")
 """``placement`` of a hybrid key slot (docs/hybrid.md, "Halves on two providers")."""
@@ -217,8 +241,12 @@ class _Parser:
         return p if p.is_absolute() else self.base / p
 
     def int_(self, where: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
-                maximum is not None and value > maximum):
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
             bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
             raise self.fail(where, f"expected an integer {bound}, got {value!r}")
         return value
@@ -252,39 +280,46 @@ class _Parser:
     def check_keys(self, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
         unknown = sorted(set(table) - allowed)
         if unknown:
-            raise self.fail(where, f"unknown setting(s) {', '.join(unknown)}; "
-                            f"known: {', '.join(sorted(allowed))}")
+            raise self.fail(
+                where, f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+            )
 
-    def placement(self, where: str, entry: Mapping[str, Any],
-                  ids: set[int]) -> tuple[str, dict[str, tuple[int, ...]]]:
+    def placement(
+        self, where: str, entry: Mapping[str, Any], ids: set[int]
+    ) -> tuple[str, dict[str, tuple[int, ...]]]:
         """A key slot's ``placement`` and ``components`` (hybrid keys, docs/hybrid.md);
         whether its algorithm can be split is checked once the providers registered theirs."""
         placement = entry.get("placement", "auto")
         if placement not in PLACEMENTS:
-            raise self.fail(where, f"'placement' must be one of {', '.join(PLACEMENTS)}, got "
-                                   f"{placement!r}")
+            raise self.fail(where, f"'placement' must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
         raw = entry.get("components", {})
         if not isinstance(raw, Mapping):
-            raise self.fail(where, "'components' must be a table of role = [provider ids], "
-                                   "e.g. { pq = [2], classical = [5] }")
+            raise self.fail(
+                where,
+                "'components' must be a table of role = [provider ids], e.g. { pq = [2], classical = [5] }",
+            )
         components: dict[str, tuple[int, ...]] = {}
         for role, value in raw.items():
             if role not in COMPONENT_ROLES:
-                raise self.fail(where, f"'components': unknown role {role!r} (roles are "
-                                       f"{' and '.join(COMPONENT_ROLES)})")
+                raise self.fail(
+                    where, f"'components': unknown role {role!r} (roles are {' and '.join(COMPONENT_ROLES)})"
+                )
             listed = value if isinstance(value, list) else [value]
-            if not listed or not all(isinstance(i, int) and not isinstance(i, bool)
-                                     for i in listed):
-                raise self.fail(where, f"'components' {role}: expected a provider id or a "
-                                       f"non-empty list of them, got {value!r}")
+            if not listed or not all(isinstance(i, int) and not isinstance(i, bool) for i in listed):
+                raise self.fail(
+                    where,
+                    f"'components' {role}: expected a provider id or a non-empty list of them, got {value!r}",
+                )
             for pid in listed:
                 if pid not in ids:
-                    raise self.fail(where, f"'components' {role}: provider {pid!r} is not a "
-                                           "configured provider id")
+                    raise self.fail(
+                        where, f"'components' {role}: provider {pid!r} is not a configured provider id"
+                    )
             components[role] = tuple(listed)
         if placement == "native" and components:
-            raise self.fail(where, "placement \"native\" keeps both halves on one provider; "
-                                   "it takes no 'components'")
+            raise self.fail(
+                where, "placement \"native\" keeps both halves on one provider; it takes no 'components'"
+            )
         return placement, components
 
     def name(self, where: str, table: Mapping[str, Any], seen: set[str]) -> str:
@@ -307,7 +342,8 @@ class _Parser:
             kw["keystore_in_memory"] = True
             daemon = {k: v for k, v in daemon.items() if k != "keystore"}
         elif isinstance(daemon.get("keystore"), str) and daemon["keystore"].startswith(
-                SHARED_KEYSTORE_SCHEMES):
+            SHARED_KEYSTORE_SCHEMES
+        ):
             kw["keystore_url"] = daemon["keystore"]
             daemon = {k: v for k, v in daemon.items() if k != "keystore"}
         for key in ("allow_test_providers", "allow_root"):
@@ -317,37 +353,48 @@ class _Parser:
             if key in daemon:
                 kw[key] = self.path(f"[daemon] {key}", daemon[key])
         if "audit_log_group" in daemon:
-            kw["audit_log_group"] = self.group("[daemon] audit_log_group",
-                                               daemon["audit_log_group"])
+            kw["audit_log_group"] = self.group("[daemon] audit_log_group", daemon["audit_log_group"])
         if "socket_mode" in daemon:
             kw["socket_mode"] = self.int_("[daemon] socket_mode", daemon["socket_mode"], 0, 0o777)
         if "max_frame_size" in daemon:
-            kw["max_frame_size"] = self.int_("[daemon] max_frame_size", daemon["max_frame_size"],
-                                             1024, MAX_FRAME_LIMIT)
-        for key in ("max_contexts_per_client", "max_resources_per_client", "max_clients",
-                    "max_buffered_message", "worker_threads", "memory_budget",
-                    "connection_memory_budget", "max_batch_length", "max_connections_per_uid"):
+            kw["max_frame_size"] = self.int_(
+                "[daemon] max_frame_size", daemon["max_frame_size"], 1024, MAX_FRAME_LIMIT
+            )
+        for key in (
+            "max_contexts_per_client",
+            "max_resources_per_client",
+            "max_clients",
+            "max_buffered_message",
+            "worker_threads",
+            "memory_budget",
+            "connection_memory_budget",
+            "max_batch_length",
+            "max_connections_per_uid",
+        ):
             if key in daemon:
                 kw[key] = self.int_(f"[daemon] {key}", daemon[key], 1)
         for key, minimum in (("idle_timeout", 0.0), ("frame_timeout", 0.001)):
             if key in daemon:
                 value = daemon[key]
-                if not isinstance(value, (int, float)) or isinstance(value, bool) \
-                        or value < minimum:
-                    raise self.fail(f"[daemon] {key}", f"expected seconds >= {minimum}, got "
-                                    f"{value!r}")
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
+                    raise self.fail(f"[daemon] {key}", f"expected seconds >= {minimum}, got {value!r}")
                 kw[key] = float(value)
         if "admin_uids" in daemon:
             kw["admin_uids"] = self.uids("[daemon] admin_uids", daemon["admin_uids"])
-        limits = {k: kw.get(k, getattr(DaemonConfig, k)) for k in (
-            "max_frame_size", "max_buffered_message", "connection_memory_budget",
-            "memory_budget")}
-        for small, large in (("max_frame_size", "connection_memory_budget"),
-                             ("max_buffered_message", "connection_memory_budget"),
-                             ("connection_memory_budget", "memory_budget")):
+        limits = {
+            k: kw.get(k, getattr(DaemonConfig, k))
+            for k in ("max_frame_size", "max_buffered_message", "connection_memory_budget", "memory_budget")
+        }
+        for small, large in (
+            ("max_frame_size", "connection_memory_budget"),
+            ("max_buffered_message", "connection_memory_budget"),
+            ("connection_memory_budget", "memory_budget"),
+        ):
             if limits[small] > limits[large]:
-                raise self.fail(f"[daemon] {small}", f"{limits[small]} exceeds {large} "
-                                f"({limits[large]}): it could never be used")
+                raise self.fail(
+                    f"[daemon] {small}",
+                    f"{limits[small]} exceeds {large} ({limits[large]}): it could never be used",
+                )
 
         providers = []
         ids: set[int] = set()
@@ -392,17 +439,30 @@ class _Parser:
         slots = []
         for i, entry in enumerate(self.table_list(data, "key_slots"), 1):
             where = f"[[key_slots]] #{i}"
-            self.check_keys(where, entry, {
-                "name", "algorithm", "provider", "compatible_providers", "permissions",
-                "provision", "import", "import_format", "use_uids", "write_uids", "placement",
-                "components"})
+            self.check_keys(
+                where,
+                entry,
+                {
+                    "name",
+                    "algorithm",
+                    "provider",
+                    "compatible_providers",
+                    "permissions",
+                    "provision",
+                    "import",
+                    "import_format",
+                    "use_uids",
+                    "write_uids",
+                    "placement",
+                    "components",
+                },
+            )
             name = self.name(where, entry, slot_names)
             where = f"[[key_slots]] {name!r}"
             algorithm = entry.get("algorithm")
             if algorithm is not None:
                 if not isinstance(algorithm, str) or not algorithm:
-                    raise self.fail(where, f"'algorithm' must be a key algorithm name, got "
-                                           f"{algorithm!r}")
+                    raise self.fail(where, f"'algorithm' must be a key algorithm name, got {algorithm!r}")
                 # Checked (and made canonical) by resolve_key_algorithms() once the
                 # providers have registered their own algorithms.
                 spec = REGISTRY.find(algorithm)
@@ -412,7 +472,8 @@ class _Parser:
                 raise self.fail(where, f"provider {provider!r} is not a configured provider id")
             compatible = entry.get("compatible_providers", [])
             if not isinstance(compatible, list) or not all(
-                    isinstance(c, int) and not isinstance(c, bool) for c in compatible):
+                isinstance(c, int) and not isinstance(c, bool) for c in compatible
+            ):
                 raise self.fail(where, "'compatible_providers' must be a list of provider ids")
             perms = None
             if "permissions" in entry:
@@ -429,20 +490,34 @@ class _Parser:
             placement, components = self.placement(where, entry, ids)
             split = placement == "split" or bool(components)
             if split and (provider is not None or compatible):
-                raise self.fail(where, "a split slot names its halves' providers in "
-                                "'components' (per role); 'provider' and "
-                                "'compatible_providers' are for keys held whole")
-            if (provision or import_file) and (algorithm is None or (
-                    provider is None and not split)):
-                raise self.fail(where, "a provisioned slot needs 'algorithm' and 'provider' "
-                                "(or, split, 'components')")
+                raise self.fail(
+                    where,
+                    "a split slot names its halves' providers in "
+                    "'components' (per role); 'provider' and "
+                    "'compatible_providers' are for keys held whole",
+                )
+            if (provision or import_file) and (algorithm is None or (provider is None and not split)):
+                raise self.fail(
+                    where, "a provisioned slot needs 'algorithm' and 'provider' (or, split, 'components')"
+                )
             if provision and import_file:
                 raise self.fail(where, "use either 'provision' or 'import', not both")
-            slots.append(KeySlotConfig(
-                name, algorithm, provider, tuple(compatible), perms, provision, import_file,
-                entry.get("import_format"), self.uids(f"{where} use_uids", entry.get("use_uids")),
-                self.uids(f"{where} write_uids", entry.get("write_uids")), placement,
-                components))
+            slots.append(
+                KeySlotConfig(
+                    name,
+                    algorithm,
+                    provider,
+                    tuple(compatible),
+                    perms,
+                    provision,
+                    import_file,
+                    entry.get("import_format"),
+                    self.uids(f"{where} use_uids", entry.get("use_uids")),
+                    self.uids(f"{where} write_uids", entry.get("write_uids")),
+                    placement,
+                    components,
+                )
+            )
         kw["key_slots"] = tuple(slots)
 
         cert_names: set[str] = set()
@@ -453,8 +528,14 @@ class _Parser:
             name = self.name(where, entry, cert_names)
             where = f"[[cert_slots]] {name!r}"
             file = self.path(f"{where} file", entry["file"]) if "file" in entry else None
-            certs.append(CertSlotConfig(name, file, self.uids(where, entry.get("use_uids")),
-                                        self.uids(where, entry.get("write_uids")) or ()))
+            certs.append(
+                CertSlotConfig(
+                    name,
+                    file,
+                    self.uids(where, entry.get("use_uids")),
+                    self.uids(where, entry.get("write_uids")) or (),
+                )
+            )
         kw["cert_slots"] = tuple(certs)
 
         store_names: set[str] = set()
@@ -468,10 +549,14 @@ class _Parser:
             crls = entry.get("crls", [])
             if not isinstance(anchors, list) or not isinstance(crls, list):
                 raise self.fail(where, "'anchors' and 'crls' must be lists of files")
-            stores.append(TrustStoreConfig(
-                name, tuple(self.path(f"{where} anchors", a) for a in anchors),
-                tuple(self.path(f"{where} crls", c) for c in crls),
-                self.uids(where, entry.get("use_uids")),
-                self.uids(where, entry.get("write_uids")) or ()))
+            stores.append(
+                TrustStoreConfig(
+                    name,
+                    tuple(self.path(f"{where} anchors", a) for a in anchors),
+                    tuple(self.path(f"{where} crls", c) for c in crls),
+                    self.uids(where, entry.get("use_uids")),
+                    self.uids(where, entry.get("write_uids")) or (),
+                )
+            )
         kw["trust_stores"] = tuple(stores)
         return DaemonConfig(**kw)

@@ -94,8 +94,13 @@ class Call:
 class ServiceCore:
     """Providers, key store, sessions, audit and access: the state every family shares."""
 
-    def __init__(self, config: DaemonConfig, *, plugin_manager: pluggy.PluginManager | None = None,
-                 state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        plugin_manager: pluggy.PluginManager | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.pm = plugin_manager or make_plugin_manager()
         self._audit_logger = AuditLogger(config.audit_log, config.audit_log_group)
@@ -103,21 +108,27 @@ class ServiceCore:
         self.daemon_uid = os.getuid()
         self.started = time.time()
         base = config.state_dir or (config.keystore.parent if config.keystore else None)
-        self.state_root = state_dir or base or Path(
-            os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"cryptostack-{os.getpid()}"
-        config_dir = Path(config.source).resolve().parent if not config.source.startswith(
-            "<") else Path.cwd()
+        self.state_root = (
+            state_dir
+            or base
+            or Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"cryptostack-{os.getpid()}"
+        )
+        config_dir = Path(config.source).resolve().parent if not config.source.startswith("<") else Path.cwd()
         self.warnings: list[str] = []
         """What an operator must hear: logged at start and listed by ``status``."""
-        loaded = [load_provider(p, self.state_root, config_dir,
-                                allow_test_providers=config.allow_test_providers)
-                  for p in config.providers]
+        loaded = [
+            load_provider(p, self.state_root, config_dir, allow_test_providers=config.allow_test_providers)
+            for p in config.providers
+        ]
         self.providers = ProviderSet(loaded, config.preference)
         try:
             self._require_providers()
             # Key slots may name algorithms the providers just registered.
-            failed = "".join(f"; provider {p.name} ({p.id}) failed to load: {p.load_error}"
-                             for p in loaded if p.instance is None and not p.algorithms)
+            failed = "".join(
+                f"; provider {p.name} ({p.id}) failed to load: {p.load_error}"
+                for p in loaded
+                if p.instance is None and not p.algorithms
+            )
             config = self.config = config.resolve_key_algorithms(failed)
             for slot in config.key_slots:  # hybrid placements, once the names are known
                 problem = split_plan.slot_problem(slot)
@@ -144,8 +155,7 @@ class ServiceCore:
         self._session_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
-        self._slot_keys: OrderedDict[tuple[str, int], tuple[tuple[Any, ...], KeyEntry]] = \
-            OrderedDict()
+        self._slot_keys: OrderedDict[tuple[str, int], tuple[tuple[Any, ...], KeyEntry]] = OrderedDict()
         self._slot_keys_lock = threading.Lock()
         # Backend objects (token objects) in use by loaded keys, and those whose version was
         # retired or cleared while in use: destroyed when their last user lets go.
@@ -160,20 +170,24 @@ class ServiceCore:
         down = []
         for loaded in self.providers.by_id.values():
             if loaded.instance is not None and loaded.instance.test_only:
-                self.warnings.append(f"provider {loaded.name} ({loaded.id}) is a test provider "
-                                     "(allow_test_providers = true): not for production")
+                self.warnings.append(
+                    f"provider {loaded.name} ({loaded.id}) is a test provider "
+                    "(allow_test_providers = true): not for production"
+                )
             state, reason = loaded.state()
             if state is not ProviderState.UNAVAILABLE:
                 continue
             if loaded.config.optional:
-                self.warnings.append(f"optional provider {loaded.name} ({loaded.id}) is "
-                                     f"unavailable: {reason}")
+                self.warnings.append(
+                    f"optional provider {loaded.name} ({loaded.id}) is unavailable: {reason}"
+                )
                 continue
             down.append(f"[[providers]] {loaded.name} (id {loaded.id}): {reason}")
         if down:
             raise ProviderStartError(
                 f"{self.config.source}: provider(s) cannot start: {'; '.join(down)} (mark a "
-                "provider optional = true to start without it)")
+                "provider optional = true to start without it)"
+            )
 
     def _open_keystore(self) -> KeyStore:
         config = self.config
@@ -182,9 +196,11 @@ class ServiceCore:
         if config.kek_provider is not None:
             kp = self.providers.get(config.kek_provider)
             if kp.instance is None or kp.instance.kek_source() is None:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"kek_provider {kp.name} ({kp.id}) cannot protect the key "
-                                  f"store: {kp.load_error or 'it offers no KEK source'}")
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"kek_provider {kp.name} ({kp.id}) cannot protect the key "
+                    f"store: {kp.load_error or 'it offers no KEK source'}",
+                )
             kek_source = kp.instance.kek_source()
         location = paths.store_location(config)
         if location is None:
@@ -232,14 +248,22 @@ class ServiceCore:
         with self._lock:
             same_uid = sum(1 for s in self.sessions.values() if s.peer.uid == peer.uid)
             if same_uid >= config.max_connections_per_uid:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"uid {peer.uid} already has {same_uid} connections "
-                                  f"(max_connections_per_uid {config.max_connections_per_uid})")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"uid {peer.uid} already has {same_uid} connections "
+                    f"(max_connections_per_uid {config.max_connections_per_uid})",
+                )
             if len(self.sessions) >= config.max_clients:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"too many clients (max_clients {config.max_clients})")
-            session = Session(next(self._session_ids), peer, config.max_contexts_per_client,
-                              config.max_resources_per_client, memory=self.budget.account())
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED, f"too many clients (max_clients {config.max_clients})"
+                )
+            session = Session(
+                next(self._session_ids),
+                peer,
+                config.max_contexts_per_client,
+                config.max_resources_per_client,
+                memory=self.budget.account(),
+            )
             self.sessions[session.id] = session
         return session
 
@@ -259,6 +283,7 @@ class ServiceCore:
         """Each provider's state (and, ``detailed``, its own description), each asked on its
         provider's pool when there are pools: a hung provider shows as unavailable after
         :data:`PROBE_TIMEOUT` instead of holding up ``status``."""
+
         def probe(loaded: LoadedProvider) -> dict[str, Any]:
             if detailed:
                 return loaded.describe()
@@ -283,18 +308,32 @@ class ServiceCore:
                 facts.append(future.result(max(0.0, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:
                 future.cancel()
-                facts.append({"id": loaded.id, "name": loaded.name,
-                              "state": ProviderState.UNAVAILABLE.value,
-                              "reason": f"busy: no answer to a status probe within "
-                                        f"{PROBE_TIMEOUT:g} s"})
+                facts.append(
+                    {
+                        "id": loaded.id,
+                        "name": loaded.name,
+                        "state": ProviderState.UNAVAILABLE.value,
+                        "reason": f"busy: no answer to a status probe within {PROBE_TIMEOUT:g} s",
+                    }
+                )
         return facts
 
-    def may(self, session: Session, action: str, rtype: ResourceType, name: str,
-            allowed: tuple[int, ...] | None) -> bool:
+    def may(
+        self, session: Session, action: str, rtype: ResourceType, name: str, allowed: tuple[int, ...] | None
+    ) -> bool:
         """Whether the access hooks allow ``action`` (no audit event: for listings)."""
-        return bool(self.pm.hook.cryptostack_access_decision(request=AccessRequest(
-            client=session.peer, action=action, resource_type=rtype.value, resource_name=name,
-            daemon_uid=self.daemon_uid, allowed_uids=allowed)))
+        return bool(
+            self.pm.hook.cryptostack_access_decision(
+                request=AccessRequest(
+                    client=session.peer,
+                    action=action,
+                    resource_type=rtype.value,
+                    resource_name=name,
+                    daemon_uid=self.daemon_uid,
+                    allowed_uids=allowed,
+                )
+            )
+        )
 
     def is_admin(self, session: Session) -> bool:
         """Whether the client may see other clients and restricted slots (``admin_uids``,
@@ -326,10 +365,19 @@ class ServiceCore:
             log.exception("releasing a %s failed", handle.kind)
 
     # --- audit and access --------------------------------------------------------------
-    def audit(self, session: Session, action: str, resource: str, result: str = "ok", *,
-              provider: int | None = None, algorithm: str | None = None,
-              operation: str | None = None, detail: str = "",
-              providers: tuple[int, ...] = ()) -> None:
+    def audit(
+        self,
+        session: Session,
+        action: str,
+        resource: str,
+        result: str = "ok",
+        *,
+        provider: int | None = None,
+        algorithm: str | None = None,
+        operation: str | None = None,
+        detail: str = "",
+        providers: tuple[int, ...] = (),
+    ) -> None:
         """Emit an audit event to every hook implementation (``providers``: all of them when
         a request involved several, e.g. the halves of a split hybrid key)."""
         providers = providers if len(providers) > 1 else ()
@@ -338,13 +386,32 @@ class ServiceCore:
             impls = hook.get_hookimpls()
             if len(impls) == 1 and impls[0].plugin is self._audit_logger:
                 # The built-in logger alone (the usual case): no event object, no dispatch.
-                self._audit_logger.record(action, session.peer, resource, result, provider,
-                                          algorithm, operation, detail, None, providers)
+                self._audit_logger.record(
+                    action,
+                    session.peer,
+                    resource,
+                    result,
+                    provider,
+                    algorithm,
+                    operation,
+                    detail,
+                    None,
+                    providers,
+                )
                 return
-            hook(event=AuditEvent(
-                action=action, client=session.peer, resource=resource, result=result,
-                provider=provider, algorithm=algorithm, operation=operation, detail=detail,
-                providers=providers))
+            hook(
+                event=AuditEvent(
+                    action=action,
+                    client=session.peer,
+                    resource=resource,
+                    result=result,
+                    provider=provider,
+                    algorithm=algorithm,
+                    operation=operation,
+                    detail=detail,
+                    providers=providers,
+                )
+            )
         except Exception:
             log.exception("an audit hook failed")
 
@@ -355,41 +422,68 @@ class ServiceCore:
         except Exception:
             log.exception("a metrics hook failed")
 
-    def check_access(self, session: Session, action: str, rtype: ResourceType, name: str,
-                     allowed: tuple[int, ...] | None) -> None:
+    def check_access(
+        self, session: Session, action: str, rtype: ResourceType, name: str, allowed: tuple[int, ...] | None
+    ) -> None:
         """Ask the access hooks; ACCESS_DENIED (audited) if refused."""
-        decision = self.pm.hook.cryptostack_access_decision(request=AccessRequest(
-            client=session.peer, action=action, resource_type=rtype.value, resource_name=name,
-            daemon_uid=self.daemon_uid, allowed_uids=allowed))
+        decision = self.pm.hook.cryptostack_access_decision(
+            request=AccessRequest(
+                client=session.peer,
+                action=action,
+                resource_type=rtype.value,
+                resource_name=name,
+                daemon_uid=self.daemon_uid,
+                allowed_uids=allowed,
+            )
+        )
         if not decision:
             self.audit(session, f"access.{action}", name, ErrorCode.ACCESS_DENIED.value)
-            raise CryptoError(ErrorCode.ACCESS_DENIED,
-                              f"uid {session.peer.uid} may not {action} {rtype.value} {name!r}")
+            raise CryptoError(
+                ErrorCode.ACCESS_DENIED, f"uid {session.peer.uid} may not {action} {rtype.value} {name!r}"
+            )
 
-    def require_permission(self, session: Session, entry: KeyEntry, wanted: P, algorithm: str,
-                           alternatives: P = P.NONE, operation: Operation | None = None) -> None:
+    def require_permission(
+        self,
+        session: Session,
+        entry: KeyEntry,
+        wanted: P,
+        algorithm: str,
+        alternatives: P = P.NONE,
+        operation: Operation | None = None,
+    ) -> None:
         """KEY_OPERATION_NOT_PERMITTED (audited as ``operation``) unless the key allows
         ``wanted`` (or one of ``alternatives``)."""
         ok = has_permission(entry.permissions, wanted) or (
-            alternatives and bool(int(entry.permissions) & int(alternatives)))
+            alternatives and bool(int(entry.permissions) & int(alternatives))
+        )
         if not ok:
             names = (wanted | alternatives).name or str(wanted)
             # One spelling in the audit log: Operation values ("encrypt"), lower case.
             spelled = operation.value if operation is not None else names.lower()
-            self.audit(session, "key.use", entry.slot or "ephemeral key",
-                       ErrorCode.KEY_OPERATION_NOT_PERMITTED.value, provider=entry.home.id,
-                       algorithm=algorithm, operation=spelled)
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"the key ({entry.algorithm}) does not permit "
-                              f"{str(names).replace('|', ' or ')} (it allows "
-                              f"{entry.permissions.name or 'nothing'})")
+            self.audit(
+                session,
+                "key.use",
+                entry.slot or "ephemeral key",
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED.value,
+                provider=entry.home.id,
+                algorithm=algorithm,
+                operation=spelled,
+            )
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                f"the key ({entry.algorithm}) does not permit "
+                f"{str(names).replace('|', ' or ')} (it allows "
+                f"{entry.permissions.name or 'nothing'})",
+            )
 
     @staticmethod
     def check_key_algorithm(spec: AlgorithmSpec, entry: KeyEntry) -> None:
         """INVALID_ARGUMENT unless ``spec`` takes keys of the entry's algorithm."""
         if entry.algorithm not in spec.key_algorithms:
-            raise invalid(f"a {entry.algorithm} key cannot be used with {spec.name} (it takes "
-                          f"{', '.join(spec.key_algorithms)} keys)")
+            raise invalid(
+                f"a {entry.algorithm} key cannot be used with {spec.name} (it takes "
+                f"{', '.join(spec.key_algorithms)} keys)"
+            )
 
     # --- handles -----------------------------------------------------------------------
     def register(self, call: Call, handle: Handle) -> int:
@@ -417,9 +511,13 @@ class ServiceCore:
 
     def guard_info(self, number: int, entry: KeyEntry) -> dict[str, Any]:
         """The wire description of a key guard."""
-        info: dict[str, Any] = {"id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
-                "persistence": entry.persistence.value, "permissions": int(entry.permissions),
-                "algorithm": entry.algorithm, "provider": entry.home.id}
+        info: dict[str, Any] = {
+            "id": rid_to_wire(CryptoResourceId(ResourceType.KEY, number)),
+            "persistence": entry.persistence.value,
+            "permissions": int(entry.permissions),
+            "algorithm": entry.algorithm,
+            "provider": entry.home.id,
+        }
         if entry.components is not None:  # split hybrid key: provider is its pq half's
             info["components"] = entry.component_info()
         return info
@@ -437,18 +535,21 @@ class ServiceCore:
     def provider_instance(self, loaded: LoadedProvider) -> Provider:
         """The provider's instance, or PROVIDER_UNAVAILABLE with its load error."""
         if loaded.instance is None:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"provider {loaded.name} ({loaded.id}) is unavailable: "
-                              f"{loaded.load_error}")
+            raise CryptoError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"provider {loaded.name} ({loaded.id}) is unavailable: {loaded.load_error}",
+            )
         return loaded.instance
 
     def key_on(self, session: Session, entry: KeyEntry, target: LoadedProvider) -> ProviderKey:
         """The key as ``target`` holds it, copying it there (audited) if it lives elsewhere."""
         if entry.components is not None:  # never whole: its halves move one by one
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"this {entry.algorithm} key is split across providers "
-                              f"{', '.join(str(h['provider']) for h in entry.component_info())};"
-                              " it cannot be moved to one provider")
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                f"this {entry.algorithm} key is split across providers "
+                f"{', '.join(str(h['provider']) for h in entry.component_info())};"
+                " it cannot be moved to one provider",
+            )
         if target.id == entry.home.id:
             return entry.pkey
         existing = entry.copies.get(target.id)
@@ -466,9 +567,14 @@ class ServiceCore:
         copy = dest.import_key(entry.algorithm, material, fmt, entry.permissions)
         copy._cryptostack_owner = dest  # type: ignore[attr-defined]
         entry.copies[target.id] = copy
-        self.audit(session, "key.transfer", entry.slot or "ephemeral key", provider=target.id,
-                   algorithm=entry.algorithm,
-                   detail=f"copied from provider {entry.home.id} to {target.id}")
+        self.audit(
+            session,
+            "key.transfer",
+            entry.slot or "ephemeral key",
+            provider=target.id,
+            algorithm=entry.algorithm,
+            detail=f"copied from provider {entry.home.id} to {target.id}",
+        )
         return copy
 
     def key_argument(self, call: Call, args: Any, name: str = "key") -> KeyEntry:
@@ -495,12 +601,24 @@ class ServiceCore:
         access-checked; read from the key store, so another daemon's change shows at once)."""
         slot = self.slot_config(name)
         versions = self.keystore.slot_versions(name)
-        listed = [{"version": v.version, "state": _version_state(v, versions.min_version),
-                   "created": v.created, "updated": v.updated, "algorithm": v.algorithm,
-                   "provider": v.provider, "permissions": int(v.permissions)}
-                  for v in versions.versions]
-        common = {"name": name, "versions": listed, "min_version": versions.min_version,
-                  "head_version": versions.head}
+        listed = [
+            {
+                "version": v.version,
+                "state": _version_state(v, versions.min_version),
+                "created": v.created,
+                "updated": v.updated,
+                "algorithm": v.algorithm,
+                "provider": v.provider,
+                "permissions": int(v.permissions),
+            }
+            for v in versions.versions
+        ]
+        common = {
+            "name": name,
+            "versions": listed,
+            "min_version": versions.min_version,
+            "head_version": versions.head,
+        }
         if slot.placement != "auto" or slot.components:
             common["placement"] = "split" if slot.split else slot.placement
         primary = versions.primary
@@ -508,18 +626,31 @@ class ServiceCore:
             # a hybrid key split over two providers: where each half is (docs/hybrid.md)
             common["components"] = [
                 {"role": part.role, "provider": part.provider, "algorithm": part.algorithm}
-                for part in self._parts(name, primary.version)]
+                for part in self._parts(name, primary.version)
+            ]
         if primary is None:
-            return {**common, "status": KeySlotStatus.EMPTY.value,
-                    "algorithm": slot.algorithm, "provider": slot.provider,
-                    "compatible_providers": list(slot.compatible_providers),
-                    "permissions": int(slot.permissions or 0), "version": 0,
-                    "created": None, "updated": None}
-        return {**common, "status": KeySlotStatus.OCCUPIED.value,
-                "algorithm": primary.algorithm, "provider": primary.provider,
-                "compatible_providers": list(primary.compatible),
-                "permissions": int(primary.permissions), "version": primary.version,
-                "created": versions.versions[0].created, "updated": primary.created}
+            return {
+                **common,
+                "status": KeySlotStatus.EMPTY.value,
+                "algorithm": slot.algorithm,
+                "provider": slot.provider,
+                "compatible_providers": list(slot.compatible_providers),
+                "permissions": int(slot.permissions or 0),
+                "version": 0,
+                "created": None,
+                "updated": None,
+            }
+        return {
+            **common,
+            "status": KeySlotStatus.OCCUPIED.value,
+            "algorithm": primary.algorithm,
+            "provider": primary.provider,
+            "compatible_providers": list(primary.compatible),
+            "permissions": int(primary.permissions),
+            "version": primary.version,
+            "created": versions.versions[0].created,
+            "updated": primary.created,
+        }
 
     def export_uids(self, name: str) -> frozenset[int]:
         """The uids slot ``name``'s configuration lets export (``write_uids``; unset: root
@@ -542,8 +673,7 @@ class ServiceCore:
         slot = self.slot_config(name)
         self.check_access(session, "use", ResourceType.KEY_SLOT, name, slot.use_uids)
         record = self.keystore.resolve(name, version)
-        stamp = (record.created, record.primary, record.provider, record.algorithm,
-                 int(record.permissions))
+        stamp = (record.created, record.primary, record.provider, record.algorithm, int(record.permissions))
         key = (name, record.version)
         with self._slot_keys_lock:
             hit = self._slot_keys.get(key)
@@ -578,24 +708,41 @@ class ServiceCore:
         if record.provider == SPLIT_PROVIDER:
             plan = split_plan.plan_for(record.algorithm)
             if plan is None or not plan.splittable:
-                raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                                  f"key slot {name!r} v{record.version} holds {record.algorithm} "
-                                  "split over providers, which cannot be split")
+                raise CryptoError(
+                    ErrorCode.PROVIDER_ERROR,
+                    f"key slot {name!r} v{record.version} holds {record.algorithm} "
+                    "split over providers, which cannot be split",
+                )
             slot = self.slot_config(name)
             return split_keys.load(
-                plan, decode_parts(stored.blob, f"key slot {name!r} v{record.version}"), perms,
-                self.providers.get, slot=name, version=record.version, export_uids=exports,
+                plan,
+                decode_parts(stored.blob, f"key slot {name!r} v{record.version}"),
+                perms,
+                self.providers.get,
+                slot=name,
+                version=record.version,
+                export_uids=exports,
                 lists=slot.components,
-                on_free=lambda part: None if part.stored.secret else self._track_stored(
-                    part.provider, part.stored))
+                on_free=lambda part: (
+                    None if part.stored.secret else self._track_stored(part.provider, part.stored)
+                ),
+            )
         loaded = self.providers.get(record.provider)
         instance = self.provider_instance(loaded)
         pkey = instance.load_stored_key(stored, record.algorithm, perms)
         on_free = None if stored.secret else self._track_stored(loaded.id, stored)
-        return KeyEntry(algorithm=record.algorithm, permissions=perms, home=loaded,
-                        pkey=pkey, persistence=ResourcePersistence.PERSISTENT,
-                        compatible=record.compatible, slot=name, export_uids=exports,
-                        version=record.version, on_free=on_free)
+        return KeyEntry(
+            algorithm=record.algorithm,
+            permissions=perms,
+            home=loaded,
+            pkey=pkey,
+            persistence=ResourcePersistence.PERSISTENT,
+            compatible=record.compatible,
+            slot=name,
+            export_uids=exports,
+            version=record.version,
+            on_free=on_free,
+        )
 
     def forget_slot_keys(self, name: str | None = None) -> None:
         """Drop cached keys of slot ``name`` (all slots: None), e.g. after a version was
@@ -637,8 +784,7 @@ class ServiceCore:
         with self._stored_lock:
             if self._stored_users.get(ref):
                 self._doomed[ref] = (stored, what)
-                log.info("%s: its backend object is destroyed when its last user lets go",
-                         what)
+                log.info("%s: its backend object is destroyed when its last user lets go", what)
                 return
         self._destroy_stored(provider, stored, what)
 
@@ -648,24 +794,32 @@ class ServiceCore:
                 loaded = self.providers.get(provider)
                 self.provider_instance(loaded).delete_stored_key(stored)
             except Exception:
-                log.exception("could not destroy the backend object of %s (the provider's "
-                              "reconciliation retries at the next start)", what)
+                log.exception(
+                    "could not destroy the backend object of %s (the provider's "
+                    "reconciliation retries at the next start)",
+                    what,
+                )
                 return
-            self._daemon_audit("key.destroy", what, provider,
-                               "backend object destroyed (no user left)")
+            self._daemon_audit("key.destroy", what, provider, "backend object destroyed (no user left)")
 
         if _on_event_loop():
             threading.Thread(target=run, name="destroy-stored", daemon=True).start()
         else:
             run()
 
-    def _daemon_audit(self, action: str, resource: str, provider: int | None,
-                      detail: str) -> None:
+    def _daemon_audit(self, action: str, resource: str, provider: int | None, detail: str) -> None:
         daemon = PeerIdentity(os.getpid(), os.getuid(), os.getgid())
         try:
-            self.pm.hook.cryptostack_audit(event=AuditEvent(
-                action=action, client=daemon, resource=resource, result="ok",
-                provider=provider, detail=detail))
+            self.pm.hook.cryptostack_audit(
+                event=AuditEvent(
+                    action=action,
+                    client=daemon,
+                    resource=resource,
+                    result="ok",
+                    provider=provider,
+                    detail=detail,
+                )
+            )
         except Exception:
             log.exception("an audit hook failed")
 
@@ -678,16 +832,25 @@ class ServiceCore:
             try:
                 destroyed = loaded.instance.reconcile_stored(self.keystore.references(loaded.id))
             except Exception as exc:  # noqa: BLE001 - retried at the next start
-                log.error("provider %s (%d) could not reconcile its stored objects: %s",
-                          loaded.name, loaded.id, exc)
+                log.error(
+                    "provider %s (%d) could not reconcile its stored objects: %s", loaded.name, loaded.id, exc
+                )
                 continue
             for orphan in destroyed:
-                log.warning("provider %s (%d): %s: %s", loaded.name, loaded.id,
-                            orphan.resource, orphan.detail)
+                log.warning(
+                    "provider %s (%d): %s: %s", loaded.name, loaded.id, orphan.resource, orphan.detail
+                )
                 try:
-                    self.pm.hook.cryptostack_audit(event=AuditEvent(
-                        action="key.reconcile", client=daemon, resource=orphan.resource,
-                        result="ok", provider=loaded.id, detail=orphan.detail))
+                    self.pm.hook.cryptostack_audit(
+                        event=AuditEvent(
+                            action="key.reconcile",
+                            client=daemon,
+                            resource=orphan.resource,
+                            result="ok",
+                            provider=loaded.id,
+                            detail=orphan.detail,
+                        )
+                    )
                 except Exception:
                     log.exception("an audit hook failed")
 
@@ -702,18 +865,24 @@ class ServiceCore:
             assert slot.algorithm is not None and slot.provider is not None
             loaded = self.providers.get(slot.provider)
             if loaded.instance is None:
-                log.error("cannot provision slot %s: provider %s unavailable", slot.name,
-                          loaded.name)
+                log.error("cannot provision slot %s: provider %s unavailable", slot.name, loaded.name)
                 continue
             spec = REGISTRY.get(slot.algorithm)
             perms = slot.permissions if slot.permissions is not None else spec.default_permissions
             try:
                 if slot.import_file is not None:
                     material = slot.import_file.read_bytes()
-                    fmt = KeyFormat(slot.import_format) if slot.import_format else (
-                        KeyFormat.PEM if material.lstrip().startswith(b"-----") else
-                        KeyFormat.RAW if spec.key_class is KeyClass.SYMMETRIC
-                        else KeyFormat.PKCS8_DER)
+                    fmt = (
+                        KeyFormat(slot.import_format)
+                        if slot.import_format
+                        else (
+                            KeyFormat.PEM
+                            if material.lstrip().startswith(b"-----")
+                            else KeyFormat.RAW
+                            if spec.key_class is KeyClass.SYMMETRIC
+                            else KeyFormat.PKCS8_DER
+                        )
+                    )
                     pkey = loaded.instance.import_key(spec.name, material, fmt, perms)
                 else:
                     pkey = loaded.instance.generate_key(spec.name, perms)
@@ -722,18 +891,20 @@ class ServiceCore:
                 finally:
                     loaded.instance.release_key(pkey)
                 # Daemons sharing a store may provision at once: only the first key counts.
-                if not self.keystore.store_key(slot.name, spec.name, loaded.id,
-                                               slot.compatible_providers, perms, stored,
-                                               if_empty=True):
-                    self.destroy_when_unused(loaded.id, stored, f"key slot {slot.name} "
-                                             "(provisioned by another daemon first)")
+                if not self.keystore.store_key(
+                    slot.name, spec.name, loaded.id, slot.compatible_providers, perms, stored, if_empty=True
+                ):
+                    self.destroy_when_unused(
+                        loaded.id, stored, f"key slot {slot.name} (provisioned by another daemon first)"
+                    )
                     continue
                 self.forget_slot_keys(slot.name)
                 log.info("provisioned key slot %s (%s on %s)", slot.name, spec.name, loaded.name)
             except (CryptoError, OSError) as exc:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{self.config.source}: [[key_slots]] {slot.name!r}: "
-                                  f"provisioning failed: {exc}") from None
+                raise CryptoError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"{self.config.source}: [[key_slots]] {slot.name!r}: provisioning failed: {exc}",
+                ) from None
 
     def _provision_split(self, slot: KeySlotConfig) -> None:
         """Fill an empty split slot: each half generated (or imported) on the first provider
@@ -745,8 +916,7 @@ class ServiceCore:
         perms = slot.permissions if slot.permissions is not None else spec.default_permissions
         where = f"{self.config.source}: [[key_slots]] {slot.name!r}"
         request = split_plan.PlacementRequest.of_slot(slot)
-        operation = Operation.IMPORT_KEY if slot.import_file is not None else \
-            Operation.GENERATE_KEY
+        operation = Operation.IMPORT_KEY if slot.import_file is not None else Operation.GENERATE_KEY
         choice = split_choice.choose_new(self.providers, spec.name, (operation,), request)
         if choice.halves is None:
             log.error("cannot provision slot %s: %s", slot.name, choice.error)
@@ -754,41 +924,53 @@ class ServiceCore:
         try:
             if slot.import_file is not None:
                 material = slot.import_file.read_bytes()
-                fmt = KeyFormat(slot.import_format) if slot.import_format else (
-                    KeyFormat.PEM if material.lstrip().startswith(b"-----") else KeyFormat.RAW)
-                entry = split_keys.import_key(plan, material, fmt, perms, choice.halves,
-                                              slot.components)
+                fmt = (
+                    KeyFormat(slot.import_format)
+                    if slot.import_format
+                    else (KeyFormat.PEM if material.lstrip().startswith(b"-----") else KeyFormat.RAW)
+                )
+                entry = split_keys.import_key(plan, material, fmt, perms, choice.halves, slot.components)
             else:
                 entry = split_keys.generate(plan, perms, choice.halves, slot.components)
             try:
-                parts = split_keys.persist(entry, slot.name, choice.halves,
-                                           lambda half, target: half.pkey)
+                parts = split_keys.persist(entry, slot.name, choice.halves, lambda half, target: half.pkey)
             finally:
                 entry.release()
         except (CryptoError, OSError, ValueError) as exc:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{where}: provisioning failed: {exc}") from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{where}: provisioning failed: {exc}") from None
         # Daemons sharing a store may provision at once: only the first key counts. Until
         # the row commits no version names the halves: a crash here leaves token objects
         # that the next start's reconciliation destroys (nothing half-made is visible).
         try:
-            stored = self.keystore.store_key(slot.name, spec.name, SPLIT_PROVIDER, (), perms,
-                                             StoredKey(encode_parts(parts), True),
-                                             if_empty=True)
+            stored = self.keystore.store_key(
+                slot.name,
+                spec.name,
+                SPLIT_PROVIDER,
+                (),
+                perms,
+                StoredKey(encode_parts(parts), True),
+                if_empty=True,
+            )
         except CryptoError as exc:
             if not getattr(exc, "maybe_committed", False):
                 for part in parts:
-                    self.destroy_when_unused(part.provider, part.stored,
-                                             f"key slot {slot.name} (provisioning failed)")
+                    self.destroy_when_unused(
+                        part.provider, part.stored, f"key slot {slot.name} (provisioning failed)"
+                    )
             raise
         if not stored:
             for part in parts:
-                self.destroy_when_unused(part.provider, part.stored, f"key slot {slot.name} "
-                                         "(provisioned by another daemon first)")
+                self.destroy_when_unused(
+                    part.provider, part.stored, f"key slot {slot.name} (provisioned by another daemon first)"
+                )
             return
         self.forget_slot_keys(slot.name)
-        log.info("provisioned key slot %s (%s split: %s)", slot.name, spec.name, ", ".join(
-            f"{part.role} on provider {part.provider}" for part in parts))
+        log.info(
+            "provisioned key slot %s (%s split: %s)",
+            slot.name,
+            spec.name,
+            ", ".join(f"{part.role} on provider {part.provider}" for part in parts),
+        )
 
 
 def _version_state(version: SlotRecord, minimum: int) -> str:

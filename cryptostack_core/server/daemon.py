@@ -121,14 +121,14 @@ class Connection(asyncio.Protocol):
             return
         self.server.connections.add(self)
         # A connection that never says hello must not hold a client slot forever.
-        self._hello_timer = self.server.loop.call_later(
-            self.server.config.hello_timeout, self._hello_overdue)
+        self._hello_timer = self.server.loop.call_later(self.server.config.hello_timeout, self._hello_overdue)
         log.debug("client connected: pid=%d uid=%d", peer.pid, peer.uid)
 
     def _hello_overdue(self) -> None:
         if not self.greeted:
-            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                    f"no hello within {self.server.config.hello_timeout} s"))
+            self._fatal(
+                CryptoError(ErrorCode.PROTOCOL_ERROR, f"no hello within {self.server.config.hello_timeout} s")
+            )
 
     # Backpressure: a client that sends requests but does not read the answers stops being
     # read once its unsent answers pass the transport's high-water mark.
@@ -221,15 +221,27 @@ class Connection(asyncio.Protocol):
         self._sync_unread()
         config = self.server.config
         if self.frame_started is not None and now - self.frame_started > config.frame_timeout:
-            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                    f"a frame stayed incomplete for more than "
-                                    f"{config.frame_timeout:g} s (frame_timeout)"))
-        elif config.idle_timeout and self.greeted and not self.in_flight \
-                and self._fd_reader is None and not self.decoder.in_frame \
-                and now - self.last_activity > config.idle_timeout:
-            self._fatal(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                    f"the connection was idle for more than "
-                                    f"{config.idle_timeout:g} s (idle_timeout); reconnect"))
+            self._fatal(
+                CryptoError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"a frame stayed incomplete for more than {config.frame_timeout:g} s (frame_timeout)",
+                )
+            )
+        elif (
+            config.idle_timeout
+            and self.greeted
+            and not self.in_flight
+            and self._fd_reader is None
+            and not self.decoder.in_frame
+            and now - self.last_activity > config.idle_timeout
+        ):
+            self._fatal(
+                CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"the connection was idle for more than "
+                    f"{config.idle_timeout:g} s (idle_timeout); reconnect",
+                )
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -244,8 +256,7 @@ class Connection(asyncio.Protocol):
         if session is not None:
             self.service.core.detach_session(session)
             # Releasing may call providers (flush a TPM object): not on the loop.
-            self.server.loop.run_in_executor(self.server.control_pool,
-                                             self.service.close_session, session)
+            self.server.loop.run_in_executor(self.server.control_pool, self.service.close_session, session)
 
     # --- frames ------------------------------------------------------------------------
     def _send(self, message: Mapping[str, Any]) -> None:
@@ -257,14 +268,24 @@ class Connection(asyncio.Protocol):
             frame = encode(message)
         except Exception as exc:  # a provider returned something CBOR cannot carry
             log.error("cannot encode a response: %s", exc)
-            frame = encode(error_response(message.get("id"), CryptoError(
-                ErrorCode.INTERNAL_ERROR, "the daemon could not encode its answer")))
+            frame = encode(
+                error_response(
+                    message.get("id"),
+                    CryptoError(ErrorCode.INTERNAL_ERROR, "the daemon could not encode its answer"),
+                )
+            )
         limit = self.server.config.max_frame_size
         if len(frame) - HEADER_SIZE > limit:
-            frame = encode(error_response(message.get("id"), CryptoError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
-                f"max_frame_size ({limit}); ask for less at a time")))
+            frame = encode(
+                error_response(
+                    message.get("id"),
+                    CryptoError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"the answer would be a frame of {len(frame) - HEADER_SIZE} bytes, above "
+                        f"max_frame_size ({limit}); ask for less at a time",
+                    ),
+                )
+            )
         memory = self.session.memory if self.session is not None else None
         if memory is None:
             transport.write(frame)
@@ -321,18 +342,26 @@ class Connection(asyncio.Protocol):
             return held
         request_id = message.get("id")
         if type(request_id) is not int:  # exactly an integer: not a bool, not a float
-            self._send(error_response(None, CryptoError(
-                ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'")))
+            self._send(
+                error_response(None, CryptoError(ErrorCode.PROTOCOL_ERROR, "a request needs an integer 'id'"))
+            )
             return held
         timeout_ms = message.get("timeout_ms")
         if not (timeout_ms is None or (type(timeout_ms) is int and 0 < timeout_ms <= MAX_TIMEOUT_MS)):
-            self._send(error_response(request_id, CryptoError(
-                ErrorCode.PROTOCOL_ERROR,
-                f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS} when given")))
+            self._send(
+                error_response(
+                    request_id,
+                    CryptoError(
+                        ErrorCode.PROTOCOL_ERROR,
+                        f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS} when given",
+                    ),
+                )
+            )
             return held
         try:
-            request = Request.parse(message.get("op"), message.get("args", {}),
-                                    self.server.config.max_batch_length)
+            request = Request.parse(
+                message.get("op"), message.get("args", {}), self.server.config.max_batch_length
+            )
         except CryptoError as exc:
             self._send(error_response(request_id, exc))
             return held
@@ -354,9 +383,15 @@ class Connection(asyncio.Protocol):
                 self._send(refused)
                 return held
         elif fds:
-            self._send(error_response(request_id, CryptoError(
-                ErrorCode.PROTOCOL_ERROR, "file descriptors are accepted only on the frame "
-                                          "after shm.attach")))
+            self._send(
+                error_response(
+                    request_id,
+                    CryptoError(
+                        ErrorCode.PROTOCOL_ERROR,
+                        "file descriptors are accepted only on the frame after shm.attach",
+                    ),
+                )
+            )
             return held
         if request.references and session.shm is not None:
             try:  # what the references name is fixed now, whatever is attached later
@@ -371,8 +406,7 @@ class Connection(asyncio.Protocol):
         if tails and request.contexts:
             # An earlier request on one of these contexts is still running: this one runs
             # after it (requests on one context are served in the order they arrive).
-            waits = [t for t in (tails.get(c) for c in request.contexts)
-                     if t is not None and not t.done()]
+            waits = [t for t in (tails.get(c) for c in request.contexts) if t is not None and not t.done()]
         if not waits:
             route = self.service.route(session, request)
             if route is Route.INLINE:
@@ -385,9 +419,15 @@ class Connection(asyncio.Protocol):
             # loop may read the client's next request first) are not in flight any more.
             self.in_flight.difference_update([t for t in self.in_flight if t.done()])
         if len(self.in_flight) >= MAX_IN_FLIGHT:
-            self._send(error_response(request_id, CryptoError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"more than {MAX_IN_FLIGHT} requests in flight on one connection")))
+            self._send(
+                error_response(
+                    request_id,
+                    CryptoError(
+                        ErrorCode.RESOURCE_EXHAUSTED,
+                        f"more than {MAX_IN_FLIGHT} requests in flight on one connection",
+                    ),
+                )
+            )
             return held
         if not held:  # arrived whole and unreserved: it is held until its task ends
             try:
@@ -396,8 +436,9 @@ class Connection(asyncio.Protocol):
                 self._send(error_response(request_id, exc))
                 return 0
             held = size
-        task = asyncio.ensure_future(self._serve_task(call, request_id, request, timeout_ms,
-                                                      held, route, waits))
+        task = asyncio.ensure_future(
+            self._serve_task(call, request_id, request, timeout_ms, held, route, waits)
+        )
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
         if request.contexts and request.op != "context.close":
@@ -411,9 +452,16 @@ class Connection(asyncio.Protocol):
         for number in stale:
             del self._tails[number]
 
-    async def _serve_task(self, call: Call, request_id: int, request: Request,
-                          timeout_ms: int | None, size: int, route: Route | None,
-                          waits: list[asyncio.Future[Any]] | None) -> None:
+    async def _serve_task(
+        self,
+        call: Call,
+        request_id: int,
+        request: Request,
+        timeout_ms: int | None,
+        size: int,
+        route: Route | None,
+        waits: list[asyncio.Future[Any]] | None,
+    ) -> None:
         """A request that does not run at once: after the requests it must follow, inline,
         awaited on this loop, or on its provider's pool."""
         if waits:
@@ -458,9 +506,14 @@ class Connection(asyncio.Protocol):
         """
         sock = self.transport.get_extra_info("socket") if self.transport else None
         if not self._last_in_chunk or sock is None:
-            self._send(error_response(request_id, CryptoError(
-                ErrorCode.PROTOCOL_ERROR,
-                "send nothing after shm.attach until its answer has arrived")))
+            self._send(
+                error_response(
+                    request_id,
+                    CryptoError(
+                        ErrorCode.PROTOCOL_ERROR, "send nothing after shm.attach until its answer has arrived"
+                    ),
+                )
+            )
             return
         assert self.transport is not None
         self.transport.pause_reading()
@@ -477,15 +530,16 @@ class Connection(asyncio.Protocol):
         size = self._frame_sizes.pop(0) if self._frame_sizes else 0
         self._on_frame(body, size, size)
         self._fd_frame = False
-        if self._fd_reader is None and self.transport is not None \
-                and not self.transport.is_closing():
+        if self._fd_reader is None and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     def _install_region(self, session: Session, fds: list[int]) -> None:
         if len(fds) != 1 or self._fds_truncated:
-            raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                              f"the frame after shm.attach must carry exactly one file "
-                              f"descriptor (SCM_RIGHTS), not {len(fds)}")
+            raise CryptoError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"the frame after shm.attach must carry exactly one file "
+                f"descriptor (SCM_RIGHTS), not {len(fds)}",
+            )
         region = DaemonRegion(fds[0], self.server.config.max_frame_size)
         with session.lock:
             old, session.shm = session.shm, region
@@ -496,29 +550,45 @@ class Connection(asyncio.Protocol):
         hello = message.get("hello")
         versions = hello.get("versions") if isinstance(hello, Mapping) else None
         if not isinstance(versions, list):
-            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                    "the first frame must be a hello: {\"hello\": {\"versions\": [1]}}"))
+            self._fatal(
+                CryptoError(
+                    ErrorCode.PROTOCOL_ERROR, 'the first frame must be a hello: {"hello": {"versions": [1]}}'
+                )
+            )
             return
         # Exactly integers: 1.0 and true compare equal to 1 in Python, but are not versions.
         common = [v for v in versions if type(v) is int and v in SUPPORTED_VERSIONS]
         if not common:
-            self._fatal(CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                    f"no common protocol version (daemon speaks {SUPPORTED_VERSIONS})"))
+            self._fatal(
+                CryptoError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"no common protocol version (daemon speaks {SUPPORTED_VERSIONS})",
+                )
+            )
             return
         self.greeted = True
         config = self.server.config
-        self._send({"hello": {
-            "version": max(common), "server": f"cryptostack/{__version__}",
-            "max_frame": config.max_frame_size,
-            "limits": {"max_contexts": config.max_contexts_per_client,
-                       "max_resources": config.max_resources_per_client,
-                       "max_in_flight": MAX_IN_FLIGHT,
-                       "max_buffered_message": config.max_buffered_message,
-                       "max_batch_length": config.max_batch_length,
-                       "connection_memory_budget": config.connection_memory_budget}}})
+        self._send(
+            {
+                "hello": {
+                    "version": max(common),
+                    "server": f"cryptostack/{__version__}",
+                    "max_frame": config.max_frame_size,
+                    "limits": {
+                        "max_contexts": config.max_contexts_per_client,
+                        "max_resources": config.max_resources_per_client,
+                        "max_in_flight": MAX_IN_FLIGHT,
+                        "max_buffered_message": config.max_buffered_message,
+                        "max_batch_length": config.max_batch_length,
+                        "connection_memory_budget": config.connection_memory_budget,
+                    },
+                }
+            }
+        )
 
-    def _run(self, call: Call, request_id: int, request: Request,
-             provider: int | None = None) -> dict[str, Any]:
+    def _run(
+        self, call: Call, request_id: int, request: Request, provider: int | None = None
+    ) -> dict[str, Any]:
         self.service.core.running_on.provider = provider
         try:
             return {"id": request_id, "ok": True, "result": self.service.handle(call, request)}
@@ -526,11 +596,13 @@ class Connection(asyncio.Protocol):
             return error_response(request_id, exc)
         except Exception as exc:  # provider bugs become PROVIDER_ERROR, never a crash
             log.exception("request %s failed", request.op)
-            return error_response(request_id, CryptoError(
-                ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}"))
+            return error_response(
+                request_id, CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}")
+            )
 
-    async def _run_awaited(self, call: Call, request_id: int, request: Request,
-                           timeout_ms: int | None, size: int) -> None:
+    async def _run_awaited(
+        self, call: Call, request_id: int, request: Request, timeout_ms: int | None, size: int
+    ) -> None:
         """A request the service runs awaited on this loop (a worker-hosted provider); one
         whose context another call holds goes to the thread path instead."""
         busy = False
@@ -542,8 +614,9 @@ class Connection(asyncio.Protocol):
         if busy:
             await self._run_async(call, request_id, request, timeout_ms, size)
 
-    async def _serve_awaited(self, call: Call, request_id: int, request: Request,
-                             timeout_ms: int | None) -> bool:
+    async def _serve_awaited(
+        self, call: Call, request_id: int, request: Request, timeout_ms: int | None
+    ) -> bool:
         """Serve and answer; True (nothing done) when the context is busy."""
         expired = False
         timer: asyncio.TimerHandle | None = None
@@ -556,11 +629,9 @@ class Connection(asyncio.Protocol):
                 expired = True
                 task.cancel()
 
-            timer = self.server.loop.call_later(max(0.0, call.deadline - time.monotonic()),
-                                                expire)
+            timer = self.server.loop.call_later(max(0.0, call.deadline - time.monotonic()), expire)
         try:
-            reply = {"id": request_id, "ok": True,
-                     "result": await self.service.handle_async(call, request)}
+            reply = {"id": request_id, "ok": True, "result": await self.service.handle_async(call, request)}
         except ContextBusy:
             if timer is not None:
                 timer.cancel()
@@ -581,15 +652,18 @@ class Connection(asyncio.Protocol):
         self._send(reply)
         return False
 
-    async def _timed_out(self, call: Call, request_id: int, request: Request,
-                         timeout_ms: int | None) -> dict[str, Any]:
+    async def _timed_out(
+        self, call: Call, request_id: int, request: Request, timeout_ms: int | None
+    ) -> dict[str, Any]:
         reason = f"{request.op} timed out after {timeout_ms} ms"
-        await self.server.loop.run_in_executor(self.server.control_pool, self.service.abandon,
-                                               call, request, reason)
+        await self.server.loop.run_in_executor(
+            self.server.control_pool, self.service.abandon, call, request, reason
+        )
         return error_response(request_id, CryptoError(ErrorCode.OPERATION_TIMED_OUT, reason))
 
-    async def _run_async(self, call: Call, request_id: int, request: Request,
-                         timeout_ms: int | None, size: int) -> None:
+    async def _run_async(
+        self, call: Call, request_id: int, request: Request, timeout_ms: int | None, size: int
+    ) -> None:
         loop = self.server.loop
         provider = self.service.provider_for(call.session, request)
         pool = self.server.pool_for(provider)
@@ -626,8 +700,11 @@ class _FdFrameReader:
         self.announced = False
         self.loop.add_reader(self.sock.fileno(), self._readable)
         timeout = conn.server.config.hello_timeout
-        self.timer = self.loop.call_later(timeout, self._fail, CryptoError(
-            ErrorCode.PROTOCOL_ERROR, f"no frame within {timeout} s after shm.attach"))
+        self.timer = self.loop.call_later(
+            timeout,
+            self._fail,
+            CryptoError(ErrorCode.PROTOCOL_ERROR, f"no frame within {timeout} s after shm.attach"),
+        )
 
     def stop(self) -> None:
         """Stop watching; close descriptors not handed over."""
@@ -660,14 +737,17 @@ class _FdFrameReader:
                 return
             self.announced = True
             if not self.conn._frame_announced(size):  # refused by the memory budget
-                self._fail(CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                       "the frame after shm.attach was refused"))
+                self._fail(
+                    CryptoError(ErrorCode.RESOURCE_EXHAUSTED, "the frame after shm.attach was refused")
+                )
                 return
         wanted = self._wanted()
         try:
             data, ancillary, flags, _ = self.sock.recvmsg(
-                min(wanted, 1 << 20), socket.CMSG_SPACE(MAX_PASSED_FDS * 4),
-                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+                min(wanted, 1 << 20),
+                socket.CMSG_SPACE(MAX_PASSED_FDS * 4),
+                socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
+            )
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -676,7 +756,7 @@ class _FdFrameReader:
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 received = array.array("i")
-                received.frombytes(payload[:len(payload) - len(payload) % received.itemsize])
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
                 self.fds.extend(received)
         if flags & socket.MSG_CTRUNC:
             self.truncated = True
@@ -699,12 +779,17 @@ class _FdFrameReader:
 class DaemonServer:
     """Owns the listening socket, the worker pools and the service."""
 
-    def __init__(self, config: DaemonConfig, service: Service | None = None, *,
-                 listener: socket.socket | None = None, notifier: Notifier | None = None,
-                 reloader: Reloader | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        service: Service | None = None,
+        *,
+        listener: socket.socket | None = None,
+        notifier: Notifier | None = None,
+        reloader: Reloader | None = None,
+    ) -> None:
         if config.socket is None and listener is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{config.source}: [daemon] socket is not set")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{config.source}: [daemon] socket is not set")
         self.config = config
         self.listener = listener
         self.notifier = notifier or Notifier(None)
@@ -714,11 +799,14 @@ class DaemonServer:
         self._reload_again = False
         self.connections: set[Connection] = set()
         self.control_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="cryptostack-control")
+            max_workers=4, thread_name_prefix="cryptostack-control"
+        )
         self.provider_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {
             pid: concurrent.futures.ThreadPoolExecutor(
-                max_workers=config.worker_threads, thread_name_prefix=f"cryptostack-p{pid}")
-            for pid in self.service.core.providers.by_id}
+                max_workers=config.worker_threads, thread_name_prefix=f"cryptostack-p{pid}"
+            )
+            for pid in self.service.core.providers.by_id
+        }
         self.service.core.provider_executor = self.provider_pools.get
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -739,8 +827,7 @@ class DaemonServer:
             # Socket activation: systemd bound the socket and owns its path.
             path = Path(self.listener.getsockname())
             self.listener.setblocking(False)
-            self._server = await self.loop.create_unix_server(lambda: Connection(self),
-                                                              sock=self.listener)
+            self._server = await self.loop.create_unix_server(lambda: Connection(self), sock=self.listener)
             owned: Path | None = None
             log.info("serving the socket passed by socket activation (%s)", path)
         else:
@@ -770,8 +857,9 @@ class DaemonServer:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             if _socket_alive(path):
-                raise CryptoError(ErrorCode.INVALID_STATE,
-                                  f"another daemon is serving {path}; refusing to replace it")
+                raise CryptoError(
+                    ErrorCode.INVALID_STATE, f"another daemon is serving {path}; refusing to replace it"
+                )
             path.unlink()
         # Bind under a temporary name, fix the mode, then rename: clients never see a
         # socket that is not ready or has the wrong permissions.
@@ -800,8 +888,7 @@ class DaemonServer:
             self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
             log.info("SIGHUP: reloading %s", self.config.source)
             try:
-                changes = await self.loop.run_in_executor(self.control_pool,
-                                                          self.reloader.reload)
+                changes = await self.loop.run_in_executor(self.control_pool, self.reloader.reload)
                 log.info("reload complete: %d change(s)", len(changes))
             except Exception:
                 log.exception("reload failed; the running configuration stays")
@@ -812,8 +899,7 @@ class DaemonServer:
     async def _sweep(self) -> None:
         """Every so often: half-sent frames, idle connections, unread answers (budget)."""
         config = self.config
-        tick = min(1.0, config.frame_timeout / 4,
-                   config.idle_timeout / 4 if config.idle_timeout else 1.0)
+        tick = min(1.0, config.frame_timeout / 4, config.idle_timeout / 4 if config.idle_timeout else 1.0)
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -858,9 +944,11 @@ def _socket_alive(path: Path) -> bool:
         probe.close()
 
 
-ROOT_REFUSAL = ("refusing to run as root: a flaw in the daemon or a provider would then own "
-                "the machine; run it as a dedicated user (contrib/systemd has the units) or set "
-                "[daemon] allow_root = true")
+ROOT_REFUSAL = (
+    "refusing to run as root: a flaw in the daemon or a provider would then own "
+    "the machine; run it as a dedicated user (contrib/systemd has the units) or set "
+    "[daemon] allow_root = true"
+)
 
 
 def run_daemon(config: DaemonConfig) -> None:
@@ -890,6 +978,7 @@ def run_daemon(config: DaemonConfig) -> None:
     config = normalise(config)
     try:
         import uvloop
+
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = None
@@ -900,8 +989,13 @@ def run_daemon(config: DaemonConfig) -> None:
         try:
             service = Service(config)
             source = None if config.source.startswith("<") else Path(config.source)
-            server = DaemonServer(config, service, listener=listener, notifier=notifier,
-                                  reloader=Reloader(service.core, source, normalise))
+            server = DaemonServer(
+                config,
+                service,
+                listener=listener,
+                notifier=notifier,
+                reloader=Reloader(service.core, source, normalise),
+            )
             runner.run(server.serve())
         finally:
             use_event_loop(None)

@@ -21,9 +21,11 @@ def default_config() -> DaemonConfig:
     installed = set(available_provider_names())
     names = [n for n in DEFAULT_PROVIDERS if n in installed]
     if not names:
-        raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                          "no provider installed: pip install cryptostack-openssl (or configure "
-                          "providers with CryptoStackConfig.set_daemon_config)")
+        raise CryptoError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            "no provider installed: pip install cryptostack-openssl (or configure "
+            "providers with CryptoStackConfig.set_daemon_config)",
+        )
     return DaemonConfig.from_mapping(
-        {"providers": [{"name": n, "id": WELL_KNOWN[n]} for n in names]},
-        source="<built-in inproc config>")
+        {"providers": [{"name": n, "id": WELL_KNOWN[n]} for n in names]}, source="<built-in inproc config>"
+    )

@@ -67,8 +67,13 @@ class LoadedProvider:
     def describe(self) -> dict[str, Any]:
         """Facts for ``status``."""
         state, reason = self.state()
-        info: dict[str, Any] = {"id": self.id, "name": self.name, "state": state.value,
-                                "reason": reason, "optional": self.config.optional}
+        info: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "state": state.value,
+            "reason": reason,
+            "optional": self.config.optional,
+        }
         if self.instance is not None:
             try:
                 info.update(self.instance.describe())
@@ -79,8 +84,9 @@ class LoadedProvider:
 
 def provider_class(name: str) -> type[Provider]:
     """The class behind entry point ``name`` (imports the plugin, instantiates nothing)."""
-    mgr: DriverManager[Any] = DriverManager(NAMESPACE, name, invoke_on_load=False,
-                                            on_load_failure_callback=_reraise)
+    mgr: DriverManager[Any] = DriverManager(
+        NAMESPACE, name, invoke_on_load=False, on_load_failure_callback=_reraise
+    )
     cls = mgr.driver
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
         raise TypeError(f"entry point {name!r} is not a Provider class")
@@ -89,14 +95,18 @@ def provider_class(name: str) -> type[Provider]:
 
 def missing_provider_reason(name: str) -> str:
     """Why ``name`` cannot be loaded when no such entry point is installed."""
-    return (f"no provider named {name!r} is installed (entry point group {NAMESPACE}); "
-            f"installed: {', '.join(available_provider_names()) or 'none'}")
+    return (
+        f"no provider named {name!r} is installed (entry point group {NAMESPACE}); "
+        f"installed: {', '.join(available_provider_names()) or 'none'}"
+    )
 
 
 def refusal_of_test_provider(config: ProviderConfig) -> str:
     """Why a test provider is refused in a config without ``allow_test_providers``."""
-    return (f"{config.name} is a test provider (not for production: its keys and behaviour "
-            "are for tests); set [daemon] allow_test_providers = true to serve it anyway")
+    return (
+        f"{config.name} is a test provider (not for production: its keys and behaviour "
+        "are for tests); set [daemon] allow_test_providers = true to serve it anyway"
+    )
 
 
 def register_algorithms(provider_class: type[Provider]) -> list[str]:
@@ -107,19 +117,23 @@ def register_algorithms(provider_class: type[Provider]) -> list[str]:
     specs = list(provider_class.algorithms())
     for spec in specs:
         if not isinstance(spec, AlgorithmSpec):
-            raise TypeError(f"{provider_class.__name__}.algorithms() must yield AlgorithmSpec, "
-                            f"got {type(spec).__name__}")
+            raise TypeError(
+                f"{provider_class.__name__}.algorithms() must yield AlgorithmSpec, got {type(spec).__name__}"
+            )
         existing = REGISTRY.find(spec.name)
         if existing is not None and existing != spec:
-            raise ValueError(f"{provider_class.__name__} registers algorithm {spec.name!r}, "
-                             f"which already means {existing.name} with other facts")
+            raise ValueError(
+                f"{provider_class.__name__} registers algorithm {spec.name!r}, "
+                f"which already means {existing.name} with other facts"
+            )
     for spec in specs:
         REGISTRY.register(spec)
     return [spec.name for spec in specs]
 
 
-def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
-                  allow_test_providers: bool = False) -> LoadedProvider:
+def load_provider(
+    config: ProviderConfig, state_root: Path, config_dir: Path, *, allow_test_providers: bool = False
+) -> LoadedProvider:
     """Register its algorithms, instantiate and start one provider; any failure is captured,
     never raised.
 
@@ -127,8 +141,11 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
     ``allow_test_providers``.
     """
     state_dir = state_root / f"{config.name}-{config.id}"
-    env = ProviderEnvironment(state_dir=state_dir, config_dir=config_dir,
-                              logger=logging.getLogger(f"cryptostack.provider.{config.name}"))
+    env = ProviderEnvironment(
+        state_dir=state_dir,
+        config_dir=config_dir,
+        logger=logging.getLogger(f"cryptostack.provider.{config.name}"),
+    )
     advice = id_advice(config.name, config.id)
     if advice:
         log.warning("%s", advice)
@@ -155,9 +172,12 @@ def load_provider(config: ProviderConfig, state_root: Path, config_dir: Path, *,
             reason = missing_provider_reason(config.name)
         return _failed(config, reason, registered)
     if cls.test_only:
-        log.warning("provider %s (id %d) is a TEST provider, served because "
-                    "allow_test_providers = true: never use it in production",
-                    config.name, config.id)
+        log.warning(
+            "provider %s (id %d) is a TEST provider, served because "
+            "allow_test_providers = true: never use it in production",
+            config.name,
+            config.id,
+        )
     log.info("provider %s (id %d) ready", config.name, config.id)
     return LoadedProvider(config, instance, algorithms=tuple(registered))
 

@@ -62,11 +62,20 @@ class AuditEvent:
         client = self.client
         # Built by hand in sorted key order: asdict() deep-copies and sorting costs more than
         # the rest of an audited request.
-        return _JSON({"action": self.action, "algorithm": self.algorithm,
-                      "client": {"gid": client.gid, "pid": client.pid, "uid": client.uid},
-                      "detail": self.detail, "operation": self.operation,
-                      "provider": self.provider, "providers": list(self.providers),
-                      "resource": self.resource, "result": self.result, "time": self.time})
+        return _JSON(
+            {
+                "action": self.action,
+                "algorithm": self.algorithm,
+                "client": {"gid": client.gid, "pid": client.pid, "uid": client.uid},
+                "detail": self.detail,
+                "operation": self.operation,
+                "provider": self.provider,
+                "providers": list(self.providers),
+                "resource": self.resource,
+                "result": self.result,
+                "time": self.time,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -139,8 +148,7 @@ class AuditLogger:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             mode = 0o600 if group is None else 0o640
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                         | os.O_NOFOLLOW, mode)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
             try:
                 before = os.fstat(fd)
                 if group is not None and before.st_gid != group:
@@ -148,8 +156,9 @@ class AuditLogger:
                 if stat.S_IMODE(before.st_mode) != mode:  # the umask, or an older daemon
                     os.fchmod(fd, mode)
                     if before.st_size:
-                        self._log.warning("audit log %s was mode %o; now %o", path,
-                                          stat.S_IMODE(before.st_mode), mode)
+                        self._log.warning(
+                            "audit log %s was mode %o; now %o", path, stat.S_IMODE(before.st_mode), mode
+                        )
             except BaseException:
                 os.close(fd)
                 raise
@@ -157,35 +166,61 @@ class AuditLogger:
 
     @hookimpl
     def cryptostack_audit(self, event: AuditEvent) -> None:
-        self.record(event.action, event.client, event.resource, event.result, event.provider,
-                    event.algorithm, event.operation, event.detail, event.time, event.providers)
+        self.record(
+            event.action,
+            event.client,
+            event.resource,
+            event.result,
+            event.provider,
+            event.algorithm,
+            event.operation,
+            event.detail,
+            event.time,
+            event.providers,
+        )
 
-    def record(self, action: str, client: PeerIdentity, resource: str, result: str,
-               provider: int | None = None, algorithm: str | None = None,
-               operation: str | None = None, detail: str = "", when: float | None = None,
-               providers: tuple[int, ...] = ()) -> None:
+    def record(
+        self,
+        action: str,
+        client: PeerIdentity,
+        resource: str,
+        result: str,
+        provider: int | None = None,
+        algorithm: str | None = None,
+        operation: str | None = None,
+        detail: str = "",
+        when: float | None = None,
+        providers: tuple[int, ...] = (),
+    ) -> None:
         """Write one event (what the hook does; the service calls it directly when this
         logger is the only audit hook, without building an :class:`AuditEvent`)."""
         fd = self._file
         # With an audit file, that file is the trail: a successful key use is only a debug
         # line in the daemon's log (formatting a log line costs more than the operation).
         # Without one, the log is the trail and every event is logged at INFO.
-        level = logging.DEBUG if fd is not None and result == "ok" \
-            and action == "key.use" else logging.INFO
+        level = logging.DEBUG if fd is not None and result == "ok" and action == "key.use" else logging.INFO
         if self._log.isEnabledFor(level):
-            self._log.log(level, "%s %s uid=%d pid=%d provider=%s result=%s", action,
-                          resource, client.uid, client.pid, provider, result)
+            self._log.log(
+                level,
+                "%s %s uid=%d pid=%d provider=%s result=%s",
+                action,
+                resource,
+                client.uid,
+                client.pid,
+                provider,
+                result,
+            )
         if fd is None:
             return
         # Everything but the time repeats from one use of a context to the next: the JSON
         # before it is kept (the keys are sorted, so "time" comes last).
-        key = (action, client, resource, result, provider, algorithm, operation, detail,
-               providers)
+        key = (action, client, resource, result, provider, algorithm, operation, detail, providers)
         head = self._heads.get(key)
         if head is None:
-            line = AuditEvent(action, client, resource, result, provider, algorithm, operation,
-                              detail, 0.0, providers).to_json()
-            head = line[:line.rindex('"time": ') + 8]
+            line = AuditEvent(
+                action, client, resource, result, provider, algorithm, operation, detail, 0.0, providers
+            ).to_json()
+            head = line[: line.rindex('"time": ') + 8]
             if len(self._heads) >= 4096:
                 self._heads.clear()
             self._heads[key] = head
@@ -219,7 +254,7 @@ class AuditLogger:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:

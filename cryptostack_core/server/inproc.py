@@ -35,11 +35,16 @@ class InprocTransport(Transport):
         self.session = service.open_session(PeerIdentity(os.getpid(), os.getuid(), os.getgid()))
         config = service.core.config
         # The limits a daemon announces in its hello, so clients size their data the same way.
-        self.server = {"limits": {"max_contexts": config.max_contexts_per_client,
-                                  "max_resources": config.max_resources_per_client,
-                                  "max_buffered_message": config.max_buffered_message}}
+        self.server = {
+            "limits": {
+                "max_contexts": config.max_contexts_per_client,
+                "max_resources": config.max_resources_per_client,
+                "max_buffered_message": config.max_buffered_message,
+            }
+        }
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=8, thread_name_prefix="cryptostack-inproc")
+            max_workers=8, thread_name_prefix="cryptostack-inproc"
+        )
         self._closed = False
 
     def call(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
@@ -51,8 +56,11 @@ class InprocTransport(Transport):
         if self.service.runs_inline(self.session, request):
             return _copy_out(self.service.handle(call, request))
         loop = self.service.provider_loop(self.session, request)
-        if loop is not None and loop.is_running() and \
-                self.service.route(self.session, request, loop) is Route.AWAITED:
+        if (
+            loop is not None
+            and loop.is_running()
+            and self.service.route(self.session, request, loop) is Route.AWAITED
+        ):
             try:
                 return self._awaited(call, request, loop, timeout)
             except ContextBusy:
@@ -61,8 +69,9 @@ class InprocTransport(Transport):
         try:
             return _copy_out(future.result(timeout))
         except concurrent.futures.TimeoutError:
-            self.service.abandon(call, request, f"{op} timed out after {timeout * 1000:.0f} ms"
-                                 if timeout else op)
+            self.service.abandon(
+                call, request, f"{op} timed out after {timeout * 1000:.0f} ms" if timeout else op
+            )
             raise timed_out(timeout) from None
 
     async def call_async(self, op: str, args: Mapping[str, Any], timeout: float | None) -> Any:
@@ -77,29 +86,34 @@ class InprocTransport(Transport):
             return _copy_out(self.service.handle(call, request))
         future: asyncio.Future[Any] | None = None
         loop = self.service.provider_loop(self.session, request)
-        if loop is not None and loop.is_running() and \
-                self.service.route(self.session, request, loop) is Route.AWAITED:
-            future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                self.service.handle_async(call, request), loop))
+        if (
+            loop is not None
+            and loop.is_running()
+            and self.service.route(self.session, request, loop) is Route.AWAITED
+        ):
+            future = asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self.service.handle_async(call, request), loop)
+            )
             try:
                 return _copy_out(await asyncio.wait_for(asyncio.shield(future), timeout))
             except ContextBusy:
                 future = None  # another call holds the context: the thread path waits for it
             except TimeoutError:
                 future.cancel()
-                self.service.abandon(call, request, f"{op} timed out after "
-                                                    f"{(timeout or 0) * 1000:.0f} ms")
+                self.service.abandon(call, request, f"{op} timed out after {(timeout or 0) * 1000:.0f} ms")
                 raise timed_out(timeout) from None
         future = asyncio.wrap_future(self._pool.submit(self.service.handle, call, request))
         try:
             return _copy_out(await asyncio.wait_for(asyncio.shield(future), timeout))
         except TimeoutError:
-            self.service.abandon(call, request, f"{op} timed out after {timeout * 1000:.0f} ms"
-                                 if timeout else op)
+            self.service.abandon(
+                call, request, f"{op} timed out after {timeout * 1000:.0f} ms" if timeout else op
+            )
             raise timed_out(timeout) from None
 
-    def _awaited(self, call: Call, request: Request, loop: asyncio.AbstractEventLoop,
-                 timeout: float | None) -> Any:
+    def _awaited(
+        self, call: Call, request: Request, loop: asyncio.AbstractEventLoop, timeout: float | None
+    ) -> Any:
         """A stream call on a worker-hosted provider, awaited on its host's loop: one hop to
         that loop instead of a thread plus a hop per worker call."""
         future = asyncio.run_coroutine_threadsafe(self.service.handle_async(call, request), loop)
@@ -107,8 +121,9 @@ class InprocTransport(Transport):
             return _copy_out(future.result(timeout))
         except concurrent.futures.TimeoutError:
             future.cancel()
-            self.service.abandon(call, request, f"{request.op} timed out after "
-                                                f"{(timeout or 0) * 1000:.0f} ms")
+            self.service.abandon(
+                call, request, f"{request.op} timed out after {(timeout or 0) * 1000:.0f} ms"
+            )
             raise timed_out(timeout) from None
 
     def close(self) -> None:
@@ -132,8 +147,9 @@ _shared_services: dict[str, Service] = {}
 _shared_lock = threading.Lock()
 
 
-def connect(name: str, daemon_config: DaemonConfig | Mapping[str, Any] | str | Path | None
-            ) -> InprocTransport:
+def connect(
+    name: str, daemon_config: DaemonConfig | Mapping[str, Any] | str | Path | None
+) -> InprocTransport:
     """The ``cryptostack.transports`` entry point: a transport for ``inproc://[NAME]``."""
     if daemon_config is None:
         config = default_config()

@@ -44,8 +44,9 @@ def systemd_state_directory(environ: Mapping[str, str]) -> Path | None:
     return Path(first) if first else None
 
 
-def daemon_defaults(config: DaemonConfig, environ: Mapping[str, str] | None = None,
-                    socket_path: Path | None = None) -> DaemonConfig:
+def daemon_defaults(
+    config: DaemonConfig, environ: Mapping[str, str] | None = None, socket_path: Path | None = None
+) -> DaemonConfig:
     """``config`` with the state directory and key store a daemon uses filled in.
 
     ``socket_path`` is the socket actually served (it differs from ``[daemon] socket`` under
@@ -53,12 +54,17 @@ def daemon_defaults(config: DaemonConfig, environ: Mapping[str, str] | None = No
     """
     env = os.environ if environ is None else environ
     socket = socket_path or config.socket
-    state_dir = config.state_dir or systemd_state_directory(env) or (
-        config.keystore.parent if config.keystore is not None else None) or (
-        socket.parent if socket is not None else None)
+    state_dir = (
+        config.state_dir
+        or systemd_state_directory(env)
+        or (config.keystore.parent if config.keystore is not None else None)
+        or (socket.parent if socket is not None else None)
+    )
     if state_dir is None:
-        raise ConfigError(f"{config.source}: [daemon]: no state directory: set state_dir or "
-                          "keystore (or run under systemd with StateDirectory=)")
+        raise ConfigError(
+            f"{config.source}: [daemon]: no state directory: set state_dir or "
+            "keystore (or run under systemd with StateDirectory=)"
+        )
     keystore = config.keystore
     if keystore is None and not config.keystore_in_memory and config.keystore_url is None:
         keystore = state_dir / STORE_NAME
@@ -67,8 +73,7 @@ def daemon_defaults(config: DaemonConfig, environ: Mapping[str, str] | None = No
 
 def in_memory(config: DaemonConfig) -> bool:
     """Whether the service keeps its keys in memory only."""
-    return config.keystore_in_memory or (config.keystore is None
-                                         and config.keystore_url is None)
+    return config.keystore_in_memory or (config.keystore is None and config.keystore_url is None)
 
 
 def store_location(config: DaemonConfig) -> Path | str | None:
@@ -96,24 +101,29 @@ def kek_location(config: DaemonConfig) -> tuple[Path, list[str]]:
         if config.kek_file is not None:
             return config.kek_file, warnings
         if config.state_dir is None:
-            raise ConfigError(f"{config.source}: [daemon]: a shared key store needs kek_file, "
-                              "kek_provider or state_dir")
+            raise ConfigError(
+                f"{config.source}: [daemon]: a shared key store needs kek_file, kek_provider or state_dir"
+            )
         return default_kek_file(config.state_dir / "keystore-postgresql"), warnings
     store = config.keystore
     assert store is not None
     if config.kek_file is not None:
         kek = config.kek_file
         if kek.resolve().parent == store.resolve().parent:
-            warnings.append(f"the key-encryption key {kek} is in the key store's directory: a "
-                            "backup of that directory carries both; keep it elsewhere "
-                            "(docs/operations.md)")
+            warnings.append(
+                f"the key-encryption key {kek} is in the key store's directory: a "
+                "backup of that directory carries both; keep it elsewhere "
+                "(docs/operations.md)"
+            )
         return kek, warnings
     kek = default_kek_file(store)
     legacy = legacy_kek_file(store)
     if not kek.exists() and legacy.exists():
-        warnings.append(f"the key-encryption key is at its former default {legacy}, inside the "
-                        f"key store's directory: stop the daemon and move it to {kek} (or set "
-                        "[daemon] kek_file), so a backup of the store does not carry it")
+        warnings.append(
+            f"the key-encryption key is at its former default {legacy}, inside the "
+            f"key store's directory: stop the daemon and move it to {kek} (or set "
+            "[daemon] kek_file), so a backup of the store does not carry it"
+        )
         return legacy, warnings
     return kek, warnings
 
@@ -129,17 +139,21 @@ def prepare_kek(store: Path | str, kek: Path) -> None:
         legacy = legacy_kek_file(store)
         if legacy != kek and legacy.exists():
             hint = f"; {legacy} (the former default location) exists: move it to {kek}"
-        raise CryptoError(ErrorCode.INVALID_STATE,
-                          f"the key store {store} holds wrapped keys but its key-encryption key "
-                          f"{kek} is missing: restore the KEK from its backup "
-                          f"(docs/operations.md){hint}")
+        raise CryptoError(
+            ErrorCode.INVALID_STATE,
+            f"the key store {store} holds wrapped keys but its key-encryption key "
+            f"{kek} is missing: restore the KEK from its backup "
+            f"(docs/operations.md){hint}",
+        )
     try:
         kek.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise CryptoError(ErrorCode.ACCESS_DENIED,
-                          f"cannot create the key-encryption key's directory {kek.parent}: "
-                          f"{exc.strerror or exc}; create it (mode 0700, owned by the daemon's "
-                          "user) or set [daemon] kek_file") from None
+        raise CryptoError(
+            ErrorCode.ACCESS_DENIED,
+            f"cannot create the key-encryption key's directory {kek.parent}: "
+            f"{exc.strerror or exc}; create it (mode 0700, owned by the daemon's "
+            "user) or set [daemon] kek_file",
+        ) from None
 
 
 def creatable(path: Path) -> bool:
@@ -190,16 +204,22 @@ def volatile(path: Path) -> bool:
 def storage_warnings(config: DaemonConfig) -> list[str]:
     """What an operator should hear about where keys are kept."""
     if config.keystore_in_memory:
-        return ["the key store is in memory ([daemon] keystore = \":memory:\"): persisted keys "
-                "are lost when the service stops"]
+        return [
+            'the key store is in memory ([daemon] keystore = ":memory:"): persisted keys '
+            "are lost when the service stops"
+        ]
     if config.keystore_url is not None:
         return []
     if config.keystore is None:
         if config.key_slots:
-            return ["no [daemon] keystore: this in-process service keeps its key slots in "
-                    "memory; they are lost when it stops"]
+            return [
+                "no [daemon] keystore: this in-process service keeps its key slots in "
+                "memory; they are lost when it stops"
+            ]
         return []
     if volatile(config.keystore.parent):
-        return [f"the key store {config.keystore} is on a memory-backed file system: its keys "
-                "are lost at reboot; set [daemon] keystore or state_dir"]
+        return [
+            f"the key store {config.keystore} is on a memory-backed file system: its keys "
+            "are lost at reboot; set [daemon] keystore or state_dir"
+        ]
     return []

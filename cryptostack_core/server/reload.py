@@ -70,16 +70,19 @@ def _store_files(store: TrustStoreConfig) -> tuple[Path, ...]:
 class Reloader:
     """Applies a re-read configuration to a running service core."""
 
-    def __init__(self, core: ServiceCore, path: Path | None,
-                 normalise: Callable[[DaemonConfig], DaemonConfig] = lambda c: c) -> None:
+    def __init__(
+        self,
+        core: ServiceCore,
+        path: Path | None,
+        normalise: Callable[[DaemonConfig], DaemonConfig] = lambda c: c,
+    ) -> None:
         self.core = core
         self.path = path
         self.normalise = normalise
         # What the files said when the daemon last read them: a reload replaces key-store
         # content only for files that changed since.
         self._cert_digests = {s.name: _digest(_cert_files(s)) for s in core.config.cert_slots}
-        self._store_digests = {s.name: _digest(_store_files(s))
-                               for s in core.config.trust_stores}
+        self._store_digests = {s.name: _digest(_store_files(s)) for s in core.config.trust_stores}
 
     def reload(self) -> list[str]:
         """Reopen the audit log and apply the configuration file; returns what changed."""
@@ -91,8 +94,7 @@ class Reloader:
                 for slot in new.key_slots:  # hybrid placements, as checked at start
                     problem = slot_problem(slot)
                     if problem is not None:
-                        raise ConfigError(f"{new.source}: [[key_slots]] {slot.name!r}: "
-                                          f"{problem}")
+                        raise ConfigError(f"{new.source}: [[key_slots]] {slot.name!r}: {problem}")
             except (ConfigError, CryptoError) as exc:
                 new = None
                 log.error("reload: %s; the running configuration stays", exc)
@@ -106,8 +108,12 @@ class Reloader:
             cert_slots = self._cert_slots(old, new, changes)
             trust_stores = self._trust_stores(old, new, changes)
             self.core.config = dataclasses.replace(
-                old, key_slots=key_slots, cert_slots=cert_slots, trust_stores=trust_stores,
-                audit_log=new.audit_log)
+                old,
+                key_slots=key_slots,
+                cert_slots=cert_slots,
+                trust_stores=trust_stores,
+                audit_log=new.audit_log,
+            )
             self.core.slots = {s.name: s for s in key_slots}
             self.core.forget_slot_keys()  # export allow-lists follow the new slot settings
             self.core.cert_slots = {s.name: s for s in cert_slots}
@@ -122,14 +128,18 @@ class Reloader:
 
     @staticmethod
     def _restart_only(old: DaemonConfig, new: DaemonConfig) -> list[str]:
-        changed = [f.name for f in dataclasses.fields(DaemonConfig)
-                   if f.name not in _RELOADED and getattr(old, f.name) != getattr(new, f.name)]
+        changed = [
+            f.name
+            for f in dataclasses.fields(DaemonConfig)
+            if f.name not in _RELOADED and getattr(old, f.name) != getattr(new, f.name)
+        ]
         if not changed:
             return []
         return [f"changed but not applied (needs a restart): {', '.join(changed)}"]
 
-    def _key_slots(self, old: DaemonConfig, new: DaemonConfig,
-                   changes: list[str]) -> tuple[KeySlotConfig, ...]:
+    def _key_slots(
+        self, old: DaemonConfig, new: DaemonConfig, changes: list[str]
+    ) -> tuple[KeySlotConfig, ...]:
         running = {s.name: s for s in old.key_slots}
         result = []
         for slot in new.key_slots:
@@ -139,50 +149,59 @@ class Reloader:
             elif before != slot:
                 identity = [f for f in _SLOT_IDENTITY if getattr(before, f) != getattr(slot, f)]
                 if identity:
-                    changes.append(f"key slot {slot.name!r}: {', '.join(identity)} changed: "
-                                   "not applied (needs a restart)")
+                    changes.append(
+                        f"key slot {slot.name!r}: {', '.join(identity)} changed: "
+                        "not applied (needs a restart)"
+                    )
                     slot = before
                 else:
                     changes.append(f"key slot {slot.name!r} updated")
             result.append(slot)
         names = {s.name for s in new.key_slots}
-        changes += [f"key slot {s.name!r} removed (its stored key stays in the key store)"
-                    for s in old.key_slots if s.name not in names]
+        changes += [
+            f"key slot {s.name!r} removed (its stored key stays in the key store)"
+            for s in old.key_slots
+            if s.name not in names
+        ]
         return tuple(result)
 
-    def _cert_slots(self, old: DaemonConfig, new: DaemonConfig,
-                    changes: list[str]) -> tuple[CertSlotConfig, ...]:
+    def _cert_slots(
+        self, old: DaemonConfig, new: DaemonConfig, changes: list[str]
+    ) -> tuple[CertSlotConfig, ...]:
         running = {s.name: s for s in old.cert_slots}
         store = self.core.keystore
         for slot in new.cert_slots:
             digest = _digest(_cert_files(slot))
             known = slot.name in running
-            refresh = known and slot.file is not None and digest != self._cert_digests.get(
-                slot.name)
+            refresh = known and slot.file is not None and digest != self._cert_digests.get(slot.name)
             seed = not known and slot.file is not None and store.certificate(slot.name) is None
             if refresh or seed:
                 assert slot.file is not None
                 try:
                     cert = x509_engine.parse_certificate(slot.file.read_bytes())
                 except (OSError, CryptoError) as exc:
-                    changes.append(f"certificate slot {slot.name!r}: {slot.file} not loaded "
-                                   f"({exc}); the stored certificate stays")
+                    changes.append(
+                        f"certificate slot {slot.name!r}: {slot.file} not loaded "
+                        f"({exc}); the stored certificate stays"
+                    )
                     continue
                 store.store_certificate(slot.name, cert.public_bytes(Encoding.DER))
-                changes.append(f"certificate slot {slot.name!r} "
-                               f"{'reloaded from' if refresh else 'seeded from'} {slot.file}")
+                changes.append(
+                    f"certificate slot {slot.name!r} "
+                    f"{'reloaded from' if refresh else 'seeded from'} {slot.file}"
+                )
             elif not known:
                 changes.append(f"certificate slot {slot.name!r} added")
             elif running[slot.name] != slot:
                 changes.append(f"certificate slot {slot.name!r} updated")
             self._cert_digests[slot.name] = digest
         names = {s.name for s in new.cert_slots}
-        changes += [f"certificate slot {s.name!r} removed" for s in old.cert_slots
-                    if s.name not in names]
+        changes += [f"certificate slot {s.name!r} removed" for s in old.cert_slots if s.name not in names]
         return new.cert_slots
 
-    def _trust_stores(self, old: DaemonConfig, new: DaemonConfig,
-                      changes: list[str]) -> tuple[TrustStoreConfig, ...]:
+    def _trust_stores(
+        self, old: DaemonConfig, new: DaemonConfig, changes: list[str]
+    ) -> tuple[TrustStoreConfig, ...]:
         running = {s.name: s for s in old.trust_stores}
         store = self.core.keystore
         for entry in new.trust_stores:
@@ -192,23 +211,27 @@ class Reloader:
             seed = not known and store.trust_store(entry.name) is None
             if refresh or seed:
                 try:
-                    anchors = [x509_engine.parse_certificate(p.read_bytes())
-                               for p in entry.anchors]
+                    anchors = [x509_engine.parse_certificate(p.read_bytes()) for p in entry.anchors]
                     crls = [x509_engine.parse_crl(p.read_bytes()) for p in entry.crls]
                 except (OSError, CryptoError) as exc:
-                    changes.append(f"trust store {entry.name!r}: files not loaded ({exc}); the "
-                                   "stored trust store stays")
+                    changes.append(
+                        f"trust store {entry.name!r}: files not loaded ({exc}); the stored trust store stays"
+                    )
                     continue
-                store.store_trust_store(entry.name, [a.public_bytes(Encoding.DER) for a in anchors],
-                                        [c.public_bytes(Encoding.DER) for c in crls])
-                changes.append(f"trust store {entry.name!r} {'reloaded' if refresh else 'seeded'}"
-                               f" from its files ({len(anchors)} anchors, {len(crls)} CRLs)")
+                store.store_trust_store(
+                    entry.name,
+                    [a.public_bytes(Encoding.DER) for a in anchors],
+                    [c.public_bytes(Encoding.DER) for c in crls],
+                )
+                changes.append(
+                    f"trust store {entry.name!r} {'reloaded' if refresh else 'seeded'}"
+                    f" from its files ({len(anchors)} anchors, {len(crls)} CRLs)"
+                )
             elif not known:
                 changes.append(f"trust store {entry.name!r} added")
             elif running[entry.name] != entry:
                 changes.append(f"trust store {entry.name!r} updated")
             self._store_digests[entry.name] = digest
         names = {s.name for s in new.trust_stores}
-        changes += [f"trust store {s.name!r} removed" for s in old.trust_stores
-                    if s.name not in names]
+        changes += [f"trust store {s.name!r} removed" for s in old.trust_stores if s.name not in names]
         return new.trust_stores

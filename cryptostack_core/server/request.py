@@ -58,9 +58,10 @@ class Request:
             if not isinstance(calls, list):
                 raise _protocol_error("a batch needs 'calls': a list of {op, args} maps")
             if max_batch is not None and len(calls) > max_batch:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"a batch of {len(calls)} calls exceeds max_batch_length "
-                                  f"({max_batch}); split it")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"a batch of {len(calls)} calls exceeds max_batch_length ({max_batch}); split it",
+                )
             members = []
             for item in calls:
                 if not isinstance(item, Mapping):
@@ -70,8 +71,13 @@ class Request:
                     raise _protocol_error("batches do not nest")
                 members.append(cls.parse(member_op, member_args))
             contexts = tuple(dict.fromkeys(m.context for m in members if m.context is not None))
-            return cls(op, args, members=tuple(members), contexts=contexts,
-                       references=any(m.references for m in members))
+            return cls(
+                op,
+                args,
+                members=tuple(members),
+                contexts=contexts,
+                references=any(m.references for m in members),
+            )
         size = 0
         references = False
         for name in DATA_ARGUMENTS:
@@ -88,8 +94,15 @@ class Request:
         ctx = args.get("ctx")
         context = ctx if type(ctx) is int else None
         provider = args.get("provider")
-        return cls(op, args, context, provider if type(provider) is int else None, size,
-                   contexts=() if context is None else (context,), references=references)
+        return cls(
+            op,
+            args,
+            context,
+            provider if type(provider) is int else None,
+            size,
+            contexts=() if context is None else (context,),
+            references=references,
+        )
 
     def bind(self, region: Any) -> Request:
         """This request with its shared-memory data references replaced by views of
@@ -99,10 +112,11 @@ class Request:
         if not self.references:
             return self
         if self.op == "batch":
-            return replace(self, members=tuple(m.bind(region) for m in self.members),
-                           region=region)
-        args = {k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
-                for k, v in self.args.items()}
+            return replace(self, members=tuple(m.bind(region) for m in self.members), region=region)
+        args = {
+            k: region.resolve(v) if k in SHM_ARGUMENTS and is_reference(v) else v
+            for k, v in self.args.items()
+        }
         return replace(self, args=args, region=region)
 
     @property

@@ -35,8 +35,12 @@ class Candidate:
 
     def to_wire(self) -> dict[str, object]:
         """Plain form for the wire and the CLI."""
-        wire: dict[str, object] = {"provider": self.provider, "name": self.name,
-                                   "taken": self.taken, "reason": self.reason}
+        wire: dict[str, object] = {
+            "provider": self.provider,
+            "name": self.name,
+            "taken": self.taken,
+            "reason": self.reason,
+        }
         if self.role is not None:
             wire["role"] = self.role
         return wire
@@ -66,8 +70,9 @@ class ProviderSet:
         try:
             return self.by_id[provider_id]
         except KeyError:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no provider with id {provider_id} is configured") from None
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"no provider with id {provider_id} is configured"
+            ) from None
 
     def check(self, pid: int, algorithm: str, operation: Operation) -> tuple[bool, str]:
         """(eligible, why) for provider ``pid`` running ``algorithm`` for ``operation``."""
@@ -81,8 +86,14 @@ class ProviderSet:
             return False, f"does not support {algorithm} for {operation.value}"
         return True, "supports it" + (f" ({state.value}: {why})" if why else "")
 
-    def candidates(self, algorithm: str, operation: Operation, *, key: KeyPlacement | None = None,
-                   pinned: int | None = None) -> list[Candidate]:
+    def candidates(
+        self,
+        algorithm: str,
+        operation: Operation,
+        *,
+        key: KeyPlacement | None = None,
+        pinned: int | None = None,
+    ) -> list[Candidate]:
         """Every candidate in order, the first eligible one marked ``taken``."""
         result: list[Candidate] = []
         taken = False
@@ -98,8 +109,14 @@ class ProviderSet:
             if ok and pinned is not None and pid != pinned:
                 ok, why = False, f"not the requested provider {pinned}"
             if ok and taken:
-                result.append(Candidate(pid, name, False, f"eligible, but provider "
-                                        f"{next(c.provider for c in result if c.taken)} comes first"))
+                result.append(
+                    Candidate(
+                        pid,
+                        name,
+                        False,
+                        f"eligible, but provider {next(c.provider for c in result if c.taken)} comes first",
+                    )
+                )
                 return
             result.append(Candidate(pid, name, ok, why))
             taken = taken or ok
@@ -122,28 +139,48 @@ class ProviderSet:
                 consider(pid, (True, "the key's home provider"))
                 continue
             if not key.extractable:
-                consider(pid, (False, "the key cannot leave its home provider "
-                                      f"{key.home} (not extractable)"))
+                consider(pid, (False, f"the key cannot leave its home provider {key.home} (not extractable)"))
                 continue
             target = self.by_id.get(pid)
-            can_import = bool(target and target.instance and target.instance.supports(
-                key.algorithm, Operation.IMPORT_KEY))
-            consider(pid, (can_import, "compatible provider; the key is copied there" if can_import
-                           else f"cannot import {key.algorithm} keys"))
+            can_import = bool(
+                target and target.instance and target.instance.supports(key.algorithm, Operation.IMPORT_KEY)
+            )
+            consider(
+                pid,
+                (
+                    can_import,
+                    "compatible provider; the key is copied there"
+                    if can_import
+                    else f"cannot import {key.algorithm} keys",
+                ),
+            )
         if pinned is not None and pinned not in seen:
-            result.append(Candidate(pinned, self.by_id[pinned].name if pinned in self.by_id
-                                    else "?", False,
-                                    "not the key's home provider nor in its compatible list"))
+            result.append(
+                Candidate(
+                    pinned,
+                    self.by_id[pinned].name if pinned in self.by_id else "?",
+                    False,
+                    "not the key's home provider nor in its compatible list",
+                )
+            )
         return result
 
-    def select(self, algorithm: str, operation: Operation, *, key: KeyPlacement | None = None,
-               pinned: int | None = None) -> LoadedProvider:
+    def select(
+        self,
+        algorithm: str,
+        operation: Operation,
+        *,
+        key: KeyPlacement | None = None,
+        pinned: int | None = None,
+    ) -> LoadedProvider:
         """The provider to use; NO_COMPATIBLE_PROVIDER listing every candidate's reason."""
         cands = self.candidates(algorithm, operation, key=key, pinned=pinned)
         for cand in cands:
             if cand.taken:
                 return self.by_id[cand.provider]
-        detail = "; ".join(f"{c.name} ({c.provider}): {c.reason}" for c in cands) or \
-            "no providers are configured"
-        raise CryptoError(ErrorCode.NO_COMPATIBLE_PROVIDER,
-                          f"no provider can {operation.value} with {algorithm}: {detail}")
+        detail = (
+            "; ".join(f"{c.name} ({c.provider}): {c.reason}" for c in cands) or "no providers are configured"
+        )
+        raise CryptoError(
+            ErrorCode.NO_COMPATIBLE_PROVIDER, f"no provider can {operation.value} with {algorithm}: {detail}"
+        )

@@ -59,16 +59,22 @@ CONTROL_OPS = frozenset({"ping", "algorithms", "resource.resolve", "resource.des
 (``status`` probes every provider and ``explain`` may load a slot's key: they are scheduled
 like any other work; ``resource.release`` is inline unless it frees a key.)"""
 _INLINE_OPS = CONTROL_OPS | {"hash.create"}
-WHOLE_MESSAGE_OPS = frozenset({"hash.single_shot", "cipher.single_shot", "sign.single_shot",
-                               "verify.single_shot"})
+WHOLE_MESSAGE_OPS = frozenset(
+    {"hash.single_shot", "cipher.single_shot", "sign.single_shot", "verify.single_shot"}
+)
 """Calls that start and finish a message (init, data, finalisation) in one request."""
 INLINE_BATCH_LENGTH = 16
 """Longer batches never run on the event loop, however cheap each member."""
 _SELECTED: dict[str, Operation] = {
-    "hash.create": Operation.HASH, "sign.create": Operation.SIGN,
-    "verify.create": Operation.VERIFY, "kem.create": Operation.ENCAPSULATE,
-    "agree.create": Operation.AGREE, "key.generate": Operation.GENERATE_KEY,
-    "key.import": Operation.IMPORT_KEY, "key.derive": Operation.DERIVE}
+    "hash.create": Operation.HASH,
+    "sign.create": Operation.SIGN,
+    "verify.create": Operation.VERIFY,
+    "kem.create": Operation.ENCAPSULATE,
+    "agree.create": Operation.AGREE,
+    "key.generate": Operation.GENERATE_KEY,
+    "key.import": Operation.IMPORT_KEY,
+    "key.derive": Operation.DERIVE,
+}
 """Requests that create something on the provider selection picks for (algorithm, operation)."""
 
 __all__ = ["Call", "ContextBusy", "Request", "Route", "Service"]
@@ -95,8 +101,13 @@ class Route(enum.Enum):
 class Service:
     """One crypto service instance: the core, the operation families and their op table."""
 
-    def __init__(self, config: DaemonConfig, *, plugin_manager: pluggy.PluginManager | None = None,
-                 state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        plugin_manager: pluggy.PluginManager | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.core = ServiceCore(config, plugin_manager=plugin_manager, state_dir=state_dir)
         self.config = self.core.config  # key slot algorithms resolved after providers loaded
         certificates = CertificateOps(self.core)
@@ -119,7 +130,8 @@ class Service:
         for op in self._ops:
             family, _, verb = op.partition(".")
             operation = SECRET_OPERATION.get(op) or (
-                STREAM_OPERATION.get(family) if verb != "create" else None)
+                STREAM_OPERATION.get(family) if verb != "create" else None
+            )
             if operation is not None:
                 self._context_operations[op] = operation
 
@@ -163,15 +175,16 @@ class Service:
             token = enter_deadline(deadline)
             try:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                                      "the deadline passed before the daemon could start the call")
+                    raise CryptoError(
+                        ErrorCode.OPERATION_TIMED_OUT,
+                        "the deadline passed before the daemon could start the call",
+                    )
                 return _placed(request, fn(call, args))
             except CryptoError:
                 raise
             except Exception as exc:  # a provider bug becomes PROVIDER_ERROR, never a traceback
                 log.exception("%s failed inside a provider", op)
-                raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                                  f"{type(exc).__name__}: {exc}") from None
+                raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
             finally:
                 leave_deadline(token)
         finally:
@@ -186,8 +199,10 @@ class Service:
         try:
             with deadline_scope_until(call.deadline):
                 if call.deadline is not None and time.monotonic() > call.deadline:
-                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                                      "the deadline passed before the daemon could start the call")
+                    raise CryptoError(
+                        ErrorCode.OPERATION_TIMED_OUT,
+                        "the deadline passed before the daemon could start the call",
+                    )
                 return fn(call, args)
         except CryptoError as exc:
             result = exc.code.value
@@ -197,8 +212,9 @@ class Service:
             log.exception("%s failed inside a provider", request.op)
             raise CryptoError(ErrorCode.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}") from None
         finally:
-            self.core.metric("request.seconds", time.perf_counter() - started,
-                             {"op": request.op, "result": result})
+            self.core.metric(
+                "request.seconds", time.perf_counter() - started, {"op": request.op, "result": result}
+            )
 
     def _batch(self, call: Call, request: Request) -> list[Any]:
         """Members run one after the other; the first failure ends the batch. The results
@@ -229,8 +245,7 @@ class Service:
         request instead of sending :meth:`handle` to a thread (see :meth:`route`)."""
         return self.route(session, request) is Route.AWAITED
 
-    def route(self, session: Session, request: Request,
-              loop: Any = _RUNNING_LOOP) -> Route:
+    def route(self, session: Session, request: Request, loop: Any = _RUNNING_LOOP) -> Route:
         """How a front end runs a request: inline (cheap: no provider, or the provider's
         :meth:`~cryptostack_core.sdk.Provider.run_inline`), awaited on ``loop`` (a stream
         call, or a batch of them on one context, whose provider's backend is a worker:
@@ -242,8 +257,7 @@ class Service:
             if routes <= {Route.INLINE} and len(request.members) <= INLINE_BATCH_LENGTH:
                 return Route.INLINE
             members = request.members
-            if routes == {Route.AWAITED} and all(m.context == members[0].context
-                                                 for m in members):
+            if routes == {Route.AWAITED} and all(m.context == members[0].context for m in members):
                 return Route.AWAITED
             return Route.THREAD
         op = request.op
@@ -251,8 +265,7 @@ class Service:
         if operation is None:
             if op == "resource.release":
                 # Freeing a key may call its provider; other handles are plain bookkeeping.
-                return Route.THREAD if self._released_key(session, request) is not None \
-                    else Route.INLINE
+                return Route.THREAD if self._released_key(session, request) is not None else Route.INLINE
             if op in _INLINE_OPS or op not in self._ops:
                 return Route.INLINE  # no provider involved, or fails fast with an error
             return Route.THREAD
@@ -265,11 +278,16 @@ class Service:
         instance = ctx.loaded.instance
         size, algorithm = request.data_size, ctx.algorithm
         whole = op in WHOLE_MESSAGE_OPS  # its data, then the finalisation: both must qualify
-        if instance is None or (instance.run_inline(operation, size, algorithm=algorithm) and (
-                not whole or instance.run_inline(operation, 0, algorithm=algorithm))):
+        if instance is None or (
+            instance.run_inline(operation, size, algorithm=algorithm)
+            and (not whole or instance.run_inline(operation, 0, algorithm=algorithm))
+        ):
             return Route.INLINE
-        if op in self._async_ops and instance.runs_async(operation, size, algorithm=algorithm) \
-                and (not whole or instance.runs_async(operation, 0, algorithm=algorithm)):
+        if (
+            op in self._async_ops
+            and instance.runs_async(operation, size, algorithm=algorithm)
+            and (not whole or instance.runs_async(operation, 0, algorithm=algorithm))
+        ):
             if loop is _RUNNING_LOOP:
                 loop = _running_loop()
             own = instance.event_loop()
@@ -295,8 +313,7 @@ class Service:
         if ctx is None or not ctx.lock.acquire(blocking=False):
             raise ContextBusy()
         try:  # members run one after the other; the first failure ends the batch
-            return [await self._handle_awaited(call, member, locked=True)
-                    for member in request.members]
+            return [await self._handle_awaited(call, member, locked=True) for member in request.members]
         finally:
             ctx.lock.release()
 
@@ -309,8 +326,10 @@ class Service:
         try:
             with deadline_scope_until(call.deadline):
                 if call.deadline is not None and time.monotonic() > call.deadline:
-                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                                      "the deadline passed before the daemon could start the call")
+                    raise CryptoError(
+                        ErrorCode.OPERATION_TIMED_OUT,
+                        "the deadline passed before the daemon could start the call",
+                    )
                 return _placed(request, await fn(call, args, locked=locked))
         except ContextBusy:
             observed = False
@@ -326,8 +345,9 @@ class Service:
             if held:
                 call.session.memory.release(held, "request frames")
             if observed:
-                self.core.metric("request.seconds", time.perf_counter() - started,
-                                 {"op": request.op, "result": result})
+                self.core.metric(
+                    "request.seconds", time.perf_counter() - started, {"op": request.op, "result": result}
+                )
 
     def runs_inline(self, session: Session, request: Request) -> bool:
         """Whether a request is cheap enough to run on the front end's own thread or loop."""
@@ -360,25 +380,31 @@ class Service:
             if op == "resource.release":
                 entry = self._released_key(session, request)
                 return entry.home.id if entry is not None else None
-            if op in ("key.load", "key.slot_info", "key.clear_slot", "key.persist",
-                      "key.retire_version", "key.set_minimum_version"):
+            if op in (
+                "key.load",
+                "key.slot_info",
+                "key.clear_slot",
+                "key.persist",
+                "key.retire_version",
+                "key.set_minimum_version",
+            ):
                 name = session.get(rid_from_wire(args.get("slot"))).obj.name
                 slot = core.slot_config(name)
                 if slot.provider is not None or op != "key.persist":
                     return slot.provider
                 return self._key_home(session, args.get("key"))
-            if op in ("key.export", "key.export_public", "explain", "aead.seal",
-                      "aead.open") and "key" in args:
+            if (
+                op in ("key.export", "key.export_public", "explain", "aead.seal", "aead.open")
+                and "key" in args
+            ):
                 return self._key_home(session, args.get("key"))
             if op == "random.generate":
                 return core.providers.select("RANDOM", Operation.RANDOM).id
-            if op not in _SELECTED and op != "cipher.create" and op.endswith(".create") \
-                    and "key" in args:
+            if op not in _SELECTED and op != "cipher.create" and op.endswith(".create") and "key" in args:
                 return self._key_home(session, args.get("key"))  # its key's provider
             operation = _SELECTED.get(op)
             if op == "cipher.create":
-                operation = Operation.DECRYPT if args.get("direction") == "DECRYPT" \
-                    else Operation.ENCRYPT
+                operation = Operation.DECRYPT if args.get("direction") == "DECRYPT" else Operation.ENCRYPT
             if operation is None:
                 return None
             spec = REGISTRY.get(args["algorithm"])
@@ -402,8 +428,7 @@ class Service:
         if rid.type is ResourceType.KEY_SLOT:
             slot = self.core.slot_config(handle.obj.name)
             if slot.algorithm is not None and slot.provider is not None:
-                return KeyPlacement(slot.algorithm, slot.provider, slot.compatible_providers,
-                                    False)
+                return KeyPlacement(slot.algorithm, slot.provider, slot.compatible_providers, False)
         return None
 
     @staticmethod
@@ -473,8 +498,11 @@ def _placed(request: Request, result: Any) -> Any:
     """A cipher's output written into the caller's region when it asked (``out``); an
     answer in :class:`Pieces` joined otherwise."""
     region = request.region
-    if region is not None and request.op in OUTPUT_OPERATIONS \
-            and isinstance(result, (bytes, bytearray, memoryview, Pieces)):
+    if (
+        region is not None
+        and request.op in OUTPUT_OPERATIONS
+        and isinstance(result, (bytes, bytearray, memoryview, Pieces))
+    ):
         out = request.args.get("out")
         if out is not None:
             placed = region.output(out, result)
@@ -503,6 +531,8 @@ def _size_of(value: Any) -> int:
 
 
 def _batch_too_large(done: int, limit: int) -> CryptoError:
-    return CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                       f"the batch's results would pass max_frame_size ({limit} bytes) at call "
-                       f"{done + 1}: the answer could not be sent; split the batch")
+    return CryptoError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        f"the batch's results would pass max_frame_size ({limit} bytes) at call "
+        f"{done + 1}: the answer could not be sent; split the batch",
+    )

@@ -26,13 +26,22 @@ from cryptostack_core.wire.resources import CryptoResourceId, ResourcePersistenc
 class KeyEntry:
     """A key loaded in the daemon, shared by guards and contexts through a reference count."""
 
-    def __init__(self, *, algorithm: str, permissions: KeyOperationPermission,
-                 home: LoadedProvider, pkey: ProviderKey, persistence: ResourcePersistence,
-                 compatible: tuple[int, ...] = (), slot: str | None = None,
-                 export_uids: frozenset[int] | None = None, version: int | None = None,
-                 on_free: Callable[[], None] | None = None,
-                 components: Mapping[str, KeyEntry] | None = None,
-                 public_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        permissions: KeyOperationPermission,
+        home: LoadedProvider,
+        pkey: ProviderKey,
+        persistence: ResourcePersistence,
+        compatible: tuple[int, ...] = (),
+        slot: str | None = None,
+        export_uids: frozenset[int] | None = None,
+        version: int | None = None,
+        on_free: Callable[[], None] | None = None,
+        components: Mapping[str, KeyEntry] | None = None,
+        public_key: bytes | None = None,
+    ) -> None:
         self.algorithm = algorithm
         self.permissions = permissions
         self.export_uids = export_uids
@@ -63,14 +72,19 @@ class KeyEntry:
     @property
     def placement(self) -> KeyPlacement:
         """Facts selection needs (a split key moves only half by half: never whole)."""
-        return KeyPlacement(self.algorithm, self.home.id, self.compatible,
-                            self.components is None
-                            and bool(getattr(self.pkey, "extractable", False)))
+        return KeyPlacement(
+            self.algorithm,
+            self.home.id,
+            self.compatible,
+            self.components is None and bool(getattr(self.pkey, "extractable", False)),
+        )
 
     def component_info(self) -> list[dict[str, Any]]:
         """A split key's halves for the wire: role, provider, algorithm (empty otherwise)."""
-        return [{"role": role, "provider": half.home.id, "algorithm": half.algorithm}
-                for role, half in (self.components or {}).items()]
+        return [
+            {"role": role, "provider": half.home.id, "algorithm": half.algorithm}
+            for role, half in (self.components or {}).items()
+        ]
 
     @property
     def has_private(self) -> bool:
@@ -169,8 +183,11 @@ class Session:
         """Open contexts and resources (what ``status`` reports)."""
         with self.lock:
             contexts = sum(1 for h in self.handles.values() if h.kind == "context")
-            return {"contexts": contexts, "resources": len(self.handles) - contexts,
-                    "guards": sum(1 for h in self.handles.values() if h.kind in ("key", "blob"))}
+            return {
+                "contexts": contexts,
+                "resources": len(self.handles) - contexts,
+                "guards": sum(1 for h in self.handles.values() if h.kind in ("key", "blob")),
+            }
 
     def add(self, handle: Handle) -> int:
         """Register an object; RESOURCE_EXHAUSTED past the per-client limits."""
@@ -179,13 +196,15 @@ class Session:
                 raise CryptoError(ErrorCode.CONNECTION_FAILED, "session is closed")
             counts = self.counts()
             if handle.kind == "context" and counts["contexts"] >= self.max_contexts:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"too many open contexts (limit {self.max_contexts}); "
-                                  "close some first")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"too many open contexts (limit {self.max_contexts}); close some first",
+                )
             if handle.kind != "context" and counts["resources"] >= self.max_resources:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"too many open resources (limit {self.max_resources}); "
-                                  "release some first")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"too many open resources (limit {self.max_resources}); release some first",
+                )
             number = next(self._counter)
             self.handles[number] = handle
             return number
@@ -196,8 +215,7 @@ class Session:
             existing = self.names.get((rtype, name))
             if existing is not None and existing in self.handles:
                 return existing
-            number = self.add(Handle("slot", SlotRef(rtype, name), rtype,
-                                     ResourcePersistence.PERSISTENT))
+            number = self.add(Handle("slot", SlotRef(rtype, name), rtype, ResourcePersistence.PERSISTENT))
             self.names[(rtype, name)] = number
             return number
 
@@ -205,9 +223,11 @@ class Session:
         """Look up a resource; unknown or mismatched ids are RESOURCE_NOT_FOUND."""
         handle = self.handles.get(rid.handle)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind == "context" or handle.resource_type is not rid.type:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no {rid.type.value} resource #{rid.handle} on this connection "
-                              "(released, or never created here)")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND,
+                f"no {rid.type.value} resource #{rid.handle} on this connection "
+                "(released, or never created here)",
+            )
         return handle
 
     def context(self, number: object) -> Any:
@@ -216,8 +236,10 @@ class Session:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"'ctx' must be an integer, got {number!r}")
         handle = self.handles.get(number)  # one dict read: atomic, no lock needed
         if handle is None or handle.kind != "context":
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no context #{number} on this connection (closed, or never created)")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND,
+                f"no context #{number} on this connection (closed, or never created)",
+            )
         return handle.obj
 
     def pop(self, number: int) -> Handle | None:

@@ -51,8 +51,13 @@ class ContextState:
 
     kind = "context"
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider,
-                 key: KeyEntry | None = None, pkey: ProviderKey | None = None) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry | None = None,
+        pkey: ProviderKey | None = None,
+    ) -> None:
         self.spec = spec
         self.algorithm = spec.name
         self.loaded = provider
@@ -67,8 +72,7 @@ class ContextState:
         """The provider instance running this context."""
         instance = self.loaded.instance
         if instance is None:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"provider {self.loaded.name} is unavailable")
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"provider {self.loaded.name} is unavailable")
         return instance
 
     def check_usable(self) -> None:
@@ -76,9 +80,10 @@ class ContextState:
         if self.closed:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND, "context is closed")
         if self.error is not None:
-            raise CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
-                              f"context is in error state after {self.error}; close it and "
-                              "create a new one")
+            raise CryptoError(
+                ErrorCode.CONTEXT_IN_ERROR_STATE,
+                f"context is in error state after {self.error}; close it and create a new one",
+            )
 
     def mark_error(self, reason: str) -> None:
         """Enter the error state (after a timeout)."""
@@ -120,8 +125,14 @@ class ContextState:
 class StreamContextState(ContextState):
     """init / update / finalize / reset over one provider operation object."""
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry | None,
-                 pkey: ProviderKey | None, max_buffered: int) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry | None,
+        pkey: ProviderKey | None,
+        max_buffered: int,
+    ) -> None:
         super().__init__(spec, provider, key, pkey)
         self.state = MessagePhase.IDLE
         self.op: Any = None
@@ -174,9 +185,11 @@ class StreamContextState(ContextState):
     def init(self, **params: Any) -> None:
         """Start a message."""
         if self.state is MessagePhase.ACTIVE:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "init() called while a message is in progress; call reset() "
-                              "to discard it or finalize it first")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE,
+                "init() called while a message is in progress; call reset() "
+                "to discard it or finalize it first",
+            )
         self.op = self._guard(lambda: self._start(**params))
         self._unbuffer()
         self.data_seen = False
@@ -184,8 +197,11 @@ class StreamContextState(ContextState):
 
     def _require_active(self, what: str) -> None:
         if self.state is not MessagePhase.ACTIVE:
-            hint = "after finalize(), call init() to start a new message" \
-                if self.state is MessagePhase.DONE else "call init() first"
+            hint = (
+                "after finalize(), call init() to start a new message"
+                if self.state is MessagePhase.DONE
+                else "call init() first"
+            )
             raise CryptoError(ErrorCode.INVALID_STATE, f"{what}() needs an active message; {hint}")
 
     def _count(self, data: Buffer) -> None:
@@ -193,10 +209,12 @@ class StreamContextState(ContextState):
         size = len(data)
         if self.buffered + size > self.max_buffered:
             self.abort()
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"message exceeds max_buffered_message ({self.max_buffered} bytes) "
-                              f"for {self.algorithm} (the whole message is held in memory); "
-                              "the message was discarded")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"message exceeds max_buffered_message ({self.max_buffered} bytes) "
+                f"for {self.algorithm} (the whole message is held in memory); "
+                "the message was discarded",
+            )
         try:
             self.memory.reserve(size, "buffered messages")
         except CryptoError as exc:
@@ -266,8 +284,9 @@ class HashState(StreamContextState):
     def single_shot(self, data: Buffer) -> bytes:
         """Digest of ``data`` in one call."""
         if self.state is MessagePhase.ACTIVE:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "single_shot() while a message is in progress; reset() first")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, "single_shot() while a message is in progress; reset() first"
+            )
         self.init()
         self.update(data)
         digest: bytes = self.finalize()
@@ -276,8 +295,9 @@ class HashState(StreamContextState):
     async def single_shot_async(self, data: Buffer) -> bytes:
         """:meth:`single_shot`, awaiting the provider."""
         if self.state is MessagePhase.ACTIVE:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "single_shot() while a message is in progress; reset() first")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, "single_shot() while a message is in progress; reset() first"
+            )
         self.init()
         await self.update_async(data)
         digest: bytes = await self.finalize_async()
@@ -290,9 +310,16 @@ class CipherState(StreamContextState):
     kind = "cipher"
     op: CipherOperation | None
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry,
-                 pkey: ProviderKey, max_buffered: int, direction: CipherDirection,
-                 tag_length: int) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry,
+        pkey: ProviderKey,
+        max_buffered: int,
+        direction: CipherDirection,
+        tag_length: int,
+    ) -> None:
         super().__init__(spec, provider, key, pkey, max_buffered)
         self.direction = direction
         self.tag_length = tag_length
@@ -312,27 +339,28 @@ class CipherState(StreamContextState):
         self.counted += len(data)
         if self.counted + self.tag_length > self.max_buffered:
             self.abort()
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"an {self.algorithm} message above {self.max_buffered} bytes with "
-                              "its tag could not be decrypted by this daemon (it holds an AEAD "
-                              "message whole; max_buffered_message): use a streaming AEAD such "
-                              "as AES-256-GCM-HKDF-1MB; the message was discarded")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"an {self.algorithm} message above {self.max_buffered} bytes with "
+                "its tag could not be decrypted by this daemon (it holds an AEAD "
+                "message whole; max_buffered_message): use a streaming AEAD such "
+                "as AES-256-GCM-HKDF-1MB; the message was discarded",
+            )
 
     def _start(self, **params: Any) -> CipherOperation:
         iv = params.get("iv", b"")
         assert self.pkey is not None
-        return self.provider.create_cipher(self.algorithm, self.pkey, self.direction, iv,
-                                           self.tag_length)
+        return self.provider.create_cipher(self.algorithm, self.pkey, self.direction, iv, self.tag_length)
 
     def update_aad(self, data: Buffer) -> None:
         """Add associated data."""
         self._require_active("update_aad")
         if not self.aead:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"{self.algorithm} is not an AEAD; it takes no associated data")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, f"{self.algorithm} is not an AEAD; it takes no associated data"
+            )
         if self.data_seen:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "update_aad() must come before the first update()")
+            raise CryptoError(ErrorCode.INVALID_STATE, "update_aad() must come before the first update()")
         op = self.op
         assert op is not None
         self._guard(lambda: op.update_aad(data))
@@ -341,11 +369,11 @@ class CipherState(StreamContextState):
         """:meth:`update_aad`, awaiting the provider."""
         self._require_active("update_aad")
         if not self.aead:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"{self.algorithm} is not an AEAD; it takes no associated data")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, f"{self.algorithm} is not an AEAD; it takes no associated data"
+            )
         if self.data_seen:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "update_aad() must come before the first update()")
+            raise CryptoError(ErrorCode.INVALID_STATE, "update_aad() must come before the first update()")
         op = self.op
         assert op is not None
         await self._guard_async(op.update_aad_async(data))
@@ -357,8 +385,15 @@ class SignState(StreamContextState):
     kind = "sign"
     op: SignOperation | None
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry,
-                 pkey: ProviderKey, max_buffered: int, context: bytes) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry,
+        pkey: ProviderKey,
+        max_buffered: int,
+        context: bytes,
+    ) -> None:
         super().__init__(spec, provider, key, pkey, max_buffered)
         self.context_string = context
 
@@ -367,8 +402,11 @@ class SignState(StreamContextState):
         return self.provider.create_signer(self.algorithm, self.pkey, self.context_string)
 
     def _buffers_message(self) -> bool:
-        return self.spec.kind in _BUFFERING_KINDS and not self.spec.hash_algorithm \
+        return (
+            self.spec.kind in _BUFFERING_KINDS
+            and not self.spec.hash_algorithm
             and not self.algorithm.startswith("RSA")
+        )
 
     def signature_size(self) -> int:
         """Maximum signature/tag size."""
@@ -391,9 +429,16 @@ class VerifyState(SignState):
 
     kind = "verify"
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry,
-                 pkey: ProviderKey, max_buffered: int, context: bytes,
-                 tag_length: int | None) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry,
+        pkey: ProviderKey,
+        max_buffered: int,
+        context: bytes,
+        tag_length: int | None,
+    ) -> None:
         super().__init__(spec, provider, key, pkey, max_buffered, context)
         self.tag_length = tag_length
         self.is_mac = spec.kind is AlgorithmKind.MAC
@@ -443,23 +488,29 @@ class KemState(ContextState):
 
     kind = "kem"
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry,
-                 pkey: ProviderKey, derived_permissions: KeyOperationPermission) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry,
+        pkey: ProviderKey,
+        derived_permissions: KeyOperationPermission,
+    ) -> None:
         super().__init__(spec, provider, key, pkey)
         self.derived_permissions = derived_permissions
 
     def encapsulate(self) -> tuple[bytes, ProviderKey, LoadedProvider]:
         """(ciphertext, shared secret, the provider holding the secret)."""
         assert self.pkey is not None
-        ciphertext, secret = self.provider.encapsulate(self.algorithm, self.pkey,
-                                                       self.derived_permissions)
+        ciphertext, secret = self.provider.encapsulate(self.algorithm, self.pkey, self.derived_permissions)
         return ciphertext, secret, self.loaded
 
     def decapsulate(self, ciphertext: bytes) -> tuple[ProviderKey, LoadedProvider]:
         """(shared secret, the provider holding it) of ``ciphertext``."""
         assert self.pkey is not None
-        return self.provider.decapsulate(self.algorithm, self.pkey, ciphertext,
-                                         self.derived_permissions), self.loaded
+        return self.provider.decapsulate(
+            self.algorithm, self.pkey, ciphertext, self.derived_permissions
+        ), self.loaded
 
 
 class AgreementState(KemState):

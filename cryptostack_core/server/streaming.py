@@ -56,8 +56,13 @@ class StreamFormat:
     def of(cls, spec: AlgorithmSpec) -> StreamFormat:
         """The format of a registered streaming AEAD algorithm."""
         extra: dict[str, Any] = spec.extra
-        return cls(spec.key_size, int(extra["segment_size"]), str(extra["aead"]),
-                   str(extra["kdf"]), spec.key_algorithms[0])
+        return cls(
+            spec.key_size,
+            int(extra["segment_size"]),
+            str(extra["aead"]),
+            str(extra["kdf"]),
+            spec.key_algorithms[0],
+        )
 
     @property
     def header_size(self) -> int:
@@ -78,8 +83,7 @@ class _Segments:
     """Common part of both directions: the derived key, nonces, one provider call per
     segment, and the segment held back until the stream shows whether it is the last."""
 
-    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat,
-                 aad: bytes) -> None:
+    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat, aad: bytes) -> None:
         self.provider = provider
         self.key = key
         self.fmt = fmt
@@ -92,13 +96,18 @@ class _Segments:
     def _derive(self, salt: bytes, prefix: bytes) -> None:
         self.prefix = prefix
         self.derived = self.provider.derive(
-            self.fmt.kdf, self.key, length=self.fmt.key_size, salt=salt, info=self.aad,
-            output_algorithm=self.fmt.key_algorithm, permissions=P.ENCRYPT | P.DECRYPT)
+            self.fmt.kdf,
+            self.key,
+            length=self.fmt.key_size,
+            salt=salt,
+            info=self.aad,
+            output_algorithm=self.fmt.key_algorithm,
+            permissions=P.ENCRYPT | P.DECRYPT,
+        )
 
     def _nonce(self, last: bool) -> bytes:
         if self.index >= MAX_SEGMENTS:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"a stream has at most {MAX_SEGMENTS} segments")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"a stream has at most {MAX_SEGMENTS} segments")
         return self.prefix + self.index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
     def _segment(self, data: Buffer, last: bool) -> bytes:
@@ -116,12 +125,12 @@ class _Segments:
                 need = room - len(self.held)
                 if size - pos <= need:
                     break
-                self.held += view[pos:pos + need]
+                self.held += view[pos : pos + need]
                 pos += need
                 out += self._segment(self.held, last=False)
                 self.held.clear()
             elif size - pos > room:
-                out += self._segment(view[pos:pos + room], last=False)
+                out += self._segment(view[pos : pos + room], last=False)
                 pos += room
             else:
                 break
@@ -140,8 +149,7 @@ class _Segments:
 class SegmentEncryptor(_Segments):
     """Seals plaintext into header || segments."""
 
-    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat,
-                 aad: bytes) -> None:
+    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat, aad: bytes) -> None:
         super().__init__(provider, key, fmt, aad)
         salt, prefix = os.urandom(fmt.key_size), os.urandom(NONCE_PREFIX_SIZE)
         self._derive(salt, prefix)
@@ -152,8 +160,9 @@ class SegmentEncryptor(_Segments):
 
     def _segment(self, data: Buffer, last: bool) -> bytes:
         assert self.derived is not None
-        op = self.provider.create_cipher(self.fmt.aead, self.derived, CipherDirection.ENCRYPT,
-                                         self._nonce(last), TAG_SIZE)
+        op = self.provider.create_cipher(
+            self.fmt.aead, self.derived, CipherDirection.ENCRYPT, self._nonce(last), TAG_SIZE
+        )
         sealed = op.update(data) + op.finalize()
         self.index += 1
         return sealed
@@ -183,8 +192,7 @@ class SegmentEncryptor(_Segments):
 class SegmentDecryptor(_Segments):
     """Opens header || segments, releasing each segment's plaintext once it verified."""
 
-    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat,
-                 aad: bytes) -> None:
+    def __init__(self, provider: Provider, key: ProviderKey, fmt: StreamFormat, aad: bytes) -> None:
         super().__init__(provider, key, fmt, aad)
         self.header = bytearray()
 
@@ -194,20 +202,24 @@ class SegmentDecryptor(_Segments):
     def _segment(self, data: Buffer, last: bool) -> bytes:
         assert self.derived is not None
         if len(data) < TAG_SIZE:
-            raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                              f"segment {self.index} is shorter than its tag: the stream was "
-                              "truncated")
-        op = self.provider.create_cipher(self.fmt.aead, self.derived, CipherDirection.DECRYPT,
-                                         self._nonce(last), TAG_SIZE)
+            raise CryptoError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                f"segment {self.index} is shorter than its tag: the stream was truncated",
+            )
+        op = self.provider.create_cipher(
+            self.fmt.aead, self.derived, CipherDirection.DECRYPT, self._nonce(last), TAG_SIZE
+        )
         try:
             opened = op.update(data) + op.finalize()
         except CryptoError as exc:
             if exc.code is not ErrorCode.AUTHENTICATION_FAILED:
                 raise
-            raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                              f"segment {self.index}{' (the last)' if last else ''} failed "
-                              "authentication: the stream was altered, reordered, truncated or "
-                              "extended, or the key or associated data differ") from None
+            raise CryptoError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                f"segment {self.index}{' (the last)' if last else ''} failed "
+                "authentication: the stream was altered, reordered, truncated or "
+                "extended, or the key or associated data differ",
+            ) from None
         self.index += 1
         return opened
 
@@ -221,11 +233,13 @@ class SegmentDecryptor(_Segments):
             if len(self.header) < self.fmt.header_size:
                 return bytearray()
             if self.header[0] != self.fmt.header_size:
-                raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                                  f"not a stream of this algorithm: its header says "
-                                  f"{self.header[0]} header bytes, expected {self.fmt.header_size}")
-            salt = bytes(self.header[1:1 + self.fmt.key_size])
-            self._derive(salt, bytes(self.header[1 + self.fmt.key_size:]))
+                raise CryptoError(
+                    ErrorCode.AUTHENTICATION_FAILED,
+                    f"not a stream of this algorithm: its header says "
+                    f"{self.header[0]} header bytes, expected {self.fmt.header_size}",
+                )
+            salt = bytes(self.header[1 : 1 + self.fmt.key_size])
+            self._derive(salt, bytes(self.header[1 + self.fmt.key_size :]))
         out = bytearray()
         self._feed(view, out)
         return out
@@ -234,8 +248,9 @@ class SegmentDecryptor(_Segments):
         """The final segment's plaintext, once its tag (with the ``last`` flag) verified."""
         try:
             if self.derived is None:
-                raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                                  "the stream ends inside its header: it was truncated")
+                raise CryptoError(
+                    ErrorCode.AUTHENTICATION_FAILED, "the stream ends inside its header: it was truncated"
+                )
             out = bytearray(self._segment(self.held, last=True))
             self.held.clear()
             return out
@@ -250,8 +265,14 @@ class StreamingAeadState(StreamContextState):
     kind = "streaming_aead"
     op: _Segments | None
 
-    def __init__(self, spec: AlgorithmSpec, provider: LoadedProvider, key: KeyEntry,
-                 pkey: ProviderKey, direction: CipherDirection) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        provider: LoadedProvider,
+        key: KeyEntry,
+        pkey: ProviderKey,
+        direction: CipherDirection,
+    ) -> None:
         # max_buffered does not apply: a stream never holds more than one segment.
         super().__init__(spec, provider, key, pkey, 0)
         self.direction = direction

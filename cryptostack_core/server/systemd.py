@@ -73,7 +73,10 @@ def listen_sockets(environ: MutableMapping[str, str] | None = None) -> list[sock
 def unix_stream_listener(sockets: list[socket.socket]) -> socket.socket | None:
     """The first listening unix stream socket among ``sockets``."""
     for sock in sockets:
-        if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and \
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        if (
+            sock.family == socket.AF_UNIX
+            and sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        ):
             return sock
     return None

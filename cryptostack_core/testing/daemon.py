@@ -25,8 +25,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, Path):
         return _toml_value(str(value))
     raise TypeError(f"cannot write {value!r} as TOML")
@@ -59,8 +58,13 @@ class DaemonProcess:
     restart it on the same state.
     """
 
-    def __init__(self, directory: Path, config: Mapping[str, Any],
-                 env: Mapping[str, str] | None = None, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         daemon = dict(config.get("daemon", {}))
@@ -86,15 +90,26 @@ class DaemonProcess:
         """Start and wait until the socket answers."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cryptostack_core", "daemon", "--config",
-             str(self.config_path), "--log-level", "info"],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "cryptostack_core",
+                "daemon",
+                "--config",
+                str(self.config_path),
+                "--log-level",
+                "info",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n"
-                                   f"{self.log_text()}")
+                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log_text()}")
             if self.socket_path.exists():
                 try:
                     with self.stack(timeout=2):
@@ -107,8 +122,9 @@ class DaemonProcess:
 
     def stack(self, timeout: float | None = 10.0) -> CryptoStack:
         """A connected :class:`~cryptostack_core.CryptoStack`."""
-        return create_crypto_stack(CryptoStackConfig().set_connection_endpoint(self.endpoint)
-                                   .set_default_operation_timeout(timeout))
+        return create_crypto_stack(
+            CryptoStackConfig().set_connection_endpoint(self.endpoint).set_default_operation_timeout(timeout)
+        )
 
     def log_text(self) -> str:
         """What the daemon wrote so far."""

@@ -33,9 +33,13 @@ GROUP = "cryptostack.providers"
 PROFILES = "cryptostack.conformance"
 
 
-def provider_path(directory: Path, providers: Mapping[str, str],
-                  modules: Iterable[Path] = (), distribution: str = "cryptostack-test-providers",
-                  profiles: Mapping[str, str] | None = None) -> Path:
+def provider_path(
+    directory: Path,
+    providers: Mapping[str, str],
+    modules: Iterable[Path] = (),
+    distribution: str = "cryptostack-test-providers",
+    profiles: Mapping[str, str] | None = None,
+) -> Path:
     """Write a distribution's metadata registering ``providers`` (``{name: "module:Class"}``)
     and conformance ``profiles`` (``{name: "module:function"}``) into ``directory``, with
     copies of ``modules`` (single-file modules) beside it."""
@@ -43,8 +47,9 @@ def provider_path(directory: Path, providers: Mapping[str, str],
     safe = re.sub(r"[^A-Za-z0-9.]+", "_", distribution)
     info = directory / f"{safe}-0.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0\n",
-                                   encoding="utf-8")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0\n", encoding="utf-8"
+    )
     lines = [f"[{GROUP}]"] + [f"{name} = {target}" for name, target in providers.items()]
     if profiles:
         lines += ["", f"[{PROFILES}]"] + [f"{name} = {target}" for name, target in profiles.items()]

@@ -24,8 +24,7 @@ from cryptostack_core.testing.conformance.target import load_provider_class
 __all__ = ["ProviderFactory", "start_provider"]
 
 
-def start_provider(name: str, directory: Path, provider_id: int | None = None,
-                   **options: Any) -> Provider:
+def start_provider(name: str, directory: Path, provider_id: int | None = None, **options: Any) -> Provider:
     """The installed provider ``name`` with ``options``, started, its files under
     ``directory`` (id: its well-known one unless given). The caller closes it."""
     cls = load_provider_class(name)
@@ -45,8 +44,9 @@ class ProviderFactory:
         self.started: list[Provider] = []
         self._lock = threading.Lock()
 
-    def __call__(self, name: str, provider_id: int | None = None, *,
-                 state_dir: Path | None = None, **options: Any) -> Provider:
+    def __call__(
+        self, name: str, provider_id: int | None = None, *, state_dir: Path | None = None, **options: Any
+    ) -> Provider:
         """``start_provider(name, ...)`` in a fresh subdirectory (or ``state_dir``, to share
         a provider's state between instances), remembered for closing."""
         with self._lock:

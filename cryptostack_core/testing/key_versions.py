@@ -32,19 +32,22 @@ Use = Callable[[CryptoContext, Any], tuple[Callable[[], None], Callable[[], None
 __all__ = ["check_holders_survive", "check_rotation", "cipher_user", "crypt"]
 
 
-def crypt(ctx: CryptoContext, key: Any, algorithm: str, direction: CipherDirection,
-          iv: bytes, data: bytes) -> bytes:
+def crypt(
+    ctx: CryptoContext, key: Any, algorithm: str, direction: CipherDirection, iv: bytes, data: bytes
+) -> bytes:
     """One message through a cipher context."""
-    with ctx.create_cipher_context(CipherContextConfig().set_algorithm(algorithm).set_key(key)
-                                   .set_direction(direction)) as cipher:
+    with ctx.create_cipher_context(
+        CipherContextConfig().set_algorithm(algorithm).set_key(key).set_direction(direction)
+    ) as cipher:
         cipher.init(iv)
         out: bytes = cipher.update(data)
         tail: bytes = cipher.finalize()
         return out + tail
 
 
-def check_rotation(stack: CryptoStack, slot_name: str, algorithm: str, new_key: NewKey, *,
-                   iv_size: int = 12) -> None:
+def check_rotation(
+    stack: CryptoStack, slot_name: str, algorithm: str, new_key: NewKey, *, iv_size: int = 12
+) -> None:
     """Old ciphertext decrypts after the slot moves to a new version; the retired old
     version then fails naming itself."""
     ctx = stack.create_crypto_context()
@@ -73,10 +76,11 @@ def check_rotation(stack: CryptoStack, slot_name: str, algorithm: str, new_key: 
 
 def cipher_user(algorithm: str, iv_size: int = 12) -> Use:
     """A :data:`Use` that encrypts one message per call with ``algorithm``."""
+
     def use(ctx: CryptoContext, key: Any) -> tuple[Callable[[], None], Callable[[], None]]:
-        cipher = ctx.create_cipher_context(CipherContextConfig().set_algorithm(algorithm)
-                                           .set_key(key)
-                                           .set_direction(CipherDirection.ENCRYPT))
+        cipher = ctx.create_cipher_context(
+            CipherContextConfig().set_algorithm(algorithm).set_key(key).set_direction(CipherDirection.ENCRYPT)
+        )
 
         def once() -> None:
             cipher.init(os.urandom(iv_size))
@@ -88,8 +92,14 @@ def cipher_user(algorithm: str, iv_size: int = 12) -> Use:
     return use
 
 
-def check_holders_survive(connect: Callable[[], CryptoStack], slot_name: str, new_key: NewKey,
-                          use: Use, *, after_clear: Callable[[], None] | None = None) -> None:
+def check_holders_survive(
+    connect: Callable[[], CryptoStack],
+    slot_name: str,
+    new_key: NewKey,
+    use: Use,
+    *,
+    after_clear: Callable[[], None] | None = None,
+) -> None:
     """Client A holds a context on the slot and a key loaded from it; client B re-persists
     the slot, retires A's version and clears the slot. A's context and key work throughout;
     ``after_clear`` (e.g. "the token object still exists") runs while A still holds them."""

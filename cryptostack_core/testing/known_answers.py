@@ -67,6 +67,7 @@ def vectors_root() -> Path:
 
 # --- cases ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class HashCase:
     algorithm: str
@@ -147,8 +148,11 @@ class KnownAnswerSet:
 
 # --- the NIST "KEY = VALUE" text format (CAVP .rsp, pyca's .txt, liboqs .kat) ---------------
 
-def parse_key_value_file(path: Path, end_key: str | None = None,
-                         ) -> Iterator[tuple[str, dict[str, str]]]:
+
+def parse_key_value_file(
+    path: Path,
+    end_key: str | None = None,
+) -> Iterator[tuple[str, dict[str, str]]]:
     """Records of ``KEY = VALUE`` lines, each with the most recent ``[SECTION]`` header (""
     before any); ``#`` comments are skipped. A record ends at a blank line, or, when
     ``end_key`` is given, after the line with that key (for files with blank lines inside
@@ -194,8 +198,8 @@ def _hash_cases(algorithm: str, path: Path) -> Callable[[], Iterator[Case]]:
             if "MD" not in rec:
                 continue
             bits = int(rec["Len"])
-            yield HashCase(algorithm, _bytes(rec["Msg"])[: bits // 8], _bytes(rec["MD"]),
-                           f"Len = {bits}")
+            yield HashCase(algorithm, _bytes(rec["Msg"])[: bits // 8], _bytes(rec["MD"]), f"Len = {bits}")
+
     return load
 
 
@@ -204,9 +208,15 @@ def _cipher_cases(algorithm: str, path: Path) -> Callable[[], Iterator[Case]]:
         for section, rec in parse_key_value_file(path):
             if "KEY" not in rec:
                 continue
-            yield CipherCase(algorithm, _bytes(rec["KEY"]), _bytes(rec["IV"]),
-                             _bytes(rec["PLAINTEXT"]), _bytes(rec["CIPHERTEXT"]),
-                             f"{section} COUNT = {rec.get('COUNT', '?')}")
+            yield CipherCase(
+                algorithm,
+                _bytes(rec["KEY"]),
+                _bytes(rec["IV"]),
+                _bytes(rec["PLAINTEXT"]),
+                _bytes(rec["CIPHERTEXT"]),
+                f"{section} COUNT = {rec.get('COUNT', '?')}",
+            )
+
     return load
 
 
@@ -214,8 +224,14 @@ def _hmac_cases(algorithm: str, path: Path) -> Callable[[], Iterator[Case]]:
     def load() -> Iterator[Case]:
         for number, (_section, rec) in enumerate(parse_key_value_file(path), 1):
             if "MD" in rec:
-                yield MacCase(algorithm, _bytes(rec["Key"]), _bytes(rec["Msg"]),
-                              _bytes(rec["MD"]), f"test case {number}")
+                yield MacCase(
+                    algorithm,
+                    _bytes(rec["Key"]),
+                    _bytes(rec["Msg"]),
+                    _bytes(rec["MD"]),
+                    f"test case {number}",
+                )
+
     return load
 
 
@@ -225,29 +241,46 @@ def _hkdf_cases(algorithm: str, path: Path) -> Callable[[], Iterator[Case]]:
             if "OKM" in rec:
                 okm = _bytes(rec["OKM"])
                 assert len(okm) == int(rec["L"])
-                yield KdfCase(algorithm, _bytes(rec["IKM"]), _bytes(rec.get("salt", "")),
-                              _bytes(rec.get("info", "")), okm, f"COUNT = {rec.get('COUNT')}")
+                yield KdfCase(
+                    algorithm,
+                    _bytes(rec["IKM"]),
+                    _bytes(rec.get("salt", "")),
+                    _bytes(rec.get("info", "")),
+                    okm,
+                    f"COUNT = {rec.get('COUNT')}",
+                )
+
     return load
 
 
 def _falcon_cases(algorithm: str, logn: int, path: Path) -> Callable[[], Iterator[Case]]:
     """The submission's ``sm`` is ``len(2) || nonce(40) || msg || 0x20+logn || body``; the
     signature as liboqs and the API take it is ``0x30+logn || nonce || body``."""
+
     def load() -> Iterator[Case]:
         for _section, rec in parse_key_value_file(path):
             if "sm" not in rec:
                 continue
             sm, msg = _bytes(rec["sm"]), _bytes(rec["msg"])
             length = int.from_bytes(sm[:2], "big")
-            nonce, body = sm[2:42], sm[42 + len(msg):]
-            if sm[42:42 + len(msg)] != msg or len(body) != length or body[0] != 0x20 + logn:
+            nonce, body = sm[2:42], sm[42 + len(msg) :]
+            if sm[42 : 42 + len(msg)] != msg or len(body) != length or body[0] != 0x20 + logn:
                 raise ValueError(f"{path.name}: unexpected signed-message layout")
             signature = bytes([0x30 + logn]) + nonce + body[1:]
             label = f"count = {rec.get('count')}"
             pk = _bytes(rec["pk"])
             yield VerifyCase(algorithm, pk, cs.KeyFormat.RAW, msg, signature, True, b"", label)
-            yield VerifyCase(algorithm, pk, cs.KeyFormat.RAW, msg + b"\x00", signature, False,
-                             b"", label + " (message changed)")
+            yield VerifyCase(
+                algorithm,
+                pk,
+                cs.KeyFormat.RAW,
+                msg + b"\x00",
+                signature,
+                False,
+                b"",
+                label + " (message changed)",
+            )
+
     return load
 
 
@@ -256,49 +289,103 @@ def _slh_dsa_cases(path: Path, per_parameter_set: int = 1) -> Callable[[], Itera
         data = json.loads(path.read_text(encoding="utf-8"))
         for group in data["testGroups"]:
             for test in group["tests"][:per_parameter_set]:
-                yield KeyPairCase(group["parameterSet"], _bytes(test["sk"]), _bytes(test["pk"]),
-                                  cs.KeyFormat.RAW, label=f"tcId {test['tcId']}")
+                yield KeyPairCase(
+                    group["parameterSet"],
+                    _bytes(test["sk"]),
+                    _bytes(test["pk"]),
+                    cs.KeyFormat.RAW,
+                    label=f"tcId {test['tcId']}",
+                )
+
     return load
 
 
 def _builtin_sets() -> list[KnownAnswerSet]:
     pyca = "cryptography-vectors 50.0.2 (pyca), copying "
     sets: list[KnownAnswerSet] = []
-    for name, file in [("SHA-224", "SHA224"), ("SHA-256", "SHA256"), ("SHA-384", "SHA384"),
-                       ("SHA-512", "SHA512")]:
+    for name, file in [
+        ("SHA-224", "SHA224"),
+        ("SHA-256", "SHA256"),
+        ("SHA-384", "SHA384"),
+        ("SHA-512", "SHA512"),
+    ]:
         rel = f"cryptography-vectors/hashes/SHA2/{file}ShortMsg.rsp"
-        sets.append(KnownAnswerSet(rel, (name,), pyca + "NIST CAVP SHAVS (FIPS 180-4)",
-                                   _hash_cases(name, _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel, (name,), pyca + "NIST CAVP SHAVS (FIPS 180-4)", _hash_cases(name, _file(*rel.split("/")))
+            )
+        )
     for bits in (224, 256, 384, 512):
         rel = f"cryptography-vectors/hashes/SHA3/SHA3_{bits}ShortMsg.rsp"
-        sets.append(KnownAnswerSet(rel, (f"SHA3-{bits}",), pyca + "NIST CAVP SHA3VS (FIPS 202)",
-                                   _hash_cases(f"SHA3-{bits}", _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel,
+                (f"SHA3-{bits}",),
+                pyca + "NIST CAVP SHA3VS (FIPS 202)",
+                _hash_cases(f"SHA3-{bits}", _file(*rel.split("/"))),
+            )
+        )
     for bits in (128, 192, 256):
         rel = f"cryptography-vectors/ciphers/AES/CFB/CFB128MMT{bits}.rsp"
-        sets.append(KnownAnswerSet(rel, (f"AES-{bits}-CFB",),
-                                   pyca + "NIST CAVP AESAVS (SP 800-38A CFB128)",
-                                   _cipher_cases(f"AES-{bits}-CFB", _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel,
+                (f"AES-{bits}-CFB",),
+                pyca + "NIST CAVP AESAVS (SP 800-38A CFB128)",
+                _cipher_cases(f"AES-{bits}-CFB", _file(*rel.split("/"))),
+            )
+        )
         rel = f"cryptography-vectors/ciphers/AES/CTR/aes-{bits}-ctr.txt"
-        sets.append(KnownAnswerSet(rel, (f"AES-{bits}-CTR",), pyca + "RFC 3686",
-                                   _cipher_cases(f"AES-{bits}-CTR", _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel,
+                (f"AES-{bits}-CTR",),
+                pyca + "RFC 3686",
+                _cipher_cases(f"AES-{bits}-CTR", _file(*rel.split("/"))),
+            )
+        )
     for bits in (256, 384, 512):
         rel = f"cryptography-vectors/HMAC/rfc-4231-sha{bits}.txt"
-        sets.append(KnownAnswerSet(rel, (f"HMAC-SHA-{bits}",), pyca + "RFC 4231",
-                                   _hmac_cases(f"HMAC-SHA-{bits}", _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel,
+                (f"HMAC-SHA-{bits}",),
+                pyca + "RFC 4231",
+                _hmac_cases(f"HMAC-SHA-{bits}", _file(*rel.split("/"))),
+            )
+        )
     rel = "cryptography-vectors/KDF/rfc-5869-HKDF-SHA256.txt"
-    sets.append(KnownAnswerSet(rel, ("HKDF-SHA-256",), pyca + "RFC 5869",
-                               _hkdf_cases("HKDF-SHA-256", _file(*rel.split("/")))))
+    sets.append(
+        KnownAnswerSet(
+            rel, ("HKDF-SHA-256",), pyca + "RFC 5869", _hkdf_cases("HKDF-SHA-256", _file(*rel.split("/")))
+        )
+    )
     for level, logn in ((512, 9), (1024, 10)):
         rel = f"liboqs/tests/KATs/sig/Falcon-{level}.kat"
-        sets.append(KnownAnswerSet(rel, (f"Falcon-{level}",),
-                                   "liboqs (commit b2de7e6b), the Falcon submission's KAT",
-                                   _falcon_cases(f"Falcon-{level}", logn, _file(*rel.split("/")))))
+        sets.append(
+            KnownAnswerSet(
+                rel,
+                (f"Falcon-{level}",),
+                "liboqs (commit b2de7e6b), the Falcon submission's KAT",
+                _falcon_cases(f"Falcon-{level}", logn, _file(*rel.split("/"))),
+            )
+        )
     rel = "liboqs/tests/ACVP_Vectors/SLH-DSA-keyGen-FIPS205/internalProjection.json"
-    slh = tuple(f"SLH-DSA-{h}-{v}" for h in ("SHA2", "SHAKE")
-                for v in ("128s", "128f", "192s", "192f", "256s", "256f"))
-    sets.append(KnownAnswerSet(rel, slh, "liboqs (commit 754e1ed0), copying NIST ACVP-Server "
-                                         "1.1.0.40 SLH-DSA-keyGen-FIPS205 (first case of each "
-                                         "parameter set)", _slh_dsa_cases(_file(*rel.split("/")))))
+    slh = tuple(
+        f"SLH-DSA-{h}-{v}"
+        for h in ("SHA2", "SHAKE")
+        for v in ("128s", "128f", "192s", "192f", "256s", "256f")
+    )
+    sets.append(
+        KnownAnswerSet(
+            rel,
+            slh,
+            "liboqs (commit 754e1ed0), copying NIST ACVP-Server "
+            "1.1.0.40 SLH-DSA-keyGen-FIPS205 (first case of each "
+            "parameter set)",
+            _slh_dsa_cases(_file(*rel.split("/"))),
+        )
+    )
     return sets
 
 
@@ -314,6 +401,7 @@ def sets_for(claimed: Iterable[str], extra: Iterable[KnownAnswerSet] = ()) -> li
 
 # --- running ---------------------------------------------------------------------------------
 
+
 class _Runner:
     """Keys and contexts of one set's run, pinned to one provider (contexts are reused)."""
 
@@ -326,27 +414,28 @@ class _Runner:
     def close(self) -> None:
         self.ctx.close()
 
-    def key(self, algorithm: str, material: bytes, fmt: cs.KeyFormat,
-            permissions: cs.KeyOperationPermission) -> cs.CryptoResourceGuard:
+    def key(
+        self, algorithm: str, material: bytes, fmt: cs.KeyFormat, permissions: cs.KeyOperationPermission
+    ) -> cs.CryptoResourceGuard:
         params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
         params.set_permissions(permissions)
         params.set_provider(self.pid)
         return self.km.import_key(params)
 
     def run(self, case: Case) -> str:
-        """"" when the case went as expected, else what went wrong."""
+        """ "" when the case went as expected, else what went wrong."""
         if isinstance(case, HashCase):
             hasher = self._hashers.get(case.algorithm)
             if hasher is None:
                 hasher = self._hashers[case.algorithm] = self.ctx.create_hash_context(
-                    cs.HashContextConfig().set_algorithm(case.algorithm).set_provider(self.pid))
+                    cs.HashContextConfig().set_algorithm(case.algorithm).set_provider(self.pid)
+                )
             return "" if hasher.single_shot(case.message) == case.digest else "digest differs"
         if isinstance(case, MacCase):
-            with self.key(case.algorithm, case.key, cs.KeyFormat.RAW,
-                          P.SIGN | P.VERIFY | P.MAC) as key:
+            with self.key(case.algorithm, case.key, cs.KeyFormat.RAW, P.SIGN | P.VERIFY | P.MAC) as key:
                 with self.ctx.create_sign_context(
-                        cs.SignContextConfig().set_algorithm(case.algorithm).set_key(key)
-                        .set_provider(self.pid)) as signer:
+                    cs.SignContextConfig().set_algorithm(case.algorithm).set_key(key).set_provider(self.pid)
+                ) as signer:
                     tag = signer.sign(case.message)
                 if tag[: len(case.tag)] != case.tag:
                     return "MAC differs"
@@ -362,11 +451,17 @@ class _Runner:
             key_algorithm = cs.canonical_name(case.algorithm.rsplit("-", 1)[0])
             with self.key(key_algorithm, case.key, cs.KeyFormat.RAW, P.ENCRYPT | P.DECRYPT) as key:
                 out = []
-                for direction, data in ((cs.CipherDirection.ENCRYPT, case.plaintext),
-                                        (cs.CipherDirection.DECRYPT, case.ciphertext)):
+                for direction, data in (
+                    (cs.CipherDirection.ENCRYPT, case.plaintext),
+                    (cs.CipherDirection.DECRYPT, case.ciphertext),
+                ):
                     cipher = self.ctx.create_cipher_context(
-                        cs.CipherContextConfig().set_algorithm(case.algorithm).set_key(key)
-                        .set_direction(direction).set_provider(self.pid))
+                        cs.CipherContextConfig()
+                        .set_algorithm(case.algorithm)
+                        .set_key(key)
+                        .set_direction(direction)
+                        .set_provider(self.pid)
+                    )
                     cipher.init(case.iv)
                     result = cipher.update(data)
                     result += cipher.finalize()
@@ -377,12 +472,16 @@ class _Runner:
             return "" if out[1] == case.plaintext else "decryption differs"
         if isinstance(case, KdfCase):
             # EXPORT on the parent too: a derived key carries EXPORT only if its parent does.
-            with self.key("GENERIC-SECRET", case.ikm, cs.KeyFormat.RAW,
-                          P.DERIVE | P.EXPORT) as ikm:
+            with self.key("GENERIC-SECRET", case.ikm, cs.KeyFormat.RAW, P.DERIVE | P.EXPORT) as ikm:
                 derived = self.km.derive_key(
-                    cs.DeriveKeyParams().set_algorithm(case.algorithm).set_key(ikm)
-                    .set_salt(case.salt).set_info(case.info)
-                    .set_output("GENERIC-SECRET", len(case.okm)).set_permissions(P.EXPORT))
+                    cs.DeriveKeyParams()
+                    .set_algorithm(case.algorithm)
+                    .set_key(ikm)
+                    .set_salt(case.salt)
+                    .set_info(case.info)
+                    .set_output("GENERIC-SECRET", len(case.okm))
+                    .set_permissions(P.EXPORT)
+                )
                 with derived:
                     okm = self.km.export_key(derived, cs.KeyFormat.RAW)
             return "" if okm == case.okm else "derived key differs"
@@ -398,11 +497,13 @@ class _Runner:
                 return f"verify returned {ok} for a {'valid' if case.valid else 'invalid'} signature"
             return ""
         assert isinstance(case, KeyPairCase)
-        with self.key(case.algorithm, case.private_key, case.key_format, P.SIGN | P.VERIFY) as sk, \
-                self.key(case.algorithm, case.public_key, case.key_format, P.VERIFY) as pk:
+        with (
+            self.key(case.algorithm, case.private_key, case.key_format, P.SIGN | P.VERIFY) as sk,
+            self.key(case.algorithm, case.public_key, case.key_format, P.VERIFY) as pk,
+        ):
             with self.ctx.create_sign_context(
-                    cs.SignContextConfig().set_algorithm(case.algorithm).set_key(sk)
-                    .set_provider(self.pid)) as signer:
+                cs.SignContextConfig().set_algorithm(case.algorithm).set_key(sk).set_provider(self.pid)
+            ) as signer:
                 signature = signer.sign(case.message)
             verify = cs.VerifyContextConfig().set_algorithm(case.algorithm).set_key(pk)
             verify.set_provider(self.pid)
@@ -422,8 +523,13 @@ def _refusal(policy: Policy, case: Case) -> str:
     return ""
 
 
-def run_set(stack: cs.CryptoStack, provider_id: int, kat: KnownAnswerSet,
-            claimed: Iterable[str], policy: Policy | None = None) -> FileResult:
+def run_set(
+    stack: cs.CryptoStack,
+    provider_id: int,
+    kat: KnownAnswerSet,
+    claimed: Iterable[str],
+    policy: Policy | None = None,
+) -> FileResult:
     """Every case of ``kat`` whose algorithm ``claimed`` holds, on provider ``provider_id``.
 
     A case whose parameters ``policy`` says the provider refuses must fail with

@@ -70,10 +70,13 @@ from cryptostack_core.sdk import (
 from cryptostack_core.testing.waiting import pass_gate
 
 HASHES = {"SHA-256": "sha256", "SHA-384": "sha384", "SHA-512": "sha512", "SHA3-256": "sha3_256"}
-SYMMETRIC = {"AES-128": 16, "AES-256": 32, "HMAC-SHA-256": 32, "HMAC-SHA-512": 64,
-             "GENERIC-SECRET": 32}
-CIPHERS = {"AES-128-CBC": "AES-128", "AES-256-CBC": "AES-256", "AES-128-GCM": "AES-128",
-           "AES-256-GCM": "AES-256"}
+SYMMETRIC = {"AES-128": 16, "AES-256": 32, "HMAC-SHA-256": 32, "HMAC-SHA-512": 64, "GENERIC-SECRET": 32}
+CIPHERS = {
+    "AES-128-CBC": "AES-128",
+    "AES-256-CBC": "AES-256",
+    "AES-128-GCM": "AES-128",
+    "AES-256-GCM": "AES-256",
+}
 MACS = {"HMAC-SHA-256": "sha256", "HMAC-SHA-512": "sha512"}
 SIGNATURES = ("ECDSA-P256", "Ed25519")
 
@@ -81,8 +84,9 @@ SIGNATURES = ("ECDSA-P256", "Ed25519")
 class MockKey(ProviderKey):
     """Key material held in memory."""
 
-    def __init__(self, algorithm: str, material: bytes, has_private: bool = True,
-                 extractable: bool = True) -> None:
+    def __init__(
+        self, algorithm: str, material: bytes, has_private: bool = True, extractable: bool = True
+    ) -> None:
         self.algorithm = algorithm
         self.material = material
         self.has_private = has_private
@@ -96,19 +100,18 @@ class MockProvider(Provider):
     name = "mock"
     test_only = True
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
         seed = self.options.get("seed")
         self._seed = None if seed is None else str(seed).encode()
         self._counter = 0
         self._lock = threading.Lock()
         self.delay = float(self.options.get("delay", 0))
-        self.delays: dict[str, float] = {k: float(v) for k, v in
-                                         dict(self.options.get("delays", {})).items()}
+        self.delays: dict[str, float] = {k: float(v) for k, v in dict(self.options.get("delays", {})).items()}
         self.failures: dict[str, str] = dict(self.options.get("fail", {}))
-        self.gates: dict[str, str] = {str(k): str(v) for k, v in
-                                      dict(self.options.get("gates", {})).items()}
+        self.gates: dict[str, str] = {str(k): str(v) for k, v in dict(self.options.get("gates", {})).items()}
         self.extractable = bool(self.options.get("extractable", True))
         self.calls: list[str] = []
 
@@ -128,8 +131,10 @@ class MockProvider(Provider):
         return ProviderState.READY, ""
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "mock (test provider, not for production)",
-                "randomness": "seeded (reproducible)" if self._seed is not None else "os.urandom"}
+        return {
+            "kind": "mock (test provider, not for production)",
+            "randomness": "seeded (reproducible)" if self._seed is not None else "os.urandom",
+        }
 
     # --- fault injection -------------------------------------------------------------
     def fault(self, call: str) -> None:
@@ -156,8 +161,9 @@ class MockProvider(Provider):
         out = b""
         block = 0
         while len(out) < size:
-            out += hashlib.sha256(self._seed + label.encode() + counter.to_bytes(8, "big")
-                                  + block.to_bytes(4, "big")).digest()
+            out += hashlib.sha256(
+                self._seed + label.encode() + counter.to_bytes(8, "big") + block.to_bytes(4, "big")
+            ).digest()
             block += 1
         return out[:size]
 
@@ -195,16 +201,18 @@ class MockProvider(Provider):
             return self._key(algorithm, scalar.to_bytes(32, "big"))
         raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"mock cannot generate {algorithm}")
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         self.fault("import_key")
         if algorithm in SYMMETRIC:
             if fmt is not KeyFormat.RAW:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, "secret keys are imported RAW")
             size = SYMMETRIC[algorithm]
             if algorithm.startswith("AES") and len(material) != size:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{algorithm} keys are {size} bytes, got {len(material)}")
+                raise CryptoError(
+                    ErrorCode.INVALID_ARGUMENT, f"{algorithm} keys are {size} bytes, got {len(material)}"
+                )
             if not material:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, "empty key")
             return self._key(algorithm, bytes(material))
@@ -213,8 +221,11 @@ class MockProvider(Provider):
                 pub = load_der_public_key(material)
             except ValueError as exc:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed SPKI: {exc}") from None
-            return self._key(algorithm, pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
-                             has_private=False)
+            return self._key(
+                algorithm,
+                pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+                has_private=False,
+            )
         if algorithm in SIGNATURES and fmt is KeyFormat.PKCS8_DER:
             # What export_key(PKCS8_DER) writes imports back (the daemon moves keys this way).
             try:
@@ -222,19 +233,25 @@ class MockProvider(Provider):
             except (ValueError, TypeError) as exc:
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed PKCS#8: {exc}") from None
             if algorithm == "Ed25519" and isinstance(private, ed25519.Ed25519PrivateKey):
-                return self._key(algorithm, private.private_bytes(
-                    Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-            if algorithm == "ECDSA-P256" and isinstance(private, ec.EllipticCurvePrivateKey) \
-                    and isinstance(private.curve, ec.SECP256R1):
-                return self._key(algorithm, private.private_numbers().private_value.to_bytes(
-                    32, "big"))
+                return self._key(
+                    algorithm, private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+                )
+            if (
+                algorithm == "ECDSA-P256"
+                and isinstance(private, ec.EllipticCurvePrivateKey)
+                and isinstance(private.curve, ec.SECP256R1)
+            ):
+                return self._key(algorithm, private.private_numbers().private_value.to_bytes(32, "big"))
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"the PKCS#8 key is not {algorithm}")
         if algorithm == "Ed25519" and fmt is KeyFormat.RAW and len(material) == 32:
             if not permissions & KeyOperationPermission.SIGN:
                 # RAW is a public key unless a private-key operation was asked for (API.md).
                 public = ed25519.Ed25519PublicKey.from_public_bytes(bytes(material))
-                return self._key(algorithm, public.public_bytes(
-                    Encoding.DER, PublicFormat.SubjectPublicKeyInfo), has_private=False)
+                return self._key(
+                    algorithm,
+                    public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+                    has_private=False,
+                )
             return self._key(algorithm, bytes(material))
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"mock cannot import {algorithm} as {fmt.value}")
 
@@ -254,8 +271,9 @@ class MockProvider(Provider):
         if key.algorithm in SYMMETRIC and fmt is KeyFormat.RAW:
             return key.material
         if key.algorithm in SIGNATURES and fmt is KeyFormat.PKCS8_DER:
-            return self._private(key).private_bytes(Encoding.DER, PrivateFormat.PKCS8,  # type: ignore[no-any-return]
-                                                    NoEncryption())
+            return self._private(key).private_bytes(  # type: ignore[no-any-return]
+                Encoding.DER, PrivateFormat.PKCS8, NoEncryption()
+            )
         if key.algorithm == "Ed25519" and fmt is KeyFormat.RAW:
             return key.material
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"mock cannot export {key.algorithm} as {fmt.value}")
@@ -271,8 +289,9 @@ class MockProvider(Provider):
         assert isinstance(key, MockKey)
         return StoredKey(key.algorithm.encode() + b"\0" + key.material, secret=True)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         self.fault("load_stored_key")
         name, _, material = stored.blob.partition(b"\0")
         if name.decode() != algorithm:
@@ -283,13 +302,23 @@ class MockProvider(Provider):
         self.fault("random")
         return self._derive("random", length)
 
-    def derive(self, algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: bytes,
-               output_algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
+    def derive(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        *,
+        length: int,
+        salt: bytes,
+        info: bytes,
+        output_algorithm: str,
+        permissions: KeyOperationPermission,
+    ) -> ProviderKey:
         self.fault("derive")
         assert isinstance(key, MockKey)
         if not 1 <= length <= 255 * 32:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"HKDF-SHA-256 output is 1..8160 bytes, got {length}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"HKDF-SHA-256 output is 1..8160 bytes, got {length}"
+            )
         out = HKDF(hashes.SHA256(), length, salt or None, info).derive(key.material)
         return self._key(output_algorithm, out)
 
@@ -298,8 +327,9 @@ class MockProvider(Provider):
         self.fault("hash.init")
         return _MockHash(self, hashlib.new(HASHES[algorithm]))
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self, algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+    ) -> CipherOperation:
         self.fault("cipher.init")
         assert isinstance(key, MockKey)
         if algorithm.endswith("GCM"):
@@ -307,8 +337,9 @@ class MockProvider(Provider):
                 raise CryptoError(ErrorCode.INVALID_ARGUMENT, "mock AES-GCM takes a 12-byte nonce")
             return _MockGcm(self, key.material, iv, direction, tag_length)
         if len(iv) != 16:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} needs a 16-byte IV, got {len(iv)} bytes")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"{algorithm} needs a 16-byte IV, got {len(iv)} bytes"
+            )
         return _MockCbc(self, key.material, iv, direction)
 
     def create_signer(self, algorithm: str, key: ProviderKey, context: bytes) -> SignOperation:
@@ -336,8 +367,7 @@ class _MockHash(HashOperation):
 
 
 class _MockCbc(CipherOperation):
-    def __init__(self, provider: MockProvider, key: bytes, iv: bytes,
-                 direction: CipherDirection) -> None:
+    def __init__(self, provider: MockProvider, key: bytes, iv: bytes, direction: CipherDirection) -> None:
         self.p = provider
         cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
         self.encrypting = direction is CipherDirection.ENCRYPT
@@ -357,13 +387,13 @@ class _MockCbc(CipherOperation):
                 return self.ctx.update(self.pad.finalize()) + self.ctx.finalize()
             return self.pad.update(self.ctx.finalize()) + self.pad.finalize()
         except ValueError:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "bad padding or length of the ciphertext") from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, "bad padding or length of the ciphertext") from None
 
 
 class _MockGcm(CipherOperation):
-    def __init__(self, provider: MockProvider, key: bytes, iv: bytes,
-                 direction: CipherDirection, tag_length: int) -> None:
+    def __init__(
+        self, provider: MockProvider, key: bytes, iv: bytes, direction: CipherDirection, tag_length: int
+    ) -> None:
         self.p, self.key, self.iv, self.tag_length = provider, key, iv, tag_length
         self.encrypting = direction is CipherDirection.ENCRYPT
         self.aad = b""
@@ -390,7 +420,7 @@ class _MockGcm(CipherOperation):
             return out + self.ctx.tag[: self.tag_length]
         if len(self.data) < self.tag_length:
             raise CryptoError(ErrorCode.AUTHENTICATION_FAILED, "message shorter than the tag")
-        body, tag = bytes(self.data[: -self.tag_length]), bytes(self.data[-self.tag_length:])
+        body, tag = bytes(self.data[: -self.tag_length]), bytes(self.data[-self.tag_length :])
         ctx = Cipher(algorithms.AES(self.key), modes.GCM(self.iv, tag, min_tag_length=4)).decryptor()
         ctx.authenticate_additional_data(self.aad)
         try:

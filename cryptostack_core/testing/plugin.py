@@ -55,8 +55,12 @@ PROVIDER_PROPERTY = REPORT_KEY + "-provider"
 _TARGETS = pytest.StashKey["_Targets"]()
 
 
-def mock_config(seed: str | None = None, options: Mapping[str, Any] | None = None,
-                key_slots: Sequence[Mapping[str, Any]] = (), **daemon: Any) -> dict[str, Any]:
+def mock_config(
+    seed: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    key_slots: Sequence[Mapping[str, Any]] = (),
+    **daemon: Any,
+) -> dict[str, Any]:
     """A daemon config mapping with the mock provider (id 1) configured explicitly, and
     ``allow_test_providers = true`` (the mock is a test provider).
 
@@ -67,9 +71,10 @@ def mock_config(seed: str | None = None, options: Mapping[str, Any] | None = Non
     provider_options = dict(options or {})
     if seed is not None:
         provider_options["seed"] = seed
-    config: dict[str, Any] = {"daemon": {"allow_test_providers": True, **daemon},
-                              "providers": [{"name": "mock", "id": MOCK_PROVIDER_ID,
-                                             "options": provider_options}]}
+    config: dict[str, Any] = {
+        "daemon": {"allow_test_providers": True, **daemon},
+        "providers": [{"name": "mock", "id": MOCK_PROVIDER_ID, "options": provider_options}],
+    }
     if key_slots:
         config["key_slots"] = [dict(slot) for slot in key_slots]
     return config
@@ -77,14 +82,22 @@ def mock_config(seed: str | None = None, options: Mapping[str, Any] | None = Non
 
 # --- options and the kit's targets -------------------------------------------------------------
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cryptostack", "cryptostack provider conformance kit")
-    group.addoption("--cryptostack-provider", metavar="NAME", default=None,
-                    help="run the provider conformance suite against the installed provider "
-                         "NAME (its entry point in cryptostack.providers)")
-    group.addoption("--cryptostack-options", metavar="FILE", default=None,
-                    help="TOML with the provider's id, [options], [environment] and [policy] "
-                         "for the conformance suite")
+    group.addoption(
+        "--cryptostack-provider",
+        metavar="NAME",
+        default=None,
+        help="run the provider conformance suite against the installed provider "
+        "NAME (its entry point in cryptostack.providers)",
+    )
+    group.addoption(
+        "--cryptostack-options",
+        metavar="FILE",
+        default=None,
+        help="TOML with the provider's id, [options], [environment] and [policy] for the conformance suite",
+    )
 
 
 class _Targets:
@@ -101,8 +114,7 @@ class _Targets:
             name = self.config.getoption("cryptostack_provider")
             options_file = self.config.getoption("cryptostack_options")
             if name is None:
-                raise pytest.UsageError(f"{cls.__name__} sets no provider: give "
-                                        "--cryptostack-provider NAME")
+                raise pytest.UsageError(f"{cls.__name__} sets no provider: give --cryptostack-provider NAME")
             return name, Path(options_file) if options_file else None
         if options_file is None:
             return name, None
@@ -123,9 +135,12 @@ class _Targets:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cryptostack_mock(seed=None, options=None): how the "
-                                       "cryptostack_stack / cryptostack_daemon fixtures "
-                                       "configure the mock provider")
+    config.addinivalue_line(
+        "markers",
+        "cryptostack_mock(seed=None, options=None): how the "
+        "cryptostack_stack / cryptostack_daemon fixtures "
+        "configure the mock provider",
+    )
     config.stash[_TARGETS] = _Targets(config)
     config.pluginmanager.register(_Reporter(), "cryptostack-conformance-reporter")
     if config.getoption("cryptostack_provider"):
@@ -155,8 +170,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
     if "cryptostack_capability" in names:
         caps = sorted(put.capabilities, key=lambda c: (c.algorithm, c.operation.value))
-        metafunc.parametrize("cryptostack_capability", caps,
-                             ids=[f"{c.algorithm}/{c.operation.value}" for c in caps])
+        metafunc.parametrize(
+            "cryptostack_capability", caps, ids=[f"{c.algorithm}/{c.operation.value}" for c in caps]
+        )
     if "cryptostack_key_algorithm" in names:
         algorithms = put.key_algorithms() or ["(none)"]
         metafunc.parametrize("cryptostack_key_algorithm", algorithms, ids=algorithms)
@@ -189,6 +205,7 @@ def cryptostack_kit(request: pytest.FixtureRequest) -> ProviderUnderTest:
 
 # --- the closing report -------------------------------------------------------------------------
 
+
 class _Reporter:
     """Per provider: checks passed and failed, vector files and sets run (from every xdist
     worker's reports)."""
@@ -203,8 +220,7 @@ class _Reporter:
         if provider is None:
             return
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            counts = self.outcomes.setdefault(str(provider), {"passed": 0, "failed": 0,
-                                                               "skipped": 0})
+            counts = self.outcomes.setdefault(str(provider), {"passed": 0, "failed": 0, "skipped": 0})
             counts[report.outcome] = counts.get(report.outcome, 0) + 1
         if report.when != "call":
             return
@@ -229,10 +245,10 @@ class _Reporter:
             terminalreporter.write_line(
                 f"{provider} (id {self.ids.get(provider, '?')}): {counts['passed']} checks "
                 f"passed, {counts['failed']} failed; {len(ran)} vector files / known-answer "
-                f"sets ran ({cases} cases as expected)")
+                f"sets ran ({cases} cases as expected)"
+            )
             for facts in files:
-                extra = "; ".join(str(n) for n in facts["notes"]
-                                  if not str(n).startswith("source:"))
+                extra = "; ".join(str(n) for n in facts["notes"] if not str(n).startswith("source:"))
                 detail = f"{facts['as_expected']}/{facts['cases']} cases"
                 if facts["policy"]:
                     detail += f", {facts['policy']} refused by policy"
@@ -240,11 +256,13 @@ class _Reporter:
                     detail += f", {facts['skipped']} of unclaimed algorithms"
                 if facts["partly"]:
                     detail += f", {facts['partly']} partly checked"
-                terminalreporter.write_line(f"    {facts['source']:13} {facts['file']}: {detail}"
-                                            + (f" ({extra})" if extra else ""))
+                terminalreporter.write_line(
+                    f"    {facts['source']:13} {facts['file']}: {detail}" + (f" ({extra})" if extra else "")
+                )
 
 
 # --- fixtures for application tests ---------------------------------------------------------------
+
 
 def _mock_marker(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("cryptostack_mock")
@@ -263,8 +281,9 @@ def cryptostack_mock_config_fixture() -> Any:
 def cryptostack_stack(request: pytest.FixtureRequest) -> Iterator[cs.CryptoStack]:
     """An in-process stack on the mock provider (``@pytest.mark.cryptostack_mock(seed=...)``)."""
     config = mock_config(**_mock_marker(request))
-    stack = cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                   .set_daemon_config(config))
+    stack = cs.create_crypto_stack(
+        cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(config)
+    )
     with stack:
         yield stack
 
@@ -277,8 +296,12 @@ class DaemonFactory:
         self.default = default
         self.started: list[DaemonProcess] = []
 
-    def __call__(self, config: Mapping[str, Any] | None = None, name: str = "daemon",
-                 env: Mapping[str, str] | None = None) -> DaemonProcess:
+    def __call__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        name: str = "daemon",
+        env: Mapping[str, str] | None = None,
+    ) -> DaemonProcess:
         """Start a daemon on ``config`` (default: the mock provider) and wait until it serves."""
         daemon = DaemonProcess(self.directory / name, config or self.default, env=env)
         self.started.append(daemon)
@@ -292,8 +315,7 @@ class DaemonFactory:
 
 
 @pytest.fixture
-def cryptostack_daemon_factory(tmp_path: Path,
-                               request: pytest.FixtureRequest) -> Iterator[DaemonFactory]:
+def cryptostack_daemon_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonFactory]:
     """Start real daemon subprocesses; all are stopped after the test."""
     factory = DaemonFactory(tmp_path, mock_config(**_mock_marker(request)))
     try:
@@ -309,6 +331,7 @@ def cryptostack_daemon(cryptostack_daemon_factory: DaemonFactory) -> DaemonProce
 
 
 # --- fixtures for provider tests ---------------------------------------------------------------
+
 
 @pytest.fixture
 def cryptostack_provider_factory(tmp_path: Path) -> Iterator[ProviderFactory]:

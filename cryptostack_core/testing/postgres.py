@@ -36,12 +36,15 @@ def server_binaries() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     if candidates:
         return Path(candidates[-1]).parent
-    raise RuntimeError("the PostgreSQL server is not installed (apt-get install postgresql; "
-                       "`make setup` does it)")
+    raise RuntimeError(
+        "the PostgreSQL server is not installed (apt-get install postgresql; `make setup` does it)"
+    )
 
 
 def _server_user() -> tuple[int, int, str | None]:
@@ -54,8 +57,11 @@ def _server_user() -> tuple[int, int, str | None]:
     except KeyError:
         pass
     name = f"cspg-{os.getpid()}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group", "--shell",
-                    "/usr/sbin/nologin", name], check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
     entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid, name
 
@@ -75,16 +81,37 @@ class PostgresCluster:
         self.durable = durable
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "server.log"
-        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", ROLE,
-                   "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        self._run(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         self.start()
 
     def _run(self, argv: list[str]) -> None:
-        done = subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[],
-                              cwd=self.dir, env=self._env(), capture_output=True, check=False)
+        done = subprocess.run(
+            argv,
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            cwd=self.dir,
+            env=self._env(),
+            capture_output=True,
+            check=False,
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"{argv[0]} failed ({done.returncode}): "
-                               f"{done.stderr.decode(errors='replace')}")
+            raise RuntimeError(
+                f"{argv[0]} failed ({done.returncode}): {done.stderr.decode(errors='replace')}"
+            )
 
     @staticmethod
     def _env() -> dict[str, str]:
@@ -93,24 +120,42 @@ class PostgresCluster:
     def start(self, timeout: float = 30.0) -> None:
         """Start the server (after :meth:`kill` too: it recovers) and wait until it takes
         connections."""
-        settings = ["-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
-                    "-c", "max_connections=100", "-c", "shared_buffers=16MB",
-                    "-c", "log_min_messages=warning"]
+        settings = [
+            "-c",
+            "listen_addresses=",
+            "-c",
+            f"unix_socket_directories={self.socket_dir}",
+            "-c",
+            "max_connections=100",
+            "-c",
+            "shared_buffers=16MB",
+            "-c",
+            "log_min_messages=warning",
+        ]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         os.chown(self.log, self.uid, self.gid)
         self.process = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(PORT), *settings],
-            user=self.uid, group=self.gid, extra_groups=[], cwd=self.dir, env=self._env(),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            cwd=self.dir,
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.process.returncode}: "
-                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"postgres exited with {self.process.returncode}: "
+                    f"{self.log.read_text(errors='replace')[-2000:]}"
+                )
             if self._accepts():
                 return
             time.sleep(0.05)

@@ -34,8 +34,13 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def eventually(check: Callable[[], T | None], timeout: float, what: str = "condition",
-               interval: float = 0.02, ignore: tuple[type[BaseException], ...] = ()) -> T:
+def eventually(
+    check: Callable[[], T | None],
+    timeout: float,
+    what: str = "condition",
+    interval: float = 0.02,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
     """Call ``check()`` until it returns something truthy (returned), at most ``timeout``
     seconds; AssertionError naming ``what`` otherwise. For state owned by another process.
 

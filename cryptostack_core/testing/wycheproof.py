@@ -65,6 +65,7 @@ _REJECTION_CODES = frozenset({cs.ErrorCode.INVALID_ARGUMENT, cs.ErrorCode.AUTHEN
 
 # --- where the vectors are -----------------------------------------------------------------
 
+
 def vectors_directory() -> Path:
     """The ``wycheproof`` directory: ``$CRYPTOSTACK_VECTORS`` (the directory itself or its
     parent) when set, else the copy shipped in this package (``testing/vectors/wycheproof``)."""
@@ -80,16 +81,18 @@ def vectors_directory() -> Path:
 
 def spki_public_bits(spki: bytes) -> bytes:
     """The subjectPublicKey of a DER SubjectPublicKeyInfo (for any algorithm, OID unread)."""
+
     def element(data: bytes, at: int) -> tuple[int, int, int]:  # (tag, start, end)
         tag, length = data[at], data[at + 1]
         at += 2
         if length & 0x80:
             count = length & 0x7F
-            length = int.from_bytes(data[at:at + count], "big")
+            length = int.from_bytes(data[at : at + count], "big")
             at += count
         if at + length > len(data):
             raise ValueError("truncated DER")
         return tag, at, at + length
+
     tag, start, _end = element(spki, 0)
     if tag != 0x30:
         raise ValueError("not a SubjectPublicKeyInfo")
@@ -97,10 +100,11 @@ def spki_public_bits(spki: bytes) -> bytes:
     tag, bits_start, bits_end = element(spki, algorithm_end)
     if tag != 0x03 or spki[bits_start] != 0:
         raise ValueError("no subjectPublicKey BIT STRING")
-    return spki[bits_start + 1:bits_end]
+    return spki[bits_start + 1 : bits_end]
 
 
 # --- policy and results --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -191,8 +195,9 @@ class FileResult:
         if self.policy_rejected:
             extra.append(f"{self.policy_rejected} rejected by policy")
         if self.acceptable_accepted or self.acceptable_rejected:
-            extra.append(f"acceptable: {self.acceptable_accepted} accepted, "
-                         f"{self.acceptable_rejected} rejected")
+            extra.append(
+                f"acceptable: {self.acceptable_accepted} accepted, {self.acceptable_rejected} rejected"
+            )
         if self.partly_checked:
             extra.append(f"{self.partly_checked} partly checked")
         if self.skipped:
@@ -204,6 +209,7 @@ class FileResult:
 
 
 # --- what a case did ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Outcome:
@@ -274,8 +280,14 @@ class _Runner:
         self.km.close()
         self.ctx.close()
 
-    def key(self, algorithm: str, material: bytes, fmt: cs.KeyFormat,
-            permissions: cs.KeyOperationPermission, cache: bool = True) -> cs.CryptoResourceGuard:
+    def key(
+        self,
+        algorithm: str,
+        material: bytes,
+        fmt: cs.KeyFormat,
+        permissions: cs.KeyOperationPermission,
+        cache: bool = True,
+    ) -> cs.CryptoResourceGuard:
         """Import (or reuse) a key; raises the import's CryptoError (also remembered)."""
         ident = (algorithm, material, fmt, int(permissions))
         entry = self._keys.get(ident)
@@ -308,8 +320,7 @@ class _Runner:
             raise entry.guard
         return entry.guard
 
-    def context(self, key: cs.CryptoResourceGuard, ident: tuple[Any, ...],
-                make: Callable[[], Any]) -> Any:
+    def context(self, key: cs.CryptoResourceGuard, ident: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """Create (or reuse) a context for a cached key; raises (and remembers) the
         creation's CryptoError."""
         entry = self._by_rid.get(key.resource_id)
@@ -326,31 +337,43 @@ class _Runner:
             raise found
         return found
 
-    def cipher(self, algorithm: str, key: cs.CryptoResourceGuard, direction: cs.CipherDirection,
-               tag_length: int | None) -> cs.CipherContext:
+    def cipher(
+        self,
+        algorithm: str,
+        key: cs.CryptoResourceGuard,
+        direction: cs.CipherDirection,
+        tag_length: int | None,
+    ) -> cs.CipherContext:
         def make() -> cs.CipherContext:
-            config = (cs.CipherContextConfig().set_algorithm(algorithm).set_key(key)
-                      .set_direction(direction).set_provider(self.provider_id))
+            config = (
+                cs.CipherContextConfig()
+                .set_algorithm(algorithm)
+                .set_key(key)
+                .set_direction(direction)
+                .set_provider(self.provider_id)
+            )
             if tag_length is not None:
                 config.set_tag_length(tag_length)
             return self.ctx.create_cipher_context(config)
-        context: cs.CipherContext = self.context(key, ("cipher", algorithm, direction,
-                                                      tag_length), make)
+
+        context: cs.CipherContext = self.context(key, ("cipher", algorithm, direction, tag_length), make)
         return context
 
-    def signer(self, algorithm: str, key: cs.CryptoResourceGuard,
-               context: bytes = b"") -> cs.SignContext:
+    def signer(self, algorithm: str, key: cs.CryptoResourceGuard, context: bytes = b"") -> cs.SignContext:
         def make() -> cs.SignContext:
-            config = (cs.SignContextConfig().set_algorithm(algorithm).set_key(key)
-                      .set_provider(self.provider_id))
+            config = (
+                cs.SignContextConfig().set_algorithm(algorithm).set_key(key).set_provider(self.provider_id)
+            )
             if context:
                 config.set_context(context)
             return self.ctx.create_sign_context(config)
+
         signer: cs.SignContext = self.context(key, ("sign", algorithm, context), make)
         return signer
 
-    def verifier(self, algorithm: str, key: cs.CryptoResourceGuard, context: bytes = b"",
-                 tag_length: int | None = None) -> cs.VerifyContext:
+    def verifier(
+        self, algorithm: str, key: cs.CryptoResourceGuard, context: bytes = b"", tag_length: int | None = None
+    ) -> cs.VerifyContext:
         def make() -> cs.VerifyContext:
             config = cs.VerifyContextConfig()
             config.set_algorithm(algorithm)
@@ -361,8 +384,8 @@ class _Runner:
             if tag_length is not None:
                 config.set_tag_length(tag_length)
             return self.ctx.create_verify_context(config)
-        verifier: cs.VerifyContext = self.context(key, ("verify", algorithm, context,
-                                                        tag_length), make)
+
+        verifier: cs.VerifyContext = self.context(key, ("verify", algorithm, context, tag_length), make)
         return verifier
 
     def secret(self, guard: cs.CryptoResourceGuard) -> bytes:
@@ -389,11 +412,11 @@ GroupAlgorithm = Callable[[Mapping[str, Any]], str]
 
 # --- per-schema handlers -----------------------------------------------------------------
 
+
 def _aead(algorithm_of: GroupAlgorithm, key_algorithm_of: GroupAlgorithm) -> Handler:
     def run(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
         algorithm = algorithm_of(group)
-        key = r.key(key_algorithm_of(group), _hex(case, "key"), cs.KeyFormat.RAW,
-                    P.ENCRYPT | P.DECRYPT)
+        key = r.key(key_algorithm_of(group), _hex(case, "key"), cs.KeyFormat.RAW, P.ENCRYPT | P.DECRYPT)
         tag_length = group["tagSize"] // 8
         iv, aad, msg = _hex(case, "iv"), _hex(case, "aad"), _hex(case, "msg")
         sealed = _hex(case, "ct") + _hex(case, "tag")
@@ -418,6 +441,7 @@ def _aead(algorithm_of: GroupAlgorithm, key_algorithm_of: GroupAlgorithm) -> Han
         if plain != msg:
             return _mismatch("decryption differs from msg")
         return _ok()
+
     return run
 
 
@@ -426,8 +450,7 @@ def _cbc(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outc
     before the last may already have been streamed out by update (as with any streaming
     CBC), but the padded last block never is."""
     algorithm = f"AES-{group['keySize']}-CBC"
-    key = r.key(f"AES-{group['keySize']}", _hex(case, "key"), cs.KeyFormat.RAW,
-                P.ENCRYPT | P.DECRYPT)
+    key = r.key(f"AES-{group['keySize']}", _hex(case, "key"), cs.KeyFormat.RAW, P.ENCRYPT | P.DECRYPT)
     iv, msg, ct = _hex(case, "iv"), _hex(case, "msg"), _hex(case, "ct")
     if case["result"] == "valid":
         enc = r.cipher(algorithm, key, cs.CipherDirection.ENCRYPT, None)
@@ -457,21 +480,24 @@ def _mac(algorithm: str) -> Handler:
         verified = r.verifier(algorithm, key, tag_length=truncated).verify(msg, tag)
         computed_matches = full[:tag_length] == tag
         if computed_matches != verified:
-            return _mismatch(f"MAC prefix {'matches' if computed_matches else 'differs'} but "
-                             f"verify returned {verified}")
+            return _mismatch(
+                f"MAC prefix {'matches' if computed_matches else 'differs'} but verify returned {verified}"
+            )
         return _ok() if verified else _refused("MAC differs; verify returned False")
+
     return run
 
 
-def _verify_with_group_key(algorithm: str, key_algorithm: str,
-                           key_of: Callable[[Mapping[str, Any]], tuple[bytes, cs.KeyFormat]]
-                           ) -> Handler:
+def _verify_with_group_key(
+    algorithm: str, key_algorithm: str, key_of: Callable[[Mapping[str, Any]], tuple[bytes, cs.KeyFormat]]
+) -> Handler:
     def run(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
         material, fmt = key_of(group)
         key = r.key(key_algorithm, material, fmt, P.VERIFY)
         context = _hex(case, "ctx")
         ok = r.verifier(algorithm, key, context).verify(_hex(case, "msg"), _hex(case, "sig"))
         return _ok() if ok else _refused("verify returned False")
+
     return run
 
 
@@ -484,19 +510,20 @@ def _ecdh(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Out
     scalar = int(case["private"], 16)
     # The vector gives the private key as an integer; PKCS#8 is the portable import format.
     pkcs8 = _ec.derive_private_key(scalar, _ec.SECP256R1()).private_bytes(
-        _ser.Encoding.DER, _ser.PrivateFormat.PKCS8, _ser.NoEncryption())
+        _ser.Encoding.DER, _ser.PrivateFormat.PKCS8, _ser.NoEncryption()
+    )
     key = r.key("ECDH-P256", pkcs8, cs.KeyFormat.PKCS8_DER, P.AGREE | P.DERIVE)
     return _agree(r, "ECDH-P256", key, _hex(case, "public"), _hex(case, "shared"))
 
 
-def _agree(r: _Runner, algorithm: str, key: cs.CryptoResourceGuard, peer: bytes,
-           shared: bytes) -> _Outcome:
+def _agree(r: _Runner, algorithm: str, key: cs.CryptoResourceGuard, peer: bytes, shared: bytes) -> _Outcome:
     def make() -> cs.KeyAgreementContext:
         config = cs.KeyAgreementContextConfig().set_algorithm(algorithm)
         config.set_key(key)
         config.set_derived_key_permissions(P.DERIVE | P.EXPORT)
         config.set_provider(r.provider_id)
         return r.ctx.create_key_agreement_context(config)
+
     agreement = r.context(key, ("agree", algorithm), make)
     secret = r.secret(agreement.agree(peer))
     return _ok() if secret == shared else _mismatch("shared secret differs")
@@ -504,14 +531,18 @@ def _agree(r: _Runner, algorithm: str, key: cs.CryptoResourceGuard, peer: bytes,
 
 def _mlkem(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
     algorithm = group["parameterSet"]
-    key = r.key(algorithm, _hex(case, "seed"), cs.KeyFormat.SEED,
-                P.ENCAPSULATE | P.DECAPSULATE, cache=False)
+    key = r.key(algorithm, _hex(case, "seed"), cs.KeyFormat.SEED, P.ENCAPSULATE | P.DECAPSULATE, cache=False)
     try:
         ek = _hex(case, "ek")
         if ek and r.raw_public(key) != ek:
             return _mismatch("encapsulation key derived from the seed differs from ek")
-        config = (cs.KemContextConfig().set_algorithm(algorithm).set_key(key)
-                  .set_derived_key_permissions(P.DERIVE | P.EXPORT).set_provider(r.provider_id))
+        config = (
+            cs.KemContextConfig()
+            .set_algorithm(algorithm)
+            .set_key(key)
+            .set_derived_key_permissions(P.DERIVE | P.EXPORT)
+            .set_provider(r.provider_id)
+        )
         with r.ctx.create_kem_context(config) as kem:
             secret = r.secret(kem.decapsulate(_hex(case, "c")))
         return _ok() if secret == _hex(case, "K") else _mismatch("decapsulated K differs")
@@ -523,15 +554,22 @@ def _mlkem_encaps(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any])
     algorithm = group["parameterSet"]
     key = r.key(algorithm, _hex(case, "ek"), cs.KeyFormat.RAW, P.ENCAPSULATE, cache=False)
     try:
-        config = (cs.KemContextConfig().set_algorithm(algorithm).set_key(key)
-                  .set_derived_key_permissions(P.DERIVE | P.EXPORT).set_provider(r.provider_id))
+        config = (
+            cs.KemContextConfig()
+            .set_algorithm(algorithm)
+            .set_key(key)
+            .set_derived_key_permissions(P.DERIVE | P.EXPORT)
+            .set_provider(r.provider_id)
+        )
         with r.ctx.create_kem_context(config) as kem:
             ciphertext, guard = kem.encapsulate()
         secret = r.secret(guard)
         if len(ciphertext) != len(_hex(case, "c")) or len(secret) != len(_hex(case, "K")):
             return _mismatch("ciphertext or shared secret has the wrong length")
-        return _ok(partial="c and K need the encapsulation randomness m, which the API does "
-                           "not take: checked import, encapsulation and lengths")
+        return _ok(
+            partial="c and K need the encapsulation randomness m, which the API does "
+            "not take: checked import, encapsulation and lengths"
+        )
     finally:
         key.release()
 
@@ -541,15 +579,23 @@ def _hkdf(algorithm: str) -> Handler:
     EXPORT: a derived key can carry EXPORT only when its parent does), the output key
     (GENERIC-SECRET with EXPORT) is exported and compared with ``okm``. An
     output longer than 255 hash lengths must be refused with INVALID_ARGUMENT."""
+
     def run(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -> _Outcome:
         ikm = _hex(case, "ikm")
         key = r.key("GENERIC-SECRET", ikm, cs.KeyFormat.RAW, P.DERIVE | P.EXPORT)
-        params = (cs.DeriveKeyParams().set_algorithm(algorithm).set_key(key)
-                  .set_salt(_hex(case, "salt")).set_info(_hex(case, "info"))
-                  .set_output("GENERIC-SECRET", case["size"]).set_permissions(P.EXPORT))
+        params = (
+            cs.DeriveKeyParams()
+            .set_algorithm(algorithm)
+            .set_key(key)
+            .set_salt(_hex(case, "salt"))
+            .set_info(_hex(case, "info"))
+            .set_output("GENERIC-SECRET", case["size"])
+            .set_permissions(P.EXPORT)
+        )
         guard = r.km.derive_key(params)
         okm = r.secret(guard)
         return _ok() if okm == _hex(case, "okm") else _mismatch("derived key differs from okm")
+
     return run
 
 
@@ -559,8 +605,10 @@ def _mldsa_sign(r: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]) -
     if public and r.raw_public(key) != bytes.fromhex(public):
         return _mismatch("public key derived from the seed differs")
     if "msg" not in case:
-        return _ok(partial="mu-only (Sign_internal) case: the API signs messages, so only the "
-                           "seed -> public key derivation was checked")
+        return _ok(
+            partial="mu-only (Sign_internal) case: the API signs messages, so only the "
+            "seed -> public key derivation was checked"
+        )
     msg, context = _hex(case, "msg"), _hex(case, "ctx")
     expected = _hex(case, "sig")
     if expected and not r.verifier("ML-DSA-65", key, context).verify(msg, expected):
@@ -607,54 +655,79 @@ def _aes_key(group: Mapping[str, Any]) -> str:
 
 
 _FILE_LIST = [
-    VectorFile("aes_gcm_test.json", ("AES-128-GCM", "AES-192-GCM", "AES-256-GCM"),
-               _aead(_gcm_name, _aes_key), _gcm_name),
-    VectorFile("chacha20_poly1305_test.json", ("ChaCha20-Poly1305",),
-               _aead(_const("ChaCha20-Poly1305"), _const("ChaCha20-Poly1305")),
-               _const("ChaCha20-Poly1305")),
-    VectorFile("aes_cbc_pkcs5_test.json", ("AES-128-CBC", "AES-192-CBC", "AES-256-CBC"), _cbc,
-               lambda g: f"AES-{g['keySize']}-CBC"),
-    VectorFile("hmac_sha256_test.json", ("HMAC-SHA-256",), _mac("HMAC-SHA-256"),
-               _const("HMAC-SHA-256")),
-    VectorFile("hmac_sha384_test.json", ("HMAC-SHA-384",), _mac("HMAC-SHA-384"),
-               _const("HMAC-SHA-384")),
-    VectorFile("hmac_sha512_test.json", ("HMAC-SHA-512",), _mac("HMAC-SHA-512"),
-               _const("HMAC-SHA-512")),
-    VectorFile("hkdf_sha256_test.json", ("HKDF-SHA-256",), _hkdf("HKDF-SHA-256"),
-               _const("HKDF-SHA-256")),
-    VectorFile("hkdf_sha384_test.json", ("HKDF-SHA-384",), _hkdf("HKDF-SHA-384"),
-               _const("HKDF-SHA-384")),
-    VectorFile("hkdf_sha512_test.json", ("HKDF-SHA-512",), _hkdf("HKDF-SHA-512"),
-               _const("HKDF-SHA-512")),
-    VectorFile("ecdsa_secp256r1_sha256_test.json", ("ECDSA-P256",),
-               _verify_with_group_key("ECDSA-P256", "ECDSA-P256", _spki_key),
-               _const("ECDSA-P256")),
-    VectorFile("ecdsa_secp384r1_sha384_test.json", ("ECDSA-P384",),
-               _verify_with_group_key("ECDSA-P384", "ECDSA-P384", _spki_key),
-               _const("ECDSA-P384")),
-    VectorFile("ed25519_test.json", ("Ed25519",),
-               _verify_with_group_key("Ed25519", "Ed25519", _ed25519_key), _const("Ed25519")),
-    VectorFile("rsa_pss_2048_sha256_mgf1_32_test.json", ("RSA-PSS-SHA256",),
-               _verify_with_group_key("RSA-PSS-SHA256", "RSA-2048", _spki_key),
-               _const("RSA-PSS-SHA256")),
+    VectorFile(
+        "aes_gcm_test.json",
+        ("AES-128-GCM", "AES-192-GCM", "AES-256-GCM"),
+        _aead(_gcm_name, _aes_key),
+        _gcm_name,
+    ),
+    VectorFile(
+        "chacha20_poly1305_test.json",
+        ("ChaCha20-Poly1305",),
+        _aead(_const("ChaCha20-Poly1305"), _const("ChaCha20-Poly1305")),
+        _const("ChaCha20-Poly1305"),
+    ),
+    VectorFile(
+        "aes_cbc_pkcs5_test.json",
+        ("AES-128-CBC", "AES-192-CBC", "AES-256-CBC"),
+        _cbc,
+        lambda g: f"AES-{g['keySize']}-CBC",
+    ),
+    VectorFile("hmac_sha256_test.json", ("HMAC-SHA-256",), _mac("HMAC-SHA-256"), _const("HMAC-SHA-256")),
+    VectorFile("hmac_sha384_test.json", ("HMAC-SHA-384",), _mac("HMAC-SHA-384"), _const("HMAC-SHA-384")),
+    VectorFile("hmac_sha512_test.json", ("HMAC-SHA-512",), _mac("HMAC-SHA-512"), _const("HMAC-SHA-512")),
+    VectorFile("hkdf_sha256_test.json", ("HKDF-SHA-256",), _hkdf("HKDF-SHA-256"), _const("HKDF-SHA-256")),
+    VectorFile("hkdf_sha384_test.json", ("HKDF-SHA-384",), _hkdf("HKDF-SHA-384"), _const("HKDF-SHA-384")),
+    VectorFile("hkdf_sha512_test.json", ("HKDF-SHA-512",), _hkdf("HKDF-SHA-512"), _const("HKDF-SHA-512")),
+    VectorFile(
+        "ecdsa_secp256r1_sha256_test.json",
+        ("ECDSA-P256",),
+        _verify_with_group_key("ECDSA-P256", "ECDSA-P256", _spki_key),
+        _const("ECDSA-P256"),
+    ),
+    VectorFile(
+        "ecdsa_secp384r1_sha384_test.json",
+        ("ECDSA-P384",),
+        _verify_with_group_key("ECDSA-P384", "ECDSA-P384", _spki_key),
+        _const("ECDSA-P384"),
+    ),
+    VectorFile(
+        "ed25519_test.json",
+        ("Ed25519",),
+        _verify_with_group_key("Ed25519", "Ed25519", _ed25519_key),
+        _const("Ed25519"),
+    ),
+    VectorFile(
+        "rsa_pss_2048_sha256_mgf1_32_test.json",
+        ("RSA-PSS-SHA256",),
+        _verify_with_group_key("RSA-PSS-SHA256", "RSA-2048", _spki_key),
+        _const("RSA-PSS-SHA256"),
+    ),
     VectorFile("x25519_test.json", ("X25519",), _xdh, _const("X25519")),
     VectorFile("ecdh_secp256r1_test.json", ("ECDH-P256",), _ecdh, _const("ECDH-P256")),
     VectorFile("mlkem_512_test.json", ("ML-KEM-512",), _mlkem, _const("ML-KEM-512")),
     VectorFile("mlkem_768_test.json", ("ML-KEM-768",), _mlkem, _const("ML-KEM-768")),
     VectorFile("mlkem_1024_test.json", ("ML-KEM-1024",), _mlkem, _const("ML-KEM-1024")),
-    VectorFile("mlkem_768_encaps_test.json", ("ML-KEM-768",), _mlkem_encaps,
-               _const("ML-KEM-768")),
-    VectorFile("mldsa_44_verify_test.json", ("ML-DSA-44",),
-               _verify_with_group_key("ML-DSA-44", "ML-DSA-44", _raw_public_key),
-               _const("ML-DSA-44")),
-    VectorFile("mldsa_65_verify_test.json", ("ML-DSA-65",),
-               _verify_with_group_key("ML-DSA-65", "ML-DSA-65", _raw_public_key),
-               _const("ML-DSA-65")),
-    VectorFile("mldsa_87_verify_test.json", ("ML-DSA-87",),
-               _verify_with_group_key("ML-DSA-87", "ML-DSA-87", _raw_public_key),
-               _const("ML-DSA-87")),
-    VectorFile("mldsa_65_sign_seed_test.json", ("ML-DSA-65",), _mldsa_sign,
-               _const("ML-DSA-65")),
+    VectorFile("mlkem_768_encaps_test.json", ("ML-KEM-768",), _mlkem_encaps, _const("ML-KEM-768")),
+    VectorFile(
+        "mldsa_44_verify_test.json",
+        ("ML-DSA-44",),
+        _verify_with_group_key("ML-DSA-44", "ML-DSA-44", _raw_public_key),
+        _const("ML-DSA-44"),
+    ),
+    VectorFile(
+        "mldsa_65_verify_test.json",
+        ("ML-DSA-65",),
+        _verify_with_group_key("ML-DSA-65", "ML-DSA-65", _raw_public_key),
+        _const("ML-DSA-65"),
+    ),
+    VectorFile(
+        "mldsa_87_verify_test.json",
+        ("ML-DSA-87",),
+        _verify_with_group_key("ML-DSA-87", "ML-DSA-87", _raw_public_key),
+        _const("ML-DSA-87"),
+    ),
+    VectorFile("mldsa_65_sign_seed_test.json", ("ML-DSA-65",), _mldsa_sign, _const("ML-DSA-65")),
 ]
 FILES: dict[str, VectorFile] = {f.name: f for f in _FILE_LIST}
 """Every vector file the runner knows, by file name."""
@@ -668,8 +741,10 @@ def applicable_files(claimed_algorithms: Iterable[str]) -> list[str]:
 
 # --- running ------------------------------------------------------------------------------
 
-def _expectation(policy: Policy, file: str, group: Mapping[str, Any],
-                 case: Mapping[str, Any]) -> tuple[str, str]:
+
+def _expectation(
+    policy: Policy, file: str, group: Mapping[str, Any], case: Mapping[str, Any]
+) -> tuple[str, str]:
     """("accept" | "reject" | "policy" | "undeclared", detail)."""
     refusal = policy.refusal(file, group, case)
     if refusal:
@@ -682,20 +757,22 @@ def _expectation(policy: Policy, file: str, group: Mapping[str, Any],
     flags = case.get("flags") or []
     decisions = [policy.acceptable[f] for f in flags if f in policy.acceptable]
     if not decisions:
-        return "undeclared", f"acceptable case with flags {flags}: the policy does not say " \
-                             "whether the provider accepts it"
+        return (
+            "undeclared",
+            f"acceptable case with flags {flags}: the policy does not say whether the provider accepts it",
+        )
     return ("accept" if all(decisions) else "reject"), ""
 
 
-def _attempt(handler: Handler, runner: _Runner, group: Mapping[str, Any],
-             case: Mapping[str, Any]) -> _Outcome:
+def _attempt(
+    handler: Handler, runner: _Runner, group: Mapping[str, Any], case: Mapping[str, Any]
+) -> _Outcome:
     try:
         return handler(runner, group, case)
     except cs.CryptoError as exc:
         return _error(exc)
     except Exception as exc:  # a harness or client bug: report it and keep going
-        return _Outcome(False, f"raised {type(exc).__name__}: {exc}",
-                        code=cs.ErrorCode.INTERNAL_ERROR)
+        return _Outcome(False, f"raised {type(exc).__name__}: {exc}", code=cs.ErrorCode.INTERNAL_ERROR)
 
 
 def _judge(expected: str, outcome: _Outcome) -> str:
@@ -711,13 +788,21 @@ def _judge(expected: str, outcome: _Outcome) -> str:
     if expected == "policy":
         if outcome.accepted:
             return "accepted although the policy refuses it"
-        return "" if outcome.code is cs.ErrorCode.INVALID_ARGUMENT else \
-            f"refused, but not with INVALID_ARGUMENT: {outcome.detail}"
+        return (
+            ""
+            if outcome.code is cs.ErrorCode.INVALID_ARGUMENT
+            else f"refused, but not with INVALID_ARGUMENT: {outcome.detail}"
+        )
     return "undeclared acceptable case"
 
 
-def run_file(stack: cs.CryptoStack, provider_id: int, path: Path, policy: Policy | None = None,
-             claimed: Iterable[str] | None = None) -> FileResult:
+def run_file(
+    stack: cs.CryptoStack,
+    provider_id: int,
+    path: Path,
+    policy: Policy | None = None,
+    claimed: Iterable[str] | None = None,
+) -> FileResult:
     """Run every case of one vector file through ``stack`` on provider ``provider_id``.
 
     Groups whose algorithm is not in ``claimed`` (when given) are skipped and counted.
@@ -769,9 +854,13 @@ def run_file(stack: cs.CryptoStack, provider_id: int, path: Path, policy: Policy
     return result
 
 
-def run_vectors(stack: cs.CryptoStack, provider_id: int, claimed: Iterable[str],
-                policy: Policy | None = None, directory: Path | None = None,
-                ) -> list[FileResult]:
+def run_vectors(
+    stack: cs.CryptoStack,
+    provider_id: int,
+    claimed: Iterable[str],
+    policy: Policy | None = None,
+    directory: Path | None = None,
+) -> list[FileResult]:
     """Run every file applicable to ``claimed`` (see :func:`applicable_files`)."""
     claimed = set(claimed)
     base = directory or vectors_directory()
@@ -790,21 +879,30 @@ def format_table(results: Iterable[FileResult]) -> str:
     """A fixed-width table of the results, then any unexpected cases and notes."""
     rows = list(results)
     width = max([38, *(len(r.file) for r in rows)])
-    header = (f"{'file':{width}} {'cases':>5} {'as exp.':>7} {'unexp.':>6} {'policy':>6} "
-              f"{'acc.+/-':>9} {'partly':>6} {'skip':>4} {'secs':>6}")
+    header = (
+        f"{'file':{width}} {'cases':>5} {'as exp.':>7} {'unexp.':>6} {'policy':>6} "
+        f"{'acc.+/-':>9} {'partly':>6} {'skip':>4} {'secs':>6}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
-        acceptable = f"{r.acceptable_accepted}/{r.acceptable_rejected}" \
-            if r.acceptable_accepted or r.acceptable_rejected else "-"
-        lines.append(f"{r.file:{width}} {r.cases:5} {r.as_expected:7} {len(r.unexpected):6} "
-                     f"{r.policy_rejected:6} {acceptable:>9} {r.partly_checked:6} "
-                     f"{r.skipped:4} {r.seconds:6.2f}")
+        acceptable = (
+            f"{r.acceptable_accepted}/{r.acceptable_rejected}"
+            if r.acceptable_accepted or r.acceptable_rejected
+            else "-"
+        )
+        lines.append(
+            f"{r.file:{width}} {r.cases:5} {r.as_expected:7} {len(r.unexpected):6} "
+            f"{r.policy_rejected:6} {acceptable:>9} {r.partly_checked:6} "
+            f"{r.skipped:4} {r.seconds:6.2f}"
+        )
     total = sum(r.cases for r in rows)
-    lines.append(f"{'total':{width}} {total:5} {sum(r.as_expected for r in rows):7} "
-                 f"{sum(len(r.unexpected) for r in rows):6} "
-                 f"{sum(r.policy_rejected for r in rows):6} {'':>9} "
-                 f"{sum(r.partly_checked for r in rows):6} {sum(r.skipped for r in rows):4} "
-                 f"{sum(r.seconds for r in rows):6.2f}")
+    lines.append(
+        f"{'total':{width}} {total:5} {sum(r.as_expected for r in rows):7} "
+        f"{sum(len(r.unexpected) for r in rows):6} "
+        f"{sum(r.policy_rejected for r in rows):6} {'':>9} "
+        f"{sum(r.partly_checked for r in rows):6} {sum(r.skipped for r in rows):4} "
+        f"{sum(r.seconds for r in rows):6.2f}"
+    )
     for r in rows:
         for u in r.unexpected[:10]:
             lines.append(f"  {r.file} tcId {u.tc_id}: {u.reason}")

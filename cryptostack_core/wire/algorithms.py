@@ -153,38 +153,54 @@ class AlgorithmSpec:
         """INVALID_ARGUMENT unless ``length`` is an IV length this cipher accepts."""
         low, high = self.iv_sizes if self.iv_sizes != (0, 0) else (self.iv_size, self.iv_size)
         if not low <= length <= high:
-            wanted = f"a {low}-byte IV" if low == high else \
-                f"an IV of {low} to {high} bytes ({self.iv_size} recommended)"
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{self.name} needs {wanted}, got {length}")
+            wanted = (
+                f"a {low}-byte IV"
+                if low == high
+                else f"an IV of {low} to {high} bytes ({self.iv_size} recommended)"
+            )
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{self.name} needs {wanted}, got {length}")
 
     def check_tag_length(self, length: int) -> None:
         """INVALID_ARGUMENT unless ``length`` is a tag length this AEAD accepts."""
         allowed = self.tag_sizes or frozenset({self.tag_size})
         if length not in allowed:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{self.name} tag length must be one of {sorted(allowed)} bytes, "
-                              f"got {length}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{self.name} tag length must be one of {sorted(allowed)} bytes, got {length}",
+            )
 
     def check_context_string(self, context: bytes) -> None:
         """INVALID_ARGUMENT unless ``context`` is a context string this algorithm takes."""
         if context and not self.supports_context_string:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{self.name} takes no context string")
         if len(context) > self.max_context_string and self.supports_context_string:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{self.name} context strings are at most "
-                              f"{self.max_context_string} bytes, got {len(context)}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{self.name} context strings are at most "
+                f"{self.max_context_string} bytes, got {len(context)}",
+            )
 
     def to_wire(self) -> dict[str, object]:
         """The facts as plain data (the ``algorithms`` request, ``cryptostack algorithms``)."""
-        out: dict[str, object] = {"name": self.name, "kind": self.kind.value,
-                                  "aliases": list(self.aliases),
-                                  "key_class": self.key_class.value if self.key_class else None,
-                                  "default_permissions": int(self.default_permissions),
-                                  "key_algorithms": list(self.key_algorithms)}
-        for size in ("key_size", "digest_size", "block_size", "iv_size", "tag_size",
-                     "signature_size", "public_key_size", "ciphertext_size",
-                     "shared_secret_size"):
+        out: dict[str, object] = {
+            "name": self.name,
+            "kind": self.kind.value,
+            "aliases": list(self.aliases),
+            "key_class": self.key_class.value if self.key_class else None,
+            "default_permissions": int(self.default_permissions),
+            "key_algorithms": list(self.key_algorithms),
+        }
+        for size in (
+            "key_size",
+            "digest_size",
+            "block_size",
+            "iv_size",
+            "tag_size",
+            "signature_size",
+            "public_key_size",
+            "ciphertext_size",
+            "shared_secret_size",
+        ):
             if getattr(self, size):
                 out[size] = getattr(self, size)
         if self.hash_algorithm:
@@ -196,18 +212,33 @@ class AlgorithmSpec:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> AlgorithmSpec:
         """Inverse of :meth:`to_wire` (unknown fields are ignored, for newer daemons)."""
-        sizes: dict[str, Any] = {k: int(data[k]) for k in (
-            "key_size", "digest_size", "block_size", "iv_size", "tag_size", "signature_size",
-            "public_key_size", "ciphertext_size", "shared_secret_size") if data.get(k)}
+        sizes: dict[str, Any] = {
+            k: int(data[k])
+            for k in (
+                "key_size",
+                "digest_size",
+                "block_size",
+                "iv_size",
+                "tag_size",
+                "signature_size",
+                "public_key_size",
+                "ciphertext_size",
+                "shared_secret_size",
+            )
+            if data.get(k)
+        }
         key_class = data.get("key_class")
-        return cls(str(data["name"]), AlgorithmKind(data["kind"]),
-                   aliases=tuple(str(a) for a in data.get("aliases") or ()),
-                   key_class=KeyClass(key_class) if key_class else None,
-                   default_permissions=P(int(data.get("default_permissions") or 0)),
-                   key_algorithms=tuple(str(k) for k in data.get("key_algorithms") or ()),
-                   hash_algorithm=str(data.get("hash_algorithm") or ""),
-                   supports_context_string=bool(data.get("supports_context_string")),
-                   **sizes)
+        return cls(
+            str(data["name"]),
+            AlgorithmKind(data["kind"]),
+            aliases=tuple(str(a) for a in data.get("aliases") or ()),
+            key_class=KeyClass(key_class) if key_class else None,
+            default_permissions=P(int(data.get("default_permissions") or 0)),
+            key_algorithms=tuple(str(k) for k in data.get("key_algorithms") or ()),
+            hash_algorithm=str(data.get("hash_algorithm") or ""),
+            supports_context_string=bool(data.get("supports_context_string")),
+            **sizes,
+        )
 
     @property
     def is_key_algorithm(self) -> bool:
@@ -241,8 +272,7 @@ class AlgorithmRegistry:
         with self._lock:
             existing = self._specs.get(spec.name)
             if existing is not None and existing != spec:
-                raise ValueError(f"algorithm {spec.name!r} is already registered with "
-                                 "different facts")
+                raise ValueError(f"algorithm {spec.name!r} is already registered with different facts")
             keys = [_normalise(alias) for alias in (spec.name, *spec.aliases)]
             for alias, key in zip((spec.name, *spec.aliases), keys):
                 owner = self._index.get(key)
@@ -324,147 +354,351 @@ def _register_builtins(reg: AlgorithmRegistry) -> None:
     sym, asym = KeyClass.SYMMETRIC, KeyClass.ASYMMETRIC
     # --- hashes
     for name, size, block in [
-        ("SHA-224", 28, 64), ("SHA-256", 32, 64), ("SHA-384", 48, 128), ("SHA-512", 64, 128),
-        ("SHA3-224", 28, 144), ("SHA3-256", 32, 136), ("SHA3-384", 48, 104), ("SHA3-512", 64, 72),
+        ("SHA-224", 28, 64),
+        ("SHA-256", 32, 64),
+        ("SHA-384", 48, 128),
+        ("SHA-512", 64, 128),
+        ("SHA3-224", 28, 144),
+        ("SHA3-256", 32, 136),
+        ("SHA3-384", 48, 104),
+        ("SHA3-512", 64, 72),
     ]:
         reg.register(AlgorithmSpec(name, K.HASH, digest_size=size, block_size=block))
     # --- symmetric key types
     for bits in (128, 192, 256):
-        reg.register(AlgorithmSpec(
-            f"AES-{bits}", K.KEY, key_class=sym, key_size=bits // 8,
-            default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP))
-    reg.register(AlgorithmSpec(
-        "GENERIC-SECRET", K.KEY, aliases=("SECRET", "SHARED-SECRET"), key_class=sym,
-        default_permissions=P.DERIVE | P.MAC | P.SIGN | P.VERIFY))
+        reg.register(
+            AlgorithmSpec(
+                f"AES-{bits}",
+                K.KEY,
+                key_class=sym,
+                key_size=bits // 8,
+                default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP,
+            )
+        )
+    reg.register(
+        AlgorithmSpec(
+            "GENERIC-SECRET",
+            K.KEY,
+            aliases=("SECRET", "SHARED-SECRET"),
+            key_class=sym,
+            default_permissions=P.DERIVE | P.MAC | P.SIGN | P.VERIFY,
+        )
+    )
     # --- ciphers
     for bits in (128, 192, 256):
-        reg.register(AlgorithmSpec(f"AES-{bits}-CBC", K.CIPHER, key_algorithms=(f"AES-{bits}",),
-                                   key_size=bits // 8, block_size=16, iv_size=16))
-        reg.register(AlgorithmSpec(f"AES-{bits}-GCM", K.AEAD, key_algorithms=(f"AES-{bits}",),
-                                   key_size=bits // 8, block_size=16, iv_size=12, tag_size=16,
-                                   iv_sizes=GCM_IV_SIZES, tag_sizes=GCM_TAG_SIZES))
-        reg.register(AlgorithmSpec(f"AES-{bits}-CTR", K.CIPHER, key_algorithms=(f"AES-{bits}",),
-                                   key_size=bits // 8, block_size=1, iv_size=16))
-        reg.register(AlgorithmSpec(f"AES-{bits}-CFB", K.CIPHER, key_algorithms=(f"AES-{bits}",),
-                                   key_size=bits // 8, block_size=1, iv_size=16))
-    reg.register(AlgorithmSpec(
-        "ChaCha20-Poly1305", K.AEAD, aliases=("CHACHA20-POLY1305",),
-        key_class=sym, default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP,
-        key_algorithms=("ChaCha20-Poly1305",), key_size=32, block_size=1, iv_size=12, tag_size=16))
+        reg.register(
+            AlgorithmSpec(
+                f"AES-{bits}-CBC",
+                K.CIPHER,
+                key_algorithms=(f"AES-{bits}",),
+                key_size=bits // 8,
+                block_size=16,
+                iv_size=16,
+            )
+        )
+        reg.register(
+            AlgorithmSpec(
+                f"AES-{bits}-GCM",
+                K.AEAD,
+                key_algorithms=(f"AES-{bits}",),
+                key_size=bits // 8,
+                block_size=16,
+                iv_size=12,
+                tag_size=16,
+                iv_sizes=GCM_IV_SIZES,
+                tag_sizes=GCM_TAG_SIZES,
+            )
+        )
+        reg.register(
+            AlgorithmSpec(
+                f"AES-{bits}-CTR",
+                K.CIPHER,
+                key_algorithms=(f"AES-{bits}",),
+                key_size=bits // 8,
+                block_size=1,
+                iv_size=16,
+            )
+        )
+        reg.register(
+            AlgorithmSpec(
+                f"AES-{bits}-CFB",
+                K.CIPHER,
+                key_algorithms=(f"AES-{bits}",),
+                key_size=bits // 8,
+                block_size=1,
+                iv_size=16,
+            )
+        )
+    reg.register(
+        AlgorithmSpec(
+            "ChaCha20-Poly1305",
+            K.AEAD,
+            aliases=("CHACHA20-POLY1305",),
+            key_class=sym,
+            default_permissions=P.ENCRYPT | P.DECRYPT | P.WRAP | P.UNWRAP,
+            key_algorithms=("ChaCha20-Poly1305",),
+            key_size=32,
+            block_size=1,
+            iv_size=12,
+            tag_size=16,
+        )
+    )
     # --- streaming AEAD (Tink's AES-GCM-HKDF streaming; docs/streaming-aead.md)
     for bits in (128, 256):
         for segment, label in ((4096, "4KB"), (1 << 20, "1MB")):
-            reg.register(AlgorithmSpec(
-                f"AES-{bits}-GCM-HKDF-{label}", K.STREAMING_AEAD, key_algorithms=(f"AES-{bits}",),
-                key_size=bits // 8, tag_size=16,
-                extra={"segment_size": segment, "aead": f"AES-{bits}-GCM",
-                       "kdf": "HKDF-SHA-256"}))
+            reg.register(
+                AlgorithmSpec(
+                    f"AES-{bits}-GCM-HKDF-{label}",
+                    K.STREAMING_AEAD,
+                    key_algorithms=(f"AES-{bits}",),
+                    key_size=bits // 8,
+                    tag_size=16,
+                    extra={"segment_size": segment, "aead": f"AES-{bits}-GCM", "kdf": "HKDF-SHA-256"},
+                )
+            )
     # --- MACs (also key types)
     for h, size, block in [("SHA-256", 32, 64), ("SHA-384", 48, 128), ("SHA-512", 64, 128)]:
         name = f"HMAC-{h}"
-        reg.register(AlgorithmSpec(
-            name, K.MAC, key_class=sym, key_size=size, digest_size=size, block_size=block,
-            signature_size=size, hash_algorithm=h, min_tag_size=MIN_MAC_TAG,
-            default_permissions=P.MAC | P.SIGN | P.VERIFY,
-            key_algorithms=(name, "GENERIC-SECRET")))
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.MAC,
+                key_class=sym,
+                key_size=size,
+                digest_size=size,
+                block_size=block,
+                signature_size=size,
+                hash_algorithm=h,
+                min_tag_size=MIN_MAC_TAG,
+                default_permissions=P.MAC | P.SIGN | P.VERIFY,
+                key_algorithms=(name, "GENERIC-SECRET"),
+            )
+        )
     # --- KDF
     for h, size in [("SHA-256", 32), ("SHA-384", 48), ("SHA-512", 64)]:
-        reg.register(AlgorithmSpec(
-            f"HKDF-{h}", K.KDF, digest_size=size, hash_algorithm=h,
-            key_algorithms=("GENERIC-SECRET", f"HMAC-{h}", "AES-128", "AES-192", "AES-256")))
+        reg.register(
+            AlgorithmSpec(
+                f"HKDF-{h}",
+                K.KDF,
+                digest_size=size,
+                hash_algorithm=h,
+                key_algorithms=("GENERIC-SECRET", f"HMAC-{h}", "AES-128", "AES-192", "AES-256"),
+            )
+        )
     # --- elliptic curves and EdDSA
-    reg.register(AlgorithmSpec(
-        "ECDSA-P256", K.SIGNATURE, aliases=("ECDSA-SHA256", "P-256", "SECP256R1", "ECDSA-P-256"),
-        key_class=asym, default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
-        key_algorithms=("ECDSA-P256", "ECDH-P256"), signature_size=72, public_key_size=65,
-        hash_algorithm="SHA-256"))
-    reg.register(AlgorithmSpec(
-        "ECDSA-P384", K.SIGNATURE, aliases=("ECDSA-SHA384", "P-384", "SECP384R1", "ECDSA-P-384"),
-        key_class=asym, default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
-        key_algorithms=("ECDSA-P384",), signature_size=104, public_key_size=97,
-        hash_algorithm="SHA-384"))
-    reg.register(AlgorithmSpec(
-        "ECDH-P256", K.KEY_AGREEMENT, aliases=("ECDH-P-256",), key_class=asym,
-        default_permissions=P.AGREE | P.DERIVE, key_algorithms=("ECDH-P256", "ECDSA-P256"),
-        public_key_size=65, shared_secret_size=32))
-    reg.register(AlgorithmSpec(
-        "Ed25519", K.SIGNATURE, aliases=("EDDSA-ED25519",), key_class=asym,
-        default_permissions=P.SIGN | P.VERIFY, key_algorithms=("Ed25519",),
-        signature_size=64, public_key_size=32))
-    reg.register(AlgorithmSpec(
-        "X25519", K.KEY_AGREEMENT, key_class=asym, default_permissions=P.AGREE | P.DERIVE,
-        key_algorithms=("X25519",), public_key_size=32, shared_secret_size=32))
+    reg.register(
+        AlgorithmSpec(
+            "ECDSA-P256",
+            K.SIGNATURE,
+            aliases=("ECDSA-SHA256", "P-256", "SECP256R1", "ECDSA-P-256"),
+            key_class=asym,
+            default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
+            key_algorithms=("ECDSA-P256", "ECDH-P256"),
+            signature_size=72,
+            public_key_size=65,
+            hash_algorithm="SHA-256",
+        )
+    )
+    reg.register(
+        AlgorithmSpec(
+            "ECDSA-P384",
+            K.SIGNATURE,
+            aliases=("ECDSA-SHA384", "P-384", "SECP384R1", "ECDSA-P-384"),
+            key_class=asym,
+            default_permissions=P.SIGN | P.VERIFY | P.AGREE | P.DERIVE,
+            key_algorithms=("ECDSA-P384",),
+            signature_size=104,
+            public_key_size=97,
+            hash_algorithm="SHA-384",
+        )
+    )
+    reg.register(
+        AlgorithmSpec(
+            "ECDH-P256",
+            K.KEY_AGREEMENT,
+            aliases=("ECDH-P-256",),
+            key_class=asym,
+            default_permissions=P.AGREE | P.DERIVE,
+            key_algorithms=("ECDH-P256", "ECDSA-P256"),
+            public_key_size=65,
+            shared_secret_size=32,
+        )
+    )
+    reg.register(
+        AlgorithmSpec(
+            "Ed25519",
+            K.SIGNATURE,
+            aliases=("EDDSA-ED25519",),
+            key_class=asym,
+            default_permissions=P.SIGN | P.VERIFY,
+            key_algorithms=("Ed25519",),
+            signature_size=64,
+            public_key_size=32,
+        )
+    )
+    reg.register(
+        AlgorithmSpec(
+            "X25519",
+            K.KEY_AGREEMENT,
+            key_class=asym,
+            default_permissions=P.AGREE | P.DERIVE,
+            key_algorithms=("X25519",),
+            public_key_size=32,
+            shared_secret_size=32,
+        )
+    )
     # --- RSA: key types by modulus size, one PSS signature algorithm
     rsa_keys = tuple(f"RSA-{bits}" for bits in (2048, 3072, 4096))
     for bits in (2048, 3072, 4096):
-        reg.register(AlgorithmSpec(f"RSA-{bits}", K.KEY, key_class=asym, key_size=bits // 8,
-                                   signature_size=bits // 8,
-                                   default_permissions=P.SIGN | P.VERIFY))
-    reg.register(AlgorithmSpec(
-        "RSA-PSS-SHA256", K.SIGNATURE, aliases=("RSASSA-PSS-SHA256", "PS256"),
-        key_algorithms=rsa_keys, hash_algorithm="SHA-256"))
+        reg.register(
+            AlgorithmSpec(
+                f"RSA-{bits}",
+                K.KEY,
+                key_class=asym,
+                key_size=bits // 8,
+                signature_size=bits // 8,
+                default_permissions=P.SIGN | P.VERIFY,
+            )
+        )
+    reg.register(
+        AlgorithmSpec(
+            "RSA-PSS-SHA256",
+            K.SIGNATURE,
+            aliases=("RSASSA-PSS-SHA256", "PS256"),
+            key_algorithms=rsa_keys,
+            hash_algorithm="SHA-256",
+        )
+    )
     # --- ML-DSA (FIPS 204) and ML-KEM (FIPS 203)
     for level, pk, sig in [(44, 1312, 2420), (65, 1952, 3309), (87, 2592, 4627)]:
         name = f"ML-DSA-{level}"
-        reg.register(AlgorithmSpec(
-            name, K.SIGNATURE, aliases=(f"MLDSA{level}", f"Dilithium-ML-DSA-{level}"),
-            key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-            signature_size=sig, public_key_size=pk, supports_context_string=True,
-            max_context_string=MAX_CONTEXT_STRING))
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.SIGNATURE,
+                aliases=(f"MLDSA{level}", f"Dilithium-ML-DSA-{level}"),
+                key_class=asym,
+                default_permissions=P.SIGN | P.VERIFY,
+                key_algorithms=(name,),
+                signature_size=sig,
+                public_key_size=pk,
+                supports_context_string=True,
+                max_context_string=MAX_CONTEXT_STRING,
+            )
+        )
     for level, pk, ct in [(512, 800, 768), (768, 1184, 1088), (1024, 1568, 1568)]:
         name = f"ML-KEM-{level}"
-        reg.register(AlgorithmSpec(
-            name, K.KEM, aliases=(f"MLKEM{level}",), key_class=asym,
-            default_permissions=P.ENCAPSULATE | P.DECAPSULATE, key_algorithms=(name,),
-            public_key_size=pk, ciphertext_size=ct, shared_secret_size=32))
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.KEM,
+                aliases=(f"MLKEM{level}",),
+                key_class=asym,
+                default_permissions=P.ENCAPSULATE | P.DECAPSULATE,
+                key_algorithms=(name,),
+                public_key_size=pk,
+                ciphertext_size=ct,
+                shared_secret_size=32,
+            )
+        )
     # --- SLH-DSA (FIPS 205), the twelve pure parameter sets
-    slh_sizes = {"128s": (32, 7856), "128f": (32, 17088), "192s": (48, 16224),
-                 "192f": (48, 35664), "256s": (64, 29792), "256f": (64, 49856)}
+    slh_sizes = {
+        "128s": (32, 7856),
+        "128f": (32, 17088),
+        "192s": (48, 16224),
+        "192f": (48, 35664),
+        "256s": (64, 29792),
+        "256f": (64, 49856),
+    }
     for hash_family in ("SHA2", "SHAKE"):
         for variant, (pk, sig) in slh_sizes.items():
             name = f"SLH-DSA-{hash_family}-{variant}"
-            reg.register(AlgorithmSpec(
-                name, K.SIGNATURE,
-                aliases=(f"SLH_DSA_PURE_{hash_family}_{variant.upper()}",
-                         f"SPHINCS+-{hash_family}-{variant}-simple"),
-                key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-                signature_size=sig, public_key_size=pk, supports_context_string=True,
-            max_context_string=MAX_CONTEXT_STRING))
+            reg.register(
+                AlgorithmSpec(
+                    name,
+                    K.SIGNATURE,
+                    aliases=(
+                        f"SLH_DSA_PURE_{hash_family}_{variant.upper()}",
+                        f"SPHINCS+-{hash_family}-{variant}-simple",
+                    ),
+                    key_class=asym,
+                    default_permissions=P.SIGN | P.VERIFY,
+                    key_algorithms=(name,),
+                    signature_size=sig,
+                    public_key_size=pk,
+                    supports_context_string=True,
+                    max_context_string=MAX_CONTEXT_STRING,
+                )
+            )
     for level, pk, sig in [(512, 897, 752), (1024, 1793, 1462)]:
         name = f"Falcon-{level}"
-        reg.register(AlgorithmSpec(
-            name, K.SIGNATURE, key_class=asym, default_permissions=P.SIGN | P.VERIFY,
-            key_algorithms=(name,), signature_size=sig, public_key_size=pk))
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.SIGNATURE,
+                key_class=asym,
+                default_permissions=P.SIGN | P.VERIFY,
+                key_algorithms=(name,),
+                signature_size=sig,
+                public_key_size=pk,
+            )
+        )
     # --- hybrid post-quantum: the constructions live in cryptostack_core.hybrid
-    for name, aliases, shared in [("X-Wing", ("XWING-KEM",), 32),
-                                  ("X25519MLKEM768", ("X25519-ML-KEM-768",), 64)]:
-        reg.register(AlgorithmSpec(
-            name, K.KEM, aliases=aliases, key_class=asym,
-            default_permissions=P.ENCAPSULATE | P.DECAPSULATE, key_algorithms=(name,),
-            public_key_size=1216, ciphertext_size=1120, shared_secret_size=shared))
+    for name, aliases, shared in [
+        ("X-Wing", ("XWING-KEM",), 32),
+        ("X25519MLKEM768", ("X25519-ML-KEM-768",), 64),
+    ]:
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.KEM,
+                aliases=aliases,
+                key_class=asym,
+                default_permissions=P.ENCAPSULATE | P.DECAPSULATE,
+                key_algorithms=(name,),
+                public_key_size=1216,
+                ciphertext_size=1120,
+                shared_secret_size=shared,
+            )
+        )
     # Composite ML-DSA (draft-ietf-lamps-pq-composite-sigs): level, traditional half,
     # pre-hash, public key size (0: varies with the RSA encoding), longest signature.
     for level, pairing, prehash, pk, sig in [
-        (44, "RSA2048-PSS", "SHA256", 0, 2676), (44, "RSA2048-PKCS15", "SHA256", 0, 2676),
-        (44, "Ed25519", "SHA512", 1344, 2484), (44, "ECDSA-P256", "SHA256", 1377, 2492),
-        (65, "RSA3072-PSS", "SHA512", 0, 3693), (65, "RSA3072-PKCS15", "SHA512", 0, 3693),
-        (65, "RSA4096-PSS", "SHA512", 0, 3821), (65, "RSA4096-PKCS15", "SHA512", 0, 3821),
-        (65, "ECDSA-P256", "SHA512", 2017, 3381), (65, "ECDSA-P384", "SHA512", 2049, 3413),
+        (44, "RSA2048-PSS", "SHA256", 0, 2676),
+        (44, "RSA2048-PKCS15", "SHA256", 0, 2676),
+        (44, "Ed25519", "SHA512", 1344, 2484),
+        (44, "ECDSA-P256", "SHA256", 1377, 2492),
+        (65, "RSA3072-PSS", "SHA512", 0, 3693),
+        (65, "RSA3072-PKCS15", "SHA512", 0, 3693),
+        (65, "RSA4096-PSS", "SHA512", 0, 3821),
+        (65, "RSA4096-PKCS15", "SHA512", 0, 3821),
+        (65, "ECDSA-P256", "SHA512", 2017, 3381),
+        (65, "ECDSA-P384", "SHA512", 2049, 3413),
         (65, "ECDSA-brainpoolP256r1", "SHA512", 2017, 3381),
-        (65, "Ed25519", "SHA512", 1984, 3373), (87, "ECDSA-P384", "SHA512", 2689, 4731),
+        (65, "Ed25519", "SHA512", 1984, 3373),
+        (87, "ECDSA-P384", "SHA512", 2689, 4731),
         (87, "ECDSA-brainpoolP384r1", "SHA512", 2689, 4731),
-        (87, "Ed448", "SHAKE256", 2649, 4741), (87, "RSA3072-PSS", "SHA512", 0, 5011),
-        (87, "RSA4096-PSS", "SHA512", 0, 5139), (87, "ECDSA-P521", "SHA512", 2725, 4766),
+        (87, "Ed448", "SHAKE256", 2649, 4741),
+        (87, "RSA3072-PSS", "SHA512", 0, 5011),
+        (87, "RSA4096-PSS", "SHA512", 0, 5139),
+        (87, "ECDSA-P521", "SHA512", 2725, 4766),
     ]:
         name = f"ML-DSA-{level}-{pairing}-{prehash}"
-        reg.register(AlgorithmSpec(
-            name, K.SIGNATURE, aliases=(f"id-MLDSA{level}-{pairing}-{prehash}",
-                                        f"ML-DSA-{level}-{pairing}"),
-            key_class=asym, default_permissions=P.SIGN | P.VERIFY, key_algorithms=(name,),
-            signature_size=sig, public_key_size=pk, supports_context_string=True,
-            max_context_string=MAX_CONTEXT_STRING))
-    reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG"),
-                               max_output=MAX_RANDOM))
+        reg.register(
+            AlgorithmSpec(
+                name,
+                K.SIGNATURE,
+                aliases=(f"id-MLDSA{level}-{pairing}-{prehash}", f"ML-DSA-{level}-{pairing}"),
+                key_class=asym,
+                default_permissions=P.SIGN | P.VERIFY,
+                key_algorithms=(name,),
+                signature_size=sig,
+                public_key_size=pk,
+                supports_context_string=True,
+                max_context_string=MAX_CONTEXT_STRING,
+            )
+        )
+    reg.register(AlgorithmSpec("RANDOM", K.RANDOM, aliases=("DRBG", "RNG"), max_output=MAX_RANDOM))
 
 
 _register_builtins(REGISTRY)

@@ -60,8 +60,7 @@ def _head_table() -> tuple[tuple[int, int, int], ...]:
 
 _HEAD = _head_table()
 # Map keys: text strings of any length, integers (major 0/1) with at most 4 argument bytes.
-_KEY_OK = tuple(((i >> 5) == 3 and (i & 31) <= 27) or ((i >> 5) <= 1 and (i & 31) <= 26)
-                for i in range(256))
+_KEY_OK = tuple(((i >> 5) == 3 and (i & 31) <= 27) or ((i >> 5) <= 1 and (i & 31) <= 26) for i in range(256))
 _from_bytes = int.from_bytes
 
 
@@ -96,7 +95,7 @@ def check(body: bytes | bytearray | memoryview) -> int:
         if extra:
             if pos + extra > size:
                 raise SubsetError("truncated CBOR: the frame ends inside a data item")
-            argument = _from_bytes(buf[pos:pos + extra], "big")
+            argument = _from_bytes(buf[pos : pos + extra], "big")
             pos += extra
         if kind == _SCALAR:
             continue
@@ -105,8 +104,7 @@ def check(body: bytes | bytearray | memoryview) -> int:
             continue
         if kind == _ARRAY:
             if argument > MAX_ARRAY:
-                raise SubsetError(f"an array of {argument} elements exceeds the limit of "
-                                  f"{MAX_ARRAY}")
+                raise SubsetError(f"an array of {argument} elements exceeds the limit of {MAX_ARRAY}")
         elif kind == _MAP:
             if argument > MAX_MAP_KEYS:
                 raise SubsetError(f"a map of {argument} keys exceeds the limit of {MAX_MAP_KEYS}")
@@ -157,9 +155,14 @@ def _check_keys(mapping: Any, immutable: bool) -> Any:
 
 
 def _decoder(small: bool) -> Any:
-    return cbor2.CBORDecoder(io.BytesIO(b""), semantic_decoders=_NO_TAGS, max_depth=MAX_DEPTH,
-                             allow_indefinite=False, allow_duplicate_keys=False,
-                             object_hook=_check_keys if small else None)
+    return cbor2.CBORDecoder(
+        io.BytesIO(b""),
+        semantic_decoders=_NO_TAGS,
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        object_hook=_check_keys if small else None,
+    )
 
 
 class Decoder:
@@ -192,8 +195,7 @@ class Decoder:
                 raise cause from None
             raise SubsetError(f"malformed CBOR: {exc}") from None
         if stream.tell() != len(body):
-            raise SubsetError(f"{len(body) - stream.tell()} trailing bytes after the CBOR data "
-                              "item")
+            raise SubsetError(f"{len(body) - stream.tell()} trailing bytes after the CBOR data item")
         return value
 
 

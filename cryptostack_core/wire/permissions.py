@@ -26,7 +26,6 @@ class KeyOperationPermission(enum.IntFlag):
     AUTHENTICATION = SIGN | VERIFY | MAC | AGREE
 
 
-
 def has_permission(perms: KeyOperationPermission | int, wanted: KeyOperationPermission) -> bool:
     """True when ``perms`` includes every bit of ``wanted``."""
     wanted_bits = int(wanted)
@@ -38,7 +37,8 @@ def permission_names(perms: KeyOperationPermission | int) -> list[str]:
     return [
         p.name.lower()
         for p in KeyOperationPermission
-        if p.name and p not in (KeyOperationPermission.NONE, KeyOperationPermission.AUTHENTICATION)
+        if p.name
+        and p not in (KeyOperationPermission.NONE, KeyOperationPermission.AUTHENTICATION)
         and int(perms) & int(p)
     ]
 

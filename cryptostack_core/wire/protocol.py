@@ -30,8 +30,9 @@ class FrameTooLarge(CryptoError):
     """A peer announced a frame above the negotiated maximum."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(ErrorCode.PROTOCOL_ERROR,
-                         f"frame of {size} bytes exceeds the maximum of {limit} bytes")
+        super().__init__(
+            ErrorCode.PROTOCOL_ERROR, f"frame of {size} bytes exceeds the maximum of {limit} bytes"
+        )
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -77,8 +78,9 @@ class FrameDecoder:
     arrives (the daemon does so when its memory budget refuses the frame).
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
-                 on_header: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, on_header: Callable[[int], bool] | None = None
+    ) -> None:
         self.max_frame = max_frame
         self.on_header = on_header
         self._buffer = bytearray()
@@ -171,8 +173,9 @@ def rid_from_wire(value: object, name: str | None = None) -> CryptoResourceId:
         type_name, handle = value.get("type"), value.get("handle")
         if isinstance(handle, int) and not isinstance(handle, bool):
             try:
-                return CryptoResourceId(ResourceType(type_name), handle,
-                                        name if name is not None else value.get("name"))
+                return CryptoResourceId(
+                    ResourceType(type_name), handle, name if name is not None else value.get("name")
+                )
             except ValueError:
                 pass
     raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed resource id {value!r}")

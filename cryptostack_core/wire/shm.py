@@ -86,14 +86,14 @@ def _refused(why: str) -> CryptoError:
 
 def _span(value: object, size: int) -> tuple[int, int]:
     span = value.get("shm") if isinstance(value, Mapping) else None
-    if not (isinstance(span, list) and len(span) == 2
-            and all(type(v) is int for v in span)):
+    if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)):
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, "malformed shared-memory reference")
     offset, length = span
     if offset < 0 or length < 0 or offset + length > size:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"shared-memory reference [{offset}, {length}] is outside the "
-                          f"{size}-byte region")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"shared-memory reference [{offset}, {length}] is outside the {size}-byte region",
+        )
     return offset, length
 
 
@@ -109,16 +109,17 @@ class DaemonRegion:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             # O_PATH descriptors, sockets, pipes, files on disk: F_GET_SEALS fails.
-            raise _refused("the descriptor is not a memfd (memfd_create with "
-                           "MFD_ALLOW_SEALING)") from None
+            raise _refused("the descriptor is not a memfd (memfd_create with MFD_ALLOW_SEALING)") from None
         if not stat.S_ISREG(info.st_mode) or not target.startswith("/memfd:"):
             raise _refused("the descriptor is not a memfd")
         if info.st_blksize != mmap.PAGESIZE:
             raise _refused("huge-page memfds are not accepted")
         missing = [name for bit, name in _SEAL_NAMES if not seals & bit]
         if missing:
-            raise _refused(f"the memfd is not sealed with {' | '.join(missing)} (its size "
-                           "must be fixed before it is passed)")
+            raise _refused(
+                f"the memfd is not sealed with {' | '.join(missing)} (its size "
+                "must be fixed before it is passed)"
+            )
         if access not in (os.O_RDONLY, os.O_RDWR):
             raise _refused("the descriptor is not open for reading")
         size = info.st_size  # sealed: it cannot change any more
@@ -131,8 +132,7 @@ class DaemonRegion:
         """Whether the daemon may write outputs into it (a read-write descriptor)."""
         try:
             if not self.immutable and access == os.O_RDWR:
-                self.map = mmap.mmap(fd, size, mmap.MAP_SHARED,
-                                     mmap.PROT_READ | mmap.PROT_WRITE)
+                self.map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
                 self.writable = True
             else:
                 self.map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -144,11 +144,12 @@ class DaemonRegion:
     def resolve(self, value: Mapping[str, Any]) -> memoryview:
         """The bytes a reference names (a view of the mapping); bounds-checked."""
         offset, length = _span(value, self.size)
-        view = self.view[offset:offset + length]
+        view = self.view[offset : offset + length]
         return view if self.immutable else view.toreadonly()
 
-    def output(self, value: object, data: bytes | bytearray | memoryview | Sequence[bytes]
-               ) -> dict[str, Any] | None:
+    def output(
+        self, value: object, data: bytes | bytearray | memoryview | Sequence[bytes]
+    ) -> dict[str, Any] | None:
         """Write ``data`` (or its pieces, back to back) where the reference ``value`` says and
         return the answer naming it; None when it cannot go there (not writable, or it does
         not fit: answer inline)."""
@@ -159,7 +160,7 @@ class DaemonRegion:
             return None
         position = offset
         for piece in pieces:
-            self.view[position:position + len(piece)] = piece
+            self.view[position : position + len(piece)] = piece
             position += len(piece)
         return {"shm": [offset, size]}
 

@@ -142,4 +142,3 @@ class AlgorithmEntry(TypedDict):
     supports_context_string: NotRequired[bool]
     split: NotRequired[SplitPlan]
     """Hybrid algorithms only (docs/hybrid.md, "Halves on two providers")."""
-

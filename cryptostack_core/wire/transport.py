@@ -23,5 +23,6 @@ class Transport(abc.ABC):
 
 def timed_out(timeout: float | None) -> CryptoError:
     """The error a transport raises when a call's deadline passes without an answer."""
-    return CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                       f"no answer within {timeout * 1000:.0f} ms" if timeout else "timed out")
+    return CryptoError(
+        ErrorCode.OPERATION_TIMED_OUT, f"no answer within {timeout * 1000:.0f} ms" if timeout else "timed out"
+    )

@@ -347,9 +347,7 @@ class _Checker:
             if usage is not None and not usage.crl_sign:
                 problems.append(f"keyUsage of its signer {describe(candidate)} does not assert cRLSign")
                 continue
-            if candidate in (self.issuer, self.ctx.anchor) or (
-                self.ctx.depth > 0 and candidate == self.cert
-            ):
+            if candidate in (self.issuer, self.ctx.anchor) or (self.ctx.depth > 0 and candidate == self.cert):
                 # The path issuer and the anchor are validated by the path itself. Inside a
                 # CRL signer's own validation (depth > 0), a signer whose status is on the
                 # CRL it signed (an indirect CRL authority, PKITS 4.14.30) is the path being

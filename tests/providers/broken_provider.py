@@ -77,11 +77,14 @@ class BrokenProvider(Provider):
         self.handed_out: list[ProviderKey] = []  # the leak: never emptied
 
     def capabilities(self) -> Iterable[Capability]:
-        return [Capability("SHA-256", Operation.HASH), Capability("RANDOM", Operation.RANDOM),
-                Capability("HMAC-SHA-256", Operation.GENERATE_KEY),
-                Capability("HMAC-SHA-256", Operation.IMPORT_KEY),
-                Capability("HMAC-SHA-256", Operation.SIGN),
-                Capability("HMAC-SHA-256", Operation.VERIFY)]
+        return [
+            Capability("SHA-256", Operation.HASH),
+            Capability("RANDOM", Operation.RANDOM),
+            Capability("HMAC-SHA-256", Operation.GENERATE_KEY),
+            Capability("HMAC-SHA-256", Operation.IMPORT_KEY),
+            Capability("HMAC-SHA-256", Operation.SIGN),
+            Capability("HMAC-SHA-256", Operation.VERIFY),
+        ]
 
     def _hand_out(self, key: SecretKey) -> SecretKey:
         self.handed_out.append(key)
@@ -90,8 +93,9 @@ class BrokenProvider(Provider):
     def generate_key(self, algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
         return self._hand_out(SecretKey(os.urandom(32)))
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         if fmt is not KeyFormat.RAW or not 1 <= len(material) <= 1024:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "HMAC keys are 1..1024 RAW bytes")
         return self._hand_out(SecretKey(bytes(material)))
@@ -104,8 +108,9 @@ class BrokenProvider(Provider):
         assert isinstance(key, SecretKey)
         return StoredKey(key.material, secret=True)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return self._hand_out(SecretKey(stored.blob))
 
     def create_hash(self, algorithm: str) -> HashOperation:
@@ -123,5 +128,9 @@ class BrokenProvider(Provider):
 
 def profile() -> Profile:
     """Tells the kit about the hang hook, so it checks the deadline through it."""
-    return Profile(name="broken", provider_id=1000, setup=static_setup(Backend()),
-                   hang=HangProbe(options={"test_hang": True}, operation="random"))
+    return Profile(
+        name="broken",
+        provider_id=1000,
+        setup=static_setup(Backend()),
+        hang=HangProbe(options={"test_hang": True}, operation="random"),
+    )

@@ -31,11 +31,16 @@ from cryptostack_core.sdk import (
 )
 
 P = KeyOperationPermission
-TOY_HASH = AlgorithmSpec("TOY-HASH", AlgorithmKind.HASH, aliases=("toyhash",), digest_size=32,
-                         block_size=136)
-TOY_MAC = AlgorithmSpec("TOY-MAC", AlgorithmKind.MAC, key_class=KeyClass.SYMMETRIC, key_size=32,
-                        signature_size=32, key_algorithms=("TOY-MAC",),
-                        default_permissions=P.MAC | P.SIGN | P.VERIFY)
+TOY_HASH = AlgorithmSpec("TOY-HASH", AlgorithmKind.HASH, aliases=("toyhash",), digest_size=32, block_size=136)
+TOY_MAC = AlgorithmSpec(
+    "TOY-MAC",
+    AlgorithmKind.MAC,
+    key_class=KeyClass.SYMMETRIC,
+    key_size=32,
+    signature_size=32,
+    key_algorithms=("TOY-MAC",),
+    default_permissions=P.MAC | P.SIGN | P.VERIFY,
+)
 
 
 class ToyKey(ProviderKey):
@@ -75,16 +80,20 @@ class ToyProvider(Provider):
         return (TOY_HASH, TOY_MAC)
 
     def capabilities(self) -> Iterable[Capability]:
-        return [Capability("TOY-HASH", Operation.HASH),
-                Capability("TOY-MAC", Operation.GENERATE_KEY),
-                Capability("TOY-MAC", Operation.IMPORT_KEY),
-                Capability("TOY-MAC", Operation.SIGN), Capability("TOY-MAC", Operation.VERIFY)]
+        return [
+            Capability("TOY-HASH", Operation.HASH),
+            Capability("TOY-MAC", Operation.GENERATE_KEY),
+            Capability("TOY-MAC", Operation.IMPORT_KEY),
+            Capability("TOY-MAC", Operation.SIGN),
+            Capability("TOY-MAC", Operation.VERIFY),
+        ]
 
     def generate_key(self, algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
         return ToyKey(os.urandom(32))
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         if fmt is not KeyFormat.RAW or not 1 <= len(material) <= 32:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "TOY-MAC keys are 1..32 RAW bytes")
         return ToyKey(bytes(material))
@@ -97,8 +106,9 @@ class ToyProvider(Provider):
         assert isinstance(key, ToyKey)
         return StoredKey(key.material, secret=True)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return ToyKey(stored.blob)
 
     def create_hash(self, algorithm: str) -> HashOperation:

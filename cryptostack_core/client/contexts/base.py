@@ -46,9 +46,10 @@ def rid_of(value: object, what: str = "resource") -> CryptoResourceId:
     rid = getattr(value, "resource_id", None)
     if isinstance(rid, CryptoResourceId):
         return rid
-    raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                      f"{what} must be a CryptoResourceId or CryptoResourceGuard, got "
-                      f"{type(value).__name__}")
+    raise CryptoError(
+        ErrorCode.INVALID_ARGUMENT,
+        f"{what} must be a CryptoResourceId or CryptoResourceGuard, got {type(value).__name__}",
+    )
 
 
 def wire_rid(value: object, what: str = "resource") -> dict[str, Any]:
@@ -65,8 +66,7 @@ def byte_view(data: object, what: str = "data") -> memoryview:
         try:
             view = view.cast("B")
         except TypeError:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{what} must be a contiguous buffer") from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{what} must be a contiguous buffer") from None
     return view
 
 
@@ -75,8 +75,12 @@ def _close_dropped(channel: ChannelCore, close_op: str, handle: int, what: str) 
     if channel.closed:
         return  # disconnecting freed it
     channel.queue_call(close_op, {"ctx": handle, "quiet": True})
-    warnings.warn(f"cryptostack: {what} #{handle} was never closed; it is closed with the "
-                  "stack's next request (use 'with' or close())", ResourceWarning, stacklevel=2)
+    warnings.warn(
+        f"cryptostack: {what} #{handle} was never closed; it is closed with the "
+        "stack's next request (use 'with' or close())",
+        ResourceWarning,
+        stacklevel=2,
+    )
 
 
 class AlgorithmSetting:
@@ -176,8 +180,9 @@ class ContextCore:
     def _handle(self, value: int | None) -> None:
         self.__handle = value
         if value is not None and self._finalizer is None:
-            self._finalizer = weakref.finalize(self, _close_dropped, self._channel,
-                                               self._close_op, value, type(self).__name__)
+            self._finalizer = weakref.finalize(
+                self, _close_dropped, self._channel, self._close_op, value, type(self).__name__
+            )
             self._finalizer.atexit = False
 
     @property
@@ -194,9 +199,10 @@ class ContextCore:
         if self._closed:
             raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND, "context is closed")
         if self._error is not None:
-            raise CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
-                              f"context is in error state after {self._error}; close it and "
-                              "create a new one")
+            raise CryptoError(
+                ErrorCode.CONTEXT_IN_ERROR_STATE,
+                f"context is in error state after {self._error}; close it and create a new one",
+            )
 
     def _defer(self, op: str, args: Mapping[str, Any]) -> None:
         """Queue a call that returns nothing; it travels with the next real call."""
@@ -223,8 +229,9 @@ class ContextCore:
             self._on_error(exc)
             raise
 
-    def _send_data(self, op: str, data: memoryview,
-                   args: Callable[[memoryview], Mapping[str, Any]]) -> Plan[list[Any]]:
+    def _send_data(
+        self, op: str, data: memoryview, args: Callable[[memoryview], Mapping[str, Any]]
+    ) -> Plan[list[Any]]:
         """Send ``data`` as one request or, when larger than the channel's chunk, as several
         requests in order under one deadline (this call's timeout, checked between pieces);
         returns each request's result."""
@@ -241,11 +248,12 @@ class ContextCore:
                 if remaining <= 0:
                     self._error = f"{op} timed out"
                     self._on_error(CryptoError(ErrorCode.OPERATION_TIMED_OUT, ""))
-                    raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                                      f"{op}: the {(timeout or 0) * 1000:.0f} ms deadline "
-                                      f"passed after {offset} of {len(data)} bytes")
-            results.append((yield from self._call(op, args(data[offset:offset + chunk]),
-                                                  remaining)))
+                    raise CryptoError(
+                        ErrorCode.OPERATION_TIMED_OUT,
+                        f"{op}: the {(timeout or 0) * 1000:.0f} ms deadline "
+                        f"passed after {offset} of {len(data)} bytes",
+                    )
+            results.append((yield from self._call(op, args(data[offset : offset + chunk]), remaining)))
         return results
 
     def _on_error(self, exc: CryptoError) -> None:
@@ -329,22 +337,28 @@ class StreamCore(ContextCore):
     def _need_active(self, what: str) -> None:
         self._check()
         if self._state != "active":
-            hint = "after finalize(), call init() to start a new message" \
-                if self._state == "done" else "call init() first"
+            hint = (
+                "after finalize(), call init() to start a new message"
+                if self._state == "done"
+                else "call init() first"
+            )
             raise CryptoError(ErrorCode.INVALID_STATE, f"{what}() needs an active message; {hint}")
 
     def _need_idle(self, what: str) -> None:
         self._check()
         if self._state == "active":
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"{what}() while a message is in progress; reset() first")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, f"{what}() while a message is in progress; reset() first"
+            )
 
     def _start(self, args: dict[str, Any]) -> None:
         self._check()
         if self._state == "active":
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "init() called while a message is in progress; call reset() "
-                              "to discard it or finalize it first")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE,
+                "init() called while a message is in progress; call reset() "
+                "to discard it or finalize it first",
+            )
         self._defer(f"{self._family}.init", {"ctx": self._handle, **args})
         self._state = "active"
 
@@ -369,8 +383,9 @@ class StreamCore(ContextCore):
         size = len(view)
         if size >= self._buffer_limit:
             self._flush_buffer()
-            yield from self._send_data(f"{self._family}.update", view,
-                                       lambda piece: {"ctx": self._handle, "data": piece})
+            yield from self._send_data(
+                f"{self._family}.update", view, lambda piece: {"ctx": self._handle, "data": piece}
+            )
             return
         self._buffer.append(bytes(view))
         self._buffered += size

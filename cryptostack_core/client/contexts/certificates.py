@@ -54,8 +54,9 @@ class VerificationReport:
     def explain(self) -> str:
         """One human-readable line: the verdict and the path (VALID) or the reason."""
         if self.result is CertVerifyResult.VALID:
-            return (f"VALID: chain of {len(self.chain)} certificates: "
-                    + " -> ".join(s or "<empty subject>" for s in self.subjects))
+            return f"VALID: chain of {len(self.chain)} certificates: " + " -> ".join(
+                s or "<empty subject>" for s in self.subjects
+            )
         return f"{self.result.value}: {self.reason}"
 
 
@@ -65,8 +66,9 @@ def _encoded(data: object, what: str) -> bytes:
         try:
             return data.encode("ascii")
         except UnicodeEncodeError:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"a PEM {what} is ASCII text; this string is not") from None
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"a PEM {what} is ASCII text; this string is not"
+            ) from None
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise wrong_type("data", f"a PEM or DER {what} (bytes, or str for PEM)", data)
@@ -141,8 +143,9 @@ class CertificateVerificationCore(ContextCore):
     def set_max_chain_depth(self, n: int) -> None:
         """At most ``n`` intermediates between the certificate and the anchor (default 8)."""
         if int_arg(n, "n (max chain depth)") < 0:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"n (max chain depth) must not be negative, got {n!r}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"n (max chain depth) must not be negative, got {n!r}"
+            )
         self._settings["max_chain_depth"] = n
 
     def set_initial_policy_set(self, policies: Iterable[str]) -> None:
@@ -151,8 +154,9 @@ class CertificateVerificationCore(ContextCore):
             raise wrong_type("policies", "an iterable of dotted OIDs", policies)
         oids = str_list_arg([getattr(p, "dotted_string", p) for p in policies], "policies")
         if not oids:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "policies (the initial policy set) must not be empty")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, "policies (the initial policy set) must not be empty"
+            )
         self._settings["initial_policy_set"] = oids
 
     def set_initial_explicit_policy(self, required: bool = True) -> None:
@@ -172,15 +176,25 @@ class CertificateVerificationCore(ContextCore):
         self._settings["profile"] = str_arg(profile, "profile")
 
     def _p_verify(self) -> Plan[CertVerifyResult]:
-        result = yield from self._call("cert.verify", {
-            "certificate": self._certificate, "trust_store": self._trust_store,
-            "intermediates": self._intermediates, "crls": self._crls,
-            "time": None if self._time is None else self._time.timestamp(),
-            "policy": self._policy.value, **self._settings})
-        report = VerificationReport(CertVerifyResult(result["result"]), result.get("reason", ""),
-                                    [bytes(c) for c in result.get("chain", [])],
-                                    frozenset(result.get("policies", ())),
-                                    tuple(result.get("subjects", ())))
+        result = yield from self._call(
+            "cert.verify",
+            {
+                "certificate": self._certificate,
+                "trust_store": self._trust_store,
+                "intermediates": self._intermediates,
+                "crls": self._crls,
+                "time": None if self._time is None else self._time.timestamp(),
+                "policy": self._policy.value,
+                **self._settings,
+            },
+        )
+        report = VerificationReport(
+            CertVerifyResult(result["result"]),
+            result.get("reason", ""),
+            [bytes(c) for c in result.get("chain", [])],
+            frozenset(result.get("policies", ())),
+            tuple(result.get("subjects", ())),
+        )
         self.last_report = report
         return report.result
 
@@ -214,8 +228,11 @@ class AsyncCertificateVerificationContext(CertificateVerificationCore, AsyncOper
 class CertificateManagementCore(ContextCore):
     """Certificate, CRL and trust-store plans (blocking and asyncio)."""
 
-    def __init__(self, parent: ContextParent, config: CertificateManagementContextConfig,
-                 ) -> None:
+    def __init__(
+        self,
+        parent: ContextParent,
+        config: CertificateManagementContextConfig,
+    ) -> None:
         super().__init__(parent, config)
         # set_provider() on the config pins where load_certificate_public_key imports keys.
         self._provider = config.provider
@@ -230,14 +247,14 @@ class CertificateManagementCore(ContextCore):
         info: dict[str, Any] = yield from self._call(op, {"data": _encoded(data, what)})
         return info
 
-    def _p_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
-                       crls: Iterable[ResourceLike] | ResourceLike) -> Plan[dict[str, Any]]:
+    def _p_trust_store(
+        self, anchors: Iterable[ResourceLike] | ResourceLike, crls: Iterable[ResourceLike] | ResourceLike
+    ) -> Plan[dict[str, Any]]:
         args = {"anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")}
         info: dict[str, Any] = yield from self._call("truststore.create", args)
         return info
 
-    def _p_public_key(self, cert: ResourceLike, provider: int | None
-                      ) -> Plan[tuple[dict[str, Any], str]]:
+    def _p_public_key(self, cert: ResourceLike, provider: int | None) -> Plan[tuple[dict[str, Any], str]]:
         cert_id = wire_rid(cert, "cert")
         pinned = optional_int_arg(provider, "provider")
         if pinned is None:
@@ -250,21 +267,31 @@ class CertificateManagementCore(ContextCore):
             fmt = fmt.value
         if not isinstance(fmt, str):
             raise wrong_type("fmt", '"PEM" or "DER"', fmt)
-        data: bytes = yield from self._call("cert.export", {"cert": wire_rid(cert, "cert"),
-                                                            "format": fmt.upper()})
+        data: bytes = yield from self._call(
+            "cert.export", {"cert": wire_rid(cert, "cert"), "format": fmt.upper()}
+        )
         return data
 
     def _p_persist_certificate(self, slot: ResourceLike, cert: ResourceLike) -> Plan[int]:
-        result = yield from self._call("cert.persist", {"slot": wire_rid(slot, "slot"),
-                                                        "cert": wire_rid(cert, "cert")})
+        result = yield from self._call(
+            "cert.persist", {"slot": wire_rid(slot, "slot"), "cert": wire_rid(cert, "cert")}
+        )
         return int(result["version"])
 
-    def _p_persist_trust_store(self, store: ResourceLike,
-                               anchors: Iterable[ResourceLike] | ResourceLike,
-                               crls: Iterable[ResourceLike] | ResourceLike) -> Plan[int]:
-        result = yield from self._call("truststore.persist", {
-            "store": wire_rid(store, "store"),
-            "anchors": _rid_list(anchors, "anchors"), "crls": _rid_list(crls, "crls")})
+    def _p_persist_trust_store(
+        self,
+        store: ResourceLike,
+        anchors: Iterable[ResourceLike] | ResourceLike,
+        crls: Iterable[ResourceLike] | ResourceLike,
+    ) -> Plan[int]:
+        result = yield from self._call(
+            "truststore.persist",
+            {
+                "store": wire_rid(store, "store"),
+                "anchors": _rid_list(anchors, "anchors"),
+                "crls": _rid_list(crls, "crls"),
+            },
+        )
         return int(result["version"])
 
 
@@ -282,17 +309,22 @@ class CertificateManagementContext(CertificateManagementCore, OperationContext):
         """An ephemeral CRL from PEM (bytes or str) or DER."""
         return self._guard(self._run(self._p_import("crl.import", data, "CRL")))
 
-    def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
-                           crls: Iterable[ResourceLike] | ResourceLike = (),
-                           ) -> CryptoResourceGuard:
+    def create_trust_store(
+        self,
+        anchors: Iterable[ResourceLike] | ResourceLike,
+        crls: Iterable[ResourceLike] | ResourceLike = (),
+    ) -> CryptoResourceGuard:
         """An ephemeral trust store of anchors (and CRLs): ids or guards, one or a list.
 
         The daemon copies their content: releasing them afterwards leaves the store intact.
         """
         return self._guard(self._run(self._p_trust_store(anchors, crls)))
 
-    def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
-                                    ) -> tuple[CryptoResourceGuard, str]:
+    def load_certificate_public_key(
+        self,
+        cert: ResourceLike,
+        provider: int | None = None,
+    ) -> tuple[CryptoResourceGuard, str]:
         """(VERIFY-only public key guard, canonical algorithm name).
 
         The key is imported into ``provider`` if given, else the config's ``set_provider``
@@ -309,9 +341,12 @@ class CertificateManagementContext(CertificateManagementCore, OperationContext):
         """Replace a configured certificate slot (atomic); returns its new version."""
         return self._run(self._p_persist_certificate(slot, cert))
 
-    def persist_trust_store(self, store: ResourceLike,
-                            anchors: Iterable[ResourceLike] | ResourceLike,
-                            crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
+    def persist_trust_store(
+        self,
+        store: ResourceLike,
+        anchors: Iterable[ResourceLike] | ResourceLike,
+        crls: Iterable[ResourceLike] | ResourceLike = (),
+    ) -> int:
         """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
         return self._run(self._p_persist_trust_store(store, anchors, crls))
 
@@ -330,20 +365,24 @@ class AsyncCertificateManagementContext(CertificateManagementCore, AsyncOperatio
         """An ephemeral CRL from PEM (bytes or str) or DER."""
         return self._guard(await self._run(self._p_import("crl.import", data, "CRL")))
 
-    async def create_trust_store(self, anchors: Iterable[ResourceLike] | ResourceLike,
-                                 crls: Iterable[ResourceLike] | ResourceLike = (),
-                                 ) -> AsyncCryptoResourceGuard:
+    async def create_trust_store(
+        self,
+        anchors: Iterable[ResourceLike] | ResourceLike,
+        crls: Iterable[ResourceLike] | ResourceLike = (),
+    ) -> AsyncCryptoResourceGuard:
         """An ephemeral trust store of anchors (and CRLs)."""
         return self._guard(await self._run(self._p_trust_store(anchors, crls)))
 
-    async def load_certificate_public_key(self, cert: ResourceLike, provider: int | None = None,
-                                          ) -> tuple[AsyncCryptoResourceGuard, str]:
+    async def load_certificate_public_key(
+        self,
+        cert: ResourceLike,
+        provider: int | None = None,
+    ) -> tuple[AsyncCryptoResourceGuard, str]:
         """(VERIFY-only public key guard, canonical algorithm name)."""
         info, algorithm = await self._run(self._p_public_key(cert, provider))
         return self._guard(info), algorithm
 
-    async def export_certificate(self, cert: ResourceLike,
-                                 fmt: str | KeyFormat = "PEM") -> bytes:
+    async def export_certificate(self, cert: ResourceLike, fmt: str | KeyFormat = "PEM") -> bytes:
         """The certificate as PEM or DER."""
         return await self._run(self._p_export(cert, fmt))
 
@@ -351,8 +390,11 @@ class AsyncCertificateManagementContext(CertificateManagementCore, AsyncOperatio
         """Replace a configured certificate slot (atomic); returns its new version."""
         return await self._run(self._p_persist_certificate(slot, cert))
 
-    async def persist_trust_store(self, store: ResourceLike,
-                                  anchors: Iterable[ResourceLike] | ResourceLike,
-                                  crls: Iterable[ResourceLike] | ResourceLike = ()) -> int:
+    async def persist_trust_store(
+        self,
+        store: ResourceLike,
+        anchors: Iterable[ResourceLike] | ResourceLike,
+        crls: Iterable[ResourceLike] | ResourceLike = (),
+    ) -> int:
         """Replace a configured trust store's anchors and CRLs (atomic); returns its version."""
         return await self._run(self._p_persist_trust_store(store, anchors, crls))

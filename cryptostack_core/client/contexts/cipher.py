@@ -57,22 +57,30 @@ class CipherCore(StreamCore):
 
     def _p_create(self, config: CipherContextConfig) -> Plan[None]:
         if config.algorithm is None or config.key is None or config.direction is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "CipherContextConfig needs set_algorithm(), set_key() and "
-                              "set_direction()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                "CipherContextConfig needs set_algorithm(), set_key() and set_direction()",
+            )
         algorithm = yield from self._channel._p_canonical(config.algorithm)
-        info = yield from self._call("cipher.create", {
-            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
-            "direction": config.direction.value, "tag_length": config.tag_length,
-            "provider": config.provider})
+        info = yield from self._call(
+            "cipher.create",
+            {
+                "algorithm": algorithm,
+                "key": wire_rid(config.key, "key"),
+                "direction": config.direction.value,
+                "tag_length": config.tag_length,
+                "provider": config.provider,
+            },
+        )
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
         self.direction = config.direction
         spec = REGISTRY.find(self.algorithm)
         self._aead = spec is not None and spec.kind is AlgorithmKind.AEAD
-        self._tag_length = config.tag_length if config.tag_length is not None else (
-            spec.tag_size if spec is not None else 0)
+        self._tag_length = (
+            config.tag_length if config.tag_length is not None else (spec.tag_size if spec is not None else 0)
+        )
         self._message_size = 0
 
     def _init(self, iv: BytesLike) -> None:
@@ -93,12 +101,14 @@ class CipherCore(StreamCore):
         size += self._message_size
         if size + (self._tag_length if encrypting else 0) > limit:
             self._reset()
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"refusing to {'encrypt' if encrypting else 'decrypt'} an "
-                              f"{self.algorithm} message of more than {limit} bytes with its "
-                              "tag: the daemon decrypts an AEAD message whole and holds at most "
-                              "that much (max_buffered_message); use a streaming AEAD such as "
-                              "AES-256-GCM-HKDF-1MB for large data. The message was discarded")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"refusing to {'encrypt' if encrypting else 'decrypt'} an "
+                f"{self.algorithm} message of more than {limit} bytes with its "
+                "tag: the daemon decrypts an AEAD message whole and holds at most "
+                "that much (max_buffered_message); use a streaming AEAD such as "
+                "AES-256-GCM-HKDF-1MB for large data. The message was discarded",
+            )
         self._message_size = size
 
     def _p_update_aad(self, aad: BytesLike) -> Plan[None]:
@@ -107,36 +117,42 @@ class CipherCore(StreamCore):
         if len(view) <= self._channel.max_chunk:
             self._defer("cipher.update_aad", {"ctx": self._handle, "data": bytes(view)})
             return
-        yield from self._send_data("cipher.update_aad", view,
-                                   lambda piece: {"ctx": self._handle, "data": piece})
+        yield from self._send_data(
+            "cipher.update_aad", view, lambda piece: {"ctx": self._handle, "data": piece}
+        )
 
     def _p_update(self, data: BytesLike) -> Plan[bytes]:
         view = byte_view(data)
         self._need_active("update")
         self._check_aead_limit(len(view))
-        outputs = yield from self._send_data("cipher.update", view,
-                                             lambda piece: {"ctx": self._handle, "data": piece})
+        outputs = yield from self._send_data(
+            "cipher.update", view, lambda piece: {"ctx": self._handle, "data": piece}
+        )
         return outputs[0] if len(outputs) == 1 else b"".join(outputs)
 
     def _p_finalize(self) -> Plan[bytes]:
         out: bytes = yield from self._p_finish({})
         return out
 
-    def _p_message(self, direction: CipherDirection, iv: BytesLike, data: BytesLike,
-                   aad: BytesLike | None) -> Plan[bytes]:
+    def _p_message(
+        self, direction: CipherDirection, iv: BytesLike, data: BytesLike, aad: BytesLike | None
+    ) -> Plan[bytes]:
         """A whole message: one request when it fits in one, else init/update/finalize."""
         what = "encrypt" if direction is CipherDirection.ENCRYPT else "decrypt"
         iv_bytes = bytes_arg(iv, "iv")
         view = byte_view(data)
         aad_view = byte_view(aad, "aad") if aad is not None else None
         if self.direction is not direction:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"{what}() on a context created for "
-                              f"{self.direction.value.lower()}ion; create one with "
-                              f"set_direction(CipherDirection.{direction.value})")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE,
+                f"{what}() on a context created for "
+                f"{self.direction.value.lower()}ion; create one with "
+                f"set_direction(CipherDirection.{direction.value})",
+            )
         if aad_view is not None and len(aad_view) and not self._aead:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"{self.algorithm} is not an AEAD; it takes no associated data")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE, f"{self.algorithm} is not an AEAD; it takes no associated data"
+            )
         self._need_idle(what)
         self._message_size = 0
         self._check_aead_limit(len(view))

@@ -36,28 +36,31 @@ class HashCore(StreamCore):
         if config.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "HashContextConfig needs set_algorithm()")
         algorithm = yield from self._channel._p_canonical(config.algorithm)
-        info = yield from self._call("hash.create", {"algorithm": algorithm,
-                                                     "provider": config.provider})
+        info = yield from self._call("hash.create", {"algorithm": algorithm, "provider": config.provider})
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
 
     def _p_finalize_into(self, out: bytearray | memoryview) -> Plan[int]:
-        if not isinstance(out, (bytearray, memoryview)) or (isinstance(out, memoryview)
-                                                             and out.readonly):
+        if not isinstance(out, (bytearray, memoryview)) or (isinstance(out, memoryview) and out.readonly):
             raise wrong_type("out", "a writable buffer (bytearray or memoryview)", out)
         digest: bytes = yield from self._p_finish({})
         if len(out) < len(digest):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"output buffer of {len(out)} bytes is smaller than the "
-                              f"{len(digest)}-byte digest")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"output buffer of {len(out)} bytes is smaller than the {len(digest)}-byte digest",
+            )
         out[: len(digest)] = digest
         return len(digest)
 
     def _p_single_shot(self, data: BytesLike) -> Plan[bytes]:
         view = byte_view(data)
-        whole = self._p_whole("hash.single_shot", "single_shot", {"data": bytes(view)}
-                              if len(view) < 65536 else {"data": view}, len(view))
+        whole = self._p_whole(
+            "hash.single_shot",
+            "single_shot",
+            {"data": bytes(view)} if len(view) < 65536 else {"data": view},
+            len(view),
+        )
         if whole is not None:
             digest: bytes = yield from whole
             return digest

@@ -54,12 +54,19 @@ class SecretCore(ContextCore):
 
     def _p_create(self, config: KemContextConfig) -> Plan[None]:
         if config.algorithm is None or config.key is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{type(config).__name__} needs set_algorithm() and set_key()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"{type(config).__name__} needs set_algorithm() and set_key()"
+            )
         algorithm = yield from self._channel._p_canonical(config.algorithm)
-        info = yield from self._call(f"{self._family}.create", {
-            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
-            "derived_permissions": int(config.derived_permissions), "provider": config.provider})
+        info = yield from self._call(
+            f"{self._family}.create",
+            {
+                "algorithm": algorithm,
+                "key": wire_rid(config.key, "key"),
+                "derived_permissions": int(config.derived_permissions),
+                "provider": config.provider,
+            },
+        )
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
@@ -72,13 +79,13 @@ class SecretCore(ContextCore):
         return bytes(result["ciphertext"]), result["key"]
 
     def _p_decapsulate(self, data: bytes) -> Plan[dict[str, Any]]:
-        info: dict[str, Any] = yield from self._call("kem.decapsulate",
-                                                     {"ctx": self._handle, "ciphertext": data})
+        info: dict[str, Any] = yield from self._call(
+            "kem.decapsulate", {"ctx": self._handle, "ciphertext": data}
+        )
         return info
 
     def _p_agree(self, peer: bytes) -> Plan[dict[str, Any]]:
-        info: dict[str, Any] = yield from self._call("agree.agree",
-                                                     {"ctx": self._handle, "peer": peer})
+        info: dict[str, Any] = yield from self._call("agree.agree", {"ctx": self._handle, "peer": peer})
         return info
 
 

@@ -60,13 +60,13 @@ class GenerateKeyParams(AlgorithmSetting):
         self.placement = str_arg(placement, "placement")
         return self
 
-    def set_component_providers(self, *, pq: int | list[int] | None = None,
-                                classical: int | list[int] | None = None) -> Self:
+    def set_component_providers(
+        self, *, pq: int | list[int] | None = None, classical: int | list[int] | None = None
+    ) -> Self:
         """Hybrid keys split across providers: the providers to try, in order, for the
         post-quantum half (ML-DSA, ML-KEM) and the classical one (ECDSA, Ed25519, RSA,
         X25519). Naming them asks for a split key."""
-        chosen = {role: ids for role, ids in (("pq", pq), ("classical", classical))
-                  if ids is not None}
+        chosen = {role: ids for role, ids in (("pq", pq), ("classical", classical)) if ids is not None}
         self.components = components_arg(chosen, "providers") or None
         return self
 
@@ -133,28 +133,40 @@ class DeriveKeyParams(AlgorithmSetting, KeySetting):
 
 def slot_info_from_wire(info: dict[str, Any]) -> KeySlotInfo:
     """Build a :class:`KeySlotInfo` from its wire form."""
-    versions = [KeyVersionInfo(version=int(v["version"]), state=KeyVersionState(v["state"]),
-                               algorithm=str(v["algorithm"]), provider=int(v["provider"]),
-                               permissions=KeyOperationPermission(v.get("permissions") or 0),
-                               created=float(v["created"]), updated=float(v["updated"]))
-                for v in info.get("versions") or []]
-    return KeySlotInfo(status=KeySlotStatus(info["status"]), algorithm=info.get("algorithm"),
-                       provider=info.get("provider"),
-                       compatible_providers=list(info.get("compatible_providers") or []),
-                       permissions=KeyOperationPermission(info.get("permissions") or 0),
-                       version=int(info.get("version") or 0), name=info.get("name", ""),
-                       created=info.get("created"), updated=info.get("updated"),
-                       versions=versions, min_version=int(info.get("min_version") or 0),
-                       head_version=int(info.get("head_version") or 0),
-                       placement=str(info.get("placement") or "auto"),
-                       components=[dict(c) for c in info.get("components") or ()])
+    versions = [
+        KeyVersionInfo(
+            version=int(v["version"]),
+            state=KeyVersionState(v["state"]),
+            algorithm=str(v["algorithm"]),
+            provider=int(v["provider"]),
+            permissions=KeyOperationPermission(v.get("permissions") or 0),
+            created=float(v["created"]),
+            updated=float(v["updated"]),
+        )
+        for v in info.get("versions") or []
+    ]
+    return KeySlotInfo(
+        status=KeySlotStatus(info["status"]),
+        algorithm=info.get("algorithm"),
+        provider=info.get("provider"),
+        compatible_providers=list(info.get("compatible_providers") or []),
+        permissions=KeyOperationPermission(info.get("permissions") or 0),
+        version=int(info.get("version") or 0),
+        name=info.get("name", ""),
+        created=info.get("created"),
+        updated=info.get("updated"),
+        versions=versions,
+        min_version=int(info.get("min_version") or 0),
+        head_version=int(info.get("head_version") or 0),
+        placement=str(info.get("placement") or "auto"),
+        components=[dict(c) for c in info.get("components") or ()],
+    )
 
 
 def _version(version: object) -> int:
     number = int_arg(version, "version")
     if number < 0:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"version must be a non-negative int, got {number}")
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"version must be a non-negative int, got {number}")
     return number
 
 
@@ -184,38 +196,53 @@ class KeyManagementCore(ContextCore):
         if params.algorithm is None:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "GenerateKeyParams needs set_algorithm()")
         algorithm = yield from self._channel._p_canonical(params.algorithm)
-        info: dict[str, Any] = yield from self._call("key.generate", {
-            "algorithm": algorithm, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions),
-            **_placement(params)})
+        info: dict[str, Any] = yield from self._call(
+            "key.generate",
+            {
+                "algorithm": algorithm,
+                "provider": params.provider,
+                "permissions": None if params.permissions is None else int(params.permissions),
+                **_placement(params),
+            },
+        )
         return info
 
     def _p_import_key(self, params: ImportKeyParams) -> Plan[dict[str, Any]]:
         instance_arg(params, ImportKeyParams, "params")
         if params.algorithm is None or params.material is None or params.format is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "ImportKeyParams needs set_algorithm() and set_material()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, "ImportKeyParams needs set_algorithm() and set_material()"
+            )
         algorithm = yield from self._channel._p_canonical(params.algorithm)
-        info: dict[str, Any] = yield from self._call("key.import", {
-            "algorithm": algorithm, "material": params.material,
-            "format": params.format.value, "provider": params.provider,
-            "permissions": None if params.permissions is None else int(params.permissions),
-            **_placement(params)})
+        info: dict[str, Any] = yield from self._call(
+            "key.import",
+            {
+                "algorithm": algorithm,
+                "material": params.material,
+                "format": params.format.value,
+                "provider": params.provider,
+                "permissions": None if params.permissions is None else int(params.permissions),
+                **_placement(params),
+            },
+        )
         return info
 
     def _p_persist_key(self, slot: ResourceLike, key: ResourceLike) -> Plan[KeySlotInfo]:
-        info = yield from self._call("key.persist", {"slot": wire_rid(slot, "slot"),
-                                                     "key": wire_rid(key, "key")})
+        info = yield from self._call(
+            "key.persist", {"slot": wire_rid(slot, "slot"), "key": wire_rid(key, "key")}
+        )
         return slot_info_from_wire(info)
 
     def _p_retire_key_version(self, slot: ResourceLike, version: int) -> Plan[KeySlotInfo]:
-        info = yield from self._call("key.retire_version", {
-            "slot": wire_rid(slot, "slot"), "version": _version(version)})
+        info = yield from self._call(
+            "key.retire_version", {"slot": wire_rid(slot, "slot"), "version": _version(version)}
+        )
         return slot_info_from_wire(info)
 
     def _p_set_minimum_version(self, slot: ResourceLike, version: int) -> Plan[KeySlotInfo]:
-        info = yield from self._call("key.set_minimum_version", {
-            "slot": wire_rid(slot, "slot"), "version": _version(version)})
+        info = yield from self._call(
+            "key.set_minimum_version", {"slot": wire_rid(slot, "slot"), "version": _version(version)}
+        )
         return slot_info_from_wire(info)
 
     def _p_clear_key_slot(self, slot: ResourceLike) -> Plan[None]:
@@ -227,24 +254,34 @@ class KeyManagementCore(ContextCore):
         return data
 
     def _p_export_key(self, key: ResourceLike, fmt: KeyFormat | None) -> Plan[bytes]:
-        args = {"key": wire_rid(key, "key"),
-                "format": None if fmt is None else enum_arg(fmt, KeyFormat, "fmt").value}
+        args = {
+            "key": wire_rid(key, "key"),
+            "format": None if fmt is None else enum_arg(fmt, KeyFormat, "fmt").value,
+        }
         data: bytes = yield from self._call("key.export", args)
         return data
 
     def _p_derive_key(self, params: DeriveKeyParams) -> Plan[dict[str, Any]]:
         instance_arg(params, DeriveKeyParams, "params")
         if params.key is None or params.algorithm is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "DeriveKeyParams needs set_key() and set_algorithm()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, "DeriveKeyParams needs set_key() and set_algorithm()"
+            )
         key = wire_rid(params.key, "key")
         algorithm = yield from self._channel._p_canonical(params.algorithm)
         output = yield from self._channel._p_canonical(params.output_algorithm)
-        info: dict[str, Any] = yield from self._call("key.derive", {
-            "algorithm": algorithm, "key": key,
-            "salt": params.salt, "info": params.info, "length": params.length,
-            "output_algorithm": output,
-            "permissions": None if params.permissions is None else int(params.permissions)})
+        info: dict[str, Any] = yield from self._call(
+            "key.derive",
+            {
+                "algorithm": algorithm,
+                "key": key,
+                "salt": params.salt,
+                "info": params.info,
+                "length": params.length,
+                "output_algorithm": output,
+                "permissions": None if params.permissions is None else int(params.permissions),
+            },
+        )
         return info
 
     def _p_generate_random(self, length: int, provider: int | None) -> Plan[bytes]:
@@ -330,8 +367,7 @@ class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
     def _guard(self, info: dict[str, Any]) -> AsyncCryptoResourceGuard:
         return AsyncCryptoResourceGuard._from_wire(self._channel, info)
 
-    async def load_key(self, slot: ResourceLike,
-                       version: int | None = None) -> AsyncCryptoResourceGuard:
+    async def load_key(self, slot: ResourceLike, version: int | None = None) -> AsyncCryptoResourceGuard:
         """Load a slot's key (its primary version, or ``version``); see
         :meth:`KeyManagementContext.load_key`."""
         return self._guard(await self._run(self._p_load_key(slot, version)))
@@ -367,8 +403,7 @@ class AsyncKeyManagementContext(KeyManagementCore, AsyncOperationContext):
         """Empty a key slot: every version is removed (audited)."""
         await self._run(self._p_clear_key_slot(slot))
 
-    async def export_public_key(self, key: ResourceLike,
-                                fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
+    async def export_public_key(self, key: ResourceLike, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """Public key of an asymmetric key or slot (SubjectPublicKeyInfo DER by default)."""
         return await self._run(self._p_export_public_key(key, fmt))
 

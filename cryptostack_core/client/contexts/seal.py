@@ -48,9 +48,10 @@ class SealCore(ContextCore):
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, "SealContextConfig needs set_key(slot)")
         rid = getattr(config.key, "resource_id", None)
         if rid is not None and rid.type is not ResourceType.KEY_SLOT:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "seal and open take a key slot (the daemon picks the version), "
-                              f"not a {rid.type.value}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"seal and open take a key slot (the daemon picks the version), not a {rid.type.value}",
+            )
         self._key = wire_rid(config.key, "key")
 
     def _p_close(self) -> Plan[None]:
@@ -62,10 +63,12 @@ class SealCore(ContextCore):
     def _limit(self, size: int, what: str) -> None:
         limit = self._channel.limit("max_buffered_message")
         if limit is not None and size > limit + SEAL_OVERHEAD:
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"{what} of {size} bytes is larger than the daemon's "
-                              f"max_buffered_message ({limit}); use a streaming AEAD "
-                              "(create_streaming_aead_context) for large data")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{what} of {size} bytes is larger than the daemon's "
+                f"max_buffered_message ({limit}); use a streaming AEAD "
+                "(create_streaming_aead_context) for large data",
+            )
 
     def _args(self, data: BytesLike, aad: BytesLike, what: str) -> dict[str, Any]:
         view = byte_view(data, what)
@@ -73,13 +76,11 @@ class SealCore(ContextCore):
         return {"key": self._key, "data": view, "aad": bytes(byte_view(aad, "aad"))}
 
     def _p_seal(self, plaintext: BytesLike, aad: BytesLike) -> Plan[bytes]:
-        sealed: bytes = yield from self._call("aead.seal",
-                                              self._args(plaintext, aad, "plaintext"))
+        sealed: bytes = yield from self._call("aead.seal", self._args(plaintext, aad, "plaintext"))
         return sealed
 
     def _p_open(self, sealed: BytesLike, aad: BytesLike) -> Plan[bytes]:
-        plaintext: bytes = yield from self._call("aead.open",
-                                                 self._args(sealed, aad, "sealed message"))
+        plaintext: bytes = yield from self._call("aead.open", self._args(sealed, aad, "sealed message"))
         return plaintext
 
 

@@ -62,11 +62,16 @@ class SignCore(StreamCore):
 
     def _p_create(self, config: SignContextConfig) -> Plan[None]:
         if config.algorithm is None or config.key is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{type(config).__name__} needs set_algorithm() and set_key()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"{type(config).__name__} needs set_algorithm() and set_key()"
+            )
         algorithm = yield from self._channel._p_canonical(config.algorithm)
-        args = {"algorithm": algorithm, "key": wire_rid(config.key, "key"),
-                "context": config.context, "provider": config.provider}
+        args = {
+            "algorithm": algorithm,
+            "key": wire_rid(config.key, "key"),
+            "context": config.context,
+            "provider": config.provider,
+        }
         if isinstance(config, VerifyContextConfig):
             args["tag_length"] = config.tag_length
         info = yield from self._call(f"{self._family}.create", args)
@@ -84,8 +89,9 @@ class SignCore(StreamCore):
 
     def _p_sign(self, message: BytesLike, what: str = "sign") -> Plan[bytes]:
         view = byte_view(message, "message")
-        whole = self._p_whole("sign.single_shot", what,
-                              {"data": message if type(message) is bytes else view}, len(view))
+        whole = self._p_whole(
+            "sign.single_shot", what, {"data": message if type(message) is bytes else view}, len(view)
+        )
         if whole is not None:
             signature: bytes = yield from whole
             return signature
@@ -97,9 +103,10 @@ class SignCore(StreamCore):
     def _p_mac(self, message: BytesLike) -> Plan[bytes]:
         byte_view(message, "message")
         if not self._is_mac():
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              f"mac() needs a MAC algorithm (HMAC-SHA-256 ...), not "
-                              f"{self.algorithm}; use sign()")
+            raise CryptoError(
+                ErrorCode.INVALID_STATE,
+                f"mac() needs a MAC algorithm (HMAC-SHA-256 ...), not {self.algorithm}; use sign()",
+            )
         return (yield from self._p_sign(message, "mac"))
 
     def _p_verify_finalize(self, signature: BytesLike, strict: bool = False) -> Plan[bool]:
@@ -108,13 +115,11 @@ class SignCore(StreamCore):
             raise _invalid_signature(self.algorithm)
         return bool(ok)
 
-    def _p_verify(self, message: BytesLike, signature: BytesLike,
-                  strict: bool = False) -> Plan[bool]:
+    def _p_verify(self, message: BytesLike, signature: BytesLike, strict: bool = False) -> Plan[bool]:
         """``strict``: raise AUTHENTICATION_FAILED instead of answering False."""
         view = byte_view(message, "message")
         sig = bytes_arg(signature, "signature")
-        args: dict[str, Any] = {"data": message if type(message) is bytes else view,
-                                "signature": sig}
+        args: dict[str, Any] = {"data": message if type(message) is bytes else view, "signature": sig}
         whole = self._p_whole("verify.single_shot", "verify", args, len(view) + len(sig))
         if whole is not None:
             ok = yield from whole
@@ -184,8 +189,9 @@ class VerifyContext(SignContext):
     def mac(self, message: BytesLike) -> bytes:
         """Not available on verify contexts (use :meth:`verify` with the tag)."""
         byte_view(message, "message")
-        raise CryptoError(ErrorCode.INVALID_STATE, "a verify context cannot compute a MAC; "
-                                                   "verify(message, tag) checks one")
+        raise CryptoError(
+            ErrorCode.INVALID_STATE, "a verify context cannot compute a MAC; verify(message, tag) checks one"
+        )
 
     def verify_finalize(self, signature: BytesLike) -> bool:
         """True if the signature (or tag) is valid for the message."""
@@ -272,6 +278,7 @@ class AsyncVerifyContext(SignCore, AsyncStreamContext):
 
 
 def _invalid_signature(algorithm: str) -> CryptoError:
-    return CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                       f"the {algorithm} signature (or tag) does not verify for this message "
-                       "and key")
+    return CryptoError(
+        ErrorCode.AUTHENTICATION_FAILED,
+        f"the {algorithm} signature (or tag) does not verify for this message and key",
+    )

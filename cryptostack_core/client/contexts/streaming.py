@@ -60,13 +60,20 @@ class StreamingAeadCore(StreamCore):
 
     def _p_create(self, config: StreamingAeadContextConfig) -> Plan[None]:
         if config.algorithm is None or config.key is None or config.direction is None:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "StreamingAeadContextConfig needs set_algorithm(), set_key() and "
-                              "set_direction()")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                "StreamingAeadContextConfig needs set_algorithm(), set_key() and set_direction()",
+            )
         algorithm = yield from self._channel._p_canonical(config.algorithm)
-        info = yield from self._call("streaming_aead.create", {
-            "algorithm": algorithm, "key": wire_rid(config.key, "key"),
-            "direction": config.direction.value, "provider": config.provider})
+        info = yield from self._call(
+            "streaming_aead.create",
+            {
+                "algorithm": algorithm,
+                "key": wire_rid(config.key, "key"),
+                "direction": config.direction.value,
+                "provider": config.provider,
+            },
+        )
         self._handle = info["ctx"]
         self.algorithm = info["algorithm"]
         self.provider = info["provider"]
@@ -80,8 +87,9 @@ class StreamingAeadCore(StreamCore):
     def _p_update(self, data: BytesLike) -> Plan[bytes]:
         view = byte_view(data)
         self._need_active("update")
-        outputs = yield from self._send_data("streaming_aead.update", view,
-                                             lambda piece: {"ctx": self._handle, "data": piece})
+        outputs = yield from self._send_data(
+            "streaming_aead.update", view, lambda piece: {"ctx": self._handle, "data": piece}
+        )
         return outputs[0] if len(outputs) == 1 else b"".join(outputs)
 
     def _p_finalize(self) -> Plan[bytes]:
@@ -115,8 +123,7 @@ class StreamingAeadContext(StreamingAeadCore, StreamContext):
         """The final segment: its ciphertext, or its plaintext once verified."""
         return self._run(self._p_finalize())
 
-    def process_stream(self, source: IO[bytes], sink: IO[bytes],
-                       associated_data: BytesLike = b"") -> int:
+    def process_stream(self, source: IO[bytes], sink: IO[bytes], associated_data: BytesLike = b"") -> int:
         """Encrypt or decrypt everything ``source`` yields into ``sink``; returns the bytes
         written. On ``AUTHENTICATION_FAILED`` the bytes already written to ``sink`` belong to
         a stream that turned out altered or incomplete: discard them."""

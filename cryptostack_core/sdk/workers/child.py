@@ -147,8 +147,13 @@ class WorkerServer:
         try:
             frame = encode(message)
         except (WireError, pickle.PicklingError, TypeError, AttributeError) as exc:
-            frame = encode((message[0], ERROR, ("crypto", ErrorCode.PROVIDER_ERROR.value,
-                                                f"unencodable worker answer: {exc}")))
+            frame = encode(
+                (
+                    message[0],
+                    ERROR,
+                    ("crypto", ErrorCode.PROVIDER_ERROR.value, f"unencodable worker answer: {exc}"),
+                )
+            )
         try:
             with self.write_lock:
                 self.sock.sendall(frame)
@@ -164,8 +169,7 @@ class WorkerServer:
             os._exit(0)
 
     # --- serving ---------------------------------------------------------------------
-    def handshake(self, make_backend: Callable[[Any], WorkerBackend] | None = None
-                  ) -> Hello | None:
+    def handshake(self, make_backend: Callable[[Any], WorkerBackend] | None = None) -> Hello | None:
         """Build the backend from the hello (with ``make_backend`` instead of the class the
         hello names, for fakes); returns the hello, or None if the worker could not start
         (the reason went to the host)."""
@@ -175,9 +179,11 @@ class WorkerServer:
         try:
             kind, hello = message
             if kind != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
-                raise CryptoError(ErrorCode.PROTOCOL_ERROR,
-                                  f"worker protocol {hello.get('protocol')!r} is not "
-                                  f"{PROTOCOL_VERSION} (mixed installation?)")
+                raise CryptoError(
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"worker protocol {hello.get('protocol')!r} is not "
+                    f"{PROTOCOL_VERSION} (mixed installation?)",
+                )
             make = make_backend or load_backend(hello["backend"])
             self.backend = make(hello["config"])
         except BaseException as exc:  # noqa: BLE001 - reported to the host, then exit
@@ -210,8 +216,9 @@ class WorkerServer:
                 return
             self._handle(*request)
 
-    def _handle(self, rid: int, op: str, args: tuple[Any, ...], cleanup: tuple[Any, ...],
-                hang: float) -> None:
+    def _handle(
+        self, rid: int, op: str, args: tuple[Any, ...], cleanup: tuple[Any, ...], hang: float
+    ) -> None:
         backend = self.backend
         assert backend is not None
         if cleanup:
@@ -258,8 +265,10 @@ def _watch_parent(sock: socket.socket, parent_pid: int, server: WorkerServer) ->
     poller.register(sock.fileno(), select.POLLRDHUP)
     while not server.stopped.is_set():
         events = poller.poll(1000)
-        if any(mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
-               for _fd, mask in events):
+        if any(
+            mask & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+            for _fd, mask in events
+        ):
             break
         if os.getppid() != parent_pid:
             break

@@ -183,8 +183,7 @@ class FakeWorker:
         self._sock = sock
         self._launcher = launcher
         self._server = WorkerServer(sock, exit_process=False)
-        self._thread = threading.Thread(target=self._run, name=f"fake-worker-{self.pid}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"fake-worker-{self.pid}", daemon=True)
         self.returncode: int | None = None
 
     def start(self) -> None:
@@ -215,7 +214,7 @@ class FakeWorker:
 
     # --- WorkerProcess ---------------------------------------------------------------
     def kill(self) -> None:
-        """"SIGKILL": stop serving and hang up."""
+        """ "SIGKILL": stop serving and hang up."""
         if self.killed.is_set():
             return
         self.killed.set()
@@ -238,8 +237,7 @@ class FakeWorker:
 class FakeLauncher:
     """A :class:`~.launcher.Launcher` of fake workers sharing one :class:`FakeWorld`."""
 
-    def __init__(self, backend: Callable[[Any, FakeWorker], WorkerBackend] = FakeBackend
-                 ) -> None:
+    def __init__(self, backend: Callable[[Any, FakeWorker], WorkerBackend] = FakeBackend) -> None:
         self.world = FakeWorld()
         self.backend = backend
         self.workers: list[FakeWorker] = []

@@ -78,8 +78,7 @@ class StaleGeneration(Exception):
     """A request named state of a worker incarnation that is gone (see the module doc)."""
 
     def __init__(self, generation: int | None, reason: str = "") -> None:
-        super().__init__(f"the worker is now generation {generation}" +
-                         (f" ({reason})" if reason else ""))
+        super().__init__(f"the worker is now generation {generation}" + (f" ({reason})" if reason else ""))
         self.generation = generation
         self.reason = reason
 
@@ -223,9 +222,15 @@ class _Link(asyncio.Protocol):
 class WorkerHost:
     """Runs a provider's worker process and its calls (see the module docstring)."""
 
-    def __init__(self, spec: WorkerSpec, settings: HostSettings, log: logging.Logger, *,
-                 launcher: Launcher | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        settings: HostSettings,
+        log: logging.Logger,
+        *,
+        launcher: Launcher | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         self.log = log
@@ -294,16 +299,23 @@ class WorkerHost:
             if self._failure is not None and not self._restarting:
                 return ProviderState.UNAVAILABLE, f"the {name} is down: {self._failure}"
             return ProviderState.DEGRADED, f"the {name} is restarting: {self.last_restart_reason}"
-        if self.last_restart_at is not None and \
-                time.monotonic() - self.last_restart_at < self.settings.degraded_seconds:
+        if (
+            self.last_restart_at is not None
+            and time.monotonic() - self.last_restart_at < self.settings.degraded_seconds
+        ):
             return ProviderState.DEGRADED, f"the {name} restarted: {self.last_restart_reason}"
         return ProviderState.READY, ""
 
     def describe(self) -> dict[str, Any]:
         """Worker facts for a provider's ``describe``."""
-        return {"worker_pid": self.worker_pid, "worker_generation": self.generation,
-                "worker_restarts": self.restarts, "last_restart_reason": self.last_restart_reason,
-                "worker_timeouts": self.timeouts, "worker_abandoned_calls": self.abandoned}
+        return {
+            "worker_pid": self.worker_pid,
+            "worker_generation": self.generation,
+            "worker_restarts": self.restarts,
+            "last_restart_reason": self.last_restart_reason,
+            "worker_timeouts": self.timeouts,
+            "worker_abandoned_calls": self.abandoned,
+        }
 
     def start(self) -> None:
         """Start the first worker; PROVIDER_UNAVAILABLE with the reason if it cannot."""
@@ -318,13 +330,13 @@ class WorkerHost:
         except RuntimeError:
             pass  # the loop is gone (interpreter shutdown)
 
-    def call(self, op: str, *args: Any, generation: int | None = None,
-             context: Any = None) -> Any:
+    def call(self, op: str, *args: Any, generation: int | None = None, context: Any = None) -> Any:
         """:meth:`call_in` without the generation."""
         return self.call_in(op, *args, generation=generation, context=context)[0]
 
-    def call_in(self, op: str, *args: Any, generation: int | None = None,
-                context: Any = None) -> tuple[Any, int]:
+    def call_in(
+        self, op: str, *args: Any, generation: int | None = None, context: Any = None
+    ) -> tuple[Any, int]:
         """Run ``op(*args)`` in the worker from a thread other than the host's loop; the
         deadline is the caller's :func:`~cryptostack_core.sdk.deadline.call_deadline`. Returns
         (result, generation it ran in). See :meth:`call_async`."""
@@ -333,8 +345,8 @@ class WorkerHost:
         deadline = call_deadline()
         if self._idle_loop():
             return self._loop.run_until_complete(
-                self.call_async(op, *args, generation=generation, deadline=deadline,
-                                context=context))
+                self.call_async(op, *args, generation=generation, deadline=deadline, context=context)
+            )
         outcome: concurrent.futures.Future[tuple[Any, int]] = concurrent.futures.Future()
 
         def begin() -> None:
@@ -351,13 +363,19 @@ class WorkerHost:
         try:
             self._loop.call_soon_threadsafe(begin)
         except RuntimeError:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"the {self.spec.name}'s event loop has stopped") from None
+            raise CryptoError(
+                ErrorCode.PROVIDER_UNAVAILABLE, f"the {self.spec.name}'s event loop has stopped"
+            ) from None
         return outcome.result()
 
-    async def call_async(self, op: str, *args: Any, generation: int | None = None,
-                         deadline: float | None = _UNSET,
-                         context: Any = None) -> tuple[Any, int]:
+    async def call_async(
+        self,
+        op: str,
+        *args: Any,
+        generation: int | None = None,
+        deadline: float | None = _UNSET,
+        context: Any = None,
+    ) -> tuple[Any, int]:
         """Run ``op(*args)`` in the worker, on the host's loop; returns (result,
         generation it ran in).
 
@@ -396,8 +414,9 @@ class WorkerHost:
             self._loop.call_soon_threadsafe(start)
         except RuntimeError:
             coro.close()
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"the {self.spec.name}'s event loop has stopped") from None
+            raise CryptoError(
+                ErrorCode.PROVIDER_UNAVAILABLE, f"the {self.spec.name}'s event loop has stopped"
+            ) from None
         return outcome.result()
 
     def queue_cleanup(self, generation: int, items: tuple[Any, ...]) -> None:
@@ -419,6 +438,7 @@ class WorkerHost:
 
     def kill_worker(self, reason: str = "killed on request") -> None:
         """Kill the current worker (a new one is started); for tests and operators."""
+
         def kill() -> None:
             if self._current is not None:
                 self._lost(self._current, reason)
@@ -457,8 +477,9 @@ class WorkerHost:
         self.info = incarnation.info
         self._failure = None
         self._failures = 0
-        self.log.info("%s %d started (pid %d)", self.spec.name, incarnation.generation,
-                      incarnation.process.pid)
+        self.log.info(
+            "%s %d started (pid %d)", self.spec.name, incarnation.generation, incarnation.process.pid
+        )
         self._pump()
         self._notify()
 
@@ -472,32 +493,40 @@ class WorkerHost:
         try:
             process, sock = await loop.run_in_executor(None, self._launcher.launch)
         except OSError as exc:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"cannot start the {name}: {exc}") from None
+            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"cannot start the {name}: {exc}") from None
         link = _Link(self)
         transport: asyncio.Transport | None = None
         try:
             transport, _ = await loop.create_unix_connection(lambda: link, sock=sock)
-            hello: Hello = {"protocol": PROTOCOL_VERSION, "generation": generation,
-                            "parent_pid": os.getpid(), "backend": self.spec.backend,
-                            "threads": self.spec.threads, "config": config}
+            hello: Hello = {
+                "protocol": PROTOCOL_VERSION,
+                "generation": generation,
+                "parent_pid": os.getpid(),
+                "backend": self.spec.backend,
+                "threads": self.spec.threads,
+                "config": config,
+            }
             transport.write(encode(("hello", hello)))
             try:
-                status, payload = await asyncio.wait_for(link.greeting,
-                                                         self.settings.start_timeout)
+                status, payload = await asyncio.wait_for(link.greeting, self.settings.start_timeout)
             except TimeoutError:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"the {name} did not start within "
-                                  f"{self.settings.start_timeout:g} s") from None
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"the {name} did not start within {self.settings.start_timeout:g} s",
+                ) from None
             except _WorkerExited:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"the {name} exited while starting; see the daemon's "
-                                  "standard error") from None
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"the {name} exited while starting; see the daemon's standard error",
+                ) from None
             if status != "ready":
                 error = self.spec.translate_error(tuple(payload), "start", None)  # type: ignore[arg-type]
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE if error.code in (
-                    ErrorCode.PROVIDER_ERROR, ErrorCode.PROTOCOL_ERROR) else error.code,
-                    f"the {name} could not start: {error.message}")
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE
+                    if error.code in (ErrorCode.PROVIDER_ERROR, ErrorCode.PROTOCOL_ERROR)
+                    else error.code,
+                    f"the {name} could not start: {error.message}",
+                )
         except BaseException:
             if transport is not None:
                 transport.abort()
@@ -506,9 +535,15 @@ class WorkerHost:
             process.kill()
             loop.run_in_executor(None, process.wait, 5.0)
             raise
-        incarnation = _Incarnation(generation, process, transport, payload,
-                                   credits=max(1, self.spec.threads), started=time.monotonic(),
-                                   fd=sock.fileno())
+        incarnation = _Incarnation(
+            generation,
+            process,
+            transport,
+            payload,
+            credits=max(1, self.spec.threads),
+            started=time.monotonic(),
+            fd=sock.fileno(),
+        )
         link.incarnation = incarnation
         return incarnation
 
@@ -530,8 +565,7 @@ class WorkerHost:
             request = self._internal(incarnation, "_close")
             if request is not None:
                 try:
-                    await asyncio.wait_for(asyncio.shield(request.future),
-                                           self.settings.close_timeout)
+                    await asyncio.wait_for(asyncio.shield(request.future), self.settings.close_timeout)
                 except (TimeoutError, CryptoError, StaleGeneration):
                     pass
         incarnation.dead = True
@@ -540,8 +574,7 @@ class WorkerHost:
             self._fail(request, closed)
         incarnation.running.clear()
         incarnation.transport.close()
-        status = await self._loop.run_in_executor(None, incarnation.process.wait,
-                                                  self.settings.close_timeout)
+        status = await self._loop.run_in_executor(None, incarnation.process.wait, self.settings.close_timeout)
         if status is None:
             incarnation.process.kill()
             await self._loop.run_in_executor(None, incarnation.process.wait, 5.0)
@@ -580,11 +613,15 @@ class WorkerHost:
         self.last_restart_at = time.monotonic()
         # a worker that dies before serving anything, soon after its start, is crash-looping:
         # each such death in a row doubles the wait before the next start
-        young = not incarnation.served and \
-            time.monotonic() - incarnation.started < self.settings.backoff_max
+        young = not incarnation.served and time.monotonic() - incarnation.started < self.settings.backoff_max
         self._young_deaths = self._young_deaths + 1 if young else 0
-        self.log.warning("%s %d (pid %d) lost: %s; restarting", self.spec.name,
-                         incarnation.generation, incarnation.process.pid, reason)
+        self.log.warning(
+            "%s %d (pid %d) lost: %s; restarting",
+            self.spec.name,
+            incarnation.generation,
+            incarnation.process.pid,
+            reason,
+        )
         if not self._closed:
             self._schedule_restart()
         self._notify()
@@ -592,14 +629,14 @@ class WorkerHost:
     def _lost_error(self, request: _Request, reason: str) -> BaseException:
         if request.generation is not None:
             return StaleGeneration(None, reason)
-        return CryptoError(ErrorCode.PROVIDER_ERROR,
-                           f"the {self.spec.name} exited during {request.op}: {reason}")
+        return CryptoError(
+            ErrorCode.PROVIDER_ERROR, f"the {self.spec.name} exited during {request.op}: {reason}"
+        )
 
     def _backoff(self, count: int) -> float:
         if count <= 0:
             return 0.0
-        return float(min(self.settings.backoff_initial * 2 ** (count - 1),
-                         self.settings.backoff_max))
+        return float(min(self.settings.backoff_initial * 2 ** (count - 1), self.settings.backoff_max))
 
     def _schedule_restart(self) -> None:
         if self._restart_task is not None and not self._restart_task.done():
@@ -622,8 +659,9 @@ class WorkerHost:
                 self._failure = exc.message
                 self._restarting = False
                 self.log.error("%s restart failed: %s", self.spec.name, exc.message)
-                down = CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                   f"the {self.spec.name} is down: {exc.message}")
+                down = CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE, f"the {self.spec.name} is down: {exc.message}"
+                )
                 while self._queue:
                     self._fail(self._queue.popleft(), down)
                 delay = self._backoff(self._failures)
@@ -646,27 +684,29 @@ class WorkerHost:
         self._restarting = False
 
     # --- requests (on the loop) ------------------------------------------------------
-    def _begin(self, op: str, args: tuple[Any, ...], generation: int | None,
-               deadline: float | None, context: Any) -> _Request:
+    def _begin(
+        self, op: str, args: tuple[Any, ...], generation: int | None, deadline: float | None, context: Any
+    ) -> _Request:
         name = self.spec.name
         if self._closed:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"the {name} is closed")
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                              f"{op}: the deadline passed before the call reached the {name}")
+            raise CryptoError(
+                ErrorCode.OPERATION_TIMED_OUT, f"{op}: the deadline passed before the call reached the {name}"
+            )
         current = self._current
         if current is None or current.dead:
             if self._failure is not None and not self._restarting:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"the {name} is down: {self._failure}")
+                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"the {name} is down: {self._failure}")
             if generation is not None:
                 raise StaleGeneration(None, f"the {name} is restarting")
         elif generation is not None and generation != current.generation:
             raise StaleGeneration(current.generation)
         if len(self._queue) >= self.settings.max_queued:
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"{len(self._queue)} calls are already waiting for the {name}")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED, f"{len(self._queue)} calls are already waiting for the {name}"
+            )
         request = _Request(op, args, generation, context, self._loop.create_future(), deadline)
         expire = deadline if deadline is not None else now + self.settings.call_timeout
         request.timer = self._loop.call_later(expire - now, self._expire, request)
@@ -678,8 +718,9 @@ class WorkerHost:
         """Send a host request (``_cleanup``, ``_close``) now, past the queue."""
         if incarnation.dead:
             return None
-        request = _Request(op, (), incarnation.generation, None, self._loop.create_future(),
-                           None, internal=True)
+        request = _Request(
+            op, (), incarnation.generation, None, self._loop.create_future(), None, internal=True
+        )
         self._send(incarnation, request)
         return request
 
@@ -703,8 +744,7 @@ class WorkerHost:
         """Put a keyless request lost with its worker back at the head of the queue."""
         request.incarnation = None
         if request.deadline is None and request.timer is None:
-            request.timer = self._loop.call_later(self.settings.call_timeout, self._expire,
-                                                  request)
+            request.timer = self._loop.call_later(self.settings.call_timeout, self._expire, request)
         self._queue.appendleft(request)
 
     def _take_hang(self, op: str) -> float:
@@ -724,15 +764,17 @@ class WorkerHost:
                 incarnation.cleanup.extend(items)
         cleanup = tuple(incarnation.cleanup)
         request.attempts += 1
-        hang = self._take_hang(request.op) if request.attempts == 1 and \
-            not request.internal else 0.0
+        hang = self._take_hang(request.op) if request.attempts == 1 and not request.internal else 0.0
         rid = next(self._rids)
         try:
             frame = encode((rid, request.op, request.args, cleanup, hang))
         except (WireError, pickle.PicklingError, TypeError, AttributeError) as exc:
-            self._fail(request, CryptoError(ErrorCode.PROVIDER_ERROR,
-                                            f"{request.op}: cannot send to the "
-                                            f"{self.spec.name}: {exc}"))
+            self._fail(
+                request,
+                CryptoError(
+                    ErrorCode.PROVIDER_ERROR, f"{request.op}: cannot send to the {self.spec.name}: {exc}"
+                ),
+            )
             return
         incarnation.cleanup.clear()
         request.rid = rid
@@ -740,8 +782,9 @@ class WorkerHost:
         incarnation.running[rid] = request
         incarnation.credits -= 1
         if not request.internal:
-            request.stuck_timer = self._loop.call_later(self.settings.call_timeout,
-                                                        self._stuck, incarnation, rid)
+            request.stuck_timer = self._loop.call_later(
+                self.settings.call_timeout, self._stuck, incarnation, rid
+            )
             if request.deadline is None and request.timer is not None:
                 request.timer.cancel()  # no deadline: from now on the stuck timer bounds it
                 request.timer = None
@@ -759,16 +802,24 @@ class WorkerHost:
             return
         name = self.spec.name
         if request.incarnation is None:
-            self._fail(request, CryptoError(
-                ErrorCode.OPERATION_TIMED_OUT,
-                f"{request.op}: the {name} stayed busy with other calls (or restarting) "
-                "until the deadline"))
+            self._fail(
+                request,
+                CryptoError(
+                    ErrorCode.OPERATION_TIMED_OUT,
+                    f"{request.op}: the {name} stayed busy with other calls (or restarting) "
+                    "until the deadline",
+                ),
+            )
             return
         self.abandoned += 1
-        self._fail(request, CryptoError(
-            ErrorCode.OPERATION_TIMED_OUT,
-            f"the {name} did not answer {request.op} before the deadline; the call was "
-            "abandoned (the worker is restarted if it is still running at call_timeout)"))
+        self._fail(
+            request,
+            CryptoError(
+                ErrorCode.OPERATION_TIMED_OUT,
+                f"the {name} did not answer {request.op} before the deadline; the call was "
+                "abandoned (the worker is restarted if it is still running at call_timeout)",
+            ),
+        )
 
     def _stuck(self, incarnation: _Incarnation, rid: int) -> None:
         request = incarnation.running.get(rid)
@@ -777,10 +828,14 @@ class WorkerHost:
         request.stuck_timer = None
         request.stuck = True
         seconds = self.settings.call_timeout
-        self._fail(request, CryptoError(
-            ErrorCode.OPERATION_TIMED_OUT,
-            f"{request.op} stayed blocked in the {self.spec.name} for {seconds:g} s "
-            "(call_timeout); the worker was restarted"))
+        self._fail(
+            request,
+            CryptoError(
+                ErrorCode.OPERATION_TIMED_OUT,
+                f"{request.op} stayed blocked in the {self.spec.name} for {seconds:g} s "
+                "(call_timeout); the worker was restarted",
+            ),
+        )
         self.timeouts += 1
         self._lost(incarnation, f"{request.op} stayed blocked for {seconds:g} s (call_timeout)")
 
@@ -861,8 +916,9 @@ class WorkerHost:
         try:
             info = (str(payload[0]), str(payload[1]), str(payload[2]))
         except (TypeError, IndexError):
-            return CryptoError(ErrorCode.PROVIDER_ERROR,
-                               f"{request.op}: malformed failure from the {self.spec.name}")
+            return CryptoError(
+                ErrorCode.PROVIDER_ERROR, f"{request.op}: malformed failure from the {self.spec.name}"
+            )
         return self.spec.translate_error(info, request.op, request.context)
 
 

@@ -18,8 +18,9 @@ import subprocess
 import sys
 from typing import Protocol
 
-_BOOTSTRAP = ("import sys; sys.path[:0] = {paths!r}; "
-              "from cryptostack_core.sdk.workers.child import main; main({fd})")
+_BOOTSTRAP = (
+    "import sys; sys.path[:0] = {paths!r}; from cryptostack_core.sdk.workers.child import main; main({fd})"
+)
 
 
 class WorkerProcess(Protocol):
@@ -79,8 +80,11 @@ class SubprocessLauncher:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP.format(paths=paths, fd=fd)],
-                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                close_fds=True)
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
         except BaseException:
             ours.close()
             raise

@@ -92,8 +92,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         """Only the declared wire types; anything else is a protocol error."""
         if (module, name) in self._allowed:
             return super().find_class(module, name)
-        raise WireError(f"the worker sent an object of type {module}.{name}, which is not "
-                        "a declared wire type")
+        raise WireError(
+            f"the worker sent an object of type {module}.{name}, which is not a declared wire type"
+        )
 
 
 def decode(body: bytes, allowed: frozenset[tuple[str, str]]) -> Any:
@@ -103,8 +104,7 @@ def decode(body: bytes, allowed: frozenset[tuple[str, str]]) -> Any:
     except WireError:
         raise
     except Exception as exc:  # noqa: BLE001 - any malformed pickle is a protocol error
-        raise WireError(f"undecodable message from the worker: {type(exc).__name__}: {exc}") \
-            from None
+        raise WireError(f"undecodable message from the worker: {type(exc).__name__}: {exc}") from None
 
 
 class FrameBuffer:
@@ -128,7 +128,7 @@ class FrameBuffer:
             end = offset + 4 + length
             if end > size:
                 break
-            bodies.append(bytes(buffer[offset + 4:end]))
+            bodies.append(bytes(buffer[offset + 4 : end]))
             offset = end
         if offset:
             del buffer[:offset]

@@ -28,7 +28,23 @@ from cryptostack_core.server.keystore.store import (
     open_backend,
 )
 
-__all__ = ["ACTIVE", "KEK_SIZE", "RECOVERY", "RETIRED", "SCHEMA_VERSION", "FileKekSource",
-           "KeyStore", "KeyStoreError", "KeyStoreUnavailable", "Problem", "SlotRecord",
-           "SlotVersions", "default_kek_path", "migrate", "migrate_v1", "open_backend", "open_store",
-           "set_aside"]
+__all__ = [
+    "ACTIVE",
+    "KEK_SIZE",
+    "RECOVERY",
+    "RETIRED",
+    "SCHEMA_VERSION",
+    "FileKekSource",
+    "KeyStore",
+    "KeyStoreError",
+    "KeyStoreUnavailable",
+    "Problem",
+    "SlotRecord",
+    "SlotVersions",
+    "default_kek_path",
+    "migrate",
+    "migrate_v1",
+    "open_backend",
+    "open_store",
+    "set_aside",
+]

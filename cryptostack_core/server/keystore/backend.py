@@ -31,11 +31,22 @@ from typing import Any
 Row = tuple[Any, ...]
 
 # Column types by engine: (blob, real, integer)
-_TYPES = {"sqlite": ("BLOB", "REAL", "INTEGER"),
-          "postgresql": ("BYTEA", "DOUBLE PRECISION", "BIGINT")}
+_TYPES = {"sqlite": ("BLOB", "REAL", "INTEGER"), "postgresql": ("BYTEA", "DOUBLE PRECISION", "BIGINT")}
 
-KEY_COLUMNS = ("name", "version", "algorithm", "provider", "compatible", "permissions",
-               "export_uids", "secret", "blob", "created", "updated", "state")
+KEY_COLUMNS = (
+    "name",
+    "version",
+    "algorithm",
+    "provider",
+    "compatible",
+    "permissions",
+    "export_uids",
+    "secret",
+    "blob",
+    "created",
+    "updated",
+    "state",
+)
 """A key row's columns in MAC order (schema 3); ``mac`` follows."""
 CERT_COLUMNS = ("name", "der", "version", "updated")
 TRUST_COLUMNS = ("name", "anchors", "crls", "version", "updated")

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from cryptostack_core.wire.errors import CryptoError, ErrorCode
 
-RECOVERY = ("see docs/security.md, 'Key store recovery': `cryptostack keystore verify --config "
-            "FILE` explains; restore the store and its KEK from a backup, or `cryptostack "
-            "keystore repair --config FILE` (drops what fails authentication: those keys are "
-            "lost) or `cryptostack keystore reset --config FILE` (sets both aside, starts empty)")
+RECOVERY = (
+    "see docs/security.md, 'Key store recovery': `cryptostack keystore verify --config "
+    "FILE` explains; restore the store and its KEK from a backup, or `cryptostack "
+    "keystore repair --config FILE` (drops what fails authentication: those keys are "
+    "lost) or `cryptostack keystore reset --config FILE` (sets both aside, starts empty)"
+)
 
 
 class KeyStoreError(CryptoError):
@@ -41,7 +43,8 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        label = {"key": "key slot", "cert": "certificate slot", "trust": "trust store",
-                 "store": "store"}[self.kind]
+        label = {"key": "key slot", "cert": "certificate slot", "trust": "trust store", "store": "store"}[
+            self.kind
+        ]
         version = f" v{self.version}" if self.version is not None else ""
         return f"{label} {self.name!r}{version}: {self.what}"

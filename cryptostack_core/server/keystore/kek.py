@@ -31,13 +31,15 @@ class FileKekSource(KekSource):
     def _read(path: Path) -> bytes:
         info = path.stat()
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CryptoError(ErrorCode.ACCESS_DENIED,
-                              f"key-encryption key {path} is readable by group or others; "
-                              "chmod 600 it")
+            raise CryptoError(
+                ErrorCode.ACCESS_DENIED,
+                f"key-encryption key {path} is readable by group or others; chmod 600 it",
+            )
         data = path.read_bytes()
         if len(data) != KEK_SIZE:
-            raise CryptoError(ErrorCode.INTERNAL_ERROR,
-                              f"key-encryption key {path} is {len(data)} bytes, expected 32")
+            raise CryptoError(
+                ErrorCode.INTERNAL_ERROR, f"key-encryption key {path} is {len(data)} bytes, expected 32"
+            )
         return data
 
 

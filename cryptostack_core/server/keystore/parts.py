@@ -40,9 +40,23 @@ class StoredPart:
 
 def encode_parts(parts: list[StoredPart]) -> bytes:
     """The blob of a split version (wrapped by the store like any secret blob)."""
-    return bytes(cbor2.dumps({"format": _FORMAT, "parts": [
-        {"role": p.role, "provider": p.provider, "algorithm": p.algorithm,
-         "secret": p.stored.secret, "blob": bytes(p.stored.blob)} for p in parts]}))
+    return bytes(
+        cbor2.dumps(
+            {
+                "format": _FORMAT,
+                "parts": [
+                    {
+                        "role": p.role,
+                        "provider": p.provider,
+                        "algorithm": p.algorithm,
+                        "secret": p.stored.secret,
+                        "blob": bytes(p.stored.blob),
+                    }
+                    for p in parts
+                ],
+            }
+        )
+    )
 
 
 def decode_parts(blob: bytes, where: str) -> list[StoredPart]:
@@ -59,10 +73,15 @@ def decode_parts(blob: bytes, where: str) -> list[StoredPart]:
         for item in items:
             role, provider, algorithm = item["role"], item["provider"], item["algorithm"]
             secret, stored = item["secret"], item["blob"]
-            if not (isinstance(role, str) and isinstance(algorithm, str)
-                    and isinstance(provider, int) and not isinstance(provider, bool)
-                    and provider > 0 and isinstance(secret, bool)
-                    and isinstance(stored, bytes)):
+            if not (
+                isinstance(role, str)
+                and isinstance(algorithm, str)
+                and isinstance(provider, int)
+                and not isinstance(provider, bool)
+                and provider > 0
+                and isinstance(secret, bool)
+                and isinstance(stored, bytes)
+            ):
                 raise ValueError(f"malformed part {item!r:.80}")
             parts.append(StoredPart(role, provider, algorithm, StoredKey(stored, secret)))
     except (ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:

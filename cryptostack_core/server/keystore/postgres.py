@@ -50,8 +50,7 @@ RETRY_INTERVAL = 1.0  # seconds between reconnection attempts by callers
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds a writer waits for the write lock without a deadline
 MAX_BACKOFF = 2.0  # seconds between the listener's reconnection attempts, at most
 LISTEN_POLL = 0.25  # seconds the listener waits for notifications before checking for close
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-               "keepalives_count": 3}
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 
 
 def redact(url: str) -> str:
@@ -72,8 +71,9 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise KeyStoreError("a postgresql:// key store needs psycopg 3: pip install "
-                            "'cryptostack-core[postgresql]'") from None
+        raise KeyStoreError(
+            "a postgresql:// key store needs psycopg 3: pip install 'cryptostack-core[postgresql]'"
+        ) from None
     return psycopg
 
 
@@ -110,14 +110,18 @@ class PostgresBackend(Backend):
         self._connection()  # fails the start with KEYSTORE_UNAVAILABLE if unreachable
         self._listener: threading.Thread | None = None
         if listen:
-            self._listener = threading.Thread(target=self._listen, name="keystore-listen",
-                                              daemon=True)
+            self._listener = threading.Thread(target=self._listen, name="keystore-listen", daemon=True)
             self._listener.start()
 
     # --- connections -------------------------------------------------------------------
     def _connect(self) -> Any:
-        return self._pg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                application_name="cryptostack", **_KEEPALIVES)
+        return self._pg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="cryptostack",
+            **_KEEPALIVES,
+        )
 
     def _connection(self) -> Any:
         conn = self._conn
@@ -150,18 +154,21 @@ class PostgresBackend(Backend):
     def _unavailable(self, maybe_committed: bool = False) -> KeyStoreUnavailable:
         return KeyStoreUnavailable(
             f"the key store {self.location} is unreachable ({self._down}); keys already "
-            "loaded keep working, and the daemon reconnects by itself", maybe_committed=maybe_committed)
+            "loaded keep working, and the daemon reconnects by itself",
+            maybe_committed=maybe_committed,
+        )
 
     def _failure(self, exc: BaseException, maybe_committed: bool = False) -> KeyStoreUnavailable:
         if isinstance(exc, self._pg.OperationalError) or self._conn is None or self._conn.broken:
             self._lost(exc)
             return self._unavailable(maybe_committed)
         if isinstance(exc, self._pg.errors.LockNotAvailable):
-            return KeyStoreUnavailable(f"the key store {self.location} is busy: another "
-                                       "daemon held its write lock past this request's "
-                                       "deadline; retry")
-        return KeyStoreUnavailable(f"the key store {self.location} failed: "
-                                   f"{type(exc).__name__}: {exc}")
+            return KeyStoreUnavailable(
+                f"the key store {self.location} is busy: another "
+                "daemon held its write lock past this request's "
+                "deadline; retry"
+            )
+        return KeyStoreUnavailable(f"the key store {self.location} failed: {type(exc).__name__}: {exc}")
 
     # --- access --------------------------------------------------------------------------
     @contextmanager
@@ -232,8 +239,10 @@ class PostgresBackend(Backend):
 
     def tables(self) -> dict[str, set[str]]:
         with self.snapshot() as tx:
-            found = tx.execute("SELECT table_name, column_name FROM information_schema.columns "
-                               "WHERE table_schema = current_schema()")
+            found = tx.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema()"
+            )
         tables: dict[str, set[str]] = {}
         for table, column in found:
             tables.setdefault(str(table), set()).add(str(column))
@@ -242,9 +251,12 @@ class PostgresBackend(Backend):
     def rename_tables(self, suffix: str) -> list[str]:
         moved = []
         with self.transaction() as tx:
-            present = {str(r[0]) for r in tx.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                "current_schema()")}
+            present = {
+                str(r[0])
+                for r in tx.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                )
+            }
             for table in ("meta", "key_slots", "cert_slots", "trust_stores"):
                 if table in present:
                     tx.execute(f'ALTER TABLE {table} RENAME TO "{table}_{suffix}"')
@@ -254,9 +266,12 @@ class PostgresBackend(Backend):
     def status(self) -> dict[str, Any]:
         conn = self._conn
         available = conn is not None and not conn.closed and not conn.broken
-        facts: dict[str, Any] = {"engine": self.engine, "location": self.location,
-                                 "available": available and self._down is None,
-                                 "notifications": self._listening}
+        facts: dict[str, Any] = {
+            "engine": self.engine,
+            "location": self.location,
+            "available": available and self._down is None,
+            "notifications": self._listening,
+        }
         if self._down is not None:
             facts["reason"] = self._down
         return facts

@@ -38,8 +38,7 @@ class StoreKeys:
             raise ValueError("KEK must be 32 bytes")
 
         def derive(purpose: bytes) -> bytes:
-            return HKDF(hashes.SHA256(), 32, store_id,
-                        b"cryptostack key store v2 " + purpose).derive(kek)
+            return HKDF(hashes.SHA256(), 32, store_id, b"cryptostack key store v2 " + purpose).derive(kek)
 
         self._wrap = AESGCM(derive(b"wrap"))
         self._mac_key = derive(b"mac")
@@ -47,8 +46,7 @@ class StoreKeys:
 
     def mac(self, kind: str, row: tuple[Any, ...], label: str = ROW_LABEL) -> bytes:
         """HMAC of one row's columns (in table order, without the mac column)."""
-        return hmac.new(self._mac_key, encode(label, kind, self.store_id, *row),
-                        hashlib.sha256).digest()
+        return hmac.new(self._mac_key, encode(label, kind, self.store_id, *row), hashlib.sha256).digest()
 
     def check(self, kind: str, row: tuple[Any, ...], mac: bytes, label: str = ROW_LABEL) -> bool:
         """Whether ``mac`` is the row's MAC."""
@@ -73,5 +71,6 @@ class StoreKeys:
 
     def manifest_mac(self, generation: int, text: str, label: str = MANIFEST_LABEL) -> str:
         """MAC of the manifest text at ``generation``."""
-        return hmac.new(self._mac_key, encode(label, self.store_id, generation, text),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._mac_key, encode(label, self.store_id, generation, text), hashlib.sha256
+        ).hexdigest()

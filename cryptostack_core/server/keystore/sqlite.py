@@ -49,11 +49,11 @@ class SqliteBackend(Backend):
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                     os.close(fd)
                     os.chmod(path, 0o600)
-                    db = sqlite3.connect(str(path), check_same_thread=False,
-                                         isolation_level=None)
+                    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
                 else:
-                    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True,
-                                         check_same_thread=False, isolation_level=None)
+                    db = sqlite3.connect(
+                        f"file:{path}?mode=rw", uri=True, check_same_thread=False, isolation_level=None
+                    )
                 db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
@@ -88,8 +88,9 @@ class SqliteBackend(Backend):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                raise KeyStoreUnavailable(f"key store {self.location}: cannot take the write "
-                                          f"lock ({exc})") from None
+                raise KeyStoreUnavailable(
+                    f"key store {self.location}: cannot take the write lock ({exc})"
+                ) from None
             try:
                 yield _SqliteTx(self._db)
             except sqlite3.DatabaseError as exc:
@@ -101,8 +102,9 @@ class SqliteBackend(Backend):
             try:
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise KeyStoreUnavailable(f"key store {self.location}: commit failed ({exc})",
-                                          maybe_committed=True) from None
+                raise KeyStoreUnavailable(
+                    f"key store {self.location}: commit failed ({exc})", maybe_committed=True
+                ) from None
             self._data_version = self._version()  # our own commit is not news
 
     def changed(self) -> bool:
@@ -117,10 +119,12 @@ class SqliteBackend(Backend):
     def tables(self) -> dict[str, set[str]]:
         with self._lock:
             try:
-                names = [r[0] for r in self._db.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")]
-                return {name: {r[1] for r in self._db.execute(f"PRAGMA table_info({name})")}
-                        for name in names}
+                names = [
+                    r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+                return {
+                    name: {r[1] for r in self._db.execute(f"PRAGMA table_info({name})")} for name in names
+                }
             except sqlite3.DatabaseError as exc:
                 raise _unreadable(self.location, exc) from None
 
@@ -134,5 +138,4 @@ class SqliteBackend(Backend):
 
 
 def _unreadable(location: str, exc: Exception) -> KeyStoreError:
-    return KeyStoreError(f"key store {location} is not a readable SQLite database ({exc}): "
-                         f"{RECOVERY}")
+    return KeyStoreError(f"key store {location} is not a readable SQLite database ({exc}): {RECOVERY}")

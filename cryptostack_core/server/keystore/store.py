@@ -94,8 +94,10 @@ ACTIVE = "active"
 RETIRED = "retired"
 _PREFIX = 8  # bytes of a row's MAC the manifest lists (identifies the row; the MAC authenticates)
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)}, mac FROM key_slots"  # noqa: S608
-_SELECT = {kind: f"SELECT {', '.join(columns)}, mac FROM {TABLES[kind]}"  # noqa: S608
-           for kind, columns in COLUMNS.items()}
+_SELECT = {
+    kind: f"SELECT {', '.join(columns)}, mac FROM {TABLES[kind]}"  # noqa: S608
+    for kind, columns in COLUMNS.items()
+}
 _VERSION_INDEX = {"key": 1, "cert": 2, "trust": 3}
 
 
@@ -175,9 +177,13 @@ def _version_of(kind: str, row: Row) -> int | None:
 
 
 def _manifest_text(entries: dict[Key, _Entry]) -> str:
-    return json.dumps(sorted(
-        [kind, name, e.head, e.min_version, sorted([v, p] for v, p in e.rows.items())]
-        for (kind, name), e in entries.items()), separators=(",", ":"))
+    return json.dumps(
+        sorted(
+            [kind, name, e.head, e.min_version, sorted([v, p] for v, p in e.rows.items())]
+            for (kind, name), e in entries.items()
+        ),
+        separators=(",", ":"),
+    )
 
 
 def _parse_manifest(text: str) -> dict[Key, _Entry]:
@@ -185,8 +191,7 @@ def _parse_manifest(text: str) -> dict[Key, _Entry]:
     for kind, name, head, minimum, rows in json.loads(text):
         if kind not in TABLES or not isinstance(name, str):
             raise ValueError("bad entry")
-        entries[(kind, name)] = _Entry(int(head), int(minimum),
-                                       {int(v): str(p) for v, p in rows})
+        entries[(kind, name)] = _Entry(int(head), int(minimum), {int(v): str(p) for v, p in rows})
     return entries
 
 
@@ -237,8 +242,9 @@ class KeyStore:
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
-    def open(cls, location: Path | str | None, kek_source: KekSource | None = None,
-             kek_path: Path | None = None) -> KeyStore:
+    def open(
+        cls, location: Path | str | None, kek_source: KekSource | None = None, kek_path: Path | None = None
+    ) -> KeyStore:
         """Open (creating on first start) the store and its KEK, after verifying both.
 
         ``location``: a SQLite file, a ``postgresql://`` URL, or None (in memory, with a
@@ -253,9 +259,15 @@ class KeyStore:
             store = cls(backend, StoreKeys(os.urandom(KEK_SIZE), os.urandom(16)))
             with backend.transaction() as tx:
                 backend.create_schema(tx)
-                store._write_meta(tx, {"schema_version": str(SCHEMA_VERSION),
-                                       "store_id": store._keys.store_id.hex(),
-                                       "kek_check": store._keys.kek_check(), "state": "ready"})
+                store._write_meta(
+                    tx,
+                    {
+                        "schema_version": str(SCHEMA_VERSION),
+                        "store_id": store._keys.store_id.hex(),
+                        "kek_check": store._keys.kek_check(),
+                        "state": "ready",
+                    },
+                )
                 store._write_manifest(tx, 0, {})
             store._manifest = _Manifest(0, _manifest_text({}), {})
             return store
@@ -272,64 +284,79 @@ class KeyStore:
             store.close()
             listed = "; ".join(str(p) for p in problems[:8])
             more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
-            raise KeyStoreError(f"key store {backend.location} failed authentication: {listed}"
-                                f"{more}. The daemon will not start on it: {RECOVERY}")
+            raise KeyStoreError(
+                f"key store {backend.location} failed authentication: {listed}"
+                f"{more}. The daemon will not start on it: {RECOVERY}"
+            )
         return store
 
     @classmethod
-    def open_unverified(cls, location: Path | str, kek_source: KekSource | None = None,
-                        kek_path: Path | None = None) -> KeyStore:
+    def open_unverified(
+        cls, location: Path | str, kek_source: KekSource | None = None, kek_path: Path | None = None
+    ) -> KeyStore:
         """Open an existing store after the KEK checks only (for ``verify`` and ``repair``);
         never creates one."""
         if isinstance(location, Path) and not location.exists():
             raise KeyStoreError(f"there is no key store at {location}")
         backend = open_backend(location, create=False)
         try:
-            return cls._open_checked(backend, kek_source or FileKekSource(),
-                                     kek_path or _default_kek(location), create=False)
+            return cls._open_checked(
+                backend, kek_source or FileKekSource(), kek_path or _default_kek(location), create=False
+            )
         except BaseException:
             backend.close()
             raise
 
     @classmethod
-    def _open_checked(cls, backend: Backend, source: KekSource, kek_file: Path,
-                      create: bool = True) -> KeyStore:
+    def _open_checked(
+        cls, backend: Backend, source: KekSource, kek_file: Path, create: bool = True
+    ) -> KeyStore:
         where = backend.location
         layout, meta = _layout(backend)
         if layout == "v1":
             raise KeyStoreError(
                 f"key store {where} has schema 1 (cryptostack 0.1), whose metadata is not "
                 f"authenticated. Run `cryptostack keystore migrate --config FILE` to convert it "
-                f"(it keeps a backup and every key; review the slots it lists)")
+                f"(it keeps a backup and every key; review the slots it lists)"
+            )
         if layout == "v2":
-            raise KeyStoreError(f"key store {where} has schema 2: `cryptostack keystore "
-                                "migrate --config FILE` converts it (the daemon does at start)")
+            raise KeyStoreError(
+                f"key store {where} has schema 2: `cryptostack keystore "
+                "migrate --config FILE` converts it (the daemon does at start)"
+            )
         if layout == "newer":
-            raise KeyStoreError(f"key store {where} was written by a newer cryptostack "
-                                f"(schema above {SCHEMA_VERSION}); upgrade this daemon")
+            raise KeyStoreError(
+                f"key store {where} was written by a newer cryptostack "
+                f"(schema above {SCHEMA_VERSION}); upgrade this daemon"
+            )
         if layout in ("empty", "initialising"):
             if layout == "empty" and source.exists(kek_file):
                 raise KeyStoreError(
                     f"key store {where} is missing or empty, but its key-encryption key "
                     f"{_kek_name(source, kek_file)} exists: the store was deleted, emptied or "
                     f"moved, and its keys would be replaced by new ones. The daemon will not "
-                    f"start: {RECOVERY}")
+                    f"start: {RECOVERY}"
+                )
             if not create:
                 raise KeyStoreError(f"key store {where} is empty (never initialised)")
             return cls._create(backend, source, kek_file)
         if layout != "v3" or "store_id" not in meta or "kek_check" not in meta:
-            raise KeyStoreError(f"key store {where} has lost its metadata (the meta table was "
-                                f"emptied or altered). The daemon will not start: {RECOVERY}")
+            raise KeyStoreError(
+                f"key store {where} has lost its metadata (the meta table was "
+                f"emptied or altered). The daemon will not start: {RECOVERY}"
+            )
         if not source.exists(kek_file):
             raise KeyStoreError(
                 f"the key-encryption key {_kek_name(source, kek_file)} of key store {where} is "
                 f"missing; a new one would make every stored key unusable, so none is created. "
-                f"Restore it from a backup; if it is lost, so are the keys: {RECOVERY}")
+                f"Restore it from a backup; if it is lost, so are the keys: {RECOVERY}"
+            )
         keys = _keys(source.load_or_create(kek_file), meta, where)
         if not _same(keys.kek_check(), meta["kek_check"]):
             raise KeyStoreError(
                 f"the key-encryption key {_kek_name(source, kek_file)} does not belong to key "
-                f"store {where} (replaced, or the store was copied from elsewhere): {RECOVERY}")
+                f"store {where} (replaced, or the store was copied from elsewhere): {RECOVERY}"
+            )
         return cls(backend, keys)
 
     @classmethod
@@ -342,9 +369,14 @@ class KeyStore:
             backend.create_schema(tx)
             meta = _read_meta(tx)
             if "store_id" not in meta:
-                cls._static_meta(tx, {"schema_version": str(SCHEMA_VERSION),
-                                      "store_id": os.urandom(16).hex(),
-                                      "state": "initialising"})
+                cls._static_meta(
+                    tx,
+                    {
+                        "schema_version": str(SCHEMA_VERSION),
+                        "store_id": os.urandom(16).hex(),
+                        "state": "initialising",
+                    },
+                )
         kek = source.load_or_create(kek_file)
         with backend.transaction() as tx:
             meta = _read_meta(tx)
@@ -355,14 +387,15 @@ class KeyStore:
                     raise KeyStoreError(
                         f"key store {backend.location} was just initialised by another daemon "
                         f"under another key-encryption key than {_kek_name(source, kek_file)}: "
-                        "give every daemon the same KEK (docs/scaling.md)")
+                        "give every daemon the same KEK (docs/scaling.md)"
+                    )
                 return store
             for table in TABLES.values():
                 if tx.execute(f"SELECT COUNT(*) FROM {table}")[0][0]:  # noqa: S608
-                    raise KeyStoreError(f"key store {backend.location} is half initialised but "
-                                        f"holds rows: {RECOVERY}")
-            store._write_meta(tx, {"schema_version": str(SCHEMA_VERSION),
-                                   "kek_check": keys.kek_check()})
+                    raise KeyStoreError(
+                        f"key store {backend.location} is half initialised but holds rows: {RECOVERY}"
+                    )
+            store._write_meta(tx, {"schema_version": str(SCHEMA_VERSION), "kek_check": keys.kek_check()})
             store._write_manifest(tx, 0, {})
             store._write_meta(tx, {"state": "ready"})
         store._manifest = _Manifest(0, _manifest_text({}), {})
@@ -371,8 +404,11 @@ class KeyStore:
     @staticmethod
     def _static_meta(tx: Tx, values: dict[str, str]) -> None:
         for key, value in values.items():
-            tx.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
-                       "UPDATE SET value = excluded.value", (key, value))
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                "UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def _write_meta(self, tx: Tx, values: dict[str, str]) -> None:
         self._static_meta(tx, values)
@@ -400,24 +436,22 @@ class KeyStore:
             generation = int(meta["generation"])
             mac = meta["manifest_mac"]
         except (KeyError, ValueError):
-            raise KeyStoreError(f"key store {self.location}: the manifest is missing: "
-                                f"{RECOVERY}") from None
+            raise KeyStoreError(f"key store {self.location}: the manifest is missing: {RECOVERY}") from None
         cached = self._manifest
         if cached is not None and cached.text == text and cached.generation == generation:
             return cached
         if text is None or not _same(self._keys.manifest_mac(generation, text), mac):
-            raise KeyStoreError(f"key store {self.location}: the manifest fails "
-                                f"authentication: {RECOVERY}")
+            raise KeyStoreError(f"key store {self.location}: the manifest fails authentication: {RECOVERY}")
         if generation < seen and not allow_rollback:
             raise KeyStoreError(
                 f"key store {self.location} went back from generation {seen} to {generation} "
                 f"while this daemon was running: the whole store was replaced by an older "
-                f"copy. The daemon refuses to use it: {RECOVERY}")
+                f"copy. The daemon refuses to use it: {RECOVERY}"
+            )
         try:
             entries = _parse_manifest(text)
         except (ValueError, TypeError):
-            raise KeyStoreError(f"key store {self.location}: the manifest is malformed: "
-                                f"{RECOVERY}") from None
+            raise KeyStoreError(f"key store {self.location}: the manifest is malformed: {RECOVERY}") from None
         manifest = _Manifest(generation, text, entries)
         self._remember(manifest)
         return manifest
@@ -431,8 +465,14 @@ class KeyStore:
 
     def _write_manifest(self, tx: Tx, generation: int, entries: dict[Key, _Entry]) -> _Manifest:
         text = _manifest_text(entries)
-        self._write_meta(tx, {"generation": str(generation), "manifest": text,
-                              "manifest_mac": self._keys.manifest_mac(generation, text)})
+        self._write_meta(
+            tx,
+            {
+                "generation": str(generation),
+                "manifest": text,
+                "manifest_mac": self._keys.manifest_mac(generation, text),
+            },
+        )
         tx.notify(generation)
         return _Manifest(generation, text, {k: e.copy() for k, e in entries.items()})
 
@@ -472,39 +512,65 @@ class KeyStore:
         self._verified[key] = row
         return True
 
-    def _check_rows(self, kind: str, name: str, entry: _Entry | None,
-                    rows: list[Row] | tuple[Row, ...]) -> None:
+    def _check_rows(
+        self, kind: str, name: str, entry: _Entry | None, rows: list[Row] | tuple[Row, ...]
+    ) -> None:
         """Raise :class:`KeyStoreError` unless ``rows`` are exactly the rows the manifest
         entry lists, each authentic."""
         problems = self._row_problems(kind, name, entry, rows)
         if problems:
-            raise KeyStoreError(f"{problems[0]} in key store {self.location}. The daemon "
-                                f"refuses to use it: {RECOVERY}")
+            raise KeyStoreError(
+                f"{problems[0]} in key store {self.location}. The daemon refuses to use it: {RECOVERY}"
+            )
 
-    def _row_problems(self, kind: str, name: str, entry: _Entry | None,
-                      rows: list[Row] | tuple[Row, ...]) -> list[Problem]:
+    def _row_problems(
+        self, kind: str, name: str, entry: _Entry | None, rows: list[Row] | tuple[Row, ...]
+    ) -> list[Problem]:
         problems = []
         listed = dict(entry.rows) if entry is not None else {}
         for row in rows:
             version = _version_of(kind, row)
             if not self._row_ok(kind, row):
-                problems.append(Problem(kind, name, version, "fails authentication (altered "
-                                        "outside the daemon, or written under another KEK)"))
+                problems.append(
+                    Problem(
+                        kind,
+                        name,
+                        version,
+                        "fails authentication (altered outside the daemon, or written under another KEK)",
+                    )
+                )
                 listed.pop(version or 0, None)
                 continue
             expected = listed.pop(version or 0, None)
             if expected is None:
-                problems.append(Problem(kind, name, version, "is not in the manifest (added or "
-                                        "restored outside the daemon)"))
+                problems.append(
+                    Problem(
+                        kind, name, version, "is not in the manifest (added or restored outside the daemon)"
+                    )
+                )
             elif expected != _prefix(_mac_of(row)):
-                problems.append(Problem(kind, name, version, "is not the row the manifest "
-                                        "lists (rolled back to an older copy, or replaced, "
-                                        "outside the daemon)"))
+                problems.append(
+                    Problem(
+                        kind,
+                        name,
+                        version,
+                        "is not the row the manifest "
+                        "lists (rolled back to an older copy, or replaced, "
+                        "outside the daemon)",
+                    )
+                )
         for version in sorted(listed):
             newest = entry is not None and version == max(entry.rows)
-            problems.append(Problem(kind, name, version, "is missing (deleted" + (
-                ", or the slot rolled back to an older version," if newest and kind == "key"
-                else "") + " outside the daemon)"))
+            problems.append(
+                Problem(
+                    kind,
+                    name,
+                    version,
+                    "is missing (deleted"
+                    + (", or the slot rolled back to an older version," if newest and kind == "key" else "")
+                    + " outside the daemon)",
+                )
+            )
         return problems
 
     def verify(self) -> list[Problem]:
@@ -522,13 +588,13 @@ class KeyStore:
                 by_name.setdefault(str(row[0]), []).append(row)
             names = set(by_name) | {n for k, n in manifest.entries if k == kind}
             for name in sorted(names):
-                problems += self._row_problems(kind, name, manifest.entries.get((kind, name)),
-                                               by_name.get(name, []))
+                problems += self._row_problems(
+                    kind, name, manifest.entries.get((kind, name)), by_name.get(name, [])
+                )
         return problems
 
     # --- key slots ---------------------------------------------------------------------
-    def _slot_rows(self, name: str, *, force: bool = False) -> tuple[_Entry | None,
-                                                                     tuple[Row, ...]]:
+    def _slot_rows(self, name: str, *, force: bool = False) -> tuple[_Entry | None, tuple[Row, ...]]:
         """The slot's manifest entry and its verified rows (oldest first): from the cache
         while the manifest entry is the one they were checked against; else the rows whose
         MAC prefix the manifest changed (all of them the first time) are read in one
@@ -552,37 +618,56 @@ class KeyStore:
         self._slots[name] = result
         return result
 
-    def _fetch_rows(self, tx: Tx, name: str, entry: _Entry | None,
-                    cached: tuple[_Entry | None, tuple[Row, ...]] | None) -> tuple[Row, ...]:
+    def _fetch_rows(
+        self, tx: Tx, name: str, entry: _Entry | None, cached: tuple[_Entry | None, tuple[Row, ...]] | None
+    ) -> tuple[Row, ...]:
         if cached is None or cached[0] is None or entry is None:
             return tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,)))
         known = {row[1]: row for row in cached[1]}
-        stale = sorted(v for v, p in entry.rows.items()
-                       if v not in known or _prefix(_mac_of(known[v])) != p)
+        stale = sorted(v for v, p in entry.rows.items() if v not in known or _prefix(_mac_of(known[v])) != p)
         if len(stale) > 64:
             return tuple(tx.execute(f"{_KEY_SELECT} WHERE name = ? ORDER BY version", (name,)))
-        fresh = {row[1]: row for row in tx.execute(
-            f"{_KEY_SELECT} WHERE name = ? AND version IN ({', '.join('?' * len(stale))})",
-            (name, *stale))} if stale else {}
-        kept = {v: known[v] for v in entry.rows if v not in fresh and v in known
-                and v not in stale}
+        fresh = (
+            {
+                row[1]: row
+                for row in tx.execute(
+                    f"{_KEY_SELECT} WHERE name = ? AND version IN ({', '.join('?' * len(stale))})",
+                    (name, *stale),
+                )
+            }
+            if stale
+            else {}
+        )
+        kept = {v: known[v] for v in entry.rows if v not in fresh and v in known and v not in stale}
         return tuple(row for _, row in sorted({**kept, **fresh}.items()))
 
     def _version_row(self, tx: Tx, name: str, entry: _Entry | None, version: int) -> Row | None:
         """One version's row, checked against the manifest (inside a write)."""
         found = tx.execute(f"{_KEY_SELECT} WHERE name = ? AND version = ?", (name, version))
-        listed = _Entry(0, 0, {version: entry.rows[version]}) \
-            if entry is not None and version in entry.rows else None
+        listed = (
+            _Entry(0, 0, {version: entry.rows[version]})
+            if entry is not None and version in entry.rows
+            else None
+        )
         self._check_rows("key", name, listed, found)
         return found[0] if found else None
 
     def _record(self, row: Row, primary: int | None) -> SlotRecord:
         try:
             exports = json.loads(row[6]) if row[6] is not None else None
-            return SlotRecord(row[0], row[2], row[3], tuple(int(c) for c in json.loads(row[4])),
-                              KeyOperationPermission(row[5]), row[1], row[9], row[10],
-                              frozenset(int(u) for u in exports) if exports is not None else None,
-                              state=str(row[11]), primary=row[1] == primary)
+            return SlotRecord(
+                row[0],
+                row[2],
+                row[3],
+                tuple(int(c) for c in json.loads(row[4])),
+                KeyOperationPermission(row[5]),
+                row[1],
+                row[9],
+                row[10],
+                frozenset(int(u) for u in exports) if exports is not None else None,
+                state=str(row[11]),
+                primary=row[1] == primary,
+            )
         except (ValueError, TypeError) as exc:  # authenticated, so only a bug gets here
             raise KeyStoreError(f"key slot {row[0]!r}: malformed row ({exc})") from None
 
@@ -596,8 +681,12 @@ class KeyStore:
         and the cached manifest is believed current)."""
         entry, found = self._slot_rows(name, force=fresh)
         primary = self._primary(found)
-        return SlotVersions(name, entry.head if entry else 0, entry.min_version if entry else 0,
-                            tuple(self._record(row, primary) for row in found))
+        return SlotVersions(
+            name,
+            entry.head if entry else 0,
+            entry.min_version if entry else 0,
+            tuple(self._record(row, primary) for row in found),
+        )
 
     def slot(self, name: str) -> SlotRecord | None:
         """The primary version's metadata, or None if the slot is empty."""
@@ -609,8 +698,7 @@ class KeyStore:
         try:
             manifest = self._current()
             names = sorted(n for k, n in manifest.entries if k == "key")
-            stale = [n for n in names if self._slots.get(n, (None,))[0]
-                     != manifest.entries.get(("key", n))]
+            stale = [n for n in names if self._slots.get(n, (None,))[0] != manifest.entries.get(("key", n))]
             if stale:
                 with self.backend.snapshot() as tx:
                     manifest = self._read_manifest(tx)
@@ -641,33 +729,44 @@ class KeyStore:
         primary = self._primary(found)
         if version is None:
             if primary is None:
-                extra = f" (it was cleared; its versions went up to {entry.head})" \
-                    if entry is not None and entry.head else ""
+                extra = (
+                    f" (it was cleared; its versions went up to {entry.head})"
+                    if entry is not None and entry.head
+                    else ""
+                )
                 raise CryptoError(ErrorCode.SLOT_EMPTY, f"key slot {name!r} is empty{extra}")
             version = primary
         row = next((r for r in found if r[1] == version), None)
         head = entry.head if entry is not None else 0
         if row is None:
             if version < 1 or version > head:
-                raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                                  f"key slot {name!r} has no version {version} (its newest is "
-                                  f"{head})" if head else f"key slot {name!r} has no version "
-                                  f"{version} (it never held a key)")
-            raise CryptoError(ErrorCode.KEY_VERSION_RETIRED,
-                              f"version {version} of key slot {name!r} no longer exists: the "
-                              "slot was cleared after it was made, and its key destroyed")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_NOT_FOUND,
+                    f"key slot {name!r} has no version {version} (its newest is {head})"
+                    if head
+                    else f"key slot {name!r} has no version {version} (it never held a key)",
+                )
+            raise CryptoError(
+                ErrorCode.KEY_VERSION_RETIRED,
+                f"version {version} of key slot {name!r} no longer exists: the "
+                "slot was cleared after it was made, and its key destroyed",
+            )
         record = self._record(row, primary)
         if record.state == RETIRED:
-            raise CryptoError(ErrorCode.KEY_VERSION_RETIRED,
-                              f"version {version} of key slot {name!r} was retired at "
-                              f"{_when(record.updated)} and its key destroyed; data protected "
-                              "under it can no longer be decrypted or verified here")
+            raise CryptoError(
+                ErrorCode.KEY_VERSION_RETIRED,
+                f"version {version} of key slot {name!r} was retired at "
+                f"{_when(record.updated)} and its key destroyed; data protected "
+                "under it can no longer be decrypted or verified here",
+            )
         minimum = entry.min_version if entry is not None else 0
         if version < minimum:
-            raise CryptoError(ErrorCode.KEY_VERSION_RETIRED,
-                              f"version {version} of key slot {name!r} is below the slot's "
-                              f"minimum version {minimum} (set_minimum_version): it may not be "
-                              "used until the minimum is lowered")
+            raise CryptoError(
+                ErrorCode.KEY_VERSION_RETIRED,
+                f"version {version} of key slot {name!r} is below the slot's "
+                f"minimum version {minimum} (set_minimum_version): it may not be "
+                "used until the minimum is lowered",
+            )
         return record, row
 
     def resolve(self, name: str, version: int | None = None) -> SlotRecord:
@@ -689,13 +788,24 @@ class KeyStore:
             try:
                 blob = self._keys.unwrap(row, blob)
             except InvalidTag:
-                raise KeyStoreError(f"key slot {name!r} v{record.version} does not unwrap under "
-                                    f"this key store's KEK (tampered): {RECOVERY}") from None
+                raise KeyStoreError(
+                    f"key slot {name!r} v{record.version} does not unwrap under "
+                    f"this key store's KEK (tampered): {RECOVERY}"
+                ) from None
         return record, StoredKey(blob, secret)
 
-    def store_key(self, name: str, algorithm: str, provider: int, compatible: tuple[int, ...],
-                  permissions: KeyOperationPermission, stored: StoredKey,
-                  export_uids: frozenset[int] | None = None, *, if_empty: bool = False) -> int:
+    def store_key(
+        self,
+        name: str,
+        algorithm: str,
+        provider: int,
+        compatible: tuple[int, ...],
+        permissions: KeyOperationPermission,
+        stored: StoredKey,
+        export_uids: frozenset[int] | None = None,
+        *,
+        if_empty: bool = False,
+    ) -> int:
         """Add a version to slot ``name`` and make it the primary; returns its number (one
         past the highest the slot ever had). Older versions stay as they are. With
         ``if_empty`` (provisioning, which several daemons may attempt at once) nothing is
@@ -707,21 +817,33 @@ class KeyStore:
                 return 0
             entry = before.copy() if before is not None else _Entry()
             version = entry.head + 1
-            if tx.execute("SELECT version FROM key_slots WHERE name = ? AND version = ?",
-                          (name, version)):
-                raise KeyStoreError(f"{Problem('key', name, version, 'is not in the manifest')}"
-                                    f" in key store {self.location} (added outside the daemon): "
-                                    f"{RECOVERY}")
+            if tx.execute("SELECT version FROM key_slots WHERE name = ? AND version = ?", (name, version)):
+                raise KeyStoreError(
+                    f"{Problem('key', name, version, 'is not in the manifest')}"
+                    f" in key store {self.location} (added outside the daemon): "
+                    f"{RECOVERY}"
+                )
             exports = None if export_uids is None else json.dumps(sorted(export_uids))
-            meta = (name, version, algorithm, provider, json.dumps(list(compatible)),
-                    int(permissions), exports, int(stored.secret))
+            meta = (
+                name,
+                version,
+                algorithm,
+                provider,
+                json.dumps(list(compatible)),
+                int(permissions),
+                exports,
+                int(stored.secret),
+            )
             blob = stored.blob
             if stored.secret:
                 blob = self._keys.wrap(meta, stored.blob, os.urandom(12))
             row = (*meta, blob, now, now, ACTIVE)
             mac = self._keys.mac("key", row)
-            tx.execute(f"INSERT INTO key_slots ({', '.join(KEY_COLUMNS)}, mac) VALUES "
-                       f"({', '.join('?' * (len(row) + 1))})", (*row, mac))
+            tx.execute(
+                f"INSERT INTO key_slots ({', '.join(KEY_COLUMNS)}, mac) VALUES "
+                f"({', '.join('?' * (len(row) + 1))})",
+                (*row, mac),
+            )
             entry.head = version
             entry.rows[version] = _prefix(mac)
             entries[("key", name)] = entry
@@ -745,23 +867,28 @@ class KeyStore:
             row = self._version_row(tx, name, entry, version)
             if row is None or entry is None:
                 head = entry.head if entry is not None else 0
-                raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                                  f"key slot {name!r} has no version {version}" + (
-                                      f" (it was removed; the newest is {head})"
-                                      if 0 < version <= head else ""))
+                raise CryptoError(
+                    ErrorCode.RESOURCE_NOT_FOUND,
+                    f"key slot {name!r} has no version {version}"
+                    + (f" (it was removed; the newest is {head})" if 0 < version <= head else ""),
+                )
             if row[11] == RETIRED:
                 self._slots.pop(name, None)
                 return []
             held = self._held(row)
             if version == max(entry.rows):  # the newest is always active: the primary
-                raise CryptoError(ErrorCode.INVALID_STATE,
-                                  f"version {version} is the primary version of key slot "
-                                  f"{name!r}: persist a new version first, or clear the slot")
+                raise CryptoError(
+                    ErrorCode.INVALID_STATE,
+                    f"version {version} is the primary version of key slot "
+                    f"{name!r}: persist a new version first, or clear the slot",
+                )
             new = (*row[:8], b"", row[9], time.time(), RETIRED)
             mac = self._keys.mac("key", new)
-            tx.execute("UPDATE key_slots SET blob = ?, updated = ?, state = ?, mac = ? "
-                       "WHERE name = ? AND version = ?", (b"", new[10], RETIRED, mac, name,
-                                                          version))
+            tx.execute(
+                "UPDATE key_slots SET blob = ?, updated = ?, state = ?, mac = ? "
+                "WHERE name = ? AND version = ?",
+                (b"", new[10], RETIRED, mac, name, version),
+            )
             entry.rows[version] = _prefix(mac)
             self._slots.pop(name, None)
         return held
@@ -774,9 +901,11 @@ class KeyStore:
                 raise CryptoError(ErrorCode.SLOT_EMPTY, f"key slot {name!r} is empty")
             primary = max(entry.rows)  # the newest is always active
             if not 0 <= minimum <= primary:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"the minimum version of key slot {name!r} must be 0 to "
-                                  f"{primary} (its primary version), not {minimum}")
+                raise CryptoError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"the minimum version of key slot {name!r} must be 0 to "
+                    f"{primary} (its primary version), not {minimum}",
+                )
             entry.min_version = minimum
             self._slots.pop(name, None)
 
@@ -800,10 +929,11 @@ class KeyStore:
         """Every provider-held key (a backend reference) of ``provider``'s slots, parts of
         split versions included."""
         with self.backend.snapshot() as tx:
-            found = tx.execute("SELECT blob FROM key_slots WHERE provider = ? AND secret = 0 "
-                               "AND state = ?", (provider, ACTIVE))
-            split = tx.execute(f"{_KEY_SELECT} WHERE provider = ? AND state = ?",
-                               (SPLIT_PROVIDER, ACTIVE))
+            found = tx.execute(
+                "SELECT blob FROM key_slots WHERE provider = ? AND secret = 0 AND state = ?",
+                (provider, ACTIVE),
+            )
+            split = tx.execute(f"{_KEY_SELECT} WHERE provider = ? AND state = ?", (SPLIT_PROVIDER, ACTIVE))
         parts = [ref for row in split for pid, ref in self._held(row) if pid == provider]
         return [StoredKey(bytes(row[0]), False) for row in found] + parts
 
@@ -817,17 +947,18 @@ class KeyStore:
             try:
                 blob = self._keys.unwrap(row, bytes(row[8]))
             except InvalidTag:
-                raise KeyStoreError(f"{where} does not unwrap under this key store's KEK "
-                                    f"(tampered): {RECOVERY}") from None
-            return [(part.provider, part.stored) for part in decode_parts(blob, where)
-                    if not part.stored.secret]
+                raise KeyStoreError(
+                    f"{where} does not unwrap under this key store's KEK (tampered): {RECOVERY}"
+                ) from None
+            return [
+                (part.provider, part.stored) for part in decode_parts(blob, where) if not part.stored.secret
+            ]
         return [] if row[7] else [(int(row[3]), StoredKey(bytes(row[8]), False))]
 
     def slot_names(self) -> list[str]:
         """Names of all occupied slots."""
         with self.backend.snapshot() as tx:
-            return [str(r[0]) for r in tx.execute(
-                "SELECT DISTINCT name FROM key_slots ORDER BY name")]
+            return [str(r[0]) for r in tx.execute("SELECT DISTINCT name FROM key_slots ORDER BY name")]
 
     # --- certificates and trust stores ----------------------------------------------
     def _single(self, kind: str, name: str) -> Row | None:
@@ -847,8 +978,11 @@ class KeyStore:
             mac = self._keys.mac(kind, row)
             columns = COLUMNS[kind]
             tx.execute(f"DELETE FROM {TABLES[kind]} WHERE name = ?", (name,))  # noqa: S608
-            tx.execute(f"INSERT INTO {TABLES[kind]} ({', '.join(columns)}, mac) VALUES "  # noqa: S608
-                       f"({', '.join('?' * (len(row) + 1))})", (*row, mac))
+            tx.execute(
+                f"INSERT INTO {TABLES[kind]} ({', '.join(columns)}, mac) VALUES "  # noqa: S608
+                f"({', '.join('?' * (len(row) + 1))})",
+                (*row, mac),
+            )
             entries[(kind, name)] = _Entry(version, 0, {version: _prefix(mac)})
         return version
 
@@ -867,16 +1001,26 @@ class KeyStore:
         if row is None:
             return None
         try:
-            return ([bytes.fromhex(h) for h in json.loads(row[1])],
-                    [bytes.fromhex(h) for h in json.loads(row[2])])
+            return (
+                [bytes.fromhex(h) for h in json.loads(row[1])],
+                [bytes.fromhex(h) for h in json.loads(row[2])],
+            )
         except (ValueError, TypeError) as exc:  # authenticated, so only a bug gets here
             raise KeyStoreError(f"trust store {name!r}: malformed row ({exc})") from None
 
     def store_trust_store(self, name: str, anchors: list[bytes], crls: list[bytes]) -> int:
         """Atomically replace a trust store; returns the new version."""
-        return self._replace("trust", name, lambda v: (
-            name, json.dumps([a.hex() for a in anchors]), json.dumps([c.hex() for c in crls]),
-            v, time.time()))
+        return self._replace(
+            "trust",
+            name,
+            lambda v: (
+                name,
+                json.dumps([a.hex() for a in anchors]),
+                json.dumps([c.hex() for c in crls]),
+                v,
+                time.time(),
+            ),
+        )
 
     # --- recovery ------------------------------------------------------------------------
     def repair(self) -> list[Problem]:
@@ -900,26 +1044,33 @@ class KeyStore:
                     if not self._keys.check(kind, row[:-1], mac):
                         why = "fails authentication"
                     elif manifest is not None and (
-                            listed is None or listed.rows.get(version or 0) != _prefix(mac)):
+                        listed is None or listed.rows.get(version or 0) != _prefix(mac)
+                    ):
                         why = "is not the row the manifest lists"
                     if why is None:
-                        entry = entries.setdefault((kind, name), _Entry(
-                            listed.head if listed else 0,
-                            listed.min_version if listed else 0))
+                        entry = entries.setdefault(
+                            (kind, name),
+                            _Entry(listed.head if listed else 0, listed.min_version if listed else 0),
+                        )
                         entry.rows[int(version or 0)] = _prefix(mac)
                         entry.head = max(entry.head, int(version or 0))
                         continue
                     dropped.append(Problem(kind, name, version, why))
-                    tx.execute(f"DELETE FROM {table} WHERE name = ? AND version = ?",  # noqa: S608
-                               (name, version))
+                    tx.execute(
+                        f"DELETE FROM {table} WHERE name = ? AND version = ?",  # noqa: S608
+                        (name, version),
+                    )
             for (kind, name), listed in old.items():
                 entry = entries.setdefault((kind, name), _Entry(listed.head, 0))
                 for version in sorted(set(listed.rows) - set(entry.rows)):
                     dropped.append(Problem(kind, name, version, "was missing; forgotten"))
                 if kind == "key" and entry.rows and listed.min_version <= max(entry.rows):
                     entry.min_version = listed.min_version
-            generation = manifest.generation if manifest is not None else int(
-                _read_meta(tx).get("generation", "0") or 0)
+            generation = (
+                manifest.generation
+                if manifest is not None
+                else int(_read_meta(tx).get("generation", "0") or 0)
+            )
             written = self._write_manifest(tx, generation + 1, entries)
         with self._lock:
             self._manifest = written
@@ -952,8 +1103,9 @@ def _kek_name(source: KekSource, kek_file: Path) -> str:
 def _default_kek(location: Path | str) -> Path:
     if isinstance(location, Path):
         return default_kek_path(location)
-    raise KeyStoreError(f"key store {location}: a shared store needs [daemon] kek_file or "
-                        "kek_provider (docs/scaling.md)")
+    raise KeyStoreError(
+        f"key store {location}: a shared store needs [daemon] kek_file or kek_provider (docs/scaling.md)"
+    )
 
 
 def _read_meta(tx: Tx) -> dict[str, str]:
@@ -990,5 +1142,15 @@ def _layout(backend: Backend) -> tuple[str, dict[str, str]]:
     return "damaged", meta
 
 
-__all__ = ["ACTIVE", "RETIRED", "SCHEMA_VERSION", "CERT_COLUMNS", "KEY_COLUMNS", "TRUST_COLUMNS",
-           "KeyStore", "SlotRecord", "SlotVersions", "open_backend"]
+__all__ = [
+    "ACTIVE",
+    "RETIRED",
+    "SCHEMA_VERSION",
+    "CERT_COLUMNS",
+    "KEY_COLUMNS",
+    "TRUST_COLUMNS",
+    "KeyStore",
+    "SlotRecord",
+    "SlotVersions",
+    "open_backend",
+]

@@ -67,8 +67,7 @@ class CertificateOps:
                 problem = f"cannot read {path}: {exc.strerror or exc}"
             except CryptoError as exc:
                 problem = f"{path}: {exc.message or exc}"
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{source}: [[{section}]] {name!r}: {problem}")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{source}: [[{section}]] {name!r}: {problem}")
 
         for slot in self.core.config.cert_slots:
             if slot.file is None or ks.certificate(slot.name) is not None:
@@ -78,12 +77,15 @@ class CertificateOps:
         for store in self.core.config.trust_stores:
             if ks.trust_store(store.name) is not None:
                 continue
-            anchors = [load("trust_stores", store.name, p, x509_engine.parse_certificate)
-                       for p in store.anchors]
-            crls = [load("trust_stores", store.name, p, x509_engine.parse_crl)
-                    for p in store.crls]
-            ks.store_trust_store(store.name, [a.public_bytes(Encoding.DER) for a in anchors],
-                                 [c.public_bytes(Encoding.DER) for c in crls])
+            anchors = [
+                load("trust_stores", store.name, p, x509_engine.parse_certificate) for p in store.anchors
+            ]
+            crls = [load("trust_stores", store.name, p, x509_engine.parse_crl) for p in store.crls]
+            ks.store_trust_store(
+                store.name,
+                [a.public_bytes(Encoding.DER) for a in anchors],
+                [c.public_bytes(Encoding.DER) for c in crls],
+            )
 
     def slot_status(self) -> list[dict[str, Any]]:
         """Certificate slots for ``status``."""
@@ -152,15 +154,22 @@ class CertificateOps:
         self.core.check_access(call.session, "use", rid.type, name, store.use_uids)
         stored = self.core.keystore.trust_store(name)
         anchors, crls = stored if stored is not None else ([], [])
-        return TrustStoreContent([x509.load_der_x509_certificate(a) for a in anchors],
-                                 [x509.load_der_x509_crl(c) for c in crls])
+        return TrustStoreContent(
+            [x509.load_der_x509_certificate(a) for a in anchors], [x509.load_der_x509_crl(c) for c in crls]
+        )
 
     def _add(self, call: Call, rtype: ResourceType, payload: Any, label: str) -> dict[str, Any]:
-        number = self.core.register(call, Handle("blob", BlobResource(rtype, payload, label),
-                                                     rtype, ResourcePersistence.EPHEMERAL))
-        return {"id": rid_to_wire(CryptoResourceId(rtype, number)),
-                "persistence": ResourcePersistence.EPHEMERAL.value, "permissions": 0,
-                "algorithm": None, "provider": None, "label": label}
+        number = self.core.register(
+            call, Handle("blob", BlobResource(rtype, payload, label), rtype, ResourcePersistence.EPHEMERAL)
+        )
+        return {
+            "id": rid_to_wire(CryptoResourceId(rtype, number)),
+            "persistence": ResourcePersistence.EPHEMERAL.value,
+            "permissions": 0,
+            "algorithm": None,
+            "provider": None,
+            "label": label,
+        }
 
     # --- operations ------------------------------------------------------------------------
     @staticmethod
@@ -178,8 +187,9 @@ class CertificateOps:
         crl = x509_engine.parse_crl(self._bytes(args, "data"))
         return self._add(call, ResourceType.CRL, crl, crl.issuer.rfc4514_string())
 
-    def _lists(self, call: Call, args: Mapping[str, Any]) -> tuple[
-            list[x509.Certificate], list[x509.CertificateRevocationList]]:
+    def _lists(
+        self, call: Call, args: Mapping[str, Any]
+    ) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
         anchors = args.get("anchors", [])
         crls = args.get("crls", []) or []
         if not isinstance(anchors, list) or not isinstance(crls, list):
@@ -190,8 +200,12 @@ class CertificateOps:
         anchors, crls = self._lists(call, args)
         if not anchors:
             raise _bad("a trust store needs at least one anchor")
-        return self._add(call, ResourceType.VERIFICATION_TRUST_STORE,
-                         TrustStoreContent(anchors, crls), f"{len(anchors)} anchors")
+        return self._add(
+            call,
+            ResourceType.VERIFICATION_TRUST_STORE,
+            TrustStoreContent(anchors, crls),
+            f"{len(anchors)} anchors",
+        )
 
     def _op_public_key(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         cert = self.certificate(call, args.get("cert"))
@@ -203,10 +217,21 @@ class CertificateOps:
         core = self.core
         loaded = core.providers.select(algorithm, Operation.IMPORT_KEY, pinned=pinned)
         pkey = core.provider_instance(loaded).import_key(algorithm, spki, KeyFormat.SPKI_DER, P.VERIFY)
-        entry = KeyEntry(algorithm=algorithm, permissions=P.VERIFY, home=loaded, pkey=pkey,
-                         persistence=ResourcePersistence.EPHEMERAL)
-        core.audit(call.session, "key.import", cert.subject.rfc4514_string(),
-                      provider=loaded.id, algorithm=algorithm, detail="certificate public key")
+        entry = KeyEntry(
+            algorithm=algorithm,
+            permissions=P.VERIFY,
+            home=loaded,
+            pkey=pkey,
+            persistence=ResourcePersistence.EPHEMERAL,
+        )
+        core.audit(
+            call.session,
+            "key.import",
+            cert.subject.rfc4514_string(),
+            provider=loaded.id,
+            algorithm=algorithm,
+            detail="certificate public key",
+        )
         return {"key": core.add_key(call, entry), "algorithm": algorithm}
 
     def _op_export(self, call: Call, args: Mapping[str, Any]) -> bytes:
@@ -232,35 +257,46 @@ class CertificateOps:
         # Configured certificates are default-deny for mutation, root included: only the
         # uids listed in write_uids may replace them (an explicit, possibly empty, allow-list
         # keeps the policy's "daemon uid and root" fallback out of it).
-        self.core.check_access(call.session, "mutate", ResourceType.CERT_SLOT, name,
-                                  tuple(slot.write_uids or ()))
+        self.core.check_access(
+            call.session, "mutate", ResourceType.CERT_SLOT, name, tuple(slot.write_uids or ())
+        )
         cert = self.certificate(call, args.get("cert"))
         version = self.core.keystore.store_certificate(name, cert.public_bytes(Encoding.DER))
-        self.core.audit(call.session, "cert.persist", name,
-                           detail=f"subject={cert.subject.rfc4514_string()} version={version}")
+        self.core.audit(
+            call.session,
+            "cert.persist",
+            name,
+            detail=f"subject={cert.subject.rfc4514_string()} version={version}",
+        )
         return {"name": name, "version": version}
 
     def _op_persist_trust_store(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         name = self._named(call, args.get("store"), ResourceType.VERIFICATION_TRUST_STORE)
         store = self.core.trust_stores[name]
-        self.core.check_access(call.session, "mutate", ResourceType.VERIFICATION_TRUST_STORE,
-                                  name, tuple(store.write_uids or ()))
+        self.core.check_access(
+            call.session, "mutate", ResourceType.VERIFICATION_TRUST_STORE, name, tuple(store.write_uids or ())
+        )
         anchors, crls = self._lists(call, args)
         if not anchors:
             raise _bad("a trust store needs at least one anchor")
         version = self.core.keystore.store_trust_store(
-            name, [a.public_bytes(Encoding.DER) for a in anchors],
-            [c.public_bytes(Encoding.DER) for c in crls])
-        self.core.audit(call.session, "truststore.persist", name,
-                           detail=f"anchors={len(anchors)} crls={len(crls)} version={version}")
+            name,
+            [a.public_bytes(Encoding.DER) for a in anchors],
+            [c.public_bytes(Encoding.DER) for c in crls],
+        )
+        self.core.audit(
+            call.session,
+            "truststore.persist",
+            name,
+            detail=f"anchors={len(anchors)} crls={len(crls)} version={version}",
+        )
         return {"name": name, "version": version}
 
     def _op_verify(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         if args.get("certificate") is None:
             raise CryptoError(ErrorCode.INVALID_STATE, "set_certificate() was not called")
         if args.get("trust_store") is None:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "set_verification_trust_store() was not called")
+            raise CryptoError(ErrorCode.INVALID_STATE, "set_verification_trust_store() was not called")
         leaf = self.certificate(call, args["certificate"])
         store = self.trust_store(call, args["trust_store"])
         intermediates = args.get("intermediates", []) or []
@@ -281,17 +317,31 @@ class CertificateOps:
             policy = RevocationCheckPolicy(args.get("policy", "NONE"))
         except ValueError:
             raise _bad(f"unknown revocation policy {args.get('policy')!r}") from None
-        outcome = x509_engine.validate_path(x509_engine.ValidationRequest(
-            leaf=leaf, anchors=store.anchors,
-            intermediates=[self.certificate(call, i) for i in intermediates],
-            crls=[*store.crls, *(self.crl(call, c) for c in extra_crls)],
-            validation_time=moment, revocation_policy=policy, **_verifier_settings(args)))
-        self.core.audit(call.session, "cert.verify", leaf.subject.rfc4514_string(),
-                           outcome.result.value, detail=outcome.reason[:200])
-        return {"result": outcome.result.value, "reason": outcome.reason,
-                "chain": [c.public_bytes(Encoding.DER) for c in outcome.chain],
-                "subjects": [c.subject.rfc4514_string() for c in outcome.chain],
-                "policies": sorted(outcome.policies)}
+        outcome = x509_engine.validate_path(
+            x509_engine.ValidationRequest(
+                leaf=leaf,
+                anchors=store.anchors,
+                intermediates=[self.certificate(call, i) for i in intermediates],
+                crls=[*store.crls, *(self.crl(call, c) for c in extra_crls)],
+                validation_time=moment,
+                revocation_policy=policy,
+                **_verifier_settings(args),
+            )
+        )
+        self.core.audit(
+            call.session,
+            "cert.verify",
+            leaf.subject.rfc4514_string(),
+            outcome.result.value,
+            detail=outcome.reason[:200],
+        )
+        return {
+            "result": outcome.result.value,
+            "reason": outcome.reason,
+            "chain": [c.public_bytes(Encoding.DER) for c in outcome.chain],
+            "subjects": [c.subject.rfc4514_string() for c in outcome.chain],
+            "policies": sorted(outcome.policies),
+        }
 
 
 def _verifier_settings(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,15 +352,18 @@ def _verifier_settings(args: Mapping[str, Any]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     policies = args.get("initial_policy_set")
     if policies is not None:
-        if (not isinstance(policies, list) or not policies
-                or not all(isinstance(p, str) for p in policies) or len(policies) > 64):
+        if (
+            not isinstance(policies, list)
+            or not policies
+            or not all(isinstance(p, str) for p in policies)
+            or len(policies) > 64
+        ):
             raise _bad("'initial_policy_set' must be a list of 1 to 64 dotted OID strings")
         try:
             settings["initial_policy_set"] = frozenset(x509.ObjectIdentifier(p) for p in policies)
         except ValueError:
             raise _bad(f"'initial_policy_set' holds an invalid OID: {policies!r}"[:200]) from None
-    for flag in ("initial_explicit_policy", "initial_policy_mapping_inhibit",
-                 "initial_any_policy_inhibit"):
+    for flag in ("initial_explicit_policy", "initial_policy_mapping_inhibit", "initial_any_policy_inhibit"):
         value = args.get(flag)
         if value is not None:
             if not isinstance(value, bool):

@@ -61,13 +61,20 @@ AsyncOp = Callable[..., Awaitable[Any]]
 """``(call, args, *, locked=False)``: ``locked`` when the caller holds the context's lock."""
 _S = TypeVar("_S", bound=StreamContextState)
 
-STREAM_OPERATION = {"hash": Operation.HASH, "cipher": Operation.ENCRYPT,
-                    "sign": Operation.SIGN, "verify": Operation.VERIFY}
+STREAM_OPERATION = {
+    "hash": Operation.HASH,
+    "cipher": Operation.ENCRYPT,
+    "sign": Operation.SIGN,
+    "verify": Operation.VERIFY,
+}
 """The provider operation behind each stream family (for inline decisions). Streaming AEAD
 is absent on purpose: a call of any size may seal or open a whole held segment (up to
 1 MiB), so it always runs on the provider's pool, never on the event loop."""
-SECRET_OPERATION = {"kem.encapsulate": Operation.ENCAPSULATE,
-                    "kem.decapsulate": Operation.DECAPSULATE, "agree.agree": Operation.AGREE}
+SECRET_OPERATION = {
+    "kem.encapsulate": Operation.ENCAPSULATE,
+    "kem.decapsulate": Operation.DECAPSULATE,
+    "agree.agree": Operation.AGREE,
+}
 """Calls that produce a secret key, and their provider operation."""
 
 
@@ -105,8 +112,7 @@ class ContextOps:
             "hash.reset": stream(HashState, reset),
             "hash.single_shot": stream(HashState, _single_shot),
             "cipher.create": self.cipher_create,
-            "cipher.single_shot": self._whole_message_call(CipherState, _cipher_prepare,
-                                                           _cipher_single_shot),
+            "cipher.single_shot": self._whole_message_call(CipherState, _cipher_prepare, _cipher_single_shot),
             "cipher.init": stream(CipherState, _cipher_init),
             "cipher.update_aad": stream(CipherState, _update_aad),
             "cipher.update": stream(CipherState, update),
@@ -117,15 +123,13 @@ class ContextOps:
             "sign.update": stream(SignState, update),
             "sign.finalize": stream(SignState, finalize),
             "sign.reset": stream(SignState, reset),
-            "sign.single_shot": self._whole_message_call(SignState, _sign_prepare,
-                                                         _sign_single_shot),
+            "sign.single_shot": self._whole_message_call(SignState, _sign_prepare, _sign_single_shot),
             "verify.create": self.verify_create,
             "verify.init": stream(VerifyState, init),
             "verify.update": stream(VerifyState, update),
             "verify.finalize": stream(VerifyState, _verify_finalize),
             "verify.reset": stream(VerifyState, reset),
-            "verify.single_shot": self._whole_message_call(VerifyState, _verify_prepare,
-                                                           _verify_single_shot),
+            "verify.single_shot": self._whole_message_call(VerifyState, _verify_prepare, _verify_single_shot),
             "streaming_aead.create": self.streaming_aead_create,
             "streaming_aead.init": stream(StreamingAeadState, _streaming_init),
             "streaming_aead.update": stream(StreamingAeadState, update),
@@ -149,11 +153,14 @@ class ContextOps:
             "hash.finalize": stream(HashState, _finalize_awaited),
             "hash.single_shot": stream(HashState, _single_shot_awaited),
             "cipher.single_shot": self._awaited_whole_message_call(
-                CipherState, _cipher_prepare, _cipher_single_shot_awaited),
+                CipherState, _cipher_prepare, _cipher_single_shot_awaited
+            ),
             "sign.single_shot": self._awaited_whole_message_call(
-                SignState, _sign_prepare, _sign_single_shot_awaited),
+                SignState, _sign_prepare, _sign_single_shot_awaited
+            ),
             "verify.single_shot": self._awaited_whole_message_call(
-                VerifyState, _verify_prepare, _verify_single_shot_awaited),
+                VerifyState, _verify_prepare, _verify_single_shot_awaited
+            ),
             "cipher.init": stream(CipherState, _cipher_init_awaited),
             "cipher.update_aad": stream(CipherState, _update_aad_awaited),
             "cipher.update": stream(CipherState, _update_awaited),
@@ -167,27 +174,37 @@ class ContextOps:
         }
 
     # --- creation ------------------------------------------------------------------------
-    def _keyed_context(self, call: Call, args: Mapping[str, Any], spec: AlgorithmSpec,
-                       operation: Operation, wanted: P,
-                       build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ContextState],
-                       alternatives: P = P.NONE, select_as: str | None = None,
-                       split: SplitBuilder | None = None) -> dict[str, Any]:
+    def _keyed_context(
+        self,
+        call: Call,
+        args: Mapping[str, Any],
+        spec: AlgorithmSpec,
+        operation: Operation,
+        wanted: P,
+        build: Callable[[LoadedProvider, KeyEntry, ProviderKey], ContextState],
+        alternatives: P = P.NONE,
+        select_as: str | None = None,
+        split: SplitBuilder | None = None,
+    ) -> dict[str, Any]:
         core = self.core
         entry = core.key_argument(call, args)
         try:
-            core.require_permission(call.session, entry, wanted, spec.name, alternatives,
-                                    operation)
+            core.require_permission(call.session, entry, wanted, spec.name, alternatives, operation)
             core.check_key_algorithm(spec, entry)
             pinned = int_arg(args, "provider", default=None)
             if entry.components is not None:
                 if split is None:
                     raise invalid(f"{spec.name} cannot use a key split across providers")
-                operations = (operation, Operation.DECAPSULATE) \
-                    if operation is Operation.ENCAPSULATE and entry.has_private else (operation,)
+                operations = (
+                    (operation, Operation.DECAPSULATE)
+                    if operation is Operation.ENCAPSULATE and entry.has_private
+                    else (operation,)
+                )
                 ctx = split(entry, self._halves(call, entry, operations, pinned))
             else:
-                loaded = core.providers.select(select_as or spec.name, operation,
-                                               key=entry.placement, pinned=pinned)
+                loaded = core.providers.select(
+                    select_as or spec.name, operation, key=entry.placement, pinned=pinned
+                )
                 pkey = core.key_on(call.session, entry, loaded)
                 ctx = build(loaded, entry, pkey)
         except BaseException:
@@ -201,8 +218,9 @@ class ContextOps:
             raise
         return {"ctx": number, **info}
 
-    def _halves(self, call: Call, entry: KeyEntry, operations: tuple[Operation, ...],
-                pinned: int | None) -> dict[str, Half]:
+    def _halves(
+        self, call: Call, entry: KeyEntry, operations: tuple[Operation, ...], pinned: int | None
+    ) -> dict[str, Half]:
         """The providers running the halves of split key ``entry`` (each half copied there
         when it lives elsewhere and may move), or the reason none can."""
         choice = choose_for_key(self.core.providers, entry, operations, pinned)
@@ -210,29 +228,43 @@ class ContextOps:
         assert choice.halves is not None and entry.components is not None
         plan = plan_for(entry.algorithm)
         assert plan is not None
-        return {role: Half(role, loaded, plan.component(role).algorithm,
-                           self.core.key_on(call.session, entry.components[role], loaded))
-                for role, loaded in choice.halves.items()}
+        return {
+            role: Half(
+                role,
+                loaded,
+                plan.component(role).algorithm,
+                self.core.key_on(call.session, entry.components[role], loaded),
+            )
+            for role, loaded in choice.halves.items()
+        }
 
-    def _audit_use(self, call: Call, ctx: ContextState, operation: Operation, result: str,
-                   detail: str = "") -> None:
+    def _audit_use(
+        self, call: Call, ctx: ContextState, operation: Operation, result: str, detail: str = ""
+    ) -> None:
         """One outcome of a keyed context (one record, naming both providers of a split
         key)."""
         key = ctx.key
         where = ctx.audit_detail()
-        self.core.audit(call.session, "key.use", (key.slot if key else None) or "ephemeral key",
-                        result, provider=ctx.loaded.id, algorithm=ctx.algorithm,
-                        operation=operation.value,
-                        detail="; ".join(part for part in (detail, where) if part),
-                        providers=ctx.provider_ids())
+        self.core.audit(
+            call.session,
+            "key.use",
+            (key.slot if key else None) or "ephemeral key",
+            result,
+            provider=ctx.loaded.id,
+            algorithm=ctx.algorithm,
+            operation=operation.value,
+            detail="; ".join(part for part in (detail, where) if part),
+            providers=ctx.provider_ids(),
+        )
 
     def hash_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A hash context (no key)."""
         spec = algorithm_arg(args)
         if spec.kind is not AlgorithmKind.HASH:
             raise invalid(f"{spec.name} is not a hash algorithm")
-        loaded = self.core.providers.select(spec.name, Operation.HASH,
-                                            pinned=int_arg(args, "provider", default=None))
+        loaded = self.core.providers.select(
+            spec.name, Operation.HASH, pinned=int_arg(args, "provider", default=None)
+        )
         ctx = HashState(spec, loaded, None, None, self.max_buffered)
         number = self.core.register(call, Handle("context", ctx))
         return {"ctx": number, **ctx.describe()}
@@ -249,9 +281,16 @@ class ContextOps:
         encrypt = direction is CipherDirection.ENCRYPT
         operation = Operation.ENCRYPT if encrypt else Operation.DECRYPT
         wanted = P.ENCRYPT if encrypt else P.DECRYPT
-        return self._keyed_context(call, args, spec, operation, wanted, lambda loaded, entry, pkey:
-                                   CipherState(spec, loaded, entry, pkey, self.max_buffered,
-                                               direction, tag_length))
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            operation,
+            wanted,
+            lambda loaded, entry, pkey: CipherState(
+                spec, loaded, entry, pkey, self.max_buffered, direction, tag_length
+            ),
+        )
 
     def streaming_aead_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A streaming AEAD context (:mod:`cryptostack_core.server.streaming`)."""
@@ -265,15 +304,22 @@ class ContextOps:
         def build(loaded: LoadedProvider, entry: KeyEntry, pkey: ProviderKey) -> ContextState:
             instance = self.core.provider_instance(loaded)
             if not instance.supports(fmt.kdf, Operation.DERIVE):
-                raise CryptoError(ErrorCode.NO_COMPATIBLE_PROVIDER,
-                                  f"provider {loaded.name} ({loaded.id}) runs {fmt.aead} but not "
-                                  f"{fmt.kdf}, which {spec.name} needs")
+                raise CryptoError(
+                    ErrorCode.NO_COMPATIBLE_PROVIDER,
+                    f"provider {loaded.name} ({loaded.id}) runs {fmt.aead} but not "
+                    f"{fmt.kdf}, which {spec.name} needs",
+                )
             return StreamingAeadState(spec, loaded, entry, pkey, direction)
 
-        return self._keyed_context(call, args, spec,
-                                   Operation.ENCRYPT if encrypt else Operation.DECRYPT,
-                                   P.ENCRYPT if encrypt else P.DECRYPT, build,
-                                   select_as=fmt.aead)
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            Operation.ENCRYPT if encrypt else Operation.DECRYPT,
+            P.ENCRYPT if encrypt else P.DECRYPT,
+            build,
+            select_as=fmt.aead,
+        )
 
     @staticmethod
     def _context_string(spec: AlgorithmSpec, args: Mapping[str, Any]) -> bytes:
@@ -293,29 +339,42 @@ class ContextOps:
         spec = self._signature_spec(args)
         context = self._context_string(spec, args)
         alternatives = P.MAC if spec.kind is AlgorithmKind.MAC else P.NONE
-        return self._keyed_context(call, args, spec, Operation.SIGN, P.SIGN, lambda loaded, entry,
-                                   pkey: SignState(spec, loaded, entry, pkey, self.max_buffered,
-                                                   context), alternatives,
-                                   split=lambda entry, halves: SplitSignState(
-                                       spec, entry, halves, self.max_buffered, context))
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            Operation.SIGN,
+            P.SIGN,
+            lambda loaded, entry, pkey: SignState(spec, loaded, entry, pkey, self.max_buffered, context),
+            alternatives,
+            split=lambda entry, halves: SplitSignState(spec, entry, halves, self.max_buffered, context),
+        )
 
     def verify_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A verification context (MACs are verified by recomputing them)."""
         spec = self._signature_spec(args)
         context = self._context_string(spec, args)
-        tag_length = int_arg(args, "tag_length", default=None, lo=max(1, spec.min_tag_size),
-                             hi=spec.digest_size or 64)
+        tag_length = int_arg(
+            args, "tag_length", default=None, lo=max(1, spec.min_tag_size), hi=spec.digest_size or 64
+        )
         is_mac = spec.kind is AlgorithmKind.MAC
         if tag_length is not None and not is_mac:
             raise invalid("tag_length applies to MAC algorithms only")
         # A MAC is checked by recomputing it, so the provider is asked for SIGN/MAC.
         operation = Operation.SIGN if is_mac else Operation.VERIFY
         alternatives = P.MAC if is_mac else P.NONE
-        return self._keyed_context(call, args, spec, operation, P.VERIFY, lambda loaded, entry,
-                                   pkey: VerifyState(spec, loaded, entry, pkey, self.max_buffered,
-                                                     context, tag_length), alternatives,
-                                   split=lambda entry, halves: SplitVerifyState(
-                                       spec, entry, halves, self.max_buffered, context))
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            operation,
+            P.VERIFY,
+            lambda loaded, entry, pkey: VerifyState(
+                spec, loaded, entry, pkey, self.max_buffered, context, tag_length
+            ),
+            alternatives,
+            split=lambda entry, halves: SplitVerifyState(spec, entry, halves, self.max_buffered, context),
+        )
 
     @staticmethod
     def _derived_permissions(args: Mapping[str, Any]) -> P:
@@ -334,10 +393,16 @@ class ContextOps:
             home = secret_home(providers, [half.loaded.id for half in halves.values()])
             return SplitKemState(spec, entry, halves, derived, home)
 
-        return self._keyed_context(call, args, spec, Operation.ENCAPSULATE, P.NONE,
-                                   lambda loaded, entry, pkey: KemState(spec, loaded, entry,
-                                                                        pkey, derived),
-                                   P.ENCAPSULATE | P.DECAPSULATE, split=split)
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            Operation.ENCAPSULATE,
+            P.NONE,
+            lambda loaded, entry, pkey: KemState(spec, loaded, entry, pkey, derived),
+            P.ENCAPSULATE | P.DECAPSULATE,
+            split=split,
+        )
 
     def agree_create(self, call: Call, args: Mapping[str, Any]) -> dict[str, Any]:
         """A key-agreement context over the caller's private key."""
@@ -345,23 +410,32 @@ class ContextOps:
         if spec.kind is not AlgorithmKind.KEY_AGREEMENT:
             raise invalid(f"{spec.name} is not a key-agreement algorithm")
         derived = self._derived_permissions(args)
-        return self._keyed_context(call, args, spec, Operation.AGREE, P.AGREE,
-                                   lambda loaded, entry, pkey: AgreementState(
-                                       spec, loaded, entry, pkey, derived))
+        return self._keyed_context(
+            call,
+            args,
+            spec,
+            Operation.AGREE,
+            P.AGREE,
+            lambda loaded, entry, pkey: AgreementState(spec, loaded, entry, pkey, derived),
+        )
 
     # --- secrets -------------------------------------------------------------------------
-    def _secret_key(self, call: Call, ctx: KemState, pkey: ProviderKey,
-                    home: LoadedProvider | None = None) -> dict[str, Any]:
+    def _secret_key(
+        self, call: Call, ctx: KemState, pkey: ProviderKey, home: LoadedProvider | None = None
+    ) -> dict[str, Any]:
         # A derived secret is not bound to a slot's compatible list: if its provider lets it
         # out, any provider may use it (e.g. HKDF on openssl from an ML-KEM-512 secret on oqs).
-        entry = KeyEntry(algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
-                         permissions=ctx.derived_permissions, home=home or ctx.loaded, pkey=pkey,
-                         persistence=ResourcePersistence.EPHEMERAL,
-                         compatible=self.core.providers.preference)
+        entry = KeyEntry(
+            algorithm=getattr(pkey, "algorithm", "GENERIC-SECRET"),
+            permissions=ctx.derived_permissions,
+            home=home or ctx.loaded,
+            pkey=pkey,
+            persistence=ResourcePersistence.EPHEMERAL,
+            compatible=self.core.providers.preference,
+        )
         return self.core.add_key(call, entry)
 
-    def _secret_call(self, call: Call, ctx: KemState, operation: Operation,
-                     run: Callable[[], Any]) -> Any:
+    def _secret_call(self, call: Call, ctx: KemState, operation: Operation, run: Callable[[], Any]) -> Any:
         """Run one secret-producing call and audit its outcome."""
         try:
             result = run()
@@ -378,8 +452,9 @@ class ContextOps:
         """A ciphertext and the secret it carries (the secret stays in the daemon)."""
         ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
         assert ctx.key is not None and ctx.pkey is not None
-        self.core.require_permission(call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm,
-                                     operation=Operation.ENCAPSULATE)
+        self.core.require_permission(
+            call.session, ctx.key, P.ENCAPSULATE, ctx.algorithm, operation=Operation.ENCAPSULATE
+        )
 
         def run() -> dict[str, Any]:
             with ctx.lock:
@@ -393,11 +468,14 @@ class ContextOps:
         """The secret a ciphertext carries (needs the private key)."""
         ctx: KemState = self.core.context(call, args.get("ctx"), KemState)
         assert ctx.key is not None and ctx.pkey is not None
-        self.core.require_permission(call.session, ctx.key, P.DECAPSULATE, ctx.algorithm,
-                                     operation=Operation.DECAPSULATE)
+        self.core.require_permission(
+            call.session, ctx.key, P.DECAPSULATE, ctx.algorithm, operation=Operation.DECAPSULATE
+        )
         if not ctx.key.has_private:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              "decapsulation needs the private key; this is a public key")
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                "decapsulation needs the private key; this is a public key",
+            )
         ciphertext = bytes(data_arg(args, "ciphertext"))
 
         def run() -> dict[str, Any]:
@@ -437,31 +515,41 @@ class ContextOps:
                 except Exception as exc:
                     # A failure that ended the message in progress is its outcome.
                     if active and ctx.state is not MessagePhase.ACTIVE:
-                        code = exc.code if isinstance(exc, CryptoError) else \
-                            ErrorCode.PROVIDER_ERROR
+                        code = exc.code if isinstance(exc, CryptoError) else ErrorCode.PROVIDER_ERROR
                         if ctx.error is not None:
                             code = ErrorCode.OPERATION_TIMED_OUT
                         self._audit_use(call, ctx, _outcome_operation(ctx), code.value)
                     raise
                 if ctx.state is MessagePhase.DONE and active:
                     if ctx.error is not None:  # finished after the caller gave up on it
-                        self._audit_use(call, ctx, _outcome_operation(ctx),
-                                        ErrorCode.OPERATION_TIMED_OUT.value,
-                                        "completed after the caller's deadline; result dropped")
+                        self._audit_use(
+                            call,
+                            ctx,
+                            _outcome_operation(ctx),
+                            ErrorCode.OPERATION_TIMED_OUT.value,
+                            "completed after the caller's deadline; result dropped",
+                        )
                     elif result is False:  # a signature or MAC that did not verify
-                        self._audit_use(call, ctx, _outcome_operation(ctx),
-                                        ErrorCode.AUTHENTICATION_FAILED.value,
-                                        "the signature did not verify")
+                        self._audit_use(
+                            call,
+                            ctx,
+                            _outcome_operation(ctx),
+                            ErrorCode.AUTHENTICATION_FAILED.value,
+                            "the signature did not verify",
+                        )
                     else:
                         self._audit_use(call, ctx, _outcome_operation(ctx), "ok")
                 return result
+
         return serve
 
-    def _whole_message_call(self, kind: type[_S], prepare: Callable[[_S, Mapping[str, Any]], Any],
-                            run: Callable[[_S, Any], Any]) -> Op:
+    def _whole_message_call(
+        self, kind: type[_S], prepare: Callable[[_S, Mapping[str, Any]], Any], run: Callable[[_S, Any], Any]
+    ) -> Op:
         """A call that is a whole message (``*.single_shot``): ``prepare`` checks the
         arguments and the state (a refusal there is not an outcome), ``run`` starts and ends
         the message; its outcome is audited like a finalisation's."""
+
         def serve(call: Call, args: Mapping[str, Any]) -> Any:
             ctx = self.core.context(call, args.get("ctx"), kind)
             with ctx.lock:
@@ -474,12 +562,17 @@ class ContextOps:
                     raise
                 self._audit_outcome(call, ctx, None, result)
                 return result
+
         return serve
 
-    def _awaited_whole_message_call(self, kind: type[_S],
-                                    prepare: Callable[[_S, Mapping[str, Any]], Any],
-                                    run: Callable[[_S, Any], Awaitable[Any]]) -> AsyncOp:
+    def _awaited_whole_message_call(
+        self,
+        kind: type[_S],
+        prepare: Callable[[_S, Mapping[str, Any]], Any],
+        run: Callable[[_S, Any], Awaitable[Any]],
+    ) -> AsyncOp:
         """:meth:`_whole_message_call` awaiting the provider (see :meth:`async_operations`)."""
+
         async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
             ctx = self.core.context(call, args.get("ctx"), kind)
             if not locked and not ctx.lock.acquire(blocking=False):
@@ -498,10 +591,12 @@ class ContextOps:
             finally:
                 if not locked:
                     ctx.lock.release()
+
         return serve
 
-    def _audit_outcome(self, call: Call, ctx: StreamContextState, exc: Exception | None,
-                       result: Any = None) -> None:
+    def _audit_outcome(
+        self, call: Call, ctx: StreamContextState, exc: Exception | None, result: Any = None
+    ) -> None:
         """Audit the outcome of a whole message on a keyed context (none for hashing)."""
         if ctx.key is None:
             return
@@ -510,16 +605,23 @@ class ContextOps:
             code = exc.code if isinstance(exc, CryptoError) else ErrorCode.PROVIDER_ERROR
             self._audit_use(call, ctx, operation, code.value)
         elif ctx.error is not None:  # finished after the caller gave up on it
-            self._audit_use(call, ctx, operation, ErrorCode.OPERATION_TIMED_OUT.value,
-                            "completed after the caller's deadline; result dropped")
+            self._audit_use(
+                call,
+                ctx,
+                operation,
+                ErrorCode.OPERATION_TIMED_OUT.value,
+                "completed after the caller's deadline; result dropped",
+            )
         elif result is False:
-            self._audit_use(call, ctx, operation, ErrorCode.AUTHENTICATION_FAILED.value,
-                            "the signature did not verify")
+            self._audit_use(
+                call, ctx, operation, ErrorCode.AUTHENTICATION_FAILED.value, "the signature did not verify"
+            )
         else:
             self._audit_use(call, ctx, operation, "ok")
 
-    def _awaited_stream_call(self, kind: type[_S],
-                             run: Callable[[_S, Mapping[str, Any]], Awaitable[Any]]) -> AsyncOp:
+    def _awaited_stream_call(
+        self, kind: type[_S], run: Callable[[_S, Mapping[str, Any]], Awaitable[Any]]
+    ) -> AsyncOp:
         async def serve(call: Call, args: Mapping[str, Any], *, locked: bool = False) -> Any:
             ctx = self.core.context(call, args.get("ctx"), kind)
             if locked:
@@ -532,6 +634,7 @@ class ContextOps:
                 return await run(ctx, args)
             finally:
                 ctx.lock.release()
+
         return serve
 
 
@@ -584,23 +687,24 @@ def _single_shot(ctx: HashState, args: Mapping[str, Any]) -> bytes:
 
 def _idle(ctx: StreamContextState, what: str) -> None:
     if ctx.state is MessagePhase.ACTIVE:
-        raise CryptoError(ErrorCode.INVALID_STATE,
-                          f"{what} while a message is in progress; reset() first")
+        raise CryptoError(ErrorCode.INVALID_STATE, f"{what} while a message is in progress; reset() first")
 
 
 def _optional_data(args: Mapping[str, Any], name: str) -> bytes | memoryview | None:
     return data_arg(args, name) if args.get(name) is not None else None
 
 
-def _cipher_prepare(ctx: CipherState, args: Mapping[str, Any]
-                    ) -> tuple[bytes, bytes | memoryview | None, bytes | memoryview]:
+def _cipher_prepare(
+    ctx: CipherState, args: Mapping[str, Any]
+) -> tuple[bytes, bytes | memoryview | None, bytes | memoryview]:
     _idle(ctx, "a one-shot encrypt() or decrypt()")
     iv = bytes(data_arg(args, "iv")) if args.get("iv") is not None else b""
     ctx.spec.check_iv(len(iv))  # the limits are declared on the algorithm
     aad = _optional_data(args, "aad")
     if aad is not None and len(aad) and not ctx.aead:
-        raise CryptoError(ErrorCode.INVALID_STATE,
-                          f"{ctx.algorithm} is not an AEAD; it takes no associated data")
+        raise CryptoError(
+            ErrorCode.INVALID_STATE, f"{ctx.algorithm} is not an AEAD; it takes no associated data"
+        )
     return iv, aad, data_arg(args)
 
 
@@ -626,8 +730,7 @@ def _sign_single_shot(ctx: SignState, data: bytes | memoryview) -> bytes:
     return signature
 
 
-def _verify_prepare(ctx: VerifyState, args: Mapping[str, Any]
-                    ) -> tuple[bytes | memoryview, bytes]:
+def _verify_prepare(ctx: VerifyState, args: Mapping[str, Any]) -> tuple[bytes | memoryview, bytes]:
     _idle(ctx, "a one-shot verify()")
     return data_arg(args), bytes(data_arg(args, "signature"))
 

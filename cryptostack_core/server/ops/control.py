@@ -33,8 +33,7 @@ def _capabilities(provider: Provider) -> list[Capability]:
 class ControlOps:
     """Requests about the service and the caller's handles, not about cryptography."""
 
-    def __init__(self, core: ServiceCore, cert_slot_status: Callable[[], list[dict[str, Any]]]
-                 ) -> None:
+    def __init__(self, core: ServiceCore, cert_slot_status: Callable[[], list[dict[str, Any]]]) -> None:
         self.core = core
         self._cert_slot_status = cert_slot_status
 
@@ -64,21 +63,33 @@ class ControlOps:
         slots = []
         records = core.keystore.slots()
         for slot in core.config.key_slots:
-            if not admin and not core.may(call.session, "use", ResourceType.KEY_SLOT, slot.name,
-                                          slot.use_uids):
+            if not admin and not core.may(
+                call.session, "use", ResourceType.KEY_SLOT, slot.name, slot.use_uids
+            ):
                 continue
             record = records.get(slot.name)
-            slots.append({
-                "name": slot.name,
-                "status": (KeySlotStatus.OCCUPIED if record else KeySlotStatus.EMPTY).value,
-                "algorithm": record.algorithm if record else slot.algorithm,
-                "provider": record.provider if record else slot.provider,
-                "version": record.version if record else 0})
-        cert_slots = [c for c in self._cert_slot_status() if admin or core.may(
-            call.session, "use", ResourceType.CERT_SLOT, c["name"],
-            core.cert_slots[c["name"]].use_uids)]
-        trust_stores = sorted(n for n, t in core.trust_stores.items() if admin or core.may(
-            call.session, "use", ResourceType.VERIFICATION_TRUST_STORE, n, t.use_uids))
+            slots.append(
+                {
+                    "name": slot.name,
+                    "status": (KeySlotStatus.OCCUPIED if record else KeySlotStatus.EMPTY).value,
+                    "algorithm": record.algorithm if record else slot.algorithm,
+                    "provider": record.provider if record else slot.provider,
+                    "version": record.version if record else 0,
+                }
+            )
+        cert_slots = [
+            c
+            for c in self._cert_slot_status()
+            if admin
+            or core.may(
+                call.session, "use", ResourceType.CERT_SLOT, c["name"], core.cert_slots[c["name"]].use_uids
+            )
+        ]
+        trust_stores = sorted(
+            n
+            for n, t in core.trust_stores.items()
+            if admin or core.may(call.session, "use", ResourceType.VERIFICATION_TRUST_STORE, n, t.use_uids)
+        )
         uid = call.session.peer.uid
         result: dict[str, Any] = {
             "version": __version__,
@@ -89,13 +100,14 @@ class ControlOps:
             "key_slots": slots,
             "cert_slots": cert_slots,
             "trust_stores": trust_stores,
-            "clients": [{"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid,
-                         "gid": s.peer.gid, **s.counts()} for s in core.session_list()
-                        if admin or s.peer.uid == uid],
+            "clients": [
+                {"session": s.id, "pid": s.peer.pid, "uid": s.peer.uid, "gid": s.peer.gid, **s.counts()}
+                for s in core.session_list()
+                if admin or s.peer.uid == uid
+            ],
         }
         store = core.keystore.status()
-        result["keystore"] = store if admin else {
-            k: store[k] for k in ("engine", "available") if k in store}
+        result["keystore"] = store if admin else {k: store[k] for k in ("engine", "available") if k in store}
         if admin:  # operator facts: what to fix, and who holds the memory
             result["warnings"] = list(core.warnings)
             result["memory"] = core.budget.snapshot()
@@ -109,8 +121,9 @@ class ControlOps:
         try:
             operation = Operation(op_name)
         except ValueError:
-            raise invalid(f"unknown operation {op_name!r}; one of "
-                          f"{', '.join(o.value for o in Operation)}") from None
+            raise invalid(
+                f"unknown operation {op_name!r}; one of {', '.join(o.value for o in Operation)}"
+            ) from None
         pinned = int_arg(args, "provider", default=None)
         placement = None
         providers = self.core.providers
@@ -118,17 +131,19 @@ class ControlOps:
             entry = self.core.key_argument(call, args)
             try:
                 if entry.components is not None:  # a hybrid key split across providers
-                    return [c.to_wire() for c in choose_for_key(
-                        providers, entry, (operation,), pinned).candidates]
+                    return [
+                        c.to_wire() for c in choose_for_key(providers, entry, (operation,), pinned).candidates
+                    ]
                 placement = entry.placement
             finally:
                 entry.release()
         elif plan_for(spec.name) is not None:  # a hybrid key: held whole, or split
             request = PlacementRequest.from_args(args)
-            return [c.to_wire() for c in choose_new(
-                providers, spec.name, (operation,), request, pinned).candidates]
-        return [c.to_wire() for c in providers.candidates(
-            spec.name, operation, key=placement, pinned=pinned)]
+            return [
+                c.to_wire()
+                for c in choose_new(providers, spec.name, (operation,), request, pinned).candidates
+            ]
+        return [c.to_wire() for c in providers.candidates(spec.name, operation, key=placement, pinned=pinned)]
 
     def algorithms(self, call: Call, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every algorithm name the daemon knows (built in, or registered by a provider):
@@ -165,15 +180,20 @@ class ControlOps:
         name = arg(args, "name", str)
         rtype = enum_arg(args, "type", ResourceType)
         named: dict[ResourceType, Mapping[str, object]] = {
-            ResourceType.KEY_SLOT: core.slots, ResourceType.CERT_SLOT: core.cert_slots,
-            ResourceType.VERIFICATION_TRUST_STORE: core.trust_stores}
+            ResourceType.KEY_SLOT: core.slots,
+            ResourceType.CERT_SLOT: core.cert_slots,
+            ResourceType.VERIFICATION_TRUST_STORE: core.trust_stores,
+        }
         known = named.get(rtype)
         if known is None:
-            raise invalid(f"only slots and trust stores have names; {rtype.value} resources are "
-                          "created by import or generate")
+            raise invalid(
+                f"only slots and trust stores have names; {rtype.value} resources are "
+                "created by import or generate"
+            )
         if name not in known:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no {rtype.value} named {name!r} in {core.config.source}")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"no {rtype.value} named {name!r} in {core.config.source}"
+            )
         number = call.session.resolve_name(rtype, name)
         return {"type": rtype.value, "handle": number, "name": name}
 
@@ -200,14 +220,24 @@ class ControlOps:
         if handle.kind == "slot" and rid.type is ResourceType.KEY_SLOT:
             name = handle.obj.name
             if not self.core.is_admin(call.session):
-                self.core.check_access(call.session, "use", ResourceType.KEY_SLOT, name,
-                                       self.core.slot_config(name).use_uids)
+                self.core.check_access(
+                    call.session, "use", ResourceType.KEY_SLOT, name, self.core.slot_config(name).use_uids
+                )
             info = self.core.slot_info(name)
-            return {"id": rid_to_wire(rid), "persistence": "PERSISTENT",
-                    "permissions": info["permissions"], "algorithm": info["algorithm"],
-                    "provider": info["provider"]}
-        return {"id": rid_to_wire(rid), "persistence": handle.persistence.value,
-                "permissions": 0, "algorithm": None, "provider": None}
+            return {
+                "id": rid_to_wire(rid),
+                "persistence": "PERSISTENT",
+                "permissions": info["permissions"],
+                "algorithm": info["algorithm"],
+                "provider": info["provider"],
+            }
+        return {
+            "id": rid_to_wire(rid),
+            "persistence": handle.persistence.value,
+            "permissions": 0,
+            "algorithm": None,
+            "provider": None,
+        }
 
     def close_context(self, call: Call, args: Mapping[str, Any]) -> None:
         """Close one of the caller's contexts (``quiet``: it may be gone already)."""

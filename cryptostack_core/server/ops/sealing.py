@@ -48,8 +48,9 @@ OVERHEAD = HEADER.size + TAG_SIZE
 
 
 def _forged(name: str, why: str) -> CryptoError:
-    return CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                       f"not a message sealed under key slot {name!r}: {why}")
+    return CryptoError(
+        ErrorCode.AUTHENTICATION_FAILED, f"not a message sealed under key slot {name!r}: {why}"
+    )
 
 
 class SealOps:
@@ -65,8 +66,9 @@ class SealOps:
     def _slot(self, call: Call, args: Mapping[str, Any]) -> str:
         rid = rid_arg(args, "key")
         if rid.type is not ResourceType.KEY_SLOT:
-            raise invalid("seal and open take a key slot (the daemon picks the version), not "
-                          f"a {rid.type.value}")
+            raise invalid(
+                f"seal and open take a key slot (the daemon picks the version), not a {rid.type.value}"
+            )
         name: str = call.session.get(rid).obj.name
         return name
 
@@ -74,36 +76,60 @@ class SealOps:
         data = data_arg(args, "data")
         limit = self.core.config.max_buffered_message
         if len(data) > limit + OVERHEAD:
-            raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"{what} of {len(data)} bytes is larger than the daemon's "
-                              f"max_buffered_message ({limit}); use a streaming AEAD "
-                              "(AES-256-GCM-HKDF-1MB) for large data")
+            raise CryptoError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{what} of {len(data)} bytes is larger than the daemon's "
+                f"max_buffered_message ({limit}); use a streaming AEAD "
+                "(AES-256-GCM-HKDF-1MB) for large data",
+            )
         aad = bytes(data_arg(args, "aad")) if args.get("aad") is not None else b""
         return bytes(data), aad
 
-    def _run(self, call: Call, entry: KeyEntry, algorithm: str, direction: CipherDirection,
-             nonce: bytes, aad: bytes, data: bytes) -> bytes:
+    def _run(
+        self,
+        call: Call,
+        entry: KeyEntry,
+        algorithm: str,
+        direction: CipherDirection,
+        nonce: bytes,
+        aad: bytes,
+        data: bytes,
+    ) -> bytes:
         core = self.core
         encrypt = direction is CipherDirection.ENCRYPT
         operation = Operation.ENCRYPT if encrypt else Operation.DECRYPT
-        core.require_permission(call.session, entry, P.ENCRYPT if encrypt else P.DECRYPT,
-                                algorithm, operation=operation)
+        core.require_permission(
+            call.session, entry, P.ENCRYPT if encrypt else P.DECRYPT, algorithm, operation=operation
+        )
         loaded = core.providers.select(algorithm, operation, key=entry.placement)
         pkey = core.key_on(call.session, entry, loaded)
         detail = f"{'seal' if encrypt else 'open'} version={entry.version}"
         try:
-            op = core.provider_instance(loaded).create_cipher(algorithm, pkey, direction, nonce,
-                                                              TAG_SIZE)
+            op = core.provider_instance(loaded).create_cipher(algorithm, pkey, direction, nonce, TAG_SIZE)
             op.update_aad(aad)
             out = op.update(data)
             out += op.finalize()
         except CryptoError as exc:
-            core.audit(call.session, "key.use", entry.slot or "", exc.code.value,
-                       provider=loaded.id, algorithm=algorithm, operation=operation.value,
-                       detail=detail)
+            core.audit(
+                call.session,
+                "key.use",
+                entry.slot or "",
+                exc.code.value,
+                provider=loaded.id,
+                algorithm=algorithm,
+                operation=operation.value,
+                detail=detail,
+            )
             raise
-        core.audit(call.session, "key.use", entry.slot or "", provider=loaded.id,
-                   algorithm=algorithm, operation=operation.value, detail=detail)
+        core.audit(
+            call.session,
+            "key.use",
+            entry.slot or "",
+            provider=loaded.id,
+            algorithm=algorithm,
+            operation=operation.value,
+            detail=detail,
+        )
         return bytes(out)
 
     def seal(self, call: Call, args: Mapping[str, Any]) -> bytes:
@@ -114,13 +140,16 @@ class SealOps:
         try:
             algorithm_id = _BY_KEY.get(entry.algorithm)
             if algorithm_id is None:
-                raise invalid(f"key slot {name!r} holds a {entry.algorithm} key; sealing needs "
-                              "an AES or ChaCha20-Poly1305 key")
+                raise invalid(
+                    f"key slot {name!r} holds a {entry.algorithm} key; sealing needs "
+                    "an AES or ChaCha20-Poly1305 key"
+                )
             nonce = os.urandom(NONCE_SIZE)
             assert entry.version is not None
             header = HEADER.pack(FORMAT, algorithm_id, entry.version, nonce)
-            body = self._run(call, entry, ALGORITHMS[algorithm_id], CipherDirection.ENCRYPT,
-                             nonce, header + aad, plaintext)
+            body = self._run(
+                call, entry, ALGORITHMS[algorithm_id], CipherDirection.ENCRYPT, nonce, header + aad, plaintext
+            )
             return header + body
         finally:
             entry.release()
@@ -130,8 +159,10 @@ class SealOps:
         name = self._slot(call, args)
         sealed, aad = self._data(args, "the sealed message")
         if len(sealed) < OVERHEAD:
-            raise _forged(name, f"{len(sealed)} bytes is shorter than a sealed message's "
-                          f"header and tag ({OVERHEAD} bytes)")
+            raise _forged(
+                name,
+                f"{len(sealed)} bytes is shorter than a sealed message's header and tag ({OVERHEAD} bytes)",
+            )
         form, algorithm_id, version, nonce = HEADER.unpack_from(sealed)
         if form != FORMAT:
             raise _forged(name, f"unknown format byte {form:#04x}")
@@ -144,19 +175,33 @@ class SealOps:
             entry = self.core.load_slot(call.session, name, version)
         except CryptoError as exc:
             if exc.code is ErrorCode.RESOURCE_NOT_FOUND:
-                raise _forged(name, f"it names version {version}, which the slot never had "
-                              "(altered, or sealed under another slot)") from None
+                raise _forged(
+                    name,
+                    f"it names version {version}, which the slot never had "
+                    "(altered, or sealed under another slot)",
+                ) from None
             if exc.code in (ErrorCode.KEY_VERSION_RETIRED, ErrorCode.SLOT_EMPTY):
-                self.core.audit(call.session, "key.use", name, exc.code.value,
-                                operation=Operation.DECRYPT.value,
-                                detail=f"open version={version}")
+                self.core.audit(
+                    call.session,
+                    "key.use",
+                    name,
+                    exc.code.value,
+                    operation=Operation.DECRYPT.value,
+                    detail=f"open version={version}",
+                )
             raise
         try:
             if algorithm_id != _BY_KEY.get(entry.algorithm):
-                raise _forged(name, f"it names {algorithm}, but version {version} is a "
-                              f"{entry.algorithm} key")
-            header = sealed[:HEADER.size]
-            return self._run(call, entry, REGISTRY.get(algorithm).name, CipherDirection.DECRYPT,
-                             nonce, header + aad, sealed[HEADER.size:])
+                raise _forged(name, f"it names {algorithm}, but version {version} is a {entry.algorithm} key")
+            header = sealed[: HEADER.size]
+            return self._run(
+                call,
+                entry,
+                REGISTRY.get(algorithm).name,
+                CipherDirection.DECRYPT,
+                nonce,
+                header + aad,
+                sealed[HEADER.size :],
+            )
         finally:
             entry.release()

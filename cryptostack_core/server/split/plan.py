@@ -43,7 +43,8 @@ XWING_REASON = (
     "X-Wing keys cannot be split across providers: the 32-byte decapsulation key (a seed) "
     "determines both halves through SHAKE256, and draft-connolly-cfrg-xwing-kem-10 defines "
     "the key as that seed alone (the expanded ML-KEM and X25519 keys are not to be held or "
-    "moved apart); both halves stay on one provider")
+    "moved apart); both halves stay on one provider"
+)
 
 
 class Placement(enum.Enum):
@@ -121,35 +122,53 @@ class SplitPlan:
         """The plan for ``algorithms``: each half's algorithms, or why it cannot split."""
         if not self.splittable:
             return {"splittable": False, "reason": self.reason}
-        return {"splittable": True, "components": [
-            {"role": c.role, "key_algorithm": c.key_algorithm, "algorithm": c.algorithm}
-            for c in self.components]}
+        return {
+            "splittable": True,
+            "components": [
+                {"role": c.role, "key_algorithm": c.key_algorithm, "algorithm": c.algorithm}
+                for c in self.components
+            ],
+        }
 
 
 def _signature_plan(spec: CompositeSignatureSpec) -> SplitPlan:
     trad = spec.traditional
     if not trad.name:
-        return SplitPlan(spec.name, reason=(
-            f"{spec.name} cannot be split across providers: its classical half "
-            f"({trad.description}{', ' + trad.scheme if trad.scheme.startswith('RSA') else ''}"
-            f"{' with ' + trad.hash_name if trad.hash_name else ''}) has no standalone "
-            "algorithm in the registry that a second provider could be asked for; both "
-            "halves stay on one provider"), composite=spec)
+        return SplitPlan(
+            spec.name,
+            reason=(
+                f"{spec.name} cannot be split across providers: its classical half "
+                f"({trad.description}{', ' + trad.scheme if trad.scheme.startswith('RSA') else ''}"
+                f"{' with ' + trad.hash_name if trad.hash_name else ''}) has no standalone "
+                "algorithm in the registry that a second provider could be asked for; both "
+                "halves stay on one provider"
+            ),
+            composite=spec,
+        )
     sign_perms = {P.SIGN: P.SIGN, P.VERIFY: P.VERIFY}
 
     def half(role: str, key_algorithm: str, algorithm: str) -> Component:
-        return Component(role, key_algorithm, algorithm, {
-            Operation.SIGN: ((algorithm, Operation.SIGN),),
-            Operation.VERIFY: ((algorithm, Operation.VERIFY),),
-            Operation.GENERATE_KEY: ((key_algorithm, Operation.GENERATE_KEY),
-                                     (algorithm, Operation.SIGN)),
-            Operation.IMPORT_KEY: ((key_algorithm, Operation.IMPORT_KEY),
-                                   (algorithm, Operation.VERIFY)),
-        }, sign_perms)
+        return Component(
+            role,
+            key_algorithm,
+            algorithm,
+            {
+                Operation.SIGN: ((algorithm, Operation.SIGN),),
+                Operation.VERIFY: ((algorithm, Operation.VERIFY),),
+                Operation.GENERATE_KEY: (
+                    (key_algorithm, Operation.GENERATE_KEY),
+                    (algorithm, Operation.SIGN),
+                ),
+                Operation.IMPORT_KEY: ((key_algorithm, Operation.IMPORT_KEY), (algorithm, Operation.VERIFY)),
+            },
+            sign_perms,
+        )
 
-    return SplitPlan(spec.name, (half(PQ, spec.mldsa, spec.mldsa),
-                                 half(CLASSICAL, trad.key_algorithm, trad.name)),
-                     composite=spec)
+    return SplitPlan(
+        spec.name,
+        (half(PQ, spec.mldsa, spec.mldsa), half(CLASSICAL, trad.key_algorithm, trad.name)),
+        composite=spec,
+    )
 
 
 def _kem_plan(spec: HybridKemSpec) -> SplitPlan:
@@ -157,21 +176,32 @@ def _kem_plan(spec: HybridKemSpec) -> SplitPlan:
         return SplitPlan(spec.name, reason=XWING_REASON, kem=spec)
     mlkem, x25519 = "ML-KEM-768", "X25519"
     kem_perms = {P.ENCAPSULATE: P.ENCAPSULATE, P.DECAPSULATE: P.DECAPSULATE}
-    pq = Component(PQ, mlkem, mlkem, {
-        Operation.ENCAPSULATE: ((mlkem, Operation.ENCAPSULATE),),
-        Operation.DECAPSULATE: ((mlkem, Operation.DECAPSULATE),),
-        Operation.GENERATE_KEY: ((mlkem, Operation.GENERATE_KEY),
-                                 (mlkem, Operation.DECAPSULATE)),
-        Operation.IMPORT_KEY: ((mlkem, Operation.IMPORT_KEY), (mlkem, Operation.ENCAPSULATE)),
-    }, kem_perms)
+    pq = Component(
+        PQ,
+        mlkem,
+        mlkem,
+        {
+            Operation.ENCAPSULATE: ((mlkem, Operation.ENCAPSULATE),),
+            Operation.DECAPSULATE: ((mlkem, Operation.DECAPSULATE),),
+            Operation.GENERATE_KEY: ((mlkem, Operation.GENERATE_KEY), (mlkem, Operation.DECAPSULATE)),
+            Operation.IMPORT_KEY: ((mlkem, Operation.IMPORT_KEY), (mlkem, Operation.ENCAPSULATE)),
+        },
+        kem_perms,
+    )
     # Encapsulating to the X25519 half is an agreement of a fresh ephemeral key with it;
     # decapsulating, an agreement of the half's private key with the ciphertext's share.
-    classical = Component(CLASSICAL, x25519, x25519, {
-        Operation.ENCAPSULATE: ((x25519, Operation.GENERATE_KEY), (x25519, Operation.AGREE)),
-        Operation.DECAPSULATE: ((x25519, Operation.AGREE),),
-        Operation.GENERATE_KEY: ((x25519, Operation.GENERATE_KEY), (x25519, Operation.AGREE)),
-        Operation.IMPORT_KEY: ((x25519, Operation.IMPORT_KEY), (x25519, Operation.AGREE)),
-    }, {P.ENCAPSULATE: P.AGREE, P.DECAPSULATE: P.AGREE})
+    classical = Component(
+        CLASSICAL,
+        x25519,
+        x25519,
+        {
+            Operation.ENCAPSULATE: ((x25519, Operation.GENERATE_KEY), (x25519, Operation.AGREE)),
+            Operation.DECAPSULATE: ((x25519, Operation.AGREE),),
+            Operation.GENERATE_KEY: ((x25519, Operation.GENERATE_KEY), (x25519, Operation.AGREE)),
+            Operation.IMPORT_KEY: ((x25519, Operation.IMPORT_KEY), (x25519, Operation.AGREE)),
+        },
+        {P.ENCAPSULATE: P.AGREE, P.DECAPSULATE: P.AGREE},
+    )
     return SplitPlan(spec.name, (pq, classical), kem=spec)
 
 
@@ -199,8 +229,10 @@ def slot_problem(slot: KeySlotConfig) -> str | None:
     spec = REGISTRY.find(slot.algorithm) if slot.algorithm is not None else None
     plan = plan_for(spec.name) if spec is not None else None
     if plan is None:
-        return (f"'placement' and 'components' apply to hybrid key types only; "
-                f"{slot.algorithm or 'a slot without an algorithm'} is not one")
+        return (
+            f"'placement' and 'components' apply to hybrid key types only; "
+            f"{slot.algorithm or 'a slot without an algorithm'} is not one"
+        )
     if slot.split and not plan.splittable:
         return plan.reason
     return None
@@ -239,27 +271,36 @@ class PlacementRequest:
             try:
                 chosen = Placement(placement)
             except ValueError:
-                raise ValueError(f"{where} 'placement' must be one of "
-                                 f"{', '.join(p.value for p in Placement)}, got "
-                                 f"{placement!r}") from None
+                raise ValueError(
+                    f"{where} 'placement' must be one of "
+                    f"{', '.join(p.value for p in Placement)}, got "
+                    f"{placement!r}"
+                ) from None
         lists: dict[str, tuple[int, ...]] = {}
         if components is not None:
             if not isinstance(components, Mapping):
-                raise ValueError(f"{where} 'components' must be a map of role (pq, classical) "
-                                 f"to provider ids, got {type(components).__name__}")
+                raise ValueError(
+                    f"{where} 'components' must be a map of role (pq, classical) "
+                    f"to provider ids, got {type(components).__name__}"
+                )
             for role, ids in components.items():
                 if role not in ROLES:
-                    raise ValueError(f"{where} 'components': unknown role {role!r} (roles are "
-                                     f"{' and '.join(ROLES)})")
+                    raise ValueError(
+                        f"{where} 'components': unknown role {role!r} (roles are {' and '.join(ROLES)})"
+                    )
                 items = ids if isinstance(ids, list) else [ids]
-                if not items or not all(isinstance(i, int) and not isinstance(i, bool)
-                                        and i > 0 for i in items):
-                    raise ValueError(f"{where} 'components' {role!r} must be a provider id or "
-                                     f"a non-empty list of them, got {ids!r}")
+                if not items or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in items
+                ):
+                    raise ValueError(
+                        f"{where} 'components' {role!r} must be a provider id or "
+                        f"a non-empty list of them, got {ids!r}"
+                    )
                 lists[role] = tuple(items)
         if chosen is Placement.NATIVE and lists:
-            raise ValueError(f"{where}: placement 'native' keeps both halves on one provider; "
-                             "it takes no 'components'")
+            raise ValueError(
+                f"{where}: placement 'native' keeps both halves on one provider; it takes no 'components'"
+            )
         return cls(chosen, lists)
 
     @classmethod

@@ -77,8 +77,10 @@ class Half:
 def _still_in_time(done: str) -> None:
     left = remaining_time()
     if left is not None and left <= 0:
-        raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                          f"the call's deadline passed after {done}; the other half did not run")
+        raise CryptoError(
+            ErrorCode.OPERATION_TIMED_OUT,
+            f"the call's deadline passed after {done}; the other half did not run",
+        )
 
 
 @contextlib.contextmanager
@@ -108,8 +110,7 @@ def _verify(half: Half, message: bytes, context: bytes, signature: bytes) -> boo
 class SplitSigner(SignOperation):
     """PH of the message here; both halves sign M' at finalisation."""
 
-    def __init__(self, spec: CompositeSignatureSpec, context: bytes, pq: Half,
-                 classical: Half) -> None:
+    def __init__(self, spec: CompositeSignatureSpec, context: bytes, pq: Half, classical: Half) -> None:
         self._spec = spec
         self._context = context
         self._pq = pq
@@ -130,16 +131,16 @@ class SplitSigner(SignOperation):
         try:
             return spec.join_signature(mldsa_signature, trad_signature)
         except CryptoError as exc:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                              f"a provider returned a component signature of the wrong "
-                              f"length: {exc.message}") from None
+            raise CryptoError(
+                ErrorCode.PROVIDER_ERROR,
+                f"a provider returned a component signature of the wrong length: {exc.message}",
+            ) from None
 
 
 class SplitVerifier(VerifyOperation):
     """PH of the message here; each half checks its signature over M' on its provider."""
 
-    def __init__(self, spec: CompositeSignatureSpec, context: bytes, pq: Half,
-                 classical: Half) -> None:
+    def __init__(self, spec: CompositeSignatureSpec, context: bytes, pq: Half, classical: Half) -> None:
         self._spec = spec
         self._context = context
         self._pq = pq
@@ -175,9 +176,14 @@ class _Split:
 
     def audit_detail(self) -> str:
         """Where each half ran, for the one audit record of an outcome."""
-        return "split: " + ", ".join(
-            f"{half.role} {half.algorithm} on {half.loaded.name} ({half.loaded.id})"
-            for half in (self.halves[PQ], self.halves[CLASSICAL])) + "; combiner: daemon"
+        return (
+            "split: "
+            + ", ".join(
+                f"{half.role} {half.algorithm} on {half.loaded.name} ({half.loaded.id})"
+                for half in (self.halves[PQ], self.halves[CLASSICAL])
+            )
+            + "; combiner: daemon"
+        )
 
     def components(self) -> list[dict[str, Any]]:
         """The halves for the wire."""
@@ -196,15 +202,15 @@ class _Split:
 class SplitSignState(_Split, SignState):
     """A composite signature over a split key."""
 
-    def __init__(self, spec: AlgorithmSpec, key: KeyEntry, halves: dict[str, Half],
-                 max_buffered: int, context: bytes) -> None:
+    def __init__(
+        self, spec: AlgorithmSpec, key: KeyEntry, halves: dict[str, Half], max_buffered: int, context: bytes
+    ) -> None:
         SignState.__init__(self, spec, halves[PQ].loaded, key, key.pkey, max_buffered, context)
         self.halves = halves
         self.composite = COMPOSITE_SIGNATURES[spec.name]
 
     def _start(self, **params: Any) -> SignOperation:
-        return SplitSigner(self.composite, self.context_string, self.halves[PQ],
-                           self.halves[CLASSICAL])
+        return SplitSigner(self.composite, self.context_string, self.halves[PQ], self.halves[CLASSICAL])
 
     def _buffers_message(self) -> bool:
         return False  # PH absorbs the message as it comes
@@ -221,16 +227,15 @@ class SplitSignState(_Split, SignState):
 class SplitVerifyState(_Split, VerifyState):
     """Composite verification over a split key."""
 
-    def __init__(self, spec: AlgorithmSpec, key: KeyEntry, halves: dict[str, Half],
-                 max_buffered: int, context: bytes) -> None:
-        VerifyState.__init__(self, spec, halves[PQ].loaded, key, key.pkey, max_buffered,
-                             context, None)
+    def __init__(
+        self, spec: AlgorithmSpec, key: KeyEntry, halves: dict[str, Half], max_buffered: int, context: bytes
+    ) -> None:
+        VerifyState.__init__(self, spec, halves[PQ].loaded, key, key.pkey, max_buffered, context, None)
         self.halves = halves
         self.composite = COMPOSITE_SIGNATURES[spec.name]
 
     def _start(self, **params: Any) -> Any:
-        return SplitVerifier(self.composite, self.context_string, self.halves[PQ],
-                             self.halves[CLASSICAL])
+        return SplitVerifier(self.composite, self.context_string, self.halves[PQ], self.halves[CLASSICAL])
 
     def _buffers_message(self) -> bool:
         return False
@@ -244,8 +249,14 @@ class SplitVerifyState(_Split, VerifyState):
 class SplitKemState(_Split, KemState):
     """X25519MLKEM768 over a split key; the shared secret is held by ``secret_home``."""
 
-    def __init__(self, spec: AlgorithmSpec, key: KeyEntry, halves: dict[str, Half],
-                 derived_permissions: P, secret_home: LoadedProvider) -> None:
+    def __init__(
+        self,
+        spec: AlgorithmSpec,
+        key: KeyEntry,
+        halves: dict[str, Half],
+        derived_permissions: P,
+        secret_home: LoadedProvider,
+    ) -> None:
         KemState.__init__(self, spec, halves[PQ].loaded, key, key.pkey, derived_permissions)
         self.halves = halves
         self.kem = HYBRID_KEMS[spec.name]
@@ -263,8 +274,7 @@ class SplitKemState(_Split, KemState):
         pq, classical = self.halves[PQ], self.halves[CLASSICAL]
         _, x25519_public = self.kem.split_public_key(self.key.public_key)
         with _running(pq):
-            mlkem_ciphertext, mlkem_secret = pq.provider.encapsulate(pq.algorithm, pq.pkey,
-                                                                     _INTERNAL)
+            mlkem_ciphertext, mlkem_secret = pq.provider.encapsulate(pq.algorithm, pq.pkey, _INTERNAL)
             ss_mlkem = _take_out(pq, mlkem_secret)
         _still_in_time(f"the {pq.algorithm} half")
         with _running(classical):
@@ -272,8 +282,9 @@ class SplitKemState(_Split, KemState):
             ephemeral = backend.generate_key(classical.algorithm, P.AGREE)
             try:
                 x25519_ciphertext = backend.export_public_key(ephemeral, KeyFormat.RAW)
-                ss_x25519 = _take_out(classical, backend.agree(classical.algorithm, ephemeral,
-                                                               x25519_public, _INTERNAL))
+                ss_x25519 = _take_out(
+                    classical, backend.agree(classical.algorithm, ephemeral, x25519_public, _INTERNAL)
+                )
             finally:
                 _quiet_release(backend, ephemeral)
         secret = self.kem.combine(ss_mlkem, ss_x25519, x25519_ciphertext, x25519_public)
@@ -286,19 +297,23 @@ class SplitKemState(_Split, KemState):
         pq, classical = self.halves[PQ], self.halves[CLASSICAL]
         mlkem_ciphertext, x25519_ciphertext = self.kem.split_ciphertext(ciphertext)
         with _running(pq):
-            ss_mlkem = _take_out(pq, pq.provider.decapsulate(pq.algorithm, pq.pkey,
-                                                             mlkem_ciphertext, _INTERNAL))
+            ss_mlkem = _take_out(
+                pq, pq.provider.decapsulate(pq.algorithm, pq.pkey, mlkem_ciphertext, _INTERNAL)
+            )
         _still_in_time(f"the {pq.algorithm} half")
         with _running(classical):
-            ss_x25519 = _take_out(classical, classical.provider.agree(
-                classical.algorithm, classical.pkey, x25519_ciphertext, _INTERNAL))
+            ss_x25519 = _take_out(
+                classical,
+                classical.provider.agree(classical.algorithm, classical.pkey, x25519_ciphertext, _INTERNAL),
+            )
         _, x25519_public = self.kem.split_public_key(self.key.public_key)
         secret = self.kem.combine(ss_mlkem, ss_x25519, x25519_ciphertext, x25519_public)
         return self._hold(secret), self.secret_home
 
     def _hold(self, secret: bytes) -> ProviderKey:
-        return instance(self.secret_home).import_key("GENERIC-SECRET", secret, KeyFormat.RAW,
-                                                     self.derived_permissions)
+        return instance(self.secret_home).import_key(
+            "GENERIC-SECRET", secret, KeyFormat.RAW, self.derived_permissions
+        )
 
 
 def _take_out(half: Half, secret: ProviderKey) -> bytes:
@@ -309,8 +324,10 @@ def _take_out(half: Half, secret: ProviderKey) -> bytes:
     finally:
         _quiet_release(backend, secret)
     if len(value) != 32:
-        raise CryptoError(ErrorCode.PROVIDER_ERROR, f"provider {half.loaded.id} returned a "
-                                                    f"{len(value)}-byte {half.algorithm} secret")
+        raise CryptoError(
+            ErrorCode.PROVIDER_ERROR,
+            f"provider {half.loaded.id} returned a {len(value)}-byte {half.algorithm} secret",
+        )
     return value
 
 

@@ -38,8 +38,14 @@ O = Operation  # noqa: E741 - the enum, short for the tables below
 
 _C = TypeVar("_C")
 
-_PERMISSION_FOR = {O.ENCRYPT: P.ENCRYPT, O.DECRYPT: P.DECRYPT, O.SIGN: P.SIGN,
-                   O.DECAPSULATE: P.DECAPSULATE, O.AGREE: P.AGREE, O.DERIVE: P.DERIVE}
+_PERMISSION_FOR = {
+    O.ENCRYPT: P.ENCRYPT,
+    O.DECRYPT: P.DECRYPT,
+    O.SIGN: P.SIGN,
+    O.DECAPSULATE: P.DECAPSULATE,
+    O.AGREE: P.AGREE,
+    O.DERIVE: P.DERIVE,
+}
 
 
 class Client:
@@ -57,8 +63,8 @@ class Client:
     # keys
     def obtainable(self, algorithm: str) -> bool:
         return self.put.claims(algorithm, O.GENERATE_KEY) or (
-            self.put.claims(algorithm, O.IMPORT_KEY)
-            and materials.private_material(algorithm) is not None)
+            self.put.claims(algorithm, O.IMPORT_KEY) and materials.private_material(algorithm) is not None
+        )
 
     def key_algorithm_for(self, algorithm: str) -> str:
         spec = REGISTRY.get(algorithm)
@@ -67,11 +73,17 @@ class Client:
                 return candidate
         raise ConformanceError(f"no key type of {algorithm} can be had from the provider")
 
-    def key(self, algorithm: str, permissions: cs.KeyOperationPermission | None = None,
-            ) -> cs.CryptoResourceGuard:
+    def key(
+        self,
+        algorithm: str,
+        permissions: cs.KeyOperationPermission | None = None,
+    ) -> cs.CryptoResourceGuard:
         perms = full_permissions(algorithm) if permissions is None else permissions
-        if self.put.is_slow(algorithm) and self.put.claims(algorithm, O.IMPORT_KEY) and \
-                self.put.claims(algorithm, O.GENERATE_KEY):
+        if (
+            self.put.is_slow(algorithm)
+            and self.put.claims(algorithm, O.IMPORT_KEY)
+            and self.put.claims(algorithm, O.GENERATE_KEY)
+        ):
             # Import the SDK instance's key instead of generating another slow one.
             shared = self.put.shared_material(algorithm)
             if shared is not None:
@@ -85,8 +97,9 @@ class Client:
             raise ConformanceError(f"cannot get a {algorithm} key through the daemon")
         return self.import_key(algorithm, material[0], material[1], perms)
 
-    def import_key(self, algorithm: str, material: bytes, fmt: cs.KeyFormat,
-                   permissions: cs.KeyOperationPermission) -> cs.CryptoResourceGuard:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: cs.KeyFormat, permissions: cs.KeyOperationPermission
+    ) -> cs.CryptoResourceGuard:
         params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
         params.set_permissions(permissions)
         params.set_provider(self.pid)
@@ -108,22 +121,38 @@ class Client:
         return context
 
     def hasher(self, algorithm: str) -> cs.HashContext:
-        return self._keep_context(self.ctx.create_hash_context(
-            cs.HashContextConfig().set_algorithm(algorithm).set_provider(self.pid)))
+        return self._keep_context(
+            self.ctx.create_hash_context(
+                cs.HashContextConfig().set_algorithm(algorithm).set_provider(self.pid)
+            )
+        )
 
     def cipher(self, algorithm: str, key: Any, direction: cs.CipherDirection) -> cs.CipherContext:
-        return self._keep_context(self.ctx.create_cipher_context(
-            cs.CipherContextConfig().set_algorithm(algorithm).set_key(key)
-            .set_direction(direction).set_provider(self.pid)))
+        return self._keep_context(
+            self.ctx.create_cipher_context(
+                cs.CipherContextConfig()
+                .set_algorithm(algorithm)
+                .set_key(key)
+                .set_direction(direction)
+                .set_provider(self.pid)
+            )
+        )
 
-    def encrypt(self, spec: AlgorithmSpec, key: Any, iv: bytes, data: bytes, aad: bytes = b"",
-                direction: cs.CipherDirection = cs.CipherDirection.ENCRYPT) -> bytes:
+    def encrypt(
+        self,
+        spec: AlgorithmSpec,
+        key: Any,
+        iv: bytes,
+        data: bytes,
+        aad: bytes = b"",
+        direction: cs.CipherDirection = cs.CipherDirection.ENCRYPT,
+    ) -> bytes:
         with self.cipher(spec.name, key, direction) as cipher:
             cipher.init(iv)
             if aad:
                 cipher.update_aad(aad)
             out = cipher.update(data[: len(data) // 2])
-            out += cipher.update(data[len(data) // 2:])
+            out += cipher.update(data[len(data) // 2 :])
             return bytes(out + cipher.finalize())
 
     def signer(self, algorithm: str, key: Any, context: bytes = b"") -> cs.SignContext:
@@ -162,8 +191,9 @@ class Client:
 
 
 @contextmanager
-def connected(put: ProviderUnderTest, daemon: DaemonProcess | None = None,
-              timeout: float | None = None) -> Iterator[Client]:
+def connected(
+    put: ProviderUnderTest, daemon: DaemonProcess | None = None, timeout: float | None = None
+) -> Iterator[Client]:
     """A :class:`Client` on a fresh connection (closed on exit)."""
     stack = put.stack(daemon) if timeout is None else put.stack(daemon, timeout)
     with stack:
@@ -175,6 +205,7 @@ def connected(put: ProviderUnderTest, daemon: DaemonProcess | None = None,
 
 
 # --- one claim over the daemon ---------------------------------------------------------------
+
 
 def check_capability(put: ProviderUnderTest, cap: Capability) -> None:
     """The claim works through the daemon, pinned to the provider."""
@@ -206,8 +237,10 @@ def check_capability(put: ProviderUnderTest, cap: Capability) -> None:
 
 def _hash_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
     with c.hasher(spec.name) as hasher:
-        faults.check(hasher.provider == c.pid and hasher.algorithm == spec.name,
-                     f"context runs {hasher.algorithm} on provider {hasher.provider}")
+        faults.check(
+            hasher.provider == c.pid and hasher.algorithm == spec.name,
+            f"context runs {hasher.algorithm} on provider {hasher.provider}",
+        )
         digest = hasher.single_shot(MESSAGE)
         faults.check(len(digest) == spec.digest_size, f"digest of {len(digest)} bytes")
         hasher.init()
@@ -215,16 +248,22 @@ def _hash_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
         hasher.update(MESSAGE[3:])
         faults.check(hasher.finalize() == digest, "streamed and single-shot digests differ")
         big = os.urandom(300_000)  # crosses the shared-memory threshold
-        faults.check(hasher.single_shot(big) == c.hasher(spec.name).single_shot(big),
-                     "a large message hashes differently on two contexts")
+        faults.check(
+            hasher.single_shot(big) == c.hasher(spec.name).single_shot(big),
+            "a large message hashes differently on two contexts",
+        )
 
 
 def _cipher_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
     key_algorithm = c.key_algorithm_for(spec.name)
-    material = materials.private_material(key_algorithm) if c.put.claims(
-        key_algorithm, O.IMPORT_KEY) else None
-    key = c.import_key(key_algorithm, material[0], material[1], full_permissions(key_algorithm)) \
-        if material else c.key(key_algorithm)
+    material = (
+        materials.private_material(key_algorithm) if c.put.claims(key_algorithm, O.IMPORT_KEY) else None
+    )
+    key = (
+        c.import_key(key_algorithm, material[0], material[1], full_permissions(key_algorithm))
+        if material
+        else c.key(key_algorithm)
+    )
     aead = spec.kind is K.AEAD
     iv = os.urandom(spec.iv_size or 16)
     aad = b"header" if aead else b""
@@ -239,20 +278,32 @@ def _cipher_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
         if aead:
             tampered = bytearray(sealed)
             tampered[-1] ^= 1
-            problem = expect_error(lambda: c.encrypt(spec, key, iv, bytes(tampered), aad,
-                                                     cs.CipherDirection.DECRYPT),
-                                   E.AUTHENTICATION_FAILED, "a tampered tag")
+            problem = expect_error(
+                lambda: c.encrypt(spec, key, iv, bytes(tampered), aad, cs.CipherDirection.DECRYPT),
+                E.AUTHENTICATION_FAILED,
+                "a tampered tag",
+            )
             faults.check(not problem, problem)
-    problem = expect_error(lambda: c.encrypt(spec, key, b"" if aead else iv[:-1], MESSAGE),
-                           E.INVALID_ARGUMENT, "an IV of the wrong length")
+    problem = expect_error(
+        lambda: c.encrypt(spec, key, b"" if aead else iv[:-1], MESSAGE),
+        E.INVALID_ARGUMENT,
+        "an IV of the wrong length",
+    )
     faults.check(not problem, problem)
-    wrong = next((k for k in ("HMAC-SHA-256", "ECDSA-P256", "GENERIC-SECRET")
-                  if k not in spec.key_algorithms and c.obtainable(k)), None)
+    wrong = next(
+        (
+            k
+            for k in ("HMAC-SHA-256", "ECDSA-P256", "GENERIC-SECRET")
+            if k not in spec.key_algorithms and c.obtainable(k)
+        ),
+        None,
+    )
     if wrong is not None:
-        problem = expect_error(lambda: c.cipher(spec.name, c.key(wrong),
-                                                cs.CipherDirection.ENCRYPT),
-                               (E.INVALID_ARGUMENT, E.KEY_OPERATION_NOT_PERMITTED,
-                                E.NO_COMPATIBLE_PROVIDER), f"a {wrong} key")
+        problem = expect_error(
+            lambda: c.cipher(spec.name, c.key(wrong), cs.CipherDirection.ENCRYPT),
+            (E.INVALID_ARGUMENT, E.KEY_OPERATION_NOT_PERMITTED, E.NO_COMPATIBLE_PROVIDER),
+            f"a {wrong} key",
+        )
         faults.check(not problem, problem)
 
 
@@ -263,39 +314,47 @@ def _signature_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faul
     key_algorithm = c.key_algorithm_for(spec.name)
     key = c.key(key_algorithm)
     if not c.put.claims(spec.name, O.SIGN):
-        faults.check(c.verifier(spec.name, key).verify(MESSAGE, b"\x00" * 8) is False,
-                     "a garbage signature verifies")
+        faults.check(
+            c.verifier(spec.name, key).verify(MESSAGE, b"\x00" * 8) is False, "a garbage signature verifies"
+        )
         return
     signer = c.signer(spec.name, key)
     signature = signer.sign(MESSAGE)
     public, public_format = c.public_with_format(key)
     if op is O.SIGN:
-        faults.check(0 < len(signature) <= signer.get_signature_size(),
-                     f"a {len(signature)}-byte signature; get_signature_size() says "
-                     f"{signer.get_signature_size()}")
+        faults.check(
+            0 < len(signature) <= signer.get_signature_size(),
+            f"a {len(signature)}-byte signature; get_signature_size() says {signer.get_signature_size()}",
+        )
         independent = materials.verify_independently(spec.name, public, MESSAGE, signature)
         faults.check(independent is not False, "pyca/cryptography does not accept the signature")
         if c.put.claims(key_algorithm, O.IMPORT_KEY):
             public_key = c.import_key(key_algorithm, public, public_format, P.VERIFY)
-            problem = expect_error(lambda: c.signer(spec.name, public_key),
-                                   (E.KEY_OPERATION_NOT_PERMITTED, E.INVALID_ARGUMENT),
-                                   "signing with a public key")
+            problem = expect_error(
+                lambda: c.signer(spec.name, public_key),
+                (E.KEY_OPERATION_NOT_PERMITTED, E.INVALID_ARGUMENT),
+                "signing with a public key",
+            )
             faults.check(not problem, problem)
         return
     verifier = c.verifier(spec.name, key)
     faults.check(verifier.verify(MESSAGE, signature) is True, "own signature does not verify")
-    faults.check(verifier.verify(MESSAGE + b"!", signature) is False,
-                 "a signature verifies for another message")
-    faults.check(verifier.verify(MESSAGE, b"\x01" * 3) is False,
-                 "a malformed signature is not simply False")
+    faults.check(
+        verifier.verify(MESSAGE + b"!", signature) is False, "a signature verifies for another message"
+    )
+    faults.check(verifier.verify(MESSAGE, b"\x01" * 3) is False, "a malformed signature is not simply False")
     if c.put.claims(key_algorithm, O.IMPORT_KEY):
         public_key = c.import_key(key_algorithm, public, public_format, P.VERIFY)
-        faults.check(c.verifier(spec.name, public_key).verify(MESSAGE, signature) is True,
-                     "the signature does not verify with the imported public key")
+        faults.check(
+            c.verifier(spec.name, public_key).verify(MESSAGE, signature) is True,
+            "the signature does not verify with the imported public key",
+        )
     if spec.supports_context_string and not c.put.is_slow(spec.name):
         signed = c.signer(spec.name, key, b"kit-context").sign(MESSAGE)
-        faults.check(c.verifier(spec.name, key, b"kit-context").verify(MESSAGE, signed) is True,
-                     "a signature with a context string does not verify")
+        faults.check(
+            c.verifier(spec.name, key, b"kit-context").verify(MESSAGE, signed) is True,
+            "a signature with a context string does not verify",
+        )
         faults.check(verifier.verify(MESSAGE, signed) is False, "the context string is ignored")
 
 
@@ -308,8 +367,9 @@ def _mac_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
         faults.check(verifier.verify(MESSAGE, tag) is True, "the MAC does not verify")
         wrong = bytes([tag[0] ^ 1]) + tag[1:]
         faults.check(verifier.verify(MESSAGE, wrong) is False, "a wrong MAC verifies")
-        faults.check(verifier.verify(MESSAGE, tag[:-1]) is False,
-                     "a truncated MAC verifies without a tag length")
+        faults.check(
+            verifier.verify(MESSAGE, tag[:-1]) is False, "a truncated MAC verifies without a tag length"
+        )
 
 
 def _kem_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
@@ -320,8 +380,9 @@ def _kem_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
         ciphertext, shared = kem.encapsulate()
         received = kem.decapsulate(ciphertext)
         faults.check(c.secret(shared) == c.secret(received), "the two secrets differ")
-        problem = expect_error(lambda: kem.decapsulate(ciphertext[:-1]), E.INVALID_ARGUMENT,
-                               "a short ciphertext")
+        problem = expect_error(
+            lambda: kem.decapsulate(ciphertext[:-1]), E.INVALID_ARGUMENT, "a short ciphertext"
+        )
         faults.check(not problem, problem)
 
 
@@ -336,10 +397,13 @@ def _agree_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
             secret: cs.CryptoResourceGuard = agreement.agree(peer)
             return secret
 
-    faults.check(c.secret(agree(a, c.public(b))) == c.secret(agree(b, c.public(a))),
-                 "the two sides get different secrets")
-    problem = expect_error(lambda: agree(a, b"\x30\x03\x02\x01\x00"), E.INVALID_ARGUMENT,
-                           "a malformed peer key")
+    faults.check(
+        c.secret(agree(a, c.public(b))) == c.secret(agree(b, c.public(a))),
+        "the two sides get different secrets",
+    )
+    problem = expect_error(
+        lambda: agree(a, b"\x30\x03\x02\x01\x00"), E.INVALID_ARGUMENT, "a malformed peer key"
+    )
     faults.check(not problem, problem)
 
 
@@ -348,9 +412,17 @@ def _derive_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
     ikm = c.key(ikm_algorithm, P.DERIVE | full_permissions(ikm_algorithm))
 
     def derive(info: bytes) -> bytes:
-        return c.secret(c.km.derive_key(
-            cs.DeriveKeyParams().set_algorithm(spec.name).set_key(ikm).set_salt(b"salt")
-            .set_info(info).set_output("GENERIC-SECRET", 42).set_permissions(P.EXPORT)))
+        return c.secret(
+            c.km.derive_key(
+                cs.DeriveKeyParams()
+                .set_algorithm(spec.name)
+                .set_key(ikm)
+                .set_salt(b"salt")
+                .set_info(info)
+                .set_output("GENERIC-SECRET", 42)
+                .set_permissions(P.EXPORT)
+            )
+        )
 
     first = derive(b"info")
     faults.check(len(first) == 42 and derive(b"info") == first, "derivation is not stable")
@@ -359,8 +431,10 @@ def _derive_claim(c: Client, spec: AlgorithmSpec, faults: Faults) -> None:
 
 def _random_claim(c: Client, faults: Faults) -> None:
     first, second = c.km.generate_random(32, provider=c.pid), c.km.generate_random(32, c.pid)
-    faults.check(len(first) == 32 and first != second,
-                 "generate_random(32) twice did not give two different 32-byte strings")
+    faults.check(
+        len(first) == 32 and first != second,
+        "generate_random(32) twice did not give two different 32-byte strings",
+    )
 
 
 def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) -> None:
@@ -370,10 +444,12 @@ def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) ->
         params.set_provider(c.pid)
         key = c.keep(c.km.generate_key(params))
         faults.check(key.algorithm == spec.name, f"a generated key says it is {key.algorithm}")
-        default = c.keep(c.km.generate_key(cs.GenerateKeyParams().set_algorithm(spec.name)
-                                            .set_provider(c.pid)))
-        faults.check(not default.permitted_operations & P.EXPORT,
-                     "a key generated without permissions may be exported")
+        default = c.keep(
+            c.km.generate_key(cs.GenerateKeyParams().set_algorithm(spec.name).set_provider(c.pid))
+        )
+        faults.check(
+            not default.permitted_operations & P.EXPORT, "a key generated without permissions may be exported"
+        )
     else:
         key = None
         material = materials.private_material(spec.name)
@@ -393,8 +469,7 @@ def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) ->
                         if exc.code is not E.KEY_OPERATION_NOT_PERMITTED:
                             raise
                     else:
-                        faults.check(exported == material[0],
-                                     "an imported secret exports differently")
+                        faults.check(exported == material[0], "an imported secret exports differently")
         if key is None:
             public = materials.public_material(spec.name)
             public_format = cs.KeyFormat.SPKI_DER
@@ -406,9 +481,11 @@ def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) ->
             public_perms = P.ENCAPSULATE if spec.kind is K.KEM else P.VERIFY
             key = c.import_key(spec.name, public, public_format, public_perms)
         fmt = cs.KeyFormat.SPKI_DER if spec.key_class is KeyClass.ASYMMETRIC else cs.KeyFormat.RAW
-        problem = expect_error(lambda: c.import_key(spec.name, b"\x30\x01" if fmt is
-                                                    cs.KeyFormat.SPKI_DER else b"", fmt, perms),
-                               E.INVALID_ARGUMENT, "malformed material")
+        problem = expect_error(
+            lambda: c.import_key(spec.name, b"\x30\x01" if fmt is cs.KeyFormat.SPKI_DER else b"", fmt, perms),
+            E.INVALID_ARGUMENT,
+            "malformed material",
+        )
         faults.check(not problem, problem)
     if spec.key_class is KeyClass.ASYMMETRIC:
         faults.check(c.public(key), "no public key")
@@ -416,56 +493,73 @@ def _key_claim(c: Client, spec: AlgorithmSpec, op: Operation, faults: Faults) ->
 
 # --- what the provider does not claim -----------------------------------------------------------
 
+
 def check_unclaimed(put: ProviderUnderTest) -> None:
     """Unclaimed algorithms are refused with NO_COMPATIBLE_PROVIDER when the provider is
     pinned; unknown names with UNSUPPORTED_ALGORITHM."""
     claims = put.capabilities
-    with Faults(f"{put.name}: refusals of what it does not claim") as faults, \
-            connected(put) as c:
+    with Faults(f"{put.name}: refusals of what it does not claim") as faults, connected(put) as c:
         # names the daemon knows (this process may know more: other providers' algorithms)
         served = {entry["name"] for entry in c.stack.algorithms()}
         specs = [spec for spec in REGISTRY.specs() if spec.name in served]
-        hashes = [s.name for s in specs if s.kind is K.HASH
-                  and Capability(s.name, O.HASH) not in claims]
+        hashes = [s.name for s in specs if s.kind is K.HASH and Capability(s.name, O.HASH) not in claims]
         for name in hashes[:3]:
-            problem = expect_error(partial(c.hasher, name), E.NO_COMPATIBLE_PROVIDER,
-                                   f"a {name} hash context (unclaimed)")
+            problem = expect_error(
+                partial(c.hasher, name), E.NO_COMPATIBLE_PROVIDER, f"a {name} hash context (unclaimed)"
+            )
             faults.check(not problem, problem)
-        keys = [s.name for s in specs if s.is_key_algorithm
-                and Capability(s.name, O.GENERATE_KEY) not in claims]
+        keys = [
+            s.name for s in specs if s.is_key_algorithm and Capability(s.name, O.GENERATE_KEY) not in claims
+        ]
         for name in keys[:3]:
             params = cs.GenerateKeyParams().set_algorithm(name).set_provider(c.pid)
-            problem = expect_error(partial(c.km.generate_key, params),
-                                   E.NO_COMPATIBLE_PROVIDER, f"generating a {name} key "
-                                                             "(unclaimed)")
+            problem = expect_error(
+                partial(c.km.generate_key, params),
+                E.NO_COMPATIBLE_PROVIDER,
+                f"generating a {name} key (unclaimed)",
+            )
             faults.check(not problem, problem)
         for key_algorithm in put.key_algorithms():
             if put.is_slow(key_algorithm) or not c.obtainable(key_algorithm):
                 continue
-            unclaimed = [s for s in specs if key_algorithm in s.key_algorithms
-                         and s.kind in (K.CIPHER, K.AEAD, K.SIGNATURE, K.MAC)
-                         and not any(cap.algorithm == s.name for cap in claims)]
+            unclaimed = [
+                s
+                for s in specs
+                if key_algorithm in s.key_algorithms
+                and s.kind in (K.CIPHER, K.AEAD, K.SIGNATURE, K.MAC)
+                and not any(cap.algorithm == s.name for cap in claims)
+            ]
             if not unclaimed:
                 continue
             spec = unclaimed[0]
             key = c.key(key_algorithm)
             make: Callable[[], object] = (
                 partial(c.cipher, spec.name, key, cs.CipherDirection.ENCRYPT)
-                if spec.kind in (K.CIPHER, K.AEAD) else partial(c.signer, spec.name, key))
-            problem = expect_error(make, E.NO_COMPATIBLE_PROVIDER,
-                                   f"a {spec.name} context with a {key_algorithm} key (unclaimed)")
+                if spec.kind in (K.CIPHER, K.AEAD)
+                else partial(c.signer, spec.name, key)
+            )
+            problem = expect_error(
+                make,
+                E.NO_COMPATIBLE_PROVIDER,
+                f"a {spec.name} context with a {key_algorithm} key (unclaimed)",
+            )
             faults.check(not problem, problem)
-        problem = expect_error(lambda: c.hasher("NO-SUCH-ALGORITHM-42"), E.UNSUPPORTED_ALGORITHM,
-                               "an unknown algorithm name")
+        problem = expect_error(
+            lambda: c.hasher("NO-SUCH-ALGORITHM-42"), E.UNSUPPORTED_ALGORITHM, "an unknown algorithm name"
+        )
         faults.check(not problem, problem)
 
 
 # --- call order and reset ------------------------------------------------------------------------
 
+
 def _first(put: ProviderUnderTest, kinds: tuple[AlgorithmKind, ...], op: Operation) -> str | None:
     for cap in sorted(put.capabilities, key=lambda c: c.algorithm):
-        if cap.operation is op and REGISTRY.get(cap.algorithm).kind in kinds \
-                and not put.is_slow(cap.algorithm):
+        if (
+            cap.operation is op
+            and REGISTRY.get(cap.algorithm).kind in kinds
+            and not put.is_slow(cap.algorithm)
+        ):
             return cap.algorithm
     return None
 
@@ -481,8 +575,10 @@ def check_call_order(put: ProviderUnderTest) -> None:
             with faults.step(f"{hash_algorithm} context"):
                 h = c.hasher(hash_algorithm)
                 expected = h.single_shot(MESSAGE)
-                for what, call in (("update() before init()", lambda: h.update(b"x")),
-                                   ("finalize() before init()", h.finalize)):
+                for what, call in (
+                    ("update() before init()", lambda: h.update(b"x")),
+                    ("finalize() before init()", h.finalize),
+                ):
                     problem = expect_error(call, E.INVALID_STATE, what)
                     faults.check(not problem, problem)
                 h.init()
@@ -491,8 +587,7 @@ def check_call_order(put: ProviderUnderTest) -> None:
                 h.init()
                 h.update(MESSAGE)
                 faults.check(h.finalize() == expected, "the digest after reset() is wrong")
-                problem = expect_error(lambda: h.update(b"x"), E.INVALID_STATE,
-                                       "update() after finalize()")
+                problem = expect_error(lambda: h.update(b"x"), E.INVALID_STATE, "update() after finalize()")
                 faults.check(not problem, problem)
         cipher_algorithm = _first(put, (K.AEAD, K.CIPHER), O.ENCRYPT)
         if cipher_algorithm:
@@ -503,8 +598,9 @@ def check_call_order(put: ProviderUnderTest) -> None:
                 iv = bytes(spec.iv_size or 16)
                 expected = c.encrypt(spec, key, iv, MESSAGE)
                 with c.cipher(spec.name, key, cs.CipherDirection.ENCRYPT) as cipher:
-                    problem = expect_error(lambda: cipher.update(b"x"), E.INVALID_STATE,
-                                           "update() before init()")
+                    problem = expect_error(
+                        lambda: cipher.update(b"x"), E.INVALID_STATE, "update() before init()"
+                    )
                     faults.check(not problem, problem)
                     cipher.init(iv)
                     cipher.update(b"discarded by reset")
@@ -512,8 +608,9 @@ def check_call_order(put: ProviderUnderTest) -> None:
                     cipher.init(iv)
                     if spec.kind is K.AEAD:
                         cipher.update(MESSAGE[:10])
-                        problem = expect_error(lambda: cipher.update_aad(b"late"),
-                                               E.INVALID_STATE, "update_aad() after update()")
+                        problem = expect_error(
+                            lambda: cipher.update_aad(b"late"), E.INVALID_STATE, "update_aad() after update()"
+                        )
                         faults.check(not problem, problem)
                         cipher.reset()
                         cipher.init(iv)
@@ -526,8 +623,7 @@ def check_call_order(put: ProviderUnderTest) -> None:
             with faults.step(f"{sign_algorithm} context"):
                 key = c.key(c.key_algorithm_for(sign_algorithm))
                 signer = c.signer(sign_algorithm, key)
-                problem = expect_error(signer.sign_finalize, E.INVALID_STATE,
-                                       "sign_finalize() before init()")
+                problem = expect_error(signer.sign_finalize, E.INVALID_STATE, "sign_finalize() before init()")
                 faults.check(not problem, problem)
                 signer.init()
                 signer.update(b"discarded by reset")
@@ -535,13 +631,15 @@ def check_call_order(put: ProviderUnderTest) -> None:
                 signer.init()
                 signer.update(MESSAGE)
                 signature = signer.sign_finalize()
-                faults.check(c.verifier(sign_algorithm, key).verify(MESSAGE, signature) is True,
-                             "the signature after reset() does not verify")
-        faults.check(ran, "the provider claims no hash, cipher or signature to check call "
-                          "order with")
+                faults.check(
+                    c.verifier(sign_algorithm, key).verify(MESSAGE, signature) is True,
+                    "the signature after reset() does not verify",
+                )
+        faults.check(ran, "the provider claims no hash, cipher or signature to check call order with")
 
 
 # --- permissions -----------------------------------------------------------------------------------
+
 
 def check_permissions(put: ProviderUnderTest) -> None:
     """A key without the permission an operation needs is refused at context creation with
@@ -551,9 +649,12 @@ def check_permissions(put: ProviderUnderTest) -> None:
         for key_algorithm in put.key_algorithms():
             if put.is_slow(key_algorithm) or not c.obtainable(key_algorithm):
                 continue
-            users = [cap for cap in sorted(put.capabilities, key=lambda x: x.algorithm)
-                     if key_algorithm in REGISTRY.get(cap.algorithm).key_algorithms
-                     and cap.operation in _PERMISSION_FOR]
+            users = [
+                cap
+                for cap in sorted(put.capabilities, key=lambda x: x.algorithm)
+                if key_algorithm in REGISTRY.get(cap.algorithm).key_algorithms
+                and cap.operation in _PERMISSION_FOR
+            ]
             if not users:
                 continue
             cap = users[0]
@@ -567,24 +668,27 @@ def check_permissions(put: ProviderUnderTest) -> None:
             tried += 1
             with faults.step(f"{key_algorithm} key without {needed.name}"):
                 key = c.key(key_algorithm, lacking)
-                problem = expect_error(partial(_open, c, cap, spec, key),
-                                       E.KEY_OPERATION_NOT_PERMITTED,
-                                       f"{cap.algorithm}/{cap.operation.value} with a key "
-                                       f"lacking {needed.name}")
+                problem = expect_error(
+                    partial(_open, c, cap, spec, key),
+                    E.KEY_OPERATION_NOT_PERMITTED,
+                    f"{cap.algorithm}/{cap.operation.value} with a key lacking {needed.name}",
+                )
                 faults.check(not problem, problem)
-                if REGISTRY.get(key_algorithm).key_class is KeyClass.SYMMETRIC or \
-                        put.claims(key_algorithm, O.GENERATE_KEY):
-                    problem = expect_error(partial(c.km.export_key, key),
-                                           E.KEY_OPERATION_NOT_PERMITTED,
-                                           f"exporting a {key_algorithm} key without EXPORT")
+                if REGISTRY.get(key_algorithm).key_class is KeyClass.SYMMETRIC or put.claims(
+                    key_algorithm, O.GENERATE_KEY
+                ):
+                    problem = expect_error(
+                        partial(c.km.export_key, key),
+                        E.KEY_OPERATION_NOT_PERMITTED,
+                        f"exporting a {key_algorithm} key without EXPORT",
+                    )
                     faults.check(not problem, problem)
         faults.check(tried, "no key type with an operation to check permissions on")
 
 
 def _open(c: Client, cap: Capability, spec: AlgorithmSpec, key: Any) -> object:
     if cap.operation in (O.ENCRYPT, O.DECRYPT):
-        direction = cs.CipherDirection.ENCRYPT if cap.operation is O.ENCRYPT else \
-            cs.CipherDirection.DECRYPT
+        direction = cs.CipherDirection.ENCRYPT if cap.operation is O.ENCRYPT else cs.CipherDirection.DECRYPT
         return c.cipher(spec.name, key, direction)
     if cap.operation is O.SIGN:
         return c.signer(spec.name, key)
@@ -596,19 +700,22 @@ def _open(c: Client, cap: Capability, spec: AlgorithmSpec, key: Any) -> object:
         config = cs.KeyAgreementContextConfig().set_algorithm(spec.name).set_key(key)
         config.set_provider(c.pid)
         return c.ctx.create_key_agreement_context(config)
-    return c.km.derive_key(cs.DeriveKeyParams().set_algorithm(spec.name).set_key(key)
-                           .set_output("GENERIC-SECRET", 32))
+    return c.km.derive_key(
+        cs.DeriveKeyParams().set_algorithm(spec.name).set_key(key).set_output("GENERIC-SECRET", 32)
+    )
 
 
 # --- key slots, export and import ----------------------------------------------------------------
+
 
 def client_fingerprint(c: Client, key: Any, algorithm: str) -> bytes | None:
     """Public key, or a MAC / ciphertext / derived secret of a fixed input, or None."""
     spec = REGISTRY.get(algorithm)
     if spec.key_class is KeyClass.ASYMMETRIC:
         return c.public(key)
-    for cap in sorted(c.put.capabilities,
-                      key=lambda x: (x.algorithm != algorithm, x.algorithm, x.operation.value)):
+    for cap in sorted(
+        c.put.capabilities, key=lambda x: (x.algorithm != algorithm, x.algorithm, x.operation.value)
+    ):
         user = REGISTRY.get(cap.algorithm)
         if algorithm not in user.key_algorithms:
             continue
@@ -617,9 +724,17 @@ def client_fingerprint(c: Client, key: Any, algorithm: str) -> bytes | None:
         if user.kind in (K.CIPHER, K.AEAD) and cap.operation is O.ENCRYPT:
             return c.encrypt(user, key, bytes(range(user.iv_size or 16)), MESSAGE)
         if user.kind is K.KDF and cap.operation is O.DERIVE:
-            return c.secret(c.km.derive_key(
-                cs.DeriveKeyParams().set_algorithm(user.name).set_key(key).set_salt(b"s")
-                .set_info(b"i").set_output("GENERIC-SECRET", 32).set_permissions(P.EXPORT)))
+            return c.secret(
+                c.km.derive_key(
+                    cs.DeriveKeyParams()
+                    .set_algorithm(user.name)
+                    .set_key(key)
+                    .set_salt(b"s")
+                    .set_info(b"i")
+                    .set_output("GENERIC-SECRET", 32)
+                    .set_permissions(P.EXPORT)
+                )
+            )
     return None
 
 
@@ -632,35 +747,49 @@ def check_key_slots(put: ProviderUnderTest, algorithm: str) -> None:
     used through the slot directly); the slot clears; exported material imports back to an
     equivalent key."""
     spec = REGISTRY.get(algorithm)
-    with Faults(f"{put.name}: {algorithm} keys in slots, exported and imported, over the "
-                "daemon") as faults, connected(put) as c:
+    with (
+        Faults(f"{put.name}: {algorithm} keys in slots, exported and imported, over the daemon") as faults,
+        connected(put) as c,
+    ):
         if not c.obtainable(algorithm):
-            faults.check(put.claims(algorithm, O.IMPORT_KEY),
-                         f"{algorithm} is neither generated nor importable from kit material")
+            faults.check(
+                put.claims(algorithm, O.IMPORT_KEY),
+                f"{algorithm} is neither generated nor importable from kit material",
+            )
             return
         key = c.key(algorithm)
         expected = client_fingerprint(c, key, algorithm)
         with faults.step("persist_key, load_key, clear_key_slot"):
             slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
             info = c.km.persist_key(slot, key)
-            faults.check(info.status is cs.KeySlotStatus.OCCUPIED and info.provider == c.pid,
-                         f"after persist_key the slot says {info}")
+            faults.check(
+                info.status is cs.KeySlotStatus.OCCUPIED and info.provider == c.pid,
+                f"after persist_key the slot says {info}",
+            )
             loaded = c.km.load_key(slot)
-            faults.check(loaded.persistence is cs.ResourcePersistence.PERSISTENT,
-                         "a loaded key is not PERSISTENT")
-            faults.check(client_fingerprint(c, loaded, algorithm) == expected,
-                         "the key loaded from the slot behaves differently")
-            faults.check(client_fingerprint(c, slot, algorithm) == expected,
-                         "the slot used directly behaves differently")
+            faults.check(
+                loaded.persistence is cs.ResourcePersistence.PERSISTENT, "a loaded key is not PERSISTENT"
+            )
+            faults.check(
+                client_fingerprint(c, loaded, algorithm) == expected,
+                "the key loaded from the slot behaves differently",
+            )
+            faults.check(
+                client_fingerprint(c, slot, algorithm) == expected,
+                "the slot used directly behaves differently",
+            )
             loaded.release()
             c.km.clear_key_slot(slot)
-            faults.check(c.km.get_key_slot_info(slot).status is cs.KeySlotStatus.EMPTY,
-                         "the slot is not empty after clear_key_slot")
+            faults.check(
+                c.km.get_key_slot_info(slot).status is cs.KeySlotStatus.EMPTY,
+                "the slot is not empty after clear_key_slot",
+            )
         if not put.claims(algorithm, O.IMPORT_KEY):
             return
         with faults.step("export, then import"):
-            formats = (cs.KeyFormat.RAW,) if spec.key_class is KeyClass.SYMMETRIC else \
-                materials.PRIVATE_FORMATS
+            formats = (
+                (cs.KeyFormat.RAW,) if spec.key_class is KeyClass.SYMMETRIC else materials.PRIVATE_FORMATS
+            )
             exported = None
             for fmt in formats:
                 try:
@@ -672,16 +801,19 @@ def check_key_slots(put: ProviderUnderTest, algorithm: str) -> None:
                     if exc.code not in (E.INVALID_ARGUMENT, E.UNSUPPORTED_ALGORITHM):
                         raise
             if exported is not None:
-                again = c.import_key(algorithm, exported[0], exported[1],
-                                     full_permissions(algorithm))
-                faults.check(client_fingerprint(c, again, algorithm) == expected,
-                             "the re-imported key behaves differently")
+                again = c.import_key(algorithm, exported[0], exported[1], full_permissions(algorithm))
+                faults.check(
+                    client_fingerprint(c, again, algorithm) == expected,
+                    "the re-imported key behaves differently",
+                )
 
 
 def check_persistence_across_restart(put: ProviderUnderTest) -> None:
     """Keys in slots survive a daemon restart (same key store, same backend)."""
-    with Faults(f"{put.name}: slots across a daemon restart") as faults, \
-            put.new_daemon(label="restart") as daemon:
+    with (
+        Faults(f"{put.name}: slots across a daemon restart") as faults,
+        put.new_daemon(label="restart") as daemon,
+    ):
         expected: dict[str, bytes | None] = {}
         with connected(put, daemon) as c:
             for algorithm in _persistable(put, c):
@@ -697,12 +829,15 @@ def check_persistence_across_restart(put: ProviderUnderTest) -> None:
                 with faults.step(f"load the {algorithm} key after the restart"):
                     slot = c.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
                     key = c.keep(c.km.load_key(slot))
-                    faults.check(client_fingerprint(c, key, algorithm) == fingerprint,
-                                 f"the {algorithm} key behaves differently after the restart")
+                    faults.check(
+                        client_fingerprint(c, key, algorithm) == fingerprint,
+                        f"the {algorithm} key behaves differently after the restart",
+                    )
                     c.km.clear_key_slot(slot)
 
 
 # --- concurrency and accounting ------------------------------------------------------------------
+
 
 def client_workload(put: ProviderUnderTest, c: Client) -> list[Callable[[], bytes]]:
     """Cheap deterministic calls over the claims, as closures on one client."""
@@ -727,14 +862,14 @@ def client_workload(put: ProviderUnderTest, c: Client) -> list[Callable[[], byte
         def sign_and_verify() -> bytes:
             sig = c.signer(signature, skey).sign(MESSAGE)
             return b"ok" if c.verifier(signature, skey).verify(MESSAGE, sig) else b"NOT OK"
+
         calls.append(sign_and_verify)
     return calls
 
 
 def _own_sessions(stack: cs.CryptoStack) -> dict[int, cs.ClientSummary]:
     """This process's sessions in the daemon's status, by session id."""
-    return {client["session"]: client for client in stack.status()["clients"]
-            if client["pid"] == os.getpid()}
+    return {client["session"]: client for client in stack.status()["clients"] if client["pid"] == os.getpid()}
 
 
 def _gone(observer: cs.CryptoStack, sessions: set[int]) -> bool:
@@ -744,8 +879,11 @@ def _gone(observer: cs.CryptoStack, sessions: set[int]) -> bool:
 def check_concurrency(put: ProviderUnderTest) -> None:
     """Several clients with several threads each use the provider at once and get the same
     results as one alone; when they disconnect, the daemon holds nothing of theirs."""
-    with Faults(f"{put.name}: concurrent clients and threads") as faults, \
-            connected(put) as observer, ExitStack() as stack:
+    with (
+        Faults(f"{put.name}: concurrent clients and threads") as faults,
+        connected(put) as observer,
+        ExitStack() as stack,
+    ):
         before = set(_own_sessions(observer.stack))
         clients = [stack.enter_context(connected(put)) for _ in range(put.profile.clients)]
         plans = [client_workload(put, c) for c in clients]
@@ -767,8 +905,11 @@ def check_concurrency(put: ProviderUnderTest) -> None:
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))
-                   for _ in range(put.profile.threads)]
+        threads = [
+            threading.Thread(target=run, args=(i,))
+            for i in range(len(clients))
+            for _ in range(put.profile.threads)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -777,12 +918,14 @@ def check_concurrency(put: ProviderUnderTest) -> None:
         for error in sorted(set(errors)):
             faults.add(error)
         ours = set(_own_sessions(observer.stack)) - before
-        faults.check(len(ours) == len(clients), f"status shows {len(ours)} sessions for our "
-                                                f"{len(clients)} connections")
+        faults.check(
+            len(ours) == len(clients), f"status shows {len(ours)} sessions for our {len(clients)} connections"
+        )
         stack.close()
         with faults.step("the sessions end when the clients disconnect"):
-            eventually(lambda: _gone(observer.stack, ours), 30,
-                       "the disconnected clients' sessions to leave status")
+            eventually(
+                lambda: _gone(observer.stack, ours), 30, "the disconnected clients' sessions to leave status"
+            )
 
 
 def check_accounting(put: ProviderUnderTest) -> None:
@@ -802,8 +945,13 @@ def check_accounting(put: ProviderUnderTest) -> None:
             faults.check(len(mine) == 1, f"status lists {len(mine)} new sessions for one client")
             for entry in mine.values():
                 counts = {k: entry.get(k) for k in ("contexts", "resources", "guards")}
-                faults.check(all(v == 0 for v in counts.values()),
-                             f"after closing and releasing everything status shows {counts}")
+                faults.check(
+                    all(v == 0 for v in counts.values()),
+                    f"after closing and releasing everything status shows {counts}",
+                )
         with faults.step("the session ends when the client disconnects"):
-            eventually(lambda: _gone(observer.stack, set(mine)), 30,
-                       "the disconnected client's session to leave status")
+            eventually(
+                lambda: _gone(observer.stack, set(mine)),
+                30,
+                "the disconnected client's session to leave status",
+            )

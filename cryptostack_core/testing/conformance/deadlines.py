@@ -50,20 +50,22 @@ RECOVERY = 60.0
 
 # --- the provider's own hang hook ---------------------------------------------------------------
 
+
 def _probe_call_sdk(put: ProviderUnderTest, provider: Any, probe: HangProbe) -> Callable[[], object]:
     """The SDK call the probe arms, as a closure."""
     op = probe.operation
     if op == "hash":
+
         def run_hash() -> object:
             hasher = provider.create_hash(probe.algorithm)
             hasher.update(sdk_checks.MESSAGE)
             return hasher.finalize()
+
         return run_hash
     if op == "random":
         return lambda: provider.random_bytes(16)
     if op == "generate_key":
-        return lambda: provider.generate_key(probe.algorithm,
-                                             sdk_checks.full_permissions(probe.algorithm))
+        return lambda: provider.generate_key(probe.algorithm, sdk_checks.full_permissions(probe.algorithm))
     if op == "sign":
         key_algorithm = sdk_checks.key_algorithm_for(put, probe.algorithm)
         with deadline_scope(None):
@@ -73,6 +75,7 @@ def _probe_call_sdk(put: ProviderUnderTest, provider: Any, probe: HangProbe) -> 
             signer = provider.create_signer(probe.algorithm, key, b"")
             signer.update(sdk_checks.MESSAGE)
             return signer.finalize()
+
         return run_sign
     raise ValueError(f"HangProbe.operation {op!r}: one of hash, random, generate_key, sign")
 
@@ -82,8 +85,7 @@ def check_hang_sdk(put: ProviderUnderTest) -> None:
     (called through the SDK under ``deadline_scope``) and then serves the next call."""
     probe = put.profile.hang
     assert probe is not None
-    with Faults(f"{put.name}: deadline of a hanging call through the SDK") as faults, \
-            ExitStack() as stack:
+    with Faults(f"{put.name}: deadline of a hanging call through the SDK") as faults, ExitStack() as stack:
         provider = put.start_provider(stack, extra_options=probe.options, label="hang-sdk")
         call = _probe_call_sdk(put, provider, probe)
         outcome: dict[str, object] = {}
@@ -101,27 +103,39 @@ def check_hang_sdk(put: ProviderUnderTest) -> None:
         worker.start()
         worker.join(DEADLINE + GRACE)
         if worker.is_alive():
-            faults.add(f"ignores deadlines: a {probe.operation} call held by the hang hook is "
-                       f"still running {DEADLINE + GRACE:g} s after its {DEADLINE:g} s deadline")
+            faults.add(
+                f"ignores deadlines: a {probe.operation} call held by the hang hook is "
+                f"still running {DEADLINE + GRACE:g} s after its {DEADLINE:g} s deadline"
+            )
             return
         elapsed = float(outcome["elapsed"])  # type: ignore[arg-type]
         error = outcome.get("error")
         if error is None:
             if elapsed < DEADLINE:
-                faults.add(f"the hang hook ({probe.options}) did not hold the {probe.operation} "
-                           f"call: it returned after {elapsed:.2f} s")
+                faults.add(
+                    f"the hang hook ({probe.options}) did not hold the {probe.operation} "
+                    f"call: it returned after {elapsed:.2f} s"
+                )
             else:
-                faults.add(f"ignores deadlines: the held {probe.operation} call returned a "
-                           f"result after {elapsed:.2f} s under a {DEADLINE:g} s deadline, "
-                           "instead of OPERATION_TIMED_OUT")
+                faults.add(
+                    f"ignores deadlines: the held {probe.operation} call returned a "
+                    f"result after {elapsed:.2f} s under a {DEADLINE:g} s deadline, "
+                    "instead of OPERATION_TIMED_OUT"
+                )
             return
         if not (isinstance(error, CryptoError) and error.code is ErrorCode.OPERATION_TIMED_OUT):
-            faults.add(f"a call past its deadline raised {type(error).__name__}: {error}, not "
-                       "CryptoError(OPERATION_TIMED_OUT)")
+            faults.add(
+                f"a call past its deadline raised {type(error).__name__}: {error}, not "
+                "CryptoError(OPERATION_TIMED_OUT)"
+            )
         with faults.step("the next call after the hang"):
             again = _probe_call_sdk(put, provider, probe)
-            eventually(lambda: _succeeds(again), RECOVERY,
-                       f"a {probe.operation} call to succeed after the hang", ignore=(CryptoError,))
+            eventually(
+                lambda: _succeeds(again),
+                RECOVERY,
+                f"a {probe.operation} call to succeed after the hang",
+                ignore=(CryptoError,),
+            )
 
 
 def _succeeds(call: Callable[[], object]) -> bool:
@@ -175,38 +189,47 @@ def check_hang_daemon(put: ProviderUnderTest) -> None:
     persisted before the hang works the same afterwards (reloaded by a new worker)."""
     probe = put.profile.hang
     assert probe is not None
-    with Faults(f"{put.name}: deadline of a hanging call over the daemon") as faults, \
-            put.new_daemon(extra_options=probe.options, label="hang-daemon") as daemon, \
-            connected(put, daemon) as held, connected(put, daemon) as other:
+    with (
+        Faults(f"{put.name}: deadline of a hanging call over the daemon") as faults,
+        put.new_daemon(extra_options=probe.options, label="hang-daemon") as daemon,
+        connected(put, daemon) as held,
+        connected(put, daemon) as other,
+    ):
         persisted = _slot_key(put, other)
         call = _probe_call_client(held, probe, DEADLINE)
         started = time.monotonic()
         problem = expect_error(call, ErrorCode.OPERATION_TIMED_OUT, "the held call")
         elapsed = time.monotonic() - started
         faults.check(not problem, problem)
-        faults.check(elapsed < DEADLINE + GRACE,
-                     f"the caller waited {elapsed:.1f} s for a {DEADLINE:g} s deadline")
-        problem = expect_error(call, ErrorCode.CONTEXT_IN_ERROR_STATE,
-                               "the same context after the timeout")
+        faults.check(
+            elapsed < DEADLINE + GRACE, f"the caller waited {elapsed:.1f} s for a {DEADLINE:g} s deadline"
+        )
+        problem = expect_error(call, ErrorCode.CONTEXT_IN_ERROR_STATE, "the same context after the timeout")
         faults.check(not problem, problem)
         with faults.step("another client afterwards"):
             fresh = _probe_call_client(other, probe, RECOVERY)
-            eventually(lambda: fresh() is not None, RECOVERY,
-                       "another client's call to succeed after the hang",
-                       ignore=(cs.CryptoError,))
+            eventually(
+                lambda: fresh() is not None,
+                RECOVERY,
+                "another client's call to succeed after the hang",
+                ignore=(cs.CryptoError,),
+            )
         if persisted is not None:
             algorithm, expected = persisted
             with faults.step(f"the {algorithm} key in its slot after the hang"):
                 slot = other.ctx.resolve_resource(slot_name(algorithm), cs.ResourceType.KEY_SLOT)
-                faults.check(client_fingerprint(other, slot, algorithm) == expected,
-                             f"the {algorithm} key persisted before the hang behaves "
-                             "differently after it")
+                faults.check(
+                    client_fingerprint(other, slot, algorithm) == expected,
+                    f"the {algorithm} key persisted before the hang behaves differently after it",
+                )
         state = next(p for p in other.stack.status()["providers"] if p["id"] == put.provider_id)
-        faults.check(state["state"] != "unavailable",
-                     f"after recovering, status says the provider is {state}")
+        faults.check(
+            state["state"] != "unavailable", f"after recovering, status says the provider is {state}"
+        )
 
 
 # --- the kit's gate, for providers in the daemon's process -----------------------------------------
+
 
 def _gated_call(put: ProviderUnderTest) -> tuple[str, str]:
     """(call the gate holds, algorithm): a key generation when the provider makes keys (so a
@@ -215,8 +238,7 @@ def _gated_call(put: ProviderUnderTest) -> tuple[str, str]:
         if not put.is_slow(algorithm) and put.claims(algorithm, Operation.GENERATE_KEY):
             return "generate_key", algorithm
     for algorithm in put.key_algorithms():
-        if put.claims(algorithm, Operation.IMPORT_KEY) and \
-                materials.private_material(algorithm) is not None:
+        if put.claims(algorithm, Operation.IMPORT_KEY) and materials.private_material(algorithm) is not None:
             return "import_key", algorithm
     for cap in sorted(put.capabilities, key=lambda c: c.algorithm):
         if cap.operation is Operation.HASH:
@@ -249,20 +271,26 @@ def check_gate_deadline(put: ProviderUnderTest) -> None:
             faults.add("the provider claims no key, hash or random operation the kit can hold")
             return
         gate = Gate()
-        entry_points = provider_path(put.subdirectory("gate-entry-point"),
-                                     {"kit-gate": "cryptostack_core.testing.conformance.gate:"
-                                                  "GateProvider"},
-                                     distribution="cryptostack-kit-gate")
+        entry_points = provider_path(
+            put.subdirectory("gate-entry-point"),
+            {"kit-gate": "cryptostack_core.testing.conformance.gate:GateProvider"},
+            distribution="cryptostack-kit-gate",
+        )
 
         def wrap(options: dict[str, Any]) -> dict[str, Any]:
-            return {"inner": put.name, "inner_options": options, "gate": gate.path,
-                    "hold": held_call}
+            return {"inner": put.name, "inner_options": options, "gate": gate.path, "hold": held_call}
 
         with ExitStack() as cleanup:
             cleanup.callback(gate.close)
-            daemon = cleanup.enter_context(put.new_daemon(
-                label="gate-daemon", provider_name="kit-gate", wrap=wrap, slots=False,
-                environment=provider_environment(entry_points)))
+            daemon = cleanup.enter_context(
+                put.new_daemon(
+                    label="gate-daemon",
+                    provider_name="kit-gate",
+                    wrap=wrap,
+                    slots=False,
+                    environment=provider_environment(entry_points),
+                )
+            )
             cleanup.callback(gate.open)  # before the daemon stops: nothing stays held
             caller = cleanup.enter_context(connected(put, daemon))
             other = cleanup.enter_context(connected(put, daemon))
@@ -285,27 +313,31 @@ def check_gate_deadline(put: ProviderUnderTest) -> None:
                         return km.import_key(imported)
             elif held_call == "hash":
                 hasher = caller.ctx.create_hash_context(
-                    cs.HashContextConfig().set_algorithm(algorithm).set_provider(caller.pid)
-                    .set_operation_timeout(DEADLINE))
+                    cs.HashContextConfig()
+                    .set_algorithm(algorithm)
+                    .set_provider(caller.pid)
+                    .set_operation_timeout(DEADLINE)
+                )
 
                 def call() -> object:
                     return hasher.single_shot(b"held")
             else:
                 km = caller.ctx.create_key_management_context(
-                    cs.KeyManagementContextConfig().set_operation_timeout(DEADLINE))
+                    cs.KeyManagementContextConfig().set_operation_timeout(DEADLINE)
+                )
 
                 def call() -> object:
                     return km.generate_random(8, provider=caller.pid)
+
             started = time.monotonic()
             problem = expect_error(call, ErrorCode.OPERATION_TIMED_OUT, f"a held {held_call}")
             elapsed = time.monotonic() - started
             faults.check(not problem, problem)
-            faults.check(elapsed < DEADLINE + GRACE,
-                         f"the caller waited {elapsed:.1f} s for a {DEADLINE:g} s deadline")
-            faults.check(gate.wait_arrival(GRACE),
-                         f"the {held_call} call never reached the provider")
-            problem = expect_error(call, ErrorCode.CONTEXT_IN_ERROR_STATE,
-                                   "the context after its timeout")
+            faults.check(
+                elapsed < DEADLINE + GRACE, f"the caller waited {elapsed:.1f} s for a {DEADLINE:g} s deadline"
+            )
+            faults.check(gate.wait_arrival(GRACE), f"the {held_call} call never reached the provider")
+            problem = expect_error(call, ErrorCode.CONTEXT_IN_ERROR_STATE, "the context after its timeout")
             faults.check(not problem, problem)
             with faults.step("another client while the call is held"):
                 _other_call(put, other, held_call)()

@@ -48,8 +48,7 @@ class Faults:
         except CryptoError as exc:
             self.found.append(f"{what}: unexpected {exc.code.value}: {exc.message}")
         except Exception as exc:  # a provider raising something else breaks the contract
-            self.found.append(f"{what}: raised {type(exc).__name__}: {exc} (providers raise "
-                              "CryptoError)")
+            self.found.append(f"{what}: raised {type(exc).__name__}: {exc} (providers raise CryptoError)")
 
     def close(self) -> None:
         """Raise :class:`ConformanceError` listing every fault, if any."""
@@ -65,9 +64,8 @@ class Faults:
             self.close()
 
 
-def expect_error(call: Callable[[], T], codes: ErrorCode | tuple[ErrorCode, ...],
-                 what: str) -> str:
-    """"" when ``call`` raises CryptoError with one of ``codes``; otherwise the fault."""
+def expect_error(call: Callable[[], T], codes: ErrorCode | tuple[ErrorCode, ...], what: str) -> str:
+    """ "" when ``call`` raises CryptoError with one of ``codes``; otherwise the fault."""
     wanted = codes if isinstance(codes, tuple) else (codes,)
     names = " or ".join(c.value for c in wanted)
     try:

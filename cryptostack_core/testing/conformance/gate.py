@@ -51,8 +51,9 @@ class GateProvider(Provider):
     name = "kit-gate"
     test_only = True
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
         inner_class = load_provider_class(str(options["inner"]))
         register_algorithms(inner_class)
@@ -89,8 +90,7 @@ class GateProvider(Provider):
     def describe(self) -> dict[str, Any]:
         with self._lock:
             live = len(self._live)
-        return {"wrapped": self.inner.describe(), "live_keys": live,
-                "held": self._held, "test_only": True}
+        return {"wrapped": self.inner.describe(), "live_keys": live, "held": self._held, "test_only": True}
 
     def capabilities(self) -> Iterable[Capability]:
         return self.inner.capabilities()
@@ -103,8 +103,9 @@ class GateProvider(Provider):
         self._pass("generate_key")
         return self._track(self.inner.generate_key(algorithm, permissions))
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         self._pass("import_key")
         return self._track(self.inner.import_key(algorithm, material, fmt, permissions))
 
@@ -122,8 +123,9 @@ class GateProvider(Provider):
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         return self.inner.persist_key(key, slot_name)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return self._track(self.inner.load_stored_key(stored, algorithm, permissions))
 
     def delete_stored_key(self, stored: StoredKey) -> None:
@@ -134,8 +136,9 @@ class GateProvider(Provider):
         self._pass("hash")
         return self.inner.create_hash(algorithm)
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self, algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+    ) -> CipherOperation:
         return self.inner.create_cipher(algorithm, key, direction, iv, tag_length)
 
     def signature_size(self, algorithm: str, key: ProviderKey) -> int:
@@ -147,24 +150,44 @@ class GateProvider(Provider):
     def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
         return self.inner.create_verifier(algorithm, key, context)
 
-    def encapsulate(self, algorithm: str, key: ProviderKey,
-                    secret_permissions: KeyOperationPermission) -> tuple[bytes, ProviderKey]:
+    def encapsulate(
+        self, algorithm: str, key: ProviderKey, secret_permissions: KeyOperationPermission
+    ) -> tuple[bytes, ProviderKey]:
         ciphertext, secret = self.inner.encapsulate(algorithm, key, secret_permissions)
         return ciphertext, self._track(secret)
 
-    def decapsulate(self, algorithm: str, key: ProviderKey, ciphertext: bytes,
-                    secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def decapsulate(
+        self, algorithm: str, key: ProviderKey, ciphertext: bytes, secret_permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return self._track(self.inner.decapsulate(algorithm, key, ciphertext, secret_permissions))
 
-    def agree(self, algorithm: str, key: ProviderKey, peer_public: bytes,
-              secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def agree(
+        self, algorithm: str, key: ProviderKey, peer_public: bytes, secret_permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return self._track(self.inner.agree(algorithm, key, peer_public, secret_permissions))
 
-    def derive(self, algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: bytes,
-               output_algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
-        return self._track(self.inner.derive(algorithm, key, length=length, salt=salt, info=info,
-                                             output_algorithm=output_algorithm,
-                                             permissions=permissions))
+    def derive(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        *,
+        length: int,
+        salt: bytes,
+        info: bytes,
+        output_algorithm: str,
+        permissions: KeyOperationPermission,
+    ) -> ProviderKey:
+        return self._track(
+            self.inner.derive(
+                algorithm,
+                key,
+                length=length,
+                salt=salt,
+                info=info,
+                output_algorithm=output_algorithm,
+                permissions=permissions,
+            )
+        )
 
     def random_bytes(self, length: int) -> bytes:
         self._pass("random")

@@ -25,11 +25,16 @@ _MLDSA_PUBLIC = (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87Pu
 PRIVATE_FORMATS = (KeyFormat.PKCS8_DER, KeyFormat.RAW, KeyFormat.SEED)
 """Formats the kit tries, in order, to move a private key out of a provider and back."""
 
-__all__ = ["PRIVATE_FORMATS", "private_material", "public_material", "reference_cipher", "secret_length",
-           "verify_independently"]
+__all__ = [
+    "PRIVATE_FORMATS",
+    "private_material",
+    "public_material",
+    "reference_cipher",
+    "secret_length",
+    "verify_independently",
+]
 
-_PKCS8 = (serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-          serialization.NoEncryption())
+_PKCS8 = (serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def secret_length(algorithm: str) -> int:
@@ -62,22 +67,30 @@ def public_material(algorithm: str) -> bytes | None:
     """A fresh public key (SubjectPublicKeyInfo DER) of ``algorithm``, or None."""
     private = private_material(algorithm)
     if private is None or private[1] is not KeyFormat.PKCS8_DER:
-        makers: dict[str, Any] = {"ML-DSA-44": mldsa.MLDSA44PrivateKey,
-                                  "ML-DSA-65": mldsa.MLDSA65PrivateKey,
-                                  "ML-DSA-87": mldsa.MLDSA87PrivateKey}
+        makers: dict[str, Any] = {
+            "ML-DSA-44": mldsa.MLDSA44PrivateKey,
+            "ML-DSA-65": mldsa.MLDSA65PrivateKey,
+            "ML-DSA-87": mldsa.MLDSA87PrivateKey,
+        }
         maker = makers.get(algorithm)
         if maker is None:
             return None
-        public: bytes = maker.generate().public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        public: bytes = (
+            maker.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         return public
     key = serialization.load_der_private_key(private[0], None)
-    return key.public_key().public_bytes(serialization.Encoding.DER,  # type: ignore[union-attr]
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER,  # type: ignore[union-attr]
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
 
 
-def verify_independently(algorithm: str, spki: bytes, message: bytes, signature: bytes,
-                         context: bytes = b"") -> bool | None:
+def verify_independently(
+    algorithm: str, spki: bytes, message: bytes, signature: bytes, context: bytes = b""
+) -> bool | None:
     """Verify with pyca; None when pyca cannot check ``algorithm``."""
     try:
         public = serialization.load_der_public_key(spki)
@@ -90,9 +103,12 @@ def verify_independently(algorithm: str, spki: bytes, message: bytes, signature:
         elif algorithm == "Ed25519" and isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(signature, message)
         elif algorithm == "RSA-PSS-SHA256" and isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, message,
-                          padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
-                          hashes.SHA256())
+            public.verify(
+                signature,
+                message,
+                padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH),
+                hashes.SHA256(),
+            )
         elif algorithm.startswith("ML-DSA-") and isinstance(public, _MLDSA_PUBLIC):
             public.verify(signature, message, context or None)
         else:

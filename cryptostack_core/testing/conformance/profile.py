@@ -95,9 +95,11 @@ class Profile:
 
 def static_setup(backend: Backend) -> Setup:
     """A setup that starts nothing (software providers, or an options file's values)."""
+
     @contextlib.contextmanager
     def setup(_directory: Path) -> Iterator[Backend]:
         yield backend
+
     return setup
 
 
@@ -112,8 +114,7 @@ def _from_entry_point(name: str) -> Profile | None:
             value = ep.load()
             profile = value() if callable(value) and not isinstance(value, Profile) else value
             if not isinstance(profile, Profile):
-                raise TypeError(f"entry point {GROUP}:{name} gave {type(profile).__name__}, "
-                                "not a Profile")
+                raise TypeError(f"entry point {GROUP}:{name} gave {type(profile).__name__}, not a Profile")
             return replace(profile, source=f"entry point {GROUP}:{name}")
     return None
 
@@ -121,10 +122,10 @@ def _from_entry_point(name: str) -> Profile | None:
 def _policy_from(table: Mapping[str, Any], base: Policy) -> Policy:
     def pair(key: str) -> tuple[int, int] | None:
         value = table[key]
-        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int)
-                                                                     for v in value)):
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
             raise ValueError(f"[policy] {key} must be [low, high]")
         return (value[0], value[1])
+
     changes: dict[str, Any] = {}
     for key in ("gcm_iv_lengths", "mac_key_lengths", "secret_lengths"):
         if key in table:
@@ -133,8 +134,13 @@ def _policy_from(table: Mapping[str, Any], base: Policy) -> Policy:
         changes["acceptable"] = {str(k): bool(v) for k, v in table["acceptable"].items()}
     if "not_applicable" in table:
         changes["not_applicable"] = {str(k): str(v) for k, v in table["not_applicable"].items()}
-    unknown = set(table) - {"gcm_iv_lengths", "mac_key_lengths", "secret_lengths",
-                            "acceptable", "not_applicable"}
+    unknown = set(table) - {
+        "gcm_iv_lengths",
+        "mac_key_lengths",
+        "secret_lengths",
+        "acceptable",
+        "not_applicable",
+    }
     if unknown:
         raise ValueError(f"[policy]: unknown setting(s) {', '.join(sorted(unknown))}")
     return replace(base, **changes)
@@ -144,8 +150,8 @@ def _layered(setup: Setup, options: Mapping[str, Any], environment: Mapping[str,
     @contextlib.contextmanager
     def layered(directory: Path) -> Iterator[Backend]:
         with setup(directory) as backend:
-            yield Backend({**backend.options, **options},
-                          {**backend.environment, **environment})
+            yield Backend({**backend.options, **options}, {**backend.environment, **environment})
+
     return layered
 
 
@@ -160,15 +166,19 @@ def load_profile(name: str, options_file: Path | None = None) -> Profile:
         raise ValueError(f"{options_file}: {exc}") from None
     unknown = set(data) - {"id", "options", "environment", "policy"}
     if unknown:
-        raise ValueError(f"{options_file}: unknown setting(s) {', '.join(sorted(unknown))}; "
-                         "known: id, [options], [environment], [policy]")
+        raise ValueError(
+            f"{options_file}: unknown setting(s) {', '.join(sorted(unknown))}; "
+            "known: id, [options], [environment], [policy]"
+        )
     changes: dict[str, Any] = {"source": f"{profile.source} + {options_file}"}
     if "id" in data:
         changes["provider_id"] = int(data["id"])
     if "options" in data or "environment" in data:
-        changes["setup"] = _layered(profile.setup, dict(data.get("options", {})),
-                                    {str(k): str(v) for k, v in
-                                     dict(data.get("environment", {})).items()})
+        changes["setup"] = _layered(
+            profile.setup,
+            dict(data.get("options", {})),
+            {str(k): str(v) for k, v in dict(data.get("environment", {})).items()},
+        )
     if "policy" in data:
         try:
             changes["policy"] = _policy_from(data["policy"], profile.policy)

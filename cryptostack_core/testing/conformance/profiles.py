@@ -12,6 +12,9 @@ __all__ = ["mock_profile"]
 
 def mock_profile() -> Profile:
     """The mock provider: AES-GCM with 12-byte nonces only."""
-    return Profile(name="mock", provider_id=WELL_KNOWN["mock"],
-                   setup=static_setup(Backend(options={"seed": "cryptostack-conformance"})),
-                   policy=Policy(gcm_iv_lengths=(12, 12)))
+    return Profile(
+        name="mock",
+        provider_id=WELL_KNOWN["mock"],
+        setup=static_setup(Backend(options={"seed": "cryptostack-conformance"})),
+        policy=Policy(gcm_iv_lengths=(12, 12)),
+    )

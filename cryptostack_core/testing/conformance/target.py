@@ -52,8 +52,9 @@ def load_provider_class(name: str) -> type[Provider]:
                 raise TypeError(f"entry point {NAMESPACE}:{name} is not a Provider subclass")
             return cls
     installed = sorted({ep.name for ep in entry_points(group=NAMESPACE)})
-    raise LookupError(f"no provider {name!r} is installed (entry points {NAMESPACE}: "
-                      f"{', '.join(installed) or 'none'})")
+    raise LookupError(
+        f"no provider {name!r} is installed (entry points {NAMESPACE}: {', '.join(installed) or 'none'})"
+    )
 
 
 def slot_name(algorithm: str) -> str:
@@ -98,8 +99,13 @@ class ProviderUnderTest:
 
     def key_algorithms(self) -> list[str]:
         """Key types the provider generates or imports, sorted."""
-        return sorted({c.algorithm for c in self.capabilities if c.operation in KEY_OPERATIONS
-                       and REGISTRY.get(c.algorithm).is_key_algorithm})
+        return sorted(
+            {
+                c.algorithm
+                for c in self.capabilities
+                if c.operation in KEY_OPERATIONS and REGISTRY.get(c.algorithm).is_key_algorithm
+            }
+        )
 
     def is_slow(self, algorithm: str) -> bool:
         """Whether the profile calls ``algorithm`` slow."""
@@ -122,8 +128,9 @@ class ProviderUnderTest:
                 self._provider = self.start_provider(self._exit)
             return self._provider
 
-    def start_provider(self, stack: ExitStack, extra_options: Mapping[str, Any] | None = None,
-                       label: str = "sdk") -> Provider:
+    def start_provider(
+        self, stack: ExitStack, extra_options: Mapping[str, Any] | None = None, label: str = "sdk"
+    ) -> Provider:
         """A further started instance with its own backend, closed when ``stack`` closes.
 
         The backend's environment is put into this process's (providers read it, and their
@@ -135,8 +142,9 @@ class ProviderUnderTest:
         state = directory / "state"
         state.mkdir()
         options = {**backend.options, **(extra_options or {})}
-        instance = self.provider_class(self.provider_id, options,
-                                       ProviderEnvironment(state_dir=state, config_dir=directory))
+        instance = self.provider_class(
+            self.provider_id, options, ProviderEnvironment(state_dir=state, config_dir=directory)
+        )
         instance.start()
         stack.callback(instance.close)
         return instance
@@ -148,8 +156,7 @@ class ProviderUnderTest:
             key = self._shared_keys.get(algorithm)
             if key is None:
                 provider = self.provider
-                permissions = REGISTRY.get(algorithm).default_permissions | \
-                    KeyOperationPermission.EXPORT
+                permissions = REGISTRY.get(algorithm).default_permissions | KeyOperationPermission.EXPORT
                 key = provider.generate_key(algorithm, permissions)
                 self._shared_keys[algorithm] = key
                 self._exit.callback(provider.release_key, key)
@@ -163,8 +170,11 @@ class ProviderUnderTest:
             if algorithm not in self._shared_material:
                 key = self.shared_key(algorithm)
                 found = None
-                formats = (KeyFormat.RAW,) if REGISTRY.get(algorithm).key_class is \
-                    KeyClass.SYMMETRIC else (KeyFormat.PKCS8_DER, KeyFormat.RAW, KeyFormat.SEED)
+                formats = (
+                    (KeyFormat.RAW,)
+                    if REGISTRY.get(algorithm).key_class is KeyClass.SYMMETRIC
+                    else (KeyFormat.PKCS8_DER, KeyFormat.RAW, KeyFormat.SEED)
+                )
                 if key.extractable:
                     for fmt in formats:
                         try:
@@ -181,26 +191,35 @@ class ProviderUnderTest:
             os.environ[key] = value
 
     # --- daemons ----------------------------------------------------------------------------
-    def daemon_config(self, options: Mapping[str, Any], provider_name: str | None = None,
-                      slots: bool = True) -> dict[str, Any]:
+    def daemon_config(
+        self, options: Mapping[str, Any], provider_name: str | None = None, slots: bool = True
+    ) -> dict[str, Any]:
         """A daemon config with the provider and one empty key slot per key type it holds."""
-        config: dict[str, Any] = {"providers": [{"name": provider_name or self.name,
-                                                 "id": self.provider_id,
-                                                 "options": dict(options)}]}
+        config: dict[str, Any] = {
+            "providers": [
+                {"name": provider_name or self.name, "id": self.provider_id, "options": dict(options)}
+            ]
+        }
         if self.provider_class.test_only or provider_name is not None:
             # The mock (and the kit's own wrappers) are test providers: allowed explicitly.
             config["daemon"] = {"allow_test_providers": True}
         if slots:
-            config["key_slots"] = [{"name": slot_name(a), "algorithm": a,
-                                    "provider": self.provider_id} for a in self.key_algorithms()]
+            config["key_slots"] = [
+                {"name": slot_name(a), "algorithm": a, "provider": self.provider_id}
+                for a in self.key_algorithms()
+            ]
         return config
 
     @contextlib.contextmanager
-    def new_daemon(self, extra_options: Mapping[str, Any] | None = None, label: str = "daemon",
-                   provider_name: str | None = None,
-                   environment: Mapping[str, str] | None = None,
-                   wrap: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                   slots: bool = True) -> Iterator[DaemonProcess]:
+    def new_daemon(
+        self,
+        extra_options: Mapping[str, Any] | None = None,
+        label: str = "daemon",
+        provider_name: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        wrap: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        slots: bool = True,
+    ) -> Iterator[DaemonProcess]:
         """A daemon of its own (own backend, key store and socket), stopped on exit.
 
         ``wrap`` turns the provider's options into those of ``provider_name`` (a wrapper)."""
@@ -209,9 +228,12 @@ class ProviderUnderTest:
             backend = stack.enter_context(self.profile.setup(directory / "backend"))
             options = {**backend.options, **(extra_options or {})}
             config = self.daemon_config(wrap(options) if wrap else options, provider_name, slots)
-            daemon = DaemonProcess(directory / "daemon", config,
-                                   env={**backend.environment, **(environment or {})},
-                                   start_timeout=60.0)
+            daemon = DaemonProcess(
+                directory / "daemon",
+                config,
+                env={**backend.environment, **(environment or {})},
+                start_timeout=60.0,
+            )
             daemon.start()
             stack.callback(daemon.stop)
             yield daemon
@@ -224,8 +246,9 @@ class ProviderUnderTest:
                 self._daemon = self._exit.enter_context(self.new_daemon(label="shared-daemon"))
             return self._daemon
 
-    def stack(self, daemon: DaemonProcess | None = None,
-              timeout: float | None = CALL_TIMEOUT) -> cs.CryptoStack:
+    def stack(
+        self, daemon: DaemonProcess | None = None, timeout: float | None = CALL_TIMEOUT
+    ) -> cs.CryptoStack:
         """A new connection to ``daemon`` (default: the shared one)."""
         return (daemon or self.daemon).stack(timeout=timeout)
 

@@ -32,9 +32,12 @@ class VectorItem:
 
 
 def _operation_algorithms(put: ProviderUnderTest) -> set[str]:
-    return {c.algorithm for c in put.capabilities
-            if c.operation not in (Operation.GENERATE_KEY, Operation.IMPORT_KEY)
-            and REGISTRY.get(c.algorithm).kind not in UNCHECKABLE_KINDS}
+    return {
+        c.algorithm
+        for c in put.capabilities
+        if c.operation not in (Operation.GENERATE_KEY, Operation.IMPORT_KEY)
+        and REGISTRY.get(c.algorithm).kind not in UNCHECKABLE_KINDS
+    }
 
 
 def vector_items(put: ProviderUnderTest) -> list[VectorItem]:
@@ -43,15 +46,20 @@ def vector_items(put: ProviderUnderTest) -> list[VectorItem]:
     items = []
     for name in wycheproof.applicable_files(claimed):
         file = wycheproof.FILES[name]
-        items.append(VectorItem(name, "wycheproof", file.algorithms,
-                                put.profile.policy.not_applicable.get(name, "")))
+        items.append(
+            VectorItem(name, "wycheproof", file.algorithms, put.profile.policy.not_applicable.get(name, ""))
+        )
     for kat in known_answers.sets_for(claimed, put.profile.known_answers):
-        items.append(VectorItem(kat.name, "known-answers", kat.algorithms,
-                                put.profile.policy.not_applicable.get(kat.name, "")))
+        items.append(
+            VectorItem(
+                kat.name, "known-answers", kat.algorithms, put.profile.policy.not_applicable.get(kat.name, "")
+            )
+        )
     for algorithm in sorted(claimed & HYBRID_ALGORITHMS):
         name = f"hybrid/{algorithm}"
-        items.append(VectorItem(name, "hybrid", (algorithm,),
-                                put.profile.policy.not_applicable.get(name, "")))
+        items.append(
+            VectorItem(name, "hybrid", (algorithm,), put.profile.policy.not_applicable.get(name, ""))
+        )
     return items
 
 
@@ -59,14 +67,19 @@ HYBRID_ALGORITHMS = frozenset({"X-Wing", "X25519MLKEM768", *COMPOSITE_SIGNATURES
 """Algorithms :mod:`cryptostack_core.testing.hybrid_vectors` has published answers for."""
 
 
-def _hybrid(stack: cs.CryptoStack, put: ProviderUnderTest, item: VectorItem,
-            ) -> wycheproof.FileResult:
+def _hybrid(
+    stack: cs.CryptoStack,
+    put: ProviderUnderTest,
+    item: VectorItem,
+) -> wycheproof.FileResult:
     started = time.perf_counter()
     report = hybrid_vectors.run(stack, put.provider_id, lambda a: a in item.algorithms)
-    result = wycheproof.FileResult(item.name, cases=report.checks,
-                                   as_expected=report.checks - len(report.failures),
-                                   unexpected=[wycheproof.Unexpected(i, failure) for i, failure
-                                               in enumerate(report.failures, 1)])
+    result = wycheproof.FileResult(
+        item.name,
+        cases=report.checks,
+        as_expected=report.checks - len(report.failures),
+        unexpected=[wycheproof.Unexpected(i, failure) for i, failure in enumerate(report.failures, 1)],
+    )
     result.seconds = time.perf_counter() - started
     result.notes.append("source: testing/vectors/hybrid (see its README)")
     return result
@@ -79,19 +92,23 @@ def run_vector_item(put: ProviderUnderTest, item: VectorItem) -> wycheproof.File
         return wycheproof.FileResult(item.name, notes=[f"not applicable: {item.not_applicable}"])
     with put.stack() as stack:
         if item.source == "wycheproof":
-            result = wycheproof.run_file(stack, put.provider_id,
-                                         wycheproof.vectors_directory() / item.name,
-                                         put.profile.policy, claimed)
+            result = wycheproof.run_file(
+                stack,
+                put.provider_id,
+                wycheproof.vectors_directory() / item.name,
+                put.profile.policy,
+                claimed,
+            )
         elif item.source == "hybrid":
             result = _hybrid(stack, put, item)
         else:
-            kat = next(s for s in (*known_answers.SETS, *put.profile.known_answers)
-                       if s.name == item.name)
-            result = known_answers.run_set(stack, put.provider_id, kat, claimed,
-                                           put.profile.policy)
+            kat = next(s for s in (*known_answers.SETS, *put.profile.known_answers) if s.name == item.name)
+            result = known_answers.run_set(stack, put.provider_id, kat, claimed, put.profile.policy)
     if result.unexpected or result.as_expected + result.skipped < result.cases:
-        raise ConformanceError(f"{put.name}: {item.name}: {len(result.unexpected)} case(s) not "
-                               f"as expected\n{wycheproof.format_table([result])}")
+        raise ConformanceError(
+            f"{put.name}: {item.name}: {len(result.unexpected)} case(s) not "
+            f"as expected\n{wycheproof.format_table([result])}"
+        )
     if result.as_expected == 0:
         raise ConformanceError(f"{put.name}: {item.name}: no case ran ({result.summary()})")
     return result
@@ -114,7 +131,8 @@ def check_coverage(put: ProviderUnderTest) -> dict[str, list[str]]:
             f"known-answer check the kit can run: {', '.join(missing)}. Correctness cannot be "
             "judged by round trips alone: add a KnownAnswerSet (data from a source nobody on "
             "the provider's team wrote, with that source named) to the provider's conformance "
-            "profile, or stop claiming the algorithm.")
+            "profile, or stop claiming the algorithm."
+        )
     return covered
 
 

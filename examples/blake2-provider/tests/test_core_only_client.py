@@ -24,8 +24,7 @@ KEY = bytes(range(32))
 def core_only_python() -> str:
     """The interpreter of a venv with cryptostack-core alone (``make test-core-only`` makes
     ``.venv-core``; ``CRYPTOSTACK_CORE_PYTHON`` names another)."""
-    path = os.environ.get("CRYPTOSTACK_CORE_PYTHON") or str(REPOSITORY / ".venv-core" / "bin" /
-                                                            "python")
+    path = os.environ.get("CRYPTOSTACK_CORE_PYTHON") or str(REPOSITORY / ".venv-core" / "bin" / "python")
     if not Path(path).exists():
         pytest.skip(f"no core-only interpreter at {path} (run `make test-core-only`)")
     return path
@@ -64,13 +63,25 @@ CLIENT = textwrap.dedent("""
 
 def test_a_core_only_client_uses_the_provider_slot(tmp_path: Path) -> None:
     python = core_only_python()
-    slots = [{"name": "MacKey", "algorithm": "BLAKE2b-512-MAC", "provider": PROVIDER_ID,
-              "permissions": ["mac", "sign", "verify"], "provision": "generate"},
-             {"name": "Spare", "algorithm": "BLAKE2b-512-MAC", "provider": PROVIDER_ID}]
+    slots = [
+        {
+            "name": "MacKey",
+            "algorithm": "BLAKE2b-512-MAC",
+            "provider": PROVIDER_ID,
+            "permissions": ["mac", "sign", "verify"],
+            "provision": "generate",
+        },
+        {"name": "Spare", "algorithm": "BLAKE2b-512-MAC", "provider": PROVIDER_ID},
+    ]
     config = {"providers": [{"name": "blake2", "id": PROVIDER_ID}], "key_slots": slots}
     with DaemonProcess(tmp_path / "daemon", config) as daemon:  # this venv has the provider
-        done = subprocess.run([python, "-c", CLIENT, daemon.endpoint], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+        done = subprocess.run(
+            [python, "-c", CLIENT, daemon.endpoint],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["digest"] == hashlib.blake2b(b"abc").hexdigest()

@@ -32,28 +32,34 @@ def agree(algorithm: str, key: ProviderKey, peer_public: bytes) -> SecretKey:
     private = key.private if isinstance(key, AsymmetricKey) else None
     if algorithm == "X25519":
         if not isinstance(private, x25519.X25519PrivateKey):
-            raise invalid_argument(f"X25519 agreement needs an X25519 key pair, "
-                                   f"not {key.algorithm}{_public_hint(key)}")
+            raise invalid_argument(
+                f"X25519 agreement needs an X25519 key pair, not {key.algorithm}{_public_hint(key)}"
+            )
         x_peer = _x25519_peer(peer_public)
         try:
             secret = private.exchange(x_peer)
         except ValueError:
-            raise invalid_argument("the X25519 peer key is a low-order point (the shared "
-                                   "secret would be all zero)") from None
+            raise invalid_argument(
+                "the X25519 peer key is a low-order point (the shared secret would be all zero)"
+            ) from None
         return SecretKey("GENERIC-SECRET", secret)
     if algorithm == "ECDH-P256":
-        if not (isinstance(private, ec.EllipticCurvePrivateKey)
-                and isinstance(private.curve, ec.SECP256R1)):
-            raise invalid_argument(f"ECDH-P256 needs a P-256 key pair, "
-                                   f"not {key.algorithm}{_public_hint(key)}")
+        if not (
+            isinstance(private, ec.EllipticCurvePrivateKey)
+            and isinstance(private.curve, ec.SECP256R1)
+        ):
+            raise invalid_argument(
+                f"ECDH-P256 needs a P-256 key pair, not {key.algorithm}{_public_hint(key)}"
+            )
         ec_peer = _p256_peer(peer_public)
         try:
             secret = private.exchange(ec.ECDH(), ec_peer)
         except ValueError as exc:
             raise invalid_argument(f"ECDH-P256 with this peer key failed: {exc}") from None
         return SecretKey("GENERIC-SECRET", secret)
-    raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                      f"the openssl provider has no key agreement {algorithm}")
+    raise CryptoError(
+        ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider has no key agreement {algorithm}"
+    )
 
 
 def _public_hint(key: ProviderKey) -> str:
@@ -66,8 +72,9 @@ def _x25519_peer(data: bytes) -> x25519.X25519PublicKey:
             return x25519.X25519PublicKey.from_public_bytes(data)
         peer = ser.load_der_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise invalid_argument(f"the X25519 peer key is neither 32 raw bytes nor an X25519 "
-                               f"SubjectPublicKeyInfo: {exc}") from None
+        raise invalid_argument(
+            f"the X25519 peer key is neither 32 raw bytes nor an X25519 SubjectPublicKeyInfo: {exc}"
+        ) from None
     if not isinstance(peer, x25519.X25519PublicKey):
         raise invalid_argument("the peer SubjectPublicKeyInfo is not an X25519 key")
     return peer
@@ -79,9 +86,9 @@ def _p256_peer(data: bytes) -> ec.EllipticCurvePublicKey:
             return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), data)
         peer = ser.load_der_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise invalid_argument(f"the ECDH-P256 peer key is not a valid P-256 point or "
-                               f"SubjectPublicKeyInfo: {exc}") from None
-    if not (isinstance(peer, ec.EllipticCurvePublicKey)
-            and isinstance(peer.curve, ec.SECP256R1)):
+        raise invalid_argument(
+            f"the ECDH-P256 peer key is not a valid P-256 point or SubjectPublicKeyInfo: {exc}"
+        ) from None
+    if not (isinstance(peer, ec.EllipticCurvePublicKey) and isinstance(peer.curve, ec.SECP256R1)):
         raise invalid_argument("the ECDH-P256 peer key is not a P-256 public key")
     return peer

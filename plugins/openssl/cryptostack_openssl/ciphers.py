@@ -48,7 +48,8 @@ class CipherSpec:
 
 CIPHERS: dict[str, CipherSpec] = {
     f"AES-{bits}-{mode}": CipherSpec(mode, f"AES-{bits}", bits // 8)
-    for bits in (128, 192, 256) for mode in ("CBC", "GCM", "CTR")
+    for bits in (128, 192, 256)
+    for mode in ("CBC", "GCM", "CTR")
 }
 CIPHERS["ChaCha20-Poly1305"] = CipherSpec("CHACHA20-POLY1305", "ChaCha20-Poly1305", 32)
 
@@ -56,17 +57,24 @@ CIPHERS["ChaCha20-Poly1305"] = CipherSpec("CHACHA20-POLY1305", "ChaCha20-Poly130
 _CHACHA20_POLY1305_TAG = 16  # RFC 8439 defines no truncation
 
 
-def create_cipher(algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes,
-                  tag_length: int) -> CipherOperation:
+def create_cipher(
+    algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+) -> CipherOperation:
     """Start one message; wrong key, IV or tag length -> INVALID_ARGUMENT."""
     spec = CIPHERS.get(algorithm)
     if spec is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider has no cipher {algorithm}")
-    if not isinstance(key, SecretKey) or key.algorithm != spec.key_algorithm or \
-            len(key.secret) != spec.key_length:
-        raise invalid_argument(f"{algorithm} needs a {spec.key_length}-byte "
-                               f"{spec.key_algorithm} key, not {key.algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider has no cipher {algorithm}"
+        )
+    if (
+        not isinstance(key, SecretKey)
+        or key.algorithm != spec.key_algorithm
+        or len(key.secret) != spec.key_length
+    ):
+        raise invalid_argument(
+            f"{algorithm} needs a {spec.key_length}-byte "
+            f"{spec.key_algorithm} key, not {key.algorithm}"
+        )
     iv = bytes(iv)
     encrypt = direction is CipherDirection.ENCRYPT
     limits = REGISTRY.get(algorithm)  # IV and tag limits are declared on the algorithm
@@ -86,6 +94,7 @@ def _aad_after_data() -> CryptoError:
 
 
 # --- unauthenticated modes -----------------------------------------------------------------
+
 
 class _Ctr(CipherOperation):
     """AES-CTR with a 128-bit big-endian counter block (NIST SP 800-38A); both directions."""
@@ -134,8 +143,7 @@ class _CbcDecrypt(CipherOperation):
         try:
             tail = self._ctx.finalize()
         except ValueError:
-            raise invalid_argument("AES-CBC ciphertext is not a whole number of blocks") \
-                from None
+            raise invalid_argument("AES-CBC ciphertext is not a whole number of blocks") from None
         try:
             return self._unpadder.update(tail) + self._unpadder.finalize()
         except ValueError:
@@ -143,6 +151,7 @@ class _CbcDecrypt(CipherOperation):
 
 
 # --- AES-GCM -----------------------------------------------------------------------------------
+
 
 class _GcmEncrypt(CipherOperation):
     """Streaming AES-GCM encryption; the tag (truncated to ``tag_length``) ends the output."""
@@ -167,7 +176,7 @@ class _GcmEncrypt(CipherOperation):
         """The tag."""
         self._started = True
         tail = self._ctx.finalize()
-        return tail + self._ctx.tag[:self._tag_length]
+        return tail + self._ctx.tag[: self._tag_length]
 
 
 class _HeldAeadDecrypt(CipherOperation):
@@ -211,17 +220,21 @@ class _GcmDecrypt(_HeldAeadDecrypt):
                 return self._key.aesgcm.decrypt(self._iv, bytes(self._data), aad)
             split = len(self._data) - self._tag_length
             tag = bytes(self._data[split:])
-            ctx = Cipher(self._key.aes,
-                         modes.GCM(self._iv, tag, min_tag_length=self._tag_length)).decryptor()
+            ctx = Cipher(
+                self._key.aes, modes.GCM(self._iv, tag, min_tag_length=self._tag_length)
+            ).decryptor()
             ctx.authenticate_additional_data(aad)
             plaintext = ctx.update(bytes(self._data[:split]))
             return plaintext + ctx.finalize()
         except InvalidTag:
-            raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                              "AES-GCM tag mismatch: the message or its tag was altered") from None
+            raise CryptoError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                "AES-GCM tag mismatch: the message or its tag was altered",
+            ) from None
 
 
 # --- ChaCha20-Poly1305 -----------------------------------------------------------------------
+
 
 def _pad16(length: int) -> bytes:
     return bytes(-length % 16)
@@ -233,8 +246,9 @@ class _ChaChaEncrypt(CipherOperation):
     def __init__(self, key: SecretKey, nonce: bytes) -> None:
         # Block counter 0 yields the one-time Poly1305 key; the message starts at counter 1,
         # which is where this key stream continues after the first 64 bytes.
-        self._stream = Cipher(algorithms.ChaCha20(key.secret, bytes(4) + nonce),
-                              mode=None).encryptor()
+        self._stream = Cipher(
+            algorithms.ChaCha20(key.secret, bytes(4) + nonce), mode=None
+        ).encryptor()
         self._mac = poly1305.Poly1305(self._stream.update(bytes(64))[:32])
         self._aad_length = 0
         self._length = 0
@@ -281,9 +295,11 @@ class _ChaChaDecrypt(_HeldAeadDecrypt):
         if len(self._data) < _CHACHA20_POLY1305_TAG:
             raise invalid_argument("ChaCha20-Poly1305 input is shorter than its 16-byte tag")
         try:
-            return self._key.chacha20_poly1305.decrypt(self._nonce, bytes(self._data),
-                                                       b"".join(self._aad))
+            return self._key.chacha20_poly1305.decrypt(
+                self._nonce, bytes(self._data), b"".join(self._aad)
+            )
         except InvalidTag:
-            raise CryptoError(ErrorCode.AUTHENTICATION_FAILED,
-                              "ChaCha20-Poly1305 tag mismatch: the message or its tag was "
-                              "altered") from None
+            raise CryptoError(
+                ErrorCode.AUTHENTICATION_FAILED,
+                "ChaCha20-Poly1305 tag mismatch: the message or its tag was altered",
+            ) from None

@@ -31,12 +31,22 @@ POLICY = Policy(
 )
 
 
-SLOW = frozenset({"RSA-3072", "RSA-4096", *(name for name in COMPOSITE_SIGNATURES
-                                             if "RSA3072" in name or "RSA4096" in name)})
+SLOW = frozenset(
+    {
+        "RSA-3072",
+        "RSA-4096",
+        *(name for name in COMPOSITE_SIGNATURES if "RSA3072" in name or "RSA4096" in name),
+    }
+)
 """Key types whose generation takes a second or more (large RSA moduli)."""
 
 
 def profile() -> Profile:
     """No backend to start."""
-    return Profile(name="openssl", provider_id=WELL_KNOWN_PROVIDER_IDS["openssl"],
-                   setup=static_setup(Backend()), policy=POLICY, slow=SLOW)
+    return Profile(
+        name="openssl",
+        provider_id=WELL_KNOWN_PROVIDER_IDS["openssl"],
+        setup=static_setup(Backend()),
+        policy=POLICY,
+        slow=SLOW,
+    )

@@ -85,8 +85,9 @@ def supported(algorithm: str) -> bool:
         return algorithm in HYBRID_KEMS and bool(backend.x25519_supported())
     trad = composite.traditional
     if trad.scheme == "EdDSA":
-        return bool(backend.ed25519_supported() if trad.curve == "Ed25519"
-                    else backend.ed448_supported())
+        return bool(
+            backend.ed25519_supported() if trad.curve == "Ed25519" else backend.ed448_supported()
+        )
     curve = trad.ec_curve
     return curve is None or bool(backend.elliptic_curve_supported(curve))
 
@@ -95,14 +96,20 @@ def supported(algorithm: str) -> bool:
 # keys
 # ============================================================================================
 
+
 class HybridKemKey(ProviderKey):
     """An X-Wing or X25519MLKEM768 key: both halves as pyca objects, plus the decapsulation
     key as the specification encodes it (``private_key``, None for a public key alone)."""
 
-    def __init__(self, spec: HybridKemSpec, mlkem_public: mlkem.MLKEM768PublicKey,
-                 x25519_public: x25519.X25519PublicKey, private_key: bytes | None = None,
-                 mlkem_private: mlkem.MLKEM768PrivateKey | None = None,
-                 x25519_private: x25519.X25519PrivateKey | None = None) -> None:
+    def __init__(
+        self,
+        spec: HybridKemSpec,
+        mlkem_public: mlkem.MLKEM768PublicKey,
+        x25519_public: x25519.X25519PublicKey,
+        private_key: bytes | None = None,
+        mlkem_private: mlkem.MLKEM768PrivateKey | None = None,
+        x25519_private: x25519.X25519PrivateKey | None = None,
+    ) -> None:
         self.spec = spec
         self.algorithm = spec.name
         self.mlkem_public = mlkem_public
@@ -113,8 +120,9 @@ class HybridKemKey(ProviderKey):
         self.has_private = private_key is not None
         self.extractable = True
         self.size = spec.private_key_size
-        self.public_bytes = spec.join_public_key(mlkem_public.public_bytes_raw(),
-                                                 x25519_public.public_bytes_raw())
+        self.public_bytes = spec.join_public_key(
+            mlkem_public.public_bytes_raw(), x25519_public.public_bytes_raw()
+        )
 
     def __repr__(self) -> str:
         return f"HybridKemKey({self.algorithm}, {'pair' if self.has_private else 'public'})"
@@ -124,10 +132,15 @@ class CompositeKey(ProviderKey):
     """A composite ML-DSA key: ML-DSA and traditional halves as pyca objects; the private
     halves (and the ML-DSA seed) are None for a public key alone."""
 
-    def __init__(self, spec: CompositeSignatureSpec, mldsa_public: Any,
-                 traditional_public: TraditionalPublicKey, mldsa_seed: bytes | None = None,
-                 mldsa_private: Any = None,
-                 traditional_private: TraditionalPrivateKey | None = None) -> None:
+    def __init__(
+        self,
+        spec: CompositeSignatureSpec,
+        mldsa_public: Any,
+        traditional_public: TraditionalPublicKey,
+        mldsa_seed: bytes | None = None,
+        mldsa_private: Any = None,
+        traditional_private: TraditionalPrivateKey | None = None,
+    ) -> None:
         self.spec = spec
         self.algorithm = spec.name
         self.mldsa_public = mldsa_public
@@ -139,16 +152,18 @@ class CompositeKey(ProviderKey):
         self.extractable = True
         self.size = 0
         self.public_bytes = spec.join_public_key(
-            mldsa_public.public_bytes_raw(),
-            spec.traditional.encode_public(traditional_public))
+            mldsa_public.public_bytes_raw(), spec.traditional.encode_public(traditional_public)
+        )
 
     def private_bytes(self) -> bytes:
         """``mldsaSeed || tradSK`` (the composite private key encoding)."""
         if self.mldsa_seed is None or self.traditional_private is None:
-            raise invalid_argument(f"this {self.algorithm} key is a public key alone; "
-                                   "use export_public_key")
+            raise invalid_argument(
+                f"this {self.algorithm} key is a public key alone; use export_public_key"
+            )
         return self.spec.join_private_key(
-            self.mldsa_seed, self.spec.traditional.encode_private(self.traditional_private))
+            self.mldsa_seed, self.spec.traditional.encode_private(self.traditional_private)
+        )
 
     def __repr__(self) -> str:
         return f"CompositeKey({self.algorithm}, {'pair' if self.has_private else 'public'})"
@@ -186,8 +201,9 @@ def export_key(key: ProviderKey, fmt: KeyFormat) -> bytes:
     """Private material of ``key`` in ``fmt``."""
     if isinstance(key, HybridKemKey):
         if key.private_key is None:
-            raise invalid_argument(f"this {key.algorithm} key is a public key alone; "
-                                   "use export_public_key")
+            raise invalid_argument(
+                f"this {key.algorithm} key is a public key alone; use export_public_key"
+            )
         if fmt in (KeyFormat.SEED, KeyFormat.RAW):
             return key.private_key
         return _wrap_private(key.spec.name, key.spec.oid, key.private_key, fmt)
@@ -195,8 +211,9 @@ def export_key(key: ProviderKey, fmt: KeyFormat) -> bytes:
     if fmt is KeyFormat.RAW:
         return composite.private_bytes()
     if fmt is KeyFormat.SEED:
-        raise invalid_argument(f"{key.algorithm} keys have no SEED form (RAW is mldsaSeed || "
-                               "tradSK)")
+        raise invalid_argument(
+            f"{key.algorithm} keys have no SEED form (RAW is mldsaSeed || tradSK)"
+        )
     return _wrap_private(key.algorithm, composite.spec.oid, composite.private_bytes(), fmt)
 
 
@@ -211,8 +228,9 @@ def export_public_key(key: ProviderKey, fmt: KeyFormat) -> bytes:
     if fmt is KeyFormat.RAW:
         return public
     if oid is None:
-        raise invalid_argument(f"{key.algorithm} has no SubjectPublicKeyInfo encoding (no OID "
-                               "is defined); use RAW")
+        raise invalid_argument(
+            f"{key.algorithm} has no SubjectPublicKeyInfo encoding (no OID is defined); use RAW"
+        )
     if fmt is KeyFormat.SPKI_DER:
         return spec_hybrid.encode_spki(oid, public)
     if fmt is KeyFormat.PEM:
@@ -235,6 +253,7 @@ def stored_form(key: ProviderKey) -> tuple[KeyFormat, bytes]:
 
 # --- KEM keys ---------------------------------------------------------------------------------
 
+
 def _import_kem(spec: HybridKemSpec, material: bytes, fmt: KeyFormat) -> HybridKemKey:
     if fmt is KeyFormat.SEED:
         return _kem_private(spec, material)
@@ -243,20 +262,22 @@ def _import_kem(spec: HybridKemSpec, material: bytes, fmt: KeyFormat) -> HybridK
             return _kem_private(spec, material)
         if len(material) == spec.public_key_size:
             return _kem_public(spec, material)
-        raise invalid_argument(f"a RAW {spec.name} key is {spec.private_key_size} bytes "
-                               f"(private) or {spec.public_key_size} bytes (public), got "
-                               f"{len(material)}")
+        raise invalid_argument(
+            f"a RAW {spec.name} key is {spec.private_key_size} bytes "
+            f"(private) or {spec.public_key_size} bytes (public), got "
+            f"{len(material)}"
+        )
     if spec.oid is None:
-        raise invalid_argument(f"{spec.name} keys are imported as SEED or RAW (no OID is "
-                               f"defined for {fmt.value})")
+        raise invalid_argument(
+            f"{spec.name} keys are imported as SEED or RAW (no OID is defined for {fmt.value})"
+        )
     private, public = _unwrap(spec.name, spec.oid, material, fmt)
     if private is None:
         assert public is not None
         return _kem_public(spec, public)
     key = _kem_private(spec, private)
     if public is not None and not hmac.compare_digest(public, key.public_bytes):
-        raise invalid_argument(f"the PKCS#8 publicKey does not match the {spec.name} "
-                               "private key")
+        raise invalid_argument(f"the PKCS#8 publicKey does not match the {spec.name} private key")
     return key
 
 
@@ -264,8 +285,14 @@ def _kem_private(spec: HybridKemSpec, private_key: bytes) -> HybridKemKey:
     mlkem_seed, x25519_scalar = spec.expand_private_key(private_key)
     mlkem_private = mlkem.MLKEM768PrivateKey.from_seed_bytes(mlkem_seed)
     x25519_private = x25519.X25519PrivateKey.from_private_bytes(x25519_scalar)
-    return HybridKemKey(spec, mlkem_private.public_key(), x25519_private.public_key(),
-                        bytes(private_key), mlkem_private, x25519_private)
+    return HybridKemKey(
+        spec,
+        mlkem_private.public_key(),
+        x25519_private.public_key(),
+        bytes(private_key),
+        mlkem_private,
+        x25519_private,
+    )
 
 
 def _kem_public(spec: HybridKemSpec, public_key: bytes) -> HybridKemKey:
@@ -273,12 +300,14 @@ def _kem_public(spec: HybridKemSpec, public_key: bytes) -> HybridKemKey:
     try:
         mlkem_public = mlkem.MLKEM768PublicKey.from_public_bytes(mlkem_part)
     except ValueError as exc:
-        raise invalid_argument(f"the ML-KEM-768 half of the {spec.name} public key is "
-                               f"invalid: {exc}") from None
+        raise invalid_argument(
+            f"the ML-KEM-768 half of the {spec.name} public key is invalid: {exc}"
+        ) from None
     x25519_public = x25519.X25519PublicKey.from_public_bytes(x25519_part)
     if _low_order(x25519_public):
-        raise invalid_argument(f"the X25519 half of the {spec.name} public key is a "
-                               "low-order point")
+        raise invalid_argument(
+            f"the X25519 half of the {spec.name} public key is a low-order point"
+        )
     return HybridKemKey(spec, mlkem_public, x25519_public)
 
 
@@ -294,8 +323,10 @@ def _low_order(public: x25519.X25519PublicKey) -> bool:
 
 # --- composite keys -------------------------------------------------------------------------
 
-def _import_composite(spec: CompositeSignatureSpec, material: bytes,
-                      fmt: KeyFormat) -> CompositeKey:
+
+def _import_composite(
+    spec: CompositeSignatureSpec, material: bytes, fmt: KeyFormat
+) -> CompositeKey:
     if fmt is KeyFormat.RAW:
         try:
             return _composite_public(spec, material)
@@ -304,19 +335,19 @@ def _import_composite(spec: CompositeSignatureSpec, material: bytes,
         try:
             return _composite_private_bytes(spec, material)
         except CryptoError as exc:
-            raise invalid_argument(f"RAW material is neither an {spec.name} public key nor "
-                                   f"a private key ({exc.message})") from None
+            raise invalid_argument(
+                f"RAW material is neither an {spec.name} public key nor "
+                f"a private key ({exc.message})"
+            ) from None
     if fmt is KeyFormat.SEED:
-        raise invalid_argument(f"{spec.name} keys have no SEED form; use RAW, PKCS8_DER or "
-                               "PEM")
+        raise invalid_argument(f"{spec.name} keys have no SEED form; use RAW, PKCS8_DER or PEM")
     private, public = _unwrap(spec.name, spec.oid, material, fmt)
     if private is None:
         assert public is not None
         return _composite_public(spec, public)
     key = _composite_private_bytes(spec, private)
     if public is not None and not hmac.compare_digest(public, key.public_bytes):
-        raise invalid_argument(f"the PKCS#8 publicKey does not match the {spec.name} "
-                               "private key")
+        raise invalid_argument(f"the PKCS#8 publicKey does not match the {spec.name} private key")
     return key
 
 
@@ -325,8 +356,9 @@ def _composite_public(spec: CompositeSignatureSpec, public_key: bytes) -> Compos
     try:
         mldsa_public = _MLDSA[spec.mldsa][1].from_public_bytes(mldsa_part)
     except ValueError as exc:
-        raise invalid_argument(f"the {spec.mldsa} half of the {spec.name} public key is "
-                               f"invalid: {exc}") from None
+        raise invalid_argument(
+            f"the {spec.mldsa} half of the {spec.name} public key is invalid: {exc}"
+        ) from None
     return CompositeKey(spec, mldsa_public, spec.traditional.decode_public(trad_part))
 
 
@@ -335,17 +367,21 @@ def _composite_private_bytes(spec: CompositeSignatureSpec, private_key: bytes) -
     return _composite_private(spec, seed, spec.traditional.decode_private(trad_part))
 
 
-def _composite_private(spec: CompositeSignatureSpec, seed: bytes,
-                       trad: TraditionalPrivateKey) -> CompositeKey:
+def _composite_private(
+    spec: CompositeSignatureSpec, seed: bytes, trad: TraditionalPrivateKey
+) -> CompositeKey:
     mldsa_private = _MLDSA[spec.mldsa][0].from_seed_bytes(seed)
-    return CompositeKey(spec, mldsa_private.public_key(), trad.public_key(), bytes(seed),
-                        mldsa_private, trad)
+    return CompositeKey(
+        spec, mldsa_private.public_key(), trad.public_key(), bytes(seed), mldsa_private, trad
+    )
 
 
 # --- shared ---------------------------------------------------------------------------------
 
-def _unwrap(name: str, oid: str, material: bytes,
-            fmt: KeyFormat) -> tuple[bytes | None, bytes | None]:
+
+def _unwrap(
+    name: str, oid: str, material: bytes, fmt: KeyFormat
+) -> tuple[bytes | None, bytes | None]:
     """(private, public) from SPKI_DER / PKCS8_DER / PEM, checking the OID."""
     if fmt is KeyFormat.PEM:
         label, material = spec_hybrid.pem_decode(material)
@@ -354,8 +390,7 @@ def _unwrap(name: str, oid: str, material: bytes,
         elif label == "PRIVATE KEY":
             fmt = KeyFormat.PKCS8_DER
         else:
-            raise invalid_argument(f"a PEM {name} key is a PUBLIC KEY or PRIVATE KEY, not "
-                                   f"{label}")
+            raise invalid_argument(f"a PEM {name} key is a PUBLIC KEY or PRIVATE KEY, not {label}")
     if fmt is KeyFormat.SPKI_DER:
         found, public = spec_hybrid.decode_spki(material)
         _check_oid(name, oid, found)
@@ -369,27 +404,32 @@ def _unwrap(name: str, oid: str, material: bytes,
 
 def _check_oid(name: str, expected: str, found: str) -> None:
     if found != expected:
-        raise invalid_argument(f"the key's algorithm identifier is {found}, not {name} "
-                               f"({expected})")
+        raise invalid_argument(
+            f"the key's algorithm identifier is {found}, not {name} ({expected})"
+        )
 
 
 def _wrap_private(name: str, oid: str | None, private: bytes, fmt: KeyFormat) -> bytes:
     if oid is None:
-        raise invalid_argument(f"{name} has no PKCS#8 encoding (no OID is defined); use SEED "
-                               "or RAW")
+        raise invalid_argument(
+            f"{name} has no PKCS#8 encoding (no OID is defined); use SEED or RAW"
+        )
     if fmt is KeyFormat.PKCS8_DER:
         return spec_hybrid.encode_pkcs8(oid, private)
     if fmt is KeyFormat.PEM:
         return spec_hybrid.pem_encode("PRIVATE KEY", spec_hybrid.encode_pkcs8(oid, private))
-    raise invalid_argument(f"{name} private keys are exported as RAW, PKCS8_DER or PEM, not "
-                           f"{fmt.value}")
+    raise invalid_argument(
+        f"{name} private keys are exported as RAW, PKCS8_DER or PEM, not {fmt.value}"
+    )
 
 
 def _composite(algorithm: str) -> CompositeSignatureSpec:
     spec = COMPOSITE_SIGNATURES.get(algorithm)
     if spec is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider has no hybrid algorithm {algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM,
+            f"the openssl provider has no hybrid algorithm {algorithm}",
+        )
     return spec
 
 
@@ -402,6 +442,7 @@ def _composite_key(key: ProviderKey) -> CompositeKey:
 # ============================================================================================
 # KEM operations
 # ============================================================================================
+
 
 def _kem_key(algorithm: str, key: ProviderKey) -> HybridKemKey:
     if not isinstance(key, HybridKemKey) or key.algorithm != algorithm:
@@ -419,12 +460,14 @@ def encapsulate(algorithm: str, key: ProviderKey) -> tuple[bytes, SecretKey]:
     try:
         x25519_secret = ephemeral.exchange(pair.x25519_public)
     except ValueError:
-        raise invalid_argument(f"the X25519 half of the {algorithm} public key is a low-order "
-                               "point") from None
+        raise invalid_argument(
+            f"the X25519 half of the {algorithm} public key is a low-order point"
+        ) from None
     x25519_public = pair.x25519_public.public_bytes_raw()
     secret = spec.combine(mlkem_secret, x25519_secret, ephemeral_public, x25519_public)
-    return spec.join_ciphertext(mlkem_ciphertext, ephemeral_public), \
-        SecretKey("GENERIC-SECRET", secret)
+    return spec.join_ciphertext(mlkem_ciphertext, ephemeral_public), SecretKey(
+        "GENERIC-SECRET", secret
+    )
 
 
 def decapsulate(algorithm: str, key: ProviderKey, ciphertext: bytes) -> SecretKey:
@@ -432,21 +475,25 @@ def decapsulate(algorithm: str, key: ProviderKey, ciphertext: bytes) -> SecretKe
     of the wrong length is INVALID_ARGUMENT."""
     pair = _kem_key(algorithm, key)
     if pair.mlkem_private is None or pair.x25519_private is None:
-        raise invalid_argument(f"this {algorithm} key is an encapsulation key alone and "
-                               "cannot decapsulate")
+        raise invalid_argument(
+            f"this {algorithm} key is an encapsulation key alone and cannot decapsulate"
+        )
     spec = pair.spec
     mlkem_ciphertext, x25519_ciphertext = spec.split_ciphertext(ciphertext)
     mlkem_secret = pair.mlkem_private.decapsulate(mlkem_ciphertext)
     try:
         x25519_secret = pair.x25519_private.exchange(
-            x25519.X25519PublicKey.from_public_bytes(x25519_ciphertext))
+            x25519.X25519PublicKey.from_public_bytes(x25519_ciphertext)
+        )
     except ValueError:
         if not spec.hashed:
-            raise invalid_argument(f"the X25519 half of the {algorithm} ciphertext is a "
-                                   "low-order point") from None
+            raise invalid_argument(
+                f"the X25519 half of the {algorithm} ciphertext is a low-order point"
+            ) from None
         x25519_secret = _ZERO_SECRET  # X-Wing defines no check: X25519 gave all zeros
-    secret = spec.combine(mlkem_secret, x25519_secret, x25519_ciphertext,
-                          pair.x25519_public.public_bytes_raw())
+    secret = spec.combine(
+        mlkem_secret, x25519_secret, x25519_ciphertext, pair.x25519_public.public_bytes_raw()
+    )
     return SecretKey("GENERIC-SECRET", secret)
 
 
@@ -479,8 +526,9 @@ def create_verifier(algorithm: str, key: ProviderKey, context: bytes) -> VerifyO
 def _context(context: bytes) -> bytes:
     context = bytes(context or b"")
     if len(context) > 255:
-        raise invalid_argument(f"composite context strings are at most 255 bytes, got "
-                               f"{len(context)}")
+        raise invalid_argument(
+            f"composite context strings are at most 255 bytes, got {len(context)}"
+        )
     return context
 
 
@@ -488,8 +536,7 @@ def _trad_padding(trad: TraditionalSpec) -> asym_padding.AsymmetricPadding:
     hash_algorithm = trad.hash_algorithm
     assert hash_algorithm is not None
     if trad.scheme == "RSA-PSS":
-        return asym_padding.PSS(mgf=asym_padding.MGF1(hash_algorithm),
-                                salt_length=trad.pss_salt)
+        return asym_padding.PSS(mgf=asym_padding.MGF1(hash_algorithm), salt_length=trad.pss_salt)
     return asym_padding.PKCS1v15()
 
 
@@ -503,8 +550,9 @@ def _trad_sign(trad: TraditionalSpec, private: TraditionalPrivateKey, message: b
     return private.sign(message, _trad_padding(trad), hash_algorithm)
 
 
-def _trad_verify(trad: TraditionalSpec, public: TraditionalPublicKey, signature: bytes,
-                 message: bytes) -> bool:
+def _trad_verify(
+    trad: TraditionalSpec, public: TraditionalPublicKey, signature: bytes, message: bytes
+) -> bool:
     try:
         if isinstance(public, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
             public.verify(signature, message)

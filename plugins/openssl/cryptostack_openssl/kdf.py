@@ -17,8 +17,15 @@ KDFS: dict[str, tuple[str, int]] = {
 """KDF algorithms: hash and digest length."""
 
 
-def derive(algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: bytes,
-           output_algorithm: str) -> SecretKey:
+def derive(
+    algorithm: str,
+    key: ProviderKey,
+    *,
+    length: int,
+    salt: bytes,
+    info: bytes,
+    output_algorithm: str,
+) -> SecretKey:
     """HKDF-Extract-and-Expand of ``key`` into ``length`` bytes of ``output_algorithm``.
 
     ``length`` 0 means the natural size of ``output_algorithm`` (its key length; 32 bytes for
@@ -26,20 +33,21 @@ def derive(algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: 
     """
     entry = KDFS.get(algorithm)
     if entry is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider has no KDF {algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider has no KDF {algorithm}"
+        )
     hash_name, digest_length = entry
     if not isinstance(key, SecretKey):
         raise invalid_argument(f"{algorithm} derives from a symmetric key, not {key.algorithm}")
     if output_algorithm not in SECRET_LENGTHS:
-        raise invalid_argument(f"{algorithm} derives symmetric keys; {output_algorithm} is not "
-                               "one")
+        raise invalid_argument(f"{algorithm} derives symmetric keys; {output_algorithm} is not one")
     if length == 0:
-        length = GENERATED_SECRET_LENGTHS.get(output_algorithm,
-                                              SECRET_LENGTHS[output_algorithm][0])
+        length = GENERATED_SECRET_LENGTHS.get(output_algorithm, SECRET_LENGTHS[output_algorithm][0])
     if not 0 < length <= 255 * digest_length:
-        raise invalid_argument(f"{algorithm} output is 1 to {255 * digest_length} bytes, "
-                               f"asked for {length}")
-    okm = HKDF(hash_algorithm(hash_name), length, bytes(salt) or None,
-               bytes(info)).derive(key.secret)
+        raise invalid_argument(
+            f"{algorithm} output is 1 to {255 * digest_length} bytes, asked for {length}"
+        )
+    okm = HKDF(hash_algorithm(hash_name), length, bytes(salt) or None, bytes(info)).derive(
+        key.secret
+    )
     return secret_key(output_algorithm, okm)

@@ -22,8 +22,9 @@ KEMS: dict[str, tuple[type, type, int]] = {
 def _key(algorithm: str, key: ProviderKey) -> AsymmetricKey:
     entry = KEMS.get(algorithm)
     if entry is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider has no KEM {algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider has no KEM {algorithm}"
+        )
     if not isinstance(key, AsymmetricKey) or not isinstance(key.public, entry[1]):
         raise invalid_argument(f"{algorithm} needs an {algorithm} key, not {key.algorithm}")
     return key
@@ -41,11 +42,13 @@ def decapsulate(algorithm: str, key: ProviderKey, ciphertext: bytes) -> SecretKe
     """Shared secret of ``ciphertext`` under the decapsulation key in ``key``."""
     private = _key(algorithm, key).private
     if private is None:
-        raise invalid_argument(f"this {algorithm} key is an encapsulation key alone and "
-                               "cannot decapsulate")
+        raise invalid_argument(
+            f"this {algorithm} key is an encapsulation key alone and cannot decapsulate"
+        )
     assert isinstance(private, (mlkem.MLKEM768PrivateKey, mlkem.MLKEM1024PrivateKey))
     expected = KEMS[algorithm][2]
     if len(ciphertext) != expected:
-        raise invalid_argument(f"an {algorithm} ciphertext is {expected} bytes long, "
-                               f"got {len(ciphertext)}")
+        raise invalid_argument(
+            f"an {algorithm} ciphertext is {expected} bytes long, got {len(ciphertext)}"
+        )
     return SecretKey("GENERIC-SECRET", private.decapsulate(bytes(ciphertext)))

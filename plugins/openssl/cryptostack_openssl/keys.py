@@ -27,14 +27,26 @@ from . import policy
 from .randomness import random_bytes
 
 PrivateKey = Union[
-    ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey,
-    x25519.X25519PrivateKey, mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey,
-    mldsa.MLDSA87PrivateKey, mlkem.MLKEM768PrivateKey, mlkem.MLKEM1024PrivateKey,
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    x25519.X25519PrivateKey,
+    mldsa.MLDSA44PrivateKey,
+    mldsa.MLDSA65PrivateKey,
+    mldsa.MLDSA87PrivateKey,
+    mlkem.MLKEM768PrivateKey,
+    mlkem.MLKEM1024PrivateKey,
 ]
 PublicKey = Union[
-    ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey,
-    x25519.X25519PublicKey, mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey,
-    mldsa.MLDSA87PublicKey, mlkem.MLKEM768PublicKey, mlkem.MLKEM1024PublicKey,
+    ec.EllipticCurvePublicKey,
+    rsa.RSAPublicKey,
+    ed25519.Ed25519PublicKey,
+    x25519.X25519PublicKey,
+    mldsa.MLDSA44PublicKey,
+    mldsa.MLDSA65PublicKey,
+    mldsa.MLDSA87PublicKey,
+    mlkem.MLKEM768PublicKey,
+    mlkem.MLKEM1024PublicKey,
 ]
 
 
@@ -95,6 +107,7 @@ def _key_size(public: PublicKey) -> int:
 
 # --- the key families --------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Family:
     """How one asymmetric key algorithm is generated, recognised and encoded raw."""
@@ -129,12 +142,15 @@ def _ec_family(curve: type[ec.EllipticCurve]) -> _Family:
 
     return _Family(
         generate=lambda: ec.generate_private_key(curve()),
-        is_private=lambda k: isinstance(k, ec.EllipticCurvePrivateKey)
-        and isinstance(k.curve, curve),
-        is_public=lambda k: isinstance(k, ec.EllipticCurvePublicKey)
-        and isinstance(k.curve, curve),
-        raw_private=raw_private, raw_public=raw_public, scalar_length=size,
-        description=f"{curve.name} EC key")
+        is_private=lambda k: (
+            isinstance(k, ec.EllipticCurvePrivateKey) and isinstance(k.curve, curve)
+        ),
+        is_public=lambda k: isinstance(k, ec.EllipticCurvePublicKey) and isinstance(k.curve, curve),
+        raw_private=raw_private,
+        raw_public=raw_public,
+        scalar_length=size,
+        description=f"{curve.name} EC key",
+    )
 
 
 def _rsa_family(bits: int) -> _Family:
@@ -142,7 +158,8 @@ def _rsa_family(bits: int) -> _Family:
         generate=lambda: rsa.generate_private_key(policy.RSA_PUBLIC_EXPONENT, bits),
         is_private=lambda k: isinstance(k, rsa.RSAPrivateKey) and k.key_size == bits,
         is_public=lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == bits,
-        description=f"RSA key with a {bits}-bit modulus")
+        description=f"RSA key with a {bits}-bit modulus",
+    )
 
 
 def _pq_family(private_cls: Any, public_cls: Any, seed_length: int, name: str) -> _Family:
@@ -150,8 +167,11 @@ def _pq_family(private_cls: Any, public_cls: Any, seed_length: int, name: str) -
         generate=private_cls.generate,
         is_private=lambda k: isinstance(k, private_cls),
         is_public=lambda k: isinstance(k, public_cls),
-        seed=private_cls.from_seed_bytes, seed_length=seed_length,
-        raw_public=public_cls.from_public_bytes, description=f"{name} key")
+        seed=private_cls.from_seed_bytes,
+        seed_length=seed_length,
+        raw_public=public_cls.from_public_bytes,
+        description=f"{name} key",
+    )
 
 
 FAMILIES: dict[str, _Family] = {
@@ -164,24 +184,28 @@ FAMILIES: dict[str, _Family] = {
         is_public=lambda k: isinstance(k, ed25519.Ed25519PublicKey),
         raw_private=ed25519.Ed25519PrivateKey.from_private_bytes,
         raw_public=ed25519.Ed25519PublicKey.from_public_bytes,
-        private_use=P.SIGN, description="Ed25519 key"),
+        private_use=P.SIGN,
+        description="Ed25519 key",
+    ),
     "X25519": _Family(
         generate=x25519.X25519PrivateKey.generate,
         is_private=lambda k: isinstance(k, x25519.X25519PrivateKey),
         is_public=lambda k: isinstance(k, x25519.X25519PublicKey),
         raw_private=x25519.X25519PrivateKey.from_private_bytes,
         raw_public=x25519.X25519PublicKey.from_public_bytes,
-        private_use=P.AGREE | P.DERIVE, description="X25519 key"),
+        private_use=P.AGREE | P.DERIVE,
+        description="X25519 key",
+    ),
     "RSA-2048": _rsa_family(2048),
     "RSA-3072": _rsa_family(3072),
     "RSA-4096": _rsa_family(4096),
     "ML-DSA-44": _pq_family(mldsa.MLDSA44PrivateKey, mldsa.MLDSA44PublicKey, 32, "ML-DSA-44"),
     "ML-DSA-65": _pq_family(mldsa.MLDSA65PrivateKey, mldsa.MLDSA65PublicKey, 32, "ML-DSA-65"),
     "ML-DSA-87": _pq_family(mldsa.MLDSA87PrivateKey, mldsa.MLDSA87PublicKey, 32, "ML-DSA-87"),
-    "ML-KEM-768": _pq_family(mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 64,
-                             "ML-KEM-768"),
-    "ML-KEM-1024": _pq_family(mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey, 64,
-                              "ML-KEM-1024"),
+    "ML-KEM-768": _pq_family(mlkem.MLKEM768PrivateKey, mlkem.MLKEM768PublicKey, 64, "ML-KEM-768"),
+    "ML-KEM-1024": _pq_family(
+        mlkem.MLKEM1024PrivateKey, mlkem.MLKEM1024PublicKey, 64, "ML-KEM-1024"
+    ),
 }
 """Asymmetric key algorithms this provider holds."""
 
@@ -198,7 +222,9 @@ SECRET_LENGTHS: dict[str, tuple[int, int]] = {
 """Symmetric key algorithms and the lengths imported (inclusive range, bytes)."""
 
 GENERATED_SECRET_LENGTHS = {
-    "HMAC-SHA-256": 32, "HMAC-SHA-384": 48, "HMAC-SHA-512": 64,
+    "HMAC-SHA-256": 32,
+    "HMAC-SHA-384": 48,
+    "HMAC-SHA-512": 64,
     "GENERIC-SECRET": policy.GENERIC_SECRET_GENERATED,
 }
 """Lengths of generated HMAC and GENERIC-SECRET keys (AES/ChaCha keys have one length)."""
@@ -208,6 +234,7 @@ KEY_ALGORITHMS = frozenset(SECRET_LENGTHS) | frozenset(FAMILIES)
 
 
 # --- generate and import -------------------------------------------------------------------
+
 
 def generate_key(algorithm: str) -> ProviderKey:
     """A fresh key of ``algorithm`` (secret bytes from the OS, pairs from OpenSSL)."""
@@ -219,14 +246,14 @@ def generate_key(algorithm: str) -> ProviderKey:
     return AsymmetricKey(algorithm, private.public_key(), private)
 
 
-def import_key(algorithm: str, material: bytes, fmt: KeyFormat,
-               permissions: P = P.NONE) -> ProviderKey:
+def import_key(
+    algorithm: str, material: bytes, fmt: KeyFormat, permissions: P = P.NONE
+) -> ProviderKey:
     """Build a key from caller material, checking it is a key of ``algorithm``."""
     material = bytes(material)
     if algorithm in SECRET_LENGTHS:
         if fmt is not KeyFormat.RAW:
-            raise invalid_argument(
-                f"{algorithm} keys are imported as RAW bytes, not {fmt.value}")
+            raise invalid_argument(f"{algorithm} keys are imported as RAW bytes, not {fmt.value}")
         return secret_key(algorithm, material)
     family = _family(algorithm)
     try:
@@ -235,13 +262,16 @@ def import_key(algorithm: str, material: bytes, fmt: KeyFormat,
         raise
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise invalid_argument(
-            f"{fmt.value} material is not a valid {algorithm} key: {exc}") from None
+            f"{fmt.value} material is not a valid {algorithm} key: {exc}"
+        ) from None
     if family.is_private(obj):
         return AsymmetricKey(algorithm, obj.public_key(), obj)
     if family.is_public(obj):
         return AsymmetricKey(algorithm, obj, None)
-    raise invalid_argument(f"{fmt.value} material holds {_describe(obj)}, "
-                           f"not the {family.description} {algorithm} needs")
+    raise invalid_argument(
+        f"{fmt.value} material holds {_describe(obj)}, "
+        f"not the {family.description} {algorithm} needs"
+    )
 
 
 def secret_key(algorithm: str, material: bytes) -> SecretKey:
@@ -251,13 +281,13 @@ def secret_key(algorithm: str, material: bytes) -> SecretKey:
     low, high = SECRET_LENGTHS[algorithm]
     if not low <= len(material) <= high:
         expected = f"{low}" if low == high else f"{low} to {high}"
-        raise invalid_argument(
-            f"a {algorithm} key is {expected} bytes long, got {len(material)}")
+        raise invalid_argument(f"a {algorithm} key is {expected} bytes long, got {len(material)}")
     return SecretKey(algorithm, material)
 
 
-def _decode(algorithm: str, family: _Family, material: bytes, fmt: KeyFormat,
-            permissions: P) -> Any:
+def _decode(
+    algorithm: str, family: _Family, material: bytes, fmt: KeyFormat, permissions: P
+) -> Any:
     if fmt is KeyFormat.SPKI_DER:
         return ser.load_der_public_key(material)
     if fmt is KeyFormat.PKCS8_DER:
@@ -270,8 +300,9 @@ def _decode(algorithm: str, family: _Family, material: bytes, fmt: KeyFormat,
         if family.seed is None:
             raise invalid_argument(f"{algorithm} keys have no SEED form")
         if len(material) != family.seed_length:
-            raise invalid_argument(f"an {algorithm} seed is {family.seed_length} bytes long, "
-                                   f"got {len(material)}")
+            raise invalid_argument(
+                f"an {algorithm} seed is {family.seed_length} bytes long, got {len(material)}"
+            )
         return family.seed(material)
     if fmt is KeyFormat.RAW:
         return _decode_raw(algorithm, family, material, permissions)
@@ -280,8 +311,7 @@ def _decode(algorithm: str, family: _Family, material: bytes, fmt: KeyFormat,
 
 def _decode_raw(algorithm: str, family: _Family, material: bytes, permissions: P) -> Any:
     if family.raw_public is None:
-        raise invalid_argument(f"{algorithm} keys have no RAW form; use SPKI_DER, PKCS8_DER "
-                               "or PEM")
+        raise invalid_argument(f"{algorithm} keys have no RAW form; use SPKI_DER, PKCS8_DER or PEM")
     if family.raw_private is None:
         return family.raw_public(material)
     if family.scalar_length:
@@ -297,8 +327,9 @@ def _decode_raw(algorithm: str, family: _Family, material: bytes, permissions: P
 def _family(algorithm: str) -> _Family:
     family = FAMILIES.get(algorithm)
     if family is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider has no {algorithm} keys")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider has no {algorithm} keys"
+        )
     return family
 
 
@@ -325,16 +356,24 @@ def export_key(key: ProviderKey, fmt: KeyFormat) -> bytes:
     pair = _asymmetric(key)
     private = pair.private
     if private is None:
-        raise invalid_argument(f"this {pair.algorithm} key is a public key alone; "
-                               "use export_public_key")
+        raise invalid_argument(
+            f"this {pair.algorithm} key is a public key alone; use export_public_key"
+        )
     if fmt is KeyFormat.PKCS8_DER:
         return private.private_bytes(ser.Encoding.DER, *_PKCS8)
     if fmt is KeyFormat.PEM:
         return private.private_bytes(ser.Encoding.PEM, *_PKCS8)
     if fmt is KeyFormat.SEED:
-        if not isinstance(private, (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey,
-                                    mldsa.MLDSA87PrivateKey, mlkem.MLKEM768PrivateKey,
-                                    mlkem.MLKEM1024PrivateKey)):
+        if not isinstance(
+            private,
+            (
+                mldsa.MLDSA44PrivateKey,
+                mldsa.MLDSA65PrivateKey,
+                mldsa.MLDSA87PrivateKey,
+                mlkem.MLKEM768PrivateKey,
+                mlkem.MLKEM1024PrivateKey,
+            ),
+        ):
             raise invalid_argument(f"{pair.algorithm} keys have no SEED form")
         return private.private_bytes_raw()
     if fmt is KeyFormat.RAW:
@@ -343,8 +382,10 @@ def export_key(key: ProviderKey, fmt: KeyFormat) -> bytes:
         if isinstance(private, ec.EllipticCurvePrivateKey):
             size = (private.curve.key_size + 7) // 8
             return private.private_numbers().private_value.to_bytes(size, "big")
-        raise invalid_argument(f"{pair.algorithm} private keys have no RAW form "
-                               "(SEED for ML-DSA/ML-KEM, PKCS8_DER otherwise)")
+        raise invalid_argument(
+            f"{pair.algorithm} private keys have no RAW form "
+            "(SEED for ML-DSA/ML-KEM, PKCS8_DER otherwise)"
+        )
     raise invalid_argument(f"unknown key format {fmt!r}")
 
 
@@ -397,8 +438,16 @@ def pack(algorithm: str, fmt: KeyFormat, material: bytes) -> bytes:
     """The stored-key blob for ``material`` in ``fmt`` (see ``_MAGIC``)."""
     name = algorithm.encode()
     fmt_name = fmt.value.encode()
-    return b"".join([_MAGIC, struct.pack("B", len(name)), name,
-                     struct.pack("B", len(fmt_name)), fmt_name, material])
+    return b"".join(
+        [
+            _MAGIC,
+            struct.pack("B", len(name)),
+            name,
+            struct.pack("B", len(fmt_name)),
+            fmt_name,
+            material,
+        ]
+    )
 
 
 def unpack(blob: bytes, algorithm: str) -> tuple[KeyFormat, bytes]:
@@ -410,7 +459,7 @@ def unpack(blob: bytes, algorithm: str) -> tuple[KeyFormat, bytes]:
         fields = []
         for _ in range(2):
             length = blob[pos]
-            fields.append(blob[pos + 1:pos + 1 + length].decode("ascii"))
+            fields.append(blob[pos + 1 : pos + 1 + length].decode("ascii"))
             pos += 1 + length
         stored_algorithm, fmt_name = fields
         fmt = KeyFormat(fmt_name)

@@ -108,9 +108,11 @@ _INLINE_ALWAYS = frozenset({Operation.DERIVE, Operation.ENCAPSULATE, Operation.D
 class OpenSSLOptions:
     """The provider's options (checked by the SDK's :func:`parse_options`)."""
 
-    min_mac_length: int = option(policy.DEFAULT_MIN_MAC_LENGTH,
-                                 minimum=policy.MIN_MAC_LENGTH_FLOOR,
-                                 doc="shortest truncated HMAC tag verification accepts")
+    min_mac_length: int = option(
+        policy.DEFAULT_MIN_MAC_LENGTH,
+        minimum=policy.MIN_MAC_LENGTH_FLOOR,
+        doc="shortest truncated HMAC tag verification accepts",
+    )
 
 
 class OpenSSLProvider(Provider):
@@ -118,11 +120,13 @@ class OpenSSLProvider(Provider):
 
     name = "openssl"
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
-        opts = parse_options(OpenSSLOptions, options, provider="openssl",
-                             config_dir=environment.config_dir)
+        opts = parse_options(
+            OpenSSLOptions, options, provider="openssl", config_dir=environment.config_dir
+        )
         self.min_mac_length: int = opts.min_mac_length
         self._post_quantum = bool(backend.mldsa_supported() and backend.mlkem_supported())
 
@@ -157,8 +161,11 @@ class OpenSSLProvider(Provider):
                 pairs += [(name, Operation.ENCAPSULATE), (name, Operation.DECAPSULATE)]
             else:
                 pairs += [(name, Operation.SIGN), (name, Operation.VERIFY)]
-        return [Capability(algorithm, operation) for algorithm, operation in pairs
-                if self._offers(algorithm)]
+        return [
+            Capability(algorithm, operation)
+            for algorithm, operation in pairs
+            if self._offers(algorithm)
+        ]
 
     def _offers(self, algorithm: str) -> bool:
         if algorithm in hybrid.KEY_ALGORITHMS:
@@ -195,8 +202,9 @@ class OpenSSLProvider(Provider):
             return hybrid.generate_key(algorithm)
         return keys.generate_key(algorithm)
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """A key from caller material; malformed or mismatched material -> INVALID_ARGUMENT."""
         self._require(algorithm, Operation.IMPORT_KEY)
         if algorithm in hybrid.KEY_ALGORITHMS:
@@ -221,8 +229,9 @@ class OpenSSLProvider(Provider):
             return StoredKey(blob=keys.pack(key.algorithm, *hybrid.stored_form(key)), secret=True)
         return StoredKey(blob=keys.serialize(key), secret=True)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """The key :meth:`persist_key` stored; it must be of ``algorithm``."""
         if algorithm in hybrid.KEY_ALGORITHMS:
             fmt, material = keys.unpack(stored.blob, algorithm)
@@ -234,8 +243,14 @@ class OpenSSLProvider(Provider):
         """One digest."""
         return hashing.Digest(algorithm)
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        direction: CipherDirection,
+        iv: bytes,
+        tag_length: int,
+    ) -> CipherOperation:
         """One message (IV and tag-length policy in the module docstring)."""
         return ciphers.create_cipher(algorithm, key, direction, iv, tag_length)
 
@@ -253,32 +268,53 @@ class OpenSSLProvider(Provider):
             return hybrid.create_verifier(algorithm, key, context)
         return signatures.create_verifier(algorithm, key, context, self.min_mac_length)
 
-    def encapsulate(self, algorithm: str, key: ProviderKey,
-                    secret_permissions: KeyOperationPermission) -> tuple[bytes, ProviderKey]:
+    def encapsulate(
+        self, algorithm: str, key: ProviderKey, secret_permissions: KeyOperationPermission
+    ) -> tuple[bytes, ProviderKey]:
         """ML-KEM, X-Wing or X25519MLKEM768 encapsulation: (ciphertext, GENERIC-SECRET key)."""
         self._require(algorithm, Operation.ENCAPSULATE)
         if algorithm in HYBRID_KEMS:
             return hybrid.encapsulate(algorithm, key)
         return kem.encapsulate(algorithm, key)
 
-    def decapsulate(self, algorithm: str, key: ProviderKey, ciphertext: bytes,
-                    secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def decapsulate(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        ciphertext: bytes,
+        secret_permissions: KeyOperationPermission,
+    ) -> ProviderKey:
         """ML-KEM, X-Wing or X25519MLKEM768 decapsulation into a GENERIC-SECRET key."""
         self._require(algorithm, Operation.DECAPSULATE)
         if algorithm in HYBRID_KEMS:
             return hybrid.decapsulate(algorithm, key, ciphertext)
         return kem.decapsulate(algorithm, key, ciphertext)
 
-    def agree(self, algorithm: str, key: ProviderKey, peer_public: bytes,
-              secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def agree(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        peer_public: bytes,
+        secret_permissions: KeyOperationPermission,
+    ) -> ProviderKey:
         """X25519 / ECDH-P256 into a GENERIC-SECRET key."""
         return agreement.agree(algorithm, key, peer_public)
 
-    def derive(self, algorithm: str, key: ProviderKey, *, length: int, salt: bytes, info: bytes,
-               output_algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
+    def derive(
+        self,
+        algorithm: str,
+        key: ProviderKey,
+        *,
+        length: int,
+        salt: bytes,
+        info: bytes,
+        output_algorithm: str,
+        permissions: KeyOperationPermission,
+    ) -> ProviderKey:
         """HKDF into a new symmetric key of ``output_algorithm``."""
-        return kdf.derive(algorithm, key, length=length, salt=salt, info=info,
-                          output_algorithm=output_algorithm)
+        return kdf.derive(
+            algorithm, key, length=length, salt=salt, info=info, output_algorithm=output_algorithm
+        )
 
     def random_bytes(self, length: int) -> bytes:
         """``length`` bytes from the OS CSPRNG."""
@@ -286,5 +322,7 @@ class OpenSSLProvider(Provider):
 
     def _require(self, algorithm: str, operation: Operation) -> None:
         if not self.supports(algorithm, operation):
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"the openssl provider does not {operation.value} {algorithm}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"the openssl provider does not {operation.value} {algorithm}",
+            )

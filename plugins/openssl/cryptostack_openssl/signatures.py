@@ -82,8 +82,9 @@ def _pss() -> asym_padding.PSS:
 def _spec(algorithm: str) -> SignatureSpec:
     spec = SIGNATURES.get(algorithm)
     if spec is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the openssl provider does not sign with {algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM, f"the openssl provider does not sign with {algorithm}"
+        )
     return spec
 
 
@@ -98,8 +99,9 @@ def _check_context(algorithm: str, spec: SignatureSpec, context: bytes) -> bytes
 
 def _hmac_key(algorithm: str, key: ProviderKey) -> SecretKey:
     if not isinstance(key, SecretKey) or key.algorithm not in (algorithm, "GENERIC-SECRET"):
-        raise invalid_argument(f"{algorithm} needs an {algorithm} or GENERIC-SECRET key, "
-                               f"not {key.algorithm}")
+        raise invalid_argument(
+            f"{algorithm} needs an {algorithm} or GENERIC-SECRET key, not {key.algorithm}"
+        )
     return key
 
 
@@ -127,14 +129,19 @@ def create_signer(algorithm: str, key: ProviderKey, context: bytes) -> SignOpera
         return _PrehashSigner(spec.hash_name, lambda digest: private.sign(digest, _pss(), prehash))
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return _Ed25519Signer(private)
-    if isinstance(private, (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey,
-                            mldsa.MLDSA87PrivateKey)):
+    if isinstance(
+        private, (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey)
+    ):
         return _MlDsaSigner(private, context)
     raise invalid_argument(f"a {key.algorithm} key cannot be used for {algorithm}")
 
 
-def create_verifier(algorithm: str, key: ProviderKey, context: bytes,
-                    min_mac_length: int = policy.DEFAULT_MIN_MAC_LENGTH) -> VerifyOperation:
+def create_verifier(
+    algorithm: str,
+    key: ProviderKey,
+    context: bytes,
+    min_mac_length: int = policy.DEFAULT_MIN_MAC_LENGTH,
+) -> VerifyOperation:
     """Start verifying one message. HMAC tags may be truncated to ``min_mac_length`` bytes."""
     spec = _spec(algorithm)
     context = _check_context(algorithm, spec, context)
@@ -157,8 +164,7 @@ def create_verifier(algorithm: str, key: ProviderKey, context: bytes,
         return _PrehashVerifier(spec.hash_name, check_pss)
     if isinstance(public, ed25519.Ed25519PublicKey):
         return _Ed25519Verifier(public)
-    if isinstance(public, (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey,
-                           mldsa.MLDSA87PublicKey)):
+    if isinstance(public, (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87PublicKey)):
         return _MlDsaVerifier(public, context)
     raise invalid_argument(f"a {key.algorithm} key cannot be used for {algorithm}")
 
@@ -169,6 +175,7 @@ _REJECTED = (InvalidSignature, ValueError)
 
 
 # --- hash-then-sign: ECDSA, RSA-PSS ----------------------------------------------------------
+
 
 class _PrehashSigner(SignOperation):
     def __init__(self, hash_name: str, sign: Callable[[bytes], bytes]) -> None:
@@ -204,6 +211,7 @@ class _PrehashVerifier(VerifyOperation):
 
 
 # --- Ed25519: buffered -------------------------------------------------------------------------
+
 
 class _Ed25519Signer(SignOperation):
     def __init__(self, private: ed25519.Ed25519PrivateKey) -> None:
@@ -277,6 +285,7 @@ class _MlDsaVerifier(VerifyOperation):
 
 # --- HMAC --------------------------------------------------------------------------------------
 
+
 class _HmacSigner(SignOperation):
     def __init__(self, secret: bytes, hash_name: str) -> None:
         self._mac = hmac.HMAC(secret, hash_algorithm(hash_name))
@@ -306,4 +315,4 @@ class _HmacVerifier(VerifyOperation):
         tag = bytes(signature)
         if len(tag) != len(full) and not self._min_length <= len(tag) < len(full):
             return False
-        return _stdlib_hmac.compare_digest(full[:len(tag)], tag)
+        return _stdlib_hmac.compare_digest(full[: len(tag)], tag)

@@ -13,13 +13,16 @@ from cryptostack_openssl import OpenSSLProvider
 
 
 @pytest.fixture
-def provider_factory(cryptostack_provider_factory: ProviderFactory,
-                     ) -> Callable[..., OpenSSLProvider]:
+def provider_factory(
+    cryptostack_provider_factory: ProviderFactory,
+) -> Callable[..., OpenSSLProvider]:
     """Build a started provider with the given options (``factory(min_mac_length=24)``)."""
+
     def make(**options: Any) -> OpenSSLProvider:
         provider = cryptostack_provider_factory("openssl", **options)
         assert isinstance(provider, OpenSSLProvider)
         return provider
+
     return make
 
 

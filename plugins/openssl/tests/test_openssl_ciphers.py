@@ -26,17 +26,18 @@ def chunked(data: bytes) -> list[bytes]:
     out, pos, i = [], 0, 0
     while pos < len(data):
         size = CHUNKS[i % len(CHUNKS)]
-        out.append(data[pos:pos + size])
+        out.append(data[pos : pos + size])
         pos += size
         i += 1
     return out
 
 
-def run(op: CipherOperation, data: bytes, aad: bytes | None = None,
-        pieces: bool = False) -> tuple[bytes, bytes]:
+def run(
+    op: CipherOperation, data: bytes, aad: bytes | None = None, pieces: bool = False
+) -> tuple[bytes, bytes]:
     """(output of every update joined, output of finalize)."""
     if aad:
-        for piece in (chunked(aad) if pieces else [aad]):
+        for piece in chunked(aad) if pieces else [aad]:
             op.update_aad(memoryview(piece))
     streamed = b"".join(op.update(memoryview(p)) for p in (chunked(data) if pieces else [data]))
     return streamed, op.finalize()
@@ -64,14 +65,21 @@ def test_aes_gcm_matches_pyca(provider: OpenSSLProvider, bits: int, pieces: bool
 def test_chacha20_poly1305_matches_pyca(provider: OpenSSLProvider, pieces: bool) -> None:
     raw, nonce = os.urandom(32), os.urandom(12)
     k = key(provider, "ChaCha20-Poly1305", raw)
-    for message, aad in [(MESSAGE, AAD), (b"", b""), (b"x", b""), (b"", AAD),
-                         (os.urandom(64), os.urandom(16))]:
+    for message, aad in [
+        (MESSAGE, AAD),
+        (b"", b""),
+        (b"x", b""),
+        (b"", AAD),
+        (os.urandom(64), os.urandom(16)),
+    ]:
         expected = ChaCha20Poly1305(raw).encrypt(nonce, message, aad or None)
-        streamed, tail = run(provider.create_cipher("ChaCha20-Poly1305", k, ENC, nonce, 16),
-                             message, aad, pieces)
+        streamed, tail = run(
+            provider.create_cipher("ChaCha20-Poly1305", k, ENC, nonce, 16), message, aad, pieces
+        )
         assert streamed + tail == expected and streamed == expected[:-16]
-        streamed, tail = run(provider.create_cipher("ChaCha20-Poly1305", k, DEC, nonce, 16),
-                             expected, aad, pieces)
+        streamed, tail = run(
+            provider.create_cipher("ChaCha20-Poly1305", k, DEC, nonce, 16), expected, aad, pieces
+        )
         assert (streamed, tail) == (b"", message)
 
 
@@ -85,11 +93,11 @@ def test_aes_cbc_pkcs7_matches_pyca(provider: OpenSSLProvider, bits: int, length
     expected = encryptor.update(padded) + encryptor.finalize()
     k = key(provider, f"AES-{bits}", raw)
     for pieces in (False, True):
-        out = run(provider.create_cipher(f"AES-{bits}-CBC", k, ENC, iv, 16), message,
-                  pieces=pieces)
+        out = run(provider.create_cipher(f"AES-{bits}-CBC", k, ENC, iv, 16), message, pieces=pieces)
         assert b"".join(out) == expected
-        streamed, tail = run(provider.create_cipher(f"AES-{bits}-CBC", k, DEC, iv, 16),
-                             expected, pieces=pieces)
+        streamed, tail = run(
+            provider.create_cipher(f"AES-{bits}-CBC", k, DEC, iv, 16), expected, pieces=pieces
+        )
         assert streamed + tail == message
         assert len(tail) <= 16  # the last block is the only one held back
 
@@ -102,22 +110,29 @@ def test_aes_ctr_matches_pyca(provider: OpenSSLProvider, bits: int) -> None:
     expected = encryptor.update(MESSAGE) + encryptor.finalize()
     k = key(provider, f"AES-{bits}", raw)
     for direction, data, result in [(ENC, MESSAGE, expected), (DEC, expected, MESSAGE)]:
-        streamed, tail = run(provider.create_cipher(f"AES-{bits}-CTR", k, direction, iv, 16),
-                             data, pieces=True)
+        streamed, tail = run(
+            provider.create_cipher(f"AES-{bits}-CTR", k, direction, iv, 16), data, pieces=True
+        )
         assert streamed == result and tail == b""
 
 
 def test_aead_tampering_is_authentication_failed(provider: OpenSSLProvider) -> None:
-    for algorithm, key_alg, size in [("AES-256-GCM", "AES-256", 32),
-                                     ("ChaCha20-Poly1305", "ChaCha20-Poly1305", 32)]:
+    for algorithm, key_alg, size in [
+        ("AES-256-GCM", "AES-256", 32),
+        ("ChaCha20-Poly1305", "ChaCha20-Poly1305", 32),
+    ]:
         k = key(provider, key_alg, os.urandom(size))
         iv = os.urandom(12)
         streamed, tail = run(provider.create_cipher(algorithm, k, ENC, iv, 16), MESSAGE, AAD)
         sealed = streamed + tail
         flipped = bytearray(sealed)
         flipped[5] ^= 1
-        for data, aad in [(bytes(flipped), AAD), (sealed, AAD[:-1]), (sealed[:-1], AAD),
-                          (sealed, b"")]:
+        for data, aad in [
+            (bytes(flipped), AAD),
+            (sealed, AAD[:-1]),
+            (sealed[:-1], AAD),
+            (sealed, b""),
+        ]:
             op = provider.create_cipher(algorithm, k, DEC, iv, 16)
             with pytest.raises(CryptoError) as exc:
                 run(op, data, aad)
@@ -134,11 +149,13 @@ def test_gcm_truncated_tags(provider: OpenSSLProvider) -> None:
     k = key(provider, "AES-128", raw)
     full = AESGCM(raw).encrypt(iv, MESSAGE, AAD)
     for tag_length in sorted(REGISTRY.get("AES-128-GCM").tag_sizes):
-        streamed, tail = run(provider.create_cipher("AES-128-GCM", k, ENC, iv, tag_length),
-                             MESSAGE, AAD)
-        assert streamed + tail == full[:len(MESSAGE) + tag_length]
-        decrypted = run(provider.create_cipher("AES-128-GCM", k, DEC, iv, tag_length),
-                        streamed + tail, AAD)
+        streamed, tail = run(
+            provider.create_cipher("AES-128-GCM", k, ENC, iv, tag_length), MESSAGE, AAD
+        )
+        assert streamed + tail == full[: len(MESSAGE) + tag_length]
+        decrypted = run(
+            provider.create_cipher("AES-128-GCM", k, DEC, iv, tag_length), streamed + tail, AAD
+        )
         assert decrypted == (b"", MESSAGE)
         bad = bytearray(streamed + tail)
         bad[-1] ^= 0x80
@@ -226,9 +243,13 @@ def test_wrong_key_for_cipher(provider: OpenSSLProvider) -> None:
     hmac_key = provider.generate_key("HMAC-SHA-256", P.SIGN)
     secret = provider.generate_key("GENERIC-SECRET", P.DERIVE)
     pair = provider.generate_key("Ed25519", P.SIGN)
-    for algorithm, k, iv in [("AES-256-GCM", aes128, 12), ("AES-128-GCM", hmac_key, 12),
-                             ("AES-256-CBC", secret, 16), ("ChaCha20-Poly1305", aes128, 12),
-                             ("AES-128-CTR", pair, 16)]:
+    for algorithm, k, iv in [
+        ("AES-256-GCM", aes128, 12),
+        ("AES-128-GCM", hmac_key, 12),
+        ("AES-256-CBC", secret, 16),
+        ("ChaCha20-Poly1305", aes128, 12),
+        ("AES-128-CTR", pair, 16),
+    ]:
         with pytest.raises(CryptoError) as exc:
             provider.create_cipher(algorithm, k, ENC, bytes(iv), 16)
         assert exc.value.code is ErrorCode.INVALID_ARGUMENT

@@ -41,22 +41,30 @@ PREFIX = b"CompositeAlgorithmSignatures2025"  # draft-ietf-lamps-pq-composite-si
 # A low-order point of Curve25519 (order 8, Wycheproof x25519 tcId 63's public key).
 LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
 # One composite per traditional scheme and curve family, for the slower per-key tests.
-REPRESENTATIVE = ["ML-DSA-65-ECDSA-P256-SHA512", "ML-DSA-65-Ed25519-SHA512",
-                  "ML-DSA-44-ECDSA-P256-SHA256", "ML-DSA-87-ECDSA-P521-SHA512",
-                  "ML-DSA-87-Ed448-SHAKE256", "ML-DSA-65-ECDSA-brainpoolP256r1-SHA512",
-                  "ML-DSA-44-RSA2048-PSS-SHA256", "ML-DSA-44-RSA2048-PKCS15-SHA256"]
+REPRESENTATIVE = [
+    "ML-DSA-65-ECDSA-P256-SHA512",
+    "ML-DSA-65-Ed25519-SHA512",
+    "ML-DSA-44-ECDSA-P256-SHA256",
+    "ML-DSA-87-ECDSA-P521-SHA512",
+    "ML-DSA-87-Ed448-SHAKE256",
+    "ML-DSA-65-ECDSA-brainpoolP256r1-SHA512",
+    "ML-DSA-44-RSA2048-PSS-SHA256",
+    "ML-DSA-44-RSA2048-PKCS15-SHA256",
+]
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[cs.CryptoStack]:
     """An in-process service with the OpenSSL provider alone."""
-    with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                .set_daemon_config(CONFIG)) as connected:
+    with cs.create_crypto_stack(
+        cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(CONFIG)
+    ) as connected:
         yield connected
 
 
-def _key(km: cs.KeyManagementContext, algorithm: str, material: bytes, fmt: F,
-         perms: P) -> cs.CryptoResourceGuard:
+def _key(
+    km: cs.KeyManagementContext, algorithm: str, material: bytes, fmt: F, perms: P
+) -> cs.CryptoResourceGuard:
     params = cs.ImportKeyParams().set_algorithm(algorithm).set_material(material, fmt)
     params.set_permissions(perms)
     return km.import_key(params)
@@ -68,13 +76,18 @@ def _secret(provider: OpenSSLProvider, key: object) -> bytes:
 
 # --- published vectors -----------------------------------------------------------------------
 
-def test_every_published_vector_in_process(stack: cs.CryptoStack,
-                                           record_property: Callable[[str, object], None]) -> None:
+
+def test_every_published_vector_in_process(
+    stack: cs.CryptoStack, record_property: Callable[[str, object], None]
+) -> None:
     report = hv.run(stack, PROVIDER_ID)
     assert report.failures == []
     _, _, composites = hv.composite_vectors()
-    expected = {"X-Wing": 3, "X25519MLKEM768": len(hv.x25519mlkem768_vectors()),
-                **{v.algorithm: 1 for v in composites}}
+    expected = {
+        "X-Wing": 3,
+        "X25519MLKEM768": len(hv.x25519mlkem768_vectors()),
+        **{v.algorithm: 1 for v in composites},
+    }
     assert report.counts == expected
     assert set(expected) == set(HYBRID_KEMS) | set(COMPOSITE_SIGNATURES)  # every algorithm
     assert len(hv.x25519mlkem768_vectors()) == 71
@@ -83,8 +96,13 @@ def test_every_published_vector_in_process(stack: cs.CryptoStack,
 
 
 def test_published_vectors_over_a_daemon(tmp_path: Path) -> None:
-    chosen = {"X-Wing", "X25519MLKEM768", "ML-DSA-65-ECDSA-P256-SHA512",
-              "ML-DSA-65-Ed25519-SHA512", "ML-DSA-87-ECDSA-P384-SHA512"}
+    chosen = {
+        "X-Wing",
+        "X25519MLKEM768",
+        "ML-DSA-65-ECDSA-P256-SHA512",
+        "ML-DSA-65-Ed25519-SHA512",
+        "ML-DSA-87-ECDSA-P384-SHA512",
+    }
     with DaemonProcess(tmp_path, CONFIG) as daemon, daemon.stack(timeout=30) as stack:
         report = hv.run(stack, PROVIDER_ID, chosen.__contains__)
     assert report.failures == []
@@ -92,14 +110,31 @@ def test_published_vectors_over_a_daemon(tmp_path: Path) -> None:
 
 
 def test_hybrid_slots_survive_a_restart(tmp_path: Path) -> None:
-    config = {**CONFIG, "key_slots": [
-        {"name": "Kem", "algorithm": "X-Wing", "provider": PROVIDER_ID,
-         "permissions": ["encapsulate", "decapsulate"], "provision": "generate"},
-        {"name": "Tls", "algorithm": "X25519MLKEM768", "provider": PROVIDER_ID,
-         "permissions": ["encapsulate", "decapsulate"]},
-        {"name": "Sig", "algorithm": "ML-DSA-65-ECDSA-P256-SHA512", "provider": PROVIDER_ID,
-         "permissions": ["sign", "verify"], "provision": "generate"},
-    ]}
+    config = {
+        **CONFIG,
+        "key_slots": [
+            {
+                "name": "Kem",
+                "algorithm": "X-Wing",
+                "provider": PROVIDER_ID,
+                "permissions": ["encapsulate", "decapsulate"],
+                "provision": "generate",
+            },
+            {
+                "name": "Tls",
+                "algorithm": "X25519MLKEM768",
+                "provider": PROVIDER_ID,
+                "permissions": ["encapsulate", "decapsulate"],
+            },
+            {
+                "name": "Sig",
+                "algorithm": "ML-DSA-65-ECDSA-P256-SHA512",
+                "provider": PROVIDER_ID,
+                "permissions": ["sign", "verify"],
+                "provision": "generate",
+            },
+        ],
+    }
     derived = P.DERIVE | P.EXPORT
     message = b"signed before the restart"
     with DaemonProcess(tmp_path, config) as daemon:
@@ -107,20 +142,32 @@ def test_hybrid_slots_survive_a_restart(tmp_path: Path) -> None:
             km = ctx.create_key_management_context()
             kem_slot = ctx.resolve_resource("Kem", cs.ResourceType.KEY_SLOT)
             sig_slot = ctx.resolve_resource("Sig", cs.ResourceType.KEY_SLOT)
-            tls = km.generate_key(cs.GenerateKeyParams().set_algorithm("X25519MLKEM768")
-                                  .set_permissions(P.ENCAPSULATE | P.DECAPSULATE))
+            tls = km.generate_key(
+                cs.GenerateKeyParams()
+                .set_algorithm("X25519MLKEM768")
+                .set_permissions(P.ENCAPSULATE | P.DECAPSULATE)
+            )
             km.persist_key(ctx.resolve_resource("Tls", cs.ResourceType.KEY_SLOT), tls)
             shares = {}
             for name, key in [("X-Wing", kem_slot), ("X25519MLKEM768", tls)]:
-                with ctx.create_kem_context(cs.KemContextConfig().set_algorithm(name)
-                                            .set_key(key)
-                                            .set_derived_key_permissions(derived)) as kem:
+                with ctx.create_kem_context(
+                    cs.KemContextConfig()
+                    .set_algorithm(name)
+                    .set_key(key)
+                    .set_derived_key_permissions(derived)
+                ) as kem:
                     ciphertext, guard = kem.encapsulate()
-                    shares[name] = (ciphertext, km.export_key(guard, F.RAW),
-                                    km.export_public_key(key, F.RAW))
-            with ctx.create_sign_context(cs.SignContextConfig()
-                                         .set_algorithm("ML-DSA-65-ECDSA-P256")
-                                         .set_key(sig_slot).set_context(b"app")) as signer:
+                    shares[name] = (
+                        ciphertext,
+                        km.export_key(guard, F.RAW),
+                        km.export_public_key(key, F.RAW),
+                    )
+            with ctx.create_sign_context(
+                cs.SignContextConfig()
+                .set_algorithm("ML-DSA-65-ECDSA-P256")
+                .set_key(sig_slot)
+                .set_context(b"app")
+            ) as signer:
                 assert signer.get_signature_size() == 3381
                 signature = signer.sign(message)
             public = km.export_public_key(sig_slot)
@@ -132,25 +179,34 @@ def test_hybrid_slots_survive_a_restart(tmp_path: Path) -> None:
                 key = ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT)
                 ciphertext, secret, ek = shares[name]
                 assert km.export_public_key(key, F.RAW) == ek
-                with ctx.create_kem_context(cs.KemContextConfig().set_algorithm(name)
-                                            .set_key(key)
-                                            .set_derived_key_permissions(derived)) as kem:
+                with ctx.create_kem_context(
+                    cs.KemContextConfig()
+                    .set_algorithm(name)
+                    .set_key(key)
+                    .set_derived_key_permissions(derived)
+                ) as kem:
                     assert km.export_key(kem.decapsulate(ciphertext), F.RAW) == secret
             sig_slot = ctx.resolve_resource("Sig", cs.ResourceType.KEY_SLOT)
             assert km.export_public_key(sig_slot) == public
-            with ctx.create_verify_context(cs.VerifyContextConfig()
-                                           .set_algorithm("ML-DSA-65-ECDSA-P256-SHA512")
-                                           .set_key(sig_slot).set_context(b"app")) as verifier:
+            with ctx.create_verify_context(
+                cs.VerifyContextConfig()
+                .set_algorithm("ML-DSA-65-ECDSA-P256-SHA512")
+                .set_key(sig_slot)
+                .set_context(b"app")
+            ) as verifier:
                 assert verifier.verify(message, signature)
                 assert not verifier.verify(message + b"!", signature)
 
 
 # --- interop with pyca for each half -----------------------------------------------------------
 
+
 def _xwing_halves(sk: bytes) -> tuple[mlkem.MLKEM768PrivateKey, x25519.X25519PrivateKey]:
     expanded = hashlib.shake_256(sk).digest(96)
-    return (mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
-            x25519.X25519PrivateKey.from_private_bytes(expanded[64:]))
+    return (
+        mlkem.MLKEM768PrivateKey.from_seed_bytes(expanded[:64]),
+        x25519.X25519PrivateKey.from_private_bytes(expanded[64:]),
+    )
 
 
 def _combine(algorithm: str, ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
@@ -187,8 +243,9 @@ def test_kem_interop_with_pyca_halves(provider: OpenSSLProvider, algorithm: str)
     ephemeral = x25519.X25519PrivateKey.generate()
     ct_x = ephemeral.public_key().public_bytes_raw()
     expected = _combine(algorithm, ss_m, ephemeral.exchange(x_priv.public_key()), ct_x, pk_x)
-    assert _secret(provider, provider.decapsulate(algorithm, pair, ct_m + ct_x, P.DERIVE)) == \
-        expected
+    assert (
+        _secret(provider, provider.decapsulate(algorithm, pair, ct_m + ct_x, P.DERIVE)) == expected
+    )
 
 
 def _ph(name: str, message: bytes) -> bytes:
@@ -204,15 +261,20 @@ def _m_prime(name: str, message: bytes, context: bytes) -> bytes:
     return PREFIX + label.encode() + bytes([len(context)]) + context + _ph(name, message)
 
 
-_MLDSA_PUBLIC: dict[str, tuple[Any, int, int]] = {"ML-DSA-44": (mldsa.MLDSA44PublicKey, 1312, 2420),
-                 "ML-DSA-65": (mldsa.MLDSA65PublicKey, 1952, 3309),
-                 "ML-DSA-87": (mldsa.MLDSA87PublicKey, 2592, 4627)}
+_MLDSA_PUBLIC: dict[str, tuple[Any, int, int]] = {
+    "ML-DSA-44": (mldsa.MLDSA44PublicKey, 1312, 2420),
+    "ML-DSA-65": (mldsa.MLDSA65PublicKey, 1952, 3309),
+    "ML-DSA-87": (mldsa.MLDSA87PublicKey, 2592, 4627),
+}
 
 
 def _verify_trad(name: str, public_bytes: bytes, signature: bytes, message: bytes) -> None:
     trad = COMPOSITE_SIGNATURES[name].traditional
-    digest = {"SHA-256": hashes.SHA256(), "SHA-384": hashes.SHA384(),
-              "SHA-512": hashes.SHA512()}.get(trad.hash_name)
+    digest = {
+        "SHA-256": hashes.SHA256(),
+        "SHA-384": hashes.SHA384(),
+        "SHA-512": hashes.SHA512(),
+    }.get(trad.hash_name)
     if trad.scheme == "EdDSA":
         cls = ed25519.Ed25519PublicKey if trad.curve == "Ed25519" else ed448.Ed448PublicKey
         cls.from_public_bytes(public_bytes).verify(signature, message)
@@ -231,16 +293,23 @@ def _verify_trad(name: str, public_bytes: bytes, signature: bytes, message: byte
         rsa_key.verify(signature, message, padding, digest)
 
 
-def _sign(provider: OpenSSLProvider, name: str, key: object, message: bytes,
-          context: bytes = b"") -> bytes:
+def _sign(
+    provider: OpenSSLProvider, name: str, key: object, message: bytes, context: bytes = b""
+) -> bytes:
     signer = provider.create_signer(name, key, context)  # type: ignore[arg-type]
     signer.update(message[:5])
     signer.update(memoryview(message)[5:])
     return signer.finalize()
 
 
-def _verify(provider: OpenSSLProvider, name: str, key: object, message: bytes, signature: bytes,
-            context: bytes = b"") -> bool:
+def _verify(
+    provider: OpenSSLProvider,
+    name: str,
+    key: object,
+    message: bytes,
+    signature: bytes,
+    context: bytes = b"",
+) -> bool:
     verifier = provider.create_verifier(name, key, context)  # type: ignore[arg-type]
     verifier.update(message)
     return verifier.finalize(signature)
@@ -257,14 +326,15 @@ def test_composite_halves_verify_with_pyca(provider: OpenSSLProvider, name: str)
     public = provider.export_public_key(pair, F.RAW)
     m_prime = _m_prime(name, message, context)
     # ML-DSA half: pure ML-DSA over M' with the label as its context string
-    public_cls.from_public_bytes(public[:pk_size]).verify(signature[:sig_size], m_prime,
-                                                          spec.label)
+    public_cls.from_public_bytes(public[:pk_size]).verify(signature[:sig_size], m_prime, spec.label)
     _verify_trad(name, public[pk_size:], signature[sig_size:], m_prime)  # raises if wrong
     # a composite assembled here from pyca-made halves verifies in the provider
     private = provider.export_key(pair, F.RAW)
-    private_classes: dict[str, Any] = {"ML-DSA-44": mldsa.MLDSA44PrivateKey,
-                                       "ML-DSA-65": mldsa.MLDSA65PrivateKey,
-                                       "ML-DSA-87": mldsa.MLDSA87PrivateKey}
+    private_classes: dict[str, Any] = {
+        "ML-DSA-44": mldsa.MLDSA44PrivateKey,
+        "ML-DSA-65": mldsa.MLDSA65PrivateKey,
+        "ML-DSA-87": mldsa.MLDSA87PrivateKey,
+    }
     mldsa_private = private_classes[spec.mldsa].from_seed_bytes(private[:32])
     assembled = mldsa_private.sign(m_prime, spec.label) + signature[sig_size:]
     assert _verify(provider, name, pair, message, assembled, context)
@@ -273,8 +343,9 @@ def test_composite_halves_verify_with_pyca(provider: OpenSSLProvider, name: str)
 
 # --- negative cases ----------------------------------------------------------------------------
 
+
 def _flip(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 @pytest.mark.parametrize("name", REPRESENTATIVE[:5])
@@ -312,32 +383,40 @@ def test_negative_cases_through_the_api(stack: cs.CryptoStack) -> None:
         pair = km.generate_key(cs.GenerateKeyParams().set_algorithm("ML-DSA-65-Ed25519"))
         config = cs.SignContextConfig().set_algorithm("ML-DSA-65-Ed25519-SHA512").set_key(pair)
         signature = ctx.create_sign_context(config).sign(b"m")
-        verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                             .set_algorithm("ML-DSA-65-Ed25519-SHA512")
-                                             .set_key(pair))
+        verifier = ctx.create_verify_context(
+            cs.VerifyContextConfig().set_algorithm("ML-DSA-65-Ed25519-SHA512").set_key(pair)
+        )
         assert verifier.verify(b"m", signature)
-        for wrong in (_flip(signature, 0), _flip(signature, 3330), signature[:-1],
-                      signature + b"\x00"):
+        for wrong in (
+            _flip(signature, 0),
+            _flip(signature, 3330),
+            signature[:-1],
+            signature + b"\x00",
+        ):
             assert verifier.verify(b"m", wrong) is False
         with pytest.raises(CryptoError) as exc:  # context strings are at most 255 bytes
-            ctx.create_sign_context(cs.SignContextConfig()
-                                    .set_algorithm("ML-DSA-65-Ed25519-SHA512")
-                                    .set_key(pair).set_context(bytes(256)))
+            ctx.create_sign_context(
+                cs.SignContextConfig()
+                .set_algorithm("ML-DSA-65-Ed25519-SHA512")
+                .set_key(pair)
+                .set_context(bytes(256))
+            )
         assert exc.value.code is ErrorCode.INVALID_ARGUMENT
         with pytest.raises(CryptoError) as exc:  # a key of another composite algorithm
-            ctx.create_sign_context(cs.SignContextConfig()
-                                    .set_algorithm("ML-DSA-44-Ed25519-SHA512").set_key(pair))
+            ctx.create_sign_context(
+                cs.SignContextConfig().set_algorithm("ML-DSA-44-Ed25519-SHA512").set_key(pair)
+            )
         assert exc.value.code is ErrorCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("algorithm", ["X-Wing", "X25519MLKEM768"])
-def test_kem_wrong_ciphertext_lengths_are_invalid_arguments(stack: cs.CryptoStack,
-                                                            algorithm: str) -> None:
+def test_kem_wrong_ciphertext_lengths_are_invalid_arguments(
+    stack: cs.CryptoStack, algorithm: str
+) -> None:
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
         pair = km.generate_key(cs.GenerateKeyParams().set_algorithm(algorithm))
-        kem = ctx.create_kem_context(cs.KemContextConfig().set_algorithm(algorithm)
-                                     .set_key(pair))
+        kem = ctx.create_kem_context(cs.KemContextConfig().set_algorithm(algorithm).set_key(pair))
         ciphertext, secret = kem.encapsulate()
         assert secret.permitted_operations == P.DERIVE
         for length in (0, 32, 1088, 1119, 1121, 2240):
@@ -348,13 +427,15 @@ def test_kem_wrong_ciphertext_lengths_are_invalid_arguments(stack: cs.CryptoStac
         with pytest.raises(CryptoError) as exc:
             km.export_key(kem.decapsulate(ciphertext), F.RAW)
         assert exc.value.code is ErrorCode.KEY_OPERATION_NOT_PERMITTED
-        derived = km.derive_key(cs.DeriveKeyParams().set_algorithm("HKDF-SHA-256")
-                                .set_key(secret).set_output("AES-256"))
+        derived = km.derive_key(
+            cs.DeriveKeyParams().set_algorithm("HKDF-SHA-256").set_key(secret).set_output("AES-256")
+        )
         assert derived.permitted_operations != P.NONE
         # a public key alone cannot decapsulate
         public = _key(km, algorithm, km.export_public_key(pair, F.RAW), F.RAW, P.ENCAPSULATE)
-        with ctx.create_kem_context(cs.KemContextConfig().set_algorithm(algorithm)
-                                    .set_key(public)) as sender:
+        with ctx.create_kem_context(
+            cs.KemContextConfig().set_algorithm(algorithm).set_key(public)
+        ) as sender:
             sender.encapsulate()
             with pytest.raises(CryptoError) as exc:
                 sender.decapsulate(ciphertext)
@@ -388,15 +469,18 @@ def test_kem_key_encodings_and_refusals(provider: OpenSSLProvider) -> None:
     again = provider.import_key("X-Wing", spki, F.SPKI_DER, P.ENCAPSULATE)
     assert not again.has_private
     pkcs8 = provider.export_key(xwing, F.PKCS8_DER)
-    assert provider.export_key(provider.import_key("X-Wing", pkcs8, F.PKCS8_DER, P.NONE),
-                               F.SEED) == provider.export_key(xwing, F.SEED)
+    assert provider.export_key(
+        provider.import_key("X-Wing", pkcs8, F.PKCS8_DER, P.NONE), F.SEED
+    ) == provider.export_key(xwing, F.SEED)
     _invalid(provider, "X-Wing", encode_spki("1.3.6.1.5.5.7.6.45", bytes(1216)), F.SPKI_DER)
     _invalid(provider, "X-Wing", pkcs8[:-1], F.PKCS8_DER)
     _invalid(provider, "X-Wing", spki + b"\x00", F.SPKI_DER)
     # X25519MLKEM768 has no OID: no SPKI/PKCS#8 either way
     _invalid(provider, "X25519MLKEM768", spki, F.SPKI_DER)
-    exports: list[Callable[[], bytes]] = [lambda: provider.export_public_key(tls, F.SPKI_DER),
-                                          lambda: provider.export_key(tls, F.PKCS8_DER)]
+    exports: list[Callable[[], bytes]] = [
+        lambda: provider.export_public_key(tls, F.SPKI_DER),
+        lambda: provider.export_key(tls, F.PKCS8_DER),
+    ]
     for export in exports:
         with pytest.raises(CryptoError) as exc:
             export()
@@ -409,10 +493,10 @@ def test_low_order_x25519_halves(provider: OpenSSLProvider) -> None:
     # X-Wing defines no check: the secret is the combiner over an all-zero X25519 share
     m_priv, _ = _xwing_halves(provider.export_key(xwing, F.SEED))
     pk_x = provider.export_public_key(xwing, F.RAW)[1184:]
-    expected = _combine("X-Wing", m_priv.decapsulate(ciphertext[:1088]), bytes(32), LOW_ORDER,
-                        pk_x)
-    assert _secret(provider, provider.decapsulate("X-Wing", xwing, ciphertext, P.DERIVE)) == \
-        expected
+    expected = _combine("X-Wing", m_priv.decapsulate(ciphertext[:1088]), bytes(32), LOW_ORDER, pk_x)
+    assert (
+        _secret(provider, provider.decapsulate("X-Wing", xwing, ciphertext, P.DERIVE)) == expected
+    )
     # the TLS group refuses it (draft-ietf-tls-ecdhe-mlkem, RFC 8446 7.4.2)
     tls = provider.generate_key("X25519MLKEM768", P.DECAPSULATE)
     with pytest.raises(CryptoError) as exc:
@@ -438,12 +522,12 @@ def test_composite_key_encodings_and_refusals(provider: OpenSSLProvider) -> None
     point = p384.public_bytes(ser.Encoding.X962, ser.PublicFormat.UncompressedPoint)
     _invalid(provider, name, public[:1952] + point, F.RAW)
     compressed = pair.traditional_public.public_bytes(  # type: ignore[attr-defined]
-        ser.Encoding.X962, ser.PublicFormat.CompressedPoint)
+        ser.Encoding.X962, ser.PublicFormat.CompressedPoint
+    )
     _invalid(provider, name, public[:1952] + compressed, F.RAW)
     other = COMPOSITE_SIGNATURES["ML-DSA-65-ECDSA-P384-SHA512"]
     p384_private = ec.generate_private_key(ec.SECP384R1())
-    _invalid(provider, name, private[:32] + other.traditional.encode_private(p384_private),
-             F.RAW)
+    _invalid(provider, name, private[:32] + other.traditional.encode_private(p384_private), F.RAW)
     # SPKI / PKCS#8 carry the algorithm's OID; another composite's OID is refused
     spki = provider.export_public_key(pair, F.SPKI_DER)
     assert spki == encode_spki("1.3.6.1.5.5.7.6.45", public)
@@ -452,8 +536,12 @@ def test_composite_key_encodings_and_refusals(provider: OpenSSLProvider) -> None
     pem = provider.export_key(pair, F.PEM)
     assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     assert provider.export_key(provider.import_key(name, pem, F.PEM, P.SIGN), F.RAW) == private
-    assert provider.import_key(name, provider.export_public_key(pair, F.PEM), F.PEM,
-                               P.VERIFY).public_bytes == public  # type: ignore[attr-defined]
+    assert (
+        provider.import_key(
+            name, provider.export_public_key(pair, F.PEM), F.PEM, P.VERIFY
+        ).public_bytes
+        == public
+    )  # type: ignore[attr-defined]
     _invalid(provider, name, encode_pkcs8("1.3.6.1.5.5.7.6.46", private), F.PKCS8_DER)
     with pytest.raises(CryptoError) as exc:
         provider.export_key(pair, F.SEED)
@@ -466,8 +554,12 @@ def test_composite_key_encodings_and_refusals(provider: OpenSSLProvider) -> None
 
 def test_capabilities_and_scheduling(provider: OpenSSLProvider) -> None:
     for name in HYBRID_KEMS:
-        for op in (Operation.ENCAPSULATE, Operation.DECAPSULATE, Operation.GENERATE_KEY,
-                   Operation.IMPORT_KEY):
+        for op in (
+            Operation.ENCAPSULATE,
+            Operation.DECAPSULATE,
+            Operation.GENERATE_KEY,
+            Operation.IMPORT_KEY,
+        ):
             assert provider.supports(name, op)
         # ML-KEM plus X25519 work (50-70 us) goes to a worker thread
         assert not provider.run_inline(Operation.ENCAPSULATE, 0, name)

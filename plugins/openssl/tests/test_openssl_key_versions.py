@@ -25,17 +25,28 @@ SOFT = 2
 CONFIG = {
     "providers": [{"name": "openssl", "id": SOFT, "options": {}}],
     "key_slots": [
-        {"name": "Aes", "algorithm": "AES-256", "provider": SOFT,
-         "permissions": ["encrypt", "decrypt"], "provision": "generate"},
-        {"name": "Ec", "algorithm": "ECDSA-P256", "provider": SOFT,
-         "permissions": ["sign", "verify"], "provision": "generate"},
+        {
+            "name": "Aes",
+            "algorithm": "AES-256",
+            "provider": SOFT,
+            "permissions": ["encrypt", "decrypt"],
+            "provision": "generate",
+        },
+        {
+            "name": "Ec",
+            "algorithm": "ECDSA-P256",
+            "provider": SOFT,
+            "permissions": ["sign", "verify"],
+            "provision": "generate",
+        },
     ],
 }
 
 
 def _new(algorithm: str, perms: cs.KeyOperationPermission) -> Callable[[Any], Any]:
-    return lambda km: km.generate_key(cs.GenerateKeyParams().set_algorithm(algorithm)
-                                      .set_permissions(perms).set_provider(SOFT))
+    return lambda km: km.generate_key(
+        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms).set_provider(SOFT)
+    )
 
 
 @pytest.fixture
@@ -50,8 +61,9 @@ def test_old_ciphertext_decrypts_after_rotation(daemon: DaemonProcess) -> None:
 
 
 def test_holders_survive_repersist_and_clear(daemon: DaemonProcess) -> None:
-    check_holders_survive(daemon.stack, "Aes", _new("AES-256", P.ENCRYPT | P.DECRYPT),
-                          cipher_user("AES-256-GCM"))
+    check_holders_survive(
+        daemon.stack, "Aes", _new("AES-256", P.ENCRYPT | P.DECRYPT), cipher_user("AES-256-GCM")
+    )
 
 
 def test_signatures_of_old_versions_still_verify(daemon: DaemonProcess) -> None:
@@ -62,19 +74,22 @@ def test_signatures_of_old_versions_still_verify(daemon: DaemonProcess) -> None:
         km = ctx.create_key_management_context()
         slot = ctx.resolve_resource("Ec", cs.ResourceType.KEY_SLOT)
         public = km.export_public_key(slot)
-        signature = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                            .set_key(slot)).sign(b"signed under v1")
+        signature = ctx.create_sign_context(
+            cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(slot)
+        ).sign(b"signed under v1")
         km.persist_key(slot, _new("ECDSA-P256", P.SIGN | P.VERIFY)(km))
         with km.load_key(slot, version=1) as v1:
             assert v1.permitted_operations == P.VERIFY
-            verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                                 .set_algorithm("ECDSA-P256").set_key(v1))
+            verifier = ctx.create_verify_context(
+                cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(v1)
+            )
             verifier.init()
             verifier.update(b"signed under v1")
             assert verifier.verify_finalize(signature)
             with pytest.raises(cs.CryptoError) as err:
-                ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                        .set_key(v1))
+                ctx.create_sign_context(
+                    cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(v1)
+                )
             assert err.value.code is cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
         key = serialization.load_der_public_key(public)
         assert isinstance(key, ec.EllipticCurvePublicKey)

@@ -27,10 +27,16 @@ CONFIG = {"providers": [{"name": "openssl", "id": 2, "options": {}}]}
 @pytest.fixture(params=["inproc", "unix"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.CryptoStack]:
     if request.param == "inproc":
-        config = {**CONFIG, "daemon": {"keystore": str(tmp_path / "ks.sqlite3"),
-                                       "state_dir": str(tmp_path / "state")}}
-        with cs.create_crypto_stack(cs.CryptoStackConfig().set_connection_endpoint("inproc://")
-                                    .set_daemon_config(config)) as s:
+        config = {
+            **CONFIG,
+            "daemon": {
+                "keystore": str(tmp_path / "ks.sqlite3"),
+                "state_dir": str(tmp_path / "state"),
+            },
+        }
+        with cs.create_crypto_stack(
+            cs.CryptoStackConfig().set_connection_endpoint("inproc://").set_daemon_config(config)
+        ) as s:
             yield s
         return
     with DaemonProcess(tmp_path / "d", CONFIG) as daemon, daemon.stack() as s:
@@ -58,22 +64,31 @@ def counted(stack: cs.CryptoStack) -> Callable[..., tuple[Any, list[str]]]:
 
 def key(ctx: cs.CryptoContext, algorithm: str, perms: P) -> cs.CryptoResourceGuard:
     return ctx.create_key_management_context().generate_key(
-        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms | P.EXPORT))
+        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms | P.EXPORT)
+    )
 
 
-@pytest.mark.parametrize(("algorithm", "key_algorithm", "reference"), [
-    ("AES-256-GCM", "AES-256", AESGCM), ("AES-128-GCM", "AES-128", AESGCM),
-    ("ChaCha20-Poly1305", "ChaCha20-Poly1305", ChaCha20Poly1305)])
-def test_aead_one_shots(stack: cs.CryptoStack, algorithm: str, key_algorithm: str,
-                        reference: Any) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "key_algorithm", "reference"),
+    [
+        ("AES-256-GCM", "AES-256", AESGCM),
+        ("AES-128-GCM", "AES-128", AESGCM),
+        ("ChaCha20-Poly1305", "ChaCha20-Poly1305", ChaCha20Poly1305),
+    ],
+)
+def test_aead_one_shots(
+    stack: cs.CryptoStack, algorithm: str, key_algorithm: str, reference: Any
+) -> None:
     count = counted(stack)
     ctx = stack.create_crypto_context()
     guard = key(ctx, key_algorithm, P.ENCRYPT | P.DECRYPT)
     secret = ctx.create_key_management_context().export_key(guard)
-    enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(algorithm)
-                                    .set_key(guard).set_direction(D.ENCRYPT))
-    dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(algorithm)
-                                    .set_key(guard).set_direction(D.DECRYPT))
+    enc = ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm(algorithm).set_key(guard).set_direction(D.ENCRYPT)
+    )
+    dec = ctx.create_cipher_context(
+        cs.CipherContextConfig().set_algorithm(algorithm).set_key(guard).set_direction(D.DECRYPT)
+    )
     for size in (0, 1, 64, 4096, 300_000):  # the last one through shared memory (daemon)
         nonce, data, aad = os.urandom(12), os.urandom(size), os.urandom(size % 50)
         sealed, sent = count(enc.encrypt, nonce, data, aad)
@@ -89,10 +104,18 @@ def test_cbc_and_ctr_one_shots_match_the_streamed_calls(stack: cs.CryptoStack) -
     ctx = stack.create_crypto_context()
     guard = key(ctx, "AES-256", P.ENCRYPT | P.DECRYPT)
     for algorithm in ("AES-256-CBC", "AES-256-CTR"):
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(algorithm)
-                                        .set_key(guard).set_direction(D.ENCRYPT))
-        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm(algorithm)
-                                        .set_key(guard).set_direction(D.DECRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm(algorithm)
+            .set_key(guard)
+            .set_direction(D.ENCRYPT)
+        )
+        dec = ctx.create_cipher_context(
+            cs.CipherContextConfig()
+            .set_algorithm(algorithm)
+            .set_key(guard)
+            .set_direction(D.DECRYPT)
+        )
         iv, data = os.urandom(16), os.urandom(1000)
         sealed = enc.encrypt(iv, data)
         enc.init(iv)
@@ -100,24 +123,25 @@ def test_cbc_and_ctr_one_shots_match_the_streamed_calls(stack: cs.CryptoStack) -
         assert dec.decrypt(iv, sealed) == data
 
 
-@pytest.mark.parametrize("algorithm", ["ECDSA-P256", "ECDSA-P384", "Ed25519", "ML-DSA-44",
-                                       "HMAC-SHA-256", "HMAC-SHA-512"])
+@pytest.mark.parametrize(
+    "algorithm",
+    ["ECDSA-P256", "ECDSA-P384", "Ed25519", "ML-DSA-44", "HMAC-SHA-256", "HMAC-SHA-512"],
+)
 def test_sign_verify_mac_one_shots(stack: cs.CryptoStack, algorithm: str) -> None:
     count = counted(stack)
     ctx = stack.create_crypto_context()
     perms = P.SIGN | P.VERIFY | (P.MAC if algorithm.startswith("HMAC") else P.NONE)
     guard = key(ctx, algorithm, perms)
     km = ctx.create_key_management_context()
-    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm(algorithm)
-                                     .set_key(guard))
-    verifier = ctx.create_verify_context(cs.VerifyContextConfig().set_algorithm(algorithm)
-                                         .set_key(guard))
+    signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm(algorithm).set_key(guard))
+    verifier = ctx.create_verify_context(
+        cs.VerifyContextConfig().set_algorithm(algorithm).set_key(guard)
+    )
     message = os.urandom(777)
     signature, sent = count(signer.sign, message)
     assert sent == ["sign.single_shot"]
     assert count(verifier.verify, message, signature) == (True, ["verify.single_shot"])
-    assert count(verifier.verify, message[:-1], signature) == \
-        (False, ["verify.single_shot"])
+    assert count(verifier.verify, message[:-1], signature) == (False, ["verify.single_shot"])
     if algorithm.startswith("HMAC"):
         digest = "sha256" if algorithm.endswith("256") else "sha512"
         assert signature == hmac.new(km.export_key(guard), message, digest).digest()
@@ -139,8 +163,8 @@ def test_sign_verify_mac_one_shots(stack: cs.CryptoStack, algorithm: str) -> Non
 def test_hash_one_shots(stack: cs.CryptoStack) -> None:
     count = counted(stack)
     h = stack.create_crypto_context().create_hash_context(
-        cs.HashContextConfig().set_algorithm("SHA3-256"))
+        cs.HashContextConfig().set_algorithm("SHA3-256")
+    )
     for size in (0, 100, 1 << 20):
         data = os.urandom(size)
-        assert count(h.single_shot, data) == (hashlib.sha3_256(data).digest(),
-                                                       ["hash.single_shot"])
+        assert count(h.single_shot, data) == (hashlib.sha3_256(data).digest(), ["hash.single_shot"])

@@ -21,29 +21,53 @@ from cryptostack_core.sdk import KeyOperationPermission as P
 from cryptostack_openssl import OpenSSLProvider
 
 MESSAGE = os.urandom(3000)
-PIECES = [MESSAGE[i:i + 97] for i in range(0, len(MESSAGE), 97)]
+PIECES = [MESSAGE[i : i + 97] for i in range(0, len(MESSAGE), 97)]
 PSS = apad.PSS(apad.MGF1(hashes.SHA256()), 32)
 
 # algorithm -> (key algorithm, pyca private key factory, pyca verify(pub, sig, msg, ctx))
 Verify = Callable[[object, bytes, bytes, bytes], None]
 CASES: dict[str, tuple[str, Callable[[], object], Verify]] = {
-    "ECDSA-P256": ("ECDSA-P256", lambda: ec.generate_private_key(ec.SECP256R1()),
-                   lambda k, s, m, c: k.verify(s, m, ec.ECDSA(hashes.SHA256()))),  # type: ignore[attr-defined]
-    "ECDSA-P384": ("ECDSA-P384", lambda: ec.generate_private_key(ec.SECP384R1()),
-                   lambda k, s, m, c: k.verify(s, m, ec.ECDSA(hashes.SHA384()))),  # type: ignore[attr-defined]
-    "RSA-PSS-SHA256": ("RSA-2048", lambda: rsa.generate_private_key(65537, 2048),
-                       lambda k, s, m, c: k.verify(s, m, PSS, hashes.SHA256())),  # type: ignore[attr-defined]
-    "Ed25519": ("Ed25519", ed25519.Ed25519PrivateKey.generate,
-                lambda k, s, m, c: k.verify(s, m)),  # type: ignore[attr-defined]
-    "ML-DSA-44": ("ML-DSA-44", mldsa.MLDSA44PrivateKey.generate,
-                  lambda k, s, m, c: k.verify(s, m, c)),  # type: ignore[attr-defined]
-    "ML-DSA-65": ("ML-DSA-65", mldsa.MLDSA65PrivateKey.generate,
-                  lambda k, s, m, c: k.verify(s, m, c)),  # type: ignore[attr-defined]
-    "ML-DSA-87": ("ML-DSA-87", mldsa.MLDSA87PrivateKey.generate,
-                  lambda k, s, m, c: k.verify(s, m, c)),  # type: ignore[attr-defined]
+    "ECDSA-P256": (
+        "ECDSA-P256",
+        lambda: ec.generate_private_key(ec.SECP256R1()),
+        lambda k, s, m, c: k.verify(s, m, ec.ECDSA(hashes.SHA256())),
+    ),  # type: ignore[attr-defined]
+    "ECDSA-P384": (
+        "ECDSA-P384",
+        lambda: ec.generate_private_key(ec.SECP384R1()),
+        lambda k, s, m, c: k.verify(s, m, ec.ECDSA(hashes.SHA384())),
+    ),  # type: ignore[attr-defined]
+    "RSA-PSS-SHA256": (
+        "RSA-2048",
+        lambda: rsa.generate_private_key(65537, 2048),
+        lambda k, s, m, c: k.verify(s, m, PSS, hashes.SHA256()),
+    ),  # type: ignore[attr-defined]
+    "Ed25519": ("Ed25519", ed25519.Ed25519PrivateKey.generate, lambda k, s, m, c: k.verify(s, m)),  # type: ignore[attr-defined]
+    "ML-DSA-44": (
+        "ML-DSA-44",
+        mldsa.MLDSA44PrivateKey.generate,
+        lambda k, s, m, c: k.verify(s, m, c),
+    ),  # type: ignore[attr-defined]
+    "ML-DSA-65": (
+        "ML-DSA-65",
+        mldsa.MLDSA65PrivateKey.generate,
+        lambda k, s, m, c: k.verify(s, m, c),
+    ),  # type: ignore[attr-defined]
+    "ML-DSA-87": (
+        "ML-DSA-87",
+        mldsa.MLDSA87PrivateKey.generate,
+        lambda k, s, m, c: k.verify(s, m, c),
+    ),  # type: ignore[attr-defined]
 }
-SIZES = {"ECDSA-P256": 72, "ECDSA-P384": 104, "RSA-PSS-SHA256": 256, "Ed25519": 64,
-         "ML-DSA-44": 2420, "ML-DSA-65": 3309, "ML-DSA-87": 4627}
+SIZES = {
+    "ECDSA-P256": 72,
+    "ECDSA-P384": 104,
+    "RSA-PSS-SHA256": 256,
+    "Ed25519": 64,
+    "ML-DSA-44": 2420,
+    "ML-DSA-65": 3309,
+    "ML-DSA-87": 4627,
+}
 
 
 def pyca_sign(private: object, algorithm: str, message: bytes, context: bytes) -> bytes:
@@ -57,16 +81,27 @@ def pyca_sign(private: object, algorithm: str, message: bytes, context: bytes) -
     return private.sign(message)  # type: ignore[attr-defined,no-any-return]
 
 
-def sign(provider: OpenSSLProvider, algorithm: str, key: ProviderKey, pieces: list[bytes],
-         context: bytes = b"") -> bytes:
+def sign(
+    provider: OpenSSLProvider,
+    algorithm: str,
+    key: ProviderKey,
+    pieces: list[bytes],
+    context: bytes = b"",
+) -> bytes:
     op = provider.create_signer(algorithm, key, context)
     for piece in pieces:
         op.update(memoryview(piece))
     return op.finalize()
 
 
-def verify(provider: OpenSSLProvider, algorithm: str, key: ProviderKey, pieces: list[bytes],
-           signature: bytes, context: bytes = b"") -> bool:
+def verify(
+    provider: OpenSSLProvider,
+    algorithm: str,
+    key: ProviderKey,
+    pieces: list[bytes],
+    signature: bytes,
+    context: bytes = b"",
+) -> bool:
     op = provider.create_verifier(algorithm, key, context)
     for piece in pieces:
         op.update(piece)
@@ -79,10 +114,12 @@ def test_sign_verify_interop(provider: OpenSSLProvider, algorithm: str) -> None:
     context = b"ctx-string" if algorithm.startswith("ML-DSA") else b""
     private = factory()
     der = private.private_bytes(  # type: ignore[attr-defined]
-        ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+        ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption()
+    )
     pair = provider.import_key(key_algorithm, der, F.PKCS8_DER, P.SIGN | P.VERIFY)
-    public = provider.import_key(key_algorithm, provider.export_public_key(pair), F.SPKI_DER,
-                                 P.VERIFY)
+    public = provider.import_key(
+        key_algorithm, provider.export_public_key(pair), F.SPKI_DER, P.VERIFY
+    )
     assert provider.signature_size(algorithm, pair) == SIZES[algorithm]
     # provider signs in many updates -> pyca verifies the whole message
     signature = sign(provider, algorithm, pair, PIECES, context)
@@ -93,12 +130,20 @@ def test_sign_verify_interop(provider: OpenSSLProvider, algorithm: str) -> None:
     for key in (pair, public):
         assert verify(provider, algorithm, key, PIECES, theirs, context)
         assert verify(provider, algorithm, key, [MESSAGE], signature, context)
-        assert verify(provider, algorithm, key, [], pyca_sign(private, algorithm, b"", context),
-                      context)
+        assert verify(
+            provider, algorithm, key, [], pyca_sign(private, algorithm, b"", context), context
+        )
     # wrong message, wrong or malformed signature: False, never an exception
     assert not verify(provider, algorithm, public, [MESSAGE[:-1]], signature, context)
-    for bad in (b"", b"\x30\x00", signature[:-1], signature + b"\x00", bytes(len(signature)),
-                bytes([signature[0] ^ 1]) + signature[1:], os.urandom(len(signature))):
+    for bad in (
+        b"",
+        b"\x30\x00",
+        signature[:-1],
+        signature + b"\x00",
+        bytes(len(signature)),
+        bytes([signature[0] ^ 1]) + signature[1:],
+        os.urandom(len(signature)),
+    ):
         assert not verify(provider, algorithm, public, PIECES, bad, context)
     # a public key alone cannot sign
     with pytest.raises(CryptoError) as exc:
@@ -131,9 +176,14 @@ def test_key_must_fit_the_algorithm(provider: OpenSSLProvider) -> None:
     p384 = provider.generate_key("ECDSA-P384", P.SIGN)
     ed = provider.generate_key("Ed25519", P.SIGN)
     aes = provider.generate_key("AES-256", P.ENCRYPT)
-    for algorithm, key in [("ECDSA-P256", p384), ("ML-DSA-65", ed), ("Ed25519", p384),
-                           ("HMAC-SHA-256", aes), ("HMAC-SHA-256", ed),
-                           ("RSA-PSS-SHA256", p384)]:
+    for algorithm, key in [
+        ("ECDSA-P256", p384),
+        ("ML-DSA-65", ed),
+        ("Ed25519", p384),
+        ("HMAC-SHA-256", aes),
+        ("HMAC-SHA-256", ed),
+        ("RSA-PSS-SHA256", p384),
+    ]:
         for create in (provider.create_signer, provider.create_verifier):
             with pytest.raises(CryptoError) as exc:
                 create(algorithm, key, b"")
@@ -146,11 +196,17 @@ def test_ecdh_p256_key_signs_ecdsa(provider: OpenSSLProvider) -> None:
     assert verify(provider, "ECDSA-P256", key, [b"m"], signature)
 
 
-@pytest.mark.parametrize(("algorithm", "digest"), [("HMAC-SHA-256", hashlib.sha256),
-                                                   ("HMAC-SHA-384", hashlib.sha384),
-                                                   ("HMAC-SHA-512", hashlib.sha512)])
-def test_hmac_matches_stdlib(provider: OpenSSLProvider, algorithm: str,
-                             digest: Callable[..., object]) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "digest"),
+    [
+        ("HMAC-SHA-256", hashlib.sha256),
+        ("HMAC-SHA-384", hashlib.sha384),
+        ("HMAC-SHA-512", hashlib.sha512),
+    ],
+)
+def test_hmac_matches_stdlib(
+    provider: OpenSSLProvider, algorithm: str, digest: Callable[..., object]
+) -> None:
     raw = os.urandom(40)
     expected = hmac.new(raw, MESSAGE, digest).digest()  # type: ignore[arg-type]
     for key_algorithm in (algorithm, "GENERIC-SECRET"):
@@ -164,8 +220,9 @@ def test_hmac_matches_stdlib(provider: OpenSSLProvider, algorithm: str,
         assert not verify(provider, algorithm, key, PIECES, b"")
 
 
-def test_hmac_truncation_policy(provider: OpenSSLProvider,
-                                provider_factory: Callable[..., OpenSSLProvider]) -> None:
+def test_hmac_truncation_policy(
+    provider: OpenSSLProvider, provider_factory: Callable[..., OpenSSLProvider]
+) -> None:
     """Default min_mac_length 16: prefixes of 16+ bytes verify, shorter ones never do."""
     raw = os.urandom(32)
     expected = hmac.new(raw, b"msg", hashlib.sha256).digest()
@@ -173,7 +230,7 @@ def test_hmac_truncation_policy(provider: OpenSSLProvider,
     assert provider.min_mac_length == 16
     for length in (16, 20, 31, 32):
         assert verify(provider, "HMAC-SHA-256", key, [b"msg"], expected[:length])
-        bad = expected[:length - 1] + bytes([expected[length - 1] ^ 1])
+        bad = expected[: length - 1] + bytes([expected[length - 1] ^ 1])
         assert not verify(provider, "HMAC-SHA-256", key, [b"msg"], bad)
     for length in (1, 10, 15):
         assert not verify(provider, "HMAC-SHA-256", key, [b"msg"], expected[:length])

@@ -46,8 +46,9 @@ def test_policy_declarations_are_load_bearing(stack: cs.CryptoStack, claimed: se
     gcm = wp.run_file(stack, PROVIDER_ID, directory / "aes_gcm_test.json", wp.Policy(), claimed)
     assert len(gcm.unexpected) == 27
     assert all("INVALID_ARGUMENT" in u.reason and "IV" in u.reason for u in gcm.unexpected)
-    undeclared = wp.run_file(stack, PROVIDER_ID, directory / "x25519_test.json", wp.Policy(),
-                             claimed)
+    undeclared = wp.run_file(
+        stack, PROVIDER_ID, directory / "x25519_test.json", wp.Policy(), claimed
+    )
     assert len(undeclared.unexpected) == 254  # every acceptable case needs a declaration
     lenient = wp.Policy(acceptable={**OPENSSL_POLICY.acceptable, "ZeroSharedSecret": True})
     x25519 = wp.run_file(stack, PROVIDER_ID, directory / "x25519_test.json", lenient, claimed)
@@ -56,12 +57,15 @@ def test_policy_declarations_are_load_bearing(stack: cs.CryptoStack, claimed: se
 
 
 def test_unclaimed_groups_are_skipped(stack: cs.CryptoStack) -> None:
-    assert wp.applicable_files({"AES-128-GCM", "Ed25519"}) == ["aes_gcm_test.json",
-                                                               "ed25519_test.json"]
+    assert wp.applicable_files({"AES-128-GCM", "Ed25519"}) == [
+        "aes_gcm_test.json",
+        "ed25519_test.json",
+    ]
     assert wp.applicable_files({"SHA-256"}) == []
     directory = wp.vectors_directory()
-    result = wp.run_file(stack, PROVIDER_ID, directory / "aes_gcm_test.json", OPENSSL_POLICY,
-                         {"AES-128-GCM"})
+    result = wp.run_file(
+        stack, PROVIDER_ID, directory / "aes_gcm_test.json", OPENSSL_POLICY, {"AES-128-GCM"}
+    )
     assert not result.unexpected and result.skipped > 0
     assert result.as_expected + result.skipped == result.cases == 316
     assert "AES-192-GCM" in result.notes[0] and "skipped" in result.summary()

@@ -105,9 +105,9 @@ def public_key_from_secret(logn: int, secret_key: bytes) -> bytes:
     expected = 1 + 2 * fg_len + _BIG_F_BITS * n // 8
     if len(secret_key) != expected or secret_key[0] != 0x50 + logn:
         raise InvalidFalconKey(f"not a Falcon-{n} secret key")
-    f = _unpack_signed(secret_key[1:1 + fg_len], fg_bits, n)
-    g = _unpack_signed(secret_key[1 + fg_len:1 + 2 * fg_len], fg_bits, n)
-    _unpack_signed(secret_key[1 + 2 * fg_len:], _BIG_F_BITS, n)  # F: validate encoding
+    f = _unpack_signed(secret_key[1 : 1 + fg_len], fg_bits, n)
+    g = _unpack_signed(secret_key[1 + fg_len : 1 + 2 * fg_len], fg_bits, n)
+    _unpack_signed(secret_key[1 + 2 * fg_len :], _BIG_F_BITS, n)  # F: validate encoding
     psi = pow(_GENERATOR, (Q - 1) // (2 * n), Q)  # primitive 2n-th root of unity
     omega = psi * psi % Q
     twist = [pow(psi, i, Q) for i in range(n)]

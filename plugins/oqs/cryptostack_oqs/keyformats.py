@@ -44,27 +44,32 @@ def import_formats(mech: Mechanism) -> frozenset[KeyFormat]:
 
 
 def _no_oid(mech: Mechanism, fmt: KeyFormat) -> CryptoError:
-    return invalid_argument(f"{mech.algorithm} has no standard OID yet, so there is no "
-                            f"{fmt.value} encoding for it; use KeyFormat.RAW")
+    return invalid_argument(
+        f"{mech.algorithm} has no standard OID yet, so there is no "
+        f"{fmt.value} encoding for it; use KeyFormat.RAW"
+    )
 
 
-def import_key(oqs: ModuleType, mech: Mechanism, material: bytes,
-               fmt: KeyFormat) -> keys.OQSKey:
+def import_key(oqs: ModuleType, mech: Mechanism, material: bytes, fmt: KeyFormat) -> keys.OQSKey:
     """Build a checked key from caller material; malformed input is INVALID_ARGUMENT."""
     if fmt is KeyFormat.RAW:
         if len(material) == mech.public_key_size:
             return keys.public_key(mech, material)
         if len(material) == mech.secret_key_size:
             return keys.key_pair(oqs, mech, material)
-        raise invalid_argument(f"a RAW {mech.algorithm} key is {mech.public_key_size} bytes "
-                               f"(public) or {mech.secret_key_size} bytes (liboqs secret "
-                               f"key), got {len(material)}")
+        raise invalid_argument(
+            f"a RAW {mech.algorithm} key is {mech.public_key_size} bytes "
+            f"(public) or {mech.secret_key_size} bytes (liboqs secret "
+            f"key), got {len(material)}"
+        )
     if fmt is KeyFormat.SEED:
         if mech.family is Family.ML_DSA:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"{mech.algorithm} keys cannot be imported from a seed on the "
-                              "oqs provider: liboqs has no public seed expansion for ML-DSA "
-                              "(use the openssl provider, or import RAW/PKCS#8 expanded keys)")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"{mech.algorithm} keys cannot be imported from a seed on the "
+                "oqs provider: liboqs has no public seed expansion for ML-DSA "
+                "(use the openssl provider, or import RAW/PKCS#8 expanded keys)",
+            )
         return keys.from_seed(oqs, mech, material)
     if mech.oid is None and fmt is not KeyFormat.PEM:
         raise _no_oid(mech, fmt)
@@ -79,8 +84,9 @@ def import_key(oqs: ModuleType, mech: Mechanism, material: bytes,
                 return import_key(oqs, mech, body, KeyFormat.SPKI_DER)
             if label == "PRIVATE KEY":
                 return import_key(oqs, mech, body, KeyFormat.PKCS8_DER)
-            raise invalid_argument(f"PEM {label!r} is not a key this provider reads "
-                                   "(PUBLIC KEY or PRIVATE KEY)")
+            raise invalid_argument(
+                f"PEM {label!r} is not a key this provider reads (PUBLIC KEY or PRIVATE KEY)"
+            )
     except der.DerError as exc:
         raise invalid_argument(f"malformed {fmt.value} for {mech.algorithm}: {exc}") from None
     raise invalid_argument(f"unknown key format {fmt}")
@@ -117,8 +123,7 @@ def _from_pkcs8(oqs: ModuleType, mech: Mechanism, data: bytes) -> keys.OQSKey:
     elif tag == der.SEQUENCE:  # both
         parts = der.read_all(content)
         if len(parts) != 2 or parts[0][0] != der.OCTET_STRING or parts[1][0] != der.OCTET_STRING:
-            raise der.DerError("'both' must be SEQUENCE { seed OCTET STRING, expandedKey "
-                               "OCTET STRING }")
+            raise der.DerError("'both' must be SEQUENCE { seed OCTET STRING, expandedKey OCTET STRING }")
         seed, expanded = parts[0][1], parts[1][1]
         if len(seed) != seed_size:
             raise invalid_argument(f"an {mech.algorithm} seed is {seed_size} bytes")
@@ -128,8 +133,7 @@ def _from_pkcs8(oqs: ModuleType, mech: Mechanism, data: bytes) -> keys.OQSKey:
     else:
         raise der.DerError(f"unknown {mech.family.value} private key form (tag {tag:#04x})")
     if info.public_key is not None and info.public_key != key.public:
-        raise invalid_argument(f"the PKCS#8 publicKey does not belong to this "
-                               f"{mech.algorithm} private key")
+        raise invalid_argument(f"the PKCS#8 publicKey does not belong to this {mech.algorithm} private key")
     return key
 
 
@@ -137,8 +141,9 @@ def _check_seed(oqs: ModuleType, key: keys.OQSKey, seed: bytes) -> None:
     mech = key.mechanism
     if mech.family is Family.ML_KEM:
         if keys.from_seed(oqs, mech, seed).secret != key.secret:
-            raise invalid_argument(f"the {mech.algorithm} seed and expanded key of this "
-                                   "PKCS#8 'both' structure do not match")
+            raise invalid_argument(
+                f"the {mech.algorithm} seed and expanded key of this PKCS#8 'both' structure do not match"
+            )
         return
     # ML-DSA: liboqs cannot expand the seed, but pyca/OpenSSL can derive its public key.
     try:
@@ -148,15 +153,18 @@ def _check_seed(oqs: ModuleType, key: keys.OQSKey, seed: bytes) -> None:
         expand: dict[str, Callable[[bytes], Any]] = {
             "ML-DSA-44": mldsa.MLDSA44PrivateKey.from_seed_bytes,
             "ML-DSA-65": mldsa.MLDSA65PrivateKey.from_seed_bytes,
-            "ML-DSA-87": mldsa.MLDSA87PrivateKey.from_seed_bytes}
-        public = expand[mech.algorithm](seed).public_key().public_bytes(Encoding.Raw,
-                                                                        PublicFormat.Raw)
+            "ML-DSA-87": mldsa.MLDSA87PrivateKey.from_seed_bytes,
+        }
+        public = expand[mech.algorithm](seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     except Exception as exc:  # any pyca failure means "cannot check"
-        raise invalid_argument(f"cannot check the seed of this {mech.algorithm} PKCS#8 "
-                               f"'both' structure ({exc}); import its expandedKey alone") from None
+        raise invalid_argument(
+            f"cannot check the seed of this {mech.algorithm} PKCS#8 "
+            f"'both' structure ({exc}); import its expandedKey alone"
+        ) from None
     if public != key.public:
-        raise invalid_argument(f"the {mech.algorithm} seed and expanded key of this PKCS#8 "
-                               "'both' structure do not match")
+        raise invalid_argument(
+            f"the {mech.algorithm} seed and expanded key of this PKCS#8 'both' structure do not match"
+        )
 
 
 def export_private(key: keys.OQSKey, fmt: KeyFormat) -> bytes:
@@ -169,9 +177,11 @@ def export_private(key: keys.OQSKey, fmt: KeyFormat) -> bytes:
         if mech.family not in (Family.ML_KEM, Family.ML_DSA):
             raise invalid_argument(f"{mech.algorithm} has no seed format")
         if key.seed is None:
-            raise invalid_argument(f"this {mech.algorithm} key has no seed (it was generated "
-                                   "by liboqs or imported in expanded form); export RAW or "
-                                   "PKCS8_DER")
+            raise invalid_argument(
+                f"this {mech.algorithm} key has no seed (it was generated "
+                "by liboqs or imported in expanded form); export RAW or "
+                "PKCS8_DER"
+            )
         return key.seed
     if mech.oid is None:
         raise _no_oid(mech, fmt)

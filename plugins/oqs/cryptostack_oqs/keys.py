@@ -35,8 +35,9 @@ _FALCON_LOGN = {"Falcon-512": 9, "Falcon-1024": 10}
 class OQSKey(ProviderKey):
     """A post-quantum public key or key pair in liboqs encoding."""
 
-    def __init__(self, mechanism: Mechanism, public: bytes, secret: bytes | None = None,
-                 seed: bytes | None = None) -> None:
+    def __init__(
+        self, mechanism: Mechanism, public: bytes, secret: bytes | None = None, seed: bytes | None = None
+    ) -> None:
         self.algorithm = mechanism.algorithm
         self.mechanism = mechanism
         self.public = bytes(public)
@@ -49,9 +50,10 @@ class OQSKey(ProviderKey):
     def require_secret(self) -> bytes:
         """The secret key; KEY_OPERATION_NOT_PERMITTED for a public key alone."""
         if self.secret is None:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"this {self.algorithm} key is a public key; the operation "
-                              "needs the key pair")
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                f"this {self.algorithm} key is a public key; the operation needs the key pair",
+            )
         return self.secret
 
     def __repr__(self) -> str:
@@ -74,8 +76,9 @@ class SharedSecret(ProviderKey):
 
 
 def _liboqs_failure(what: str, mech: Mechanism, exc: Exception) -> CryptoError:
-    return CryptoError(ErrorCode.PROVIDER_ERROR, f"liboqs could not {what} {mech.algorithm} "
-                                                 f"({mech.liboqs}): {exc}")
+    return CryptoError(
+        ErrorCode.PROVIDER_ERROR, f"liboqs could not {what} {mech.algorithm} ({mech.liboqs}): {exc}"
+    )
 
 
 def generate(oqs: ModuleType, mech: Mechanism) -> OQSKey:
@@ -99,11 +102,14 @@ def generate(oqs: ModuleType, mech: Mechanism) -> OQSKey:
 def from_seed(oqs: ModuleType, mech: Mechanism, seed: bytes) -> OQSKey:
     """An ML-KEM key pair from its 64-byte seed d || z (FIPS 203 ML-KEM.KeyGen_internal)."""
     if mech.family is not Family.ML_KEM or not mech.seed_size:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"liboqs offers no key generation from a seed for {mech.algorithm}")
+        raise CryptoError(
+            ErrorCode.UNSUPPORTED_ALGORITHM,
+            f"liboqs offers no key generation from a seed for {mech.algorithm}",
+        )
     if len(seed) != mech.seed_size:
-        raise invalid_argument(f"an {mech.algorithm} seed is {mech.seed_size} bytes (d || z), "
-                               f"got {len(seed)}")
+        raise invalid_argument(
+            f"an {mech.algorithm} seed is {mech.seed_size} bytes (d || z), got {len(seed)}"
+        )
     try:
         with oqs.KeyEncapsulation(mech.liboqs) as kem:
             public = kem.generate_keypair_seed(bytes(seed))
@@ -116,8 +122,9 @@ def from_seed(oqs: ModuleType, mech: Mechanism, seed: bytes) -> OQSKey:
 def public_key(mech: Mechanism, public: bytes) -> OQSKey:
     """A checked public key."""
     if len(public) != mech.public_key_size:
-        raise invalid_argument(f"an {mech.algorithm} public key is {mech.public_key_size} "
-                               f"bytes, got {len(public)}")
+        raise invalid_argument(
+            f"an {mech.algorithm} public key is {mech.public_key_size} bytes, got {len(public)}"
+        )
     try:
         if mech.family is Family.ML_KEM:
             mlkem_checks.check_encapsulation_key(mech.algorithm, public)
@@ -128,34 +135,32 @@ def public_key(mech: Mechanism, public: bytes) -> OQSKey:
     return OQSKey(mech, public)
 
 
-def key_pair(oqs: ModuleType, mech: Mechanism, secret: bytes,
-             public: bytes | None = None) -> OQSKey:
+def key_pair(oqs: ModuleType, mech: Mechanism, secret: bytes, public: bytes | None = None) -> OQSKey:
     """A checked key pair from a liboqs-format secret key (and optionally its public key)."""
     if len(secret) != mech.secret_key_size:
-        raise invalid_argument(f"an {mech.algorithm} secret key is {mech.secret_key_size} "
-                               f"bytes, got {len(secret)}")
+        raise invalid_argument(
+            f"an {mech.algorithm} secret key is {mech.secret_key_size} bytes, got {len(secret)}"
+        )
     try:
         if mech.family is Family.ML_KEM:
             derived = mlkem_checks.check_decapsulation_key(mech.algorithm, secret)
         elif mech.family is Family.ML_DSA:
             derived = mldsa_public.public_key_from_secret(mech.algorithm, secret)
         elif mech.family is Family.SLH_DSA:
-            derived = secret[len(secret) // 2:]  # SK.seed || SK.prf || PK.seed || PK.root
+            derived = secret[len(secret) // 2 :]  # SK.seed || SK.prf || PK.seed || PK.root
         else:
-            derived = falcon_public.public_key_from_secret(_FALCON_LOGN[mech.algorithm],
-                                                           secret)
+            derived = falcon_public.public_key_from_secret(_FALCON_LOGN[mech.algorithm], secret)
             _self_test_signature(oqs, mech, secret, derived)
-    except (mlkem_checks.InvalidKemKey, mldsa_public.InconsistentKey,
-            falcon_public.InvalidFalconKey) as exc:
+    except (mlkem_checks.InvalidKemKey, mldsa_public.InconsistentKey, falcon_public.InvalidFalconKey) as exc:
         raise invalid_argument(f"not a valid {mech.algorithm} secret key: {exc}") from None
     if public is not None and bytes(public) != derived:
-        raise invalid_argument(f"the public key given with the {mech.algorithm} secret key "
-                               "does not belong to it")
+        raise invalid_argument(
+            f"the public key given with the {mech.algorithm} secret key does not belong to it"
+        )
     return OQSKey(mech, derived, secret)
 
 
-def _self_test_signature(oqs: ModuleType, mech: Mechanism, secret: bytes,
-                         public: bytes) -> None:
+def _self_test_signature(oqs: ModuleType, mech: Mechanism, secret: bytes, public: bytes) -> None:
     message = b"cryptostack oqs key import self-test"
     try:
         with oqs.Signature(mech.liboqs, secret) as sig:
@@ -163,26 +168,31 @@ def _self_test_signature(oqs: ModuleType, mech: Mechanism, secret: bytes,
     except RuntimeError:
         ok = False
     if not ok:
-        raise falcon_public.InvalidFalconKey("a test signature does not verify under the "
-                                             "recovered public key")
+        raise falcon_public.InvalidFalconKey(
+            "a test signature does not verify under the recovered public key"
+        )
 
 
 # --- stored form ----------------------------------------------------------------------
+
 
 def to_blob(key: OQSKey | SharedSecret) -> bytes:
     """The key material the key store wraps at rest (CBOR; secret)."""
     if isinstance(key, SharedSecret):
         return cbor2.dumps({"v": _BLOB_VERSION, "alg": key.algorithm, "secret": key.secret})
-    record: dict[str, Any] = {"v": _BLOB_VERSION, "alg": key.algorithm,
-                              "mech": key.mechanism.liboqs, "pk": key.public,
-                              "sk": key.require_secret()}
+    record: dict[str, Any] = {
+        "v": _BLOB_VERSION,
+        "alg": key.algorithm,
+        "mech": key.mechanism.liboqs,
+        "pk": key.public,
+        "sk": key.require_secret(),
+    }
     if key.seed is not None:
         record["seed"] = key.seed
     return cbor2.dumps(record)
 
 
-def from_blob(blob: bytes, algorithm: str,
-              mechanisms: dict[str, Mechanism]) -> OQSKey | SharedSecret:
+def from_blob(blob: bytes, algorithm: str, mechanisms: dict[str, Mechanism]) -> OQSKey | SharedSecret:
     """Inverse of :func:`to_blob`; checks the record names ``algorithm``."""
     try:
         record = cbor2.loads(blob)
@@ -196,8 +206,7 @@ def from_blob(blob: bytes, algorithm: str,
         return SharedSecret(bytes(record["secret"]))
     mech = mechanisms.get(algorithm)
     if mech is None:
-        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                          f"the loaded liboqs does not offer {algorithm}")
+        raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the loaded liboqs does not offer {algorithm}")
     public, secret = bytes(record["pk"]), bytes(record["sk"])
     if len(public) != mech.public_key_size or len(secret) != mech.secret_key_size:
         raise invalid_argument(f"stored {algorithm} key has the wrong sizes for this liboqs")

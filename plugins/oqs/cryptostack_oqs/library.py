@@ -40,7 +40,8 @@ INSTALL_HINT = (
     "https://github.com/open-quantum-safe/liboqs && cmake -S liboqs -B build "
     "-DBUILD_SHARED_LIBS=ON -DCMAKE_INSTALL_PREFIX=/opt/liboqs && cmake --build build "
     "--target install` -- then set OQS_INSTALL_PATH=/opt/liboqs in the daemon's environment "
-    "(or the provider option install_path)")
+    "(or the provider option install_path)"
+)
 
 # Prefixes searched after liboqs-python's own candidates (lib dirs under each).
 _STANDARD_PREFIXES = ("/usr/local", "/usr")
@@ -115,8 +116,11 @@ def locate(install_path: str | None = None, *, system_search: bool = True) -> Lo
     # Loadable, but somewhere liboqs-python does not look: tell it through OQS_INSTALL_PATH,
     # which it reads as <prefix>/lib/liboqs.so or <prefix>/lib64/liboqs.so.
     for candidate_path in _other_locations():
-        if candidate_path.parent.name in ("lib", "lib64") and candidate_path.exists() \
-                and _loads(str(candidate_path)):
+        if (
+            candidate_path.parent.name in ("lib", "lib64")
+            and candidate_path.exists()
+            and _loads(str(candidate_path))
+        ):
             return Located(str(candidate_path), str(candidate_path.parent.parent))
     return None
 
@@ -125,8 +129,9 @@ def _unavailable(reason: str) -> CryptoError:
     return CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"{reason}; {INSTALL_HINT}")
 
 
-def import_oqs(install_path: str | None = None, *, system_search: bool = True,
-               logger: logging.Logger | None = None) -> ModuleType:
+def import_oqs(
+    install_path: str | None = None, *, system_search: bool = True, logger: logging.Logger | None = None
+) -> ModuleType:
     """Import liboqs-python once liboqs is known to load; PROVIDER_UNAVAILABLE otherwise.
 
     Never lets liboqs-python start its download-and-build fallback, keeps its banner off
@@ -139,16 +144,27 @@ def import_oqs(install_path: str | None = None, *, system_search: bool = True,
     where = install_path if install_path is not None else os.environ.get("OQS_INSTALL_PATH")
     located = locate(install_path, system_search=system_search)
     if located is None:
-        searched = (f"OQS_INSTALL_PATH={where}" if where is not None
-                    else "OQS_INSTALL_PATH is not set")
-        stray = [str(p) for p in _other_locations()
-                 if p.parent.name not in ("lib", "lib64") and p.exists()] if system_search else []
-        found_elsewhere = (f"; {', '.join(stray)} exists, but liboqs-python only opens "
-                           "<prefix>/lib/liboqs.so or <prefix>/lib64/liboqs.so") if stray else ""
-        raise _unavailable(f"the native liboqs library was not found ({searched}; also "
-                           "searched the linker cache, LD_LIBRARY_PATH and "
-                           f"{', '.join(_STANDARD_PREFIXES)}{found_elsewhere})" if system_search
-                           else f"the native liboqs library was not found under {where}")
+        searched = f"OQS_INSTALL_PATH={where}" if where is not None else "OQS_INSTALL_PATH is not set"
+        stray = (
+            [str(p) for p in _other_locations() if p.parent.name not in ("lib", "lib64") and p.exists()]
+            if system_search
+            else []
+        )
+        found_elsewhere = (
+            (
+                f"; {', '.join(stray)} exists, but liboqs-python only opens "
+                "<prefix>/lib/liboqs.so or <prefix>/lib64/liboqs.so"
+            )
+            if stray
+            else ""
+        )
+        raise _unavailable(
+            f"the native liboqs library was not found ({searched}; also "
+            "searched the linker cache, LD_LIBRARY_PATH and "
+            f"{', '.join(_STANDARD_PREFIXES)}{found_elsewhere})"
+            if system_search
+            else f"the native liboqs library was not found under {where}"
+        )
     if located.install_path is not None:
         os.environ["OQS_INSTALL_PATH"] = located.install_path
     banner = io.StringIO()
@@ -159,8 +175,9 @@ def import_oqs(install_path: str | None = None, *, system_search: bool = True,
     except (Exception, SystemExit) as exc:  # SystemExit: liboqs-python's failed self-install
         sys.modules.pop("oqs", None)
         sys.modules.pop("oqs.oqs", None)
-        raise _unavailable(f"importing liboqs-python failed with {located.path}: "
-                           f"{type(exc).__name__}: {exc}") from None
+        raise _unavailable(
+            f"importing liboqs-python failed with {located.path}: {type(exc).__name__}: {exc}"
+        ) from None
     _quiet_banner_handler()
     text = banner.getvalue().strip()
     if text:
@@ -176,7 +193,8 @@ def _quiet_banner_handler() -> None:
     oqs_logger = logging.getLogger("oqs.oqs")
     for handler in list(oqs_logger.handlers):
         if isinstance(handler, logging.StreamHandler) and isinstance(
-                getattr(handler, "stream", None), io.StringIO):
+            getattr(handler, "stream", None), io.StringIO
+        ):
             oqs_logger.removeHandler(handler)
 
 
@@ -188,9 +206,11 @@ def _check_version(oqs: ModuleType) -> ModuleType:
     except (IndexError, ValueError):
         series = (-1, -1)
     if series != REQUIRED_SERIES:
-        raise _unavailable(f"liboqs {version} was loaded from {loaded_path(oqs)}, but "
-                           f"liboqs-python 0.16 needs the {REQUIRED_SERIES[0]}."
-                           f"{REQUIRED_SERIES[1]} series")
+        raise _unavailable(
+            f"liboqs {version} was loaded from {loaded_path(oqs)}, but "
+            f"liboqs-python 0.16 needs the {REQUIRED_SERIES[0]}."
+            f"{REQUIRED_SERIES[1]} series"
+        )
     return oqs
 
 

@@ -77,16 +77,25 @@ _NIST_KEM = "2.16.840.1.101.3.4.4"
 
 
 def _table() -> list[Entry]:
-    rows = [Entry(f"ML-KEM-{n}", f"ML-KEM-{n}", Family.ML_KEM, f"{_NIST_KEM}.{i}")
-            for i, n in enumerate((512, 768, 1024), start=1)]
-    rows += [Entry(f"ML-DSA-{n}", f"ML-DSA-{n}", Family.ML_DSA, f"{_NIST_SIG}.{i}")
-             for i, n in enumerate((44, 65, 87), start=17)]
+    rows = [
+        Entry(f"ML-KEM-{n}", f"ML-KEM-{n}", Family.ML_KEM, f"{_NIST_KEM}.{i}")
+        for i, n in enumerate((512, 768, 1024), start=1)
+    ]
+    rows += [
+        Entry(f"ML-DSA-{n}", f"ML-DSA-{n}", Family.ML_DSA, f"{_NIST_SIG}.{i}")
+        for i, n in enumerate((44, 65, 87), start=17)
+    ]
     arc = 20
     for hash_family in ("SHA2", "SHAKE"):
         for variant in ("128s", "128f", "192s", "192f", "256s", "256f"):
-            rows.append(Entry(f"SLH-DSA-{hash_family}-{variant}",
-                              f"SLH_DSA_PURE_{hash_family}_{variant.upper()}", Family.SLH_DSA,
-                              f"{_NIST_SIG}.{arc}"))
+            rows.append(
+                Entry(
+                    f"SLH-DSA-{hash_family}-{variant}",
+                    f"SLH_DSA_PURE_{hash_family}_{variant.upper()}",
+                    Family.SLH_DSA,
+                    f"{_NIST_SIG}.{arc}",
+                )
+            )
             arc += 1
     rows += [Entry(f"Falcon-{n}", f"Falcon-{n}", Family.FALCON, None) for n in (512, 1024)]
     return rows
@@ -117,12 +126,16 @@ def discover(oqs: ModuleType) -> dict[str, Mechanism]:
             try:
                 d = kem.details
                 found[entry.algorithm] = Mechanism(
-                    entry.algorithm, entry.liboqs, entry.family, entry.oid,
+                    entry.algorithm,
+                    entry.liboqs,
+                    entry.family,
+                    entry.oid,
                     public_key_size=int(d["length_public_key"]),
                     secret_key_size=int(d["length_secret_key"]),
                     ciphertext_size=int(d["length_ciphertext"]),
                     shared_secret_size=int(d["length_shared_secret"]),
-                    seed_size=int(d.get("length_keypair_seed", 0)))
+                    seed_size=int(d.get("length_keypair_seed", 0)),
+                )
             finally:
                 kem.free()
         elif not entry.family.is_kem and entry.liboqs in sigs:
@@ -130,11 +143,15 @@ def discover(oqs: ModuleType) -> dict[str, Mechanism]:
             try:
                 d = sig.details
                 found[entry.algorithm] = Mechanism(
-                    entry.algorithm, entry.liboqs, entry.family, entry.oid,
+                    entry.algorithm,
+                    entry.liboqs,
+                    entry.family,
+                    entry.oid,
                     public_key_size=int(d["length_public_key"]),
                     secret_key_size=int(d["length_secret_key"]),
                     signature_size=int(d["length_signature"]),
-                    context=bool(oqs.sig_supports_context(entry.liboqs)))
+                    context=bool(oqs.sig_supports_context(entry.liboqs)),
+                )
             finally:
                 sig.free()
     return found

@@ -48,8 +48,7 @@ class Params:
         return 32 + 320 * self.k
 
 
-PARAMS = {"ML-DSA-44": Params(4, 4, 2), "ML-DSA-65": Params(6, 5, 4),
-          "ML-DSA-87": Params(8, 7, 2)}
+PARAMS = {"ML-DSA-44": Params(4, 4, 2), "ML-DSA-65": Params(6, 5, 4), "ML-DSA-87": Params(8, 7, 2)}
 
 
 def _bitrev8(x: int) -> int:
@@ -140,14 +139,14 @@ def public_key_from_secret(algorithm: str, secret_key: bytes) -> bytes:
     offset = 128
     s1 = []
     for _ in range(p.l):
-        raw = _unpack(secret_key[offset:offset + poly_eta], p.eta_bits, N)
+        raw = _unpack(secret_key[offset : offset + poly_eta], p.eta_bits, N)
         if any(v > 2 * p.eta for v in raw):
             raise InconsistentKey("s1 coefficient out of range")
         s1.append([(p.eta - v) % Q for v in raw])
         offset += poly_eta
     s2 = []
     for _ in range(p.k):
-        raw = _unpack(secret_key[offset:offset + poly_eta], p.eta_bits, N)
+        raw = _unpack(secret_key[offset : offset + poly_eta], p.eta_bits, N)
         if any(v > 2 * p.eta for v in raw):
             raise InconsistentKey("s2 coefficient out of range")
         s2.append([(p.eta - v) % Q for v in raw])

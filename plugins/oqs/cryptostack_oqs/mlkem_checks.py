@@ -35,25 +35,30 @@ def check_encapsulation_key(algorithm: str, ek: bytes) -> None:
     """Raise :class:`InvalidKemKey` unless ``ek`` passes the FIPS 203 7.2 checks."""
     k = K_BY_ALGORITHM[algorithm]
     if len(ek) != encapsulation_key_size(k):
-        raise InvalidKemKey(f"{algorithm} encapsulation keys are {encapsulation_key_size(k)} "
-                            f"bytes, got {len(ek)}")
-    encoded = ek[:384 * k]
+        raise InvalidKemKey(
+            f"{algorithm} encapsulation keys are {encapsulation_key_size(k)} bytes, got {len(ek)}"
+        )
+    encoded = ek[: 384 * k]
     for pos in range(0, len(encoded), 3):
         b0, b1, b2 = encoded[pos], encoded[pos + 1], encoded[pos + 2]
         if (b0 | (b1 & 0x0F) << 8) >= Q or (b1 >> 4 | b2 << 4) >= Q:
-            raise InvalidKemKey(f"{algorithm} encapsulation key fails the modulus check "
-                                "(a coefficient is not reduced modulo 3329)")
+            raise InvalidKemKey(
+                f"{algorithm} encapsulation key fails the modulus check "
+                "(a coefficient is not reduced modulo 3329)"
+            )
 
 
 def check_decapsulation_key(algorithm: str, dk: bytes) -> bytes:
     """Check ``dk`` (FIPS 203 7.3) and return the encapsulation key inside it."""
     k = K_BY_ALGORITHM[algorithm]
     if len(dk) != decapsulation_key_size(k):
-        raise InvalidKemKey(f"{algorithm} decapsulation keys are {decapsulation_key_size(k)} "
-                            f"bytes, got {len(dk)}")
-    ek = dk[384 * k:768 * k + 32]
+        raise InvalidKemKey(
+            f"{algorithm} decapsulation keys are {decapsulation_key_size(k)} bytes, got {len(dk)}"
+        )
+    ek = dk[384 * k : 768 * k + 32]
     check_encapsulation_key(algorithm, ek)
-    if hashlib.sha3_256(ek).digest() != dk[768 * k + 32:768 * k + 64]:
-        raise InvalidKemKey(f"{algorithm} decapsulation key fails the hash check "
-                            "(H(ek) does not match its encapsulation key)")
+    if hashlib.sha3_256(ek).digest() != dk[768 * k + 32 : 768 * k + 64]:
+        raise InvalidKemKey(
+            f"{algorithm} decapsulation key fails the hash check (H(ek) does not match its encapsulation key)"
+        )
     return ek

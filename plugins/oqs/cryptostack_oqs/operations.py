@@ -66,8 +66,9 @@ class OQSSigner(SignOperation):
                     return bytes(sig.sign_with_ctx_str(message, self._context))
                 return bytes(sig.sign(message))
         except RuntimeError as exc:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                              f"liboqs failed to sign with {self._mech.algorithm}: {exc}") from None
+            raise CryptoError(
+                ErrorCode.PROVIDER_ERROR, f"liboqs failed to sign with {self._mech.algorithm}: {exc}"
+            ) from None
 
 
 class OQSVerifier(VerifyOperation):
@@ -96,8 +97,7 @@ class OQSVerifier(VerifyOperation):
         try:
             with self._oqs.Signature(self._mech.liboqs) as sig:
                 if self._mech.context:
-                    return bool(sig.verify_with_ctx_str(message, signature, self._context,
-                                                        self._public))
+                    return bool(sig.verify_with_ctx_str(message, signature, self._context, self._public))
                 return bool(sig.verify(message, signature, self._public))
         except RuntimeError:
             return False
@@ -110,8 +110,9 @@ def encapsulate(oqs: ModuleType, key: OQSKey) -> tuple[bytes, SharedSecret]:
         with oqs.KeyEncapsulation(mech.liboqs) as kem:
             ciphertext, secret = kem.encap_secret(key.public)
     except RuntimeError as exc:
-        raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                          f"liboqs failed to encapsulate with {mech.algorithm}: {exc}") from None
+        raise CryptoError(
+            ErrorCode.PROVIDER_ERROR, f"liboqs failed to encapsulate with {mech.algorithm}: {exc}"
+        ) from None
     return bytes(ciphertext), SharedSecret(secret)
 
 
@@ -122,12 +123,14 @@ def decapsulate(oqs: ModuleType, key: OQSKey, ciphertext: bytes) -> SharedSecret
     mech = key.mechanism
     secret_key = key.require_secret()
     if len(ciphertext) != mech.ciphertext_size:
-        raise invalid_argument(f"an {mech.algorithm} ciphertext is {mech.ciphertext_size} "
-                               f"bytes, got {len(ciphertext)}")
+        raise invalid_argument(
+            f"an {mech.algorithm} ciphertext is {mech.ciphertext_size} bytes, got {len(ciphertext)}"
+        )
     try:
         with oqs.KeyEncapsulation(mech.liboqs, secret_key) as kem:
             secret = kem.decap_secret(bytes(ciphertext))
     except RuntimeError as exc:
-        raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                          f"liboqs failed to decapsulate with {mech.algorithm}: {exc}") from None
+        raise CryptoError(
+            ErrorCode.PROVIDER_ERROR, f"liboqs failed to decapsulate with {mech.algorithm}: {exc}"
+        ) from None
     return SharedSecret(secret)

@@ -78,11 +78,11 @@ class OQSProvider(Provider):
 
     name = "oqs"
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
-        opts = parse_options(OQSOptions, options, provider="oqs",
-                             config_dir=environment.config_dir)
+        opts = parse_options(OQSOptions, options, provider="oqs", config_dir=environment.config_dir)
         self._install_path: str | None = opts.install_path
         self._system_search = opts.system_search
         self._oqs: ModuleType | None = None
@@ -91,13 +91,16 @@ class OQSProvider(Provider):
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Find and load liboqs; PROVIDER_UNAVAILABLE (with how to install it) if absent."""
-        oqs = library.import_oqs(self._install_path, system_search=self._system_search,
-                                 logger=self.log)
+        oqs = library.import_oqs(self._install_path, system_search=self._system_search, logger=self.log)
         self._mechanisms = discover(oqs)
         self._oqs = oqs
         self._capabilities = None
-        self.log.info("liboqs %s from %s: %s", oqs.oqs_version(), library.loaded_path(oqs),
-                      ", ".join(sorted(self._mechanisms)))
+        self.log.info(
+            "liboqs %s from %s: %s",
+            oqs.oqs_version(),
+            library.loaded_path(oqs),
+            ", ".join(sorted(self._mechanisms)),
+        )
 
     def state(self) -> tuple[ProviderState, str]:
         """READY once started."""
@@ -109,12 +112,13 @@ class OQSProvider(Provider):
         """liboqs and liboqs-python versions, the library file and the algorithms."""
         if self._oqs is None:
             return {}
-        return {"liboqs_version": self._oqs.oqs_version(),
-                "liboqs_python_version": self._oqs.oqs_python_version(),
-                "library": library.loaded_path(self._oqs),
-                "algorithms": sorted(self._mechanisms),
-                "slow_signing": sorted(n for n, m in self._mechanisms.items()
-                                       if m.slow_signing)}
+        return {
+            "liboqs_version": self._oqs.oqs_version(),
+            "liboqs_python_version": self._oqs.oqs_python_version(),
+            "library": library.loaded_path(self._oqs),
+            "algorithms": sorted(self._mechanisms),
+            "slow_signing": sorted(n for n, m in self._mechanisms.items() if m.slow_signing),
+        }
 
     @property
     def mechanisms(self) -> Mapping[str, Mechanism]:
@@ -163,9 +167,11 @@ class OQSProvider(Provider):
     def _mechanism(self, algorithm: str) -> Mechanism:
         mech = self._mechanisms.get(algorithm)
         if mech is None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"the oqs provider does not offer {algorithm} (the loaded "
-                              "liboqs has it disabled, or it is not a post-quantum algorithm)")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"the oqs provider does not offer {algorithm} (the loaded "
+                "liboqs has it disabled, or it is not a post-quantum algorithm)",
+            )
         return mech
 
     def _key(self, algorithm: str, key: ProviderKey) -> keys.OQSKey:
@@ -180,11 +186,11 @@ class OQSProvider(Provider):
         """A fresh key pair (ML-KEM from a fresh 64-byte seed, kept for SEED export)."""
         return keys.generate(self._lib(), self._mechanism(algorithm))
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """A checked key from RAW, SEED (ML-KEM), SPKI_DER, PKCS8_DER or PEM material."""
-        return keyformats.import_key(self._lib(), self._mechanism(algorithm), bytes(material),
-                                     fmt)
+        return keyformats.import_key(self._lib(), self._mechanism(algorithm), bytes(material), fmt)
 
     def export_key(self, key: ProviderKey, fmt: KeyFormat) -> bytes:
         """Private material: RAW (liboqs secret key), SEED (ML-KEM keys that have one),
@@ -213,8 +219,9 @@ class OQSProvider(Provider):
             raise invalid_argument(f"not an oqs key: {type(key).__name__}")
         return StoredKey(blob=keys.to_blob(key), secret=True)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """Rebuild a key from :meth:`persist_key`'s blob."""
         self._lib()
         return keys.from_blob(stored.blob, algorithm, self._mechanisms)
@@ -231,24 +238,25 @@ class OQSProvider(Provider):
             raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"{algorithm} is a KEM")
         return operations.OQSSigner(self._lib(), self._key(algorithm, key), context)
 
-    def create_verifier(self, algorithm: str, key: ProviderKey,
-                        context: bytes) -> VerifyOperation:
+    def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
         """Start verifying one message."""
         mech = self._mechanism(algorithm)
         if mech.family.is_kem:
             raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"{algorithm} is a KEM")
         return operations.OQSVerifier(self._lib(), self._key(algorithm, key), context)
 
-    def encapsulate(self, algorithm: str, key: ProviderKey,
-                    secret_permissions: KeyOperationPermission) -> tuple[bytes, ProviderKey]:
+    def encapsulate(
+        self, algorithm: str, key: ProviderKey, secret_permissions: KeyOperationPermission
+    ) -> tuple[bytes, ProviderKey]:
         """ML-KEM encapsulation: (ciphertext, GENERIC-SECRET shared secret)."""
         mech = self._mechanism(algorithm)
         if not mech.family.is_kem:
             raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"{algorithm} is not a KEM")
         return operations.encapsulate(self._lib(), self._key(algorithm, key))
 
-    def decapsulate(self, algorithm: str, key: ProviderKey, ciphertext: bytes,
-                    secret_permissions: KeyOperationPermission) -> ProviderKey:
+    def decapsulate(
+        self, algorithm: str, key: ProviderKey, ciphertext: bytes, secret_permissions: KeyOperationPermission
+    ) -> ProviderKey:
         """ML-KEM decapsulation (implicit rejection for forged ciphertexts)."""
         mech = self._mechanism(algorithm)
         if not mech.family.is_kem:

@@ -31,8 +31,9 @@ _ran: set[str] = set()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "liboqs: needs the native liboqs library (counted in the "
-                                       "'liboqs tests' summary line)")
+    config.addinivalue_line(
+        "markers", "liboqs: needs the native liboqs library (counted in the 'liboqs tests' summary line)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -77,8 +78,10 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OQSProvider]:
 @pytest.fixture
 def provider_factory(cryptostack_provider_factory: ProviderFactory) -> Callable[..., OQSProvider]:
     """Build a started provider with options (closed after the test)."""
+
     def make(**options: Any) -> OQSProvider:
         provider = cryptostack_provider_factory("oqs", **options)
         assert isinstance(provider, OQSProvider)
         return provider
+
     return make

@@ -9,8 +9,7 @@ from cryptostack_oqs import library
 from cryptostack_core.testing.conformance import ConformanceSuite
 
 if library.locate() is None:  # the one allowed skip (see conftest.py)
-    pytest.skip("liboqs not found (set OQS_INSTALL_PATH to a liboqs 0.16 install)",
-                allow_module_level=True)
+    pytest.skip("liboqs not found (set OQS_INSTALL_PATH to a liboqs 0.16 install)", allow_module_level=True)
 
 
 @pytest.mark.liboqs

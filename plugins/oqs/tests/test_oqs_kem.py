@@ -23,13 +23,14 @@ def _secret(key: object) -> bytes:
     return key.secret
 
 
-@pytest.mark.parametrize("algorithm,ct_size", [("ML-KEM-512", 768), ("ML-KEM-768", 1088),
-                                               ("ML-KEM-1024", 1568)])
-def test_round_trip_and_implicit_rejection(provider: OQSProvider, algorithm: str,
-                                           ct_size: int) -> None:
+@pytest.mark.parametrize(
+    "algorithm,ct_size", [("ML-KEM-512", 768), ("ML-KEM-768", 1088), ("ML-KEM-1024", 1568)]
+)
+def test_round_trip_and_implicit_rejection(provider: OQSProvider, algorithm: str, ct_size: int) -> None:
     pair = provider.generate_key(algorithm, P.ENCAPSULATE | P.DECAPSULATE)
-    public = provider.import_key(algorithm, provider.export_public_key(pair),
-                                 KeyFormat.SPKI_DER, P.ENCAPSULATE)
+    public = provider.import_key(
+        algorithm, provider.export_public_key(pair), KeyFormat.SPKI_DER, P.ENCAPSULATE
+    )
     ciphertext, sent = provider.encapsulate(algorithm, public, P.DERIVE)
     assert len(ciphertext) == ct_size and len(_secret(sent)) == 32
     received = provider.decapsulate(algorithm, pair, ciphertext, P.DERIVE)
@@ -63,8 +64,9 @@ def test_interoperates_with_pyca_both_ways(provider: OQSProvider, algorithm: str
     assert _secret(provider.decapsulate(algorithm, ours, ciphertext, P.DERIVE)) == secret
     # pyca key pair, the provider encapsulates to its raw public key
     theirs = PYCA[algorithm].generate()  # type: ignore[attr-defined]
-    public = provider.import_key(algorithm, theirs.public_key().public_bytes_raw(),
-                                 KeyFormat.RAW, P.ENCAPSULATE)
+    public = provider.import_key(
+        algorithm, theirs.public_key().public_bytes_raw(), KeyFormat.RAW, P.ENCAPSULATE
+    )
     ciphertext, sent = provider.encapsulate(algorithm, public, P.DERIVE)
     assert theirs.decapsulate(ciphertext) == _secret(sent)
     # the same key pair on both sides from one seed
@@ -99,8 +101,7 @@ def test_encaps_vectors_with_fixed_randomness(provider: OQSProvider) -> None:
 
     oqs = library.import_oqs()  # never a bare `import oqs` (see cryptostack_oqs.library)
 
-    data = json.loads((wp.vectors_directory() / "mlkem_768_encaps_test.json")
-                      .read_text())
+    data = json.loads((wp.vectors_directory() / "mlkem_768_encaps_test.json").read_text())
     checked = refused = 0
     kem = oqs.KeyEncapsulation("ML-KEM-768")
     try:
@@ -118,7 +119,8 @@ def test_encaps_vectors_with_fixed_randomness(provider: OQSProvider) -> None:
                 ciphertext = ctypes.create_string_buffer(1088)
                 shared = ctypes.create_string_buffer(32)
                 status = oqs.native().OQS_KEM_encaps_derand(
-                    kem._kem, ciphertext, shared, public, bytes.fromhex(case["m"]))
+                    kem._kem, ciphertext, shared, public, bytes.fromhex(case["m"])
+                )
                 assert status == 0
                 assert (ciphertext.raw.hex(), shared.raw.hex()) == (case["c"], case["K"])
                 checked += 1

@@ -30,28 +30,41 @@ from cryptostack_core.sdk import KeyOperationPermission as P
 pytestmark = pytest.mark.liboqs
 
 PQCLEAN_SLH = {
-    "SLH-DSA-SHA2-128s": slh_dsa_sha2_128s, "SLH-DSA-SHA2-128f": slh_dsa_sha2_128f,
-    "SLH-DSA-SHA2-192s": slh_dsa_sha2_192s, "SLH-DSA-SHA2-192f": slh_dsa_sha2_192f,
-    "SLH-DSA-SHA2-256s": slh_dsa_sha2_256s, "SLH-DSA-SHA2-256f": slh_dsa_sha2_256f,
-    "SLH-DSA-SHAKE-128s": slh_dsa_shake_128s, "SLH-DSA-SHAKE-128f": slh_dsa_shake_128f,
-    "SLH-DSA-SHAKE-192s": slh_dsa_shake_192s, "SLH-DSA-SHAKE-192f": slh_dsa_shake_192f,
-    "SLH-DSA-SHAKE-256s": slh_dsa_shake_256s, "SLH-DSA-SHAKE-256f": slh_dsa_shake_256f,
+    "SLH-DSA-SHA2-128s": slh_dsa_sha2_128s,
+    "SLH-DSA-SHA2-128f": slh_dsa_sha2_128f,
+    "SLH-DSA-SHA2-192s": slh_dsa_sha2_192s,
+    "SLH-DSA-SHA2-192f": slh_dsa_sha2_192f,
+    "SLH-DSA-SHA2-256s": slh_dsa_sha2_256s,
+    "SLH-DSA-SHA2-256f": slh_dsa_sha2_256f,
+    "SLH-DSA-SHAKE-128s": slh_dsa_shake_128s,
+    "SLH-DSA-SHAKE-128f": slh_dsa_shake_128f,
+    "SLH-DSA-SHAKE-192s": slh_dsa_shake_192s,
+    "SLH-DSA-SHAKE-192f": slh_dsa_shake_192f,
+    "SLH-DSA-SHAKE-256s": slh_dsa_shake_256s,
+    "SLH-DSA-SHAKE-256f": slh_dsa_shake_256f,
 }
 SLOW = [name for name in PQCLEAN_SLH if name.endswith("s")]
 FAST_SLH = [name for name in PQCLEAN_SLH if name.endswith("f")]
 MESSAGE = b"post-quantum message \x00\xff" * 3
 
 
-def sign(provider: OQSProvider, algorithm: str, key: ProviderKey, message: bytes,
-         context: bytes = b"") -> bytes:
+def sign(
+    provider: OQSProvider, algorithm: str, key: ProviderKey, message: bytes, context: bytes = b""
+) -> bytes:
     op = provider.create_signer(algorithm, key, context)
     op.update(message[:7])
     op.update(memoryview(message)[7:])  # the daemon may hand over shared-memory views
     return op.finalize()
 
 
-def verify(provider: OQSProvider, algorithm: str, key: ProviderKey, message: bytes,
-           signature: bytes, context: bytes = b"") -> bool:
+def verify(
+    provider: OQSProvider,
+    algorithm: str,
+    key: ProviderKey,
+    message: bytes,
+    signature: bytes,
+    context: bytes = b"",
+) -> bool:
     op = provider.create_verifier(algorithm, key, context)
     op.update(message)
     return op.finalize(signature)
@@ -63,9 +76,16 @@ def flip(data: bytes, index: int, bit: int = 0) -> bytes:
     return bytes(out)
 
 
-def assert_tamper_checks(provider: OQSProvider, algorithm: str, key: ProviderKey,
-                         other: ProviderKey, signature: bytes, context: bytes) -> None:
+def assert_tamper_checks(
+    provider: OQSProvider,
+    algorithm: str,
+    key: ProviderKey,
+    other: ProviderKey,
+    signature: bytes,
+    context: bytes,
+) -> None:
     """Flipped message bit, flipped signature bits, wrong context, wrong key: all False."""
+
     def check(msg: bytes, sig: bytes, ctx: bytes = context, k: ProviderKey = key) -> bool:
         return verify(provider, algorithm, k, msg, sig, ctx)
 
@@ -81,8 +101,9 @@ def assert_tamper_checks(provider: OQSProvider, algorithm: str, key: ProviderKey
         assert not check(MESSAGE, signature, ctx=flip(context, -1) if context else b"x")
         assert not check(MESSAGE, signature, ctx=context[:-1] if context else b"\x00")
     # a public key alone verifies too
-    public = provider.import_key(algorithm, provider.export_public_key(key, KeyFormat.RAW),
-                                 KeyFormat.RAW, P.VERIFY)
+    public = provider.import_key(
+        algorithm, provider.export_public_key(key, KeyFormat.RAW), KeyFormat.RAW, P.VERIFY
+    )
     assert check(MESSAGE, signature, k=public)
 
 
@@ -130,8 +151,9 @@ def test_slhdsa_fast_sets(provider: OQSProvider, algorithm: str) -> None:
     _cross_check_with_pqclean(provider, algorithm, key, signature, context)
 
 
-def _cross_check_with_pqclean(provider: OQSProvider, algorithm: str, key: ProviderKey,
-                              signature: bytes, context: bytes) -> None:
+def _cross_check_with_pqclean(
+    provider: OQSProvider, algorithm: str, key: ProviderKey, signature: bytes, context: bytes
+) -> None:
     """PQClean verifies the provider's signature, and the provider verifies PQClean's."""
     module = PQCLEAN_SLH[algorithm]
     public = provider.export_public_key(key, KeyFormat.RAW)
@@ -170,8 +192,9 @@ def test_slhdsa_small_sets_sign_once_each_concurrently(provider: OQSProvider) ->
     for name in SLOW:
         assert len(signatures[name]) == provider.signature_size(name, keys[name])
         assert_tamper_checks(provider, name, keys[name], others[name], signatures[name], b"ctx")
-        PQCLEAN_SLH[name].verify(provider.export_public_key(keys[name], KeyFormat.RAW), MESSAGE,
-                                 signatures[name], context=b"ctx")
+        PQCLEAN_SLH[name].verify(
+            provider.export_public_key(keys[name], KeyFormat.RAW), MESSAGE, signatures[name], context=b"ctx"
+        )
 
 
 def test_slow_signing_holds_no_lock(provider: OQSProvider) -> None:
@@ -199,8 +222,7 @@ def test_slow_signing_holds_no_lock(provider: OQSProvider) -> None:
         count += 1
     thread.join()
     assert verify(provider, "ML-DSA-65", fast_key, MESSAGE, signature)
-    print(f"\n{count} ML-DSA-65 signatures during one {slow_time[0] * 1000:.0f} ms SLH-DSA "
-          "signature")
+    print(f"\n{count} ML-DSA-65 signatures during one {slow_time[0] * 1000:.0f} ms SLH-DSA signature")
     assert count >= 5, count
 
 
@@ -209,8 +231,9 @@ def test_key_algorithm_must_match(provider: OQSProvider) -> None:
     with pytest.raises(CryptoError) as exc:
         provider.create_signer("ML-DSA-65", key, b"")
     assert exc.value.code is ErrorCode.INVALID_ARGUMENT
-    public = provider.import_key("ML-DSA-44", provider.export_public_key(key, KeyFormat.RAW),
-                                 KeyFormat.RAW, P.VERIFY)
+    public = provider.import_key(
+        "ML-DSA-44", provider.export_public_key(key, KeyFormat.RAW), KeyFormat.RAW, P.VERIFY
+    )
     with pytest.raises(CryptoError) as exc:
         provider.create_signer("ML-DSA-44", public, b"")
     assert exc.value.code is ErrorCode.KEY_OPERATION_NOT_PERMITTED

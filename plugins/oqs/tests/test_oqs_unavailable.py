@@ -57,8 +57,14 @@ def _hidden_env(tmp_path: Path) -> dict[str, str]:
 def _probe(tmp_path: Path, options: dict[str, object]) -> tuple[dict[str, object], str]:
     env = _hidden_env(tmp_path)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path), json.dumps(options)],
-                          env=env, capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path), json.dumps(options)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     wall = time.monotonic() - started
     lines = done.stdout.splitlines()
     # stdout carries our one JSON line only: no liboqs-python banner, no install countdown
@@ -106,10 +112,18 @@ def test_unavailable_with_install_path_option_only(tmp_path: Path) -> None:
 
 def test_daemon_reports_oqs_unavailable_and_serves_the_rest(tmp_path: Path) -> None:
     env = _hidden_env(tmp_path)
-    config = {"daemon": {"allow_test_providers": True}, "providers": [
-        {"name": "oqs", "id": 3, "optional": True,
-         "options": {"install_path": env["OQS_INSTALL_PATH"], "system_search": False}},
-        {"name": "mock", "id": 1, "options": {}}]}
+    config = {
+        "daemon": {"allow_test_providers": True},
+        "providers": [
+            {
+                "name": "oqs",
+                "id": 3,
+                "optional": True,
+                "options": {"install_path": env["OQS_INSTALL_PATH"], "system_search": False},
+            },
+            {"name": "mock", "id": 1, "options": {}},
+        ],
+    }
     started = time.monotonic()
     with DaemonProcess(tmp_path / "daemon", config, env=env) as daemon:
         ready = time.monotonic() - started
@@ -121,8 +135,9 @@ def test_daemon_reports_oqs_unavailable_and_serves_the_rest(tmp_path: Path) -> N
             mock = next(p for p in status["providers"] if p["id"] == 1)
             assert mock["state"] == "ready"
             with stack.create_crypto_context() as ctx:
-                digest = ctx.create_hash_context(
-                    cs.HashContextConfig().set_algorithm("SHA-256")).single_shot(b"abc")
+                digest = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")).single_shot(
+                    b"abc"
+                )
                 assert digest.hex().startswith("ba7816bf")
                 # asking for a post-quantum algorithm names the reason
                 explained = stack.explain("ML-DSA-65", "generate_key")

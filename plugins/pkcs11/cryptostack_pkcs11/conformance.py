@@ -16,11 +16,14 @@ from cryptostack_core.testing.wycheproof import Policy
 from . import policy
 from .testing import create_token
 
-POLICY = Policy(gcm_iv_lengths=REGISTRY.get("AES-128-GCM").iv_sizes,
-                mac_key_lengths=(policy.HMAC_KEY_MIN, policy.SECRET_KEY_MAX))
+POLICY = Policy(
+    gcm_iv_lengths=REGISTRY.get("AES-128-GCM").iv_sizes,
+    mac_key_lengths=(policy.HMAC_KEY_MIN, policy.SECRET_KEY_MAX),
+)
 
-HANG = HangProbe(options={"test_hang": {"op": "digest"}, "call_timeout": 2.0},
-                 operation="hash", algorithm="SHA-256")
+HANG = HangProbe(
+    options={"test_hang": {"op": "digest"}, "call_timeout": 2.0}, operation="hash", algorithm="SHA-256"
+)
 """The worker host's hang hook holds the token worker's next digest; after ``call_timeout``
 the worker is killed and restarted."""
 
@@ -37,6 +40,11 @@ def softhsm_token(directory: Path) -> Iterator[Backend]:
 
 def profile() -> Profile:
     """SoftHSM2 tokens; the provider's GCM IV and HMAC key policy (``policy``)."""
-    return Profile(name="pkcs11", provider_id=WELL_KNOWN_PROVIDER_IDS["pkcs11"],
-                   setup=softhsm_token, policy=POLICY, hang=HANG,
-                   slow=frozenset({"RSA-3072", "RSA-4096"}))
+    return Profile(
+        name="pkcs11",
+        provider_id=WELL_KNOWN_PROVIDER_IDS["pkcs11"],
+        setup=softhsm_token,
+        policy=POLICY,
+        hang=HANG,
+        slow=frozenset({"RSA-3072", "RSA-4096"}),
+    )

@@ -29,29 +29,59 @@ CKR_BUFFER_TOO_SMALL = 0x150
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 
 CKR_NAMES: dict[int, str] = {
-    0x0: "CKR_OK", 0x1: "CKR_CANCEL", 0x2: "CKR_HOST_MEMORY", 0x3: "CKR_SLOT_ID_INVALID",
-    0x5: "CKR_GENERAL_ERROR", 0x6: "CKR_FUNCTION_FAILED", 0x7: "CKR_ARGUMENTS_BAD",
-    0x10: "CKR_ATTRIBUTE_READ_ONLY", 0x11: "CKR_ATTRIBUTE_SENSITIVE",
-    0x12: "CKR_ATTRIBUTE_TYPE_INVALID", 0x13: "CKR_ATTRIBUTE_VALUE_INVALID",
-    0x1B: "CKR_ACTION_PROHIBITED", 0x20: "CKR_DATA_INVALID", 0x21: "CKR_DATA_LEN_RANGE",
-    0x30: "CKR_DEVICE_ERROR", 0x31: "CKR_DEVICE_MEMORY", 0x32: "CKR_DEVICE_REMOVED",
-    0x40: "CKR_ENCRYPTED_DATA_INVALID", 0x41: "CKR_ENCRYPTED_DATA_LEN_RANGE",
-    0x50: "CKR_FUNCTION_CANCELED", 0x54: "CKR_FUNCTION_NOT_SUPPORTED",
-    0x60: "CKR_KEY_HANDLE_INVALID", 0x62: "CKR_KEY_SIZE_RANGE",
-    0x63: "CKR_KEY_TYPE_INCONSISTENT", 0x68: "CKR_KEY_FUNCTION_NOT_PERMITTED",
-    0x69: "CKR_KEY_NOT_WRAPPABLE", 0x6A: "CKR_KEY_UNEXTRACTABLE",
-    0x70: "CKR_MECHANISM_INVALID", 0x71: "CKR_MECHANISM_PARAM_INVALID",
-    0x82: "CKR_OBJECT_HANDLE_INVALID", 0x90: "CKR_OPERATION_ACTIVE",
-    0x91: "CKR_OPERATION_NOT_INITIALIZED", 0xA0: "CKR_PIN_INCORRECT", 0xA4: "CKR_PIN_LOCKED",
-    0xB0: "CKR_SESSION_CLOSED", 0xB1: "CKR_SESSION_COUNT", 0xB3: "CKR_SESSION_HANDLE_INVALID",
-    0xB5: "CKR_SESSION_READ_ONLY", 0xC0: "CKR_SIGNATURE_INVALID",
-    0xC1: "CKR_SIGNATURE_LEN_RANGE", 0xD0: "CKR_TEMPLATE_INCOMPLETE",
-    0xD1: "CKR_TEMPLATE_INCONSISTENT", 0xE0: "CKR_TOKEN_NOT_PRESENT",
-    0xE1: "CKR_TOKEN_NOT_RECOGNIZED", 0xE2: "CKR_TOKEN_WRITE_PROTECTED",
-    0x100: "CKR_USER_ALREADY_LOGGED_IN", 0x101: "CKR_USER_NOT_LOGGED_IN",
-    0x110: "CKR_WRAPPED_KEY_INVALID", 0x112: "CKR_WRAPPED_KEY_LEN_RANGE",
-    0x130: "CKR_DOMAIN_PARAMS_INVALID", 0x150: "CKR_BUFFER_TOO_SMALL",
-    0x190: "CKR_CRYPTOKI_NOT_INITIALIZED", 0x191: "CKR_CRYPTOKI_ALREADY_INITIALIZED",
+    0x0: "CKR_OK",
+    0x1: "CKR_CANCEL",
+    0x2: "CKR_HOST_MEMORY",
+    0x3: "CKR_SLOT_ID_INVALID",
+    0x5: "CKR_GENERAL_ERROR",
+    0x6: "CKR_FUNCTION_FAILED",
+    0x7: "CKR_ARGUMENTS_BAD",
+    0x10: "CKR_ATTRIBUTE_READ_ONLY",
+    0x11: "CKR_ATTRIBUTE_SENSITIVE",
+    0x12: "CKR_ATTRIBUTE_TYPE_INVALID",
+    0x13: "CKR_ATTRIBUTE_VALUE_INVALID",
+    0x1B: "CKR_ACTION_PROHIBITED",
+    0x20: "CKR_DATA_INVALID",
+    0x21: "CKR_DATA_LEN_RANGE",
+    0x30: "CKR_DEVICE_ERROR",
+    0x31: "CKR_DEVICE_MEMORY",
+    0x32: "CKR_DEVICE_REMOVED",
+    0x40: "CKR_ENCRYPTED_DATA_INVALID",
+    0x41: "CKR_ENCRYPTED_DATA_LEN_RANGE",
+    0x50: "CKR_FUNCTION_CANCELED",
+    0x54: "CKR_FUNCTION_NOT_SUPPORTED",
+    0x60: "CKR_KEY_HANDLE_INVALID",
+    0x62: "CKR_KEY_SIZE_RANGE",
+    0x63: "CKR_KEY_TYPE_INCONSISTENT",
+    0x68: "CKR_KEY_FUNCTION_NOT_PERMITTED",
+    0x69: "CKR_KEY_NOT_WRAPPABLE",
+    0x6A: "CKR_KEY_UNEXTRACTABLE",
+    0x70: "CKR_MECHANISM_INVALID",
+    0x71: "CKR_MECHANISM_PARAM_INVALID",
+    0x82: "CKR_OBJECT_HANDLE_INVALID",
+    0x90: "CKR_OPERATION_ACTIVE",
+    0x91: "CKR_OPERATION_NOT_INITIALIZED",
+    0xA0: "CKR_PIN_INCORRECT",
+    0xA4: "CKR_PIN_LOCKED",
+    0xB0: "CKR_SESSION_CLOSED",
+    0xB1: "CKR_SESSION_COUNT",
+    0xB3: "CKR_SESSION_HANDLE_INVALID",
+    0xB5: "CKR_SESSION_READ_ONLY",
+    0xC0: "CKR_SIGNATURE_INVALID",
+    0xC1: "CKR_SIGNATURE_LEN_RANGE",
+    0xD0: "CKR_TEMPLATE_INCOMPLETE",
+    0xD1: "CKR_TEMPLATE_INCONSISTENT",
+    0xE0: "CKR_TOKEN_NOT_PRESENT",
+    0xE1: "CKR_TOKEN_NOT_RECOGNIZED",
+    0xE2: "CKR_TOKEN_WRITE_PROTECTED",
+    0x100: "CKR_USER_ALREADY_LOGGED_IN",
+    0x101: "CKR_USER_NOT_LOGGED_IN",
+    0x110: "CKR_WRAPPED_KEY_INVALID",
+    0x112: "CKR_WRAPPED_KEY_LEN_RANGE",
+    0x130: "CKR_DOMAIN_PARAMS_INVALID",
+    0x150: "CKR_BUFFER_TOO_SMALL",
+    0x190: "CKR_CRYPTOKI_NOT_INITIALIZED",
+    0x191: "CKR_CRYPTOKI_ALREADY_INITIALIZED",
 }
 
 _FUNCTIONS = (
@@ -80,19 +110,30 @@ class _FunctionList(Structure):
 
 
 class _InitArgs(Structure):
-    _fields_ = [("CreateMutex", c_void_p), ("DestroyMutex", c_void_p), ("LockMutex", c_void_p),
-                ("UnlockMutex", c_void_p), ("flags", CK_ULONG), ("pReserved", c_void_p)]
+    _fields_ = [
+        ("CreateMutex", c_void_p),
+        ("DestroyMutex", c_void_p),
+        ("LockMutex", c_void_p),
+        ("UnlockMutex", c_void_p),
+        ("flags", CK_ULONG),
+        ("pReserved", c_void_p),
+    ]
 
 
 class _Mechanism(Structure):
-    _fields_ = [("mechanism", CK_ULONG), ("pParameter", c_void_p),
-                ("ulParameterLen", CK_ULONG)]
+    _fields_ = [("mechanism", CK_ULONG), ("pParameter", c_void_p), ("ulParameterLen", CK_ULONG)]
 
 
 class _GcmParams(Structure):
     # v2.40 layout (SoftHSM 2.6, most modules); v3.0 modules accept it for CKM_AES_GCM too.
-    _fields_ = [("pIv", c_void_p), ("ulIvLen", CK_ULONG), ("ulIvBits", CK_ULONG),
-                ("pAAD", c_void_p), ("ulAADLen", CK_ULONG), ("ulTagBits", CK_ULONG)]
+    _fields_ = [
+        ("pIv", c_void_p),
+        ("ulIvLen", CK_ULONG),
+        ("ulIvBits", CK_ULONG),
+        ("pAAD", c_void_p),
+        ("ulAADLen", CK_ULONG),
+        ("ulTagBits", CK_ULONG),
+    ]
 
 
 class _CtrParams(Structure):
@@ -145,9 +186,14 @@ class _BuiltMechanism:
             iv_buf = ctypes.create_string_buffer(bytes(iv), max(len(iv), 1))
             aad_buf = ctypes.create_string_buffer(bytes(aad), max(len(aad), 1))
             self.keep += [iv_buf, aad_buf]
-            param = _GcmParams(ctypes.cast(iv_buf, c_void_p), len(iv), len(iv) * 8,
-                               ctypes.cast(aad_buf, c_void_p) if aad else None, len(aad),
-                               tag_bits)
+            param = _GcmParams(
+                ctypes.cast(iv_buf, c_void_p),
+                len(iv),
+                len(iv) * 8,
+                ctypes.cast(aad_buf, c_void_p) if aad else None,
+                len(aad),
+                tag_bits,
+            )
         elif spec.kind == "ctr":
             counter_bits, block = spec.args
             param = _CtrParams(counter_bits, (c_ubyte * 16)(*bytes(block)))
@@ -173,18 +219,20 @@ _SIGNATURES: dict[str, Any] = {
     "C_Initialize": _proto(c_void_p),
     "C_Finalize": _proto(c_void_p),
     # (session, mechanism, key)
-    **{f"C_{op}Init": _proto(CK_ULONG, POINTER(_Mechanism), CK_ULONG)
-       for op in ("Encrypt", "Decrypt", "Sign", "Verify")},
+    **{
+        f"C_{op}Init": _proto(CK_ULONG, POINTER(_Mechanism), CK_ULONG)
+        for op in ("Encrypt", "Decrypt", "Sign", "Verify")
+    },
     "C_DigestInit": _proto(CK_ULONG, POINTER(_Mechanism)),
     # (session, in, in_len, out, out_len*)
-    **{f"C_{op}": _proto(CK_ULONG, c_void_p, CK_ULONG, c_void_p, _ULP)
-       for op in ("Encrypt", "Decrypt", "Digest", "Sign", "EncryptUpdate", "DecryptUpdate")},
+    **{
+        f"C_{op}": _proto(CK_ULONG, c_void_p, CK_ULONG, c_void_p, _ULP)
+        for op in ("Encrypt", "Decrypt", "Digest", "Sign", "EncryptUpdate", "DecryptUpdate")
+    },
     # (session, out, out_len*)
-    **{f"C_{op}Final": _proto(CK_ULONG, c_void_p, _ULP)
-       for op in ("Encrypt", "Decrypt", "Digest", "Sign")},
+    **{f"C_{op}Final": _proto(CK_ULONG, c_void_p, _ULP) for op in ("Encrypt", "Decrypt", "Digest", "Sign")},
     # (session, in, in_len)
-    **{f"C_{op}Update": _proto(CK_ULONG, c_void_p, CK_ULONG)
-       for op in ("Digest", "Sign", "Verify")},
+    **{f"C_{op}Update": _proto(CK_ULONG, c_void_p, CK_ULONG) for op in ("Digest", "Sign", "Verify")},
     "C_Verify": _proto(CK_ULONG, c_void_p, CK_ULONG, c_void_p, CK_ULONG),
     "C_VerifyFinal": _proto(CK_ULONG, c_void_p, CK_ULONG),
 }
@@ -248,7 +296,7 @@ class Cryptoki:
             length = CK_ULONG(size)
             rv = self._call(name, *head, out, byref(length))
             if rv == CKR_OK:
-                return out.raw[:length.value]
+                return out.raw[: length.value]
             if rv != CKR_BUFFER_TOO_SMALL or length.value <= size:
                 raise CKRError(rv, name)
             size = length.value

@@ -128,17 +128,24 @@ _CKR_CODES: dict[str, ErrorCode] = {
     "CKR_DEVICE_REMOVED": ErrorCode.PROVIDER_UNAVAILABLE,
 }
 
-WORKER_FATAL = frozenset({
-    "CKR_DEVICE_ERROR", "CKR_DEVICE_REMOVED", "CKR_TOKEN_NOT_PRESENT",
-    "CKR_CRYPTOKI_NOT_INITIALIZED", "CKR_USER_NOT_LOGGED_IN", "CKR_SESSION_HANDLE_INVALID",
-    "CKR_SESSION_CLOSED",
-})
+WORKER_FATAL = frozenset(
+    {
+        "CKR_DEVICE_ERROR",
+        "CKR_DEVICE_REMOVED",
+        "CKR_TOKEN_NOT_PRESENT",
+        "CKR_CRYPTOKI_NOT_INITIALIZED",
+        "CKR_USER_NOT_LOGGED_IN",
+        "CKR_SESSION_HANDLE_INVALID",
+        "CKR_SESSION_CLOSED",
+    }
+)
 """Return values after which the worker's module state cannot be trusted: the provider
 restarts it (new sessions, new login)."""
 
 
-def to_crypto_error(info: tuple[str, str, str], *, what: str,
-                    overrides: dict[str, ErrorCode] | None = None) -> CryptoError:
+def to_crypto_error(
+    info: tuple[str, str, str], *, what: str, overrides: dict[str, ErrorCode] | None = None
+) -> CryptoError:
     """Turn a worker failure into a CryptoError; ``what`` names the call for the message,
     ``overrides`` gives call-specific meanings of CKR values."""
     kind, name, message = info

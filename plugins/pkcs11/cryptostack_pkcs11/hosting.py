@@ -25,10 +25,16 @@ from .errors import to_crypto_error
 from .options import Options
 from .worker import TokenConfig
 
-OPS_CREATING_HANDLES = frozenset({
-    "generate_secret", "generate_pair", "import_secret", "import_pair", "create_public",
-    "persist",
-})
+OPS_CREATING_HANDLES = frozenset(
+    {
+        "generate_secret",
+        "generate_pair",
+        "import_secret",
+        "import_pair",
+        "create_public",
+        "persist",
+    }
+)
 """Requests whose result names new objects: if the caller gave up waiting, the provider
 destroys what they created (for ``persist``, token copies that no key store recorded)."""
 
@@ -63,11 +69,21 @@ def translate(info: ErrorInfo, op: str, context: Any) -> CryptoError:
 
 def worker_spec(options: Options) -> WorkerSpec:
     """The token worker for these options."""
-    def config() -> TokenConfig:
-        return {"module": str(options.module), "token_label": options.token_label,
-                "pin": options.read_pin(), "sessions": options.sessions,
-                "max_sessions": options.max_sessions}
 
-    return WorkerSpec(name="token worker", backend="cryptostack_pkcs11.worker:TokenWorker",
-                      config=config, threads=options.sessions, translate_error=translate,
-                      late_cleanup=late_cleanup)
+    def config() -> TokenConfig:
+        return {
+            "module": str(options.module),
+            "token_label": options.token_label,
+            "pin": options.read_pin(),
+            "sessions": options.sessions,
+            "max_sessions": options.max_sessions,
+        }
+
+    return WorkerSpec(
+        name="token worker",
+        backend="cryptostack_pkcs11.worker:TokenWorker",
+        config=config,
+        threads=options.sessions,
+        translate_error=translate,
+        late_cleanup=late_cleanup,
+    )

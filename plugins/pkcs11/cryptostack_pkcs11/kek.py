@@ -51,33 +51,61 @@ class TokenKek(KekSource):
 
     def describe(self, path: Path) -> str:
         """The token key, for messages."""
-        return (f"the HMAC key {KEK_LABEL!r} (CKA_ID {KEK_ID.hex()}) on token "
-                f"{self._token!r}")
+        return f"the HMAC key {KEK_LABEL!r} (CKA_ID {KEK_ID.hex()}) on token {self._token!r}"
 
     def load_or_create(self, path: Path) -> bytes:
         """The KEK: made on first use, then derived the same way on every start and host."""
         handles = self._found()
         if not handles:
-            template: dict[int, Any] = {int(a): False for a in (
-                Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.VERIFY, Attribute.WRAP,
-                Attribute.UNWRAP, Attribute.DERIVE, Attribute.EXTRACTABLE)}
-            template.update({int(Attribute.TOKEN): True, int(Attribute.PRIVATE): True,
-                             int(Attribute.SENSITIVE): True, int(Attribute.SIGN): True,
-                             int(Attribute.LABEL): KEK_LABEL, int(Attribute.ID): KEK_ID})
-            self._call("generate_secret", int(KeyType.GENERIC_SECRET), 32,
-                                int(Mechanism.GENERIC_SECRET_KEY_GEN), template,
-                                what="making the key store's KEK key")
+            template: dict[int, Any] = {
+                int(a): False
+                for a in (
+                    Attribute.ENCRYPT,
+                    Attribute.DECRYPT,
+                    Attribute.VERIFY,
+                    Attribute.WRAP,
+                    Attribute.UNWRAP,
+                    Attribute.DERIVE,
+                    Attribute.EXTRACTABLE,
+                )
+            }
+            template.update(
+                {
+                    int(Attribute.TOKEN): True,
+                    int(Attribute.PRIVATE): True,
+                    int(Attribute.SENSITIVE): True,
+                    int(Attribute.SIGN): True,
+                    int(Attribute.LABEL): KEK_LABEL,
+                    int(Attribute.ID): KEK_ID,
+                }
+            )
+            self._call(
+                "generate_secret",
+                int(KeyType.GENERIC_SECRET),
+                32,
+                int(Mechanism.GENERIC_SECRET_KEY_GEN),
+                template,
+                what="making the key store's KEK key",
+            )
             handles = self._found()
         if len(handles) != 1:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                              f"token {self._token!r} holds {len(handles)} "
-                              f"KEK keys (CKA_ID {KEK_ID.hex()}): two daemons made one at once "
-                              "on an empty token. Keep the one the store was made with (start "
-                              "one daemon first on a new store) and delete the other")
-        kek = bytes(self._call("sign", MechanismSpec(int(Mechanism.SHA256_HMAC)),
-                                        handles[0], _DERIVATION, 32,
-                                        what="deriving the key store's KEK"))
+            raise CryptoError(
+                ErrorCode.PROVIDER_ERROR,
+                f"token {self._token!r} holds {len(handles)} "
+                f"KEK keys (CKA_ID {KEK_ID.hex()}): two daemons made one at once "
+                "on an empty token. Keep the one the store was made with (start "
+                "one daemon first on a new store) and delete the other",
+            )
+        kek = bytes(
+            self._call(
+                "sign",
+                MechanismSpec(int(Mechanism.SHA256_HMAC)),
+                handles[0],
+                _DERIVATION,
+                32,
+                what="deriving the key store's KEK",
+            )
+        )
         if len(kek) != 32:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                              f"the token's HMAC gave {len(kek)} bytes, not 32")
+            raise CryptoError(ErrorCode.PROVIDER_ERROR, f"the token's HMAC gave {len(kek)} bytes, not 32")
         return kek

@@ -28,7 +28,9 @@ PublicKey = Union[ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPu
 PrivateKey = Union[ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey]
 
 SECRET_LENGTHS: dict[str, tuple[int, int]] = {
-    "AES-128": (16, 16), "AES-192": (24, 24), "AES-256": (32, 32),
+    "AES-128": (16, 16),
+    "AES-192": (24, 24),
+    "AES-256": (32, 32),
     "HMAC-SHA-256": (policy.HMAC_KEY_MIN, policy.SECRET_KEY_MAX),
     "HMAC-SHA-384": (policy.HMAC_KEY_MIN, policy.SECRET_KEY_MAX),
     "HMAC-SHA-512": (policy.HMAC_KEY_MIN, policy.SECRET_KEY_MAX),
@@ -36,12 +38,15 @@ SECRET_LENGTHS: dict[str, tuple[int, int]] = {
 }
 """Symmetric key algorithms and the lengths imported (inclusive, bytes)."""
 
-GENERATED_SECRET_LENGTHS = {"HMAC-SHA-256": 32, "HMAC-SHA-384": 48, "HMAC-SHA-512": 64,
-                            "GENERIC-SECRET": policy.GENERIC_SECRET_GENERATED}
+GENERATED_SECRET_LENGTHS = {
+    "HMAC-SHA-256": 32,
+    "HMAC-SHA-384": 48,
+    "HMAC-SHA-512": 64,
+    "GENERIC-SECRET": policy.GENERIC_SECRET_GENERATED,
+}
 HMAC_BLOCK = {"HMAC-SHA-256": 64, "HMAC-SHA-384": 128, "HMAC-SHA-512": 128}
 
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"ECDSA-P256": ec.SECP256R1,
-                                              "ECDSA-P384": ec.SECP384R1}
+_CURVES: dict[str, type[ec.EllipticCurve]] = {"ECDSA-P256": ec.SECP256R1, "ECDSA-P384": ec.SECP384R1}
 _PRIVATE_USE = P.SIGN | P.AGREE | P.DERIVE | P.DECRYPT | P.UNWRAP
 """Permissions only a private key serves: a 32-byte RAW Ed25519 import is a private key when
 the caller asks for one of them, a public key otherwise (as in the software provider)."""
@@ -60,8 +65,7 @@ def asymmetric_key_type(algorithm: str) -> int:
         return int(KeyType.EC_EDWARDS)
     if algorithm in RSA_SIZES:
         return int(KeyType.RSA)
-    raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the pkcs11 provider has no "
-                                                       f"{algorithm} keys")
+    raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the pkcs11 provider has no {algorithm} keys")
 
 
 def is_symmetric(algorithm: str) -> bool:
@@ -91,26 +95,21 @@ def parse_secret(algorithm: str, material: bytes, fmt: KeyFormat) -> bytes:
     low, high = SECRET_LENGTHS[algorithm]
     if not low <= len(material) <= high:
         expected = f"{low}" if low == high else f"{low} to {high}"
-        raise invalid_argument(f"a {algorithm} key is {expected} bytes long, "
-                               f"got {len(material)}")
+        raise invalid_argument(f"a {algorithm} key is {expected} bytes long, got {len(material)}")
     return bytes(material)
 
 
-def parse_asymmetric(algorithm: str, material: bytes, fmt: KeyFormat,
-                     permissions: P) -> ParsedKey:
+def parse_asymmetric(algorithm: str, material: bytes, fmt: KeyFormat, permissions: P) -> ParsedKey:
     """A key pair or public key of ``algorithm`` from caller material."""
     try:
         obj = _decode(algorithm, bytes(material), fmt, permissions)
     except CryptoError:
         raise
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise invalid_argument(
-            f"{fmt.value} material is not a valid {algorithm} key: {exc}") from None
-    if isinstance(obj, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
-                        rsa.RSAPrivateKey)):
+        raise invalid_argument(f"{fmt.value} material is not a valid {algorithm} key: {exc}") from None
+    if isinstance(obj, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
         _check_kind(algorithm, obj.public_key(), fmt)
-        pkcs8 = obj.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8,
-                                  ser.NoEncryption())
+        pkcs8 = obj.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
         return ParsedKey(pkcs8=pkcs8, public=obj.public_key(), private=obj)
     _check_kind(algorithm, obj, fmt)
     return ParsedKey(public=obj)
@@ -138,15 +137,13 @@ def _decode(algorithm: str, material: bytes, fmt: KeyFormat, permissions: P) -> 
             if permissions & _PRIVATE_USE:
                 return ed25519.Ed25519PrivateKey.from_private_bytes(material)
             return ed25519.Ed25519PublicKey.from_public_bytes(material)
-        raise invalid_argument(f"{algorithm} keys have no RAW form; use SPKI_DER, "
-                               "PKCS8_DER or PEM")
+        raise invalid_argument(f"{algorithm} keys have no RAW form; use SPKI_DER, PKCS8_DER or PEM")
     raise invalid_argument(f"{algorithm} keys cannot be imported as {fmt.value}")
 
 
 def _check_kind(algorithm: str, public: Any, fmt: KeyFormat) -> None:
     if algorithm in _CURVES:
-        ok = isinstance(public, ec.EllipticCurvePublicKey) and \
-            isinstance(public.curve, _CURVES[algorithm])
+        ok = isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, _CURVES[algorithm])
     elif algorithm == "Ed25519":
         ok = isinstance(public, ed25519.Ed25519PublicKey)
     elif algorithm in RSA_SIZES:
@@ -154,8 +151,7 @@ def _check_kind(algorithm: str, public: Any, fmt: KeyFormat) -> None:
     else:
         ok = False
     if not ok:
-        raise invalid_argument(f"{fmt.value} material holds {_describe(public)}, "
-                               f"not a {algorithm} key")
+        raise invalid_argument(f"{fmt.value} material holds {_describe(public)}, not a {algorithm} key")
 
 
 def _describe(public: Any) -> str:
@@ -167,6 +163,7 @@ def _describe(public: Any) -> str:
 
 
 # --- PKCS#11 public-key attributes ------------------------------------------------------
+
 
 def _unwrap_point(value: bytes, expected: tuple[int, ...]) -> bytes:
     """CKA_EC_POINT is a DER OCTET STRING per PKCS#11; some tokens store the bare point."""
@@ -183,8 +180,10 @@ def _unwrap_point(value: bytes, expected: tuple[int, ...]) -> bytes:
 
 def public_attributes(algorithm: str, public: Any) -> dict[int, Any]:
     """Attributes describing ``public`` for ``C_CreateObject`` (class and key type included)."""
-    attrs: dict[int, Any] = {int(Attribute.CLASS): 2,  # CKO_PUBLIC_KEY
-                             int(Attribute.KEY_TYPE): asymmetric_key_type(algorithm)}
+    attrs: dict[int, Any] = {
+        int(Attribute.CLASS): 2,  # CKO_PUBLIC_KEY
+        int(Attribute.KEY_TYPE): asymmetric_key_type(algorithm),
+    }
     if isinstance(public, ec.EllipticCurvePublicKey):
         point = public.public_bytes(ser.Encoding.X962, ser.PublicFormat.UncompressedPoint)
         attrs[int(Attribute.EC_PARAMS)] = EC_CURVES[algorithm][0]
@@ -194,10 +193,8 @@ def public_attributes(algorithm: str, public: Any) -> dict[int, Any]:
         attrs[int(Attribute.EC_POINT)] = der.tlv(der.OCTET_STRING, public.public_bytes_raw())
     elif isinstance(public, rsa.RSAPublicKey):
         numbers = public.public_numbers()
-        attrs[int(Attribute.MODULUS)] = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8,
-                                                            "big")
-        attrs[int(Attribute.PUBLIC_EXPONENT)] = numbers.e.to_bytes(
-            (numbers.e.bit_length() + 7) // 8, "big")
+        attrs[int(Attribute.MODULUS)] = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
+        attrs[int(Attribute.PUBLIC_EXPONENT)] = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")
     else:
         raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"no token form for {public!r}")
     return attrs
@@ -217,8 +214,7 @@ def public_from_attributes(algorithm: str, attrs: dict[int, bytes]) -> PublicKey
         n = int.from_bytes(attrs[int(Attribute.MODULUS)], "big")
         e = int.from_bytes(attrs[int(Attribute.PUBLIC_EXPONENT)], "big")
         return rsa.RSAPublicNumbers(e, n).public_key()
-    raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the pkcs11 provider has no "
-                                                       f"{algorithm} keys")
+    raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"the pkcs11 provider has no {algorithm} keys")
 
 
 def _fixed(value: int, size: int) -> bytes:
@@ -234,19 +230,24 @@ def private_components(algorithm: str, private: Any) -> dict[int, Any]:
     this key type)."""
     if isinstance(private, ec.EllipticCurvePrivateKey):
         size = (private.curve.key_size + 7) // 8
-        return {int(Attribute.EC_PARAMS): EC_CURVES[algorithm][0],
-                int(Attribute.VALUE): _fixed(private.private_numbers().private_value, size)}
+        return {
+            int(Attribute.EC_PARAMS): EC_CURVES[algorithm][0],
+            int(Attribute.VALUE): _fixed(private.private_numbers().private_value, size),
+        }
     if isinstance(private, ed25519.Ed25519PrivateKey):
-        return {int(Attribute.EC_PARAMS): ED25519_PARAMS,
-                int(Attribute.VALUE): private.private_bytes_raw()}
+        return {int(Attribute.EC_PARAMS): ED25519_PARAMS, int(Attribute.VALUE): private.private_bytes_raw()}
     if isinstance(private, rsa.RSAPrivateKey):
         n = private.private_numbers()
-        return {int(Attribute.MODULUS): _big(n.public_numbers.n),
-                int(Attribute.PUBLIC_EXPONENT): _big(n.public_numbers.e),
-                int(Attribute.PRIVATE_EXPONENT): _big(n.d),
-                int(Attribute.PRIME_1): _big(n.p), int(Attribute.PRIME_2): _big(n.q),
-                int(Attribute.EXPONENT_1): _big(n.dmp1), int(Attribute.EXPONENT_2): _big(n.dmq1),
-                int(Attribute.COEFFICIENT): _big(n.iqmp)}
+        return {
+            int(Attribute.MODULUS): _big(n.public_numbers.n),
+            int(Attribute.PUBLIC_EXPONENT): _big(n.public_numbers.e),
+            int(Attribute.PRIVATE_EXPONENT): _big(n.d),
+            int(Attribute.PRIME_1): _big(n.p),
+            int(Attribute.PRIME_2): _big(n.q),
+            int(Attribute.EXPONENT_1): _big(n.dmp1),
+            int(Attribute.EXPONENT_2): _big(n.dmq1),
+            int(Attribute.COEFFICIENT): _big(n.iqmp),
+        }
     raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM, f"no token form for {algorithm} keys")
 
 
@@ -256,11 +257,13 @@ def private_from_value(algorithm: str, value: bytes) -> Any:
         return ec.derive_private_key(int.from_bytes(value, "big"), _CURVES[algorithm]())
     if algorithm == "Ed25519":
         return ed25519.Ed25519PrivateKey.from_private_bytes(value)
-    raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                      f"{algorithm} private keys cannot be read from the token")
+    raise CryptoError(
+        ErrorCode.KEY_OPERATION_NOT_PERMITTED, f"{algorithm} private keys cannot be read from the token"
+    )
 
 
 # --- export -------------------------------------------------------------------------------
+
 
 def export_public(public: Any, fmt: KeyFormat) -> bytes:
     """Public key in SPKI DER, PEM or RAW (SEC1 uncompressed point for EC)."""
@@ -283,8 +286,9 @@ def load_exported_pkcs8(algorithm: str, pkcs8: bytes) -> Any:
         # token key wrapping may pad the PKCS#8 (SoftHSM2 pads to 8 bytes for RFC 5649)
         return ser.load_der_private_key(der.first_element(pkcs8), password=None)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                          f"the token exported an unreadable {algorithm} key: {exc}") from None
+        raise CryptoError(
+            ErrorCode.PROVIDER_ERROR, f"the token exported an unreadable {algorithm} key: {exc}"
+        ) from None
 
 
 def export_private(algorithm: str, private: Any, fmt: KeyFormat) -> bytes:
@@ -301,5 +305,4 @@ def export_private(algorithm: str, private: Any, fmt: KeyFormat) -> bytes:
             size = (private.curve.key_size + 7) // 8
             return private.private_numbers().private_value.to_bytes(size, "big")
         raise invalid_argument(f"{algorithm} private keys have no RAW form; use PKCS8_DER")
-    raise invalid_argument(f"{algorithm} private keys are exported as PKCS8_DER, PEM or RAW, "
-                           f"not {fmt.value}")
+    raise invalid_argument(f"{algorithm} private keys are exported as PKCS8_DER, PEM or RAW, not {fmt.value}")

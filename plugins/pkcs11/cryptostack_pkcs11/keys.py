@@ -35,29 +35,50 @@ def _usage(perms: P, pairs: dict[Attribute, P]) -> dict[int, Any]:
     return {int(attr): bool(perms & wanted) for attr, wanted in pairs.items()}
 
 
-def secret_template(perms: P, *, extractable: bool, sensitive: bool = True,
-                    mac: bool = False) -> dict[int, Any]:
+def secret_template(
+    perms: P, *, extractable: bool, sensitive: bool = True, mac: bool = False
+) -> dict[int, Any]:
     """Attributes of a secret session key with permissions ``perms``. For a MAC key
     (``mac``), VERIFY also grants ``CKA_SIGN``: a MAC is verified by computing it (the daemon
     compares the tags), so a verify-only HMAC key must still be able to MAC."""
     signing = P.SIGN | P.MAC | (P.VERIFY if mac else P.NONE)
-    template = _usage(perms, {
-        A.ENCRYPT: P.ENCRYPT, A.DECRYPT: P.DECRYPT, A.WRAP: P.WRAP, A.UNWRAP: P.UNWRAP,
-        A.SIGN: signing, A.VERIFY: P.VERIFY | P.MAC, A.DERIVE: P.DERIVE | P.AGREE})
-    template.update({int(A.TOKEN): False, int(A.PRIVATE): True, int(A.SENSITIVE): sensitive,
-                     int(A.EXTRACTABLE): extractable})
+    template = _usage(
+        perms,
+        {
+            A.ENCRYPT: P.ENCRYPT,
+            A.DECRYPT: P.DECRYPT,
+            A.WRAP: P.WRAP,
+            A.UNWRAP: P.UNWRAP,
+            A.SIGN: signing,
+            A.VERIFY: P.VERIFY | P.MAC,
+            A.DERIVE: P.DERIVE | P.AGREE,
+        },
+    )
+    template.update(
+        {
+            int(A.TOKEN): False,
+            int(A.PRIVATE): True,
+            int(A.SENSITIVE): sensitive,
+            int(A.EXTRACTABLE): extractable,
+        }
+    )
     return template
 
 
-def private_template(perms: P, *, extractable: bool, rsa: bool,
-                     sensitive: bool = True) -> dict[int, Any]:
+def private_template(perms: P, *, extractable: bool, rsa: bool, sensitive: bool = True) -> dict[int, Any]:
     """Attributes of a private session key."""
     usage = {A.SIGN: P.SIGN, A.DERIVE: P.DERIVE | P.AGREE}
     if rsa:
         usage.update({A.DECRYPT: P.DECRYPT, A.UNWRAP: P.UNWRAP})
     template = _usage(perms, usage)
-    template.update({int(A.TOKEN): False, int(A.PRIVATE): True, int(A.SENSITIVE): sensitive,
-                     int(A.EXTRACTABLE): extractable})
+    template.update(
+        {
+            int(A.TOKEN): False,
+            int(A.PRIVATE): True,
+            int(A.SENSITIVE): sensitive,
+            int(A.EXTRACTABLE): extractable,
+        }
+    )
     return template
 
 
@@ -80,11 +101,22 @@ class TokenKey(ProviderKey):
     token-computed tag when it may, so truncated tags work).
     """
 
-    def __init__(self, *, algorithm: str, kind: str, size: int, extractable: bool,
-                 generation: int, primary: int | None, public: int | None,
-                 can_sign: bool = False, public_key: Any = None,
-                 token_id: bytes | None = None, stored_size: int = 0,
-                 public_attrs: dict[int, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        kind: str,
+        size: int,
+        extractable: bool,
+        generation: int,
+        primary: int | None,
+        public: int | None,
+        can_sign: bool = False,
+        public_key: Any = None,
+        token_id: bytes | None = None,
+        stored_size: int = 0,
+        public_attrs: dict[int, Any] | None = None,
+    ) -> None:
         self.algorithm = algorithm
         self.kind = kind
         self.has_private = kind != "public"
@@ -117,8 +149,13 @@ STORED_VERSION = 1
 def stored_reference(key: TokenKey, *, token_label: str, label: str, key_id: bytes) -> StoredKey:
     """The key store's entry for a persisted key: a reference, not material."""
     blob = {
-        "v": STORED_VERSION, "token": token_label, "label": label, "id": key_id.hex(),
-        "kind": key.kind, "algorithm": key.algorithm, "size": key.size,
+        "v": STORED_VERSION,
+        "token": token_label,
+        "label": label,
+        "id": key_id.hex(),
+        "kind": key.kind,
+        "algorithm": key.algorithm,
+        "size": key.size,
         "stored_size": key.stored_size,
     }
     return StoredKey(blob=json.dumps(blob, sort_keys=True).encode(), secret=False)
@@ -136,5 +173,4 @@ def parse_reference(stored: StoredKey) -> dict[str, Any]:
                 raise ValueError(f"missing {name}")
         return ref
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"not a pkcs11 token-object reference: {exc}") from None
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"not a pkcs11 token-object reference: {exc}") from None

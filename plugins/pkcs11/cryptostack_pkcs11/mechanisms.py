@@ -28,11 +28,15 @@ from cryptostack_core.sdk import Capability, Operation
 M = Mechanism
 
 HASHES: dict[str, int] = {
-    "SHA-224": M.SHA224, "SHA-256": M.SHA256, "SHA-384": M.SHA384, "SHA-512": M.SHA512,
+    "SHA-224": M.SHA224,
+    "SHA-256": M.SHA256,
+    "SHA-384": M.SHA384,
+    "SHA-512": M.SHA512,
 }
 CIPHER_MODES: dict[str, int] = {"CBC": M.AES_CBC_PAD, "GCM": M.AES_GCM, "CTR": M.AES_CTR}
 HMACS: dict[str, int] = {
-    "HMAC-SHA-256": M.SHA256_HMAC, "HMAC-SHA-384": M.SHA384_HMAC,
+    "HMAC-SHA-256": M.SHA256_HMAC,
+    "HMAC-SHA-384": M.SHA384_HMAC,
     "HMAC-SHA-512": M.SHA512_HMAC,
 }
 EC_CURVES: dict[str, tuple[bytes, int, str]] = {
@@ -65,13 +69,18 @@ class SignPlan:
 class TokenProfile:
     """What one token offers, computed from its mechanism list."""
 
-    def __init__(self, mechanisms: Mapping[int, tuple[int, int, int]], *, token_flags: int,
-                 wrappable: Iterable[int] = (), exclude: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        mechanisms: Mapping[int, tuple[int, int, int]],
+        *,
+        token_flags: int,
+        wrappable: Iterable[int] = (),
+        exclude: Iterable[int] = (),
+    ) -> None:
         excluded = set(exclude)
         self.mechanisms = {m: info for m, info in mechanisms.items() if m not in excluded}
         self.has_rng = bool(token_flags & CKF_RNG)
-        self.wrappable = frozenset(wrappable) if M.AES_KEY_WRAP_PAD in self.mechanisms \
-            else frozenset()
+        self.wrappable = frozenset(wrappable) if M.AES_KEY_WRAP_PAD in self.mechanisms else frozenset()
 
     def export_method(self, key_type: int) -> str | None:
         """How an extractable key of ``key_type`` leaves the token: ``wrap`` (the key stays
@@ -122,41 +131,52 @@ class TokenProfile:
         if algorithm in EC_CURVES:
             _params, bits, hash_name = EC_CURVES[algorithm]
             if self.has(M.ECDSA) and self._size_ok(M.ECDSA, bits):
-                return SignPlan(algorithm, "host-hash", M.ECDSA,
-                                hash_name=hash_name.replace("-", "").lower(),
-                                key_type=KeyType.EC, der_ecdsa=True)
+                return SignPlan(
+                    algorithm,
+                    "host-hash",
+                    M.ECDSA,
+                    hash_name=hash_name.replace("-", "").lower(),
+                    key_type=KeyType.EC,
+                    der_ecdsa=True,
+                )
             return None
         if algorithm == "Ed25519":
             if self.has(M.EDDSA) and self._size_ok(M.EDDSA, 256):
-                return SignPlan(algorithm, "whole-message", M.EDDSA,
-                                key_type=KeyType.EC_EDWARDS)
+                return SignPlan(algorithm, "whole-message", M.EDDSA, key_type=KeyType.EC_EDWARDS)
             return None
         if algorithm in PSS_HASH:
             hash_mech, mgf, salt, combined = PSS_HASH[algorithm]
             if self.has(M.RSA_PKCS_PSS):
-                return SignPlan(algorithm, "host-hash", M.RSA_PKCS_PSS,
-                                hash_name=algorithm.rsplit("-", 1)[1].lower(),
-                                pss=(hash_mech, mgf, salt), key_type=KeyType.RSA)
+                return SignPlan(
+                    algorithm,
+                    "host-hash",
+                    M.RSA_PKCS_PSS,
+                    hash_name=algorithm.rsplit("-", 1)[1].lower(),
+                    pss=(hash_mech, mgf, salt),
+                    key_type=KeyType.RSA,
+                )
             if self.has(combined):
-                return SignPlan(algorithm, "token-stream", combined,
-                                pss=(hash_mech, mgf, salt), key_type=KeyType.RSA)
+                return SignPlan(
+                    algorithm, "token-stream", combined, pss=(hash_mech, mgf, salt), key_type=KeyType.RSA
+                )
         return None
 
     def can_generate(self, key_algorithm: str) -> bool:
         """Whether keys of ``key_algorithm`` can be generated inside the token."""
         if key_algorithm.startswith("AES-"):
-            return self.has(M.AES_KEY_GEN) and self._size_ok(
-                M.AES_KEY_GEN, int(key_algorithm[4:]) // 8)
+            return self.has(M.AES_KEY_GEN) and self._size_ok(M.AES_KEY_GEN, int(key_algorithm[4:]) // 8)
         if key_algorithm in HMACS or key_algorithm == "GENERIC-SECRET":
             return self.has(M.GENERIC_SECRET_KEY_GEN)
         if key_algorithm in EC_CURVES:
             return self.has(M.EC_KEY_PAIR_GEN) and self._size_ok(
-                M.EC_KEY_PAIR_GEN, EC_CURVES[key_algorithm][1])
+                M.EC_KEY_PAIR_GEN, EC_CURVES[key_algorithm][1]
+            )
         if key_algorithm == "Ed25519":
             return self.has(M.EC_EDWARDS_KEY_PAIR_GEN)
         if key_algorithm in RSA_SIZES:
             return self.has(M.RSA_PKCS_KEY_PAIR_GEN) and self._size_ok(
-                M.RSA_PKCS_KEY_PAIR_GEN, RSA_SIZES[key_algorithm])
+                M.RSA_PKCS_KEY_PAIR_GEN, RSA_SIZES[key_algorithm]
+            )
         return False
 
     def key_usable(self, key_algorithm: str) -> bool:
@@ -167,9 +187,10 @@ class TokenProfile:
         if key_algorithm == "GENERIC-SECRET":
             return any(self.sign_plan(name) for name in HMACS)
         if key_algorithm in RSA_SIZES:
-            return any(self.sign_plan(name) for name in PSS_HASH) and \
-                self._size_ok(M.RSA_PKCS_PSS if self.has(M.RSA_PKCS_PSS)
-                              else M.SHA256_RSA_PKCS_PSS, RSA_SIZES[key_algorithm])
+            return any(self.sign_plan(name) for name in PSS_HASH) and self._size_ok(
+                M.RSA_PKCS_PSS if self.has(M.RSA_PKCS_PSS) else M.SHA256_RSA_PKCS_PSS,
+                RSA_SIZES[key_algorithm],
+            )
         return self.sign_plan(key_algorithm) is not None
 
     # --- everything ------------------------------------------------------------------
@@ -188,8 +209,16 @@ class TokenProfile:
         for name in (*HMACS, *EC_CURVES, "Ed25519", *PSS_HASH):
             if self.sign_plan(name):
                 caps.update({Capability(name, op.SIGN), Capability(name, op.VERIFY)})
-        key_algorithms = ["AES-128", "AES-192", "AES-256", *HMACS, "GENERIC-SECRET",
-                          *EC_CURVES, "Ed25519", *RSA_SIZES]
+        key_algorithms = [
+            "AES-128",
+            "AES-192",
+            "AES-256",
+            *HMACS,
+            "GENERIC-SECRET",
+            *EC_CURVES,
+            "Ed25519",
+            *RSA_SIZES,
+        ]
         for name in key_algorithms:
             if not self.key_usable(name):
                 continue

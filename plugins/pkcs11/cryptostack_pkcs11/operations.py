@@ -60,13 +60,24 @@ class TokenAccess(Protocol):
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
-    async def call_in_async(self, op: str, *args: Any, generation: int | None = None,
-                            what: str = "", overrides: dict[str, ErrorCode] | None = None
-                            ) -> tuple[Any, int]: ...
+    async def call_in_async(
+        self,
+        op: str,
+        *args: Any,
+        generation: int | None = None,
+        what: str = "",
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]: ...
 
-    async def key_call_in_async(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
-                                overrides: dict[str, ErrorCode] | None = None
-                                ) -> tuple[Any, int]: ...
+    async def key_call_in_async(
+        self,
+        op: str,
+        key: TokenKey,
+        args: KeyArgs,
+        *,
+        what: str,
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]: ...
 
     def abort_later(self, generation: int, op_id: int) -> None: ...
 
@@ -74,30 +85,42 @@ class TokenAccess(Protocol):
 _GCM_DECRYPT_ERRORS = {
     # SoftHSM2 reports a tag mismatch as CKR_GENERAL_ERROR; PKCS#11 says ENCRYPTED_DATA_INVALID
     name: ErrorCode.AUTHENTICATION_FAILED
-    for name in ("CKR_ENCRYPTED_DATA_INVALID", "CKR_ENCRYPTED_DATA_LEN_RANGE",
-                 "CKR_GENERAL_ERROR", "CKR_FUNCTION_FAILED")
+    for name in (
+        "CKR_ENCRYPTED_DATA_INVALID",
+        "CKR_ENCRYPTED_DATA_LEN_RANGE",
+        "CKR_GENERAL_ERROR",
+        "CKR_FUNCTION_FAILED",
+    )
 }
 _CBC_DECRYPT_ERRORS = {
     # bad padding (SoftHSM2: CKR_GENERAL_ERROR) or a length that is not whole blocks
     name: ErrorCode.INVALID_ARGUMENT
-    for name in ("CKR_ENCRYPTED_DATA_INVALID", "CKR_ENCRYPTED_DATA_LEN_RANGE",
-                 "CKR_GENERAL_ERROR")
+    for name in ("CKR_ENCRYPTED_DATA_INVALID", "CKR_ENCRYPTED_DATA_LEN_RANGE", "CKR_GENERAL_ERROR")
 }
 
 
 def _lost(what: str) -> CryptoError:
-    return CryptoError(ErrorCode.PROVIDER_ERROR,
-                       f"{what}: the token worker restarted and this operation's state in "
-                       "the token was lost; start the message again")
+    return CryptoError(
+        ErrorCode.PROVIDER_ERROR,
+        f"{what}: the token worker restarted and this operation's state in "
+        "the token was lost; start the message again",
+    )
 
 
 class _Stream:
     """Bytes of one multi-part operation: held here up to the ``stream_buffer`` limit,
     then streamed into a token session (``begin``/``update``/``finish`` requests)."""
 
-    def __init__(self, provider: TokenAccess, kind: str, spec: MechanismSpec,
-                 key: TokenKey | None, handle: Callable[[int | None, int | None], int],
-                 what: str, overrides: dict[str, ErrorCode] | None = None) -> None:
+    def __init__(
+        self,
+        provider: TokenAccess,
+        kind: str,
+        spec: MechanismSpec,
+        key: TokenKey | None,
+        handle: Callable[[int | None, int | None], int],
+        what: str,
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> None:
         self.provider = provider
         self.kind = kind
         self.spec = spec
@@ -145,23 +168,31 @@ class _Stream:
         out_size = len(chunk) + 64
         provider = self.provider
         if self.op_id is None:
+
             def args(primary: int | None, public: int | None) -> tuple[Any, ...]:
                 return (self.kind, self.spec, self.handle(primary, public), chunk, out_size)
 
             if self.key is None:
                 result, generation = await provider.call_in_async(
-                    "begin", *args(None, None), what=self.what, overrides=self.overrides)
+                    "begin", *args(None, None), what=self.what, overrides=self.overrides
+                )
             else:
                 result, generation = await provider.key_call_in_async(
-                    "begin", self.key, args, what=self.what, overrides=self.overrides)
+                    "begin", self.key, args, what=self.what, overrides=self.overrides
+                )
             self.op_id, self.generation = int(result[0]), generation
-            self._finalizer = weakref.finalize(self, provider.abort_later, generation,
-                                               self.op_id)
+            self._finalizer = weakref.finalize(self, provider.abort_later, generation, self.op_id)
             return bytes(result[1])
         try:
             output, _generation = await provider.call_in_async(
-                "update", self.op_id, chunk, out_size, generation=self.generation,
-                what=self.what, overrides=self.overrides)
+                "update",
+                self.op_id,
+                chunk,
+                out_size,
+                generation=self.generation,
+                what=self.what,
+                overrides=self.overrides,
+            )
             return bytes(output)
         except StaleGeneration:
             raise _lost(self.what) from None
@@ -175,8 +206,15 @@ class _Stream:
         self._ended()
         try:
             result, _generation = await self.provider.call_in_async(
-                "finish", self.op_id, chunk, out_size + len(chunk), signature,
-                generation=self.generation, what=self.what, overrides=self.overrides)
+                "finish",
+                self.op_id,
+                chunk,
+                out_size + len(chunk),
+                signature,
+                generation=self.generation,
+                what=self.what,
+                overrides=self.overrides,
+            )
             return result
         except StaleGeneration:
             raise _lost(self.what) from None
@@ -189,14 +227,14 @@ class _Stream:
 
 # --- hash ---------------------------------------------------------------------------------
 
+
 class TokenHash(HashOperation):
     """A digest computed by the token (``C_Digest``)."""
 
     def __init__(self, provider: TokenAccess, algorithm: str, mechanism: int) -> None:
         self._provider = provider
         self._spec = MechanismSpec(mechanism)
-        self._stream = _Stream(provider, "Digest", self._spec, None, lambda p, q: 0,
-                               f"{algorithm} digest")
+        self._stream = _Stream(provider, "Digest", self._spec, None, lambda p, q: 0, f"{algorithm} digest")
 
     def update(self, data: Buffer) -> None:
         """Absorb more data."""
@@ -215,17 +253,28 @@ class TokenHash(HashOperation):
         if self._stream.started:
             return bytes(await self._stream.finish_async(64))
         digest, _generation = await self._provider.call_in_async(
-            "digest", self._spec, self._stream.take(), what=self._stream.what)
+            "digest", self._spec, self._stream.take(), what=self._stream.what
+        )
         return bytes(digest)
 
 
 # --- ciphers ------------------------------------------------------------------------------
 
+
 class TokenCipher(CipherOperation):
     """AES-CBC (PKCS#7 padding), AES-CTR or AES-GCM in the token."""
 
-    def __init__(self, provider: TokenAccess, algorithm: str, mode: str, mechanism: int,
-                 key: TokenKey, encrypt: bool, iv: bytes, tag_length: int) -> None:
+    def __init__(
+        self,
+        provider: TokenAccess,
+        algorithm: str,
+        mode: str,
+        mechanism: int,
+        key: TokenKey,
+        encrypt: bool,
+        iv: bytes,
+        tag_length: int,
+    ) -> None:
         self._provider = provider
         self._algorithm = algorithm
         self._mode = mode
@@ -251,16 +300,14 @@ class TokenCipher(CipherOperation):
             return MechanismSpec(self._mechanism, "bytes", (self._iv,))
         if self._mode == "CTR":
             return MechanismSpec(self._mechanism, "ctr", (128, self._iv))
-        return MechanismSpec(self._mechanism, "gcm",
-                             (self._iv, b"".join(self._aad), self._tag_length * 8))
+        return MechanismSpec(self._mechanism, "gcm", (self._iv, b"".join(self._aad), self._tag_length * 8))
 
     def update_aad(self, data: Buffer) -> None:
         """Associated data (AES-GCM), all of it before the first :meth:`update`."""
         if self._mode != "GCM":
             raise CryptoError(ErrorCode.INVALID_STATE, "associated data needs an AEAD algorithm")
         if self._data_seen:
-            raise CryptoError(ErrorCode.INVALID_STATE,
-                              "associated data must come before the first update")
+            raise CryptoError(ErrorCode.INVALID_STATE, "associated data must come before the first update")
         self._aad.append(bytes(data))
 
     def _streamed(self, data: Buffer) -> _Stream | None:
@@ -272,9 +319,15 @@ class TokenCipher(CipherOperation):
                 self._held.append(bytes(data))
             return None
         if self._stream is None:
-            self._stream = _Stream(self._provider, self._kind, self._spec(), self._key,
-                                   lambda primary, public: int(primary or 0), self._what,
-                                   self._overrides)
+            self._stream = _Stream(
+                self._provider,
+                self._kind,
+                self._spec(),
+                self._key,
+                lambda primary, public: int(primary or 0),
+                self._what,
+                self._overrides,
+            )
         return self._stream
 
     def update(self, data: Buffer) -> bytes:
@@ -298,8 +351,7 @@ class TokenCipher(CipherOperation):
             data = b"".join(self._held)
             self._held = []
             if len(data) < self._tag_length:
-                raise invalid_argument(f"AES-GCM input is shorter than its "
-                                       f"{self._tag_length}-byte tag")
+                raise invalid_argument(f"AES-GCM input is shorter than its {self._tag_length}-byte tag")
             return await self._single(data)
         stream = self._stream
         if stream is None or not stream.started:
@@ -309,13 +361,17 @@ class TokenCipher(CipherOperation):
     async def _single(self, data: bytes) -> bytes:
         spec = self._spec()
         output, _generation = await self._provider.key_call_in_async(
-            "crypt", self._key,
+            "crypt",
+            self._key,
             lambda primary, public: (self._kind, spec, primary, data, len(data) + 64),
-            what=self._what, overrides=self._overrides)
+            what=self._what,
+            overrides=self._overrides,
+        )
         return bytes(output)
 
 
 # --- signatures and MACs ------------------------------------------------------------------
+
 
 def _mechanism_spec(plan: SignPlan) -> MechanismSpec:
     if plan.pss is not None:
@@ -335,8 +391,7 @@ def _public(primary: int | None, public: int | None) -> int:
 class HostHashSigner(SignOperation):
     """ECDSA / RSA-PSS: the provider hashes, the token signs the digest."""
 
-    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
-                 out_size: int) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey, out_size: int) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -356,9 +411,11 @@ class HostHashSigner(SignOperation):
         digest = self._hash.digest()
         spec = _mechanism_spec(self._plan)
         raw, _generation = await self._provider.key_call_in_async(
-            "sign", self._key,
+            "sign",
+            self._key,
             lambda primary, public: (spec, _private(primary, public), digest, self._out_size),
-            what=f"{self._plan.algorithm} signing")
+            what=f"{self._plan.algorithm} signing",
+        )
         raw = bytes(raw)
         return ecdsa.raw_to_der(raw) if self._plan.der_ecdsa else raw
 
@@ -393,17 +450,18 @@ class HostHashVerifier(VerifyOperation):
         digest = self._hash.digest()
         spec = _mechanism_spec(self._plan)
         valid, _generation = await self._provider.key_call_in_async(
-            "verify", self._key,
+            "verify",
+            self._key,
             lambda primary, public: (spec, _public(primary, public), digest, signature),
-            what=f"{self._plan.algorithm} verification")
+            what=f"{self._plan.algorithm} verification",
+        )
         return bool(valid)
 
 
 class WholeMessageSigner(SignOperation):
     """Pure EdDSA: the token signs the whole message in one call."""
 
-    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
-                 out_size: int) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey, out_size: int) -> None:
         self._provider = provider
         self._plan = plan
         self._key = key
@@ -423,9 +481,11 @@ class WholeMessageSigner(SignOperation):
         message = b"".join(self._parts)
         spec = _mechanism_spec(self._plan)
         signature, _generation = await self._provider.key_call_in_async(
-            "sign", self._key,
+            "sign",
+            self._key,
             lambda primary, public: (spec, _private(primary, public), message, self._out_size),
-            what=f"{self._plan.algorithm} signing")
+            what=f"{self._plan.algorithm} signing",
+        )
         return bytes(signature)
 
 
@@ -454,17 +514,18 @@ class WholeMessageVerifier(VerifyOperation):
         message = b"".join(self._parts)
         spec = _mechanism_spec(self._plan)
         valid, _generation = await self._provider.key_call_in_async(
-            "verify", self._key,
+            "verify",
+            self._key,
             lambda primary, public: (spec, _public(primary, public), message, signature),
-            what=f"{self._plan.algorithm} verification")
+            what=f"{self._plan.algorithm} verification",
+        )
         return bool(valid)
 
 
 class StreamSigner(SignOperation):
     """HMAC (and hash-and-sign RSA-PSS): the token hashes and signs."""
 
-    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
-                 out_size: int) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey, out_size: int) -> None:
         self._provider = provider
         self._key = key
         self._spec = _mechanism_spec(plan)
@@ -490,10 +551,11 @@ class StreamSigner(SignOperation):
             return bytes(await self._stream.finish_async(self._out_size))
         data = self._stream.take()
         tag, _generation = await self._provider.key_call_in_async(
-            "sign", self._key,
-            lambda primary, public: (self._spec, _private(primary, public), data,
-                                     self._out_size),
-            what=self._what)
+            "sign",
+            self._key,
+            lambda primary, public: (self._spec, _private(primary, public), data, self._out_size),
+            what=self._what,
+        )
         return bytes(tag)
 
 
@@ -502,8 +564,7 @@ class MacVerifier(VerifyOperation):
     time; a tag truncated to ``min_mac_length`` bytes or more is checked against the prefix.
     (The daemon verifies MACs the same way, through a signer.)"""
 
-    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
-                 mac_size: int) -> None:
+    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey, mac_size: int) -> None:
         self._provider = provider
         self._min_length = provider.opts.min_mac_length
         self._signer = StreamSigner(provider, plan, key, mac_size)
@@ -527,15 +588,21 @@ class MacVerifier(VerifyOperation):
         if len(tag) == len(full):
             return hmac.compare_digest(full, tag)
         if self._min_length <= len(tag) < len(full):
-            return hmac.compare_digest(full[:len(tag)], tag)
+            return hmac.compare_digest(full[: len(tag)], tag)
         return False
 
 
 class _StreamVerify(VerifyOperation):
     """``C_VerifyInit``/``Update``/``Final`` (or one ``C_Verify``) in the token."""
 
-    def __init__(self, provider: TokenAccess, plan: SignPlan, key: TokenKey,
-                 handle: Callable[[int | None, int | None], int], what: str) -> None:
+    def __init__(
+        self,
+        provider: TokenAccess,
+        plan: SignPlan,
+        key: TokenKey,
+        handle: Callable[[int | None, int | None], int],
+        what: str,
+    ) -> None:
         self._provider = provider
         self._key = key
         self._handle = handle
@@ -566,10 +633,11 @@ class _StreamVerify(VerifyOperation):
             return bool(await self._stream.finish_async(0, signature))
         data = self._stream.take()
         valid, _generation = await self._provider.key_call_in_async(
-            "verify", self._key,
-            lambda primary, public: (self._spec, self._handle(primary, public), data,
-                                     signature),
-            what=self._what)
+            "verify",
+            self._key,
+            lambda primary, public: (self._spec, self._handle(primary, public), data, signature),
+            what=self._what,
+        )
         return bool(valid)
 
 

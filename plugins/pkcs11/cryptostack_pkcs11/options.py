@@ -64,23 +64,29 @@ class Options(WorkerOptions):
     pin_env: str | None = option(None, doc="environment variable holding the user PIN")
     sessions: int = option(4, minimum=1, doc="requests run at once; idle sessions kept")
     max_sessions: int = option(64, minimum=1, doc="most sessions open at once")
-    stream_buffer: int = option(policy.DEFAULT_STREAM_BUFFER, minimum=1,
-                                doc="bytes buffered before streaming into the token")
-    min_mac_length: int = option(policy.DEFAULT_MIN_MAC_LENGTH,
-                                 minimum=policy.MIN_MAC_LENGTH_FLOOR,
-                                 doc="shortest truncated HMAC tag verified")
-    exclude_mechanisms: frozenset[int] = option(frozenset(), parse=_mechanisms,
-                                                doc="mechanisms to ignore")
-    test_crash_at: str | None = option(None, choices=("persist", "delete"),
-                                       doc="tests only: the daemon dies (SIGKILL) right after "
-                                           "persisting token objects or before deleting them")
+    stream_buffer: int = option(
+        policy.DEFAULT_STREAM_BUFFER, minimum=1, doc="bytes buffered before streaming into the token"
+    )
+    min_mac_length: int = option(
+        policy.DEFAULT_MIN_MAC_LENGTH,
+        minimum=policy.MIN_MAC_LENGTH_FLOOR,
+        doc="shortest truncated HMAC tag verified",
+    )
+    exclude_mechanisms: frozenset[int] = option(frozenset(), parse=_mechanisms, doc="mechanisms to ignore")
+    test_crash_at: str | None = option(
+        None,
+        choices=("persist", "delete"),
+        doc="tests only: the daemon dies (SIGKILL) right after "
+        "persisting token objects or before deleting them",
+    )
 
     def __post_init__(self) -> None:
         if (self.pin_file is None) == (self.pin_env is None):
             raise OptionError("exactly one of pin_file and pin_env is required")
         if self.max_sessions < self.sessions:
-            raise OptionError(f"max_sessions ({self.max_sessions}) must be at least sessions "
-                              f"({self.sessions})")
+            raise OptionError(
+                f"max_sessions ({self.max_sessions}) must be at least sessions ({self.sessions})"
+            )
 
     def read_pin(self) -> str:
         """The user PIN, read now from its file or environment variable."""
@@ -88,17 +94,19 @@ class Options(WorkerOptions):
             try:
                 text = self.pin_file.read_text(encoding="utf-8")
             except OSError as exc:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"cannot read the PIN file {self.pin_file}: "
-                                  f"{exc.strerror}") from None
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"cannot read the PIN file {self.pin_file}: {exc.strerror}",
+                ) from None
             pin = text.rstrip("\r\n")
             where = f"PIN file {self.pin_file}"
         else:
             assert self.pin_env is not None
             value = os.environ.get(self.pin_env)
             if value is None:
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"the PIN variable {self.pin_env} is not set")
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE, f"the PIN variable {self.pin_env} is not set"
+                )
             pin, where = value, f"PIN variable {self.pin_env}"
         if not pin:
             raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE, f"the {where} is empty")
@@ -107,5 +115,10 @@ class Options(WorkerOptions):
 
 def parse(raw: Mapping[str, Any], config_dir: Path) -> Options:
     """Check the options; INVALID_ARGUMENT naming the problem."""
-    return parse_options(Options, raw, provider="pkcs11", config_dir=config_dir,
-                         refuse={"pin": _PIN_REFUSED, "user_pin": _PIN_REFUSED})
+    return parse_options(
+        Options,
+        raw,
+        provider="pkcs11",
+        config_dir=config_dir,
+        refuse={"pin": _PIN_REFUSED, "user_pin": _PIN_REFUSED},
+    )

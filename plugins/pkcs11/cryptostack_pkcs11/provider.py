@@ -111,8 +111,9 @@ _CLASS_PUBLIC = int(ObjectClass.PUBLIC_KEY)
 
 
 T = TypeVar("T")
-_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
-                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_OPERATIONS = frozenset(
+    {Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT, Operation.SIGN, Operation.VERIFY}
+)
 _ASYNC_MAX_INPUT = 64 * 1024
 
 
@@ -121,8 +122,9 @@ class PKCS11Provider(Provider):
 
     name = "pkcs11"
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
         self.opts: Options = parse(options, environment.config_dir)
         self.host = WorkerHost(worker_spec(self.opts), self.opts.host_settings(), self.log)
@@ -134,19 +136,20 @@ class PKCS11Provider(Provider):
     def start(self) -> None:
         """Start the worker: load the module, find the token, log in, read mechanisms."""
         self.registry = TokenObjectRegistry(
-            self.environment.state_dir / "token-objects.sqlite3", self.provider_id,
-            self.opts.token_label)
+            self.environment.state_dir / "token-objects.sqlite3", self.provider_id, self.opts.token_label
+        )
         self.host.start()
         info = self.host.info
         self.profile = TokenProfile(
             {int(m): tuple(v) for m, v in info["mechanisms"].items()},  # type: ignore[misc]
-            token_flags=int(info["token_flags"]), wrappable=info["wrappable"],
-            exclude=self.opts.exclude_mechanisms)
+            token_flags=int(info["token_flags"]),
+            wrappable=info["wrappable"],
+            exclude=self.opts.exclude_mechanisms,
+        )
         self._capabilities = None
         # HMAC keys shorter than the largest token minimum are zero-padded up to it (never
         # past 64 bytes, the smallest HMAC block, so every MAC stays the same).
-        minimums = [self.profile.mechanisms[int(m)][0] for m in HMACS.values()
-                    if self.profile.has(m)]
+        minimums = [self.profile.mechanisms[int(m)][0] for m in HMACS.values() if self.profile.has(m)]
         self._hmac_pad = min(64, max(minimums, default=0))
 
     def close(self) -> None:
@@ -165,12 +168,14 @@ class PKCS11Provider(Provider):
         info = dict(self.host.info or {})
         mechanisms = info.pop("mechanisms", {})
         info.pop("wrappable", None)
-        info.update({
-            "module": str(self.opts.module),
-            "mechanisms": _mechanism_names(int(m) for m in mechanisms),
-            "sessions": self.opts.sessions,
-            **self.host.describe(),
-        })
+        info.update(
+            {
+                "module": str(self.opts.module),
+                "mechanisms": _mechanism_names(int(m) for m in mechanisms),
+                "sessions": self.opts.sessions,
+                **self.host.describe(),
+            }
+        )
         return info
 
     # --- capabilities ----------------------------------------------------------------
@@ -185,66 +190,102 @@ class PKCS11Provider(Provider):
 
     def _require(self, algorithm: str, operation: Operation) -> None:
         if not self.supports(algorithm, operation):
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"token {self.opts.token_label!r} cannot {operation.value} "
-                              f"{algorithm}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"token {self.opts.token_label!r} cannot {operation.value} {algorithm}",
+            )
 
     # --- calls to the token worker ----------------------------------------------------
-    def call_in(self, op: str, *args: Any, generation: int | None = None, what: str = "",
-                overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
+    def call_in(
+        self,
+        op: str,
+        *args: Any,
+        generation: int | None = None,
+        what: str = "",
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]:
         """Run ``op`` in the token worker from a thread: (result, generation). ``what`` names
         the call in error messages; ``overrides`` give CKR values a meaning specific to
         this call."""
         return self.host.call_in(op, *args, generation=generation, context=(what, overrides))
 
-    def call(self, op: str, *args: Any, generation: int | None = None, what: str = "",
-             overrides: dict[str, ErrorCode] | None = None) -> Any:
+    def call(
+        self,
+        op: str,
+        *args: Any,
+        generation: int | None = None,
+        what: str = "",
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> Any:
         """:meth:`call_in` without the generation."""
-        return self.call_in(op, *args, generation=generation, what=what,
-                            overrides=overrides)[0]
+        return self.call_in(op, *args, generation=generation, what=what, overrides=overrides)[0]
 
-    async def call_in_async(self, op: str, *args: Any, generation: int | None = None,
-                            what: str = "", overrides: dict[str, ErrorCode] | None = None
-                            ) -> tuple[Any, int]:
+    async def call_in_async(
+        self,
+        op: str,
+        *args: Any,
+        generation: int | None = None,
+        what: str = "",
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]:
         """:meth:`call_in` on the host's event loop."""
-        return await self.host.call_async(op, *args, generation=generation,
-                                          context=(what, overrides))
+        return await self.host.call_async(op, *args, generation=generation, context=(what, overrides))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of this provider's on the host's loop (from a thread)."""
         return self.host.run(coro)
 
     # --- calls naming keys -----------------------------------------------------------
-    def key_call_in(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
-                    overrides: dict[str, ErrorCode] | None = None) -> tuple[Any, int]:
+    def key_call_in(
+        self,
+        op: str,
+        key: TokenKey,
+        args: KeyArgs,
+        *,
+        what: str,
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]:
         """Run ``op`` with the key's handles of the live worker generation (from a thread);
         returns (result, generation)."""
         live = self.host.generation
         if live is not None and key.generation == live and not key.released:
             try:  # the common case, without a coroutine
-                return self.call_in(op, *args(key.primary, key.public), generation=live,
-                                    what=what, overrides=overrides)
+                return self.call_in(
+                    op, *args(key.primary, key.public), generation=live, what=what, overrides=overrides
+                )
             except StaleGeneration:
                 pass  # the worker restarted in between: reload the key, on the loop
-        return self.host.run(self.key_call_in_async(op, key, args, what=what,
-                                                    overrides=overrides))
+        return self.host.run(self.key_call_in_async(op, key, args, what=what, overrides=overrides))
 
-    def key_call(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
-                 overrides: dict[str, ErrorCode] | None = None) -> Any:
+    def key_call(
+        self,
+        op: str,
+        key: TokenKey,
+        args: KeyArgs,
+        *,
+        what: str,
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> Any:
         """:meth:`key_call_in` without the generation."""
         return self.key_call_in(op, key, args, what=what, overrides=overrides)[0]
 
-    async def key_call_in_async(self, op: str, key: TokenKey, args: KeyArgs, *, what: str,
-                                overrides: dict[str, ErrorCode] | None = None
-                                ) -> tuple[Any, int]:
+    async def key_call_in_async(
+        self,
+        op: str,
+        key: TokenKey,
+        args: KeyArgs,
+        *,
+        what: str,
+        overrides: dict[str, ErrorCode] | None = None,
+    ) -> tuple[Any, int]:
         """:meth:`key_call_in` on the host's loop: the key is found again (token objects)
         or re-created (public keys) in a worker that replaced the one it was made in."""
         for _attempt in range(3):
             generation, primary, public = await self._resolve(key)
             try:
-                return await self.call_in_async(op, *args(primary, public),
-                                                generation=generation, what=what,
-                                                overrides=overrides)
+                return await self.call_in_async(
+                    op, *args(primary, public), generation=generation, what=what, overrides=overrides
+                )
             except StaleGeneration:
                 continue  # the worker restarted in between: resolve again
         raise CryptoError(ErrorCode.PROVIDER_ERROR, "the token worker keeps restarting")
@@ -261,8 +302,9 @@ class PKCS11Provider(Provider):
         try:
             await asyncio.wait_for(key.reload_lock.acquire(), wait)
         except TimeoutError:
-            raise CryptoError(ErrorCode.OPERATION_TIMED_OUT,
-                              "the key is being reloaded into the token worker") from None
+            raise CryptoError(
+                ErrorCode.OPERATION_TIMED_OUT, "the key is being reloaded into the token worker"
+            ) from None
         try:
             return await self._resolve_locked(key)
         finally:
@@ -275,21 +317,22 @@ class PKCS11Provider(Provider):
         if live is not None and key.generation == live:
             return key.generation, key.primary, key.public
         if key.token_id is not None:
-            found, generation = await self.call_in_async("find", key.token_id,
-                                                         what="finding a token key")
-            fresh = self._key_from_found(key.algorithm, found, generation, key.token_id,
-                                         key.size)
+            found, generation = await self.call_in_async("find", key.token_id, what="finding a token key")
+            fresh = self._key_from_found(key.algorithm, found, generation, key.token_id, key.size)
             key.primary, key.public, key.generation = fresh.primary, fresh.public, generation
             return generation, key.primary, key.public
         if key.kind == "public" and key.public_attrs is not None:
-            handle, generation = await self.call_in_async("create_public", key.public_attrs,
-                                                          what="re-creating a public key")
+            handle, generation = await self.call_in_async(
+                "create_public", key.public_attrs, what="re-creating a public key"
+            )
             key.public, key.generation = int(handle), generation
             return generation, None, key.public
-        raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                          f"this {key.algorithm} key was a session object of token worker "
-                          f"generation {key.generation}, which was restarted "
-                          f"({self.host.last_restart_reason}); the key no longer exists")
+        raise CryptoError(
+            ErrorCode.PROVIDER_ERROR,
+            f"this {key.algorithm} key was a session object of token worker "
+            f"generation {key.generation}, which was restarted "
+            f"({self.host.last_restart_reason}); the key no longer exists",
+        )
 
     def runs_async(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
         """Stream calls are awaited on the token worker's host loop (the daemon's), up to
@@ -311,9 +354,10 @@ class PKCS11Provider(Provider):
             return False, True
         method = self._profile().export_method(key_type)
         if method is None:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"token {self.opts.token_label!r} cannot export keys of this "
-                              "type (it cannot wrap them)")
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                f"token {self.opts.token_label!r} cannot export keys of this type (it cannot wrap them)",
+            )
         return True, method == "wrap"
 
     def generate_key(self, algorithm: str, permissions: P) -> ProviderKey:
@@ -327,43 +371,66 @@ class PKCS11Provider(Provider):
             else:
                 length = keyformats.GENERATED_SECRET_LENGTHS[algorithm]
                 mech = Mechanism.GENERIC_SECRET_KEY_GEN
-            template = secret_template(permissions, extractable=extractable,
-                                       sensitive=sensitive,
-                                       mac=not algorithm.startswith("AES-"))
+            template = secret_template(
+                permissions,
+                extractable=extractable,
+                sensitive=sensitive,
+                mac=not algorithm.startswith("AES-"),
+            )
             handle, generation = self.call_in(
-                "generate_secret", key_type, length, int(mech), template,
-                what=f"generating an {algorithm} key")
-            return TokenKey(algorithm=algorithm, kind="secret", size=length,
-                            extractable=extractable, generation=generation,
-                            primary=int(handle), public=None,
-                            can_sign=bool(template[int(Attribute.SIGN)]))
+                "generate_secret",
+                key_type,
+                length,
+                int(mech),
+                template,
+                what=f"generating an {algorithm} key",
+            )
+            return TokenKey(
+                algorithm=algorithm,
+                kind="secret",
+                size=length,
+                extractable=extractable,
+                generation=generation,
+                primary=int(handle),
+                public=None,
+                can_sign=bool(template[int(Attribute.SIGN)]),
+            )
         key_type = keyformats.asymmetric_key_type(algorithm)
         extractable, sensitive = self._export_mode(permissions, key_type)
         is_rsa = key_type == KeyType.RSA
         pub_t = public_template(permissions, rsa=is_rsa)
-        priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa,
-                                  sensitive=sensitive)
+        priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa, sensitive=sensitive)
         bits: int | None = None
         if algorithm in EC_CURVES:
-            mech, pub_t[int(Attribute.EC_PARAMS)] = Mechanism.EC_KEY_PAIR_GEN, \
-                EC_CURVES[algorithm][0]
+            mech, pub_t[int(Attribute.EC_PARAMS)] = Mechanism.EC_KEY_PAIR_GEN, EC_CURVES[algorithm][0]
         elif algorithm == "Ed25519":
-            mech, pub_t[int(Attribute.EC_PARAMS)] = Mechanism.EC_EDWARDS_KEY_PAIR_GEN, \
-                ED25519_PARAMS
+            mech, pub_t[int(Attribute.EC_PARAMS)] = Mechanism.EC_EDWARDS_KEY_PAIR_GEN, ED25519_PARAMS
         else:
             mech, bits = Mechanism.RSA_PKCS_KEY_PAIR_GEN, RSA_SIZES[algorithm]
         result, generation = self.call_in(
-            "generate_pair", key_type, int(mech), bits, pub_t, priv_t,
-            what=f"generating an {algorithm} key pair")
+            "generate_pair",
+            key_type,
+            int(mech),
+            bits,
+            pub_t,
+            priv_t,
+            what=f"generating an {algorithm} key pair",
+        )
         private, public, attrs = result
         public_key = keyformats.public_from_attributes(algorithm, attrs)
-        return TokenKey(algorithm=algorithm, kind="pair", size=_size(algorithm),
-                        extractable=extractable, generation=generation,
-                        primary=int(private), public=int(public),
-                        can_sign=bool(priv_t[int(Attribute.SIGN)]), public_key=public_key)
+        return TokenKey(
+            algorithm=algorithm,
+            kind="pair",
+            size=_size(algorithm),
+            extractable=extractable,
+            generation=generation,
+            primary=int(private),
+            public=int(public),
+            can_sign=bool(priv_t[int(Attribute.SIGN)]),
+            public_key=public_key,
+        )
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: P) -> ProviderKey:
+    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: P) -> ProviderKey:
         """A session key from caller material (secrets and private keys are unwrapped by
         the token; public keys created)."""
         self._require(algorithm, Operation.IMPORT_KEY)
@@ -374,39 +441,69 @@ class PKCS11Provider(Provider):
             stored = value
             if not algorithm.startswith("AES-") and len(value) < self._hmac_pad:
                 stored = value + bytes(self._hmac_pad - len(value))
-            template = secret_template(permissions, extractable=extractable,
-                                       sensitive=sensitive,
-                                       mac=not algorithm.startswith("AES-"))
+            template = secret_template(
+                permissions,
+                extractable=extractable,
+                sensitive=sensitive,
+                mac=not algorithm.startswith("AES-"),
+            )
             handle, generation = self.call_in(
-                "import_secret", key_type, stored, template,
-                what=f"importing an {algorithm} key")
-            return TokenKey(algorithm=algorithm, kind="secret", size=len(value),
-                            extractable=extractable, generation=generation,
-                            primary=int(handle), public=None, stored_size=len(stored),
-                            can_sign=bool(template[int(Attribute.SIGN)]))
+                "import_secret", key_type, stored, template, what=f"importing an {algorithm} key"
+            )
+            return TokenKey(
+                algorithm=algorithm,
+                kind="secret",
+                size=len(value),
+                extractable=extractable,
+                generation=generation,
+                primary=int(handle),
+                public=None,
+                stored_size=len(stored),
+                can_sign=bool(template[int(Attribute.SIGN)]),
+            )
         parsed = keyformats.parse_asymmetric(algorithm, material, fmt, permissions)
         key_type = keyformats.asymmetric_key_type(algorithm)
         is_rsa = key_type == KeyType.RSA
         pub_attrs = keyformats.public_attributes(algorithm, parsed.public)
         pub_attrs.update(public_template(permissions, rsa=is_rsa))
         if not parsed.is_private:
-            handle, generation = self.call_in("create_public", pub_attrs,
-                                                  what=f"importing an {algorithm} public key")
-            return TokenKey(algorithm=algorithm, kind="public", size=_size(algorithm),
-                            extractable=True, generation=generation, primary=None,
-                            public=int(handle), public_key=parsed.public,
-                            public_attrs=pub_attrs)
+            handle, generation = self.call_in(
+                "create_public", pub_attrs, what=f"importing an {algorithm} public key"
+            )
+            return TokenKey(
+                algorithm=algorithm,
+                kind="public",
+                size=_size(algorithm),
+                extractable=True,
+                generation=generation,
+                primary=None,
+                public=int(handle),
+                public_key=parsed.public,
+                public_attrs=pub_attrs,
+            )
         extractable, sensitive = self._export_mode(permissions, key_type)
-        priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa,
-                                  sensitive=sensitive)
+        priv_t = private_template(permissions, extractable=extractable, rsa=is_rsa, sensitive=sensitive)
         components = keyformats.private_components(algorithm, parsed.private)
         result, generation = self.call_in(
-            "import_pair", key_type, parsed.pkcs8, components, priv_t, pub_attrs,
-            what=f"importing an {algorithm} key pair")
-        return TokenKey(algorithm=algorithm, kind="pair", size=_size(algorithm),
-                        extractable=extractable, generation=generation,
-                        primary=int(result[0]), public=int(result[1]),
-                        can_sign=bool(priv_t[int(Attribute.SIGN)]), public_key=parsed.public)
+            "import_pair",
+            key_type,
+            parsed.pkcs8,
+            components,
+            priv_t,
+            pub_attrs,
+            what=f"importing an {algorithm} key pair",
+        )
+        return TokenKey(
+            algorithm=algorithm,
+            kind="pair",
+            size=_size(algorithm),
+            extractable=extractable,
+            generation=generation,
+            primary=int(result[0]),
+            public=int(result[1]),
+            can_sign=bool(priv_t[int(Attribute.SIGN)]),
+            public_key=parsed.public,
+        )
 
     def export_key(self, key: ProviderKey, fmt: KeyFormat) -> bytes:
         """Material of an extractable key, wrapped out of the token and unwrapped here."""
@@ -414,9 +511,10 @@ class PKCS11Provider(Provider):
         if token_key.kind == "public":
             return keyformats.export_public(token_key.public_key, fmt)
         if not token_key.extractable:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              f"this {key.algorithm} key is not extractable (CKA_EXTRACTABLE "
-                              "is false in the token)")
+            raise CryptoError(
+                ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                f"this {key.algorithm} key is not extractable (CKA_EXTRACTABLE is false in the token)",
+            )
         if token_key.kind == "secret" and fmt is not KeyFormat.RAW:
             raise invalid_argument(f"{key.algorithm} keys are exported as RAW, not {fmt.value}")
         if token_key.kind == "secret":
@@ -424,11 +522,16 @@ class PKCS11Provider(Provider):
         else:
             key_type = keyformats.asymmetric_key_type(key.algorithm)
         method = "wrap" if key_type in self._profile().wrappable else "value"
-        material = bytes(self.key_call("export", token_key,
-                                       lambda primary, public: (int(primary or 0), method),
-                                       what=f"exporting an {key.algorithm} key"))
+        material = bytes(
+            self.key_call(
+                "export",
+                token_key,
+                lambda primary, public: (int(primary or 0), method),
+                what=f"exporting an {key.algorithm} key",
+            )
+        )
         if token_key.kind == "secret":
-            return material[:token_key.size]
+            return material[: token_key.size]
         if method == "wrap":
             private = keyformats.load_exported_pkcs8(key.algorithm, material)
         else:
@@ -480,49 +583,77 @@ class PKCS11Provider(Provider):
         self._registry().add(key_id, label)
         self.key_call("persist", token_key, args, what=f"persisting a key for slot {slot_name}")
         self._test_crash("persist")
-        return stored_reference(token_key, token_label=self.opts.token_label, label=label,
-                                key_id=key_id)
+        return stored_reference(token_key, token_label=self.opts.token_label, label=label, key_id=key_id)
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: P) -> ProviderKey:
+    def load_stored_key(self, stored: StoredKey, algorithm: str, permissions: P) -> ProviderKey:
         """The token objects a :meth:`persist_key` reference names."""
         ref = parse_reference(stored)
         if ref["algorithm"] != algorithm:
             raise invalid_argument(f"the stored key is {ref['algorithm']}, not {algorithm}")
         found, generation = self.call_in("find", ref["id"], what="loading a token key")
-        return self._key_from_found(algorithm, found, generation, ref["id"],
-                                    int(ref.get("size", 0)))
+        return self._key_from_found(algorithm, found, generation, ref["id"], int(ref.get("size", 0)))
 
-    def _key_from_found(self, algorithm: str, found: list[tuple[int, int, dict[int, Any]]],
-                        generation: int, token_id: bytes, size: int) -> TokenKey:
+    def _key_from_found(
+        self,
+        algorithm: str,
+        found: list[tuple[int, int, dict[int, Any]]],
+        generation: int,
+        token_id: bytes,
+        size: int,
+    ) -> TokenKey:
         objects = {cls: (handle, attrs) for handle, cls, attrs in found}
         if not objects:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"token {self.opts.token_label!r} has no object with CKA_ID "
-                              f"{token_id.hex()} (deleted outside cryptostack?)")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND,
+                f"token {self.opts.token_label!r} has no object with CKA_ID "
+                f"{token_id.hex()} (deleted outside cryptostack?)",
+            )
         if _CLASS_SECRET in objects:
             handle, attrs = objects[_CLASS_SECRET]
             stored_size = int(attrs.get(int(Attribute.VALUE_LEN), 0))
-            return TokenKey(algorithm=algorithm, kind="secret", size=size or stored_size,
-                            extractable=bool(attrs.get(int(Attribute.EXTRACTABLE))),
-                            generation=generation, primary=handle, public=None,
-                            can_sign=bool(attrs.get(int(Attribute.SIGN))), token_id=token_id,
-                            stored_size=stored_size)
+            return TokenKey(
+                algorithm=algorithm,
+                kind="secret",
+                size=size or stored_size,
+                extractable=bool(attrs.get(int(Attribute.EXTRACTABLE))),
+                generation=generation,
+                primary=handle,
+                public=None,
+                can_sign=bool(attrs.get(int(Attribute.SIGN))),
+                token_id=token_id,
+                stored_size=stored_size,
+            )
         public = objects.get(_CLASS_PUBLIC)
         private = objects.get(_CLASS_PRIVATE)
         if public is None:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"the public key of token object {token_id.hex()} is missing")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"the public key of token object {token_id.hex()} is missing"
+            )
         public_key = keyformats.public_from_attributes(algorithm, public[1])
         if private is None:
-            return TokenKey(algorithm=algorithm, kind="public", size=_size(algorithm),
-                            extractable=True, generation=generation, primary=None,
-                            public=public[0], public_key=public_key, token_id=token_id)
-        return TokenKey(algorithm=algorithm, kind="pair", size=_size(algorithm),
-                        extractable=bool(private[1].get(int(Attribute.EXTRACTABLE))),
-                        generation=generation, primary=private[0], public=public[0],
-                        can_sign=bool(private[1].get(int(Attribute.SIGN))),
-                        public_key=public_key, token_id=token_id)
+            return TokenKey(
+                algorithm=algorithm,
+                kind="public",
+                size=_size(algorithm),
+                extractable=True,
+                generation=generation,
+                primary=None,
+                public=public[0],
+                public_key=public_key,
+                token_id=token_id,
+            )
+        return TokenKey(
+            algorithm=algorithm,
+            kind="pair",
+            size=_size(algorithm),
+            extractable=bool(private[1].get(int(Attribute.EXTRACTABLE))),
+            generation=generation,
+            primary=private[0],
+            public=public[0],
+            can_sign=bool(private[1].get(int(Attribute.SIGN))),
+            public_key=public_key,
+            token_id=token_id,
+        )
 
     def delete_stored_key(self, stored: StoredKey) -> None:
         """Destroy the token objects of a reference (nothing to do if already gone); their
@@ -547,13 +678,18 @@ class PKCS11Provider(Provider):
         for key_id, label in registry.entries():
             if key_id in live:
                 continue
-            count = int(self.call("delete_token", key_id,
-                                  what="destroying an orphaned token object"))
+            count = int(self.call("delete_token", key_id, what="destroying an orphaned token object"))
             registry.remove(key_id)
             if count:
-                destroyed.append(OrphanDestroyed(label, (
-                    f"destroyed {count} token object(s) with CKA_ID {key_id.hex()} on token "
-                    f"{self.opts.token_label!r}: no key slot names them (left by a crash)")))
+                destroyed.append(
+                    OrphanDestroyed(
+                        label,
+                        (
+                            f"destroyed {count} token object(s) with CKA_ID {key_id.hex()} on token "
+                            f"{self.opts.token_label!r}: no key slot names them (left by a crash)"
+                        ),
+                    )
+                )
         return destroyed
 
     # --- operations ------------------------------------------------------------------
@@ -561,17 +697,22 @@ class PKCS11Provider(Provider):
         """A digest in the token."""
         mechanism = self._profile().hash_mechanism(algorithm)
         if mechanism is None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"token {self.opts.token_label!r} does not hash with {algorithm}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"token {self.opts.token_label!r} does not hash with {algorithm}",
+            )
         return TokenHash(self, algorithm, mechanism)
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self, algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+    ) -> CipherOperation:
         """AES-CBC/CTR/GCM in the token; IV, tag and key checked here first."""
         found = self._profile().cipher(algorithm)
         if found is None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"token {self.opts.token_label!r} does not support {algorithm}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"token {self.opts.token_label!r} does not support {algorithm}",
+            )
         mechanism, mode, key_bytes = found
         token_key = _token_key(key)
         wanted = f"AES-{key_bytes * 8}"
@@ -592,13 +733,15 @@ class PKCS11Provider(Provider):
             return spec.signature_size
         return key.size
 
-    def _sign_setup(self, algorithm: str, key: ProviderKey, context: bytes,
-                    operation: Operation) -> tuple[Any, TokenKey]:
+    def _sign_setup(
+        self, algorithm: str, key: ProviderKey, context: bytes, operation: Operation
+    ) -> tuple[Any, TokenKey]:
         plan = self._profile().sign_plan(algorithm)
         if plan is None:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"token {self.opts.token_label!r} cannot {operation.value} "
-                              f"with {algorithm}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"token {self.opts.token_label!r} cannot {operation.value} with {algorithm}",
+            )
         if context:
             raise invalid_argument(f"{algorithm} takes no context string")
         token_key = _token_key(key)
@@ -618,8 +761,7 @@ class PKCS11Provider(Provider):
             return WholeMessageSigner(self, plan, token_key, out_size)
         return StreamSigner(self, plan, token_key, out_size)
 
-    def create_verifier(self, algorithm: str, key: ProviderKey,
-                        context: bytes) -> VerifyOperation:
+    def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
         """Verify one signature or MAC in the token."""
         plan, token_key = self._sign_setup(algorithm, key, context, Operation.VERIFY)
         if plan.mode == "host-hash":
@@ -637,8 +779,9 @@ class PKCS11Provider(Provider):
     def random_bytes(self, length: int) -> bytes:
         """``C_GenerateRandom``."""
         if not self._profile().has_rng:
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"token {self.opts.token_label!r} has no random generator")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM, f"token {self.opts.token_label!r} has no random generator"
+            )
         most = self.spec("RANDOM").max_output
         if not 0 <= length <= most:
             raise invalid_argument(f"random length must be 0 to {most}")

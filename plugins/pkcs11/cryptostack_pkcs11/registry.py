@@ -44,8 +44,7 @@ class TokenObjectRegistry:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -53,20 +52,26 @@ class TokenObjectRegistry:
     def add(self, key_id: bytes, label: str) -> None:
         """Record an object about to be created (durable when this returns)."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO token_objects VALUES (?, ?, ?, ?, ?)",
-                             (*self._scope, key_id, label, time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO token_objects VALUES (?, ?, ?, ?, ?)",
+                (*self._scope, key_id, label, time.time()),
+            )
 
     def remove(self, key_id: bytes) -> None:
         """Forget an object that has been destroyed."""
         with self._lock:
-            self._db.execute("DELETE FROM token_objects WHERE provider = ? AND token = ? AND "
-                             "key_id = ?", (*self._scope, key_id))
+            self._db.execute(
+                "DELETE FROM token_objects WHERE provider = ? AND token = ? AND key_id = ?",
+                (*self._scope, key_id),
+            )
 
     def entries(self) -> list[tuple[bytes, str]]:
         """(CKA_ID, label) of every recorded object, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT key_id, label FROM token_objects WHERE provider = ?"
-                                    " AND token = ? ORDER BY created", self._scope).fetchall()
+            rows = self._db.execute(
+                "SELECT key_id, label FROM token_objects WHERE provider = ? AND token = ? ORDER BY created",
+                self._scope,
+            ).fetchall()
         return [(bytes(key_id), str(label)) for key_id, label in rows]
 
     def close(self) -> None:

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODULE_CANDIDATES", "P11KitServer", "SoftHSMToken", "create_token",
-           "p11kit_client_module", "softhsm_module"]
+__all__ = [
+    "MODULE_CANDIDATES",
+    "P11KitServer",
+    "SoftHSMToken",
+    "create_token",
+    "p11kit_client_module",
+    "softhsm_module",
+]
 
-MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so",
-                     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                     "/usr/local/lib/softhsm/libsofthsm2.so")
+MODULE_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
 
 
 def softhsm_module() -> str:
@@ -49,8 +57,7 @@ class SoftHSMToken:
 
     def options(self, **extra: Any) -> dict[str, Any]:
         """Provider options for this token (PIN from the environment variable)."""
-        return {"module": self.module, "token_label": self.label, "pin_env": self.pin_env,
-                **extra}
+        return {"module": self.module, "token_label": self.label, "pin_env": self.pin_env, **extra}
 
     def environment(self) -> dict[str, str]:
         """Variables the token's users need: the private configuration and the PIN."""
@@ -58,10 +65,22 @@ class SoftHSMToken:
 
     def init_token(self, label: str, pin: str) -> None:
         """Initialise one more token in the same directory (next free slot)."""
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label,
-                        "--pin", pin, "--so-pin", self.so_pin],
-                       env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)), check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                self.so_pin,
+            ],
+            env=dict(os.environ, SOFTHSM2_CONF=str(self.conf)),
+            check=True,
+            capture_output=True,
+        )
 
 
 def create_token(base: Path) -> SoftHSMToken:
@@ -74,17 +93,27 @@ def create_token(base: Path) -> SoftHSMToken:
     tokendir = base / "softhsm-tokens"
     tokendir.mkdir(parents=True)
     conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
-    token = SoftHSMToken(module=softhsm_module(), label=f"cs-test-{tag}", pin=f"pin-{tag}",
-                         so_pin=f"so-{tag}", pin_env=f"CS_TEST_PIN_{tag.upper()}", conf=conf,
-                         tokendir=tokendir)
+    conf.write_text(
+        f"directories.tokendir = {tokendir}\nobjectstore.backend = file\n"
+        "log.level = ERROR\nslots.removable = false\n"
+    )
+    token = SoftHSMToken(
+        module=softhsm_module(),
+        label=f"cs-test-{tag}",
+        pin=f"pin-{tag}",
+        so_pin=f"so-{tag}",
+        pin_env=f"CS_TEST_PIN_{tag.upper()}",
+        conf=conf,
+        tokendir=tokendir,
+    )
     token.init_token(token.label, token.pin)
     return token
 
 
-CLIENT_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
-                     "/usr/lib/pkcs11/p11-kit-client.so")
+CLIENT_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so",
+    "/usr/lib/pkcs11/p11-kit-client.so",
+)
 
 
 def p11kit_client_module() -> str:
@@ -92,8 +121,9 @@ def p11kit_client_module() -> str:
     for path in (*CLIENT_CANDIDATES, *glob.glob("/usr/lib/*/pkcs11/p11-kit-client.so")):
         if os.path.exists(path):
             return path
-    raise RuntimeError("p11-kit's client module is not installed (apt-get install "
-                       "p11-kit-modules; `make setup` does it)")
+    raise RuntimeError(
+        "p11-kit's client module is not installed (apt-get install p11-kit-modules; `make setup` does it)"
+    )
 
 
 class P11KitServer:
@@ -115,24 +145,33 @@ class P11KitServer:
         """Run the server in the foreground of a child process; wait for its socket."""
         log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            ["p11-kit", "server", "--foreground", "--provider", self.token.module,
-             "--name", str(self.socket), f"pkcs11:token={self.token.label}"],
-            env=dict(os.environ, SOFTHSM2_CONF=str(self.token.conf)), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                "p11-kit",
+                "server",
+                "--foreground",
+                "--provider",
+                self.token.module,
+                "--name",
+                str(self.socket),
+                f"pkcs11:token={self.token.label}",
+            ],
+            env=dict(os.environ, SOFTHSM2_CONF=str(self.token.conf)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"p11-kit server did not start: "
-                                   f"{self.log.read_text(errors='replace')}")
+                raise RuntimeError(f"p11-kit server did not start: {self.log.read_text(errors='replace')}")
             time.sleep(0.02)
         return self
 
     def environment(self) -> dict[str, str]:
         """What a client of the remoted token needs: the server's address and the PIN."""
-        return {"P11_KIT_SERVER_ADDRESS": f"unix:path={self.socket}",
-                self.token.pin_env: self.token.pin}
+        return {"P11_KIT_SERVER_ADDRESS": f"unix:path={self.socket}", self.token.pin_env: self.token.pin}
 
     def options(self, **extra: Any) -> dict[str, Any]:
         """pkcs11 provider options for the remoted token."""

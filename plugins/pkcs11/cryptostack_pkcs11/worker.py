@@ -56,8 +56,15 @@ from .errors import WORKER_FATAL, WorkerError, describe_failure
 CKR_OPERATION_ACTIVE = 0x90
 _PUBLIC_EC = (Attribute.EC_PARAMS, Attribute.EC_POINT)
 _PUBLIC_RSA = (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT)
-_USAGE = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
-          Attribute.SIGN, Attribute.VERIFY, Attribute.DERIVE)
+_USAGE = (
+    Attribute.ENCRYPT,
+    Attribute.DECRYPT,
+    Attribute.WRAP,
+    Attribute.UNWRAP,
+    Attribute.SIGN,
+    Attribute.VERIFY,
+    Attribute.DERIVE,
+)
 
 
 _NO_USAGE = MechanismFlag(0)
@@ -88,8 +95,7 @@ class SessionPool:
             if self._idle:
                 return self._idle.pop()
             if self._count >= self._limit:
-                raise WorkerError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"all {self._limit} token sessions are busy")
+                raise WorkerError(ErrorCode.RESOURCE_EXHAUSTED, f"all {self._limit} token sessions are busy")
             self._count += 1
         try:
             return self._token.open(rw=False)
@@ -176,23 +182,26 @@ class TokenWorker(WorkerBackend):
                 f"module {init['module']} gives every C_GetFunctionList call a separate "
                 "instance (as p11-kit's client and proxy modules do); the pkcs11 provider "
                 "needs the token's own module, one instance per process (docs/scaling.md, "
-                "'KEK in a network HSM')") from None
+                "'KEK in a network HSM')",
+            ) from None
         try:
             token = self.lib.get_token(token_label=init["token_label"])
         except pkcs11.NoSuchToken:
-            raise WorkerError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"no token labelled {init['token_label']!r} in "
-                              f"{init['module']}") from None
+            raise WorkerError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"no token labelled {init['token_label']!r} in {init['module']}",
+            ) from None
         except pkcs11.MultipleTokensReturned:
-            raise WorkerError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"several tokens are labelled {init['token_label']!r}") from None
+            raise WorkerError(
+                ErrorCode.PROVIDER_UNAVAILABLE, f"several tokens are labelled {init['token_label']!r}"
+            ) from None
         self.token = token
         try:
             self.admin = token.open(rw=True, user_pin=init["pin"])
         except pkcs11.PinIncorrect:
-            raise WorkerError(ErrorCode.ACCESS_DENIED,
-                              f"the user PIN of token {token.label!r} is wrong "
-                              f"(CKR_PIN_INCORRECT)") from None
+            raise WorkerError(
+                ErrorCode.ACCESS_DENIED, f"the user PIN of token {token.label!r} is wrong (CKR_PIN_INCORRECT)"
+            ) from None
         self.admin_lock = threading.Lock()
         self.pool = SessionPool(token, init["sessions"], init["max_sessions"])
         # multi-part operations hold a session between requests; they may not take the last
@@ -207,9 +216,11 @@ class TokenWorker(WorkerBackend):
         for mech in token.slot.get_mechanisms():
             try:
                 info = token.slot.get_mechanism_info(mech)
-                self.mechanisms[int(mech)] = (int(info.min_key_length or 0),
-                                              int(info.max_key_length or 0),
-                                              int(info.flags or 0))
+                self.mechanisms[int(mech)] = (
+                    int(info.min_key_length or 0),
+                    int(info.max_key_length or 0),
+                    int(info.flags or 0),
+                )
             except pkcs11.PKCS11Error:
                 self.mechanisms[int(mech)] = (0, 0, 0)
         self.transport: Any = None
@@ -221,11 +232,19 @@ class TokenWorker(WorkerBackend):
 
     def _make_transport_key(self) -> None:
         key = self.admin.generate_key(
-            KeyType.AES, 256, capabilities=_NO_USAGE,
-            template={Attribute.TOKEN: False, Attribute.PRIVATE: True,
-                      Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
-                      Attribute.WRAP: True, Attribute.UNWRAP: True,
-                      Attribute.LABEL: "cryptostack-transport"})
+            KeyType.AES,
+            256,
+            capabilities=_NO_USAGE,
+            template={
+                Attribute.TOKEN: False,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: False,
+                Attribute.EXTRACTABLE: True,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: True,
+                Attribute.LABEL: "cryptostack-transport",
+            },
+        )
         self.transport = key
         self.transport_value = bytes(key[Attribute.VALUE])
 
@@ -234,34 +253,75 @@ class TokenWorker(WorkerBackend):
         each, generate a throwaway extractable key and wrap it under the transport key."""
         has = self.mechanisms.__contains__
         probes: list[tuple[KeyType, Callable[[], list[Any]]]] = []
-        extractable = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True,
-                       Attribute.SENSITIVE: True}
+        extractable = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True}
         if has(int(Mechanism.AES_KEY_GEN)):
-            probes.append((KeyType.AES, lambda: [self.admin.generate_key(
-                KeyType.AES, 128, capabilities=_NO_USAGE, template=_exact(extractable))]))
+            probes.append(
+                (
+                    KeyType.AES,
+                    lambda: [
+                        self.admin.generate_key(
+                            KeyType.AES, 128, capabilities=_NO_USAGE, template=_exact(extractable)
+                        )
+                    ],
+                )
+            )
         if has(int(Mechanism.GENERIC_SECRET_KEY_GEN)):
-            probes.append((KeyType.GENERIC_SECRET, lambda: [self.admin.generate_key(
-                KeyType.GENERIC_SECRET, 256, capabilities=_NO_USAGE, template=_exact(extractable),
-                mechanism=Mechanism.GENERIC_SECRET_KEY_GEN)]))
+            probes.append(
+                (
+                    KeyType.GENERIC_SECRET,
+                    lambda: [
+                        self.admin.generate_key(
+                            KeyType.GENERIC_SECRET,
+                            256,
+                            capabilities=_NO_USAGE,
+                            template=_exact(extractable),
+                            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                        )
+                    ],
+                )
+            )
 
-        def pair(key_type: KeyType, mechanism: Mechanism, bits: int | None,
-                 public: dict[Any, Any]) -> Callable[[], list[Any]]:
-            return lambda: list(self.admin.generate_keypair(
-                key_type, bits, capabilities=_NO_USAGE, mechanism=mechanism,
-                public_template=_exact({Attribute.TOKEN: False, **public}),
-                private_template=_exact(extractable)))[::-1]
+        def pair(
+            key_type: KeyType, mechanism: Mechanism, bits: int | None, public: dict[Any, Any]
+        ) -> Callable[[], list[Any]]:
+            return lambda: list(
+                self.admin.generate_keypair(
+                    key_type,
+                    bits,
+                    capabilities=_NO_USAGE,
+                    mechanism=mechanism,
+                    public_template=_exact({Attribute.TOKEN: False, **public}),
+                    private_template=_exact(extractable),
+                )
+            )[::-1]
 
         if has(int(Mechanism.EC_KEY_PAIR_GEN)):
-            probes.append((KeyType.EC, pair(KeyType.EC, Mechanism.EC_KEY_PAIR_GEN, None, {
-                Attribute.EC_PARAMS: bytes.fromhex("06082A8648CE3D030107")})))
+            probes.append(
+                (
+                    KeyType.EC,
+                    pair(
+                        KeyType.EC,
+                        Mechanism.EC_KEY_PAIR_GEN,
+                        None,
+                        {Attribute.EC_PARAMS: bytes.fromhex("06082A8648CE3D030107")},
+                    ),
+                )
+            )
         if has(int(Mechanism.EC_EDWARDS_KEY_PAIR_GEN)):
-            probes.append((KeyType.EC_EDWARDS, pair(
-                KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN, None,
-                {Attribute.EC_PARAMS: bytes.fromhex("06032B6570")})))
+            probes.append(
+                (
+                    KeyType.EC_EDWARDS,
+                    pair(
+                        KeyType.EC_EDWARDS,
+                        Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                        None,
+                        {Attribute.EC_PARAMS: bytes.fromhex("06032B6570")},
+                    ),
+                )
+            )
         if has(int(Mechanism.RSA_PKCS_KEY_PAIR_GEN)):
             bits = max(1024, self.mechanisms[int(Mechanism.RSA_PKCS_KEY_PAIR_GEN)][0])
-            probes.append((KeyType.RSA, pair(KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN,
-                                             bits, {})))
+            probes.append((KeyType.RSA, pair(KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN, bits, {})))
         for key_type, make in probes:
             objects: list[Any] = []
             try:
@@ -326,8 +386,7 @@ class TokenWorker(WorkerBackend):
                 self.admin_lock.release()
 
     # --- sessions --------------------------------------------------------------------
-    def _init_on_fresh_session(self, kind: str, spec: MechanismSpec,
-                               key: int) -> tuple[Any, Any]:
+    def _init_on_fresh_session(self, kind: str, spec: MechanismSpec, key: int) -> tuple[Any, Any]:
         """A pool session with operation ``kind`` initialised: (session, mechanism)."""
         for attempt in (1, 2):
             session = self.pool.take()
@@ -360,15 +419,13 @@ class TokenWorker(WorkerBackend):
 
     def op_stats(self) -> dict[str, int]:
         """Counts for diagnostics: objects known, multi-part operations, open sessions."""
-        return {"objects": len(self.objects), "operations": len(self.ops),
-                "sessions": self.pool.open_count}
+        return {"objects": len(self.objects), "operations": len(self.ops), "sessions": self.pool.open_count}
 
     def op_digest(self, spec: MechanismSpec, data: bytes) -> bytes:
         """``C_DigestInit`` + ``C_Digest``."""
         return self._single("Digest", spec, 0, data, 64)
 
-    def op_crypt(self, kind: str, spec: MechanismSpec, key: int, data: bytes,
-                 out_size: int) -> bytes:
+    def op_crypt(self, kind: str, spec: MechanismSpec, key: int, data: bytes, out_size: int) -> bytes:
         """One-shot ``C_Encrypt`` or ``C_Decrypt``."""
         if kind not in ("Encrypt", "Decrypt"):
             raise WorkerError(ErrorCode.PROTOCOL_ERROR, f"bad crypt kind {kind!r}")
@@ -390,8 +447,7 @@ class TokenWorker(WorkerBackend):
         finally:
             self._finish_session(session, failure)
 
-    def _single(self, kind: str, spec: MechanismSpec, key: int, data: bytes,
-                out_size: int) -> bytes:
+    def _single(self, kind: str, spec: MechanismSpec, key: int, data: bytes, out_size: int) -> bytes:
         session, _mech = self._init_on_fresh_session(kind, spec, key)
         failure: BaseException | None = None
         try:
@@ -415,13 +471,15 @@ class TokenWorker(WorkerBackend):
             self._finish_session(session, failure)
 
     # --- multi-part operations -------------------------------------------------------
-    def op_begin(self, kind: str, spec: MechanismSpec, key: int, data: bytes,
-                 out_size: int) -> tuple[int, bytes]:
+    def op_begin(
+        self, kind: str, spec: MechanismSpec, key: int, data: bytes, out_size: int
+    ) -> tuple[int, bytes]:
         """``C_xxxInit`` (+ first ``Update``); returns (operation id, output so far)."""
         if len(self.ops) >= self.max_streams:
-            raise WorkerError(ErrorCode.RESOURCE_EXHAUSTED,
-                              f"{self.max_streams} multi-part token operations are open "
-                              "already")
+            raise WorkerError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"{self.max_streams} multi-part token operations are open already",
+            )
         session, mech = self._init_on_fresh_session(kind, spec, key)
         try:
             out = self.ck.update(kind, session.handle, data, out_size) if data else b""
@@ -458,8 +516,7 @@ class TokenWorker(WorkerBackend):
                 finally:
                     active.lock.release()
 
-    def op_finish(self, op_id: int, data: bytes, out_size: int,
-                  signature: bytes | None) -> bytes | bool:
+    def op_finish(self, op_id: int, data: bytes, out_size: int, signature: bytes | None) -> bytes | bool:
         """Last data, then ``C_xxxFinal`` (``C_VerifyFinal(signature)`` for Verify)."""
         active = self.ops.pop(op_id, None)
         if active is None:
@@ -521,24 +578,36 @@ class TokenWorker(WorkerBackend):
             raise WorkerError(ErrorCode.RESOURCE_NOT_FOUND, f"no token object {handle}")
         return obj
 
-    def op_generate_secret(self, key_type: int, length: int, mechanism: int,
-                           template: dict[int, Any]) -> int:
+    def op_generate_secret(self, key_type: int, length: int, mechanism: int, template: dict[int, Any]) -> int:
         """``C_GenerateKey`` of a session secret key of ``length`` bytes."""
         with self.admin_lock:
-            key = self.admin.generate_key(KeyType(key_type), length * 8, capabilities=_NO_USAGE,
-                                          mechanism=Mechanism(mechanism),
-                                          template=_exact(template))
+            key = self.admin.generate_key(
+                KeyType(key_type),
+                length * 8,
+                capabilities=_NO_USAGE,
+                mechanism=Mechanism(mechanism),
+                template=_exact(template),
+            )
             return self._register(key)
 
-    def op_generate_pair(self, key_type: int, mechanism: int, bits: int | None,
-                         public_template: dict[int, Any],
-                         private_template: dict[int, Any]) -> tuple[int, int, dict[int, bytes]]:
+    def op_generate_pair(
+        self,
+        key_type: int,
+        mechanism: int,
+        bits: int | None,
+        public_template: dict[int, Any],
+        private_template: dict[int, Any],
+    ) -> tuple[int, int, dict[int, bytes]]:
         """``C_GenerateKeyPair``; returns (private handle, public handle, public attributes)."""
         with self.admin_lock:
             public, private = self.admin.generate_keypair(
-                KeyType(key_type), bits, capabilities=_NO_USAGE,
-                mechanism=Mechanism(mechanism), public_template=_exact(public_template),
-                private_template=_exact(private_template))
+                KeyType(key_type),
+                bits,
+                capabilities=_NO_USAGE,
+                mechanism=Mechanism(mechanism),
+                public_template=_exact(public_template),
+                private_template=_exact(private_template),
+            )
             pub_handle = self._register(public)
             priv_handle = self._register(private)
             return priv_handle, pub_handle, self._public_attributes(public, key_type)
@@ -547,17 +616,28 @@ class TokenWorker(WorkerBackend):
         wanted = _PUBLIC_RSA if key_type == KeyType.RSA else _PUBLIC_EC
         return {int(k): bytes(v) for k, v in obj.get_attributes(list(wanted)).items()}
 
-    def _unwrap(self, object_class: ObjectClass, key_type: int, material: bytes,
-                template: dict[int, Any]) -> Any:
+    def _unwrap(
+        self, object_class: ObjectClass, key_type: int, material: bytes, template: dict[int, Any]
+    ) -> Any:
         from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
         wrapped = aes_key_wrap_with_padding(self.transport_value, material)
         return self.transport.unwrap_key(
-            object_class, KeyType(key_type), wrapped, mechanism=Mechanism.AES_KEY_WRAP_PAD,
-            capabilities=_NO_USAGE, template=_exact(template))
+            object_class,
+            KeyType(key_type),
+            wrapped,
+            mechanism=Mechanism.AES_KEY_WRAP_PAD,
+            capabilities=_NO_USAGE,
+            template=_exact(template),
+        )
 
-    def _create(self, object_class: ObjectClass, key_type: int, components: Mapping[Any, Any],
-                template: Mapping[Any, Any]) -> Any:
+    def _create(
+        self,
+        object_class: ObjectClass,
+        key_type: int,
+        components: Mapping[Any, Any],
+        template: Mapping[Any, Any],
+    ) -> Any:
         attrs: dict[Any, Any] = {Attribute.CLASS: object_class, Attribute.KEY_TYPE: key_type}
         attrs.update(components)
         attrs.update(template)
@@ -570,21 +650,24 @@ class TokenWorker(WorkerBackend):
             if key_type in self.wrappable:
                 key = self._unwrap(ObjectClass.SECRET_KEY, key_type, value, template)
             else:
-                key = self._create(ObjectClass.SECRET_KEY, key_type,
-                                   {int(Attribute.VALUE): value}, template)
+                key = self._create(ObjectClass.SECRET_KEY, key_type, {int(Attribute.VALUE): value}, template)
             return self._register(key)
 
-    def op_import_pair(self, key_type: int, pkcs8: bytes, components: dict[int, Any],
-                       private_template: dict[int, Any],
-                       public_template: dict[int, Any]) -> tuple[int, int]:
+    def op_import_pair(
+        self,
+        key_type: int,
+        pkcs8: bytes,
+        components: dict[int, Any],
+        private_template: dict[int, Any],
+        public_template: dict[int, Any],
+    ) -> tuple[int, int]:
         """A private key (PKCS#8 unwrapped by the token where it can, created from its
         components otherwise) and its public key; all or nothing."""
         with self.admin_lock:
             if key_type in self.wrappable:
                 key = self._unwrap(ObjectClass.PRIVATE_KEY, key_type, pkcs8, private_template)
             else:
-                key = self._create(ObjectClass.PRIVATE_KEY, key_type, components,
-                                   private_template)
+                key = self._create(ObjectClass.PRIVATE_KEY, key_type, components, private_template)
             private = self._register(key)
         try:
             public = self.op_create_public(public_template)
@@ -612,8 +695,10 @@ class TokenWorker(WorkerBackend):
             if method == "value":
                 return bytes(obj[Attribute.VALUE])
             if self.transport is None:
-                raise WorkerError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                                  "the token has no CKM_AES_KEY_WRAP_PAD to wrap keys")
+                raise WorkerError(
+                    ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                    "the token has no CKM_AES_KEY_WRAP_PAD to wrap keys",
+                )
             wrapped = self.transport.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP_PAD)
         from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
@@ -626,8 +711,11 @@ class TokenWorker(WorkerBackend):
         with self.admin_lock:
             try:
                 for handle in handles:
-                    copies.append(self._object(handle).copy(
-                        {Attribute.TOKEN: True, Attribute.LABEL: label, Attribute.ID: key_id}))
+                    copies.append(
+                        self._object(handle).copy(
+                            {Attribute.TOKEN: True, Attribute.LABEL: label, Attribute.ID: key_id}
+                        )
+                    )
             except BaseException:
                 for copy in copies:
                     try:
@@ -676,10 +764,8 @@ class TokenWorker(WorkerBackend):
         """Destroy every token object with ``CKA_ID == key_id``; returns how many."""
         count = 0
         with self.admin_lock:
-            for obj in list(self.admin.get_objects({Attribute.ID: key_id,
-                                                    Attribute.TOKEN: True})):
+            for obj in list(self.admin.get_objects({Attribute.ID: key_id, Attribute.TOKEN: True})):
                 self.objects.pop(int(obj.handle or 0), None)
                 obj.destroy()
                 count += 1
         return count
-

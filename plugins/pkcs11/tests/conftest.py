@@ -45,9 +45,13 @@ print(json.dumps(out))
 
 def token_objects(token: SoftHSMToken) -> list[dict[str, Any]]:
     """Token objects as another application sees them (separate process, own login)."""
-    done = subprocess.run([sys.executable, "-c", _LIST_OBJECTS, token.module, token.label,
-                           token.pin], env=dict(os.environ, SOFTHSM2_CONF=str(token.conf)),
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _LIST_OBJECTS, token.module, token.label, token.pin],
+        env=dict(os.environ, SOFTHSM2_CONF=str(token.conf)),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return list(json.loads(done.stdout))
 
 
@@ -73,15 +77,19 @@ ProviderFactory = Callable[..., PKCS11Provider]
 
 
 @pytest.fixture
-def make_provider(softhsm_token: SoftHSMToken, tmp_path: Path,
-                  cryptostack_provider_factory: KitFactory) -> ProviderFactory:
+def make_provider(
+    softhsm_token: SoftHSMToken, tmp_path: Path, cryptostack_provider_factory: KitFactory
+) -> ProviderFactory:
     """Start providers on the test's token (sharing one state directory, as restarts of one
     provider do); the testing kit's factory closes them afterwards."""
+
     def make(provider_id: int = 11, **options: Any) -> PKCS11Provider:
-        provider = cryptostack_provider_factory("pkcs11", provider_id, state_dir=tmp_path,
-                                                **softhsm_token.options(**options))
+        provider = cryptostack_provider_factory(
+            "pkcs11", provider_id, state_dir=tmp_path, **softhsm_token.options(**options)
+        )
         assert isinstance(provider, PKCS11Provider)
         return provider
+
     return make
 
 

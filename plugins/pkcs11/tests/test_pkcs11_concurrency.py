@@ -54,12 +54,12 @@ def test_many_threads_mixed_operations(make_provider: ProviderFactory) -> None:
             msg = os.urandom(50 + 300 * (i % 3))  # some above stream_buffer: multi-part
             iv = os.urandom(12)
             enc = provider.create_cipher("AES-256-GCM", aes, CipherDirection.ENCRYPT, iv, 16)
-            ct = b"".join(enc.update(msg[j:j + 100]) for j in range(0, len(msg), 100))
+            ct = b"".join(enc.update(msg[j : j + 100]) for j in range(0, len(msg), 100))
             ct += enc.finalize()
             assert ct == AESGCM(material).encrypt(iv, msg, None)
             h = provider.create_hash("SHA-384")
             for j in range(0, len(msg), 70):
-                h.update(msg[j:j + 70])
+                h.update(msg[j : j + 70])
             assert h.finalize() == hashlib.sha384(msg).digest()
             mac = provider.create_signer("HMAC-SHA-256", hmac_key, b"")
             mac.update(msg)
@@ -74,8 +74,9 @@ def test_many_threads_mixed_operations(make_provider: ProviderFactory) -> None:
     assert provider.host.restarts == 0
 
 
-def test_many_threads_managing_keys(make_provider: ProviderFactory,
-                                    list_token_objects: Any, softhsm_token: Any) -> None:
+def test_many_threads_managing_keys(
+    make_provider: ProviderFactory, list_token_objects: Any, softhsm_token: Any
+) -> None:
     provider = make_provider(sessions=3)
     before = provider.host.call("stats")["objects"]
 
@@ -84,12 +85,10 @@ def test_many_threads_managing_keys(make_provider: ProviderFactory,
             key = provider.generate_key("AES-128", P.ENCRYPT | P.DECRYPT)
             stored = provider.persist_key(key, f"slot-{n}-{i}")
             loaded = provider.load_stored_key(stored, "AES-128", P.ENCRYPT | P.DECRYPT)
-            op = provider.create_cipher("AES-128-CBC", loaded, CipherDirection.ENCRYPT,
-                                        bytes(16), 16)
+            op = provider.create_cipher("AES-128-CBC", loaded, CipherDirection.ENCRYPT, bytes(16), 16)
             op.update(b"data")
             ct = op.finalize()
-            back = provider.create_cipher("AES-128-CBC", key, CipherDirection.DECRYPT,
-                                          bytes(16), 16)
+            back = provider.create_cipher("AES-128-CBC", key, CipherDirection.DECRYPT, bytes(16), 16)
             back.update(ct)
             assert back.finalize() == b"data"
             provider.release_key(loaded)
@@ -102,8 +101,7 @@ def test_many_threads_managing_keys(make_provider: ProviderFactory,
     assert provider.host.call("stats")["objects"] == before
 
 
-def test_abandoned_multipart_operations_free_their_sessions(
-        make_provider: ProviderFactory) -> None:
+def test_abandoned_multipart_operations_free_their_sessions(make_provider: ProviderFactory) -> None:
     """An operation dropped without finalize (a client that went away) does not keep its
     token session: the abort rides on the next request. Streams cannot take the sessions
     kept for one-shot calls."""

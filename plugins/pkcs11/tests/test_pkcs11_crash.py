@@ -24,18 +24,25 @@ ListObjects = Callable[[Any], list[dict[str, Any]]]
 
 
 def config(token: Any, audit: Path, **options: Any) -> dict[str, Any]:
-    return {"daemon": {"audit_log": str(audit)},
-            "providers": [{"name": "pkcs11", "id": HSM, "options": token.options(**options)}],
-            "key_slots": [{"name": name, "algorithm": "AES-256", "provider": HSM,
-                           "permissions": ["encrypt", "decrypt"]} for name in ("A", "B")]}
+    return {
+        "daemon": {"audit_log": str(audit)},
+        "providers": [{"name": "pkcs11", "id": HSM, "options": token.options(**options)}],
+        "key_slots": [
+            {"name": name, "algorithm": "AES-256", "provider": HSM, "permissions": ["encrypt", "decrypt"]}
+            for name in ("A", "B")
+        ],
+    }
 
 
 def rows(directory: Path) -> dict[tuple[str, int], str]:
     """(slot name, version) -> CKA_ID (hex) of every HSM reference in the daemon's key store
     (every version a slot holds; retired versions keep no reference)."""
     with sqlite3.connect(directory / "keystore.sqlite3") as db:
-        found = db.execute("SELECT name, version, blob FROM key_slots WHERE provider = ? AND "
-                           "secret = 0 AND state = 'active'", (HSM,)).fetchall()
+        found = db.execute(
+            "SELECT name, version, blob FROM key_slots WHERE provider = ? AND "
+            "secret = 0 AND state = 'active'",
+            (HSM,),
+        ).fetchall()
     return {(name, version): json.loads(bytes(blob))["id"] for name, version, blob in found}
 
 
@@ -50,15 +57,20 @@ def assert_consistent(token: Any, directory: Path, list_token_objects: ListObjec
 def persist(stack: cs.CryptoStack, slot: str) -> None:
     with stack.create_crypto_context() as ctx:
         km = ctx.create_key_management_context()
-        key = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                              .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+        key = km.generate_key(
+            cs.GenerateKeyParams()
+            .set_algorithm("AES-256")
+            .set_permissions(P.ENCRYPT | P.DECRYPT)
+            .set_provider(HSM)
+        )
         km.persist_key(ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT), key)
 
 
 def clear(stack: cs.CryptoStack, slot: str) -> None:
     with stack.create_crypto_context() as ctx:
         ctx.create_key_management_context().clear_key_slot(
-            ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT))
+            ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT)
+        )
 
 
 def audited(audit: Path, action: str) -> list[dict[str, Any]]:
@@ -69,8 +81,8 @@ def audited(audit: Path, action: str) -> list[dict[str, Any]]:
 
 
 def test_reconcile_destroys_recorded_objects_no_reference_names(
-        make_provider: Callable[..., Any], softhsm_token: Any,
-        list_token_objects: ListObjects) -> None:
+    make_provider: Callable[..., Any], softhsm_token: Any, list_token_objects: ListObjects
+) -> None:
     provider = make_provider()
     kept = provider.persist_key(provider.generate_key("AES-256", P.ENCRYPT), "Kept")
     provider.persist_key(provider.generate_key("ECDSA-P256", P.SIGN), "Lost")
@@ -85,7 +97,8 @@ def test_reconcile_destroys_recorded_objects_no_reference_names(
 
 
 def test_daemon_killed_after_copying_to_the_token(
-        tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects) -> None:
+    tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects
+) -> None:
     directory, audit = tmp_path / "d", tmp_path / "audit.jsonl"
     crashing = DaemonProcess(directory, config(softhsm_token, audit, test_crash_at="persist"))
     with crashing, crashing.stack() as stack:
@@ -104,10 +117,10 @@ def test_daemon_killed_after_copying_to_the_token(
 
 
 def test_daemon_killed_while_clearing_a_slot(
-        tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects) -> None:
+    tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects
+) -> None:
     directory, audit = tmp_path / "d", tmp_path / "audit.jsonl"
-    with DaemonProcess(directory, config(softhsm_token, audit)) as daemon, \
-            daemon.stack() as stack:
+    with DaemonProcess(directory, config(softhsm_token, audit)) as daemon, daemon.stack() as stack:
         persist(stack, "A")
         persist(stack, "A")  # a second version: the first stays (key versions)
     assert_consistent(softhsm_token, directory, list_token_objects)
@@ -124,8 +137,9 @@ def test_daemon_killed_while_clearing_a_slot(
         assert [e["resource"] for e in audited(audit, "key.reconcile")] == ["cryptostack:A"] * 2
 
 
-def workload(daemon: DaemonProcess, seed: int, acknowledged: threading.Semaphore,
-             stop: threading.Event) -> None:
+def workload(
+    daemon: DaemonProcess, seed: int, acknowledged: threading.Semaphore, stop: threading.Event
+) -> None:
     """Persist and clear slots A and B at random until the daemon dies under a call."""
     ops = random.Random(seed)
     try:
@@ -139,7 +153,8 @@ def workload(daemon: DaemonProcess, seed: int, acknowledged: threading.Semaphore
 
 
 def test_repeated_sigkill_during_persist_and_clear(
-        tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects) -> None:
+    tmp_path: Path, softhsm_token: Any, list_token_objects: ListObjects
+) -> None:
     """SIGKILL at arbitrary points of a persist/clear workload, eight times: after each
     restart the token and the key store agree."""
     directory, audit = tmp_path / "d", tmp_path / "audit.jsonl"
@@ -147,8 +162,7 @@ def test_repeated_sigkill_during_persist_and_clear(
     for _round in range(8):
         daemon = DaemonProcess(directory, config(softhsm_token, audit)).start()
         acknowledged, stop = threading.Semaphore(0), threading.Event()
-        thread = threading.Thread(target=workload, args=(daemon, rng.randrange(1 << 30),
-                                                         acknowledged, stop))
+        thread = threading.Thread(target=workload, args=(daemon, rng.randrange(1 << 30), acknowledged, stop))
         thread.start()
         assert acknowledged.acquire(timeout=60)
         started, count = time.monotonic(), rng.randrange(2, 8)
@@ -162,5 +176,4 @@ def test_repeated_sigkill_during_persist_and_clear(
         thread.join(60)
         DaemonProcess(directory, config(softhsm_token, audit)).start().stop()  # reconcile
         assert_consistent(softhsm_token, directory, list_token_objects)
-    print(f"\n{len(audited(audit, 'key.reconcile'))} orphaned token objects destroyed after "
-          "8 SIGKILLs")
+    print(f"\n{len(audited(audit, 'key.reconcile'))} orphaned token objects destroyed after 8 SIGKILLs")

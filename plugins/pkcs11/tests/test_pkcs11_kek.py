@@ -23,25 +23,37 @@ Objects = Callable[[Any], list[dict[str, Any]]]
 def _config(options: dict[str, Any], **daemon: Any) -> dict[str, Any]:
     return {
         "daemon": {"kek_provider": HSM, **daemon},
-        "providers": [{"name": "openssl", "id": SOFT},
-                      {"name": "pkcs11", "id": HSM, "options": options}],
+        "providers": [{"name": "openssl", "id": SOFT}, {"name": "pkcs11", "id": HSM, "options": options}],
         "key_slots": [
-            {"name": "Soft", "algorithm": "AES-256", "provider": SOFT,
-             "permissions": ["encrypt", "decrypt"], "provision": "generate"},
-            {"name": "Hsm", "algorithm": "AES-256", "provider": HSM, "compatible_providers": [HSM],
-             "permissions": ["encrypt", "decrypt"], "provision": "generate"},
+            {
+                "name": "Soft",
+                "algorithm": "AES-256",
+                "provider": SOFT,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
+            {
+                "name": "Hsm",
+                "algorithm": "AES-256",
+                "provider": HSM,
+                "compatible_providers": [HSM],
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
         ],
     }
 
 
 def _sealer(stack: cs.CryptoStack, slot: str) -> cs.SealContext:
     ctx = stack.create_crypto_context()
-    return ctx.create_seal_context(cs.SealContextConfig().set_key(
-        ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT)))
+    return ctx.create_seal_context(
+        cs.SealContextConfig().set_key(ctx.resolve_resource(slot, cs.ResourceType.KEY_SLOT))
+    )
 
 
-def test_kek_from_the_token_leaves_nothing_on_disk(tmp_path: Path, softhsm_token: Any,
-                                                   list_token_objects: Objects) -> None:
+def test_kek_from_the_token_leaves_nothing_on_disk(
+    tmp_path: Path, softhsm_token: Any, list_token_objects: Objects
+) -> None:
     daemon = DaemonProcess(tmp_path / "d", _config(softhsm_token.options()))
     with daemon, daemon.stack() as stack:
         box = _sealer(stack, "Soft").seal(b"wrapped under a KEK from the token")
@@ -52,8 +64,7 @@ def test_kek_from_the_token_leaves_nothing_on_disk(tmp_path: Path, softhsm_token
         assert _sealer(stack, "Soft").open(box) == b"wrapped under a KEK from the token"
     # Another token has no such key: the store is refused, never re-keyed.
     other = create_token(tmp_path / "other")
-    moved = DaemonProcess(tmp_path / "d", _config(other.options()),
-                          env=other.environment())
+    moved = DaemonProcess(tmp_path / "d", _config(other.options()), env=other.environment())
     try:
         with pytest.raises(RuntimeError) as err:
             moved.start()
@@ -64,8 +75,7 @@ def test_kek_from_the_token_leaves_nothing_on_disk(tmp_path: Path, softhsm_token
 
 
 @pytest.mark.needs_postgresql
-def test_two_daemons_share_a_store_and_a_token(tmp_path: Path, softhsm_token: Any,
-                                               pg_cluster: Any) -> None:
+def test_two_daemons_share_a_store_and_a_token(tmp_path: Path, softhsm_token: Any, pg_cluster: Any) -> None:
     """Two daemons, one PostgreSQL store, one token: one KEK (derived in the token),
     token objects persisted on one daemon used on the other."""
     url = pg_cluster.database()
@@ -80,8 +90,12 @@ def test_two_daemons_share_a_store_and_a_token(tmp_path: Path, softhsm_token: An
             ctx = sa.create_crypto_context()
             km = ctx.create_key_management_context()
             hsm = ctx.resolve_resource("Hsm", cs.ResourceType.KEY_SLOT)
-            new = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                                  .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+            new = km.generate_key(
+                cs.GenerateKeyParams()
+                .set_algorithm("AES-256")
+                .set_permissions(P.ENCRYPT | P.DECRYPT)
+                .set_provider(HSM)
+            )
             assert km.persist_key(hsm, new).version == 2
             box = _sealer(sa, "Hsm").seal(b"version 2, in the shared token")
             assert box[2:6] == (2).to_bytes(4, "big")
@@ -100,8 +114,7 @@ def test_p11kit_remoting_is_refused_clearly(tmp_path: Path, softhsm_token: Any) 
     and the way out, instead of "CKR_CRYPTOKI_NOT_INITIALIZED ... should never see this"."""
     server = P11KitServer(softhsm_token, tmp_path).start()
     try:
-        daemon = DaemonProcess(tmp_path / "d", _config(server.options()),
-                               env=server.environment())
+        daemon = DaemonProcess(tmp_path / "d", _config(server.options()), env=server.environment())
         try:
             with pytest.raises(RuntimeError) as err:
                 daemon.start()

@@ -26,17 +26,34 @@ def _config(token: Any) -> dict[str, Any]:
     both = [SOFT, HSM]
 
     def slot(name: str, provider: int, **extra: Any) -> dict[str, Any]:
-        return {"name": name, "algorithm": "AES-256", "provider": provider,
-                "compatible_providers": both, **extra}
+        return {
+            "name": name,
+            "algorithm": "AES-256",
+            "provider": provider,
+            "compatible_providers": both,
+            **extra,
+        }
 
     return {
-        "providers": [{"name": "openssl", "id": SOFT, "options": {}},
-                      {"name": "pkcs11", "id": HSM, "options": token.options()}],
+        "providers": [
+            {"name": "openssl", "id": SOFT, "options": {}},
+            {"name": "pkcs11", "id": HSM, "options": token.options()},
+        ],
         "key_slots": [
-            slot("SoftSource", SOFT, provision="generate", write_uids=[NOBODY],
-                 permissions=["encrypt", "decrypt", "derive", "export"]),
-            slot("HsmSource", HSM, provision="generate", write_uids=[NOBODY],
-                 permissions=["encrypt", "decrypt", "export"]),
+            slot(
+                "SoftSource",
+                SOFT,
+                provision="generate",
+                write_uids=[NOBODY],
+                permissions=["encrypt", "decrypt", "derive", "export"],
+            ),
+            slot(
+                "HsmSource",
+                HSM,
+                provision="generate",
+                write_uids=[NOBODY],
+                permissions=["encrypt", "decrypt", "export"],
+            ),
             slot("SoftCopy", SOFT, write_uids=[0]),
             slot("HsmCopy", HSM, write_uids=[0]),
         ],
@@ -45,8 +62,7 @@ def _config(token: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def stack(tmp_path: Path, softhsm_token: Any) -> Any:
-    with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon, \
-            daemon.stack() as stack:
+    with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon, daemon.stack() as stack:
         yield stack
         assert "Traceback" not in daemon.log_text()
 
@@ -71,8 +87,10 @@ def test_a_persisted_copy_keeps_the_export_allow_list(stack: Any, path: str) -> 
     source, hops = PATHS[path]
     ctx = stack.create_crypto_context()
     km = ctx.create_key_management_context()
-    slots = {n: ctx.resolve_resource(n, cs.ResourceType.KEY_SLOT)
-             for n in ("SoftSource", "HsmSource", "SoftCopy", "HsmCopy")}
+    slots = {
+        n: ctx.resolve_resource(n, cs.ResourceType.KEY_SLOT)
+        for n in ("SoftSource", "HsmSource", "SoftCopy", "HsmCopy")
+    }
     _refused(lambda: km.export_key(slots[source]))  # the baseline
     key = km.load_key(slots[source])
     for hop in hops:
@@ -84,13 +102,20 @@ def test_a_persisted_copy_keeps_the_export_allow_list(stack: Any, path: str) -> 
         key = km.load_key(slots[hop])
         _refused(lambda key=key: km.export_key(key))
     # It is still the same key: what it encrypts, the source decrypts.
-    enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                    .set_key(key).set_direction(cs.CipherDirection.ENCRYPT))
+    enc = ctx.create_cipher_context(
+        cs.CipherContextConfig()
+        .set_algorithm("AES-256-CBC")
+        .set_key(key)
+        .set_direction(cs.CipherDirection.ENCRYPT)
+    )
     enc.init(bytes(16))
     sealed = enc.update(b"sixteen byte msg") + enc.finalize()
-    dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-CBC")
-                                    .set_key(slots[source])
-                                    .set_direction(cs.CipherDirection.DECRYPT))
+    dec = ctx.create_cipher_context(
+        cs.CipherContextConfig()
+        .set_algorithm("AES-256-CBC")
+        .set_key(slots[source])
+        .set_direction(cs.CipherDirection.DECRYPT)
+    )
     dec.init(bytes(16))
     assert dec.update(sealed) + dec.finalize() == b"sixteen byte msg"
 
@@ -99,8 +124,13 @@ def test_a_derived_key_keeps_the_export_allow_list(stack: Any) -> None:
     ctx = stack.create_crypto_context()
     km = ctx.create_key_management_context()
     source = ctx.resolve_resource("SoftSource", cs.ResourceType.KEY_SLOT)
-    derived = km.derive_key(cs.DeriveKeyParams().set_key(source).set_info(b"tenant")
-                            .set_output("AES-256").set_permissions(P.ENCRYPT | P.EXPORT))
+    derived = km.derive_key(
+        cs.DeriveKeyParams()
+        .set_key(source)
+        .set_info(b"tenant")
+        .set_output("AES-256")
+        .set_permissions(P.ENCRYPT | P.EXPORT)
+    )
     _refused(lambda: km.export_key(derived))
     km.persist_key(ctx.resolve_resource("HsmCopy", cs.ResourceType.KEY_SLOT), derived)
     _refused(lambda: km.export_key(ctx.resolve_resource("HsmCopy", cs.ResourceType.KEY_SLOT)))
@@ -112,20 +142,28 @@ def test_a_copy_never_gains_export_and_own_keys_stay_exportable(stack: Any, home
     km = ctx.create_key_management_context()
     soft_copy = ctx.resolve_resource("SoftCopy", cs.ResourceType.KEY_SLOT)
     hsm_copy = ctx.resolve_resource("HsmCopy", cs.ResourceType.KEY_SLOT)
-    sealed = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_provider(home)
-                             .set_permissions(P.ENCRYPT | P.DECRYPT | P.DERIVE))
+    sealed = km.generate_key(
+        cs.GenerateKeyParams()
+        .set_algorithm("AES-256")
+        .set_provider(home)
+        .set_permissions(P.ENCRYPT | P.DECRYPT | P.DERIVE)
+    )
     for target in (soft_copy, hsm_copy):
         if home == HSM and target is soft_copy:  # not extractable: it never leaves the token
-            _refused(lambda target=target: km.persist_key(target, sealed),
-                     cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED)
+            _refused(
+                lambda target=target: km.persist_key(target, sealed), cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED
+            )
             continue
         km.persist_key(target, sealed)
         assert not km.get_key_slot_info(target).permissions & P.EXPORT
-        _refused(lambda target=target: km.export_key(target),
-                 cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED)
+        _refused(lambda target=target: km.export_key(target), cs.ErrorCode.KEY_OPERATION_NOT_PERMITTED)
     # The client's own exportable key, persisted anywhere, is exported by it again.
-    mine = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_provider(home)
-                           .set_permissions(P.ENCRYPT | P.EXPORT))
+    mine = km.generate_key(
+        cs.GenerateKeyParams()
+        .set_algorithm("AES-256")
+        .set_provider(home)
+        .set_permissions(P.ENCRYPT | P.EXPORT)
+    )
     material = km.export_key(mine)
     for target in (soft_copy, hsm_copy):
         km.persist_key(target, mine)

@@ -28,23 +28,37 @@ Objects = Callable[[Any], list[dict[str, Any]]]
 
 
 def _config(token: Any) -> dict[str, Any]:
-    return {"providers": [{"name": "pkcs11", "id": HSM, "options": token.options()}],
-            "key_slots": [{"name": "HsmAes", "algorithm": "AES-256", "provider": HSM,
-                           "compatible_providers": [HSM], "permissions": ["encrypt", "decrypt"],
-                           "provision": "generate"}]}
+    return {
+        "providers": [{"name": "pkcs11", "id": HSM, "options": token.options()}],
+        "key_slots": [
+            {
+                "name": "HsmAes",
+                "algorithm": "AES-256",
+                "provider": HSM,
+                "compatible_providers": [HSM],
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            }
+        ],
+    }
 
 
 def _new(km: cs.KeyManagementContext) -> cs.CryptoResourceGuard:
-    return km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                           .set_permissions(P.ENCRYPT | P.DECRYPT).set_provider(HSM))
+    return km.generate_key(
+        cs.GenerateKeyParams()
+        .set_algorithm("AES-256")
+        .set_permissions(P.ENCRYPT | P.DECRYPT)
+        .set_provider(HSM)
+    )
 
 
 def _ids(token: Any, objects: Objects) -> list[str]:
     return sorted(o["id"] for o in objects(token) if o["label"] == "cryptostack:HsmAes")
 
 
-def test_old_ciphertext_decrypts_after_rotation(tmp_path: Path, softhsm_token: Any,
-                                                list_token_objects: Objects) -> None:
+def test_old_ciphertext_decrypts_after_rotation(
+    tmp_path: Path, softhsm_token: Any, list_token_objects: Objects
+) -> None:
     with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon:
         assert len(_ids(softhsm_token, list_token_objects)) == 1
         with daemon.stack() as stack:
@@ -54,7 +68,8 @@ def test_old_ciphertext_decrypts_after_rotation(tmp_path: Path, softhsm_token: A
 
 
 def test_token_objects_outlive_their_version_while_used(
-        tmp_path: Path, softhsm_token: Any, list_token_objects: Objects) -> None:
+    tmp_path: Path, softhsm_token: Any, list_token_objects: Objects
+) -> None:
     with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon:
         first = _ids(softhsm_token, list_token_objects)
 
@@ -62,17 +77,24 @@ def test_token_objects_outlive_their_version_while_used(
             # version 2 was never used: destroyed by the clear; version 1 is still held
             assert _ids(softhsm_token, list_token_objects) == first
 
-        check_holders_survive(daemon.stack, "HsmAes", _new, cipher_user("AES-256-GCM"),
-                              after_clear=only_the_held_version_is_left)
-        eventually(lambda: _ids(softhsm_token, list_token_objects) == [], 10,
-                   "the released version's token object destroyed")
+        check_holders_survive(
+            daemon.stack,
+            "HsmAes",
+            _new,
+            cipher_user("AES-256-GCM"),
+            after_clear=only_the_held_version_is_left,
+        )
+        eventually(
+            lambda: _ids(softhsm_token, list_token_objects) == [],
+            10,
+            "the released version's token object destroyed",
+        )
         log = daemon.log_text()
         assert "CKR_OBJECT_HANDLE_INVALID" not in log
 
 
 def test_a_retired_version_is_named_not_a_failed_tag(tmp_path: Path, softhsm_token: Any) -> None:
-    with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon, \
-            daemon.stack() as stack:
+    with DaemonProcess(tmp_path / "d", _config(softhsm_token)) as daemon, daemon.stack() as stack:
         ctx = stack.create_crypto_context()
         km = ctx.create_key_management_context()
         slot = ctx.resolve_resource("HsmAes", cs.ResourceType.KEY_SLOT)

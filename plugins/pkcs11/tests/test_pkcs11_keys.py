@@ -32,8 +32,7 @@ Lister = Callable[[Any], list[dict[str, Any]]]
 CKO_SECRET, CKO_PRIVATE, CKO_PUBLIC = 4, 3, 2
 
 
-def gcm(provider: PKCS11Provider, key: Any, direction: CipherDirection, iv: bytes,
-        data: bytes) -> bytes:
+def gcm(provider: PKCS11Provider, key: Any, direction: CipherDirection, iv: bytes, data: bytes) -> bytes:
     op = provider.create_cipher("AES-256-GCM", key, direction, iv, 16)
     return op.update(data) + op.finalize()
 
@@ -50,8 +49,9 @@ def ecdsa_verify(provider: PKCS11Provider, key: Any, sig: bytes, msg: bytes) -> 
     return op.finalize(sig)
 
 
-def test_generated_keys_stay_in_the_token(provider: PKCS11Provider, softhsm_token: Any,
-                                          list_token_objects: Lister) -> None:
+def test_generated_keys_stay_in_the_token(
+    provider: PKCS11Provider, softhsm_token: Any, list_token_objects: Lister
+) -> None:
     key = provider.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
     assert not key.extractable
     with pytest.raises(CryptoError) as err:
@@ -71,12 +71,15 @@ def test_generated_keys_stay_in_the_token(provider: PKCS11Provider, softhsm_toke
     assert (obj["encrypt"], obj["decrypt"], obj["sign"], obj["wrap"]) == (1, 1, 0, 0)
     # copy semantics: the ephemeral key still works
     iv = os.urandom(12)
-    assert gcm(provider, key, CipherDirection.DECRYPT, iv,
-               gcm(provider, key, CipherDirection.ENCRYPT, iv, b"x")) == b"x"
+    assert (
+        gcm(provider, key, CipherDirection.DECRYPT, iv, gcm(provider, key, CipherDirection.ENCRYPT, iv, b"x"))
+        == b"x"
+    )
 
 
-def test_export_of_extractable_keys(provider: PKCS11Provider, softhsm_token: Any,
-                                    list_token_objects: Lister) -> None:
+def test_export_of_extractable_keys(
+    provider: PKCS11Provider, softhsm_token: Any, list_token_objects: Lister
+) -> None:
     """EXPORT -> CKA_EXTRACTABLE; keys the token can wrap stay sensitive and are wrapped out;
     Ed25519 (SoftHSM2 cannot wrap EdDSA keys) is created non-sensitive instead."""
     aes = provider.generate_key("AES-256", P.ENCRYPT | P.DECRYPT | P.EXPORT)
@@ -98,22 +101,22 @@ def test_export_of_extractable_keys(provider: PKCS11Provider, softhsm_token: Any
     op = provider.create_signer("Ed25519", ed, b"")
     op.update(b"m")
     assert op.finalize() == ed25519.Ed25519PrivateKey.from_private_bytes(seed).sign(b"m")
-    hmac_key = provider.import_key("HMAC-SHA-256", b"k" * 16, KeyFormat.RAW,
-                                   P.MAC | P.EXPORT)
+    hmac_key = provider.import_key("HMAC-SHA-256", b"k" * 16, KeyFormat.RAW, P.MAC | P.EXPORT)
     assert provider.export_key(hmac_key, KeyFormat.RAW) == b"k" * 16  # padding not exported
     for key, name in ((aes, "aes"), (pair, "ec"), (ed, "ed")):
         provider.persist_key(key, name)
-    sensitive = {o["label"]: o.get("sensitive") for o in list_token_objects(softhsm_token)
-                 if o["class"] != CKO_PUBLIC}
+    sensitive = {
+        o["label"]: o.get("sensitive") for o in list_token_objects(softhsm_token) if o["class"] != CKO_PUBLIC
+    }
     assert sensitive == {"cryptostack:aes": 1, "cryptostack:ec": 1, "cryptostack:ed": 0}
     with pytest.raises(CryptoError) as err:
         provider.export_key(aes, KeyFormat.PKCS8_DER)
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
 
 
-def test_persist_load_delete_across_workers(make_provider: ProviderFactory,
-                                            softhsm_token: Any,
-                                            list_token_objects: Lister) -> None:
+def test_persist_load_delete_across_workers(
+    make_provider: ProviderFactory, softhsm_token: Any, list_token_objects: Lister
+) -> None:
     first = make_provider()
     aes = first.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
     pair = first.generate_key("ECDSA-P256", P.SIGN | P.VERIFY)
@@ -122,15 +125,22 @@ def test_persist_load_delete_across_workers(make_provider: ProviderFactory,
     second_version = first.persist_key(aes, "Aes")
     assert json.loads(second_version.blob)["id"] != json.loads(stored_aes.blob)["id"]
     objects = list_token_objects(softhsm_token)
-    assert sorted(o["class"] for o in objects) == [CKO_PUBLIC, CKO_PRIVATE, CKO_SECRET,
-                                                   CKO_SECRET]
+    assert sorted(o["class"] for o in objects) == [CKO_PUBLIC, CKO_PRIVATE, CKO_SECRET, CKO_SECRET]
     # a second provider: another worker process, another login
     second = make_provider(12)
     loaded = second.load_stored_key(stored_aes, "AES-256", P.ENCRYPT | P.DECRYPT)
     assert not loaded.extractable
     iv = os.urandom(12)
-    assert gcm(second, loaded, CipherDirection.DECRYPT, iv,
-               gcm(first, aes, CipherDirection.ENCRYPT, iv, b"persisted")) == b"persisted"
+    assert (
+        gcm(
+            second,
+            loaded,
+            CipherDirection.DECRYPT,
+            iv,
+            gcm(first, aes, CipherDirection.ENCRYPT, iv, b"persisted"),
+        )
+        == b"persisted"
+    )
     loaded_pair = second.load_stored_key(stored_pair, "ECDSA-P256", P.SIGN | P.VERIFY)
     assert second.export_public_key(loaded_pair) == first.export_public_key(pair)
     assert ecdsa_verify(first, pair, ecdsa_sign(second, loaded_pair, b"m"), b"m")
@@ -155,22 +165,28 @@ def test_release_key(provider: PKCS11Provider) -> None:
     provider.release_key(key)
     provider.release_key(key)
     with pytest.raises(CryptoError) as err:
-        provider.create_cipher("AES-128-CBC", key, CipherDirection.ENCRYPT, bytes(16),
-                               16).finalize()
+        provider.create_cipher("AES-128-CBC", key, CipherDirection.ENCRYPT, bytes(16), 16).finalize()
     assert err.value.code is ErrorCode.INVALID_STATE
 
 
-def test_token_is_found_by_label(make_provider: ProviderFactory, softhsm_token: Any,
-                                 list_token_objects: Lister, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_is_found_by_label(
+    make_provider: ProviderFactory,
+    softhsm_token: Any,
+    list_token_objects: Lister,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """SoftHSM renumbers slots when tokens are initialised; the label is what counts."""
     first = make_provider()
     first.persist_key(first.generate_key("AES-128", P.ENCRYPT), "one")
     softhsm_token.init_token("second-token", "other-pin")
     monkeypatch.setenv("CS_TEST_OTHER_PIN", "other-pin")
     env = ProviderEnvironment(state_dir=tmp_path, config_dir=tmp_path)
-    other = PKCS11Provider(13, {"module": softhsm_token.module, "token_label": "second-token",
-                                "pin_env": "CS_TEST_OTHER_PIN"}, env)
+    other = PKCS11Provider(
+        13,
+        {"module": softhsm_token.module, "token_label": "second-token", "pin_env": "CS_TEST_OTHER_PIN"},
+        env,
+    )
     other.start()
     try:
         assert other.describe()["token_label"] == "second-token"
@@ -180,9 +196,11 @@ def test_token_is_found_by_label(make_provider: ProviderFactory, softhsm_token: 
         other.close()
     assert [o["label"] for o in list_token_objects(softhsm_token)] == ["cryptostack:one"]
     softhsm_token.init_token("second-token", "other-pin")  # now the label is ambiguous
-    ambiguous = PKCS11Provider(14, {"module": softhsm_token.module,
-                                    "token_label": "second-token",
-                                    "pin_env": "CS_TEST_OTHER_PIN"}, env)
+    ambiguous = PKCS11Provider(
+        14,
+        {"module": softhsm_token.module, "token_label": "second-token", "pin_env": "CS_TEST_OTHER_PIN"},
+        env,
+    )
     with pytest.raises(CryptoError) as err:
         ambiguous.start()
     assert err.value.code is ErrorCode.PROVIDER_UNAVAILABLE

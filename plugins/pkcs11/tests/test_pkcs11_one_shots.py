@@ -44,42 +44,51 @@ def counted(stack: cs.CryptoStack) -> Callable[..., tuple[Any, list[str]]]:
 
 def test_one_shots_in_the_token(tmp_path: Path, softhsm_token: Any) -> None:
     config = {"providers": [{"name": "pkcs11", "id": HSM, "options": softhsm_token.options()}]}
-    with DaemonProcess(tmp_path / "d", config) as daemon, daemon.stack() as stack, \
-            stack.create_crypto_context() as ctx:
+    with (
+        DaemonProcess(tmp_path / "d", config) as daemon,
+        daemon.stack() as stack,
+        stack.create_crypto_context() as ctx,
+    ):
         count = counted(stack)
         km = ctx.create_key_management_context()
-        aes = km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256")
-                              .set_permissions(P.ENCRYPT | P.DECRYPT | P.EXPORT)
-                              .set_provider(HSM))
+        aes = km.generate_key(
+            cs.GenerateKeyParams()
+            .set_algorithm("AES-256")
+            .set_permissions(P.ENCRYPT | P.DECRYPT | P.EXPORT)
+            .set_provider(HSM)
+        )
         secret = km.export_key(aes)
-        enc = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                        .set_key(aes).set_direction(D.ENCRYPT))
-        dec = ctx.create_cipher_context(cs.CipherContextConfig().set_algorithm("AES-256-GCM")
-                                        .set_key(aes).set_direction(D.DECRYPT))
+        enc = ctx.create_cipher_context(
+            cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(aes).set_direction(D.ENCRYPT)
+        )
+        dec = ctx.create_cipher_context(
+            cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(aes).set_direction(D.DECRYPT)
+        )
         assert enc.provider == HSM and dec.provider == HSM
         for size in (1, 64, 5000):
             nonce, data, aad = os.urandom(12), os.urandom(size), b"header"
             sealed, sent = count(enc.encrypt, nonce, data, aad)
             assert sealed == AESGCM(secret).encrypt(nonce, data, aad)
             assert sent == ["cipher.single_shot"]
-            assert count(dec.decrypt, nonce, sealed, aad) == (data,
-                                                                      ["cipher.single_shot"])
+            assert count(dec.decrypt, nonce, sealed, aad) == (data, ["cipher.single_shot"])
         with pytest.raises(cs.CryptoError) as err:
             dec.decrypt(nonce, sealed[:-1] + bytes([sealed[-1] ^ 1]), aad)
         assert err.value.code is cs.ErrorCode.AUTHENTICATION_FAILED
 
-        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256")
-                                    .set_provider(HSM))
+        h = ctx.create_hash_context(cs.HashContextConfig().set_algorithm("SHA-256").set_provider(HSM))
         for data in (b"", b"abc", os.urandom(70_000)):
-            assert count(h.single_shot, data) == (hashlib.sha256(data).digest(),
-                                                           ["hash.single_shot"])
+            assert count(h.single_shot, data) == (hashlib.sha256(data).digest(), ["hash.single_shot"])
 
-        pair = km.generate_key(cs.GenerateKeyParams().set_algorithm("ECDSA-P256")
-                               .set_permissions(P.SIGN | P.VERIFY).set_provider(HSM))
-        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                         .set_key(pair))
-        verifier = ctx.create_verify_context(cs.VerifyContextConfig()
-                                             .set_algorithm("ECDSA-P256").set_key(pair))
+        pair = km.generate_key(
+            cs.GenerateKeyParams()
+            .set_algorithm("ECDSA-P256")
+            .set_permissions(P.SIGN | P.VERIFY)
+            .set_provider(HSM)
+        )
+        signer = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(pair))
+        verifier = ctx.create_verify_context(
+            cs.VerifyContextConfig().set_algorithm("ECDSA-P256").set_key(pair)
+        )
         assert signer.provider == HSM
         message = os.urandom(300)
         signature, sent = count(signer.sign, message)
@@ -87,16 +96,16 @@ def test_one_shots_in_the_token(tmp_path: Path, softhsm_token: Any) -> None:
         public = ser.load_der_public_key(km.export_public_key(pair))
         assert isinstance(public, ec.EllipticCurvePublicKey)
         public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        assert count(verifier.verify, message, signature) == (True,
-                                                                      ["verify.single_shot"])
+        assert count(verifier.verify, message, signature) == (True, ["verify.single_shot"])
         assert not verifier.verify(message + b"!", signature)
 
-        mac_key = km.generate_key(cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256")
-                                  .set_permissions(P.MAC).set_provider(HSM))
-        mac = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256")
-                                      .set_key(mac_key))
-        check = ctx.create_verify_context(cs.VerifyContextConfig()
-                                          .set_algorithm("HMAC-SHA-256").set_key(mac_key))
+        mac_key = km.generate_key(
+            cs.GenerateKeyParams().set_algorithm("HMAC-SHA-256").set_permissions(P.MAC).set_provider(HSM)
+        )
+        mac = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_key))
+        check = ctx.create_verify_context(
+            cs.VerifyContextConfig().set_algorithm("HMAC-SHA-256").set_key(mac_key)
+        )
         tag, sent = count(mac.mac, b"mac me")
         assert sent == ["sign.single_shot"] and len(tag) == 32
         assert check.verify(b"mac me", tag) and not check.verify(b"mac me!", tag)

@@ -34,8 +34,16 @@ def digest(provider: PKCS11Provider, algorithm: str, *chunks: bytes) -> bytes:
     return op.finalize()
 
 
-def crypt(provider: PKCS11Provider, algorithm: str, key: object, direction: CipherDirection,
-          iv: bytes, *chunks: bytes, aad: bytes = b"", tag_length: int = 16) -> bytes:
+def crypt(
+    provider: PKCS11Provider,
+    algorithm: str,
+    key: object,
+    direction: CipherDirection,
+    iv: bytes,
+    *chunks: bytes,
+    aad: bytes = b"",
+    tag_length: int = 16,
+) -> bytes:
     op = provider.create_cipher(algorithm, key, direction, iv, tag_length)  # type: ignore[arg-type]
     if aad:
         op.update_aad(aad)
@@ -50,8 +58,7 @@ def sign(provider: PKCS11Provider, algorithm: str, key: object, *chunks: bytes) 
     return op.finalize()
 
 
-def verify(provider: PKCS11Provider, algorithm: str, key: object, signature: bytes,
-           *chunks: bytes) -> bool:
+def verify(provider: PKCS11Provider, algorithm: str, key: object, signature: bytes, *chunks: bytes) -> bool:
     op = provider.create_verifier(algorithm, key, b"")  # type: ignore[arg-type]
     for chunk in chunks:
         op.update(chunk)
@@ -60,13 +67,22 @@ def verify(provider: PKCS11Provider, algorithm: str, key: object, signature: byt
 
 # --- capabilities ---------------------------------------------------------------------------
 
+
 def test_capabilities_come_from_the_mechanism_list(make_provider: ProviderFactory) -> None:
     provider = make_provider()
     caps = set(provider.capabilities())
     for name in ("SHA-224", "SHA-256", "SHA-384", "SHA-512"):
         assert Capability(name, Operation.HASH) in caps
-    for name in ("AES-128-GCM", "AES-256-CBC", "AES-256-CTR", "HMAC-SHA-256", "ECDSA-P256",
-                 "ECDSA-P384", "Ed25519", "RSA-PSS-SHA256"):
+    for name in (
+        "AES-128-GCM",
+        "AES-256-CBC",
+        "AES-256-CTR",
+        "HMAC-SHA-256",
+        "ECDSA-P256",
+        "ECDSA-P384",
+        "Ed25519",
+        "RSA-PSS-SHA256",
+    ):
         op = Operation.ENCRYPT if name.startswith("AES") else Operation.SIGN
         assert Capability(name, op) in caps, name
     for name in ("AES-256", "ECDSA-P256", "Ed25519", "RSA-2048", "HMAC-SHA-512"):
@@ -83,25 +99,24 @@ def test_capabilities_come_from_the_mechanism_list(make_provider: ProviderFactor
     assert Capability("ECDSA-P256", Operation.SIGN) not in reduced_caps
     assert Capability("AES-256-CBC", Operation.ENCRYPT) in reduced_caps
     with pytest.raises(CryptoError) as err:
-        reduced.create_cipher("AES-256-GCM", reduced.generate_key("AES-256", AES_USE), ENC,
-                              bytes(12), 16)
+        reduced.create_cipher("AES-256-GCM", reduced.generate_key("AES-256", AES_USE), ENC, bytes(12), 16)
     assert err.value.code is ErrorCode.UNSUPPORTED_ALGORITHM
 
 
 # --- digests --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ["SHA-224", "SHA-256", "SHA-384", "SHA-512"])
 def test_digests_match_hashlib(provider: PKCS11Provider, algorithm: str) -> None:
     name = algorithm.replace("-", "").lower()
     for chunks in ([], [b""], [b"abc"], [b"a" * 1000, b"b" * 7, b""]):
-        assert digest(provider, algorithm, *chunks) == \
-            hashlib.new(name, b"".join(chunks)).digest()
+        assert digest(provider, algorithm, *chunks) == hashlib.new(name, b"".join(chunks)).digest()
 
 
 def test_long_digest_streams_through_a_token_session(make_provider: ProviderFactory) -> None:
     provider = make_provider(stream_buffer=1024)
     data = os.urandom(10_000)
-    chunks = [data[i:i + 700] for i in range(0, len(data), 700)]
+    chunks = [data[i : i + 700] for i in range(0, len(data), 700)]
     assert digest(provider, "SHA-256", *chunks) == hashlib.sha256(data).digest()
 
 
@@ -112,6 +127,7 @@ def test_unsupported_hash(provider: PKCS11Provider) -> None:
 
 
 # --- AES ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bits", [128, 192, 256])
 def test_aes_gcm_interoperates_with_pyca(provider: PKCS11Provider, bits: int) -> None:
@@ -141,15 +157,13 @@ def test_aes_gcm_bad_tag_is_authentication_failed(provider: PKCS11Provider) -> N
         op.finalize()
     assert err.value.code is ErrorCode.AUTHENTICATION_FAILED
     with pytest.raises(CryptoError) as err:  # wrong AAD
-        crypt(provider, "AES-256-GCM", key, DEC, iv, bytes(ct[:-1]) + bytes([ct[-1] ^ 1]),
-              aad=b"b")
+        crypt(provider, "AES-256-GCM", key, DEC, iv, bytes(ct[:-1]) + bytes([ct[-1] ^ 1]), aad=b"b")
     assert err.value.code is ErrorCode.AUTHENTICATION_FAILED
 
 
 def test_aes_gcm_parameter_policy(provider: PKCS11Provider) -> None:
     key = provider.generate_key("AES-128", AES_USE)
-    for iv, tag in ((b"", 16), (bytes(7), 16), (bytes(129), 16), (bytes(12), 11),
-                    (bytes(12), 17)):
+    for iv, tag in ((b"", 16), (bytes(7), 16), (bytes(129), 16), (bytes(12), 11), (bytes(12), 17)):
         with pytest.raises(CryptoError) as err:
             provider.create_cipher("AES-128-GCM", key, ENC, iv, tag)
         assert err.value.code is ErrorCode.INVALID_ARGUMENT
@@ -226,6 +240,7 @@ def test_token_enforces_key_usage(provider: PKCS11Provider) -> None:
 
 # --- HMAC -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ["HMAC-SHA-256", "HMAC-SHA-384", "HMAC-SHA-512"])
 def test_hmac_matches_python(provider: PKCS11Provider, algorithm: str) -> None:
     name = algorithm.rsplit("-", 2)[1].lower() + algorithm.rsplit("-", 1)[1]
@@ -243,9 +258,9 @@ def test_hmac_matches_python(provider: PKCS11Provider, algorithm: str) -> None:
         assert not verify(provider, algorithm, key, tag + b"\0", msg)
 
 
-def test_hmac_generated_and_verify_only_keys(make_provider: ProviderFactory,
-                                             softhsm_token: Any,
-                                             list_token_objects: Any) -> None:
+def test_hmac_generated_and_verify_only_keys(
+    make_provider: ProviderFactory, softhsm_token: Any, list_token_objects: Any
+) -> None:
     provider = make_provider(stream_buffer=100)
     key = provider.generate_key("HMAC-SHA-256", P.SIGN | P.VERIFY)
     msg = os.urandom(1000)  # longer than stream_buffer: streamed into the token
@@ -269,11 +284,17 @@ def test_hmac_generated_and_verify_only_keys(make_provider: ProviderFactory,
 
 # --- signatures -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("algorithm", "curve", "hash_cls"), [
-    ("ECDSA-P256", ec.SECP256R1, hashes.SHA256), ("ECDSA-P384", ec.SECP384R1, hashes.SHA384)])
-def test_ecdsa_interoperates_with_pyca(provider: PKCS11Provider, algorithm: str,
-                                       curve: type[ec.EllipticCurve],
-                                       hash_cls: type[hashes.HashAlgorithm]) -> None:
+
+@pytest.mark.parametrize(
+    ("algorithm", "curve", "hash_cls"),
+    [("ECDSA-P256", ec.SECP256R1, hashes.SHA256), ("ECDSA-P384", ec.SECP384R1, hashes.SHA384)],
+)
+def test_ecdsa_interoperates_with_pyca(
+    provider: PKCS11Provider,
+    algorithm: str,
+    curve: type[ec.EllipticCurve],
+    hash_cls: type[hashes.HashAlgorithm],
+) -> None:
     key = provider.generate_key(algorithm, P.SIGN | P.VERIFY)
     msg = os.urandom(200)
     sig = sign(provider, algorithm, key, msg[:5], msg[5:])
@@ -288,8 +309,7 @@ def test_ecdsa_interoperates_with_pyca(provider: PKCS11Provider, algorithm: str,
     # pyca-signed verifies on the token, through an imported public key
     private = ec.generate_private_key(curve())
     theirs = private.sign(msg, ec.ECDSA(hash_cls()))
-    spki = private.public_key().public_bytes(ser.Encoding.DER,
-                                             ser.PublicFormat.SubjectPublicKeyInfo)
+    spki = private.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
     imported = provider.import_key(algorithm, spki, KeyFormat.SPKI_DER, P.VERIFY)
     assert not imported.has_private
     assert verify(provider, algorithm, imported, theirs, msg)
@@ -298,15 +318,17 @@ def test_ecdsa_interoperates_with_pyca(provider: PKCS11Provider, algorithm: str,
         provider.create_signer(algorithm, imported, b"")
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
     # and an imported private key signs on the token
-    pkcs8 = private.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8,
-                                  ser.NoEncryption())
+    pkcs8 = private.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
     pair = provider.import_key(algorithm, pkcs8, KeyFormat.PKCS8_DER, P.SIGN)
     private.public_key().verify(sign(provider, algorithm, pair, msg), msg, ec.ECDSA(hash_cls()))
 
 
 def test_ecdsa_key_checks(provider: PKCS11Provider) -> None:
-    p384 = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
-        ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    p384 = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    )
     with pytest.raises(CryptoError) as err:
         provider.import_key("ECDSA-P256", p384, KeyFormat.SPKI_DER, P.VERIFY)
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
@@ -328,15 +350,15 @@ def test_ed25519_interoperates_with_pyca(provider: PKCS11Provider) -> None:
     key = provider.generate_key("Ed25519", P.SIGN | P.VERIFY)
     msg = os.urandom(77)
     sig = sign(provider, "Ed25519", key, msg[:7], msg[7:])
-    public = ed25519.Ed25519PublicKey.from_public_bytes(
-        provider.export_public_key(key, KeyFormat.RAW))
+    public = ed25519.Ed25519PublicKey.from_public_bytes(provider.export_public_key(key, KeyFormat.RAW))
     public.verify(sig, msg)
     assert verify(provider, "Ed25519", key, sig, msg)
     assert not verify(provider, "Ed25519", key, sig, msg[1:])
     private = ed25519.Ed25519PrivateKey.generate()
     theirs = private.sign(msg)
-    imported = provider.import_key("Ed25519", private.public_key().public_bytes_raw(),
-                                   KeyFormat.RAW, P.VERIFY)
+    imported = provider.import_key(
+        "Ed25519", private.public_key().public_bytes_raw(), KeyFormat.RAW, P.VERIFY
+    )
     assert verify(provider, "Ed25519", imported, theirs, msg)
     pair = provider.import_key("Ed25519", private.private_bytes_raw(), KeyFormat.RAW, P.SIGN)
     assert sign(provider, "Ed25519", pair, msg) == theirs  # Ed25519 is deterministic
@@ -356,8 +378,7 @@ def test_rsa_pss_interoperates_with_pyca(provider: PKCS11Provider) -> None:
     assert not verify(provider, "RSA-PSS-SHA256", key, sig[:-1], msg)
     private = rsa.generate_private_key(65537, 2048)
     theirs = private.sign(msg, pss, hashes.SHA256())
-    spki = private.public_key().public_bytes(ser.Encoding.DER,
-                                             ser.PublicFormat.SubjectPublicKeyInfo)
+    spki = private.public_key().public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
     imported = provider.import_key("RSA-2048", spki, KeyFormat.SPKI_DER, P.VERIFY)
     assert verify(provider, "RSA-PSS-SHA256", imported, theirs, msg)
     with pytest.raises(CryptoError) as err:
@@ -366,6 +387,7 @@ def test_rsa_pss_interoperates_with_pyca(provider: PKCS11Provider) -> None:
 
 
 # --- random ---------------------------------------------------------------------------------
+
 
 def test_random_bytes(provider: PKCS11Provider) -> None:
     first, second = provider.random_bytes(32), provider.random_bytes(32)

@@ -30,7 +30,6 @@ ProviderFactory = Callable[..., PKCS11Provider]
 WAIT = 30.0  # generous bound for what should happen at once
 
 
-
 def sha256(provider: PKCS11Provider, data: bytes) -> bytes:
     op = provider.create_hash("SHA-256")
     op.update(data)
@@ -43,13 +42,14 @@ def ecdsa_sign(provider: PKCS11Provider, key: Any, msg: bytes) -> bytes:
     return op.finalize()
 
 
-def test_blocked_call_is_abandoned_then_the_worker_restarts(
-        make_provider: ProviderFactory) -> None:
-    provider = make_provider(call_timeout=4, stream_buffer=64, degraded_seconds=3600,
-                             test_hang={"op": "sign"})
+def test_blocked_call_is_abandoned_then_the_worker_restarts(make_provider: ProviderFactory) -> None:
+    provider = make_provider(
+        call_timeout=4, stream_buffer=64, degraded_seconds=3600, test_hang={"op": "sign"}
+    )
     pair = provider.generate_key("ECDSA-P256", P.SIGN | P.VERIFY)
-    persisted = provider.load_stored_key(provider.persist_key(pair, "Persisted"),
-                                         "ECDSA-P256", P.SIGN | P.VERIFY)
+    persisted = provider.load_stored_key(
+        provider.persist_key(pair, "Persisted"), "ECDSA-P256", P.SIGN | P.VERIFY
+    )
     public = ser.load_der_public_key(provider.export_public_key(persisted))
     assert isinstance(public, ec.EllipticCurvePublicKey)
     session_key = provider.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
@@ -73,8 +73,7 @@ def test_blocked_call_is_abandoned_then_the_worker_restarts(
             assert sha256(provider, b"%d" % i) == hashlib.sha256(b"%d" % i).digest()
 
     # Stuck for call_timeout: the worker is killed and a new one started.
-    assert provider.host.wait_until(lambda h: h.generation not in (None, first_generation),
-                                    WAIT)
+    assert provider.host.wait_until(lambda h: h.generation not in (None, first_generation), WAIT)
     assert "sign stayed blocked for 4 s (call_timeout)" == provider.host.last_restart_reason
     assert provider.host.worker_pid != first_pid
     assert wait_for_exit(first_pid, WAIT)
@@ -93,17 +92,14 @@ def test_blocked_call_is_abandoned_then_the_worker_restarts(
         streaming.finalize()
     assert err.value.code is ErrorCode.PROVIDER_ERROR and "restarted" in err.value.message
     with pytest.raises(CryptoError) as err:
-        op = provider.create_cipher("AES-256-GCM", session_key, CipherDirection.ENCRYPT,
-                                    bytes(12), 16)
+        op = provider.create_cipher("AES-256-GCM", session_key, CipherDirection.ENCRYPT, bytes(12), 16)
         op.finalize()
     assert err.value.code is ErrorCode.PROVIDER_ERROR and "no longer exists" in err.value.message
     fresh = provider.generate_key("AES-256", P.ENCRYPT)  # new keys work as before
-    assert provider.create_cipher("AES-256-CBC", fresh, CipherDirection.ENCRYPT, bytes(16),
-                                  16).finalize()
+    assert provider.create_cipher("AES-256-CBC", fresh, CipherDirection.ENCRYPT, bytes(16), 16).finalize()
 
 
-def test_call_without_deadline_is_bounded_by_call_timeout(
-        make_provider: ProviderFactory) -> None:
+def test_call_without_deadline_is_bounded_by_call_timeout(make_provider: ProviderFactory) -> None:
     provider = make_provider(call_timeout=0.8, test_hang={"op": "digest"})
     first_pid = provider.host.worker_pid
     with pytest.raises(CryptoError) as err:
@@ -118,16 +114,14 @@ def test_call_without_deadline_is_bounded_by_call_timeout(
 def test_late_reply_of_an_abandoned_call_is_cleaned_up(make_provider: ProviderFactory) -> None:
     """A call that finishes after its caller gave up does not leak what it created, and a
     merely slow call does not cost a restart."""
-    provider = make_provider(call_timeout=60,
-                             test_hang={"op": "generate_secret", "seconds": 2})
+    provider = make_provider(call_timeout=60, test_hang={"op": "generate_secret", "seconds": 2})
     pid = provider.host.worker_pid
     before = provider.host.call("stats")["objects"]
     with deadline(0.1), pytest.raises(CryptoError) as err:
         provider.generate_key("AES-128", P.ENCRYPT)
     assert err.value.code is ErrorCode.OPERATION_TIMED_OUT
     # the late answer arrives: the host has the key it created destroyed at once
-    assert provider.host.wait_until(
-        lambda h: h.late_replies == 1 and h.cleanups_in_flight == 0, WAIT)
+    assert provider.host.wait_until(lambda h: h.late_replies == 1 and h.cleanups_in_flight == 0, WAIT)
     assert provider.host.call("stats")["objects"] == before
     assert provider.host.worker_pid == pid and provider.host.restarts == 0
 

@@ -28,8 +28,7 @@ HASHES: dict[str, int] = {
 }
 """Canonical hash name -> TPM_ALG_ID (SHA-224 has no TPM algorithm identifier)."""
 
-HMACS: dict[str, str] = {"HMAC-SHA-256": "SHA-256", "HMAC-SHA-384": "SHA-384",
-                         "HMAC-SHA-512": "SHA-512"}
+HMACS: dict[str, str] = {"HMAC-SHA-256": "SHA-256", "HMAC-SHA-384": "SHA-384", "HMAC-SHA-512": "SHA-512"}
 """HMAC algorithm -> its hash."""
 
 CURVES: dict[str, tuple[int, str, int]] = {
@@ -110,28 +109,28 @@ def derive_capabilities(facts: TpmFacts) -> frozenset[Capability]:
     def add(algorithm: str, *operations: Operation) -> None:
         caps.update(Capability(algorithm, op) for op in operations)
 
-    keys_ok = facts.has_cmd(TPM2_CC.Create, TPM2_CC.Load, TPM2_CC.CreatePrimary,
-                            TPM2_CC.FlushContext)
+    keys_ok = facts.has_cmd(TPM2_CC.Create, TPM2_CC.Load, TPM2_CC.CreatePrimary, TPM2_CC.FlushContext)
     import_ok = facts.has_cmd(TPM2_CC.Import)
     if facts.has_cmd(TPM2_CC.GetRandom):
         add("RANDOM", Operation.RANDOM)
-    if facts.has_cmd(TPM2_CC.Hash, TPM2_CC.HashSequenceStart, TPM2_CC.SequenceUpdate,
-                     TPM2_CC.SequenceComplete):
+    if facts.has_cmd(
+        TPM2_CC.Hash, TPM2_CC.HashSequenceStart, TPM2_CC.SequenceUpdate, TPM2_CC.SequenceComplete
+    ):
         for name in HASHES:
             if hash_supported(facts, name):
                 add(name, Operation.HASH)
-    hmac_ok = (keys_ok and facts.has_alg(TPM2_ALG.HMAC, TPM2_ALG.KEYEDHASH)
-               and facts.has_cmd(TPM2_CC.HMAC, TPM2_CC.HMAC_Start, TPM2_CC.SequenceUpdate,
-                                 TPM2_CC.SequenceComplete))
+    hmac_ok = (
+        keys_ok
+        and facts.has_alg(TPM2_ALG.HMAC, TPM2_ALG.KEYEDHASH)
+        and facts.has_cmd(TPM2_CC.HMAC, TPM2_CC.HMAC_Start, TPM2_CC.SequenceUpdate, TPM2_CC.SequenceComplete)
+    )
     if hmac_ok:
         for name, hash_name in HMACS.items():
             if hash_supported(facts, hash_name):
-                add(name, Operation.SIGN, Operation.VERIFY, Operation.GENERATE_KEY,
-                    Operation.IMPORT_KEY)
+                add(name, Operation.SIGN, Operation.VERIFY, Operation.GENERATE_KEY, Operation.IMPORT_KEY)
         # No GENERIC-SECRET: a keyed-hash key with "sign" must fix its HMAC hash (the TPM
         # refuses the NULL scheme), so a hash-agnostic secret cannot be a TPM key.
-    sign_ok = keys_ok and facts.has_cmd(TPM2_CC.Sign, TPM2_CC.VerifySignature,
-                                        TPM2_CC.LoadExternal)
+    sign_ok = keys_ok and facts.has_cmd(TPM2_CC.Sign, TPM2_CC.VerifySignature, TPM2_CC.LoadExternal)
     if sign_ok and facts.has_alg(TPM2_ALG.ECC, TPM2_ALG.ECDSA):
         for name, (curve, hash_name, _size) in CURVES.items():
             if int(curve) in facts.curves and hash_supported(facts, hash_name):
@@ -203,16 +202,41 @@ def discover(ectx: Any) -> TpmFacts:
         TPMU_PUBLIC_PARMS,
     )
 
-    algorithms = _paged(ectx, TPM2_CAP.ALGS, 0, lambda d: [
-        int(d.algorithms.algProperties[i].alg) for i in range(d.algorithms.count)])
-    curves = _paged(ectx, TPM2_CAP.ECC_CURVES, 0, lambda d: [
-        int(d.eccCurves.eccCurves[i]) for i in range(d.eccCurves.count)])
-    commands = _paged(ectx, TPM2_CAP.COMMANDS, int(TPM2_CC.FIRST), lambda d: [
-        int(d.command.commandAttributes[i]) & 0xFFFF for i in range(d.command.count)])
-    rsa_bits = tuple(bits for bits in RSA_KEY_BITS_PROBED if _test_parms(ectx, TPMT_PUBLIC_PARMS(
-        type=TPM2_ALG.RSA, parameters=TPMU_PUBLIC_PARMS(rsaDetail=TPMS_RSA_PARMS(
-            symmetric=TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL),
-            scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL), keyBits=bits)))))
+    algorithms = _paged(
+        ectx,
+        TPM2_CAP.ALGS,
+        0,
+        lambda d: [int(d.algorithms.algProperties[i].alg) for i in range(d.algorithms.count)],
+    )
+    curves = _paged(
+        ectx,
+        TPM2_CAP.ECC_CURVES,
+        0,
+        lambda d: [int(d.eccCurves.eccCurves[i]) for i in range(d.eccCurves.count)],
+    )
+    commands = _paged(
+        ectx,
+        TPM2_CAP.COMMANDS,
+        int(TPM2_CC.FIRST),
+        lambda d: [int(d.command.commandAttributes[i]) & 0xFFFF for i in range(d.command.count)],
+    )
+    rsa_bits = tuple(
+        bits
+        for bits in RSA_KEY_BITS_PROBED
+        if _test_parms(
+            ectx,
+            TPMT_PUBLIC_PARMS(
+                type=TPM2_ALG.RSA,
+                parameters=TPMU_PUBLIC_PARMS(
+                    rsaDetail=TPMS_RSA_PARMS(
+                        symmetric=TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL),
+                        scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
+                        keyBits=bits,
+                    )
+                ),
+            ),
+        )
+    )
     aes_bits = []
     for bits in AES_KEY_BITS:
         parms = TPMT_PUBLIC_PARMS(type=TPM2_ALG.SYMCIPHER)
@@ -225,8 +249,11 @@ def discover(ectx: Any) -> TpmFacts:
     fw1 = _property(ectx, _PT_FIRMWARE_VERSION_1, 0)
     fw2 = _property(ectx, _PT_FIRMWARE_VERSION_2, 0)
     return TpmFacts(
-        algorithms=frozenset(algorithms), curves=frozenset(curves), commands=frozenset(commands),
-        rsa_key_bits=rsa_bits, aes_key_bits=tuple(aes_bits),
+        algorithms=frozenset(algorithms),
+        curves=frozenset(curves),
+        commands=frozenset(commands),
+        rsa_key_bits=rsa_bits,
+        aes_key_bits=tuple(aes_bits),
         transient_slots=_property(ectx, TPM2_PT_HR.TRANSIENT_MIN, 3),
         input_buffer=_property(ectx, TPM2_PT.INPUT_BUFFER, 1024),
         max_digest=_property(ectx, TPM2_PT.MAX_DIGEST, 32),

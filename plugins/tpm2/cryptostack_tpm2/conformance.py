@@ -25,13 +25,20 @@ def simulator(directory: Path) -> Iterator[Backend]:
         sim.stop()
 
 
-HANG = HangProbe(options={"test_hang": {"op": "hash"}, "call_timeout": 2.0},
-                 operation="hash", algorithm="SHA-256")
+HANG = HangProbe(
+    options={"test_hang": {"op": "hash"}, "call_timeout": 2.0}, operation="hash", algorithm="SHA-256"
+)
 """The worker host's hang hook holds the TPM worker's next hash; after ``call_timeout`` the
 worker is killed and restarted."""
 
 
 def profile() -> Profile:
     """swtpm simulators; RSA key generation in the TPM is slow."""
-    return Profile(name="tpm2", provider_id=WELL_KNOWN_PROVIDER_IDS["tpm2"], setup=simulator,
-                   policy=Policy(), hang=HANG, slow=frozenset({"RSA-2048", "RSA-3072"}))
+    return Profile(
+        name="tpm2",
+        provider_id=WELL_KNOWN_PROVIDER_IDS["tpm2"],
+        setup=simulator,
+        policy=Policy(),
+        hang=HANG,
+        slow=frozenset({"RSA-2048", "RSA-3072"}),
+    )

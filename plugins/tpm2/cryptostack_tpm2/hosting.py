@@ -32,13 +32,19 @@ def late_cleanup(op: str, result: Any) -> tuple[Any, ...]:
 
 def lost_sequence() -> CryptoError:
     """The error of a call that continued state of a worker that was restarted."""
-    return CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
-                       "the TPM worker was restarted; this operation's state was lost "
-                       "(reset the context)")
+    return CryptoError(
+        ErrorCode.CONTEXT_IN_ERROR_STATE,
+        "the TPM worker was restarted; this operation's state was lost (reset the context)",
+    )
 
 
 def worker_spec(options: TpmOptions) -> WorkerSpec:
     """The TPM worker for these options."""
-    return WorkerSpec(name="TPM worker", backend="cryptostack_tpm2.worker:TpmWorker",
-                      config=options.worker_config, threads=1,
-                      wire_types=(WorkerInfo, TpmFacts), late_cleanup=late_cleanup)
+    return WorkerSpec(
+        name="TPM worker",
+        backend="cryptostack_tpm2.worker:TpmWorker",
+        config=options.worker_config,
+        threads=1,
+        wire_types=(WorkerInfo, TpmFacts),
+        late_cleanup=late_cleanup,
+    )

@@ -43,8 +43,15 @@ class TpmSealedKek(KekSource):
         tpm_random = self._proxy.call("random", KEK_SIZE)
         kek = bytes(a ^ b for a, b in zip(secrets.token_bytes(KEK_SIZE), tpm_random))
         public, private = self._proxy.call("seal", kek)
-        record = cbor2.dumps({"format": _FORMAT, "v": _VERSION, "public": public,
-                              "private": private, "primary": self._primary_name})
+        record = cbor2.dumps(
+            {
+                "format": _FORMAT,
+                "v": _VERSION,
+                "public": public,
+                "private": private,
+                "primary": self._primary_name,
+            }
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -65,20 +72,22 @@ class TpmSealedKek(KekSource):
             public, private = bytes(record["public"]), bytes(record["private"])
             primary = bytes(record["primary"])
         except (OSError, ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"cannot read the sealed KEK file {path}: {exc}") from None
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"cannot read the sealed KEK file {path}: {exc}"
+            ) from None
         if primary != self._primary_name:
             raise CryptoError(
                 ErrorCode.ACCESS_DENIED,
                 f"the KEK in {path} was sealed by another TPM, or under another primary key, "
                 "or before this TPM's storage hierarchy was cleared: it cannot be unsealed "
-                "here, so the key store cannot be opened")
+                "here, so the key store cannot be opened",
+            )
         try:
             kek = bytes(self._proxy.call("unseal", public, private))
         except CryptoError as exc:
-            raise CryptoError(exc.code, f"cannot unseal the KEK in {path}: {exc.message}") \
-                from None
+            raise CryptoError(exc.code, f"cannot unseal the KEK in {path}: {exc.message}") from None
         if len(kek) != KEK_SIZE:
-            raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                              f"the sealed object in {path} holds {len(kek)} bytes, not a KEK")
+            raise CryptoError(
+                ErrorCode.PROVIDER_ERROR, f"the sealed object in {path} holds {len(kek)} bytes, not a KEK"
+            )
         return kek

@@ -53,9 +53,18 @@ class TpmKey(ProviderKey):
 
     extractable = False
 
-    def __init__(self, algorithm: str, source: str, public: bytes, *,
-                 private: bytes | None = None, handle: int | None = None,
-                 parent_name: bytes = b"", restricted: bool = False, size: int = 0) -> None:
+    def __init__(
+        self,
+        algorithm: str,
+        source: str,
+        public: bytes,
+        *,
+        private: bytes | None = None,
+        handle: int | None = None,
+        parent_name: bytes = b"",
+        restricted: bool = False,
+        size: int = 0,
+    ) -> None:
         self.algorithm = algorithm
         self.source = source
         self.public = public
@@ -80,9 +89,15 @@ class TpmKey(ProviderKey):
 def encode_stored(key: TpmKey) -> StoredKey:
     """The key store record of ``key``: TPM blobs and metadata, not secret in the clear."""
     record = {
-        "format": _STORED_FORMAT, "v": _STORED_VERSION, "algorithm": key.algorithm,
-        "source": key.source, "public": key.public, "private": key.private,
-        "handle": key.handle, "parent": key.parent_name, "restricted": key.restricted,
+        "format": _STORED_FORMAT,
+        "v": _STORED_VERSION,
+        "algorithm": key.algorithm,
+        "source": key.source,
+        "public": key.public,
+        "private": key.private,
+        "handle": key.handle,
+        "parent": key.parent_name,
+        "restricted": key.restricted,
         "size": key.size,
     }
     return StoredKey(blob=cbor2.dumps(record), secret=False)
@@ -99,16 +114,22 @@ def decode_stored(stored: StoredKey, algorithm: str) -> TpmKey:
         source = record["source"]
         if source not in (BLOB, EXTERNAL, PERSISTENT):
             raise ValueError(f"unknown key source {source!r}")
-        key = TpmKey(record["algorithm"], source, bytes(record["public"]),
-                     private=None if record["private"] is None else bytes(record["private"]),
-                     handle=record["handle"], parent_name=bytes(record["parent"]),
-                     restricted=bool(record["restricted"]), size=int(record["size"]))
+        key = TpmKey(
+            record["algorithm"],
+            source,
+            bytes(record["public"]),
+            private=None if record["private"] is None else bytes(record["private"]),
+            handle=record["handle"],
+            parent_name=bytes(record["parent"]),
+            restricted=bool(record["restricted"]),
+            size=int(record["size"]),
+        )
     except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"stored key is not a TPM key record: {exc}") from None
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"stored key is not a TPM key record: {exc}") from None
     if key.algorithm != algorithm:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"stored TPM key is {key.algorithm}, slot says {algorithm}")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT, f"stored TPM key is {key.algorithm}, slot says {algorithm}"
+        )
     if key.source == BLOB and not key.private:
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, "stored TPM key lacks its private blob")
     return key

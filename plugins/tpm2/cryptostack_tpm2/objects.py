@@ -69,8 +69,9 @@ class _Entry:
 class ObjectTable:
     """Loaded and evicted TPM objects of one worker (single-threaded)."""
 
-    def __init__(self, ectx: Any, capacity: int, create_primary: Callable[[], Any],
-                 persistent_primary: int | None) -> None:
+    def __init__(
+        self, ectx: Any, capacity: int, create_primary: Callable[[], Any], persistent_primary: int | None
+    ) -> None:
         self._ectx = ectx
         self.capacity = max(1, capacity)
         self._create_primary = create_primary
@@ -86,8 +87,7 @@ class ObjectTable:
     # --- accounting ------------------------------------------------------------------
     def _slots_used(self) -> int:
         # Persistent objects in use count too: the TPM loads them for the command.
-        persistent = sum(1 for i in self._in_use
-                         if i in self._entries and self._entries[i].persistent)
+        persistent = sum(1 for i in self._in_use if i in self._entries and self._entries[i].persistent)
         return len(self._loaded) + persistent
 
     def make_room(self, needed: int) -> None:
@@ -95,9 +95,10 @@ class ObjectTable:
         while self._slots_used() + needed > self.capacity:
             victim = next((i for i in self._loaded if i not in self._in_use), None)
             if victim is None:
-                raise CryptoError(ErrorCode.RESOURCE_EXHAUSTED,
-                                  f"TPM has too few object slots ({self.capacity}) for this "
-                                  "command")
+                raise CryptoError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"TPM has too few object slots ({self.capacity}) for this command",
+                )
             self._evict(victim, self._entries[victim])
 
     def _evict(self, entry_id: int, e: _Entry) -> None:
@@ -119,8 +120,7 @@ class ObjectTable:
     def _register(self, entry_id: int, e: _Entry, handle: Any) -> Any:
         """Record a newly loaded object; detect a TPM that silently lost our objects."""
         tpm_handle = int(self._ectx.tr_get_tpm_handle(handle))
-        clash = any(self._entries[i].tpm_handle == tpm_handle
-                    for i in self._loaded if i != entry_id)
+        clash = any(self._entries[i].tpm_handle == tpm_handle for i in self._loaded if i != entry_id)
         self.loads += 1
         if clash:
             # Only a reset TPM reissues a handle we hold: everything else we hold is gone.
@@ -196,8 +196,7 @@ class ObjectTable:
             return handle
         if ref.source == EXTERNAL:
             self.make_room(1)
-            return self._register(ref.key_id, e,
-                                  self._ectx.load_external(public, None, ESYS_TR.NULL))
+            return self._register(ref.key_id, e, self._ectx.load_external(public, None, ESYS_TR.NULL))
         raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"unknown key source {ref.source!r}")
 
     def _persistent(self, ref: KeyRef, e: _Entry) -> Any:
@@ -205,14 +204,16 @@ class ObjectTable:
         try:
             handle = self._ectx.tr_from_tpmpublic(ref.handle)
         except TSS2_Exception as exc:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no key at TPM persistent handle 0x{ref.handle:08x}: {exc}") \
-                from None
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"no key at TPM persistent handle 0x{ref.handle:08x}: {exc}"
+            ) from None
         expected = bytes(TPM2B_PUBLIC.unmarshal(ref.public)[0].get_name())
         if bytes(self._ectx.tr_get_name(handle)) != expected:
             self._ectx.tr_close(handle)
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"TPM persistent handle 0x{ref.handle:08x} now holds another key")
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND,
+                f"TPM persistent handle 0x{ref.handle:08x} now holds another key",
+            )
         e.handle, e.persistent = handle, True
         self.make_room(0)  # the TPM loads it into a slot for the command
         return handle
@@ -232,9 +233,11 @@ class ObjectTable:
         """ESYS_TR of an open sequence, reloaded from its saved context if evicted."""
         e = self._entries.get(seq_id)
         if e is None or e.lost:
-            raise CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
-                              "the TPM lost this hash/MAC sequence (TPM reset or too many "
-                              "open sequences); reset the context")
+            raise CryptoError(
+                ErrorCode.CONTEXT_IN_ERROR_STATE,
+                "the TPM lost this hash/MAC sequence (TPM reset or too many "
+                "open sequences); reset the context",
+            )
         self._touch(seq_id)
         if e.handle is None:
             self.make_room(1)
@@ -242,8 +245,9 @@ class ObjectTable:
                 handle = self._ectx.context_load(e.saved)
             except TSS2_Exception as exc:
                 e.lost = True
-                raise CryptoError(ErrorCode.CONTEXT_IN_ERROR_STATE,
-                                  f"the TPM refused this sequence's saved state: {exc}") from None
+                raise CryptoError(
+                    ErrorCode.CONTEXT_IN_ERROR_STATE, f"the TPM refused this sequence's saved state: {exc}"
+                ) from None
             e.saved = None
             self._register(seq_id, e, handle)
         return e.handle
@@ -313,8 +317,7 @@ class ObjectTable:
     def _trim(self) -> None:
         """Bound the table: drop the least recently used idle entries beyond the limit."""
         while len(self._entries) > _MAX_ENTRIES:
-            victim = next((i for i in self._entries
-                           if i != PRIMARY and i not in self._in_use), None)
+            victim = next((i for i in self._entries if i != PRIMARY and i not in self._in_use), None)
             if victim is None:
                 return
             self.drop(victim)

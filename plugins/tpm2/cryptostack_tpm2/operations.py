@@ -54,8 +54,15 @@ _BLOCK = 16
 class _TpmStream:
     """A hash or HMAC computed by the TPM over a streamed message."""
 
-    def __init__(self, host: WorkerHost, kind: str, alg: int, key: TpmKey | None,
-                 one_shot_limit: int, ticket: bool = False) -> None:
+    def __init__(
+        self,
+        host: WorkerHost,
+        kind: str,
+        alg: int,
+        key: TpmKey | None,
+        one_shot_limit: int,
+        ticket: bool = False,
+    ) -> None:
         self._host = host
         self._kind = kind
         self._alg = alg
@@ -87,14 +94,13 @@ class _TpmStream:
         if self._seq is None:
             ref = self._key.ref if self._key is not None else None
             self._seq, self._generation = await self._host.call_async(
-                "seq_start", self._kind, self._alg, ref, data)
+                "seq_start", self._kind, self._alg, ref, data
+            )
             # A context dropped without finalize must not keep a TPM slot or saved context.
-            self._finalizer = weakref.finalize(self, self._host.queue_cleanup,
-                                               self._generation, (self._seq,))
+            self._finalizer = weakref.finalize(self, self._host.queue_cleanup, self._generation, (self._seq,))
         else:
             try:
-                await self._host.call_async("seq_update", self._seq, data,
-                                            generation=self._generation)
+                await self._host.call_async("seq_update", self._seq, data, generation=self._generation)
             except StaleGeneration:
                 raise lost_sequence() from None
 
@@ -105,16 +111,15 @@ class _TpmStream:
         if self._seq is None:
             if self._kind == "hmac":
                 assert self._key is not None
-                mac, _generation = await self._host.call_async("hmac", self._key.ref,
-                                                               self._alg, data)
+                mac, _generation = await self._host.call_async("hmac", self._key.ref, self._alg, data)
                 return mac, None
-            result, _generation = await self._host.call_async("hash", self._alg, data,
-                                                              self._ticket)
+            result, _generation = await self._host.call_async("hash", self._alg, data, self._ticket)
             return result[0], result[1]
         self._finalizer.detach()
         try:
             result, _generation = await self._host.call_async(
-                "seq_finish", self._seq, data, self._ticket, generation=self._generation)
+                "seq_finish", self._seq, data, self._ticket, generation=self._generation
+            )
         except StaleGeneration:
             raise lost_sequence() from None
         return result[0], result[1]
@@ -173,8 +178,7 @@ class TpmMacVerifier(VerifyOperation):
 
     A truncated tag (a prefix of the MAC) is accepted down to ``min_length`` bytes."""
 
-    def __init__(self, host: WorkerHost, key: TpmKey, alg: int, one_shot_limit: int,
-                 min_length: int) -> None:
+    def __init__(self, host: WorkerHost, key: TpmKey, alg: int, one_shot_limit: int, min_length: int) -> None:
         self._host = host
         self._stream = _TpmStream(host, "hmac", alg, key, one_shot_limit)
         self._min_length = min_length
@@ -197,14 +201,15 @@ class TpmMacVerifier(VerifyOperation):
         tag = bytes(signature)
         if not self._min_length <= len(tag) <= len(mac):
             return False
-        return hmac.compare_digest(mac[:len(tag)], tag)
+        return hmac.compare_digest(mac[: len(tag)], tag)
 
 
 class TpmSigner(SignOperation):
     """ECDSA or RSA-PSS signature made by TPM2_Sign (DER for ECDSA)."""
 
-    def __init__(self, host: WorkerHost, key: TpmKey, scheme: int, hash_name: str,
-                 hash_alg: int, one_shot_limit: int) -> None:
+    def __init__(
+        self, host: WorkerHost, key: TpmKey, scheme: int, hash_name: str, hash_alg: int, one_shot_limit: int
+    ) -> None:
         self._host = host
         self._key = key
         self._scheme = scheme
@@ -240,7 +245,8 @@ class TpmSigner(SignOperation):
         else:
             digest = self._software.digest()
         signature, _generation = await self._host.call_async(
-            "sign", self._key.ref, digest, self._scheme, self._hash_alg, ticket)
+            "sign", self._key.ref, digest, self._scheme, self._hash_alg, ticket
+        )
         if signature[0] == "ecdsa":
             return ecdsa_to_der(signature[1], signature[2])
         return bytes(signature[1])
@@ -249,9 +255,16 @@ class TpmSigner(SignOperation):
 class TpmVerifier(VerifyOperation):
     """ECDSA or RSA-PSS verification by TPM2_VerifySignature."""
 
-    def __init__(self, host: WorkerHost, key: TpmKey, algorithm: str, hash_name: str,
-                 hash_alg: int, *, rsa_public: tuple[int, int] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        host: WorkerHost,
+        key: TpmKey,
+        algorithm: str,
+        hash_name: str,
+        hash_alg: int,
+        *,
+        rsa_public: tuple[int, int] | None = None,
+    ) -> None:
         self._host = host
         self._key = key
         self._algorithm = algorithm
@@ -282,8 +295,7 @@ class TpmVerifier(VerifyOperation):
             if len(signature) != (n.bit_length() + 7) // 8:
                 return False
             sig = ("rsapss", bytes(signature))
-        valid, _generation = await self._host.call_async("verify", self._key.ref, digest, sig,
-                                                         self._hash_alg)
+        valid, _generation = await self._host.call_async("verify", self._key.ref, digest, sig, self._hash_alg)
         ok = bool(valid)
         if ok and self._rsa_public is not None:
             n, e = self._rsa_public
@@ -294,8 +306,9 @@ class TpmVerifier(VerifyOperation):
 class TpmCipher(CipherOperation):
     """AES in CFB, CTR or CBC mode (PKCS#7 padded) through TPM2_EncryptDecrypt2."""
 
-    def __init__(self, host: WorkerHost, key: TpmKey, mode: str, tpm_mode: int,
-                 decrypt: bool, iv: bytes) -> None:
+    def __init__(
+        self, host: WorkerHost, key: TpmKey, mode: str, tpm_mode: int, decrypt: bool, iv: bytes
+    ) -> None:
         self._host = host
         self._key = key
         self._mode = mode
@@ -308,7 +321,8 @@ class TpmCipher(CipherOperation):
         if not data:
             return b""
         (out, self._iv), _generation = await self._host.call_async(
-            "cipher", self._key.ref, self._decrypt, self._tpm_mode, self._iv, data)
+            "cipher", self._key.ref, self._decrypt, self._tpm_mode, self._iv, data
+        )
         return bytes(out)
 
     def _whole_blocks(self, data: Buffer) -> bytes:
@@ -347,11 +361,13 @@ class TpmCipher(CipherOperation):
             padder = padding.PKCS7(128).padder()
             return await self._crypt(padder.update(tail) + padder.finalize())
         if len(tail) != _BLOCK:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "AES-CBC ciphertext is not a whole number of blocks")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, "AES-CBC ciphertext is not a whole number of blocks"
+            )
         unpadder = padding.PKCS7(128).unpadder()
         try:
             return unpadder.update(await self._crypt(tail)) + unpadder.finalize()
         except ValueError:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "AES-CBC decryption failed: bad PKCS#7 padding") from None
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, "AES-CBC decryption failed: bad PKCS#7 padding"
+            ) from None

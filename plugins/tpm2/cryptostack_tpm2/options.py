@@ -65,18 +65,20 @@ class TpmOptions(WorkerOptions):
     max_loaded_objects: int | None = option(None, minimum=1, doc="transient objects kept loaded")
     flush_transient_on_start: bool = option(True, doc="flush leftover transient objects")
     reset_lockout: bool = option(False, doc="reset the dictionary-attack lockout at start")
-    min_mac_length: int = option(16, minimum=MIN_MAC_LENGTH_FLOOR,
-                                 doc="shortest truncated HMAC tag verified")
+    min_mac_length: int = option(16, minimum=MIN_MAC_LENGTH_FLOOR, doc="shortest truncated HMAC tag verified")
 
     def worker_config(self) -> WorkerConfig:
         """What a worker needs to connect (auth values read now)."""
         return WorkerConfig(
-            tcti=self.tcti, primary_template=self.primary_template,
-            primary_handle=self.primary_handle, owner_auth=_read(self.owner_auth_file,
-                                                                 "owner_auth_file"),
+            tcti=self.tcti,
+            primary_template=self.primary_template,
+            primary_handle=self.primary_handle,
+            owner_auth=_read(self.owner_auth_file, "owner_auth_file"),
             lockout_auth=_read(self.lockout_auth_file, "lockout_auth_file"),
-            reset_lockout=self.reset_lockout, flush_transient=self.flush_transient_on_start,
-            max_loaded=self.max_loaded_objects)
+            reset_lockout=self.reset_lockout,
+            flush_transient=self.flush_transient_on_start,
+            max_loaded=self.max_loaded_objects,
+        )
 
 
 def _read(path: Path | None, name: str) -> bytes | None:
@@ -85,8 +87,9 @@ def _read(path: Path | None, name: str) -> bytes | None:
     try:
         return path.read_bytes().rstrip(b"\r\n")
     except OSError as exc:
-        raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                          f"tpm2 option {name}: cannot read {path}: {exc}") from None
+        raise CryptoError(
+            ErrorCode.PROVIDER_UNAVAILABLE, f"tpm2 option {name}: cannot read {path}: {exc}"
+        ) from None
 
 
 def parse(raw: Mapping[str, Any], config_dir: Path) -> TpmOptions:

@@ -86,8 +86,9 @@ _TSS2_PEM = b"-----BEGIN TSS2 PRIVATE KEY-----"
 _OWNER = 0x40000001
 
 
-_ASYNC_OPERATIONS = frozenset({Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT,
-                               Operation.SIGN, Operation.VERIFY})
+_ASYNC_OPERATIONS = frozenset(
+    {Operation.HASH, Operation.ENCRYPT, Operation.DECRYPT, Operation.SIGN, Operation.VERIFY}
+)
 _ASYNC_MAX_INPUT = 64 * 1024
 
 
@@ -96,8 +97,9 @@ class TPM2Provider(Provider):
 
     name = "tpm2"
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
         self.opts: TpmOptions = parse(options, environment.config_dir)
         self._min_mac = self.opts.min_mac_length
@@ -129,8 +131,12 @@ class TPM2Provider(Provider):
         """TPM facts, worker pid, restart and timeout counts."""
         if self._host is None or self._info is None:
             return {}
-        return {"tcti": self.opts.tcti, **self._info.facts.describe(),
-                "object_slots": self._info.capacity, **self._host.describe()}
+        return {
+            "tcti": self.opts.tcti,
+            **self._info.facts.describe(),
+            "object_slots": self._info.capacity,
+            **self._host.describe(),
+        }
 
     @property
     def host(self) -> WorkerHost:
@@ -161,8 +167,10 @@ class TPM2Provider(Provider):
 
     def _require(self, algorithm: str, operation: Operation) -> None:
         if not self.supports(algorithm, operation):
-            raise CryptoError(ErrorCode.UNSUPPORTED_ALGORITHM,
-                              f"this TPM does not support {algorithm} for {operation.value}")
+            raise CryptoError(
+                ErrorCode.UNSUPPORTED_ALGORITHM,
+                f"this TPM does not support {algorithm} for {operation.value}",
+            )
 
     @staticmethod
     def _key(key: ProviderKey) -> TpmKey:
@@ -171,12 +179,17 @@ class TPM2Provider(Provider):
         return key
 
     # --- keys ------------------------------------------------------------------------
-    def _new_blob_key(self, algorithm: str, public: bytes, private: bytes,
-                      size: int = 0) -> TpmKey:
+    def _new_blob_key(self, algorithm: str, public: bytes, private: bytes, size: int = 0) -> TpmKey:
         pub = TPM2B_PUBLIC.unmarshal(public)[0]
-        return TpmKey(algorithm, BLOB, public, private=private,
-                      parent_name=self.info.primary_name, restricted=is_restricted(pub),
-                      size=size or self._size_of(algorithm, pub))
+        return TpmKey(
+            algorithm,
+            BLOB,
+            public,
+            private=private,
+            parent_name=self.info.primary_name,
+            restricted=is_restricted(pub),
+            size=size or self._size_of(algorithm, pub),
+        )
 
     @staticmethod
     def _size_of(algorithm: str, public: TPM2B_PUBLIC) -> int:
@@ -197,8 +210,7 @@ class TPM2Provider(Provider):
         size = self.spec(algorithm).key_size if algorithm in HMACS else 0
         return self._new_blob_key(algorithm, public, private, size)
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: P) -> ProviderKey:
+    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: P) -> ProviderKey:
         """Bring a key into the TPM (see the module docstring for what goes where)."""
         self._require(algorithm, Operation.IMPORT_KEY)
         material = bytes(material)
@@ -208,18 +220,17 @@ class TPM2Provider(Provider):
         spec = self.spec(algorithm)
         if algorithm.startswith("AES-"):
             if fmt is not KeyFormat.RAW or len(material) != spec.key_size:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{algorithm} keys are imported as {spec.key_size} RAW bytes")
+                raise CryptoError(
+                    ErrorCode.INVALID_ARGUMENT, f"{algorithm} keys are imported as {spec.key_size} RAW bytes"
+                )
             return self._import_secret(algorithm, material, permissions)
         if algorithm in HMACS:
             if fmt is not KeyFormat.RAW or not material:
-                raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                                  f"{algorithm} keys are imported as RAW bytes")
+                raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{algorithm} keys are imported as RAW bytes")
             if len(material) > spec.block_size:
                 # HMAC itself uses H(K) for a key longer than the hash block (RFC 2104), and
                 # the TPM takes keys only up to the block size: storing H(K) is exact.
-                material = hashlib.new(HMACS[algorithm].replace("-", "").lower(),
-                                       material).digest()
+                material = hashlib.new(HMACS[algorithm].replace("-", "").lower(), material).digest()
             return self._import_secret(algorithm, material, permissions)
         if fmt is KeyFormat.PEM and _TSS2_PEM in material:
             return self._import_tss2(algorithm, material)
@@ -231,8 +242,7 @@ class TPM2Provider(Provider):
         size = len(secret) if not algorithm.startswith("AES-") else 0
         return self._new_blob_key(algorithm, public, private, size)
 
-    def _load_asymmetric(self, algorithm: str, material: bytes,
-                         fmt: KeyFormat) -> tuple[Any, bool]:
+    def _load_asymmetric(self, algorithm: str, material: bytes, fmt: KeyFormat) -> tuple[Any, bool]:
         """(pyca key, is_private) from SPKI/PKCS#8 DER or PEM; checks type and size."""
         try:
             if fmt is KeyFormat.SPKI_DER:
@@ -247,31 +257,33 @@ class TPM2Provider(Provider):
             else:
                 raise ValueError(f"{fmt.value} is not a format for {algorithm} keys")
         except (ValueError, TypeError) as exc:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"malformed {algorithm} key: {exc}") from None
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed {algorithm} key: {exc}") from None
         private = isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
         if algorithm in CURVES:
             curve = {"ECDSA-P256": "secp256r1", "ECDSA-P384": "secp384r1"}[algorithm]
-            ok = isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) \
+            ok = (
+                isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
                 and key.curve.name == curve
+            )
         else:
-            ok = isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) \
-                and key.key_size == RSA_KEYS[algorithm]
+            ok = (
+                isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size == RSA_KEYS[algorithm]
+            )
         if not ok:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"the key is not a {algorithm} key")
         return key, private
 
-    def _import_asymmetric(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                           permissions: P) -> TpmKey:
+    def _import_asymmetric(self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: P) -> TpmKey:
         key, private = self._load_asymmetric(algorithm, material, fmt)
         if not private:
-            spki = key.public_bytes(serialization.Encoding.DER,
-                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+            spki = key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             public = external_public(spki, algorithm)
-            return TpmKey(algorithm, EXTERNAL, public.marshal(),
-                          size=self._size_of(algorithm, public))
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+            return TpmKey(algorithm, EXTERNAL, public.marshal(), size=self._size_of(algorithm, public))
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         template = key_template(algorithm, permissions, tpm_generated=False, duplicable=True)
         public = public_from_key(pem, algorithm, template.publicArea.objectAttributes)
         sensitive = sensitive_from_key(pem, algorithm)
@@ -288,9 +300,10 @@ class TPM2Provider(Provider):
         except (ValueError, TypeError) as exc:
             raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed TSS2 key: {exc}") from None
         if tss.parent != _OWNER or not tss.empty_auth:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              "only TSS2 keys under the owner storage key without a password "
-                              "can be imported")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                "only TSS2 keys under the owner storage key without a password can be imported",
+            )
         check_public_matches(tss.public, algorithm)
         return self._new_blob_key(algorithm, tss.public.marshal(), tss.private.marshal())
 
@@ -298,22 +311,28 @@ class TPM2Provider(Provider):
         public_bytes = self.host.call("read_persistent", handle)
         public = TPM2B_PUBLIC.unmarshal(public_bytes)[0]
         check_public_matches(public, algorithm)
-        return TpmKey(algorithm, PERSISTENT, public_bytes, handle=handle,
-                      restricted=is_restricted(public), size=self._size_of(algorithm, public))
+        return TpmKey(
+            algorithm,
+            PERSISTENT,
+            public_bytes,
+            handle=handle,
+            restricted=is_restricted(public),
+            size=self._size_of(algorithm, public),
+        )
 
     def export_public_key(self, key: ProviderKey, fmt: KeyFormat = KeyFormat.SPKI_DER) -> bytes:
         """SubjectPublicKeyInfo (DER or PEM) of an ECDSA or RSA key."""
         tkey = self._key(key)
         if tkey.algorithm not in CURVES and tkey.algorithm not in RSA_KEYS:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{tkey.algorithm} keys have no public key")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{tkey.algorithm} keys have no public key")
         public = TPM2B_PUBLIC.unmarshal(tkey.public)[0]
         if fmt is KeyFormat.SPKI_DER:
             return bytes(public.to_der())
         if fmt is KeyFormat.PEM:
             return bytes(public.to_pem())
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"public keys are exported as SPKI_DER or PEM, not {fmt.value}")
+        raise CryptoError(
+            ErrorCode.INVALID_ARGUMENT, f"public keys are exported as SPKI_DER or PEM, not {fmt.value}"
+        )
 
     def release_key(self, key: ProviderKey) -> None:
         """Flush the key from the TPM (lazily, with the next worker call)."""
@@ -325,15 +344,15 @@ class TPM2Provider(Provider):
         """The key's TPM blobs (or persistent-handle reference) for the key store."""
         return encode_stored(self._key(key))
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: P) -> ProviderKey:
+    def load_stored_key(self, stored: StoredKey, algorithm: str, permissions: P) -> ProviderKey:
         """A key from its stored blobs; it is loaded into the TPM on first use."""
         key = decode_stored(stored, algorithm)
         if key.source == BLOB and key.parent_name != self.info.primary_name:
             raise CryptoError(
                 ErrorCode.ACCESS_DENIED,
                 f"stored {algorithm} key was created under another TPM primary key (another "
-                "TPM, a changed primary_template, or a cleared storage hierarchy)")
+                "TPM, a changed primary_template, or a cleared storage hierarchy)",
+            )
         return key
 
     # --- operations ------------------------------------------------------------------
@@ -351,31 +370,28 @@ class TPM2Provider(Provider):
         self._require(algorithm, Operation.HASH)
         return TpmHash(self.host, HASHES[algorithm], self.info.facts.input_buffer)
 
-    def create_cipher(self, algorithm: str, key: ProviderKey, direction: CipherDirection,
-                      iv: bytes, tag_length: int) -> CipherOperation:
+    def create_cipher(
+        self, algorithm: str, key: ProviderKey, direction: CipherDirection, iv: bytes, tag_length: int
+    ) -> CipherOperation:
         """AES-CFB/CTR/CBC through TPM2_EncryptDecrypt2."""
-        operation = Operation.ENCRYPT if direction is CipherDirection.ENCRYPT \
-            else Operation.DECRYPT
+        operation = Operation.ENCRYPT if direction is CipherDirection.ENCRYPT else Operation.DECRYPT
         self._require(algorithm, operation)
         tkey = self._key(key)
         spec = self.spec(algorithm)
         if tkey.algorithm not in spec.key_algorithms:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} needs a {spec.key_algorithms[0]} key")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{algorithm} needs a {spec.key_algorithms[0]} key")
         spec.check_iv(len(iv))
         mode = algorithm.rsplit("-", 1)[1]
-        return TpmCipher(self.host, tkey, mode, AES_MODES[mode],
-                         direction is CipherDirection.DECRYPT, bytes(iv))
+        return TpmCipher(
+            self.host, tkey, mode, AES_MODES[mode], direction is CipherDirection.DECRYPT, bytes(iv)
+        )
 
-    def _check_sign_args(self, algorithm: str, key: TpmKey, context: bytes,
-                         operation: Operation) -> None:
+    def _check_sign_args(self, algorithm: str, key: TpmKey, context: bytes, operation: Operation) -> None:
         self._require(algorithm, operation)
         if context:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} takes no context string")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{algorithm} takes no context string")
         if key.algorithm not in self.spec(algorithm).key_algorithms:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} cannot use a {key.algorithm} key")
+            raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"{algorithm} cannot use a {key.algorithm} key")
 
     def _scheme(self, algorithm: str) -> tuple[int, str]:
         if algorithm in CURVES:
@@ -390,35 +406,33 @@ class TPM2Provider(Provider):
         if self.spec(algorithm).kind is AlgorithmKind.MAC:
             return TpmMacSigner(self.host, tkey, HASHES[HMACS[algorithm]], limit)
         if not tkey.has_private:
-            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                              "a public key cannot sign")
+            raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED, "a public key cannot sign")
         scheme, hash_name = self._scheme(algorithm)
         if tkey.restricted:
             fixed = signing_scheme(TPM2B_PUBLIC.unmarshal(tkey.public)[0])
             if fixed not in (int(TPM2_ALG.NULL), scheme):
-                raise CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                                  f"this restricted TPM key is bound to another scheme than "
-                                  f"{algorithm}")
+                raise CryptoError(
+                    ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+                    f"this restricted TPM key is bound to another scheme than {algorithm}",
+                )
         return TpmSigner(self.host, tkey, scheme, hash_name, HASHES[hash_name], limit)
 
-    def create_verifier(self, algorithm: str, key: ProviderKey,
-                        context: bytes) -> VerifyOperation:
+    def create_verifier(self, algorithm: str, key: ProviderKey, context: bytes) -> VerifyOperation:
         """HMAC, ECDSA or RSA-PSS verification in the TPM."""
         tkey = self._key(key)
         self._check_sign_args(algorithm, tkey, context, Operation.VERIFY)
         if self.spec(algorithm).kind is AlgorithmKind.MAC:
-            return TpmMacVerifier(self.host, tkey, HASHES[HMACS[algorithm]],
-                                  self.info.facts.input_buffer, self._min_mac)
+            return TpmMacVerifier(
+                self.host, tkey, HASHES[HMACS[algorithm]], self.info.facts.input_buffer, self._min_mac
+            )
         _scheme, hash_name = self._scheme(algorithm)
         if algorithm in CURVES:
             return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name])
         area = TPM2B_PUBLIC.unmarshal(tkey.public)[0].publicArea
         n = int.from_bytes(bytes(area.unique.rsa), "big")
         e = int(area.parameters.rsaDetail.exponent) or 65537
-        return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name],
-                           rsa_public=(n, e))
+        return TpmVerifier(self.host, tkey, algorithm, hash_name, HASHES[hash_name], rsa_public=(n, e))
 
     def kek_source(self) -> KekSource | None:
         """The key store's KEK sealed to this TPM (see :mod:`.kek`)."""
         return TpmSealedKek(self.host, self.info.primary_name)
-

@@ -54,7 +54,7 @@ def pss_salt_length(signature: bytes, n: int, e: int, hash_name: str) -> int | N
     em = m.to_bytes(em_len, "big")
     if em[-1] != 0xBC:
         return None
-    masked_db, digest = em[:em_len - h_len - 1], em[em_len - h_len - 1:-1]
+    masked_db, digest = em[: em_len - h_len - 1], em[em_len - h_len - 1 : -1]
     db = bytearray(a ^ b for a, b in zip(masked_db, _mgf1(digest, len(masked_db), hash_name)))
     db[0] &= 0xFF >> (8 * em_len - em_bits)
     start = next((i for i, byte in enumerate(db) if byte), None)

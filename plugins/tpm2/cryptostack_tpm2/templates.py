@@ -45,8 +45,9 @@ _SIGN_PERMS = P.SIGN | P.VERIFY | P.MAC
 
 
 def _aes128cfb() -> TPMT_SYM_DEF_OBJECT:
-    return TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.AES, keyBits=TPMU_SYM_KEY_BITS(aes=128),
-                               mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB))
+    return TPMT_SYM_DEF_OBJECT(
+        algorithm=TPM2_ALG.AES, keyBits=TPMU_SYM_KEY_BITS(aes=128), mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB)
+    )
 
 
 def primary_template(spec: str) -> TPM2B_PUBLIC:
@@ -59,26 +60,46 @@ def primary_template(spec: str) -> TPM2B_PUBLIC:
     (``ecc384:aes256cfb``) with storage-key attributes.
     """
     if spec == "ecc":
-        return TPM2B_PUBLIC(publicArea=TPMT_PUBLIC(
-            type=TPM2_ALG.ECC, nameAlg=TPM2_ALG.SHA256, objectAttributes=_STORAGE,
-            authPolicy=b"", parameters=TPMU_PUBLIC_PARMS(eccDetail=TPMS_ECC_PARMS(
-                symmetric=_aes128cfb(), scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
-                curveID=CURVES["ECDSA-P256"][0], kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL)))))
+        return TPM2B_PUBLIC(
+            publicArea=TPMT_PUBLIC(
+                type=TPM2_ALG.ECC,
+                nameAlg=TPM2_ALG.SHA256,
+                objectAttributes=_STORAGE,
+                authPolicy=b"",
+                parameters=TPMU_PUBLIC_PARMS(
+                    eccDetail=TPMS_ECC_PARMS(
+                        symmetric=_aes128cfb(),
+                        scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
+                        curveID=CURVES["ECDSA-P256"][0],
+                        kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
+                    )
+                ),
+            )
+        )
     if spec == "rsa":
-        return TPM2B_PUBLIC(publicArea=TPMT_PUBLIC(
-            type=TPM2_ALG.RSA, nameAlg=TPM2_ALG.SHA256, objectAttributes=_STORAGE,
-            authPolicy=b"", parameters=TPMU_PUBLIC_PARMS(rsaDetail=TPMS_RSA_PARMS(
-                symmetric=_aes128cfb(), scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
-                keyBits=2048, exponent=0))))
+        return TPM2B_PUBLIC(
+            publicArea=TPMT_PUBLIC(
+                type=TPM2_ALG.RSA,
+                nameAlg=TPM2_ALG.SHA256,
+                objectAttributes=_STORAGE,
+                authPolicy=b"",
+                parameters=TPMU_PUBLIC_PARMS(
+                    rsaDetail=TPMS_RSA_PARMS(
+                        symmetric=_aes128cfb(),
+                        scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
+                        keyBits=2048,
+                        exponent=0,
+                    )
+                ),
+            )
+        )
     try:
         return TPM2B_PUBLIC.parse(spec, objectAttributes=_STORAGE)
     except (ValueError, TypeError) as exc:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"tpm2: bad primary_template {spec!r}: {exc}") from None
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"tpm2: bad primary_template {spec!r}: {exc}") from None
 
 
-def _attributes(algorithm: str, permissions: P, *, tpm_generated: bool,
-                duplicable: bool) -> int:
+def _attributes(algorithm: str, permissions: P, *, tpm_generated: bool, duplicable: bool) -> int:
     attrs = int(_COMMON)
     if not duplicable:
         attrs |= int(_BOUND)
@@ -90,39 +111,45 @@ def _attributes(algorithm: str, permissions: P, *, tpm_generated: bool,
         if permissions & (P.DECRYPT | P.UNWRAP):
             attrs |= int(A.DECRYPT)
         if not attrs & int(A.SIGN_ENCRYPT | A.DECRYPT):
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"a TPM {algorithm} key needs ENCRYPT or DECRYPT permission")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"a TPM {algorithm} key needs ENCRYPT or DECRYPT permission"
+            )
     else:
         if not permissions & _SIGN_PERMS:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"a TPM {algorithm} key needs SIGN, VERIFY or MAC permission")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"a TPM {algorithm} key needs SIGN, VERIFY or MAC permission"
+            )
         attrs |= int(A.SIGN_ENCRYPT)
     return attrs
 
 
-def key_template(algorithm: str, permissions: P, *, tpm_generated: bool = True,
-                 duplicable: bool = False) -> TPM2B_PUBLIC:
+def key_template(
+    algorithm: str, permissions: P, *, tpm_generated: bool = True, duplicable: bool = False
+) -> TPM2B_PUBLIC:
     """Public area for a new key of canonical key algorithm ``algorithm``.
 
     ``tpm_generated=False`` when the caller supplies the secret (AES/HMAC import through
     TPM2_Create); ``duplicable=True`` for keys brought in with TPM2_Import, which the TPM
     only accepts without ``fixedTPM``/``fixedParent``.
     """
-    attrs = _attributes(algorithm, permissions, tpm_generated=tpm_generated,
-                        duplicable=duplicable)
+    attrs = _attributes(algorithm, permissions, tpm_generated=tpm_generated, duplicable=duplicable)
     public = TPMT_PUBLIC(nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, authPolicy=b"")
     if algorithm in CURVES:
         public.type = TPM2_ALG.ECC
         public.parameters.eccDetail = TPMS_ECC_PARMS(
             symmetric=TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL),
-            scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL), curveID=CURVES[algorithm][0],
-            kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL))
+            scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
+            curveID=CURVES[algorithm][0],
+            kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
+        )
     elif algorithm in RSA_KEYS:
         public.type = TPM2_ALG.RSA
         public.parameters.rsaDetail = TPMS_RSA_PARMS(
             symmetric=TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL),
-            scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL), keyBits=RSA_KEYS[algorithm],
-            exponent=0)
+            scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
+            keyBits=RSA_KEYS[algorithm],
+            exponent=0,
+        )
     elif algorithm.startswith("AES-"):
         public.type = TPM2_ALG.SYMCIPHER
         sym = public.parameters.symDetail.sym
@@ -142,8 +169,9 @@ def key_template(algorithm: str, permissions: P, *, tpm_generated: bool = True,
 def sealed_data_template() -> TPM2B_PUBLIC:
     """Public area of a sealed data object: a keyed-hash object that can neither sign nor
     decrypt, only be unsealed by its parent's TPM."""
-    public = TPMT_PUBLIC(type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256,
-                         objectAttributes=_COMMON | _BOUND, authPolicy=b"")
+    public = TPMT_PUBLIC(
+        type=TPM2_ALG.KEYEDHASH, nameAlg=TPM2_ALG.SHA256, objectAttributes=_COMMON | _BOUND, authPolicy=b""
+    )
     public.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG.NULL
     return TPM2B_PUBLIC(publicArea=public)
 
@@ -164,8 +192,7 @@ def public_from_key(encoded: bytes, algorithm: str, attributes: int) -> TPM2B_PU
     try:
         pub = TPM2B_PUBLIC.from_pem(encoded, objectAttributes=attributes)
     except (ValueError, TypeError) as exc:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"malformed {algorithm} public key: {exc}") from None
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"malformed {algorithm} public key: {exc}") from None
     check_public_matches(pub, algorithm)
     if algorithm in CURVES:
         size = CURVES[algorithm][2]
@@ -188,24 +215,27 @@ def check_public_matches(public: TPM2B_PUBLIC, algorithm: str) -> None:
     """Raise INVALID_ARGUMENT when a TPM public area is not a key of ``algorithm``."""
     area = public.publicArea
     if algorithm in CURVES:
-        ok = (area.type == TPM2_ALG.ECC
-              and area.parameters.eccDetail.curveID == CURVES[algorithm][0])
+        ok = area.type == TPM2_ALG.ECC and area.parameters.eccDetail.curveID == CURVES[algorithm][0]
     elif algorithm in RSA_KEYS:
-        ok = (area.type == TPM2_ALG.RSA
-              and area.parameters.rsaDetail.keyBits == RSA_KEYS[algorithm])
+        ok = area.type == TPM2_ALG.RSA and area.parameters.rsaDetail.keyBits == RSA_KEYS[algorithm]
     elif algorithm.startswith("AES-"):
         sym = area.parameters.symDetail.sym
-        ok = (area.type == TPM2_ALG.SYMCIPHER and sym.algorithm == TPM2_ALG.AES
-              and sym.keyBits.aes == int(algorithm[4:]))
+        ok = (
+            area.type == TPM2_ALG.SYMCIPHER
+            and sym.algorithm == TPM2_ALG.AES
+            and sym.keyBits.aes == int(algorithm[4:])
+        )
     elif algorithm in HMACS:
         scheme = area.parameters.keyedHashDetail.scheme
-        ok = (area.type == TPM2_ALG.KEYEDHASH and scheme.scheme == TPM2_ALG.HMAC
-              and scheme.details.hmac.hashAlg == HASHES[HMACS[algorithm]])
+        ok = (
+            area.type == TPM2_ALG.KEYEDHASH
+            and scheme.scheme == TPM2_ALG.HMAC
+            and scheme.details.hmac.hashAlg == HASHES[HMACS[algorithm]]
+        )
     else:
         ok = False
     if not ok:
-        raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                          f"the TPM key is not a {algorithm} key")
+        raise CryptoError(ErrorCode.INVALID_ARGUMENT, f"the TPM key is not a {algorithm} key")
 
 
 def is_restricted(public: TPM2B_PUBLIC) -> bool:

@@ -86,12 +86,22 @@ class Swtpm:
         for _attempt in range(5):
             log = open(self.directory / "swtpm.log", "ab")  # noqa: SIM115 - owned by Popen
             self.proc = subprocess.Popen(
-                [SWTPM, "socket", "--tpm2",
-                 "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                 "--ctrl", f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
-                 "--tpmstate", f"dir={self.state_dir}",
-                 "--flags", "not-need-init,startup-clear"],
-                stdout=log, stderr=log)
+                [
+                    SWTPM,
+                    "socket",
+                    "--tpm2",
+                    "--server",
+                    f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                    "--ctrl",
+                    f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
+                    "--tpmstate",
+                    f"dir={self.state_dir}",
+                    "--flags",
+                    "not-need-init,startup-clear",
+                ],
+                stdout=log,
+                stderr=log,
+            )
             log.close()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:

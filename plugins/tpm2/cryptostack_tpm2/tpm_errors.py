@@ -31,12 +31,24 @@ def tpm_error(exc: TSS2_Exception) -> int:
     return int(exc.error) if not int(exc.rc) & _LAYER_MASK else -1
 
 
-_KEY_REFUSED = frozenset(int(c) for c in (TPM2_RC.ATTRIBUTES, TPM2_RC.KEY, TPM2_RC.TYPE,
-                                          TPM2_RC.SCHEME))
-_BAD_INPUT = frozenset(int(c) for c in (TPM2_RC.VALUE, TPM2_RC.SIZE, TPM2_RC.ECC_POINT,
-                                        TPM2_RC.KEY_SIZE, TPM2_RC.CURVE, TPM2_RC.HASH,
-                                        TPM2_RC.SYMMETRIC, TPM2_RC.MODE, TPM2_RC.ASYMMETRIC,
-                                        TPM2_RC.KDF, TPM2_RC.BINDING, TPM2_RC.NO_RESULT))
+_KEY_REFUSED = frozenset(int(c) for c in (TPM2_RC.ATTRIBUTES, TPM2_RC.KEY, TPM2_RC.TYPE, TPM2_RC.SCHEME))
+_BAD_INPUT = frozenset(
+    int(c)
+    for c in (
+        TPM2_RC.VALUE,
+        TPM2_RC.SIZE,
+        TPM2_RC.ECC_POINT,
+        TPM2_RC.KEY_SIZE,
+        TPM2_RC.CURVE,
+        TPM2_RC.HASH,
+        TPM2_RC.SYMMETRIC,
+        TPM2_RC.MODE,
+        TPM2_RC.ASYMMETRIC,
+        TPM2_RC.KDF,
+        TPM2_RC.BINDING,
+        TPM2_RC.NO_RESULT,
+    )
+)
 
 
 def translate(exc: TSS2_Exception, command: str) -> CryptoError:
@@ -44,21 +56,27 @@ def translate(exc: TSS2_Exception, command: str) -> CryptoError:
     error = tpm_error(exc)
     text = f"TPM {command}: {exc} (rc 0x{int(exc.rc):x})"
     if error == int(TPM2_RC.LOCKOUT):
-        return CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                           f"{text}; the TPM is in dictionary-attack lockout "
-                           "(tpm2_dictionarylockout --clear-lockout, or wait)")
+        return CryptoError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"{text}; the TPM is in dictionary-attack lockout "
+            "(tpm2_dictionarylockout --clear-lockout, or wait)",
+        )
     if error == int(TPM2_RC.INTEGRITY):
-        return CryptoError(ErrorCode.ACCESS_DENIED,
-                           f"{text}; the key blob was made by another TPM or under another "
-                           "primary key (or the TPM's storage hierarchy was cleared)")
+        return CryptoError(
+            ErrorCode.ACCESS_DENIED,
+            f"{text}; the key blob was made by another TPM or under another "
+            "primary key (or the TPM's storage hierarchy was cleared)",
+        )
     if error in (int(TPM2_RC.AUTH_FAIL), int(TPM2_RC.BAD_AUTH)):
         return CryptoError(ErrorCode.ACCESS_DENIED, f"{text}; wrong hierarchy or key auth value")
     if error == int(TPM2_RC.OBJECT_MEMORY):
         return CryptoError(ErrorCode.RESOURCE_EXHAUSTED, text)
     if error == int(TPM2_RC.TICKET):
-        return CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED,
-                           f"{text}; a restricted key signs only digests of messages that do "
-                           "not start with TPM_GENERATED_VALUE (0xff544347)")
+        return CryptoError(
+            ErrorCode.KEY_OPERATION_NOT_PERMITTED,
+            f"{text}; a restricted key signs only digests of messages that do "
+            "not start with TPM_GENERATED_VALUE (0xff544347)",
+        )
     if error in _KEY_REFUSED:
         return CryptoError(ErrorCode.KEY_OPERATION_NOT_PERMITTED, text)
     if error in _BAD_INPUT:

@@ -102,32 +102,37 @@ class TpmWorker(WorkerBackend):
         try:
             self.ectx = ESAPI(config.tcti)
         except TSS2_Exception as exc:
-            raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                              f"cannot connect to the TPM at {config.tcti!r}: {exc}") from None
+            raise CryptoError(
+                ErrorCode.PROVIDER_UNAVAILABLE, f"cannot connect to the TPM at {config.tcti!r}: {exc}"
+            ) from None
         self._startup_if_needed()
         if config.owner_auth is not None:
             self.ectx.tr_set_auth(ESYS_TR.OWNER, config.owner_auth)
         if config.lockout_auth is not None:
             self.ectx.tr_set_auth(ESYS_TR.LOCKOUT, config.lockout_auth)
         if config.reset_lockout:
-            self._run("DictionaryAttackLockReset",
-                      lambda: self.ectx.dictionary_attack_lock_reset(ESYS_TR.LOCKOUT))
+            self._run(
+                "DictionaryAttackLockReset", lambda: self.ectx.dictionary_attack_lock_reset(ESYS_TR.LOCKOUT)
+            )
         flushed = self._flush_leftovers() if config.flush_transient else 0
         self.facts = discover(self.ectx)
         self._template = primary_template(config.primary_template)
         self._primary_public: Any = None
         capacity = config.max_loaded or self.facts.transient_slots
-        self.table = ObjectTable(self.ectx, capacity, self._create_primary,
-                                 config.primary_handle)
+        self.table = ObjectTable(self.ectx, capacity, self._create_primary, config.primary_handle)
         self._run("CreatePrimary", self.table.primary)
         if config.primary_handle is not None:
             public = self._run("ReadPublic", lambda: self.ectx.read_public(self.table.primary()))
             self._primary_public = public[0]
         self.table.end_request()
         self._info = WorkerInfo(
-            facts=self.facts, primary_name=bytes(self._primary_public.get_name()),
-            primary_public=self._primary_public.marshal(), pid=os.getpid(),
-            flushed_leftovers=flushed, capacity=self.table.capacity)
+            facts=self.facts,
+            primary_name=bytes(self._primary_public.get_name()),
+            primary_public=self._primary_public.marshal(),
+            pid=os.getpid(),
+            flushed_leftovers=flushed,
+            capacity=self.table.capacity,
+        )
 
     def info(self) -> WorkerInfo:
         """What the provider learns at start."""
@@ -145,9 +150,9 @@ class TpmWorker(WorkerBackend):
             self.ectx.get_capability(TPM2_CAP.TPM_PROPERTIES, TPM2_PT.MANUFACTURER, 1)
         except TSS2_Exception as exc:
             if int(exc.error) != int(TPM2_RC.INITIALIZE):
-                raise CryptoError(ErrorCode.PROVIDER_UNAVAILABLE,
-                                  f"TPM at {self._config.tcti!r} does not answer: {exc}") \
-                    from None
+                raise CryptoError(
+                    ErrorCode.PROVIDER_UNAVAILABLE, f"TPM at {self._config.tcti!r} does not answer: {exc}"
+                ) from None
             self.ectx.startup(TPM2_SU.CLEAR)
 
     def _transient_handles(self) -> list[int]:
@@ -163,14 +168,14 @@ class TpmWorker(WorkerBackend):
         tcti = self.ectx.tcti
         handles = self._transient_handles()
         for handle in handles:
-            tcti.transmit(struct.pack(">HIII", _TPM_ST_NO_SESSIONS, 14, _TPM_CC_FLUSH_CONTEXT,
-                                      handle))
+            tcti.transmit(struct.pack(">HIII", _TPM_ST_NO_SESSIONS, 14, _TPM_CC_FLUSH_CONTEXT, handle))
             tcti.receive()
         return len(handles)
 
     def _create_primary(self) -> Any:
         handle, public, _data, _digest, _ticket = self.ectx.create_primary(
-            None, self._template, ESYS_TR.OWNER)
+            None, self._template, ESYS_TR.OWNER
+        )
         self._primary_public = public
         return handle
 
@@ -215,12 +220,12 @@ class TpmWorker(WorkerBackend):
             except CryptoError:
                 raise
             except Exception as exc:  # noqa: BLE001 - must reach the provider
-                raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                                  f"TPM worker {op}: {type(exc).__name__}: {exc}") from None
+                raise CryptoError(
+                    ErrorCode.PROVIDER_ERROR, f"TPM worker {op}: {type(exc).__name__}: {exc}"
+                ) from None
             finally:
                 self.table.end_request()
-        raise CryptoError(ErrorCode.PROVIDER_ERROR,
-                          f"TPM {op}: the TPM keeps losing its objects")
+        raise CryptoError(ErrorCode.PROVIDER_ERROR, f"TPM {op}: the TPM keeps losing its objects")
 
     def _invalidate(self) -> None:
         self.table.invalidate()
@@ -236,9 +241,13 @@ class TpmWorker(WorkerBackend):
     # --- handlers: one per worker call ------------------------------------------------
     def op_ping(self) -> dict[str, int]:
         """Liveness and cache statistics."""
-        return {"pid": os.getpid(), "loads": self.table.loads,
-                "evictions": self.table.evictions, "capacity": self.table.capacity,
-                "transient_in_tpm": len(self._transient_handles())}
+        return {
+            "pid": os.getpid(),
+            "loads": self.table.loads,
+            "evictions": self.table.evictions,
+            "capacity": self.table.capacity,
+            "transient_in_tpm": len(self._transient_handles()),
+        }
 
     def op_echo(self, value: Any) -> Any:
         """No TPM command: measures the pipe round trip alone."""
@@ -256,7 +265,7 @@ class TpmWorker(WorkerBackend):
 
     def _chunks(self, data: bytes) -> list[bytes]:
         size = self.facts.input_buffer
-        return [data[i:i + size] for i in range(0, len(data), size)]
+        return [data[i : i + size] for i in range(0, len(data), size)]
 
     def _ticket_hierarchy(self, ticket: bool) -> Any:
         return ESYS_TR.OWNER if ticket else ESYS_TR.NULL
@@ -302,8 +311,7 @@ class TpmWorker(WorkerBackend):
         for chunk in self._chunks(data):
             self.ectx.sequence_update(handle, chunk)
 
-    def op_seq_finish(self, seq_id: int, data: bytes,
-                      ticket: bool) -> tuple[bytes, bytes | None]:
+    def op_seq_finish(self, seq_id: int, data: bytes, ticket: bool) -> tuple[bytes, bytes | None]:
         """Absorb the rest and complete: (digest or MAC, ticket or None)."""
         handle = self.table.sequence(seq_id)
         chunks = self._chunks(data)
@@ -320,8 +328,7 @@ class TpmWorker(WorkerBackend):
         public = TPM2B_PUBLIC.unmarshal(template)[0]
         sensitive = None
         if secret is not None:
-            sensitive = TPM2B_SENSITIVE_CREATE(
-                TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
+            sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
         parent = self.table.primary()
         self.table.make_room(1)  # TPM2_Create builds the object in a scratch slot
         private, out_public, *_ = self.ectx.create(parent, sensitive, public)
@@ -336,8 +343,9 @@ class TpmWorker(WorkerBackend):
         parent = self.table.primary()
         self.table.make_room(1)  # TPM2_Import unwraps into a scratch slot
         enc_key, duplicate, seed = wrap(self._primary_public.publicArea, pub, sens, None, None)
-        private = self.ectx.import_(parent, enc_key, pub, duplicate, seed,
-                                    TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL))
+        private = self.ectx.import_(
+            parent, enc_key, pub, duplicate, seed, TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
+        )
         return bytes(private.marshal())
 
     def op_read_persistent(self, handle: int) -> bytes:
@@ -345,17 +353,18 @@ class TpmWorker(WorkerBackend):
         try:
             tr = self.ectx.tr_from_tpmpublic(handle)
         except TSS2_Exception as exc:
-            raise CryptoError(ErrorCode.RESOURCE_NOT_FOUND,
-                              f"no object at TPM persistent handle 0x{handle:08x}: {exc}") \
-                from None
+            raise CryptoError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"no object at TPM persistent handle 0x{handle:08x}: {exc}"
+            ) from None
         try:
             public, _name, _qualified = self.ectx.read_public(tr)
         finally:
             self.ectx.tr_close(tr)
         return bytes(public.marshal())
 
-    def op_sign(self, ref: Any, digest: bytes, scheme: int, hash_alg: int,
-                ticket: bytes | None) -> tuple[Any, ...]:
+    def op_sign(
+        self, ref: Any, digest: bytes, scheme: int, hash_alg: int, ticket: bytes | None
+    ) -> tuple[Any, ...]:
         """TPM2_Sign of a digest: ("ecdsa", r, s) or ("rsapss", signature)."""
         key = self.table.key(ref)
         in_scheme = TPMT_SIG_SCHEME(scheme=scheme)
@@ -366,14 +375,12 @@ class TpmWorker(WorkerBackend):
             validation = TPMT_TK_HASHCHECK.unmarshal(ticket)[0]
         sig = self.ectx.sign(key, digest, in_scheme, validation)
         if sig.sigAlg == TPM2_ALG.ECDSA:
-            return ("ecdsa", bytes(sig.signature.ecdsa.signatureR),
-                    bytes(sig.signature.ecdsa.signatureS))
+            return ("ecdsa", bytes(sig.signature.ecdsa.signatureR), bytes(sig.signature.ecdsa.signatureS))
         if sig.sigAlg == TPM2_ALG.RSAPSS:
             return ("rsapss", bytes(sig.signature.rsapss.sig))
         raise CryptoError(ErrorCode.PROVIDER_ERROR, f"unexpected TPM signature {sig.sigAlg}")
 
-    def op_verify(self, ref: Any, digest: bytes, signature: tuple[Any, ...],
-                  hash_alg: int) -> bool:
+    def op_verify(self, ref: Any, digest: bytes, signature: tuple[Any, ...], hash_alg: int) -> bool:
         """TPM2_VerifySignature: True if valid; False for any signature the TPM rejects."""
         key = self.table.key(ref)
         if signature[0] == "ecdsa":
@@ -406,8 +413,7 @@ class TpmWorker(WorkerBackend):
             return False
         return int(rc) == int(TPM2_RC.SUCCESS)
 
-    def op_cipher(self, ref: Any, decrypt: bool, mode: int, iv: bytes,
-                  data: bytes) -> tuple[bytes, bytes]:
+    def op_cipher(self, ref: Any, decrypt: bool, mode: int, iv: bytes, data: bytes) -> tuple[bytes, bytes]:
         """TPM2_EncryptDecrypt2 (or EncryptDecrypt) over ``data``: (output, next IV).
         The provider sends whole blocks except at the end of a message."""
         key = self.table.key(ref)
@@ -431,8 +437,9 @@ class TpmWorker(WorkerBackend):
         parent = self.table.primary()
         self.table.make_room(1)
         try:
-            handle = self.ectx.load(parent, TPM2B_PRIVATE.unmarshal(private)[0],
-                                    TPM2B_PUBLIC.unmarshal(public)[0])
+            handle = self.ectx.load(
+                parent, TPM2B_PRIVATE.unmarshal(private)[0], TPM2B_PUBLIC.unmarshal(public)[0]
+            )
         except TSS2_Exception as exc:
             raise translate(exc, "Load (sealed data)") from None
         try:

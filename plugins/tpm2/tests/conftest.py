@@ -43,8 +43,7 @@ def provider_options(sim: Swtpm, **extra: Any) -> dict[str, Any]:
     return {"tcti": sim.tcti, "reset_lockout": True, **extra}
 
 
-def new_provider(sim: Swtpm, directory: Path, provider_id: int = 7,
-                 **options: Any) -> TPM2Provider:
+def new_provider(sim: Swtpm, directory: Path, provider_id: int = 7, **options: Any) -> TPM2Provider:
     """A started provider on ``sim`` (the testing kit's :func:`start_provider`)."""
     provider = start_provider("tpm2", directory, provider_id, **provider_options(sim, **options))
     assert isinstance(provider, TPM2Provider)
@@ -63,8 +62,10 @@ def tpm(swtpm: Swtpm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TPM2
 def make_provider(cryptostack_provider_factory: ProviderFactory) -> Callable[..., TPM2Provider]:
     """``make_provider(sim, **options)``: start a provider; the testing kit's factory closes
     them all at teardown."""
+
     def make(sim: Swtpm, **options: Any) -> TPM2Provider:
         provider = cryptostack_provider_factory("tpm2", 7, **provider_options(sim, **options))
         assert isinstance(provider, TPM2Provider)
         return provider
+
     return make

@@ -23,13 +23,19 @@ def _config(sim: Swtpm, tpm: dict[str, Any], **daemon: Any) -> dict[str, Any]:
     return {
         "daemon": daemon,
         "providers": [
-            {"name": "tpm2", "id": TPM, "options": {
-                "tcti": sim.tcti, "reset_lockout": True, **tpm}},
+            {"name": "tpm2", "id": TPM, "options": {"tcti": sim.tcti, "reset_lockout": True, **tpm}},
             {"name": "openssl", "id": SOFT, "options": {}},
         ],
-        "key_slots": [{"name": "SoftKey", "algorithm": "AES-256", "provider": SOFT,
-                       "compatible_providers": [SOFT], "provision": "generate",
-                       "permissions": ["encrypt", "decrypt"]}],
+        "key_slots": [
+            {
+                "name": "SoftKey",
+                "algorithm": "AES-256",
+                "provider": SOFT,
+                "compatible_providers": [SOFT],
+                "provision": "generate",
+                "permissions": ["encrypt", "decrypt"],
+            }
+        ],
     }
 
 
@@ -42,8 +48,9 @@ def test_a_hung_tpm_delays_only_tpm_clients(tmp_path: Path, fresh_swtpm: Swtpm) 
         def stuck() -> None:  # the TPM's only worker thread waits on a hung TPM
             with daemon.stack(timeout=4.0) as stack:
                 try:
-                    stack.create_crypto_context().create_key_management_context() \
-                        .generate_random(77)  # the TPM: preferred
+                    stack.create_crypto_context().create_key_management_context().generate_random(
+                        77
+                    )  # the TPM: preferred
                 except cs.CryptoError:
                     pass
             stuck_done.set()
@@ -56,8 +63,11 @@ def test_a_hung_tpm_delays_only_tpm_clients(tmp_path: Path, fresh_swtpm: Swtpm) 
             ctx = stack.create_crypto_context()
             slot = ctx.resolve_resource("SoftKey", cs.ResourceType.KEY_SLOT)
             enc = ctx.create_cipher_context(
-                cs.CipherContextConfig().set_algorithm("AES-256-GCM").set_key(slot)
-                .set_direction(cs.CipherDirection.ENCRYPT))
+                cs.CipherContextConfig()
+                .set_algorithm("AES-256-GCM")
+                .set_key(slot)
+                .set_direction(cs.CipherDirection.ENCRYPT)
+            )
             enc.init(bytes(12))
             assert len(enc.update(b"m") + enc.finalize()) == 17
             km = ctx.create_key_management_context()
@@ -71,8 +81,7 @@ def test_a_hung_tpm_delays_only_tpm_clients(tmp_path: Path, fresh_swtpm: Swtpm) 
         assert "Traceback" not in daemon.log_text()
 
 
-def test_large_tpm_randomness_lets_other_tpm_clients_through(
-        tmp_path: Path, fresh_swtpm: Swtpm) -> None:
+def test_large_tpm_randomness_lets_other_tpm_clients_through(tmp_path: Path, fresh_swtpm: Swtpm) -> None:
     with DaemonProcess(tmp_path / "d", _config(fresh_swtpm, {})) as daemon:
         big_started = threading.Event()
         big: list[float] = []

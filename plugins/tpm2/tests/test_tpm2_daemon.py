@@ -22,16 +22,28 @@ P = cs.KeyOperationPermission
 
 
 def _config(sim: Swtpm, **options: Any) -> dict[str, Any]:
-    return {"providers": [{"name": "tpm2", "id": PROVIDER_ID,
-                           "options": {"tcti": sim.tcti, "reset_lockout": True, **options}}],
-            "key_slots": [{"name": "DeviceKey", "algorithm": "ECDSA-P256",
-                           "provider": PROVIDER_ID, "permissions": ["sign", "verify"],
-                           "provision": "generate"}]}
+    return {
+        "providers": [
+            {
+                "name": "tpm2",
+                "id": PROVIDER_ID,
+                "options": {"tcti": sim.tcti, "reset_lockout": True, **options},
+            }
+        ],
+        "key_slots": [
+            {
+                "name": "DeviceKey",
+                "algorithm": "ECDSA-P256",
+                "provider": PROVIDER_ID,
+                "permissions": ["sign", "verify"],
+                "provision": "generate",
+            }
+        ],
+    }
 
 
 def _sign(ctx: cs.CryptoContext, key: Any, message: bytes) -> bytes:
-    with ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                 .set_key(key)) as signer:
+    with ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(key)) as signer:
         signer.init()
         signer.update(message)
         signature: bytes = signer.sign_finalize()
@@ -104,14 +116,32 @@ def test_many_slots_many_clients_cross_checked_by_openssl(sim: Swtpm, tmp_path: 
     import random
     import threading
 
-    slots = [{"name": f"Tpm{i}", "algorithm": "ECDSA-P256", "provider": PROVIDER_ID,
-              "permissions": ["sign", "verify"], "provision": "generate"} for i in range(11)]
-    slots.append({"name": "TpmRsa", "algorithm": "RSA-2048", "provider": PROVIDER_ID,
-                  "permissions": ["sign", "verify"], "provision": "generate"})
-    config = {"providers": [{"name": "openssl", "id": 2, "options": {}},
-                            {"name": "tpm2", "id": PROVIDER_ID,
-                             "options": {"tcti": sim.tcti, "reset_lockout": True}}],
-              "key_slots": slots}
+    slots = [
+        {
+            "name": f"Tpm{i}",
+            "algorithm": "ECDSA-P256",
+            "provider": PROVIDER_ID,
+            "permissions": ["sign", "verify"],
+            "provision": "generate",
+        }
+        for i in range(11)
+    ]
+    slots.append(
+        {
+            "name": "TpmRsa",
+            "algorithm": "RSA-2048",
+            "provider": PROVIDER_ID,
+            "permissions": ["sign", "verify"],
+            "provision": "generate",
+        }
+    )
+    config = {
+        "providers": [
+            {"name": "openssl", "id": 2, "options": {}},
+            {"name": "tpm2", "id": PROVIDER_ID, "options": {"tcti": sim.tcti, "reset_lockout": True}},
+        ],
+        "key_slots": slots,
+    }
     errors: list[BaseException] = []
     verified = [0]
     with DaemonProcess(tmp_path / "daemon", config) as daemon:
@@ -127,21 +157,27 @@ def test_many_slots_many_clients_cross_checked_by_openssl(sim: Swtpm, tmp_path: 
                         slot = ctx.resolve_resource(name, cs.ResourceType.KEY_SLOT)
                         message = rng.randbytes(rng.randrange(1, 2000))
                         with km.load_key(slot) as key:
-                            with ctx.create_sign_context(cs.SignContextConfig()
-                                                         .set_algorithm(algorithm)
-                                                         .set_key(key)) as signer:
+                            with ctx.create_sign_context(
+                                cs.SignContextConfig().set_algorithm(algorithm).set_key(key)
+                            ) as signer:
                                 signature = signer.sign(message)
                             spki = km.export_public_key(key)
-                        params = (cs.ImportKeyParams()
-                                  .set_algorithm("RSA-2048" if name == "TpmRsa"
-                                                 else "ECDSA-P256")
-                                  .set_material(spki, cs.KeyFormat.SPKI_DER))
+                        params = (
+                            cs.ImportKeyParams()
+                            .set_algorithm("RSA-2048" if name == "TpmRsa" else "ECDSA-P256")
+                            .set_material(spki, cs.KeyFormat.SPKI_DER)
+                        )
                         params.set_permissions(P.VERIFY)
                         params.set_provider(2)
-                        with km.import_key(params) as public, \
-                                ctx.create_verify_context(
-                                    cs.VerifyContextConfig().set_algorithm(algorithm)
-                                    .set_key(public).set_provider(2)) as verifier:
+                        with (
+                            km.import_key(params) as public,
+                            ctx.create_verify_context(
+                                cs.VerifyContextConfig()
+                                .set_algorithm(algorithm)
+                                .set_key(public)
+                                .set_provider(2)
+                            ) as verifier,
+                        ):
                             assert verifier.verify(message, signature)
                             assert not verifier.verify(message + b"x", signature)
                         if algorithm == "ECDSA-P256":

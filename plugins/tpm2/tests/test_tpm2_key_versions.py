@@ -28,13 +28,25 @@ TPM = 5
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     sim = Swtpm(tmp_path / "swtpm").start()
-    config = {"providers": [{"name": "tpm2", "id": TPM,
-                             "options": {"tcti": sim.tcti, "reset_lockout": True}}],
-              "key_slots": [
-                  {"name": "TpmAes", "algorithm": "AES-256", "provider": TPM,
-                   "permissions": ["encrypt", "decrypt"], "provision": "generate"},
-                  {"name": "TpmEc", "algorithm": "ECDSA-P256", "provider": TPM,
-                   "permissions": ["sign", "verify"], "provision": "generate"}]}
+    config = {
+        "providers": [{"name": "tpm2", "id": TPM, "options": {"tcti": sim.tcti, "reset_lockout": True}}],
+        "key_slots": [
+            {
+                "name": "TpmAes",
+                "algorithm": "AES-256",
+                "provider": TPM,
+                "permissions": ["encrypt", "decrypt"],
+                "provision": "generate",
+            },
+            {
+                "name": "TpmEc",
+                "algorithm": "ECDSA-P256",
+                "provider": TPM,
+                "permissions": ["sign", "verify"],
+                "provision": "generate",
+            },
+        ],
+    }
     try:
         with DaemonProcess(tmp_path / "d", config) as process:
             yield process
@@ -43,13 +55,13 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
 
 
 def _new(algorithm: str, perms: cs.KeyOperationPermission) -> Callable[[Any], Any]:
-    return lambda km: km.generate_key(cs.GenerateKeyParams().set_algorithm(algorithm)
-                                      .set_permissions(perms).set_provider(TPM))
+    return lambda km: km.generate_key(
+        cs.GenerateKeyParams().set_algorithm(algorithm).set_permissions(perms).set_provider(TPM)
+    )
 
 
 def _signer(ctx: cs.CryptoContext, key: Any) -> tuple[Callable[[], None], Callable[[], None]]:
-    sign = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256")
-                                   .set_key(key))
+    sign = ctx.create_sign_context(cs.SignContextConfig().set_algorithm("ECDSA-P256").set_key(key))
 
     def once() -> None:
         assert sign.sign(os.urandom(16))
@@ -59,12 +71,11 @@ def _signer(ctx: cs.CryptoContext, key: Any) -> tuple[Callable[[], None], Callab
 
 def test_old_ciphertext_decrypts_after_rotation(daemon: DaemonProcess) -> None:
     with daemon.stack() as stack:
-        check_rotation(stack, "TpmAes", "AES-256-CBC", _new("AES-256", P.ENCRYPT | P.DECRYPT),
-                       iv_size=16)
+        check_rotation(stack, "TpmAes", "AES-256-CBC", _new("AES-256", P.ENCRYPT | P.DECRYPT), iv_size=16)
 
 
 def test_holders_survive_repersist_and_clear(daemon: DaemonProcess) -> None:
-    check_holders_survive(daemon.stack, "TpmEc", _new("ECDSA-P256", P.SIGN | P.VERIFY),
-                          _signer)
-    check_holders_survive(daemon.stack, "TpmAes", _new("AES-256", P.ENCRYPT | P.DECRYPT),
-                          cipher_user("AES-256-CBC", 16))
+    check_holders_survive(daemon.stack, "TpmEc", _new("ECDSA-P256", P.SIGN | P.VERIFY), _signer)
+    check_holders_survive(
+        daemon.stack, "TpmAes", _new("AES-256", P.ENCRYPT | P.DECRYPT), cipher_user("AES-256-CBC", 16)
+    )

@@ -40,8 +40,7 @@ def test_persist_returns_tpm_blobs_not_secrets(tpm: TPM2Provider) -> None:
     assert isinstance(stored, StoredKey) and stored.secret is False
     again = tpm.load_stored_key(stored, "ECDSA-P256", P.SIGN | P.VERIFY)
     assert tpm.export_public_key(again) == tpm.export_public_key(key)
-    _public(tpm, key).verify(_sign(tpm, "ECDSA-P256", again, b"m"), b"m",
-                             ec.ECDSA(hashes.SHA256()))
+    _public(tpm, key).verify(_sign(tpm, "ECDSA-P256", again, b"m"), b"m", ec.ECDSA(hashes.SHA256()))
     _sign(tpm, "ECDSA-P256", key, b"copy semantics: the original still works")
     with pytest.raises(CryptoError) as err:
         tpm.load_stored_key(stored, "ECDSA-P384", P.SIGN)
@@ -59,8 +58,7 @@ def test_many_keys_interleaved_from_many_threads(tpm: TPM2Provider) -> None:
     secrets = [os.urandom(32) for _ in range(2)]
     macs = [tpm.import_key("HMAC-SHA-256", s, KeyFormat.RAW, P.MAC | P.SIGN) for s in secrets]
     aes_secret = os.urandom(32)
-    aes = [tpm.import_key("AES-256", aes_secret, KeyFormat.RAW, P.ENCRYPT | P.DECRYPT)
-           for _ in range(2)]
+    aes = [tpm.import_key("AES-256", aes_secret, KeyFormat.RAW, P.ENCRYPT | P.DECRYPT) for _ in range(2)]
     publics = {id(k): _public(tpm, k) for k in ecdsa + p384}
     before = tpm.host.call("ping")
     errors: list[BaseException] = []
@@ -73,25 +71,27 @@ def test_many_keys_interleaved_from_many_threads(tpm: TPM2Provider) -> None:
                 message = os.urandom(rng.randrange(1, 3000))
                 if kind == 0:
                     key = rng.choice(ecdsa)
-                    publics[id(key)].verify(_sign(tpm, "ECDSA-P256", key, message), message,
-                                            ec.ECDSA(hashes.SHA256()))
+                    publics[id(key)].verify(
+                        _sign(tpm, "ECDSA-P256", key, message), message, ec.ECDSA(hashes.SHA256())
+                    )
                 elif kind == 1:
                     key = rng.choice(p384)
-                    publics[id(key)].verify(_sign(tpm, "ECDSA-P384", key, message), message,
-                                            ec.ECDSA(hashes.SHA384()))
+                    publics[id(key)].verify(
+                        _sign(tpm, "ECDSA-P384", key, message), message, ec.ECDSA(hashes.SHA384())
+                    )
                 elif kind == 2:
                     i = rng.randrange(2)
                     import hmac
 
-                    assert _sign(tpm, "HMAC-SHA-256", macs[i], message) == \
-                        hmac.new(secrets[i], message, "sha256").digest()
+                    assert (
+                        _sign(tpm, "HMAC-SHA-256", macs[i], message)
+                        == hmac.new(secrets[i], message, "sha256").digest()
+                    )
                 else:
                     iv = os.urandom(16)
-                    enc = tpm.create_cipher("AES-256-CTR", rng.choice(aes),
-                                            CipherDirection.ENCRYPT, iv, 16)
+                    enc = tpm.create_cipher("AES-256-CTR", rng.choice(aes), CipherDirection.ENCRYPT, iv, 16)
                     ct = enc.update(message) + enc.finalize()
-                    dec = tpm.create_cipher("AES-256-CTR", rng.choice(aes),
-                                            CipherDirection.DECRYPT, iv, 16)
+                    dec = tpm.create_cipher("AES-256-CTR", rng.choice(aes), CipherDirection.DECRYPT, iv, 16)
                     assert dec.update(ct) + dec.finalize() == message
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -111,9 +111,9 @@ def test_many_keys_interleaved_from_many_threads(tpm: TPM2Provider) -> None:
     assert tpm.host.call("ping")["transient_in_tpm"] <= 1  # only the primary may stay
 
 
-def test_stored_key_of_another_tpm_is_refused(tmp_path: object, fresh_swtpm: Swtpm,
-                                              tpm: TPM2Provider,
-                                              make_provider: Callable[..., TPM2Provider]) -> None:
+def test_stored_key_of_another_tpm_is_refused(
+    tmp_path: object, fresh_swtpm: Swtpm, tpm: TPM2Provider, make_provider: Callable[..., TPM2Provider]
+) -> None:
     other = make_provider(fresh_swtpm)
     stored = other.persist_key(other.generate_key("ECDSA-P256", P.SIGN), "Slot")
     with pytest.raises(CryptoError) as err:
@@ -140,8 +140,14 @@ def _deploy_keys(sim: Swtpm) -> bytes:
         ectx.evict_control(ESYS_TR.OWNER, primary, PERSISTENT_SRK)
         template = TPM2B_PUBLIC.parse(
             "ecc256:ecdsa-sha256",
-            objectAttributes=A.USERWITHAUTH | A.NODA | A.FIXEDTPM | A.FIXEDPARENT
-            | A.SENSITIVEDATAORIGIN | A.RESTRICTED | A.SIGN_ENCRYPT)
+            objectAttributes=A.USERWITHAUTH
+            | A.NODA
+            | A.FIXEDTPM
+            | A.FIXEDPARENT
+            | A.SENSITIVEDATAORIGIN
+            | A.RESTRICTED
+            | A.SIGN_ENCRYPT,
+        )
         assert template.publicArea.parameters.eccDetail.scheme.scheme == TPM2_ALG.ECDSA
         template.publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG.NULL
         private, public, *_ = ectx.create(primary, None, template)
@@ -153,19 +159,20 @@ def _deploy_keys(sim: Swtpm) -> bytes:
 
 
 def test_pre_deployed_restricted_key_and_persistent_primary(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     spki = _deploy_keys(fresh_swtpm)
     tpm = make_provider(fresh_swtpm, primary_handle=hex(PERSISTENT_SRK))
-    key = tpm.import_key("ECDSA-P256", f"tpm2-persistent:0x{PERSISTENT_KEY:08x}".encode(),
-                         KeyFormat.RAW, P.SIGN | P.VERIFY)
+    key = tpm.import_key(
+        "ECDSA-P256", f"tpm2-persistent:0x{PERSISTENT_KEY:08x}".encode(), KeyFormat.RAW, P.SIGN | P.VERIFY
+    )
     assert key.has_private and tpm.export_public_key(key) == spki
     public = serialization.load_der_public_key(spki)
     assert isinstance(public, ec.EllipticCurvePublicKey)
     # A restricted key signs only TPM-computed digests: the provider hashes in the TPM
     # (with a ticket), short and long messages alike.
     for message in (b"short", os.urandom(70_000)):
-        public.verify(_sign(tpm, "ECDSA-P256", key, message), message,
-                      ec.ECDSA(hashes.SHA256()))
+        public.verify(_sign(tpm, "ECDSA-P256", key, message), message, ec.ECDSA(hashes.SHA256()))
     with pytest.raises(CryptoError) as err:
         _sign(tpm, "ECDSA-P256", key, b"\xffTCG forged attestation")
     assert err.value.code is ErrorCode.KEY_OPERATION_NOT_PERMITTED
@@ -176,11 +183,11 @@ def test_pre_deployed_restricted_key_and_persistent_primary(
     tpm.delete_stored_key(stored)  # not ours to evict: the key stays
     public.verify(_sign(tpm, "ECDSA-P256", again, b"m"), b"m", ec.ECDSA(hashes.SHA256()))
     ephemeral = tpm.generate_key("ECDSA-P384", P.SIGN)
-    _public(tpm, ephemeral).verify(_sign(tpm, "ECDSA-P384", ephemeral, b"x"), b"x",
-                                   ec.ECDSA(hashes.SHA384()))
+    _public(tpm, ephemeral).verify(_sign(tpm, "ECDSA-P384", ephemeral, b"x"), b"x", ec.ECDSA(hashes.SHA384()))
     with pytest.raises(CryptoError) as err:  # wrong algorithm for that handle
-        tpm.import_key("ECDSA-P384", f"tpm2-persistent:0x{PERSISTENT_KEY:08x}".encode(),
-                       KeyFormat.RAW, P.SIGN)
+        tpm.import_key(
+            "ECDSA-P384", f"tpm2-persistent:0x{PERSISTENT_KEY:08x}".encode(), KeyFormat.RAW, P.SIGN
+        )
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
     with pytest.raises(CryptoError) as err:
         tpm.import_key("ECDSA-P256", b"tpm2-persistent:0x81000fff", KeyFormat.RAW, P.SIGN)
@@ -188,7 +195,8 @@ def test_pre_deployed_restricted_key_and_persistent_primary(
 
 
 def test_tss2_key_files_from_other_tools_load(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     from tpm2_pytss.tsskey import TSSPrivKey
 
     with direct_esapi(fresh_swtpm) as ectx:
@@ -201,8 +209,9 @@ def test_tss2_key_files_from_other_tools_load(
     public.verify(_sign(tpm, "ECDSA-P256", key, b"tss2"), b"tss2", ec.ECDSA(hashes.SHA256()))
 
 
-def test_owner_auth_from_file(fresh_swtpm: Swtpm, tmp_path: object,
-                              make_provider: Callable[..., TPM2Provider]) -> None:
+def test_owner_auth_from_file(
+    fresh_swtpm: Swtpm, tmp_path: object, make_provider: Callable[..., TPM2Provider]
+) -> None:
     from pathlib import Path
 
     from tpm2_pytss.constants import ESYS_TR

@@ -30,8 +30,7 @@ def _sign(tpm: TPM2Provider, algorithm: str, key: object, message: bytes) -> byt
     return signer.finalize()
 
 
-def _verify(tpm: TPM2Provider, algorithm: str, key: object, message: bytes,
-            signature: bytes) -> bool:
+def _verify(tpm: TPM2Provider, algorithm: str, key: object, message: bytes, signature: bytes) -> bool:
     verifier = tpm.create_verifier(algorithm, key, b"")  # type: ignore[arg-type]
     verifier.update(message)
     return verifier.finalize(signature)
@@ -48,23 +47,31 @@ def _split(data: bytes, rng: random.Random) -> list[bytes]:
     chunks, i = [], 0
     while i < len(data):
         n = rng.choice([1, 7, 16, 100, 1023, 1024, 1025, 5000])
-        chunks.append(data[i:i + n])
+        chunks.append(data[i : i + n])
         i += n
     return chunks
 
 
 # --- capabilities ------------------------------------------------------------------------
 
+
 def test_capabilities_are_discovered_from_the_tpm(tpm: TPM2Provider) -> None:
     facts = tpm.info.facts
     claimed = {(c.algorithm, c.operation) for c in tpm.capabilities()}
     # swtpm 0.7.1 (libtpms 0.9): what it has ...
-    for pair in [("SHA-256", Operation.HASH), ("SHA-384", Operation.HASH),
-                 ("ECDSA-P256", Operation.SIGN), ("ECDSA-P384", Operation.VERIFY),
-                 ("RSA-PSS-SHA256", Operation.SIGN), ("RSA-2048", Operation.GENERATE_KEY),
-                 ("HMAC-SHA-256", Operation.SIGN), ("AES-256-CFB", Operation.ENCRYPT),
-                 ("AES-128-CBC", Operation.DECRYPT), ("AES-256-CTR", Operation.ENCRYPT),
-                 ("RANDOM", Operation.RANDOM)]:
+    for pair in [
+        ("SHA-256", Operation.HASH),
+        ("SHA-384", Operation.HASH),
+        ("ECDSA-P256", Operation.SIGN),
+        ("ECDSA-P384", Operation.VERIFY),
+        ("RSA-PSS-SHA256", Operation.SIGN),
+        ("RSA-2048", Operation.GENERATE_KEY),
+        ("HMAC-SHA-256", Operation.SIGN),
+        ("AES-256-CFB", Operation.ENCRYPT),
+        ("AES-128-CBC", Operation.DECRYPT),
+        ("AES-256-CTR", Operation.ENCRYPT),
+        ("RANDOM", Operation.RANDOM),
+    ]:
         assert pair in claimed, pair
     # ... and what it lacks, found by TPM2_TestParms / the algorithm list, so not claimed
     assert 192 not in facts.aes_key_bits and ("AES-192-CBC", Operation.ENCRYPT) not in claimed
@@ -76,6 +83,7 @@ def test_capabilities_are_discovered_from_the_tpm(tpm: TPM2Provider) -> None:
 
 
 # --- random and hashes -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("length", [0, 1, 32, 33, 64, 65, 1000])
 def test_random_bytes_loops_over_getrandom(tpm: TPM2Provider, length: int) -> None:
@@ -122,6 +130,7 @@ def test_interleaved_long_hashes_swap_sequences(tpm: TPM2Provider) -> None:
 
 # --- HMAC --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ["HMAC-SHA-256", "HMAC-SHA-384", "HMAC-SHA-512"])
 @pytest.mark.parametrize("key_size", [16, 32, 129, 300])
 def test_hmac_equals_software(tpm: TPM2Provider, algorithm: str, key_size: int) -> None:
@@ -158,13 +167,17 @@ def test_hmac_key_is_bound_to_its_hash(tpm: TPM2Provider) -> None:
 
 # --- ECDSA -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("algorithm,curve,digest", [
-    ("ECDSA-P256", ec.SECP256R1(), hashes.SHA256()),
-    ("ECDSA-P384", ec.SECP384R1(), hashes.SHA384()),
-])
-def test_ecdsa_tpm_signatures_verify_in_pyca(tpm: TPM2Provider, algorithm: str,
-                                             curve: ec.EllipticCurve,
-                                             digest: hashes.HashAlgorithm) -> None:
+
+@pytest.mark.parametrize(
+    "algorithm,curve,digest",
+    [
+        ("ECDSA-P256", ec.SECP256R1(), hashes.SHA256()),
+        ("ECDSA-P384", ec.SECP384R1(), hashes.SHA384()),
+    ],
+)
+def test_ecdsa_tpm_signatures_verify_in_pyca(
+    tpm: TPM2Provider, algorithm: str, curve: ec.EllipticCurve, digest: hashes.HashAlgorithm
+) -> None:
     key = tpm.generate_key(algorithm, P.SIGN | P.VERIFY)
     assert key.has_private and not key.extractable
     public = serialization.load_der_public_key(tpm.export_public_key(key))
@@ -181,8 +194,9 @@ def test_ecdsa_tpm_signatures_verify_in_pyca(tpm: TPM2Provider, algorithm: str,
 
 def test_ecdsa_verification_of_imported_public_keys(tpm: TPM2Provider) -> None:
     private = ec.generate_private_key(ec.SECP256R1())
-    spki = private.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     key = tpm.import_key("ECDSA-P256", spki, KeyFormat.SPKI_DER, P.VERIFY)
     assert not key.has_private
     signature = private.sign(b"message", ec.ECDSA(hashes.SHA256()))
@@ -205,8 +219,9 @@ def test_ecdsa_verification_of_imported_public_keys(tpm: TPM2Provider) -> None:
 
 def test_imported_private_keys_sign_inside_the_tpm(tpm: TPM2Provider) -> None:
     private = ec.generate_private_key(ec.SECP384R1())
-    pkcs8 = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key = tpm.import_key("ECDSA-P384", pkcs8, KeyFormat.PKCS8_DER, P.SIGN | P.VERIFY)
     assert key.has_private and not key.extractable
     signature = _sign(tpm, "ECDSA-P384", key, b"imported")
@@ -220,14 +235,15 @@ def test_keys_with_leading_zero_bytes_import(tpm: TPM2Provider) -> None:
     # tpm2-pytss drops leading zeros of ECC values; the TPM wants full-length coordinates
     # and scalars (found by Wycheproof's "small x/y" public keys).
     private = ec.derive_private_key(12345, ec.SECP256R1())  # 30 leading zero bytes
-    pkcs8 = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key = tpm.import_key("ECDSA-P256", pkcs8, KeyFormat.PEM, P.SIGN | P.VERIFY)
-    private.public_key().verify(_sign(tpm, "ECDSA-P256", key, b"z"), b"z",
-                                ec.ECDSA(hashes.SHA256()))
+    private.public_key().verify(_sign(tpm, "ECDSA-P256", key, b"z"), b"z", ec.ECDSA(hashes.SHA256()))
 
 
 # --- RSA-PSS -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def rsa_key(tpm: TPM2Provider) -> object:
@@ -239,11 +255,11 @@ def test_rsa_pss_uses_digest_length_salt(tpm: TPM2Provider, rsa_key: object) -> 
     assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 2048
     signature = _sign(tpm, "RSA-PSS-SHA256", rsa_key, b"pss message")
     assert len(signature) == 256 == tpm.signature_size("RSA-PSS-SHA256", rsa_key)  # type: ignore
-    public.verify(signature, b"pss message",
-                  padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+    public.verify(signature, b"pss message", padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
     with pytest.raises(InvalidSignature):  # the TPM's salt is 32, not the maximum (222)
-        public.verify(signature, b"pss message",
-                      padding.PSS(padding.MGF1(hashes.SHA256()), 222), hashes.SHA256())
+        public.verify(
+            signature, b"pss message", padding.PSS(padding.MGF1(hashes.SHA256()), 222), hashes.SHA256()
+        )
     numbers = public.public_numbers()
     assert pss_salt_length(signature, numbers.n, numbers.e, "sha256") == 32
     assert _verify(tpm, "RSA-PSS-SHA256", rsa_key, b"pss message", signature)
@@ -251,12 +267,12 @@ def test_rsa_pss_uses_digest_length_salt(tpm: TPM2Provider, rsa_key: object) -> 
 
 def test_rsa_pss_verification_insists_on_the_salt_length(tpm: TPM2Provider) -> None:
     private = rsa.generate_private_key(65537, 2048)
-    spki = private.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     key = tpm.import_key("RSA-2048", spki, KeyFormat.SPKI_DER, P.VERIFY)
     for salt, valid in [(32, True), (0, False), (20, False), (padding.PSS.MAX_LENGTH, False)]:
-        signature = private.sign(b"m", padding.PSS(padding.MGF1(hashes.SHA256()), salt),
-                                 hashes.SHA256())
+        signature = private.sign(b"m", padding.PSS(padding.MGF1(hashes.SHA256()), salt), hashes.SHA256())
         assert _verify(tpm, "RSA-PSS-SHA256", key, b"m", signature) is valid, salt
     assert not _verify(tpm, "RSA-PSS-SHA256", key, b"m", b"\x01" * 255)  # wrong length
     pkcs1 = private.sign(b"m", padding.PKCS1v15(), hashes.SHA256())
@@ -265,8 +281,10 @@ def test_rsa_pss_verification_insists_on_the_salt_length(tpm: TPM2Provider) -> N
 
 # --- AES ---------------------------------------------------------------------------------
 
-def _cipher(tpm: TPM2Provider, algorithm: str, key: object, direction: CipherDirection,
-            iv: bytes, chunks: list[bytes]) -> bytes:
+
+def _cipher(
+    tpm: TPM2Provider, algorithm: str, key: object, direction: CipherDirection, iv: bytes, chunks: list[bytes]
+) -> bytes:
     op = tpm.create_cipher(algorithm, key, direction, iv, 16)  # type: ignore[arg-type]
     out = b"".join(op.update(c) for c in chunks)
     return out + op.finalize()
@@ -277,8 +295,9 @@ def _reference(algorithm: str, secret: bytes, iv: bytes) -> Cipher:  # type: ign
     return Cipher(algorithms.AES(secret), mode)
 
 
-@pytest.mark.parametrize("algorithm", ["AES-128-CFB", "AES-256-CFB", "AES-128-CTR",
-                                       "AES-256-CTR", "AES-128-CBC", "AES-256-CBC"])
+@pytest.mark.parametrize(
+    "algorithm", ["AES-128-CFB", "AES-256-CFB", "AES-128-CTR", "AES-256-CTR", "AES-128-CBC", "AES-256-CBC"]
+)
 @pytest.mark.parametrize("size", [0, 1, 16, 50, 1024, 3001])
 def test_aes_equals_pyca_streamed(tpm: TPM2Provider, algorithm: str, size: int) -> None:
     secret = os.urandom(int(algorithm[4:7]) // 8)
@@ -294,8 +313,9 @@ def test_aes_equals_pyca_streamed(tpm: TPM2Provider, algorithm: str, size: int) 
         expected = reference.update(plain)
     chunks = _split(plain, random.Random(size))
     assert _cipher(tpm, algorithm, key, CipherDirection.ENCRYPT, iv, chunks) == expected
-    back = _cipher(tpm, algorithm, key, CipherDirection.DECRYPT, iv,
-                   _split(expected, random.Random(size + 1)))
+    back = _cipher(
+        tpm, algorithm, key, CipherDirection.DECRYPT, iv, _split(expected, random.Random(size + 1))
+    )
     assert back == plain
 
 

@@ -37,7 +37,6 @@ HANG_RANDOM = {"op": "random", "times": 1}  # the next GetRandom blocks in the w
 WAIT = 30.0  # generous bound for what should happen at once
 
 
-
 def _sign(tpm: TPM2Provider, key: ProviderKey, message: bytes) -> bytes:
     signer = tpm.create_signer("ECDSA-P256", key, b"")
     signer.update(message)
@@ -57,10 +56,11 @@ def _wait_ready(tpm: TPM2Provider, timeout: float = WAIT) -> None:
 
 # --- deadlines -----------------------------------------------------------------------------
 
+
 def test_blocked_call_times_out_and_the_worker_is_replaced(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
-    tpm = make_provider(fresh_swtpm, call_timeout=1.0, degraded_seconds=0,
-                        test_hang=HANG_RANDOM)
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
+    tpm = make_provider(fresh_swtpm, call_timeout=1.0, degraded_seconds=0, test_hang=HANG_RANDOM)
     key = tpm.generate_key("ECDSA-P256", P.SIGN)
     long_hash = tpm.create_hash("SHA-256")
     long_hash.update(b"x" * 40_000)  # state held by the worker (a TPM sequence)
@@ -88,7 +88,8 @@ def test_blocked_call_times_out_and_the_worker_is_replaced(
 
 
 def test_caller_deadline_abandons_and_only_call_timeout_kills(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     """The one deadline rule on a serial backend: a caller's deadline never kills the
     worker; calls queued behind a stuck one give up at their own deadlines; the stuck one
     is killed when it has run for call_timeout, and service resumes."""
@@ -113,7 +114,8 @@ def test_caller_deadline_abandons_and_only_call_timeout_kills(
 
 
 def test_a_stalled_tpm_times_out_and_service_resumes(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     """A real stall: the simulator is SIGSTOPped in the middle of the provider's traffic."""
     tpm = make_provider(fresh_swtpm, call_timeout=1.5, start_timeout=10.0)
     key = tpm.generate_key("ECDSA-P256", P.SIGN)
@@ -133,7 +135,8 @@ def test_a_stalled_tpm_times_out_and_service_resumes(
 
 
 def test_a_killed_worker_is_replaced_and_its_objects_flushed(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     tpm = make_provider(fresh_swtpm)
     keys = [tpm.generate_key("ECDSA-P256", P.SIGN) for _ in range(3)]
     for key in keys:
@@ -149,9 +152,11 @@ def test_a_killed_worker_is_replaced_and_its_objects_flushed(
 
 # --- the TPM restarting ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("orderly", [True, False])
 def test_tpm_restart_under_a_running_provider(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider], orderly: bool) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider], orderly: bool
+) -> None:
     tpm = make_provider(fresh_swtpm)
     ecdsa = tpm.generate_key("ECDSA-P256", P.SIGN)
     secret = os.urandom(32)
@@ -166,13 +171,13 @@ def test_tpm_restart_under_a_running_provider(
 
 
 def test_stored_keys_survive_tpm_and_provider_restart(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider]
+) -> None:
     first = make_provider(fresh_swtpm)
     ecdsa = first.generate_key("ECDSA-P256", P.SIGN | P.VERIFY)
     aes = first.generate_key("AES-256", P.ENCRYPT | P.DECRYPT)
     mac = first.generate_key("HMAC-SHA-256", P.MAC | P.SIGN | P.VERIFY)
-    stored = {name: first.persist_key(k, name)
-              for name, k in [("ecdsa", ecdsa), ("aes", aes), ("mac", mac)]}
+    stored = {name: first.persist_key(k, name) for name, k in [("ecdsa", ecdsa), ("aes", aes), ("mac", mac)]}
     spki = first.export_public_key(ecdsa)
     iv = os.urandom(16)
     enc = first.create_cipher("AES-256-CBC", aes, CipherDirection.ENCRYPT, iv, 16)
@@ -198,8 +203,10 @@ def test_stored_keys_survive_tpm_and_provider_restart(
 
 # --- the sealed key-encryption key -------------------------------------------------------
 
+
 def test_sealed_kek_survives_a_tpm_restart(
-        fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider], tmp_path: Path) -> None:
+    fresh_swtpm: Swtpm, make_provider: Callable[..., TPM2Provider], tmp_path: Path
+) -> None:
     path = tmp_path / "keystore.kek"
     tpm = make_provider(fresh_swtpm)
     source = tpm.kek_source()
@@ -216,7 +223,8 @@ def test_sealed_kek_survives_a_tpm_restart(
 
 
 def test_sealed_kek_is_useless_with_another_tpm(
-        fresh_swtpm: Swtpm, tmp_path: Path, make_provider: Callable[..., TPM2Provider]) -> None:
+    fresh_swtpm: Swtpm, tmp_path: Path, make_provider: Callable[..., TPM2Provider]
+) -> None:
     path = tmp_path / "keystore.kek"
     original = make_provider(fresh_swtpm).kek_source()
     assert original is not None
@@ -247,6 +255,7 @@ def test_sealed_kek_is_useless_with_another_tpm(
 
 
 # --- start-up ---------------------------------------------------------------------------
+
 
 def test_start_failures_are_clear(tmp_path: Path) -> None:
     import socket

@@ -27,19 +27,21 @@ def _cases() -> Iterator[HashCase | MacCase]:
     for number, entry in enumerate(json.loads(KAT.read_text(encoding="utf-8"))):
         message, out = bytes.fromhex(entry["in"]), bytes.fromhex(entry["out"])
         if entry["key"]:
-            yield MacCase(BLAKE2B_512_MAC.name, bytes.fromhex(entry["key"]), message, out,
-                          f"entry {number}")
+            yield MacCase(BLAKE2B_512_MAC.name, bytes.fromhex(entry["key"]), message, out, f"entry {number}")
         else:
             yield HashCase(BLAKE2B_512.name, message, out, f"entry {number}")
 
 
 KNOWN_ANSWERS = KnownAnswerSet(
-    "blake2b-kat.json", (BLAKE2B_512.name, BLAKE2B_512_MAC.name),
+    "blake2b-kat.json",
+    (BLAKE2B_512.name, BLAKE2B_512_MAC.name),
     "BLAKE2 reference implementation testvectors/blake2-kat.json (commit ed1974ea, CC0)",
-    _cases)
+    _cases,
+)
 
 
 def profile() -> Profile:
     """No backend to start; the known answers above."""
-    return Profile(name="blake2", provider_id=PROVIDER_ID, setup=static_setup(Backend()),
-                   known_answers=(KNOWN_ANSWERS,))
+    return Profile(
+        name="blake2", provider_id=PROVIDER_ID, setup=static_setup(Backend()), known_answers=(KNOWN_ANSWERS,)
+    )

@@ -35,14 +35,22 @@ from cryptostack_core.sdk import (
 P = KeyOperationPermission
 
 BLAKE2B_512 = AlgorithmSpec(
-    "BLAKE2b-512", AlgorithmKind.HASH, aliases=("BLAKE2B512",), digest_size=64, block_size=128)
+    "BLAKE2b-512", AlgorithmKind.HASH, aliases=("BLAKE2B512",), digest_size=64, block_size=128
+)
 """The hash: no key, a 64-byte digest."""
 
 BLAKE2B_512_MAC = AlgorithmSpec(
-    "BLAKE2b-512-MAC", AlgorithmKind.MAC, aliases=("KEYED-BLAKE2B-512",),
-    key_class=KeyClass.SYMMETRIC, key_size=64, signature_size=64, digest_size=64,
-    block_size=128, key_algorithms=("BLAKE2b-512-MAC",),
-    default_permissions=P.MAC | P.SIGN | P.VERIFY)
+    "BLAKE2b-512-MAC",
+    AlgorithmKind.MAC,
+    aliases=("KEYED-BLAKE2B-512",),
+    key_class=KeyClass.SYMMETRIC,
+    key_size=64,
+    signature_size=64,
+    digest_size=64,
+    block_size=128,
+    key_algorithms=("BLAKE2b-512-MAC",),
+    default_permissions=P.MAC | P.SIGN | P.VERIFY,
+)
 """The MAC, also the name of its keys (key_class set, key_algorithms naming itself). Keys of
 ``key_size`` bytes are generated; 1..64 bytes are imported."""
 
@@ -78,12 +86,15 @@ class Blake2Provider(Provider):
 
     name = "blake2"
 
-    def __init__(self, provider_id: int, options: Mapping[str, Any],
-                 environment: ProviderEnvironment) -> None:
+    def __init__(
+        self, provider_id: int, options: Mapping[str, Any], environment: ProviderEnvironment
+    ) -> None:
         super().__init__(provider_id, options, environment)
         if self.options:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"the blake2 provider takes no options, got {sorted(self.options)}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"the blake2 provider takes no options, got {sorted(self.options)}",
+            )
 
     @classmethod
     def algorithms(cls) -> Iterable[AlgorithmSpec]:
@@ -91,9 +102,13 @@ class Blake2Provider(Provider):
 
     def capabilities(self) -> Iterable[Capability]:
         mac = BLAKE2B_512_MAC.name
-        return [Capability(BLAKE2B_512.name, Operation.HASH),
-                Capability(mac, Operation.GENERATE_KEY), Capability(mac, Operation.IMPORT_KEY),
-                Capability(mac, Operation.SIGN), Capability(mac, Operation.VERIFY)]
+        return [
+            Capability(BLAKE2B_512.name, Operation.HASH),
+            Capability(mac, Operation.GENERATE_KEY),
+            Capability(mac, Operation.IMPORT_KEY),
+            Capability(mac, Operation.SIGN),
+            Capability(mac, Operation.VERIFY),
+        ]
 
     def run_inline(self, operation: Operation, size: int, algorithm: str | None = None) -> bool:
         return size <= 16384  # ~20 us of hashing: not worth a thread hop
@@ -105,14 +120,17 @@ class Blake2Provider(Provider):
     def generate_key(self, algorithm: str, permissions: KeyOperationPermission) -> ProviderKey:
         return Blake2Key(os.urandom(BLAKE2B_512_MAC.key_size))
 
-    def import_key(self, algorithm: str, material: bytes, fmt: KeyFormat,
-                   permissions: KeyOperationPermission) -> ProviderKey:
+    def import_key(
+        self, algorithm: str, material: bytes, fmt: KeyFormat, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         if fmt is not KeyFormat.RAW:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"{algorithm} keys are imported RAW, not {fmt.value}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"{algorithm} keys are imported RAW, not {fmt.value}"
+            )
         if not 1 <= len(material) <= MAX_KEY:
-            raise CryptoError(ErrorCode.INVALID_ARGUMENT,
-                              f"a {algorithm} key is 1 to {MAX_KEY} bytes, got {len(material)}")
+            raise CryptoError(
+                ErrorCode.INVALID_ARGUMENT, f"a {algorithm} key is 1 to {MAX_KEY} bytes, got {len(material)}"
+            )
         return Blake2Key(bytes(material))
 
     def export_key(self, key: ProviderKey, fmt: KeyFormat) -> bytes:
@@ -123,8 +141,9 @@ class Blake2Provider(Provider):
     def persist_key(self, key: ProviderKey, slot_name: str) -> StoredKey:
         return StoredKey(_material(key), secret=True)  # the key store wraps it at rest
 
-    def load_stored_key(self, stored: StoredKey, algorithm: str,
-                        permissions: KeyOperationPermission) -> ProviderKey:
+    def load_stored_key(
+        self, stored: StoredKey, algorithm: str, permissions: KeyOperationPermission
+    ) -> ProviderKey:
         return self.import_key(algorithm, stored.blob, KeyFormat.RAW, permissions)
 
     # --- operations ----------------------------------------------------------------------
