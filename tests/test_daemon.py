@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -382,6 +383,51 @@ def test_a_late_answer_to_a_timed_out_call_frees_what_it_made(
             # The late answer is read by a later call, whose successor frees the key.
             eventually(lambda: mine()["guards"] == 0, 30, "the late key to be freed")
             assert mine()["resources"] == 0
+    finally:
+        gate.close()
+
+
+def test_a_late_answer_frees_what_it_made_on_the_asyncio_client(
+    mock_config: MockConfig,
+    daemon_factory: Callable[..., DaemonProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The asyncio twin of the test above: a key made by a request the task gave up on is
+    released with the connection's next request."""
+    gate = Gate()
+    config = mock_config()
+    config["providers"].append({"name": "mock", "id": 9, "options": {"gates": {"generate_key": gate.path}}})
+    d = daemon_factory(config)
+
+    async def flow() -> None:
+        config = cs.CryptoStackConfig().set_connection_endpoint(d.endpoint)
+        async with cs.create_async_crypto_stack(config) as stack, stack.create_crypto_context() as ctx:
+            transport = stack._channel.transport
+            request = transport.protocol.request
+
+            def later_for_the_daemon(op: str, args: Any, timeout: float | None) -> Any:
+                return request(op, args, 60.0 if op == "key.generate" else timeout)
+
+            monkeypatch.setattr(transport.protocol, "request", later_for_the_daemon)
+            km = ctx.create_key_management_context(cs.KeyManagementContextConfig().set_operation_timeout(0.3))
+            with pytest.raises(cs.CryptoError) as err:
+                await km.generate_key(cs.GenerateKeyParams().set_algorithm("AES-256").set_provider(9))
+            assert err.value.code is E.OPERATION_TIMED_OUT
+            assert await asyncio.to_thread(gate.wait_arrival, 30)
+            gate.open()  # the provider finishes: the daemon answers with a key
+
+            async def guards() -> int:
+                clients = (await stack.status())["clients"]
+                return int(next(c for c in clients if c["pid"] == os.getpid())["guards"])
+
+            for _ in range(1500):  # the late answer is read by one call, freed with the next
+                if await guards() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await guards() == 0
+
+    try:
+        asyncio.run(flow())
     finally:
         gate.close()
 
