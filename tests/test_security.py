@@ -22,6 +22,7 @@ import cbor2
 import pytest
 
 from cryptostack_core.testing.daemon import DaemonProcess
+from cryptostack_core.testing.waiting import Gate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from secutil import (  # noqa: E402
@@ -787,9 +788,10 @@ def test_a_hung_provider_delays_only_its_own_clients(
     hung HSM stalled every other provider's clients."""
     import cryptostack_core as cs
 
+    gate = Gate()  # provider 1's key generations hang here until the end of the test
     config = mock_config(worker_threads=2)
     config["providers"] = [
-        {"name": "mock", "id": 1, "options": {"delays": {"generate_key": 4.0}}},
+        {"name": "mock", "id": 1, "options": {"gates": {"generate_key": gate.path}}},
         {"name": "mock", "id": 2, "options": {"seed": "second"}},
     ]
     config["key_slots"] = [
@@ -805,9 +807,10 @@ def test_a_hung_provider_delays_only_its_own_clients(
     d = daemon_factory(config)
     hung = [RawClient(d.socket_path) for _ in range(2)]
     try:
-        for raw in hung:  # both workers of provider 1 are now stuck for 4 s
+        for raw in hung:
             raw.send({"id": 1, "op": "key.generate", "args": {"algorithm": "AES-256", "provider": 1}})
-        time.sleep(0.2)
+        for _ in hung:  # both workers of provider 1 are now stuck
+            assert gate.wait_arrival(30)
         started = time.monotonic()
         with d.stack(timeout=30) as stack:
             ctx = stack.create_crypto_context()
@@ -828,9 +831,11 @@ def test_a_hung_provider_delays_only_its_own_clients(
         assert elapsed < 2.0, f"provider 2's client waited {elapsed:.1f} s for provider 1"
         states = {p["id"]: p for p in status["providers"]}
         assert states[2]["state"] == "ready"
+        gate.open()
         for raw in hung:
             assert raw.recv()["ok"]
     finally:
+        gate.close()
         for raw in hung:
             raw.close()
     assert_no_traceback(d)
