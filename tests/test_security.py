@@ -868,31 +868,6 @@ def test_malformed_requests_are_answered_not_dropped(daemon: DaemonProcess) -> N
     assert_no_traceback(daemon)
 
 
-def _certificate_with_a_malformed_subject() -> bytes:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ZZsubjectZZ")]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")]))
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
-    at = der.index(b"ZZsubjectZZ")
-    return der[: at - 2] + b"\x02" + der[at - 1 :]  # the CN's string tag becomes INTEGER
-
-
 # --- 11: metadata --------------------------------------------------------------------------------------
 OBSERVER = r"""
 import json, sys

@@ -56,7 +56,7 @@ class _Waiter:
     def __init__(self) -> None:
         self.answer: dict[str, Any] | None = None
         self.bell: threading.Lock | None = None
-        self.request: tuple[str, Mapping[str, Any]] | None = None  # when it may make something
+        self.request: tuple[str, Mapping[str, Any]] | None = None  # for a late answer
 
     def arm(self) -> None:
         bell = self.bell = threading.Lock()
@@ -155,8 +155,7 @@ class UnixTransport(Transport):
                 return answer[0]
         request_id, frame = self.protocol.request(op, inline_views(op, args), timeout)
         waiter = self._register(request_id)
-        if makes_something(op, args):
-            waiter.request = (op, args)
+        waiter.request = (op, args)  # looked at only if the call times out
         with self._send_lock:
             self._send_frame(frame, deadline, request_id)
         return result_of(self._wait(request_id, waiter, timeout, deadline))
@@ -277,7 +276,7 @@ class UnixTransport(Transport):
                         if waiter.answer is not None:
                             return waiter.answer
                         self._forget(request_id)
-                        if waiter.request is not None:
+                        if waiter.request is not None and makes_something(*waiter.request):
                             remember_late(self._gave_up, request_id, waiter.request)
                     raise timed_out(timeout)
         finally:
