@@ -12,6 +12,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,23 @@ def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[cs.Cry
 
 # --- other uids: the trust-boundary tests run clients as unprivileged users -------------------
 @dataclass(frozen=True)
+class CodeForOthers:
+    """Where another uid finds this environment's packages, ``cryptostack_core`` and the
+    test helpers (``secutil``): this checkout itself when every uid can read it, else a
+    hard-linked copy in a directory they can (a clone under ``mktemp -d`` is 0700)."""
+
+    site: str
+    path: str
+
+
+@dataclass(frozen=True)
 class OtherUser:
     """A throw-away unprivileged account created for the test session."""
 
     name: str
     uid: int
     gid: int
+    code: CodeForOthers
 
     def run(self, code: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``python -c code args...`` as this user, with this environment's packages and
@@ -126,7 +138,7 @@ class OtherUser:
             user=self.uid,
             group=self.gid,
             extra_groups=[],
-            env=_ENV,
+            env=self._env(),
             cwd="/",
             capture_output=True,
             text=True,
@@ -142,7 +154,7 @@ class OtherUser:
             user=self.uid,
             group=self.gid,
             extra_groups=[],
-            env=_ENV,
+            env=self._env(),
             cwd="/",
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -150,20 +162,62 @@ class OtherUser:
             text=True,
         )
 
-    @staticmethod
-    def _command(code: str, args: tuple[str, ...]) -> list[str]:
-        preamble = f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+    def _command(self, code: str, args: tuple[str, ...]) -> list[str]:
+        preamble = f"import site; site.addsitedir({self.code.site!r})\n"
         return [_interpreter_for_others(), "-c", preamble + code, *args]
+
+    def _env(self) -> dict[str, str]:
+        return {**_ENV, "PYTHONPATH": self.code.path}
 
 
 TESTS_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(cs.__file__).resolve().parent
 _ENV = {
     "PATH": "/usr/bin:/bin",
     "HOME": "/",
-    "PYTHONPATH": str(TESTS_DIR),
     "PYTHONDONTWRITEBYTECODE": "1",
     "LANG": "C.UTF-8",
 }
+
+
+def _others_can_read(path: Path) -> bool:
+    """Whether any uid may reach ``path`` (every directory on the way is o+x) and read it."""
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in path.parents) and bool(
+        os.stat(path).st_mode & stat.S_IROTH
+    )
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """A copy of ``source`` whose files are hard links (the same inodes, readable by their
+    own modes); copied where linking is not possible (another file system)."""
+    shutil.copytree(source, target, copy_function=_link_or_copy, symlinks=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@contextmanager
+def _code_for_others() -> Iterator[CodeForOthers]:
+    site_dir = Path(sysconfig.get_paths()["purelib"])
+    needed = (site_dir, TESTS_DIR, PACKAGE_DIR)
+    if all(_others_can_read(p) for p in needed):
+        yield CodeForOthers(str(site_dir), str(TESTS_DIR))
+        return
+    stage = Path(tempfile.mkdtemp(prefix="cs-others-"))
+    try:
+        os.chmod(stage, 0o755)
+        _link_tree(site_dir, stage / "site")
+        _link_tree(TESTS_DIR, stage / "tests")
+        _link_tree(PACKAGE_DIR, stage / "src" / PACKAGE_DIR.name)
+        # The package comes from src (ahead of the editable install's finder, which points
+        # into the unreadable checkout), the test helpers from tests.
+        yield CodeForOthers(str(stage / "site"), f"{stage / 'src'}:{stage / 'tests'}")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _interpreter_for_others() -> str:
@@ -201,7 +255,9 @@ def other_users() -> Iterator[tuple[OtherUser, OtherUser]]:
         pytest.skip("creating test users needs root and useradd")
     _remove_stale_users()
     made: list[OtherUser] = []
-    try:
+    with ExitStack() as cleanup:
+        code = cleanup.enter_context(_code_for_others())
+        cleanup.callback(_remove_users, made)
         for suffix in ("a", "b"):
             name = f"{_USER_PREFIX}{os.getpid()}-{suffix}"
             subprocess.run(
@@ -218,11 +274,13 @@ def other_users() -> Iterator[tuple[OtherUser, OtherUser]]:
                 capture_output=True,
             )
             entry = pwd.getpwnam(name)
-            made.append(OtherUser(name, entry.pw_uid, entry.pw_gid))
+            made.append(OtherUser(name, entry.pw_uid, entry.pw_gid, code))
         yield made[0], made[1]
-    finally:
-        for user in made:
-            subprocess.run(["userdel", user.name], capture_output=True, check=False)
+
+
+def _remove_users(users: list[OtherUser]) -> None:
+    for user in users:
+        subprocess.run(["userdel", user.name], capture_output=True, check=False)
 
 
 @pytest.fixture
